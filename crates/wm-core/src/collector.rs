@@ -1,0 +1,310 @@
+//! The collector contract: what a collector implements and the narrow handles it is given.
+//!
+//! A collector never sees the store. It gets a [`SourceSink`] bound to its own source and name,
+//! and, when it needs to look something up, a [`StoreReader`]. It never sleeps and never retries:
+//! it returns an error that says whether trying again may help, and the store owns the backoff,
+//! the pull timer and the pull timeout.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::entity::{Container, EcsTask, Entity, EntityId, Kind, KubernetesPod, Source};
+use crate::event::EventType;
+
+/// Who speaks through a sink: a source and the collector's name. A full list replaces what this
+/// origin said before, and nothing else (docker's list never unsets containerd's containers).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The source the collector speaks for.
+    pub source: Source,
+    /// The collector's name (`docker`, `containerd` …).
+    pub collector: Arc<str>,
+}
+
+/// What a collector sends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkMessage {
+    /// Sets and unsets, applied in order as one batch.
+    Events(Vec<(EventType, Entity)>),
+    /// Everything this origin knows now: what is new or changed is set, what is missing is unset,
+    /// atomically.
+    FullList(Vec<Entity>),
+}
+
+/// The store side of a sink. Implemented by the store; collectors use [`SourceSink`].
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    /// Applies `message` as said by `origin`. Returns once the store has taken it (its state
+    /// updated); waits while the store is saturated.
+    async fn send(&self, origin: &Origin, message: SinkMessage);
+}
+
+/// A collector's way into the store, bound to its own origin.
+#[derive(Clone)]
+pub struct SourceSink {
+    origin: Origin,
+    inner: Arc<dyn EventSink>,
+}
+
+impl SourceSink {
+    /// A sink that speaks as `origin` into `inner`.
+    pub fn new(origin: Origin, inner: Arc<dyn EventSink>) -> Self {
+        Self { origin, inner }
+    }
+
+    /// Who this sink speaks as.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Sets one entity.
+    pub async fn set(&self, entity: impl Into<Entity>) {
+        self.events(vec![(EventType::Set, entity.into())]).await;
+    }
+
+    /// Unsets one entity; the fields it carries beyond the id are laid over the last version.
+    pub async fn unset(&self, entity: impl Into<Entity>) {
+        self.events(vec![(EventType::Unset, entity.into())]).await;
+    }
+
+    /// Sends a batch of sets and unsets (one bundle per subscriber). An empty batch is skipped.
+    pub async fn events(&self, events: Vec<(EventType, Entity)>) {
+        if !events.is_empty() {
+            self.inner.send(&self.origin, SinkMessage::Events(events)).await;
+        }
+    }
+
+    /// Replaces everything this origin said with `entities`.
+    pub async fn full_list(&self, entities: Vec<Entity>) {
+        self.inner.send(&self.origin, SinkMessage::FullList(entities)).await;
+    }
+}
+
+impl fmt::Debug for SourceSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSink").field("origin", &self.origin).finish_non_exhaustive()
+    }
+}
+
+/// A read handle on the store's merged view.
+pub trait StoreReader: Send + Sync {
+    /// The merged entity with this id.
+    fn get(&self, id: &EntityId) -> Option<Entity>;
+
+    /// Every merged entity of `kind`, in id order.
+    fn list(&self, kind: Kind) -> Vec<Entity>;
+
+    /// The merged container with this id.
+    fn get_container(&self, id: &str) -> Option<Arc<Container>> {
+        self.get(&EntityId::new(Kind::Container, id)).and_then(|e| e.as_container().cloned())
+    }
+
+    /// The merged pod with this UID.
+    fn get_kubernetes_pod(&self, uid: &str) -> Option<Arc<KubernetesPod>> {
+        self.get(&EntityId::new(Kind::KubernetesPod, uid)).and_then(|e| e.as_kubernetes_pod().cloned())
+    }
+
+    /// The merged task with this ARN.
+    fn get_ecs_task(&self, arn: &str) -> Option<Arc<EcsTask>> {
+        self.get(&EntityId::new(Kind::EcsTask, arn)).and_then(|e| e.as_ecs_task().cloned())
+    }
+}
+
+/// What a collector is handed when it runs.
+#[derive(Clone)]
+pub struct CollectorContext {
+    /// Its way into the store.
+    pub sink: SourceSink,
+    /// A read handle on the merged view.
+    pub reader: Arc<dyn StoreReader>,
+}
+
+impl fmt::Debug for CollectorContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CollectorContext").field("sink", &self.sink).finish_non_exhaustive()
+    }
+}
+
+/// A boxed error kept as a cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a collector stopped. The variant says what the store does next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectorError {
+    /// Its runtime or orchestrator is not on this node (no socket, no env var): the collector
+    /// is dropped with an info log.
+    #[error("environment not detected: {reason}")]
+    EnvironmentAbsent {
+        /// What was looked for.
+        reason: String,
+    },
+    /// Something that may pass (daemon down, connection reset): retried with backoff.
+    #[error("{context}")]
+    Retriable {
+        /// What failed, naming what the user can change.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Something that will not pass by waiting (bad configuration): the collector stops.
+    #[error("{context}")]
+    Permanent {
+        /// What failed, naming what the user can change.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl CollectorError {
+    /// An absent environment.
+    pub fn absent(reason: impl Into<String>) -> Self {
+        Self::EnvironmentAbsent { reason: reason.into() }
+    }
+
+    /// A retriable failure with its cause.
+    pub fn retriable(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Retriable { context: context.into(), source: Some(source.into()) }
+    }
+
+    /// A permanent failure with its cause.
+    pub fn permanent(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Permanent { context: context.into(), source: Some(source.into()) }
+    }
+
+    /// Whether trying again may help.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Retriable { .. })
+    }
+}
+
+/// A collector that follows its source's change stream.
+///
+/// `run` detects the environment, connects, subscribes to changes, sends a full list, then
+/// forwards changes until the stream breaks. It returns `Err` when it must stop; the store runs
+/// it again after a backoff when the error is retriable (or when `run` returns `Ok`: the
+/// stream ended), and each new run starts with a fresh full list, so nothing stale survives a
+/// daemon restart. Subscribe before listing, so no change between the two is lost.
+#[async_trait]
+pub trait StreamCollector: Send {
+    /// Runs until the stream ends or fails.
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError>;
+}
+
+/// A collector that the store pulls on a timer.
+///
+/// `start` detects the environment and connects (retried with backoff while it fails
+/// retriably). `pull` reads the source once and usually ends with `sink.full_list(..)`; the
+/// store calls it at once after `start`, then every interval, never two at once, each bounded by
+/// a timeout. A failed pull changes nothing in the store.
+#[async_trait]
+pub trait PullCollector: Send {
+    /// Detects the environment and connects.
+    async fn start(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError>;
+
+    /// Reads the source once.
+    async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError>;
+}
+
+/// How the store drives a collector.
+#[allow(missing_debug_implementations)] // boxed collectors are not Debug; `Collector` prints the kind
+pub enum CollectorKind {
+    /// Runs a change stream.
+    Stream(Box<dyn StreamCollector>),
+    /// Pulls on a timer.
+    Pull {
+        /// The collector.
+        collector: Box<dyn PullCollector>,
+        /// Time between the start of two pulls (default 5 s).
+        interval: Duration,
+        /// The longest one pull may take (default 30 s).
+        timeout: Duration,
+    },
+}
+
+/// A collector with its name and source, ready to hand to the store.
+pub struct Collector {
+    /// Its name (`docker`): used in logs, health and telemetry, and to scope full lists.
+    pub name: Arc<str>,
+    /// The source it speaks for.
+    pub source: Source,
+    /// How the store drives it.
+    pub kind: CollectorKind,
+}
+
+impl Collector {
+    /// Default time between two pulls.
+    pub const DEFAULT_PULL_INTERVAL: Duration = Duration::from_secs(5);
+    /// Default bound on one pull.
+    pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A stream collector.
+    pub fn stream(name: impl Into<Arc<str>>, source: Source, collector: impl StreamCollector + 'static) -> Self {
+        Self { name: name.into(), source, kind: CollectorKind::Stream(Box::new(collector)) }
+    }
+
+    /// A pull collector with the default interval and timeout.
+    pub fn pull(name: impl Into<Arc<str>>, source: Source, collector: impl PullCollector + 'static) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            kind: CollectorKind::Pull {
+                collector: Box::new(collector),
+                interval: Self::DEFAULT_PULL_INTERVAL,
+                timeout: Self::DEFAULT_PULL_TIMEOUT,
+            },
+        }
+    }
+
+    /// Sets a pull collector's interval (ignored for a stream collector).
+    pub fn with_pull_interval(mut self, every: Duration) -> Self {
+        if let CollectorKind::Pull { interval, .. } = &mut self.kind {
+            *interval = every;
+        }
+        self
+    }
+
+    /// Sets a pull collector's timeout (ignored for a stream collector).
+    pub fn with_pull_timeout(mut self, bound: Duration) -> Self {
+        if let CollectorKind::Pull { timeout, .. } = &mut self.kind {
+            *timeout = bound;
+        }
+        self
+    }
+
+    /// The origin its sink speaks as.
+    pub fn origin(&self) -> Origin {
+        Origin { source: self.source, collector: self.name.clone() }
+    }
+}
+
+impl fmt::Debug for Collector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            CollectorKind::Stream(_) => "stream",
+            CollectorKind::Pull { .. } => "pull",
+        };
+        f.debug_struct("Collector").field("name", &self.name).field("source", &self.source).field("kind", &kind).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retriability_is_in_the_variant() {
+        assert!(CollectorError::retriable("docker daemon at /run/docker.sock not answering", "eof").is_retriable());
+        assert!(!CollectorError::absent("no socket").is_retriable());
+        assert!(!CollectorError::permanent("bad cri_socket_path", "x").is_retriable());
+        let e = CollectorError::retriable("list failed", "connection reset");
+        assert_eq!(e.to_string(), "list failed");
+        assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()).as_deref(), Some("connection reset"));
+    }
+}

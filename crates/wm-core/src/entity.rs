@@ -1,0 +1,607 @@
+//! The entity model: containers, Kubernetes pods and ECS tasks, and who said what about them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::ContainerImage;
+use crate::map::StrMap;
+use crate::time::Timestamp;
+
+/// What sort of workload an entity is. Ordered by name: snapshots sort by (kind, id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A container of any runtime.
+    Container,
+    /// An ECS task.
+    EcsTask,
+    /// A Kubernetes pod.
+    KubernetesPod,
+}
+
+impl Kind {
+    /// Every kind, in order.
+    pub const ALL: [Kind; 3] = [Kind::Container, Kind::EcsTask, Kind::KubernetesPod];
+
+    /// The name used in filters, dumps and the wire (`kubernetes_pod`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::EcsTask => "ecs_task",
+            Kind::KubernetesPod => "kubernetes_pod",
+        }
+    }
+
+    /// The inverse of [`Kind::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies an entity: container id, pod UID or task ARN, with its kind.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EntityId {
+    /// The kind.
+    pub kind: Kind,
+    /// The id within the kind.
+    pub id: Arc<str>,
+}
+
+impl EntityId {
+    /// An id of `kind`.
+    pub fn new(kind: Kind, id: impl Into<Arc<str>>) -> Self {
+        Self { kind, id: id.into() }
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.kind, self.id)
+    }
+}
+
+/// Who said something about an entity. Declared in merge precedence order: the first non-empty
+/// value wins, so a cluster orchestrator's value beats a node orchestrator's, and so on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The Kubernetes API server (or cluster agent), Cloud Foundry.
+    ClusterOrchestrator,
+    /// The kubelet, the ECS agent on EC2.
+    NodeOrchestrator,
+    /// docker, containerd, podman, ECS Fargate task metadata.
+    Runtime,
+    /// An upstream agent over gRPC.
+    Remote,
+}
+
+impl Source {
+    /// Every source, in merge precedence order.
+    pub const ALL: [Source; 4] = [Source::ClusterOrchestrator, Source::NodeOrchestrator, Source::Runtime, Source::Remote];
+
+    /// The name used in filters, dumps and the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::ClusterOrchestrator => "cluster_orchestrator",
+            Source::NodeOrchestrator => "node_orchestrator",
+            Source::Runtime => "runtime",
+            Source::Remote => "remote",
+        }
+    }
+
+    /// The inverse of [`Source::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The runtime that runs a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// Docker Engine.
+    Docker,
+    /// containerd (directly or under the kubelet).
+    Containerd,
+    /// Podman.
+    Podman,
+    /// CRI-O.
+    CriO,
+    /// Cloud Foundry's Garden.
+    Garden,
+    /// AWS Fargate for ECS.
+    EcsFargate,
+}
+
+impl Runtime {
+    /// The name used in tags and dumps.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::Podman => "podman",
+            Runtime::CriO => "cri_o",
+            Runtime::Garden => "garden",
+            Runtime::EcsFargate => "ecs_fargate",
+        }
+    }
+}
+
+/// A container's life-cycle status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    /// Not known (the default).
+    #[default]
+    Unknown,
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Restarting.
+    Restarting,
+    /// Exited or stopped.
+    Stopped,
+}
+
+/// A container's health-check verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerHealth {
+    /// No health check, or no verdict yet (the default).
+    #[default]
+    Unknown,
+    /// The check passes.
+    Healthy,
+    /// The check fails.
+    Unhealthy,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Whether a container runs, and how it ended. Merged as one unit: a runtime's `running: false`
+/// must not be completed by an orchestrator's stale `running: true`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerState {
+    /// Whether it runs now.
+    #[serde(skip_serializing_if = "is_default")]
+    pub running: bool,
+    /// The life-cycle status.
+    #[serde(skip_serializing_if = "is_default")]
+    pub status: ContainerStatus,
+    /// The health-check verdict.
+    #[serde(skip_serializing_if = "is_default")]
+    pub health: ContainerHealth,
+    /// When it was created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// When it last started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it last finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Its exit code, once it finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+}
+
+/// An exposed port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerPort {
+    /// The port number.
+    pub port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub protocol: String,
+    /// The port's name (from a pod spec).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: String,
+    /// The host port it is published on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+/// CPU and memory requests and limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerResources {
+    /// Requested CPU, in cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<f64>,
+    /// CPU limit, in cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<f64>,
+    /// Requested memory, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_request: Option<u64>,
+    /// Memory limit, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+}
+
+/// A container of any runtime.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Container {
+    /// The container id (64 hex for docker, containerd and podman; the instance GUID on Cloud Foundry).
+    pub id: Arc<str>,
+    /// The container's name.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: String,
+    /// Its hostname.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub hostname: String,
+    /// Its labels.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub labels: StrMap,
+    /// The env vars the tag rules read; never all of them (secrets stay out of the store).
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub env: StrMap,
+    /// Its image.
+    #[serde(skip_serializing_if = "ContainerImage::is_empty")]
+    pub image: ContainerImage,
+    /// The runtime that runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// Whether it runs, and how it ended.
+    #[serde(skip_serializing_if = "is_default")]
+    pub state: ContainerState,
+    /// Its main process id on the host (0: unknown).
+    #[serde(skip_serializing_if = "is_default")]
+    pub pid: u32,
+    /// IP address per network name.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub network_ips: StrMap,
+    /// Exposed ports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    /// The pod or task it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<EntityId>,
+    /// Its cgroup path.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub cgroup_path: String,
+    /// How many times it was restarted.
+    #[serde(skip_serializing_if = "is_default")]
+    pub restart_count: u32,
+    /// Requests and limits.
+    #[serde(skip_serializing_if = "is_default")]
+    pub resources: ContainerResources,
+}
+
+/// An owner reference of a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodOwner {
+    /// `ReplicaSet`, `Job`, `DaemonSet` …
+    pub kind: String,
+    /// The owner's name.
+    pub name: String,
+    /// The owner's UID.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub id: String,
+}
+
+/// A container as an orchestrator lists it in a pod or task.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorContainer {
+    /// The container id, once the runtime created it.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub id: String,
+    /// The container's name in the spec.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: String,
+    /// Its image.
+    #[serde(skip_serializing_if = "ContainerImage::is_empty")]
+    pub image: ContainerImage,
+}
+
+/// A Kubernetes pod.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesPod {
+    /// The pod UID.
+    pub id: Arc<str>,
+    /// The pod's name.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: String,
+    /// Its namespace.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub namespace: String,
+    /// Its labels.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub labels: StrMap,
+    /// Its annotations.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub annotations: StrMap,
+    /// Its owner references.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<PodOwner>,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub phase: String,
+    /// Whether the pod is ready.
+    #[serde(skip_serializing_if = "is_default")]
+    pub ready: bool,
+    /// The pod IP.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub ip: String,
+    /// The node it runs on.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub node_name: String,
+    /// Its priority class.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub priority_class: String,
+    /// Its QoS class.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub qos_class: String,
+    /// Its runtime class.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub runtime_class: String,
+    /// Its containers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<OrchestratorContainer>,
+    /// Its init containers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<OrchestratorContainer>,
+    /// Its ephemeral containers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ephemeral_containers: Vec<OrchestratorContainer>,
+    /// Names of the persistent volume claims it mounts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pvc_names: Vec<String>,
+    /// Names of the services that select it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kube_services: Vec<String>,
+    /// Its namespace's labels.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub namespace_labels: StrMap,
+    /// Its namespace's annotations.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub namespace_annotations: StrMap,
+    /// When it was created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// When it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl KubernetesPod {
+    /// Every container the pod lists: containers, init containers, ephemeral containers.
+    pub fn all_containers(&self) -> impl Iterator<Item = &OrchestratorContainer> + '_ {
+        self.containers.iter().chain(&self.init_containers).chain(&self.ephemeral_containers)
+    }
+}
+
+/// How an ECS task was launched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchType {
+    /// On EC2 container instances.
+    Ec2,
+    /// On Fargate.
+    Fargate,
+}
+
+/// An ECS task.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EcsTask {
+    /// The task ARN.
+    pub id: Arc<str>,
+    /// The task definition family.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub family: String,
+    /// The task definition revision.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub version: String,
+    /// The cluster's name.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub cluster_name: String,
+    /// EC2 or Fargate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch_type: Option<LaunchType>,
+    /// The AWS region.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub region: String,
+    /// The availability zone.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub availability_zone: String,
+    /// The AWS account id.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub aws_account: String,
+    /// The ECS service that runs it.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub service_name: String,
+    /// The status ECS wants.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub desired_status: String,
+    /// The status ECS last saw.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub known_status: String,
+    /// Its containers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<OrchestratorContainer>,
+    /// The task's AWS resource tags.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub tags: StrMap,
+    /// The container instance's AWS resource tags.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub container_instance_tags: StrMap,
+}
+
+/// Any entity, behind an `Arc` so that events, snapshots and getters share one copy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entity {
+    /// A container.
+    Container(Arc<Container>),
+    /// An ECS task.
+    EcsTask(Arc<EcsTask>),
+    /// A Kubernetes pod.
+    KubernetesPod(Arc<KubernetesPod>),
+}
+
+impl Entity {
+    /// The kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Entity::Container(_) => Kind::Container,
+            Entity::EcsTask(_) => Kind::EcsTask,
+            Entity::KubernetesPod(_) => Kind::KubernetesPod,
+        }
+    }
+
+    /// The id within the kind.
+    pub fn id_str(&self) -> &Arc<str> {
+        match self {
+            Entity::Container(c) => &c.id,
+            Entity::EcsTask(t) => &t.id,
+            Entity::KubernetesPod(p) => &p.id,
+        }
+    }
+
+    /// The full id.
+    pub fn id(&self) -> EntityId {
+        EntityId { kind: self.kind(), id: self.id_str().clone() }
+    }
+
+    /// An entity that carries only its id (what an unset usually sends).
+    pub fn empty(id: &EntityId) -> Self {
+        let key = id.id.clone();
+        match id.kind {
+            Kind::Container => Entity::Container(Arc::new(Container { id: key, ..Container::default() })),
+            Kind::EcsTask => Entity::EcsTask(Arc::new(EcsTask { id: key, ..EcsTask::default() })),
+            Kind::KubernetesPod => Entity::KubernetesPod(Arc::new(KubernetesPod { id: key, ..KubernetesPod::default() })),
+        }
+    }
+
+    /// Whether it carries nothing but its id.
+    pub fn is_id_only(&self) -> bool {
+        *self == Self::empty(&self.id())
+    }
+
+    /// The container, if it is one.
+    pub fn as_container(&self) -> Option<&Arc<Container>> {
+        match self {
+            Entity::Container(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The pod, if it is one.
+    pub fn as_kubernetes_pod(&self) -> Option<&Arc<KubernetesPod>> {
+        match self {
+            Entity::KubernetesPod(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The task, if it is one.
+    pub fn as_ecs_task(&self) -> Option<&Arc<EcsTask>> {
+        match self {
+            Entity::EcsTask(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether both are the same allocation (a cheap check before a deep comparison).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Entity::Container(a), Entity::Container(b)) => Arc::ptr_eq(a, b),
+            (Entity::EcsTask(a), Entity::EcsTask(b)) => Arc::ptr_eq(a, b),
+            (Entity::KubernetesPod(a), Entity::KubernetesPod(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl From<Container> for Entity {
+    fn from(c: Container) -> Self {
+        Entity::Container(Arc::new(c))
+    }
+}
+
+impl From<KubernetesPod> for Entity {
+    fn from(p: KubernetesPod) -> Self {
+        Entity::KubernetesPod(Arc::new(p))
+    }
+}
+
+impl From<EcsTask> for Entity {
+    fn from(t: EcsTask) -> Self {
+        Entity::EcsTask(Arc::new(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entities_read_the_flat_tagged_form() {
+        let e: Entity = serde_json::from_str(
+            r#"{"kind":"container","id":"c1","name":"web","image":"nginx:1.25","runtime":"docker",
+                "state":{"running":true,"status":"running","exit_code":0,"finished_at":"2026-01-01T00:05:00Z"},
+                "owner":{"kind":"kubernetes_pod","id":"p1"},"ports":[{"port":80,"protocol":"tcp"}]}"#,
+        )
+        .unwrap();
+        let c = e.as_container().unwrap();
+        assert_eq!(e.id(), EntityId::new(Kind::Container, "c1"));
+        assert_eq!(c.image.tag, "1.25");
+        assert_eq!(c.state.exit_code, Some(0));
+        assert_eq!(c.owner, Some(EntityId::new(Kind::KubernetesPod, "p1")));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_not_ignored() {
+        let err = serde_json::from_str::<Entity>(r#"{"kind":"container","id":"c1","nmae":"typo"}"#).unwrap_err();
+        assert!(err.to_string().contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn serialization_leaves_out_empty_fields() {
+        let e = Entity::from(Container { id: "c1".into(), name: "web".into(), ..Container::default() });
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"kind":"container","id":"c1","name":"web"}"#);
+        assert!(!e.is_id_only());
+        assert!(Entity::empty(&e.id()).is_id_only());
+    }
+
+    #[test]
+    fn kinds_and_sources_have_stable_names_and_order() {
+        assert!(Kind::Container < Kind::EcsTask && Kind::EcsTask < Kind::KubernetesPod);
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        for s in Source::ALL {
+            assert_eq!(Source::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Source::ALL.iter().copied().max(), Some(Source::Remote));
+    }
+}

@@ -1,0 +1,230 @@
+//! Events into and out of the store, subscriber filters and priorities.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::entity::{Entity, Kind, Source};
+
+/// Whether an entity was set (created or changed) or unset (removed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// Created or changed.
+    Set,
+    /// Removed.
+    Unset,
+}
+
+/// What a collector (or any caller of `notify`) tells the store about one entity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CollectorEvent {
+    /// Set or unset.
+    pub event_type: EventType,
+    /// Who says so.
+    pub source: Source,
+    /// The entity; for an unset, at least its id, plus any fields to lay over the last version
+    /// (a runtime's exit code and finish time).
+    pub entity: Entity,
+}
+
+impl CollectorEvent {
+    /// A set of `entity` by `source`.
+    pub fn set(source: Source, entity: impl Into<Entity>) -> Self {
+        Self { event_type: EventType::Set, source, entity: entity.into() }
+    }
+
+    /// An unset of `entity` by `source`.
+    pub fn unset(source: Source, entity: impl Into<Entity>) -> Self {
+        Self { event_type: EventType::Unset, source, entity: entity.into() }
+    }
+}
+
+/// What a subscriber receives about one entity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Set or unset.
+    pub event_type: EventType,
+    /// The subscriber's view of the entity: the merge of every source, or the one source its
+    /// filter names. For an unset, the last known entity with the unset payload laid over it.
+    pub entity: Entity,
+}
+
+/// Subscribers are served in this order for each batch; the next one after the previous
+/// acknowledged or its ack timeout passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriberPriority {
+    /// The tagger: tags must exist before anything schedules work on a new container.
+    Tagger,
+    /// Autodiscovery's config providers.
+    ConfigProvider,
+    /// Everything else.
+    Normal,
+}
+
+impl SubscriberPriority {
+    /// The name used in config, telemetry and the conformance files.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SubscriberPriority::Tagger => "tagger",
+            SubscriberPriority::ConfigProvider => "config_provider",
+            SubscriberPriority::Normal => "normal",
+        }
+    }
+}
+
+/// Which event types a filter passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventTypeFilter {
+    /// Sets and unsets.
+    #[default]
+    All,
+    /// Only sets.
+    Set,
+    /// Only unsets (the snapshot is then empty).
+    Unset,
+}
+
+impl EventTypeFilter {
+    /// Whether `event_type` passes.
+    pub fn passes(self, event_type: EventType) -> bool {
+        match self {
+            EventTypeFilter::All => true,
+            EventTypeFilter::Set => event_type == EventType::Set,
+            EventTypeFilter::Unset => event_type == EventType::Unset,
+        }
+    }
+}
+
+/// A predicate over a stored entity.
+pub type Predicate = Arc<dyn Fn(&Entity) -> bool + Send + Sync>;
+
+#[derive(Clone)]
+struct KindFilter {
+    kind: Kind,
+    predicate: Option<Predicate>,
+}
+
+/// What a subscriber wants to hear: some kinds (each with an optional predicate), the merged
+/// view or one source's own versions, and some event types. The default passes everything of
+/// the merged view.
+#[derive(Clone, Default)]
+pub struct Filter {
+    kinds: Option<Vec<KindFilter>>,
+    source: Option<Source>,
+    event_type: EventTypeFilter,
+}
+
+impl Filter {
+    /// Everything, merged view.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Passes `kind` too (without predicate). A filter with no kind passes every kind.
+    pub fn with_kind(mut self, kind: Kind) -> Self {
+        self.kinds.get_or_insert_with(Vec::new).push(KindFilter { kind, predicate: None });
+        self
+    }
+
+    /// Passes entities of `kind` for which `predicate` holds. The predicate sees the stored
+    /// entity (for an unset, the last known one), so an id-only unset payload still matches.
+    pub fn with_kind_where(mut self, kind: Kind, predicate: impl Fn(&Entity) -> bool + Send + Sync + 'static) -> Self {
+        self.kinds.get_or_insert_with(Vec::new).push(KindFilter { kind, predicate: Some(Arc::new(predicate)) });
+        self
+    }
+
+    /// Hears one source's own versions instead of the merged view.
+    pub fn with_source(mut self, source: Source) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Passes only these event types.
+    pub fn with_event_type(mut self, event_type: EventTypeFilter) -> Self {
+        self.event_type = event_type;
+        self
+    }
+
+    /// The source whose own versions this filter hears, `None` for the merged view.
+    pub fn source(&self) -> Option<Source> {
+        self.source
+    }
+
+    /// The event types this filter passes.
+    pub fn event_type(&self) -> EventTypeFilter {
+        self.event_type
+    }
+
+    /// Whether the entity passes the kind filter and its predicate.
+    pub fn matches_entity(&self, entity: &Entity) -> bool {
+        match &self.kinds {
+            None => true,
+            Some(kinds) => kinds
+                .iter()
+                .any(|k| k.kind == entity.kind() && k.predicate.as_ref().is_none_or(|p| p(entity))),
+        }
+    }
+
+    /// Whether the kinds this filter passes include `kind` (before predicates).
+    pub fn passes_kind(&self, kind: Kind) -> bool {
+        self.kinds.as_ref().is_none_or(|kinds| kinds.iter().any(|k| k.kind == kind))
+    }
+
+    /// Whether an event of `event_type` about `entity` passes.
+    pub fn matches(&self, event_type: EventType, entity: &Entity) -> bool {
+        self.event_type.passes(event_type) && self.matches_entity(entity)
+    }
+}
+
+impl fmt::Debug for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds = self.kinds.as_ref().map(|ks| {
+            ks.iter().map(|k| (k.kind, if k.predicate.is_some() { "where" } else { "" })).collect::<Vec<_>>()
+        });
+        f.debug_struct("Filter")
+            .field("kinds", &kinds)
+            .field("source", &self.source)
+            .field("event_type", &self.event_type)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::{Container, Runtime};
+
+    #[test]
+    fn kind_predicates_apply_only_to_their_kind() {
+        let docker = Entity::from(Container { id: "a".into(), runtime: Some(Runtime::Docker), ..Default::default() });
+        let podman = Entity::from(Container { id: "b".into(), runtime: Some(Runtime::Podman), ..Default::default() });
+        let pod = Entity::from(crate::KubernetesPod { id: "p".into(), ..Default::default() });
+        let f = Filter::all()
+            .with_kind_where(Kind::Container, |e| e.as_container().is_some_and(|c| c.runtime == Some(Runtime::Docker)))
+            .with_kind(Kind::KubernetesPod);
+        assert!(f.matches(EventType::Set, &docker));
+        assert!(!f.matches(EventType::Set, &podman));
+        assert!(f.matches(EventType::Unset, &pod));
+        assert!(!Filter::all().with_kind(Kind::EcsTask).matches(EventType::Set, &pod));
+    }
+
+    #[test]
+    fn event_type_filters_pass_only_their_type() {
+        let e = Entity::from(Container { id: "a".into(), ..Default::default() });
+        let unset_only = Filter::all().with_event_type(EventTypeFilter::Unset);
+        assert!(!unset_only.matches(EventType::Set, &e));
+        assert!(unset_only.matches(EventType::Unset, &e));
+        assert!(Filter::all().matches(EventType::Set, &e));
+    }
+
+    #[test]
+    fn priorities_order_tagger_first() {
+        let mut p = [SubscriberPriority::Normal, SubscriberPriority::Tagger, SubscriberPriority::ConfigProvider];
+        p.sort();
+        assert_eq!(p, [SubscriberPriority::Tagger, SubscriberPriority::ConfigProvider, SubscriberPriority::Normal]);
+    }
+}

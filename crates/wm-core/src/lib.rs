@@ -1,0 +1,29 @@
+//! The vocabulary of the workload-metadata store: entities (containers, Kubernetes pods, ECS
+//! tasks), the sources that describe them and how their versions merge, the events into and out
+//! of the store, subscriber filters and priorities, and the contract collectors implement.
+//!
+//! This crate does no I/O and starts no runtime; `wm-store` runs the store, the `wm-collector-*`
+//! crates talk to runtimes and orchestrators.
+
+#![forbid(unsafe_code)]
+
+mod collector;
+mod entity;
+mod event;
+mod image;
+mod map;
+pub mod merge;
+mod time;
+
+pub use collector::{
+    BoxError, Collector, CollectorContext, CollectorError, CollectorKind, EventSink, Origin, PullCollector, SinkMessage,
+    SourceSink, StoreReader, StreamCollector,
+};
+pub use entity::{
+    Container, ContainerHealth, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
+    EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, Runtime, Source,
+};
+pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
+pub use image::ContainerImage;
+pub use map::StrMap;
+pub use time::{Timestamp, TimestampError};

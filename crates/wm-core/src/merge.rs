@@ -1,0 +1,280 @@
+//! How the versions several sources hold of one entity become one merged view.
+//!
+//! The rule (DESIGN 3.1): for each field, the first non-empty value in source precedence order
+//! wins (cluster orchestrator, node orchestrator, runtime, remote); a container's state, pid and
+//! cgroup path come from the runtime first. Maps are unions, the higher source winning a shared
+//! key. Lists of records are unions keyed by identity, a record present in several sources being
+//! completed field by field, never duplicated.
+
+use std::sync::Arc;
+
+use crate::entity::{
+    Container, ContainerPort, ContainerResources, EcsTask, Entity, KubernetesPod, OrchestratorContainer, PodOwner, Source,
+};
+
+fn fill<T: Default + PartialEq + Clone>(high: &mut T, low: &T) {
+    if *high == T::default() {
+        high.clone_from(low);
+    }
+}
+
+/// Union of two keyed record lists: `high`'s order first, then what only `low` has.
+fn union_by<T: Clone>(high: &mut Vec<T>, low: &[T], same: impl Fn(&T, &T) -> bool, complete: impl Fn(&mut T, &T)) {
+    for item in low {
+        match high.iter_mut().find(|h| same(h, item)) {
+            Some(existing) => complete(existing, item),
+            None => high.push(item.clone()),
+        }
+    }
+}
+
+fn union_strings(high: &mut Vec<String>, low: &[String]) {
+    union_by(high, low, |a, b| a == b, |_, _| {});
+}
+
+fn fill_port(high: &mut ContainerPort, low: &ContainerPort) {
+    fill(&mut high.name, &low.name);
+    fill(&mut high.host_port, &low.host_port);
+}
+
+fn fill_resources(high: &mut ContainerResources, low: &ContainerResources) {
+    fill(&mut high.cpu_request, &low.cpu_request);
+    fill(&mut high.cpu_limit, &low.cpu_limit);
+    fill(&mut high.memory_request, &low.memory_request);
+    fill(&mut high.memory_limit, &low.memory_limit);
+}
+
+fn fill_orchestrator_container(high: &mut OrchestratorContainer, low: &OrchestratorContainer) {
+    fill(&mut high.id, &low.id);
+    fill(&mut high.name, &low.name);
+    high.image.fill_from(&low.image);
+}
+
+fn same_orchestrator_container(a: &OrchestratorContainer, b: &OrchestratorContainer) -> bool {
+    if !a.id.is_empty() && !b.id.is_empty() { a.id == b.id } else { !a.name.is_empty() && a.name == b.name }
+}
+
+fn union_orchestrator_containers(high: &mut Vec<OrchestratorContainer>, low: &[OrchestratorContainer]) {
+    union_by(high, low, same_orchestrator_container, fill_orchestrator_container);
+}
+
+fn fill_container(high: &mut Container, low: &Container) {
+    fill(&mut high.name, &low.name);
+    fill(&mut high.hostname, &low.hostname);
+    high.labels.union_from(&low.labels);
+    high.env.union_from(&low.env);
+    high.image.fill_from(&low.image);
+    fill(&mut high.runtime, &low.runtime);
+    fill(&mut high.state, &low.state);
+    fill(&mut high.pid, &low.pid);
+    high.network_ips.union_from(&low.network_ips);
+    union_by(&mut high.ports, &low.ports, |a, b| a.port == b.port && a.protocol == b.protocol, fill_port);
+    fill(&mut high.owner, &low.owner);
+    fill(&mut high.cgroup_path, &low.cgroup_path);
+    fill(&mut high.restart_count, &low.restart_count);
+    fill_resources(&mut high.resources, &low.resources);
+}
+
+fn fill_pod(high: &mut KubernetesPod, low: &KubernetesPod) {
+    fill(&mut high.name, &low.name);
+    fill(&mut high.namespace, &low.namespace);
+    high.labels.union_from(&low.labels);
+    high.annotations.union_from(&low.annotations);
+    union_by(&mut high.owners, &low.owners, |a: &PodOwner, b| a.kind == b.kind && a.name == b.name, |h, l| {
+        fill(&mut h.id, &l.id)
+    });
+    fill(&mut high.phase, &low.phase);
+    fill(&mut high.ready, &low.ready);
+    fill(&mut high.ip, &low.ip);
+    fill(&mut high.node_name, &low.node_name);
+    fill(&mut high.priority_class, &low.priority_class);
+    fill(&mut high.qos_class, &low.qos_class);
+    fill(&mut high.runtime_class, &low.runtime_class);
+    union_orchestrator_containers(&mut high.containers, &low.containers);
+    union_orchestrator_containers(&mut high.init_containers, &low.init_containers);
+    union_orchestrator_containers(&mut high.ephemeral_containers, &low.ephemeral_containers);
+    union_strings(&mut high.pvc_names, &low.pvc_names);
+    union_strings(&mut high.kube_services, &low.kube_services);
+    high.namespace_labels.union_from(&low.namespace_labels);
+    high.namespace_annotations.union_from(&low.namespace_annotations);
+    fill(&mut high.created_at, &low.created_at);
+    fill(&mut high.started_at, &low.started_at);
+    fill(&mut high.finished_at, &low.finished_at);
+}
+
+fn fill_task(high: &mut EcsTask, low: &EcsTask) {
+    fill(&mut high.family, &low.family);
+    fill(&mut high.version, &low.version);
+    fill(&mut high.cluster_name, &low.cluster_name);
+    fill(&mut high.launch_type, &low.launch_type);
+    fill(&mut high.region, &low.region);
+    fill(&mut high.availability_zone, &low.availability_zone);
+    fill(&mut high.aws_account, &low.aws_account);
+    fill(&mut high.service_name, &low.service_name);
+    fill(&mut high.desired_status, &low.desired_status);
+    fill(&mut high.known_status, &low.known_status);
+    union_orchestrator_containers(&mut high.containers, &low.containers);
+    high.tags.union_from(&low.tags);
+    high.container_instance_tags.union_from(&low.container_instance_tags);
+}
+
+/// Completes `high` with what `low` says: each empty field of `high` takes `low`'s value.
+/// Entities of different kinds are left alone.
+pub fn fill_from(high: &mut Entity, low: &Entity) {
+    match (high, low) {
+        (Entity::Container(h), Entity::Container(l)) => fill_container(Arc::make_mut(h), l),
+        (Entity::KubernetesPod(h), Entity::KubernetesPod(l)) => fill_pod(Arc::make_mut(h), l),
+        (Entity::EcsTask(h), Entity::EcsTask(l)) => fill_task(Arc::make_mut(h), l),
+        _ => {}
+    }
+}
+
+/// The merged view of one entity from its per-source versions.
+///
+/// `versions` may come in any order; they are ranked by [`Source`] precedence. With a single
+/// version the result shares its allocation.
+pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
+    let mut ranked: Vec<&(Source, &Entity)> = versions.iter().collect();
+    ranked.sort_by_key(|(source, _)| *source);
+    let (first, rest) = ranked.split_first()?;
+    let mut merged = first.1.clone();
+    if rest.is_empty() {
+        return Some(merged);
+    }
+    for (_, low) in rest {
+        fill_from(&mut merged, low);
+    }
+    // The runtime knows best whether a container runs: its state, pid and cgroup path come first.
+    if let Entity::Container(c) = &mut merged {
+        let runtime_first =
+            ranked.iter().filter(|(s, _)| *s == Source::Runtime).chain(ranked.iter().filter(|(s, _)| *s != Source::Runtime));
+        let mut state = None;
+        let mut pid = None;
+        let mut cgroup_path = None;
+        for (_, version) in runtime_first {
+            let Entity::Container(v) = version else { continue };
+            if state.is_none() && v.state != Default::default() {
+                state = Some(&v.state);
+            }
+            if pid.is_none() && v.pid != 0 {
+                pid = Some(v.pid);
+            }
+            if cgroup_path.is_none() && !v.cgroup_path.is_empty() {
+                cgroup_path = Some(&v.cgroup_path);
+            }
+        }
+        let c = Arc::make_mut(c);
+        if let Some(state) = state {
+            c.state.clone_from(state);
+        }
+        if let Some(pid) = pid {
+            c.pid = pid;
+        }
+        if let Some(path) = cgroup_path {
+            c.cgroup_path.clone_from(path);
+        }
+    }
+    Some(merged)
+}
+
+/// What an unset delivers: the last known entity with the fields the unset payload carries laid
+/// over it (a runtime's exit code and finish time). An id-only payload gives `last` itself.
+pub fn overlay(payload: &Entity, last: &Entity) -> Entity {
+    if payload.is_id_only() {
+        return last.clone();
+    }
+    let mut out = payload.clone();
+    fill_from(&mut out, last);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::{ContainerState, ContainerStatus};
+
+    fn container(f: impl FnOnce(&mut Container)) -> Entity {
+        let mut c = Container { id: "c1".into(), ..Container::default() };
+        f(&mut c);
+        Entity::from(c)
+    }
+
+    #[test]
+    fn a_single_version_is_shared_not_copied() {
+        let e = container(|c| c.name = "a".into());
+        let merged = merge(&[(Source::Runtime, &e)]).unwrap();
+        assert!(merged.ptr_eq(&e));
+    }
+
+    #[test]
+    fn precedence_is_by_source_not_by_argument_order() {
+        let runtime = container(|c| {
+            c.name = "rt".into();
+            c.hostname = "h".into();
+        });
+        let cluster = container(|c| c.name = "cluster".into());
+        let merged = merge(&[(Source::Runtime, &runtime), (Source::ClusterOrchestrator, &cluster)]).unwrap();
+        let c = merged.as_container().unwrap();
+        assert_eq!((c.name.as_str(), c.hostname.as_str()), ("cluster", "h"));
+    }
+
+    #[test]
+    fn state_pid_and_cgroup_come_from_the_runtime_first_as_a_unit() {
+        let kubelet = container(|c| {
+            c.state = ContainerState { running: true, status: ContainerStatus::Running, ..Default::default() };
+            c.pid = 7;
+            c.cgroup_path = "/kubepods/x".into();
+        });
+        let runtime = container(|c| {
+            c.state = ContainerState { status: ContainerStatus::Stopped, exit_code: Some(1), ..Default::default() };
+        });
+        let merged = merge(&[(Source::NodeOrchestrator, &kubelet), (Source::Runtime, &runtime)]).unwrap();
+        let c = merged.as_container().unwrap();
+        assert!(!c.state.running);
+        assert_eq!(c.state.exit_code, Some(1));
+        assert_eq!((c.pid, c.cgroup_path.as_str()), (7, "/kubepods/x"));
+    }
+
+    #[test]
+    fn pod_containers_merge_by_id_or_name_without_duplicates() {
+        let oc = |id: &str, name: &str, image: &str| OrchestratorContainer {
+            id: id.into(),
+            name: name.into(),
+            image: crate::ContainerImage::parse(image),
+        };
+        let node = Entity::from(KubernetesPod {
+            id: "p1".into(),
+            containers: vec![oc("", "app", "nginx:1"), oc("c2", "side", "")],
+            kube_services: vec!["a".into()],
+            ..Default::default()
+        });
+        let cluster = Entity::from(KubernetesPod {
+            id: "p1".into(),
+            containers: vec![oc("c1", "app", ""), oc("c2", "", "envoy:2")],
+            kube_services: vec!["b".into(), "a".into()],
+            ..Default::default()
+        });
+        let merged = merge(&[(Source::NodeOrchestrator, &node), (Source::ClusterOrchestrator, &cluster)]).unwrap();
+        let pod = merged.as_kubernetes_pod().unwrap();
+        assert_eq!(pod.containers, vec![
+            oc("c1", "app", "nginx:1"),
+            OrchestratorContainer { id: "c2".into(), name: "side".into(), image: crate::ContainerImage::parse("envoy:2") }
+        ]);
+        assert_eq!(pod.kube_services, ["b", "a"]);
+    }
+
+    #[test]
+    fn overlay_lays_the_payload_over_the_last_entity() {
+        let last = container(|c| {
+            c.name = "web".into();
+            c.state = ContainerState { running: true, status: ContainerStatus::Running, ..Default::default() };
+        });
+        let payload = container(|c| c.state = ContainerState { exit_code: Some(137), ..Default::default() });
+        let out = overlay(&payload, &last);
+        let c = out.as_container().unwrap();
+        assert_eq!(c.name, "web");
+        assert_eq!(c.state, ContainerState { exit_code: Some(137), ..Default::default() });
+        let id_only = Entity::empty(&last.id());
+        assert!(overlay(&id_only, &last).ptr_eq(&last));
+    }
+}

@@ -1,0 +1,100 @@
+//! Store telemetry with the Datadog names, read as samples by whoever exports them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use serde::Serialize;
+use wm_core::{Kind, Source};
+
+/// A metric's value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricValue {
+    /// Only goes up.
+    Counter(u64),
+    /// Goes up and down.
+    Gauge(f64),
+    /// A distribution summed up: how many observations and their sum (seconds).
+    Summary {
+        /// Observations.
+        count: u64,
+        /// Their sum.
+        sum: f64,
+    },
+}
+
+/// One metric with its labels, e.g. `workloadmeta.stored_entities{kind="container",source="runtime"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricSample {
+    /// The metric's name.
+    pub name: &'static str,
+    /// Label names and values.
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: MetricValue,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Telemetry {
+    events_received: [[AtomicU64; 4]; 3],
+    notifications_sent: Mutex<BTreeMap<(String, &'static str), u64>>,
+    pub(crate) subscribers: AtomicI64,
+}
+
+fn kind_slot(kind: Kind) -> usize {
+    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+fn source_slot(source: Source) -> usize {
+    Source::ALL.iter().position(|s| *s == source).unwrap_or(0)
+}
+
+/// Outcomes counted by `workloadmeta.notifications_sent{status}`.
+pub(crate) const SENT_SUCCESS: &str = "success";
+pub(crate) const SENT_ACK_TIMEOUT: &str = "ack_timeout";
+pub(crate) const SENT_LAGGED: &str = "lagged";
+
+impl Telemetry {
+    pub(crate) fn event_received(&self, kind: Kind, source: Source) {
+        self.events_received[kind_slot(kind)][source_slot(source)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn notification(&self, subscriber: &str, status: &'static str) {
+        let mut sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
+        match sent.get_mut(&(subscriber.to_owned(), status)) {
+            Some(n) => *n += 1,
+            None => {
+                sent.insert((subscriber.to_owned(), status), 1);
+            }
+        }
+    }
+
+    pub(crate) fn samples(&self, out: &mut Vec<MetricSample>) {
+        for kind in Kind::ALL {
+            for source in Source::ALL {
+                let n = self.events_received[kind_slot(kind)][source_slot(source)].load(Ordering::Relaxed);
+                if n > 0 {
+                    out.push(MetricSample {
+                        name: "workloadmeta.events_received",
+                        labels: vec![("kind", kind.as_str().to_owned()), ("source", source.as_str().to_owned())],
+                        value: MetricValue::Counter(n),
+                    });
+                }
+            }
+        }
+        let sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((subscriber, status), n) in sent.iter() {
+            out.push(MetricSample {
+                name: "workloadmeta.notifications_sent",
+                labels: vec![("subscriber_name", subscriber.clone()), ("status", (*status).to_owned())],
+                value: MetricValue::Counter(*n),
+            });
+        }
+        out.push(MetricSample {
+            name: "workloadmeta.subscribers",
+            labels: Vec::new(),
+            value: MetricValue::Gauge(self.subscribers.load(Ordering::Relaxed) as f64),
+        });
+    }
+}
