@@ -1,0 +1,31 @@
+//! Runs every conformance scenario of `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`.
+
+use test_support::conformance::{directories, load_dir, run_file};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_conformance_scenario_passes() {
+    let dirs = directories().unwrap_or_else(|e| panic!("{e}"));
+    let mut failures = Vec::new();
+    let mut files = 0;
+    for dir in dirs {
+        let loaded = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        for file in loaded {
+            files += 1;
+            // Tagger scenarios wait for the tagger crate (issue: tagger); they are counted as skipped.
+            let outcome = run_file(&file, |_| async { None }).await;
+            let name = file.file_name();
+            println!("conformance: {name}: {} scenarios passed", outcome.passed);
+            if !outcome.skipped.is_empty() {
+                println!(
+                    "conformance: {name}: {} tagger scenarios skipped: the tagger crate does not exist yet",
+                    outcome.skipped.len()
+                );
+            }
+            for (scenario, error) in outcome.failed {
+                failures.push(format!("{}: {scenario:?}: {error}", file.path.display()));
+            }
+        }
+    }
+    assert!(files > 0, "no conformance file found");
+    assert!(failures.is_empty(), "{} scenario(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
