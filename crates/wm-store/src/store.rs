@@ -205,9 +205,10 @@ impl StoreBuilder {
             subscribers: Vec::new(),
             ack_timeout: self.config.ack_timeout,
             telemetry: telemetry.clone(),
-            alive: AliveGuard(loop_alive.clone()),
+            _alive: AliveGuard(loop_alive.clone()),
         };
-        let handle = tokio::spawn(store_loop.run());
+        // Not aborted on shutdown: it is told to stop, so that it ends every stream first.
+        tokio::spawn(store_loop.run());
         let inner = Inner {
             state: RwLock::new(State::default()),
             commands,
@@ -218,7 +219,7 @@ impl StoreBuilder {
             loop_alive,
             pending_collectors: Mutex::new(self.collectors),
             statuses: Mutex::new(statuses),
-            tasks: Mutex::new(vec![handle.abort_handle()]),
+            tasks: Mutex::new(Vec::new()),
         };
         Store { inner: Arc::new(inner) }
     }
@@ -316,7 +317,7 @@ impl Store {
         for task in self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
             task.abort();
         }
-        // The loop may already be gone; then there is nothing to stop.
+        // The loop ends after what is queued before this command; it may already be gone.
         let _ = self.inner.commands.send(Command::Shutdown);
     }
 
@@ -337,7 +338,10 @@ impl Store {
         let state = self.inner.read();
         let snapshot = state.snapshot(&filter);
         shared.push(snapshot, 0);
-        let _ = self.inner.commands.send(Command::Subscribe { shared: shared.clone(), filter });
+        if self.inner.commands.send(Command::Subscribe { shared: shared.clone(), filter }).is_err() {
+            // The store was shut down: the snapshot is all this subscriber will hear.
+            shared.close_after_pending();
+        }
         drop(state);
         Subscription::new(shared)
     }
@@ -570,7 +574,17 @@ struct StoreLoop {
     subscribers: Vec<LoopSubscriber>,
     ack_timeout: Duration,
     telemetry: Arc<Telemetry>,
-    alive: AliveGuard,
+    _alive: AliveGuard,
+}
+
+impl Drop for StoreLoop {
+    /// Ends every subscriber's stream, also when the loop task is aborted or panics.
+    fn drop(&mut self) {
+        for sub in &self.subscribers {
+            sub.shared.close();
+        }
+        self.telemetry.subscribers.store(0, Ordering::Relaxed);
+    }
 }
 
 impl StoreLoop {
@@ -596,11 +610,7 @@ impl StoreLoop {
             self.subscribers.retain(|s| !s.shared.is_finished());
             self.telemetry.subscribers.store(self.subscribers.len() as i64, Ordering::Relaxed);
         }
-        for sub in &self.subscribers {
-            sub.shared.close();
-        }
-        self.telemetry.subscribers.store(0, Ordering::Relaxed);
-        drop(self.alive);
+        // Dropping the loop closes every queue (see `Drop`), however it ends.
     }
 
     async fn deliver(&mut self, changes: &[Change]) {

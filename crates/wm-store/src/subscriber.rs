@@ -145,6 +145,16 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Ends the stream once the bundles already queued were taken.
+    pub(crate) fn close_after_pending(&self) {
+        let mut st = self.lock();
+        if st.closed.is_none() {
+            st.closed = Some(Closed::Ended);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
     /// Whether the store should stop serving this subscriber.
     pub(crate) fn is_finished(&self) -> bool {
         self.receiver_gone.load(Ordering::Relaxed) || self.lock().closed.is_some()

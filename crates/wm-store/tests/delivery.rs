@@ -1,0 +1,210 @@
+//! Priority order, acknowledgements and slow subscribers, on paused tokio time (no wall clock).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use wm_core::{CollectorEvent, Container, Filter, Source, SubscriberPriority};
+use wm_store::{EventBundle, Store, StoreConfig, Subscription, SubscriptionError, TryRecv};
+
+fn container(id: &str) -> Container {
+    Container { id: id.into(), name: format!("name-{id}"), ..Container::default() }
+}
+
+async fn set(store: &Store, id: &str) {
+    store.notify(vec![CollectorEvent::set(Source::Runtime, container(id))]).await;
+}
+
+async fn next(sub: &mut Subscription) -> EventBundle {
+    match sub.recv().await {
+        Some(Ok(bundle)) => bundle,
+        other => panic!("{}: expected a bundle, got {other:?}", sub.name()),
+    }
+}
+
+fn assert_empty(sub: &mut Subscription) {
+    match sub.try_recv() {
+        TryRecv::Empty => {}
+        other => panic!("{}: expected nothing waiting, got {other:?}", sub.name()),
+    }
+}
+
+fn subscribe(store: &Store, name: &str, priority: SubscriberPriority) -> Subscription {
+    store.subscribe(name, priority, Filter::all())
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_are_served_tagger_then_config_provider_then_normal_each_after_the_previous_acked() {
+    let store = Store::new();
+    // Subscribe out of order: the store orders by priority, not by arrival.
+    let mut normal = subscribe(&store, "normal", SubscriberPriority::Normal);
+    let mut config = subscribe(&store, "config", SubscriberPriority::ConfigProvider);
+    let mut tagger = subscribe(&store, "tagger", SubscriberPriority::Tagger);
+    for sub in [&mut normal, &mut config, &mut tagger] {
+        assert!(next(sub).await.events.is_empty(), "snapshot of an empty store");
+    }
+
+    let t0 = Instant::now();
+    set(&store, "c1").await;
+    let tagger_bundle = next(&mut tagger).await;
+    assert_eq!(tagger_bundle.events.len(), 1);
+    // While the tagger holds its bundle, nobody else hears of c1.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_empty(&mut config);
+    assert_empty(&mut normal);
+
+    drop(tagger_bundle); // acknowledges
+    let config_bundle = next(&mut config).await;
+    assert_eq!(t0.elapsed(), Duration::from_millis(300), "served right after the ack, not after the timeout");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_empty(&mut normal);
+
+    let mut config_bundle = config_bundle;
+    config_bundle.acknowledge();
+    let normal_bundle = next(&mut normal).await;
+    assert_eq!(t0.elapsed(), Duration::from_millis(500));
+    assert_eq!(normal_bundle.events[0].entity.id_str().as_ref(), "c1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_never_acks_delays_the_next_one_by_the_ack_timeout_only() {
+    let store = Store::new();
+    let mut tagger = subscribe(&store, "stuck-tagger", SubscriberPriority::Tagger);
+    let mut normal = subscribe(&store, "normal", SubscriberPriority::Normal);
+    let _ = next(&mut tagger).await;
+    let _ = next(&mut normal).await;
+
+    let t0 = Instant::now();
+    set(&store, "c1").await;
+    let held_1 = next(&mut tagger).await; // held, never acknowledged in time
+    let _ = next(&mut normal).await;
+    assert_eq!(t0.elapsed(), Duration::from_secs(1), "the default ack timeout");
+
+    // The stuck subscriber already cost one timeout: the next batches are not delayed again.
+    let t1 = Instant::now();
+    set(&store, "c2").await;
+    set(&store, "c3").await;
+    let _ = next(&mut normal).await;
+    let _ = next(&mut normal).await;
+    assert_eq!(t1.elapsed(), Duration::ZERO);
+
+    // Once it caught up and acknowledged, it is waited for again.
+    drop(held_1);
+    drop(next(&mut tagger).await);
+    drop(next(&mut tagger).await);
+    let t2 = Instant::now();
+    set(&store, "c4").await;
+    let held_4 = next(&mut tagger).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_empty(&mut normal);
+    drop(held_4);
+    let _ = next(&mut normal).await;
+    assert_eq!(t2.elapsed(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_keep_going() {
+    let mut config = StoreConfig::default();
+    config.subscriber_queue_capacity = 4;
+    config.lag_timeout = Duration::from_secs(2);
+    config.subscriber_queue_hard_capacity = 100;
+    let store = Store::builder().config(config).build();
+    let mut slow = subscribe(&store, "slow", SubscriberPriority::Normal);
+    let mut fast = subscribe(&store, "fast", SubscriberPriority::Normal);
+    let _ = next(&mut fast).await;
+
+    // The slow one holds its snapshot plus three bundles: its queue is full.
+    for i in 0..3 {
+        set(&store, &format!("a{i}")).await;
+    }
+    // Full, but not yet for long: still queued.
+    set(&store, "b0").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Still full after the lag timeout: this push cuts it off.
+    set(&store, "b1").await;
+    store.sync().await;
+
+    for i in 0..3 {
+        assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_ref(), format!("a{i}"));
+    }
+    assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_ref(), "b0");
+    assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_ref(), "b1");
+
+    match slow.recv().await {
+        Some(Err(SubscriptionError::Lagged { subscriber, pending_bundles, full_for })) => {
+            assert_eq!(subscriber, "slow");
+            assert_eq!(pending_bundles, 5);
+            assert!(full_for >= Duration::from_secs(2), "{full_for:?}");
+        }
+        other => panic!("expected a lag error, got {other:?}"),
+    }
+    assert!(slow.recv().await.is_none(), "the stream ends after the lag error");
+
+    // The store keeps going, and a new subscription starts from a fresh snapshot.
+    set(&store, "c0").await;
+    assert_eq!(next(&mut fast).await.events.len(), 1);
+    let mut again = subscribe(&store, "slow", SubscriberPriority::Normal);
+    let snapshot = next(&mut again).await;
+    let ids: Vec<_> = snapshot.events.iter().map(|e| e.entity.id_str().to_string()).collect();
+    assert_eq!(ids, ["a0", "a1", "a2", "b0", "b1", "c0"]);
+    let lagged = store
+        .telemetry()
+        .into_iter()
+        .find(|m| {
+            m.name == "workloadmeta.notifications_sent"
+                && m.labels.contains(&("subscriber_name", "slow".into()))
+                && m.labels.contains(&("status", "lagged".into()))
+        })
+        .map(|m| m.value);
+    assert_eq!(lagged, Some(wm_store::MetricValue::Counter(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_past_its_hard_bound_is_cut_off_at_once() {
+    let mut config = StoreConfig::default();
+    config.subscriber_queue_capacity = 2;
+    config.subscriber_queue_hard_capacity = 4;
+    config.lag_timeout = Duration::from_secs(3600);
+    let store = Store::builder().config(config).build();
+    let mut slow = subscribe(&store, "slow", SubscriberPriority::Normal);
+    for i in 0..10 {
+        set(&store, &format!("c{i}")).await;
+    }
+    store.sync().await;
+    let mut bundles = 0;
+    loop {
+        match slow.recv().await {
+            Some(Ok(_)) => bundles += 1,
+            Some(Err(SubscriptionError::Lagged { .. })) => break,
+            other => panic!("expected bundles then a lag error, got {other:?}"),
+        }
+    }
+    assert_eq!(bundles, 0, "a cut-off subscriber's pending bundles are discarded, not half-delivered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_subscription_unsubscribes_and_nobody_waits_for_its_acks() {
+    let store = Store::new();
+    let tagger = subscribe(&store, "gone", SubscriberPriority::Tagger);
+    let mut normal = subscribe(&store, "normal", SubscriberPriority::Normal);
+    let _ = next(&mut normal).await;
+    drop(tagger);
+    let t0 = Instant::now();
+    set(&store, "c1").await;
+    let _ = next(&mut normal).await;
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    store.sync().await;
+    let subscribers = store.telemetry().into_iter().find(|m| m.name == "workloadmeta.subscribers").map(|m| m.value);
+    assert_eq!(subscribers, Some(wm_store::MetricValue::Gauge(1.0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_every_stream_and_health_says_the_loop_stopped() {
+    let store = Store::new();
+    let mut sub = subscribe(&store, "s", SubscriberPriority::Normal);
+    let _ = next(&mut sub).await;
+    assert!(store.health().store_alive);
+    store.shutdown();
+    assert!(sub.recv().await.is_none());
+    tokio::task::yield_now().await;
+    assert!(!store.health().store_alive);
+}
