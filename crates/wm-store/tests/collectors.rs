@@ -1,0 +1,291 @@
+//! The collector runner on paused tokio time: detection, backoff, pull timing and timeouts.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use wm_core::{Collector, CollectorContext, CollectorError, Container, Entity, PullCollector, Source, StreamCollector};
+use wm_store::{CollectorState, MetricValue, Store};
+
+fn container(id: &str) -> Entity {
+    Entity::from(Container { id: id.into(), ..Container::default() })
+}
+
+/// Seconds since `t0` at which something happened.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u64>>>);
+
+impl Log {
+    fn record(&self, t0: Instant) {
+        self.0.lock().unwrap().push(t0.elapsed().as_secs());
+    }
+    fn times(&self) -> Vec<u64> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Fails retriably `failures` times, then lists and follows a stream that never ends.
+struct Flaky {
+    t0: Instant,
+    runs: Log,
+    failures: usize,
+}
+
+#[async_trait]
+impl StreamCollector for Flaky {
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.runs.record(self.t0);
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(CollectorError::retriable("daemon not answering", "connection refused"));
+        }
+        ctx.sink.full_list(vec![container("c1")]).await;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+async fn settle(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retriable_collector_is_retried_with_exponential_backoff_capped_at_30s() {
+    let runs = Log::default();
+    let t0 = Instant::now();
+    let store = Store::builder()
+        .collector(Collector::stream("flaky", Source::Runtime, Flaky { t0, runs: runs.clone(), failures: 8 }))
+        .build();
+    store.start();
+    settle(Duration::from_secs(200)).await;
+    // Tries at 0, then after 1, 2, 4, 8, 16, 30, 30, 30 s.
+    assert_eq!(runs.times(), [0, 1, 3, 7, 15, 31, 61, 91, 121]);
+    assert!(store.get_container("c1").is_some());
+    let health = store.health();
+    assert!(health.is_ready(), "{health:?}");
+    assert_eq!(health.collectors[0].state, CollectorState::Running);
+}
+
+/// Lists, then loses its stream after `alive` seconds, forever.
+struct Reconnecting {
+    t0: Instant,
+    runs: Log,
+}
+
+#[async_trait]
+impl StreamCollector for Reconnecting {
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.runs.record(self.t0);
+        ctx.sink.full_list(vec![container("c1")]).await;
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        Err(CollectorError::retriable("event stream broke", "eof"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_listed_resets_the_backoff() {
+    let runs = Log::default();
+    let t0 = Instant::now();
+    let store = Store::builder()
+        .collector(Collector::stream("reconnecting", Source::Runtime, Reconnecting { t0, runs: runs.clone() }))
+        .build();
+    store.start();
+    settle(Duration::from_secs(350)).await;
+    assert_eq!(runs.times(), [0, 101, 202, 303], "each reconnect waits the initial 1 s again");
+}
+
+struct Absent {
+    runs: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl StreamCollector for Absent {
+    async fn run(&mut self, _: &CollectorContext) -> Result<(), CollectorError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Err(CollectorError::absent("no socket at /var/run/docker.sock"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_collector_whose_environment_is_absent_is_dropped_and_does_not_hold_readiness() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let store =
+        Store::builder().collector(Collector::stream("docker", Source::Runtime, Absent { runs: runs.clone() })).build();
+    let before = store.health();
+    assert_eq!(before.collectors[0].state, CollectorState::Pending);
+    assert!(!before.is_ready(), "a registered collector that has not listed holds readiness");
+    store.start();
+    settle(Duration::from_secs(120)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let health = store.health();
+    assert!(matches!(&health.collectors[0].state, CollectorState::Dropped { reason } if reason.contains("docker.sock")));
+    assert!(health.is_ready());
+}
+
+/// Lists once, then its socket vanishes (the daemon restarts): absent, but it was there.
+struct Vanishing {
+    runs: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl StreamCollector for Vanishing {
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        if self.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+            ctx.sink.full_list(vec![container("c1")]).await;
+            return Err(CollectorError::retriable("stream broke", "eof"));
+        }
+        Err(CollectorError::absent("no socket"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_collector_that_listed_before_is_retried_when_its_socket_vanishes() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let store =
+        Store::builder().collector(Collector::stream("docker", Source::Runtime, Vanishing { runs: runs.clone() })).build();
+    store.start();
+    settle(Duration::from_secs(10)).await;
+    assert!(runs.load(Ordering::SeqCst) >= 3, "still retried: {}", runs.load(Ordering::SeqCst));
+    assert!(matches!(store.health().collectors[0].state, CollectorState::Retrying { .. }));
+}
+
+/// Records pull start times and how many pulls overlap; pull `n` behaves as `plan(n)` says.
+struct Puller {
+    t0: Instant,
+    pulls: Log,
+    running: Arc<AtomicUsize>,
+    max_running: Arc<AtomicUsize>,
+    n: usize,
+    plan: fn(usize) -> Plan,
+}
+
+#[derive(Clone, Copy)]
+enum Plan {
+    List(&'static [&'static str]),
+    Fail,
+    Take(Duration),
+    Hang,
+}
+
+#[async_trait]
+impl PullCollector for Puller {
+    async fn start(&mut self, _: &CollectorContext) -> Result<(), CollectorError> {
+        Ok(())
+    }
+
+    async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.pulls.record(self.t0);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let plan = (self.plan)(self.n);
+        self.n += 1;
+        let result = match plan {
+            Plan::List(ids) => {
+                ctx.sink.full_list(ids.iter().map(|id| container(id)).collect()).await;
+                Ok(())
+            }
+            Plan::Fail => Err(CollectorError::retriable("list failed", "connection refused")),
+            Plan::Take(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Plan::Hang => {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        };
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+fn puller(plan: fn(usize) -> Plan) -> (Puller, Log, Arc<AtomicUsize>) {
+    let pulls = Log::default();
+    let max_running = Arc::new(AtomicUsize::new(0));
+    let p = Puller {
+        t0: Instant::now(),
+        pulls: pulls.clone(),
+        running: Arc::new(AtomicUsize::new(0)),
+        max_running: max_running.clone(),
+        n: 0,
+        plan,
+    };
+    (p, pulls, max_running)
+}
+
+#[tokio::test(start_paused = true)]
+async fn pulls_happen_at_once_then_every_5s_by_default_or_as_configured() {
+    let (default, default_log, _) = puller(|_| Plan::List(&["a"]));
+    let (custom, custom_log, _) = puller(|_| Plan::List(&["b"]));
+    let store = Store::builder()
+        .collector(Collector::pull("default", Source::Runtime, default))
+        .collector(Collector::pull("custom", Source::NodeOrchestrator, custom).with_pull_interval(Duration::from_secs(2)))
+        .build();
+    store.start();
+    settle(Duration::from_millis(12_500)).await;
+    assert_eq!(default_log.times(), [0, 5, 10]);
+    assert_eq!(custom_log.times(), [0, 2, 4, 6, 8, 10, 12]);
+    assert!(store.health().is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_pull_delays_the_next_one_and_two_never_overlap() {
+    let (slow, log, max_running) = puller(|n| if n == 0 { Plan::Take(Duration::from_secs(12)) } else { Plan::List(&[]) });
+    let store = Store::builder().collector(Collector::pull("slow", Source::Runtime, slow)).build();
+    store.start();
+    settle(Duration::from_secs(25)).await;
+    assert_eq!(log.times(), [0, 12, 17, 22]);
+    assert_eq!(max_running.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_pull_is_cut_by_the_timeout_and_counted_as_an_error() {
+    let (hung, log, _) = puller(|n| if n == 0 { Plan::Hang } else { Plan::List(&["a"]) });
+    let store = Store::builder()
+        .collector(Collector::pull("hung", Source::Runtime, hung).with_pull_timeout(Duration::from_secs(3)))
+        .build();
+    store.start();
+    settle(Duration::from_secs(6)).await;
+    assert_eq!(log.times(), [0, 5]);
+    assert!(store.get_container("a").is_some());
+    let errors = store
+        .telemetry()
+        .into_iter()
+        .find(|m| m.name == "workloadmeta.pull_errors")
+        .map(|m| (m.labels, m.value));
+    assert_eq!(errors, Some((vec![("collector_id", "hung".to_owned())], MetricValue::Counter(1))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_pull_changes_nothing_and_the_next_good_one_reconciles() {
+    let (flaky, _, _) = puller(|n| match n {
+        0 => Plan::List(&["a", "b"]),
+        1 | 2 => Plan::Fail,
+        _ => Plan::List(&["b", "c"]),
+    });
+    let store = Store::builder().collector(Collector::pull("podman", Source::Runtime, flaky)).build();
+    store.start();
+    settle(Duration::from_secs(11)).await;
+    let ids = |s: &Store| s.list_containers().iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(&store), ["a", "b"], "after two failed pulls");
+    settle(Duration::from_secs(5)).await;
+    assert_eq!(ids(&store), ["b", "c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_lists_of_two_collectors_of_one_source_do_not_unset_each_other() {
+    let (docker, _, _) = puller(|_| Plan::List(&["d1"]));
+    let (containerd, _, _) = puller(|n| if n == 0 { Plan::List(&["k1"]) } else { Plan::List(&[]) });
+    let store = Store::builder()
+        .collector(Collector::pull("docker", Source::Runtime, docker))
+        .collector(Collector::pull("containerd", Source::Runtime, containerd))
+        .build();
+    store.start();
+    settle(Duration::from_secs(1)).await;
+    assert_eq!(store.list_containers().len(), 2);
+    settle(Duration::from_secs(5)).await;
+    let ids: Vec<_> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
+    assert_eq!(ids, ["d1"], "containerd's empty list unsets only what containerd said");
+}
