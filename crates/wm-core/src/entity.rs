@@ -241,7 +241,7 @@ pub struct ContainerResources {
 }
 
 /// A container of any runtime.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Container {
     /// The container id (64 hex for docker, containerd and podman; the instance GUID on Cloud Foundry).
@@ -288,6 +288,47 @@ pub struct Container {
     /// Requests and limits.
     #[serde(skip_serializing_if = "is_default")]
     pub resources: ContainerResources,
+}
+
+impl PartialEq for Container {
+    /// Field by field, the inline fields that change most (state, pid, restarts) first: the
+    /// store compares every set with what it had, and most updates differ there, so most
+    /// comparisons end before touching a string on the heap. Destructured so that a new field
+    /// cannot be left out.
+    fn eq(&self, other: &Self) -> bool {
+        let Container {
+            id,
+            name,
+            hostname,
+            labels,
+            env,
+            image,
+            runtime,
+            state,
+            pid,
+            network_ips,
+            ports,
+            owner,
+            cgroup_path,
+            restart_count,
+            resources,
+        } = self;
+        *restart_count == other.restart_count
+            && *pid == other.pid
+            && *runtime == other.runtime
+            && *state == other.state
+            && *resources == other.resources
+            && *owner == other.owner
+            && *name == other.name
+            && *image == other.image
+            && *labels == other.labels
+            && *env == other.env
+            && *hostname == other.hostname
+            && *network_ips == other.network_ips
+            && *ports == other.ports
+            && *cgroup_path == other.cgroup_path
+            && *id == other.id
+    }
 }
 
 /// An owner reference of a pod.

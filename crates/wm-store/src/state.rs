@@ -6,30 +6,97 @@ use std::sync::Arc;
 use wm_core::merge::{merge, overlay};
 use wm_core::{Entity, EntityId, Event, EventType, Filter, Kind, Origin, Source};
 
+/// A collector's name, interned by the state: versions carry 2 bytes, not an `Arc`.
+pub(crate) type CollectorIndex = u16;
+
 /// One source's version of an entity, and which collector of that source said it.
 #[derive(Debug)]
 pub(crate) struct Version {
     pub(crate) source: Source,
-    pub(crate) collector: Arc<str>,
+    pub(crate) collector: CollectorIndex,
     pub(crate) entity: Entity,
+}
+
+/// At most one version per source, in source precedence order. Nearly every entity is known
+/// by one source: that version sits inline in the record, with no allocation to reach.
+#[derive(Debug)]
+pub(crate) enum Versions {
+    One(Version),
+    Many(Vec<Version>),
+}
+
+impl Versions {
+    pub(crate) fn as_slice(&self) -> &[Version] {
+        match self {
+            Versions::One(v) => std::slice::from_ref(v),
+            Versions::Many(vs) => vs,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Version] {
+        match self {
+            Versions::One(v) => std::slice::from_mut(v),
+            Versions::Many(vs) => vs,
+        }
+    }
+
+    fn position(&self, source: Source) -> Result<usize, usize> {
+        self.as_slice().binary_search_by_key(&source, |v| v.source)
+    }
+
+    fn insert(&mut self, at: usize, version: Version) {
+        let mut all = match std::mem::replace(self, Versions::Many(Vec::new())) {
+            Versions::One(v) => vec![v],
+            Versions::Many(vs) => vs,
+        };
+        all.insert(at, version);
+        *self = Versions::Many(all);
+    }
+
+    /// Removes the version at `at`; `None` when it was the last one (the record goes).
+    fn remove(&mut self, at: usize) -> Option<Version> {
+        let Versions::Many(vs) = self else { return None };
+        let removed = vs.remove(at);
+        if vs.len() == 1
+            && let Some(last) = vs.pop()
+        {
+            *self = Versions::One(last);
+        }
+        Some(removed)
+    }
 }
 
 /// Everything known about one entity.
 #[derive(Debug)]
 pub(crate) struct Record {
-    /// At most one per source, in source precedence order.
-    pub(crate) versions: Vec<Version>,
+    pub(crate) versions: Versions,
     pub(crate) merged: Entity,
 }
 
 impl Record {
     pub(crate) fn version(&self, source: Source) -> Option<&Entity> {
-        self.versions.iter().find(|v| v.source == source).map(|v| &v.entity)
+        self.versions.as_slice().iter().find(|v| v.source == source).map(|v| &v.entity)
     }
 
+    /// The merged view of the current versions; the single version itself when only one
+    /// source knows the entity (the common case: no allocation, no copy).
     fn remerge(&self) -> Option<Entity> {
-        let versions: Vec<(Source, &Entity)> = self.versions.iter().map(|v| (v.source, &v.entity)).collect();
+        if let [only] = self.versions.as_slice() {
+            return Some(only.entity.clone());
+        }
+        let versions: Vec<(Source, &Entity)> = self.versions.as_slice().iter().map(|v| (v.source, &v.entity)).collect();
         merge(&versions)
+    }
+
+    /// Recomputes the merged view; `Some(new)` when it changed. `known_changed` skips the deep
+    /// comparison when the caller knows (a single version that was just replaced by a different one).
+    fn update_merged(&mut self, known_changed: bool) -> Option<Entity> {
+        let merged = self.remerge()?;
+        let changed = known_changed || merged != self.merged;
+        changed.then(|| {
+            self.merged = merged.clone();
+            merged
+        })
     }
 }
 
@@ -64,9 +131,13 @@ fn unset(entity: Entity) -> Event {
     Event { event_type: EventType::Unset, entity }
 }
 
+/// Ids come from local daemons and are hashed on every event: a fast hasher, not SipHash.
+pub(crate) type IdMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    kinds: [HashMap<Arc<str>, Record>; 3],
+    kinds: [IdMap<Record>; 3],
+    collectors: Vec<Arc<str>>,
 }
 
 fn slot(kind: Kind) -> usize {
@@ -78,11 +149,11 @@ fn slot(kind: Kind) -> usize {
 }
 
 impl State {
-    pub(crate) fn records(&self, kind: Kind) -> &HashMap<Arc<str>, Record> {
+    pub(crate) fn records(&self, kind: Kind) -> &IdMap<Record> {
         &self.kinds[slot(kind)]
     }
 
-    fn records_mut(&mut self, kind: Kind) -> &mut HashMap<Arc<str>, Record> {
+    fn records_mut(&mut self, kind: Kind) -> &mut IdMap<Record> {
         &mut self.kinds[slot(kind)]
     }
 
@@ -90,43 +161,61 @@ impl State {
         self.records(id.kind).get(&id.id)
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.kinds.iter().map(HashMap::len).sum()
+    /// The index of a collector's name, interned on first use.
+    pub(crate) fn collector_index(&mut self, name: &Arc<str>) -> CollectorIndex {
+        let at = match self.collectors.iter().position(|c| c == name) {
+            Some(at) => at,
+            None => {
+                self.collectors.push(name.clone());
+                self.collectors.len() - 1
+            }
+        };
+        CollectorIndex::try_from(at).unwrap_or(CollectorIndex::MAX)
     }
 
-    /// Applies one event. `None` when it changes nothing a subscriber could hear.
-    pub(crate) fn apply(&mut self, event_type: EventType, origin: &Origin, entity: Entity) -> Option<Change> {
+    pub(crate) fn collector_name(&self, index: CollectorIndex) -> &str {
+        self.collectors.get(usize::from(index)).map_or("", |c| c)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.kinds.iter().map(|k| k.len()).sum()
+    }
+
+    /// Applies one event said by `source` through collector `collector`. `None` when it changes
+    /// nothing a subscriber could hear.
+    pub(crate) fn apply(
+        &mut self,
+        event_type: EventType,
+        source: Source,
+        collector: CollectorIndex,
+        entity: Entity,
+    ) -> Option<Change> {
         match event_type {
-            EventType::Set => self.set(origin, entity),
-            EventType::Unset => self.unset(origin.source, &entity),
+            EventType::Set => self.set(source, collector, entity),
+            EventType::Unset => self.unset(source, &entity),
         }
     }
 
-    fn set(&mut self, origin: &Origin, entity: Entity) -> Option<Change> {
-        let source = origin.source;
+    fn set(&mut self, source: Source, collector: CollectorIndex, entity: Entity) -> Option<Change> {
         let records = self.records_mut(entity.kind());
         let Some(record) = records.get_mut(entity.id_str()) else {
-            let version = Version { source, collector: origin.collector.clone(), entity: entity.clone() };
-            records.insert(entity.id_str().clone(), Record { versions: vec![version], merged: entity.clone() });
+            let version = Version { source, collector, entity: entity.clone() };
+            records.insert(entity.id_str().clone(), Record { versions: Versions::One(version), merged: entity.clone() });
             return Some(Change { source, source_event: set(entity.clone()), merged_event: Some(set(entity)) });
         };
-        match record.versions.binary_search_by_key(&source, |v| v.source) {
+        match record.versions.position(source) {
             Ok(i) => {
-                let version = &mut record.versions[i];
-                version.collector.clone_from(&origin.collector);
+                let version = &mut record.versions.as_mut_slice()[i];
+                version.collector = collector;
                 if version.entity.ptr_eq(&entity) || version.entity == entity {
                     return None;
                 }
                 version.entity = entity.clone();
             }
-            Err(i) => {
-                record.versions.insert(i, Version { source, collector: origin.collector.clone(), entity: entity.clone() })
-            }
+            Err(i) => record.versions.insert(i, Version { source, collector, entity: entity.clone() }),
         }
-        let merged_event = record.remerge().filter(|m| *m != record.merged).map(|m| {
-            record.merged = m.clone();
-            set(m)
-        });
+        let sole_version = record.versions.as_slice().len() == 1;
+        let merged_event = record.update_merged(sole_version).map(set);
         Some(Change { source, source_event: set(entity), merged_event })
     }
 
@@ -134,18 +223,17 @@ impl State {
         let kind = payload.kind();
         let records = self.records_mut(kind);
         let record = records.get_mut(payload.id_str())?;
-        let i = record.versions.binary_search_by_key(&source, |v| v.source).ok()?;
-        let removed = record.versions.remove(i);
-        let source_event = unset(overlay(payload, &removed.entity));
-        let merged_event = if record.versions.is_empty() {
-            let last = overlay(payload, &record.merged);
-            records.remove(payload.id_str());
-            Some(unset(last))
-        } else {
-            record.remerge().filter(|m| *m != record.merged).map(|m| {
-                record.merged = m.clone();
-                set(m)
-            })
+        let i = record.versions.position(source).ok()?;
+        let (source_event, merged_event) = match record.versions.remove(i) {
+            Some(removed) => (unset(overlay(payload, &removed.entity)), record.update_merged(false).map(set)),
+            None => {
+                let record = records.remove(payload.id_str())?;
+                let last_version = match record.versions {
+                    Versions::One(v) => v.entity,
+                    Versions::Many(_) => record.merged.clone(),
+                };
+                (unset(overlay(payload, &last_version)), Some(unset(overlay(payload, &record.merged))))
+            }
         };
         Some(Change { source, source_event, merged_event })
     }
@@ -153,6 +241,7 @@ impl State {
     /// Replaces what `origin` said with `entities`: unsets what it said and the list lacks, sets
     /// the rest; changes come in (kind, id) order.
     pub(crate) fn reset(&mut self, origin: &Origin, entities: Vec<Entity>) -> Vec<Change> {
+        let collector = self.collector_index(&origin.collector);
         let mut wanted: HashMap<EntityId, Entity> = HashMap::with_capacity(entities.len());
         for entity in entities {
             wanted.insert(entity.id(), entity);
@@ -161,7 +250,7 @@ impl State {
         for kind in Kind::ALL {
             for (id, record) in self.records(kind) {
                 let said_by_origin =
-                    record.versions.iter().any(|v| v.source == origin.source && v.collector == origin.collector);
+                    record.versions.as_slice().iter().any(|v| v.source == origin.source && v.collector == collector);
                 let entity_id = EntityId { kind, id: id.clone() };
                 if said_by_origin && !wanted.contains_key(&entity_id) {
                     ops.push((entity_id, None));
@@ -172,7 +261,7 @@ impl State {
         ops.sort_by(|a, b| a.0.cmp(&b.0));
         ops.into_iter()
             .filter_map(|(id, entity)| match entity {
-                Some(entity) => self.set(origin, entity),
+                Some(entity) => self.set(origin.source, collector, entity),
                 None => self.unset(origin.source, &Entity::empty(&id)),
             })
             .collect()

@@ -98,13 +98,16 @@ impl Inner {
         let Ok(permit) = self.intake.clone().acquire_owned().await else { return };
         let mut state = self.write();
         let changes = match message {
-            SinkMessage::Events(events) => events
-                .into_iter()
-                .filter_map(|(event_type, entity)| {
-                    self.telemetry.event_received(entity.kind(), origin.source);
-                    state.apply(event_type, origin, entity)
-                })
-                .collect(),
+            SinkMessage::Events(events) => {
+                let collector = state.collector_index(&origin.collector);
+                events
+                    .into_iter()
+                    .filter_map(|(event_type, entity)| {
+                        self.telemetry.event_received(entity.kind(), origin.source);
+                        state.apply(event_type, origin.source, collector, entity)
+                    })
+                    .collect()
+            }
             SinkMessage::FullList(entities) => {
                 for e in &entities {
                     self.telemetry.event_received(e.kind(), origin.source);
@@ -121,12 +124,12 @@ impl Inner {
     async fn notify(&self, events: Vec<CollectorEvent>) {
         let Ok(permit) = self.intake.clone().acquire_owned().await else { return };
         let mut state = self.write();
+        let direct = state.collector_index(&Arc::from(DIRECT));
         let changes: Vec<Change> = events
             .into_iter()
             .filter_map(|e| {
                 self.telemetry.event_received(e.entity.kind(), e.source);
-                let origin = Origin { source: e.source, collector: Arc::from(DIRECT) };
-                state.apply(e.event_type, &origin, e.entity)
+                state.apply(e.event_type, e.source, direct, e.entity)
             })
             .collect();
         if !changes.is_empty() {
@@ -438,15 +441,16 @@ impl Store {
             for (id, record) in records {
                 entities.push(DumpEntry {
                     id: EntityId { kind, id: id.clone() },
-                    sources: record.versions.iter().map(|v| v.source).collect(),
+                    sources: record.versions.as_slice().iter().map(|v| v.source).collect(),
                     merged: record.merged.clone(),
                     per_source: verbose.then(|| {
                         record
                             .versions
+                            .as_slice()
                             .iter()
                             .map(|v| SourceVersion {
                                 source: v.source,
-                                collector: v.collector.to_string(),
+                                collector: state.collector_name(v.collector).to_owned(),
                                 entity: v.entity.clone(),
                             })
                             .collect()
@@ -480,7 +484,7 @@ impl Store {
             let mut stored: HashMap<(Kind, Source), u64> = HashMap::new();
             for kind in Kind::ALL {
                 for record in state.records(kind).values() {
-                    for v in &record.versions {
+                    for v in record.versions.as_slice() {
                         *stored.entry((kind, v.source)).or_default() += 1;
                     }
                 }
@@ -651,8 +655,7 @@ impl StoreLoop {
             }
             for (i, seq) in waits {
                 let sub = &mut self.subscribers[i];
-                let mut acked = sub.shared.acked.subscribe();
-                let outcome = tokio::time::timeout_at(deadline, acked.wait_for(|a| *a >= seq)).await;
+                let outcome = tokio::time::timeout_at(deadline, sub.shared.acked_at_least(seq)).await;
                 if outcome.is_ok() {
                     self.telemetry.notification(&sub.shared.name, SENT_SUCCESS);
                 } else {

@@ -2,12 +2,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use wm_core::{Event, SubscriberPriority};
 
@@ -81,7 +81,9 @@ pub(crate) struct Shared {
     state: Mutex<QueueState>,
     wake: Notify,
     /// The highest bundle sequence number acknowledged.
-    pub(crate) acked: watch::Sender<u64>,
+    acked: AtomicU64,
+    /// Wakes the store loop when it waits for an ack (one waiter: `notify_one` keeps a permit).
+    ack_wake: Notify,
     receiver_gone: AtomicBool,
 }
 
@@ -94,7 +96,8 @@ impl Shared {
             limits,
             state: Mutex::new(QueueState::default()),
             wake: Notify::new(),
-            acked: watch::Sender::new(0),
+            acked: AtomicU64::new(0),
+            ack_wake: Notify::new(),
             receiver_gone: AtomicBool::new(false),
         }
     }
@@ -161,17 +164,20 @@ impl Shared {
     }
 
     pub(crate) fn acked(&self) -> u64 {
-        *self.acked.borrow()
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Returns once bundle `seq` (or a later one) was acknowledged.
+    pub(crate) async fn acked_at_least(&self, seq: u64) {
+        while self.acked() < seq {
+            self.ack_wake.notified().await;
+        }
     }
 
     fn ack(&self, seq: u64) {
-        self.acked.send_if_modified(|acked| {
-            let newer = seq > *acked;
-            if newer {
-                *acked = seq;
-            }
-            newer
-        });
+        if self.acked.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.ack_wake.notify_one();
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use wm_core::{Kind, Source};
@@ -38,7 +38,7 @@ pub struct MetricSample {
 #[derive(Debug, Default)]
 pub(crate) struct Telemetry {
     events_received: [[AtomicU64; 4]; 3],
-    notifications_sent: Mutex<BTreeMap<(String, &'static str), u64>>,
+    notifications_sent: Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
     pub(crate) subscribers: AtomicI64,
 }
 
@@ -60,14 +60,9 @@ impl Telemetry {
         self.events_received[kind_slot(kind)][source_slot(source)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn notification(&self, subscriber: &str, status: &'static str) {
+    pub(crate) fn notification(&self, subscriber: &Arc<str>, status: &'static str) {
         let mut sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
-        match sent.get_mut(&(subscriber.to_owned(), status)) {
-            Some(n) => *n += 1,
-            None => {
-                sent.insert((subscriber.to_owned(), status), 1);
-            }
-        }
+        *sent.entry((subscriber.clone(), status)).or_insert(0) += 1;
     }
 
     pub(crate) fn samples(&self, out: &mut Vec<MetricSample>) {
@@ -87,7 +82,7 @@ impl Telemetry {
         for ((subscriber, status), n) in sent.iter() {
             out.push(MetricSample {
                 name: "workloadmeta.notifications_sent",
-                labels: vec![("subscriber_name", subscriber.clone()), ("status", (*status).to_owned())],
+                labels: vec![("subscriber_name", subscriber.to_string()), ("status", (*status).to_owned())],
                 value: MetricValue::Counter(*n),
             });
         }

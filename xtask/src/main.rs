@@ -1,0 +1,141 @@
+//! The project's tasks, run as `cargo xtask <task>`:
+//!
+//! - `ci`: everything CI checks: formatting, clippy with warnings denied, the layer check, every
+//!   test (nextest, then doctests), and the docs with warnings denied. Installs what the workspace
+//!   needs from Debian first when it is missing.
+//! - `layers`: the layer check of STYLE.md alone.
+//! - `bench [--quick]`: the benchmarks of BENCHMARKS.md, one line each.
+//!
+//! xtask depends on no workspace crate, so it builds (and can install prerequisites) first.
+
+#![forbid(unsafe_code)]
+
+mod layers;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+/// Tools the workspace's build or tests need, with the Debian package that brings each.
+/// Collector crates add theirs here (e.g. `protoc` from `protobuf-compiler` for containerd-client).
+const DEBIAN_TOOLS: &[(&str, &str)] = &[];
+
+/// Benchmarks: (package, bench target). Each prints its own `name ours baseline ratio target verdict` line.
+const BENCHES: &[(&str, &str)] = &[("wm-store", "fanout")];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("layers") => layers(),
+        Some("bench") => bench(args.iter().any(|a| a == "--quick")),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | layers | bench [--quick]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    println!("==> {what}");
+    let started = Instant::now();
+    let status = cmd.status().with_context(|| format!("{what}: could not start {cmd:?}"))?;
+    println!("<== {what}: {} in {:.0?}", if status.success() { "ok" } else { "FAILED" }, started.elapsed());
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn have(binary: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {binary}")).output().is_ok_and(|o| o.status.success())
+}
+
+/// Installs the Debian packages of missing tools (as root; `apt-get update` first).
+fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_TOOLS.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
+    run(
+        &format!("apt-get install {}", missing.join(" ")),
+        Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing),
+    )
+}
+
+fn ci() -> anyhow::Result<()> {
+    let started = Instant::now();
+    ensure_tools()?;
+    run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run("clippy", cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
+    layers()?;
+    // WM_CI tells daemon-backed tests that skipping is not allowed here.
+    if have("cargo-nextest") {
+        run("tests", cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).env("WM_CI", "1"))?;
+    } else {
+        println!("cargo-nextest is not installed: running the tests with cargo test");
+        run("tests", cargo().args(["test", "--workspace", "--lib", "--bins", "--tests"]).env("WM_CI", "1"))?;
+    }
+    run("doctests", cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
+    run("docs", cargo().args(["doc", "--workspace", "--no-deps", "--quiet"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    println!("ci: every step passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn layers() -> anyhow::Result<()> {
+    println!("==> layers");
+    let output = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("could not run cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).context("cargo metadata printed bad JSON")?;
+    let (members, edges) = layers::edges(&metadata)?;
+    let problems = layers::check(&members, &edges);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("layer violation: {p}");
+        }
+        bail!("{} layer violation(s); the rules are in STYLE.md and xtask/src/layers.rs", problems.len());
+    }
+    println!("<== layers: ok ({} crates, {} dependency edges)", members.len(), edges.len());
+    Ok(())
+}
+
+fn bench(quick: bool) -> anyhow::Result<()> {
+    println!("name  ours  baseline  ratio  target  ok|MISS");
+    for (package, target) in BENCHES {
+        let mut cmd = cargo();
+        cmd.args(["bench", "--quiet", "-p", package, "--bench", target, "--"]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        let status = cmd.status().with_context(|| format!("could not run bench {package}/{target}"))?;
+        if !status.success() {
+            bail!("bench {package}/{target} failed ({status})");
+        }
+    }
+    Ok(())
+}
