@@ -113,9 +113,18 @@ mod tests {
     use super::*;
 
     fn members() -> Vec<String> {
-        ["wm-core", "wm-store", "wm-collector-docker", "wm-collector-kube", "tagger", "agent-bin", "test-support", "xtask"]
-            .map(String::from)
-            .to_vec()
+        [
+            "wm-core",
+            "wm-store",
+            "wm-collector-docker",
+            "wm-collector-kube",
+            "tagger",
+            "agent-bin",
+            "test-support",
+            "xtask",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     fn edge(from: &str, to: &str, kind: &str) -> Edge {

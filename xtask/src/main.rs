@@ -111,7 +111,8 @@ fn layers() -> anyhow::Result<()> {
     if !output.status.success() {
         bail!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
     }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).context("cargo metadata printed bad JSON")?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed bad JSON")?;
     let (members, edges) = layers::edges(&metadata)?;
     let problems = layers::check(&members, &edges);
     if !problems.is_empty() {

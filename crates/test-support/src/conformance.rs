@@ -59,7 +59,10 @@ pub fn directories() -> Result<Vec<PathBuf>, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let shared = root.join("../shared/conformance");
     if !shared.is_dir() {
-        return Err(format!("conformance directory {} not found (shared/ must sit beside the project)", shared.display()));
+        return Err(format!(
+            "conformance directory {} not found (shared/ must sit beside the project)",
+            shared.display()
+        ));
     }
     let mut dirs = vec![shared];
     if let Some(extra) = std::env::var_os("WM_EXTRA_CONFORMANCE").filter(|v| !v.is_empty()) {
@@ -199,7 +202,10 @@ fn parse_events(v: &Value) -> Result<Vec<CollectorEvent>, String> {
 }
 
 /// Builds a `where` predicate: every listed field equals the entity's (after normalization).
-fn predicate(kind: Kind, fields: &Map<String, Value>) -> Result<impl Fn(&Entity) -> bool + Send + Sync + 'static, String> {
+fn predicate(
+    kind: Kind,
+    fields: &Map<String, Value>,
+) -> Result<impl Fn(&Entity) -> bool + Send + Sync + 'static, String> {
     let mut probe = fields.clone();
     probe.insert("kind".into(), Value::String(kind.as_str().into()));
     probe.insert("id".into(), Value::String(String::new()));
@@ -324,10 +330,19 @@ impl StoreRunner {
                 Ok(Some(Ok(b))) => b,
             };
             let describe = || {
-                received.events.iter().map(|e| format!("{:?} {}", e.event_type, to_value(&e.entity))).collect::<Vec<_>>()
+                received
+                    .events
+                    .iter()
+                    .map(|e| format!("{:?} {}", e.event_type, to_value(&e.entity)))
+                    .collect::<Vec<_>>()
             };
             if received.events.len() != bundle.len() {
-                return Err(format!("expected {} events, got {}: {:?}", bundle.len(), received.events.len(), describe()));
+                return Err(format!(
+                    "expected {} events, got {}: {:?}",
+                    bundle.len(),
+                    received.events.len(),
+                    describe()
+                ));
             }
             for (i, (want, got)) in bundle.iter().zip(&received.events).enumerate() {
                 let want_type = match want.get("type").and_then(Value::as_str) {
@@ -336,7 +351,11 @@ impl StoreRunner {
                     other => return Err(format!("event {i}: type {other:?}")),
                 };
                 if want_type != got.event_type {
-                    return Err(format!("event {i}: expected {want_type:?}, got {:?}: {:?}", got.event_type, describe()));
+                    return Err(format!(
+                        "event {i}: expected {want_type:?}, got {:?}: {:?}",
+                        got.event_type,
+                        describe()
+                    ));
                 }
                 match_entity(want.get("entity").ok_or("match without entity")?, &got.entity)
                     .map_err(|e| format!("event {i}: {e}"))?;
@@ -361,7 +380,10 @@ impl StoreRunner {
                 TryRecv::Failed(e) => return Err(format!("{name}'s stream failed instead of ending: {e}")),
             }
         } else if let Some(get) = m.get("get") {
-            let id = EntityId::new(parse_kind(get.get("kind"))?, get.get("id").and_then(Value::as_str).ok_or("get needs an id")?);
+            let id = EntityId::new(
+                parse_kind(get.get("kind"))?,
+                get.get("id").and_then(Value::as_str).ok_or("get needs an id")?,
+            );
             expect_entity(StoreReader::get(store, &id), m.get("expect_entity"))?;
         } else if let Some(id) = m.get("get_pod_for_container") {
             let id = id.as_str().ok_or("get_pod_for_container takes an id")?;
@@ -438,8 +460,11 @@ where
 {
     let mut outcome = FileOutcome::default();
     for scenario in &file.scenarios {
-        let result =
-            if scenario.needs_tagger() { tagger(scenario.clone()).await } else { Some(StoreRunner::run(scenario).await) };
+        let result = if scenario.needs_tagger() {
+            tagger(scenario.clone()).await
+        } else {
+            Some(StoreRunner::run(scenario).await)
+        };
         match result {
             None => outcome.skipped.push(scenario.name.clone()),
             Some(Ok(())) => outcome.passed += 1,

@@ -290,7 +290,11 @@ impl fmt::Debug for Collector {
             CollectorKind::Stream(_) => "stream",
             CollectorKind::Pull { .. } => "pull",
         };
-        f.debug_struct("Collector").field("name", &self.name).field("source", &self.source).field("kind", &kind).finish()
+        f.debug_struct("Collector")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field("kind", &kind)
+            .finish()
     }
 }
 

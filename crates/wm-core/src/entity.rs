@@ -85,7 +85,8 @@ pub enum Source {
 
 impl Source {
     /// Every source, in merge precedence order.
-    pub const ALL: [Source; 4] = [Source::ClusterOrchestrator, Source::NodeOrchestrator, Source::Runtime, Source::Remote];
+    pub const ALL: [Source; 4] =
+        [Source::ClusterOrchestrator, Source::NodeOrchestrator, Source::Runtime, Source::Remote];
 
     /// The name used in filters, dumps and the wire.
     pub const fn as_str(self) -> &'static str {
@@ -539,7 +540,9 @@ impl Entity {
         match id.kind {
             Kind::Container => Entity::Container(Arc::new(Container { id: key, ..Container::default() })),
             Kind::EcsTask => Entity::EcsTask(Arc::new(EcsTask { id: key, ..EcsTask::default() })),
-            Kind::KubernetesPod => Entity::KubernetesPod(Arc::new(KubernetesPod { id: key, ..KubernetesPod::default() })),
+            Kind::KubernetesPod => {
+                Entity::KubernetesPod(Arc::new(KubernetesPod { id: key, ..KubernetesPod::default() }))
+            }
         }
     }
 

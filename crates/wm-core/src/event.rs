@@ -149,6 +149,12 @@ impl Filter {
         self
     }
 
+    /// Whether the filter passes every kind and event type, with no predicate: every event of
+    /// its view passes.
+    pub fn passes_everything(&self) -> bool {
+        self.kinds.is_none() && self.event_type == EventTypeFilter::All
+    }
+
     /// The source whose own versions this filter hears, `None` for the merged view.
     pub fn source(&self) -> Option<Source> {
         self.source
@@ -163,9 +169,9 @@ impl Filter {
     pub fn matches_entity(&self, entity: &Entity) -> bool {
         match &self.kinds {
             None => true,
-            Some(kinds) => kinds
-                .iter()
-                .any(|k| k.kind == entity.kind() && k.predicate.as_ref().is_none_or(|p| p(entity))),
+            Some(kinds) => {
+                kinds.iter().any(|k| k.kind == entity.kind() && k.predicate.as_ref().is_none_or(|p| p(entity)))
+            }
         }
     }
 

@@ -16,8 +16,8 @@ pub mod merge;
 mod time;
 
 pub use collector::{
-    BoxError, Collector, CollectorContext, CollectorError, CollectorKind, EventSink, Origin, PullCollector, SinkMessage,
-    SourceSink, StoreReader, StreamCollector,
+    BoxError, Collector, CollectorContext, CollectorError, CollectorKind, EventSink, Origin, PullCollector,
+    SinkMessage, SourceSink, StoreReader, StreamCollector,
 };
 pub use entity::{
     Container, ContainerHealth, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,

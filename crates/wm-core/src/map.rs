@@ -115,7 +115,8 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for StrMap {
 
 impl<'a> IntoIterator for &'a StrMap {
     type Item = (&'a str, &'a str);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&'a (String, String)) -> (&'a str, &'a str)>;
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&'a (String, String)) -> (&'a str, &'a str)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use crate::entity::{
-    Container, ContainerPort, ContainerResources, EcsTask, Entity, KubernetesPod, OrchestratorContainer, PodOwner, Source,
+    Container, ContainerPort, ContainerResources, EcsTask, Entity, KubernetesPod, OrchestratorContainer, PodOwner,
+    Source,
 };
 
 fn fill<T: Default + PartialEq + Clone>(high: &mut T, low: &T) {
@@ -80,9 +81,12 @@ fn fill_pod(high: &mut KubernetesPod, low: &KubernetesPod) {
     fill(&mut high.namespace, &low.namespace);
     high.labels.union_from(&low.labels);
     high.annotations.union_from(&low.annotations);
-    union_by(&mut high.owners, &low.owners, |a: &PodOwner, b| a.kind == b.kind && a.name == b.name, |h, l| {
-        fill(&mut h.id, &l.id)
-    });
+    union_by(
+        &mut high.owners,
+        &low.owners,
+        |a: &PodOwner, b| a.kind == b.kind && a.name == b.name,
+        |h, l| fill(&mut h.id, &l.id),
+    );
     fill(&mut high.phase, &low.phase);
     fill(&mut high.ready, &low.ready);
     fill(&mut high.ip, &low.ip);
@@ -146,8 +150,10 @@ pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
     }
     // The runtime knows best whether a container runs: its state, pid and cgroup path come first.
     if let Entity::Container(c) = &mut merged {
-        let runtime_first =
-            ranked.iter().filter(|(s, _)| *s == Source::Runtime).chain(ranked.iter().filter(|(s, _)| *s != Source::Runtime));
+        let runtime_first = ranked
+            .iter()
+            .filter(|(s, _)| *s == Source::Runtime)
+            .chain(ranked.iter().filter(|(s, _)| *s != Source::Runtime));
         let mut state = None;
         let mut pid = None;
         let mut cgroup_path = None;
@@ -256,10 +262,17 @@ mod tests {
         });
         let merged = merge(&[(Source::NodeOrchestrator, &node), (Source::ClusterOrchestrator, &cluster)]).unwrap();
         let pod = merged.as_kubernetes_pod().unwrap();
-        assert_eq!(pod.containers, vec![
-            oc("c1", "app", "nginx:1"),
-            OrchestratorContainer { id: "c2".into(), name: "side".into(), image: crate::ContainerImage::parse("envoy:2") }
-        ]);
+        assert_eq!(
+            pod.containers,
+            vec![
+                oc("c1", "app", "nginx:1"),
+                OrchestratorContainer {
+                    id: "c2".into(),
+                    name: "side".into(),
+                    image: crate::ContainerImage::parse("envoy:2")
+                }
+            ]
+        );
         assert_eq!(pod.kube_services, ["b", "a"]);
     }
 

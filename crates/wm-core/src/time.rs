@@ -156,7 +156,9 @@ mod tests {
 
     #[test]
     fn utc_text_round_trips() {
-        for text in ["2026-01-01T00:05:00Z", "1970-01-01T00:00:00Z", "2024-02-29T23:59:59.123456789Z", "1969-12-31T23:59:59.5Z"] {
+        for text in
+            ["2026-01-01T00:05:00Z", "1970-01-01T00:00:00Z", "2024-02-29T23:59:59.123456789Z", "1969-12-31T23:59:59.5Z"]
+        {
             let ts = Timestamp::parse_rfc3339(text).unwrap();
             assert_eq!(ts.to_string(), text);
         }
@@ -180,7 +182,14 @@ mod tests {
 
     #[test]
     fn malformed_text_is_an_error_not_a_panic() {
-        for text in ["", "2026-13-01T00:00:00Z", "2026-01-01 00:00:00", "2026-01-01T00:00:00.Z", "2026-01-01T00:00:00+2", "twenty"] {
+        for text in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01 00:00:00",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00+2",
+            "twenty",
+        ] {
             assert!(Timestamp::parse_rfc3339(text).is_err(), "{text}");
         }
     }

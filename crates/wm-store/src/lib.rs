@@ -29,5 +29,5 @@ mod telemetry;
 
 pub use runner::{CollectorHealth, CollectorState};
 pub use store::{DIRECT, Dump, DumpEntry, Health, SourceVersion, Store, StoreBuilder, StoreConfig};
-pub use subscriber::{EventBundle, Subscription, SubscriptionError, TryRecv};
+pub use subscriber::{EventBundle, Events, Subscription, SubscriptionError, TryRecv};
 pub use telemetry::{MetricSample, MetricValue};

@@ -88,16 +88,27 @@ impl Record {
         merge(&versions)
     }
 
-    /// Recomputes the merged view; `Some(new)` when it changed. `known_changed` skips the deep
-    /// comparison when the caller knows (a single version that was just replaced by a different one).
-    fn update_merged(&mut self, known_changed: bool) -> Option<Entity> {
+    /// Recomputes the merged view; `Some(new)` when it changed.
+    fn update_merged(&mut self) -> Option<Entity> {
         let merged = self.remerge()?;
-        let changed = known_changed || merged != self.merged;
+        let changed = merged != self.merged;
         changed.then(|| {
             self.merged = merged.clone();
             merged
         })
     }
+}
+
+/// What a merged-view subscriber hears of a change.
+#[derive(Debug, Clone)]
+pub(crate) enum MergedChange {
+    /// The same as the source's event: one source knows the entity (the common case, carried
+    /// without a second reference).
+    SameAsSource,
+    /// The merge changed to this.
+    Changed(Event),
+    /// The merge did not change: nothing.
+    Unchanged,
 }
 
 /// What one applied event changed, in both views a subscriber can have.
@@ -107,19 +118,35 @@ pub(crate) struct Change {
     pub(crate) source: Source,
     /// What a subscriber filtered to that source hears.
     pub(crate) source_event: Event,
-    /// What a merged-view subscriber hears; `None` when the merge did not change.
-    pub(crate) merged_event: Option<Event>,
+    /// What a merged-view subscriber hears.
+    pub(crate) merged: MergedChange,
 }
 
 impl Change {
-    /// The event a subscriber with `filter` hears, if any.
-    pub(crate) fn view(&self, filter: &Filter) -> Option<&Event> {
-        let event = match filter.source() {
+    /// Like [`Change::in_view`], taking the event out.
+    pub(crate) fn into_view(self, view: Option<Source>) -> Option<Event> {
+        match view {
+            Some(source) if source == self.source => Some(self.source_event),
+            Some(_) => None,
+            None => match self.merged {
+                MergedChange::SameAsSource => Some(self.source_event),
+                MergedChange::Changed(event) => Some(event),
+                MergedChange::Unchanged => None,
+            },
+        }
+    }
+
+    /// The event a subscriber of this view (the merge, or one source) hears, before its filter.
+    pub(crate) fn in_view(&self, view: Option<Source>) -> Option<&Event> {
+        match view {
             Some(source) if source == self.source => Some(&self.source_event),
             Some(_) => None,
-            None => self.merged_event.as_ref(),
-        }?;
-        filter.matches(event.event_type, &event.entity).then_some(event)
+            None => match &self.merged {
+                MergedChange::SameAsSource => Some(&self.source_event),
+                MergedChange::Changed(event) => Some(event),
+                MergedChange::Unchanged => None,
+            },
+        }
     }
 }
 
@@ -200,8 +227,9 @@ impl State {
         let records = self.records_mut(entity.kind());
         let Some(record) = records.get_mut(entity.id_str()) else {
             let version = Version { source, collector, entity: entity.clone() };
-            records.insert(entity.id_str().clone(), Record { versions: Versions::One(version), merged: entity.clone() });
-            return Some(Change { source, source_event: set(entity.clone()), merged_event: Some(set(entity)) });
+            records
+                .insert(entity.id_str().clone(), Record { versions: Versions::One(version), merged: entity.clone() });
+            return Some(Change { source, source_event: set(entity), merged: MergedChange::SameAsSource });
         };
         match record.versions.position(source) {
             Ok(i) => {
@@ -214,9 +242,14 @@ impl State {
             }
             Err(i) => record.versions.insert(i, Version { source, collector, entity: entity.clone() }),
         }
-        let sole_version = record.versions.as_slice().len() == 1;
-        let merged_event = record.update_merged(sole_version).map(set);
-        Some(Change { source, source_event: set(entity), merged_event })
+        let merged = if record.versions.as_slice().len() == 1 {
+            // The sole version was replaced by a different one: it is the new merge.
+            record.merged = entity.clone();
+            MergedChange::SameAsSource
+        } else {
+            record.update_merged().map_or(MergedChange::Unchanged, |m| MergedChange::Changed(set(m)))
+        };
+        Some(Change { source, source_event: set(entity), merged })
     }
 
     fn unset(&mut self, source: Source, payload: &Entity) -> Option<Change> {
@@ -224,18 +257,26 @@ impl State {
         let records = self.records_mut(kind);
         let record = records.get_mut(payload.id_str())?;
         let i = record.versions.position(source).ok()?;
-        let (source_event, merged_event) = match record.versions.remove(i) {
-            Some(removed) => (unset(overlay(payload, &removed.entity)), record.update_merged(false).map(set)),
+        let (source_event, merged) = match record.versions.remove(i) {
+            Some(removed) => (
+                unset(overlay(payload, &removed.entity)),
+                record.update_merged().map_or(MergedChange::Unchanged, |m| MergedChange::Changed(set(m))),
+            ),
             None => {
                 let record = records.remove(payload.id_str())?;
                 let last_version = match record.versions {
                     Versions::One(v) => v.entity,
                     Versions::Many(_) => record.merged.clone(),
                 };
-                (unset(overlay(payload, &last_version)), Some(unset(overlay(payload, &record.merged))))
+                if last_version.ptr_eq(&record.merged) {
+                    (unset(overlay(payload, &last_version)), MergedChange::SameAsSource)
+                } else {
+                    let merged = MergedChange::Changed(unset(overlay(payload, &record.merged)));
+                    (unset(overlay(payload, &last_version)), merged)
+                }
             }
         };
-        Some(Change { source, source_event, merged_event })
+        Some(Change { source, source_event, merged })
     }
 
     /// Replaces what `origin` said with `entities`: unsets what it said and the list lacks, sets

@@ -11,14 +11,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use wm_core::{
-    Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, EventSink, Filter, Kind,
+    Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, Event, EventSink, Filter, Kind,
     KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader, SubscriberPriority,
 };
 
 use crate::runner::{CollectorHealth, CollectorStatus, RetryPolicy, spawn_kind};
 use crate::state::{Change, State};
-use crate::subscriber::{Pushed, QueueLimits, Shared, Subscription};
-use crate::telemetry::{MetricSample, MetricValue, SENT_ACK_TIMEOUT, SENT_LAGGED, SENT_SUCCESS, Telemetry};
+use crate::subscriber::{Events, Pushed, QueueLimits, Shared, Subscription};
+use crate::telemetry::{MetricSample, MetricValue, Received, SENT_ACK_TIMEOUT, SENT_LAGGED, SENT_SUCCESS, Telemetry};
 
 /// Tunables of a store. The defaults are what the agent uses.
 #[derive(Debug, Clone)]
@@ -74,6 +74,8 @@ struct Inner {
     intake: Arc<Semaphore>,
     config: StoreConfig,
     telemetry: Arc<Telemetry>,
+    /// The origin name of events notified directly.
+    direct: Arc<str>,
     next_subscriber: AtomicU64,
     loop_alive: Arc<AtomicBool>,
     pending_collectors: Mutex<Vec<Collector>>,
@@ -100,18 +102,21 @@ impl Inner {
         let changes = match message {
             SinkMessage::Events(events) => {
                 let collector = state.collector_index(&origin.collector);
-                events
-                    .into_iter()
-                    .filter_map(|(event_type, entity)| {
-                        self.telemetry.event_received(entity.kind(), origin.source);
-                        state.apply(event_type, origin.source, collector, entity)
-                    })
-                    .collect()
+                let mut received = Received::default();
+                let mut changes = Vec::with_capacity(events.len());
+                for (event_type, entity) in events {
+                    received.count(entity.kind(), origin.source);
+                    changes.extend(state.apply(event_type, origin.source, collector, entity));
+                }
+                received.add_to(&self.telemetry);
+                changes
             }
             SinkMessage::FullList(entities) => {
+                let mut received = Received::default();
                 for e in &entities {
-                    self.telemetry.event_received(e.kind(), origin.source);
+                    received.count(e.kind(), origin.source);
                 }
+                received.add_to(&self.telemetry);
                 state.reset(origin, entities)
             }
         };
@@ -124,14 +129,14 @@ impl Inner {
     async fn notify(&self, events: Vec<CollectorEvent>) {
         let Ok(permit) = self.intake.clone().acquire_owned().await else { return };
         let mut state = self.write();
-        let direct = state.collector_index(&Arc::from(DIRECT));
-        let changes: Vec<Change> = events
-            .into_iter()
-            .filter_map(|e| {
-                self.telemetry.event_received(e.entity.kind(), e.source);
-                state.apply(e.event_type, e.source, direct, e.entity)
-            })
-            .collect();
+        let direct = state.collector_index(&self.direct);
+        let mut received = Received::default();
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            received.count(e.entity.kind(), e.source);
+            changes.extend(state.apply(e.event_type, e.source, direct, e.entity));
+        }
+        received.add_to(&self.telemetry);
         if !changes.is_empty() {
             let _ = self.commands.send(Command::Deliver { changes, _permit: permit });
         }
@@ -202,7 +207,8 @@ impl StoreBuilder {
         let (commands, rx) = mpsc::unbounded_channel();
         let telemetry = Arc::new(Telemetry::default());
         let loop_alive = Arc::new(AtomicBool::new(true));
-        let statuses = self.collectors.iter().map(|c| Arc::new(CollectorStatus::new(c.name.clone(), c.source))).collect();
+        let statuses =
+            self.collectors.iter().map(|c| Arc::new(CollectorStatus::new(c.name.clone(), c.source))).collect();
         let store_loop = StoreLoop {
             rx,
             subscribers: Vec::new(),
@@ -218,6 +224,7 @@ impl StoreBuilder {
             intake: Arc::new(Semaphore::new(self.config.max_batches_in_flight.max(1))),
             config: self.config,
             telemetry,
+            direct: Arc::from(DIRECT),
             next_subscriber: AtomicU64::new(1),
             loop_alive,
             pending_collectors: Mutex::new(self.collectors),
@@ -297,7 +304,8 @@ impl Store {
 
     /// Starts every collector the store was built with. Calling it again does nothing.
     pub fn start(&self) {
-        let collectors = std::mem::take(&mut *self.inner.pending_collectors.lock().unwrap_or_else(PoisonError::into_inner));
+        let collectors =
+            std::mem::take(&mut *self.inner.pending_collectors.lock().unwrap_or_else(PoisonError::into_inner));
         let statuses = self.inner.statuses.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let policy = RetryPolicy { initial: self.inner.config.retry_initial, max: self.inner.config.retry_max };
         let weak = Arc::downgrade(&self.inner);
@@ -340,7 +348,7 @@ impl Store {
         // reach the loop at the same point of the stream.
         let state = self.inner.read();
         let snapshot = state.snapshot(&filter);
-        shared.push(snapshot, 0);
+        shared.push(snapshot.into(), 0);
         if self.inner.commands.send(Command::Subscribe { shared: shared.clone(), filter }).is_err() {
             // The store was shut down: the snapshot is all this subscriber will hear.
             shared.close_after_pending();
@@ -364,7 +372,7 @@ impl Store {
     /// Replaces what was notified directly for `source` with `entities` (a full list): sets
     /// what is new or changed, unsets what the list lacks, atomically, in one bundle.
     pub async fn reset(&self, source: Source, entities: Vec<Entity>) {
-        let origin = Origin { source, collector: Arc::from(DIRECT) };
+        let origin = Origin { source, collector: self.inner.direct.clone() };
         self.inner.apply(&origin, SinkMessage::FullList(entities)).await;
     }
 
@@ -595,7 +603,7 @@ impl StoreLoop {
     async fn run(mut self) {
         while let Some(command) = self.rx.recv().await {
             match command {
-                Command::Deliver { changes, _permit } => self.deliver(&changes).await,
+                Command::Deliver { changes, _permit } => self.deliver(changes).await,
                 Command::Subscribe { shared, filter } => {
                     let at = self.subscribers.partition_point(|s| s.shared.priority <= shared.priority);
                     tracing::debug!(subscriber = &*shared.name, priority = shared.priority.as_str(), "subscribed");
@@ -617,7 +625,23 @@ impl StoreLoop {
         // Dropping the loop closes every queue (see `Drop`), however it ends.
     }
 
-    async fn deliver(&mut self, changes: &[Change]) {
+    async fn deliver(&mut self, changes: Vec<Change>) {
+        // Each view's events (the merge, or one source's) are gathered once per batch and shared
+        // by every subscriber whose filter passes them all; only the others get a filtered copy.
+        // With a single view among the subscribers (the usual case) the events are moved, not copied.
+        let mut wanted: Vec<Option<Source>> = Vec::new();
+        for sub in &self.subscribers {
+            if !wanted.contains(&sub.filter.source()) {
+                wanted.push(sub.filter.source());
+            }
+        }
+        let views: Vec<(Option<Source>, Arc<[Event]>)> = match wanted.as_slice() {
+            [only] => vec![(*only, changes.into_iter().filter_map(|c| c.into_view(*only)).collect())],
+            _ => wanted
+                .iter()
+                .map(|view| (*view, changes.iter().filter_map(|c| c.in_view(*view)).cloned().collect()))
+                .collect(),
+        };
         let mut start = 0;
         while start < self.subscribers.len() {
             let priority = self.subscribers[start].shared.priority;
@@ -627,7 +651,17 @@ impl StoreLoop {
             let deadline = Instant::now() + self.ack_timeout;
             let mut waits: Vec<(usize, u64)> = Vec::new();
             for (i, sub) in self.subscribers[start..end].iter_mut().enumerate() {
-                let events: Vec<_> = changes.iter().filter_map(|c| c.view(&sub.filter)).cloned().collect();
+                let view = sub.filter.source();
+                let Some(all) = views.iter().find(|(v, _)| *v == view).map(|(_, all)| all.clone()) else { continue };
+                let events = if sub.filter.passes_everything()
+                    || all.iter().all(|e| sub.filter.matches(e.event_type, &e.entity))
+                {
+                    Events::shared(all)
+                } else {
+                    Events::from(
+                        all.iter().filter(|e| sub.filter.matches(e.event_type, &e.entity)).cloned().collect::<Vec<_>>(),
+                    )
+                };
                 if events.is_empty() {
                     continue;
                 }

@@ -49,8 +49,65 @@ pub(crate) enum Pushed {
 
 #[derive(Debug)]
 struct Pending {
-    events: Vec<Event>,
+    events: Events,
     seq: u64,
+}
+
+/// The events of a bundle. Subscribers whose filter passes a whole batch share one allocation;
+/// the others get their own filtered copy. Reads as a slice.
+#[derive(Clone)]
+pub struct Events(EventsRepr);
+
+#[derive(Clone)]
+enum EventsRepr {
+    Shared(Arc<[Event]>),
+    Owned(Vec<Event>),
+}
+
+impl Events {
+    pub(crate) fn shared(events: Arc<[Event]>) -> Self {
+        Self(EventsRepr::Shared(events))
+    }
+
+    /// The events as an owned vector (copies them when they are shared).
+    pub fn into_vec(self) -> Vec<Event> {
+        match self.0 {
+            EventsRepr::Shared(events) => events.to_vec(),
+            EventsRepr::Owned(events) => events,
+        }
+    }
+}
+
+impl From<Vec<Event>> for Events {
+    fn from(events: Vec<Event>) -> Self {
+        Self(EventsRepr::Owned(events))
+    }
+}
+
+impl std::ops::Deref for Events {
+    type Target = [Event];
+
+    fn deref(&self) -> &[Event] {
+        match &self.0 {
+            EventsRepr::Shared(events) => events,
+            EventsRepr::Owned(events) => events,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Events {
+    type Item = &'a Event;
+    type IntoIter = std::slice::Iter<'a, Event>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -109,7 +166,7 @@ impl Shared {
 
     /// Queues a bundle; cuts the subscriber off when its queue stayed full past the lag timeout
     /// or reached the hard bound. Never blocks.
-    pub(crate) fn push(&self, events: Vec<Event>, seq: u64) -> Pushed {
+    pub(crate) fn push(&self, events: Events, seq: u64) -> Pushed {
         let mut st = self.lock();
         if st.closed.is_some() {
             return Pushed::Closed;
@@ -198,8 +255,8 @@ impl Drop for Acker {
 /// Dropping the bundle acknowledges it; the store then serves the next-priority subscriber.
 /// Hold it only as long as the work that must happen first (the tagger stores the tags).
 pub struct EventBundle {
-    /// The events.
-    pub events: Vec<Event>,
+    /// The events, in batch order.
+    pub events: Events,
     ack: Option<Acker>,
 }
 

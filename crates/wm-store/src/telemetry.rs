@@ -43,11 +43,20 @@ pub(crate) struct Telemetry {
 }
 
 fn kind_slot(kind: Kind) -> usize {
-    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+    match kind {
+        Kind::Container => 0,
+        Kind::EcsTask => 1,
+        Kind::KubernetesPod => 2,
+    }
 }
 
 fn source_slot(source: Source) -> usize {
-    Source::ALL.iter().position(|s| *s == source).unwrap_or(0)
+    match source {
+        Source::ClusterOrchestrator => 0,
+        Source::NodeOrchestrator => 1,
+        Source::Runtime => 2,
+        Source::Remote => 3,
+    }
 }
 
 /// Outcomes counted by `workloadmeta.notifications_sent{status}`.
@@ -55,11 +64,27 @@ pub(crate) const SENT_SUCCESS: &str = "success";
 pub(crate) const SENT_ACK_TIMEOUT: &str = "ack_timeout";
 pub(crate) const SENT_LAGGED: &str = "lagged";
 
-impl Telemetry {
-    pub(crate) fn event_received(&self, kind: Kind, source: Source) {
-        self.events_received[kind_slot(kind)][source_slot(source)].fetch_add(1, Ordering::Relaxed);
+/// Events of one batch counted locally, then added to the shared counters once.
+#[derive(Debug, Default)]
+pub(crate) struct Received([[u64; 4]; 3]);
+
+impl Received {
+    pub(crate) fn count(&mut self, kind: Kind, source: Source) {
+        self.0[kind_slot(kind)][source_slot(source)] += 1;
     }
 
+    pub(crate) fn add_to(&self, telemetry: &Telemetry) {
+        for (k, row) in self.0.iter().enumerate() {
+            for (s, n) in row.iter().enumerate() {
+                if *n > 0 {
+                    telemetry.events_received[k][s].fetch_add(*n, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Telemetry {
     pub(crate) fn notification(&self, subscriber: &Arc<str>, status: &'static str) {
         let mut sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
         *sent.entry((subscriber.clone(), status)).or_insert(0) += 1;

@@ -120,7 +120,9 @@ async fn a_collector_whose_environment_is_absent_is_dropped_and_does_not_hold_re
     settle(Duration::from_secs(120)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     let health = store.health();
-    assert!(matches!(&health.collectors[0].state, CollectorState::Dropped { reason } if reason.contains("docker.sock")));
+    assert!(
+        matches!(&health.collectors[0].state, CollectorState::Dropped { reason } if reason.contains("docker.sock"))
+    );
     assert!(health.is_ready());
 }
 
@@ -143,8 +145,9 @@ impl StreamCollector for Vanishing {
 #[tokio::test(start_paused = true)]
 async fn a_collector_that_listed_before_is_retried_when_its_socket_vanishes() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let store =
-        Store::builder().collector(Collector::stream("docker", Source::Runtime, Vanishing { runs: runs.clone() })).build();
+    let store = Store::builder()
+        .collector(Collector::stream("docker", Source::Runtime, Vanishing { runs: runs.clone() }))
+        .build();
     store.start();
     settle(Duration::from_secs(10)).await;
     assert!(runs.load(Ordering::SeqCst) >= 3, "still retried: {}", runs.load(Ordering::SeqCst));
@@ -221,7 +224,9 @@ async fn pulls_happen_at_once_then_every_5s_by_default_or_as_configured() {
     let (custom, custom_log, _) = puller(|_| Plan::List(&["b"]));
     let store = Store::builder()
         .collector(Collector::pull("default", Source::Runtime, default))
-        .collector(Collector::pull("custom", Source::NodeOrchestrator, custom).with_pull_interval(Duration::from_secs(2)))
+        .collector(
+            Collector::pull("custom", Source::NodeOrchestrator, custom).with_pull_interval(Duration::from_secs(2)),
+        )
         .build();
     store.start();
     settle(Duration::from_millis(12_500)).await;
@@ -232,7 +237,8 @@ async fn pulls_happen_at_once_then_every_5s_by_default_or_as_configured() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_pull_delays_the_next_one_and_two_never_overlap() {
-    let (slow, log, max_running) = puller(|n| if n == 0 { Plan::Take(Duration::from_secs(12)) } else { Plan::List(&[]) });
+    let (slow, log, max_running) =
+        puller(|n| if n == 0 { Plan::Take(Duration::from_secs(12)) } else { Plan::List(&[]) });
     let store = Store::builder().collector(Collector::pull("slow", Source::Runtime, slow)).build();
     store.start();
     settle(Duration::from_secs(25)).await;
@@ -250,11 +256,8 @@ async fn a_hung_pull_is_cut_by_the_timeout_and_counted_as_an_error() {
     settle(Duration::from_secs(6)).await;
     assert_eq!(log.times(), [0, 5]);
     assert!(store.get_container("a").is_some());
-    let errors = store
-        .telemetry()
-        .into_iter()
-        .find(|m| m.name == "workloadmeta.pull_errors")
-        .map(|m| (m.labels, m.value));
+    let errors =
+        store.telemetry().into_iter().find(|m| m.name == "workloadmeta.pull_errors").map(|m| (m.labels, m.value));
     assert_eq!(errors, Some((vec![("collector_id", "hung".to_owned())], MetricValue::Counter(1))));
 }
 
