@@ -1,5 +1,7 @@
 //! Runs every conformance scenario of `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use test_support::conformance::{directories, load_dir, run_file};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,7 @@
 //! The conformance runner must fail on a wrong expectation, naming the scenario and the step.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::path::PathBuf;
 
 use test_support::conformance::{load_file, run_file};

@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn references_split_into_name_registry_short_name_tag_and_digest() {
-        let cases: &[(&str, (&str, &str, &str, &str, &str))] = &[
+        type Split<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+        let cases: &[(&str, Split<'_>)] = &[
             ("nginx:1.25", ("nginx", "", "nginx", "1.25", "")),
             ("redis", ("redis", "", "redis", "latest", "")),
             ("gcr.io/team/app:2.0", ("gcr.io/team/app", "gcr.io", "app", "2.0", "")),

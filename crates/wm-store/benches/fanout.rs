@@ -10,6 +10,8 @@
 //! on memory, which the baseline (it never reads an entity) does not; it is printed so that
 //! cost stays visible.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

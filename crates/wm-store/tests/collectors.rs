@@ -1,5 +1,7 @@
 //! The collector runner on paused tokio time: detection, backoff, pull timing and timeouts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

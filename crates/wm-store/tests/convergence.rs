@@ -2,6 +2,8 @@
 //! subscriber's view (snapshot, then events) equals the store's final state, with nothing lost
 //! and nothing repeated. Randomized with fixed seeds; the seed is printed on failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 
 use wm_core::{CollectorEvent, Container, Entity, EventType, Filter, Kind, Source, StoreReader, SubscriberPriority};

@@ -1,5 +1,7 @@
 //! Priority order, acknowledgements and slow subscribers, on paused tokio time (no wall clock).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use tokio::time::Instant;
