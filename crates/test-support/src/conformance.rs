@@ -413,7 +413,7 @@ impl StoreRunner {
 
 /// The step's verb (`get`, not its `expect_entity`), for messages.
 fn step_verb(step: &Value) -> String {
-    const VERBS: [&str; 11] = [
+    const VERBS: [&str; 16] = [
         "notify",
         "reset",
         "subscribe",
@@ -425,6 +425,11 @@ fn step_verb(step: &Value) -> String {
         "get_pod_for_container",
         "list",
         "events",
+        "expect_tags",
+        "expect_tags_include",
+        "expect_tags_exclude",
+        "expect_unknown",
+        "advance",
     ];
     let keys = step.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
     keys.iter().find(|k| VERBS.contains(&k.as_str())).or(keys.first()).cloned().unwrap_or_default()
@@ -437,6 +442,131 @@ fn expect_entity(got: Option<Entity>, want: Option<&Value>) -> Result<(), String
         (Some(Value::Null), Some(e)) => Err(format!("expected no entity, got {}", to_value(&e))),
         (Some(_), None) => Err("expected an entity, got none".into()),
         (Some(w), Some(e)) => match_entity(w, &e),
+    }
+}
+
+/// Runs tagger scenarios: a store, a [`tagger::Tagger`] following it on a manual clock, and a
+/// normal-priority probe subscriber. The store serves the probe only after the tagger acknowledged
+/// (its tags stored), so once `sync()` returns, every notified batch is tagged.
+pub struct TaggerRunner {
+    store: Store,
+    tagger: std::sync::Arc<tagger::Tagger>,
+    clock: std::sync::Arc<tagger::ManualClock>,
+    _probe: Subscription,
+}
+
+impl std::fmt::Debug for TaggerRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaggerRunner").finish_non_exhaustive()
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("bad duration unit in {text:?}: s, m or h")),
+    }
+}
+
+fn strings(v: &Value) -> Result<Vec<String>, String> {
+    v.as_array()
+        .ok_or_else(|| format!("expected a list of tags, got {v}"))?
+        .iter()
+        .map(|t| t.as_str().map(str::to_owned).ok_or_else(|| format!("a tag must be a string, got {t}")))
+        .collect()
+}
+
+impl TaggerRunner {
+    /// Runs one tagger scenario.
+    pub async fn run(scenario: &Scenario) -> Result<(), String> {
+        let config = match &scenario.config {
+            Value::Null => tagger::TaggerConfig::default(),
+            Value::Object(m) => {
+                if let Some(unknown) = m.keys().find(|k| !tagger::TaggerConfig::KEYS.contains(&k.as_str())) {
+                    return Err(format!("config key {unknown:?} is not one the tagger reads"));
+                }
+                serde_json::from_value(scenario.config.clone()).map_err(|e| format!("config: {e}"))?
+            }
+            other => return Err(format!("config must be a map, not {other}")),
+        };
+        let clock = std::sync::Arc::new(tagger::ManualClock::default());
+        let store = Store::new();
+        let tagger = std::sync::Arc::new(tagger::Tagger::with_clock(config, clock.clone()));
+        let task = tagger.spawn(&store);
+        let probe = store.subscribe("conformance-probe", SubscriberPriority::Normal, Filter::all());
+        let runner = TaggerRunner { store, tagger, clock, _probe: probe };
+        let mut result = Ok(());
+        for (i, step) in scenario.steps.iter().enumerate() {
+            if let Err(e) = runner.step(step).await {
+                result = Err(format!("step {} ({}): {e}", i + 1, step_verb(step)));
+                break;
+            }
+        }
+        task.abort();
+        runner.store.shutdown();
+        result
+    }
+
+    fn levels(&self, entity: &str) -> tagger::TagInfo {
+        self.tagger.store().tag_info(entity).unwrap_or_default()
+    }
+
+    async fn step(&self, step: &Value) -> Result<(), String> {
+        let m = step.as_object().ok_or("a step must be a map")?;
+        if let Some(events) = m.get("events") {
+            self.store.notify(parse_events(events)?).await;
+            self.store.sync().await;
+        } else if let Some(expect) = m.get("expect_tags").or(m.get("expect_tags_include")) {
+            let exact = m.contains_key("expect_tags");
+            for (entity, levels) in expect.as_object().ok_or("expect_tags takes a map of entities")? {
+                let got = self.levels(entity);
+                for (level, want) in levels.as_object().ok_or("levels must be a map")? {
+                    let have = match level.as_str() {
+                        "low" => &got.low,
+                        "orchestrator" => &got.orchestrator,
+                        "high" => &got.high,
+                        "standard" => &got.standard,
+                        other => return Err(format!("unknown level {other:?}")),
+                    };
+                    let want = strings(want)?;
+                    let missing: Vec<_> = want.iter().filter(|t| !have.contains(t)).collect();
+                    let extra: Vec<_> = have.iter().filter(|t| !want.contains(t)).collect();
+                    if !missing.is_empty() || (exact && !extra.is_empty()) {
+                        return Err(format!(
+                            "{entity} {level}: missing {missing:?}{}; had {have:?}",
+                            if exact { format!(", unexpected {extra:?}") } else { String::new() }
+                        ));
+                    }
+                }
+            }
+        } else if let Some(expect) = m.get("expect_tags_exclude") {
+            for (entity, tags) in expect.as_object().ok_or("expect_tags_exclude takes a map")? {
+                let all = self.tagger.tag(entity, tagger::TagCardinality::High).to_vec();
+                let standard = self.tagger.standard(entity).to_vec();
+                for tag in strings(tags)? {
+                    if all.contains(&tag) || standard.contains(&tag) {
+                        return Err(format!("{entity} has {tag:?}, which it must not: {all:?}"));
+                    }
+                }
+            }
+        } else if let Some(entities) = m.get("expect_unknown") {
+            for entity in strings(entities)? {
+                let tags = self.tagger.tag(&entity, tagger::TagCardinality::High);
+                if !tags.is_empty() || self.tagger.store().tag_info(&entity).is_some() {
+                    return Err(format!("{entity} should have no tags, has {tags:?}"));
+                }
+            }
+        } else if let Some(by) = m.get("advance") {
+            self.clock.advance(parse_duration(by.as_str().ok_or("advance takes a duration like 6m")?)?);
+            self.tagger.store().prune();
+        } else {
+            return Err(format!("unknown tagger step {step}"));
+        }
+        Ok(())
     }
 }
 

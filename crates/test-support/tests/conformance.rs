@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use test_support::conformance::{directories, load_dir, run_file};
+use test_support::conformance::{TaggerRunner, directories, load_dir, run_file};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_conformance_scenario_passes() {
@@ -13,16 +13,10 @@ async fn every_conformance_scenario_passes() {
         let loaded = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
         for file in loaded {
             files += 1;
-            // Tagger scenarios wait for the tagger crate (issue: tagger); they are counted as skipped.
-            let outcome = run_file(&file, |_| async { None }).await;
+            let outcome = run_file(&file, |scenario| async move { Some(TaggerRunner::run(&scenario).await) }).await;
             let name = file.file_name();
             println!("conformance: {name}: {} scenarios passed", outcome.passed);
-            if !outcome.skipped.is_empty() {
-                println!(
-                    "conformance: {name}: {} tagger scenarios skipped: the tagger crate does not exist yet",
-                    outcome.skipped.len()
-                );
-            }
+            assert!(outcome.skipped.is_empty(), "{name}: scenarios skipped: {:?}", outcome.skipped);
             for (scenario, error) in outcome.failed {
                 failures.push(format!("{}: {scenario:?}: {error}", file.path.display()));
             }

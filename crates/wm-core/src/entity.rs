@@ -604,6 +604,30 @@ impl From<EcsTask> for Entity {
     }
 }
 
+/// The env vars a container keeps in the store: those the tag rules read (DESIGN 7), plus the
+/// ECS metadata endpoints the ECS collector follows. Collectors drop every other env var (and
+/// keep the ones named in `container_env_as_tags`): secrets never enter the store.
+pub const KEPT_ENV_VARS: &[&str] = &[
+    "DD_ENV",
+    "DD_SERVICE",
+    "DD_VERSION",
+    "DD_GIT_COMMIT_SHA",
+    "DD_GIT_REPOSITORY_URL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "NOMAD_TASK_NAME",
+    "NOMAD_JOB_NAME",
+    "NOMAD_GROUP_NAME",
+    "NOMAD_NAMESPACE",
+    "NOMAD_DC",
+    "MARATHON_APP_ID",
+    "CHRONOS_JOB_NAME",
+    "CHRONOS_JOB_OWNER",
+    "MESOS_TASK_ID",
+    "ECS_CONTAINER_METADATA_URI",
+    "ECS_CONTAINER_METADATA_URI_V4",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

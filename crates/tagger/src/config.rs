@@ -1,0 +1,80 @@
+//! The tagger's configuration, with the Datadog Agent's key names.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What the tag rules read from the agent config. Unknown keys are left to the agent (which
+/// warns about them); see [`TaggerConfig::KEYS`].
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TaggerConfig {
+    /// Container label → tag name (`+name`: high cardinality; `*` with `%%label%%` templates).
+    pub container_labels_as_tags: BTreeMap<String, String>,
+    /// Same as `container_labels_as_tags` (the older Datadog key).
+    pub docker_labels_as_tags: BTreeMap<String, String>,
+    /// Container env var → tag name.
+    pub container_env_as_tags: BTreeMap<String, String>,
+    /// Same as `container_env_as_tags` (the older Datadog key).
+    pub docker_env_as_tags: BTreeMap<String, String>,
+    /// Pod label → tag name.
+    pub kubernetes_pod_labels_as_tags: BTreeMap<String, String>,
+    /// Pod annotation → tag name.
+    pub kubernetes_pod_annotations_as_tags: BTreeMap<String, String>,
+    /// Namespace label → tag name.
+    pub kubernetes_namespace_labels_as_tags: BTreeMap<String, String>,
+    /// Namespace annotation → tag name.
+    pub kubernetes_namespace_annotations_as_tags: BTreeMap<String, String>,
+    /// Tag pods with `persistentvolumeclaim:<name>` (opt-in).
+    pub kubernetes_persistent_volume_claims_as_tags: bool,
+    /// Tag ECS tasks on EC2 with their AWS resource tags (always on Fargate).
+    pub ecs_collect_resource_tags_ec2: bool,
+    /// How long a deleted entity keeps its tags, in seconds (default 300).
+    pub tagger_deletion_grace_period: u64,
+}
+
+impl Default for TaggerConfig {
+    fn default() -> Self {
+        Self {
+            container_labels_as_tags: BTreeMap::new(),
+            docker_labels_as_tags: BTreeMap::new(),
+            container_env_as_tags: BTreeMap::new(),
+            docker_env_as_tags: BTreeMap::new(),
+            kubernetes_pod_labels_as_tags: BTreeMap::new(),
+            kubernetes_pod_annotations_as_tags: BTreeMap::new(),
+            kubernetes_namespace_labels_as_tags: BTreeMap::new(),
+            kubernetes_namespace_annotations_as_tags: BTreeMap::new(),
+            kubernetes_persistent_volume_claims_as_tags: false,
+            ecs_collect_resource_tags_ec2: false,
+            tagger_deletion_grace_period: 300,
+        }
+    }
+}
+
+impl TaggerConfig {
+    /// The config keys this struct reads.
+    pub const KEYS: &[&str] = &[
+        "container_labels_as_tags",
+        "docker_labels_as_tags",
+        "container_env_as_tags",
+        "docker_env_as_tags",
+        "kubernetes_pod_labels_as_tags",
+        "kubernetes_pod_annotations_as_tags",
+        "kubernetes_namespace_labels_as_tags",
+        "kubernetes_namespace_annotations_as_tags",
+        "kubernetes_persistent_volume_claims_as_tags",
+        "ecs_collect_resource_tags_ec2",
+        "tagger_deletion_grace_period",
+    ];
+
+    /// The grace period as a duration.
+    pub fn deletion_grace_period(&self) -> Duration {
+        Duration::from_secs(self.tagger_deletion_grace_period)
+    }
+
+    /// The container env var names the config turns into tags (collectors keep these too).
+    pub fn env_vars_as_tags(&self) -> impl Iterator<Item = &str> + '_ {
+        self.container_env_as_tags.keys().chain(self.docker_env_as_tags.keys()).map(String::as_str)
+    }
+}

@@ -1,0 +1,19 @@
+//! The tagger: turns workload metadata into tags at three cardinalities (low, orchestrator,
+//! high) plus the unified service tags, keeps them per entity and per source, and answers
+//! lookups without locks or allocation.
+//!
+//! It subscribes to the store at `tagger` priority and acknowledges each bundle only once its
+//! tags are stored. It does not talk to runtimes (collectors do) nor serve gRPC (the agent does).
+
+#![forbid(unsafe_code)]
+
+mod config;
+pub mod rules;
+mod store;
+mod tagger;
+mod tags;
+
+pub use config::TaggerConfig;
+pub use store::{Clock, EntityTags, ManualClock, SystemClock, TagChange, TagSource, TagStore, Tags};
+pub use tagger::{GLOBAL_ENTITY_ID, Tagger, container_entity, entity_id};
+pub use tags::{TagCardinality, TagInfo, UnknownCardinality, tag_key};

@@ -1,0 +1,328 @@
+//! The tag rules of DESIGN 7: which tag, at which cardinality, from which field.
+
+use std::collections::BTreeMap;
+
+use wm_core::{Container, EcsTask, KubernetesPod, LaunchType, OrchestratorContainer, Runtime, StrMap};
+
+use crate::config::TaggerConfig;
+use crate::tags::{TagCardinality, TagInfo};
+
+use TagCardinality::{High, Low, Orchestrator};
+
+/// Adds the image tags of a reference that has a name.
+fn image_tags(tags: &mut TagInfo, image: &wm_core::ContainerImage) {
+    if image.name.is_empty() {
+        return;
+    }
+    tags.add(Low, "image_name", &image.name);
+    tags.add(Low, "short_image", &image.short_name);
+    tags.add(Low, "image_tag", &image.tag);
+}
+
+/// Applies a `*_as_tags` map: `name → tag` (case-insensitive names), or `*` with a template
+/// where `%%label%%` (`%%env%%`, `%%annotation%%`) stands for the name.
+fn mapped(tags: &mut TagInfo, values: &StrMap, config: &BTreeMap<String, String>) {
+    if config.is_empty() {
+        return;
+    }
+    for (name, value) in values {
+        for (key, tag_name) in config {
+            if key == "*" {
+                let tag_name =
+                    tag_name.replace("%%label%%", name).replace("%%env%%", name).replace("%%annotation%%", name);
+                tags.add_auto(&tag_name, value);
+            } else if key.eq_ignore_ascii_case(name) {
+                tags.add_auto(tag_name, value);
+            }
+        }
+    }
+}
+
+/// Tags from a JSON annotation or label: a list of `key:value` strings or an object.
+fn json_tags(tags: &mut TagInfo, cardinality: TagCardinality, json: &str, what: &str) {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Array(items)) => {
+            for item in items {
+                if let Some(tag) = item.as_str() {
+                    tags.add_tag(cardinality, tag.to_owned());
+                }
+            }
+        }
+        Ok(serde_json::Value::Object(map)) => {
+            for (k, v) in map {
+                let value = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                tags.add(cardinality, &k, &value);
+            }
+        }
+        _ => tracing::debug!(what, "tags value is neither a JSON list nor a JSON object; ignored"),
+    }
+}
+
+/// `service.name=a,deployment.environment=b` → (key, value) pairs.
+fn otel_attributes(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim()))
+}
+
+/// The unified service tags of a container: DD_* env first, then labels, then OpenTelemetry.
+fn unified_service(tags: &mut TagInfo, c: &Container) {
+    let mut env = c.env.get("DD_ENV").or(c.labels.get("com.datadoghq.tags.env"));
+    let mut service = c.env.get("DD_SERVICE").or(c.labels.get("com.datadoghq.tags.service"));
+    let mut version = c.env.get("DD_VERSION").or(c.labels.get("com.datadoghq.tags.version"));
+    service = service.or(c.env.get("OTEL_SERVICE_NAME"));
+    if let Some(attributes) = c.env.get("OTEL_RESOURCE_ATTRIBUTES") {
+        for (k, v) in otel_attributes(attributes) {
+            match k {
+                "service.name" => service = service.or(Some(v)),
+                "service.version" => version = version.or(Some(v)),
+                "deployment.environment" | "deployment.environment.name" => env = env.or(Some(v)),
+                _ => {}
+            }
+        }
+    }
+    for (key, value) in [("env", env), ("service", service), ("version", version)] {
+        if let Some(value) = value {
+            tags.add_standard(key, value);
+        }
+    }
+}
+
+/// (label or env var, tag, cardinality) for the orchestrators whose metadata lives on the container.
+const LABEL_TAGS: &[(&str, &str, TagCardinality)] = &[
+    ("com.docker.swarm.service.name", "swarm_service", Low),
+    ("com.docker.stack.namespace", "swarm_namespace", Low),
+    ("io.rancher.stack.name", "rancher_stack", Low),
+    ("io.rancher.stack_service.name", "rancher_service", Low),
+    ("io.rancher.container.name", "rancher_container", High),
+];
+
+const ENV_TAGS: &[(&str, &str, TagCardinality)] = &[
+    ("NOMAD_TASK_NAME", "nomad_task", Low),
+    ("NOMAD_JOB_NAME", "nomad_job", Low),
+    ("NOMAD_GROUP_NAME", "nomad_group", Low),
+    ("NOMAD_NAMESPACE", "nomad_namespace", Low),
+    ("NOMAD_DC", "nomad_datacenter", Low),
+    ("MARATHON_APP_ID", "marathon_app", Low),
+    ("CHRONOS_JOB_NAME", "chronos_job", Low),
+    ("CHRONOS_JOB_OWNER", "chronos_job_owner", Low),
+    ("MESOS_TASK_ID", "mesos_task", Orchestrator),
+];
+
+/// The tags of a container entity (7.1).
+pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
+    let mut tags = TagInfo::default();
+    tags.add(High, "container_name", &c.name);
+    tags.add(High, "container_id", &c.id);
+    image_tags(&mut tags, &c.image);
+    tags.add(Low, "image_id", &c.image.id);
+    if c.runtime == Some(Runtime::Docker) && !c.image.name.is_empty() {
+        tags.add(Low, "docker_image", &format!("{}:{}", c.image.name, c.image.tag));
+    }
+    unified_service(&mut tags, c);
+    let sha = c.env.get("DD_GIT_COMMIT_SHA").or(c.labels.get("org.opencontainers.image.revision"));
+    let repo = c.env.get("DD_GIT_REPOSITORY_URL").or(c.labels.get("org.opencontainers.image.source"));
+    tags.add(Low, "git.commit.sha", sha.unwrap_or_default());
+    tags.add(Low, "git.repository_url", repo.unwrap_or_default());
+    for (label, tag, cardinality) in LABEL_TAGS {
+        tags.add(*cardinality, tag, c.labels.get(label).unwrap_or_default());
+    }
+    for (var, tag, cardinality) in ENV_TAGS {
+        tags.add(*cardinality, tag, c.env.get(var).unwrap_or_default());
+    }
+    if let Some(json) = c.labels.get("com.datadoghq.ad.tags") {
+        json_tags(&mut tags, High, json, "com.datadoghq.ad.tags");
+    }
+    mapped(&mut tags, &c.labels, &config.container_labels_as_tags);
+    mapped(&mut tags, &c.labels, &config.docker_labels_as_tags);
+    mapped(&mut tags, &c.env, &config.container_env_as_tags);
+    mapped(&mut tags, &c.env, &config.docker_env_as_tags);
+    tags
+}
+
+/// Characters of the hash Kubernetes appends to generated names (`rand.SafeEncodeString`),
+/// plus every digit, as in the decimal hashes of older releases.
+const GENERATED_NAME_CHARS: &str = "bcdfghjklmnpqrstvwxz0123456789";
+
+/// The Deployment of a ReplicaSet named `<deployment>-<hash>`.
+pub fn deployment_of_replica_set(name: &str) -> Option<&str> {
+    let (deployment, hash) = name.rsplit_once('-')?;
+    let generated = hash.len() >= 3 && hash.chars().all(|c| GENERATED_NAME_CHARS.contains(c));
+    (generated && !deployment.is_empty()).then_some(deployment)
+}
+
+/// The CronJob of a Job named `<cronjob>-<scheduled time in digits>`.
+pub fn cronjob_of_job(name: &str) -> Option<&str> {
+    let (cronjob, suffix) = name.rsplit_once('-')?;
+    (!cronjob.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())).then_some(cronjob)
+}
+
+const APP_LABELS: &[(&str, &str)] = &[
+    ("app.kubernetes.io/name", "kube_app_name"),
+    ("app.kubernetes.io/instance", "kube_app_instance"),
+    ("app.kubernetes.io/version", "kube_app_version"),
+    ("app.kubernetes.io/component", "kube_app_component"),
+    ("app.kubernetes.io/part-of", "kube_app_part_of"),
+    ("app.kubernetes.io/managed-by", "kube_app_managed_by"),
+];
+
+/// The tags of a pod (7.2); its containers get these plus their own ([`pod_container_tags`]).
+pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
+    let mut tags = TagInfo::default();
+    tags.add(Orchestrator, "pod_name", &p.name);
+    tags.add(Low, "kube_namespace", &p.namespace);
+    tags.add(Low, "pod_phase", &p.phase.to_lowercase());
+    tags.add(Low, "kube_priority_class", &p.priority_class);
+    tags.add(Low, "kube_qos", &p.qos_class);
+    tags.add(Low, "kube_runtime_class", &p.runtime_class);
+    for (label, tag) in APP_LABELS {
+        tags.add(Low, tag, p.labels.get(label).unwrap_or_default());
+    }
+    for key in ["env", "service", "version"] {
+        if let Some(value) = p.labels.get(&format!("tags.datadoghq.com/{key}")) {
+            tags.add_standard(key, value);
+        }
+    }
+    let disabled = p.annotations.get("tags.datadoghq.com/disable").unwrap_or_default();
+    if !disabled.split(',').any(|d| d.trim() == "kube_service") {
+        for service in &p.kube_services {
+            tags.add(Low, "kube_service", service);
+        }
+    }
+    if let Some(json) = p.annotations.get("ad.datadoghq.com/tags") {
+        json_tags(&mut tags, Low, json, "ad.datadoghq.com/tags");
+    }
+    for owner in &p.owners {
+        tags.add(Low, "kube_ownerref_kind", &owner.kind.to_lowercase());
+        tags.add(Orchestrator, "kube_ownerref_name", &owner.name);
+        match owner.kind.as_str() {
+            "Deployment" => tags.add(Low, "kube_deployment", &owner.name),
+            "ReplicaSet" => {
+                tags.add(Low, "kube_replica_set", &owner.name);
+                if let Some(deployment) = deployment_of_replica_set(&owner.name) {
+                    tags.add(Low, "kube_deployment", deployment);
+                }
+            }
+            "DaemonSet" => tags.add(Low, "kube_daemon_set", &owner.name),
+            "StatefulSet" => tags.add(Low, "kube_stateful_set", &owner.name),
+            "ReplicationController" => tags.add(Low, "kube_replication_controller", &owner.name),
+            "Job" => match cronjob_of_job(&owner.name) {
+                Some(cronjob) => {
+                    tags.add(Orchestrator, "kube_job", &owner.name);
+                    tags.add(Low, "kube_cronjob", cronjob);
+                }
+                None => tags.add(Low, "kube_job", &owner.name),
+            },
+            "CronJob" => tags.add(Low, "kube_cronjob", &owner.name),
+            _ => {}
+        }
+    }
+    if config.kubernetes_persistent_volume_claims_as_tags {
+        for pvc in &p.pvc_names {
+            tags.add(Low, "persistentvolumeclaim", pvc);
+        }
+    }
+    mapped(&mut tags, &p.labels, &config.kubernetes_pod_labels_as_tags);
+    mapped(&mut tags, &p.annotations, &config.kubernetes_pod_annotations_as_tags);
+    mapped(&mut tags, &p.namespace_labels, &config.kubernetes_namespace_labels_as_tags);
+    mapped(&mut tags, &p.namespace_annotations, &config.kubernetes_namespace_annotations_as_tags);
+    tags
+}
+
+/// The pod-sourced tags of one of its containers (7.3).
+pub fn pod_container_tags(p: &KubernetesPod, pod: &TagInfo, c: &OrchestratorContainer) -> TagInfo {
+    let mut tags = pod.clone();
+    tags.add(Low, "kube_container_name", &c.name);
+    image_tags(&mut tags, &c.image);
+    tags.add(High, "container_id", &c.id);
+    if !c.name.is_empty() && !p.name.is_empty() {
+        tags.add(High, "display_container_name", &format!("{}_{}", c.name, p.name));
+    }
+    for key in ["env", "service", "version"] {
+        if let Some(value) = p.labels.get(&format!("tags.datadoghq.com/{}.{key}", c.name)) {
+            tags.add_standard(key, value);
+        }
+    }
+    if let Some(json) = p.annotations.get(&format!("ad.datadoghq.com/{}.tags", c.name)) {
+        json_tags(&mut tags, Low, json, "ad.datadoghq.com/<container>.tags");
+    }
+    tags
+}
+
+/// The tags of an ECS task (7.4); its containers get these plus `ecs_container_name`.
+pub fn task_tags(t: &EcsTask, config: &TaggerConfig) -> TagInfo {
+    let mut tags = TagInfo::default();
+    tags.add(Low, "task_name", &t.family);
+    tags.add(Low, "task_family", &t.family);
+    tags.add(Low, "task_version", &t.version);
+    tags.add(Low, "ecs_cluster_name", &t.cluster_name);
+    tags.add(Low, "cluster_name", &t.cluster_name);
+    tags.add(Low, "region", &t.region);
+    tags.add(Low, "availability_zone", &t.availability_zone);
+    tags.add(Low, "aws_account", &t.aws_account);
+    tags.add(Low, "ecs_service", &t.service_name);
+    tags.add(Orchestrator, "task_arn", &t.id);
+    if t.launch_type == Some(LaunchType::Fargate) || config.ecs_collect_resource_tags_ec2 {
+        for (k, v) in t.tags.iter().chain(t.container_instance_tags.iter()) {
+            tags.add(Low, k, v);
+        }
+    }
+    tags
+}
+
+/// The task-sourced tags of one of its containers.
+pub fn task_container_tags(task: &TagInfo, c: &OrchestratorContainer) -> TagInfo {
+    let mut tags = task.clone();
+    tags.add(Low, "ecs_container_name", &c.name);
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_set_names_give_their_deployment_only_with_a_generated_hash() {
+        assert_eq!(deployment_of_replica_set("web-5d8f7c9b4"), Some("web"));
+        assert_eq!(deployment_of_replica_set("my-app-7b9c4d6f5"), Some("my-app"));
+        assert_eq!(deployment_of_replica_set("web-aeiou"), None, "vowels never appear in generated names");
+        assert_eq!(deployment_of_replica_set("web"), None);
+        assert_eq!(deployment_of_replica_set("-bcd"), None);
+    }
+
+    #[test]
+    fn cronjob_children_are_recognized_by_their_digit_suffix() {
+        assert_eq!(cronjob_of_job("backup-28371420"), Some("backup"));
+        assert_eq!(cronjob_of_job("migrate"), None);
+        assert_eq!(cronjob_of_job("migrate-v2"), None);
+    }
+
+    #[test]
+    fn wildcard_label_templates_tag_every_label() {
+        let mut tags = TagInfo::default();
+        let labels: StrMap = [("team", "a"), ("tier", "b")].into_iter().collect();
+        let config: BTreeMap<String, String> = [("*".to_owned(), "lbl_%%label%%".to_owned())].into_iter().collect();
+        mapped(&mut tags, &labels, &config);
+        assert_eq!(tags.low, ["lbl_team:a", "lbl_tier:b"]);
+    }
+
+    #[test]
+    fn malformed_json_tags_are_skipped_not_fatal() {
+        let mut tags = TagInfo::default();
+        json_tags(&mut tags, High, "[not json", "x");
+        json_tags(&mut tags, High, r#"{"a": 1, "b": "x"}"#, "x");
+        assert_eq!(tags.high, ["a:1", "b:x"]);
+    }
+
+    #[test]
+    fn every_env_var_the_rules_read_is_kept_by_collectors() {
+        let read = ["DD_ENV", "DD_SERVICE", "DD_VERSION", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"]
+            .into_iter()
+            .chain(["DD_GIT_COMMIT_SHA", "DD_GIT_REPOSITORY_URL"])
+            .chain(ENV_TAGS.iter().map(|(var, _, _)| *var));
+        for var in read {
+            assert!(wm_core::KEPT_ENV_VARS.contains(&var), "{var} is read by the rules but dropped by collectors");
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The tag store: per entity, per source, merged into one immutable, shared value per entity.
+//!
+//! Writers (the tagger task) keep every source's `TagInfo` under a mutex and, after each change,
+//! publish the entity's merged tags as one `Arc<EntityTags>` into a lock-free map (papaya).
+//! Readers never take a lock and never allocate: a lookup is a hash, a probe and an `Arc` clone,
+//! and the tags of every cardinality are prefixes of one vector in one string buffer.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::tags::{TagCardinality, TagInfo, tag_key};
+
+/// Where the tagger's time comes from: real time, or a clock tests move.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Time since an arbitrary, fixed start.
+    fn now(&self) -> Duration;
+}
+
+/// Monotonic real time.
+#[derive(Debug)]
+pub struct SystemClock(Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// Moves the clock on.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(u64::try_from(by.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Who gave a set of tags. On a shared tag key, the higher priority wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum TagSource {
+    /// Tags from a container entity.
+    #[serde(rename = "workloadmeta-container")]
+    Container,
+    /// Tags from a Kubernetes pod (on the pod and on each of its containers).
+    #[serde(rename = "workloadmeta-kubernetes_pod")]
+    KubernetesPod,
+    /// Tags from an ECS task (on the task and on each of its containers).
+    #[serde(rename = "workloadmeta-ecs_task")]
+    EcsTask,
+}
+
+impl TagSource {
+    /// The source's name, as `tagger-list` prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TagSource::Container => "workloadmeta-container",
+            TagSource::KubernetesPod => "workloadmeta-kubernetes_pod",
+            TagSource::EcsTask => "workloadmeta-ecs_task",
+        }
+    }
+
+    /// Pod and task tags win over a container's own.
+    const fn priority(self) -> u8 {
+        match self {
+            TagSource::Container => 0,
+            TagSource::KubernetesPod | TagSource::EcsTask => 1,
+        }
+    }
+}
+
+/// The merged tags of one entity, immutable once published. All tags sit in one buffer; the
+/// low, orchestrator and high levels are consecutive, so each cardinality is a prefix.
+pub struct EntityTags {
+    buf: Box<str>,
+    /// End offset in `buf` of each tag: low…, orchestrator…, high…, then standard….
+    ends: Box<[u32]>,
+    low: u32,
+    orchestrator: u32,
+    high: u32,
+}
+
+impl EntityTags {
+    fn build(info: &TagInfo) -> Self {
+        let all = info.low.iter().chain(&info.orchestrator).chain(&info.high).chain(&info.standard);
+        let mut buf = String::with_capacity(all.clone().map(String::len).sum());
+        let mut ends = Vec::with_capacity(all.clone().count());
+        for tag in all {
+            buf.push_str(tag);
+            ends.push(u32::try_from(buf.len()).unwrap_or(u32::MAX));
+        }
+        let count = |v: &Vec<String>| u32::try_from(v.len()).unwrap_or(u32::MAX);
+        let low = count(&info.low);
+        let orchestrator = low + count(&info.orchestrator);
+        let high = orchestrator + count(&info.high);
+        Self { buf: buf.into_boxed_str(), ends: ends.into_boxed_slice(), low, orchestrator, high }
+    }
+
+    fn tag(&self, i: u32) -> &str {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.buf.get(start..self.ends[i] as usize).unwrap_or("")
+    }
+
+    fn end(&self, cardinality: TagCardinality) -> u32 {
+        match cardinality {
+            TagCardinality::None => 0,
+            TagCardinality::Low => self.low,
+            TagCardinality::Orchestrator => self.orchestrator,
+            TagCardinality::High => self.high,
+        }
+    }
+
+    /// Bytes held, for the memory benchmark.
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.len() + self.ends.len() * 4
+    }
+}
+
+impl fmt::Debug for EntityTags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries((0..self.ends.len() as u32).map(|i| self.tag(i))).finish()
+    }
+}
+
+/// The answer to a lookup: a shared handle on an entity's tags, read as a list of `&str`.
+/// Building one allocates nothing.
+#[derive(Clone, Default)]
+pub struct Tags {
+    entity: Option<Arc<EntityTags>>,
+    start: u32,
+    end: u32,
+}
+
+impl Tags {
+    /// How many tags.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Whether there is none (unknown entity, or cardinality `none`).
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// The tags.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        let entity = self.entity.as_deref();
+        (self.start..self.end).map(move |i| entity.map_or("", |e| e.tag(i)))
+    }
+
+    /// The tags as owned strings.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
+impl fmt::Debug for Tags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SourceEntry {
+    source: TagSource,
+    info: TagInfo,
+    /// When the source deleted it; its tags are served until the grace period has passed.
+    deleted_at: Option<Duration>,
+}
+
+/// A change to an entity's merged tags, for tag subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagChange {
+    /// First tags for this entity.
+    Added(String),
+    /// Its tags changed.
+    Modified(String),
+    /// It has no tags any more.
+    Deleted(String),
+}
+
+type FastMap<K, V> = papaya::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Tags per entity, merged across sources; reads are lock-free.
+pub struct TagStore {
+    published: FastMap<Box<str>, Arc<EntityTags>>,
+    sources: Mutex<HashMap<String, Vec<SourceEntry>>>,
+    clock: Arc<dyn Clock>,
+    grace: Duration,
+}
+
+impl fmt::Debug for TagStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagStore").field("entities", &self.published.len()).field("grace", &self.grace).finish()
+    }
+}
+
+impl TagStore {
+    /// A store whose deletions take effect `grace` after they were made.
+    pub fn new(clock: Arc<dyn Clock>, grace: Duration) -> Self {
+        Self {
+            published: FastMap::with_hasher(foldhash::fast::RandomState::default()),
+            sources: Mutex::new(HashMap::new()),
+            clock,
+            grace,
+        }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, HashMap<String, Vec<SourceEntry>>> {
+        // Each entry is replaced whole; a panic half-way leaves nothing half-written.
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entity's tags at `cardinality` and below. Unknown entity: empty, not an error.
+    /// Takes no lock and allocates nothing.
+    pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Tags {
+        let guard = self.published.pin();
+        match guard.get(entity) {
+            Some(tags) => Tags { entity: Some(tags.clone()), start: 0, end: tags.end(cardinality) },
+            None => Tags::default(),
+        }
+    }
+
+    /// The entity's unified service tags (env, service, version).
+    pub fn standard(&self, entity: &str) -> Tags {
+        let guard = self.published.pin();
+        match guard.get(entity) {
+            Some(tags) => Tags { entity: Some(tags.clone()), start: tags.high, end: tags.ends.len() as u32 },
+            None => Tags::default(),
+        }
+    }
+
+    /// Replaces what `source` says about `entity` (a pending deletion of it is cancelled).
+    pub fn set(&self, entity: &str, source: TagSource, info: TagInfo) -> Option<TagChange> {
+        let mut sources = self.writer();
+        let entries = sources.entry(entity.to_owned()).or_default();
+        match entries.iter_mut().find(|e| e.source == source) {
+            Some(e) if e.info == info && e.deleted_at.is_none() => return None,
+            Some(e) => {
+                e.info = info;
+                e.deleted_at = None;
+            }
+            None => entries.push(SourceEntry { source, info, deleted_at: None }),
+        }
+        self.publish(entity, entries)
+    }
+
+    /// Marks what `source` says about `entity` as deleted: still served for the grace period.
+    pub fn delete(&self, entity: &str, source: TagSource) {
+        let now = self.clock.now();
+        if let Some(entry) = self.writer().get_mut(entity).and_then(|es| es.iter_mut().find(|e| e.source == source))
+            && entry.deleted_at.is_none()
+        {
+            entry.deleted_at = Some(now);
+        }
+    }
+
+    /// Drops what was deleted longer ago than the grace period.
+    pub fn prune(&self) -> Vec<TagChange> {
+        let now = self.clock.now();
+        let mut changes = Vec::new();
+        let mut sources = self.writer();
+        let mut emptied = Vec::new();
+        for (entity, entries) in sources.iter_mut() {
+            let before = entries.len();
+            entries.retain(|e| e.deleted_at.is_none_or(|at| now.saturating_sub(at) < self.grace));
+            if entries.len() != before {
+                if entries.is_empty() {
+                    emptied.push(entity.clone());
+                } else {
+                    changes.extend(self.publish(entity, entries));
+                }
+            }
+        }
+        for entity in emptied {
+            sources.remove(&entity);
+            self.published.pin().remove(entity.as_str());
+            changes.push(TagChange::Deleted(entity));
+        }
+        changes
+    }
+
+    /// Merges the sources of one entity (higher priority first, winning shared keys) and
+    /// publishes the result.
+    fn publish(&self, entity: &str, entries: &mut [SourceEntry]) -> Option<TagChange> {
+        entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
+        let merged = merge(entries);
+        let tags = Arc::new(EntityTags::build(&merged));
+        let guard = self.published.pin();
+        let previous = guard.insert(Box::from(entity), tags);
+        Some(if previous.is_some() {
+            TagChange::Modified(entity.to_owned())
+        } else {
+            TagChange::Added(entity.to_owned())
+        })
+    }
+
+    /// The merged tags of `entity` by level (for dumps and tests).
+    pub fn tag_info(&self, entity: &str) -> Option<TagInfo> {
+        let sources = self.writer();
+        sources.get(entity).map(|entries| merge(entries))
+    }
+
+    /// Every entity with each source's tags, sorted: what `tagger-list` prints.
+    pub fn list(&self) -> Vec<(String, Vec<(TagSource, TagInfo)>)> {
+        let sources = self.writer();
+        let mut out: Vec<_> = sources
+            .iter()
+            .map(|(entity, entries)| {
+                let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.info.clone())).collect();
+                per_source.sort_by_key(|(s, _)| *s);
+                (entity.clone(), per_source)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// How many entities have tags.
+    pub fn len(&self) -> usize {
+        self.published.len()
+    }
+
+    /// Whether no entity has tags.
+    pub fn is_empty(&self) -> bool {
+        self.published.is_empty()
+    }
+
+    /// Bytes held by the published tags (buffers and offsets), for the memory benchmark.
+    pub fn published_bytes(&self) -> usize {
+        self.published.pin().iter().map(|(k, v)| k.len() + v.heap_bytes() + std::mem::size_of::<EntityTags>()).sum()
+    }
+}
+
+/// Merges sources given in priority order: a tag whose key a higher-priority source already
+/// gave is left out.
+fn merge(entries: &[SourceEntry]) -> TagInfo {
+    let mut out = TagInfo::default();
+    let mut taken: HashSet<&str> = HashSet::new();
+    let mut i = 0;
+    while i < entries.len() {
+        // Sources of equal priority do not override each other.
+        let priority = entries[i].source.priority();
+        let group_end =
+            entries[i..].iter().position(|e| e.source.priority() != priority).map_or(entries.len(), |n| i + n);
+        let mut keys: Vec<&str> = Vec::new();
+        for entry in &entries[i..group_end] {
+            let info = &entry.info;
+            for (level, tags) in [
+                (TagCardinality::Low, &info.low),
+                (TagCardinality::Orchestrator, &info.orchestrator),
+                (TagCardinality::High, &info.high),
+            ] {
+                for tag in tags.iter().filter(|t| !taken.contains(tag_key(t))) {
+                    out.add_tag(level, tag.clone());
+                    keys.push(tag_key(tag));
+                }
+            }
+            for tag in info.standard.iter().filter(|t| !taken.contains(tag_key(t))) {
+                if !out.standard.contains(tag) {
+                    out.standard.push(tag.clone());
+                }
+            }
+        }
+        taken.extend(keys);
+        i = group_end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(low: &[&str], high: &[&str]) -> TagInfo {
+        TagInfo {
+            low: low.iter().map(|s| s.to_string()).collect(),
+            high: high.iter().map(|s| s.to_string()).collect(),
+            ..TagInfo::default()
+        }
+    }
+
+    #[test]
+    fn the_higher_priority_source_wins_a_shared_key() {
+        let clock = Arc::new(ManualClock::default());
+        let store = TagStore::new(clock, Duration::from_secs(300));
+        store.set(
+            "container_id://c1",
+            TagSource::Container,
+            info(&["env:dev", "image_name:nginx"], &["container_id:c1"]),
+        );
+        store.set("container_id://c1", TagSource::KubernetesPod, info(&["env:prod", "kube_namespace:a"], &[]));
+        let tags = store.tag("container_id://c1", TagCardinality::High).to_vec();
+        assert_eq!(tags, ["env:prod", "kube_namespace:a", "image_name:nginx", "container_id:c1"]);
+        assert_eq!(store.tag("container_id://c1", TagCardinality::Low).len(), 3);
+        assert!(store.tag("container_id://c1", TagCardinality::None).is_empty());
+    }
+
+    #[test]
+    fn deletion_waits_for_the_grace_period_and_a_new_set_cancels_it() {
+        let clock = Arc::new(ManualClock::default());
+        let store = TagStore::new(clock.clone(), Duration::from_secs(300));
+        store.set("e", TagSource::Container, info(&["a:1"], &[]));
+        store.delete("e", TagSource::Container);
+        clock.advance(Duration::from_secs(299));
+        assert!(store.prune().is_empty());
+        assert_eq!(store.tag("e", TagCardinality::Low).len(), 1);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(store.prune(), [TagChange::Deleted("e".into())]);
+        assert!(store.tag("e", TagCardinality::High).is_empty());
+
+        store.set("f", TagSource::Container, info(&["a:1"], &[]));
+        store.delete("f", TagSource::Container);
+        clock.advance(Duration::from_secs(60));
+        store.set("f", TagSource::Container, info(&["a:1"], &[]));
+        clock.advance(Duration::from_secs(600));
+        store.prune();
+        assert_eq!(store.tag("f", TagCardinality::Low).len(), 1);
+    }
+}

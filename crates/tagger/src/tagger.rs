@@ -1,0 +1,214 @@
+//! The tagger: follows the store at `tagger` priority and keeps the tag store up to date.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use wm_core::{Entity, Event, EventType, Filter, KubernetesPod, LaunchType, SubscriberPriority};
+use wm_store::{Store, SubscriptionError};
+
+use crate::config::TaggerConfig;
+use crate::rules;
+use crate::store::{Clock, SystemClock, TagSource, TagStore, Tags};
+use crate::tags::{TagCardinality, TagInfo};
+
+/// The entity id of the node-wide tags (ECS Fargate task tags go there too).
+pub const GLOBAL_ENTITY_ID: &str = "internal://global-entity-id";
+
+/// The tagger's entity id of a container (`container_id://<id>`).
+pub fn container_entity(id: &str) -> String {
+    format!("container_id://{id}")
+}
+
+/// The tagger's entity id of a store entity.
+pub fn entity_id(entity: &Entity) -> String {
+    match entity {
+        Entity::Container(c) => container_entity(&c.id),
+        Entity::KubernetesPod(p) => format!("kubernetes_pod_uid://{}", p.id),
+        Entity::EcsTask(t) => format!("ecs_task://{}", t.id),
+    }
+}
+
+/// How often deletions past their grace period are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Turns store events into tags.
+#[derive(Debug)]
+pub struct Tagger {
+    config: TaggerConfig,
+    store: TagStore,
+    /// The containers each pod or task gave tags to, to delete them when it stops listing one.
+    children: Mutex<HashMap<(TagSource, String), Vec<String>>>,
+}
+
+impl Tagger {
+    /// A tagger on real time.
+    pub fn new(config: TaggerConfig) -> Self {
+        Self::with_clock(config, Arc::new(SystemClock::default()))
+    }
+
+    /// A tagger on `clock` (tests move a [`crate::ManualClock`]).
+    pub fn with_clock(config: TaggerConfig, clock: Arc<dyn Clock>) -> Self {
+        let grace = config.deletion_grace_period();
+        Self { config, store: TagStore::new(clock, grace), children: Mutex::new(HashMap::new()) }
+    }
+
+    /// The tag store (lookups, dumps, pruning).
+    pub fn store(&self) -> &TagStore {
+        &self.store
+    }
+
+    /// The entity's tags at `cardinality` and below: lock-free, allocation-free.
+    pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Tags {
+        self.store.tag(entity, cardinality)
+    }
+
+    /// The entity's unified service tags.
+    pub fn standard(&self, entity: &str) -> Tags {
+        self.store.standard(entity)
+    }
+
+    /// Applies a bundle's events, in order.
+    pub fn process(&self, events: &[Event]) {
+        for event in events {
+            self.process_one(event);
+        }
+    }
+
+    fn process_one(&self, event: &Event) {
+        let id = entity_id(&event.entity);
+        match (&event.entity, event.event_type) {
+            (Entity::Container(c), EventType::Set) => {
+                self.store.set(&id, TagSource::Container, rules::container_tags(c, &self.config));
+            }
+            (Entity::Container(_), EventType::Unset) => self.store.delete(&id, TagSource::Container),
+            (Entity::KubernetesPod(p), EventType::Set) => {
+                let pod = rules::pod_tags(p, &self.config);
+                let children = pod_children(p, &pod);
+                self.set_with_children(TagSource::KubernetesPod, id, pod, children);
+            }
+            (Entity::EcsTask(t), EventType::Set) => {
+                let task = rules::task_tags(t, &self.config);
+                let mut children: Vec<(String, TagInfo)> = t
+                    .containers
+                    .iter()
+                    .filter(|c| !c.id.is_empty())
+                    .map(|c| (container_entity(&c.id), rules::task_container_tags(&task, c)))
+                    .collect();
+                if t.launch_type == Some(LaunchType::Fargate) {
+                    children.push((GLOBAL_ENTITY_ID.to_owned(), task.clone()));
+                }
+                self.set_with_children(TagSource::EcsTask, id, task, children);
+            }
+            (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, &id),
+            (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, &id),
+        }
+    }
+
+    fn set_with_children(&self, source: TagSource, id: String, own: TagInfo, children: Vec<(String, TagInfo)>) {
+        self.store.set(&id, source, own);
+        let now: Vec<String> = children.iter().map(|(child, _)| child.clone()).collect();
+        for (child, tags) in children {
+            self.store.set(&child, source, tags);
+        }
+        let before = self.children.lock().unwrap_or_else(PoisonError::into_inner).insert((source, id), now.clone());
+        for gone in before.into_iter().flatten().filter(|c| !now.contains(c)) {
+            self.store.delete(&gone, source);
+        }
+    }
+
+    fn delete_with_children(&self, source: TagSource, id: &str) {
+        self.store.delete(id, source);
+        let key = (source, id.to_owned());
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+        for child in children.into_iter().flatten() {
+            self.store.delete(&child, source);
+        }
+    }
+
+    /// After a fresh snapshot (a resubscription), deletes the tags of every entity the snapshot
+    /// no longer holds.
+    fn reconcile(&self, snapshot: &[Event]) {
+        let mut live: HashSet<(TagSource, String)> = HashSet::new();
+        for event in snapshot {
+            let id = entity_id(&event.entity);
+            match &event.entity {
+                Entity::Container(_) => {
+                    live.insert((TagSource::Container, id));
+                }
+                Entity::KubernetesPod(_) | Entity::EcsTask(_) => {
+                    let source = if matches!(event.entity, Entity::EcsTask(_)) {
+                        TagSource::EcsTask
+                    } else {
+                        TagSource::KubernetesPod
+                    };
+                    let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+                    for child in children.get(&(source, id.clone())).into_iter().flatten() {
+                        live.insert((source, child.clone()));
+                    }
+                    live.insert((source, id));
+                }
+            }
+        }
+        for (entity, sources) in self.store.list() {
+            for (source, _) in sources {
+                if !live.contains(&(source, entity.clone())) {
+                    self.store.delete(&entity, source);
+                }
+            }
+        }
+    }
+
+    /// Follows `store` from a task: subscribes at `tagger` priority, stores each bundle's tags
+    /// before acknowledging it, resubscribes (and reconciles) if it was cut off for lagging, and
+    /// prunes expired deletions every minute.
+    ///
+    /// The first subscription is taken before this returns: every batch notified afterwards
+    /// reaches the tagger before any lower-priority subscriber.
+    pub fn spawn(self: &Arc<Self>, store: &Store) -> tokio::task::JoinHandle<()> {
+        let tagger = self.clone();
+        let store = store.clone();
+        let subscribe = |store: &Store| store.subscribe("tagger", SubscriberPriority::Tagger, Filter::all());
+        let mut next_sub = Some(subscribe(&store));
+        tokio::spawn(async move {
+            let mut prune = tokio::time::interval(PRUNE_EVERY);
+            prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let mut sub = next_sub.take().unwrap_or_else(|| subscribe(&store));
+                let mut first = true;
+                loop {
+                    tokio::select! {
+                        next = sub.recv() => match next {
+                            Some(Ok(bundle)) => {
+                                tagger.process(&bundle.events);
+                                if std::mem::take(&mut first) {
+                                    tagger.reconcile(&bundle.events);
+                                }
+                                drop(bundle); // acknowledged only now that the tags are stored
+                            }
+                            Some(Err(SubscriptionError::Lagged { .. })) => {
+                                tracing::warn!("the tagger fell behind the store and resubscribes");
+                                break;
+                            }
+                            Some(Err(error)) => {
+                                tracing::warn!(%error, "the tagger's subscription failed; resubscribing");
+                                break;
+                            }
+                            None => return,
+                        },
+                        _ = prune.tick() => {
+                            tagger.store.prune();
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn pod_children(p: &KubernetesPod, pod: &TagInfo) -> Vec<(String, TagInfo)> {
+    p.all_containers()
+        .filter(|c| !c.id.is_empty())
+        .map(|c| (container_entity(&c.id), rules::pod_container_tags(p, pod, c)))
+        .collect()
+}
