@@ -45,8 +45,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root. Read at run time: `cargo run` sets `CARGO_MANIFEST_DIR` for the process,
+/// while the compile-time value may name another clone that shares the build cache.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo() -> Command {

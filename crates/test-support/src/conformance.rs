@@ -56,7 +56,12 @@ impl ScenarioFile {
 
 /// The directories to run: the project's `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`.
 pub fn directories() -> Result<Vec<PathBuf>, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // At run time when the test runner says (cargo and nextest set it), so that a test binary
+    // shared through a build cache reads the clone it runs in.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest_dir.join("../..");
     let shared = root.join("../shared/conformance");
     if !shared.is_dir() {
         return Err(format!(
