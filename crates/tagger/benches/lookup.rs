@@ -1,0 +1,165 @@
+//! `tagger.lookup` and `tagger.lookup_under_writes` (BENCHMARKS.md).
+//!
+//! 100k entities (50k containers with ~20 tags, 50k pods with ~12), looked up at random by id at
+//! high cardinality. Baseline in the same run: a plain `HashMap<String, Arc<[String]>>` get and an
+//! `Arc` clone. Under writes: the same lookups on 2 threads while a writer replaces 10k entities'
+//! tags per second, against the idle figure. `--quick` does fewer lookups.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failed unwrap is a failed run
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tagger::{ManualClock, TagCardinality, TagInfo, TagSource, TagStore};
+
+const ENTITIES: usize = 100_000;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn tags_of(i: usize, generation: u64) -> (String, TagInfo) {
+    let mut t = TagInfo::default();
+    if i % 2 == 0 {
+        let id = format!("{i:064x}");
+        t.add(TagCardinality::Low, "image_name", &format!("registry.example.com/team/app-{}", i % 50));
+        t.add(TagCardinality::Low, "short_image", &format!("app-{}", i % 50));
+        t.add(TagCardinality::Low, "image_tag", &format!("1.{}", i % 7));
+        t.add(TagCardinality::Low, "kube_namespace", &format!("ns-{}", i % 20));
+        t.add(TagCardinality::Low, "kube_deployment", &format!("deploy-{}", i % 500));
+        t.add(TagCardinality::Low, "kube_replica_set", &format!("deploy-{}-5d8f7c9b4", i % 500));
+        t.add(TagCardinality::Low, "kube_ownerref_kind", "replicaset");
+        t.add(TagCardinality::Low, "kube_container_name", "app");
+        t.add(TagCardinality::Low, "kube_qos", "Burstable");
+        t.add(TagCardinality::Low, "pod_phase", "running");
+        t.add(TagCardinality::Low, "kube_app_name", &format!("app-{}", i % 50));
+        t.add_standard("env", "prod");
+        t.add_standard("service", &format!("svc-{}", i % 100));
+        t.add_standard("version", &format!("{generation}"));
+        t.add(TagCardinality::Orchestrator, "pod_name", &format!("deploy-{}-5d8f7c9b4-x{i}", i % 500));
+        t.add(TagCardinality::Orchestrator, "kube_ownerref_name", &format!("deploy-{}-5d8f7c9b4", i % 500));
+        t.add(TagCardinality::High, "container_id", &id);
+        t.add(TagCardinality::High, "container_name", &format!("k8s_app_deploy-{i}"));
+        t.add(TagCardinality::High, "display_container_name", &format!("app_deploy-{i}"));
+        (format!("container_id://{id}"), t)
+    } else {
+        t.add(TagCardinality::Low, "kube_namespace", &format!("ns-{}", i % 20));
+        t.add(TagCardinality::Low, "kube_deployment", &format!("deploy-{}", i % 500));
+        t.add(TagCardinality::Low, "kube_replica_set", &format!("deploy-{}-5d8f7c9b4", i % 500));
+        t.add(TagCardinality::Low, "kube_ownerref_kind", "replicaset");
+        t.add(TagCardinality::Low, "kube_qos", "Burstable");
+        t.add(TagCardinality::Low, "pod_phase", "running");
+        t.add(TagCardinality::Low, "kube_service", &format!("svc-{}", i % 100));
+        t.add_standard("env", "prod");
+        t.add_standard("version", &format!("{generation}"));
+        t.add(TagCardinality::Orchestrator, "pod_name", &format!("deploy-{}-5d8f7c9b4-x{i}", i % 500));
+        t.add(TagCardinality::Orchestrator, "kube_ownerref_name", &format!("deploy-{}-5d8f7c9b4", i % 500));
+        (format!("kubernetes_pod_uid://{:08x}-0000-4000-8000-{:012x}", i, i), t)
+    }
+}
+
+/// Nanoseconds per lookup of `lookups` random known ids.
+fn time_ours(store: &TagStore, ids: &[String], lookups: usize, seed: u64) -> f64 {
+    let mut rng = Rng(seed);
+    let start = Instant::now();
+    let mut sum = 0usize;
+    for _ in 0..lookups {
+        let id = &ids[(rng.next() % ids.len() as u64) as usize];
+        let tags = store.tag(id, TagCardinality::High);
+        sum += tags.len();
+        black_box(&tags);
+    }
+    black_box(sum);
+    start.elapsed().as_nanos() as f64 / lookups as f64
+}
+
+fn time_baseline(map: &HashMap<String, Arc<[String]>>, ids: &[String], lookups: usize, seed: u64) -> f64 {
+    let mut rng = Rng(seed);
+    let start = Instant::now();
+    let mut sum = 0usize;
+    for _ in 0..lookups {
+        let id = &ids[(rng.next() % ids.len() as u64) as usize];
+        let tags = map.get(id.as_str()).cloned();
+        sum += tags.as_ref().map_or(0, |t| t.len());
+        black_box(&tags);
+    }
+    black_box(sum);
+    start.elapsed().as_nanos() as f64 / lookups as f64
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let lookups = if quick { 500_000 } else { 5_000_000 };
+    let store = Arc::new(TagStore::new(Arc::new(ManualClock::default()), Duration::from_secs(300)));
+    let mut baseline: HashMap<String, Arc<[String]>> = HashMap::new();
+    let mut ids = Vec::with_capacity(ENTITIES);
+    for i in 0..ENTITIES {
+        let (id, info) = tags_of(i, 0);
+        baseline.insert(id.clone(), info.up_to(TagCardinality::High).into());
+        store.set(&id, TagSource::Container, info);
+        ids.push(id);
+    }
+    let ids = Arc::new(ids);
+
+    // Best of 3, interleaved.
+    let (mut ours, mut base) = (f64::MAX, f64::MAX);
+    for round in 0..3 {
+        base = base.min(time_baseline(&baseline, &ids, lookups, 7 + round));
+        ours = ours.min(time_ours(&store, &ids, lookups, 7 + round));
+    }
+    let ratio = ours / base;
+    let verdict = if ratio <= 1.5 { "ok" } else { "MISS" };
+    println!("tagger.lookup  {ours:.1} ns  {base:.1} ns  {ratio:.2}x  <=1.50x  {verdict}");
+
+    // Under writes: 2 reader threads, one writer replacing 10k entities' tags per second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng(99);
+            let mut generation = 1;
+            let mut written = 0u64;
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                // 10 updates per millisecond.
+                for _ in 0..10 {
+                    let i = (rng.next() % ENTITIES as u64) as usize;
+                    let (id, info) = tags_of(i, generation);
+                    store.set(&id, TagSource::Container, info);
+                    written += 1;
+                }
+                generation += 1;
+                let due = started + Duration::from_micros(written * 100);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            written as f64 / started.elapsed().as_secs_f64()
+        })
+    };
+    let readers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (store, ids) = (store.clone(), ids.clone());
+            std::thread::spawn(move || time_ours(&store, &ids, lookups, 1000 + t))
+        })
+        .collect();
+    let under: Vec<f64> = readers.into_iter().map(|r| r.join().expect("reader")).collect();
+    stop.store(true, Ordering::Relaxed);
+    let write_rate = writer.join().expect("writer");
+    let worst = under.iter().copied().fold(0.0, f64::max);
+    let ratio = worst / ours;
+    let verdict = if ratio <= 2.0 { "ok" } else { "MISS" };
+    println!(
+        "tagger.lookup_under_writes  {worst:.1} ns  {ours:.1} ns  {ratio:.2}x  <=2.00x  {verdict}  (writes: {write_rate:.0}/s)"
+    );
+}
