@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod origin;
 pub mod rules;
 mod store;
 mod tagger;

@@ -1,0 +1,251 @@
+//! Origin detection: which container (or pod) a process, a metric or a trace comes from.
+//!
+//! From a `/proc/<pid>/cgroup` file or one cgroup path (docker, containerd, CRI-O, podman, ECS,
+//! systemd slices, cgroup v1 and v2), from a container's `/proc/self/mountinfo`, and from the
+//! origin fields DogStatsD and APM clients send (`ci-<id>`, `in-<inode>`, `cid-<id>`, and the
+//! admission controller's external data `it-…,cn-…,pu-…`). Never panics on odd input: what
+//! cannot be read gives `None`.
+
+/// Prefixes runtimes put before a container id in a cgroup path component.
+const ID_PREFIXES: &[&str] = &["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"];
+
+/// Components that carry an id but are not the workload's container (conmon monitors).
+const NOT_CONTAINERS: &[&str] = &["crio-conmon-", "libpod-conmon-"];
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// An ECS Fargate container id: `<32 hex>-<digits>`.
+fn is_fargate_id(s: &str) -> bool {
+    s.split_once('-').is_some_and(|(hex, n)| is_hex(hex, 32) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The container id one cgroup path component names, if any.
+fn id_in_component(component: &str) -> Option<&str> {
+    if NOT_CONTAINERS.iter().any(|p| component.starts_with(p)) {
+        return None;
+    }
+    let mut id = component.strip_suffix(".scope").unwrap_or(component);
+    if let Some(rest) = ID_PREFIXES.iter().find_map(|p| id.strip_prefix(p)) {
+        id = rest;
+    }
+    (is_hex(id, 64) || is_fargate_id(id)).then_some(id)
+}
+
+/// The container id in a cgroup path (`/kubepods/burstable/pod…/<id>`,
+/// `/system.slice/docker-<id>.scope`, `/ecs/<task>/<id>` …): the innermost component that is
+/// one. With `containerd_namespaces`, a cgroupfs path `/<namespace>/<id>` of containerd gives its
+/// id even when it is not hex (containerd allows any container name).
+pub fn container_id_from_cgroup_path<'a>(path: &'a str, containerd_namespaces: &[&str]) -> Option<&'a str> {
+    if let Some(id) = path.split('/').rev().find_map(id_in_component) {
+        return Some(id);
+    }
+    let mut parts = path.trim_matches('/').split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(id), None) if containerd_namespaces.contains(&ns) && !id.is_empty() => Some(id),
+        _ => None,
+    }
+}
+
+/// The container id of a process from its `/proc/<pid>/cgroup` (`hierarchy:controllers:path`
+/// lines, v1 and the v2 `0::` line). A host process gives `None`.
+pub fn container_id_from_proc_cgroup<'a>(content: &'a str, containerd_namespaces: &[&str]) -> Option<&'a str> {
+    content
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .find_map(|path| container_id_from_cgroup_path(path, containerd_namespaces))
+}
+
+/// What a container's `/proc/self/mountinfo` tells about where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MountinfoOrigin {
+    /// The container id, when a mount names it (docker's `/var/lib/docker/containers/<id>/…`).
+    pub container_id: Option<String>,
+    /// The pod UID, when a mount comes from the kubelet (`/var/lib/kubelet/pods/<uid>/…`).
+    pub pod_uid: Option<String>,
+}
+
+/// Reads a container's mountinfo. A containerd sandbox id (`…/sandboxes/<id>/…`) names the pod's
+/// pause container, not the caller's: it is not reported as the container id.
+pub fn origin_from_mountinfo(content: &str) -> MountinfoOrigin {
+    let mut origin = MountinfoOrigin::default();
+    for line in content.lines() {
+        // Field 4 is the root of the mount within its filesystem.
+        let Some(root) = line.split(' ').nth(3) else { continue };
+        let mut parts = root.split('/');
+        while let Some(part) = parts.next() {
+            match part {
+                "containers" if origin.container_id.is_none() => {
+                    if let Some(id) = parts.clone().next().filter(|id| is_hex(id, 64)) {
+                        origin.container_id = Some(id.to_owned());
+                    }
+                }
+                "pods" if origin.pod_uid.is_none() && root.contains("/kubelet/pods/") => {
+                    if let Some(uid) = parts.clone().next().filter(|u| u.len() == 36 && u.matches('-').count() == 4) {
+                        origin.pod_uid = Some(uid.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    origin
+}
+
+/// The local origin fields of a DogStatsD packet or a trace (`c:` / `Datadog-Container-ID`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalData {
+    /// `ci-<id>` (or `cid-<id>`, or a bare id from older clients).
+    pub container_id: Option<String>,
+    /// `in-<inode>`: the cgroup's inode, when the client could not read its container id.
+    pub cgroup_inode: Option<u64>,
+}
+
+/// Parses `ci-<id>,in-<inode>` (any order, either optional).
+pub fn parse_local_data(text: &str) -> LocalData {
+    let mut data = LocalData::default();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if let Some(id) = item.strip_prefix("ci-").or_else(|| item.strip_prefix("cid-")) {
+            data.container_id = Some(id.to_owned());
+        } else if let Some(inode) = item.strip_prefix("in-") {
+            data.cgroup_inode = inode.parse().ok();
+        } else if data.container_id.is_none() && (is_hex(item, 64) || is_fargate_id(item)) {
+            data.container_id = Some(item.to_owned());
+        }
+    }
+    data
+}
+
+/// The external data the admission controller injects (`DD_EXTERNAL_ENV`): which container of
+/// which pod sent this.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExternalData {
+    /// `it-true`: an init container.
+    pub init: bool,
+    /// `cn-<name>`: the container's name in the pod spec.
+    pub container_name: Option<String>,
+    /// `pu-<uid>`: the pod UID.
+    pub pod_uid: Option<String>,
+}
+
+/// Parses `it-false,cn-app,pu-<uid>` (any order). Unknown items are ignored.
+pub fn parse_external_data(text: &str) -> ExternalData {
+    let mut data = ExternalData::default();
+    for item in text.split(',').map(str::trim) {
+        if let Some(v) = item.strip_prefix("it-") {
+            data.init = v.eq_ignore_ascii_case("true");
+        } else if let Some(v) = item.strip_prefix("cn-").filter(|v| !v.is_empty()) {
+            data.container_name = Some(v.to_owned());
+        } else if let Some(v) = item.strip_prefix("pu-").filter(|v| !v.is_empty()) {
+            data.pod_uid = Some(v.to_owned());
+        }
+    }
+    data
+}
+
+/// The container id external data points at, looked up in the pod's spec in the store.
+pub fn container_id_from_external_data(reader: &dyn wm_core::StoreReader, data: &ExternalData) -> Option<String> {
+    let pod = reader.get_kubernetes_pod(data.pod_uid.as_deref()?)?;
+    let name = data.container_name.as_deref()?;
+    let list = if data.init { &pod.init_containers } else { &pod.containers };
+    list.iter().find(|c| c.name == name && !c.id.is_empty()).map(|c| c.id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn fixture(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/cgroup").join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn real_proc_cgroup_captures_give_their_container_or_none() {
+        let cases = [
+            ("proc_cgroup_docker_v1", Some("dbb9da43ad7f7205825e4fc2b292d8a620e2ed2de95cd5745450eaf49582d0b9")),
+            ("proc_cgroup_containerd_v1", Some("951d261fc2837e27b57b042e0f1c4affc9a6e23024e89b44b22cebc76bb7f842")),
+            ("proc_cgroup_podman_v1", Some("2451765ba8a4913f71ff0958e90237fd1418912d6a7c03deeacdae357153e84e")),
+            ("proc_cgroup_containerd_v1_named", Some("cg2")),
+            ("proc_cgroup_host_v1", None),
+        ];
+        for (file, want) in cases {
+            assert_eq!(container_id_from_proc_cgroup(&fixture(file), &["default"]), want, "{file}");
+        }
+        // Without the namespace list, a non-hex containerd name is not guessed.
+        assert_eq!(container_id_from_proc_cgroup(&fixture("proc_cgroup_containerd_v1_named"), &[]), None);
+    }
+
+    #[test]
+    fn real_mountinfo_captures_give_the_docker_container_or_the_pod() {
+        let docker = origin_from_mountinfo(&fixture("mountinfo_docker"));
+        assert_eq!(docker.pod_uid, None);
+        let id = docker.container_id.expect("docker mountinfo names its container");
+        assert!(id.starts_with("0cfa82bf3ab2") && id.len() == 64, "{id}");
+
+        let k8s = origin_from_mountinfo(&fixture("mountinfo_k8s"));
+        assert_eq!(k8s.container_id, None, "the sandbox id is the pause container's, not ours");
+        let uid = k8s.pod_uid.expect("the kubelet's pod directory names the pod");
+        assert_eq!(uid.len(), 36);
+    }
+
+    #[test]
+    fn hand_written_paths_of_each_runtime() {
+        let fargate = "34dc0b5e626f2c5c4c5170e34b10e765-1234567890";
+        let paths = [
+            (format!("/docker/{ID}"), Some(ID)),
+            (format!("/system.slice/docker-{ID}.scope"), Some(ID)),
+            (format!("/kubepods/burstable/pod0c1f6ef4-3b0e-4bb4-a9b9-6d4c1c2b8c57/{ID}"), Some(ID)),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0c1f.slice/cri-containerd-{ID}.scope"
+                ),
+                Some(ID),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/crio-{ID}.scope"),
+                Some(ID),
+            ),
+            (format!("/kubepods.slice/kubepods-podx.slice/crio-conmon-{ID}.scope"), None),
+            (format!("/machine.slice/libpod-{ID}.scope/container"), Some(ID)),
+            (format!("/libpod_parent/libpod-{ID}"), Some(ID)),
+            (format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"), Some(ID)),
+            (format!("/ecs/8474c1c2-b5a1-4c41-97ae-8b57a3e84e22/{ID}"), Some(ID)),
+            (format!("/ecs/34dc0b5e626f2c5c4c5170e34b10e765/{fargate}"), Some(fargate)),
+            ("/".to_owned(), None),
+            ("/user.slice/user-1000.slice/session-3.scope".to_owned(), None),
+            ("/process_api/84f713e2ca84301dd0f14a43c0861c2f".to_owned(), None),
+            ("".to_owned(), None),
+        ];
+        for (path, want) in &paths {
+            assert_eq!(container_id_from_cgroup_path(path, &[]), *want, "{path}");
+        }
+        let v2 = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(container_id_from_proc_cgroup(&v2, &[]), Some(ID));
+        assert_eq!(container_id_from_proc_cgroup("garbage\n::\n1:cpu\n", &[]), None);
+    }
+
+    #[test]
+    fn origin_fields_parse_in_any_order() {
+        assert_eq!(
+            parse_local_data(&format!("in-1234,ci-{ID}")),
+            LocalData { container_id: Some(ID.into()), cgroup_inode: Some(1234) }
+        );
+        assert_eq!(parse_local_data("cid-abc").container_id.as_deref(), Some("abc"));
+        assert_eq!(parse_local_data(ID).container_id.as_deref(), Some(ID));
+        assert_eq!(parse_local_data("in-notanumber,zzz"), LocalData::default());
+        assert_eq!(
+            parse_external_data("it-false,cn-app,pu-0c1f6ef4-3b0e-4bb4-a9b9-6d4c1c2b8c57"),
+            ExternalData {
+                init: false,
+                container_name: Some("app".into()),
+                pod_uid: Some("0c1f6ef4-3b0e-4bb4-a9b9-6d4c1c2b8c57".into())
+            }
+        );
+        assert!(parse_external_data("it-true").init);
+        assert_eq!(parse_external_data(""), ExternalData::default());
+    }
+}
