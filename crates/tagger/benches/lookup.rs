@@ -30,7 +30,7 @@ impl Rng {
 
 fn tags_of(i: usize, generation: u64) -> (String, TagInfo) {
     let mut t = TagInfo::default();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let id = format!("{i:064x}");
         t.add(TagCardinality::Low, "image_name", &format!("registry.example.com/team/app-{}", i % 50));
         t.add(TagCardinality::Low, "short_image", &format!("app-{}", i % 50));
