@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod fetch;
 pub mod origin;
 pub mod rules;
 mod store;
@@ -15,6 +16,7 @@ mod tagger;
 mod tags;
 
 pub use config::TaggerConfig;
+pub use fetch::ContainerFetcher;
 pub use store::{Clock, EntityTags, ManualClock, SystemClock, TagChange, TagSource, TagStore, Tags};
 pub use tagger::{GLOBAL_ENTITY_ID, Tagger, container_entity, entity_id};
 pub use tags::{TagCardinality, TagInfo, UnknownCardinality, tag_key};

@@ -8,6 +8,7 @@ use wm_core::{Entity, Event, EventType, Filter, KubernetesPod, LaunchType, Subsc
 use wm_store::{Store, SubscriptionError};
 
 use crate::config::TaggerConfig;
+use crate::fetch::{ContainerFetcher, SingleFlight};
 use crate::rules;
 use crate::store::{Clock, SystemClock, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
@@ -39,6 +40,8 @@ pub struct Tagger {
     store: TagStore,
     /// The containers each pod or task gave tags to, to delete them when it stops listing one.
     children: Mutex<HashMap<(TagSource, String), Vec<String>>>,
+    /// Asks the runtime about a container a lookup missed.
+    fetcher: Option<SingleFlight>,
 }
 
 impl Tagger {
@@ -50,7 +53,30 @@ impl Tagger {
     /// A tagger on `clock` (tests move a [`crate::ManualClock`]).
     pub fn with_clock(config: TaggerConfig, clock: Arc<dyn Clock>) -> Self {
         let grace = config.deletion_grace_period();
-        Self { config, store: TagStore::new(clock, grace), children: Mutex::new(HashMap::new()) }
+        Self { config, store: TagStore::new(clock, grace), children: Mutex::new(HashMap::new()), fetcher: None }
+    }
+
+    /// Registers the fetcher a lookup of an unknown container asks, each fetch bounded by `timeout`.
+    pub fn with_fetcher(mut self, fetcher: Arc<dyn ContainerFetcher>, timeout: Duration) -> Self {
+        self.fetcher = Some(SingleFlight::new(fetcher, timeout));
+        self
+    }
+
+    /// Like [`Tagger::tag`], but an unknown `container_id://<id>` is fetched from the runtime
+    /// once (concurrent lookups of the same id share that fetch) and tagged before answering.
+    pub async fn tag_or_fetch(&self, entity: &str, cardinality: TagCardinality) -> Tags {
+        let tags = self.store.tag(entity, cardinality);
+        if !tags.is_empty() || self.store.tag_info(entity).is_some() {
+            return tags;
+        }
+        let (Some(fetcher), Some(id)) = (&self.fetcher, entity.strip_prefix("container_id://")) else { return tags };
+        if let Some(container) = fetcher.fetch(id).await
+            && *container.id == *id
+        {
+            // Another lookup of the same flight may have stored them already: setting is idempotent.
+            self.store.set(entity, TagSource::Container, rules::container_tags(&container, &self.config));
+        }
+        self.store.tag(entity, cardinality)
     }
 
     /// The tag store (lookups, dumps, pruning).
