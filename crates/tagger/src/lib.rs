@@ -17,6 +17,8 @@ mod tags;
 
 pub use config::TaggerConfig;
 pub use fetch::ContainerFetcher;
-pub use store::{Clock, EntityTags, ManualClock, SystemClock, TagChange, TagSource, TagStore, Tags};
+pub use store::{
+    Clock, EntityTags, ManualClock, SystemClock, TagChange, TagEvent, TagEventKind, TagSource, TagStore, Tags,
+};
 pub use tagger::{GLOBAL_ENTITY_ID, Tagger, container_entity, entity_id};
 pub use tags::{TagCardinality, TagInfo, UnknownCardinality, tag_key};

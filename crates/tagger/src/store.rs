@@ -89,6 +89,7 @@ impl TagSource {
 
 /// The merged tags of one entity, immutable once published. All tags sit in one buffer; the
 /// low, orchestrator and high levels are consecutive, so each cardinality is a prefix.
+#[derive(PartialEq, Eq)]
 pub struct EntityTags {
     buf: Box<str>,
     /// End offset in `buf` of each tag: low…, orchestrator…, high…, then standard….
@@ -187,6 +188,34 @@ struct SourceEntry {
     deleted_at: Option<Duration>,
 }
 
+/// What happened to an entity's tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagEventKind {
+    /// It got its first tags.
+    Added,
+    /// Its tags changed.
+    Modified,
+    /// It has no tags any more.
+    Deleted,
+}
+
+/// One change seen by a tag subscriber: the entity's tags at the subscriber's cardinality.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagEvent {
+    /// What happened.
+    pub kind: TagEventKind,
+    /// The entity (`container_id://…`).
+    pub entity: String,
+    /// Its tags now (empty when deleted).
+    pub tags: Vec<String>,
+}
+
+struct TagSubscriber {
+    prefix: String,
+    cardinality: TagCardinality,
+    tx: tokio::sync::mpsc::Sender<Vec<TagEvent>>,
+}
+
 /// A change to an entity's merged tags, for tag subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagChange {
@@ -206,6 +235,7 @@ pub struct TagStore {
     sources: Mutex<HashMap<String, Vec<SourceEntry>>>,
     clock: Arc<dyn Clock>,
     grace: Duration,
+    subscribers: Mutex<Vec<TagSubscriber>>,
 }
 
 impl fmt::Debug for TagStore {
@@ -222,7 +252,63 @@ impl TagStore {
             sources: Mutex::new(HashMap::new()),
             clock,
             grace,
+            subscribers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Follows tag changes of entities whose id starts with `prefix`, at `cardinality`. The first
+    /// batch lists every such entity as added. A subscriber whose `capacity` batches are not
+    /// taken is dropped (its channel closes) instead of holding the writers back.
+    pub fn subscribe(
+        &self,
+        prefix: &str,
+        cardinality: TagCardinality,
+        capacity: usize,
+    ) -> tokio::sync::mpsc::Receiver<Vec<TagEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        // Under the writer lock: no change can fall between the first batch and the stream.
+        let sources = self.writer();
+        let mut initial: Vec<TagEvent> = sources
+            .keys()
+            .filter(|e| e.starts_with(prefix))
+            .map(|e| TagEvent { kind: TagEventKind::Added, entity: e.clone(), tags: self.tag(e, cardinality).to_vec() })
+            .collect();
+        initial.sort_by(|a, b| a.entity.cmp(&b.entity));
+        let _ = tx.try_send(initial);
+        self.subscribers.lock().unwrap_or_else(PoisonError::into_inner).push(TagSubscriber {
+            prefix: prefix.to_owned(),
+            cardinality,
+            tx,
+        });
+        drop(sources);
+        rx
+    }
+
+    fn notify(&self, change: &TagChange) {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
+        if subscribers.is_empty() {
+            return;
+        }
+        let (kind, entity) = match change {
+            TagChange::Added(e) => (TagEventKind::Added, e),
+            TagChange::Modified(e) => (TagEventKind::Modified, e),
+            TagChange::Deleted(e) => (TagEventKind::Deleted, e),
+        };
+        subscribers.retain(|sub| {
+            if !entity.starts_with(&sub.prefix) {
+                return !sub.tx.is_closed();
+            }
+            let tags =
+                if kind == TagEventKind::Deleted { Vec::new() } else { self.tag(entity, sub.cardinality).to_vec() };
+            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.clone(), tags }]) {
+                Ok(()) => true,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(prefix = sub.prefix, "tag subscriber fell behind and was dropped");
+                    false
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
     }
 
     fn writer(&self) -> MutexGuard<'_, HashMap<String, Vec<SourceEntry>>> {
@@ -261,7 +347,11 @@ impl TagStore {
             }
             None => entries.push(SourceEntry { source, info, deleted_at: None }),
         }
-        self.publish(entity, entries)
+        let change = self.publish(entity, entries);
+        if let Some(change) = &change {
+            self.notify(change);
+        }
+        change
     }
 
     /// Marks what `source` says about `entity` as deleted: still served for the grace period.
@@ -295,6 +385,9 @@ impl TagStore {
             sources.remove(&entity);
             self.published.pin().remove(entity.as_str());
             changes.push(TagChange::Deleted(entity));
+        }
+        for change in &changes {
+            self.notify(change);
         }
         changes
     }
@@ -348,6 +441,12 @@ impl TagStore {
     /// Bytes held by the published tags (buffers and offsets), for the memory benchmark.
     pub fn published_bytes(&self) -> usize {
         self.published.pin().iter().map(|(k, v)| k.len() + v.heap_bytes() + std::mem::size_of::<EntityTags>()).sum()
+    }
+}
+
+impl fmt::Debug for TagSubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagSubscriber").field("prefix", &self.prefix).field("cardinality", &self.cardinality).finish()
     }
 }
 
@@ -413,6 +512,45 @@ mod tests {
         assert_eq!(tags, ["env:prod", "kube_namespace:a", "image_name:nginx", "container_id:c1"]);
         assert_eq!(store.tag("container_id://c1", TagCardinality::Low).len(), 3);
         assert!(store.tag("container_id://c1", TagCardinality::None).is_empty());
+    }
+
+    #[test]
+    fn tag_subscribers_hear_added_modified_and_deleted_for_their_prefix() {
+        let clock = Arc::new(ManualClock::default());
+        let store = TagStore::new(clock.clone(), Duration::from_secs(10));
+        store.set("container_id://a", TagSource::Container, info(&["x:1"], &["container_id:a"]));
+        let mut rx = store.subscribe("container_id://", TagCardinality::Low, 16);
+        let first = rx.try_recv().unwrap();
+        assert_eq!(
+            first,
+            [TagEvent { kind: TagEventKind::Added, entity: "container_id://a".into(), tags: vec!["x:1".into()] }]
+        );
+        store.set("kubernetes_pod_uid://p", TagSource::KubernetesPod, info(&["y:1"], &[]));
+        store.set("container_id://a", TagSource::Container, info(&["x:2"], &["container_id:a"]));
+        store.set("container_id://a", TagSource::Container, info(&["x:2"], &["container_id:a"]));
+        let modified = rx.try_recv().unwrap();
+        assert_eq!(modified[0].kind, TagEventKind::Modified);
+        assert_eq!(modified[0].tags, ["x:2"]);
+        store.delete("container_id://a", TagSource::Container);
+        clock.advance(Duration::from_secs(10));
+        store.prune();
+        assert_eq!(rx.try_recv().unwrap()[0].kind, TagEventKind::Deleted);
+        assert!(rx.try_recv().is_err(), "no event for the other prefix nor for an unchanged set");
+    }
+
+    #[test]
+    fn a_tag_subscriber_that_does_not_read_is_dropped() {
+        let store = TagStore::new(Arc::new(ManualClock::default()), Duration::from_secs(10));
+        let mut rx = store.subscribe("", TagCardinality::High, 2);
+        for i in 0..5 {
+            store.set(&format!("e{i}"), TagSource::Container, info(&["a:1"], &[]));
+        }
+        let mut batches = 0;
+        while rx.try_recv().is_ok() {
+            batches += 1;
+        }
+        assert_eq!(batches, 2);
+        assert!(rx.is_closed());
     }
 
     #[test]
