@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 const DEBIAN_TOOLS: &[(&str, &str)] = &[];
 
 /// Benchmarks: (package, bench target). Each prints its own `name ours baseline ratio target verdict` line.
-const BENCHES: &[(&str, &str)] = &[("wm-store", "fanout"), ("tagger", "lookup")];
+const BENCHES: &[(&str, &str)] = &[("wm-store", "fanout"), ("tagger", "lookup"), ("tagger", "memory")];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

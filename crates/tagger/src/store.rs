@@ -130,6 +130,33 @@ impl EntityTags {
         }
     }
 
+    /// The tags added at exactly one level (low, orchestrator or high).
+    fn level(&self, cardinality: TagCardinality) -> impl Iterator<Item = &str> + '_ {
+        let (start, end) = match cardinality {
+            TagCardinality::None => (0, 0),
+            TagCardinality::Low => (0, self.low),
+            TagCardinality::Orchestrator => (self.low, self.orchestrator),
+            TagCardinality::High => (self.orchestrator, self.high),
+        };
+        (start..end).map(|i| self.tag(i))
+    }
+
+    /// The unified service tags.
+    fn standard(&self) -> impl Iterator<Item = &str> + '_ {
+        (self.high..self.ends.len() as u32).map(|i| self.tag(i))
+    }
+
+    /// Back to a `TagInfo` (dumps and tests).
+    fn to_info(&self) -> TagInfo {
+        let own = |it: &mut dyn Iterator<Item = &str>| it.map(str::to_owned).collect::<Vec<_>>();
+        TagInfo {
+            low: own(&mut self.level(TagCardinality::Low)),
+            orchestrator: own(&mut self.level(TagCardinality::Orchestrator)),
+            high: own(&mut self.level(TagCardinality::High)),
+            standard: own(&mut self.standard()),
+        }
+    }
+
     /// Bytes held, for the memory benchmark.
     pub fn heap_bytes(&self) -> usize {
         self.buf.len() + self.ends.len() * 4
@@ -180,10 +207,11 @@ impl fmt::Debug for Tags {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct SourceEntry {
     source: TagSource,
-    info: TagInfo,
+    /// Packed like the published tags: one buffer, no per-tag allocation.
+    tags: EntityTags,
     /// When the source deleted it; its tags are served until the grace period has passed.
     deleted_at: Option<Duration>,
 }
@@ -337,15 +365,16 @@ impl TagStore {
 
     /// Replaces what `source` says about `entity` (a pending deletion of it is cancelled).
     pub fn set(&self, entity: &str, source: TagSource, info: TagInfo) -> Option<TagChange> {
+        let tags = EntityTags::build(&info);
         let mut sources = self.writer();
         let entries = sources.entry(entity.to_owned()).or_default();
         match entries.iter_mut().find(|e| e.source == source) {
-            Some(e) if e.info == info && e.deleted_at.is_none() => return None,
+            Some(e) if e.tags == tags && e.deleted_at.is_none() => return None,
             Some(e) => {
-                e.info = info;
+                e.tags = tags;
                 e.deleted_at = None;
             }
-            None => entries.push(SourceEntry { source, info, deleted_at: None }),
+            None => entries.push(SourceEntry { source, tags, deleted_at: None }),
         }
         let change = self.publish(entity, entries);
         if let Some(change) = &change {
@@ -419,7 +448,7 @@ impl TagStore {
         let mut out: Vec<_> = sources
             .iter()
             .map(|(entity, entries)| {
-                let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.info.clone())).collect();
+                let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.tags.to_info())).collect();
                 per_source.sort_by_key(|(s, _)| *s);
                 (entity.clone(), per_source)
             })
@@ -463,20 +492,15 @@ fn merge(entries: &[SourceEntry]) -> TagInfo {
             entries[i..].iter().position(|e| e.source.priority() != priority).map_or(entries.len(), |n| i + n);
         let mut keys: Vec<&str> = Vec::new();
         for entry in &entries[i..group_end] {
-            let info = &entry.info;
-            for (level, tags) in [
-                (TagCardinality::Low, &info.low),
-                (TagCardinality::Orchestrator, &info.orchestrator),
-                (TagCardinality::High, &info.high),
-            ] {
-                for tag in tags.iter().filter(|t| !taken.contains(tag_key(t))) {
-                    out.add_tag(level, tag.clone());
+            for level in [TagCardinality::Low, TagCardinality::Orchestrator, TagCardinality::High] {
+                for tag in entry.tags.level(level).filter(|t| !taken.contains(tag_key(t))) {
+                    out.add_tag(level, tag.to_owned());
                     keys.push(tag_key(tag));
                 }
             }
-            for tag in info.standard.iter().filter(|t| !taken.contains(tag_key(t))) {
-                if !out.standard.contains(tag) {
-                    out.standard.push(tag.clone());
+            for tag in entry.tags.standard().filter(|t| !taken.contains(tag_key(t))) {
+                if !out.standard.iter().any(|s| s == tag) {
+                    out.standard.push(tag.to_owned());
                 }
             }
         }

@@ -39,7 +39,7 @@ pub struct Tagger {
     config: TaggerConfig,
     store: TagStore,
     /// The containers each pod or task gave tags to, to delete them when it stops listing one.
-    children: Mutex<HashMap<(TagSource, String), Vec<String>>>,
+    children: Mutex<HashMap<(TagSource, String), Box<[String]>>>,
     /// Asks the runtime about a container a lookup missed.
     fetcher: Option<SingleFlight>,
 }
@@ -137,8 +137,9 @@ impl Tagger {
         for (child, tags) in children {
             self.store.set(&child, source, tags);
         }
-        let before = self.children.lock().unwrap_or_else(PoisonError::into_inner).insert((source, id), now.clone());
-        for gone in before.into_iter().flatten().filter(|c| !now.contains(c)) {
+        let before =
+            self.children.lock().unwrap_or_else(PoisonError::into_inner).insert((source, id), now.clone().into());
+        for gone in before.into_iter().flat_map(Vec::from).filter(|c| !now.contains(c)) {
             self.store.delete(&gone, source);
         }
     }
@@ -147,7 +148,7 @@ impl Tagger {
         self.store.delete(id, source);
         let key = (source, id.to_owned());
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
-        for child in children.into_iter().flatten() {
+        for child in children.into_iter().flat_map(Vec::from) {
             self.store.delete(&child, source);
         }
     }
@@ -169,7 +170,7 @@ impl Tagger {
                         TagSource::KubernetesPod
                     };
                     let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-                    for child in children.get(&(source, id.clone())).into_iter().flatten() {
+                    for child in children.get(&(source, id.clone())).into_iter().flat_map(|c| c.iter()) {
                         live.insert((source, child.clone()));
                     }
                     live.insert((source, id));
