@@ -30,6 +30,9 @@ pub fn entity_id(entity: &Entity) -> String {
     }
 }
 
+/// The containers (tagger entity ids) each pod or task tagged, by source and parent entity id.
+type Children = HashMap<(TagSource, String), Box<[String]>>;
+
 /// How often deletions past their grace period are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -39,7 +42,7 @@ pub struct Tagger {
     config: TaggerConfig,
     store: TagStore,
     /// The containers each pod or task gave tags to, to delete them when it stops listing one.
-    children: Mutex<HashMap<(TagSource, String), Box<[String]>>>,
+    children: Mutex<Children>,
     /// Asks the runtime about a container a lookup missed.
     fetcher: Option<SingleFlight>,
 }
