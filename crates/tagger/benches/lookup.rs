@@ -14,19 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tagger::{ManualClock, TagCardinality, TagInfo, TagSource, TagStore};
+use test_support::rng::XorShift as Rng;
 
 const ENTITIES: usize = 100_000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
 
 fn tags_of(i: usize, generation: u64) -> (String, TagInfo) {
     let mut t = TagInfo::default();
@@ -70,11 +60,11 @@ fn tags_of(i: usize, generation: u64) -> (String, TagInfo) {
 
 /// Nanoseconds per lookup of `lookups` random known ids.
 fn time_ours(store: &TagStore, ids: &[String], lookups: usize, seed: u64) -> f64 {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let start = Instant::now();
     let mut sum = 0usize;
     for _ in 0..lookups {
-        let id = &ids[(rng.next() % ids.len() as u64) as usize];
+        let id = &ids[(rng.next_u64() % ids.len() as u64) as usize];
         let tags = store.tag(id, TagCardinality::High);
         sum += tags.len();
         black_box(&tags);
@@ -84,11 +74,11 @@ fn time_ours(store: &TagStore, ids: &[String], lookups: usize, seed: u64) -> f64
 }
 
 fn time_baseline(map: &HashMap<String, Arc<[String]>>, ids: &[String], lookups: usize, seed: u64) -> f64 {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let start = Instant::now();
     let mut sum = 0usize;
     for _ in 0..lookups {
-        let id = &ids[(rng.next() % ids.len() as u64) as usize];
+        let id = &ids[(rng.next_u64() % ids.len() as u64) as usize];
         let tags = map.get(id.as_str()).cloned();
         sum += tags.as_ref().map_or(0, |t| t.len());
         black_box(&tags);
@@ -126,14 +116,14 @@ fn main() {
     let writer = {
         let (store, stop) = (store.clone(), stop.clone());
         std::thread::spawn(move || {
-            let mut rng = Rng(99);
+            let mut rng = Rng::new(99);
             let mut generation = 1;
             let mut written = 0u64;
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 // 10 updates per millisecond.
                 for _ in 0..10 {
-                    let i = (rng.next() % ENTITIES as u64) as usize;
+                    let i = (rng.next_u64() % ENTITIES as u64) as usize;
                     let (id, info) = tags_of(i, generation);
                     store.set(&id, TagSource::Container, info);
                     written += 1;

@@ -6,24 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use test_support::rng::XorShift as Rng;
 use wm_core::{CollectorEvent, Container, Entity, EventType, Filter, Kind, Source, StoreReader, SubscriberPriority};
 use wm_store::{Store, StoreConfig, Subscription, TryRecv};
-
-/// xorshift64*: small, deterministic, good enough to shuffle test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const SOURCES: [Source; 3] = [Source::Runtime, Source::NodeOrchestrator, Source::ClusterOrchestrator];
 
@@ -114,11 +99,11 @@ async fn run(seed: u64) -> Result<(), String> {
     let mut config = StoreConfig::default();
     config.ack_timeout = std::time::Duration::from_millis(10);
     let store = Store::builder().config(config).build();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut writers = Vec::new();
     for w in 0..4u64 {
         let store = store.clone();
-        let mut rng = Rng(seed.wrapping_mul(31).wrapping_add(w + 1));
+        let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(w + 1));
         writers.push(tokio::spawn(async move {
             for _ in 0..150 {
                 store.notify(random_batch(&mut rng)).await;
