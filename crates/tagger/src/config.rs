@@ -72,9 +72,4 @@ impl TaggerConfig {
     pub fn deletion_grace_period(&self) -> Duration {
         Duration::from_secs(self.tagger_deletion_grace_period)
     }
-
-    /// The container env var names the config turns into tags (collectors keep these too).
-    pub fn env_vars_as_tags(&self) -> impl Iterator<Item = &str> + '_ {
-        self.container_env_as_tags.keys().chain(self.docker_env_as_tags.keys()).map(String::as_str)
-    }
 }

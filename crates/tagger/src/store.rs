@@ -1,6 +1,6 @@
 //! The tag store: per entity, per source, merged into one immutable, shared value per entity.
 //!
-//! Writers (the tagger task) keep every source's `TagInfo` under a mutex and, after each change,
+//! Writers (the tagger task) keep every source's tags, packed, under a mutex and, after each change,
 //! publish the entity's merged tags as one `Arc<EntityTags>` into a lock-free map (papaya).
 //! Readers never take a lock and never allocate: a lookup is a hash, a probe and an `Arc` clone,
 //! and the tags of every cardinality are prefixes of one vector in one string buffer.
@@ -352,6 +352,11 @@ impl TagStore {
             Some(tags) => Tags { entity: Some(tags.clone()), start: 0, end: tags.end(cardinality) },
             None => Tags::default(),
         }
+    }
+
+    /// Whether the entity has tags from any source (lock-free).
+    pub fn contains(&self, entity: &str) -> bool {
+        self.published.pin().contains_key(entity)
     }
 
     /// The entity's unified service tags (env, service, version).

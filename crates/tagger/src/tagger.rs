@@ -69,7 +69,7 @@ impl Tagger {
     /// once (concurrent lookups of the same id share that fetch) and tagged before answering.
     pub async fn tag_or_fetch(&self, entity: &str, cardinality: TagCardinality) -> Tags {
         let tags = self.store.tag(entity, cardinality);
-        if !tags.is_empty() || self.store.tag_info(entity).is_some() {
+        if !tags.is_empty() || self.store.contains(entity) {
             return tags;
         }
         let (Some(fetcher), Some(id)) = (&self.fetcher, entity.strip_prefix("container_id://")) else { return tags };

@@ -116,24 +116,6 @@ impl TagInfo {
         }
     }
 
-    /// Adds every tag of `other` at the same level.
-    pub fn extend(&mut self, other: &TagInfo) {
-        for (level, tags) in [
-            (TagCardinality::Low, &other.low),
-            (TagCardinality::Orchestrator, &other.orchestrator),
-            (TagCardinality::High, &other.high),
-        ] {
-            for tag in tags {
-                self.add_tag(level, tag.clone());
-            }
-        }
-        for tag in &other.standard {
-            if !self.standard.contains(tag) {
-                self.standard.push(tag.clone());
-            }
-        }
-    }
-
     /// Whether it holds no tag.
     pub fn is_empty(&self) -> bool {
         self.low.is_empty() && self.orchestrator.is_empty() && self.high.is_empty() && self.standard.is_empty()

@@ -561,7 +561,7 @@ impl TaggerRunner {
         } else if let Some(entities) = m.get("expect_unknown") {
             for entity in strings(entities)? {
                 let tags = self.tagger.tag(&entity, tagger::TagCardinality::High);
-                if !tags.is_empty() || self.tagger.store().tag_info(&entity).is_some() {
+                if !tags.is_empty() || self.tagger.store().contains(&entity) {
                     return Err(format!("{entity} should have no tags, has {tags:?}"));
                 }
             }
@@ -586,8 +586,8 @@ pub struct FileOutcome {
     pub failed: Vec<(String, String)>,
 }
 
-/// Runs the store scenarios of `file`; scenarios that need the tagger are handed to `tagger`,
-/// which returns `None` to skip them (until a tagger runner exists).
+/// Runs the store scenarios of `file`; scenarios that need the tagger are handed to `tagger`
+/// (usually [`TaggerRunner::run`]), which may return `None` to skip them.
 pub async fn run_file<F, Fut>(file: &ScenarioFile, mut tagger: F) -> FileOutcome
 where
     F: FnMut(Scenario) -> Fut,

@@ -264,6 +264,8 @@ impl State {
             ),
             None => {
                 let record = records.remove(payload.id_str())?;
+                // `remove` gives `None` only for a sole version, so this is `One`; the other arm
+                // is a safe fallback, not a path.
                 let last_version = match record.versions {
                     Versions::One(v) => v.entity,
                     Versions::Many(_) => record.merged.clone(),

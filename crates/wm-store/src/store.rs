@@ -376,12 +376,6 @@ impl Store {
         self.inner.apply(&origin, SinkMessage::FullList(entities)).await;
     }
 
-    /// A sink for `origin`, for code that feeds the store outside the collector runner.
-    pub fn sink(&self, origin: Origin) -> SourceSink {
-        let status = Arc::new(CollectorStatus::new(origin.collector.clone(), origin.source));
-        SourceSink::new(origin, Arc::new(CollectorSink { store: Arc::downgrade(&self.inner), status }))
-    }
-
     /// Returns once every batch notified before the call was handed to its subscribers' queues.
     pub async fn sync(&self) {
         let (done, wait) = oneshot::channel();
