@@ -18,9 +18,16 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-/// Tools the workspace's build or tests need, with the Debian package that brings each.
-/// Collector crates add theirs here (e.g. `protoc` from `protobuf-compiler` for containerd-client).
-const DEBIAN_TOOLS: &[(&str, &str)] = &[];
+/// Tools the workspace's build or tests need, with the Debian package that brings each:
+/// `protoc` for containerd-client's build script, and the real runtimes the collector tests run
+/// against (`test_support::runtimes` starts them; keep its list and this one in step).
+const DEBIAN_TOOLS: &[(&str, &str)] = &[
+    ("protoc", "protobuf-compiler"),
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("dockerd", "docker.io"),
+    ("busybox", "busybox-static"),
+];
 
 /// Benchmarks: (package, bench target). Each prints its own `name ours baseline ratio target verdict` line.
 const BENCHES: &[(&str, &str)] = &[("wm-store", "fanout"), ("tagger", "lookup"), ("tagger", "memory")];

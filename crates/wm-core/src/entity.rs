@@ -628,6 +628,29 @@ pub const KEPT_ENV_VARS: &[&str] = &[
     "ECS_CONTAINER_METADATA_URI_V4",
 ];
 
+/// Which env vars enter the store: those the tag rules read, plus configured ones.
+#[derive(Clone, Debug, Default)]
+pub struct EnvFilter {
+    extra: Vec<String>,
+}
+
+impl EnvFilter {
+    /// Keeps [`KEPT_ENV_VARS`] and `extra` (e.g. the keys of `container_env_as_tags`).
+    pub fn new(extra: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { extra: extra.into_iter().map(Into::into).collect() }
+    }
+
+    /// Whether `name` is kept.
+    pub fn keeps(&self, name: &str) -> bool {
+        KEPT_ENV_VARS.contains(&name) || self.extra.iter().any(|e| e.eq_ignore_ascii_case(name))
+    }
+
+    /// The kept `NAME=value` pairs.
+    pub fn filter<'a>(&self, env: impl IntoIterator<Item = &'a String>) -> StrMap {
+        env.into_iter().filter_map(|pair| pair.split_once('=')).filter(|(name, _)| self.keeps(name)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,88 @@
+//! A store subscriber for collector tests: keeps the containers its events describe and every
+//! event it saw, and waits, with a deadline, until a condition on them holds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wm_core::{Container, EventType, Filter, Kind, SubscriberPriority};
+use wm_store::{Store, Subscription};
+
+/// What a subscriber of the store's containers has seen.
+#[derive(Debug)]
+pub struct Watcher {
+    subscription: Subscription,
+    /// The containers as the events left them (set: replaced; unset: removed).
+    pub containers: BTreeMap<String, Arc<Container>>,
+    /// Every event, in order: its type and the container.
+    pub log: Vec<(EventType, Arc<Container>)>,
+}
+
+impl Watcher {
+    /// Subscribes to every container of `store`, at normal priority.
+    pub fn containers(store: &Store) -> Self {
+        let subscription =
+            store.subscribe("test-watcher", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
+        Self { subscription, containers: BTreeMap::new(), log: Vec::new() }
+    }
+
+    /// The container with this id, as the events left it.
+    pub fn get(&self, id: &str) -> Option<&Container> {
+        self.containers.get(id).map(|c| &**c)
+    }
+
+    /// Whether the log holds a `kind` event for `id`.
+    pub fn saw(&self, kind: EventType, id: &str) -> bool {
+        self.log.iter().any(|(k, c)| *k == kind && &*c.id == id)
+    }
+
+    /// The ids it holds, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.containers.keys().cloned().collect()
+    }
+
+    /// Receives events until `condition` holds (checked after each bundle, and every 100 ms);
+    /// panics naming `what` (and what it holds) when it does not within `timeout`, or when the
+    /// subscription ends.
+    pub async fn until(&mut self, what: &str, timeout: Duration, condition: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !condition(self) {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{what}: not seen within {timeout:?}; the subscriber holds:\n{}", self.describe());
+            }
+            // Wake up now and then: a condition may also read something besides the events.
+            let bundle = match tokio::time::timeout(Duration::from_millis(100), self.subscription.recv()).await {
+                Ok(Some(Ok(bundle))) => bundle,
+                Ok(Some(Err(e))) => panic!("waiting for {what}: the subscription failed: {e}"),
+                Ok(None) => panic!("waiting for {what}: the subscription ended"),
+                Err(_) => continue,
+            };
+            for event in bundle.events.iter() {
+                let Some(container) = event.entity.as_container() else { continue };
+                match event.event_type {
+                    EventType::Set => {
+                        self.containers.insert(container.id.to_string(), container.clone());
+                    }
+                    EventType::Unset => {
+                        self.containers.remove(&*container.id);
+                    }
+                }
+                self.log.push((event.event_type, container.clone()));
+            }
+        }
+    }
+
+    /// One line per container: id, name, status, exit code.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for c in self.containers.values() {
+            let _ = writeln!(
+                out,
+                "  {} name={} running={} status={:?} exit={:?}",
+                c.id, c.name, c.state.running, c.state.status, c.state.exit_code
+            );
+        }
+        out
+    }
+}

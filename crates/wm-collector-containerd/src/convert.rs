@@ -1,0 +1,295 @@
+//! From containerd's records (container, task, OCI spec) to the store's [`Container`]: pure
+//! functions, no I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use containerd_client::services::v1::Container as CtrContainer;
+use containerd_client::types::v1::{Process, Status};
+use serde::Deserialize;
+use wm_core::{
+    Container, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EntityId, EnvFilter, Kind, Runtime,
+    StrMap, Timestamp,
+};
+
+/// The CRI plugin's label on every container it makes: `sandbox` for a pod's pause container.
+pub const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
+/// The label holding a Kubernetes container's name.
+pub const KUBE_CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
+/// The label holding the pod UID of a Kubernetes container.
+pub const KUBE_POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+/// nerdctl's label holding the name it was given.
+pub const NERDCTL_NAME_LABEL: &str = "nerdctl/name";
+
+/// How a container's init process ended, as the task's exit said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Its exit status.
+    pub code: u32,
+    /// When it exited.
+    pub at: Option<Timestamp>,
+}
+
+/// Whether this is a pod's sandbox ("pause") container, which is never stored.
+pub fn is_sandbox(labels: &HashMap<String, String>) -> bool {
+    labels.get(CRI_KIND_LABEL).is_some_and(|k| k == "sandbox")
+}
+
+/// A protobuf timestamp; `None` for the zero time containerd writes for "never".
+pub fn timestamp(t: Option<&prost_types::Timestamp>) -> Option<Timestamp> {
+    let t = t?;
+    if t.seconds <= 0 && t.nanos <= 0 {
+        return None;
+    }
+    Some(Timestamp::from_unix(t.seconds, t.nanos))
+}
+
+/// The parts of an OCI runtime spec the store keeps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Spec {
+    hostname: String,
+    process: Option<SpecProcess>,
+    linux: Option<SpecLinux>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SpecProcess {
+    env: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct SpecLinux {
+    cgroups_path: String,
+    resources: Option<SpecResources>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SpecResources {
+    memory: Option<SpecMemory>,
+    cpu: Option<SpecCpu>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SpecMemory {
+    limit: Option<i64>,
+    reservation: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SpecCpu {
+    quota: Option<i64>,
+    period: Option<u64>,
+}
+
+/// Builds a container from containerd's record, its task (if it has one), the last exit seen
+/// for it (a deleted task takes its exit status with it) and its image's digest. `Err` names
+/// what did not parse (the container is still returned, without what its spec would add).
+pub fn container_from_containerd(
+    record: &CtrContainer,
+    task: Option<&Process>,
+    last_exit: Option<Exit>,
+    image_digest: Option<&str>,
+    env: &EnvFilter,
+) -> (Option<Container>, Option<String>) {
+    if record.id.is_empty() || is_sandbox(&record.labels) {
+        return (None, None);
+    }
+    let mut problem = None;
+    let spec: Spec = match record.spec.as_ref().map(|any| serde_json::from_slice::<Spec>(&any.value)) {
+        Some(Ok(spec)) => spec,
+        Some(Err(e)) => {
+            problem = Some(format!("its OCI spec does not parse: {e}"));
+            Spec::default()
+        }
+        None => Spec::default(),
+    };
+    let mut image = ContainerImage::parse(&record.image);
+    if let Some(digest) = image_digest.filter(|d| !d.is_empty()) {
+        image.id = digest.to_owned();
+    }
+    let (status, running, pid, exit) = match task {
+        Some(task) => {
+            let status = match Status::try_from(task.status).unwrap_or(Status::Unknown) {
+                Status::Created => ContainerStatus::Created,
+                Status::Running => ContainerStatus::Running,
+                Status::Paused | Status::Pausing => ContainerStatus::Paused,
+                Status::Stopped => ContainerStatus::Stopped,
+                Status::Unknown => ContainerStatus::Unknown,
+            };
+            let exit = (status == ContainerStatus::Stopped)
+                .then(|| Exit { code: task.exit_status, at: timestamp(task.exited_at.as_ref()) })
+                .or(last_exit);
+            (status, status == ContainerStatus::Running, task.pid, exit)
+        }
+        // No task: never started, or its task was deleted after it exited.
+        None => match last_exit {
+            Some(exit) => (ContainerStatus::Stopped, false, 0, Some(exit)),
+            None => (ContainerStatus::Created, false, 0, None),
+        },
+    };
+    let stopped = status == ContainerStatus::Stopped;
+    let state = ContainerState {
+        running,
+        status,
+        created_at: timestamp(record.created_at.as_ref()),
+        finished_at: if stopped { exit.and_then(|e| e.at) } else { None },
+        exit_code: if stopped { exit.map(|e| i64::from(e.code)) } else { None },
+        ..ContainerState::default()
+    };
+    let linux = spec.linux.unwrap_or_default();
+    let resources = linux.resources.unwrap_or_default();
+    let memory = resources.memory.unwrap_or_default();
+    let cpu_limit = resources.cpu.and_then(|c| match (c.quota, c.period) {
+        (Some(quota), Some(period)) if quota > 0 && period > 0 => Some(quota as f64 / period as f64),
+        _ => None,
+    });
+    let name = [KUBE_CONTAINER_NAME_LABEL, NERDCTL_NAME_LABEL]
+        .iter()
+        .find_map(|l| record.labels.get(*l).filter(|n| !n.is_empty()))
+        .cloned()
+        .unwrap_or_else(|| record.id.clone());
+    let mut labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    labels.shrink_to_fit();
+    let container = Container {
+        id: Arc::from(record.id.as_str()),
+        name,
+        hostname: spec.hostname,
+        labels,
+        env: env.filter(spec.process.map(|p| p.env).unwrap_or_default().iter()),
+        image,
+        runtime: Some(Runtime::Containerd),
+        state,
+        pid: if running || status == ContainerStatus::Paused { pid } else { 0 },
+        owner: record
+            .labels
+            .get(KUBE_POD_UID_LABEL)
+            .filter(|uid| !uid.is_empty())
+            .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str())),
+        cgroup_path: linux.cgroups_path,
+        resources: ContainerResources {
+            cpu_limit,
+            memory_limit: memory.limit.filter(|m| *m > 0).map(|m| m as u64),
+            memory_request: memory.reservation.filter(|m| *m > 0).map(|m| m as u64),
+            ..ContainerResources::default()
+        },
+        ..Container::default()
+    };
+    (Some(container), problem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(spec_json: &str) -> CtrContainer {
+        CtrContainer {
+            id: "c1".into(),
+            labels: [("team", "x"), (NERDCTL_NAME_LABEL, "web")]
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            image: "docker.io/wm-test/busybox:1".into(),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: spec_json.as_bytes().to_vec(),
+            }),
+            created_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 5 }),
+            ..CtrContainer::default()
+        }
+    }
+
+    const SPEC: &str = r#"{"ociVersion": "1.0.2-dev", "hostname": "web-1",
+        "process": {"args": ["/bin/sleep", "100"], "env": ["PATH=/bin", "DD_SERVICE=svc", "TOKEN=x"]},
+        "linux": {"cgroupsPath": "/wmtest/c1", "resources": {"memory": {"limit": 134217728}, "cpu": {"quota": 50000, "period": 100000}}}}"#;
+
+    fn task(status: Status, exit_status: u32) -> Process {
+        Process {
+            container_id: "c1".into(),
+            pid: 4242,
+            status: status as i32,
+            exit_status,
+            exited_at: Some(prost_types::Timestamp { seconds: 1_800_000_100, nanos: 0 }),
+            ..Process::default()
+        }
+    }
+
+    #[test]
+    fn a_running_task_gives_a_running_container_with_its_spec_fields() {
+        let (c, problem) = container_from_containerd(
+            &record(SPEC),
+            Some(&task(Status::Running, 0)),
+            None,
+            Some("sha256:abc"),
+            &EnvFilter::default(),
+        );
+        let c = c.unwrap();
+        assert_eq!(problem, None);
+        assert_eq!((&*c.id, c.name.as_str(), c.hostname.as_str()), ("c1", "web", "web-1"));
+        assert_eq!(c.env.iter().collect::<Vec<_>>(), vec![("DD_SERVICE", "svc")]);
+        assert_eq!(
+            (c.image.name.as_str(), c.image.tag.as_str(), c.image.id.as_str()),
+            ("docker.io/wm-test/busybox", "1", "sha256:abc")
+        );
+        assert!(c.state.running);
+        assert_eq!((c.state.status, c.pid, c.state.exit_code), (ContainerStatus::Running, 4242, None));
+        assert_eq!(c.cgroup_path, "/wmtest/c1");
+        assert_eq!(c.resources.memory_limit, Some(134_217_728));
+        assert_eq!(c.resources.cpu_limit, Some(0.5));
+        assert_eq!(c.runtime, Some(Runtime::Containerd));
+        assert_eq!(c.state.created_at, Some(Timestamp::from_unix(1_800_000_000, 5)));
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_stopped_task_or_the_remembered_exit() {
+        let (c, _) = container_from_containerd(
+            &record(SPEC),
+            Some(&task(Status::Stopped, 3)),
+            None,
+            None,
+            &EnvFilter::default(),
+        );
+        let c = c.unwrap();
+        assert_eq!((c.state.status, c.state.exit_code, c.pid), (ContainerStatus::Stopped, Some(3), 0));
+        assert_eq!(c.state.finished_at, Some(Timestamp::from_unix(1_800_000_100, 0)));
+        let exit = Exit { code: 137, at: Some(Timestamp::from_unix(1_800_000_200, 0)) };
+        let (c, _) = container_from_containerd(&record(SPEC), None, Some(exit), None, &EnvFilter::default());
+        let c = c.unwrap();
+        assert_eq!(
+            (c.state.status, c.state.exit_code, c.state.finished_at),
+            (ContainerStatus::Stopped, Some(137), exit.at)
+        );
+        let (c, _) = container_from_containerd(&record(SPEC), None, None, None, &EnvFilter::default());
+        assert_eq!(c.unwrap().state.status, ContainerStatus::Created);
+    }
+
+    #[test]
+    fn sandboxes_are_skipped_and_a_bad_spec_is_reported_not_fatal() {
+        let mut sandbox = record(SPEC);
+        sandbox.labels.insert(CRI_KIND_LABEL.into(), "sandbox".into());
+        assert!(container_from_containerd(&sandbox, None, None, None, &EnvFilter::default()).0.is_none());
+        let (c, problem) = container_from_containerd(&record("{not json"), None, None, None, &EnvFilter::default());
+        assert!(c.is_some_and(|c| c.env.is_empty() && c.labels.get("team") == Some("x")));
+        assert!(problem.is_some_and(|p| p.contains("OCI spec")));
+        // Odd values never panic.
+        let odd = r#"{"linux": {"resources": {"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 0}}}}"#;
+        let (c, problem) = container_from_containerd(&record(odd), None, None, None, &EnvFilter::default());
+        assert_eq!(problem, None);
+        assert_eq!(c.unwrap().resources, ContainerResources::default());
+    }
+
+    #[test]
+    fn kubernetes_containers_are_named_by_their_label_and_owned_by_their_pod() {
+        let mut r = record(SPEC);
+        r.labels.insert(KUBE_CONTAINER_NAME_LABEL.into(), "app".into());
+        r.labels.insert(KUBE_POD_UID_LABEL.into(), "uid-1".into());
+        let c = container_from_containerd(&r, None, None, None, &EnvFilter::default()).0.unwrap();
+        assert_eq!(c.name, "app");
+        assert_eq!(c.owner, Some(EntityId::new(Kind::KubernetesPod, "uid-1")));
+    }
+}

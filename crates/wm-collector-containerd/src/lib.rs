@@ -1,0 +1,589 @@
+//! The containerd collector: follows containerd's event stream and reports the containers of
+//! every namespace it is told to watch as source `runtime`, collector `containerd`.
+//!
+//! One run: connect to the socket (`cri_socket_path`, or containerd's default), subscribe to
+//! `/containers/*` and `/tasks/*` events, make sure the subscription is live, list every
+//! watched namespace's containers and tasks and send them as one full list, then turn events
+//! into sets and unsets until the stream breaks (then the store runs it again, and its full list
+//! reconciles).
+//!
+//! containerd's subscription has no `since`, and its call only returns with the first event. So
+//! the run publishes a marker event of its own (topic [`SYNC_TOPIC`], namespace
+//! [`SYNC_NAMESPACE`]) until the marker comes back on its stream: from then on every change is
+//! delivered, and only then does it list. Nothing between subscription and list is lost.
+//!
+//! Namespaces: every one but `containerd_exclude_namespaces` (default `moby`, docker's, which the
+//! docker collector reports), or only `containerd_namespaces` when that is set. Sandbox (pause)
+//! containers are skipped. A task's exit status and time come from its `/tasks/exit` event and
+//! are remembered, since deleting the task forgets them.
+
+#![forbid(unsafe_code)]
+
+mod convert;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_client::events::{
+    ContainerCreate, ContainerDelete, ContainerUpdate, TaskCreate, TaskDelete, TaskExit, TaskOom, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::events_client::EventsClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    GetContainerRequest, GetImageRequest, GetRequest, ListContainersRequest, ListNamespacesRequest, ListTasksRequest,
+    PublishRequest, SubscribeRequest,
+};
+use containerd_client::types::Envelope;
+use containerd_client::types::v1::Process;
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tracing::{debug, info, warn};
+use wm_core::{
+    Collector, CollectorContext, CollectorError, Container, Entity, EnvFilter, EventType, Source, StreamCollector,
+};
+
+pub use convert::{Exit, container_from_containerd, is_sandbox, timestamp};
+
+/// containerd's default socket.
+pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The collector's name, as it appears in health, telemetry and dumps.
+pub const NAME: &str = "containerd";
+/// The topic of the marker event a run publishes to learn that its subscription is live.
+pub const SYNC_TOPIC: &str = "/wm-agent/subscribed";
+/// The namespace the marker is published in.
+pub const SYNC_NAMESPACE: &str = "wm-agent";
+
+/// Where containerd is and which namespaces to watch (the Datadog keys in brackets).
+#[derive(Clone, Debug)]
+pub struct ContainerdConfig {
+    /// The socket (`cri_socket_path`); `None`: [`DEFAULT_SOCKET`].
+    pub socket: Option<PathBuf>,
+    /// Watch only these namespaces (`containerd_namespaces`); empty: every namespace but the
+    /// excluded ones.
+    pub namespaces: Vec<String>,
+    /// Namespaces never watched (`containerd_exclude_namespaces`, default `moby`), unless
+    /// `namespaces` is set.
+    pub exclude_namespaces: Vec<String>,
+    /// Env vars to keep beyond those the tag rules read (the keys of `container_env_as_tags`).
+    pub extra_env: Vec<String>,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        Self { socket: None, namespaces: Vec::new(), exclude_namespaces: vec!["moby".into()], extra_env: Vec::new() }
+    }
+}
+
+impl ContainerdConfig {
+    /// Whether `namespace` is watched.
+    pub fn watches(&self, namespace: &str) -> bool {
+        if namespace == SYNC_NAMESPACE {
+            return false;
+        }
+        if self.namespaces.is_empty() {
+            !self.exclude_namespaces.iter().any(|n| n == namespace)
+        } else {
+            self.namespaces.iter().any(|n| n == namespace)
+        }
+    }
+}
+
+/// The containerd collector.
+#[derive(Debug)]
+pub struct ContainerdCollector {
+    config: ContainerdConfig,
+    env: EnvFilter,
+    /// The last exit of each container's init process, by (namespace, id).
+    exits: HashMap<(String, String), Exit>,
+    /// Image digests by (namespace, image name).
+    digests: HashMap<(String, String), String>,
+    /// Containers whose record failed to parse, reported once.
+    reported: HashSet<String>,
+}
+
+/// The gRPC clients of one run.
+#[derive(Clone, Debug)]
+struct Clients {
+    containers: ContainersClient<Channel>,
+    tasks: TasksClient<Channel>,
+    images: ImagesClient<Channel>,
+    namespaces: NamespacesClient<Channel>,
+    events: EventsClient<Channel>,
+}
+
+fn namespaced<T>(namespace: &str, message: T) -> Result<Request<T>, CollectorError> {
+    let mut request = Request::new(message);
+    let value = namespace.parse().map_err(|e| {
+        CollectorError::permanent(format!("containerd: namespace {namespace:?} is not a valid header"), e)
+    })?;
+    request.metadata_mut().insert("containerd-namespace", value);
+    Ok(request)
+}
+
+fn failed(what: impl Into<String>, status: Status) -> CollectorError {
+    CollectorError::retriable(what, status)
+}
+
+/// What a container's events in one batch add up to.
+#[derive(Debug, Default)]
+struct Pending {
+    deleted: bool,
+    image: Option<String>,
+}
+
+impl ContainerdCollector {
+    /// A collector for `config`.
+    pub fn new(config: ContainerdConfig) -> Self {
+        let env = EnvFilter::new(config.extra_env.iter().cloned());
+        Self { config, env, exits: HashMap::new(), digests: HashMap::new(), reported: HashSet::new() }
+    }
+
+    /// This collector, ready to hand to the store.
+    pub fn into_collector(self) -> Collector {
+        Collector::stream(NAME, Source::Runtime, self)
+    }
+
+    async fn connect(&self) -> Result<Clients, CollectorError> {
+        let socket = self.config.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        if !socket.exists() {
+            return Err(CollectorError::absent(format!("no containerd socket at {}", socket.display())));
+        }
+        let channel = containerd_client::connect(&socket)
+            .await
+            .map_err(|e| CollectorError::retriable(format!("containerd: cannot connect to {}", socket.display()), e))?;
+        Ok(Clients {
+            containers: ContainersClient::new(channel.clone()),
+            tasks: TasksClient::new(channel.clone()),
+            images: ImagesClient::new(channel.clone()),
+            namespaces: NamespacesClient::new(channel.clone()),
+            events: EventsClient::new(channel),
+        })
+    }
+
+    async fn watched_namespaces(&self, clients: &mut Clients) -> Result<Vec<String>, CollectorError> {
+        let listed = clients
+            .namespaces
+            .list(ListNamespacesRequest::default())
+            .await
+            .map_err(|e| failed("containerd: listing namespaces failed", e))?;
+        Ok(listed.into_inner().namespaces.into_iter().map(|n| n.name).filter(|n| self.config.watches(n)).collect())
+    }
+
+    async fn image_digest(&mut self, clients: &mut Clients, namespace: &str, image: &str) -> Option<String> {
+        if image.is_empty() {
+            return None;
+        }
+        let key = (namespace.to_owned(), image.to_owned());
+        if let Some(digest) = self.digests.get(&key) {
+            return Some(digest.clone());
+        }
+        let request = namespaced(namespace, GetImageRequest { name: image.to_owned() }).ok()?;
+        match clients.images.get(request).await {
+            Ok(response) => {
+                let digest = response.into_inner().image.and_then(|i| i.target).map(|t| t.digest)?;
+                self.digests.insert(key, digest.clone());
+                Some(digest)
+            }
+            Err(e) => {
+                debug!(namespace, image, error = %e, "containerd: no digest for the image");
+                None
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        namespace: &str,
+        record: &containerd_client::services::v1::Container,
+        task: Option<&Process>,
+        digest: Option<&str>,
+    ) -> Option<Container> {
+        let key = (namespace.to_owned(), record.id.clone());
+        let last_exit = self.exits.get(&key).copied();
+        let (container, problem) = container_from_containerd(record, task, last_exit, digest, &self.env);
+        if let Some(problem) = problem
+            && self.reported.insert(record.id.clone())
+        {
+            warn!(namespace, container_id = %record.id, "containerd: {problem}; stored without it");
+        }
+        container
+    }
+
+    /// Lists every watched namespace's containers with their tasks.
+    async fn list(&mut self, clients: &mut Clients) -> Result<Vec<Entity>, CollectorError> {
+        let mut entities = Vec::new();
+        for namespace in self.watched_namespaces(clients).await? {
+            let records = clients
+                .containers
+                .list(namespaced(&namespace, ListContainersRequest::default())?)
+                .await
+                .map_err(|e| failed(format!("containerd: listing the containers of {namespace} failed"), e))?
+                .into_inner()
+                .containers;
+            let tasks: HashMap<String, Process> = clients
+                .tasks
+                .list(namespaced(&namespace, ListTasksRequest::default())?)
+                .await
+                .map_err(|e| failed(format!("containerd: listing the tasks of {namespace} failed"), e))?
+                .into_inner()
+                .tasks
+                .into_iter()
+                // containerd 1.6 fills only `id` (the init process's id is the container's).
+                .map(|t| (if t.container_id.is_empty() { t.id.clone() } else { t.container_id.clone() }, t))
+                .collect();
+            for record in &records {
+                let digest = self.image_digest(clients, &namespace, &record.image).await;
+                entities
+                    .extend(self.build(&namespace, record, tasks.get(&record.id), digest.as_deref()).map(Entity::from));
+            }
+        }
+        Ok(entities)
+    }
+
+    /// The container as containerd has it now; `None` when it is gone (or a sandbox).
+    async fn fetch(
+        &mut self,
+        clients: &mut Clients,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Option<Container>, CollectorError> {
+        let record =
+            match clients.containers.get(namespaced(namespace, GetContainerRequest { id: id.to_owned() })?).await {
+                Ok(response) => response.into_inner().container,
+                Err(status) if status.code() == Code::NotFound => return Ok(None),
+                Err(status) => {
+                    return Err(failed(format!("containerd: getting container {namespace}/{id} failed"), status));
+                }
+            };
+        let Some(record) = record else { return Ok(None) };
+        let task = match clients
+            .tasks
+            .get(namespaced(namespace, GetRequest { container_id: id.to_owned(), exec_id: String::new() })?)
+            .await
+        {
+            Ok(response) => response.into_inner().process,
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => {
+                return Err(failed(format!("containerd: getting the task of {namespace}/{id} failed"), status));
+            }
+        };
+        let digest = self.image_digest(clients, namespace, &record.image).await;
+        Ok(self.build(namespace, &record, task.as_ref(), digest.as_deref()))
+    }
+
+    /// Turns a batch of envelopes into sets and unsets, one fetch per container.
+    async fn handle(
+        &mut self,
+        clients: &mut Clients,
+        batch: Vec<Envelope>,
+    ) -> Result<Vec<(EventType, Entity)>, CollectorError> {
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut pending: HashMap<(String, String), Pending> = HashMap::new();
+        for envelope in batch {
+            if !self.config.watches(&envelope.namespace) {
+                continue;
+            }
+            let Some(any) = envelope.event.as_ref() else { continue };
+            let Some(decoded) = decode(&envelope.topic, any) else { continue };
+            let key = (envelope.namespace.clone(), decoded.container_id.clone());
+            if let Some(exit) = decoded.exit {
+                self.exits.insert(key.clone(), exit);
+            }
+            let entry = pending.entry(key.clone()).or_insert_with(|| {
+                order.push(key.clone());
+                Pending::default()
+            });
+            if decoded.deleted {
+                entry.deleted = true;
+            }
+            if decoded.image.is_some() {
+                entry.image = decoded.image;
+            }
+        }
+        let mut out = Vec::new();
+        for key in order {
+            let Some(p) = pending.remove(&key) else { continue };
+            let (namespace, id) = &key;
+            let current = if p.deleted { None } else { self.fetch(clients, namespace, id).await? };
+            match current {
+                Some(container) => out.push((EventType::Set, Entity::from(container))),
+                None => {
+                    // Gone before it could be read: say what the events said, then unset, so a
+                    // short-lived container is still seen.
+                    let exit = self.exits.remove(&key);
+                    if p.image.is_some() || exit.is_some() {
+                        let said = gone_container(id, p.image.as_deref(), exit);
+                        out.push((EventType::Set, Entity::from(said)));
+                    }
+                    out.push((
+                        EventType::Unset,
+                        Entity::from(Container { id: Arc::from(id.as_str()), ..Container::default() }),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A container known only from its events.
+fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Container {
+    Container {
+        id: Arc::from(id),
+        name: id.to_owned(),
+        image: image.map(wm_core::ContainerImage::parse).unwrap_or_default(),
+        runtime: Some(wm_core::Runtime::Containerd),
+        state: wm_core::ContainerState {
+            status: if exit.is_some() { wm_core::ContainerStatus::Stopped } else { wm_core::ContainerStatus::Unknown },
+            exit_code: exit.map(|e| i64::from(e.code)),
+            finished_at: exit.and_then(|e| e.at),
+            ..wm_core::ContainerState::default()
+        },
+        ..Container::default()
+    }
+}
+
+/// What one event says about a container.
+#[derive(Debug)]
+struct Decoded {
+    container_id: String,
+    deleted: bool,
+    image: Option<String>,
+    exit: Option<Exit>,
+}
+
+/// Decodes an event; `None` for a topic that changes nothing (exec processes, the marker) or a
+/// payload that does not decode.
+fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
+    // containerd sends type URLs without the leading `/`, sometimes with a host part.
+    let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
+    let bytes = any.value.as_slice();
+    let plain = |container_id: String| Decoded { container_id, deleted: false, image: None, exit: None };
+    let decoded = match type_name {
+        "containerd.events.ContainerCreate" => {
+            let e = ContainerCreate::decode(bytes).ok()?;
+            Decoded { image: Some(e.image), ..plain(e.id) }
+        }
+        "containerd.events.ContainerUpdate" => plain(ContainerUpdate::decode(bytes).ok()?.id),
+        "containerd.events.ContainerDelete" => {
+            Decoded { deleted: true, ..plain(ContainerDelete::decode(bytes).ok()?.id) }
+        }
+        "containerd.events.TaskCreate" => plain(TaskCreate::decode(bytes).ok()?.container_id),
+        "containerd.events.TaskStart" => plain(TaskStart::decode(bytes).ok()?.container_id),
+        "containerd.events.TaskPaused" => plain(TaskPaused::decode(bytes).ok()?.container_id),
+        "containerd.events.TaskResumed" => plain(TaskResumed::decode(bytes).ok()?.container_id),
+        "containerd.events.TaskOOM" => plain(TaskOom::decode(bytes).ok()?.container_id),
+        "containerd.events.TaskExit" => {
+            let e = TaskExit::decode(bytes).ok()?;
+            // An exec'd process exiting says nothing about the container.
+            if !e.id.is_empty() && e.id != e.container_id {
+                return None;
+            }
+            let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()) };
+            Decoded { exit: Some(exit), ..plain(e.container_id) }
+        }
+        "containerd.events.TaskDelete" => {
+            let e = TaskDelete::decode(bytes).ok()?;
+            if !e.id.is_empty() && e.id != e.container_id {
+                return None;
+            }
+            let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()) };
+            Decoded { exit: (e.pid != 0 || e.exit_status != 0).then_some(exit), ..plain(e.container_id) }
+        }
+        other => {
+            debug!(topic, type_url = other, "containerd: ignoring an event");
+            return None;
+        }
+    };
+    (!decoded.container_id.is_empty()).then_some(decoded)
+}
+
+/// What the events task reports.
+#[derive(Debug)]
+enum StreamItem {
+    Envelope(Envelope),
+    Broken(Status),
+}
+
+/// Subscribes and drives the stream into `tx`. The subscribe call returns only with the first
+/// event, so this runs in its own task.
+async fn pump_events(mut events: EventsClient<Channel>, tx: mpsc::Sender<StreamItem>) {
+    let filters = vec![
+        r#"topic~="^/containers/""#.to_owned(),
+        r#"topic~="^/tasks/""#.to_owned(),
+        format!(r#"topic=="{SYNC_TOPIC}""#),
+    ];
+    let mut stream = match events.subscribe(SubscribeRequest { filters }).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let _ = tx.send(StreamItem::Broken(status)).await;
+            return;
+        }
+    };
+    loop {
+        let item = match stream.message().await {
+            Ok(Some(envelope)) => StreamItem::Envelope(envelope),
+            Ok(None) => StreamItem::Broken(Status::unavailable("the event stream ended")),
+            Err(status) => StreamItem::Broken(status),
+        };
+        let broken = matches!(item, StreamItem::Broken(_));
+        if tx.send(item).await.is_err() || broken {
+            return;
+        }
+    }
+}
+
+/// Publishes the marker every 100 ms until it comes back, keeping every real event that arrives
+/// meanwhile in `early`. Gives up after 10 s.
+async fn wait_until_subscribed(
+    events: &mut EventsClient<Channel>,
+    rx: &mut mpsc::Receiver<StreamItem>,
+    early: &mut Vec<Envelope>,
+) -> Result<(), CollectorError> {
+    let marker = prost_types::Any { type_url: "wm-agent.Subscribed".into(), value: Vec::new() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let publish = PublishRequest { topic: SYNC_TOPIC.into(), event: Some(marker.clone()) };
+        events
+            .publish(namespaced(SYNC_NAMESPACE, publish)?)
+            .await
+            .map_err(|e| failed("containerd: publishing failed", e))?;
+        let round = tokio::time::Instant::now() + Duration::from_millis(100);
+        loop {
+            match tokio::time::timeout_at(round, rx.recv()).await {
+                Ok(Some(StreamItem::Envelope(envelope))) if envelope.topic == SYNC_TOPIC => return Ok(()),
+                Ok(Some(StreamItem::Envelope(envelope))) => early.push(envelope),
+                Ok(Some(StreamItem::Broken(status))) => return Err(failed("containerd: subscribing failed", status)),
+                Ok(None) => {
+                    return Err(CollectorError::Retriable {
+                        context: "containerd: the event task ended".into(),
+                        source: None,
+                    });
+                }
+                Err(_) => break,
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CollectorError::Retriable {
+                context: "containerd: the event subscription did not become live within 10 s".into(),
+                source: None,
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl StreamCollector for ContainerdCollector {
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        let mut clients = self.connect().await?;
+        let (tx, mut rx) = mpsc::channel(1024);
+        let pump = tokio::spawn(pump_events(clients.events.clone(), tx));
+        let _stop_pump = AbortOnDrop(pump);
+        let mut early = Vec::new();
+        wait_until_subscribed(&mut clients.events, &mut rx, &mut early).await?;
+
+        let entities = self.list(&mut clients).await?;
+        info!(containers = entities.len(), "containerd: listed");
+        ctx.sink.full_list(entities).await;
+        // Events from before the list only repeat it; handling them is harmless and keeps exits.
+        if !early.is_empty() {
+            let events = self.handle(&mut clients, early).await?;
+            ctx.sink.events(events).await;
+        }
+
+        while let Some(first) = rx.recv().await {
+            let mut batch = Vec::new();
+            let mut broken = None;
+            for item in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())).take(512) {
+                match item {
+                    StreamItem::Envelope(envelope) => batch.push(envelope),
+                    StreamItem::Broken(status) => {
+                        broken = Some(status);
+                        break;
+                    }
+                }
+            }
+            let events = self.handle(&mut clients, batch).await?;
+            ctx.sink.events(events).await;
+            if let Some(status) = broken {
+                return Err(failed("containerd: the event stream broke", status));
+            }
+        }
+        Err(CollectorError::Retriable { context: "containerd: the event stream ended".into(), source: None })
+    }
+}
+
+/// Aborts the events task when the run ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
+        prost_types::Any { type_url: type_url.into(), value: m.encode_to_vec() }
+    }
+
+    #[test]
+    fn namespaces_default_to_all_but_moby_or_only_the_listed_ones() {
+        let default = ContainerdConfig::default();
+        assert!(default.watches("default") && default.watches("k8s.io"));
+        assert!(!default.watches("moby"));
+        assert!(!default.watches(SYNC_NAMESPACE));
+        let only = ContainerdConfig { namespaces: vec!["k8s.io".into()], ..ContainerdConfig::default() };
+        assert!(only.watches("k8s.io") && !only.watches("default"));
+    }
+
+    #[test]
+    fn events_decode_with_or_without_a_leading_slash_and_exec_exits_are_ignored() {
+        let exit = TaskExit {
+            container_id: "c1".into(),
+            id: "c1".into(),
+            pid: 7,
+            exit_status: 3,
+            exited_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
+        };
+        for url in [
+            "containerd.events.TaskExit",
+            "/containerd.events.TaskExit",
+            "types.containerd.io/containerd.events.TaskExit",
+        ] {
+            let d = decode("/tasks/exit", &any(url, &exit)).unwrap();
+            assert_eq!(d.container_id, "c1");
+            assert_eq!(d.exit.map(|e| e.code), Some(3));
+        }
+        let exec_exit = TaskExit { id: "exec-1".into(), ..exit };
+        assert!(decode("/tasks/exit", &any("containerd.events.TaskExit", &exec_exit)).is_none());
+        let delete = ContainerDelete { id: "c1".into() };
+        assert!(decode("/containers/delete", &any("containerd.events.ContainerDelete", &delete)).unwrap().deleted);
+        let create = ContainerCreate { id: "c2".into(), image: "docker.io/x:1".into(), runtime: None };
+        assert_eq!(
+            decode("/containers/create", &any("containerd.events.ContainerCreate", &create)).unwrap().image.as_deref(),
+            Some("docker.io/x:1")
+        );
+        // Garbage never panics.
+        assert!(
+            decode(
+                "/tasks/exit",
+                &prost_types::Any { type_url: "containerd.events.TaskExit".into(), value: vec![0xff, 0xff] }
+            )
+            .is_none()
+        );
+        assert!(decode("/x", &prost_types::Any { type_url: "unknown".into(), value: vec![] }).is_none());
+    }
+}

@@ -1,0 +1,317 @@
+//! The containerd collector against a real containerd (with a real dockerd on it, whose `moby`
+//! namespace must stay out), started by `test_support::runtimes` in a private directory.
+//! Containers are made with containerd's own CLI, `ctr`. Under `cargo xtask ci` (`WM_CI=1`)
+//! these never skip; elsewhere, without root or the Debian packages, they print `SKIPPED: <why>`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    GetImageRequest, ListContainersRequest, ListNamespacesRequest, ListTasksRequest,
+};
+use test_support::runtimes::{Runtimes, start_or_skip};
+use test_support::watch::Watcher;
+use wm_collector_containerd::{ContainerdCollector, ContainerdConfig, container_from_containerd};
+use wm_core::{Container, ContainerStatus, EnvFilter, EventType, Runtime};
+use wm_store::Store;
+
+const WAIT: Duration = Duration::from_secs(15);
+const NS: &str = Runtimes::CTR_NAMESPACE;
+
+fn with_daemons(test: &str, body: impl AsyncFnOnce(&mut Runtimes)) {
+    let Some(mut rt) = start_or_skip(test) else { return };
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    tokio.block_on(body(&mut rt));
+    drop(tokio);
+    drop(rt);
+}
+
+fn store_with_containerd(rt: &Runtimes) -> Store {
+    let config = ContainerdConfig { socket: Some(rt.containerd_socket()), ..ContainerdConfig::default() };
+    let store = Store::builder().collector(ContainerdCollector::new(config).into_collector()).build();
+    store.start();
+    store
+}
+
+/// Runs `ctr` in `namespace`, off the async workers, and fails the test if it fails.
+async fn ctr(rt: &Runtimes, namespace: &str, args: &[&str]) -> String {
+    let out = tokio::task::block_in_place(|| rt.ctr(namespace, args)).unwrap();
+    assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn request<T>(namespace: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("containerd-namespace", namespace.parse().unwrap());
+    request
+}
+
+/// containerd's own view: every container of every namespace but `moby`, with its task, as the
+/// collector converts it (no remembered exits: tests using this keep their tasks).
+async fn daemon_view(rt: &Runtimes) -> BTreeMap<String, Container> {
+    let channel = containerd_client::connect(rt.containerd_socket()).await.unwrap();
+    let mut containers = ContainersClient::new(channel.clone());
+    let mut tasks = TasksClient::new(channel.clone());
+    let mut images = ImagesClient::new(channel.clone());
+    let namespaces = NamespacesClient::new(channel).list(ListNamespacesRequest::default()).await.unwrap().into_inner();
+    let mut view = BTreeMap::new();
+    let config = ContainerdConfig::default();
+    for ns in namespaces.namespaces.into_iter().map(|n| n.name).filter(|n| config.watches(n)) {
+        let records = containers.list(request(&ns, ListContainersRequest::default())).await.unwrap().into_inner();
+        let listed = tasks.list(request(&ns, ListTasksRequest::default())).await.unwrap().into_inner().tasks;
+        for record in records.containers {
+            let task = listed.iter().find(|t| t.container_id == record.id || t.id == record.id);
+            let digest = images
+                .get(request(&ns, GetImageRequest { name: record.image.clone() }))
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().image)
+                .and_then(|i| i.target)
+                .map(|t| t.digest);
+            if let (Some(c), _) =
+                container_from_containerd(&record, task, None, digest.as_deref(), &EnvFilter::default())
+            {
+                view.insert(record.id.clone(), c);
+            }
+        }
+    }
+    view
+}
+
+async fn assert_store_equals_daemon(store: &Store, rt: &Runtimes, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let daemon = daemon_view(rt).await;
+        let ours: BTreeMap<String, Container> =
+            store.list_containers().into_iter().map(|c| (c.id.to_string(), (*c).clone())).collect();
+        if daemon == ours {
+            return;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = daemon.keys().filter(|id| !ours.contains_key(*id)).collect();
+            let stale: Vec<_> = ours.keys().filter(|id| !daemon.contains_key(*id)).collect();
+            let differ: Vec<_> = daemon
+                .iter()
+                .filter_map(|(id, c)| {
+                    ours.get(id).filter(|o| *o != c).map(|o| format!("{id}:\n ours {o:?}\n    daemon {c:?}"))
+                })
+                .collect();
+            panic!(
+                "the store differs from containerd after {within:?}: missing {missing:?}, stale {stale:?}, differing {differ:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
+    with_daemons("containers_and_tasks_are_followed_in_every_namespace_but_moby", async |rt| {
+        // Before the collector starts: a running container here, and one of docker's in `moby`.
+        ctr(
+            rt,
+            NS,
+            &[
+                "run",
+                "-d",
+                "--label",
+                "team=a",
+                "--env",
+                "DD_ENV=prod",
+                Runtimes::CTR_IMAGE,
+                "pre",
+                "/bin/sleep",
+                "300",
+            ],
+        )
+        .await;
+        let out = rt.docker(&["run", "-d", "--network", "none", Runtimes::IMAGE, "sleep", "300"]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let docker_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+        let store = store_with_containerd(rt);
+        let mut w = Watcher::containers(&store);
+        w.until("the pre-existing container", WAIT, |w| w.get("pre").is_some_and(|c| c.state.running)).await;
+        let c = w.get("pre").unwrap();
+        assert_eq!(c.labels.get("team"), Some("a"));
+        assert_eq!(c.env.get("DD_ENV"), Some("prod"));
+        assert_eq!(c.runtime, Some(Runtime::Containerd));
+        assert_eq!((c.image.name.as_str(), c.image.tag.as_str()), ("docker.io/wm-test/busybox", "1"));
+        assert!(c.image.id.starts_with("sha256:"), "image digest {:?}", c.image.id);
+        assert!(c.pid > 0);
+        assert!(!c.cgroup_path.is_empty());
+
+        // create, then start its task: labels and env, filtered.
+        ctr(
+            rt,
+            NS,
+            &[
+                "containers",
+                "create",
+                "--label",
+                "team=b",
+                "--env",
+                "DD_SERVICE=web",
+                "--env",
+                "API_SECRET=x",
+                Runtimes::CTR_IMAGE,
+                "life",
+                "/bin/sleep",
+                "300",
+            ],
+        )
+        .await;
+        w.until("the created container", WAIT, |w| {
+            w.get("life").is_some_and(|c| c.state.status == ContainerStatus::Created)
+        })
+        .await;
+        let c = w.get("life").unwrap();
+        assert_eq!(c.labels.get("team"), Some("b"));
+        assert_eq!(c.env.iter().collect::<Vec<_>>(), vec![("DD_SERVICE", "web")]);
+        ctr(rt, NS, &["tasks", "start", "--detach", "life"]).await;
+        w.until("the started task", WAIT, |w| w.get("life").is_some_and(|c| c.state.running && c.pid > 0)).await;
+        ctr(rt, NS, &["tasks", "pause", "life"]).await;
+        w.until("the paused task", WAIT, |w| w.get("life").is_some_and(|c| c.state.status == ContainerStatus::Paused))
+            .await;
+        ctr(rt, NS, &["tasks", "resume", "life"]).await;
+        w.until("the resumed task", WAIT, |w| {
+            w.get("life").is_some_and(|c| c.state.status == ContainerStatus::Running)
+        })
+        .await;
+        ctr(rt, NS, &["tasks", "kill", "--signal", "SIGKILL", "life"]).await;
+        w.until("the killed task", WAIT, |w| w.get("life").is_some_and(|c| c.state.exit_code == Some(137))).await;
+        let c = w.get("life").unwrap();
+        assert!(!c.state.running && c.state.status == ContainerStatus::Stopped && c.state.finished_at.is_some());
+        // Deleting the task forgets its exit status in containerd; the store keeps it.
+        ctr(rt, NS, &["tasks", "delete", "life"]).await;
+        store.sync().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w.until("the exit code kept after the task's deletion", WAIT, |w| {
+            w.get("life").is_some_and(|c| c.state.exit_code == Some(137) && c.state.status == ContainerStatus::Stopped)
+        })
+        .await;
+        ctr(rt, NS, &["containers", "delete", "life"]).await;
+        w.until("the deleted container unset", WAIT, |w| w.get("life").is_none()).await;
+        assert!(w.saw(EventType::Unset, "life"));
+
+        // A process that exits by itself, in another namespace.
+        ctr(
+            rt,
+            "second",
+            &["run", "-d", "--rootfs", &rt.rootfs().display().to_string(), "exits", "/bin/sh", "-c", "exit 3"],
+        )
+        .await;
+        w.until("exit code 3 in namespace second", WAIT, |w| {
+            w.get("exits").is_some_and(|c| c.state.exit_code == Some(3))
+        })
+        .await;
+
+        assert!(
+            store.get_container(&docker_id).is_none(),
+            "docker's container (namespace moby) was reported by containerd"
+        );
+        assert!(!w.saw(EventType::Set, &docker_id));
+        assert_store_equals_daemon(&store, rt, WAIT).await;
+        store.shutdown();
+    });
+}
+
+#[test]
+fn a_container_that_lives_less_than_a_second_is_seen_set_and_unset() {
+    with_daemons("a_container_that_lives_less_than_a_second_is_seen_set_and_unset", async |rt| {
+        let store = store_with_containerd(rt);
+        let mut w = Watcher::containers(&store);
+        w.until("the first list", WAIT, |_| store.health().is_ready()).await;
+        for round in 0..3 {
+            let id = format!("blink-{round}");
+            let started = Instant::now();
+            ctr(rt, NS, &["run", "--rm", Runtimes::CTR_IMAGE, &id, "/bin/true"]).await;
+            w.until("the short-lived container's set and unset", WAIT, |w| {
+                w.saw(EventType::Set, &id) && w.saw(EventType::Unset, &id)
+            })
+            .await;
+            let set = w.log.iter().position(|(k, c)| *k == EventType::Set && *c.id == *id).unwrap();
+            let unset = w.log.iter().rposition(|(k, c)| *k == EventType::Unset && *c.id == *id).unwrap();
+            assert!(set < unset && w.get(&id).is_none());
+            println!("{id}: seen set and unset, {:?} after ctr run", started.elapsed());
+        }
+        store.shutdown();
+    });
+}
+
+#[test]
+fn after_containerd_is_killed_and_restarted_the_store_equals_its_list_within_10s() {
+    with_daemons("after_containerd_is_killed_and_restarted_the_store_equals_its_list_within_10s", async |rt| {
+        for i in 0..5 {
+            let name = format!("before-{i}");
+            if i % 2 == 0 {
+                ctr(rt, NS, &["run", "-d", Runtimes::CTR_IMAGE, &name, "/bin/sleep", "300"]).await;
+            } else {
+                ctr(rt, NS, &["containers", "create", Runtimes::CTR_IMAGE, &name, "/bin/sleep", "300"]).await;
+            }
+        }
+        let store = store_with_containerd(rt);
+        let mut w = Watcher::containers(&store);
+        w.until("the first list", WAIT, |w| w.containers.len() == 5).await;
+        assert_eq!(w.containers.values().filter(|c| c.state.running && c.pid > 0).count(), 3, "{}", w.describe());
+        for cycle in 0..2 {
+            tokio::task::block_in_place(|| rt.kill_containerd());
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::task::block_in_place(|| rt.start_containerd()).unwrap();
+            let back = Instant::now();
+            // Change things at once, while the collector is still reconnecting.
+            ctr(rt, NS, &["containers", "delete", &format!("before-{}", 2 * cycle + 1)]).await;
+            ctr(rt, NS, &["run", "-d", Runtimes::CTR_IMAGE, &format!("after-{cycle}"), "/bin/sleep", "300"]).await;
+            assert_store_equals_daemon(&store, rt, Duration::from_secs(10).saturating_sub(back.elapsed())).await;
+            println!("cycle {cycle}: the store equals containerd's list {:?} after its return", back.elapsed());
+        }
+        store.shutdown();
+    });
+}
+
+#[test]
+fn two_hundred_containers_created_and_removed_in_bursts_end_equal_to_containerds_list() {
+    with_daemons("two_hundred_containers_created_and_removed_in_bursts_end_equal_to_containerds_list", async |rt| {
+        let store = store_with_containerd(rt);
+        let mut w = Watcher::containers(&store);
+        w.until("the first list", WAIT, |_| store.health().is_ready()).await;
+        let rt: &Runtimes = rt;
+        let mut alive: Vec<String> = Vec::new();
+        for burst in 0..4 {
+            let names: Vec<String> = (0..50).map(|i| format!("burst-{burst}-{i}")).collect();
+            let doomed: Vec<String> = alive.iter().step_by(2).cloned().collect();
+            alive.retain(|id| !doomed.contains(id));
+            // Create this burst and remove half of what exists, on 8 threads at once.
+            let work: Vec<(bool, &String)> =
+                names.iter().map(|n| (true, n)).chain(doomed.iter().map(|n| (false, n))).collect();
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|s| {
+                    for chunk in work.chunks(work.len().div_ceil(8)) {
+                        s.spawn(move || {
+                            for (create, name) in chunk {
+                                let args: Vec<&str> = if *create {
+                                    vec!["containers", "create", Runtimes::CTR_IMAGE, name, "/bin/sleep", "300"]
+                                } else {
+                                    vec!["containers", "delete", name]
+                                };
+                                let out = rt.ctr(NS, &args).unwrap();
+                                assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                            }
+                        });
+                    }
+                });
+            });
+            alive.extend(names);
+        }
+        assert_store_equals_daemon(&store, rt, WAIT).await;
+        assert_eq!(store.list_containers().len(), alive.len());
+        println!("{} containers after 200 creations in 4 bursts: the store equals containerd's list", alive.len());
+        store.shutdown();
+    });
+}

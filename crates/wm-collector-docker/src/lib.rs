@@ -1,0 +1,348 @@
+//! The Docker Engine collector: follows dockerd's event stream and reports every container as
+//! source `runtime`, collector `docker`.
+//!
+//! One run: connect (`DOCKER_HOST`, or the default socket), read the daemon's clock, subscribe to
+//! container events *since that instant*, list every container (running or not) and inspect each
+//! (a few at a time), send them as one full list, then turn events into sets and unsets until the
+//! stream breaks. Subscribing with `since` makes dockerd replay whatever happened between the
+//! subscription and the list, so nothing is lost in between; a replayed event only repeats what
+//! the list already said, which the store ignores. When the stream breaks the run fails
+//! retriably, and the store runs it again after a backoff: a fresh full list reconciles, so no
+//! stale container survives a daemon restart and none is missing.
+//!
+//! Events are handled in batches (whatever is pending), one inspect per container per batch. A
+//! container that is gone before it can be inspected is still reported, from what its events
+//! say, then unset: a container that lives for a few milliseconds is seen set and unset.
+
+#![forbid(unsafe_code)]
+
+mod convert;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use wm_core::{
+    Collector, CollectorContext, CollectorError, Container, Entity, EnvFilter, EventType, Source, StreamCollector,
+    Timestamp,
+};
+
+pub use convert::{container_from_event, container_from_inspect, is_pause_container};
+
+/// The socket used when `DOCKER_HOST` is not set.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// The collector's name, as it appears in health, telemetry and dumps.
+pub const NAME: &str = "docker";
+
+/// How many inspects are in flight at once during a list.
+const INSPECT_CONCURRENCY: usize = 8;
+
+/// The container actions that change what the store knows.
+const RELEVANT_ACTIONS: &[&str] =
+    &["create", "start", "restart", "die", "destroy", "rename", "pause", "unpause", "update", "health_status"];
+
+/// Where and how to reach dockerd.
+#[derive(Clone, Debug, Default)]
+pub struct DockerConfig {
+    /// The daemon address (`unix:///path`, `tcp://host:port`); `None`: `DOCKER_HOST`, else
+    /// [`DEFAULT_SOCKET`].
+    pub host: Option<String>,
+    /// Env vars to keep beyond those the tag rules read (the keys of `container_env_as_tags`).
+    pub extra_env: Vec<String>,
+}
+
+impl DockerConfig {
+    /// The address this config resolves to.
+    pub fn resolved_host(&self) -> String {
+        self.host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
+    }
+}
+
+/// The docker collector.
+#[derive(Debug)]
+pub struct DockerCollector {
+    config: DockerConfig,
+    env: EnvFilter,
+    /// Image id → the name to show, for containers created from a bare image id.
+    image_names: HashMap<String, Option<String>>,
+}
+
+impl DockerCollector {
+    /// A collector for `config`.
+    pub fn new(config: DockerConfig) -> Self {
+        let env = EnvFilter::new(config.extra_env.iter().cloned());
+        Self { config, env, image_names: HashMap::new() }
+    }
+
+    /// This collector, ready to hand to the store.
+    pub fn into_collector(self) -> Collector {
+        Collector::stream(NAME, Source::Runtime, self)
+    }
+
+    fn connect(&self) -> Result<Docker, CollectorError> {
+        let host = self.config.resolved_host();
+        if let Some(path) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host.as_str())) {
+            if !Path::new(path).exists() {
+                return Err(CollectorError::absent(format!("no docker socket at {path}")));
+            }
+            Docker::connect_with_socket(path, 120, bollard::API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|e| CollectorError::retriable(format!("cannot reach dockerd at {host} (DOCKER_HOST)"), e))
+    }
+
+    /// Inspects one container. `Ok(None)`: it does not exist (any more), or is a pause container.
+    async fn inspect(&mut self, docker: &Docker, id: &str) -> Result<Option<Container>, DockerError> {
+        let inspect = match docker.inspect_container(id, None).await {
+            Ok(inspect) => inspect,
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let image_name = match inspect.config.as_ref().and_then(|c| c.image.as_deref()) {
+            Some(image) if image.starts_with("sha256:") => self.image_name(docker, image).await,
+            _ => None,
+        };
+        Ok(container_from_inspect(&inspect, image_name.as_deref(), &self.env))
+    }
+
+    /// The first repo tag of an image given by id, cached (an image id names one content).
+    async fn image_name(&mut self, docker: &Docker, image_id: &str) -> Option<String> {
+        if let Some(name) = self.image_names.get(image_id) {
+            return name.clone();
+        }
+        let name = match docker.inspect_image(image_id).await {
+            Ok(image) => image.repo_tags.and_then(|tags| tags.into_iter().find(|t| !t.contains("<none>"))),
+            Err(e) => {
+                debug!(image_id, error = %e, "cannot resolve the image's name");
+                return None;
+            }
+        };
+        self.image_names.insert(image_id.to_owned(), name.clone());
+        name
+    }
+
+    /// Lists and inspects every container.
+    async fn list(&mut self, docker: &Docker) -> Result<Vec<Entity>, CollectorError> {
+        let summaries = docker
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
+            .await
+            .map_err(|e| CollectorError::retriable("docker: listing containers failed", e))?;
+        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+        let env = &self.env;
+        let inspected: Vec<(String, Result<_, DockerError>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let result = docker.inspect_container(&id, None).await;
+                (id, result)
+            })
+            .buffered(INSPECT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut entities = Vec::with_capacity(inspected.len());
+        let mut by_image_id = Vec::new();
+        for (id, result) in inspected {
+            match result {
+                Ok(inspect) => match inspect.config.as_ref().and_then(|c| c.image.as_deref()) {
+                    Some(image) if image.starts_with("sha256:") => by_image_id.push(inspect),
+                    _ => entities.extend(container_from_inspect(&inspect, None, env).map(Entity::from)),
+                },
+                // Removed between the list and the inspect: not there any more.
+                Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(DockerError::JsonDataError { message, .. }) => {
+                    warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");
+                }
+                Err(e) => return Err(CollectorError::retriable(format!("docker: inspecting {id} failed"), e)),
+            }
+        }
+        for inspect in by_image_id {
+            let image = inspect.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default();
+            let name = self.image_name(docker, &image).await;
+            entities.extend(container_from_inspect(&inspect, name.as_deref(), &self.env).map(Entity::from));
+        }
+        Ok(entities)
+    }
+
+    /// Turns a batch of events into sets and unsets, one inspect per container.
+    async fn handle(
+        &mut self,
+        docker: &Docker,
+        batch: Vec<EventMessage>,
+    ) -> Result<Vec<(EventType, Entity)>, CollectorError> {
+        // Per container, in order of first appearance: its events in this batch.
+        let mut order: Vec<String> = Vec::new();
+        let mut per_id: HashMap<String, Vec<EventMessage>> = HashMap::new();
+        for event in batch {
+            let Some(id) = event.actor.as_ref().and_then(|a| a.id.clone()).filter(|id| !id.is_empty()) else {
+                continue;
+            };
+            per_id.entry(id.clone()).or_insert_with(|| {
+                order.push(id.clone());
+                Vec::new()
+            });
+            if let Some(events) = per_id.get_mut(&id) {
+                events.push(event);
+            }
+        }
+        let mut out = Vec::new();
+        for id in order {
+            let events = per_id.remove(&id).unwrap_or_default();
+            let destroyed = events.last().is_some_and(|e| action(e) == "destroy");
+            let current = if destroyed {
+                None
+            } else {
+                match self.inspect(docker, &id).await {
+                    Ok(found) => found,
+                    Err(DockerError::JsonDataError { message, .. }) => {
+                        warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");
+                        continue;
+                    }
+                    Err(e) => return Err(CollectorError::retriable(format!("docker: inspecting {id} failed"), e)),
+                }
+            };
+            match current {
+                Some(container) => out.push((EventType::Set, Entity::from(container))),
+                None => {
+                    // Gone: report what its events said (a short-lived container is seen), then unset.
+                    let said = events
+                        .iter()
+                        .rev()
+                        .find(|e| action(e) != "destroy")
+                        .and_then(|e| container_from_event(&id, action(e), attributes(e), event_time(e)));
+                    if let Some(container) = said {
+                        out.push((EventType::Set, Entity::from(container)));
+                    }
+                    out.push((
+                        EventType::Unset,
+                        Entity::from(Container { id: Arc::from(id.as_str()), ..Container::default() }),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn action(event: &EventMessage) -> &str {
+    let action = event.action.as_deref().unwrap_or_default();
+    // `health_status: healthy`, `exec_start: sh` …
+    action.split(':').next().unwrap_or(action).trim()
+}
+
+fn attributes(event: &EventMessage) -> &HashMap<String, String> {
+    static EMPTY: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    event.actor.as_ref().and_then(|a| a.attributes.as_ref()).unwrap_or_else(|| EMPTY.get_or_init(HashMap::new))
+}
+
+fn event_time(event: &EventMessage) -> Option<Timestamp> {
+    match (event.time_nano, event.time) {
+        (Some(nanos), _) if nanos > 0 => Some(Timestamp::from_unix_nanos(nanos)),
+        (_, Some(secs)) if secs > 0 => Some(Timestamp::from_unix(secs, 0)),
+        _ => None,
+    }
+}
+
+/// dockerd's clock as `since` takes it (`secs.nanos`), read from `/info`.
+async fn daemon_now(docker: &Docker) -> Result<String, CollectorError> {
+    let info = docker.info().await.map_err(|e| CollectorError::retriable("docker: /info failed", e))?;
+    let now = info.system_time.as_deref().and_then(|t| Timestamp::parse_rfc3339(t).ok());
+    let nanos = match now {
+        Some(t) => t.unix_nanos(),
+        None => {
+            // No parsable clock: fall back to ours, a second early (a replayed event is harmless).
+            let local = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            i64::try_from(local.as_nanos()).unwrap_or(i64::MAX) - 1_000_000_000
+        }
+    };
+    Ok(format!("{}.{:09}", nanos.div_euclid(1_000_000_000), nanos.rem_euclid(1_000_000_000)))
+}
+
+/// What the events task reports.
+enum StreamItem {
+    Event(EventMessage),
+    Broken(DockerError),
+}
+
+/// Drives dockerd's event stream into `tx` (bounded: a slow consumer slows the reading, nothing
+/// is dropped). Ends when the stream does or the receiver is gone.
+async fn pump_events(docker: Docker, since: String, tx: mpsc::Sender<StreamItem>) {
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
+    let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
+    let mut stream = docker.events(Some(options)).into_stream();
+    loop {
+        let item = match stream.try_next().await {
+            Ok(Some(event)) => StreamItem::Event(event),
+            Ok(None) => return,
+            Err(DockerError::JsonDataError { message, .. }) => {
+                warn!(%message, "docker: skipping an event that does not parse");
+                continue;
+            }
+            Err(e) => StreamItem::Broken(e),
+        };
+        let broken = matches!(item, StreamItem::Broken(_));
+        if tx.send(item).await.is_err() || broken {
+            return;
+        }
+    }
+}
+
+fn relevant(event: &EventMessage) -> bool {
+    matches!(event.typ, Some(EventMessageTypeEnum::CONTAINER) | None) && RELEVANT_ACTIONS.contains(&action(event))
+}
+
+#[async_trait]
+impl StreamCollector for DockerCollector {
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        let docker = self.connect()?;
+        docker.ping().await.map_err(|e| CollectorError::retriable("docker: the daemon does not answer /_ping", e))?;
+        let since = daemon_now(&docker).await?;
+        let (tx, mut rx) = mpsc::channel(1024);
+        let pump = tokio::spawn(pump_events(docker.clone(), since, tx));
+        let _stop_pump = AbortOnDrop(pump);
+
+        let entities = self.list(&docker).await?;
+        info!(containers = entities.len(), "docker: listed");
+        ctx.sink.full_list(entities).await;
+
+        while let Some(first) = rx.recv().await {
+            let mut batch = Vec::new();
+            let mut broken = None;
+            for item in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())).take(512) {
+                match item {
+                    StreamItem::Event(event) if relevant(&event) => batch.push(event),
+                    StreamItem::Event(_) => {}
+                    StreamItem::Broken(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            let events = self.handle(&docker, batch).await?;
+            ctx.sink.events(events).await;
+            if let Some(e) = broken {
+                return Err(CollectorError::retriable("docker: the event stream broke", e));
+            }
+        }
+        Err(CollectorError::Retriable { context: "docker: the event stream ended".into(), source: None })
+    }
+}
+
+/// Aborts the events task when the run ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
