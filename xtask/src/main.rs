@@ -20,13 +20,14 @@ use anyhow::{Context, bail};
 
 /// Tools the workspace's build or tests need, with the Debian package that brings each:
 /// `protoc` for containerd-client's build script, and the real runtimes the collector tests run
-/// against (`test_support::runtimes` starts them; keep its list and this one in step).
+/// against (`test_support::{runtimes, podman}` start them; keep their lists and this one in step).
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("protoc", "protobuf-compiler"),
     ("containerd", "containerd"),
     ("runc", "runc"),
     ("dockerd", "docker.io"),
     ("busybox", "busybox-static"),
+    ("podman", "podman"),
 ];
 
 /// Benchmarks: (package, bench target). Each prints its own `name ours baseline ratio target verdict` line.

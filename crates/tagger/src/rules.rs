@@ -96,6 +96,7 @@ const LABEL_TAGS: &[(&str, &str, TagCardinality)] = &[
     ("io.rancher.stack.name", "rancher_stack", Low),
     ("io.rancher.stack_service.name", "rancher_service", Low),
     ("io.rancher.container.name", "rancher_container", High),
+    (wm_core::PODMAN_POD_NAME_LABEL, "pod_name", Orchestrator),
 ];
 
 const ENV_TAGS: &[(&str, &str, TagCardinality)] = &[
@@ -305,6 +306,18 @@ mod tests {
         let config: BTreeMap<String, String> = [("*".to_owned(), "lbl_%%label%%".to_owned())].into_iter().collect();
         mapped(&mut tags, &labels, &config);
         assert_eq!(tags.low, ["lbl_team:a", "lbl_tier:b"]);
+    }
+
+    #[test]
+    fn a_podman_pods_container_is_tagged_with_its_pod_name() {
+        let c = Container {
+            id: "c1".into(),
+            labels: [(wm_core::PODMAN_POD_NAME_LABEL, "web-pod")].into_iter().collect(),
+            runtime: Some(Runtime::Podman),
+            ..Container::default()
+        };
+        let tags = container_tags(&c, &TaggerConfig::default());
+        assert_eq!(tags.orchestrator, ["pod_name:web-pod"]);
     }
 
     #[test]

@@ -63,13 +63,18 @@ pub fn ci() -> bool {
 /// and a failure panics (CI never skips); otherwise it prints `SKIPPED: <why>` and returns `None`,
 /// and the test returns early and passes.
 pub fn start_or_skip(test: &str) -> Option<Runtimes> {
+    start_or_skip_with(test, Runtimes::start)
+}
+
+/// [`start_or_skip`] for any real service `start` brings up.
+pub fn start_or_skip_with<T>(test: &str, start: impl FnOnce(Install) -> Result<T, Unavailable>) -> Option<T> {
     if !ci() && std::env::var_os("WM_SKIP_REAL_DAEMONS").is_some_and(|v| v == "1") {
         println!("SKIPPED: {test}: WM_SKIP_REAL_DAEMONS=1");
         return None;
     }
     let install = if ci() { Install::IfMissing } else { Install::Never };
-    match Runtimes::start(install) {
-        Ok(runtimes) => Some(runtimes),
+    match start(install) {
+        Ok(service) => Some(service),
         Err(why) if ci() => panic!("{test}: real daemons are required under WM_CI=1: {why}"),
         Err(why) => {
             println!("SKIPPED: {test}: {why}");
@@ -78,9 +83,9 @@ pub fn start_or_skip(test: &str) -> Option<Runtimes> {
     }
 }
 
-/// Installs the missing [`DEBIAN_PACKAGES`] (`apt-get update` first).
-pub fn ensure_installed(install: Install) -> Result<(), Unavailable> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
+/// Installs the missing `packages`, given as (binary, Debian package) (`apt-get update` first).
+pub fn ensure_installed(install: Install, packages: &[(&str, &str)]) -> Result<(), Unavailable> {
+    let missing: Vec<&str> = packages.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -109,7 +114,7 @@ fn on_path(binary: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The effective uid is the third field of `Uid:` in /proc/self/status.
     fs::read_to_string("/proc/self/status").ok().is_some_and(|status| {
         status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1)) == Some("0")
@@ -118,16 +123,20 @@ fn is_root() -> bool {
 
 /// A started daemon: its child process and how to start it again.
 #[derive(Debug)]
-struct Daemon {
-    name: &'static str,
-    program: &'static str,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
+pub(crate) struct Daemon {
+    pub(crate) name: &'static str,
+    pub(crate) program: &'static str,
+    pub(crate) args: Vec<String>,
+    pub(crate) log: PathBuf,
+    pub(crate) child: Option<Child>,
 }
 
 impl Daemon {
-    fn spawn(&mut self) -> Result<(), Unavailable> {
+    pub(crate) fn spawn(&mut self) -> Result<(), Unavailable> {
+        self.spawn_with_env(&[])
+    }
+
+    pub(crate) fn spawn_with_env(&mut self, env: &[(&str, PathBuf)]) -> Result<(), Unavailable> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -136,6 +145,7 @@ impl Daemon {
         let err = log.try_clone().map_err(|e| Unavailable(format!("{}: {e}", self.name)))?;
         let child = Command::new(self.program)
             .args(&self.args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -145,12 +155,12 @@ impl Daemon {
         Ok(())
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, and reap it.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -158,7 +168,7 @@ impl Daemon {
     }
 
     /// SIGTERM; SIGKILL after `grace`.
-    fn stop(&mut self, grace: Duration) {
+    pub(crate) fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else { return };
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let deadline = Instant::now() + grace;
@@ -172,7 +182,7 @@ impl Daemon {
         let _ = child.wait();
     }
 
-    fn exited(&mut self) -> Option<String> {
+    pub(crate) fn exited(&mut self) -> Option<String> {
         let child = self.child.as_mut()?;
         match child.try_wait() {
             Ok(Some(status)) => Some(status.to_string()),
@@ -180,7 +190,7 @@ impl Daemon {
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
@@ -208,7 +218,7 @@ impl Runtimes {
         if !is_root() {
             return Err(Unavailable("the runtimes need root".into()));
         }
-        ensure_installed(install)?;
+        ensure_installed(install, DEBIAN_PACKAGES)?;
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "wm-rt-{}-{}",
@@ -347,31 +357,7 @@ impl Runtimes {
     }
 
     fn build_image(&self) -> Result<(), Unavailable> {
-        let rootfs = self.rootfs();
-        let bin = rootfs.join("bin");
-        fs::create_dir_all(&bin).map_err(|e| Unavailable(format!("rootfs: {e}")))?;
-        for dir in ["etc", "tmp", "proc", "sys", "dev"] {
-            fs::create_dir_all(rootfs.join(dir)).map_err(|e| Unavailable(format!("rootfs: {e}")))?;
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .ok_or_else(|| Unavailable("busybox-static is not installed".into()))?;
-        fs::copy(busybox, bin.join("busybox")).map_err(|e| Unavailable(format!("copying busybox: {e}")))?;
-        for applet in ["sh", "sleep", "true", "false", "echo", "cat", "ls", "hostname", "env", "kill"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet))
-                .map_err(|e| Unavailable(format!("rootfs symlink {applet}: {e}")))?;
-        }
-        let tar = self.dir.join("rootfs.tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()
-            .map_err(|e| Unavailable(format!("tar: {e}")))?;
-        check("tar", &out)?;
+        let tar = build_rootfs_tar(&self.dir)?;
         let tar_path = tar.display().to_string();
         check("docker import", &self.docker(&["import", &tar_path, Self::IMAGE])?)?;
         // docker save | ctr images import -
@@ -477,7 +463,38 @@ impl Drop for Runtimes {
     }
 }
 
-fn check(what: &str, out: &Output) -> Result<(), Unavailable> {
+/// Builds `dir/rootfs` (Debian's static busybox and a few applet links) and its tarball
+/// `dir/rootfs.tar`, which `docker import` / `podman import` turn into an image.
+pub(crate) fn build_rootfs_tar(dir: &Path) -> Result<PathBuf, Unavailable> {
+    let rootfs = dir.join("rootfs");
+    let bin = rootfs.join("bin");
+    fs::create_dir_all(&bin).map_err(|e| Unavailable(format!("rootfs: {e}")))?;
+    for dir in ["etc", "tmp", "proc", "sys", "dev"] {
+        fs::create_dir_all(rootfs.join(dir)).map_err(|e| Unavailable(format!("rootfs: {e}")))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| Unavailable("busybox-static is not installed".into()))?;
+    fs::copy(busybox, bin.join("busybox")).map_err(|e| Unavailable(format!("copying busybox: {e}")))?;
+    for applet in ["sh", "sleep", "true", "false", "echo", "cat", "ls", "hostname", "env", "kill"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))
+            .map_err(|e| Unavailable(format!("rootfs symlink {applet}: {e}")))?;
+    }
+    let tar = dir.join("rootfs.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .map_err(|e| Unavailable(format!("tar: {e}")))?;
+    check("tar", &out)?;
+    Ok(tar)
+}
+
+pub(crate) fn check(what: &str, out: &Output) -> Result<(), Unavailable> {
     if out.status.success() {
         Ok(())
     } else {
@@ -487,9 +504,14 @@ fn check(what: &str, out: &Output) -> Result<(), Unavailable> {
 
 /// Whether dockerd answers `GET /_ping` on `socket`.
 pub fn ping(socket: &Path) -> bool {
+    http_ok(socket, "/_ping")
+}
+
+/// Whether an HTTP server on the unix socket answers `GET path` with 200.
+pub fn http_ok(socket: &Path, path: &str) -> bool {
     let Ok(mut stream) = UnixStream::connect(socket) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
+    if stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: d\r\n\r\n").as_bytes()).is_err() {
         return false;
     }
     let mut response = String::new();
@@ -499,7 +521,7 @@ pub fn ping(socket: &Path) -> bool {
 
 /// SIGKILLs the processes whose command line names `dir` (the shims our containerd started,
 /// which outlive it by design).
-fn kill_processes_naming(dir: &Path) {
+pub(crate) fn kill_processes_naming(dir: &Path) {
     let needle = dir.display().to_string();
     let Ok(entries) = fs::read_dir("/proc") else { return };
     for entry in entries.flatten() {
@@ -516,7 +538,7 @@ fn kill_processes_naming(dir: &Path) {
 }
 
 /// Unmounts, deepest first, whatever is still mounted under `dir`.
-fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { return };
     let prefix = dir.display().to_string();
     let mut points: Vec<&str> =

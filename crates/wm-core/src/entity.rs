@@ -604,6 +604,10 @@ impl From<EcsTask> for Entity {
     }
 }
 
+/// The label the podman collector puts on a podman pod's containers: the pod's name (the tagger
+/// makes it `pod_name`). Podman pods are not entities of their own.
+pub const PODMAN_POD_NAME_LABEL: &str = "io.podman.pod.name";
+
 /// The env vars a container keeps in the store: those the tag rules read (DESIGN 7), plus the
 /// ECS metadata endpoints the ECS collector follows. Collectors drop every other env var (and
 /// keep the ones named in `container_env_as_tags`): secrets never enter the store.

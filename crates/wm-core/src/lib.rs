@@ -21,8 +21,8 @@ pub use collector::{
 };
 pub use entity::{
     Container, ContainerHealth, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
-    EntityId, EnvFilter, KEPT_ENV_VARS, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, Runtime,
-    Source,
+    EntityId, EnvFilter, KEPT_ENV_VARS, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL,
+    PodOwner, Runtime, Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use image::ContainerImage;
