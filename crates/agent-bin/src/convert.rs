@@ -1,0 +1,407 @@
+//! Between the store's entities and the Datadog workloadmeta wire messages, both ways (the
+//! server sends them; the remote-workloadmeta collector reads them back).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use wm_core::{
+    Container, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus,
+    EcsTask, Entity, EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, Runtime, StrMap,
+    Timestamp,
+};
+
+use crate::proto::workloadmeta as pb;
+
+fn map(m: &StrMap) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+fn strmap(m: &HashMap<String, String>) -> StrMap {
+    m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn kind(k: Kind) -> pb::WorkloadmetaKind {
+    match k {
+        Kind::Container => pb::WorkloadmetaKind::Container,
+        Kind::KubernetesPod => pb::WorkloadmetaKind::KubernetesPod,
+        Kind::EcsTask => pb::WorkloadmetaKind::EcsTask,
+    }
+}
+
+fn entity_id(id: &EntityId) -> pb::WorkloadmetaEntityId {
+    pb::WorkloadmetaEntityId { kind: kind(id.kind) as i32, id: id.id.to_string() }
+}
+
+fn from_entity_id(id: &pb::WorkloadmetaEntityId) -> Option<EntityId> {
+    let kind = match pb::WorkloadmetaKind::try_from(id.kind).ok()? {
+        pb::WorkloadmetaKind::Container => Kind::Container,
+        pb::WorkloadmetaKind::KubernetesPod => Kind::KubernetesPod,
+        pb::WorkloadmetaKind::EcsTask => Kind::EcsTask,
+        _ => return None,
+    };
+    (!id.id.is_empty()).then(|| EntityId::new(kind, id.id.as_str()))
+}
+
+fn image(i: &ContainerImage) -> pb::ContainerImage {
+    pb::ContainerImage {
+        id: i.id.clone(),
+        raw_name: i.raw_name.clone(),
+        name: i.name.clone(),
+        short_name: i.short_name.clone(),
+        tag: i.tag.clone(),
+        repo_digest: String::new(),
+    }
+}
+
+fn from_image(i: Option<&pb::ContainerImage>) -> ContainerImage {
+    let Some(i) = i else { return ContainerImage::default() };
+    let mut image = ContainerImage::parse(&i.raw_name);
+    image.name = i.name.clone();
+    image.short_name = i.short_name.clone();
+    image.tag = i.tag.clone();
+    image.id = i.id.clone();
+    image
+}
+
+fn secs(t: Option<Timestamp>) -> i64 {
+    t.map(Timestamp::unix_seconds).unwrap_or(0)
+}
+
+fn from_secs(s: i64) -> Option<Timestamp> {
+    (s > 0).then(|| Timestamp::from_unix(s, 0))
+}
+
+fn orchestrator_containers(list: &[OrchestratorContainer]) -> Vec<pb::OrchestratorContainer> {
+    list.iter()
+        .map(|c| pb::OrchestratorContainer { id: c.id.clone(), name: c.name.clone(), image: Some(image(&c.image)) })
+        .collect()
+}
+
+fn from_orchestrator_containers(list: &[pb::OrchestratorContainer]) -> Vec<OrchestratorContainer> {
+    list.iter()
+        .map(|c| OrchestratorContainer { id: c.id.clone(), name: c.name.clone(), image: from_image(c.image.as_ref()) })
+        .collect()
+}
+
+/// The wire form of a container.
+pub fn container(c: &Container) -> pb::Container {
+    let status = match c.state.status {
+        ContainerStatus::Unknown => pb::ContainerStatus::Unknown,
+        ContainerStatus::Created => pb::ContainerStatus::Created,
+        ContainerStatus::Running => pb::ContainerStatus::Running,
+        ContainerStatus::Paused => pb::ContainerStatus::Paused,
+        ContainerStatus::Restarting => pb::ContainerStatus::Restarting,
+        ContainerStatus::Stopped => pb::ContainerStatus::Stopped,
+    };
+    let health = match c.state.health {
+        ContainerHealth::Unknown => pb::ContainerHealth::Unknown,
+        ContainerHealth::Healthy => pb::ContainerHealth::Healthy,
+        ContainerHealth::Unhealthy => pb::ContainerHealth::Unhealthy,
+    };
+    let runtime = match c.runtime {
+        Some(Runtime::Docker) => pb::Runtime::Docker,
+        Some(Runtime::Containerd) => pb::Runtime::Containerd,
+        Some(Runtime::Podman) => pb::Runtime::Podman,
+        Some(Runtime::CriO) => pb::Runtime::Crio,
+        Some(Runtime::Garden) => pb::Runtime::Garden,
+        Some(Runtime::EcsFargate) => pb::Runtime::EcsFargate,
+        None => pb::Runtime::Unknown,
+    };
+    pb::Container {
+        entity_id: Some(entity_id(&EntityId::new(Kind::Container, c.id.clone()))),
+        entity_meta: Some(pb::EntityMeta {
+            name: c.name.clone(),
+            namespace: String::new(),
+            annotations: HashMap::new(),
+            labels: map(&c.labels),
+        }),
+        env_vars: map(&c.env),
+        hostname: c.hostname.clone(),
+        image: Some(image(&c.image)),
+        network_ips: map(&c.network_ips),
+        pid: i32::try_from(c.pid).unwrap_or(0),
+        ports: c
+            .ports
+            .iter()
+            .map(|p| pb::ContainerPort { name: p.name.clone(), port: i32::from(p.port), protocol: p.protocol.clone() })
+            .collect(),
+        runtime: runtime as i32,
+        state: Some(pb::ContainerState {
+            running: c.state.running,
+            status: status as i32,
+            health: health as i32,
+            created_at: secs(c.state.created_at),
+            started_at: secs(c.state.started_at),
+            finished_at: secs(c.state.finished_at),
+            exit_code: c.state.exit_code.unwrap_or(0),
+        }),
+        collector_tags: Vec::new(),
+        cgroup_path: c.cgroup_path.clone(),
+        resources: Some(pb::ContainerResources {
+            cpu_request: c.resources.cpu_request,
+            cpu_limit: c.resources.cpu_limit,
+            memory_request: c.resources.memory_request,
+            memory_limit: c.resources.memory_limit,
+        }),
+        owner: c.owner.as_ref().map(entity_id),
+    }
+}
+
+/// A container from its wire form; `None` without an id.
+pub fn from_container(c: &pb::Container) -> Option<Container> {
+    let id = c.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
+    let meta = c.entity_meta.clone().unwrap_or_default();
+    let state = c.state.unwrap_or_default();
+    let status = match pb::ContainerStatus::try_from(state.status).unwrap_or(pb::ContainerStatus::Unknown) {
+        pb::ContainerStatus::Unknown => ContainerStatus::Unknown,
+        pb::ContainerStatus::Created => ContainerStatus::Created,
+        pb::ContainerStatus::Running => ContainerStatus::Running,
+        pb::ContainerStatus::Paused => ContainerStatus::Paused,
+        pb::ContainerStatus::Restarting => ContainerStatus::Restarting,
+        pb::ContainerStatus::Stopped => ContainerStatus::Stopped,
+    };
+    let health = match pb::ContainerHealth::try_from(state.health).unwrap_or(pb::ContainerHealth::Unknown) {
+        pb::ContainerHealth::Healthy => ContainerHealth::Healthy,
+        pb::ContainerHealth::Unhealthy => ContainerHealth::Unhealthy,
+        pb::ContainerHealth::Unknown => ContainerHealth::Unknown,
+    };
+    let runtime = match pb::Runtime::try_from(c.runtime).unwrap_or(pb::Runtime::Unknown) {
+        pb::Runtime::Docker => Some(Runtime::Docker),
+        pb::Runtime::Containerd => Some(Runtime::Containerd),
+        pb::Runtime::Podman => Some(Runtime::Podman),
+        pb::Runtime::Crio => Some(Runtime::CriO),
+        pb::Runtime::Garden => Some(Runtime::Garden),
+        pb::Runtime::EcsFargate => Some(Runtime::EcsFargate),
+        pb::Runtime::Unknown => None,
+    };
+    let resources = c.resources.unwrap_or_default();
+    Some(Container {
+        id: Arc::from(id.as_str()),
+        name: meta.name,
+        hostname: c.hostname.clone(),
+        labels: strmap(&meta.labels),
+        env: strmap(&c.env_vars),
+        image: from_image(c.image.as_ref()),
+        runtime,
+        state: ContainerState {
+            running: state.running,
+            status,
+            health,
+            created_at: from_secs(state.created_at),
+            started_at: from_secs(state.started_at),
+            finished_at: from_secs(state.finished_at),
+            exit_code: (status == ContainerStatus::Stopped).then_some(state.exit_code),
+        },
+        pid: u32::try_from(c.pid).unwrap_or(0),
+        network_ips: strmap(&c.network_ips),
+        ports: c
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok()?;
+                Some(ContainerPort { port, protocol: p.protocol.clone(), name: p.name.clone(), host_port: None })
+            })
+            .collect(),
+        owner: c.owner.as_ref().and_then(from_entity_id),
+        cgroup_path: c.cgroup_path.clone(),
+        restart_count: 0,
+        resources: ContainerResources {
+            cpu_request: resources.cpu_request,
+            cpu_limit: resources.cpu_limit,
+            memory_request: resources.memory_request,
+            memory_limit: resources.memory_limit,
+        },
+    })
+}
+
+/// The wire form of a pod.
+pub fn pod(p: &KubernetesPod) -> pb::KubernetesPod {
+    pb::KubernetesPod {
+        entity_id: Some(entity_id(&EntityId::new(Kind::KubernetesPod, p.id.clone()))),
+        entity_meta: Some(pb::EntityMeta {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            annotations: map(&p.annotations),
+            labels: map(&p.labels),
+        }),
+        owners: p
+            .owners
+            .iter()
+            .map(|o| pb::KubernetesPodOwner {
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                id: o.id.clone(),
+                group: String::new(),
+            })
+            .collect(),
+        persistent_volume_claim_names: p.pvc_names.clone(),
+        containers: orchestrator_containers(&p.containers),
+        ready: p.ready,
+        phase: p.phase.clone(),
+        ip: p.ip.clone(),
+        priority_class: p.priority_class.clone(),
+        qos_class: p.qos_class.clone(),
+        kube_services: p.kube_services.clone(),
+        namespace_labels: map(&p.namespace_labels),
+        init_containers: orchestrator_containers(&p.init_containers),
+        runtime_class: p.runtime_class.clone(),
+        ephemeral_containers: orchestrator_containers(&p.ephemeral_containers),
+    }
+}
+
+/// A pod from its wire form; `None` without a UID.
+pub fn from_pod(p: &pb::KubernetesPod) -> Option<KubernetesPod> {
+    let id = p.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
+    let meta = p.entity_meta.clone().unwrap_or_default();
+    Some(KubernetesPod {
+        id: Arc::from(id.as_str()),
+        name: meta.name,
+        namespace: meta.namespace,
+        labels: strmap(&meta.labels),
+        annotations: strmap(&meta.annotations),
+        owners: p
+            .owners
+            .iter()
+            .map(|o| PodOwner { kind: o.kind.clone(), name: o.name.clone(), id: o.id.clone() })
+            .collect(),
+        phase: p.phase.clone(),
+        ready: p.ready,
+        ip: p.ip.clone(),
+        priority_class: p.priority_class.clone(),
+        qos_class: p.qos_class.clone(),
+        runtime_class: p.runtime_class.clone(),
+        containers: from_orchestrator_containers(&p.containers),
+        init_containers: from_orchestrator_containers(&p.init_containers),
+        ephemeral_containers: from_orchestrator_containers(&p.ephemeral_containers),
+        pvc_names: p.persistent_volume_claim_names.clone(),
+        kube_services: p.kube_services.clone(),
+        namespace_labels: strmap(&p.namespace_labels),
+        ..KubernetesPod::default()
+    })
+}
+
+/// The wire form of an ECS task.
+pub fn task(t: &EcsTask) -> pb::EcsTask {
+    pb::EcsTask {
+        entity_id: Some(entity_id(&EntityId::new(Kind::EcsTask, t.id.clone()))),
+        entity_meta: Some(pb::EntityMeta { name: t.family.clone(), ..pb::EntityMeta::default() }),
+        tags: map(&t.tags),
+        container_instance_tags: map(&t.container_instance_tags),
+        cluster_name: t.cluster_name.clone(),
+        region: t.region.clone(),
+        availability_zone: t.availability_zone.clone(),
+        family: t.family.clone(),
+        version: t.version.clone(),
+        launch_type: match t.launch_type {
+            Some(LaunchType::Fargate) => pb::EcsLaunchType::Fargate,
+            _ => pb::EcsLaunchType::Ec2,
+        } as i32,
+        containers: orchestrator_containers(&t.containers),
+        aws_account_id: t.aws_account.clone(),
+    }
+}
+
+/// An ECS task from its wire form; `None` without an ARN.
+pub fn from_task(t: &pb::EcsTask) -> Option<EcsTask> {
+    let id = t.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
+    Some(EcsTask {
+        id: Arc::from(id.as_str()),
+        family: t.family.clone(),
+        version: t.version.clone(),
+        cluster_name: t.cluster_name.clone(),
+        launch_type: Some(match pb::EcsLaunchType::try_from(t.launch_type).unwrap_or(pb::EcsLaunchType::Ec2) {
+            pb::EcsLaunchType::Fargate => LaunchType::Fargate,
+            pb::EcsLaunchType::Ec2 => LaunchType::Ec2,
+        }),
+        region: t.region.clone(),
+        availability_zone: t.availability_zone.clone(),
+        aws_account: t.aws_account_id.clone(),
+        containers: from_orchestrator_containers(&t.containers),
+        tags: strmap(&t.tags),
+        container_instance_tags: strmap(&t.container_instance_tags),
+        ..EcsTask::default()
+    })
+}
+
+/// One wire event for an entity.
+pub fn event(set: bool, entity: &Entity) -> pb::WorkloadmetaEvent {
+    let kind = if set { pb::WorkloadmetaEventType::EventTypeSet } else { pb::WorkloadmetaEventType::EventTypeUnset };
+    let mut event = pb::WorkloadmetaEvent { r#type: kind as i32, ..pb::WorkloadmetaEvent::default() };
+    match entity {
+        Entity::Container(c) => event.container = Some(container(c)),
+        Entity::KubernetesPod(p) => event.kubernetes_pod = Some(pod(p)),
+        Entity::EcsTask(t) => event.ecs_task = Some(task(t)),
+    }
+    event
+}
+
+/// The entity a wire event carries (the first kind set), and whether it is a set.
+pub fn from_event(event: &pb::WorkloadmetaEvent) -> Option<(bool, Entity)> {
+    let set = match pb::WorkloadmetaEventType::try_from(event.r#type).ok()? {
+        pb::WorkloadmetaEventType::EventTypeSet => true,
+        pb::WorkloadmetaEventType::EventTypeUnset => false,
+        pb::WorkloadmetaEventType::EventTypeAll => return None,
+    };
+    let entity = if let Some(c) = &event.container {
+        Entity::from(from_container(c)?)
+    } else if let Some(p) = &event.kubernetes_pod {
+        Entity::from(from_pod(p)?)
+    } else if let Some(t) = &event.ecs_task {
+        Entity::from(from_task(t)?)
+    } else {
+        return None;
+    };
+    Some((set, entity))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_container_survives_the_wire_both_ways() {
+        let c = Container {
+            id: "abc".into(),
+            name: "web".into(),
+            hostname: "h".into(),
+            labels: [("team", "a")].into_iter().collect(),
+            env: [("DD_ENV", "prod")].into_iter().collect(),
+            image: ContainerImage { id: "sha256:1".into(), ..ContainerImage::parse("docker.io/library/nginx:1.25") },
+            runtime: Some(Runtime::Docker),
+            state: ContainerState {
+                running: false,
+                status: ContainerStatus::Stopped,
+                health: ContainerHealth::Healthy,
+                created_at: Some(Timestamp::from_unix(100, 0)),
+                started_at: Some(Timestamp::from_unix(200, 0)),
+                finished_at: Some(Timestamp::from_unix(300, 0)),
+                exit_code: Some(-1),
+            },
+            pid: 0,
+            owner: Some(EntityId::new(Kind::KubernetesPod, "uid-1")),
+            resources: ContainerResources {
+                cpu_limit: Some(0.5),
+                memory_limit: Some(1 << 20),
+                ..ContainerResources::default()
+            },
+            ports: vec![ContainerPort { port: 80, protocol: "tcp".into(), name: "http".into(), host_port: None }],
+            ..Container::default()
+        };
+        let wire = event(true, &Entity::from(c.clone())).encode_to_vec();
+        let decoded = pb::WorkloadmetaEvent::decode(wire.as_slice()).unwrap();
+        let (set, back) = from_event(&decoded).unwrap();
+        assert!(set);
+        assert_eq!(back.as_container().map(|b| (**b).clone()), Some(c));
+    }
+
+    #[test]
+    fn odd_wire_events_are_skipped() {
+        assert!(from_event(&pb::WorkloadmetaEvent { r#type: 1, ..Default::default() }).is_none());
+        assert!(from_event(&pb::WorkloadmetaEvent { r#type: 99, ..Default::default() }).is_none());
+        let no_id =
+            pb::WorkloadmetaEvent { r#type: 1, container: Some(pb::Container::default()), ..Default::default() };
+        assert!(from_event(&no_id).is_none());
+    }
+}

@@ -1,0 +1,7 @@
+//! The workload-metadata agent: composes the store, the collectors compiled in (cargo features),
+//! the tagger, the Datadog IPC gRPC API and a localhost HTTP API, and the CLI that queries them.
+
+pub mod config;
+pub mod convert;
+pub mod proto;
+pub mod security;

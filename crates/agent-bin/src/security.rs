@@ -1,0 +1,187 @@
+//! The IPC auth token and TLS certificate, created at first start as the Datadog Agent does.
+//!
+//! - Token: `auth_token_file_path` (default `auth_token` beside the config file): 64 random hex
+//!   characters, created mode 0600; clients send `authorization: Bearer <token>`.
+//! - Certificate: `ipc_cert_file_path` (default `ipc_cert.pem` beside the token): one PEM
+//!   `CERTIFICATE` and one `PRIVATE KEY`, ECDSA P-256, self-signed, for `localhost`,
+//!   `127.0.0.1` and `::1`, server and client auth, mode 0600. Unlike Datadog's it is not marked
+//!   as a CA: rustls refuses a CA certificate as a server's own, and a self-signed leaf is
+//!   trusted the same way by Go, BoringSSL (grpcio) and rustls clients that pin it.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Why the token or certificate cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// The directory to create the file in does not exist.
+    #[error("{what} {path}: its directory {dir} does not exist (create it, or set {key})")]
+    MissingDirectory {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Its directory.
+        dir: String,
+        /// The config key that moves it.
+        key: &'static str,
+    },
+    /// Reading or writing failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file holds something unusable.
+    #[error("{what} {path}: {reason}")]
+    Invalid {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn create_0600(what: &'static str, key: &'static str, path: &Path, content: &[u8]) -> Result<(), SecurityError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(SecurityError::MissingDirectory {
+            what,
+            path: path.display().to_string(),
+            dir: dir.display().to_string(),
+            key,
+        });
+    }
+    let io = |source| SecurityError::Io { what, path: path.display().to_string(), source };
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    file.write_all(content).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// The token in `path`, created (0600, random) when the file does not exist.
+pub fn load_or_create_token(path: &Path) -> Result<String, SecurityError> {
+    const WHAT: &str = "auth token file";
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                return Err(SecurityError::Invalid {
+                    what: WHAT,
+                    path: path.display().to_string(),
+                    reason: "empty".into(),
+                });
+            }
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| SecurityError::Invalid {
+                what: WHAT,
+                path: path.display().to_string(),
+                reason: format!("no randomness: {e}"),
+            })?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            create_0600(WHAT, "auth_token_file_path", path, token.as_bytes())?;
+            Ok(token)
+        }
+        Err(source) => Err(SecurityError::Io { what: WHAT, path: path.display().to_string(), source }),
+    }
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone, Debug)]
+pub struct IpcCert {
+    /// The `CERTIFICATE` block.
+    pub cert_pem: String,
+    /// The `PRIVATE KEY` (or `EC PRIVATE KEY`) block.
+    pub key_pem: String,
+}
+
+fn pem_block(text: &str, labels: &[&str]) -> Option<String> {
+    labels.iter().find_map(|label| {
+        let begin = format!("-----BEGIN {label}-----");
+        let end = format!("-----END {label}-----");
+        let start = text.find(&begin)?;
+        let stop = text[start..].find(&end)? + start + end.len();
+        Some(format!("{}\n", &text[start..stop]))
+    })
+}
+
+/// The certificate in `path`, created when the file does not exist.
+pub fn load_or_create_cert(path: &Path) -> Result<IpcCert, SecurityError> {
+    const WHAT: &str = "IPC certificate";
+    let invalid = |reason: String| SecurityError::Invalid { what: WHAT, path: path.display().to_string(), reason };
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let cert_pem = pem_block(&text, &["CERTIFICATE"]).ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
+            let key_pem = pem_block(&text, &["PRIVATE KEY", "EC PRIVATE KEY"])
+                .ok_or_else(|| invalid("no PRIVATE KEY block".into()))?;
+            Ok(IpcCert { cert_pem, key_pem })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut params =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])
+                    .map_err(|e| invalid(e.to_string()))?;
+            params.distinguished_name.push(rcgen::DnType::OrganizationName, "wm-agent");
+            params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+            params.extended_key_usages =
+                vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let key =
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| invalid(e.to_string()))?;
+            let cert = params.self_signed(&key).map_err(|e| invalid(e.to_string()))?;
+            let pair = IpcCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+            create_0600(WHAT, "ipc_cert_file_path", path, format!("{}{}", pair.cert_pem, pair.key_pem).as_bytes())?;
+            Ok(pair)
+        }
+        Err(source) => Err(SecurityError::Io { what: WHAT, path: path.display().to_string(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("wm-sec-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_token_is_created_once_0600_and_then_reused() {
+        let path = dir("token").join("auth_token");
+        let token = load_or_create_token(&path).unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_token(&path).unwrap(), token);
+    }
+
+    #[test]
+    fn a_missing_directory_is_named_with_the_key_that_moves_it() {
+        let e = load_or_create_token(Path::new("/nonexistent-wm/dir/auth_token")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent-wm/dir does not exist") && e.contains("auth_token_file_path"), "{e}");
+    }
+
+    #[test]
+    fn the_certificate_is_created_and_read_back() {
+        let path = dir("cert").join("ipc_cert.pem");
+        let created = load_or_create_cert(&path).unwrap();
+        assert!(created.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(created.key_pem.contains("PRIVATE KEY"));
+        let read = load_or_create_cert(&path).unwrap();
+        assert_eq!((read.cert_pem, read.key_pem), (created.cert_pem, created.key_pem));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
