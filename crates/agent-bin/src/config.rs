@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The default config file.
@@ -72,7 +72,7 @@ const KEYS: &[(&str, KeyKind, &str)] = &[
 ];
 
 /// Where a value came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// The built-in default.
@@ -127,7 +127,7 @@ pub enum ConfigError {
 }
 
 /// One key's effective value.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Setting {
     /// The value.
     pub value: Value,

@@ -1,1 +1,178 @@
-fn main() {}
+//! `agent`: run the workload-metadata agent, or query a running one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agent_bin::cli::{self, CliError};
+use agent_bin::config::{Config, Setting};
+use agent_bin::http::{HealthReport, StatusReport, TaggerList, WorkloadList};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "agent", version, about = "Workload-metadata agent: containers, pods and tasks, and their tags")]
+struct Args {
+    /// The config file (default /etc/wm-agent/agent.yaml; `DD_*` env vars override its keys).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the agent until SIGTERM or SIGINT.
+    Run,
+    /// Prints the entities the running agent stores.
+    WorkloadList {
+        /// Also each source's version, labels, annotations and env vars.
+        #[arg(long, short)]
+        verbose: bool,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints every entity's tags, per source.
+    TaggerList {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the running agent's status.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the running agent's health; exits non-zero unless it is live and ready.
+    Health {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the running agent's effective config, each key with its origin.
+    Config {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(config: &Config) {
+    let level = match config.str("log_level") {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "warn" => tracing::Level::WARN,
+        "error" | "off" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
+    if config.bool("log_format_json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("agent: cannot print JSON: {e}"),
+    }
+}
+
+async fn query(config: &Config, command: Command) -> Result<ExitCode, CliError> {
+    let port = config.port("health_port");
+    match command {
+        Command::Run => Ok(ExitCode::SUCCESS),
+        Command::WorkloadList { verbose, json } => {
+            let list: WorkloadList = cli::fetch(port, &format!("/agent/workload-list?verbose={verbose}")).await?;
+            if json {
+                print_json(&list);
+            } else {
+                print!("{}", cli::format_workload_list(&list, verbose));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TaggerList { json } => {
+            let list: TaggerList = cli::fetch(port, "/agent/tagger-list").await?;
+            if json {
+                print_json(&list);
+            } else {
+                print!("{}", cli::format_tagger_list(&list));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let status: StatusReport = cli::fetch(port, "/agent/status").await?;
+            if json {
+                print_json(&status);
+            } else {
+                print!("{}", cli::format_status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { json } => {
+            let health: HealthReport = cli::fetch(port, "/health").await?;
+            if json {
+                print_json(&health);
+            } else {
+                print!("{}", cli::format_health(&health));
+            }
+            Ok(if health.live && health.ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Config { json } => {
+            let settings: std::collections::BTreeMap<String, Setting> = cli::fetch(port, "/agent/config").await?;
+            if json {
+                print_json(&settings);
+            } else {
+                print!("{}", Config::render(&settings));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.command {
+        Command::Run => {
+            init_logging(&config);
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            match runtime.block_on(agent_bin::run::run(&config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => {
+            for warning in &config.warnings {
+                eprintln!("agent: warning: {warning}");
+            }
+            match runtime.block_on(query(&config, command)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! `datadog.api.v1.AgentSecure`: the tagger and workloadmeta rpcs, with bearer-token auth.
+//!
+//! Streams: the initial snapshot is split into responses of at most half the message-size
+//! limit; an empty response is a keep-alive after 9 minutes without traffic. Each stream feeds a
+//! bounded queue to its client; a client that does not keep up has its stream ended with
+//! `RESOURCE_EXHAUSTED` (it reconnects and gets a fresh snapshot): the store and the tagger never
+//! wait for it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use tagger::{TagCardinality, TagEventKind, Tagger};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use wm_core::{EventType, EventTypeFilter, Filter, Kind, Source, SubscriberPriority};
+use wm_store::Store;
+
+use crate::convert;
+use crate::proto::api::v1::agent_secure_server::AgentSecure;
+use crate::proto::model::v1 as model;
+use crate::proto::workloadmeta as wmpb;
+
+/// The message-size limit both ways (Datadog's default, 4 MiB).
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+/// Quiet time after which a stream sends an empty keep-alive response.
+pub const KEEPALIVE: Duration = Duration::from_secs(9 * 60);
+/// Responses queued per client before it counts as not keeping up.
+const CLIENT_QUEUE: usize = 256;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Checks `authorization: Bearer <token>` on every call.
+#[derive(Clone)]
+pub struct BearerAuth {
+    token: Arc<str>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerAuth")
+    }
+}
+
+impl BearerAuth {
+    /// Accepts exactly `token`.
+    pub fn new(token: &str) -> Self {
+        Self { token: Arc::from(token) }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = request.metadata().get("authorization").and_then(|v| v.to_str().ok()) else {
+            return Err(Status::unauthenticated("Request unauthenticated with Bearer"));
+        };
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Status::unauthenticated("Request unauthenticated with Bearer"));
+        }
+        if !constant_time_eq(token.trim().as_bytes(), self.token.as_bytes()) {
+            return Err(Status::unauthenticated("invalid auth token: invalid session token"));
+        }
+        Ok(request)
+    }
+}
+
+/// The service.
+#[derive(Clone, Debug)]
+pub struct AgentApi {
+    store: Store,
+    tagger: Arc<Tagger>,
+    keepalive: Duration,
+}
+
+impl AgentApi {
+    /// Serves `store` and `tagger`.
+    pub fn new(store: Store, tagger: Arc<Tagger>) -> Self {
+        Self { store, tagger, keepalive: KEEPALIVE }
+    }
+
+    /// Sets the keep-alive period (tests).
+    pub fn with_keepalive(mut self, every: Duration) -> Self {
+        self.keepalive = every;
+        self
+    }
+}
+
+fn cardinality(value: i32) -> TagCardinality {
+    match model::TagCardinality::try_from(value).unwrap_or(model::TagCardinality::High) {
+        model::TagCardinality::Low => TagCardinality::Low,
+        model::TagCardinality::Orchestrator => TagCardinality::Orchestrator,
+        model::TagCardinality::High => TagCardinality::High,
+    }
+}
+
+/// Splits `entity://uid` into the wire id.
+fn wire_id(entity: &str) -> model::EntityId {
+    match entity.split_once("://") {
+        Some((prefix, uid)) => model::EntityId { prefix: prefix.to_owned(), uid: uid.to_owned() },
+        None => model::EntityId { prefix: String::new(), uid: entity.to_owned() },
+    }
+}
+
+/// The wire entity: its tags split by cardinality, up to `cardinality`.
+fn wire_entity(tagger: &Tagger, entity: &str, cardinality: TagCardinality, deleted: bool) -> model::Entity {
+    let mut out = model::Entity { id: Some(wire_id(entity)), is_complete: true, ..model::Entity::default() };
+    if deleted {
+        return out;
+    }
+    if let Some(info) = tagger.store().tag_info(entity) {
+        out.low_cardinality_tags = info.low;
+        out.standard_tags = info.standard;
+        if cardinality >= TagCardinality::Orchestrator {
+            out.orchestrator_cardinality_tags = info.orchestrator;
+        }
+        if cardinality >= TagCardinality::High {
+            out.high_cardinality_tags = info.high;
+        }
+    }
+    out
+}
+
+/// Packs items into responses of at most `limit` encoded bytes each (one item per response at
+/// least, whatever its size).
+fn chunk<T: Message>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let len = item.encoded_len() + 4;
+        if !current.is_empty() && size + len > limit {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+fn matches_prefix(entity: &str, prefixes: &[String]) -> bool {
+    prefixes.is_empty()
+        || prefixes.iter().any(|p| entity.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with("://")))
+}
+
+/// Queues a response for the client; `false` when the client is gone or too slow.
+fn offer<T>(tx: &mpsc::Sender<Result<T, Status>>, item: T) -> bool {
+    match tx.try_send(Ok(item)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            let _ = tx.try_send(Err(Status::resource_exhausted("the client does not keep up; reconnect")));
+            tracing::warn!("a stream client did not keep up; its stream is ended");
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+fn stream_of<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> ResponseStream<T> {
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl AgentSecure for AgentApi {
+    type TaggerStreamEntitiesStream = ResponseStream<model::StreamTagsResponse>;
+    type WorkloadmetaStreamEntitiesStream = ResponseStream<wmpb::WorkloadmetaStreamResponse>;
+
+    async fn tagger_stream_entities(
+        &self,
+        request: Request<model::StreamTagsRequest>,
+    ) -> Result<Response<Self::TaggerStreamEntitiesStream>, Status> {
+        let request = request.into_inner();
+        let cardinality = cardinality(request.cardinality);
+        let prefixes = request.prefixes;
+        let tagger = self.tagger.clone();
+        let keepalive = self.keepalive;
+        let mut changes = tagger.store().subscribe("", cardinality, 4096);
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let batch = tokio::select! {
+                    batch = changes.recv() => batch,
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(keepalive) => {
+                        if offer(&tx, model::StreamTagsResponse::default()) { continue } else { return }
+                    }
+                };
+                let Some(batch) = batch else {
+                    // The tag store dropped this subscription: it fell behind.
+                    let _ = tx.try_send(Err(Status::resource_exhausted("the stream fell behind; reconnect")));
+                    return;
+                };
+                let events: Vec<model::StreamTagsEvent> = batch
+                    .into_iter()
+                    .filter(|e| matches_prefix(&e.entity, &prefixes))
+                    .map(|e| {
+                        let kind = match e.kind {
+                            TagEventKind::Added => model::EventType::Added,
+                            TagEventKind::Modified => model::EventType::Modified,
+                            TagEventKind::Deleted => model::EventType::Deleted,
+                        };
+                        let deleted = e.kind == TagEventKind::Deleted;
+                        model::StreamTagsEvent {
+                            r#type: kind as i32,
+                            entity: Some(wire_entity(&tagger, &e.entity, cardinality, deleted)),
+                        }
+                    })
+                    .collect();
+                if events.is_empty() && !first {
+                    continue;
+                }
+                first = false;
+                for events in chunk(events, MAX_MESSAGE_SIZE / 2) {
+                    if !offer(&tx, model::StreamTagsResponse { events }) {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream_of(rx)))
+    }
+
+    async fn tagger_generate_container_id_from_origin_info(
+        &self,
+        request: Request<model::GenerateContainerIdFromOriginInfoRequest>,
+    ) -> Result<Response<model::GenerateContainerIdFromOriginInfoResponse>, Status> {
+        let request = request.into_inner();
+        let local = request.local_data.unwrap_or_default();
+        let external = request.external_data.unwrap_or_default();
+        let mut id = local.container_id.clone().filter(|id| !id.is_empty());
+        if id.is_none()
+            && let (Some(pod_uid), Some(name)) =
+                (external.pod_uid.clone().or(local.pod_uid.clone()), external.container_name.clone())
+        {
+            let data = tagger::origin::ExternalData {
+                init: external.init.unwrap_or(false),
+                container_name: Some(name),
+                pod_uid: Some(pod_uid),
+            };
+            id = tagger::origin::container_id_from_external_data(&self.store, &data);
+        }
+        if id.is_none()
+            && let Some(pid) = local.process_id.filter(|p| *p > 0)
+            && let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        {
+            id = tagger::origin::container_id_from_proc_cgroup(&cgroup, &[]).map(str::to_owned);
+        }
+        Ok(Response::new(model::GenerateContainerIdFromOriginInfoResponse { container_id: id.unwrap_or_default() }))
+    }
+
+    async fn tagger_fetch_entity(
+        &self,
+        request: Request<model::FetchEntityRequest>,
+    ) -> Result<Response<model::FetchEntityResponse>, Status> {
+        let request = request.into_inner();
+        let Some(id) = request.id.filter(|id| !id.uid.is_empty()) else {
+            return Err(Status::invalid_argument("missing entity id"));
+        };
+        let entity = if id.prefix.is_empty() { id.uid.clone() } else { format!("{}://{}", id.prefix, id.uid) };
+        let tags = self.tagger.tag_or_fetch(&entity, cardinality(request.cardinality)).await.to_vec();
+        Ok(Response::new(model::FetchEntityResponse { id: Some(id), cardinality: request.cardinality, tags }))
+    }
+
+    async fn workloadmeta_stream_entities(
+        &self,
+        request: Request<wmpb::WorkloadmetaStreamRequest>,
+    ) -> Result<Response<Self::WorkloadmetaStreamEntitiesStream>, Status> {
+        let filter = workloadmeta_filter(request.into_inner().filter.unwrap_or_default())?;
+        let mut subscription = self.store.subscribe("remote-workloadmeta", SubscriberPriority::Normal, filter);
+        let keepalive = self.keepalive;
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let bundle = tokio::select! {
+                    bundle = subscription.recv() => bundle,
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(keepalive) => {
+                        if offer(&tx, wmpb::WorkloadmetaStreamResponse::default()) { continue } else { return }
+                    }
+                };
+                let bundle = match bundle {
+                    Some(Ok(bundle)) => bundle,
+                    Some(Err(e)) => {
+                        let _ = tx.try_send(Err(Status::resource_exhausted(format!("{e}; reconnect"))));
+                        return;
+                    }
+                    None => {
+                        let _ = tx.try_send(Err(Status::unavailable("the agent is shutting down")));
+                        return;
+                    }
+                };
+                let events: Vec<wmpb::WorkloadmetaEvent> =
+                    bundle.events.iter().map(|e| convert::event(e.event_type == EventType::Set, &e.entity)).collect();
+                // Acknowledged once converted: a slow client never holds the store's loop.
+                drop(bundle);
+                if first {
+                    first = false;
+                    let mut chunks = chunk(events, MAX_MESSAGE_SIZE / 2);
+                    if chunks.is_empty() {
+                        chunks.push(Vec::new());
+                    }
+                    let last = chunks.len() - 1;
+                    for (i, events) in chunks.into_iter().enumerate() {
+                        let response =
+                            wmpb::WorkloadmetaStreamResponse { events, initial_snapshot_complete: i == last };
+                        if !offer(&tx, response) {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                for events in chunk(events, MAX_MESSAGE_SIZE / 2) {
+                    if !offer(&tx, wmpb::WorkloadmetaStreamResponse { events, initial_snapshot_complete: false }) {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream_of(rx)))
+    }
+}
+
+/// The store filter a wire filter asks for.
+fn workloadmeta_filter(wire: wmpb::WorkloadmetaFilter) -> Result<Filter, Status> {
+    let mut filter = Filter::all();
+    for kind in &wire.kinds {
+        let kind = match wmpb::WorkloadmetaKind::try_from(*kind) {
+            Ok(wmpb::WorkloadmetaKind::Container) => Kind::Container,
+            Ok(wmpb::WorkloadmetaKind::KubernetesPod) => Kind::KubernetesPod,
+            Ok(wmpb::WorkloadmetaKind::EcsTask) => Kind::EcsTask,
+            // Kinds this agent does not store: nothing will match them.
+            Ok(_) => continue,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown workloadmeta kind {kind}"))),
+        };
+        filter = filter.with_kind(kind);
+    }
+    match wmpb::WorkloadmetaSource::try_from(wire.source) {
+        Ok(wmpb::WorkloadmetaSource::All) => {}
+        Ok(wmpb::WorkloadmetaSource::Runtime) => filter = filter.with_source(Source::Runtime),
+        Ok(wmpb::WorkloadmetaSource::NodeOrchestrator) => filter = filter.with_source(Source::NodeOrchestrator),
+        Ok(wmpb::WorkloadmetaSource::ClusterOrchestrator) => filter = filter.with_source(Source::ClusterOrchestrator),
+        Err(_) => return Err(Status::invalid_argument(format!("unknown workloadmeta source {}", wire.source))),
+    }
+    match wmpb::WorkloadmetaEventType::try_from(wire.event_type) {
+        Ok(wmpb::WorkloadmetaEventType::EventTypeAll) => {}
+        Ok(wmpb::WorkloadmetaEventType::EventTypeSet) => filter = filter.with_event_type(EventTypeFilter::Set),
+        Ok(wmpb::WorkloadmetaEventType::EventTypeUnset) => filter = filter.with_event_type(EventTypeFilter::Unset),
+        Err(_) => return Err(Status::invalid_argument(format!("unknown workloadmeta event type {}", wire.event_type))),
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::service::Interceptor;
+
+    use super::*;
+
+    fn with_auth(value: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(v) = value {
+            request.metadata_mut().insert("authorization", v.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn bearer_auth_accepts_only_the_token() {
+        let mut auth = BearerAuth::new("s3cret");
+        assert!(auth.call(with_auth(Some("Bearer s3cret"))).is_ok());
+        assert!(auth.call(with_auth(Some("bearer s3cret"))).is_ok(), "the scheme is case-insensitive");
+        let missing = auth.call(with_auth(None)).unwrap_err();
+        assert_eq!(
+            (missing.code(), missing.message()),
+            (tonic::Code::Unauthenticated, "Request unauthenticated with Bearer")
+        );
+        let wrong = auth.call(with_auth(Some("Bearer nope"))).unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        assert_eq!(wrong.message(), "invalid auth token: invalid session token");
+        assert!(auth.call(with_auth(Some("Basic s3cret"))).is_err());
+    }
+
+    #[test]
+    fn snapshots_are_chunked_under_the_limit() {
+        let events: Vec<model::StreamTagsEvent> = (0..1000)
+            .map(|i| model::StreamTagsEvent {
+                r#type: 0,
+                entity: Some(model::Entity {
+                    id: Some(wire_id(&format!("container_id://{i:064}"))),
+                    low_cardinality_tags: vec!["x".repeat(100)],
+                    ..model::Entity::default()
+                }),
+            })
+            .collect();
+        let chunks = chunk(events, 20_000);
+        assert!(chunks.len() > 5);
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 1000);
+        for c in &chunks {
+            assert!(model::StreamTagsResponse { events: c.clone() }.encoded_len() <= 20_000);
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_entity_kinds() {
+        let p = vec!["container_id".to_owned()];
+        assert!(matches_prefix("container_id://abc", &p));
+        assert!(!matches_prefix("container_idx://abc", &p));
+        assert!(!matches_prefix("kubernetes_pod_uid://u", &p));
+        assert!(matches_prefix("kubernetes_pod_uid://u", &[]));
+    }
+
+    #[test]
+    fn wire_filters_become_store_filters_and_bad_ones_are_refused() {
+        let f = workloadmeta_filter(wmpb::WorkloadmetaFilter { kinds: vec![0], source: 1, event_type: 0 }).unwrap();
+        assert!(f.passes_kind(Kind::Container) && !f.passes_kind(Kind::KubernetesPod));
+        assert_eq!(f.source(), Some(Source::Runtime));
+        assert!(workloadmeta_filter(wmpb::WorkloadmetaFilter { kinds: vec![42], ..Default::default() }).is_err());
+        assert!(workloadmeta_filter(wmpb::WorkloadmetaFilter { source: 9, ..Default::default() }).is_err());
+    }
+}
