@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use tagger::{TagCardinality, TagEventKind, Tagger};
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Quiet time after which a stream sends an empty keep-alive response.
 pub const KEEPALIVE: Duration = Duration::from_secs(9 * 60);
 /// Responses queued per client before it counts as not keeping up.
-const CLIENT_QUEUE: usize = 256;
+const CLIENT_QUEUE: usize = 64;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -77,12 +77,14 @@ pub struct AgentApi {
     store: Store,
     tagger: Arc<Tagger>,
     keepalive: Duration,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AgentApi {
-    /// Serves `store` and `tagger`.
-    pub fn new(store: Store, tagger: Arc<Tagger>) -> Self {
-        Self { store, tagger, keepalive: KEEPALIVE }
+    /// Serves `store` and `tagger`; every stream ends (`UNAVAILABLE`) once `stopping` turns
+    /// true, so a shutdown never leaves a client on a stream that no longer changes.
+    pub fn new(store: Store, tagger: Arc<Tagger>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { store, tagger, keepalive: KEEPALIVE, stopping }
     }
 
     /// Sets the keep-alive period (tests).
@@ -153,21 +155,46 @@ fn matches_prefix(entity: &str, prefixes: &[String]) -> bool {
         || prefixes.iter().any(|p| entity.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with("://")))
 }
 
-/// Queues a response for the client; `false` when the client is gone or too slow.
-fn offer<T>(tx: &mpsc::Sender<Result<T, Status>>, item: T) -> bool {
-    match tx.try_send(Ok(item)) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            let _ = tx.try_send(Err(Status::resource_exhausted("the client does not keep up; reconnect")));
-            tracing::warn!("a stream client did not keep up; its stream is ended");
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-    }
+/// The sending side of one client's stream: a bounded queue, and the reason the stream ended
+/// early, delivered after what was queued.
+struct Outbox<T> {
+    tx: mpsc::Sender<Result<T, Status>>,
+    ended: Option<tokio::sync::oneshot::Sender<Status>>,
 }
 
-fn stream_of<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> ResponseStream<T> {
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+impl<T: Send + 'static> Outbox<T> {
+    fn new() -> (Self, ResponseStream<T>) {
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        let (ended, reason) = tokio::sync::oneshot::channel::<Status>();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .chain(futures::stream::once(reason).filter_map(|r| futures::future::ready(r.ok().map(Err))));
+        (Self { tx, ended: Some(ended) }, Box::pin(stream))
+    }
+
+    /// Queues a response; `false` when the client is gone or does not keep up (its stream then
+    /// ends with `RESOURCE_EXHAUSTED` after what was queued).
+    fn offer(&mut self, item: T) -> bool {
+        match self.tx.try_send(Ok(item)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("a stream client did not keep up; its stream is ended");
+                self.end(Status::resource_exhausted("the client does not keep up; reconnect"));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Ends the stream with `status`, after what was queued.
+    fn end(&mut self, status: Status) {
+        if let Some(ended) = self.ended.take() {
+            let _ = ended.send(status);
+        }
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await;
+    }
 }
 
 #[tonic::async_trait]
@@ -185,20 +212,25 @@ impl AgentSecure for AgentApi {
         let tagger = self.tagger.clone();
         let keepalive = self.keepalive;
         let mut changes = tagger.store().subscribe("", cardinality, 4096);
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        let (mut out, stream) = Outbox::new();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut first = true;
             loop {
                 let batch = tokio::select! {
                     batch = changes.recv() => batch,
-                    () = tx.closed() => return,
+                    () = out.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => {
+                        out.end(Status::unavailable("the agent is shutting down"));
+                        return;
+                    }
                     () = tokio::time::sleep(keepalive) => {
-                        if offer(&tx, model::StreamTagsResponse::default()) { continue } else { return }
+                        if out.offer(model::StreamTagsResponse::default()) { continue } else { return }
                     }
                 };
                 let Some(batch) = batch else {
                     // The tag store dropped this subscription: it fell behind.
-                    let _ = tx.try_send(Err(Status::resource_exhausted("the stream fell behind; reconnect")));
+                    out.end(Status::resource_exhausted("the stream fell behind; reconnect"));
                     return;
                 };
                 let events: Vec<model::StreamTagsEvent> = batch
@@ -222,13 +254,13 @@ impl AgentSecure for AgentApi {
                 }
                 first = false;
                 for events in chunk(events, MAX_MESSAGE_SIZE / 2) {
-                    if !offer(&tx, model::StreamTagsResponse { events }) {
+                    if !out.offer(model::StreamTagsResponse { events }) {
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(stream_of(rx)))
+        Ok(Response::new(stream))
     }
 
     async fn tagger_generate_container_id_from_origin_info(
@@ -279,25 +311,30 @@ impl AgentSecure for AgentApi {
         let filter = workloadmeta_filter(request.into_inner().filter.unwrap_or_default())?;
         let mut subscription = self.store.subscribe("remote-workloadmeta", SubscriberPriority::Normal, filter);
         let keepalive = self.keepalive;
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        let (mut out, stream) = Outbox::new();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut first = true;
             loop {
                 let bundle = tokio::select! {
                     bundle = subscription.recv() => bundle,
-                    () = tx.closed() => return,
+                    () = out.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => {
+                        out.end(Status::unavailable("the agent is shutting down"));
+                        return;
+                    }
                     () = tokio::time::sleep(keepalive) => {
-                        if offer(&tx, wmpb::WorkloadmetaStreamResponse::default()) { continue } else { return }
+                        if out.offer(wmpb::WorkloadmetaStreamResponse::default()) { continue } else { return }
                     }
                 };
                 let bundle = match bundle {
                     Some(Ok(bundle)) => bundle,
                     Some(Err(e)) => {
-                        let _ = tx.try_send(Err(Status::resource_exhausted(format!("{e}; reconnect"))));
+                        out.end(Status::resource_exhausted(format!("{e}; reconnect")));
                         return;
                     }
                     None => {
-                        let _ = tx.try_send(Err(Status::unavailable("the agent is shutting down")));
+                        out.end(Status::unavailable("the agent is shutting down"));
                         return;
                     }
                 };
@@ -315,20 +352,20 @@ impl AgentSecure for AgentApi {
                     for (i, events) in chunks.into_iter().enumerate() {
                         let response =
                             wmpb::WorkloadmetaStreamResponse { events, initial_snapshot_complete: i == last };
-                        if !offer(&tx, response) {
+                        if !out.offer(response) {
                             return;
                         }
                     }
                     continue;
                 }
                 for events in chunk(events, MAX_MESSAGE_SIZE / 2) {
-                    if !offer(&tx, wmpb::WorkloadmetaStreamResponse { events, initial_snapshot_complete: false }) {
+                    if !out.offer(wmpb::WorkloadmetaStreamResponse { events, initial_snapshot_complete: false }) {
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(stream_of(rx)))
+        Ok(Response::new(stream))
     }
 }
 

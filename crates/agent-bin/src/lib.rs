@@ -7,5 +7,6 @@ pub mod convert;
 pub mod grpc;
 pub mod http;
 pub mod proto;
+pub mod remote;
 pub mod run;
 pub mod security;

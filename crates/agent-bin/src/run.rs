@@ -114,7 +114,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningAgent> {
     store.start();
 
     let (stop, stopped) = watch::channel(false);
-    let api = AgentSecureServer::new(AgentApi::new(store.clone(), tagger.clone()))
+    let api = AgentSecureServer::new(AgentApi::new(store.clone(), tagger.clone(), stopped.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let api = tonic::service::interceptor::InterceptedService::new(api, BearerAuth::new(&token));

@@ -1,0 +1,223 @@
+//! The gRPC API end to end, in process: a live agent (TLS, bearer token) whose store is fed
+//! directly, the remote-tagger client and the remote-workloadmeta collector following it, a
+//! server restart in the middle, and calls refused without the right token.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_bin::config::Config;
+use agent_bin::proto::model::v1 as model;
+use agent_bin::remote::{RemoteAgent, RemoteTagger, RemoteWorkloadmetaCollector};
+use agent_bin::run::{self, RunningAgent};
+use agent_bin::security;
+use tagger::TagCardinality;
+use wm_core::{CollectorEvent, Container, ContainerImage, Entity, Source, StrMap};
+use wm_store::Store;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An agent config in `dir`: its own ports, token and certificate; no runtime socket exists.
+pub fn agent_config(dir: &Path, grpc: u16, http: u16) -> Config {
+    std::fs::create_dir_all(dir).unwrap();
+    let yaml = format!(
+        "cmd_port: {grpc}\nhealth_port: {http}\ndocker_host: unix:///nonexistent/docker.sock\n\
+         cri_socket_path: /nonexistent/containerd.sock\npodman_socket_path: /nonexistent/podman.sock\n\
+         container_labels_as_tags:\n  team: team\n"
+    );
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Config::load(Some(&path), Vec::new()).unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wm-agent-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn container(id: &str, team: &str) -> Entity {
+    let labels: StrMap = [("team", team)].into_iter().collect();
+    Entity::from(Container {
+        id: id.into(),
+        name: format!("name-{id}"),
+        labels,
+        image: ContainerImage::parse("docker.io/library/nginx:1.25"),
+        ..Container::default()
+    })
+}
+
+fn big_container(id: &str) -> Entity {
+    let labels: StrMap = (0..32).map(|i| (format!("label-{i}"), "x".repeat(128))).collect();
+    Entity::from(Container { id: id.into(), name: format!("name-{id}"), labels, ..Container::default() })
+}
+
+async fn set(agent: &RunningAgent, entities: Vec<Entity>) {
+    agent.store.notify(entities.into_iter().map(|e| CollectorEvent::set(Source::Runtime, e)).collect()).await;
+}
+
+fn remote(config: &Config, grpc: u16, token: Option<&str>) -> RemoteAgent {
+    let real = std::fs::read_to_string(config.auth_token_path()).unwrap();
+    RemoteAgent {
+        address: format!("localhost:{grpc}"),
+        token: token.unwrap_or(real.trim()).to_owned(),
+        cert: security::load_or_create_cert(&config.ipc_cert_path()).unwrap(),
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ids(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|i| format!("container_id://{i}")).collect()
+}
+
+fn mirrored(store: &Store) -> Vec<String> {
+    let mut ids: Vec<String> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_its_restart() {
+    let dir = temp_dir("remote");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let agent = run::start(&config).await.unwrap();
+    set(&agent, vec![container("a", "core"), container("b", "web"), container("c", "web")]).await;
+
+    let upstream = remote(&config, grpc, None);
+    let replica = RemoteTagger::new();
+    let follower = replica.spawn(upstream.clone());
+    let mirror =
+        Store::builder().collector(RemoteWorkloadmetaCollector::new(upstream.clone()).into_collector()).build();
+    mirror.start();
+
+    eventually("the replica's first snapshot", || replica.entities() == ids(&["a", "b", "c"])).await;
+    let mut local = agent.tagger.tag("container_id://a", TagCardinality::High).to_vec();
+    let mut copied = replica.tag("container_id://a", TagCardinality::High);
+    local.sort();
+    copied.sort();
+    assert_eq!(copied, local);
+    assert!(copied.contains(&"team:core".to_owned()) && copied.contains(&"container_id:a".to_owned()));
+    assert!(!replica.tag("container_id://a", TagCardinality::Low).contains(&"container_id:a".to_owned()));
+    eventually("the mirror's snapshot", || mirrored(&mirror) == ["a", "b", "c"]).await;
+    let a = mirror.get_container("a").unwrap();
+    assert_eq!((a.name.as_str(), a.labels.get("team")), ("name-a", Some("core")));
+
+    // Live changes flow through both.
+    agent.store.notify(vec![CollectorEvent::unset(Source::Runtime, container("b", "web"))]).await;
+    set(&agent, vec![container("d", "db")]).await;
+    eventually("the mirror following changes", || mirrored(&mirror) == ["a", "c", "d"]).await;
+    eventually("the replica following changes", || {
+        replica.tag("container_id://d", TagCardinality::Low).contains(&"team:db".to_owned())
+    })
+    .await;
+
+    // The server restarts with other entities: both converge, nothing stale is left.
+    let streams = replica.streams();
+    agent.stop().await;
+    let agent = run::start(&config).await.unwrap();
+    set(&agent, vec![container("a", "core"), container("e", "edge")]).await;
+    eventually("the replica after the restart", || {
+        replica.streams() > streams && replica.entities() == ids(&["a", "e"])
+    })
+    .await;
+    eventually("the mirror after the restart", || mirrored(&mirror) == ["a", "e"]).await;
+    println!("after the server's restart: replica {:?}, mirror {:?}", replica.entities(), mirrored(&mirror));
+
+    follower.abort();
+    mirror.shutdown();
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_the_right_token_are_refused_and_fetch_and_origin_answer_with_it() {
+    let dir = temp_dir("auth");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let agent = run::start(&config).await.unwrap();
+    set(&agent, vec![container("a", "core")]).await;
+    eventually("tags", || !agent.tagger.tag("container_id://a", TagCardinality::Low).is_empty()).await;
+
+    let request = || model::FetchEntityRequest {
+        id: Some(model::EntityId { prefix: "container_id".into(), uid: "a".into() }),
+        cardinality: model::TagCardinality::Low as i32,
+    };
+    let mut wrong = remote(&config, grpc, Some("not-the-token")).connect().await.unwrap();
+    let refused = wrong.tagger_fetch_entity(request()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(refused.message(), "invalid auth token: invalid session token");
+
+    let mut client = remote(&config, grpc, None).connect().await.unwrap();
+    let answer = client.tagger_fetch_entity(request()).await.unwrap().into_inner();
+    assert!(
+        answer.tags.contains(&"team:core".to_owned()) && !answer.tags.iter().any(|t| t.starts_with("container_id:"))
+    );
+    let missing = client.tagger_fetch_entity(model::FetchEntityRequest::default()).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    let origin = model::GenerateContainerIdFromOriginInfoRequest {
+        local_data: Some(model::generate_container_id_from_origin_info_request::LocalData {
+            container_id: Some("a".into()),
+            ..Default::default()
+        }),
+        external_data: None,
+    };
+    assert_eq!(
+        client.tagger_generate_container_id_from_origin_info(origin).await.unwrap().into_inner().container_id,
+        "a"
+    );
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_client_that_does_not_read_is_cut_off_and_the_store_goes_on() {
+    let dir = temp_dir("slow");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let agent = run::start(&config).await.unwrap();
+    let mut client = remote(&config, grpc, None).connect().await.unwrap();
+    // Open a workloadmeta stream and never read it.
+    let mut stream = client
+        .workloadmeta_stream_entities(agent_bin::proto::workloadmeta::WorkloadmetaStreamRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Hundreds of batches: the unread stream's queue fills; the store must not wait for it.
+    let started = std::time::Instant::now();
+    for round in 0..400 {
+        // Big entities (4 KiB of labels each), so that the transport's own buffers fill too.
+        let batch: Vec<Entity> = (0..25).map(|i| big_container(&format!("{round}-{i}"))).collect();
+        set(&agent, batch).await;
+    }
+    agent.store.sync().await;
+    assert_eq!(agent.store.list_containers().len(), 10_000);
+    let health: Arc<_> = Arc::new(agent.store.health());
+    assert!(health.store_alive);
+    println!("10,000 sets in 400 batches with an unread stream open: {:?}", started.elapsed());
+    // Now reading: what was queued, then the end of the stream, with the reason.
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(response)) => received += response.events.len(),
+            Ok(None) => panic!("the stream ended without saying why, after {received} events"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(received < 10_000, "the slow client got everything ({received}): it was never cut off");
+    println!("the unread stream was cut off after {received} events: {}", status.message());
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
