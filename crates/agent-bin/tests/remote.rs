@@ -4,88 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use agent_bin::config::Config;
 use agent_bin::proto::model::v1 as model;
-use agent_bin::remote::{RemoteAgent, RemoteTagger, RemoteWorkloadmetaCollector};
-use agent_bin::run::{self, RunningAgent};
-use agent_bin::security;
+use agent_bin::remote::{RemoteTagger, RemoteWorkloadmetaCollector};
+use agent_bin::run;
+use support::{agent_config, big_container, container, eventually, free_port, ids, mirrored, remote, set, temp_dir};
 use tagger::TagCardinality;
-use wm_core::{CollectorEvent, Container, ContainerImage, Entity, Source, StrMap};
+use wm_core::{CollectorEvent, Entity, Source};
 use wm_store::Store;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An agent config in `dir`: its own ports, token and certificate; no runtime socket exists.
-pub fn agent_config(dir: &Path, grpc: u16, http: u16) -> Config {
-    std::fs::create_dir_all(dir).unwrap();
-    let yaml = format!(
-        "cmd_port: {grpc}\nhealth_port: {http}\ndocker_host: unix:///nonexistent/docker.sock\n\
-         cri_socket_path: /nonexistent/containerd.sock\npodman_socket_path: /nonexistent/podman.sock\n\
-         container_labels_as_tags:\n  team: team\n"
-    );
-    let path = dir.join("agent.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    Config::load(Some(&path), Vec::new()).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wm-agent-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn container(id: &str, team: &str) -> Entity {
-    let labels: StrMap = [("team", team)].into_iter().collect();
-    Entity::from(Container {
-        id: id.into(),
-        name: format!("name-{id}"),
-        labels,
-        image: ContainerImage::parse("docker.io/library/nginx:1.25"),
-        ..Container::default()
-    })
-}
-
-fn big_container(id: &str) -> Entity {
-    let labels: StrMap = (0..32).map(|i| (format!("label-{i}"), "x".repeat(128))).collect();
-    Entity::from(Container { id: id.into(), name: format!("name-{id}"), labels, ..Container::default() })
-}
-
-async fn set(agent: &RunningAgent, entities: Vec<Entity>) {
-    agent.store.notify(entities.into_iter().map(|e| CollectorEvent::set(Source::Runtime, e)).collect()).await;
-}
-
-fn remote(config: &Config, grpc: u16, token: Option<&str>) -> RemoteAgent {
-    let real = std::fs::read_to_string(config.auth_token_path()).unwrap();
-    RemoteAgent {
-        address: format!("localhost:{grpc}"),
-        token: token.unwrap_or(real.trim()).to_owned(),
-        cert: security::load_or_create_cert(&config.ipc_cert_path()).unwrap(),
-    }
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn ids(ids: &[&str]) -> Vec<String> {
-    ids.iter().map(|i| format!("container_id://{i}")).collect()
-}
-
-fn mirrored(store: &Store) -> Vec<String> {
-    let mut ids: Vec<String> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
-    ids.sort();
-    ids
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_its_restart() {

@@ -1,0 +1,84 @@
+//! Helpers shared by the agent's integration tests: an in-process agent on free ports, with
+//! its store fed directly.
+
+#![allow(dead_code)] // each test file uses some of them
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent_bin::config::Config;
+use agent_bin::remote::RemoteAgent;
+use agent_bin::run::RunningAgent;
+use agent_bin::security;
+use wm_core::{CollectorEvent, Container, ContainerImage, Entity, Source, StrMap};
+use wm_store::Store;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An agent config in `dir`: its own ports, token and certificate; no runtime socket exists.
+pub fn agent_config(dir: &Path, grpc: u16, http: u16) -> Config {
+    std::fs::create_dir_all(dir).unwrap();
+    let yaml = format!(
+        "cmd_port: {grpc}\nhealth_port: {http}\ndocker_host: unix:///nonexistent/docker.sock\n\
+         cri_socket_path: /nonexistent/containerd.sock\npodman_socket_path: /nonexistent/podman.sock\n\
+         container_labels_as_tags:\n  team: team\n"
+    );
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Config::load(Some(&path), Vec::new()).unwrap()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wm-agent-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+pub fn container(id: &str, team: &str) -> Entity {
+    let labels: StrMap = [("team", team)].into_iter().collect();
+    Entity::from(Container {
+        id: id.into(),
+        name: format!("name-{id}"),
+        labels,
+        image: ContainerImage::parse("docker.io/library/nginx:1.25"),
+        ..Container::default()
+    })
+}
+
+pub fn big_container(id: &str) -> Entity {
+    let labels: StrMap = (0..32).map(|i| (format!("label-{i}"), "x".repeat(128))).collect();
+    Entity::from(Container { id: id.into(), name: format!("name-{id}"), labels, ..Container::default() })
+}
+
+pub async fn set(agent: &RunningAgent, entities: Vec<Entity>) {
+    agent.store.notify(entities.into_iter().map(|e| CollectorEvent::set(Source::Runtime, e)).collect()).await;
+}
+
+pub fn remote(config: &Config, grpc: u16, token: Option<&str>) -> RemoteAgent {
+    let real = std::fs::read_to_string(config.auth_token_path()).unwrap();
+    RemoteAgent {
+        address: format!("localhost:{grpc}"),
+        token: token.unwrap_or(real.trim()).to_owned(),
+        cert: security::load_or_create_cert(&config.ipc_cert_path()).unwrap(),
+    }
+}
+
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn ids(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|i| format!("container_id://{i}")).collect()
+}
+
+pub fn mirrored(store: &Store) -> Vec<String> {
+    let mut ids: Vec<String> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
+    ids.sort();
+    ids
+}
