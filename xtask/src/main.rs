@@ -3,6 +3,11 @@
 //! - `ci`: everything CI checks: formatting, clippy with warnings denied, the layer check, every
 //!   test (nextest, then doctests), and the docs with warnings denied. Installs what the workspace
 //!   needs from Debian first when it is missing.
+//! - `demo`: the main job: real runtimes up, a few labelled containers, the agent against them,
+//!   `agent workload-list` and `agent tagger-list` printed, one container removed and shown gone,
+//!   everything torn down (root; installs what it misses from Debian).
+//! - `flavors`: builds agent-bin's flavors and each collector feature on its own, and checks that
+//!   `flavor-light` pulls none of the collectors' client libraries (also part of `ci`).
 //! - `layers`: the layer check of STYLE.md alone.
 //! - `bench [--quick]`: the benchmarks of BENCHMARKS.md, one line each.
 //!
@@ -38,10 +43,12 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("demo") => demo(),
+        Some("flavors") => flavors(),
         Some("layers") => layers(),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
-            eprintln!("usage: cargo xtask <ci | layers | bench [--quick]>");
+            eprintln!("usage: cargo xtask <ci | demo | flavors | layers | bench [--quick]>");
             return ExitCode::from(2);
         }
     };
@@ -103,6 +110,7 @@ fn ci() -> anyhow::Result<()> {
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     run("clippy", cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
     layers()?;
+    flavors()?;
     // WM_CI tells daemon-backed tests that skipping is not allowed here.
     if have("cargo-nextest") {
         run("tests", cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).env("WM_CI", "1"))?;
@@ -114,6 +122,56 @@ fn ci() -> anyhow::Result<()> {
     run("docs", cargo().args(["doc", "--workspace", "--no-deps", "--quiet"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     println!("ci: every step passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// agent-bin's feature sets built on their own: each flavor, and each collector alone.
+const AGENT_FEATURE_SETS: &[&str] = &["flavor-node", "flavor-light", "docker", "containerd", "podman"];
+
+/// Crates `flavor-light` must not pull in: the collectors' client libraries.
+const NOT_IN_LIGHT: &[&str] =
+    &["bollard", "bollard-stubs", "kube", "kube-client", "kube-core", "k8s-openapi", "containerd-client"];
+
+fn flavors() -> anyhow::Result<()> {
+    for features in AGENT_FEATURE_SETS {
+        run(
+            &format!("agent-bin with only --features {features}"),
+            cargo().args(["check", "--quiet", "-p", "agent-bin", "--no-default-features", "--features", features]),
+        )?;
+    }
+    let output = cargo()
+        .args(["tree", "-p", "agent-bin", "--no-default-features", "--features", "flavor-light"])
+        .args(["-e", "normal,build", "--prefix", "none"])
+        .output()
+        .context("could not run cargo tree")?;
+    if !output.status.success() {
+        bail!("cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let crates: std::collections::BTreeSet<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let found: Vec<&&str> = NOT_IN_LIGHT.iter().filter(|c| crates.contains(**c)).collect();
+    if !found.is_empty() {
+        bail!("flavor-light pulls in {found:?}; it must link no collector client library");
+    }
+    println!("<== flavor-light: {} crates in its tree, none of {}", crates.len(), NOT_IN_LIGHT.join(", "));
+    Ok(())
+}
+
+/// The build's target directory, from cargo itself (it honours `CARGO_TARGET_DIR`).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let output = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("could not run cargo metadata")?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed bad JSON")?;
+    metadata["target_directory"].as_str().map(PathBuf::from).context("cargo metadata has no target_directory")
+}
+
+fn demo() -> anyhow::Result<()> {
+    ensure_tools()?;
+    run("build the agent", cargo().args(["build", "--quiet", "-p", "agent-bin", "--bin", "agent"]))?;
+    let agent = target_dir()?.join("debug").join("agent");
+    run("demo", cargo().args(["run", "--quiet", "-p", "test-support", "--bin", "wm-demo", "--"]).arg(agent))
 }
 
 fn layers() -> anyhow::Result<()> {

@@ -55,6 +55,13 @@ pub async fn fetch<T: serde::de::DeserializeOwned>(port: u16, path: &str) -> Res
     })?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| CliError::BadAnswer { url: url.clone(), reason: e.to_string() })?;
+    // `/health` answers 503 with its report when not ready; anything else must be a success.
+    if !status.is_success() && status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        return Err(CliError::BadAnswer {
+            url,
+            reason: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+        });
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| CliError::BadAnswer { url, reason: format!("HTTP {status} with a body that does not parse: {e}") })
 }

@@ -18,6 +18,7 @@ use wm_core::Entity;
 use wm_store::{MetricValue, Store};
 
 use crate::config::Setting;
+use crate::remote::RemoteTagger;
 
 /// One entity of `workload-list`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -92,13 +93,25 @@ pub struct StatusReport {
     pub tagged_entities: usize,
 }
 
+/// Where the served metadata and tags come from.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// This agent's own store and tagger (every flavor with collectors).
+    Local {
+        /// The store.
+        store: Store,
+        /// The tagger.
+        tagger: Arc<Tagger>,
+    },
+    /// A replica of another agent's tags (`flavor-light`): no workload metadata of its own.
+    Remote(Arc<RemoteTagger>),
+}
+
 /// What the HTTP handlers read.
 #[derive(Clone, Debug)]
 pub struct HttpState {
-    /// The store.
-    pub store: Store,
-    /// The tagger.
-    pub tagger: Arc<Tagger>,
+    /// The metadata and tags.
+    pub backend: Backend,
     /// The effective config.
     pub config: Arc<BTreeMap<String, Setting>>,
     /// When the agent started.
@@ -218,27 +231,62 @@ struct VerboseQuery {
     verbose: bool,
 }
 
+/// The health report of a replica: live, ready once it got a snapshot.
+fn remote_health(replica: &RemoteTagger) -> HealthReport {
+    let synced = replica.streams() > 0;
+    let collector = serde_json::json!({
+        "name": "remote-tagger",
+        "source": "remote",
+        "state": if synced { "running" } else { "retrying" },
+        "synced": synced,
+    });
+    HealthReport { live: true, ready: synced, collectors: vec![collector] }
+}
+
+fn backend_health(backend: &Backend) -> HealthReport {
+    match backend {
+        Backend::Local { store, .. } => health(store),
+        Backend::Remote(replica) => remote_health(replica),
+    }
+}
+
 async fn health_handler(State(state): State<HttpState>) -> impl IntoResponse {
-    let report = health(&state.store);
+    let report = backend_health(&state.backend);
     let code = if report.live && report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(report))
 }
 
 async fn live_handler(State(state): State<HttpState>) -> impl IntoResponse {
-    let report = health(&state.store);
+    let report = backend_health(&state.backend);
     (if report.live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(report))
 }
 
 async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&state.store, &state.tagger))
+    let text = match &state.backend {
+        Backend::Local { store, tagger } => metrics_text(store, tagger),
+        Backend::Remote(replica) => format!(
+            "# TYPE tagger_entities gauge\ntagger_entities {}\n# TYPE remote_tagger_streams counter\nremote_tagger_streams {}\n",
+            replica.entities().len(),
+            replica.streams()
+        ),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-async fn workload_handler(State(state): State<HttpState>, Query(q): Query<VerboseQuery>) -> Json<WorkloadList> {
-    Json(workload_list(&state.store, q.verbose))
+async fn workload_handler(State(state): State<HttpState>, Query(q): Query<VerboseQuery>) -> axum::response::Response {
+    match &state.backend {
+        Backend::Local { store, .. } => Json(workload_list(store, q.verbose)).into_response(),
+        Backend::Remote(_) => {
+            (StatusCode::NOT_FOUND, "this agent (flavor-light) keeps no workload metadata of its own").into_response()
+        }
+    }
 }
 
 async fn tagger_handler(State(state): State<HttpState>) -> Json<TaggerList> {
-    Json(tagger_list(&state.tagger))
+    Json(match &state.backend {
+        Backend::Local { tagger, .. } => tagger_list(tagger),
+        Backend::Remote(replica) => replica.list(),
+    })
 }
 
 async fn config_handler(State(state): State<HttpState>) -> Json<BTreeMap<String, Setting>> {
@@ -247,18 +295,24 @@ async fn config_handler(State(state): State<HttpState>) -> Json<BTreeMap<String,
 
 async fn status_handler(State(state): State<HttpState>) -> Json<StatusReport> {
     let mut entities = BTreeMap::new();
-    entities.insert("container".to_owned(), state.store.list_containers().len());
-    entities.insert("kubernetes_pod".to_owned(), state.store.list_kubernetes_pods().len());
-    entities.insert("ecs_task".to_owned(), state.store.list_ecs_tasks().len());
+    let tagged_entities = match &state.backend {
+        Backend::Local { store, tagger } => {
+            entities.insert("container".to_owned(), store.list_containers().len());
+            entities.insert("kubernetes_pod".to_owned(), store.list_kubernetes_pods().len());
+            entities.insert("ecs_task".to_owned(), store.list_ecs_tasks().len());
+            tagger.store().len()
+        }
+        Backend::Remote(replica) => replica.entities().len(),
+    };
     Json(StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         compiled_collectors: state.compiled_collectors.clone(),
         pid: std::process::id(),
         uptime_secs: state.started.elapsed().as_secs(),
         grpc_address: state.grpc_address.clone(),
-        health: health(&state.store),
+        health: backend_health(&state.backend),
         entities,
-        tagged_entities: state.tagger.store().len(),
+        tagged_entities,
     })
 }
 

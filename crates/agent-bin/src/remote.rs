@@ -144,6 +144,22 @@ impl RemoteTagger {
         ids
     }
 
+    /// `tagger-list`'s data: every entity's tags, under source `remote`.
+    pub fn list(&self) -> crate::http::TaggerList {
+        let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
+        let entities = replica
+            .iter()
+            .map(|(entity, tags)| {
+                let mut all: Vec<String> =
+                    tags.low.iter().chain(&tags.orchestrator).chain(&tags.high).cloned().collect();
+                all.sort();
+                all.dedup();
+                (entity.clone(), [("remote".to_owned(), all)].into_iter().collect())
+            })
+            .collect();
+        crate::http::TaggerList { entities }
+    }
+
     /// How many streams it opened (a reconnect opens one more).
     pub fn streams(&self) -> u64 {
         self.streams.load(std::sync::atomic::Ordering::Relaxed)

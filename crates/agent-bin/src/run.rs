@@ -15,8 +15,9 @@ use wm_store::Store;
 
 use crate::config::Config;
 use crate::grpc::{AgentApi, BearerAuth, MAX_MESSAGE_SIZE};
-use crate::http::{HttpState, router};
+use crate::http::{Backend, HttpState, router};
 use crate::proto::api::v1::agent_secure_server::AgentSecureServer;
+use crate::remote::{RemoteAgent, RemoteTagger};
 use crate::security;
 
 /// The collectors this build links (cargo features).
@@ -35,6 +36,7 @@ pub fn compiled_collectors() -> Vec<String> {
 }
 
 /// The env vars collectors keep beyond the rules' own: the keys of `*_env_as_tags`.
+#[cfg(any(feature = "docker", feature = "containerd", feature = "podman"))]
 fn extra_env(config: &Config) -> Vec<String> {
     let tagger = config.tagger();
     tagger.container_env_as_tags.keys().chain(tagger.docker_env_as_tags.keys()).cloned().collect()
@@ -76,8 +78,10 @@ pub struct RunningAgent {
     pub store: Store,
     /// The tagger.
     pub tagger: Arc<Tagger>,
-    /// Where the gRPC API listens.
-    pub grpc_address: SocketAddr,
+    /// Where the gRPC API listens (`None` in `flavor-light`, which serves none).
+    pub grpc_address: Option<SocketAddr>,
+    /// The replica of the upstream agent's tags (`flavor-light` only).
+    pub replica: Option<Arc<RemoteTagger>>,
     /// Where the HTTP API listens.
     pub http_address: SocketAddr,
     stop: watch::Sender<bool>,
@@ -99,8 +103,12 @@ async fn listen(host: &str, port: u16, key: &str) -> anyhow::Result<TcpListener>
     TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} ({key})"))
 }
 
-/// Starts everything; returns once both servers listen.
+/// Starts everything; returns once the servers listen. A build without collectors
+/// (`flavor-light`) runs the remote tagger client instead of collectors and a gRPC server.
 pub async fn start(config: &Config) -> anyhow::Result<RunningAgent> {
+    if compiled_collectors().is_empty() {
+        return start_light(config).await;
+    }
     let token = security::load_or_create_token(&config.auth_token_path())?;
     let cert = security::load_or_create_cert(&config.ipc_cert_path())?;
     let grpc_listener = listen(config.str("cmd_host"), config.port("cmd_port"), "cmd_host/cmd_port").await?;
@@ -132,11 +140,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningAgent> {
         }
     });
 
-    let settings: BTreeMap<String, crate::config::Setting> =
-        config.settings().iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    let settings = settings_of(config);
     let state = HttpState {
-        store: store.clone(),
-        tagger: tagger.clone(),
+        backend: Backend::Local { store: store.clone(), tagger: tagger.clone() },
         config: Arc::new(settings),
         started: Instant::now(),
         grpc_address: grpc_address.to_string(),
@@ -157,7 +163,72 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningAgent> {
         collectors = ?compiled_collectors(),
         "agent started"
     );
-    Ok(RunningAgent { store, tagger, grpc_address, http_address, stop, tasks: vec![tagger_task, grpc_task, http_task] })
+    Ok(RunningAgent {
+        store,
+        tagger,
+        grpc_address: Some(grpc_address),
+        replica: None,
+        http_address,
+        stop,
+        tasks: vec![tagger_task, grpc_task, http_task],
+    })
+}
+
+fn settings_of(config: &Config) -> BTreeMap<String, crate::config::Setting> {
+    config.settings().iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+}
+
+/// `flavor-light`: a replica of the tags of the agent at `cmd_host:cmd_port` (with its token and
+/// certificate files), served on the HTTP API. What `start` runs in a build without collectors;
+/// public so that any build can test it.
+pub async fn start_light(config: &Config) -> anyhow::Result<RunningAgent> {
+    let token_path = config.auth_token_path();
+    let token = std::fs::read_to_string(&token_path)
+        .with_context(|| format!("the upstream agent's auth token {} (auth_token_file_path)", token_path.display()))?;
+    let cert_path = config.ipc_cert_path();
+    anyhow::ensure!(
+        cert_path.exists(),
+        "the upstream agent's IPC certificate {} does not exist (ipc_cert_file_path)",
+        cert_path.display()
+    );
+    let cert = security::load_or_create_cert(&cert_path)?;
+    let upstream = RemoteAgent {
+        address: format!("{}:{}", config.str("cmd_host"), config.port("cmd_port")),
+        token: token.trim().to_owned(),
+        cert,
+    };
+    let http_listener = listen("127.0.0.1", config.port("health_port"), "health_port").await?;
+    let http_address = http_listener.local_addr()?;
+    let replica = RemoteTagger::new();
+    let follower = replica.spawn(upstream.clone());
+    let (stop, mut until) = watch::channel(false);
+    let state = HttpState {
+        backend: Backend::Remote(replica.clone()),
+        config: Arc::new(settings_of(config)),
+        started: Instant::now(),
+        grpc_address: format!("none (remote tagger client of {})", upstream.address),
+        compiled_collectors: Vec::new(),
+    };
+    let http_task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = until.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(http_listener, router(state)).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    });
+    tracing::info!(upstream = upstream.address, http = %http_address, "light agent started: remote tagger client");
+    let store = Store::builder().build();
+    let tagger = Arc::new(Tagger::new(config.tagger()));
+    Ok(RunningAgent {
+        store,
+        tagger,
+        grpc_address: None,
+        replica: Some(replica),
+        http_address,
+        stop,
+        tasks: vec![follower, http_task],
+    })
 }
 
 impl RunningAgent {

@@ -150,3 +150,43 @@ async fn a_stream_client_that_does_not_read_is_cut_off_and_the_store_goes_on() {
     agent.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api() {
+    let dir = temp_dir("light");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let upstream = run::start(&config).await.unwrap();
+    set(&upstream, vec![container("a", "core")]).await;
+
+    // The light agent: the upstream's port, token and certificate; its own HTTP port.
+    let light_http = free_port();
+    let light_yaml = dir.join("light.yaml");
+    std::fs::write(
+        &light_yaml,
+        format!(
+            "cmd_port: {grpc}\nhealth_port: {light_http}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
+            config.auth_token_path().display(),
+            config.ipc_cert_path().display()
+        ),
+    )
+    .unwrap();
+    let light_config = agent_bin::config::Config::load(Some(&light_yaml), Vec::new()).unwrap();
+    let light = run::start_light(&light_config).await.unwrap();
+    assert!(light.grpc_address.is_none());
+    let replica = light.replica.clone().unwrap();
+    eventually("the light agent's replica", || {
+        replica.tag("container_id://a", TagCardinality::Low).contains(&"team:core".to_owned())
+    })
+    .await;
+    let list: agent_bin::http::TaggerList = agent_bin::cli::fetch(light_http, "/agent/tagger-list").await.unwrap();
+    assert!(list.entities["container_id://a"]["remote"].contains(&"team:core".to_owned()));
+    let health: agent_bin::http::HealthReport = agent_bin::cli::fetch(light_http, "/health").await.unwrap();
+    assert!(health.live && health.ready);
+    let refused =
+        agent_bin::cli::fetch::<agent_bin::http::WorkloadList>(light_http, "/agent/workload-list").await.unwrap_err();
+    assert!(refused.to_string().contains("flavor-light"), "{refused}");
+    light.stop().await;
+    upstream.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
