@@ -36,8 +36,13 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
 ];
 
 /// Benchmarks: (package, bench target). Each prints its own `name ours baseline ratio target verdict` line.
-const BENCHES: &[(&str, &str)] =
-    &[("wm-store", "fanout"), ("tagger", "lookup"), ("tagger", "memory"), ("wm-collector-docker", "docker")];
+const BENCHES: &[(&str, &str)] = &[
+    ("wm-store", "fanout"),
+    ("tagger", "lookup"),
+    ("tagger", "memory"),
+    ("wm-collector-docker", "docker"),
+    ("agent-bin", "rss"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
