@@ -413,6 +413,37 @@ mod tests {
         request
     }
 
+    #[tokio::test]
+    async fn quiet_streams_get_empty_keepalives_and_end_on_shutdown() {
+        let store = Store::new();
+        let tagger = Arc::new(Tagger::new(tagger::TaggerConfig::default()));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let api = AgentApi::new(store.clone(), tagger, stopping).with_keepalive(Duration::from_millis(50));
+        let mut tags =
+            api.tagger_stream_entities(Request::new(model::StreamTagsRequest::default())).await.unwrap().into_inner();
+        let request = Request::new(wmpb::WorkloadmetaStreamRequest::default());
+        let mut wm = api.workloadmeta_stream_entities(request).await.unwrap().into_inner();
+        // The (empty) snapshots first; the workloadmeta one says it is complete.
+        assert_eq!(tags.next().await.unwrap().unwrap().events.len(), 0);
+        let snapshot = wm.next().await.unwrap().unwrap();
+        assert!(snapshot.events.is_empty() && snapshot.initial_snapshot_complete);
+        // Then nothing happens: keep-alives, empty and not marked.
+        for _ in 0..2 {
+            assert_eq!(tags.next().await.unwrap().unwrap(), model::StreamTagsResponse::default());
+            assert_eq!(wm.next().await.unwrap().unwrap(), wmpb::WorkloadmetaStreamResponse::default());
+        }
+        stop.send(true).unwrap();
+        let ended = loop {
+            match tags.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => break status,
+                None => panic!("the stream ended without a reason"),
+            }
+        };
+        assert_eq!(ended.code(), tonic::Code::Unavailable);
+        store.shutdown();
+    }
+
     #[test]
     fn bearer_auth_accepts_only_the_token() {
         let mut auth = BearerAuth::new("s3cret");
