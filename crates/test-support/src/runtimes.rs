@@ -83,6 +83,24 @@ pub fn start_or_skip_with<T>(test: &str, start: impl FnOnce(Install) -> Result<T
     }
 }
 
+/// Starts a real service with `start` (or skips, as [`start_or_skip`]), runs `body` on a fresh
+/// tokio runtime, then drops the runtime before the service: no collector outlives its daemon,
+/// and a panicking test tears down the same way.
+pub fn with_service<T>(
+    test: &str,
+    start: impl FnOnce(Install) -> Result<T, Unavailable>,
+    body: impl AsyncFnOnce(&mut T),
+) {
+    let Some(mut service) = start_or_skip_with(test, start) else { return };
+    let tokio = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(tokio) => tokio,
+        Err(e) => panic!("{test}: cannot start a tokio runtime: {e}"),
+    };
+    tokio.block_on(body(&mut service));
+    drop(tokio);
+    drop(service);
+}
+
 /// Installs the missing `packages`, given as (binary, Debian package) (`apt-get update` first).
 pub fn ensure_installed(install: Install, packages: &[(&str, &str)]) -> Result<(), Unavailable> {
     let missing: Vec<&str> = packages.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();

@@ -86,3 +86,36 @@ impl Watcher {
         out
     }
 }
+
+/// Waits until the store's containers equal, field for field, what `daemon` says (its own list,
+/// converted as the collector converts it); panics after `within` naming the missing, the stale
+/// and the differing containers. `what` names the daemon in that message.
+pub async fn assert_store_equals<F, Fut>(store: &Store, what: &str, within: Duration, mut daemon: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BTreeMap<String, Container>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let theirs = daemon().await;
+        let ours: BTreeMap<String, Container> =
+            store.list_containers().into_iter().map(|c| (c.id.to_string(), (*c).clone())).collect();
+        if theirs == ours {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let missing: Vec<_> = theirs.keys().filter(|id| !ours.contains_key(*id)).collect();
+            let stale: Vec<_> = ours.keys().filter(|id| !theirs.contains_key(*id)).collect();
+            let differ: Vec<_> = theirs
+                .iter()
+                .filter_map(|(id, c)| {
+                    ours.get(id).filter(|o| *o != c).map(|o| format!("{id}:\n ours {o:?}\n    {what} {c:?}"))
+                })
+                .collect();
+            panic!(
+                "the store differs from {what} after {within:?}: missing {missing:?}, stale {stale:?}, differing {differ:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

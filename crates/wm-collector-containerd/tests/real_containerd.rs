@@ -15,8 +15,8 @@ use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     GetImageRequest, ListContainersRequest, ListNamespacesRequest, ListTasksRequest,
 };
-use test_support::runtimes::{Runtimes, start_or_skip};
-use test_support::watch::Watcher;
+use test_support::runtimes::{Runtimes, with_service};
+use test_support::watch::{Watcher, assert_store_equals};
 use wm_collector_containerd::{ContainerdCollector, ContainerdConfig, container_from_containerd};
 use wm_core::{Container, ContainerStatus, EnvFilter, EventType, Runtime};
 use wm_store::Store;
@@ -25,11 +25,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const NS: &str = Runtimes::CTR_NAMESPACE;
 
 fn with_daemons(test: &str, body: impl AsyncFnOnce(&mut Runtimes)) {
-    let Some(mut rt) = start_or_skip(test) else { return };
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    tokio.block_on(body(&mut rt));
-    drop(tokio);
-    drop(rt);
+    with_service(test, Runtimes::start, body);
 }
 
 fn store_with_containerd(rt: &Runtimes) -> Store {
@@ -85,29 +81,7 @@ async fn daemon_view(rt: &Runtimes) -> BTreeMap<String, Container> {
 }
 
 async fn assert_store_equals_daemon(store: &Store, rt: &Runtimes, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let daemon = daemon_view(rt).await;
-        let ours: BTreeMap<String, Container> =
-            store.list_containers().into_iter().map(|c| (c.id.to_string(), (*c).clone())).collect();
-        if daemon == ours {
-            return;
-        }
-        if Instant::now() > deadline {
-            let missing: Vec<_> = daemon.keys().filter(|id| !ours.contains_key(*id)).collect();
-            let stale: Vec<_> = ours.keys().filter(|id| !daemon.contains_key(*id)).collect();
-            let differ: Vec<_> = daemon
-                .iter()
-                .filter_map(|(id, c)| {
-                    ours.get(id).filter(|o| *o != c).map(|o| format!("{id}:\n ours {o:?}\n    daemon {c:?}"))
-                })
-                .collect();
-            panic!(
-                "the store differs from containerd after {within:?}: missing {missing:?}, stale {stale:?}, differing {differ:#?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_store_equals(store, "containerd", within, || daemon_view(rt)).await;
 }
 
 #[test]

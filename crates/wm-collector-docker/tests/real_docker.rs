@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -14,22 +14,16 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
-use test_support::runtimes::{Runtimes, start_or_skip};
-use test_support::watch::Watcher;
+use test_support::runtimes::{Runtimes, with_service};
+use test_support::watch::{Watcher, assert_store_equals};
 use wm_collector_docker::{DockerCollector, DockerConfig, container_from_inspect};
 use wm_core::{Container, ContainerHealth, ContainerStatus, EntityId, EnvFilter, EventType, Kind, Runtime};
 use wm_store::Store;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Starts the runtimes (or skips), then runs `body` on a fresh tokio runtime. The runtime is
-/// dropped before the daemons, so no collector outlives them; a panic tears down the same way.
 fn with_daemons(test: &str, body: impl AsyncFnOnce(&mut Runtimes)) {
-    let Some(mut rt) = start_or_skip(test) else { return };
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    tokio.block_on(body(&mut rt));
-    drop(tokio);
-    drop(rt);
+    with_service(test, Runtimes::start, body);
 }
 
 fn client(rt: &Runtimes) -> Docker {
@@ -98,35 +92,8 @@ async fn daemon_view(docker: &Docker) -> BTreeMap<String, Container> {
     view
 }
 
-fn store_view(store: &Store) -> BTreeMap<String, Container> {
-    store.list_containers().into_iter().map(|c| (c.id.to_string(), (*c).clone())).collect()
-}
-
-/// Waits until the store holds exactly what the daemon lists, field for field; panics with the
-/// difference after `within`.
 async fn assert_store_equals_daemon(store: &Store, docker: &Docker, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let daemon = daemon_view(docker).await;
-        let ours = store_view(store);
-        if daemon == ours {
-            return;
-        }
-        if Instant::now() > deadline {
-            let missing: Vec<_> = daemon.keys().filter(|id| !ours.contains_key(*id)).collect();
-            let stale: Vec<_> = ours.keys().filter(|id| !daemon.contains_key(*id)).collect();
-            let differ: Vec<_> = daemon
-                .iter()
-                .filter_map(|(id, c)| {
-                    ours.get(id).filter(|o| *o != c).map(|o| format!("{id}:\n ours {o:?}\n    daemon {c:?}"))
-                })
-                .collect();
-            panic!(
-                "the store differs from the daemon after {within:?}: missing {missing:?}, stale {stale:?}, differing {differ:#?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_store_equals(store, "dockerd", within, || daemon_view(docker)).await;
 }
 
 #[test]
@@ -384,9 +351,8 @@ fn two_hundred_containers_created_and_removed_in_bursts_end_equal_to_docker_ps()
             alive.extend(created);
         }
         assert_store_equals_daemon(&store, &docker, WAIT).await;
-        let ours: HashMap<String, ()> = store_view(&store).into_keys().map(|k| (k, ())).collect();
-        assert_eq!(ours.len(), alive.len());
-        println!("{} containers after 200 creations in 4 bursts: store equals docker ps -a", ours.len());
+        assert_eq!(store.list_containers().len(), alive.len());
+        println!("{} containers after 200 creations in 4 bursts: store equals docker ps -a", alive.len());
         futures::stream::iter(alive)
             .map(|id| {
                 let docker = docker.clone();

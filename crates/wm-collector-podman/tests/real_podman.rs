@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use test_support::podman::PodmanService;
-use test_support::runtimes::start_or_skip_with;
-use test_support::watch::Watcher;
+use test_support::runtimes::with_service;
+use test_support::watch::{Watcher, assert_store_equals};
 use wm_collector_podman::{Inspect, ListEntry, PodmanCollector, PodmanConfig, container_from_inspect};
 use wm_core::{Container, ContainerStatus, EnvFilter, EventType, PODMAN_POD_NAME_LABEL, Runtime};
 use wm_store::{MetricValue, Store};
@@ -20,11 +20,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const EVERY: Duration = Duration::from_millis(500);
 
 fn with_podman(test: &str, body: impl AsyncFnOnce(&mut PodmanService)) {
-    let Some(mut podman) = start_or_skip_with(test, PodmanService::start) else { return };
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    tokio.block_on(body(&mut podman));
-    drop(tokio);
-    drop(podman);
+    with_service(test, PodmanService::start, body);
 }
 
 fn store_with_podman(podman: &PodmanService) -> Store {
@@ -82,21 +78,7 @@ fn pull_errors(store: &Store) -> u64 {
 }
 
 async fn assert_store_equals_service(store: &Store, p: &PodmanService, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let service = service_view(p).await;
-        let ours: BTreeMap<String, Container> =
-            store.list_containers().into_iter().map(|c| (c.id.to_string(), (*c).clone())).collect();
-        if service == ours {
-            return;
-        }
-        if Instant::now() > deadline {
-            let missing: Vec<_> = service.keys().filter(|id| !ours.contains_key(*id)).collect();
-            let stale: Vec<_> = ours.keys().filter(|id| !service.contains_key(*id)).collect();
-            panic!("the store differs from podman's list after {within:?}: missing {missing:?}, stale {stale:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_store_equals(store, "podman", within, || service_view(p)).await;
 }
 
 #[test]
