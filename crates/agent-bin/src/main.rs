@@ -58,12 +58,14 @@ enum Command {
 }
 
 fn init_logging(config: &Config) {
+    use tracing_subscriber::filter::LevelFilter;
     let level = match config.str("log_level") {
-        "trace" => tracing::Level::TRACE,
-        "debug" => tracing::Level::DEBUG,
-        "warn" => tracing::Level::WARN,
-        "error" | "off" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
+        "trace" => LevelFilter::TRACE,
+        "debug" => LevelFilter::DEBUG,
+        "warn" => LevelFilter::WARN,
+        "error" => LevelFilter::ERROR,
+        "off" => LevelFilter::OFF,
+        _ => LevelFilter::INFO,
     };
     let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
     if config.bool("log_format_json") {
