@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use test_support::runtimes::{Install, Runtimes};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    test_support::runtimes::free_port().unwrap()
 }
 
 /// utime + stime of `pid`, in clock ticks (100 per second on Linux).

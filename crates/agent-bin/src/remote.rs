@@ -240,13 +240,12 @@ pub const REMOTE_WORKLOADMETA: &str = "remote-workloadmeta";
 #[derive(Debug)]
 pub struct RemoteWorkloadmetaCollector {
     agent: RemoteAgent,
-    filter: wmpb::WorkloadmetaFilter,
 }
 
 impl RemoteWorkloadmetaCollector {
     /// Follows every kind `agent` stores.
     pub fn new(agent: RemoteAgent) -> Self {
-        Self { agent, filter: wmpb::WorkloadmetaFilter::default() }
+        Self { agent }
     }
 
     /// This collector, ready to hand to the store.
@@ -275,7 +274,8 @@ impl StreamCollector for RemoteWorkloadmetaCollector {
             source: Some(e),
         };
         let mut client = self.agent.connect().await.map_err(|e| unreachable(e.into()))?;
-        let request = wmpb::WorkloadmetaStreamRequest { filter: Some(self.filter.clone()) };
+        // No filter: every kind, every source, sets and unsets.
+        let request = wmpb::WorkloadmetaStreamRequest::default();
         let mut stream =
             client.workloadmeta_stream_entities(request).await.map_err(|e| unreachable(e.into()))?.into_inner();
         let mut snapshot: Option<Vec<Entity>> = Some(Vec::new());

@@ -22,7 +22,7 @@ fn stderr(out: &Output) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    test_support::runtimes::free_port().unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use test_support::runtimes::{Runtimes, start_or_skip};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    test_support::runtimes::free_port().unwrap()
 }
 
 fn agent(config: &Path, args: &[&str]) -> Output {

@@ -1,6 +1,7 @@
 //! Test helpers shared by the workspace's crates (a dev-dependency only): the runner of the
-//! conformance scenarios in `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`, and the real
-//! container runtimes ([`runtimes`], [`podman`]) the collectors are tested against.
+//! conformance scenarios in `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`; the real
+//! container runtimes the collectors are tested against ([`runtimes`], [`podman`]); a store
+//! watcher for those tests ([`watch`]); and the `wm-demo` binary behind `cargo xtask demo`.
 
 #![forbid(unsafe_code)]
 

@@ -187,17 +187,9 @@ impl Daemon {
 
     /// SIGTERM; SIGKILL after `grace`.
     pub(crate) fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            terminate(child, grace);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     pub(crate) fn exited(&mut self) -> Option<String> {
@@ -518,6 +510,25 @@ pub(crate) fn check(what: &str, out: &Output) -> Result<(), Unavailable> {
     } else {
         Err(Unavailable(format!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())))
     }
+}
+
+/// Stops `child`: SIGTERM, then SIGKILL if it still runs after `grace`; reaps it either way.
+pub fn terminate(mut child: Child, grace: Duration) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Whether dockerd answers `GET /_ping` on `socket`.

@@ -52,24 +52,37 @@ impl Watcher {
                 panic!("{what}: not seen within {timeout:?}; the subscriber holds:\n{}", self.describe());
             }
             // Wake up now and then: a condition may also read something besides the events.
-            let bundle = match tokio::time::timeout(Duration::from_millis(100), self.subscription.recv()).await {
-                Ok(Some(Ok(bundle))) => bundle,
-                Ok(Some(Err(e))) => panic!("waiting for {what}: the subscription failed: {e}"),
-                Ok(None) => panic!("waiting for {what}: the subscription ended"),
-                Err(_) => continue,
-            };
-            for event in bundle.events.iter() {
-                let Some(container) = event.entity.as_container() else { continue };
-                match event.event_type {
-                    EventType::Set => {
-                        self.containers.insert(container.id.to_string(), container.clone());
-                    }
-                    EventType::Unset => {
-                        self.containers.remove(&*container.id);
-                    }
+            self.receive(what, Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Receives every event that arrives during `period` (to show that nothing does).
+    pub async fn drain_for(&mut self, period: Duration) {
+        let deadline = tokio::time::Instant::now() + period;
+        while tokio::time::Instant::now() < deadline {
+            self.receive("events", deadline - tokio::time::Instant::now()).await;
+        }
+    }
+
+    /// Applies the next bundle, if one arrives within `wait`.
+    async fn receive(&mut self, what: &str, wait: Duration) {
+        let bundle = match tokio::time::timeout(wait, self.subscription.recv()).await {
+            Ok(Some(Ok(bundle))) => bundle,
+            Ok(Some(Err(e))) => panic!("waiting for {what}: the subscription failed: {e}"),
+            Ok(None) => panic!("waiting for {what}: the subscription ended"),
+            Err(_) => return,
+        };
+        for event in bundle.events.iter() {
+            let Some(container) = event.entity.as_container() else { continue };
+            match event.event_type {
+                EventType::Set => {
+                    self.containers.insert(container.id.to_string(), container.clone());
                 }
-                self.log.push((event.event_type, container.clone()));
+                EventType::Unset => {
+                    self.containers.remove(&*container.id);
+                }
             }
+            self.log.push((event.event_type, container.clone()));
         }
     }
 

@@ -187,13 +187,13 @@ impl DockerCollector {
             let Some(id) = event.actor.as_ref().and_then(|a| a.id.clone()).filter(|id| !id.is_empty()) else {
                 continue;
             };
-            per_id.entry(id.clone()).or_insert_with(|| {
-                order.push(id.clone());
-                Vec::new()
-            });
-            if let Some(events) = per_id.get_mut(&id) {
-                events.push(event);
-            }
+            per_id
+                .entry(id)
+                .or_insert_with_key(|id| {
+                    order.push(id.clone());
+                    Vec::new()
+                })
+                .push(event);
         }
         let mut out = Vec::new();
         for id in order {

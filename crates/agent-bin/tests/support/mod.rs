@@ -14,7 +14,7 @@ use wm_core::{CollectorEvent, Container, ContainerImage, Entity, Source, StrMap}
 use wm_store::Store;
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    test_support::runtimes::free_port().unwrap()
 }
 
 /// An agent config in `dir`: its own ports, token and certificate; no runtime socket exists.
