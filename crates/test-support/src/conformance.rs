@@ -1,4 +1,4 @@
-//! Loads and runs the conformance scenarios (format: `shared/conformance/README.md`).
+//! Loads and runs the conformance scenarios (format: `testdata/conformance/README.md`).
 //!
 //! Entities in the files are written in the model's own serialized form, so the runner reads
 //! them with the model's deserializer: a misspelt field fails the run instead of being ignored.
@@ -54,22 +54,13 @@ impl ScenarioFile {
     }
 }
 
-/// The directories to run: the project's `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`.
+/// The directories to run: the project's own `testdata/conformance` and `$WM_EXTRA_CONFORMANCE`.
 pub fn directories() -> Result<Vec<PathBuf>, String> {
-    // At run time when the test runner says (cargo and nextest set it), so that a test binary
-    // shared through a build cache reads the clone it runs in.
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let root = manifest_dir.join("../..");
-    let shared = root.join("../shared/conformance");
-    if !shared.is_dir() {
-        return Err(format!(
-            "conformance directory {} not found (shared/ must sit beside the project)",
-            shared.display()
-        ));
+    let own = crate::testdata::path("conformance");
+    if !own.is_dir() {
+        return Err(format!("conformance directory {} not found", own.display()));
     }
-    let mut dirs = vec![shared];
+    let mut dirs = vec![own];
     if let Some(extra) = std::env::var_os("WM_EXTRA_CONFORMANCE").filter(|v| !v.is_empty()) {
         let extra = PathBuf::from(extra);
         if !extra.is_dir() {

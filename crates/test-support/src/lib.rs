@@ -1,5 +1,6 @@
 //! Test helpers shared by the workspace's crates (a dev-dependency only): the runner of the
-//! conformance scenarios in `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`; the real
+//! conformance scenarios in `testdata/conformance` and `$WM_EXTRA_CONFORMANCE`; the project's test
+//! data ([`testdata`]); the real
 //! container runtimes the collectors are tested against ([`runtimes`], [`podman`]); a store
 //! watcher for those tests ([`watch`]); and the `wm-demo` binary behind `cargo xtask demo`.
 
@@ -9,4 +10,5 @@ pub mod conformance;
 pub mod podman;
 pub mod rng;
 pub mod runtimes;
+pub mod testdata;
 pub mod watch;

@@ -1,4 +1,4 @@
-//! Runs every conformance scenario of `../shared/conformance` and `$WM_EXTRA_CONFORMANCE`.
+//! Runs every conformance scenario of `testdata/conformance` and `$WM_EXTRA_CONFORMANCE`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 

@@ -1,0 +1,44 @@
+//! The project's own test data (`testdata/` at the workspace root): the conformance scenarios and
+//! the real captures, copied from the product spec's shared folder with their source notes. Tests
+//! read them from here, so a clone with nothing beside it passes.
+
+use std::path::PathBuf;
+
+/// The workspace root. Read at run time when the test runner says (cargo and nextest set
+/// `CARGO_MANIFEST_DIR`), so a test binary shared through a build cache reads the clone it runs in.
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    // Every member sits at `crates/<name>` (the layer check keeps it so); xtask at `xtask`.
+    manifest_dir
+        .ancestors()
+        .find(|dir| dir.join("testdata").is_dir() && dir.join("Cargo.toml").is_file())
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
+
+/// `testdata/<relative>` in this clone.
+pub fn path(relative: &str) -> PathBuf {
+    workspace_root().join("testdata").join(relative)
+}
+
+/// The text of `testdata/<relative>`.
+///
+/// # Panics
+/// When the file cannot be read: a test without its data must fail, naming the file.
+pub fn read(relative: &str) -> String {
+    let path = path(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("test data {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conformance_scenarios_and_fixtures_are_in_the_repository() {
+        assert!(path("conformance/README.md").is_file(), "{}", path("conformance").display());
+        assert!(read("fixtures/README.md").contains("DataDog/datadog-agent"));
+    }
+}
