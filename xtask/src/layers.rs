@@ -3,7 +3,8 @@
 //! ```text
 //! wm-core          <- nothing internal; no I/O, no tokio runtime, no network client
 //! wm-store         <- wm-core
-//! wm-collector-*   <- wm-core (+ its own client library); never another collector, never wm-store
+//! wm-driver        <- wm-core (the list/watch driver the event-stream collectors share)
+//! wm-collector-*   <- wm-core, wm-driver (+ its own client library); never another collector, never wm-store
 //! tagger           <- wm-core, wm-store
 //! agent-bin        <- everything
 //! test-support     <- dev-dependency only
@@ -72,12 +73,12 @@ fn violation(edge: &Edge, members: &[String]) -> Option<String> {
     // but never sideways into another collector.
     let allowed: &[&str] = match from.as_str() {
         "wm-core" => &[],
-        "wm-store" => &["wm-core"],
+        "wm-store" | "wm-driver" => &["wm-core"],
         f if is_collector(f) => {
             if dev {
-                &["wm-core", "wm-store", "test-support"]
+                &["wm-core", "wm-driver", "wm-store", "test-support"]
             } else {
-                &["wm-core"]
+                &["wm-core", "wm-driver"]
             }
         }
         "tagger" => &["wm-core", "wm-store"],
@@ -99,8 +100,10 @@ pub fn check(members: &[String], edges: &[Edge]) -> Vec<String> {
     let mut problems: Vec<String> = members
         .iter()
         .filter(|m| {
-            !matches!(m.as_str(), "wm-core" | "wm-store" | "tagger" | "agent-bin" | "test-support" | "xtask")
-                && !is_collector(m)
+            !matches!(
+                m.as_str(),
+                "wm-core" | "wm-store" | "wm-driver" | "tagger" | "agent-bin" | "test-support" | "xtask"
+            ) && !is_collector(m)
         })
         .map(|m| format!("{m}: not in the layer table of STYLE.md: add it to xtask/src/layers.rs"))
         .collect();
@@ -116,6 +119,7 @@ mod tests {
         [
             "wm-core",
             "wm-store",
+            "wm-driver",
             "wm-collector-docker",
             "wm-collector-kube",
             "tagger",
@@ -137,6 +141,8 @@ mod tests {
             edge("wm-store", "wm-core", "normal"),
             edge("wm-store", "tokio", "normal"),
             edge("wm-collector-docker", "wm-core", "normal"),
+            edge("wm-collector-docker", "wm-driver", "normal"),
+            edge("wm-driver", "wm-core", "normal"),
             edge("wm-collector-docker", "bollard", "normal"),
             edge("wm-collector-docker", "wm-store", "dev"),
             edge("wm-collector-docker", "test-support", "dev"),
@@ -162,6 +168,7 @@ mod tests {
             edge("tagger", "test-support", "normal"),
             edge("xtask", "wm-core", "normal"),
             edge("wm-store", "agent-bin", "dev"),
+            edge("wm-driver", "wm-store", "normal"),
         ];
         for e in cases {
             let problems = check(&members(), std::slice::from_ref(&e));

@@ -441,7 +441,7 @@ mod tests {
             }
         };
         assert_eq!(ended.code(), tonic::Code::Unavailable);
-        store.shutdown();
+        store.shutdown().await;
     }
 
     #[test]

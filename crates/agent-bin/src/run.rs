@@ -235,7 +235,7 @@ impl RunningAgent {
     /// Stops the servers (streams get 2 s to close, then are cut), the collectors and the store.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        self.store.shutdown();
+        self.store.shutdown().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         for task in self.tasks.drain(..) {
             let abort = task.abort_handle();

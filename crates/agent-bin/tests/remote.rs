@@ -63,7 +63,7 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
     println!("after the server's restart: replica {:?}, mirror {:?}", replica.entities(), mirrored(&mirror));
 
     follower.abort();
-    mirror.shutdown();
+    mirror.shutdown().await;
     agent.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

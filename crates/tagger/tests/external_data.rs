@@ -23,5 +23,5 @@ async fn external_data_names_a_container_of_a_stored_pod() {
     assert_eq!(resolve("it-false,cn-not-started,pu-p1"), None, "a container without an id yet");
     assert_eq!(resolve("it-false,cn-app,pu-other"), None, "an unknown pod");
     assert_eq!(resolve("it-false,pu-p1"), None, "no container name");
-    store.shutdown();
+    store.shutdown().await;
 }

@@ -280,7 +280,7 @@ impl StoreRunner {
             let label = step_verb(step);
             runner.step(&store, step).await.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
         }
-        store.shutdown();
+        store.shutdown().await;
         Ok(())
     }
 
@@ -503,7 +503,7 @@ impl TaggerRunner {
             }
         }
         task.abort();
-        runner.store.shutdown();
+        runner.store.shutdown().await;
         result
     }
 

@@ -24,7 +24,6 @@ mod convert;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_client::events::{
@@ -42,14 +41,13 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Envelope;
 use containerd_client::types::v1::Process;
+use futures::StreamExt;
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-use tracing::{debug, info, warn};
-use wm_core::{
-    Collector, CollectorContext, CollectorError, Container, Entity, EnvFilter, EventType, Source, StreamCollector,
-};
+use tracing::{debug, warn};
+use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Source};
+use wm_driver::{Driver, ListWatch, Refreshed, WatchStream, Watched};
 
 pub use convert::{Exit, container_from_containerd, is_sandbox, timestamp};
 
@@ -108,6 +106,8 @@ pub struct ContainerdCollector {
     digests: HashMap<(String, String), String>,
     /// Containers whose record failed to parse, reported once.
     reported: HashSet<String>,
+    /// The clients of the current run.
+    clients: Option<Clients>,
 }
 
 /// The gRPC clients of one run.
@@ -133,23 +133,23 @@ fn failed(what: impl Into<String>, status: Status) -> CollectorError {
     CollectorError::retriable(what, status)
 }
 
-/// What a container's events in one batch add up to.
-#[derive(Debug, Default)]
-struct Pending {
-    deleted: bool,
-    image: Option<String>,
-}
-
 impl ContainerdCollector {
     /// A collector for `config`.
     pub fn new(config: ContainerdConfig) -> Self {
         let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, exits: HashMap::new(), digests: HashMap::new(), reported: HashSet::new() }
+        Self { config, env, exits: HashMap::new(), digests: HashMap::new(), reported: HashSet::new(), clients: None }
     }
 
     /// This collector, ready to hand to the store.
     pub fn into_collector(self) -> Collector {
-        Collector::stream(NAME, Source::Runtime, self)
+        Collector::stream(NAME, Source::Runtime, Driver::new(self))
+    }
+
+    fn clients(&self) -> Result<Clients, CollectorError> {
+        self.clients.clone().ok_or_else(|| CollectorError::Retriable {
+            context: "containerd: not connected (list or refresh before watch)".into(),
+            source: None,
+        })
     }
 
     async fn connect(&self) -> Result<Clients, CollectorError> {
@@ -219,7 +219,7 @@ impl ContainerdCollector {
     }
 
     /// Lists every watched namespace's containers with their tasks.
-    async fn list(&mut self, clients: &mut Clients) -> Result<Vec<Entity>, CollectorError> {
+    async fn list_all(&mut self, clients: &mut Clients) -> Result<Vec<Entity>, CollectorError> {
         let mut entities = Vec::new();
         for namespace in self.watched_namespaces(clients).await? {
             let records = clients
@@ -279,60 +279,6 @@ impl ContainerdCollector {
         let digest = self.image_digest(clients, namespace, &record.image).await;
         Ok(self.build(namespace, &record, task.as_ref(), digest.as_deref()))
     }
-
-    /// Turns a batch of envelopes into sets and unsets, one fetch per container.
-    async fn handle(
-        &mut self,
-        clients: &mut Clients,
-        batch: Vec<Envelope>,
-    ) -> Result<Vec<(EventType, Entity)>, CollectorError> {
-        let mut order: Vec<(String, String)> = Vec::new();
-        let mut pending: HashMap<(String, String), Pending> = HashMap::new();
-        for envelope in batch {
-            if !self.config.watches(&envelope.namespace) {
-                continue;
-            }
-            let Some(any) = envelope.event.as_ref() else { continue };
-            let Some(decoded) = decode(&envelope.topic, any) else { continue };
-            let key = (envelope.namespace.clone(), decoded.container_id.clone());
-            if let Some(exit) = decoded.exit {
-                self.exits.insert(key.clone(), exit);
-            }
-            let entry = pending.entry(key.clone()).or_insert_with(|| {
-                order.push(key.clone());
-                Pending::default()
-            });
-            if decoded.deleted {
-                entry.deleted = true;
-            }
-            if decoded.image.is_some() {
-                entry.image = decoded.image;
-            }
-        }
-        let mut out = Vec::new();
-        for key in order {
-            let Some(p) = pending.remove(&key) else { continue };
-            let (namespace, id) = &key;
-            let current = if p.deleted { None } else { self.fetch(clients, namespace, id).await? };
-            match current {
-                Some(container) => out.push((EventType::Set, Entity::from(container))),
-                None => {
-                    // Gone before it could be read: say what the events said, then unset, so a
-                    // short-lived container is still seen.
-                    let exit = self.exits.remove(&key);
-                    if p.image.is_some() || exit.is_some() {
-                        let said = gone_container(id, p.image.as_deref(), exit);
-                        out.push((EventType::Set, Entity::from(said)));
-                    }
-                    out.push((
-                        EventType::Unset,
-                        Entity::from(Container { id: Arc::from(id.as_str()), ..Container::default() }),
-                    ));
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// A container known only from its events.
@@ -354,7 +300,8 @@ fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Containe
 
 /// What one event says about a container.
 #[derive(Debug)]
-struct Decoded {
+pub struct Decoded {
+    namespace: String,
     container_id: String,
     deleted: bool,
     image: Option<String>,
@@ -367,7 +314,13 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
     // containerd sends type URLs without the leading `/`, sometimes with a host part.
     let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
     let bytes = any.value.as_slice();
-    let plain = |container_id: String| Decoded { container_id, deleted: false, image: None, exit: None };
+    let plain = |container_id: String| Decoded {
+        namespace: String::new(),
+        container_id,
+        deleted: false,
+        image: None,
+        exit: None,
+    };
     let decoded = match type_name {
         "containerd.events.ContainerCreate" => {
             let e = ContainerCreate::decode(bytes).ok()?;
@@ -407,127 +360,102 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
     (!decoded.container_id.is_empty()).then_some(decoded)
 }
 
-/// What the events task reports.
-#[derive(Debug)]
-enum StreamItem {
-    Envelope(Envelope),
-    Broken(Status),
+/// The filters of the subscription: container and task events, and the marker.
+fn subscription_filters() -> Vec<String> {
+    vec![r#"topic~="^/containers/""#.to_owned(), r#"topic~="^/tasks/""#.to_owned(), format!(r#"topic=="{SYNC_TOPIC}""#)]
 }
 
-/// Subscribes and drives the stream into `tx`. The subscribe call returns only with the first
-/// event, so this runs in its own task.
-async fn pump_events(mut events: EventsClient<Channel>, tx: mpsc::Sender<StreamItem>) {
-    let filters = vec![
-        r#"topic~="^/containers/""#.to_owned(),
-        r#"topic~="^/tasks/""#.to_owned(),
-        format!(r#"topic=="{SYNC_TOPIC}""#),
-    ];
-    let mut stream = match events.subscribe(SubscribeRequest { filters }).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            let _ = tx.send(StreamItem::Broken(status)).await;
-            return;
-        }
-    };
-    loop {
-        let item = match stream.message().await {
-            Ok(Some(envelope)) => StreamItem::Envelope(envelope),
-            Ok(None) => StreamItem::Broken(Status::unavailable("the event stream ended")),
-            Err(status) => StreamItem::Broken(status),
-        };
-        let broken = matches!(item, StreamItem::Broken(_));
-        if tx.send(item).await.is_err() || broken {
-            return;
-        }
+/// What an envelope says: the marker, a decoded event, or nothing.
+fn watched(envelope: Envelope) -> Option<Watched<Decoded>> {
+    if envelope.topic == SYNC_TOPIC {
+        return Some(Watched::Live);
     }
-}
-
-/// Publishes the marker every 100 ms until it comes back, keeping every real event that arrives
-/// meanwhile in `early`. Gives up after 10 s.
-async fn wait_until_subscribed(
-    events: &mut EventsClient<Channel>,
-    rx: &mut mpsc::Receiver<StreamItem>,
-    early: &mut Vec<Envelope>,
-) -> Result<(), CollectorError> {
-    let marker = prost_types::Any { type_url: "wm-agent.Subscribed".into(), value: Vec::new() };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let publish = PublishRequest { topic: SYNC_TOPIC.into(), event: Some(marker.clone()) };
-        events
-            .publish(namespaced(SYNC_NAMESPACE, publish)?)
-            .await
-            .map_err(|e| failed("containerd: publishing failed", e))?;
-        let round = tokio::time::Instant::now() + Duration::from_millis(100);
-        loop {
-            match tokio::time::timeout_at(round, rx.recv()).await {
-                Ok(Some(StreamItem::Envelope(envelope))) if envelope.topic == SYNC_TOPIC => return Ok(()),
-                Ok(Some(StreamItem::Envelope(envelope))) => early.push(envelope),
-                Ok(Some(StreamItem::Broken(status))) => return Err(failed("containerd: subscribing failed", status)),
-                Ok(None) => {
-                    return Err(CollectorError::Retriable {
-                        context: "containerd: the event task ended".into(),
-                        source: None,
-                    });
-                }
-                Err(_) => break,
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(CollectorError::Retriable {
-                context: "containerd: the event subscription did not become live within 10 s".into(),
-                source: None,
-            });
-        }
-    }
+    let any = envelope.event.as_ref()?;
+    let mut decoded = decode(&envelope.topic, any)?;
+    decoded.namespace = envelope.namespace;
+    Some(Watched::Event(decoded))
 }
 
 #[async_trait]
-impl StreamCollector for ContainerdCollector {
-    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
-        let mut clients = self.connect().await?;
-        let (tx, mut rx) = mpsc::channel(1024);
-        let pump = tokio::spawn(pump_events(clients.events.clone(), tx));
-        let _stop_pump = AbortOnDrop(pump);
-        let mut early = Vec::new();
-        wait_until_subscribed(&mut clients.events, &mut rx, &mut early).await?;
+impl ListWatch for ContainerdCollector {
+    type Event = Decoded;
 
-        let entities = self.list(&mut clients).await?;
-        info!(containers = entities.len(), "containerd: listed");
-        ctx.sink.full_list(entities).await;
-        // Events from before the list only repeat it; handling them is harmless and keeps exits.
-        if !early.is_empty() {
-            let events = self.handle(&mut clients, early).await?;
-            ctx.sink.events(events).await;
-        }
-
-        while let Some(first) = rx.recv().await {
-            let mut batch = Vec::new();
-            let mut broken = None;
-            for item in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())).take(512) {
-                match item {
-                    StreamItem::Envelope(envelope) => batch.push(envelope),
-                    StreamItem::Broken(status) => {
-                        broken = Some(status);
-                        break;
-                    }
+    /// Connects and subscribes. containerd's subscription has no `since` and its call returns
+    /// only with the first event, so the driver drives it from its own task and probes.
+    async fn watch(&mut self) -> Result<WatchStream<Decoded>, CollectorError> {
+        self.clients = None;
+        let clients = self.connect().await?;
+        let mut events = clients.events.clone();
+        self.clients = Some(clients);
+        let subscribe = async move {
+            match events.subscribe(SubscribeRequest { filters: subscription_filters() }).await {
+                Ok(response) => response
+                    .into_inner()
+                    .filter_map(|item| async move {
+                        match item {
+                            Ok(envelope) => watched(envelope).map(Ok),
+                            Err(status) => Some(Err(failed("containerd: the event stream broke", status))),
+                        }
+                    })
+                    .boxed(),
+                Err(status) => {
+                    futures::stream::once(async move { Err(failed("containerd: subscribing failed", status)) }).boxed()
                 }
             }
-            let events = self.handle(&mut clients, batch).await?;
-            ctx.sink.events(events).await;
-            if let Some(status) = broken {
-                return Err(failed("containerd: the event stream broke", status));
+        };
+        Ok(futures::stream::once(subscribe).flatten().boxed())
+    }
+
+    /// Publishes the marker: once it comes back on the stream, every change is delivered.
+    async fn probe(&mut self) -> Result<bool, CollectorError> {
+        let mut clients = self.clients()?;
+        let marker = prost_types::Any { type_url: "wm-agent.Subscribed".into(), value: Vec::new() };
+        let publish = PublishRequest { topic: SYNC_TOPIC.into(), event: Some(marker) };
+        clients
+            .events
+            .publish(namespaced(SYNC_NAMESPACE, publish)?)
+            .await
+            .map_err(|e| failed("containerd: publishing failed", e))?;
+        Ok(true)
+    }
+
+    async fn list(&mut self) -> Result<Vec<Entity>, CollectorError> {
+        let mut clients = self.clients()?;
+        self.list_all(&mut clients).await
+    }
+
+    fn key(&self, event: &Decoded) -> Option<String> {
+        self.config.watches(&event.namespace).then(|| format!("{}/{}", event.namespace, event.container_id))
+    }
+
+    async fn refresh(&mut self, _key: &str, events: Vec<Decoded>) -> Result<Refreshed, CollectorError> {
+        let mut clients = self.clients()?;
+        let Some(first) = events.first() else { return Ok(Refreshed::Skip) };
+        let key = (first.namespace.clone(), first.container_id.clone());
+        let mut deleted = false;
+        let mut image = None;
+        for event in events {
+            if let Some(exit) = event.exit {
+                self.exits.insert(key.clone(), exit);
+            }
+            deleted |= event.deleted;
+            if event.image.is_some() {
+                image = event.image;
             }
         }
-        Err(CollectorError::Retriable { context: "containerd: the event stream ended".into(), source: None })
-    }
-}
-
-/// Aborts the events task when the run ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+        let (namespace, id) = &key;
+        let current = if deleted { None } else { self.fetch(&mut clients, namespace, id).await? };
+        Ok(match current {
+            Some(container) => Refreshed::Present(Entity::from(container)),
+            None => {
+                // Gone before it could be read: say what the events said, then unset, so a
+                // short-lived container is still seen.
+                let exit = self.exits.remove(&key);
+                let said = (image.is_some() || exit.is_some())
+                    .then(|| Entity::from(gone_container(id, image.as_deref(), exit)));
+                Refreshed::Gone { id: EntityId::new(Kind::Container, id.as_str()), said }
+            }
+        })
     }
 }
 

@@ -192,7 +192,7 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         );
         assert!(!w.saw(EventType::Set, &docker_id));
         assert_store_equals_daemon(&store, rt, WAIT).await;
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -215,7 +215,7 @@ fn a_container_that_lives_less_than_a_second_is_seen_set_and_unset() {
             assert!(set < unset && w.get(&id).is_none());
             println!("{id}: seen set and unset, {:?} after ctr run", started.elapsed());
         }
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -245,7 +245,7 @@ fn after_containerd_is_killed_and_restarted_the_store_equals_its_list_within_10s
             assert_store_equals_daemon(&store, rt, Duration::from_secs(10).saturating_sub(back.elapsed())).await;
             println!("cycle {cycle}: the store equals containerd's list {:?} after its return", back.elapsed());
         }
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -286,6 +286,6 @@ fn two_hundred_containers_created_and_removed_in_bursts_end_equal_to_containerds
         assert_store_equals_daemon(&store, rt, WAIT).await;
         assert_eq!(store.list_containers().len(), alive.len());
         println!("{} containers after 200 creations in 4 bursts: the store equals containerd's list", alive.len());
-        store.shutdown();
+        store.shutdown().await;
     });
 }

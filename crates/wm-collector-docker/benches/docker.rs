@@ -101,7 +101,7 @@ async fn event_latency(rt: &Runtimes, docker: &Docker, starts: usize) {
         docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await.unwrap();
     }
     raw.abort();
-    store.shutdown();
+    store.shutdown().await;
     for v in [&mut overheads, &mut ours_all, &mut base_all] {
         v.sort_by(f64::total_cmp);
     }
@@ -142,7 +142,7 @@ async fn ours_sync(rt: &Runtimes, expected: usize) {
         let bundle = sub.recv().await.unwrap().unwrap();
         seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
     }
-    store.shutdown();
+    store.shutdown().await;
 }
 
 async fn initial_sync(rt: &Runtimes, docker: &Docker, containers: usize, rounds: usize) {

@@ -10,9 +10,10 @@
 //! retriably, and the store runs it again after a backoff: a fresh full list reconciles, so no
 //! stale container survives a daemon restart and none is missing.
 //!
-//! Events are handled in batches (whatever is pending), one inspect per container per batch. A
-//! container that is gone before it can be inspected is still reported, from what its events
-//! say, then unset: a container that lives for a few milliseconds is seen set and unset.
+//! The run itself is `wm_driver`'s: events are handled in batches (whatever is pending), one
+//! inspect per container per batch. A container that is gone before it can be inspected is still
+//! reported, from what its events say, then unset: a container that lives for a few milliseconds
+//! is seen set and unset.
 
 #![forbid(unsafe_code)]
 
@@ -20,20 +21,16 @@ mod convert;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
-use futures::{StreamExt, TryStreamExt};
-use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
-use wm_core::{
-    Collector, CollectorContext, CollectorError, Container, Entity, EnvFilter, EventType, Source, StreamCollector,
-    Timestamp,
-};
+use futures::StreamExt;
+use tracing::{debug, warn};
+use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Source, Timestamp};
+use wm_driver::{Driver, ListWatch, Refreshed, WatchStream, Watched};
 
 pub use convert::{container_from_event, container_from_inspect, is_pause_container};
 
@@ -77,18 +74,27 @@ pub struct DockerCollector {
     env: EnvFilter,
     /// Image id → the name to show, for containers created from a bare image id.
     image_names: HashMap<String, Option<String>>,
+    /// The client of the current run.
+    docker: Option<Docker>,
 }
 
 impl DockerCollector {
     /// A collector for `config`.
     pub fn new(config: DockerConfig) -> Self {
         let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, image_names: HashMap::new() }
+        Self { config, env, image_names: HashMap::new(), docker: None }
     }
 
     /// This collector, ready to hand to the store.
     pub fn into_collector(self) -> Collector {
-        Collector::stream(NAME, Source::Runtime, self)
+        Collector::stream(NAME, Source::Runtime, Driver::new(self))
+    }
+
+    fn client(&self) -> Result<Docker, CollectorError> {
+        self.docker.clone().ok_or_else(|| CollectorError::Retriable {
+            context: "docker: not connected (list or refresh before watch)".into(),
+            source: None,
+        })
     }
 
     fn connect(&self) -> Result<Docker, CollectorError> {
@@ -135,7 +141,7 @@ impl DockerCollector {
     }
 
     /// Lists and inspects every container.
-    async fn list(&mut self, docker: &Docker) -> Result<Vec<Entity>, CollectorError> {
+    async fn list_all(&mut self, docker: &Docker) -> Result<Vec<Entity>, CollectorError> {
         let summaries = docker
             .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
             .await
@@ -173,65 +179,6 @@ impl DockerCollector {
         }
         Ok(entities)
     }
-
-    /// Turns a batch of events into sets and unsets, one inspect per container.
-    async fn handle(
-        &mut self,
-        docker: &Docker,
-        batch: Vec<EventMessage>,
-    ) -> Result<Vec<(EventType, Entity)>, CollectorError> {
-        // Per container, in order of first appearance: its events in this batch.
-        let mut order: Vec<String> = Vec::new();
-        let mut per_id: HashMap<String, Vec<EventMessage>> = HashMap::new();
-        for event in batch {
-            let Some(id) = event.actor.as_ref().and_then(|a| a.id.clone()).filter(|id| !id.is_empty()) else {
-                continue;
-            };
-            per_id
-                .entry(id)
-                .or_insert_with_key(|id| {
-                    order.push(id.clone());
-                    Vec::new()
-                })
-                .push(event);
-        }
-        let mut out = Vec::new();
-        for id in order {
-            let events = per_id.remove(&id).unwrap_or_default();
-            let destroyed = events.last().is_some_and(|e| action(e) == "destroy");
-            let current = if destroyed {
-                None
-            } else {
-                match self.inspect(docker, &id).await {
-                    Ok(found) => found,
-                    Err(DockerError::JsonDataError { message, .. }) => {
-                        warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");
-                        continue;
-                    }
-                    Err(e) => return Err(CollectorError::retriable(format!("docker: inspecting {id} failed"), e)),
-                }
-            };
-            match current {
-                Some(container) => out.push((EventType::Set, Entity::from(container))),
-                None => {
-                    // Gone: report what its events said (a short-lived container is seen), then unset.
-                    let said = events
-                        .iter()
-                        .rev()
-                        .find(|e| action(e) != "destroy")
-                        .and_then(|e| container_from_event(&id, action(e), attributes(e), event_time(e)));
-                    if let Some(container) = said {
-                        out.push((EventType::Set, Entity::from(container)));
-                    }
-                    out.push((
-                        EventType::Unset,
-                        Entity::from(Container { id: Arc::from(id.as_str()), ..Container::default() }),
-                    ));
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 fn action(event: &EventMessage) -> &str {
@@ -268,81 +215,76 @@ async fn daemon_now(docker: &Docker) -> Result<String, CollectorError> {
     Ok(format!("{}.{:09}", nanos.div_euclid(1_000_000_000), nanos.rem_euclid(1_000_000_000)))
 }
 
-/// What the events task reports.
-enum StreamItem {
-    Event(EventMessage),
-    Broken(DockerError),
-}
-
-/// Drives dockerd's event stream into `tx` (bounded: a slow consumer slows the reading, nothing
-/// is dropped). Ends when the stream does or the receiver is gone.
-async fn pump_events(docker: Docker, since: String, tx: mpsc::Sender<StreamItem>) {
-    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
-    let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
-    let mut stream = docker.events(Some(options)).into_stream();
-    loop {
-        let item = match stream.try_next().await {
-            Ok(Some(event)) => StreamItem::Event(event),
-            Ok(None) => return,
-            Err(DockerError::JsonDataError { message, .. }) => {
-                warn!(%message, "docker: skipping an event that does not parse");
-                continue;
-            }
-            Err(e) => StreamItem::Broken(e),
-        };
-        let broken = matches!(item, StreamItem::Broken(_));
-        if tx.send(item).await.is_err() || broken {
-            return;
-        }
-    }
-}
-
 fn relevant(event: &EventMessage) -> bool {
     matches!(event.typ, Some(EventMessageTypeEnum::CONTAINER) | None) && RELEVANT_ACTIONS.contains(&action(event))
 }
 
 #[async_trait]
-impl StreamCollector for DockerCollector {
-    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+impl ListWatch for DockerCollector {
+    type Event = EventMessage;
+
+    /// Connects, reads dockerd's clock and subscribes to container events since that instant:
+    /// dockerd replays what happened between then and the list, so there is nothing to probe.
+    async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
+        self.docker = None;
         let docker = self.connect()?;
         docker.ping().await.map_err(|e| CollectorError::retriable("docker: the daemon does not answer /_ping", e))?;
         let since = daemon_now(&docker).await?;
-        let (tx, mut rx) = mpsc::channel(1024);
-        let pump = tokio::spawn(pump_events(docker.clone(), since, tx));
-        let _stop_pump = AbortOnDrop(pump);
-
-        let entities = self.list(&docker).await?;
-        info!(containers = entities.len(), "docker: listed");
-        ctx.sink.full_list(entities).await;
-
-        while let Some(first) = rx.recv().await {
-            let mut batch = Vec::new();
-            let mut broken = None;
-            for item in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())).take(512) {
-                match item {
-                    StreamItem::Event(event) if relevant(&event) => batch.push(event),
-                    StreamItem::Event(_) => {}
-                    StreamItem::Broken(e) => {
-                        broken = Some(e);
-                        break;
-                    }
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
+        let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
+        let stream = docker.events(Some(options)).filter_map(|item| async move {
+            match item {
+                Ok(event) => Some(Ok(Watched::Event(event))),
+                Err(DockerError::JsonDataError { message, .. }) => {
+                    warn!(%message, "docker: skipping an event that does not parse");
+                    None
                 }
+                Err(e) => Some(Err(CollectorError::retriable("docker: the event stream broke", e))),
             }
-            let events = self.handle(&docker, batch).await?;
-            ctx.sink.events(events).await;
-            if let Some(e) = broken {
-                return Err(CollectorError::retriable("docker: the event stream broke", e));
-            }
-        }
-        Err(CollectorError::Retriable { context: "docker: the event stream ended".into(), source: None })
+        });
+        self.docker = Some(docker);
+        Ok(stream.boxed())
     }
-}
 
-/// Aborts the events task when the run ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    async fn list(&mut self) -> Result<Vec<Entity>, CollectorError> {
+        let docker = self.client()?;
+        self.list_all(&docker).await
+    }
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    fn key(&self, event: &EventMessage) -> Option<String> {
+        if !relevant(event) {
+            return None;
+        }
+        event.actor.as_ref().and_then(|a| a.id.clone()).filter(|id| !id.is_empty())
+    }
+
+    async fn refresh(&mut self, id: &str, events: Vec<EventMessage>) -> Result<Refreshed, CollectorError> {
+        let docker = self.client()?;
+        let destroyed = events.last().is_some_and(|e| action(e) == "destroy");
+        let current = if destroyed {
+            None
+        } else {
+            match self.inspect(&docker, id).await {
+                Ok(found) => found,
+                Err(DockerError::JsonDataError { message, .. }) => {
+                    warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");
+                    return Ok(Refreshed::Skip);
+                }
+                Err(e) => return Err(CollectorError::retriable(format!("docker: inspecting {id} failed"), e)),
+            }
+        };
+        Ok(match current {
+            Some(container) => Refreshed::Present(Entity::from(container)),
+            // Gone: report what its events said (a short-lived container is seen), then unset.
+            None => Refreshed::Gone {
+                id: EntityId::new(Kind::Container, id),
+                said: events
+                    .iter()
+                    .rev()
+                    .find(|e| action(e) != "destroy")
+                    .and_then(|e| container_from_event(id, action(e), attributes(e), event_time(e)))
+                    .map(Entity::from),
+            },
+        })
     }
 }

@@ -187,7 +187,7 @@ fn containers_are_followed_through_create_start_pause_rename_kill_stop_and_rm() 
         w.until("the removed container unset", WAIT, |w| w.get(&id).is_none()).await;
         assert!(w.saw(EventType::Unset, &id));
         assert_store_equals_daemon(&store, &docker, WAIT).await;
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -237,7 +237,7 @@ fn health_is_followed_except_for_kubernetes_containers_and_pause_containers_are_
         );
         assert!(w.get(&sandbox).is_none() && !w.saw(EventType::Set, &sandbox), "the pause container was stored");
         assert!(store.get_container(&sandbox).is_none());
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -268,7 +268,7 @@ fn a_container_that_lives_less_than_a_second_is_seen_set_and_unset() {
             assert_eq!(w.log[set].1.name, format!("blink-{round}"));
             println!("blink-{round}: seen set and unset, {:?} after create", started.elapsed());
         }
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -310,7 +310,7 @@ fn after_dockerd_is_killed_and_restarted_the_store_equals_the_daemons_list_withi
             assert_store_equals_daemon(&store, &docker, Duration::from_secs(10).saturating_sub(back.elapsed())).await;
             println!("cycle {cycle}: the store equals dockerd's list {:?} after its return", back.elapsed());
         }
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -363,6 +363,6 @@ fn two_hundred_containers_created_and_removed_in_bursts_end_equal_to_docker_ps()
             .await;
         assert_store_equals_daemon(&store, &docker, WAIT).await;
         assert!(store.list_containers().is_empty());
-        store.shutdown();
+        store.shutdown().await;
     });
 }

@@ -144,7 +144,7 @@ fn containers_and_pods_are_followed_through_create_start_stop_and_rm() {
         w.until("the removed container unset", WAIT, |w| w.get(&id).is_none()).await;
         assert!(w.saw(EventType::Unset, &id));
         assert_store_equals_service(&store, p, WAIT).await;
-        store.shutdown();
+        store.shutdown().await;
     });
 }
 
@@ -185,6 +185,6 @@ fn a_failed_list_unsets_nothing_and_after_the_service_returns_the_store_equals_i
         assert_store_equals_service(&store, p, WAIT).await;
         assert!(store.get_container(&ids[0]).is_none() && store.get_container(&fresh).is_some());
         println!("the store equals podman's list {:?} after the service returned", back.elapsed());
-        store.shutdown();
+        store.shutdown().await;
     });
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::cancel::CancellationToken;
 use crate::entity::{Container, EcsTask, Entity, EntityId, Kind, KubernetesPod, Source};
 use crate::event::EventType;
 
@@ -120,6 +121,10 @@ pub struct CollectorContext {
     pub sink: SourceSink,
     /// A read handle on the merged view.
     pub reader: Arc<dyn StoreReader>,
+    /// Cancelled when the store shuts down. The store also stops waiting on a collector's call
+    /// then (dropping its future); a collector that runs work of its own (a spawned task, a
+    /// blocking thread) ends it on this.
+    pub cancel: CancellationToken,
 }
 
 impl fmt::Debug for CollectorContext {

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cancel;
 mod collector;
 mod entity;
 mod event;
@@ -15,6 +16,7 @@ mod map;
 pub mod merge;
 mod time;
 
+pub use cancel::{CancellationToken, Cancelled};
 pub use collector::{
     BoxError, Collector, CollectorContext, CollectorError, CollectorKind, EventSink, Origin, PullCollector,
     SinkMessage, SourceSink, StoreReader, StreamCollector,

@@ -73,7 +73,7 @@ async fn ours(versions: &[Vec<Entity>; 2], total: usize) -> Duration {
         r.await.expect("reader");
     }
     let took = start.elapsed();
-    store.shutdown();
+    store.shutdown().await;
     took
 }
 

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 use wm_core::{CollectorContext, CollectorError, CollectorKind, PullCollector, Source, StreamCollector};
@@ -54,10 +55,13 @@ pub enum CollectorState {
         /// What was missing.
         reason: String,
     },
-    /// Failed for good.
+    /// Failed: for good after a permanent error (`restarting: false`), or after a panic, restarted
+    /// once its backoff has passed (`restarting: true`). Either way the agent is not ready.
     Failed {
         /// Why.
         error: String,
+        /// Whether the store restarts it.
+        restarting: bool,
     },
 }
 
@@ -87,6 +91,7 @@ pub(crate) struct CollectorStatus {
     pull_errors: AtomicU64,
     pulls: AtomicU64,
     pull_nanos: AtomicU64,
+    panics: AtomicU64,
 }
 
 impl CollectorStatus {
@@ -100,6 +105,7 @@ impl CollectorStatus {
             pull_errors: AtomicU64::new(0),
             pulls: AtomicU64::new(0),
             pull_nanos: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         }
     }
 
@@ -126,6 +132,14 @@ impl CollectorStatus {
     }
 
     pub(crate) fn samples(&self, out: &mut Vec<MetricSample>) {
+        let panics = self.panics.load(Ordering::Relaxed);
+        if panics > 0 {
+            out.push(MetricSample {
+                name: "workloadmeta.collector_panics",
+                labels: vec![("collector_id", self.name.to_string())],
+                value: MetricValue::Counter(panics),
+            });
+        }
         let pulls = self.pulls.load(Ordering::Relaxed);
         if pulls == 0 && self.pull_errors.load(Ordering::Relaxed) == 0 {
             return;
@@ -181,14 +195,63 @@ fn judge(status: &CollectorStatus, error: CollectorError) -> Next {
         error @ CollectorError::Permanent { .. } => {
             let error = describe(&error);
             tracing::error!(collector = name, %error, "collector failed and will not be retried");
-            status.set_state(CollectorState::Failed { error });
+            status.set_state(CollectorState::Failed { error, restarting: false });
             Next::Stop
         }
         error => Next::Retry(describe(&error)),
     }
 }
 
-pub(crate) async fn run_stream(
+/// What one call into a collector came to.
+enum Outcome<T> {
+    Returned(T),
+    Panicked(String),
+    Cancelled,
+}
+
+/// Calls into a collector, catching a panic and giving up when the store shuts down.
+async fn call<T>(ctx: &CollectorContext, fut: impl std::future::Future<Output = T>) -> Outcome<T> {
+    tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => Outcome::Cancelled,
+        // A collector is plain data between calls: after a panic the store still holds it, and
+        // each run (or start) begins from a fresh connection, so nothing half-done is reused.
+        result = std::panic::AssertUnwindSafe(fut).catch_unwind() => match result {
+            Ok(value) => Outcome::Returned(value),
+            Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
+        },
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+impl CollectorStatus {
+    /// Records a panic: the collector is failed (not ready) until its restart.
+    fn panicked(&self, message: &str) -> String {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        let error = format!("panicked: {message}");
+        tracing::error!(collector = &*self.name, %error, "collector panicked; restarting it after a backoff");
+        self.set_state(CollectorState::Failed { error: error.clone(), restarting: true });
+        error
+    }
+}
+
+/// Sleeps before the next try; `false` when the store shut down meanwhile.
+async fn back_off(ctx: &CollectorContext, delay: Duration) -> bool {
+    tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+async fn run_stream(
     mut collector: Box<dyn StreamCollector>,
     ctx: CollectorContext,
     status: Arc<CollectorStatus>,
@@ -198,27 +261,37 @@ pub(crate) async fn run_stream(
     let mut attempt = 0u32;
     loop {
         status.set_state(CollectorState::Running);
-        let result = collector.run(&ctx).await;
+        let outcome = call(&ctx, collector.run(&ctx)).await;
         if status.take_listed() {
             backoff.reset();
             attempt = 0;
         }
-        let error = match result {
-            Ok(()) => "the change stream ended".to_owned(),
-            Err(error) => match judge(&status, error) {
-                Next::Stop => return,
-                Next::Retry(error) => error,
-            },
-        };
         attempt += 1;
         let delay = backoff.next_delay();
-        tracing::warn!(collector = &*status.name, %error, attempt, retry_in = ?delay, "collector stopped, retrying");
-        status.set_state(CollectorState::Retrying { attempt, error });
-        tokio::time::sleep(delay).await;
+        match outcome {
+            Outcome::Cancelled => return,
+            Outcome::Panicked(message) => {
+                status.panicked(&message);
+            }
+            Outcome::Returned(result) => {
+                let error = match result {
+                    Ok(()) => "the change stream ended".to_owned(),
+                    Err(error) => match judge(&status, error) {
+                        Next::Stop => return,
+                        Next::Retry(error) => error,
+                    },
+                };
+                tracing::warn!(collector = &*status.name, %error, attempt, retry_in = ?delay, "collector stopped, retrying");
+                status.set_state(CollectorState::Retrying { attempt, error });
+            }
+        }
+        if !back_off(&ctx, delay).await {
+            return;
+        }
     }
 }
 
-pub(crate) async fn run_pull(
+async fn run_pull(
     mut collector: Box<dyn PullCollector>,
     interval: Duration,
     timeout: Duration,
@@ -229,68 +302,95 @@ pub(crate) async fn run_pull(
     let name = status.name.clone();
     let mut backoff = Backoff::new(policy.initial, policy.max);
     let mut attempt = 0u32;
-    loop {
-        status.set_state(CollectorState::Running);
-        let error = match collector.start(&ctx).await {
-            Ok(()) => break,
-            Err(error) => match judge(&status, error) {
-                Next::Stop => return,
-                Next::Retry(error) => error,
-            },
-        };
-        attempt += 1;
-        let delay = backoff.next_delay();
-        tracing::warn!(collector = &*name, %error, attempt, retry_in = ?delay, "collector failed to start, retrying");
-        status.set_state(CollectorState::Retrying { attempt, error });
-        tokio::time::sleep(delay).await;
-    }
-    status.set_state(CollectorState::Running);
-    // The first tick is immediate: the first pull happens at once. A pull that overruns the
-    // interval delays the next one instead of starting two at once.
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        ticker.tick().await;
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(timeout, collector.pull(&ctx)).await;
-        let took = started.elapsed();
-        status.pulls.fetch_add(1, Ordering::Relaxed);
-        status.pull_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        let error = match outcome {
-            Ok(Ok(())) => {
-                if failing {
-                    tracing::info!(collector = &*name, "pulls succeed again");
-                    failing = false;
+    'start: loop {
+        // Start (detect and connect), retried with backoff.
+        loop {
+            status.set_state(CollectorState::Running);
+            attempt += 1;
+            let delay = backoff.next_delay();
+            match call(&ctx, collector.start(&ctx)).await {
+                Outcome::Cancelled => return,
+                Outcome::Returned(Ok(())) => break,
+                Outcome::Panicked(message) => {
+                    status.panicked(&message);
                 }
-                status.synced.store(true, Ordering::Release);
-                status.set_state(CollectorState::Running);
-                continue;
+                Outcome::Returned(Err(error)) => match judge(&status, error) {
+                    Next::Stop => return,
+                    Next::Retry(error) => {
+                        tracing::warn!(collector = &*name, %error, attempt, retry_in = ?delay, "collector failed to start, retrying");
+                        status.set_state(CollectorState::Retrying { attempt, error });
+                    }
+                },
             }
-            Ok(Err(error)) => describe(&error),
-            Err(_) => format!("pull timed out after {timeout:?}"),
-        };
-        status.pull_errors.fetch_add(1, Ordering::Relaxed);
-        // Say it once when pulls start failing, not every interval.
-        if failing {
-            tracing::debug!(collector = &*name, %error, "pull failed again");
-        } else {
-            tracing::warn!(collector = &*name, %error, "pull failed; the store keeps what it had");
-            failing = true;
+            if !back_off(&ctx, delay).await {
+                return;
+            }
+        }
+        backoff.reset();
+        attempt = 0;
+        status.set_state(CollectorState::Running);
+        // The first tick is immediate: the first pull happens at once. A pull that overruns the
+        // interval delays the next one instead of starting two at once.
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let started = Instant::now();
+            let outcome = call(&ctx, tokio::time::timeout(timeout, collector.pull(&ctx))).await;
+            let took = started.elapsed();
+            status.pulls.fetch_add(1, Ordering::Relaxed);
+            status.pull_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            let error = match outcome {
+                Outcome::Cancelled => return,
+                Outcome::Panicked(message) => {
+                    // Restarted from `start`, after a backoff, like a stream collector's run.
+                    status.pull_errors.fetch_add(1, Ordering::Relaxed);
+                    status.panicked(&message);
+                    if !back_off(&ctx, backoff.next_delay()).await {
+                        return;
+                    }
+                    continue 'start;
+                }
+                Outcome::Returned(Ok(Ok(()))) => {
+                    if failing {
+                        tracing::info!(collector = &*name, "pulls succeed again");
+                        failing = false;
+                    }
+                    status.synced.store(true, Ordering::Release);
+                    status.set_state(CollectorState::Running);
+                    continue;
+                }
+                Outcome::Returned(Ok(Err(error))) => describe(&error),
+                Outcome::Returned(Err(_)) => format!("pull timed out after {timeout:?}"),
+            };
+            status.pull_errors.fetch_add(1, Ordering::Relaxed);
+            // Say it once when pulls start failing, not every interval.
+            if failing {
+                tracing::debug!(collector = &*name, %error, "pull failed again");
+            } else {
+                tracing::warn!(collector = &*name, %error, "pull failed; the store keeps what it had");
+                failing = true;
+            }
         }
     }
 }
 
-pub(crate) fn spawn_kind(
+/// Runs one collector until the store shuts down (or it is dropped or fails for good).
+pub(crate) async fn run_collector(
     kind: CollectorKind,
     ctx: CollectorContext,
     status: Arc<CollectorStatus>,
     policy: RetryPolicy,
-) -> tokio::task::JoinHandle<()> {
+) {
     match kind {
-        CollectorKind::Stream(collector) => tokio::spawn(run_stream(collector, ctx, status, policy)),
+        CollectorKind::Stream(collector) => run_stream(collector, ctx, status, policy).await,
         CollectorKind::Pull { collector, interval, timeout } => {
-            tokio::spawn(run_pull(collector, interval, timeout, ctx, status, policy))
+            run_pull(collector, interval, timeout, ctx, status, policy).await;
         }
     }
 }

@@ -8,14 +8,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use wm_core::{
-    Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, Event, EventSink, Filter, Kind,
-    KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader, SubscriberPriority,
+    CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, Event,
+    EventSink, Filter, Kind, KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader, SubscriberPriority,
 };
 
-use crate::runner::{CollectorHealth, CollectorStatus, RetryPolicy, spawn_kind};
+use crate::runner::{CollectorHealth, CollectorStatus, RetryPolicy, run_collector};
 use crate::state::{Change, State};
 use crate::subscriber::{Events, Pushed, QueueLimits, Shared, Subscription};
 use crate::telemetry::{MetricSample, MetricValue, Received, SENT_ACK_TIMEOUT, SENT_LAGGED, SENT_SUCCESS, Telemetry};
@@ -78,9 +79,13 @@ struct Inner {
     direct: Arc<str>,
     next_subscriber: AtomicU64,
     loop_alive: Arc<AtomicBool>,
-    pending_collectors: Mutex<Vec<Collector>>,
+    /// What `start` spawns: the loop, then the collectors.
+    unstarted: Mutex<Option<(StoreLoop, Vec<Collector>)>>,
     statuses: Mutex<Vec<Arc<CollectorStatus>>>,
-    tasks: Mutex<Vec<AbortHandle>>,
+    /// Cancelled by `shutdown`: every collector task ends on it.
+    cancel: CancellationToken,
+    /// Every task the store spawned: the loop first, then one per collector.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -155,11 +160,14 @@ impl Inner {
 }
 
 impl Drop for Inner {
+    /// The last handle went without `shutdown().await`: nothing is left to wait, so stop at once.
     fn drop(&mut self) {
-        for task in self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner).drain(..) {
+        self.cancel.cancel();
+        let _ = self.commands.send(Command::Shutdown);
+        // The loop (first) is told to stop, so that it ends every stream; the collectors are aborted.
+        for task in self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner).iter().skip(1) {
             task.abort();
         }
-        let _ = self.commands.send(Command::Shutdown);
     }
 }
 
@@ -199,10 +207,8 @@ impl StoreBuilder {
         self
     }
 
-    /// Builds the store and spawns its loop on the current tokio runtime.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
+    /// Builds the store. It spawns nothing: [`Store::start`] starts its loop and collectors.
+    /// Events notified before then are applied (getters see them) and delivered once it starts.
     pub fn build(self) -> Store {
         let (commands, rx) = mpsc::unbounded_channel();
         let telemetry = Arc::new(Telemetry::default());
@@ -216,8 +222,6 @@ impl StoreBuilder {
             telemetry: telemetry.clone(),
             _alive: AliveGuard(loop_alive.clone()),
         };
-        // Not aborted on shutdown: it is told to stop, so that it ends every stream first.
-        tokio::spawn(store_loop.run());
         let inner = Inner {
             state: RwLock::new(State::default()),
             commands,
@@ -227,8 +231,9 @@ impl StoreBuilder {
             direct: Arc::from(DIRECT),
             next_subscriber: AtomicU64::new(1),
             loop_alive,
-            pending_collectors: Mutex::new(self.collectors),
+            unstarted: Mutex::new(Some((store_loop, self.collectors))),
             statuses: Mutex::new(statuses),
+            cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         };
         Store { inner: Arc::new(inner) }
@@ -245,14 +250,16 @@ pub struct Health {
 }
 
 impl Health {
-    /// Live, and every started collector delivered its first full list (a dropped collector,
-    /// whose environment is absent, does not hold readiness back).
+    /// Live, no collector failed, and every started collector delivered its first full list (a
+    /// dropped collector, whose environment is absent, does not hold readiness back).
     pub fn is_ready(&self) -> bool {
+        use crate::runner::CollectorState;
         self.store_alive
-            && self
-                .collectors
-                .iter()
-                .all(|c| c.synced || matches!(c.state, crate::runner::CollectorState::Dropped { .. }))
+            && self.collectors.iter().all(|c| match c.state {
+                CollectorState::Failed { .. } => false,
+                CollectorState::Dropped { .. } => true,
+                _ => c.synced,
+            })
     }
 }
 
@@ -294,42 +301,63 @@ impl Store {
         StoreBuilder::default()
     }
 
-    /// A store with the default config and no collector, its loop spawned on the current runtime.
+    /// A started store with the default config and no collector.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn new() -> Self {
-        Self::builder().build()
+        let store = Self::builder().build();
+        store.start();
+        store
     }
 
-    /// Starts every collector the store was built with. Calling it again does nothing.
+    /// Starts the loop and every collector the store was built with, each collector in a task
+    /// of its own with a `collector` tracing span. Calling it again does nothing.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn start(&self) {
-        let collectors =
-            std::mem::take(&mut *self.inner.pending_collectors.lock().unwrap_or_else(PoisonError::into_inner));
+        let Some((store_loop, collectors)) = self.inner.unstarted.lock().unwrap_or_else(PoisonError::into_inner).take()
+        else {
+            return;
+        };
         let statuses = self.inner.statuses.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let policy = RetryPolicy { initial: self.inner.config.retry_initial, max: self.inner.config.retry_max };
         let weak = Arc::downgrade(&self.inner);
-        let mut handles = Vec::with_capacity(collectors.len());
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Not cancelled on shutdown: it is told to stop, so that it ends every stream first.
+        tasks.push(tokio::spawn(store_loop.run()));
         for collector in collectors {
             let Some(status) = statuses.iter().find(|s| s.name == collector.name).cloned() else { continue };
             let sink = Arc::new(CollectorSink { store: weak.clone(), status: status.clone() });
             let ctx = CollectorContext {
                 sink: SourceSink::new(collector.origin(), sink),
                 reader: Arc::new(WeakReader(weak.clone())),
+                cancel: self.inner.cancel.child(),
             };
-            tracing::debug!(collector = &*collector.name, source = %collector.source, "starting collector");
-            handles.push(spawn_kind(collector.kind, ctx, status, policy).abort_handle());
+            let span = tracing::info_span!("collector", name = &*collector.name, source = %collector.source);
+            tracing::debug!(parent: &span, "starting collector");
+            tasks.push(tokio::spawn(run_collector(collector.kind, ctx, status, policy).instrument(span)));
         }
-        self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).extend(handles);
     }
 
-    /// Stops the collectors and the loop; every subscription's stream ends.
-    pub fn shutdown(&self) {
-        for task in self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
-            task.abort();
-        }
+    /// Stops the store: cancels every collector, ends every subscription's stream once what was
+    /// queued before is delivered, and returns when all its tasks have ended.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
         // The loop ends after what is queued before this command; it may already be gone.
         let _ = self.inner.commands.send(Command::Shutdown);
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            // A task that panicked has ended too; the runner already turned collector panics
+            // into a state, so nothing is left to report here.
+            let _ = task.await;
+        }
+    }
+
+    /// How many tasks the store runs now (its loop and its collectors); 0 once shut down.
+    pub fn running_tasks(&self) -> usize {
+        self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).iter().filter(|t| !t.is_finished()).count()
     }
 
     /// Subscribes. The first bundle is the snapshot: one `Set` per stored entity that passes the

@@ -294,3 +294,112 @@ async fn full_lists_of_two_collectors_of_one_source_do_not_unset_each_other() {
     let ids: Vec<_> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
     assert_eq!(ids, ["d1"], "containerd's empty list unsets only what containerd said");
 }
+
+/// Lists, then panics on its first `panics` runs; afterwards follows a stream that never ends.
+struct Panicky {
+    t0: Instant,
+    runs: Log,
+    panics: usize,
+}
+
+#[async_trait]
+impl StreamCollector for Panicky {
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.runs.record(self.t0);
+        ctx.sink.full_list(vec![container("c1")]).await;
+        if self.panics > 0 {
+            self.panics -= 1;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            panic!("index out of bounds in the daemon's reply");
+        }
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_collector_that_panics_is_failed_and_not_ready_until_restarted_with_backoff() {
+    let runs = Log::default();
+    let t0 = Instant::now();
+    let collector = Panicky { t0, runs: runs.clone(), panics: 2 };
+    let store = Store::builder().collector(Collector::stream("panicky", Source::Runtime, collector)).build();
+    store.start();
+    settle(Duration::from_millis(10_500)).await;
+    let health = store.health();
+    match &health.collectors[0].state {
+        CollectorState::Failed { error, restarting } => {
+            assert!(error.contains("panicked: index out of bounds"), "{error}");
+            assert!(restarting);
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert!(!health.is_ready(), "a failed collector holds readiness back even though it listed");
+    let panics = store.telemetry().into_iter().find(|s| s.name == "workloadmeta.collector_panics").unwrap();
+    assert_eq!(panics.value, MetricValue::Counter(1));
+    settle(Duration::from_secs(30)).await;
+    // Runs at 0; panics at 10, restarted 1 s later (the backoff was reset: it listed); panics at
+    // 21, restarted at 22 and stays.
+    assert_eq!(runs.times(), [0, 11, 22]);
+    let health = store.health();
+    assert_eq!(health.collectors[0].state, CollectorState::Running);
+    assert!(health.is_ready());
+    assert!(store.get_container("c1").is_some());
+}
+
+/// Runs until cancelled, never looking at the token, holding a guard that counts its drop.
+struct Deaf {
+    dropped: Arc<AtomicUsize>,
+}
+
+struct DropCount(Arc<AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl StreamCollector for Deaf {
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        let _guard = DropCount(self.dropped.clone());
+        ctx.sink.full_list(vec![container("c1")]).await;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PullCollector for Deaf {
+    async fn start(&mut self, _: &CollectorContext) -> Result<(), CollectorError> {
+        Ok(())
+    }
+
+    async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        ctx.sink.full_list(vec![container("p1")]).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn shutdown_cancels_every_collector_and_returns_once_every_task_ended() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let store = Store::builder()
+        .collector(Collector::stream("deaf", Source::Runtime, Deaf { dropped: dropped.clone() }))
+        .collector(Collector::pull("puller", Source::NodeOrchestrator, Deaf { dropped: dropped.clone() }))
+        .build();
+    assert_eq!(store.running_tasks(), 0, "build spawns nothing");
+    store.start();
+    let mut sub = store.subscribe("s", wm_core::SubscriberPriority::Normal, wm_core::Filter::all());
+    while store.get_container("c1").is_none() || store.get_container("p1").is_none() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(store.running_tasks(), 3, "the loop and two collectors");
+    tokio::time::timeout(Duration::from_secs(5), store.shutdown()).await.expect("shutdown within 5 s");
+    assert_eq!(store.running_tasks(), 0);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the stream collector's run was dropped, not leaked");
+    // The subscriber gets what was queued, then its stream ends.
+    while let Some(item) = sub.recv().await {
+        item.unwrap();
+    }
+}

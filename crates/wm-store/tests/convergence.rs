@@ -99,6 +99,7 @@ async fn run(seed: u64) -> Result<(), String> {
     let mut config = StoreConfig::default();
     config.ack_timeout = std::time::Duration::from_millis(10);
     let store = Store::builder().config(config).build();
+    store.start();
     let mut rng = Rng::new(seed);
     let mut writers = Vec::new();
     for w in 0..4u64 {
@@ -159,7 +160,7 @@ async fn run(seed: u64) -> Result<(), String> {
             ));
         }
     }
-    store.shutdown();
+    store.shutdown().await;
     Ok(())
 }
 

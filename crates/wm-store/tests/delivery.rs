@@ -110,6 +110,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_keep_going() 
     config.lag_timeout = Duration::from_secs(2);
     config.subscriber_queue_hard_capacity = 100;
     let store = Store::builder().config(config).build();
+    store.start();
     let mut slow = subscribe(&store, "slow", SubscriberPriority::Normal);
     let mut fast = subscribe(&store, "fast", SubscriberPriority::Normal);
     let _ = next(&mut fast).await;
@@ -167,6 +168,7 @@ async fn a_queue_past_its_hard_bound_is_cut_off_at_once() {
     config.subscriber_queue_hard_capacity = 4;
     config.lag_timeout = Duration::from_secs(3600);
     let store = Store::builder().config(config).build();
+    store.start();
     let mut slow = subscribe(&store, "slow", SubscriberPriority::Normal);
     for i in 0..10 {
         set(&store, &format!("c{i}")).await;
@@ -205,7 +207,7 @@ async fn shutdown_ends_every_stream_and_health_says_the_loop_stopped() {
     let mut sub = subscribe(&store, "s", SubscriberPriority::Normal);
     let _ = next(&mut sub).await;
     assert!(store.health().store_alive);
-    store.shutdown();
+    store.shutdown().await;
     assert!(sub.recv().await.is_none());
     tokio::task::yield_now().await;
     assert!(!store.health().store_alive);

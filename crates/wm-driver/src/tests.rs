@@ -1,0 +1,208 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::{Arc, Mutex};
+
+use futures::stream;
+use wm_core::{CancellationToken, Container, EventSink, Kind, Origin, SinkMessage, Source, SourceSink, StoreReader};
+
+use super::*;
+
+/// An event of the fake daemon: (container id, action).
+type FakeEvent = (String, &'static str);
+
+/// Each refresh: the key and its events' actions.
+type Refreshes = Arc<Mutex<Vec<(String, Vec<&'static str>)>>>;
+
+/// A daemon of ours: its stream is a channel the test feeds; its containers a shared list.
+struct Fake {
+    events: Option<mpsc::UnboundedReceiver<Result<Watched<FakeEvent>, CollectorError>>>,
+    containers: Arc<Mutex<Vec<String>>>,
+    /// Probes to answer before the stream says Live (`None`: no probing).
+    probes_before_live: Option<usize>,
+    probe_tx: mpsc::WeakUnboundedSender<Result<Watched<FakeEvent>, CollectorError>>,
+    refreshes: Refreshes,
+}
+
+fn container(id: &str) -> Entity {
+    Entity::from(Container { id: id.into(), name: id.into(), ..Container::default() })
+}
+
+#[async_trait]
+impl ListWatch for Fake {
+    type Event = FakeEvent;
+
+    async fn watch(&mut self) -> Result<WatchStream<FakeEvent>, CollectorError> {
+        let rx = self.events.take().expect("one run per test");
+        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed())
+    }
+
+    async fn probe(&mut self) -> Result<bool, CollectorError> {
+        match &mut self.probes_before_live {
+            None => Ok(false),
+            Some(0) => {
+                self.probe_tx.upgrade().unwrap().send(Ok(Watched::Live)).unwrap();
+                self.probes_before_live = Some(usize::MAX);
+                Ok(true)
+            }
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn list(&mut self) -> Result<Vec<Entity>, CollectorError> {
+        Ok(self.containers.lock().unwrap().iter().map(|id| container(id)).collect())
+    }
+
+    fn key(&self, event: &FakeEvent) -> Option<String> {
+        (event.1 != "exec").then(|| event.0.clone())
+    }
+
+    async fn refresh(&mut self, key: &str, events: Vec<FakeEvent>) -> Result<Refreshed, CollectorError> {
+        self.refreshes.lock().unwrap().push((key.to_owned(), events.iter().map(|e| e.1).collect()));
+        if self.containers.lock().unwrap().iter().any(|c| c == key) {
+            return Ok(Refreshed::Present(container(key)));
+        }
+        let said = events.iter().any(|e| e.1 == "start").then(|| container(key));
+        Ok(Refreshed::Gone { id: EntityId::new(Kind::Container, key), said })
+    }
+}
+
+/// Records what the driver sends.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<SinkMessage>>);
+
+#[async_trait]
+impl EventSink for Recorder {
+    async fn send(&self, _origin: &Origin, message: SinkMessage) {
+        self.0.lock().unwrap().push(message);
+    }
+}
+
+struct NoReader;
+
+impl StoreReader for NoReader {
+    fn get(&self, _id: &EntityId) -> Option<Entity> {
+        None
+    }
+
+    fn list(&self, _kind: Kind) -> Vec<Entity> {
+        Vec::new()
+    }
+}
+
+struct Harness {
+    tx: mpsc::UnboundedSender<Result<Watched<FakeEvent>, CollectorError>>,
+    containers: Arc<Mutex<Vec<String>>>,
+    refreshes: Refreshes,
+    recorder: Arc<Recorder>,
+    ctx: CollectorContext,
+}
+
+fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let containers = Arc::new(Mutex::new(vec!["a".to_owned()]));
+    let refreshes = Arc::new(Mutex::new(Vec::new()));
+    let fake = Fake {
+        events: Some(rx),
+        containers: containers.clone(),
+        probes_before_live,
+        probe_tx: tx.downgrade(),
+        refreshes: refreshes.clone(),
+    };
+    let recorder = Arc::new(Recorder::default());
+    let origin = Origin { source: Source::Runtime, collector: "fake".into() };
+    let ctx = CollectorContext {
+        sink: SourceSink::new(origin, recorder.clone()),
+        reader: Arc::new(NoReader),
+        cancel: CancellationToken::new(),
+    };
+    (Harness { tx, containers, refreshes, recorder, ctx }, Driver::new(fake))
+}
+
+fn ids(message: &SinkMessage) -> Vec<String> {
+    match message {
+        SinkMessage::FullList(entities) => entities.iter().map(|e| e.id_str().to_string()).collect(),
+        SinkMessage::Events(events) => events
+            .iter()
+            .map(|(t, e)| format!("{}:{}", if *t == EventType::Set { "set" } else { "unset" }, e.id_str()))
+            .collect(),
+    }
+}
+
+async fn wait_for_messages(recorder: &Recorder, n: usize) {
+    for _ in 0..1000 {
+        if recorder.0.lock().unwrap().len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("fewer than {n} messages: {:?}", recorder.0.lock().unwrap().iter().map(ids).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn lists_then_groups_a_batch_per_entity_and_reports_the_short_lived_before_unsetting_them() {
+    let (h, mut driver) = harness(None);
+    // Queued before the run: one batch once the list is sent.
+    h.tx.send(Ok(Watched::Event(("b".into(), "create")))).unwrap();
+    h.tx.send(Ok(Watched::Event(("a".into(), "exec")))).unwrap();
+    h.tx.send(Ok(Watched::Event(("b".into(), "start")))).unwrap();
+    h.tx.send(Ok(Watched::Event(("a".into(), "die")))).unwrap();
+    h.tx.send(Ok(Watched::Event(("b".into(), "destroy")))).unwrap();
+    let ctx = h.ctx.clone();
+    let run = tokio::spawn(async move { driver.run(&ctx).await });
+    wait_for_messages(&h.recorder, 2).await;
+    {
+        let messages = h.recorder.0.lock().unwrap();
+        assert_eq!(ids(&messages[0]), ["a"], "the full list comes first");
+        assert_eq!(ids(&messages[1]), ["set:b", "unset:b", "set:a"], "in order of first appearance");
+    }
+    assert_eq!(
+        *h.refreshes.lock().unwrap(),
+        [("b".to_owned(), vec!["create", "start", "destroy"]), ("a".to_owned(), vec!["die"])],
+        "one refresh per entity, with all its events; an event without a key is dropped"
+    );
+    // A broken stream fails the run retriably, after the events before it are sent.
+    h.containers.lock().unwrap().push("c".into());
+    h.tx.send(Ok(Watched::Event(("c".into(), "create")))).unwrap();
+    h.tx.send(Err(CollectorError::retriable("daemon: the event stream broke", "eof"))).unwrap();
+    let error = run.await.unwrap().unwrap_err();
+    assert!(error.is_retriable());
+    assert_eq!(error.to_string(), "daemon: the event stream broke");
+    assert_eq!(ids(&h.recorder.0.lock().unwrap()[2]), ["set:c"]);
+}
+
+#[tokio::test]
+async fn a_probing_collector_lists_only_once_its_stream_answered_and_keeps_what_came_before() {
+    let (h, mut driver) = harness(Some(3));
+    h.tx.send(Ok(Watched::Event(("z".into(), "start")))).unwrap();
+    let ctx = h.ctx.clone();
+    let run = tokio::spawn(async move { driver.run(&ctx).await });
+    wait_for_messages(&h.recorder, 2).await;
+    let messages: Vec<Vec<String>> = h.recorder.0.lock().unwrap().iter().map(ids).collect();
+    assert_eq!(messages[0], ["a"]);
+    assert_eq!(messages[1], ["set:z", "unset:z"], "the event that came while probing is handled");
+    h.ctx.cancel.cancel();
+    assert!(run.await.unwrap().is_ok(), "cancellation ends the run quietly");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_that_never_answers_its_probe_fails_retriably_after_the_deadline() {
+    let (h, mut driver) = harness(Some(usize::MAX - 1));
+    let started = tokio::time::Instant::now();
+    let error = driver.run(&h.ctx).await.unwrap_err();
+    assert!(error.is_retriable());
+    assert!(error.to_string().contains("did not become live"), "{error}");
+    assert!(started.elapsed() >= PROBE_DEADLINE && started.elapsed() < PROBE_DEADLINE + PROBE_INTERVAL * 2);
+    assert!(h.recorder.0.lock().unwrap().is_empty(), "nothing is listed before the stream is live");
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_fails_the_run_so_the_store_runs_it_again() {
+    let (h, mut driver) = harness(None);
+    drop(h.tx);
+    let error = driver.run(&h.ctx).await.unwrap_err();
+    assert!(error.is_retriable());
+    assert_eq!(error.to_string(), "the event stream ended");
+}
