@@ -4,7 +4,9 @@
 //! wm-core          <- nothing internal; no I/O, no tokio runtime, no network client
 //! wm-store         <- wm-core
 //! wm-driver        <- wm-core (the list/watch driver the event-stream collectors share)
-//! wm-collector-*   <- wm-core, wm-driver (+ its own client library); never another collector, never wm-store
+//! wm-ipc           <- wm-core (the Datadog IPC wire format and its client side)
+//! wm-collector-*   <- wm-core, wm-driver (+ its own client library, wm-ipc for the remote one);
+//!                     never another collector, never wm-store
 //! tagger           <- wm-core, wm-store
 //! agent-bin        <- everything
 //! test-support     <- dev-dependency only
@@ -73,12 +75,12 @@ fn violation(edge: &Edge, members: &[String]) -> Option<String> {
     // but never sideways into another collector.
     let allowed: &[&str] = match from.as_str() {
         "wm-core" => &[],
-        "wm-store" | "wm-driver" => &["wm-core"],
+        "wm-store" | "wm-driver" | "wm-ipc" => &["wm-core"],
         f if is_collector(f) => {
             if dev {
-                &["wm-core", "wm-driver", "wm-store", "test-support"]
+                &["wm-core", "wm-driver", "wm-ipc", "wm-store", "test-support"]
             } else {
-                &["wm-core", "wm-driver"]
+                &["wm-core", "wm-driver", "wm-ipc"]
             }
         }
         "tagger" => &["wm-core", "wm-store"],
@@ -102,7 +104,7 @@ pub fn check(members: &[String], edges: &[Edge]) -> Vec<String> {
         .filter(|m| {
             !matches!(
                 m.as_str(),
-                "wm-core" | "wm-store" | "wm-driver" | "tagger" | "agent-bin" | "test-support" | "xtask"
+                "wm-core" | "wm-store" | "wm-driver" | "wm-ipc" | "tagger" | "agent-bin" | "test-support" | "xtask"
             ) && !is_collector(m)
         })
         .map(|m| format!("{m}: not in the layer table of STYLE.md: add it to xtask/src/layers.rs"))
@@ -120,7 +122,9 @@ mod tests {
             "wm-core",
             "wm-store",
             "wm-driver",
+            "wm-ipc",
             "wm-collector-docker",
+            "wm-collector-remote",
             "wm-collector-kube",
             "tagger",
             "agent-bin",
@@ -143,6 +147,8 @@ mod tests {
             edge("wm-collector-docker", "wm-core", "normal"),
             edge("wm-collector-docker", "wm-driver", "normal"),
             edge("wm-driver", "wm-core", "normal"),
+            edge("wm-ipc", "wm-core", "normal"),
+            edge("wm-collector-remote", "wm-ipc", "normal"),
             edge("wm-collector-docker", "bollard", "normal"),
             edge("wm-collector-docker", "wm-store", "dev"),
             edge("wm-collector-docker", "test-support", "dev"),
@@ -169,6 +175,7 @@ mod tests {
             edge("xtask", "wm-core", "normal"),
             edge("wm-store", "agent-bin", "dev"),
             edge("wm-driver", "wm-store", "normal"),
+            edge("wm-ipc", "wm-store", "normal"),
         ];
         for e in cases {
             let problems = check(&members(), std::slice::from_ref(&e));

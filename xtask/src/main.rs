@@ -129,15 +129,49 @@ fn ci() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// agent-bin's feature sets built on their own: each flavor, and each collector alone.
-const AGENT_FEATURE_SETS: &[&str] = &["flavor-node", "flavor-light", "docker", "containerd", "podman"];
-
-/// Crates `flavor-light` must not pull in: the collectors' client libraries.
-const NOT_IN_LIGHT: &[&str] =
+/// Third-party client libraries of the collectors, which `flavor-light` must not pull in either.
+const COLLECTOR_CLIENT_LIBRARIES: &[&str] =
     &["bollard", "bollard-stubs", "kube", "kube-client", "kube-core", "k8s-openapi", "containerd-client"];
 
+/// `cargo metadata` of the workspace, dependencies resolved or not.
+fn metadata(no_deps: bool) -> anyhow::Result<serde_json::Value> {
+    let mut cmd = cargo();
+    cmd.args(["metadata", "--format-version", "1"]);
+    if no_deps {
+        cmd.arg("--no-deps");
+    }
+    let output = cmd.output().context("could not run cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).context("cargo metadata printed bad JSON")
+}
+
+/// agent-bin's features (each flavor and each collector, `default` aside) and the collector
+/// crates its features can pull in, read from its manifest: adding a collector's feature is all
+/// it takes for the flavor checks to build it alone and keep it out of `flavor-light`.
+fn agent_features(metadata: &serde_json::Value) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let agent = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "agent-bin")
+        .context("no agent-bin package in the workspace")?;
+    let features = agent["features"].as_object().context("agent-bin has no features")?;
+    let sets = features.keys().filter(|f| *f != "default").cloned().collect();
+    let collectors = features
+        .values()
+        .flat_map(|enables| enables.as_array().into_iter().flatten())
+        .filter_map(|e| e.as_str()?.strip_prefix("dep:"))
+        .filter(|dep| dep.starts_with("wm-collector-"))
+        .map(str::to_owned)
+        .collect();
+    Ok((sets, collectors))
+}
+
 fn flavors() -> anyhow::Result<()> {
-    for features in AGENT_FEATURE_SETS {
+    let (feature_sets, collector_crates) = agent_features(&metadata(true)?)?;
+    for features in &feature_sets {
         run(
             &format!("agent-bin with only --features {features}"),
             cargo().args(["check", "--quiet", "-p", "agent-bin", "--no-default-features", "--features", features]),
@@ -153,44 +187,31 @@ fn flavors() -> anyhow::Result<()> {
     }
     let tree = String::from_utf8_lossy(&output.stdout);
     let crates: std::collections::BTreeSet<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    let found: Vec<&&str> = NOT_IN_LIGHT.iter().filter(|c| crates.contains(**c)).collect();
+    let forbidden: Vec<&str> =
+        collector_crates.iter().map(String::as_str).chain(COLLECTOR_CLIENT_LIBRARIES.iter().copied()).collect();
+    let found: Vec<&&str> = forbidden.iter().filter(|c| crates.contains(**c)).collect();
     if !found.is_empty() {
-        bail!("flavor-light pulls in {found:?}; it must link no collector client library");
+        bail!("flavor-light pulls in {found:?}; it must link no collector nor any collector's client library");
     }
-    println!("<== flavor-light: {} crates in its tree, none of {}", crates.len(), NOT_IN_LIGHT.join(", "));
+    println!("<== flavor-light: {} crates in its tree, none of {}", crates.len(), forbidden.join(", "));
     Ok(())
 }
 
 /// The build's target directory, from cargo itself (it honours `CARGO_TARGET_DIR`).
 fn target_dir() -> anyhow::Result<PathBuf> {
-    let output = cargo()
-        .args(["metadata", "--no-deps", "--format-version", "1"])
-        .output()
-        .context("could not run cargo metadata")?;
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("cargo metadata printed bad JSON")?;
-    metadata["target_directory"].as_str().map(PathBuf::from).context("cargo metadata has no target_directory")
+    metadata(true)?["target_directory"].as_str().map(PathBuf::from).context("cargo metadata has no target_directory")
 }
 
 fn demo() -> anyhow::Result<()> {
     ensure_tools()?;
     run("build the agent", cargo().args(["build", "--quiet", "-p", "agent-bin", "--bin", "agent"]))?;
     let agent = target_dir()?.join("debug").join("agent");
-    run("demo", cargo().args(["run", "--quiet", "-p", "test-support", "--bin", "wm-demo", "--"]).arg(agent))
+    run("demo", cargo().args(["run", "--quiet", "-p", "agent-bin", "--example", "demo", "--"]).arg(agent))
 }
 
 fn layers() -> anyhow::Result<()> {
     println!("==> layers");
-    let output = cargo()
-        .args(["metadata", "--no-deps", "--format-version", "1"])
-        .output()
-        .context("could not run cargo metadata")?;
-    if !output.status.success() {
-        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("cargo metadata printed bad JSON")?;
-    let (members, edges) = layers::edges(&metadata)?;
+    let (members, edges) = layers::edges(&metadata(true)?)?;
     let problems = layers::check(&members, &edges);
     if !problems.is_empty() {
         for p in &problems {
@@ -216,4 +237,30 @@ fn bench(quick: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layer check as a plain test: `cargo test` enforces it too, not only `cargo xtask ci`.
+    #[test]
+    fn the_workspace_keeps_its_layers() {
+        let (members, edges) = layers::edges(&metadata(true).unwrap()).unwrap();
+        assert!(members.iter().any(|m| m == "wm-core") && edges.len() > 10, "{members:?}");
+        assert_eq!(layers::check(&members, &edges), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_flavor_checks_know_every_collector_feature_of_the_agent() {
+        let (sets, collectors) = agent_features(&metadata(true).unwrap()).unwrap();
+        for expected in ["flavor-node", "flavor-light", "docker", "containerd", "podman", "remote"] {
+            assert!(sets.iter().any(|s| s == expected), "{expected} missing from {sets:?}");
+        }
+        assert!(!sets.iter().any(|s| s == "default"));
+        for expected in ["wm-collector-docker", "wm-collector-containerd", "wm-collector-podman", "wm-collector-remote"]
+        {
+            assert!(collectors.iter().any(|c| c == expected), "{expected} missing from {collectors:?}");
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use wm_core::{Container, EcsTask, Entity, KubernetesPod, StrMap, Timestamp};
 
-use crate::http::{HealthReport, StatusReport, TaggerList, WorkloadEntry, WorkloadList};
+use crate::report::{HealthReport, StatusReport, TaggerList, WorkloadEntry, WorkloadList};
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +209,13 @@ fn collectors(out: &mut String, health: &HealthReport) {
             .and_then(|v| v.as_str())
             .map(|d| format!(" ({d})"))
             .unwrap_or_default();
-        let _ = writeln!(out, "  {name} [{source}]: {state}{}{detail}", if synced { ", synced" } else { "" });
+        let restarting = c.get("restarting").and_then(serde_json::Value::as_bool) == Some(true);
+        let _ = writeln!(
+            out,
+            "  {name} [{source}]: {state}{}{}{detail}",
+            if restarting { ", restarting" } else { "" },
+            if synced { ", synced" } else { "" }
+        );
     }
 }
 
@@ -269,7 +275,7 @@ mod tests {
             id: "abc".into(),
             sources: vec!["runtime".into()],
             merged: Entity::from(c.clone()),
-            per_source: Some(vec![crate::http::SourceEntry {
+            per_source: Some(vec![crate::report::SourceEntry {
                 source: "runtime".into(),
                 collector: "docker".into(),
                 entity: Entity::from(c),

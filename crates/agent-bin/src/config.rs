@@ -1,75 +1,28 @@
 //! The agent's configuration: one YAML file plus `DD_*` environment overrides, with the Datadog
-//! key names. Every key has a kind and a default; a value of the wrong kind refuses start-up
-//! naming the key, the value, where it came from and what is expected; an unknown key is a
-//! warning naming it. The effective value of every key keeps its origin (default, file, env),
-//! which `agent config` prints.
+//! key names, read once into one typed [`AgentConfig`].
+//!
+//! Each component owns its part as a serde struct whose field names are its keys, with their
+//! defaults and docs: [`LogConfig`] and [`IpcConfig`] here, `tagger::TaggerConfig`, and each
+//! collector crate's config (read by its line in [`crate::collectors::COLLECTORS`]). The file and
+//! the environment form one layer; [`AgentConfig::section`] reads a component's struct from it,
+//! asking the layer only for that struct's own keys. An environment value is parsed as the
+//! field's type asks (a bool, a port, a list separated by spaces or commas, a map as JSON). A
+//! value of the wrong kind refuses start-up naming the key, the value, where it came from and
+//! what is expected; a file key no component reads is a warning naming it. Every key a component
+//! read keeps its effective value and origin (default, file, env), which `agent config` prints.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
+use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use wm_core::Port;
 
 /// The default config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wm-agent/agent.yaml";
-
-/// What a key holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KeyKind {
-    Bool,
-    Port,
-    Seconds,
-    Str,
-    LogLevel,
-    StrList,
-    StrMap,
-}
-
-impl KeyKind {
-    fn expected(self) -> &'static str {
-        match self {
-            KeyKind::Bool => "a boolean (true or false)",
-            KeyKind::Port => "a port number (1-65535)",
-            KeyKind::Seconds => "a whole number of seconds (0 or more)",
-            KeyKind::Str => "a string",
-            KeyKind::LogLevel => "one of trace, debug, info, warn, error, off",
-            KeyKind::StrList => "a list of strings (in the environment: separated by spaces or commas)",
-            KeyKind::StrMap => "a map of strings to strings (in the environment: a JSON object)",
-        }
-    }
-}
-
-/// (key, kind, default) of every key the agent reads.
-const KEYS: &[(&str, KeyKind, &str)] = &[
-    ("log_level", KeyKind::LogLevel, "info"),
-    ("log_format_json", KeyKind::Bool, "false"),
-    ("cmd_host", KeyKind::Str, "localhost"),
-    ("cmd_port", KeyKind::Port, "5001"),
-    ("health_port", KeyKind::Port, "5555"),
-    ("auth_token_file_path", KeyKind::Str, ""),
-    ("ipc_cert_file_path", KeyKind::Str, ""),
-    ("cri_socket_path", KeyKind::Str, ""),
-    ("containerd_namespaces", KeyKind::StrList, "[]"),
-    ("containerd_exclude_namespaces", KeyKind::StrList, "[\"moby\"]"),
-    ("docker_host", KeyKind::Str, ""),
-    ("podman_socket_path", KeyKind::Str, ""),
-    ("kubelet_tls_verify", KeyKind::Bool, "true"),
-    ("kubernetes_kubelet_host", KeyKind::Str, ""),
-    ("kubernetes_https_kubelet_port", KeyKind::Port, "10250"),
-    ("ecs_agent_url", KeyKind::Str, ""),
-    ("container_labels_as_tags", KeyKind::StrMap, "{}"),
-    ("docker_labels_as_tags", KeyKind::StrMap, "{}"),
-    ("container_env_as_tags", KeyKind::StrMap, "{}"),
-    ("docker_env_as_tags", KeyKind::StrMap, "{}"),
-    ("kubernetes_pod_labels_as_tags", KeyKind::StrMap, "{}"),
-    ("kubernetes_pod_annotations_as_tags", KeyKind::StrMap, "{}"),
-    ("kubernetes_namespace_labels_as_tags", KeyKind::StrMap, "{}"),
-    ("kubernetes_namespace_annotations_as_tags", KeyKind::StrMap, "{}"),
-    ("kubernetes_persistent_volume_claims_as_tags", KeyKind::Bool, "false"),
-    ("ecs_collect_resource_tags_ec2", KeyKind::Bool, "false"),
-    ("tagger_deletion_grace_period", KeyKind::Seconds, "300"),
-];
 
 /// Where a value came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +48,7 @@ impl fmt::Display for Origin {
 
 /// A configuration the agent refuses.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file cannot be read.
     #[error("config: cannot read {path}: {source}")]
@@ -122,8 +76,11 @@ pub enum ConfigError {
         /// The value as given.
         value: String,
         /// What is expected.
-        expected: &'static str,
+        expected: String,
     },
+    /// A component refused its part as a whole.
+    #[error("config: {0}")]
+    Invalid(String),
 }
 
 /// One key's effective value.
@@ -135,190 +92,244 @@ pub struct Setting {
     pub origin: Origin,
 }
 
-/// The effective configuration: every key with its value and origin, and the warnings.
-#[derive(Clone, Debug)]
-pub struct Config {
-    settings: BTreeMap<&'static str, Setting>,
+/// The log level (`log_level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// The default.
+    #[default]
+    Info,
+    /// Warnings and errors.
+    Warn,
+    /// Errors only.
+    Error,
+    /// Nothing.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LevelVisitor;
+        impl Visitor<'_> for LevelVisitor {
+            type Value = LogLevel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("one of trace, debug, info, warn, error, off")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LogLevel, E> {
+                Ok(match v.to_ascii_lowercase().as_str() {
+                    "trace" => LogLevel::Trace,
+                    "debug" => LogLevel::Debug,
+                    "info" => LogLevel::Info,
+                    "warn" | "warning" => LogLevel::Warn,
+                    "error" => LogLevel::Error,
+                    "off" => LogLevel::Off,
+                    _ => return Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                })
+            }
+        }
+        deserializer.deserialize_str(LevelVisitor)
+    }
+}
+
+/// Logging (the agent's own keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `log_level` (default info).
+    pub log_level: LogLevel,
+    /// `log_format_json`: one JSON object per line instead of text (default false).
+    pub log_format_json: bool,
+}
+
+/// The IPC server's part: where the gRPC and HTTP APIs listen and the files that secure them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpcConfig {
+    /// `cmd_host`: the gRPC API's address (default localhost).
+    pub cmd_host: String,
+    /// `cmd_port`: the gRPC API's port (default 5001).
+    pub cmd_port: Port,
+    /// `health_port`: the localhost HTTP API's port (default 5555).
+    pub health_port: Port,
+    /// `auth_token_file_path`: the bearer token file (default `auth_token` beside the config
+    /// file); created 0600 at first start.
+    pub auth_token_file_path: Option<PathBuf>,
+    /// `ipc_cert_file_path`: the TLS certificate and key (default `ipc_cert.pem` beside the
+    /// token); created 0600 at first start.
+    pub ipc_cert_file_path: Option<PathBuf>,
+}
+
+const fn port(n: u16) -> Port {
+    match Port::new(n) {
+        Some(p) => p,
+        None => panic!("a default port is not 0"),
+    }
+}
+
+impl Default for IpcConfig {
+    fn default() -> Self {
+        Self {
+            cmd_host: "localhost".to_owned(),
+            cmd_port: port(5001),
+            health_port: port(5555),
+            auth_token_file_path: None,
+            ipc_cert_file_path: None,
+        }
+    }
+}
+
+/// The file's values and the `DD_*` variables, before any component read them.
+#[derive(Debug)]
+struct Layer {
+    path: PathBuf,
+    file: BTreeMap<String, Value>,
+    /// By variable name.
+    env: BTreeMap<String, String>,
+}
+
+/// A value as given, with where it came from.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    File(&'a Value),
+    Env(&'a str),
+}
+
+impl Layer {
+    /// The value of `key`: the environment wins over the file. A dotted key
+    /// (`process_config.remote_workloadmeta`) is looked up nested, as the Datadog agent does.
+    fn lookup<'a>(&'a self, key: &str) -> Option<(Raw<'a>, Origin)> {
+        let var = format!("DD_{}", key.replace('.', "_").to_ascii_uppercase());
+        if let Some(text) = self.env.get(&var) {
+            return Some((Raw::Env(text), Origin::Env(var)));
+        }
+        let found = self.file.get(key).or_else(|| {
+            let mut parts = key.split('.');
+            let first = self.file.get(parts.next()?)?;
+            parts.try_fold(first, |v, part| v.as_object()?.get(part))
+        })?;
+        // An empty key in YAML (`docker_host:`) is no value: the default stands.
+        (!found.is_null()).then(|| (Raw::File(found), Origin::File(self.path.clone())))
+    }
+}
+
+/// The effective configuration: every component's typed part, and what was read from where.
+#[derive(Debug)]
+pub struct AgentConfig {
     /// The file read (it may not exist: then only defaults and env count).
     pub path: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// The IPC server.
+    pub ipc: IpcConfig,
+    /// The tagger.
+    pub tagger: tagger::TaggerConfig,
     /// Warnings (unknown keys), to log once the logger is set up.
     pub warnings: Vec<String>,
+    layer: Layer,
+    read: Mutex<BTreeMap<String, Setting>>,
 }
 
-fn describe(value: &Value) -> String {
-    match value {
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Null => "empty (null)".into(),
-        other => format!("{} {other}", kind_name(other)),
-    }
-}
-
-fn kind_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "the boolean",
-        Value::Number(_) => "the number",
-        Value::String(_) => "the string",
-        Value::Array(_) => "the list",
-        Value::Object(_) => "the map",
-    }
-}
-
-/// Checks (and normalizes) a value from the file.
-fn check_file_value(kind: KeyKind, value: Value) -> Result<Value, Value> {
-    let ok = match (&kind, &value) {
-        (KeyKind::Bool, Value::Bool(_)) => true,
-        (KeyKind::Port, Value::Number(n)) => n.as_u64().is_some_and(|p| (1..=65535).contains(&p)),
-        (KeyKind::Seconds, Value::Number(n)) => n.as_u64().is_some(),
-        (KeyKind::Str, Value::String(_)) => true,
-        (KeyKind::LogLevel, Value::String(s)) => LOG_LEVELS.contains(&s.to_ascii_lowercase().as_str()),
-        (KeyKind::StrList, Value::Array(items)) => items.iter().all(Value::is_string),
-        (KeyKind::StrMap, Value::Object(map)) => map.values().all(Value::is_string),
-        _ => false,
-    };
-    if ok { Ok(value) } else { Err(value) }
-}
-
-const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
-
-/// Parses an environment variable's text as `kind`.
-fn parse_env_value(kind: KeyKind, text: &str) -> Option<Value> {
-    let text = text.trim();
-    match kind {
-        KeyKind::Bool => match text.to_ascii_lowercase().as_str() {
-            "true" => Some(Value::Bool(true)),
-            "false" => Some(Value::Bool(false)),
-            _ => None,
-        },
-        KeyKind::Port => text.parse::<u16>().ok().filter(|p| *p > 0).map(Value::from),
-        KeyKind::Seconds => text.parse::<u64>().ok().map(Value::from),
-        KeyKind::Str => Some(Value::String(text.to_owned())),
-        KeyKind::LogLevel => {
-            LOG_LEVELS.contains(&text.to_ascii_lowercase().as_str()).then(|| Value::String(text.to_ascii_lowercase()))
-        }
-        KeyKind::StrList => Some(Value::Array(
-            text.split([' ', ',']).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
-        )),
-        KeyKind::StrMap => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) if map.values().all(Value::is_string) => Some(Value::Object(map)),
-            _ => None,
-        },
-    }
-}
-
-impl Config {
+impl AgentConfig {
     /// Loads `path` (a missing file is fine only when it is the default path) and the
-    /// environment `env` (pairs of name and value; the process's in production).
+    /// environment `env` (pairs of name and value; the process's in production), then reads every
+    /// component's part, the collectors compiled in included: a value of the wrong kind anywhere
+    /// refuses the whole config.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let explicit = path.is_some();
         let path = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-        let mut settings = BTreeMap::new();
-        for (key, kind, default) in KEYS {
-            let value: Value = match kind {
-                KeyKind::Bool | KeyKind::Port | KeyKind::Seconds | KeyKind::StrList | KeyKind::StrMap => {
-                    serde_json::from_str(default).unwrap_or(Value::Null)
-                }
-                KeyKind::Str | KeyKind::LogLevel => Value::String((*default).to_owned()),
-            };
-            settings.insert(*key, Setting { value, origin: Origin::Default });
-        }
-        let mut warnings = Vec::new();
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        if let Some(text) = text {
+        let mut file = BTreeMap::new();
+        if let Some(text) = text.filter(|t| !t.trim().is_empty()) {
             let options = serde_saphyr::options!(strict_booleans: true);
-            let parsed: Option<BTreeMap<String, Value>> = if text.trim().is_empty() {
-                None
-            } else {
-                serde_saphyr::from_str_with_options(&text, options)
-                    .map_err(|e| ConfigError::Syntax { path: path.clone(), reason: e.to_string() })?
-            };
-            for (key, value) in parsed.unwrap_or_default() {
-                let Some((name, kind, _)) = KEYS.iter().find(|(k, _, _)| *k == key) else {
-                    warnings.push(format!("config: unknown key `{key}` in {} (ignored)", path.display()));
-                    continue;
-                };
-                let origin = Origin::File(path.clone());
-                let value = check_file_value(*kind, value).map_err(|bad| ConfigError::Value {
-                    key: key.clone(),
-                    origin: origin.clone(),
-                    value: describe(&bad),
-                    expected: kind.expected(),
-                })?;
-                settings.insert(*name, Setting { value, origin });
-            }
+            let parsed: Option<BTreeMap<String, Value>> = serde_saphyr::from_str_with_options(&text, options)
+                .map_err(|e| ConfigError::Syntax { path: path.clone(), reason: e.to_string() })?;
+            file = parsed.unwrap_or_default();
         }
-        for (var, text) in env {
-            let Some(key) = var.strip_prefix("DD_").map(str::to_ascii_lowercase) else { continue };
-            let Some((name, kind, _)) = KEYS.iter().find(|(k, _, _)| *k == key) else { continue };
-            let origin = Origin::Env(var.clone());
-            let value = parse_env_value(*kind, &text).ok_or_else(|| ConfigError::Value {
-                key: key.clone(),
-                origin: origin.clone(),
-                value: format!("the text {text:?}"),
-                expected: kind.expected(),
-            })?;
-            settings.insert(*name, Setting { value, origin });
+        let env = env.into_iter().filter(|(var, _)| var.starts_with("DD_")).collect();
+        let layer = Layer { path: path.clone(), file, env };
+        let mut config = Self {
+            path,
+            log: LogConfig::default(),
+            ipc: IpcConfig::default(),
+            tagger: tagger::TaggerConfig::default(),
+            warnings: Vec::new(),
+            layer,
+            read: Mutex::new(BTreeMap::new()),
+        };
+        config.log = config.section()?;
+        config.ipc = config.section()?;
+        config.tagger = config.section()?;
+        // Each collector reads its own part; what it builds is dropped (building does no I/O).
+        crate::collectors::build_all(&config)?;
+        config.warnings = config.unknown_keys();
+        Ok(config)
+    }
+
+    /// Reads one component's part: its fields are the keys it asks the layer for; keys left out
+    /// keep the struct's defaults. Every key it has is recorded with its value and origin.
+    pub fn section<T: DeserializeOwned + Serialize>(&self) -> Result<T, ConfigError> {
+        let mut origins = BTreeMap::new();
+        let value =
+            T::deserialize(SectionDe { layer: &self.layer, origins: &mut origins }).map_err(DeError::into_config)?;
+        let effective = serde_json::to_value(&value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in effective.as_object().into_iter().flatten() {
+            let origin = origins.remove(key).unwrap_or(Origin::Default);
+            read.insert(key.clone(), Setting { value: value.clone(), origin });
         }
-        Ok(Self { settings, path, warnings })
+        Ok(value)
     }
 
-    /// Every key's effective value and origin.
-    pub fn settings(&self) -> &BTreeMap<&'static str, Setting> {
-        &self.settings
+    /// Every key the components read, with its effective value and origin.
+    pub fn settings(&self) -> BTreeMap<String, Setting> {
+        self.read.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn value(&self, key: &str) -> &Value {
-        static NULL: Value = Value::Null;
-        self.settings.get(key).map(|s| &s.value).unwrap_or(&NULL)
-    }
-
-    /// A string key ("" when unset).
-    pub fn str(&self, key: &str) -> &str {
-        self.value(key).as_str().unwrap_or_default()
-    }
-
-    /// A boolean key.
-    pub fn bool(&self, key: &str) -> bool {
-        self.value(key).as_bool().unwrap_or(false)
-    }
-
-    /// A port key.
-    pub fn port(&self, key: &str) -> u16 {
-        self.value(key).as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0)
-    }
-
-    /// A list key.
-    pub fn list(&self, key: &str) -> Vec<String> {
-        self.value(key).as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
-    }
-
-    /// The tagger's part, read through its own deserializer.
-    pub fn tagger(&self) -> tagger::TaggerConfig {
-        let object: serde_json::Map<String, Value> = tagger::TaggerConfig::KEYS
-            .iter()
-            .filter_map(|k| self.settings.get(k).map(|s| ((*k).to_owned(), s.value.clone())))
-            .collect();
-        serde_json::from_value(Value::Object(object)).unwrap_or_default()
+    fn unknown_keys(&self) -> Vec<String> {
+        let read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        self.layer
+            .file
+            .keys()
+            .filter(|key| {
+                let nested = format!("{key}.");
+                !read.contains_key(*key) && !read.keys().any(|k| k.starts_with(&nested))
+            })
+            .map(|key| {
+                format!(
+                    "config: unknown key `{key}` in {} (ignored: this build reads no such key)",
+                    self.path.display()
+                )
+            })
+            .collect()
     }
 
     /// The auth token file: `auth_token_file_path`, else `auth_token` beside the config file.
     pub fn auth_token_path(&self) -> PathBuf {
-        match self.str("auth_token_file_path") {
-            "" => self.path.parent().unwrap_or(Path::new(".")).join("auth_token"),
-            set => PathBuf::from(set),
+        match &self.ipc.auth_token_file_path {
+            Some(path) if !path.as_os_str().is_empty() => path.clone(),
+            _ => self.path.parent().unwrap_or(Path::new(".")).join("auth_token"),
         }
     }
 
     /// The IPC certificate: `ipc_cert_file_path`, else `ipc_cert.pem` beside the token file.
     pub fn ipc_cert_path(&self) -> PathBuf {
-        match self.str("ipc_cert_file_path") {
-            "" => self.auth_token_path().parent().unwrap_or(Path::new(".")).join("ipc_cert.pem"),
-            set => PathBuf::from(set),
+        match &self.ipc.ipc_cert_file_path {
+            Some(path) if !path.as_os_str().is_empty() => path.clone(),
+            _ => self.auth_token_path().parent().unwrap_or(Path::new(".")).join("ipc_cert.pem"),
         }
+    }
+
+    /// The env vars collectors keep beyond the tag rules' own: the keys of `*_env_as_tags`.
+    pub fn extra_env(&self) -> Vec<String> {
+        self.tagger.env_as_tags_keys()
     }
 
     /// `agent config`'s text: one `key: value  # origin` line per key.
@@ -331,71 +342,328 @@ impl Config {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// ---- reading a component's struct from the layer -------------------------------------------
 
-    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let dir =
-            std::env::temp_dir().join(format!("wm-config-test-{}-{}", std::process::id(), yaml.len() + env.len()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("agent.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Config::load(Some(&path), env)
-    }
+/// The error while reading a section: a key's value of the wrong kind, or anything else.
+#[derive(Debug)]
+enum DeError {
+    Value { key: String, origin: Origin, value: String, expected: String },
+    Custom(String),
+}
 
-    #[test]
-    fn defaults_file_and_env_each_say_where_they_came_from() {
-        let c =
-            load("cmd_port: 6001\ncontainer_labels_as_tags:\n  team: team\n", &[("DD_KUBELET_TLS_VERIFY", "false")])
-                .unwrap();
-        assert_eq!(c.port("cmd_port"), 6001);
-        assert!(matches!(c.settings()["cmd_port"].origin, Origin::File(_)));
-        assert!(!c.bool("kubelet_tls_verify"));
-        assert_eq!(c.settings()["kubelet_tls_verify"].origin, Origin::Env("DD_KUBELET_TLS_VERIFY".into()));
-        assert_eq!(c.port("health_port"), 5555);
-        assert_eq!(c.settings()["health_port"].origin, Origin::Default);
-        assert_eq!(c.list("containerd_exclude_namespaces"), ["moby"]);
-        assert_eq!(c.tagger().container_labels_as_tags.get("team").map(String::as_str), Some("team"));
-        assert!(c.warnings.is_empty());
-    }
-
-    #[test]
-    fn a_string_where_a_bool_goes_refuses_with_key_value_and_expectation() {
-        let e = load("kubelet_tls_verify: \"yes\"\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("`kubelet_tls_verify`") && e.contains("\"yes\"") && e.contains("expected a boolean"), "{e}");
-        // YAML 1.1 booleans are not booleans here.
-        let e = load("kubelet_tls_verify: yes\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("expected a boolean"), "{e}");
-        let e = load("", &[("DD_CMD_PORT", "70000")]).unwrap_err().to_string();
-        assert!(e.contains("`cmd_port` (env DD_CMD_PORT)") && e.contains("70000") && e.contains("port number"), "{e}");
-        let e = load("container_env_as_tags: [a]\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("expected a map"), "{e}");
-    }
-
-    #[test]
-    fn an_unknown_key_is_a_warning_naming_it() {
-        let c = load("cmd_prot: 5001\n", &[]).unwrap();
-        assert_eq!(c.warnings.len(), 1);
-        assert!(c.warnings[0].contains("`cmd_prot`"));
-        assert_eq!(c.port("cmd_port"), 5001);
-    }
-
-    #[test]
-    fn env_lists_and_maps_parse_and_bad_yaml_is_a_clear_error() {
-        let c = load(
-            "",
-            &[("DD_CONTAINERD_NAMESPACES", "k8s.io default"), ("DD_CONTAINER_ENV_AS_TAGS", r#"{"TEAM":"team"}"#)],
-        )
-        .unwrap();
-        assert_eq!(c.list("containerd_namespaces"), ["k8s.io", "default"]);
-        assert_eq!(c.tagger().container_env_as_tags.get("TEAM").map(String::as_str), Some("team"));
-        let e = load("cmd_port: [\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("not a YAML mapping"), "{e}");
-        let e = Config::load(Some(Path::new("/nonexistent/agent.yaml")), Vec::new()).unwrap_err().to_string();
-        assert!(e.contains("cannot read /nonexistent/agent.yaml"), "{e}");
-        // The default path may be missing.
-        assert!(Config::load(None, Vec::new()).is_ok());
+impl DeError {
+    fn into_config(self) -> ConfigError {
+        match self {
+            DeError::Value { key, origin, value, expected } => ConfigError::Value { key, origin, value, expected },
+            DeError::Custom(message) => ConfigError::Invalid(message),
+        }
     }
 }
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeError::Value { key, value, expected, .. } => write!(f, "`{key}` is {value}; expected {expected}"),
+            DeError::Custom(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DeError::Custom(msg.to_string())
+    }
+}
+
+/// Deserializes a component's struct: a map of its own fields that the layer has.
+struct SectionDe<'a> {
+    layer: &'a Layer,
+    origins: &'a mut BTreeMap<String, Origin>,
+}
+
+impl<'de> Deserializer<'de> for SectionDe<'de> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, DeError> {
+        Err(DeError::Custom("a config section must be a struct with named fields".into()))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let present: Vec<(&'static str, Raw<'de>, Origin)> =
+            fields.iter().filter_map(|key| self.layer.lookup(key).map(|(raw, origin)| (*key, raw, origin))).collect();
+        for (key, _, origin) in &present {
+            self.origins.insert((*key).to_owned(), origin.clone());
+        }
+        visitor.visit_map(SectionMap { present: present.into_iter(), pending: None })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+struct SectionMap<'de> {
+    present: std::vec::IntoIter<(&'static str, Raw<'de>, Origin)>,
+    pending: Option<(&'static str, Raw<'de>, Origin)>,
+}
+
+impl<'de> MapAccess<'de> for SectionMap<'de> {
+    type Error = DeError;
+
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+        let Some(next) = self.present.next() else { return Ok(None) };
+        let key = next.0;
+        self.pending = Some(next);
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
+        let (key, raw, origin) =
+            self.pending.take().ok_or_else(|| DeError::Custom("a value without its key".into()))?;
+        seed.deserialize(RawDe { key, raw, origin })
+    }
+}
+
+/// One key's value, read as the field's type asks.
+struct RawDe<'de> {
+    key: &'static str,
+    raw: Raw<'de>,
+    origin: Origin,
+}
+
+/// What a visitor expects, as its own words say.
+struct Expecting<'a, V>(&'a V);
+
+impl<'de, V: Visitor<'de>> fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Null => "empty (null)".into(),
+        Value::Bool(_) => format!("the boolean {value}"),
+        Value::Number(_) => format!("the number {value}"),
+        Value::Array(_) => format!("the list {value}"),
+        Value::Object(_) => format!("the map {value}"),
+    }
+}
+
+/// Go's `strconv.ParseBool`, as Datadog reads boolean variables.
+fn env_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+impl<'de> RawDe<'de> {
+    /// The error for this key: `cause` is serde's message, whose `expected …` part (if any) is
+    /// the most precise; else the visitor's own words.
+    fn mismatch(&self, cause: Option<&str>, expected: String) -> DeError {
+        let expected = cause.and_then(|c| c.rsplit_once(", expected ").map(|(_, e)| e.to_owned())).unwrap_or(expected);
+        // serde's words, with what a YAML or env value may be.
+        let expected = if expected == "a boolean" { "a boolean (true or false)".to_owned() } else { expected };
+        let value = match self.raw {
+            Raw::File(v) => describe(v),
+            Raw::Env(text) => format!("the text {text:?}"),
+        };
+        DeError::Value { key: self.key.to_owned(), origin: self.origin.clone(), value, expected }
+    }
+
+    fn file<V: Visitor<'de>>(
+        &self,
+        value: &'de Value,
+        visitor: V,
+        read: impl FnOnce(&'de Value, V) -> Result<V::Value, serde_json::Error>,
+    ) -> Result<V::Value, DeError> {
+        let expected = Expecting(&visitor).to_string();
+        read(value, visitor).map_err(|e| self.mismatch(Some(&e.to_string()), expected))
+    }
+
+    /// An env value that is JSON (a map).
+    fn json<V: Visitor<'de>>(
+        &self,
+        text: &str,
+        visitor: V,
+        read: impl FnOnce(Value, V) -> Result<V::Value, serde_json::Error>,
+    ) -> Result<V::Value, DeError> {
+        let expected = Expecting(&visitor).to_string();
+        let Ok(value) = serde_json::from_str::<Value>(text) else { return Err(self.mismatch(None, expected)) };
+        read(value, visitor).map_err(|e| self.mismatch(Some(&e.to_string()), expected))
+    }
+
+    fn env_number<V: Visitor<'de>>(&self, text: &str, visitor: V) -> Result<V::Value, DeError> {
+        let expected = Expecting(&visitor).to_string();
+        let text = text.trim();
+        let result = if let Ok(n) = text.parse::<u64>() {
+            visitor.visit_u64::<DeError>(n)
+        } else if let Ok(n) = text.parse::<i64>() {
+            visitor.visit_i64::<DeError>(n)
+        } else if let Ok(n) = text.parse::<f64>() {
+            visitor.visit_f64::<DeError>(n)
+        } else {
+            return Err(self.mismatch(None, expected));
+        };
+        result.map_err(|e| self.mismatch(Some(&e.to_string()), expected))
+    }
+}
+
+macro_rules! by_kind {
+    ($($method:ident => $env:ident;)*) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+                match self.raw {
+                    Raw::File(value) => self.file(value, visitor, |v, vis| v.$method(vis)),
+                    Raw::Env(text) => by_kind!(@env $env, self, text, visitor, $method),
+                }
+            }
+        )*
+    };
+    (@env number, $self:ident, $text:ident, $visitor:ident, $method:ident) => { $self.env_number($text, $visitor) };
+    (@env text, $self:ident, $text:ident, $visitor:ident, $method:ident) => {{
+        let expected = Expecting(&$visitor).to_string();
+        $visitor.visit_str::<DeError>($text).map_err(|e| $self.mismatch(Some(&e.to_string()), expected))
+    }};
+    (@env json, $self:ident, $text:ident, $visitor:ident, $method:ident) => { $self.json($text, $visitor, |v, vis| v.$method(vis)) };
+}
+
+impl<'de> Deserializer<'de> for RawDe<'de> {
+    type Error = DeError;
+
+    by_kind! {
+        deserialize_any => text;
+        deserialize_str => text;
+        deserialize_string => text;
+        deserialize_identifier => text;
+        deserialize_char => text;
+        deserialize_i8 => number;
+        deserialize_i16 => number;
+        deserialize_i32 => number;
+        deserialize_i64 => number;
+        deserialize_u8 => number;
+        deserialize_u16 => number;
+        deserialize_u32 => number;
+        deserialize_u64 => number;
+        deserialize_f32 => number;
+        deserialize_f64 => number;
+        deserialize_map => json;
+        deserialize_bytes => json;
+        deserialize_byte_buf => json;
+        deserialize_unit => json;
+        deserialize_ignored_any => text;
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match self.raw {
+            Raw::File(value) => self.file(value, visitor, |v, vis| v.deserialize_bool(vis)),
+            Raw::Env(text) => {
+                let expected = Expecting(&visitor).to_string();
+                match env_bool(text.trim()) {
+                    Some(b) => visitor.visit_bool(b),
+                    None => Err(self.mismatch(None, expected)),
+                }
+            }
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match self.raw {
+            Raw::Env("") => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match self.raw {
+            Raw::File(value) => self.file(value, visitor, |v, vis| v.deserialize_seq(vis)),
+            // A list in the environment: words separated by spaces or commas.
+            Raw::Env(text) => {
+                let (key, origin) = (self.key, self.origin);
+                let items = text.split([' ', ',']).filter(|s| !s.is_empty()).map(move |item| RawDe {
+                    key,
+                    raw: Raw::Env(item),
+                    origin: origin.clone(),
+                });
+                visitor.visit_seq(de::value::SeqDeserializer::new(items))
+            }
+        }
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_map(visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        match self.raw {
+            Raw::File(value) => self.file(value, visitor, |v, vis| v.deserialize_enum(name, variants, vis)),
+            Raw::Env(text) => {
+                let expected = Expecting(&visitor).to_string();
+                visitor
+                    .visit_enum(de::value::StrDeserializer::<DeError>::new(text))
+                    .map_err(|e| self.mismatch(Some(&e.to_string()), expected))
+            }
+        }
+    }
+
+    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_i64(visitor)
+    }
+
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_u64(visitor)
+    }
+}
+
+impl<'de> IntoDeserializer<'de, DeError> for RawDe<'de> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -12,19 +12,17 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tagger::{TagCardinality, TagEventKind, Tagger};
+use tagger::{TagCardinality, TagEventKind, Tagger, TaggerEntityId};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
-use wm_core::{EventType, EventTypeFilter, Filter, Kind, Source, SubscriberPriority};
+use wm_core::{CancellationToken, EventType, EventTypeFilter, Filter, Kind, Source, SubscriberPriority};
+use wm_ipc::MAX_MESSAGE_SIZE;
+use wm_ipc::convert;
+use wm_ipc::proto::api::v1::agent_secure_server::AgentSecure;
+use wm_ipc::proto::model::v1 as model;
+use wm_ipc::proto::workloadmeta as wmpb;
 use wm_store::Store;
-
-use crate::convert;
-use crate::proto::api::v1::agent_secure_server::AgentSecure;
-use crate::proto::model::v1 as model;
-use crate::proto::workloadmeta as wmpb;
-
-/// The message-size limit both ways (Datadog's default, 4 MiB).
-pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Quiet time after which a stream sends an empty keep-alive response.
 pub const KEEPALIVE: Duration = Duration::from_secs(9 * 60);
 /// Responses queued per client before it counts as not keeping up.
@@ -77,14 +75,16 @@ pub struct AgentApi {
     store: Store,
     tagger: Arc<Tagger>,
     keepalive: Duration,
-    stopping: tokio::sync::watch::Receiver<bool>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl AgentApi {
-    /// Serves `store` and `tagger`; every stream ends (`UNAVAILABLE`) once `stopping` turns
-    /// true, so a shutdown never leaves a client on a stream that no longer changes.
-    pub fn new(store: Store, tagger: Arc<Tagger>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { store, tagger, keepalive: KEEPALIVE, stopping }
+    /// Serves `store` and `tagger`. Each stream is fed by a task in `tasks`; every stream ends
+    /// (`UNAVAILABLE`) once `cancel` is cancelled, so a shutdown never leaves a client on a
+    /// stream that no longer changes, and the agent can await them all.
+    pub fn new(store: Store, tagger: Arc<Tagger>, cancel: CancellationToken, tasks: TaskTracker) -> Self {
+        Self { store, tagger, keepalive: KEEPALIVE, cancel, tasks }
     }
 
     /// Sets the keep-alive period (tests).
@@ -102,12 +102,10 @@ fn cardinality(value: i32) -> TagCardinality {
     }
 }
 
-/// Splits `entity://uid` into the wire id.
+/// The wire id of a tag store key (`prefix://uid`).
 fn wire_id(entity: &str) -> model::EntityId {
-    match entity.split_once("://") {
-        Some((prefix, uid)) => model::EntityId { prefix: prefix.to_owned(), uid: uid.to_owned() },
-        None => model::EntityId { prefix: String::new(), uid: entity.to_owned() },
-    }
+    let id = TaggerEntityId::parse(entity);
+    model::EntityId { prefix: id.prefix().to_owned(), uid: id.uid().to_owned() }
 }
 
 /// The wire entity: its tags split by cardinality, up to `cardinality`.
@@ -151,8 +149,7 @@ fn chunk<T: Message>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
 }
 
 fn matches_prefix(entity: &str, prefixes: &[String]) -> bool {
-    prefixes.is_empty()
-        || prefixes.iter().any(|p| entity.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with("://")))
+    TaggerEntityId::parse(entity).has_prefix_in(prefixes)
 }
 
 /// The sending side of one client's stream: a bounded queue, and the reason the stream ended
@@ -210,57 +207,41 @@ impl AgentSecure for AgentApi {
         let cardinality = cardinality(request.cardinality);
         let prefixes = request.prefixes;
         let tagger = self.tagger.clone();
-        let keepalive = self.keepalive;
-        let mut changes = tagger.store().subscribe("", cardinality, 4096);
-        let (mut out, stream) = Outbox::new();
-        let mut stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            let mut first = true;
-            loop {
-                let batch = tokio::select! {
-                    batch = changes.recv() => batch,
-                    () = out.closed() => return,
-                    _ = stopping.wait_for(|s| *s) => {
-                        out.end(Status::unavailable("the agent is shutting down"));
-                        return;
-                    }
-                    () = tokio::time::sleep(keepalive) => {
-                        if out.offer(model::StreamTagsResponse::default()) { continue } else { return }
-                    }
-                };
-                let Some(batch) = batch else {
-                    // The tag store dropped this subscription: it fell behind.
-                    out.end(Status::resource_exhausted("the stream fell behind; reconnect"));
-                    return;
-                };
-                let events: Vec<model::StreamTagsEvent> = batch
-                    .into_iter()
-                    .filter(|e| matches_prefix(&e.entity, &prefixes))
-                    .map(|e| {
-                        let kind = match e.kind {
-                            TagEventKind::Added => model::EventType::Added,
-                            TagEventKind::Modified => model::EventType::Modified,
-                            TagEventKind::Deleted => model::EventType::Deleted,
-                        };
-                        let deleted = e.kind == TagEventKind::Deleted;
-                        model::StreamTagsEvent {
-                            r#type: kind as i32,
-                            entity: Some(wire_entity(&tagger, &e.entity, cardinality, deleted)),
-                        }
-                    })
-                    .collect();
-                if events.is_empty() && !first {
-                    continue;
-                }
-                first = false;
-                for events in chunk(events, MAX_MESSAGE_SIZE / 2) {
-                    if !out.offer(model::StreamTagsResponse { events }) {
-                        return;
-                    }
-                }
+        let changes = tagger.store().subscribe("", cardinality, 4096);
+        // The tag store drops a subscription that falls behind: the stream says so and ends.
+        let source = futures::stream::unfold(Some(changes), |changes| async move {
+            let mut changes = changes?;
+            match changes.recv().await {
+                Some(batch) => Some((Ok(batch), Some(changes))),
+                None => Some((Err(Status::resource_exhausted("the stream fell behind; reconnect")), None)),
             }
         });
-        Ok(Response::new(stream))
+        let mut first = true;
+        let respond = move |batch: Vec<tagger::TagEvent>| {
+            let events: Vec<model::StreamTagsEvent> = batch
+                .into_iter()
+                .filter(|e| matches_prefix(&e.entity, &prefixes))
+                .map(|e| {
+                    let kind = match e.kind {
+                        TagEventKind::Added => model::EventType::Added,
+                        TagEventKind::Modified => model::EventType::Modified,
+                        TagEventKind::Deleted => model::EventType::Deleted,
+                    };
+                    let deleted = e.kind == TagEventKind::Deleted;
+                    model::StreamTagsEvent {
+                        r#type: kind as i32,
+                        entity: Some(wire_entity(&tagger, &e.entity, cardinality, deleted)),
+                    }
+                })
+                .collect();
+            // The first response is the snapshot, sent even when empty.
+            if events.is_empty() && !std::mem::take(&mut first) {
+                return Vec::new();
+            }
+            first = false;
+            chunk(events, MAX_MESSAGE_SIZE / 2).into_iter().map(|events| model::StreamTagsResponse { events }).collect()
+        };
+        Ok(Response::new(self.stream(source, respond)))
     }
 
     async fn tagger_generate_container_id_from_origin_info(
@@ -299,7 +280,7 @@ impl AgentSecure for AgentApi {
         let Some(id) = request.id.filter(|id| !id.uid.is_empty()) else {
             return Err(Status::invalid_argument("missing entity id"));
         };
-        let entity = if id.prefix.is_empty() { id.uid.clone() } else { format!("{}://{}", id.prefix, id.uid) };
+        let entity = TaggerEntityId::new(id.prefix.clone(), id.uid.clone()).to_string();
         let tags = self.tagger.tag_or_fetch(&entity, cardinality(request.cardinality)).await.to_vec();
         Ok(Response::new(model::FetchEntityResponse { id: Some(id), cardinality: request.cardinality, tags }))
     }
@@ -309,63 +290,82 @@ impl AgentSecure for AgentApi {
         request: Request<wmpb::WorkloadmetaStreamRequest>,
     ) -> Result<Response<Self::WorkloadmetaStreamEntitiesStream>, Status> {
         let filter = workloadmeta_filter(request.into_inner().filter.unwrap_or_default())?;
-        let mut subscription = self.store.subscribe("remote-workloadmeta", SubscriberPriority::Normal, filter);
-        let keepalive = self.keepalive;
+        let subscription = self.store.subscribe("remote-workloadmeta", SubscriberPriority::Normal, filter);
+        // A subscriber cut off for lagging gets the reason; the store's end is the agent's.
+        let source = futures::stream::unfold(Some(subscription), |subscription| async move {
+            let mut subscription = subscription?;
+            match subscription.recv().await? {
+                Ok(bundle) => Some((Ok(bundle), Some(subscription))),
+                Err(e) => Some((Err(Status::resource_exhausted(format!("{e}; reconnect"))), None)),
+            }
+        });
+        let mut first = true;
+        let respond = move |bundle: wm_store::EventBundle| {
+            let events: Vec<wmpb::WorkloadmetaEvent> =
+                bundle.events.iter().map(|e| convert::event(e.event_type == EventType::Set, &e.entity)).collect();
+            // Acknowledged once converted: a slow client never holds the store's loop.
+            drop(bundle);
+            let mut chunks = chunk(events, MAX_MESSAGE_SIZE / 2);
+            // The snapshot is marked complete on its last response, sent even when empty.
+            let snapshot = std::mem::take(&mut first);
+            if snapshot && chunks.is_empty() {
+                chunks.push(Vec::new());
+            }
+            let last = chunks.len().saturating_sub(1);
+            chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, events)| wmpb::WorkloadmetaStreamResponse {
+                    events,
+                    initial_snapshot_complete: snapshot && i == last,
+                })
+                .collect()
+        };
+        Ok(Response::new(self.stream(source, respond)))
+    }
+}
+
+impl AgentApi {
+    /// One client's stream: a task of the agent's feeds it the responses `respond` makes of each
+    /// item of `source` (an `Err` item ends the stream with that status, after what was queued),
+    /// an empty keep-alive response when quiet, and `UNAVAILABLE` when the source ends or the
+    /// agent shuts down. The task ends when the client goes or does not keep up.
+    fn stream<I, T>(
+        &self,
+        source: impl Stream<Item = Result<I, Status>> + Send + 'static,
+        mut respond: impl FnMut(I) -> Vec<T> + Send + 'static,
+    ) -> ResponseStream<T>
+    where
+        I: Send + 'static,
+        T: Default + Send + 'static,
+    {
         let (mut out, stream) = Outbox::new();
-        let mut stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            let mut first = true;
+        let (keepalive, cancel) = (self.keepalive, self.cancel.clone());
+        self.tasks.spawn(async move {
+            let mut source = std::pin::pin!(source);
             loop {
-                let bundle = tokio::select! {
-                    bundle = subscription.recv() => bundle,
+                let item = tokio::select! {
+                    item = source.next() => item,
                     () = out.closed() => return,
-                    _ = stopping.wait_for(|s| *s) => {
-                        out.end(Status::unavailable("the agent is shutting down"));
-                        return;
-                    }
+                    () = cancel.cancelled() => None,
                     () = tokio::time::sleep(keepalive) => {
-                        if out.offer(wmpb::WorkloadmetaStreamResponse::default()) { continue } else { return }
+                        if out.offer(T::default()) { continue } else { return }
                     }
                 };
-                let bundle = match bundle {
-                    Some(Ok(bundle)) => bundle,
-                    Some(Err(e)) => {
-                        out.end(Status::resource_exhausted(format!("{e}; reconnect")));
-                        return;
-                    }
-                    None => {
-                        out.end(Status::unavailable("the agent is shutting down"));
-                        return;
-                    }
-                };
-                let events: Vec<wmpb::WorkloadmetaEvent> =
-                    bundle.events.iter().map(|e| convert::event(e.event_type == EventType::Set, &e.entity)).collect();
-                // Acknowledged once converted: a slow client never holds the store's loop.
-                drop(bundle);
-                if first {
-                    first = false;
-                    let mut chunks = chunk(events, MAX_MESSAGE_SIZE / 2);
-                    if chunks.is_empty() {
-                        chunks.push(Vec::new());
-                    }
-                    let last = chunks.len() - 1;
-                    for (i, events) in chunks.into_iter().enumerate() {
-                        let response =
-                            wmpb::WorkloadmetaStreamResponse { events, initial_snapshot_complete: i == last };
-                        if !out.offer(response) {
-                            return;
+                match item {
+                    Some(Ok(item)) => {
+                        for response in respond(item) {
+                            if !out.offer(response) {
+                                return;
+                            }
                         }
                     }
-                    continue;
-                }
-                for events in chunk(events, MAX_MESSAGE_SIZE / 2) {
-                    if !out.offer(wmpb::WorkloadmetaStreamResponse { events, initial_snapshot_complete: false }) {
-                        return;
-                    }
+                    Some(Err(status)) => return out.end(status),
+                    None => return out.end(Status::unavailable("the agent is shutting down")),
                 }
             }
         });
-        Ok(Response::new(stream))
+        stream
     }
 }
 
@@ -417,8 +417,9 @@ mod tests {
     async fn quiet_streams_get_empty_keepalives_and_end_on_shutdown() {
         let store = Store::new();
         let tagger = Arc::new(Tagger::new(tagger::TaggerConfig::default()));
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        let api = AgentApi::new(store.clone(), tagger, stopping).with_keepalive(Duration::from_millis(50));
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let api = AgentApi::new(store.clone(), tagger, cancel.clone(), tasks.clone())
+            .with_keepalive(Duration::from_millis(50));
         let mut tags =
             api.tagger_stream_entities(Request::new(model::StreamTagsRequest::default())).await.unwrap().into_inner();
         let request = Request::new(wmpb::WorkloadmetaStreamRequest::default());
@@ -432,7 +433,8 @@ mod tests {
             assert_eq!(tags.next().await.unwrap().unwrap(), model::StreamTagsResponse::default());
             assert_eq!(wm.next().await.unwrap().unwrap(), wmpb::WorkloadmetaStreamResponse::default());
         }
-        stop.send(true).unwrap();
+        assert_eq!(tasks.len(), 2, "one task per stream");
+        cancel.cancel();
         let ended = loop {
             match tags.next().await {
                 Some(Ok(_)) => continue,
@@ -441,6 +443,8 @@ mod tests {
             }
         };
         assert_eq!(ended.code(), tonic::Code::Unavailable);
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("every stream task ended");
         store.shutdown().await;
     }
 

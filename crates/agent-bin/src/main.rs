@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agent_bin::cli::{self, CliError};
-use agent_bin::config::{Config, Setting};
-use agent_bin::http::{HealthReport, StatusReport, TaggerList, WorkloadList};
+use agent_bin::config::{AgentConfig, LogLevel, Setting};
+use agent_bin::report::{HealthReport, StatusReport, TaggerList, WorkloadList};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -57,18 +57,18 @@ enum Command {
     },
 }
 
-fn init_logging(config: &Config) {
+fn init_logging(config: &AgentConfig) {
     use tracing_subscriber::filter::LevelFilter;
-    let level = match config.str("log_level") {
-        "trace" => LevelFilter::TRACE,
-        "debug" => LevelFilter::DEBUG,
-        "warn" => LevelFilter::WARN,
-        "error" => LevelFilter::ERROR,
-        "off" => LevelFilter::OFF,
-        _ => LevelFilter::INFO,
+    let level = match config.log.log_level {
+        LogLevel::Trace => LevelFilter::TRACE,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Off => LevelFilter::OFF,
     };
     let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
-    if config.bool("log_format_json") {
+    if config.log.log_format_json {
         builder.json().init();
     } else {
         builder.init();
@@ -82,8 +82,8 @@ fn print_json<T: serde::Serialize>(value: &T) {
     }
 }
 
-async fn query(config: &Config, command: Command) -> Result<ExitCode, CliError> {
-    let port = config.port("health_port");
+async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliError> {
+    let port = config.ipc.health_port.get();
     match command {
         Command::Run => Ok(ExitCode::SUCCESS),
         Command::WorkloadList { verbose, json } => {
@@ -127,7 +127,7 @@ async fn query(config: &Config, command: Command) -> Result<ExitCode, CliError> 
             if json {
                 print_json(&settings);
             } else {
-                print!("{}", Config::render(&settings));
+                print!("{}", AgentConfig::render(&settings));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -136,7 +136,7 @@ async fn query(config: &Config, command: Command) -> Result<ExitCode, CliError> 
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+    let config = match AgentConfig::load(args.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("agent: {e}");
@@ -156,7 +156,15 @@ fn main() -> ExitCode {
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            match runtime.block_on(agent_bin::run::run(&config)) {
+            // A `flavor-light` build runs the light agent: a replica of its upstream's tags.
+            let run = async {
+                if cfg!(feature = "flavor-light") {
+                    agent_bin::light::run(&config).await
+                } else {
+                    agent_bin::run::run(&config).await
+                }
+            };
+            match runtime.block_on(run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("agent: {e:#}");

@@ -1,93 +1,24 @@
-//! Clients of another agent's `AgentSecure` API:
-//!
-//! - [`RemoteTagger`]: a local replica of the tags, fed by `TaggerStreamEntities`. It
-//!   reconnects with backoff (1 s doubling to 30 s, reset by a stream that delivered), replaces
-//!   its replica with each new stream's first response (so what vanished while it was away is
-//!   gone), applies the changes that follow, and answers [`RemoteTagger::tag`] locally.
-//! - [`RemoteWorkloadmetaCollector`]: a stream collector (source `remote`) mirroring another
-//!   agent's store through `WorkloadmetaStreamEntities`: it buffers the initial snapshot until
-//!   `initial_snapshot_complete` and sends it as one full list (unsetting what vanished while
-//!   it was disconnected), then forwards sets and unsets; a broken stream fails the run
-//!   retriably and the store's runner reconnects.
+//! The remote tagger: a local replica of another agent's tags, fed by its
+//! `TaggerStreamEntities` stream. It reconnects with backoff (1 s doubling to 30 s, reset by a
+//! stream that delivered), replaces its replica with each new stream's first response (so what
+//! vanished while it was away is gone), applies the changes that follow, and answers
+//! [`RemoteTagger::tag`] locally. `flavor-light` serves it on its HTTP API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use tagger::TagCardinality;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Request, Status};
-use wm_core::{Collector, CollectorContext, CollectorError, Entity, EventType, Source, StreamCollector};
+use tagger::{TagCardinality, TaggerEntityId};
+use wm_core::CancellationToken;
+use wm_ipc::RemoteAgent;
+use wm_ipc::proto::model::v1 as model;
 
-use crate::convert;
-use crate::grpc::MAX_MESSAGE_SIZE;
-use crate::proto::api::v1::agent_secure_client::AgentSecureClient;
-use crate::proto::model::v1 as model;
-use crate::proto::workloadmeta as wmpb;
-use crate::security::IpcCert;
+use crate::backend::Backend;
+use crate::report::{HealthReport, TaggerList, WorkloadList};
 
 /// A stream is given up (and reconnected) after this long without a response; the server sends
 /// keep-alives every 9 minutes.
 const STREAM_RECV_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
-/// Where another agent's API is and how to prove who we are.
-#[derive(Clone)]
-pub struct RemoteAgent {
-    /// `host:port` of its gRPC API (`localhost:5001`).
-    pub address: String,
-    /// Its auth token.
-    pub token: String,
-    /// Its IPC certificate (trusted as the server's, and presented as ours).
-    pub cert: IpcCert,
-}
-
-impl std::fmt::Debug for RemoteAgent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteAgent").field("address", &self.address).finish_non_exhaustive()
-    }
-}
-
-impl RemoteAgent {
-    /// A connected client whose every call carries the bearer token.
-    pub async fn connect(
-        &self,
-    ) -> Result<
-        AgentSecureClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>,
-        tonic::transport::Error,
-    > {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.cert.cert_pem))
-            .identity(Identity::from_pem(&self.cert.cert_pem, &self.cert.key_pem))
-            .domain_name("localhost");
-        let channel = Endpoint::from_shared(format!("https://{}", self.address))?
-            .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
-        Ok(AgentSecureClient::with_interceptor(channel, AddToken(format!("Bearer {}", self.token)))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE))
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct AddToken(String);
-
-impl std::fmt::Debug for AddToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AddToken")
-    }
-}
-
-impl tonic::service::Interceptor for AddToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let value = self.0.parse().map_err(|_| Status::invalid_argument("the auth token is not a valid header"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
-    }
-}
 
 /// One entity's tags in the replica.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,7 +30,7 @@ struct ReplicaTags {
 
 fn replica_entry(entity: &model::Entity) -> Option<(String, ReplicaTags)> {
     let id = entity.id.as_ref()?;
-    let key = if id.prefix.is_empty() { id.uid.clone() } else { format!("{}://{}", id.prefix, id.uid) };
+    let key = TaggerEntityId::new(id.prefix.clone(), id.uid.clone()).to_string();
     let tags = ReplicaTags {
         low: entity.low_cardinality_tags.clone(),
         orchestrator: entity.orchestrator_cardinality_tags.clone(),
@@ -117,7 +48,7 @@ pub struct RemoteTagger {
 }
 
 impl RemoteTagger {
-    /// An empty replica; [`RemoteTagger::spawn`] fills it.
+    /// An empty replica; [`RemoteTagger::follow_until`] fills it.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -145,7 +76,7 @@ impl RemoteTagger {
     }
 
     /// `tagger-list`'s data: every entity's tags, under source `remote`.
-    pub fn list(&self) -> crate::http::TaggerList {
+    pub fn list(&self) -> TaggerList {
         let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
         let entities = replica
             .iter()
@@ -157,7 +88,7 @@ impl RemoteTagger {
                 (entity.clone(), [("remote".to_owned(), all)].into_iter().collect())
             })
             .collect();
-        crate::http::TaggerList { entities }
+        TaggerList { entities }
     }
 
     /// How many streams it opened (a reconnect opens one more).
@@ -184,22 +115,28 @@ impl RemoteTagger {
         }
     }
 
-    /// Follows `agent`'s tags at high cardinality until the task is aborted.
-    pub fn spawn(self: &Arc<Self>, agent: RemoteAgent) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_secs(1);
-            loop {
-                match me.follow(&agent).await {
-                    Ok(()) => delay = Duration::from_secs(1),
-                    Err(e) => {
-                        tracing::warn!(address = agent.address, error = %e, retry_in = ?delay, "remote tagger: stream failed")
-                    }
+    /// Follows `agent`'s tags at high cardinality until `cancel` is cancelled.
+    pub async fn follow_until(self: Arc<Self>, agent: RemoteAgent, cancel: CancellationToken) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let outcome = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                outcome = self.follow(&agent) => outcome,
+            };
+            match outcome {
+                Ok(()) => delay = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(address = agent.address, error = %e, retry_in = ?delay, "remote tagger: stream failed")
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
-        })
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
     }
 
     /// One stream: `Ok` once it delivered something and then ended.
@@ -233,87 +170,40 @@ impl RemoteTagger {
     }
 }
 
-/// The collector name of [`RemoteWorkloadmetaCollector`].
-pub const REMOTE_WORKLOADMETA: &str = "remote-workloadmeta";
-
-/// Mirrors another agent's store as source `remote`.
-#[derive(Debug)]
-pub struct RemoteWorkloadmetaCollector {
-    agent: RemoteAgent,
-}
-
-impl RemoteWorkloadmetaCollector {
-    /// Follows every kind `agent` stores.
-    pub fn new(agent: RemoteAgent) -> Self {
-        Self { agent }
+impl Backend for RemoteTagger {
+    /// Live; ready once it got a snapshot.
+    fn health(&self) -> HealthReport {
+        let synced = self.streams() > 0;
+        let collector = serde_json::json!({
+            "name": "remote-tagger",
+            "source": "remote",
+            "state": if synced { "running" } else { "retrying" },
+            "synced": synced,
+        });
+        HealthReport { live: true, ready: synced, collectors: vec![collector] }
     }
 
-    /// This collector, ready to hand to the store.
-    pub fn into_collector(self) -> Collector {
-        Collector::stream(REMOTE_WORKLOADMETA, Source::Remote, self)
+    fn workload_list(&self, _verbose: bool) -> Option<WorkloadList> {
+        None
     }
-}
 
-fn entities_of(response: &wmpb::WorkloadmetaStreamResponse) -> Vec<(EventType, Entity)> {
-    response
-        .events
-        .iter()
-        .filter_map(|e| {
-            let (set, entity) = convert::from_event(e)?;
-            Some((if set { EventType::Set } else { EventType::Unset }, entity))
-        })
-        .collect()
-}
+    fn tagger_list(&self) -> TaggerList {
+        self.list()
+    }
 
-#[async_trait]
-impl StreamCollector for RemoteWorkloadmetaCollector {
-    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
-        let address = self.agent.address.clone();
-        let unreachable = |e: Box<dyn std::error::Error + Send + Sync>| CollectorError::Retriable {
-            context: format!("remote workloadmeta: {address} unreachable"),
-            source: Some(e),
-        };
-        let mut client = self.agent.connect().await.map_err(|e| unreachable(e.into()))?;
-        // No filter: every kind, every source, sets and unsets.
-        let request = wmpb::WorkloadmetaStreamRequest::default();
-        let mut stream =
-            client.workloadmeta_stream_entities(request).await.map_err(|e| unreachable(e.into()))?.into_inner();
-        let mut snapshot: Option<Vec<Entity>> = Some(Vec::new());
-        loop {
-            let response = match tokio::time::timeout(STREAM_RECV_TIMEOUT, stream.message()).await {
-                Ok(Ok(Some(response))) => response,
-                Ok(Ok(None)) => {
-                    return Err(CollectorError::Retriable {
-                        context: "remote workloadmeta: the stream ended".into(),
-                        source: None,
-                    });
-                }
-                Ok(Err(status)) => {
-                    return Err(CollectorError::retriable("remote workloadmeta: the stream broke", status));
-                }
-                Err(_) => {
-                    return Err(CollectorError::Retriable {
-                        context: "remote workloadmeta: no response for 10 minutes".into(),
-                        source: None,
-                    });
-                }
-            };
-            let events = entities_of(&response);
-            match snapshot.as_mut() {
-                Some(buffer) => {
-                    buffer.extend(events.into_iter().filter(|(t, _)| *t == EventType::Set).map(|(_, e)| e));
-                    if response.initial_snapshot_complete {
-                        let entities = snapshot.take().unwrap_or_default();
-                        tracing::info!(
-                            entities = entities.len(),
-                            address = self.agent.address,
-                            "remote workloadmeta: snapshot"
-                        );
-                        ctx.sink.full_list(entities).await;
-                    }
-                }
-                None => ctx.sink.events(events).await,
-            }
-        }
+    fn metrics(&self) -> String {
+        format!(
+            "# TYPE tagger_entities gauge\ntagger_entities {}\n# TYPE remote_tagger_streams counter\nremote_tagger_streams {}\n",
+            self.entities().len(),
+            self.streams()
+        )
+    }
+
+    fn entity_counts(&self) -> BTreeMap<String, usize> {
+        BTreeMap::new()
+    }
+
+    fn tagged_entities(&self) -> usize {
+        self.entities().len()
     }
 }

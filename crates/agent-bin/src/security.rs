@@ -13,6 +13,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+pub use wm_ipc::IpcCert;
+
 /// Why the token or certificate cannot be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -96,36 +98,12 @@ pub fn load_or_create_token(path: &Path) -> Result<String, SecurityError> {
     }
 }
 
-/// A certificate and its key, PEM.
-#[derive(Clone, Debug)]
-pub struct IpcCert {
-    /// The `CERTIFICATE` block.
-    pub cert_pem: String,
-    /// The `PRIVATE KEY` (or `EC PRIVATE KEY`) block.
-    pub key_pem: String,
-}
-
-fn pem_block(text: &str, labels: &[&str]) -> Option<String> {
-    labels.iter().find_map(|label| {
-        let begin = format!("-----BEGIN {label}-----");
-        let end = format!("-----END {label}-----");
-        let start = text.find(&begin)?;
-        let stop = text[start..].find(&end)? + start + end.len();
-        Some(format!("{}\n", &text[start..stop]))
-    })
-}
-
 /// The certificate in `path`, created when the file does not exist.
 pub fn load_or_create_cert(path: &Path) -> Result<IpcCert, SecurityError> {
     const WHAT: &str = "IPC certificate";
     let invalid = |reason: String| SecurityError::Invalid { what: WHAT, path: path.display().to_string(), reason };
     match fs::read_to_string(path) {
-        Ok(text) => {
-            let cert_pem = pem_block(&text, &["CERTIFICATE"]).ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
-            let key_pem = pem_block(&text, &["PRIVATE KEY", "EC PRIVATE KEY"])
-                .ok_or_else(|| invalid("no PRIVATE KEY block".into()))?;
-            Ok(IpcCert { cert_pem, key_pem })
-        }
+        Ok(text) => IpcCert::from_pem(&text).map_err(|reason| invalid(reason.to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut params =
                 rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])

@@ -29,17 +29,17 @@ fn free_port() -> u16 {
 fn a_string_where_a_bool_goes_refuses_to_start_naming_key_value_and_expectation() {
     let d = dir("bool");
     let config = d.join("agent.yaml");
-    std::fs::write(&config, "kubelet_tls_verify: \"no\"\n").unwrap();
+    std::fs::write(&config, "log_format_json: \"no\"\n").unwrap();
     let out = agent(&config, &["run"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out).trim(),
         format!(
-            "agent: config: key `kubelet_tls_verify` (file {}) is the string \"no\"; expected a boolean (true or false)",
+            "agent: config: key `log_format_json` (file {}) is the string \"no\"; expected a boolean (true or false)",
             config.display()
         )
     );
-    std::fs::write(&config, "kubelet_tls_verify: false\n").unwrap();
+    std::fs::write(&config, "log_format_json: false\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_agent"))
         .arg("--config")
         .arg(&config)

@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{agent_config, container, eventually, free_port, set, temp_dir};
+use support::{agent_config, container, eventually, free_port, set, start, temp_dir};
 use tagger::TagCardinality;
 
 const SCRIPT: &str = r#"
@@ -90,7 +90,8 @@ fn python() -> Result<PathBuf, String> {
 
 fn generate_stubs(python: &Path, out: &Path) {
     std::fs::create_dir_all(out).unwrap();
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    // Our .proto files live with the wire format, in wm-ipc.
+    let proto = test_support::testdata::workspace_root().join("crates/wm-ipc/proto");
     let status = Command::new(python)
         .args(["-m", "grpc_tools.protoc"])
         .arg(format!("-I{}", proto.display()))
@@ -121,7 +122,7 @@ async fn pythons_grpcio_streams_fetches_and_is_refused_without_the_token() {
 
     let (grpc, http) = (free_port(), free_port());
     let config = agent_config(&dir, grpc, http);
-    let agent = agent_bin::run::start(&config).await.unwrap();
+    let agent = start(&config).await;
     set(&agent, vec![container("a", "core"), container("b", "web")]).await;
     eventually("tags", || !agent.tagger.tag("container_id://b", TagCardinality::Low).is_empty()).await;
 

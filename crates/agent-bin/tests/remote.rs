@@ -2,16 +2,21 @@
 //! directly, the remote-tagger client and the remote-workloadmeta collector following it, a
 //! server restart in the middle, and calls refused without the right token.
 
+#![cfg(feature = "remote")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 
-use agent_bin::proto::model::v1 as model;
-use agent_bin::remote::{RemoteTagger, RemoteWorkloadmetaCollector};
-use agent_bin::run;
-use support::{agent_config, big_container, container, eventually, free_port, ids, mirrored, remote, set, temp_dir};
+use agent_bin::remote::RemoteTagger;
+use agent_bin::report::{HealthReport, TaggerList, WorkloadList};
+use support::{
+    agent_config, big_container, container, eventually, free_port, ids, mirrored, remote, set, start, temp_dir,
+};
 use tagger::TagCardinality;
+use wm_collector_remote::RemoteWorkloadmetaCollector;
+use wm_core::CancellationToken;
 use wm_core::{CollectorEvent, Entity, Source};
+use wm_ipc::proto::model::v1 as model;
 use wm_store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,12 +24,13 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
     let dir = temp_dir("remote");
     let (grpc, http) = (free_port(), free_port());
     let config = agent_config(&dir, grpc, http);
-    let agent = run::start(&config).await.unwrap();
+    let agent = start(&config).await;
     set(&agent, vec![container("a", "core"), container("b", "web"), container("c", "web")]).await;
 
     let upstream = remote(&config, grpc, None);
     let replica = RemoteTagger::new();
-    let follower = replica.spawn(upstream.clone());
+    let stop_following = CancellationToken::new();
+    let follower = tokio::spawn(replica.clone().follow_until(upstream.clone(), stop_following.clone()));
     let mirror =
         Store::builder().collector(RemoteWorkloadmetaCollector::new(upstream.clone()).into_collector()).build();
     mirror.start();
@@ -53,7 +59,7 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
     // The server restarts with other entities: both converge, nothing stale is left.
     let streams = replica.streams();
     agent.stop().await;
-    let agent = run::start(&config).await.unwrap();
+    let agent = start(&config).await;
     set(&agent, vec![container("a", "core"), container("e", "edge")]).await;
     eventually("the replica after the restart", || {
         replica.streams() > streams && replica.entities() == ids(&["a", "e"])
@@ -62,7 +68,8 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
     eventually("the mirror after the restart", || mirrored(&mirror) == ["a", "e"]).await;
     println!("after the server's restart: replica {:?}, mirror {:?}", replica.entities(), mirrored(&mirror));
 
-    follower.abort();
+    stop_following.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), follower).await.unwrap().unwrap();
     mirror.shutdown().await;
     agent.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -73,7 +80,7 @@ async fn calls_without_the_right_token_are_refused_and_fetch_and_origin_answer_w
     let dir = temp_dir("auth");
     let (grpc, http) = (free_port(), free_port());
     let config = agent_config(&dir, grpc, http);
-    let agent = run::start(&config).await.unwrap();
+    let agent = start(&config).await;
     set(&agent, vec![container("a", "core")]).await;
     eventually("tags", || !agent.tagger.tag("container_id://a", TagCardinality::Low).is_empty()).await;
 
@@ -113,11 +120,11 @@ async fn a_stream_client_that_does_not_read_is_cut_off_and_the_store_goes_on() {
     let dir = temp_dir("slow");
     let (grpc, http) = (free_port(), free_port());
     let config = agent_config(&dir, grpc, http);
-    let agent = run::start(&config).await.unwrap();
+    let agent = start(&config).await;
     let mut client = remote(&config, grpc, None).connect().await.unwrap();
     // Open a workloadmeta stream and never read it.
     let mut stream = client
-        .workloadmeta_stream_entities(agent_bin::proto::workloadmeta::WorkloadmetaStreamRequest::default())
+        .workloadmeta_stream_entities(wm_ipc::proto::workloadmeta::WorkloadmetaStreamRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -153,7 +160,7 @@ async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api(
     let dir = temp_dir("light");
     let (grpc, http) = (free_port(), free_port());
     let config = agent_config(&dir, grpc, http);
-    let upstream = run::start(&config).await.unwrap();
+    let upstream = start(&config).await;
     set(&upstream, vec![container("a", "core")]).await;
 
     // The light agent: the upstream's port, token and certificate; its own HTTP port.
@@ -168,22 +175,20 @@ async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api(
         ),
     )
     .unwrap();
-    let light_config = agent_bin::config::Config::load(Some(&light_yaml), Vec::new()).unwrap();
-    let light = run::start_light(&light_config).await.unwrap();
-    assert!(light.grpc_address.is_none());
-    let replica = light.replica.clone().unwrap();
+    let light_config = agent_bin::config::AgentConfig::load(Some(&light_yaml), Vec::new()).unwrap();
+    let light = agent_bin::light::start(&light_config).await.unwrap();
+    let replica = light.replica.clone();
     eventually("the light agent's replica", || {
         replica.tag("container_id://a", TagCardinality::Low).contains(&"team:core".to_owned())
     })
     .await;
-    let list: agent_bin::http::TaggerList = agent_bin::cli::fetch(light_http, "/agent/tagger-list").await.unwrap();
+    let list: TaggerList = agent_bin::cli::fetch(light_http, "/agent/tagger-list").await.unwrap();
     assert!(list.entities["container_id://a"]["remote"].contains(&"team:core".to_owned()));
-    let health: agent_bin::http::HealthReport = agent_bin::cli::fetch(light_http, "/health").await.unwrap();
+    let health: HealthReport = agent_bin::cli::fetch(light_http, "/health").await.unwrap();
     assert!(health.live && health.ready);
-    let refused =
-        agent_bin::cli::fetch::<agent_bin::http::WorkloadList>(light_http, "/agent/workload-list").await.unwrap_err();
+    let refused = agent_bin::cli::fetch::<WorkloadList>(light_http, "/agent/workload-list").await.unwrap_err();
     assert!(refused.to_string().contains("flavor-light"), "{refused}");
-    light.stop().await;
-    upstream.stop().await;
+    assert_eq!(light.stop().await.tasks_left, 0);
+    assert_eq!(upstream.stop().await.tasks_left, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use wm_core::Seconds;
 
-/// What the tag rules read from the agent config. Unknown keys are left to the agent (which
-/// warns about them); see [`TaggerConfig::KEYS`].
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+/// What the tag rules and the tag store read from the agent config, by their Datadog key names.
+/// The agent reads it from its config file and `DD_*` variables (the field names are the keys).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
 pub struct TaggerConfig {
     /// Container label → tag name (`+name`: high cardinality; `*` with `%%label%%` templates).
     pub container_labels_as_tags: BTreeMap<String, String>,
@@ -31,7 +32,7 @@ pub struct TaggerConfig {
     /// Tag ECS tasks on EC2 with their AWS resource tags (always on Fargate).
     pub ecs_collect_resource_tags_ec2: bool,
     /// How long a deleted entity keeps its tags, in seconds (default 300).
-    pub tagger_deletion_grace_period: u64,
+    pub tagger_deletion_grace_period: Seconds,
 }
 
 impl Default for TaggerConfig {
@@ -47,29 +48,19 @@ impl Default for TaggerConfig {
             kubernetes_namespace_annotations_as_tags: BTreeMap::new(),
             kubernetes_persistent_volume_claims_as_tags: false,
             ecs_collect_resource_tags_ec2: false,
-            tagger_deletion_grace_period: 300,
+            tagger_deletion_grace_period: Seconds(300),
         }
     }
 }
 
 impl TaggerConfig {
-    /// The config keys this struct reads.
-    pub const KEYS: &[&str] = &[
-        "container_labels_as_tags",
-        "docker_labels_as_tags",
-        "container_env_as_tags",
-        "docker_env_as_tags",
-        "kubernetes_pod_labels_as_tags",
-        "kubernetes_pod_annotations_as_tags",
-        "kubernetes_namespace_labels_as_tags",
-        "kubernetes_namespace_annotations_as_tags",
-        "kubernetes_persistent_volume_claims_as_tags",
-        "ecs_collect_resource_tags_ec2",
-        "tagger_deletion_grace_period",
-    ];
-
     /// The grace period as a duration.
     pub fn deletion_grace_period(&self) -> Duration {
-        Duration::from_secs(self.tagger_deletion_grace_period)
+        self.tagger_deletion_grace_period.duration()
+    }
+
+    /// The env vars the `*_env_as_tags` keys name: collectors keep them beside the rules' own.
+    pub fn env_as_tags_keys(&self) -> Vec<String> {
+        self.container_env_as_tags.keys().chain(self.docker_env_as_tags.keys()).cloned().collect()
     }
 }

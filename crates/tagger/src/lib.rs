@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod entity_id;
 mod fetch;
 pub mod origin;
 pub mod rules;
@@ -16,6 +17,7 @@ mod tagger;
 mod tags;
 
 pub use config::TaggerConfig;
+pub use entity_id::TaggerEntityId;
 pub use fetch::ContainerFetcher;
 pub use store::{
     Clock, EntityTags, ManualClock, SystemClock, TagChange, TagEvent, TagEventKind, TagSource, TagStore, Tags,

@@ -8,6 +8,7 @@ use wm_core::{Entity, Event, EventType, Filter, KubernetesPod, LaunchType, Subsc
 use wm_store::{Store, SubscriptionError};
 
 use crate::config::TaggerConfig;
+use crate::entity_id::TaggerEntityId;
 use crate::fetch::{ContainerFetcher, SingleFlight};
 use crate::rules;
 use crate::store::{Clock, SystemClock, TagSource, TagStore, Tags};
@@ -16,18 +17,14 @@ use crate::tags::{TagCardinality, TagInfo};
 /// The entity id of the node-wide tags (ECS Fargate task tags go there too).
 pub const GLOBAL_ENTITY_ID: &str = "internal://global-entity-id";
 
-/// The tagger's entity id of a container (`container_id://<id>`).
+/// The tagger's entity id of a container (`container_id://<id>`), as the tag store keys it.
 pub fn container_entity(id: &str) -> String {
-    format!("container_id://{id}")
+    TaggerEntityId::container(id).to_string()
 }
 
-/// The tagger's entity id of a store entity.
+/// The tagger's entity id of a store entity, as the tag store keys it.
 pub fn entity_id(entity: &Entity) -> String {
-    match entity {
-        Entity::Container(c) => container_entity(&c.id),
-        Entity::KubernetesPod(p) => format!("kubernetes_pod_uid://{}", p.id),
-        Entity::EcsTask(t) => format!("ecs_task://{}", t.id),
-    }
+    TaggerEntityId::of_entity(entity).to_string()
 }
 
 /// The containers (tagger entity ids) each pod or task tagged, by source and parent entity id.
@@ -72,7 +69,8 @@ impl Tagger {
         if !tags.is_empty() || self.store.contains(entity) {
             return tags;
         }
-        let (Some(fetcher), Some(id)) = (&self.fetcher, entity.strip_prefix("container_id://")) else { return tags };
+        let parsed = TaggerEntityId::parse(entity);
+        let (Some(fetcher), Some(id)) = (&self.fetcher, parsed.container_id()) else { return tags };
         if let Some(container) = fetcher.fetch(id).await
             && *container.id == *id
         {

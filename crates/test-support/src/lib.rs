@@ -2,7 +2,7 @@
 //! conformance scenarios in `testdata/conformance` and `$WM_EXTRA_CONFORMANCE`; the project's test
 //! data ([`testdata`]); the real
 //! container runtimes the collectors are tested against ([`runtimes`], [`podman`]); a store
-//! watcher for those tests ([`watch`]); and the `wm-demo` binary behind `cargo xtask demo`.
+//! watcher for those tests ([`watch`]).
 
 #![forbid(unsafe_code)]
 

@@ -43,6 +43,7 @@ use containerd_client::types::Envelope;
 use containerd_client::types::v1::Process;
 use futures::StreamExt;
 use prost::Message;
+use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, warn};
@@ -60,24 +61,33 @@ pub const SYNC_TOPIC: &str = "/wm-agent/subscribed";
 /// The namespace the marker is published in.
 pub const SYNC_NAMESPACE: &str = "wm-agent";
 
-/// Where containerd is and which namespaces to watch (the Datadog keys in brackets).
-#[derive(Clone, Debug)]
+/// Where containerd is and which namespaces to watch: the collector's part of the agent config,
+/// by its Datadog key names.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ContainerdConfig {
-    /// The socket (`cri_socket_path`); `None`: [`DEFAULT_SOCKET`].
-    pub socket: Option<PathBuf>,
-    /// Watch only these namespaces (`containerd_namespaces`); empty: every namespace but the
+    /// `cri_socket_path`: the socket; unset: [`DEFAULT_SOCKET`].
+    pub cri_socket_path: Option<PathBuf>,
+    /// `containerd_namespaces`: watch only these namespaces; empty: every namespace but the
     /// excluded ones.
-    pub namespaces: Vec<String>,
-    /// Namespaces never watched (`containerd_exclude_namespaces`, default `moby`), unless
-    /// `namespaces` is set.
-    pub exclude_namespaces: Vec<String>,
-    /// Env vars to keep beyond those the tag rules read (the keys of `container_env_as_tags`).
+    pub containerd_namespaces: Vec<String>,
+    /// `containerd_exclude_namespaces` (default `moby`, docker's, which the docker collector
+    /// reports): namespaces never watched, unless `containerd_namespaces` is set.
+    pub containerd_exclude_namespaces: Vec<String>,
+    /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
+    /// `container_env_as_tags`); not a key of its own.
+    #[serde(skip)]
     pub extra_env: Vec<String>,
 }
 
 impl Default for ContainerdConfig {
     fn default() -> Self {
-        Self { socket: None, namespaces: Vec::new(), exclude_namespaces: vec!["moby".into()], extra_env: Vec::new() }
+        Self {
+            cri_socket_path: None,
+            containerd_namespaces: Vec::new(),
+            containerd_exclude_namespaces: vec!["moby".into()],
+            extra_env: Vec::new(),
+        }
     }
 }
 
@@ -87,10 +97,10 @@ impl ContainerdConfig {
         if namespace == SYNC_NAMESPACE {
             return false;
         }
-        if self.namespaces.is_empty() {
-            !self.exclude_namespaces.iter().any(|n| n == namespace)
+        if self.containerd_namespaces.is_empty() {
+            !self.containerd_exclude_namespaces.iter().any(|n| n == namespace)
         } else {
-            self.namespaces.iter().any(|n| n == namespace)
+            self.containerd_namespaces.iter().any(|n| n == namespace)
         }
     }
 }
@@ -153,7 +163,12 @@ impl ContainerdCollector {
     }
 
     async fn connect(&self) -> Result<Clients, CollectorError> {
-        let socket = self.config.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let socket = self
+            .config
+            .cri_socket_path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         if !socket.exists() {
             return Err(CollectorError::absent(format!("no containerd socket at {}", socket.display())));
         }
@@ -473,7 +488,7 @@ mod tests {
         assert!(default.watches("default") && default.watches("k8s.io"));
         assert!(!default.watches("moby"));
         assert!(!default.watches(SYNC_NAMESPACE));
-        let only = ContainerdConfig { namespaces: vec!["k8s.io".into()], ..ContainerdConfig::default() };
+        let only = ContainerdConfig { containerd_namespaces: vec!["k8s.io".into()], ..ContainerdConfig::default() };
         assert!(only.watches("k8s.io") && !only.watches("default"));
     }
 

@@ -29,7 +29,7 @@ fn with_daemons(test: &str, body: impl AsyncFnOnce(&mut Runtimes)) {
 }
 
 fn store_with_containerd(rt: &Runtimes) -> Store {
-    let config = ContainerdConfig { socket: Some(rt.containerd_socket()), ..ContainerdConfig::default() };
+    let config = ContainerdConfig { cri_socket_path: Some(rt.containerd_socket()), ..ContainerdConfig::default() };
     let store = Store::builder().collector(ContainerdCollector::new(config).into_collector()).build();
     store.start();
     store

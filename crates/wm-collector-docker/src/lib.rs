@@ -28,6 +28,7 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Source, Timestamp};
 use wm_driver::{Driver, ListWatch, Refreshed, WatchStream, Watched};
@@ -47,21 +48,26 @@ const INSPECT_CONCURRENCY: usize = 8;
 const RELEVANT_ACTIONS: &[&str] =
     &["create", "start", "restart", "die", "destroy", "rename", "pause", "unpause", "update", "health_status"];
 
-/// Where and how to reach dockerd.
-#[derive(Clone, Debug, Default)]
+/// Where and how to reach dockerd: the collector's part of the agent config, by its Datadog key
+/// names.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
-    /// The daemon address (`unix:///path`, `tcp://host:port`); `None`: `DOCKER_HOST`, else
-    /// [`DEFAULT_SOCKET`].
-    pub host: Option<String>,
-    /// Env vars to keep beyond those the tag rules read (the keys of `container_env_as_tags`).
+    /// `docker_host`: the daemon address (`unix:///path`, `tcp://host:port`); unset: the
+    /// `DOCKER_HOST` variable, else [`DEFAULT_SOCKET`].
+    pub docker_host: Option<String>,
+    /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
+    /// `container_env_as_tags`); not a key of its own.
+    #[serde(skip)]
     pub extra_env: Vec<String>,
 }
 
 impl DockerConfig {
     /// The address this config resolves to.
     pub fn resolved_host(&self) -> String {
-        self.host
+        self.docker_host
             .clone()
+            .filter(|h| !h.is_empty())
             .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
     }

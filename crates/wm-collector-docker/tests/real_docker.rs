@@ -31,7 +31,7 @@ fn client(rt: &Runtimes) -> Docker {
 }
 
 fn store_with_docker(rt: &Runtimes) -> Store {
-    let config = DockerConfig { host: Some(rt.docker_host()), extra_env: vec!["TEAM_ENV".into()] };
+    let config = DockerConfig { docker_host: Some(rt.docker_host()), extra_env: vec!["TEAM_ENV".into()] };
     let store = Store::builder().collector(DockerCollector::new(config).into_collector()).build();
     store.start();
     store

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use wm_core::{Collector, CollectorContext, CollectorError, Container, Entity, EnvFilter, PullCollector, Source};
 
@@ -34,12 +35,16 @@ pub const NAME: &str = "podman";
 /// The libpod API version the collector speaks (Podman ≥ 4).
 const API: &str = "http://podman/v4.0.0/libpod";
 
-/// Where Podman's service listens.
-#[derive(Clone, Debug, Default)]
+/// Where Podman's service listens: the collector's part of the agent config, by its Datadog key
+/// name.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PodmanConfig {
-    /// Its unix socket; `None`: [`DEFAULT_SOCKET`].
-    pub socket: Option<PathBuf>,
-    /// Env vars to keep beyond those the tag rules read (the keys of `container_env_as_tags`).
+    /// `podman_socket_path`: its unix socket; unset: [`DEFAULT_SOCKET`].
+    pub podman_socket_path: Option<PathBuf>,
+    /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
+    /// `container_env_as_tags`); not a key of its own.
+    #[serde(skip)]
     pub extra_env: Vec<String>,
 }
 
@@ -82,7 +87,11 @@ impl PodmanCollector {
     }
 
     fn socket(&self) -> PathBuf {
-        self.config.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        self.config
+            .podman_socket_path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
     }
 
     fn client(&self) -> Result<&reqwest::Client, CollectorError> {

@@ -24,7 +24,7 @@ fn with_podman(test: &str, body: impl AsyncFnOnce(&mut PodmanService)) {
 }
 
 fn store_with_podman(podman: &PodmanService) -> Store {
-    let config = PodmanConfig { socket: Some(podman.socket()), extra_env: Vec::new() };
+    let config = PodmanConfig { podman_socket_path: Some(podman.socket()), extra_env: Vec::new() };
     let collector = PodmanCollector::new(config).into_collector().with_pull_interval(EVERY);
     let store = Store::builder().collector(collector).build();
     store.start();

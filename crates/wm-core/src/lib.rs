@@ -9,6 +9,7 @@
 
 mod cancel;
 mod collector;
+pub mod config;
 mod entity;
 mod event;
 mod image;
@@ -21,6 +22,7 @@ pub use collector::{
     BoxError, Collector, CollectorContext, CollectorError, CollectorKind, EventSink, Origin, PullCollector,
     SinkMessage, SourceSink, StoreReader, StreamCollector,
 };
+pub use config::{Port, Seconds};
 pub use entity::{
     Container, ContainerHealth, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
     EntityId, EnvFilter, KEPT_ENV_VARS, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL,

@@ -6,28 +6,30 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent_bin::config::Config;
-use agent_bin::remote::RemoteAgent;
+use agent_bin::config::AgentConfig;
 use agent_bin::run::RunningAgent;
 use agent_bin::security;
 use wm_core::{CollectorEvent, Container, ContainerImage, Entity, Source, StrMap};
+use wm_ipc::RemoteAgent;
 use wm_store::Store;
 
 pub fn free_port() -> u16 {
     test_support::runtimes::free_port().unwrap()
 }
 
-/// An agent config in `dir`: its own ports, token and certificate; no runtime socket exists.
-pub fn agent_config(dir: &Path, grpc: u16, http: u16) -> Config {
+/// An agent config in `dir`: its own ports, token and certificate.
+pub fn agent_config(dir: &Path, grpc: u16, http: u16) -> AgentConfig {
     std::fs::create_dir_all(dir).unwrap();
-    let yaml = format!(
-        "cmd_port: {grpc}\nhealth_port: {http}\ndocker_host: unix:///nonexistent/docker.sock\n\
-         cri_socket_path: /nonexistent/containerd.sock\npodman_socket_path: /nonexistent/podman.sock\n\
-         container_labels_as_tags:\n  team: team\n"
-    );
+    let yaml = format!("cmd_port: {grpc}\nhealth_port: {http}\ncontainer_labels_as_tags:\n  team: team\n");
     let path = dir.join("agent.yaml");
     std::fs::write(&path, yaml).unwrap();
-    Config::load(Some(&path), Vec::new()).unwrap()
+    AgentConfig::load(Some(&path), Vec::new()).unwrap()
+}
+
+/// An in-process agent with no collector at all (whatever this build compiles in): its store is
+/// fed by the test, and no host daemon is ever reached.
+pub async fn start(config: &AgentConfig) -> RunningAgent {
+    agent_bin::run::start_with(config, Vec::new()).await.unwrap()
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -56,7 +58,7 @@ pub async fn set(agent: &RunningAgent, entities: Vec<Entity>) {
     agent.store.notify(entities.into_iter().map(|e| CollectorEvent::set(Source::Runtime, e)).collect()).await;
 }
 
-pub fn remote(config: &Config, grpc: u16, token: Option<&str>) -> RemoteAgent {
+pub fn remote(config: &AgentConfig, grpc: u16, token: Option<&str>) -> RemoteAgent {
     let real = std::fs::read_to_string(config.auth_token_path()).unwrap();
     RemoteAgent {
         address: format!("localhost:{grpc}"),

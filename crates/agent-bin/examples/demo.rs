@@ -2,7 +2,8 @@
 //! what it sees printed (`agent workload-list`, `agent tagger-list`), one container removed and
 //! shown gone, then everything torn down. Needs root; installs the Debian packages it misses.
 //!
-//! Usage: `wm-demo <path to the agent binary>` (xtask builds it first).
+//! Usage: `cargo run -p agent-bin --example demo -- <path to the agent binary>` (what `cargo xtask
+//! demo` runs, after building the agent).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Output, Stdio};

@@ -1,0 +1,103 @@
+//! The collectors this build can run: one line per collector crate, behind its cargo feature.
+//!
+//! Each entry reads its collector's config struct from the agent config and builds the
+//! collector, or nothing when the config turns it off. Building does no I/O: the config check
+//! runs every entry once, and the agent runs them again to start. Everything else that knows
+//! which collectors exist — `agent status`, the flavor checks, the tests — reads this table.
+
+use wm_core::Collector;
+
+use crate::config::{AgentConfig, ConfigError};
+
+/// Which agents run a collector, as the Datadog agent's catalogs say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Catalog {
+    /// A node agent collecting from the node itself.
+    Node,
+    /// An agent following another agent (`process_config.remote_workloadmeta`).
+    Remote,
+}
+
+/// One collector this build links.
+#[derive(Debug)]
+pub struct CollectorEntry {
+    /// Its name (as in health and dumps).
+    pub name: &'static str,
+    /// The agents that run it.
+    pub catalog: Catalog,
+    /// Builds it from the config; `None` when the config turns it off.
+    pub build: fn(&AgentConfig) -> Result<Option<Collector>, ConfigError>,
+}
+
+/// Every collector compiled in.
+pub const COLLECTORS: &[CollectorEntry] = &[
+    #[cfg(feature = "docker")]
+    CollectorEntry { name: wm_collector_docker::NAME, catalog: Catalog::Node, build: docker },
+    #[cfg(feature = "containerd")]
+    CollectorEntry { name: wm_collector_containerd::NAME, catalog: Catalog::Node, build: containerd },
+    #[cfg(feature = "podman")]
+    CollectorEntry { name: wm_collector_podman::NAME, catalog: Catalog::Node, build: podman },
+    #[cfg(feature = "remote")]
+    CollectorEntry { name: wm_collector_remote::NAME, catalog: Catalog::Remote, build: remote },
+];
+
+#[cfg(feature = "docker")]
+fn docker(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let docker = wm_collector_docker::DockerConfig { extra_env: config.extra_env(), ..config.section()? };
+    Ok(Some(wm_collector_docker::DockerCollector::new(docker).into_collector()))
+}
+
+#[cfg(feature = "containerd")]
+fn containerd(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let containerd = wm_collector_containerd::ContainerdConfig { extra_env: config.extra_env(), ..config.section()? };
+    Ok(Some(wm_collector_containerd::ContainerdCollector::new(containerd).into_collector()))
+}
+
+#[cfg(feature = "podman")]
+fn podman(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let podman = wm_collector_podman::PodmanConfig { extra_env: config.extra_env(), ..config.section()? };
+    Ok(Some(wm_collector_podman::PodmanCollector::new(podman).into_collector()))
+}
+
+#[cfg(feature = "remote")]
+fn remote(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let remote: wm_collector_remote::RemoteConfig = config.section()?;
+    Ok(remote.remote_workloadmeta.then(|| {
+        let address = format!("{}:{}", config.ipc.cmd_host, config.ipc.cmd_port);
+        wm_collector_remote::RemoteWorkloadmetaCollector::from_files(
+            address,
+            config.auth_token_path(),
+            config.ipc_cert_path(),
+        )
+        .into_collector()
+    }))
+}
+
+/// The catalog this config asks for: the remote one when it follows another agent.
+pub fn catalog(config: &AgentConfig) -> Result<Catalog, ConfigError> {
+    #[cfg(feature = "remote")]
+    if config.section::<wm_collector_remote::RemoteConfig>()?.remote_workloadmeta {
+        return Ok(Catalog::Remote);
+    }
+    let _ = config;
+    Ok(Catalog::Node)
+}
+
+/// The collectors of this config's catalog that its config does not turn off.
+pub fn build_all(config: &AgentConfig) -> Result<Vec<Collector>, ConfigError> {
+    let catalog = catalog(config)?;
+    let mut collectors = Vec::new();
+    for entry in COLLECTORS {
+        // Every entry reads its part, so a wrong value is refused in any catalog.
+        let built = (entry.build)(config)?;
+        if entry.catalog == catalog {
+            collectors.extend(built);
+        }
+    }
+    Ok(collectors)
+}
+
+/// The names of the collectors compiled in.
+pub fn compiled() -> Vec<String> {
+    COLLECTORS.iter().map(|e| e.name.to_owned()).collect()
+}

@@ -1,0 +1,71 @@
+//! The light agent (`flavor-light`): no collector, no store of its own; a replica of the tags of
+//! the agent at `cmd_host:cmd_port` (with that agent's token and certificate files), served on
+//! its own localhost HTTP API. It is what `agent run` runs in a `flavor-light` build; the type is
+//! in every build so that tests can run it beside a full agent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio_util::task::TaskTracker;
+use wm_core::CancellationToken;
+use wm_ipc::RemoteAgent;
+
+use crate::config::AgentConfig;
+use crate::http::HttpState;
+use crate::remote::RemoteTagger;
+use crate::run::{Stopped, listen};
+
+/// A running light agent.
+#[derive(Debug)]
+pub struct RunningLight {
+    /// The replica of the upstream's tags.
+    pub replica: Arc<RemoteTagger>,
+    /// Where the HTTP API listens.
+    pub http_address: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Starts the light agent; returns once its HTTP API listens.
+pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
+    let address = format!("{}:{}", config.ipc.cmd_host, config.ipc.cmd_port);
+    let (token, cert) = (config.auth_token_path(), config.ipc_cert_path());
+    let upstream = RemoteAgent::from_files(address, &token, &cert)
+        .context("the upstream agent's token and certificate (auth_token_file_path, ipc_cert_file_path)")?;
+    let http_listener = listen("127.0.0.1", config.ipc.health_port.get(), "health_port").await?;
+    let http_address = http_listener.local_addr()?;
+    let replica = RemoteTagger::new();
+    let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+    tasks.spawn(replica.clone().follow_until(upstream.clone(), cancel.clone()));
+    let state = HttpState {
+        backend: replica.clone(),
+        config: Arc::new(config.settings()),
+        started: Instant::now(),
+        grpc_address: format!("none (remote tagger client of {})", upstream.address),
+        compiled_collectors: Vec::new(),
+    };
+    tasks.spawn(crate::http::serve(http_listener, state, cancel.clone()));
+    tracing::info!(upstream = upstream.address, http = %http_address, "light agent started: remote tagger client");
+    Ok(RunningLight { replica, http_address, cancel, tasks })
+}
+
+impl RunningLight {
+    /// Stops the replica's stream and the HTTP API, and awaits both.
+    pub async fn stop(self) -> Stopped {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(4), self.tasks.wait()).await;
+        Stopped { tasks_left: self.tasks.len() }
+    }
+}
+
+/// Runs the light agent until SIGTERM or SIGINT.
+pub async fn run(config: &AgentConfig) -> anyhow::Result<()> {
+    let agent = start(config).await?;
+    crate::signals::wait().await?;
+    let stopped = agent.stop().await;
+    tracing::info!(tasks_left = stopped.tasks_left, "stopped");
+    Ok(())
+}
