@@ -24,8 +24,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 /// Tools the workspace's build or tests need, with the Debian package that brings each:
-/// `protoc` for containerd-client's build script, and the real runtimes the collector tests run
-/// against (`test_support::{runtimes, podman}` start them; keep their lists and this one in step).
+/// `protoc` for the build scripts of containerd-client and wm-ipc, and the real runtimes the
+/// collector tests run against (`test_support::{runtimes, podman, kubernetes}` start them; keep
+/// their lists and this one in step). The Kubernetes components are built with the machine's
+/// own Go by the tooling, cached in `~/.cache/wm-k8s`.
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("protoc", "protobuf-compiler"),
     ("containerd", "containerd"),
@@ -33,6 +35,9 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("dockerd", "docker.io"),
     ("busybox", "busybox-static"),
     ("podman", "podman"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("ip", "iproute2"),
+    ("curl", "curl"),
 ];
 
 /// Benchmarks: (package, bench target). Each prints its own `name ours baseline ratio target verdict` line.
@@ -93,6 +98,9 @@ fn run(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn have(binary: &str) -> bool {
+    if binary.starts_with('/') {
+        return Path::new(binary).is_file();
+    }
     Command::new("sh").arg("-c").arg(format!("command -v {binary}")).output().is_ok_and(|o| o.status.success())
 }
 

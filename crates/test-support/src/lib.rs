@@ -1,12 +1,14 @@
 //! Test helpers shared by the workspace's crates (a dev-dependency only): the runner of the
 //! conformance scenarios in `testdata/conformance` and `$WM_EXTRA_CONFORMANCE`; the project's test
 //! data ([`testdata`]); the real
-//! container runtimes the collectors are tested against ([`runtimes`], [`podman`]); a store
+//! container runtimes the collectors are tested against ([`runtimes`], [`podman`]), and a real
+//! single-node Kubernetes built from its Go modules ([`kubernetes`]); a store
 //! watcher for those tests ([`watch`]).
 
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod kubernetes;
 pub mod podman;
 pub mod rng;
 pub mod runtimes;

@@ -70,7 +70,8 @@ impl PodmanService {
         let mut args = Self::storage_args(&dir);
         args.extend(["system", "service", "--time=0"].map(String::from));
         args.push(format!("unix://{}", dir.join("podman.sock").display()));
-        let service = Daemon { name: "podman", program: "podman", args, log: dir.join("podman.log"), child: None };
+        let service =
+            Daemon { name: "podman", program: "podman".into(), args, log: dir.join("podman.log"), child: None };
         let mut podman = Self { dir, service };
         podman.start_service()?;
         let tar = build_rootfs_tar(&podman.dir)?;

@@ -143,7 +143,7 @@ pub(crate) fn is_root() -> bool {
 #[derive(Debug)]
 pub(crate) struct Daemon {
     pub(crate) name: &'static str,
-    pub(crate) program: &'static str,
+    pub(crate) program: PathBuf,
     pub(crate) args: Vec<String>,
     pub(crate) log: PathBuf,
     pub(crate) child: Option<Child>,
@@ -161,14 +161,14 @@ impl Daemon {
             .open(&self.log)
             .map_err(|e| Unavailable(format!("{}: cannot open its log: {e}", self.name)))?;
         let err = log.try_clone().map_err(|e| Unavailable(format!("{}: {e}", self.name)))?;
-        let child = Command::new(self.program)
+        let child = Command::new(&self.program)
             .args(&self.args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
-            .map_err(|e| Unavailable(format!("cannot start {}: {e}", self.program)))?;
+            .map_err(|e| Unavailable(format!("cannot start {}: {e}", self.program.display())))?;
         self.child = Some(child);
         Ok(())
     }
@@ -252,14 +252,14 @@ impl Runtimes {
         fs::write(dir.join("daemon.json"), "{}\n").map_err(|e| Unavailable(format!("dockerd config: {e}")))?;
         let containerd = Daemon {
             name: "containerd",
-            program: "containerd",
+            program: "containerd".into(),
             args: vec!["--config".into(), containerd_config.display().to_string()],
             log: dir.join("containerd.log"),
             child: None,
         };
         let dockerd = Daemon {
             name: "dockerd",
-            program: "dockerd",
+            program: "dockerd".into(),
             args: [
                 "--containerd",
                 &d("containerd.sock"),
