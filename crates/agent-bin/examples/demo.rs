@@ -1,6 +1,11 @@
-//! `cargo xtask demo`: real runtimes up, a few labelled containers, the agent against them,
-//! what it sees printed (`agent workload-list`, `agent tagger-list`), one container removed and
-//! shown gone, then everything torn down. Needs root; installs the Debian packages it misses.
+//! `cargo xtask demo`: real runtimes up (dockerd, and a single-node Kubernetes whose kubelet
+//! runs on its own containerd), labelled containers and a labelled two-container pod, the agent
+//! against them, what it sees printed (`agent workload-list`, `agent tagger-list`), one container
+//! removed and shown gone, then everything torn down. Needs root; installs the Debian packages it
+//! misses and builds the Kubernetes components the first time (cached in `~/.cache/wm-k8s`).
+//!
+//! Until the Kubernetes collectors exist, the pod shows as its two containers, read by the
+//! containerd collector from the cluster's containerd (namespace `k8s.io`, the sandbox skipped).
 //!
 //! Usage: `cargo run -p agent-bin --example demo -- <path to the agent binary>` (what `cargo xtask
 //! demo` runs, after building the agent).
@@ -9,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use test_support::kubernetes::{Kubernetes, object};
 use test_support::runtimes::{self, Install, Runtimes, Unavailable};
 
 fn free_port() -> Result<u16, String> {
@@ -79,6 +85,24 @@ fn demo(binary: &Path) -> Result<(), String> {
     let rt = Runtimes::start(Install::IfMissing).map_err(|e| e.to_string())?;
     println!("containerd: {}\ndockerd:    {}", rt.containerd_socket().display(), rt.docker_socket().display());
 
+    step("bringing up a single-node Kubernetes (etcd, API server, controllers, scheduler, kubelet on containerd)");
+    let cluster = Kubernetes::start(Install::IfMissing).map_err(|e| e.to_string())?;
+    for (phase, took) in &cluster.timings {
+        println!("{phase}: {took:.1?}");
+    }
+    println!(
+        "API server: {}
+kubelet:    {}
+containerd: {}",
+        cluster.api_server_url(),
+        cluster.kubelet_url(),
+        cluster.containerd_socket().display()
+    );
+
+    step("creating a labelled two-container pod (a Deployment in namespace demo)");
+    let pod_containers = run_pod(&cluster)?;
+    println!("pod containers (containerd://): {}", pod_containers.join(", "));
+
     step("starting labelled containers");
     let web = check(
         "docker run web",
@@ -118,14 +142,7 @@ fn demo(binary: &Path) -> Result<(), String> {
             "3600",
         ]),
     )?;
-    check(
-        "ctr run job",
-        rt.ctr(
-            Runtimes::CTR_NAMESPACE,
-            &["run", "-d", "--label", "team=batch", Runtimes::CTR_IMAGE, "job", "/bin/sleep", "3600"],
-        ),
-    )?;
-    println!("docker: web {}, db {}\ncontainerd (namespace {}): job", &web[..12], &db[..12], Runtimes::CTR_NAMESPACE);
+    println!("docker: web {}, db {}", &web[..12], &db[..12]);
 
     step("starting the agent");
     let dir = rt.dir().join("agent");
@@ -137,7 +154,7 @@ fn demo(binary: &Path) -> Result<(), String> {
         free_port()?,
         free_port()?,
         rt.docker_host(),
-        rt.containerd_socket().display(),
+        cluster.containerd_socket().display(),
         dir.join("no-podman.sock").display()
     );
     std::fs::write(&config, &yaml).map_err(|e| e.to_string())?;
@@ -151,15 +168,18 @@ fn demo(binary: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let mut agent = Agent { binary: binary.to_owned(), config, child: Some(child) };
     agent.wait_for(&["health"], "the agent ready", |out| out.contains("Agent health: PASS"))?;
-    let list = agent.wait_for(&["workload-list"], "the three containers", |out| {
-        out.contains(&format!("id: {web} ===")) && out.contains(&format!("id: {db} ===")) && out.contains("id: job ===")
+    let list = agent.wait_for(&["workload-list"], "the four containers", |out| {
+        out.contains(&format!("id: {web} ==="))
+            && out.contains(&format!("id: {db} ==="))
+            && pod_containers.iter().all(|id| out.contains(&format!("id: {id} ===")))
     })?;
 
     step("agent workload-list");
     print!("{list}");
     step("agent tagger-list");
-    let tags = agent
-        .wait_for(&["tagger-list"], "their tags", |out| out.contains("team:batch") && out.contains("team:storage"))?;
+    let tags = agent.wait_for(&["tagger-list"], "their tags", |out| {
+        out.contains("team:storage") && out.contains("team:frontend")
+    })?;
     print!("{tags}");
 
     step("removing db (docker rm -f db)");
@@ -179,16 +199,57 @@ fn demo(binary: &Path) -> Result<(), String> {
     step("agent status");
     print!("{}", agent.text(&["status"])?);
 
-    step("stopping the agent and tearing down the runtimes");
+    step("stopping the agent and tearing down the runtimes and the cluster");
     agent.stop();
     drop(rt);
+    drop(cluster);
     println!("done: every process the demo started is stopped, its directory removed");
     Ok(())
 }
 
+/// Creates the demo's Deployment and returns its pod's container ids once it runs.
+fn run_pod(cluster: &Kubernetes) -> Result<Vec<String>, String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, PostParams};
+    let container = |name: &str| {
+        serde_json::json!({
+            "name": name, "image": Kubernetes::IMAGE, "imagePullPolicy": "Never", "command": ["/bin/sleep", "3600"],
+        })
+    };
+    let deployment: Deployment = object(serde_json::json!({
+        "metadata": { "name": "shop", "labels": { "app": "shop" } },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "shop" } },
+            "template": {
+                "metadata": { "labels": { "app": "shop", "team": "commerce" } },
+                "spec": { "terminationGracePeriodSeconds": 1, "containers": [container("api"), container("cache")] },
+            },
+        },
+    }))
+    .map_err(|e| e.to_string())?;
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    tokio.block_on(async {
+        cluster.create_namespace("demo").await.map_err(|e| e.to_string())?;
+        let api: Api<Deployment> = Api::namespaced(cluster.client().await.map_err(|e| e.to_string())?, "demo");
+        api.create(&PostParams::default(), &deployment).await.map_err(|e| e.to_string())?;
+        let pods = cluster
+            .wait_for_running_pods("demo", "app=shop", 1, Duration::from_secs(120))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids = pods[0]
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .filter_map(|c| c.container_id.as_deref()?.strip_prefix("containerd://").map(str::to_owned))
+            .collect();
+        Ok(ids)
+    })
+}
+
 fn main() -> ExitCode {
     let Some(binary) = std::env::args_os().nth(1).map(PathBuf::from) else {
-        eprintln!("usage: wm-demo <path to the agent binary>");
+        eprintln!("usage: cargo run -p agent-bin --example demo -- <path to the agent binary>");
         return ExitCode::from(2);
     };
     match demo(&binary) {

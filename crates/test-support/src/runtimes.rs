@@ -514,7 +514,8 @@ pub(crate) fn check(what: &str, out: &Output) -> Result<(), Unavailable> {
 
 /// Stops `child`: SIGTERM, then SIGKILL if it still runs after `grace`; reaps it either way.
 pub fn terminate(mut child: Child, grace: Duration) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    // It may have exited already: nothing to say then.
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {

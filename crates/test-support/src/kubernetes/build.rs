@@ -5,7 +5,8 @@
 //! module to a directory of its own tree (`replace k8s.io/api => ./staging/src/k8s.io/api`). So a
 //! small module of ours requires it and maps each staging module to its published version
 //! (`k8s.io/api v0.37.2` for Kubernetes v1.37.2), read from that `go.mod`; then `go build` makes
-//! `kube-apiserver`, `kube-controller-manager` and `kubelet`, with the version stamped in as the
+//! `kube-apiserver`, `kube-controller-manager`, `kube-scheduler` and `kubelet`, with the version
+//! stamped in as the
 //! release build does. etcd gets a module of its own (its server library and a two-line main), so
 //! the two dependency graphs never meet. The Go module and build caches live beside the binaries,
 //! outside any clone. A build goes to a fresh directory that is renamed into place at the end: an
@@ -25,7 +26,7 @@ pub const KUBERNETES_VERSION: &str = "v1.37.2";
 /// The etcd server module's release.
 pub const ETCD_VERSION: &str = "v3.7.3";
 /// The binaries the cluster needs.
-pub const BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager", "kubelet"];
+pub const BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"];
 
 /// Where everything Go-related is cached: `$WM_K8S_CACHE`, else `~/.cache/wm-k8s`.
 pub fn cache_root() -> PathBuf {
@@ -153,9 +154,10 @@ pub fn ensure_binaries() -> Result<PathBuf, Unavailable> {
     build.args(["build", "-trimpath", "-ldflags", &format!("-s -w {stamp}"), "-o"]).arg(&out).args([
         "k8s.io/kubernetes/cmd/kube-apiserver",
         "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
         "k8s.io/kubernetes/cmd/kubelet",
     ]);
-    run("go build (kube-apiserver, kube-controller-manager, kubelet)", build)?;
+    run("go build (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet)", build)?;
     println!("kubernetes: {KUBERNETES_VERSION} built in {:.0?}", started.elapsed());
 
     // etcd: its server library and a main of ours.

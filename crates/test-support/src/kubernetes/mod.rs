@@ -11,7 +11,9 @@
 //!   endpoint slices, Deployments and ReplicaSets, namespace lifecycle: its default
 //!   controllers) and **kube-scheduler**, each with a client certificate of its own; no leader
 //!   election (one of each).
-//! - **containerd** (Debian's 1.6) with its CRI plugin on, its own root, state and socket; CNI
+//! - **containerd** (Debian's 1.6) with its CRI plugin on, its own root, state and socket, and
+//!   `restrict_oom_score_adj` (no process here, root included, may lower its OOM score: the
+//!   kubelet's -998 for sandboxes would make runc fail); CNI
 //!   from Debian's `containernetworking-plugins` (a `bridge` of its own, `host-local` addresses,
 //!   `loopback`), so pods get IPs; a local sandbox image ([`Kubernetes::SANDBOX_IMAGE`], its
 //!   process only sleeps) and a workload image ([`Kubernetes::IMAGE`]) imported into `k8s.io`.
@@ -221,7 +223,7 @@ impl Kubernetes {
         let node = pki.issue("node", &node_user, &["system:nodes"], &[], false, true)?;
         let kubelet_serving =
             pki.issue("kubelet", Self::NODE, &[], &["localhost", "127.0.0.1", Self::NODE, &ip], true, false)?;
-        let sa_key = pki.key("service-account")?;
+        let sa = pki.key_pair("service-account")?;
         let ca = pki.ca.clone();
         let path = |p: &Path| p.display().to_string();
 
@@ -260,8 +262,8 @@ impl Kubernetes {
             format!("--kubelet-client-key={}", path(&kubelet_client.key)),
             format!("--kubelet-certificate-authority={}", path(&ca)),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-            format!("--service-account-key-file={}", path(&sa_key)),
-            format!("--service-account-signing-key-file={}", path(&sa_key)),
+            format!("--service-account-key-file={}", path(&sa.cert)),
+            format!("--service-account-signing-key-file={}", path(&sa.key)),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--authorization-mode=Node,RBAC".into(),
             "--enable-admission-plugins=NodeRestriction".into(),
@@ -276,7 +278,7 @@ impl Kubernetes {
             format!("--kubeconfig={}", self.d("controller-manager.kubeconfig")),
             format!("--authentication-kubeconfig={}", self.d("controller-manager.kubeconfig")),
             format!("--authorization-kubeconfig={}", self.d("controller-manager.kubeconfig")),
-            format!("--service-account-private-key-file={}", path(&sa_key)),
+            format!("--service-account-private-key-file={}", path(&sa.key)),
             format!("--root-ca-file={}", path(&ca)),
             "--use-service-account-credentials=true".into(),
             "--leader-elect=false".into(),
@@ -317,7 +319,8 @@ impl Kubernetes {
             "version = 2\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n\
              [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{}\"\n  \
-             stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n  enable_selinux = false\n\
+             stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n  enable_selinux = false\n  \
+             restrict_oom_score_adj = true\n\
              [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n  \
              default_runtime_name = \"runc\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\

@@ -80,12 +80,15 @@ impl Pki {
         Ok(files)
     }
 
-    /// A key pair of its own (the service-account token signing key), PEM.
-    pub(crate) fn key(&self, file: &str) -> Result<PathBuf, Unavailable> {
+    /// A key pair of its own (the service-account token signing key): the private key as
+    /// `<file>.key` and the public key as `<file>.pub`, PEM (the API server verifies with the
+    /// public one; it does not derive it from a PKCS#8 EC key).
+    pub(crate) fn key_pair(&self, file: &str) -> Result<CertFiles, Unavailable> {
         let key = KeyPair::generate().map_err(failed(file))?;
-        let path = self.dir.join(format!("{file}.key"));
-        write(&path, &key.serialize_pem())?;
-        Ok(path)
+        let files = CertFiles { cert: self.dir.join(format!("{file}.pub")), key: self.dir.join(format!("{file}.key")) };
+        write(&files.key, &key.serialize_pem())?;
+        write(&files.cert, &key.public_key_pem())?;
+        Ok(files)
     }
 }
 
