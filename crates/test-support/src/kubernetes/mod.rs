@@ -1,5 +1,5 @@
 //! A real single-node Kubernetes for tests and the demo, built from the published Kubernetes Go
-//! modules ([`build`]), started as root in a private temporary directory on private ports.
+//! modules ([`ensure_binaries`]), started as root in a private temporary directory on private ports.
 //!
 //! What it runs, and why:
 //! - **etcd** on 127.0.0.1, its data in the directory.
