@@ -63,9 +63,5 @@ impl RunningLight {
 
 /// Runs the light agent until SIGTERM or SIGINT.
 pub async fn run(config: &AgentConfig) -> anyhow::Result<()> {
-    let agent = start(config).await?;
-    crate::signals::wait().await?;
-    let stopped = agent.stop().await;
-    tracing::info!(tasks_left = stopped.tasks_left, "stopped");
-    Ok(())
+    crate::signals::run_until_signal(start(config), RunningLight::stop).await
 }

@@ -173,9 +173,5 @@ impl RunningAgent {
 
 /// Runs the agent until SIGTERM or SIGINT, then stops within 5 s.
 pub async fn run(config: &AgentConfig) -> anyhow::Result<()> {
-    let agent = start(config).await?;
-    crate::signals::wait().await?;
-    let stopped = agent.stop().await;
-    tracing::info!(tasks_left = stopped.tasks_left, "stopped");
-    Ok(())
+    crate::signals::run_until_signal(start(config), RunningAgent::stop).await
 }

@@ -1,6 +1,24 @@
-//! Waiting for the signal that stops the agent.
+//! Waiting for the signal that stops the agent, and the run-until-signal shape both agent
+//! flavors share.
+
+use std::future::Future;
 
 use anyhow::Context as _;
+
+use crate::run::Stopped;
+
+/// Runs what `start` started until SIGTERM or SIGINT, then stops it with `stop`.
+pub async fn run_until_signal<A, S, F>(start: S, stop: impl FnOnce(A) -> F) -> anyhow::Result<()>
+where
+    S: Future<Output = anyhow::Result<A>>,
+    F: Future<Output = Stopped>,
+{
+    let agent = start.await?;
+    wait().await?;
+    let stopped = stop(agent).await;
+    tracing::info!(tasks_left = stopped.tasks_left, "stopped");
+    Ok(())
+}
 
 /// Returns on SIGTERM or SIGINT.
 pub async fn wait() -> anyhow::Result<()> {
