@@ -8,16 +8,12 @@ use containerd_client::services::v1::Container as CtrContainer;
 use containerd_client::types::v1::{Process, Status};
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EntityId, EnvFilter, Kind, Runtime,
-    StrMap, Timestamp,
+    Container, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EntityId, EnvFilter,
+    KUBE_CONTAINER_NAME_LABEL, KUBE_POD_UID_LABEL, Kind, Runtime, StrMap, Timestamp,
 };
 
 /// The CRI plugin's label on every container it makes: `sandbox` for a pod's pause container.
 pub const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
-/// The label holding a Kubernetes container's name.
-pub const KUBE_CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
-/// The label holding the pod UID of a Kubernetes container.
-pub const KUBE_POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 /// nerdctl's label holding the name it was given.
 pub const NERDCTL_NAME_LABEL: &str = "nerdctl/name";
 

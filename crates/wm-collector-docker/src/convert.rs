@@ -9,12 +9,8 @@ use wm_core::{
     EnvFilter, Kind, Runtime, StrMap, Timestamp,
 };
 
-use wm_core::Container;
+use wm_core::{Container, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL};
 
-/// The label Kubernetes puts on the containers it manages (the kubelet owns their health).
-pub const KUBE_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
-/// The label holding the pod UID of a Kubernetes-managed container.
-pub const KUBE_POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 /// dockershim's label on a pod's sandbox ("pause") container.
 pub const KUBE_DOCKER_TYPE_LABEL: &str = "io.kubernetes.docker.type";
 

@@ -604,6 +604,13 @@ impl From<EcsTask> for Entity {
     }
 }
 
+/// The label the kubelet puts on every container it runs: its pod's UID (docker, containerd).
+pub const KUBE_POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+/// The label the kubelet puts on every container it runs: its pod's namespace.
+pub const KUBE_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// The label the kubelet puts on every container it runs: the container's name in the pod spec.
+pub const KUBE_CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
+
 /// The label the podman collector puts on a podman pod's containers: the pod's name (the tagger
 /// makes it `pod_name`). Podman pods are not entities of their own.
 pub const PODMAN_POD_NAME_LABEL: &str = "io.podman.pod.name";

@@ -25,8 +25,8 @@ pub use collector::{
 pub use config::{Port, Seconds};
 pub use entity::{
     Container, ContainerHealth, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
-    EntityId, EnvFilter, KEPT_ENV_VARS, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL,
-    PodOwner, Runtime, Source,
+    EntityId, EnvFilter, KEPT_ENV_VARS, KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind,
+    KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodOwner, Runtime, Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use image::ContainerImage;
