@@ -44,6 +44,8 @@ fn deployment() -> Deployment {
 #[test]
 fn a_deployment_runs_on_the_kubelet_whose_pods_answer_a_service_account_token_and_refuse_anonymous() {
     let test = "a_deployment_runs_on_the_kubelet";
+    let netns = || std::fs::read_dir("/var/run/netns").map(|d| d.flatten().count()).unwrap_or(0);
+    let netns_before = netns();
     let Some(cluster) = start_or_skip_with(test, Kubernetes::start) else { return };
     for (phase, took) in &cluster.timings {
         println!("kubernetes: {phase}: {took:.1?}");
@@ -72,6 +74,7 @@ fn a_deployment_runs_on_the_kubelet_whose_pods_answer_a_service_account_token_an
             .map(|c| c.container_id.clone().unwrap().strip_prefix("containerd://").unwrap().to_owned())
             .collect();
         assert_eq!(ids.len(), 2);
+        assert_eq!(netns(), netns_before + 1, "the pod's network namespace");
 
         // Its containers are containerd's, in namespace k8s.io.
         let listed = Runtimes::lines(&cluster.ctr(&["containers", "list", "--quiet"]).unwrap());
