@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn the_flavor_checks_know_every_collector_feature_of_the_agent() {
         let (sets, collectors) = agent_features(&metadata(true).unwrap()).unwrap();
-        for expected in ["flavor-node", "flavor-light", "docker", "containerd", "podman", "remote"] {
+        for expected in ["flavor-node", "flavor-light", "docker", "containerd", "podman", "kube", "remote"] {
             assert!(sets.iter().any(|s| s == expected), "{expected} missing from {sets:?}");
         }
         assert!(!sets.iter().any(|s| s == "default"));

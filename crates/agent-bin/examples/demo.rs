@@ -4,8 +4,10 @@
 //! removed and shown gone, then everything torn down. Needs root; installs the Debian packages it
 //! misses and builds the Kubernetes components the first time (cached in `~/.cache/wm-k8s`).
 //!
-//! Until the Kubernetes collectors exist, the pod shows as its two containers, read by the
-//! containerd collector from the cluster's containerd (namespace `k8s.io`, the sandbox skipped).
+//! The pod is read by the kubelet collector (the kubelet's `/pods`, with a service-account token
+//! from the TokenRequest API, as an agent's DaemonSet reads it) and its containers also by the
+//! containerd collector from the cluster's containerd (namespace `k8s.io`, the sandbox skipped):
+//! the store merges both sources.
 //!
 //! Usage: `cargo run -p agent-bin --example demo -- <path to the agent binary>` (what `cargo xtask
 //! demo` runs, after building the agent).
@@ -100,7 +102,7 @@ containerd: {}",
     );
 
     step("creating a labelled two-container pod (a Deployment in namespace demo)");
-    let pod_containers = run_pod(&cluster)?;
+    let (pod_containers, token) = run_pod(&cluster)?;
     println!("pod containers (containerd://): {}", pod_containers.join(", "));
 
     step("starting labelled containers");
@@ -148,14 +150,21 @@ containerd: {}",
     let dir = rt.dir().join("agent");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let config = dir.join("agent.yaml");
+    let token_file = dir.join("kubelet-token");
+    std::fs::write(&token_file, token).map_err(|e| e.to_string())?;
     let yaml = format!(
         "cmd_port: {}\nhealth_port: {}\ndocker_host: {}\ncri_socket_path: {}\npodman_socket_path: {}\n\
-         log_level: warn\ncontainer_labels_as_tags:\n  team: team\n",
+         kubernetes_kubelet_host: 127.0.0.1\nkubernetes_https_kubelet_port: {}\nkubelet_auth_token_path: {}\n\
+         kubelet_client_ca: {}\nlog_level: warn\ncontainer_labels_as_tags:\n  team: team\n\
+         kubernetes_pod_labels_as_tags:\n  team: team\n",
         free_port()?,
         free_port()?,
         rt.docker_host(),
         cluster.containerd_socket().display(),
-        dir.join("no-podman.sock").display()
+        dir.join("no-podman.sock").display(),
+        cluster.kubelet_port(),
+        token_file.display(),
+        cluster.ca_cert().display(),
     );
     std::fs::write(&config, &yaml).map_err(|e| e.to_string())?;
     print!("{yaml}");
@@ -168,10 +177,13 @@ containerd: {}",
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let mut agent = Agent { binary: binary.to_owned(), config, child: Some(child) };
     agent.wait_for(&["health"], "the agent ready", |out| out.contains("Agent health: PASS"))?;
-    let list = agent.wait_for(&["workload-list"], "the four containers", |out| {
+    let list = agent.wait_for(&["workload-list"], "the four containers and the pod", |out| {
         out.contains(&format!("id: {web} ==="))
             && out.contains(&format!("id: {db} ==="))
-            && pod_containers.iter().all(|id| out.contains(&format!("id: {id} ===")))
+            && out.contains("=== Entity kubernetes_pod")
+            && pod_containers
+                .iter()
+                .all(|id| out.contains(&format!("sources(merged):[node_orchestrator runtime] id: {id} ===")))
     })?;
 
     step("agent workload-list");
@@ -207,8 +219,9 @@ containerd: {}",
     Ok(())
 }
 
-/// Creates the demo's Deployment and returns its pod's container ids once it runs.
-fn run_pod(cluster: &Kubernetes) -> Result<Vec<String>, String> {
+/// Creates the demo's Deployment; returns its pod's container ids once it runs, and a
+/// service-account token that may read the kubelet's pods.
+fn run_pod(cluster: &Kubernetes) -> Result<(Vec<String>, String), String> {
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::api::{Api, PostParams};
     let container = |name: &str| {
@@ -243,7 +256,8 @@ fn run_pod(cluster: &Kubernetes) -> Result<Vec<String>, String> {
             .flat_map(|s| s.container_statuses.iter().flatten())
             .filter_map(|c| c.container_id.as_deref()?.strip_prefix("containerd://").map(str::to_owned))
             .collect();
-        Ok(ids)
+        let token = cluster.service_account_token("wm-agent", "wm-agent").await.map_err(|e| e.to_string())?;
+        Ok((ids, token))
     })
 }
 

@@ -37,6 +37,8 @@ pub const COLLECTORS: &[CollectorEntry] = &[
     CollectorEntry { name: wm_collector_containerd::NAME, catalog: Catalog::Node, build: containerd },
     #[cfg(feature = "podman")]
     CollectorEntry { name: wm_collector_podman::NAME, catalog: Catalog::Node, build: podman },
+    #[cfg(feature = "kube")]
+    CollectorEntry { name: wm_collector_kube::NAME, catalog: Catalog::Node, build: kubelet },
     #[cfg(feature = "remote")]
     CollectorEntry { name: wm_collector_remote::NAME, catalog: Catalog::Remote, build: remote },
 ];
@@ -57,6 +59,12 @@ fn containerd(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
 fn podman(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let podman = wm_collector_podman::PodmanConfig { extra_env: config.extra_env(), ..config.section()? };
     Ok(Some(wm_collector_podman::PodmanCollector::new(podman).into_collector()))
+}
+
+#[cfg(feature = "kube")]
+fn kubelet(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let kubelet = wm_collector_kube::KubeletConfig { extra_env: config.extra_env(), ..config.section()? };
+    Ok(Some(wm_collector_kube::KubeletCollector::new(kubelet).into_collector()))
 }
 
 #[cfg(feature = "remote")]

@@ -163,19 +163,12 @@ pub struct IpcConfig {
     pub ipc_cert_file_path: Option<PathBuf>,
 }
 
-const fn port(n: u16) -> Port {
-    match Port::new(n) {
-        Some(p) => p,
-        None => panic!("a default port is not 0"),
-    }
-}
-
 impl Default for IpcConfig {
     fn default() -> Self {
         Self {
             cmd_host: "localhost".to_owned(),
-            cmd_port: port(5001),
-            health_port: port(5555),
+            cmd_port: Port::of(5001),
+            health_port: Port::of(5555),
             auth_token_file_path: None,
             ipc_cert_file_path: None,
         }

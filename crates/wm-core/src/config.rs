@@ -22,6 +22,14 @@ impl Port {
         }
     }
 
+    /// `port` as a constant (a default): 0 fails the build of that constant, never a run.
+    pub const fn of(port: u16) -> Self {
+        match Self::new(port) {
+            Some(p) => p,
+            None => panic!("a port constant is not 0"),
+        }
+    }
+
     /// The port number.
     pub const fn get(self) -> u16 {
         self.0.get()

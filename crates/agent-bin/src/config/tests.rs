@@ -88,6 +88,16 @@ fn a_value_of_the_wrong_kind_is_refused_with_key_value_origin_and_expectation_in
         let e = refused("podman_socket_path: [a]\n", &[]);
         assert!(e.contains("`podman_socket_path`") && e.contains("expected path string"), "{e}");
     }
+    #[cfg(feature = "kube")]
+    {
+        let e = refused("kubelet_tls_verify: \"yes\"\n", &[]);
+        assert!(
+            e.contains("key `kubelet_tls_verify` (file") && e.contains("expected a boolean (true or false)"),
+            "{e}"
+        );
+        let e = refused("", &[("DD_KUBERNETES_HTTPS_KUBELET_PORT", "0")]);
+        assert!(e.contains("(env DD_KUBERNETES_HTTPS_KUBELET_PORT) is the text \"0\"; expected a port number"), "{e}");
+    }
     #[cfg(feature = "remote")]
     {
         let e = refused("process_config:\n  remote_workloadmeta: \"on\"\n", &[]);

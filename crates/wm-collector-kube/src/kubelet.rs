@@ -1,0 +1,410 @@
+//! The kubelet's `/pods` (a PodList) to the store's entities: pure functions, no I/O.
+//!
+//! The list is decoded straight into the few fields the entities need, each item on its own
+//! (borrowing from the bytes where it can): a `null` or malformed item is skipped with one log
+//! line and the rest lands; nothing builds the whole JSON tree.
+//!
+//! One pod gives a `kubernetes_pod` entity and one `container` entity per container status that
+//! has an id (init containers, regular ones, and ephemeral ones when asked): runtime from the id's
+//! prefix (`docker://`, `containerd://`, `cri-o://`), owner the pod, state from the status,
+//! restart count, image from the status (pullable prefixes trimmed) or else the spec, ports and
+//! resources from the spec, env only as the tag rules allow.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use wm_core::{
+    Container, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus,
+    Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, Runtime, StrMap, Timestamp,
+};
+
+/// Why a pod list could not be read at all.
+#[derive(Debug, thiserror::Error)]
+#[error("the kubelet's pod list does not parse: {0}")]
+pub struct PodListError(#[from] serde_json::Error);
+
+#[derive(Deserialize)]
+struct PodList<'a> {
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Pod {
+    metadata: Metadata,
+    spec: Spec,
+    status: Status,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Metadata {
+    name: String,
+    namespace: String,
+    uid: String,
+    labels: HashMap<String, String>,
+    annotations: HashMap<String, String>,
+    owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OwnerReference {
+    kind: String,
+    name: String,
+    uid: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Spec {
+    node_name: String,
+    priority_class_name: String,
+    runtime_class_name: String,
+    containers: Vec<SpecContainer>,
+    init_containers: Vec<SpecContainer>,
+    ephemeral_containers: Vec<SpecContainer>,
+    volumes: Vec<Volume>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SpecContainer {
+    name: String,
+    image: String,
+    ports: Vec<Port>,
+    env: Vec<EnvVar>,
+    resources: Resources,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Port {
+    name: String,
+    container_port: u16,
+    host_port: Option<u16>,
+    protocol: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct EnvVar {
+    name: String,
+    /// Only literal values: `valueFrom` (secrets, fields) never enters the store.
+    value: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Resources {
+    requests: HashMap<String, String>,
+    limits: HashMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Volume {
+    persistent_volume_claim: Option<ClaimRef>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ClaimRef {
+    claim_name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Status {
+    phase: String,
+    #[serde(rename = "podIP")]
+    pod_ip: String,
+    qos_class: String,
+    conditions: Vec<Condition>,
+    container_statuses: Vec<ContainerStatusJson>,
+    init_container_statuses: Vec<ContainerStatusJson>,
+    ephemeral_container_statuses: Vec<ContainerStatusJson>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Condition {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ContainerStatusJson {
+    name: String,
+    #[serde(rename = "containerID")]
+    container_id: String,
+    image: String,
+    #[serde(rename = "imageID")]
+    image_id: String,
+    ready: bool,
+    restart_count: u32,
+    state: StateJson,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct StateJson {
+    running: Option<Running>,
+    terminated: Option<Terminated>,
+    waiting: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Running {
+    started_at: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Terminated {
+    exit_code: i64,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+/// What one pod list gave: the entities, and the items skipped (with why).
+#[derive(Debug, Default)]
+pub struct Converted {
+    /// Pods first, each followed by its containers.
+    pub entities: Vec<Entity>,
+    /// `(index, reason)` of each item that was skipped.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Reads a `/pods` answer. `include_ephemeral` adds ephemeral containers.
+pub fn convert_pod_list(bytes: &[u8], env: &EnvFilter, include_ephemeral: bool) -> Result<Converted, PodListError> {
+    let list: PodList<'_> = serde_json::from_slice(bytes)?;
+    let mut out = Converted::default();
+    for (index, item) in list.items.unwrap_or_default().into_iter().enumerate() {
+        let pod: Option<Pod> = match serde_json::from_str(item.get()) {
+            Ok(pod) => pod,
+            Err(e) => {
+                out.skipped.push((index, e.to_string()));
+                continue;
+            }
+        };
+        match pod.filter(|p| !p.metadata.uid.is_empty()) {
+            Some(pod) => convert_pod(pod, env, include_ephemeral, &mut out.entities),
+            None => out.skipped.push((index, "a pod without a uid".to_owned())),
+        }
+    }
+    Ok(out)
+}
+
+fn time(text: Option<&str>) -> Option<Timestamp> {
+    text.and_then(|t| Timestamp::parse_rfc3339(t).ok())
+}
+
+/// `docker://abc` → (Docker, "abc"); an id without a known prefix keeps its text.
+fn split_container_id(id: &str) -> (Option<Runtime>, &str) {
+    match id.split_once("://") {
+        Some(("docker", rest)) => (Some(Runtime::Docker), rest),
+        Some(("containerd", rest)) => (Some(Runtime::Containerd), rest),
+        Some(("cri-o", rest)) => (Some(Runtime::CriO), rest),
+        Some((_, rest)) => (None, rest),
+        None => (None, id),
+    }
+}
+
+/// The image a status names, with the pullable prefixes of old runtimes trimmed.
+fn status_image(status: &ContainerStatusJson, spec: Option<&SpecContainer>) -> ContainerImage {
+    let raw = status.image.trim_start_matches("docker-pullable://").trim_start_matches("docker://");
+    let raw = if raw.is_empty() || raw.starts_with("sha256:") { spec.map_or(raw, |s| s.image.as_str()) } else { raw };
+    let mut image = ContainerImage::parse(raw);
+    let id = status.image_id.trim_start_matches("docker-pullable://").trim_start_matches("docker://");
+    if !id.is_empty() {
+        image.id = id.to_owned();
+    }
+    image
+}
+
+/// A Kubernetes quantity as a number (`100m` → 0.1, `1.5` → 1.5, `128Mi` → 134217728).
+pub fn quantity(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    Some(number * factor)
+}
+
+fn resources(spec: Option<&SpecContainer>) -> ContainerResources {
+    let Some(spec) = spec else { return ContainerResources::default() };
+    let get = |map: &HashMap<String, String>, key: &str| map.get(key).and_then(|q| quantity(q));
+    // Bytes are whole: a fractional memory quantity rounds down.
+    let bytes = |v: Option<f64>| v.filter(|v| *v >= 0.0).map(|v| v as u64);
+    ContainerResources {
+        cpu_request: get(&spec.resources.requests, "cpu"),
+        cpu_limit: get(&spec.resources.limits, "cpu"),
+        memory_request: bytes(get(&spec.resources.requests, "memory")),
+        memory_limit: bytes(get(&spec.resources.limits, "memory")),
+    }
+}
+
+fn state(status: &ContainerStatusJson) -> ContainerState {
+    let mut state = ContainerState::default();
+    if let Some(running) = &status.state.running {
+        state.running = true;
+        state.status = ContainerStatus::Running;
+        state.started_at = time(running.started_at.as_deref());
+    } else if let Some(terminated) = &status.state.terminated {
+        state.status = ContainerStatus::Stopped;
+        state.started_at = time(terminated.started_at.as_deref());
+        state.finished_at = time(terminated.finished_at.as_deref());
+        state.exit_code = Some(terminated.exit_code);
+    } else if status.state.waiting.is_some() {
+        state.status = ContainerStatus::Created;
+    }
+    state.health = if status.ready { ContainerHealth::Healthy } else { ContainerHealth::Unhealthy };
+    state
+}
+
+fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec<Entity>) {
+    let uid: Arc<str> = Arc::from(pod.metadata.uid.as_str());
+    let owner = EntityId::new(Kind::KubernetesPod, &*uid);
+    let spec_of = |list: &[SpecContainer], name: &str| list.iter().position(|c| c.name == name);
+    let mut containers = Vec::new();
+    let mut listed = |statuses: &[ContainerStatusJson], specs: &[SpecContainer]| -> Vec<OrchestratorContainer> {
+        let mut refs = Vec::new();
+        for status in statuses {
+            let spec = spec_of(specs, &status.name).map(|i| &specs[i]);
+            let image = status_image(status, spec);
+            let (runtime, id) = split_container_id(&status.container_id);
+            refs.push(OrchestratorContainer { id: id.to_owned(), name: status.name.clone(), image: image.clone() });
+            // Still being created: the pod lists it, but there is no container yet.
+            if id.is_empty() {
+                continue;
+            }
+            let env_vars: StrMap = spec
+                .into_iter()
+                .flat_map(|s| s.env.iter())
+                .filter(|v| env.keeps(&v.name))
+                .filter_map(|v| v.value.as_deref().map(|value| (v.name.as_str(), value)))
+                .collect();
+            let ports = spec
+                .into_iter()
+                .flat_map(|s| s.ports.iter())
+                .map(|p| ContainerPort {
+                    port: p.container_port,
+                    protocol: if p.protocol.is_empty() { "tcp".to_owned() } else { p.protocol.to_ascii_lowercase() },
+                    name: p.name.clone(),
+                    host_port: p.host_port.filter(|h| *h != 0),
+                })
+                .collect();
+            containers.push(Entity::from(Container {
+                id: Arc::from(id),
+                name: status.name.clone(),
+                image,
+                runtime,
+                state: state(status),
+                owner: Some(owner.clone()),
+                restart_count: status.restart_count,
+                env: env_vars,
+                ports,
+                resources: resources(spec),
+                ..Container::default()
+            }));
+        }
+        refs
+    };
+    let init_containers = listed(&pod.status.init_container_statuses, &pod.spec.init_containers);
+    let regular = listed(&pod.status.container_statuses, &pod.spec.containers);
+    let ephemeral = if include_ephemeral {
+        listed(&pod.status.ephemeral_container_statuses, &pod.spec.ephemeral_containers)
+    } else {
+        Vec::new()
+    };
+    let ready = pod.status.conditions.iter().any(|c| c.kind == "Ready" && c.status == "True");
+    let entity = KubernetesPod {
+        id: uid,
+        name: pod.metadata.name,
+        namespace: pod.metadata.namespace,
+        labels: pod.metadata.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        annotations: pod.metadata.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        owners: pod
+            .metadata
+            .owner_references
+            .into_iter()
+            .map(|o| PodOwner { kind: o.kind, name: o.name, id: o.uid })
+            .collect(),
+        phase: pod.status.phase,
+        ready,
+        ip: pod.status.pod_ip,
+        node_name: pod.spec.node_name,
+        priority_class: pod.spec.priority_class_name,
+        qos_class: pod.status.qos_class,
+        runtime_class: pod.spec.runtime_class_name,
+        containers: regular,
+        init_containers,
+        ephemeral_containers: ephemeral,
+        pvc_names: pod
+            .spec
+            .volumes
+            .into_iter()
+            .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+            .filter(|c| !c.is_empty())
+            .collect(),
+        ..KubernetesPod::default()
+    };
+    out.push(Entity::from(entity));
+    out.extend(containers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_read_as_kubernetes_writes_them() {
+        assert_eq!(quantity("100m"), Some(0.1));
+        assert_eq!(quantity("2"), Some(2.0));
+        assert_eq!(quantity("1.5"), Some(1.5));
+        assert_eq!(quantity("128Mi"), Some(134_217_728.0));
+        assert_eq!(quantity("1G"), Some(1e9));
+        assert_eq!(quantity("12Xi"), None);
+        assert_eq!(quantity(""), None);
+    }
+
+    #[test]
+    fn container_ids_say_their_runtime() {
+        assert_eq!(split_container_id("docker://abc"), (Some(Runtime::Docker), "abc"));
+        assert_eq!(split_container_id("containerd://abc"), (Some(Runtime::Containerd), "abc"));
+        assert_eq!(split_container_id("cri-o://abc"), (Some(Runtime::CriO), "abc"));
+        assert_eq!(split_container_id("rkt://abc"), (None, "abc"));
+        assert_eq!(split_container_id(""), (None, ""));
+    }
+
+    #[test]
+    fn garbage_is_an_error_and_bad_items_are_skipped() {
+        let env = EnvFilter::default();
+        assert!(convert_pod_list(b"not json", &env, false).is_err());
+        let list = br#"{"items":[null,{},{"metadata":{"uid":5}},{"metadata":{"uid":"u1","name":"p"}}]}"#;
+        let converted = convert_pod_list(list, &env, false).unwrap();
+        assert_eq!(converted.entities.len(), 1);
+        assert_eq!(converted.skipped.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(convert_pod_list(br#"{"items":null}"#, &env, false).unwrap().entities.is_empty());
+    }
+}

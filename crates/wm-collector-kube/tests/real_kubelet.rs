@@ -1,0 +1,142 @@
+//! The kubelet collector against the real single-node Kubernetes of test-support: it reads the
+//! kubelet's `/pods` with a service-account token from the TokenRequest API (as an agent's
+//! DaemonSet does), stores the pod and its two containers, and unsets them once the Deployment
+//! is gone and they stayed missing for `kubelet_expiry`. A wrong token is a retriable error
+//! naming the kubelet's URL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use test_support::kubernetes::{Kubernetes, object};
+use wm_collector_kube::{KubeletCollector, KubeletConfig};
+use wm_core::{Port, Seconds};
+use wm_store::Store;
+
+/// A sink that takes nothing: the failing pull must not send anything.
+struct NoSink;
+
+#[async_trait::async_trait]
+impl wm_core::EventSink for NoSink {
+    async fn send(&self, _origin: &wm_core::Origin, message: wm_core::SinkMessage) {
+        panic!("a failed pull sent {message:?}");
+    }
+}
+
+fn deployment() -> Deployment {
+    let container = |name: &str| {
+        json!({ "name": name, "image": Kubernetes::IMAGE, "imagePullPolicy": "Never", "command": ["/bin/sleep", "3600"],
+                "env": [{ "name": "DD_ENV", "value": "test" }, { "name": "SECRET", "value": "hunter2" }] })
+    };
+    object(json!({
+        "metadata": { "name": "shop" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "shop" } },
+            "template": {
+                "metadata": { "labels": { "app": "shop", "team": "commerce" } },
+                "spec": { "terminationGracePeriodSeconds": 1, "containers": [container("api"), container("cache")] },
+            },
+        },
+    }))
+    .unwrap()
+}
+
+fn config(cluster: &Kubernetes, token: &std::path::Path) -> KubeletConfig {
+    KubeletConfig {
+        kubernetes_kubelet_host: Some("127.0.0.1".into()),
+        kubernetes_https_kubelet_port: Port::new(cluster.kubelet_port()).unwrap(),
+        kubelet_auth_token_path: Some(token.to_path_buf()),
+        kubelet_client_ca: Some(cluster.ca_cert()),
+        kubelet_expiry: Seconds(2),
+        kubelet_pull_interval: Seconds(1),
+        ..KubeletConfig::default()
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_gone() {
+    let test = "the_kubelets_pods_are_collected";
+    test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
+        cluster.create_namespace("shop").await.unwrap();
+        let deployments: Api<Deployment> = Api::namespaced(cluster.client().await.unwrap(), "shop");
+        deployments.create(&PostParams::default(), &deployment()).await.unwrap();
+        let pods = cluster.wait_for_running_pods("shop", "app=shop", 1, Duration::from_secs(120)).await.unwrap();
+        let uid = pods[0].metadata.uid.clone().unwrap();
+
+        let token = cluster.dir().join("agent-token");
+        std::fs::write(&token, cluster.service_account_token("wm-agent", "wm-agent").await.unwrap()).unwrap();
+        let store = Store::builder().collector(KubeletCollector::new(config(cluster, &token)).into_collector()).build();
+        store.start();
+        eventually("the pod and its two containers", || {
+            store
+                .get_kubernetes_pod(&uid)
+                .is_some_and(|p| p.containers.iter().filter(|c| !c.id.is_empty()).count() == 2)
+        })
+        .await;
+        let pod = store.get_kubernetes_pod(&uid).unwrap();
+        assert_eq!(
+            (pod.name.as_str(), pod.namespace.as_str(), pod.phase.as_str()),
+            (pods[0].metadata.name.as_deref().unwrap(), "shop", "Running")
+        );
+        assert_eq!(pod.labels.get("team"), Some("commerce"));
+        assert!(pod.owners.iter().any(|o| o.kind == "ReplicaSet" && o.name.starts_with("shop-")), "{:?}", pod.owners);
+        assert!(pod.ready);
+        for c in &pod.containers {
+            let container = store.get_container(&c.id).unwrap();
+            assert_eq!(container.owner.as_ref().map(|o| o.id.to_string()), Some(uid.clone()));
+            assert_eq!(container.runtime, Some(wm_core::Runtime::Containerd));
+            assert!(container.state.running);
+            assert_eq!(container.env.get("DD_ENV"), Some("test"));
+            assert_eq!(container.env.get("SECRET"), None, "only the env vars the tag rules read enter the store");
+        }
+        assert!(store.health().is_ready());
+
+        // Scaled to nothing: unset once missing for the expiry (2 s), not at once.
+        deployments.delete("shop", &DeleteParams::default()).await.unwrap();
+        let gone_from_kubelet = Instant::now();
+        eventually("the pod unset", || store.get_kubernetes_pod(&uid).is_none()).await;
+        assert!(pod.containers.iter().all(|c| store.get_container(&c.id).is_none()));
+        println!("the pod was unset {:.1?} after its deletion was asked", gone_from_kubelet.elapsed());
+        store.shutdown().await;
+
+        // A wrong token: the pull fails retriably, naming the kubelet's URL, and changes nothing.
+        std::fs::write(&token, "not-a-token").unwrap();
+        let store = Store::new();
+        store
+            .notify(vec![wm_core::CollectorEvent::set(
+                wm_core::Source::Runtime,
+                wm_core::Container { id: "c".into(), ..Default::default() },
+            )])
+            .await;
+        let ctx = wm_core::CollectorContext {
+            sink: wm_core::SourceSink::new(
+                wm_core::Origin { source: wm_core::Source::NodeOrchestrator, collector: "kubelet".into() },
+                std::sync::Arc::new(NoSink),
+            ),
+            reader: std::sync::Arc::new(store.clone()),
+            cancel: wm_core::CancellationToken::new(),
+        };
+        let mut collector = KubeletCollector::new(config(cluster, &token));
+        use wm_core::PullCollector as _;
+        collector.start(&ctx).await.unwrap();
+        let error = collector.pull(&ctx).await.unwrap_err();
+        assert!(error.is_retriable());
+        let text = format!("{error}: {}", std::error::Error::source(&error).map(|s| s.to_string()).unwrap_or_default());
+        assert!(text.contains(&format!("https://127.0.0.1:{}/pods", cluster.kubelet_port())), "{text}");
+        assert!(text.contains("401") || text.contains("Unauthorized"), "{text}");
+        println!("with a wrong token: {text}");
+        store.shutdown().await;
+    });
+}
