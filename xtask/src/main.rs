@@ -46,6 +46,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("tagger", "lookup"),
     ("tagger", "memory"),
     ("wm-collector-docker", "docker"),
+    ("wm-collector-kube", "pull"),
     ("agent-bin", "rss"),
 ];
 
