@@ -149,6 +149,7 @@ struct ContainerStatusJson {
     ready: bool,
     restart_count: u32,
     state: StateJson,
+    last_state: StateJson,
 }
 
 #[derive(Deserialize, Default)]
@@ -277,6 +278,13 @@ fn state(status: &ContainerStatusJson) -> ContainerState {
         state.exit_code = Some(terminated.exit_code);
     } else if status.state.waiting.is_some() {
         state.status = ContainerStatus::Created;
+        // Waiting to restart (CrashLoopBackOff): how its last run ended.
+        if let Some(last) = &status.last_state.terminated {
+            state.status = ContainerStatus::Restarting;
+            state.started_at = time(last.started_at.as_deref());
+            state.finished_at = time(last.finished_at.as_deref());
+            state.exit_code = Some(last.exit_code);
+        }
     }
     state.health = if status.ready { ContainerHealth::Healthy } else { ContainerHealth::Unhealthy };
     state
@@ -395,6 +403,19 @@ mod tests {
         assert_eq!(split_container_id("cri-o://abc"), (Some(Runtime::CriO), "abc"));
         assert_eq!(split_container_id("rkt://abc"), (None, "abc"));
         assert_eq!(split_container_id(""), (None, ""));
+    }
+
+    #[test]
+    fn a_container_waiting_to_restart_says_how_its_last_run_ended() {
+        let list = br#"{"items":[{"metadata":{"uid":"u1","name":"p"},"status":{"containerStatuses":[{
+            "name":"app","containerID":"containerd://c1","restartCount":4,"ready":false,
+            "state":{"waiting":{"reason":"CrashLoopBackOff"}},
+            "lastState":{"terminated":{"exitCode":3,"startedAt":"2026-01-01T00:00:00Z","finishedAt":"2026-01-01T00:00:01Z"}}}]}}]}"#;
+        let converted = convert_pod_list(list, &EnvFilter::default(), false).unwrap();
+        let c = converted.entities[1].as_container().unwrap();
+        assert_eq!((c.state.status, c.state.exit_code, c.restart_count), (ContainerStatus::Restarting, Some(3), 4));
+        assert!(!c.state.running && c.state.finished_at.is_some());
+        assert_eq!(c.state.health, ContainerHealth::Unhealthy);
     }
 
     #[test]

@@ -103,6 +103,38 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
         }
         assert!(store.health().is_ready());
 
+        // A container that crash-loops: its restart count and its last exit code.
+        let crash: Deployment = object(json!({
+            "metadata": { "name": "crash" },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": "crash" } },
+                "template": {
+                    "metadata": { "labels": { "app": "crash" } },
+                    "spec": { "containers": [{ "name": "fails", "image": Kubernetes::IMAGE, "imagePullPolicy": "Never",
+                                               "command": ["/bin/sh", "-c", "exit 3"] }] },
+                },
+            },
+        }))
+        .unwrap();
+        deployments.create(&PostParams::default(), &crash).await.unwrap();
+        eventually("a restarted container with its exit code", || {
+            store.list_kubernetes_pods().iter().filter(|p| p.name.starts_with("crash-")).any(|p| {
+                p.containers
+                    .iter()
+                    .filter_map(|c| store.get_container(&c.id))
+                    .any(|c| c.restart_count >= 1 && c.state.exit_code == Some(3))
+            })
+        })
+        .await;
+        let crashing = store.list_kubernetes_pods().into_iter().find(|p| p.name.starts_with("crash-")).unwrap();
+        let c = store.get_container(&crashing.containers[0].id).unwrap();
+        println!(
+            "crash-looping container: restarts {}, status {:?}, last exit {:?}",
+            c.restart_count, c.state.status, c.state.exit_code
+        );
+        deployments.delete("crash", &DeleteParams::default()).await.unwrap();
+
         // Scaled to nothing: unset once missing for the expiry (2 s), not at once.
         deployments.delete("shop", &DeleteParams::default()).await.unwrap();
         let gone_from_kubelet = Instant::now();
