@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::kubernetes::{Kubernetes, object};
+use test_support::kubernetes::{Kubernetes, container, deployment};
 use test_support::runtimes::{self, Install, Runtimes, Unavailable};
 
 fn free_port() -> Result<u16, String> {
@@ -224,23 +224,10 @@ containerd: {}",
 fn run_pod(cluster: &Kubernetes) -> Result<(Vec<String>, String), String> {
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::api::{Api, PostParams};
-    let container = |name: &str| {
-        serde_json::json!({
-            "name": name, "image": Kubernetes::IMAGE, "imagePullPolicy": "Never", "command": ["/bin/sleep", "3600"],
-        })
-    };
-    let deployment: Deployment = object(serde_json::json!({
-        "metadata": { "name": "shop", "labels": { "app": "shop" } },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": "shop" } },
-            "template": {
-                "metadata": { "labels": { "app": "shop", "team": "commerce" } },
-                "spec": { "terminationGracePeriodSeconds": 1, "containers": [container("api"), container("cache")] },
-            },
-        },
-    }))
-    .map_err(|e| e.to_string())?;
+    let sleep = ["/bin/sleep", "3600"];
+    let deployment =
+        deployment("shop", &[("team", "commerce")], vec![container("api", &sleep), container("cache", &sleep)])
+            .map_err(|e| e.to_string())?;
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     tokio.block_on(async {
         cluster.create_namespace("demo").await.map_err(|e| e.to_string())?;

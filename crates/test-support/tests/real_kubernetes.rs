@@ -11,35 +11,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
-use serde_json::json;
-use test_support::kubernetes::{Kubernetes, object};
+use test_support::kubernetes::{Kubernetes, container, deployment};
 use test_support::runtimes::{Runtimes, start_or_skip_with};
-
-fn deployment() -> Deployment {
-    let container = |name: &str| {
-        json!({
-            "name": name,
-            "image": Kubernetes::IMAGE,
-            "imagePullPolicy": "Never",
-            "command": ["/bin/sleep", "3600"],
-        })
-    };
-    object(json!({
-        "metadata": { "name": "web", "labels": { "app": "web" } },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": "web" } },
-            "template": {
-                "metadata": { "labels": { "app": "web", "team": "core" }, "annotations": { "owner": "wm" } },
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [container("app"), container("sidecar")],
-                },
-            },
-        },
-    }))
-    .unwrap()
-}
 
 #[test]
 fn a_deployment_runs_on_the_kubelet_whose_pods_answer_a_service_account_token_and_refuse_anonymous() {
@@ -59,7 +32,10 @@ fn a_deployment_runs_on_the_kubelet_whose_pods_answer_a_service_account_token_an
         cluster.create_namespace("smoke").await.unwrap();
         let deployments: Api<Deployment> = Api::namespaced(cluster.client().await.unwrap(), "smoke");
         let started = Instant::now();
-        deployments.create(&PostParams::default(), &deployment()).await.unwrap();
+        let sleep = ["/bin/sleep", "3600"];
+        let web = deployment("web", &[("team", "core")], vec![container("app", &sleep), container("sidecar", &sleep)])
+            .unwrap();
+        deployments.create(&PostParams::default(), &web).await.unwrap();
         let pods = cluster.wait_for_running_pods("smoke", "app=web", 1, Duration::from_secs(120)).await.unwrap();
         println!("kubernetes: the deployment's pod runs {:.1?} after its creation", started.elapsed());
         let pod = &pods[0];

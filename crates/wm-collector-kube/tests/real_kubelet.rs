@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use test_support::kubernetes::{Kubernetes, object};
+use test_support::kubernetes::{Kubernetes, container, deployment};
 use wm_collector_kube::{KubeletCollector, KubeletConfig};
 use wm_core::{Port, Seconds};
 use wm_store::Store;
@@ -26,23 +26,15 @@ impl wm_core::EventSink for NoSink {
     }
 }
 
-fn deployment() -> Deployment {
-    let container = |name: &str| {
-        json!({ "name": name, "image": Kubernetes::IMAGE, "imagePullPolicy": "Never", "command": ["/bin/sleep", "3600"],
-                "env": [{ "name": "DD_ENV", "value": "test" }, { "name": "SECRET", "value": "hunter2" }] })
+/// Two containers with env: one var the tag rules read, one they do not.
+fn shop() -> Deployment {
+    let env = json!([{ "name": "DD_ENV", "value": "test" }, { "name": "SECRET", "value": "hunter2" }]);
+    let with_env = |name: &str| {
+        let mut c = container(name, &["/bin/sleep", "3600"]);
+        c["env"] = env.clone();
+        c
     };
-    object(json!({
-        "metadata": { "name": "shop" },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": "shop" } },
-            "template": {
-                "metadata": { "labels": { "app": "shop", "team": "commerce" } },
-                "spec": { "terminationGracePeriodSeconds": 1, "containers": [container("api"), container("cache")] },
-            },
-        },
-    }))
-    .unwrap()
+    deployment("shop", &[("team", "commerce")], vec![with_env("api"), with_env("cache")]).unwrap()
 }
 
 fn config(cluster: &Kubernetes, token: &std::path::Path) -> KubeletConfig {
@@ -71,7 +63,7 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
     test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
         cluster.create_namespace("shop").await.unwrap();
         let deployments: Api<Deployment> = Api::namespaced(cluster.client().await.unwrap(), "shop");
-        deployments.create(&PostParams::default(), &deployment()).await.unwrap();
+        deployments.create(&PostParams::default(), &shop()).await.unwrap();
         let pods = cluster.wait_for_running_pods("shop", "app=shop", 1, Duration::from_secs(120)).await.unwrap();
         let uid = pods[0].metadata.uid.clone().unwrap();
 
@@ -104,19 +96,7 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
         assert!(store.health().is_ready());
 
         // A container that crash-loops: its restart count and its last exit code.
-        let crash: Deployment = object(json!({
-            "metadata": { "name": "crash" },
-            "spec": {
-                "replicas": 1,
-                "selector": { "matchLabels": { "app": "crash" } },
-                "template": {
-                    "metadata": { "labels": { "app": "crash" } },
-                    "spec": { "containers": [{ "name": "fails", "image": Kubernetes::IMAGE, "imagePullPolicy": "Never",
-                                               "command": ["/bin/sh", "-c", "exit 3"] }] },
-                },
-            },
-        }))
-        .unwrap();
+        let crash = deployment("crash", &[], vec![container("fails", &["/bin/sh", "-c", "exit 3"])]).unwrap();
         deployments.create(&PostParams::default(), &crash).await.unwrap();
         eventually("a restarted container with its exit code", || {
             store.list_kubernetes_pods().iter().filter(|p| p.name.starts_with("crash-")).any(|p| {

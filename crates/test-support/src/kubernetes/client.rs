@@ -22,6 +22,36 @@ pub fn object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Unavai
     serde_json::from_value(value).map_err(|e| Unavailable(format!("not a valid object: {e}")))
 }
 
+/// A container of the local image ([`Kubernetes::IMAGE`], never pulled) running `command`.
+pub fn container(name: &str, command: &[&str]) -> serde_json::Value {
+    json!({ "name": name, "image": Kubernetes::IMAGE, "imagePullPolicy": "Never", "command": command })
+}
+
+/// A one-replica Deployment `name` whose pods are labelled `app: <name>` and `labels`, run
+/// `containers`, and stop within a second.
+pub fn deployment(
+    name: &str,
+    labels: &[(&str, &str)],
+    containers: Vec<serde_json::Value>,
+) -> Result<k8s_openapi::api::apps::v1::Deployment, Unavailable> {
+    let mut pod_labels = serde_json::Map::new();
+    pod_labels.insert("app".into(), name.into());
+    for (k, v) in labels {
+        pod_labels.insert((*k).into(), (*v).into());
+    }
+    object(json!({
+        "metadata": { "name": name, "labels": { "app": name } },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": pod_labels },
+                "spec": { "terminationGracePeriodSeconds": 1, "containers": containers },
+            },
+        },
+    }))
+}
+
 impl Kubernetes {
     /// A cluster-admin client of the API server.
     pub async fn client(&self) -> Result<kube::Client, Unavailable> {

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use build::{BINARIES, ETCD_VERSION, KUBERNETES_VERSION, bin_dir, cache_root, ensure_binaries};
-pub use client::{object, pod_runs};
+pub use client::{container, deployment, object, pod_runs};
 pub use pki::CertFiles;
 
 use crate::runtimes::{
