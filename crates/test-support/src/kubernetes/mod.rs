@@ -33,6 +33,7 @@
 //! and removes it, also when a test panics.
 
 mod build;
+mod fake_kubelet;
 mod image;
 mod pki;
 
@@ -46,6 +47,7 @@ use std::time::{Duration, Instant};
 
 pub use build::{BINARIES, ETCD_VERSION, KUBERNETES_VERSION, bin_dir, cache_root, ensure_binaries};
 pub use client::{container, deployment, object, pod_runs};
+pub use fake_kubelet::FakeKubelet;
 pub use pki::CertFiles;
 
 use crate::runtimes::{

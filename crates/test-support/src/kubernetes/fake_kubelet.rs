@@ -1,0 +1,125 @@
+//! A kubelet of ours, for what the real one cannot do on demand: it serves `GET /pods` over HTTPS
+//! with a certificate from our CA, answers only a bearer token it was given (401 otherwise, as
+//! the kubelet's webhook authentication does), and serves whatever bytes the test sets: the real
+//! captures of `testdata/fixtures/kubelet`, a list that changes over time, odd JSON.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+use super::pki::Pki;
+use crate::runtimes::Unavailable;
+
+#[derive(Debug)]
+struct Shared {
+    token: String,
+    body: Mutex<Vec<u8>>,
+    served: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+/// A running fake kubelet. Dropping it stops serving.
+#[derive(Debug)]
+pub struct FakeKubelet {
+    address: SocketAddr,
+    ca: PathBuf,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn pods(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if bearer != Some(shared.token.as_str()) {
+        shared.refused.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    }
+    shared.served.fetch_add(1, Ordering::Relaxed);
+    let body = shared.body.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+impl FakeKubelet {
+    /// Starts serving `body` on 127.0.0.1 (a free port) to bearer `token`, with a CA and a
+    /// serving certificate written in `dir`. Needs a tokio runtime.
+    pub async fn start(dir: &Path, token: &str, body: Vec<u8>) -> Result<Self, Unavailable> {
+        let pki = Pki::new(dir)?;
+        let serving = pki.issue("kubelet", "fake-kubelet", &[], &["localhost", "127.0.0.1"], true, false)?;
+        let read = |path: &Path| std::fs::read(path).map_err(|e| Unavailable(format!("{}: {e}", path.display())));
+        let cert = CertificateDer::from_pem_slice(&read(&serving.cert)?)
+            .map_err(|e| Unavailable(format!("fake kubelet certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&serving.key)?)
+            .map_err(|e| Unavailable(format!("fake kubelet key: {e}")))?;
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert], key))
+            .map_err(|e| Unavailable(format!("fake kubelet TLS: {e}")))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener =
+            TcpListener::bind("127.0.0.1:0").await.map_err(|e| Unavailable(format!("fake kubelet: bind: {e}")))?;
+        let address = listener.local_addr().map_err(|e| Unavailable(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            token: token.to_owned(),
+            body: Mutex::new(body),
+            served: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+        });
+        let router = axum::Router::new().route("/pods", get(pods)).with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = TowerToHyperService::new(router);
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { address, ca: pki.ca.clone(), shared, task })
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// The CA its serving certificate chains to.
+    pub fn ca_cert(&self) -> &Path {
+        &self.ca
+    }
+
+    /// Serves `body` from now on.
+    pub fn set_body(&self, body: Vec<u8>) {
+        *self.shared.body.lock().unwrap_or_else(PoisonError::into_inner) = body;
+    }
+
+    /// Requests answered with the pod list.
+    pub fn served(&self) -> usize {
+        self.shared.served.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused (401).
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,96 @@
+//! The kubelet collector against a kubelet of ours (HTTPS, our CA, bearer token) serving the real
+//! captures: malformed items skipped and the rest stored; what the list stops holding unset only
+//! after `kubelet_expiry`; a body that is not a pod list, or a wrong token, fails the pull and
+//! changes nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use test_support::kubernetes::FakeKubelet;
+use test_support::testdata;
+use wm_collector_kube::{KubeletCollector, KubeletConfig};
+use wm_core::{Port, Seconds};
+use wm_store::Store;
+
+fn capture(name: &str) -> Vec<u8> {
+    std::fs::read(testdata::path(&format!("fixtures/kubelet/{name}"))).unwrap()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pull_errors(store: &Store) -> u64 {
+    store
+        .telemetry()
+        .into_iter()
+        .find(|s| s.name == "workloadmeta.pull_errors")
+        .map(|s| match s.value {
+            wm_store::MetricValue::Counter(n) => n,
+            _ => 0,
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_from_a_kubelet_of_ours_are_stored_expired_and_bad_answers_change_nothing() {
+    let dir = std::env::temp_dir().join(format!("wm-fake-kubelet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubelet = FakeKubelet::start(&dir, "s3cret", capture("podlist_null_pod.json")).await.unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let config = KubeletConfig {
+        kubernetes_kubelet_host: Some("127.0.0.1".into()),
+        kubernetes_https_kubelet_port: Port::new(kubelet.port()).unwrap(),
+        kubelet_auth_token_path: Some(token.clone()),
+        kubelet_client_ca: Some(kubelet.ca_cert().to_path_buf()),
+        kubelet_expiry: Seconds(3),
+        kubelet_pull_interval: Seconds(1),
+        ..KubeletConfig::default()
+    };
+    let store = Store::builder().collector(KubeletCollector::new(config.clone()).into_collector()).build();
+    store.start();
+
+    // [null, a pod, {}]: the pod and its container land.
+    eventually("the pod of the null-pod capture", || store.list_kubernetes_pods().len() == 1).await;
+    let pod = store.list_kubernetes_pods().remove(0);
+    assert_eq!(store.list_containers().len(), 1);
+    assert!(store.health().is_ready());
+
+    // Not a pod list: the pull fails, nothing changes.
+    let errors = pull_errors(&store);
+    kubelet.set_body(b"<html>proxy error</html>".to_vec());
+    eventually("a failed pull", || pull_errors(&store) > errors).await;
+    assert!(store.get_kubernetes_pod(&pod.id).is_some());
+
+    // An empty list: the pod is kept until it has been missing for the expiry, then unset.
+    kubelet.set_body(capture("podlist_empty.json"));
+    let served = kubelet.served();
+    eventually("a pull of the empty list", || kubelet.served() > served + 1).await;
+    let emptied = Instant::now();
+    assert!(store.get_kubernetes_pod(&pod.id).is_some(), "unset before the expiry");
+    eventually("the pod unset after the expiry", || store.get_kubernetes_pod(&pod.id).is_none()).await;
+    assert!(store.list_containers().is_empty());
+    println!("unset {:.1?} after the first empty list (expiry 3 s, pulls every 1 s)", emptied.elapsed());
+
+    // Another capture: its pods arrive.
+    kubelet.set_body(capture("podlist_1.8-2.json"));
+    eventually("the 1.8-2 pods", || store.list_kubernetes_pods().len() == 7).await;
+
+    // A wrong token: refused (401), nothing changes.
+    std::fs::write(&token, "wrong").unwrap();
+    let store2 = Store::builder().collector(KubeletCollector::new(config).into_collector()).build();
+    store2.start();
+    eventually("a refused pull", || kubelet.refused() > 0 && pull_errors(&store2) > 0).await;
+    assert!(store2.list_kubernetes_pods().is_empty());
+    assert!(!store2.health().is_ready());
+    store2.shutdown().await;
+    store.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
