@@ -113,11 +113,6 @@ impl<L: ListWatch> Driver<L> {
         Self { inner }
     }
 
-    /// The collector it drives.
-    pub fn get_ref(&self) -> &L {
-        &self.inner
-    }
-
     /// Groups a batch per entity (in order of first appearance), refreshes each once, and gives
     /// the sets and unsets to send.
     async fn handle(&mut self, batch: Vec<L::Event>) -> Result<Vec<(EventType, Entity)>, CollectorError> {
