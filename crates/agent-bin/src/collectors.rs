@@ -39,6 +39,8 @@ pub const COLLECTORS: &[CollectorEntry] = &[
     CollectorEntry { name: wm_collector_podman::NAME, catalog: Catalog::Node, build: podman },
     #[cfg(feature = "kube")]
     CollectorEntry { name: wm_collector_kube::NAME, catalog: Catalog::Node, build: kubelet },
+    #[cfg(feature = "kube")]
+    CollectorEntry { name: wm_collector_kube::metadata::NAME, catalog: Catalog::Node, build: kube_metadata },
     #[cfg(feature = "remote")]
     CollectorEntry { name: wm_collector_remote::NAME, catalog: Catalog::Remote, build: remote },
 ];
@@ -65,6 +67,12 @@ fn podman(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
 fn kubelet(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let kubelet = wm_collector_kube::KubeletConfig { extra_env: config.extra_env(), ..config.section()? };
     Ok(Some(wm_collector_kube::KubeletCollector::new(kubelet).into_collector()))
+}
+
+#[cfg(feature = "kube")]
+fn kube_metadata(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let metadata: wm_collector_kube::metadata::KubeMetadataConfig = config.section()?;
+    Ok(Some(wm_collector_kube::metadata::KubeMetadataCollector::new(metadata).into_collector()))
 }
 
 #[cfg(feature = "remote")]

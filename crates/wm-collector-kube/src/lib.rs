@@ -8,11 +8,13 @@
 //! list holds is set; what successful lists have lacked for `kubelet_expiry` is unset (a pod the
 //! kubelet briefly stops listing is not flapped). A failed pull changes nothing.
 //!
-//! Not yet here: the API-server metadata part (`kube_metadata`).
+//! The API-server part is [`metadata`]: namespace labels and annotations and the services of
+//! each pod of this node, as partial pods from source `cluster_orchestrator`.
 
 #![forbid(unsafe_code)]
 
 pub mod kubelet;
+pub mod metadata;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

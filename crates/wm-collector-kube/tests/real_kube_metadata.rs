@@ -1,0 +1,106 @@
+//! The API-server part against the real single-node Kubernetes: a pod of this node gets its
+//! namespace's labels and annotations and the service that selects it; the API server restarted
+//! during the watch, then a namespace label changed: the store converges; and, from the API
+//! server's own audit log, no request ever listed or watched pods cluster-wide.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use test_support::kubernetes::{Kubernetes, container, deployment, object};
+use wm_collector_kube::metadata::{KubeMetadataCollector, KubeMetadataConfig};
+use wm_store::Store;
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn pods_of_this_node_get_namespace_metadata_and_services_across_an_api_server_restart() {
+    let test = "pods_of_this_node_get_namespace_metadata";
+    test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
+        let client = cluster.client().await.unwrap();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = object(
+            json!({ "metadata": { "name": "shop", "labels": { "team": "commerce" }, "annotations": { "owner": "wm" } } }),
+        );
+        namespaces.create(&PostParams::default(), &ns.unwrap()).await.unwrap();
+        let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+        let svc = object(
+            json!({ "metadata": { "name": "shop-svc" }, "spec": { "selector": { "app": "shop" }, "ports": [{ "port": 80 }] } }),
+        );
+        services.create(&PostParams::default(), &svc.unwrap()).await.unwrap();
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+        let shop = deployment("shop", &[], vec![container("api", &["/bin/sleep", "3600"])]).unwrap();
+        deployments.create(&PostParams::default(), &shop).await.unwrap();
+        let pods = cluster.wait_for_running_pods("shop", "app=shop", 1, Duration::from_secs(120)).await.unwrap();
+        let uid = pods[0].metadata.uid.clone().unwrap();
+
+        let config = KubeMetadataConfig {
+            kubernetes_kubeconfig_path: Some(cluster.kubeconfig()),
+            kubernetes_kubelet_nodename: Some(Kubernetes::NODE.into()),
+            ..KubeMetadataConfig::default()
+        };
+        let store = Store::builder().collector(KubeMetadataCollector::new(config).into_collector()).build();
+        store.start();
+        eventually("the pod's namespace metadata and service", || {
+            store.get_kubernetes_pod(&uid).is_some_and(|p| {
+                p.namespace_labels.get("team") == Some("commerce")
+                    && p.namespace_annotations.get("owner") == Some("wm")
+                    && p.kube_services == ["shop-svc"]
+            })
+        })
+        .await;
+        assert!(store.health().is_ready());
+        // Only this node's pods: nothing of kube-system's (there are none on a node without them).
+        assert!(
+            store.list_kubernetes_pods().iter().all(|p| p.namespace == "shop"),
+            "{:?}",
+            store.list_kubernetes_pods()
+        );
+
+        // The API server restarts under the watch; a label changes afterwards; the store follows.
+        cluster.stop_apiserver();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.start_apiserver().unwrap();
+        let patch = json!({ "metadata": { "labels": { "team": "payments" } } });
+        namespaces.patch("shop", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        eventually("the changed label after the restart", || {
+            store.get_kubernetes_pod(&uid).is_some_and(|p| p.namespace_labels.get("team") == Some("payments"))
+        })
+        .await;
+        services.delete("shop-svc", &Default::default()).await.unwrap();
+        eventually("the service gone", || store.get_kubernetes_pod(&uid).is_some_and(|p| p.kube_services.is_empty()))
+            .await;
+        store.shutdown().await;
+
+        // The API server's own word: every pod list and watch was scoped to this node.
+        let audit = std::fs::read_to_string(cluster.audit_log()).unwrap();
+        let mut pod_reads = 0;
+        for line in audit.lines() {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            let verb = event["verb"].as_str().unwrap_or_default();
+            let resource = event["objectRef"]["resource"].as_str().unwrap_or_default();
+            let user = event["user"]["username"].as_str().unwrap_or_default();
+            if resource == "pods"
+                && (verb == "list" || verb == "watch")
+                && user == "wm-admin"
+                && event["objectRef"]["namespace"].is_null()
+            {
+                let uri = event["requestURI"].as_str().unwrap_or_default();
+                assert!(uri.contains("fieldSelector=spec.nodeName"), "a cluster-wide pod {verb}: {uri}");
+                pod_reads += 1;
+            }
+        }
+        assert!(pod_reads >= 2, "the collector's pod list and watch are in the audit log ({pod_reads})");
+        println!("audit log: {pod_reads} pod lists and watches, every one scoped to the node");
+    });
+}
