@@ -168,14 +168,14 @@ fn agent_features(metadata: &serde_json::Value) -> anyhow::Result<(Vec<String>, 
         .context("no agent-bin package in the workspace")?;
     let features = agent["features"].as_object().context("agent-bin has no features")?;
     let sets = features.keys().filter(|f| *f != "default").cloned().collect();
-    let collectors = features
+    let collectors: std::collections::BTreeSet<String> = features
         .values()
         .flat_map(|enables| enables.as_array().into_iter().flatten())
         .filter_map(|e| e.as_str()?.strip_prefix("dep:"))
         .filter(|dep| dep.starts_with("wm-collector-"))
         .map(str::to_owned)
         .collect();
-    Ok((sets, collectors))
+    Ok((sets, collectors.into_iter().collect()))
 }
 
 fn flavors() -> anyhow::Result<()> {
@@ -263,7 +263,17 @@ mod tests {
     #[test]
     fn the_flavor_checks_know_every_collector_feature_of_the_agent() {
         let (sets, collectors) = agent_features(&metadata(true).unwrap()).unwrap();
-        for expected in ["flavor-node", "flavor-light", "docker", "containerd", "podman", "kube", "remote"] {
+        for expected in [
+            "flavor-node",
+            "flavor-cluster",
+            "flavor-light",
+            "docker",
+            "containerd",
+            "podman",
+            "kube",
+            "kube-metadata",
+            "remote",
+        ] {
             assert!(sets.iter().any(|s| s == expected), "{expected} missing from {sets:?}");
         }
         assert!(!sets.iter().any(|s| s == "default"));

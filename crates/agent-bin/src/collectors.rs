@@ -39,7 +39,7 @@ pub const COLLECTORS: &[CollectorEntry] = &[
     CollectorEntry { name: wm_collector_podman::NAME, catalog: Catalog::Node, build: podman },
     #[cfg(feature = "kube")]
     CollectorEntry { name: wm_collector_kube::NAME, catalog: Catalog::Node, build: kubelet },
-    #[cfg(feature = "kube")]
+    #[cfg(feature = "kube-metadata")]
     CollectorEntry { name: wm_collector_kube::metadata::NAME, catalog: Catalog::Node, build: kube_metadata },
     #[cfg(feature = "remote")]
     CollectorEntry { name: wm_collector_remote::NAME, catalog: Catalog::Remote, build: remote },
@@ -69,7 +69,7 @@ fn kubelet(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     Ok(Some(wm_collector_kube::KubeletCollector::new(kubelet).into_collector()))
 }
 
-#[cfg(feature = "kube")]
+#[cfg(feature = "kube-metadata")]
 fn kube_metadata(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let metadata: wm_collector_kube::metadata::KubeMetadataConfig = config.section()?;
     Ok(Some(wm_collector_kube::metadata::KubeMetadataCollector::new(metadata).into_collector()))

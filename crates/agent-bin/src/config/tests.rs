@@ -95,10 +95,13 @@ fn a_value_of_the_wrong_kind_is_refused_with_key_value_origin_and_expectation_in
             e.contains("key `kubelet_tls_verify` (file") && e.contains("expected a boolean (true or false)"),
             "{e}"
         );
-        let e = refused("kubernetes_collect_metadata_tags: 1\n", &[]);
-        assert!(e.contains("`kubernetes_collect_metadata_tags`") && e.contains("expected a boolean"), "{e}");
         let e = refused("", &[("DD_KUBERNETES_HTTPS_KUBELET_PORT", "0")]);
         assert!(e.contains("(env DD_KUBERNETES_HTTPS_KUBELET_PORT) is the text \"0\"; expected a port number"), "{e}");
+    }
+    #[cfg(feature = "kube-metadata")]
+    {
+        let e = refused("kubernetes_collect_metadata_tags: 1\n", &[]);
+        assert!(e.contains("`kubernetes_collect_metadata_tags`") && e.contains("expected a boolean"), "{e}");
     }
     #[cfg(feature = "remote")]
     {
