@@ -107,6 +107,26 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
         })
         .await;
         println!("{entity}: {:?}", agent.tagger.tag(&entity, TagCardinality::High).to_vec());
+
+        // What `agent workload-list` and `agent tagger-list` print, from the same HTTP API.
+        let http = agent.http_address.port();
+        let list: agent_bin::report::WorkloadList = agent_bin::cli::fetch(http, "/agent/workload-list").await.unwrap();
+        let text = agent_bin::cli::format_workload_list(&list, false);
+        for id in &ids {
+            assert!(text.contains(&format!("sources(merged):[node_orchestrator runtime] id: {id} ===")), "{text}");
+        }
+        assert!(
+            text.contains(&format!(
+                "=== Entity kubernetes_pod sources(merged):[cluster_orchestrator node_orchestrator] id: {uid} ==="
+            )),
+            "{text}"
+        );
+        let tags: agent_bin::report::TaggerList = agent_bin::cli::fetch(http, "/agent/tagger-list").await.unwrap();
+        let text = agent_bin::cli::format_tagger_list(&tags);
+        assert!(text.contains(&format!("=== Entity {entity} ===")), "{text}");
+        for tag in &expected {
+            assert!(text.contains(tag.as_str()), "{tag} not in tagger-list:\n{text}");
+        }
         assert_eq!(agent.stop().await.tasks_left, 0);
     });
 }

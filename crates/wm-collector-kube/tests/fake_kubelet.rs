@@ -94,3 +94,56 @@ async fn captures_from_a_kubelet_of_ours_are_stored_expired_and_bad_answers_chan
     store.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_capture_served_by_a_kubelet_of_ours_lands_in_the_store_as_converted() {
+    let dir = std::env::temp_dir().join(format!("wm-fake-kubelet-all-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(testdata::path("fixtures/kubelet"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    let kubelet = FakeKubelet::start(&dir, "s3cret", Vec::new()).await.unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    for name in &names {
+        kubelet.set_body(capture(name));
+        // A fresh collector and store per capture: the store must hold exactly what it converts to.
+        let config = KubeletConfig {
+            kubernetes_kubelet_host: Some("127.0.0.1".into()),
+            kubernetes_https_kubelet_port: Port::new(kubelet.port()).unwrap(),
+            kubelet_auth_token_path: Some(token.clone()),
+            kubelet_client_ca: Some(kubelet.ca_cert().to_path_buf()),
+            ..KubeletConfig::default()
+        };
+        let store = Store::builder().collector(KubeletCollector::new(config).into_collector()).build();
+        store.start();
+        eventually(&format!("{name}: the first pull"), || store.health().is_ready()).await;
+        let expected =
+            wm_collector_kube::kubelet::convert_pod_list(&capture(name), &wm_core::EnvFilter::default(), false)
+                .unwrap()
+                .entities;
+        let mut want: Vec<String> = expected.iter().map(|e| e.id().to_string()).collect();
+        let mut got: Vec<String> = store
+            .list_kubernetes_pods()
+            .iter()
+            .map(|p| format!("kubernetes_pod://{}", p.id))
+            .chain(store.list_containers().iter().map(|c| format!("container://{}", c.id)))
+            .collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{name}");
+        for entity in &expected {
+            let stored = wm_core::StoreReader::get(&store, &entity.id());
+            assert_eq!(stored.as_ref(), Some(entity), "{name}: {}", entity.id());
+        }
+        println!("served {name}: {} entities stored", want.len());
+        store.shutdown().await;
+    }
+    assert!(kubelet.served() >= names.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
