@@ -44,7 +44,7 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
 const BENCHES: &[(&str, &str)] = &[
     ("wm-store", "fanout"),
     ("tagger", "lookup"),
-    ("tagger", "memory"),
+    ("agent-bin", "memory"),
     ("wm-collector-docker", "docker"),
     ("wm-collector-kube", "pull"),
     ("agent-bin", "rss"),
