@@ -113,6 +113,8 @@ pub struct KubeletCollector {
     client: Option<kube::Client>,
     /// When each entity was last in a successful list.
     seen: HashMap<EntityId, Instant>,
+    /// The skipped items already logged (index and reason), so each says so once.
+    logged: std::collections::HashSet<(usize, String)>,
 }
 
 impl std::fmt::Debug for KubeletCollector {
@@ -125,7 +127,7 @@ impl KubeletCollector {
     /// A collector for `config`.
     pub fn new(config: KubeletConfig) -> Self {
         let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, client: None, seen: HashMap::new() }
+        Self { config, env, client: None, seen: HashMap::new(), logged: std::collections::HashSet::new() }
     }
 
     /// This collector, ready to hand to the store.
@@ -195,8 +197,10 @@ impl PullCollector for KubeletCollector {
             .map_err(|e| CollectorError::retriable(format!("kubelet: GET {url}/pods failed"), e))?;
         let converted = kubelet::convert_pod_list(body.as_bytes(), &self.env, self.config.include_ephemeral_containers)
             .map_err(|e| CollectorError::retriable(format!("kubelet: {url}/pods"), e))?;
-        for (index, reason) in &converted.skipped {
-            tracing::debug!(index, %reason, "kubelet: skipping a pod list item");
+        for (index, reason) in converted.skipped {
+            if self.logged.len() < 1024 && self.logged.insert((index, reason.clone())) {
+                tracing::warn!(index, %reason, url, "kubelet: skipping a pod list item that is not a pod");
+            }
         }
         let now = Instant::now();
         let mut events: Vec<(EventType, Entity)> = Vec::with_capacity(converted.entities.len());
