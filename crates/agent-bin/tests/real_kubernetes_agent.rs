@@ -6,7 +6,7 @@
 #![cfg(all(feature = "kube", feature = "kube-metadata", feature = "containerd"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -14,15 +14,11 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use tagger::TagCardinality;
 use test_support::kubernetes::{Kubernetes, container, deployment, object};
+use test_support::watch::eventually;
 use wm_core::Source;
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long a condition of this test may take.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 #[test]
 fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tags_its_containers() {
@@ -79,6 +75,7 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
         assert_eq!(ids.len(), 2);
         eventually(
             "the pod from the kubelet and the API server, its containers from the kubelet and containerd",
+            DEADLINE,
             || {
                 let dump = agent.store.dump(false);
                 let sources = |id: &str| dump.entities.iter().find(|e| &*e.id.id == id).map(|e| e.sources.clone());
@@ -101,7 +98,7 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
             "team:commerce".to_owned(),
         ];
         let entity = format!("container_id://{}", ids[0]);
-        eventually("the container's pod tags", || {
+        eventually("the container's pod tags", DEADLINE, || {
             let tags = agent.tagger.tag(&entity, TagCardinality::High).to_vec();
             expected.iter().all(|t| tags.contains(t))
         })

@@ -19,6 +19,15 @@ pub struct Watcher {
     pub log: Vec<(EventType, Arc<Container>)>,
 }
 
+/// Waits until `check` holds, polling every 50 ms; panics naming `what` after `deadline`.
+pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    while !check() {
+        assert!(tokio::time::Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Watcher {
     /// Subscribes to every container of `store`, at normal priority.
     pub fn containers(store: &Store) -> Self {

@@ -9,20 +9,16 @@ use std::time::{Duration, Instant};
 
 use test_support::kubernetes::FakeKubelet;
 use test_support::testdata;
+use test_support::watch::eventually;
 use wm_collector_kube::{KubeletCollector, KubeletConfig};
 use wm_core::{Port, Seconds};
 use wm_store::Store;
 
+/// How long a condition of this test may take.
+const DEADLINE: Duration = Duration::from_secs(20);
+
 fn capture(name: &str) -> Vec<u8> {
     std::fs::read(testdata::path(&format!("fixtures/kubelet/{name}"))).unwrap()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn pull_errors(store: &Store) -> u64 {
@@ -58,7 +54,7 @@ async fn captures_from_a_kubelet_of_ours_are_stored_expired_and_bad_answers_chan
     store.start();
 
     // [null, a pod, {}]: the pod and its container land.
-    eventually("the pod of the null-pod capture", || store.list_kubernetes_pods().len() == 1).await;
+    eventually("the pod of the null-pod capture", DEADLINE, || store.list_kubernetes_pods().len() == 1).await;
     let pod = store.list_kubernetes_pods().remove(0);
     assert_eq!(store.list_containers().len(), 1);
     assert!(store.health().is_ready());
@@ -66,28 +62,28 @@ async fn captures_from_a_kubelet_of_ours_are_stored_expired_and_bad_answers_chan
     // Not a pod list: the pull fails, nothing changes.
     let errors = pull_errors(&store);
     kubelet.set_body(b"<html>proxy error</html>".to_vec());
-    eventually("a failed pull", || pull_errors(&store) > errors).await;
+    eventually("a failed pull", DEADLINE, || pull_errors(&store) > errors).await;
     assert!(store.get_kubernetes_pod(&pod.id).is_some());
 
     // An empty list: the pod is kept until it has been missing for the expiry, then unset.
     kubelet.set_body(capture("podlist_empty.json"));
     let served = kubelet.served();
-    eventually("a pull of the empty list", || kubelet.served() > served + 1).await;
+    eventually("a pull of the empty list", DEADLINE, || kubelet.served() > served + 1).await;
     let emptied = Instant::now();
     assert!(store.get_kubernetes_pod(&pod.id).is_some(), "unset before the expiry");
-    eventually("the pod unset after the expiry", || store.get_kubernetes_pod(&pod.id).is_none()).await;
+    eventually("the pod unset after the expiry", DEADLINE, || store.get_kubernetes_pod(&pod.id).is_none()).await;
     assert!(store.list_containers().is_empty());
     println!("unset {:.1?} after the first empty list (expiry 3 s, pulls every 1 s)", emptied.elapsed());
 
     // Another capture: its pods arrive.
     kubelet.set_body(capture("podlist_1.8-2.json"));
-    eventually("the 1.8-2 pods", || store.list_kubernetes_pods().len() == 7).await;
+    eventually("the 1.8-2 pods", DEADLINE, || store.list_kubernetes_pods().len() == 7).await;
 
     // A wrong token: refused (401), nothing changes.
     std::fs::write(&token, "wrong").unwrap();
     let store2 = Store::builder().collector(KubeletCollector::new(config).into_collector()).build();
     store2.start();
-    eventually("a refused pull", || kubelet.refused() > 0 && pull_errors(&store2) > 0).await;
+    eventually("a refused pull", DEADLINE, || kubelet.refused() > 0 && pull_errors(&store2) > 0).await;
     assert!(store2.list_kubernetes_pods().is_empty());
     assert!(!store2.health().is_ready());
     store2.shutdown().await;
@@ -122,7 +118,7 @@ async fn every_capture_served_by_a_kubelet_of_ours_lands_in_the_store_as_convert
         };
         let store = Store::builder().collector(KubeletCollector::new(config).into_collector()).build();
         store.start();
-        eventually(&format!("{name}: the first pull"), || store.health().is_ready()).await;
+        eventually(&format!("{name}: the first pull"), DEADLINE, || store.health().is_ready()).await;
         let expected =
             wm_collector_kube::kubelet::convert_pod_list(&capture(name), &wm_core::EnvFilter::default(), false)
                 .unwrap()

@@ -5,23 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use test_support::kubernetes::{Kubernetes, container, deployment, object};
+use test_support::watch::eventually;
 use wm_collector_kube::metadata::{KubeMetadataCollector, KubeMetadataConfig};
 use wm_store::Store;
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long a condition of this test may take.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 #[test]
 fn pods_of_this_node_get_namespace_metadata_and_services_across_an_api_server_restart() {
@@ -51,7 +47,7 @@ fn pods_of_this_node_get_namespace_metadata_and_services_across_an_api_server_re
         };
         let store = Store::builder().collector(KubeMetadataCollector::new(config).into_collector()).build();
         store.start();
-        eventually("the pod's namespace metadata and service", || {
+        eventually("the pod's namespace metadata and service", DEADLINE, || {
             store.get_kubernetes_pod(&uid).is_some_and(|p| {
                 p.namespace_labels.get("team") == Some("commerce")
                     && p.namespace_annotations.get("owner") == Some("wm")
@@ -73,13 +69,15 @@ fn pods_of_this_node_get_namespace_metadata_and_services_across_an_api_server_re
         cluster.start_apiserver().unwrap();
         let patch = json!({ "metadata": { "labels": { "team": "payments" } } });
         namespaces.patch("shop", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-        eventually("the changed label after the restart", || {
+        eventually("the changed label after the restart", DEADLINE, || {
             store.get_kubernetes_pod(&uid).is_some_and(|p| p.namespace_labels.get("team") == Some("payments"))
         })
         .await;
         services.delete("shop-svc", &Default::default()).await.unwrap();
-        eventually("the service gone", || store.get_kubernetes_pod(&uid).is_some_and(|p| p.kube_services.is_empty()))
-            .await;
+        eventually("the service gone", DEADLINE, || {
+            store.get_kubernetes_pod(&uid).is_some_and(|p| p.kube_services.is_empty())
+        })
+        .await;
         store.shutdown().await;
 
         // The API server's own word: every pod list and watch was scoped to this node.

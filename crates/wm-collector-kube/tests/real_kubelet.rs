@@ -12,9 +12,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use test_support::kubernetes::{Kubernetes, container, deployment};
+use test_support::watch::eventually;
 use wm_collector_kube::{KubeletCollector, KubeletConfig};
 use wm_core::{Port, Seconds};
 use wm_store::Store;
+
+/// How long a condition of this test may take.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A sink that takes nothing: the failing pull must not send anything.
 struct NoSink;
@@ -49,14 +53,6 @@ fn config(cluster: &Kubernetes, token: &std::path::Path) -> KubeletConfig {
     }
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[test]
 fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_gone() {
     let test = "the_kubelets_pods_are_collected";
@@ -71,7 +67,7 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
         std::fs::write(&token, cluster.service_account_token("wm-agent", "wm-agent").await.unwrap()).unwrap();
         let store = Store::builder().collector(KubeletCollector::new(config(cluster, &token)).into_collector()).build();
         store.start();
-        eventually("the pod and its two containers", || {
+        eventually("the pod and its two containers", DEADLINE, || {
             store
                 .get_kubernetes_pod(&uid)
                 .is_some_and(|p| p.containers.iter().filter(|c| !c.id.is_empty()).count() == 2)
@@ -98,7 +94,7 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
         // A container that crash-loops: its restart count and its last exit code.
         let crash = deployment("crash", &[], vec![container("fails", &["/bin/sh", "-c", "exit 3"])]).unwrap();
         deployments.create(&PostParams::default(), &crash).await.unwrap();
-        eventually("a restarted container with its exit code", || {
+        eventually("a restarted container with its exit code", DEADLINE, || {
             store.list_kubernetes_pods().iter().filter(|p| p.name.starts_with("crash-")).any(|p| {
                 p.containers
                     .iter()
@@ -118,7 +114,7 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
         // Scaled to nothing: unset once missing for the expiry (2 s), not at once.
         deployments.delete("shop", &DeleteParams::default()).await.unwrap();
         let gone_from_kubelet = Instant::now();
-        eventually("the pod unset", || store.get_kubernetes_pod(&uid).is_none()).await;
+        eventually("the pod unset", DEADLINE, || store.get_kubernetes_pod(&uid).is_none()).await;
         assert!(pod.containers.iter().all(|c| store.get_container(&c.id).is_none()));
         println!("the pod was unset {:.1?} after its deletion was asked", gone_from_kubelet.elapsed());
         store.shutdown().await;

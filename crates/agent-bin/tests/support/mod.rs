@@ -67,12 +67,8 @@ pub fn remote(config: &AgentConfig, grpc: u16, token: Option<&str>) -> RemoteAge
     }
 }
 
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+pub async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    test_support::watch::eventually(what, Duration::from_secs(15), check).await;
 }
 
 pub fn ids(ids: &[&str]) -> Vec<String> {
