@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use wm_core::{Container, EcsTask, Entity, KubernetesPod, StrMap, Timestamp};
+use wm_core::{Container, EcsTask, Entity, KubernetesMetadata, KubernetesPod, StrMap, Timestamp};
 
 use crate::report::{HealthReport, StatusReport, TaggerList, WorkloadEntry, WorkloadList};
 
@@ -153,11 +153,25 @@ fn task_body(out: &mut String, t: &EcsTask, verbose: bool) {
     }
 }
 
+fn metadata_body(out: &mut String, m: &KubernetesMetadata, verbose: bool) {
+    let _ = writeln!(out, "----------- Entity ID -----------");
+    kv(out, "Kind", format!("kubernetes_metadata ID: {}", m.id));
+    let _ = writeln!(out, "----------- Entity Meta -----------");
+    kv(out, "Name", &m.name);
+    kv(out, "Namespace", &m.namespace);
+    kv(out, "Resource", &m.resource);
+    if verbose {
+        map_section(out, "Labels", &m.labels);
+        map_section(out, "Annotations", &m.annotations);
+    }
+}
+
 fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
     match entity {
         Entity::Container(c) => container_body(out, c, verbose),
         Entity::KubernetesPod(p) => pod_body(out, p, verbose),
         Entity::EcsTask(t) => task_body(out, t, verbose),
+        Entity::KubernetesMetadata(m) => metadata_body(out, m, verbose),
     }
 }
 

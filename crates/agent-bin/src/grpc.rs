@@ -16,7 +16,7 @@ use tagger::{TagCardinality, TagEventKind, Tagger, TaggerEntityId};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
-use wm_core::{CancellationToken, EventType, EventTypeFilter, Filter, Kind, Source, SubscriberPriority};
+use wm_core::{CancellationToken, EventType, EventTypeFilter, Filter, Source, SubscriberPriority};
 use wm_ipc::MAX_MESSAGE_SIZE;
 use wm_ipc::convert;
 use wm_ipc::proto::api::v1::agent_secure_server::AgentSecure;
@@ -301,8 +301,11 @@ impl AgentSecure for AgentApi {
         });
         let mut first = true;
         let respond = move |bundle: wm_store::EventBundle| {
-            let events: Vec<wmpb::WorkloadmetaEvent> =
-                bundle.events.iter().map(|e| convert::event(e.event_type == EventType::Set, &e.entity)).collect();
+            let events: Vec<wmpb::WorkloadmetaEvent> = bundle
+                .events
+                .iter()
+                .filter_map(|e| convert::event(e.event_type == EventType::Set, &e.entity))
+                .collect();
             // Acknowledged once converted: a slow client never holds the store's loop.
             drop(bundle);
             let mut chunks = chunk(events, MAX_MESSAGE_SIZE / 2);
@@ -371,18 +374,19 @@ impl AgentApi {
 
 /// The store filter a wire filter asks for.
 fn workloadmeta_filter(wire: wmpb::WorkloadmetaFilter) -> Result<Filter, Status> {
-    let mut filter = Filter::all();
+    // No kind asked: every kind the wire carries. Kinds this agent does not store (processes,
+    // image metadata, CRDs) match nothing: asking only for them gets nothing, not everything.
+    let mut kinds = Vec::new();
     for kind in &wire.kinds {
-        let kind = match wmpb::WorkloadmetaKind::try_from(*kind) {
-            Ok(wmpb::WorkloadmetaKind::Container) => Kind::Container,
-            Ok(wmpb::WorkloadmetaKind::KubernetesPod) => Kind::KubernetesPod,
-            Ok(wmpb::WorkloadmetaKind::EcsTask) => Kind::EcsTask,
-            // Kinds this agent does not store: nothing will match them.
-            Ok(_) => continue,
+        match wmpb::WorkloadmetaKind::try_from(*kind) {
+            Ok(kind) => kinds.extend(convert::from_kind(kind)),
             Err(_) => return Err(Status::invalid_argument(format!("unknown workloadmeta kind {kind}"))),
-        };
-        filter = filter.with_kind(kind);
+        }
     }
+    if wire.kinds.is_empty() {
+        kinds.extend(convert::WIRE_KINDS);
+    }
+    let mut filter = Filter::only_kinds(kinds);
     match wmpb::WorkloadmetaSource::try_from(wire.source) {
         Ok(wmpb::WorkloadmetaSource::All) => {}
         Ok(wmpb::WorkloadmetaSource::Runtime) => filter = filter.with_source(Source::Runtime),
@@ -402,6 +406,7 @@ fn workloadmeta_filter(wire: wmpb::WorkloadmetaFilter) -> Result<Filter, Status>
 #[cfg(test)]
 mod tests {
     use tonic::service::Interceptor;
+    use wm_core::Kind;
 
     use super::*;
 
@@ -499,6 +504,10 @@ mod tests {
         assert!(f.passes_kind(Kind::Container) && !f.passes_kind(Kind::KubernetesPod));
         assert_eq!(f.source(), Some(Source::Runtime));
         assert!(workloadmeta_filter(wmpb::WorkloadmetaFilter { kinds: vec![42], ..Default::default() }).is_err());
+        let process_only = workloadmeta_filter(wmpb::WorkloadmetaFilter { kinds: vec![3], ..Default::default() });
+        assert!(Kind::ALL.iter().all(|k| !process_only.as_ref().unwrap().passes_kind(*k)));
+        let everything = workloadmeta_filter(wmpb::WorkloadmetaFilter::default()).unwrap();
+        assert!(everything.passes_kind(Kind::EcsTask) && !everything.passes_kind(Kind::KubernetesMetadata));
         assert!(workloadmeta_filter(wmpb::WorkloadmetaFilter { source: 9, ..Default::default() }).is_err());
     }
 }

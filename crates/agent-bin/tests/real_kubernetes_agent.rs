@@ -1,7 +1,8 @@
 //! The agent on the real single-node Kubernetes, with the collectors of its config: the pod of a
 //! Deployment (labels, two containers, a Service) is stored merged from the kubelet, the API
 //! server and containerd, and its containers' tags carry `kube_deployment`, `kube_service`,
-//! `kube_namespace`, `pod_name`, `kube_container_name` and the configured label tag.
+//! `kube_namespace`, `pod_name`, `kube_container_name` and the configured label tag; the node's
+//! label configured as a tag is on the global entity.
 
 #![cfg(all(feature = "kube", feature = "kube-metadata", feature = "containerd"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -9,8 +10,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tagger::TagCardinality;
 use test_support::kubernetes::{Kubernetes, container, deployment, object};
@@ -36,7 +37,9 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
         let shop =
             deployment("shop", &[("team", "commerce")], vec![container("api", &sleep), container("cache", &sleep)])
                 .unwrap();
-        Api::<Deployment>::namespaced(client, "shop").create(&PostParams::default(), &shop).await.unwrap();
+        Api::<Deployment>::namespaced(client.clone(), "shop").create(&PostParams::default(), &shop).await.unwrap();
+        let zone = json!({ "metadata": { "labels": { "wm.test/zone": "z1" } } });
+        Api::<Node>::all(client).patch(Kubernetes::NODE, &PatchParams::default(), &Patch::Merge(&zone)).await.unwrap();
         let pods = cluster.wait_for_running_pods("shop", "app=shop", 1, Duration::from_secs(120)).await.unwrap();
         let (uid, pod_name) = (pods[0].metadata.uid.clone().unwrap(), pods[0].metadata.name.clone().unwrap());
 
@@ -49,7 +52,7 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
             "cmd_port: {}\nhealth_port: {}\ndocker_host: unix://{}\ncri_socket_path: {}\npodman_socket_path: {}\n\
              kubernetes_kubelet_host: 127.0.0.1\nkubernetes_https_kubelet_port: {}\nkubelet_auth_token_path: {}\n\
              kubelet_client_ca: {}\nkubernetes_kubeconfig_path: {}\nkubernetes_kubelet_nodename: {}\n\
-             kubernetes_pod_labels_as_tags:\n  team: team\n",
+             kubernetes_pod_labels_as_tags:\n  team: team\nkubernetes_node_labels_as_tags:\n  wm.test/zone: node_zone\n",
             port(),
             port(),
             dir.join("no-docker.sock").display(),
@@ -104,6 +107,10 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
         })
         .await;
         println!("{entity}: {:?}", agent.tagger.tag(&entity, TagCardinality::High).to_vec());
+        eventually("the node's label on the global entity", DEADLINE, || {
+            agent.tagger.tag(tagger::GLOBAL_ENTITY_ID, TagCardinality::Low).iter().any(|t| t == "node_zone:z1")
+        })
+        .await;
 
         // What `agent workload-list` and `agent tagger-list` print, from the same HTTP API.
         let http = agent.http_address.port();
@@ -118,12 +125,19 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
             )),
             "{text}"
         );
+        let node = format!(
+            "=== Entity kubernetes_metadata sources(merged):[cluster_orchestrator] id: /nodes//{} ===",
+            Kubernetes::NODE
+        );
+        assert!(text.contains(&node), "{text}");
         let tags: agent_bin::report::TaggerList = agent_bin::cli::fetch(http, "/agent/tagger-list").await.unwrap();
         let text = agent_bin::cli::format_tagger_list(&tags);
         assert!(text.contains(&format!("=== Entity {entity} ===")), "{text}");
         for tag in &expected {
             assert!(text.contains(tag.as_str()), "{tag} not in tagger-list:\n{text}");
         }
+        let global = "=== Entity internal://global-entity-id ===\n== Source workloadmeta-kubernetes_metadata =\n=Tags: [node_zone:z1]";
+        assert!(text.contains(global), "{text}");
         assert_eq!(agent.stop().await.tasks_left, 0);
     });
 }

@@ -27,6 +27,10 @@ pub struct TaggerConfig {
     pub kubernetes_namespace_labels_as_tags: BTreeMap<String, String>,
     /// Namespace annotation → tag name.
     pub kubernetes_namespace_annotations_as_tags: BTreeMap<String, String>,
+    /// Node label → tag name (this node's labels, on the global entity).
+    pub kubernetes_node_labels_as_tags: BTreeMap<String, String>,
+    /// Node annotation → tag name (this node's annotations, on the global entity).
+    pub kubernetes_node_annotations_as_tags: BTreeMap<String, String>,
     /// Tag pods with `persistentvolumeclaim:<name>` (opt-in).
     pub kubernetes_persistent_volume_claims_as_tags: bool,
     /// Tag ECS tasks on EC2 with their AWS resource tags (always on Fargate).
@@ -46,6 +50,8 @@ impl Default for TaggerConfig {
             kubernetes_pod_annotations_as_tags: BTreeMap::new(),
             kubernetes_namespace_labels_as_tags: BTreeMap::new(),
             kubernetes_namespace_annotations_as_tags: BTreeMap::new(),
+            kubernetes_node_labels_as_tags: BTreeMap::new(),
+            kubernetes_node_annotations_as_tags: BTreeMap::new(),
             kubernetes_persistent_volume_claims_as_tags: false,
             ecs_collect_resource_tags_ec2: false,
             tagger_deletion_grace_period: Seconds(300),

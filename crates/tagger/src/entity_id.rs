@@ -18,6 +18,8 @@ impl TaggerEntityId {
     pub const CONTAINER: &'static str = "container_id";
     /// The prefix of Kubernetes pods.
     pub const KUBERNETES_POD: &'static str = "kubernetes_pod_uid";
+    /// The prefix of Kubernetes object metadata (`kubernetes_metadata:///nodes//<node>`).
+    pub const KUBERNETES_METADATA: &'static str = "kubernetes_metadata";
     /// The prefix of ECS tasks.
     pub const ECS_TASK: &'static str = "ecs_task";
     /// The prefix of the agent's own entities.
@@ -44,6 +46,7 @@ impl TaggerEntityId {
             Kind::Container => Self::CONTAINER,
             Kind::KubernetesPod => Self::KUBERNETES_POD,
             Kind::EcsTask => Self::ECS_TASK,
+            Kind::KubernetesMetadata => Self::KUBERNETES_METADATA,
         };
         Self::new(prefix, &*id.id)
     }

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use wm_core::{Container, EcsTask, KubernetesPod, LaunchType, OrchestratorContainer, Runtime, StrMap};
+use wm_core::{
+    Container, EcsTask, KubernetesMetadata, KubernetesPod, LaunchType, OrchestratorContainer, Runtime, StrMap,
+};
 
 use crate::config::TaggerConfig;
 use crate::tags::{TagCardinality, TagInfo};
@@ -247,6 +249,18 @@ pub fn pod_container_tags(p: &KubernetesPod, pod: &TagInfo, c: &OrchestratorCont
     }
     if let Some(json) = p.annotations.get(&format!("ad.datadoghq.com/{}.tags", c.name)) {
         json_tags(&mut tags, Low, json, "ad.datadoghq.com/<container>.tags");
+    }
+    tags
+}
+
+/// The tags of a Kubernetes object's metadata: for this node, `kubernetes_node_labels_as_tags`
+/// and `kubernetes_node_annotations_as_tags` (Datadog makes them host tags; here they go on the
+/// node's entity and on the global entity). Other objects have none.
+pub fn metadata_tags(m: &KubernetesMetadata, config: &TaggerConfig) -> TagInfo {
+    let mut tags = TagInfo::default();
+    if m.is_node() {
+        mapped(&mut tags, &m.labels, &config.kubernetes_node_labels_as_tags);
+        mapped(&mut tags, &m.annotations, &config.kubernetes_node_annotations_as_tags);
     }
     tags
 }

@@ -66,6 +66,9 @@ pub enum TagSource {
     /// Tags from an ECS task (on the task and on each of its containers).
     #[serde(rename = "workloadmeta-ecs_task")]
     EcsTask,
+    /// Tags from a Kubernetes object's metadata (this node's: on the node and the global entity).
+    #[serde(rename = "workloadmeta-kubernetes_metadata")]
+    KubernetesMetadata,
 }
 
 impl TagSource {
@@ -75,6 +78,7 @@ impl TagSource {
             TagSource::Container => "workloadmeta-container",
             TagSource::KubernetesPod => "workloadmeta-kubernetes_pod",
             TagSource::EcsTask => "workloadmeta-ecs_task",
+            TagSource::KubernetesMetadata => "workloadmeta-kubernetes_metadata",
         }
     }
 
@@ -82,7 +86,7 @@ impl TagSource {
     const fn priority(self) -> u8 {
         match self {
             TagSource::Container => 0,
-            TagSource::KubernetesPod | TagSource::EcsTask => 1,
+            TagSource::KubernetesPod | TagSource::EcsTask | TagSource::KubernetesMetadata => 1,
         }
     }
 }

@@ -14,7 +14,8 @@ use crate::rules;
 use crate::store::{Clock, SystemClock, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
 
-/// The entity id of the node-wide tags (ECS Fargate task tags go there too).
+/// The entity id of the node-wide tags: this node's labels- and annotations-as-tags, and ECS
+/// Fargate task tags.
 pub const GLOBAL_ENTITY_ID: &str = "internal://global-entity-id";
 
 /// The tagger's entity id of a container (`container_id://<id>`), as the tag store keys it.
@@ -127,7 +128,15 @@ impl Tagger {
                 }
                 self.set_with_children(TagSource::EcsTask, id, task, children);
             }
+            (Entity::KubernetesMetadata(m), EventType::Set) => {
+                let tags = rules::metadata_tags(m, &self.config);
+                let children = if m.is_node() { vec![(GLOBAL_ENTITY_ID.to_owned(), tags.clone())] } else { Vec::new() };
+                self.set_with_children(TagSource::KubernetesMetadata, id, tags, children);
+            }
             (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, &id),
+            (Entity::KubernetesMetadata(_), EventType::Unset) => {
+                self.delete_with_children(TagSource::KubernetesMetadata, &id);
+            }
             (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, &id),
         }
     }
@@ -164,11 +173,11 @@ impl Tagger {
                 Entity::Container(_) => {
                     live.insert((TagSource::Container, id));
                 }
-                Entity::KubernetesPod(_) | Entity::EcsTask(_) => {
-                    let source = if matches!(event.entity, Entity::EcsTask(_)) {
-                        TagSource::EcsTask
-                    } else {
-                        TagSource::KubernetesPod
+                Entity::KubernetesPod(_) | Entity::EcsTask(_) | Entity::KubernetesMetadata(_) => {
+                    let source = match event.entity {
+                        Entity::EcsTask(_) => TagSource::EcsTask,
+                        Entity::KubernetesMetadata(_) => TagSource::KubernetesMetadata,
+                        _ => TagSource::KubernetesPod,
                     };
                     let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
                     for child in children.get(&(source, id.clone())).into_iter().flat_map(|c| c.iter()) {

@@ -1,9 +1,11 @@
 //! The API-server part (`kube_metadata`, source `cluster_orchestrator`): for each pod of this
 //! node, its namespace's labels and annotations and the services that select it, as partial pod
-//! entities the store merges with the kubelet's.
+//! entities the store merges with the kubelet's; and this node's labels and annotations, as a
+//! `kubernetes_metadata` entity (`/nodes//<node>`).
 //!
 //! Node-scoped and cheap on the API server: pods are watched metadata-only with a `spec.nodeName`
-//! field selector (never a cluster-wide pod list or watch), namespaces metadata-only, EndpointSlices
+//! field selector (never a cluster-wide pod list or watch), this node metadata-only with a
+//! `metadata.name` field selector, namespaces metadata-only, EndpointSlices
 //! to find the services whose endpoints are this node's pods; every list is served from the watch
 //! cache (`resourceVersion=0`) and watches ask for bookmarks. kube-runtime's watcher re-lists on
 //! `410 Gone`; a watch error fails the run retriably and the store's runner starts it again,
@@ -16,14 +18,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
 use serde::{Deserialize, Serialize};
 use wm_core::{
-    Collector, CollectorContext, CollectorError, Entity, EntityId, EventType, Kind, KubernetesPod, Source,
-    StreamCollector,
+    Collector, CollectorContext, CollectorError, Entity, EntityId, EventType, KubernetesMetadata, KubernetesPod,
+    Source, StreamCollector,
 };
 
 /// The collector's name.
@@ -156,18 +158,20 @@ struct State {
     /// Pod uid → (name, namespace).
     pods: Watched<(String, String)>,
     /// Namespace → (labels, annotations).
-    namespaces: Watched<(BTreeMap<String, String>, BTreeMap<String, String>)>,
+    namespaces: Watched<LabelsAndAnnotations>,
     /// `namespace/slice` → (service, pod uids it points at).
     slices: Watched<(String, Vec<String>)>,
+    /// This node (the only one watched) → (labels, annotations).
+    nodes: Watched<LabelsAndAnnotations>,
 }
 
 impl State {
     fn synced(&self) -> bool {
-        self.pods.synced && self.namespaces.synced && self.slices.synced
+        self.pods.synced && self.namespaces.synced && self.slices.synced && self.nodes.synced
     }
 
-    /// The partial pod entities, by uid.
-    fn entities(&self) -> BTreeMap<String, Entity> {
+    /// The partial pod entities and this node's metadata entity.
+    fn entities(&self) -> BTreeMap<EntityId, Entity> {
         let mut services: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         for (service, pods) in self.slices.items.values() {
             for uid in pods {
@@ -188,8 +192,19 @@ impl State {
                     kube_services: services.get(uid.as_str()).into_iter().flatten().map(|s| (*s).to_owned()).collect(),
                     ..KubernetesPod::default()
                 };
-                (uid.clone(), Entity::from(pod))
+                Entity::from(pod)
             })
+            .chain(self.nodes.items.iter().map(|(name, (labels, annotations))| {
+                Entity::from(KubernetesMetadata {
+                    id: KubernetesMetadata::node_id(name).into(),
+                    resource: KubernetesMetadata::NODES.to_owned(),
+                    name: name.clone(),
+                    namespace: String::new(),
+                    labels: labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                    annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                })
+            }))
+            .map(|entity| (entity.id(), entity))
             .collect()
     }
 }
@@ -198,6 +213,7 @@ enum Update {
     Pod(Event<PartialObjectMeta<Pod>>),
     Namespace(Event<PartialObjectMeta<Namespace>>),
     Slice(Event<EndpointSlice>),
+    Node(Event<PartialObjectMeta<Node>>),
 }
 
 fn map_string(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
@@ -223,13 +239,18 @@ impl StreamCollector for KubeMetadataCollector {
         .map(|r| r.map(Update::Pod));
         let namespaces = watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), cached.clone())
             .map(|r| r.map(Update::Namespace));
+        let nodes = watcher::watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            cached.clone().fields(&format!("metadata.name={node}")),
+        )
+        .map(|r| r.map(Update::Node));
         let slices = watcher::watcher(Api::<EndpointSlice>::all(client), cached).map(|r| r.map(Update::Slice));
         let streams: Vec<BoxStream<'static, Result<Update, watcher::Error>>> =
-            vec![pods.boxed(), namespaces.boxed(), slices.boxed()];
+            vec![pods.boxed(), namespaces.boxed(), slices.boxed(), nodes.boxed()];
         let mut updates = futures::stream::select_all(streams);
 
         let mut state = State::default();
-        let mut sent: Option<BTreeMap<String, Entity>> = None;
+        let mut sent: Option<BTreeMap<EntityId, Entity>> = None;
         loop {
             let update = tokio::select! {
                 biased;
@@ -261,17 +282,12 @@ impl StreamCollector for KubeMetadataCollector {
                     },
                     |p: &PartialObjectMeta<Pod>| p.metadata.uid.clone().unwrap_or_default(),
                 ),
-                Update::Namespace(event) => state.namespaces.apply(
-                    event,
-                    |n: &PartialObjectMeta<Namespace>| {
-                        let name = n.metadata.name.clone()?;
-                        Some((
-                            name,
-                            (map_string(n.metadata.labels.as_ref()), map_string(n.metadata.annotations.as_ref())),
-                        ))
-                    },
-                    |n: &PartialObjectMeta<Namespace>| n.metadata.name.clone().unwrap_or_default(),
-                ),
+                Update::Namespace(event) => state
+                    .namespaces
+                    .apply(event, labels_and_annotations, |n| n.metadata.name.clone().unwrap_or_default()),
+                Update::Node(event) => {
+                    state.nodes.apply(event, labels_and_annotations, |n| n.metadata.name.clone().unwrap_or_default())
+                }
                 Update::Slice(event) => state.slices.apply(
                     event,
                     |s: &EndpointSlice| {
@@ -297,14 +313,13 @@ impl StreamCollector for KubeMetadataCollector {
                 None => ctx.sink.full_list(now.values().cloned().collect()).await,
                 Some(before) => {
                     let mut events = Vec::new();
-                    for (uid, entity) in &now {
-                        if before.get(uid) != Some(entity) {
+                    for (id, entity) in &now {
+                        if before.get(id) != Some(entity) {
                             events.push((EventType::Set, entity.clone()));
                         }
                     }
-                    for uid in before.keys().filter(|uid| !now.contains_key(*uid)) {
-                        events
-                            .push((EventType::Unset, Entity::empty(&EntityId::new(Kind::KubernetesPod, uid.as_str()))));
+                    for id in before.keys().filter(|id| !now.contains_key(*id)) {
+                        events.push((EventType::Unset, Entity::empty(id)));
                     }
                     ctx.sink.events(events).await;
                 }
@@ -312,6 +327,14 @@ impl StreamCollector for KubeMetadataCollector {
             sent = Some(now);
         }
     }
+}
+
+/// A metadata-only object's name → its (labels, annotations).
+type LabelsAndAnnotations = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+fn labels_and_annotations<K>(o: &PartialObjectMeta<K>) -> Option<(String, LabelsAndAnnotations)> {
+    let name = o.metadata.name.clone()?;
+    Some((name, (map_string(o.metadata.labels.as_ref()), map_string(o.metadata.annotations.as_ref()))))
 }
 
 fn slice_key(s: &EndpointSlice) -> String {

@@ -1,4 +1,5 @@
-//! The entity model: containers, Kubernetes pods and ECS tasks, and who said what about them.
+//! The entity model: containers, Kubernetes pods and object metadata, ECS tasks, and who said what
+//! about them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,19 +18,30 @@ pub enum Kind {
     Container,
     /// An ECS task.
     EcsTask,
+    /// A Kubernetes object's metadata (this node's `Node`): labels and annotations.
+    KubernetesMetadata,
     /// A Kubernetes pod.
     KubernetesPod,
 }
 
 impl Kind {
     /// Every kind, in order.
-    pub const ALL: [Kind; 3] = [Kind::Container, Kind::EcsTask, Kind::KubernetesPod];
+    pub const ALL: [Kind; 4] = [Kind::Container, Kind::EcsTask, Kind::KubernetesMetadata, Kind::KubernetesPod];
+
+    /// How many kinds there are.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// Its position in [`Kind::ALL`]: an index for per-kind arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 
     /// The name used in filters, dumps and the wire (`kubernetes_pod`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Container => "container",
             Kind::EcsTask => "ecs_task",
+            Kind::KubernetesMetadata => "kubernetes_metadata",
             Kind::KubernetesPod => "kubernetes_pod",
         }
     }
@@ -441,6 +453,52 @@ impl KubernetesPod {
     }
 }
 
+/// A Kubernetes object's metadata, as Datadog's `KubernetesMetadata` entity: today the node the
+/// agent runs on (its labels and annotations become node tags). Its id is
+/// `<group>/<resource>/<namespace>/<name>` ([`KubernetesMetadata::id_of`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesMetadata {
+    /// `<group>/<resource>/<namespace>/<name>`, e.g. `/nodes//node-1`.
+    pub id: Arc<str>,
+    /// The API resource, plural (`nodes`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub resource: String,
+    /// The object's name.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: String,
+    /// The object's namespace (empty for cluster-scoped objects such as nodes).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub namespace: String,
+    /// Its labels.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub labels: StrMap,
+    /// Its annotations.
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    pub annotations: StrMap,
+}
+
+impl KubernetesMetadata {
+    /// The resource name of nodes.
+    pub const NODES: &'static str = "nodes";
+
+    /// The entity id of an object: `<group>/<resource>/<namespace>/<name>` (Datadog's form;
+    /// the core group is empty).
+    pub fn id_of(group: &str, resource: &str, namespace: &str, name: &str) -> String {
+        format!("{group}/{resource}/{namespace}/{name}")
+    }
+
+    /// The entity id of the node `name`.
+    pub fn node_id(name: &str) -> String {
+        Self::id_of("", Self::NODES, "", name)
+    }
+
+    /// Whether it describes a node.
+    pub fn is_node(&self) -> bool {
+        self.resource == Self::NODES
+    }
+}
+
 /// How an ECS task was launched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -506,6 +564,8 @@ pub enum Entity {
     Container(Arc<Container>),
     /// An ECS task.
     EcsTask(Arc<EcsTask>),
+    /// A Kubernetes object's metadata.
+    KubernetesMetadata(Arc<KubernetesMetadata>),
     /// A Kubernetes pod.
     KubernetesPod(Arc<KubernetesPod>),
 }
@@ -516,6 +576,7 @@ impl Entity {
         match self {
             Entity::Container(_) => Kind::Container,
             Entity::EcsTask(_) => Kind::EcsTask,
+            Entity::KubernetesMetadata(_) => Kind::KubernetesMetadata,
             Entity::KubernetesPod(_) => Kind::KubernetesPod,
         }
     }
@@ -525,6 +586,7 @@ impl Entity {
         match self {
             Entity::Container(c) => &c.id,
             Entity::EcsTask(t) => &t.id,
+            Entity::KubernetesMetadata(m) => &m.id,
             Entity::KubernetesPod(p) => &p.id,
         }
     }
@@ -540,6 +602,9 @@ impl Entity {
         match id.kind {
             Kind::Container => Entity::Container(Arc::new(Container { id: key, ..Container::default() })),
             Kind::EcsTask => Entity::EcsTask(Arc::new(EcsTask { id: key, ..EcsTask::default() })),
+            Kind::KubernetesMetadata => {
+                Entity::KubernetesMetadata(Arc::new(KubernetesMetadata { id: key, ..KubernetesMetadata::default() }))
+            }
             Kind::KubernetesPod => {
                 Entity::KubernetesPod(Arc::new(KubernetesPod { id: key, ..KubernetesPod::default() }))
             }
@@ -567,6 +632,14 @@ impl Entity {
         }
     }
 
+    /// The Kubernetes object metadata, if it is one.
+    pub fn as_kubernetes_metadata(&self) -> Option<&Arc<KubernetesMetadata>> {
+        match self {
+            Entity::KubernetesMetadata(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// The task, if it is one.
     pub fn as_ecs_task(&self) -> Option<&Arc<EcsTask>> {
         match self {
@@ -580,6 +653,7 @@ impl Entity {
         match (self, other) {
             (Entity::Container(a), Entity::Container(b)) => Arc::ptr_eq(a, b),
             (Entity::EcsTask(a), Entity::EcsTask(b)) => Arc::ptr_eq(a, b),
+            (Entity::KubernetesMetadata(a), Entity::KubernetesMetadata(b)) => Arc::ptr_eq(a, b),
             (Entity::KubernetesPod(a), Entity::KubernetesPod(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
@@ -595,6 +669,12 @@ impl From<Container> for Entity {
 impl From<KubernetesPod> for Entity {
     fn from(p: KubernetesPod) -> Self {
         Entity::KubernetesPod(Arc::new(p))
+    }
+}
+
+impl From<KubernetesMetadata> for Entity {
+    fn from(m: KubernetesMetadata) -> Self {
+        Entity::KubernetesMetadata(Arc::new(m))
     }
 }
 
@@ -697,8 +777,11 @@ mod tests {
 
     #[test]
     fn kinds_and_sources_have_stable_names_and_order() {
-        assert!(Kind::Container < Kind::EcsTask && Kind::EcsTask < Kind::KubernetesPod);
-        for k in Kind::ALL {
+        assert!(Kind::Container < Kind::EcsTask && Kind::EcsTask < Kind::KubernetesMetadata);
+        assert!(Kind::KubernetesMetadata < Kind::KubernetesPod);
+        assert_eq!(KubernetesMetadata::node_id("n1"), "/nodes//n1");
+        for (i, k) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(k.index(), i);
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
         for s in Source::ALL {

@@ -124,6 +124,12 @@ impl Filter {
         Self::default()
     }
 
+    /// Exactly `kinds` (without predicates), merged view: with no kind it passes nothing.
+    pub fn only_kinds(kinds: impl IntoIterator<Item = Kind>) -> Self {
+        let kinds = kinds.into_iter().map(|kind| KindFilter { kind, predicate: None }).collect();
+        Self { kinds: Some(kinds), ..Self::default() }
+    }
+
     /// Passes `kind` too (without predicate). A filter with no kind passes every kind.
     pub fn with_kind(mut self, kind: Kind) -> Self {
         self.kinds.get_or_insert_with(Vec::new).push(KindFilter { kind, predicate: None });
@@ -216,6 +222,8 @@ mod tests {
         assert!(!f.matches(EventType::Set, &podman));
         assert!(f.matches(EventType::Unset, &pod));
         assert!(!Filter::all().with_kind(Kind::EcsTask).matches(EventType::Set, &pod));
+        assert!(!Filter::only_kinds([]).matches(EventType::Set, &pod));
+        assert!(Filter::only_kinds([Kind::KubernetesPod]).matches(EventType::Set, &pod));
     }
 
     #[test]

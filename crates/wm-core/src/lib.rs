@@ -1,5 +1,5 @@
-//! The vocabulary of the workload-metadata store: entities (containers, Kubernetes pods, ECS
-//! tasks), the sources that describe them and how their versions merge, the events into and out
+//! The vocabulary of the workload-metadata store: entities (containers, Kubernetes pods and
+//! object metadata, ECS tasks), the sources that describe them and how their versions merge, the events into and out
 //! of the store, subscriber filters and priorities, and the contract collectors implement.
 //!
 //! This crate does no I/O and starts no runtime; `wm-store` runs the store, the `wm-collector-*`
@@ -26,7 +26,8 @@ pub use config::{Port, Seconds};
 pub use entity::{
     Container, ContainerHealth, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
     EntityId, EnvFilter, KEPT_ENV_VARS, KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind,
-    KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodOwner, Runtime, Source,
+    KubernetesMetadata, KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodOwner, Runtime,
+    Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use image::ContainerImage;

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use crate::entity::{
-    Container, ContainerPort, ContainerResources, EcsTask, Entity, KubernetesPod, OrchestratorContainer, PodOwner,
-    Source,
+    Container, ContainerPort, ContainerResources, EcsTask, Entity, KubernetesMetadata, KubernetesPod,
+    OrchestratorContainer, PodOwner, Source,
 };
 
 fn fill<T: Default + PartialEq + Clone>(high: &mut T, low: &T) {
@@ -122,6 +122,14 @@ fn fill_task(high: &mut EcsTask, low: &EcsTask) {
     high.container_instance_tags.union_from(&low.container_instance_tags);
 }
 
+fn fill_metadata(high: &mut KubernetesMetadata, low: &KubernetesMetadata) {
+    fill(&mut high.resource, &low.resource);
+    fill(&mut high.name, &low.name);
+    fill(&mut high.namespace, &low.namespace);
+    high.labels.union_from(&low.labels);
+    high.annotations.union_from(&low.annotations);
+}
+
 /// Completes `high` with what `low` says: each empty field of `high` takes `low`'s value.
 /// Entities of different kinds are left alone.
 pub fn fill_from(high: &mut Entity, low: &Entity) {
@@ -129,6 +137,7 @@ pub fn fill_from(high: &mut Entity, low: &Entity) {
         (Entity::Container(h), Entity::Container(l)) => fill_container(Arc::make_mut(h), l),
         (Entity::KubernetesPod(h), Entity::KubernetesPod(l)) => fill_pod(Arc::make_mut(h), l),
         (Entity::EcsTask(h), Entity::EcsTask(l)) => fill_task(Arc::make_mut(h), l),
+        (Entity::KubernetesMetadata(h), Entity::KubernetesMetadata(l)) => fill_metadata(Arc::make_mut(h), l),
         _ => {}
     }
 }

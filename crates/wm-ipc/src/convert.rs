@@ -20,25 +20,37 @@ fn strmap(m: &HashMap<String, String>) -> StrMap {
     m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-fn kind(k: Kind) -> pb::WorkloadmetaKind {
+/// The kinds the wire carries (Datadog's `WorkloadmetaKind` has no Kubernetes metadata).
+pub const WIRE_KINDS: [Kind; 3] = [Kind::Container, Kind::KubernetesPod, Kind::EcsTask];
+
+/// The wire kind of a store kind, if the wire has one.
+pub fn kind(k: Kind) -> Option<pb::WorkloadmetaKind> {
     match k {
-        Kind::Container => pb::WorkloadmetaKind::Container,
-        Kind::KubernetesPod => pb::WorkloadmetaKind::KubernetesPod,
-        Kind::EcsTask => pb::WorkloadmetaKind::EcsTask,
+        Kind::Container => Some(pb::WorkloadmetaKind::Container),
+        Kind::KubernetesPod => Some(pb::WorkloadmetaKind::KubernetesPod),
+        Kind::EcsTask => Some(pb::WorkloadmetaKind::EcsTask),
+        Kind::KubernetesMetadata => None,
     }
 }
 
+/// The store kind of a wire kind, if this agent stores it (not processes, images, CRDs).
+pub fn from_kind(k: pb::WorkloadmetaKind) -> Option<Kind> {
+    match k {
+        pb::WorkloadmetaKind::Container => Some(Kind::Container),
+        pb::WorkloadmetaKind::KubernetesPod => Some(Kind::KubernetesPod),
+        pb::WorkloadmetaKind::EcsTask => Some(Kind::EcsTask),
+        _ => None,
+    }
+}
+
+/// Ids of the wire kinds only (callers never ask for another).
 fn entity_id(id: &EntityId) -> pb::WorkloadmetaEntityId {
-    pb::WorkloadmetaEntityId { kind: kind(id.kind) as i32, id: id.id.to_string() }
+    let kind = kind(id.kind).unwrap_or(pb::WorkloadmetaKind::Container);
+    pb::WorkloadmetaEntityId { kind: kind as i32, id: id.id.to_string() }
 }
 
 fn from_entity_id(id: &pb::WorkloadmetaEntityId) -> Option<EntityId> {
-    let kind = match pb::WorkloadmetaKind::try_from(id.kind).ok()? {
-        pb::WorkloadmetaKind::Container => Kind::Container,
-        pb::WorkloadmetaKind::KubernetesPod => Kind::KubernetesPod,
-        pb::WorkloadmetaKind::EcsTask => Kind::EcsTask,
-        _ => return None,
-    };
+    let kind = from_kind(pb::WorkloadmetaKind::try_from(id.kind).ok()?)?;
     (!id.id.is_empty()).then(|| EntityId::new(kind, id.id.as_str()))
 }
 
@@ -323,16 +335,17 @@ pub fn from_task(t: &pb::EcsTask) -> Option<EcsTask> {
     })
 }
 
-/// One wire event for an entity.
-pub fn event(set: bool, entity: &Entity) -> pb::WorkloadmetaEvent {
+/// One wire event for an entity; `None` for a kind the wire does not carry ([`WIRE_KINDS`]).
+pub fn event(set: bool, entity: &Entity) -> Option<pb::WorkloadmetaEvent> {
     let kind = if set { pb::WorkloadmetaEventType::EventTypeSet } else { pb::WorkloadmetaEventType::EventTypeUnset };
     let mut event = pb::WorkloadmetaEvent { r#type: kind as i32, ..pb::WorkloadmetaEvent::default() };
     match entity {
         Entity::Container(c) => event.container = Some(container(c)),
         Entity::KubernetesPod(p) => event.kubernetes_pod = Some(pod(p)),
         Entity::EcsTask(t) => event.ecs_task = Some(task(t)),
+        Entity::KubernetesMetadata(_) => return None,
     }
-    event
+    Some(event)
 }
 
 /// The entity a wire event carries (the first kind set), and whether it is a set.
@@ -389,7 +402,7 @@ mod tests {
             ports: vec![ContainerPort { port: 80, protocol: "tcp".into(), name: "http".into(), host_port: None }],
             ..Container::default()
         };
-        let wire = event(true, &Entity::from(c.clone())).encode_to_vec();
+        let wire = event(true, &Entity::from(c.clone())).expect("containers are on the wire").encode_to_vec();
         let decoded = pb::WorkloadmetaEvent::decode(wire.as_slice()).unwrap();
         let (set, back) = from_event(&decoded).unwrap();
         assert!(set);
@@ -403,5 +416,15 @@ mod tests {
         let no_id =
             pb::WorkloadmetaEvent { r#type: 1, container: Some(pb::Container::default()), ..Default::default() };
         assert!(from_event(&no_id).is_none());
+    }
+
+    #[test]
+    fn node_metadata_is_not_on_the_wire() {
+        let node = Entity::from(wm_core::KubernetesMetadata { id: "/nodes//n1".into(), ..Default::default() });
+        assert!(event(true, &node).is_none());
+        for k in Kind::ALL {
+            assert_eq!(kind(k).and_then(from_kind), WIRE_KINDS.contains(&k).then_some(k));
+        }
+        assert_eq!(from_kind(pb::WorkloadmetaKind::Process), None);
     }
 }

@@ -163,25 +163,17 @@ pub(crate) type IdMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    kinds: [IdMap<Record>; 3],
+    kinds: [IdMap<Record>; Kind::COUNT],
     collectors: Vec<Arc<str>>,
-}
-
-fn slot(kind: Kind) -> usize {
-    match kind {
-        Kind::Container => 0,
-        Kind::EcsTask => 1,
-        Kind::KubernetesPod => 2,
-    }
 }
 
 impl State {
     pub(crate) fn records(&self, kind: Kind) -> &IdMap<Record> {
-        &self.kinds[slot(kind)]
+        &self.kinds[kind.index()]
     }
 
     fn records_mut(&mut self, kind: Kind) -> &mut IdMap<Record> {
-        &mut self.kinds[slot(kind)]
+        &mut self.kinds[kind.index()]
     }
 
     pub(crate) fn get(&self, id: &EntityId) -> Option<&Record> {

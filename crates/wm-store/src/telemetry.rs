@@ -37,17 +37,9 @@ pub struct MetricSample {
 
 #[derive(Debug, Default)]
 pub(crate) struct Telemetry {
-    events_received: [[AtomicU64; 4]; 3],
+    events_received: [[AtomicU64; 4]; Kind::COUNT],
     notifications_sent: Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
     pub(crate) subscribers: AtomicI64,
-}
-
-fn kind_slot(kind: Kind) -> usize {
-    match kind {
-        Kind::Container => 0,
-        Kind::EcsTask => 1,
-        Kind::KubernetesPod => 2,
-    }
 }
 
 fn source_slot(source: Source) -> usize {
@@ -66,11 +58,11 @@ pub(crate) const SENT_LAGGED: &str = "lagged";
 
 /// Events of one batch counted locally, then added to the shared counters once.
 #[derive(Debug, Default)]
-pub(crate) struct Received([[u64; 4]; 3]);
+pub(crate) struct Received([[u64; 4]; Kind::COUNT]);
 
 impl Received {
     pub(crate) fn count(&mut self, kind: Kind, source: Source) {
-        self.0[kind_slot(kind)][source_slot(source)] += 1;
+        self.0[kind.index()][source_slot(source)] += 1;
     }
 
     pub(crate) fn add_to(&self, telemetry: &Telemetry) {
@@ -93,7 +85,7 @@ impl Telemetry {
     pub(crate) fn samples(&self, out: &mut Vec<MetricSample>) {
         for kind in Kind::ALL {
             for source in Source::ALL {
-                let n = self.events_received[kind_slot(kind)][source_slot(source)].load(Ordering::Relaxed);
+                let n = self.events_received[kind.index()][source_slot(source)].load(Ordering::Relaxed);
                 if n > 0 {
                     out.push(MetricSample {
                         name: "workloadmeta.events_received",
