@@ -25,6 +25,8 @@ pub struct CollectorEntry {
     pub name: &'static str,
     /// The agents that run it.
     pub catalog: Catalog,
+    /// The feature `autoconfig_exclude_features` names to turn it off.
+    pub feature: &'static str,
     /// Builds it from the config; `None` when the config turns it off.
     pub build: fn(&AgentConfig) -> Result<Option<Collector>, ConfigError>,
 }
@@ -32,17 +34,27 @@ pub struct CollectorEntry {
 /// Every collector compiled in.
 pub const COLLECTORS: &[CollectorEntry] = &[
     #[cfg(feature = "docker")]
-    CollectorEntry { name: wm_collector_docker::NAME, catalog: Catalog::Node, build: docker },
+    CollectorEntry { name: wm_collector_docker::NAME, catalog: Catalog::Node, feature: "docker", build: docker },
     #[cfg(feature = "containerd")]
-    CollectorEntry { name: wm_collector_containerd::NAME, catalog: Catalog::Node, build: containerd },
+    CollectorEntry {
+        name: wm_collector_containerd::NAME,
+        catalog: Catalog::Node,
+        feature: "containerd",
+        build: containerd,
+    },
     #[cfg(feature = "podman")]
-    CollectorEntry { name: wm_collector_podman::NAME, catalog: Catalog::Node, build: podman },
+    CollectorEntry { name: wm_collector_podman::NAME, catalog: Catalog::Node, feature: "podman", build: podman },
     #[cfg(feature = "kube")]
-    CollectorEntry { name: wm_collector_kube::NAME, catalog: Catalog::Node, build: kubelet },
+    CollectorEntry { name: wm_collector_kube::NAME, catalog: Catalog::Node, feature: "kubernetes", build: kubelet },
     #[cfg(feature = "kube-metadata")]
-    CollectorEntry { name: wm_collector_kube::metadata::NAME, catalog: Catalog::Node, build: kube_metadata },
+    CollectorEntry {
+        name: wm_collector_kube::metadata::NAME,
+        catalog: Catalog::Node,
+        feature: "kubernetes",
+        build: kube_metadata,
+    },
     #[cfg(feature = "remote")]
-    CollectorEntry { name: wm_collector_remote::NAME, catalog: Catalog::Remote, build: remote },
+    CollectorEntry { name: wm_collector_remote::NAME, catalog: Catalog::Remote, feature: "remote", build: remote },
 ];
 
 #[cfg(feature = "docker")]
@@ -99,14 +111,15 @@ pub fn catalog(config: &AgentConfig) -> Result<Catalog, ConfigError> {
     Ok(Catalog::Node)
 }
 
-/// The collectors of this config's catalog that its config does not turn off.
+/// The collectors of this config's catalog that its config does not turn off (by their own
+/// keys or `autoconfig_exclude_features`).
 pub fn build_all(config: &AgentConfig) -> Result<Vec<Collector>, ConfigError> {
     let catalog = catalog(config)?;
     let mut collectors = Vec::new();
     for entry in COLLECTORS {
         // Every entry reads its part, so a wrong value is refused in any catalog.
         let built = (entry.build)(config)?;
-        if entry.catalog == catalog {
+        if entry.catalog == catalog && !config.collectors.excludes(entry.feature) {
             collectors.extend(built);
         }
     }

@@ -175,6 +175,32 @@ impl Default for IpcConfig {
     }
 }
 
+/// Which collectors run and how an absent runtime is looked for again.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorsConfig {
+    /// `autoconfig_exclude_features` (Datadog's key): features never collected, by name
+    /// (`docker`, `containerd`, `podman`, `kubernetes`; case-insensitive). An excluded
+    /// collector is not started and does not hold readiness back.
+    pub autoconfig_exclude_features: Vec<String>,
+    /// `collector_redetect_interval` (ours, default 30 s): how often a collector whose runtime
+    /// is absent (no socket yet) looks again.
+    pub collector_redetect_interval: wm_core::Seconds,
+}
+
+impl Default for CollectorsConfig {
+    fn default() -> Self {
+        Self { autoconfig_exclude_features: Vec::new(), collector_redetect_interval: wm_core::Seconds(30) }
+    }
+}
+
+impl CollectorsConfig {
+    /// Whether `feature` is excluded.
+    pub fn excludes(&self, feature: &str) -> bool {
+        self.autoconfig_exclude_features.iter().any(|f| f.trim().eq_ignore_ascii_case(feature))
+    }
+}
+
 /// The file's values and the `DD_*` variables, before any component read them.
 #[derive(Debug)]
 struct Layer {
@@ -220,6 +246,8 @@ pub struct AgentConfig {
     pub ipc: IpcConfig,
     /// The tagger.
     pub tagger: tagger::TaggerConfig,
+    /// Which collectors run.
+    pub collectors: CollectorsConfig,
     /// Warnings (unknown keys), to log once the logger is set up.
     pub warnings: Vec<String>,
     layer: Layer,
@@ -253,6 +281,7 @@ impl AgentConfig {
             log: LogConfig::default(),
             ipc: IpcConfig::default(),
             tagger: tagger::TaggerConfig::default(),
+            collectors: CollectorsConfig::default(),
             warnings: Vec::new(),
             layer,
             read: Mutex::new(BTreeMap::new()),
@@ -260,6 +289,7 @@ impl AgentConfig {
         config.log = config.section()?;
         config.ipc = config.section()?;
         config.tagger = config.section()?;
+        config.collectors = config.section()?;
         // Each collector reads its own part; what it builds is dropped (building does no I/O).
         crate::collectors::build_all(&config)?;
         config.warnings = config.unknown_keys();

@@ -81,7 +81,9 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
     let http_address = http_listener.local_addr()?;
     let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
 
-    let mut builder = Store::builder();
+    let mut store_config = wm_store::StoreConfig::default();
+    store_config.redetect_interval = config.collectors.collector_redetect_interval.duration();
+    let mut builder = Store::builder().config(store_config);
     for collector in collectors {
         builder = builder.collector(collector);
     }

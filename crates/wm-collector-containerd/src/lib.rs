@@ -13,9 +13,16 @@
 //! delivered, and only then does it list. Nothing between subscription and list is lost.
 //!
 //! Namespaces: every one but `containerd_exclude_namespaces` (default `moby`, docker's, which the
-//! docker collector reports), or only `containerd_namespaces` when that is set. Sandbox (pause)
-//! containers are skipped. A task's exit status and time come from its `/tasks/exit` event and
-//! are remembered, since deleting the task forgets them.
+//! docker collector reports), or only `containerd_namespaces` when that is set. CRI sandbox
+//! (pause) containers are skipped on every path: in lists, in refreshes, and in events about a
+//! sandbox seen before or created from an image sandboxes use. A task's exit status and time
+//! come from its `/tasks/exit` event and are remembered (until the container is deleted or a
+//! relist no longer has it), since deleting the task forgets them.
+//!
+//! Every call has a deadline (`cri_query_timeout`, default 5 s; connecting:
+//! `cri_connection_timeout`, default 1 s). Containers are listed with `ListStream`, one message
+//! per container, so a node's list is never bound by the 4 MiB message limit (CRI specs are tens
+//! of KB each); a container that cannot be read is skipped and read again later.
 
 #![forbid(unsafe_code)]
 
@@ -23,7 +30,8 @@ mod convert;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_client::events::{
@@ -47,8 +55,8 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, warn};
-use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Source};
-use wm_driver::{Driver, ListWatch, Refreshed, WatchStream, Watched};
+use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source};
+use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
 pub use convert::{Exit, container_from_containerd, is_sandbox, timestamp};
 
@@ -74,6 +82,10 @@ pub struct ContainerdConfig {
     /// `containerd_exclude_namespaces` (default `moby`, docker's, which the docker collector
     /// reports): namespaces never watched, unless `containerd_namespaces` is set.
     pub containerd_exclude_namespaces: Vec<String>,
+    /// `cri_query_timeout` (Datadog's key, seconds, default 5): the deadline of every call.
+    pub cri_query_timeout: Seconds,
+    /// `cri_connection_timeout` (Datadog's key, seconds, default 1): the deadline of connecting.
+    pub cri_connection_timeout: Seconds,
     /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
     /// `container_env_as_tags`); not a key of its own.
     #[serde(skip)]
@@ -86,12 +98,32 @@ impl Default for ContainerdConfig {
             cri_socket_path: None,
             containerd_namespaces: Vec::new(),
             containerd_exclude_namespaces: vec!["moby".into()],
+            cri_query_timeout: Seconds(5),
+            cri_connection_timeout: Seconds(1),
             extra_env: Vec::new(),
         }
     }
 }
 
+/// Entries a cache (image digests, sandboxes, logged-once ids) holds at most before it starts
+/// over: bounded memory whatever the node does.
+const MAX_CACHED: usize = 16_384;
+/// The largest message accepted from containerd (a task list of a dense node; the container
+/// list is streamed).
+const MAX_MESSAGE: usize = 64 << 20;
+
+fn bounded_insert<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, value: T) -> bool {
+    if set.len() >= MAX_CACHED {
+        set.clear();
+    }
+    set.insert(value)
+}
+
 impl ContainerdConfig {
+    fn deadline(&self) -> Duration {
+        self.cri_query_timeout.duration().max(Duration::from_secs(1))
+    }
+
     /// Whether `namespace` is watched.
     pub fn watches(&self, namespace: &str) -> bool {
         if namespace == SYNC_NAMESPACE {
@@ -110,14 +142,37 @@ impl ContainerdConfig {
 pub struct ContainerdCollector {
     config: ContainerdConfig,
     env: EnvFilter,
-    /// The last exit of each container's init process, by (namespace, id).
-    exits: HashMap<(String, String), Exit>,
-    /// Image digests by (namespace, image name).
-    digests: HashMap<(String, String), String>,
-    /// Containers whose record failed to parse, reported once.
-    reported: HashSet<String>,
+    /// The last exit of each container's init process, by (namespace, id): dropped when the
+    /// container is deleted or a list no longer has it.
+    exits: Mutex<HashMap<(String, String), Exit>>,
+    /// Image digests by (namespace, image name): cleared at each reconnect (a name can be
+    /// re-tagged) and bounded.
+    digests: Mutex<HashMap<(String, String), String>>,
+    /// CRI sandboxes seen, by (namespace, id), and the images they run: their events are not
+    /// containers.
+    sandboxes: Mutex<Sandboxes>,
+    /// Containers whose record failed to parse, reported once (bounded).
+    reported: Mutex<HashSet<String>>,
     /// The clients of the current run.
     clients: Option<Clients>,
+}
+
+/// What the collector knows of CRI sandboxes.
+#[derive(Debug, Default)]
+struct Sandboxes {
+    ids: HashSet<(String, String)>,
+    images: HashSet<String>,
+}
+
+/// What containerd has of one container now.
+enum Fetched {
+    Container(Box<Container>),
+    Sandbox,
+    Gone,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The gRPC clients of one run.
@@ -147,7 +202,15 @@ impl ContainerdCollector {
     /// A collector for `config`.
     pub fn new(config: ContainerdConfig) -> Self {
         let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, exits: HashMap::new(), digests: HashMap::new(), reported: HashSet::new(), clients: None }
+        Self {
+            config,
+            env,
+            exits: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
+            sandboxes: Mutex::new(Sandboxes::default()),
+            reported: Mutex::new(HashSet::new()),
+            clients: None,
+        }
     }
 
     /// This collector, ready to hand to the store.
@@ -170,85 +233,121 @@ impl ContainerdCollector {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         if !socket.exists() {
-            return Err(CollectorError::absent(format!("no containerd socket at {}", socket.display())));
+            return Err(if self.config.cri_socket_path.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
+                CollectorError::waiting_for(format!("{} (cri_socket_path)", socket.display()))
+            } else {
+                CollectorError::absent(format!("no containerd socket at {}", socket.display()))
+            });
         }
-        let channel = containerd_client::connect(&socket)
-            .await
-            .map_err(|e| CollectorError::retriable(format!("containerd: cannot connect to {}", socket.display()), e))?;
+        let connect_deadline = self.config.cri_connection_timeout.duration().max(Duration::from_millis(100));
+        let channel = with_deadline(
+            connect_deadline,
+            || format!("containerd: connecting to {} (cri_connection_timeout)", socket.display()),
+            async {
+                containerd_client::connect(&socket).await.map_err(|e| {
+                    CollectorError::retriable(format!("containerd: cannot connect to {}", socket.display()), e)
+                })
+            },
+        )
+        .await?;
         Ok(Clients {
-            containers: ContainersClient::new(channel.clone()),
-            tasks: TasksClient::new(channel.clone()),
+            containers: ContainersClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+            tasks: TasksClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
             images: ImagesClient::new(channel.clone()),
             namespaces: NamespacesClient::new(channel.clone()),
             events: EventsClient::new(channel),
         })
     }
 
+    /// Runs one call within `cri_query_timeout`.
+    async fn call<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        fut: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, CallError> {
+        match tokio::time::timeout(self.config.deadline(), fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(status)) if status.code() == Code::NotFound => Err(CallError::NotFound),
+            Ok(Err(status)) => Err(CallError::Failed(failed(what(), status))),
+            Err(_) => Err(CallError::Failed(CollectorError::Retriable {
+                context: format!("{} timed out after {:?} (cri_query_timeout)", what(), self.config.deadline()),
+                source: None,
+            })),
+        }
+    }
+
     async fn watched_namespaces(&self, clients: &mut Clients) -> Result<Vec<String>, CollectorError> {
-        let listed = clients
-            .namespaces
-            .list(ListNamespacesRequest::default())
+        let listed = self
+            .call(|| "containerd: listing namespaces".into(), clients.namespaces.list(ListNamespacesRequest::default()))
             .await
-            .map_err(|e| failed("containerd: listing namespaces failed", e))?;
+            .map_err(CallError::into_error)?;
         Ok(listed.into_inner().namespaces.into_iter().map(|n| n.name).filter(|n| self.config.watches(n)).collect())
     }
 
-    async fn image_digest(&mut self, clients: &mut Clients, namespace: &str, image: &str) -> Option<String> {
+    async fn image_digest(&self, clients: &mut Clients, namespace: &str, image: &str) -> Option<String> {
         if image.is_empty() {
             return None;
         }
         let key = (namespace.to_owned(), image.to_owned());
-        if let Some(digest) = self.digests.get(&key) {
+        if let Some(digest) = lock(&self.digests).get(&key) {
             return Some(digest.clone());
         }
         let request = namespaced(namespace, GetImageRequest { name: image.to_owned() }).ok()?;
-        match clients.images.get(request).await {
+        match self.call(|| format!("containerd: getting image {image}"), clients.images.get(request)).await {
             Ok(response) => {
                 let digest = response.into_inner().image.and_then(|i| i.target).map(|t| t.digest)?;
-                self.digests.insert(key, digest.clone());
+                let mut digests = lock(&self.digests);
+                if digests.len() >= MAX_CACHED {
+                    digests.clear();
+                }
+                digests.insert(key, digest.clone());
                 Some(digest)
             }
             Err(e) => {
-                debug!(namespace, image, error = %e, "containerd: no digest for the image");
+                debug!(namespace, image, error = ?e, "containerd: no digest for the image");
                 None
             }
         }
     }
 
+    /// Remembers a sandbox, so its events are never taken for a container's.
+    fn saw_sandbox(&self, namespace: &str, record: &containerd_client::services::v1::Container) {
+        let mut sandboxes = lock(&self.sandboxes);
+        bounded_insert(&mut sandboxes.ids, (namespace.to_owned(), record.id.clone()));
+        if !record.image.is_empty() {
+            bounded_insert(&mut sandboxes.images, record.image.clone());
+        }
+    }
+
     fn build(
-        &mut self,
+        &self,
         namespace: &str,
         record: &containerd_client::services::v1::Container,
         task: Option<&Process>,
         digest: Option<&str>,
     ) -> Option<Container> {
         let key = (namespace.to_owned(), record.id.clone());
-        let last_exit = self.exits.get(&key).copied();
+        let last_exit = lock(&self.exits).get(&key).copied();
         let (container, problem) = container_from_containerd(record, task, last_exit, digest, &self.env);
         if let Some(problem) = problem
-            && self.reported.insert(record.id.clone())
+            && bounded_insert(&mut lock(&self.reported), record.id.clone())
         {
             warn!(namespace, container_id = %record.id, "containerd: {problem}; stored without it");
         }
         container
     }
 
-    /// Lists every watched namespace's containers with their tasks.
-    async fn list_all(&mut self, clients: &mut Clients) -> Result<Vec<Entity>, CollectorError> {
-        let mut entities = Vec::new();
+    /// Lists every watched namespace's containers (streamed) with their tasks.
+    async fn list_all(&self, clients: &mut Clients) -> Result<Listed, CollectorError> {
+        let mut listed = Listed::default();
+        let mut listed_keys = HashSet::new();
         for namespace in self.watched_namespaces(clients).await? {
-            let records = clients
-                .containers
-                .list(namespaced(&namespace, ListContainersRequest::default())?)
+            let records = self.list_records(clients, &namespace).await?;
+            let request = namespaced(&namespace, ListTasksRequest::default())?;
+            let tasks: HashMap<String, Process> = self
+                .call(|| format!("containerd: listing the tasks of {namespace}"), clients.tasks.list(request))
                 .await
-                .map_err(|e| failed(format!("containerd: listing the containers of {namespace} failed"), e))?
-                .into_inner()
-                .containers;
-            let tasks: HashMap<String, Process> = clients
-                .tasks
-                .list(namespaced(&namespace, ListTasksRequest::default())?)
-                .await
-                .map_err(|e| failed(format!("containerd: listing the tasks of {namespace} failed"), e))?
+                .map_err(CallError::into_error)?
                 .into_inner()
                 .tasks
                 .into_iter()
@@ -256,43 +355,97 @@ impl ContainerdCollector {
                 .map(|t| (if t.container_id.is_empty() { t.id.clone() } else { t.container_id.clone() }, t))
                 .collect();
             for record in &records {
+                if is_sandbox(&record.labels) {
+                    self.saw_sandbox(&namespace, record);
+                    continue;
+                }
+                listed_keys.insert((namespace.clone(), record.id.clone()));
                 let digest = self.image_digest(clients, &namespace, &record.image).await;
-                entities
+                listed
+                    .entities
                     .extend(self.build(&namespace, record, tasks.get(&record.id), digest.as_deref()).map(Entity::from));
             }
         }
-        Ok(entities)
+        // Exits of containers deleted while the collector was away are forgotten.
+        lock(&self.exits).retain(|key, _| listed_keys.contains(key));
+        Ok(listed)
     }
 
-    /// The container as containerd has it now; `None` when it is gone (or a sandbox).
-    async fn fetch(
-        &mut self,
+    /// One namespace's container records, one stream message each.
+    async fn list_records(
+        &self,
         clients: &mut Clients,
         namespace: &str,
-        id: &str,
-    ) -> Result<Option<Container>, CollectorError> {
-        let record =
-            match clients.containers.get(namespaced(namespace, GetContainerRequest { id: id.to_owned() })?).await {
-                Ok(response) => response.into_inner().container,
-                Err(status) if status.code() == Code::NotFound => return Ok(None),
-                Err(status) => {
-                    return Err(failed(format!("containerd: getting container {namespace}/{id} failed"), status));
+    ) -> Result<Vec<containerd_client::services::v1::Container>, CollectorError> {
+        let what = || format!("containerd: listing the containers of {namespace}");
+        let request = namespaced(namespace, ListContainersRequest::default())?;
+        let deadline = self.config.deadline();
+        let mut stream =
+            self.call(what, clients.containers.list_stream(request)).await.map_err(CallError::into_error)?.into_inner();
+        let mut records = Vec::new();
+        loop {
+            // Each message within the deadline: a dense node's list takes as long as it takes,
+            // a stalled one does not.
+            match tokio::time::timeout(deadline, stream.message()).await {
+                Ok(Ok(Some(message))) => records.extend(message.container),
+                Ok(Ok(None)) => return Ok(records),
+                Ok(Err(status)) => return Err(failed(what(), status)),
+                Err(_) => {
+                    return Err(CollectorError::Retriable {
+                        context: format!("{} stalled for {deadline:?} (cri_query_timeout)", what()),
+                        source: None,
+                    });
                 }
-            };
-        let Some(record) = record else { return Ok(None) };
-        let task = match clients
-            .tasks
-            .get(namespaced(namespace, GetRequest { container_id: id.to_owned(), exec_id: String::new() })?)
+            }
+        }
+    }
+
+    /// The container as containerd has it now.
+    async fn fetch(&self, clients: &mut Clients, namespace: &str, id: &str) -> Result<Fetched, CollectorError> {
+        let request = namespaced(namespace, GetContainerRequest { id: id.to_owned() })?;
+        let record = match self
+            .call(|| format!("containerd: getting container {namespace}/{id}"), clients.containers.get(request))
+            .await
+        {
+            Ok(response) => response.into_inner().container,
+            Err(CallError::NotFound) => return Ok(Fetched::Gone),
+            Err(CallError::Failed(error)) => return Err(error),
+        };
+        let Some(record) = record else { return Ok(Fetched::Gone) };
+        if is_sandbox(&record.labels) {
+            self.saw_sandbox(namespace, &record);
+            return Ok(Fetched::Sandbox);
+        }
+        let request = namespaced(namespace, GetRequest { container_id: id.to_owned(), exec_id: String::new() })?;
+        let task = match self
+            .call(|| format!("containerd: getting the task of {namespace}/{id}"), clients.tasks.get(request))
             .await
         {
             Ok(response) => response.into_inner().process,
-            Err(status) if status.code() == Code::NotFound => None,
-            Err(status) => {
-                return Err(failed(format!("containerd: getting the task of {namespace}/{id} failed"), status));
-            }
+            Err(CallError::NotFound) => None,
+            Err(CallError::Failed(error)) => return Err(error),
         };
         let digest = self.image_digest(clients, namespace, &record.image).await;
-        Ok(self.build(namespace, &record, task.as_ref(), digest.as_deref()))
+        Ok(match self.build(namespace, &record, task.as_ref(), digest.as_deref()) {
+            Some(container) => Fetched::Container(Box::new(container)),
+            None => Fetched::Gone,
+        })
+    }
+}
+
+/// A failed call: not found, or anything else (retriable, with the call named).
+#[derive(Debug)]
+enum CallError {
+    NotFound,
+    Failed(CollectorError),
+}
+
+impl CallError {
+    fn into_error(self) -> CollectorError {
+        match self {
+            CallError::NotFound => CollectorError::Retriable { context: "containerd: not found".into(), source: None },
+            CallError::Failed(error) => error,
+        }
     }
 }
 
@@ -399,6 +552,8 @@ impl ListWatch for ContainerdCollector {
     /// only with the first event, so the driver drives it from its own task and probes.
     async fn watch(&mut self) -> Result<WatchStream<Decoded>, CollectorError> {
         self.clients = None;
+        // A name may have been re-tagged while the collector was away.
+        lock(&self.digests).clear();
         let clients = self.connect().await?;
         let mut events = clients.events.clone();
         self.clients = Some(clients);
@@ -426,15 +581,14 @@ impl ListWatch for ContainerdCollector {
         let mut clients = self.clients()?;
         let marker = prost_types::Any { type_url: "wm-agent.Subscribed".into(), value: Vec::new() };
         let publish = PublishRequest { topic: SYNC_TOPIC.into(), event: Some(marker) };
-        clients
-            .events
-            .publish(namespaced(SYNC_NAMESPACE, publish)?)
+        let request = namespaced(SYNC_NAMESPACE, publish)?;
+        self.call(|| "containerd: publishing the marker".into(), clients.events.publish(request))
             .await
-            .map_err(|e| failed("containerd: publishing failed", e))?;
+            .map_err(CallError::into_error)?;
         Ok(true)
     }
 
-    async fn list(&mut self) -> Result<Vec<Entity>, CollectorError> {
+    async fn list(&mut self) -> Result<Listed, CollectorError> {
         let mut clients = self.clients()?;
         self.list_all(&mut clients).await
     }
@@ -443,32 +597,45 @@ impl ListWatch for ContainerdCollector {
         self.config.watches(&event.namespace).then(|| format!("{}/{}", event.namespace, event.container_id))
     }
 
-    async fn refresh(&mut self, _key: &str, events: Vec<Decoded>) -> Result<Refreshed, CollectorError> {
+    async fn refresh(&self, key: &str, events: Vec<Decoded>) -> Result<Refreshed, CollectorError> {
         let mut clients = self.clients()?;
-        let Some(first) = events.first() else { return Ok(Refreshed::Skip) };
-        let key = (first.namespace.clone(), first.container_id.clone());
+        // The key is `namespace/id` (neither may hold a `/`); a retry comes without events.
+        let Some((namespace, id)) = key.split_once('/') else { return Ok(Refreshed::Skip) };
+        let key = (namespace.to_owned(), id.to_owned());
         let mut deleted = false;
         let mut image = None;
         for event in events {
             if let Some(exit) = event.exit {
-                self.exits.insert(key.clone(), exit);
+                lock(&self.exits).insert(key.clone(), exit);
             }
             deleted |= event.deleted;
             if event.image.is_some() {
                 image = event.image;
             }
         }
-        let (namespace, id) = &key;
-        let current = if deleted { None } else { self.fetch(&mut clients, namespace, id).await? };
+        if lock(&self.sandboxes).ids.contains(&key) {
+            // A sandbox's events: never a container.
+            lock(&self.exits).remove(&key);
+            if deleted {
+                lock(&self.sandboxes).ids.remove(&key);
+            }
+            return Ok(Refreshed::Skip);
+        }
+        let current = if deleted { Fetched::Gone } else { self.fetch(&mut clients, namespace, id).await? };
         Ok(match current {
-            Some(container) => Refreshed::Present(Entity::from(container)),
-            None => {
+            Fetched::Container(container) => Refreshed::Present(Entity::from(*container)),
+            Fetched::Sandbox => {
+                lock(&self.exits).remove(&key);
+                Refreshed::Skip
+            }
+            Fetched::Gone => {
                 // Gone before it could be read: say what the events said, then unset, so a
-                // short-lived container is still seen.
-                let exit = self.exits.remove(&key);
-                let said = (image.is_some() || exit.is_some())
+                // short-lived container is still seen; unless its image is a sandbox's.
+                let exit = lock(&self.exits).remove(&key);
+                let sandbox_image = image.as_ref().is_some_and(|i| lock(&self.sandboxes).images.contains(i));
+                let said = (!sandbox_image && (image.is_some() || exit.is_some()))
                     .then(|| Entity::from(gone_container(id, image.as_deref(), exit)));
-                Refreshed::Gone { id: EntityId::new(Kind::Container, id.as_str()), said }
+                Refreshed::Gone { id: EntityId::new(Kind::Container, id), said }
             }
         })
     }

@@ -28,7 +28,7 @@ fn now_nanos() -> i64 {
 }
 
 fn store(rt: &Runtimes) -> Store {
-    let config = DockerConfig { docker_host: Some(rt.docker_host()), extra_env: Vec::new() };
+    let config = DockerConfig { docker_host: Some(rt.docker_host()), ..DockerConfig::default() };
     Store::builder().collector(DockerCollector::new(config).into_collector()).build()
 }
 

@@ -11,9 +11,11 @@
 //! stale container survives a daemon restart and none is missing.
 //!
 //! The run itself is `wm_driver`'s: events are handled in batches (whatever is pending), one
-//! inspect per container per batch. A container that is gone before it can be inspected is still
-//! reported, from what its events say, then unset: a container that lives for a few milliseconds
-//! is seen set and unset.
+//! inspect per container per batch, 8 in flight. A container that is gone before it can be
+//! inspected is still reported, from what its events say, then unset: a container that lives for
+//! a few milliseconds is seen set and unset. A container whose inspect fails is skipped (the
+//! store keeps what it had) and inspected again later. Every call to dockerd has a deadline
+//! (`docker_query_timeout`, default 5 s; the event stream's headers too).
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,8 @@ mod convert;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -30,8 +34,8 @@ use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuild
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
-use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Source, Timestamp};
-use wm_driver::{Driver, ListWatch, Refreshed, WatchStream, Watched};
+use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source, Timestamp};
+use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
 pub use convert::{container_from_event, container_from_inspect, is_pause_container};
 
@@ -50,19 +54,48 @@ const RELEVANT_ACTIONS: &[&str] =
 
 /// Where and how to reach dockerd: the collector's part of the agent config, by its Datadog key
 /// names.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
     /// `docker_host`: the daemon address (`unix:///path`, `tcp://host:port`); unset: the
     /// `DOCKER_HOST` variable, else [`DEFAULT_SOCKET`].
     pub docker_host: Option<String>,
+    /// `docker_query_timeout` (Datadog's key, seconds, default 5): the deadline of every call to
+    /// dockerd.
+    pub docker_query_timeout: Seconds,
     /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
     /// `container_env_as_tags`); not a key of its own.
     #[serde(skip)]
     pub extra_env: Vec<String>,
 }
 
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self { docker_host: None, docker_query_timeout: Seconds(5), extra_env: Vec::new() }
+    }
+}
+
+/// Image names remembered at most (image ids resolve to names; a node has far fewer images).
+const MAX_IMAGE_NAMES: usize = 4096;
+
 impl DockerConfig {
+    /// The deadline of one call (at least a second).
+    fn deadline(&self) -> Duration {
+        self.docker_query_timeout.duration().max(Duration::from_secs(1))
+    }
+
+    /// What names the daemon's address, when something does (`docker_host`, `DOCKER_HOST`); `None`:
+    /// the default socket, autodetected.
+    pub fn configured_by(&self) -> Option<&'static str> {
+        if self.docker_host.as_ref().is_some_and(|h| !h.is_empty()) {
+            Some("docker_host")
+        } else if std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty()) {
+            Some("DOCKER_HOST")
+        } else {
+            None
+        }
+    }
+
     /// The address this config resolves to.
     pub fn resolved_host(&self) -> String {
         self.docker_host
@@ -78,8 +111,9 @@ impl DockerConfig {
 pub struct DockerCollector {
     config: DockerConfig,
     env: EnvFilter,
-    /// Image id → the name to show, for containers created from a bare image id.
-    image_names: HashMap<String, Option<String>>,
+    /// Image id → the name to show, for containers created from a bare image id. An image id
+    /// names one content; cleared at each reconnect and when it grows past [`MAX_IMAGE_NAMES`].
+    image_names: Mutex<HashMap<String, Option<String>>>,
     /// The client of the current run.
     docker: Option<Docker>,
 }
@@ -88,7 +122,7 @@ impl DockerCollector {
     /// A collector for `config`.
     pub fn new(config: DockerConfig) -> Self {
         let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, image_names: HashMap::new(), docker: None }
+        Self { config, env, image_names: Mutex::new(HashMap::new()), docker: None }
     }
 
     /// This collector, ready to hand to the store.
@@ -107,21 +141,33 @@ impl DockerCollector {
         let host = self.config.resolved_host();
         if let Some(path) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host.as_str())) {
             if !Path::new(path).exists() {
-                return Err(CollectorError::absent(format!("no docker socket at {path}")));
+                return Err(match self.config.configured_by() {
+                    Some(key) => CollectorError::waiting_for(format!("{path} ({key})")),
+                    None => CollectorError::absent(format!("no docker socket at {path}")),
+                });
             }
-            Docker::connect_with_socket(path, 120, bollard::API_DEFAULT_VERSION)
+            Docker::connect_with_socket(path, self.config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)
         } else {
-            Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
+            Docker::connect_with_http(&host, self.config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)
         }
         .map_err(|e| CollectorError::retriable(format!("cannot reach dockerd at {host} (DOCKER_HOST)"), e))
     }
 
-    /// Inspects one container. `Ok(None)`: it does not exist (any more), or is a pause container.
-    async fn inspect(&mut self, docker: &Docker, id: &str) -> Result<Option<Container>, DockerError> {
-        let inspect = match docker.inspect_container(id, None).await {
-            Ok(inspect) => inspect,
-            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
-            Err(e) => return Err(e),
+    /// Inspects one container within the deadline. `Ok(None)`: it does not exist (any more), or
+    /// is a pause container; a body that does not parse or a failed call is an [`InspectError`].
+    async fn inspect(&self, docker: &Docker, id: &str) -> Result<Option<Container>, InspectError> {
+        let call = docker.inspect_container(id, None);
+        let inspect = match tokio::time::timeout(self.config.deadline(), call).await {
+            Err(_) => return Err(InspectError::Failed(self.timed_out(&format!("inspecting {id}")))),
+            Ok(Ok(inspect)) => inspect,
+            Ok(Err(DockerError::DockerResponseServerError { status_code: 404, .. })) => return Ok(None),
+            Ok(Err(DockerError::JsonDataError { message, .. })) => return Err(InspectError::Undecodable(message)),
+            Ok(Err(e)) => {
+                return Err(InspectError::Failed(CollectorError::retriable(
+                    format!("docker: inspecting {id} failed"),
+                    e,
+                )));
+            }
         };
         let image_name = match inspect.config.as_ref().and_then(|c| c.image.as_deref()) {
             Some(image) if image.starts_with("sha256:") => self.image_name(docker, image).await,
@@ -130,61 +176,85 @@ impl DockerCollector {
         Ok(container_from_inspect(&inspect, image_name.as_deref(), &self.env))
     }
 
+    fn timed_out(&self, what: &str) -> CollectorError {
+        CollectorError::Retriable {
+            context: format!("docker: {what} timed out after {:?} (docker_query_timeout)", self.config.deadline()),
+            source: None,
+        }
+    }
+
     /// The first repo tag of an image given by id, cached (an image id names one content).
-    async fn image_name(&mut self, docker: &Docker, image_id: &str) -> Option<String> {
-        if let Some(name) = self.image_names.get(image_id) {
+    async fn image_name(&self, docker: &Docker, image_id: &str) -> Option<String> {
+        if let Some(name) = self.image_names.lock().unwrap_or_else(PoisonError::into_inner).get(image_id) {
             return name.clone();
         }
-        let name = match docker.inspect_image(image_id).await {
-            Ok(image) => image.repo_tags.and_then(|tags| tags.into_iter().find(|t| !t.contains("<none>"))),
-            Err(e) => {
+        let name = match tokio::time::timeout(self.config.deadline(), docker.inspect_image(image_id)).await {
+            Ok(Ok(image)) => image.repo_tags.and_then(|tags| tags.into_iter().find(|t| !t.contains("<none>"))),
+            Ok(Err(e)) => {
                 debug!(image_id, error = %e, "cannot resolve the image's name");
                 return None;
             }
+            Err(_) => {
+                debug!(image_id, "resolving the image's name timed out");
+                return None;
+            }
         };
-        self.image_names.insert(image_id.to_owned(), name.clone());
+        let mut names = self.image_names.lock().unwrap_or_else(PoisonError::into_inner);
+        if names.len() >= MAX_IMAGE_NAMES {
+            names.clear();
+        }
+        names.insert(image_id.to_owned(), name.clone());
         name
     }
 
-    /// Lists and inspects every container.
-    async fn list_all(&mut self, docker: &Docker) -> Result<Vec<Entity>, CollectorError> {
-        let summaries = docker
-            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
-            .await
-            .map_err(|e| CollectorError::retriable("docker: listing containers failed", e))?;
+    /// Lists and inspects every container, 8 at a time; those whose inspect failed are listed
+    /// as unreadable.
+    async fn list_all(&self, docker: &Docker) -> Result<Listed, CollectorError> {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let summaries = with_deadline(
+            self.config.deadline(),
+            || "docker: listing containers (docker_query_timeout)".into(),
+            async {
+                docker
+                    .list_containers(Some(options))
+                    .await
+                    .map_err(|e| CollectorError::retriable("docker: listing containers failed", e))
+            },
+        )
+        .await?;
         let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
-        let env = &self.env;
-        let inspected: Vec<(String, Result<_, DockerError>)> = futures::stream::iter(ids)
+        let inspected: Vec<(String, Result<Option<Container>, InspectError>)> = futures::stream::iter(ids)
             .map(|id| async move {
-                let result = docker.inspect_container(&id, None).await;
+                let result = self.inspect(docker, &id).await;
                 (id, result)
             })
             .buffered(INSPECT_CONCURRENCY)
             .collect()
             .await;
-        let mut entities = Vec::with_capacity(inspected.len());
-        let mut by_image_id = Vec::new();
+        let mut listed = Listed::default();
         for (id, result) in inspected {
             match result {
-                Ok(inspect) => match inspect.config.as_ref().and_then(|c| c.image.as_deref()) {
-                    Some(image) if image.starts_with("sha256:") => by_image_id.push(inspect),
-                    _ => entities.extend(container_from_inspect(&inspect, None, env).map(Entity::from)),
-                },
-                // Removed between the list and the inspect: not there any more.
-                Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-                Err(DockerError::JsonDataError { message, .. }) => {
+                Ok(container) => listed.entities.extend(container.map(Entity::from)),
+                Err(InspectError::Undecodable(message)) => {
                     warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");
                 }
-                Err(e) => return Err(CollectorError::retriable(format!("docker: inspecting {id} failed"), e)),
+                Err(InspectError::Failed(_)) => {
+                    let key = id.clone();
+                    listed.unreadable.push((key, EntityId::new(Kind::Container, id)));
+                }
             }
         }
-        for inspect in by_image_id {
-            let image = inspect.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default();
-            let name = self.image_name(docker, &image).await;
-            entities.extend(container_from_inspect(&inspect, name.as_deref(), &self.env).map(Entity::from));
-        }
-        Ok(entities)
+        Ok(listed)
     }
+}
+
+/// Why an inspect gave no container.
+#[derive(Debug)]
+enum InspectError {
+    /// Its JSON does not parse: logged and skipped.
+    Undecodable(String),
+    /// The call failed or passed its deadline: retried later.
+    Failed(CollectorError),
 }
 
 fn action(event: &EventMessage) -> &str {
@@ -233,9 +303,15 @@ impl ListWatch for DockerCollector {
     /// dockerd replays what happened between then and the list, so there is nothing to probe.
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.docker = None;
+        self.image_names.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let docker = self.connect()?;
-        docker.ping().await.map_err(|e| CollectorError::retriable("docker: the daemon does not answer /_ping", e))?;
-        let since = daemon_now(&docker).await?;
+        let deadline = self.config.deadline();
+        with_deadline(deadline, || "docker: /_ping (docker_query_timeout)".into(), async {
+            docker.ping().await.map_err(|e| CollectorError::retriable("docker: the daemon does not answer /_ping", e))
+        })
+        .await?;
+        let since =
+            with_deadline(deadline, || "docker: /info (docker_query_timeout)".into(), daemon_now(&docker)).await?;
         let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
         let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
         let stream = docker.events(Some(options)).filter_map(|item| async move {
@@ -252,7 +328,7 @@ impl ListWatch for DockerCollector {
         Ok(stream.boxed())
     }
 
-    async fn list(&mut self) -> Result<Vec<Entity>, CollectorError> {
+    async fn list(&mut self) -> Result<Listed, CollectorError> {
         let docker = self.client()?;
         self.list_all(&docker).await
     }
@@ -264,7 +340,7 @@ impl ListWatch for DockerCollector {
         event.actor.as_ref().and_then(|a| a.id.clone()).filter(|id| !id.is_empty())
     }
 
-    async fn refresh(&mut self, id: &str, events: Vec<EventMessage>) -> Result<Refreshed, CollectorError> {
+    async fn refresh(&self, id: &str, events: Vec<EventMessage>) -> Result<Refreshed, CollectorError> {
         let docker = self.client()?;
         let destroyed = events.last().is_some_and(|e| action(e) == "destroy");
         let current = if destroyed {
@@ -272,11 +348,11 @@ impl ListWatch for DockerCollector {
         } else {
             match self.inspect(&docker, id).await {
                 Ok(found) => found,
-                Err(DockerError::JsonDataError { message, .. }) => {
+                Err(InspectError::Undecodable(message)) => {
                     warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");
                     return Ok(Refreshed::Skip);
                 }
-                Err(e) => return Err(CollectorError::retriable(format!("docker: inspecting {id} failed"), e)),
+                Err(InspectError::Failed(error)) => return Err(error),
             }
         };
         Ok(match current {

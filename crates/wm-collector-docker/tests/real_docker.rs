@@ -31,7 +31,11 @@ fn client(rt: &Runtimes) -> Docker {
 }
 
 fn store_with_docker(rt: &Runtimes) -> Store {
-    let config = DockerConfig { docker_host: Some(rt.docker_host()), extra_env: vec!["TEAM_ENV".into()] };
+    let config = DockerConfig {
+        docker_host: Some(rt.docker_host()),
+        extra_env: vec!["TEAM_ENV".into()],
+        ..DockerConfig::default()
+    };
     let store = Store::builder().collector(DockerCollector::new(config).into_collector()).build();
     store.start();
     store

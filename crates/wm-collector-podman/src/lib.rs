@@ -5,8 +5,12 @@
 //! following across its own restarts, so this is a pull collector (every 5 s by default). Each
 //! pull lists all containers and inspects only those whose list row changed since the last pull
 //! (state, exit, start, pid, name, pod), plus running ones with a health check (their verdict
-//! is only in the inspect). The pull ends with a full list: what is absent from a successful
-//! list is unset. A pull that fails (service down, bad answer) changes nothing.
+//! is only in the inspect), 8 at a time. Each inspect's result is kept as it comes, so a pull cut
+//! by its timeout on a big node still makes progress, and the next one goes on from there. The
+//! pull ends with a full list: what is absent from a successful list is unset; a container whose
+//! inspect failed (or whose row does not parse) is skipped, logged once, counted, and kept as the
+//! store had it; the next pull tries it again. A pull whose list fails changes nothing. Every
+//! request has a deadline (10 s).
 //!
 //! Podman pods are not entities: a pod's containers carry its name as the label
 //! [`wm_core::PODMAN_POD_NAME_LABEL`], which the tagger turns into `pod_name`. Infra containers
@@ -21,10 +25,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
-use wm_core::{Collector, CollectorContext, CollectorError, Container, Entity, EnvFilter, PullCollector, Source};
+use wm_core::{
+    Collector, CollectorContext, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, PullCollector, Source,
+};
 
 pub use convert::{Inspect, ListEntry, container_from_inspect, container_from_list};
 
@@ -34,6 +41,12 @@ pub const DEFAULT_SOCKET: &str = "/run/podman/podman.sock";
 pub const NAME: &str = "podman";
 /// The libpod API version the collector speaks (Podman ≥ 4).
 const API: &str = "http://podman/v4.0.0/libpod";
+/// Inspects in flight at once.
+const INSPECT_CONCURRENCY: usize = 8;
+/// The deadline of every request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ids remembered as logged at most (bounded memory).
+const MAX_REPORTED: usize = 10_000;
 
 /// Where Podman's service listens: the collector's part of the agent config, by its Datadog key
 /// name.
@@ -65,6 +78,8 @@ pub struct PodmanCollector {
     known: HashMap<String, Known>,
     /// Containers whose odd data was already logged.
     reported: HashSet<String>,
+    /// Containers whose inspect fails, logged when they start failing.
+    failing: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -78,7 +93,7 @@ impl PodmanCollector {
     /// A collector for `config`.
     pub fn new(config: PodmanConfig) -> Self {
         let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, client: None, known: HashMap::new(), reported: HashSet::new() }
+        Self { config, env, client: None, known: HashMap::new(), reported: HashSet::new(), failing: HashSet::new() }
     }
 
     /// This collector, ready to hand to the store (pulled every 5 s).
@@ -101,7 +116,8 @@ impl PodmanCollector {
         })
     }
 
-    async fn list(&mut self) -> Result<Vec<ListEntry>, CollectorError> {
+    /// The list's rows, and the ids of rows that do not parse.
+    async fn list(&mut self) -> Result<(Vec<ListEntry>, Vec<String>), CollectorError> {
         let socket = self.socket();
         let failed = |e: reqwest::Error| {
             CollectorError::retriable(format!("podman: listing containers at {} failed", socket.display()), e)
@@ -116,24 +132,29 @@ impl PodmanCollector {
             .map_err(failed)?;
         let rows: Vec<serde_json::Value> = response.json().await.map_err(failed)?;
         let mut entries = Vec::with_capacity(rows.len());
+        let mut odd = Vec::new();
         for row in rows {
             match serde_json::from_value::<ListEntry>(row.clone()) {
                 Ok(entry) => entries.push(entry),
                 Err(e) => {
-                    let id = row.get("Id").and_then(|v| v.as_str()).unwrap_or("?").to_owned();
-                    if !self.reported.insert(id.clone()) {
-                        continue;
+                    let id = row.get("Id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                    if self.reported.insert(id.clone()) {
+                        warn!(container_id = %id, error = %e, "podman: skipping a list row that does not parse");
                     }
-                    warn!(container_id = %id, error = %e, "podman: skipping a list row that does not parse");
+                    if !id.is_empty() {
+                        odd.push(id);
+                    }
                 }
             }
         }
-        Ok(entries)
+        Ok((entries, odd))
     }
+}
 
-    async fn inspect(&self, id: &str) -> Result<convert::Inspect, InspectError> {
-        let response =
-            self.client().map_err(|_| InspectError::Gone)?.get(format!("{API}/containers/{id}/json")).send().await;
+/// Inspects one container.
+async fn inspect(client: &reqwest::Client, id: &str) -> Result<convert::Inspect, InspectError> {
+    {
+        let response = client.get(format!("{API}/containers/{id}/json")).send().await;
         let response = response.map_err(InspectError::Failed)?;
         if response.status() == StatusCode::NOT_FOUND {
             return Err(InspectError::Gone);
@@ -149,11 +170,15 @@ impl PullCollector for PodmanCollector {
     async fn start(&mut self, _ctx: &CollectorContext) -> Result<(), CollectorError> {
         let socket = self.socket();
         if !socket.exists() {
-            return Err(CollectorError::absent(format!("no podman socket at {}", socket.display())));
+            return Err(if self.config.podman_socket_path.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
+                CollectorError::waiting_for(format!("{} (podman_socket_path)", socket.display()))
+            } else {
+                CollectorError::absent(format!("no podman socket at {}", socket.display()))
+            });
         }
         let client = reqwest::Client::builder()
             .unix_socket(socket.as_path())
-            .timeout(Duration::from_secs(10))
+            .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| CollectorError::permanent("podman: cannot build an HTTP client", e))?;
         client.get(format!("{API}/_ping")).send().await.and_then(reqwest::Response::error_for_status).map_err(|e| {
@@ -164,28 +189,38 @@ impl PullCollector for PodmanCollector {
     }
 
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
-        let entries = self.list().await?;
-        let mut known = HashMap::with_capacity(entries.len());
-        for entry in &entries {
-            let fingerprint = entry.fingerprint();
-            // Unchanged since the last pull (and no health verdict to refresh): reuse it. A pull
-            // that fails half-way leaves `self.known` as it was.
-            let fresh = self
-                .known
-                .get(&entry.id)
-                .filter(|k| k.fingerprint == fingerprint && !(k.health_checked && k.container.state.running));
-            if let Some(k) = fresh {
-                let reused = Known { fingerprint, container: k.container.clone(), health_checked: k.health_checked };
-                known.insert(entry.id.clone(), reused);
-                continue;
-            }
-            let (container, health_checked) = match self.inspect(&entry.id).await {
+        let client = self.client()?.clone();
+        let (entries, odd) = self.list().await?;
+        // Unchanged since the last pull (and no health verdict to refresh): nothing to inspect.
+        let todo: Vec<(usize, String)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| (i, entry.fingerprint()))
+            .filter(|(i, fingerprint)| {
+                self.known
+                    .get(&entries[*i].id)
+                    .is_none_or(|k| k.fingerprint != *fingerprint || (k.health_checked && k.container.state.running))
+            })
+            .collect();
+        let requests: Vec<(usize, String, String)> =
+            todo.into_iter().map(|(i, fingerprint)| (i, fingerprint, entries[i].id.clone())).collect();
+        let mut inspections = futures::stream::iter(requests)
+            .map(|(i, fingerprint, id)| {
+                let client = client.clone();
+                async move { (i, fingerprint, inspect(&client, &id).await) }
+            })
+            .buffer_unordered(INSPECT_CONCURRENCY);
+        let mut unreadable = Vec::new();
+        // Each result is kept as it comes: a pull cut by its timeout keeps its progress.
+        while let Some((i, fingerprint, result)) = inspections.next().await {
+            let entry = &entries[i];
+            let (container, health_checked) = match result {
                 Ok(inspect) => {
                     let checked = inspect.config.healthcheck.is_some();
                     (container_from_inspect(&inspect, entry, &self.env), checked)
                 }
                 // Removed between the list and the inspect: not there any more.
-                Err(InspectError::Gone) => continue,
+                Err(InspectError::Gone) => (None, false),
                 Err(InspectError::Undecodable(e)) => {
                     if self.reported.insert(entry.id.clone()) {
                         warn!(container_id = %entry.id, error = %e, "podman: inspect does not parse; storing what the list says");
@@ -193,22 +228,48 @@ impl PullCollector for PodmanCollector {
                     (container_from_list(entry), false)
                 }
                 Err(InspectError::Failed(e)) => {
-                    return Err(CollectorError::retriable(format!("podman: inspecting {} failed", entry.id), e));
+                    ctx.sink.entity_error();
+                    if self.failing.insert(entry.id.clone()) {
+                        warn!(container_id = %entry.id, error = %e, "podman: inspect failed; skipped (the rest lands), tried again next pull");
+                    }
+                    // What the last pull knew stays, with its old fingerprint: inspected again.
+                    unreadable.push(entry.id.clone());
+                    continue;
                 }
             };
-            if let Some(container) = container {
-                known.insert(entry.id.clone(), Known { fingerprint, container, health_checked });
+            if self.failing.remove(&entry.id) {
+                debug!(container_id = %entry.id, "podman: inspect works again");
+            }
+            match container {
+                Some(container) => {
+                    self.known.insert(entry.id.clone(), Known { fingerprint, container, health_checked });
+                }
+                None => {
+                    self.known.remove(&entry.id);
+                }
             }
         }
+        drop(inspections);
+        let listed: HashSet<&str> =
+            entries.iter().map(|e| e.id.as_str()).chain(odd.iter().map(String::as_str)).collect();
+        self.known.retain(|id, _| listed.contains(id.as_str()));
+        self.failing.retain(|id| listed.contains(id.as_str()));
         // Logged-once memory, bounded: a container that keeps sending odd data is logged again
         // only after many others did.
-        if self.reported.len() > 10_000 {
+        if self.reported.len() > MAX_REPORTED {
             self.reported.clear();
         }
-        self.known = known;
-        let entities: Vec<Entity> = self.known.values().map(|k| Entity::from(k.container.clone())).collect();
-        debug!(listed = entries.len(), stored = entities.len(), "podman: pulled");
-        ctx.sink.full_list(entities).await;
+        let unreadable_set: HashSet<&str> = unreadable.iter().map(String::as_str).collect();
+        let entities: Vec<Entity> = self
+            .known
+            .iter()
+            .filter(|(id, _)| !unreadable_set.contains(id.as_str()))
+            .map(|(_, k)| Entity::from(k.container.clone()))
+            .collect();
+        let keep: Vec<EntityId> =
+            unreadable.iter().chain(&odd).map(|id| EntityId::new(Kind::Container, id.as_str())).collect();
+        debug!(listed = entries.len(), stored = entities.len(), kept = keep.len(), "podman: pulled");
+        ctx.sink.full_list_keeping(entities, keep).await;
         Ok(())
     }
 }

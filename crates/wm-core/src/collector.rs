@@ -31,8 +31,14 @@ pub enum SinkMessage {
     /// Sets and unsets, applied in order as one batch.
     Events(Vec<(EventType, Entity)>),
     /// Everything this origin knows now: what is new or changed is set, what is missing is unset,
-    /// atomically.
-    FullList(Vec<Entity>),
+    /// atomically; except `keep`, entities the collector could not read this time (an inspect
+    /// failed): what it said about them before stays.
+    FullList {
+        /// Every entity it read.
+        entities: Vec<Entity>,
+        /// Entities it could not read: not unset.
+        keep: Vec<EntityId>,
+    },
 }
 
 /// The store side of a sink. Implemented by the store; collectors use [`SourceSink`].
@@ -41,6 +47,9 @@ pub trait EventSink: Send + Sync {
     /// Applies `message` as said by `origin`. Returns once the store has taken it (its state
     /// updated); waits while the store is saturated.
     async fn send(&self, origin: &Origin, message: SinkMessage);
+
+    /// Counts an entity the collector could not read and skipped (`workloadmeta.entity_errors`).
+    fn entity_error(&self, _origin: &Origin) {}
 }
 
 /// A collector's way into the store, bound to its own origin.
@@ -80,7 +89,18 @@ impl SourceSink {
 
     /// Replaces everything this origin said with `entities`.
     pub async fn full_list(&self, entities: Vec<Entity>) {
-        self.inner.send(&self.origin, SinkMessage::FullList(entities)).await;
+        self.full_list_keeping(entities, Vec::new()).await;
+    }
+
+    /// Replaces everything this origin said with `entities`, except what it said about `keep`
+    /// (entities listed but unreadable this time: left as they were, not unset).
+    pub async fn full_list_keeping(&self, entities: Vec<Entity>, keep: Vec<EntityId>) {
+        self.inner.send(&self.origin, SinkMessage::FullList { entities, keep }).await;
+    }
+
+    /// Counts an entity that could not be read and was skipped (the collector logs it).
+    pub fn entity_error(&self) {
+        self.inner.entity_error(&self.origin);
     }
 }
 
@@ -140,12 +160,21 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CollectorError {
-    /// Its runtime or orchestrator is not on this node (no socket, no env var): the collector
-    /// is dropped with an info log.
+    /// Its runtime or orchestrator was not detected on this node (no socket at the default
+    /// path, no env var): the store looks again every re-detection period; meanwhile it does
+    /// not hold the agent's readiness back.
     #[error("environment not detected: {reason}")]
     EnvironmentAbsent {
         /// What was looked for.
         reason: String,
+    },
+    /// What the configuration names (a socket path set by a config key) is not there yet: the
+    /// store looks again every re-detection period, and the agent is not ready until it came
+    /// and listed.
+    #[error("waiting for {what}")]
+    Waiting {
+        /// What it waits for (`/run/containerd/containerd.sock (cri_socket_path)`).
+        what: String,
     },
     /// Something that may pass (daemon down, connection reset): retried with backoff.
     #[error("{context}")]
@@ -171,6 +200,11 @@ impl CollectorError {
     /// An absent environment.
     pub fn absent(reason: impl Into<String>) -> Self {
         Self::EnvironmentAbsent { reason: reason.into() }
+    }
+
+    /// A configured environment not there yet.
+    pub fn waiting_for(what: impl Into<String>) -> Self {
+        Self::Waiting { what: what.into() }
     }
 
     /// A retriable failure with its cause.

@@ -12,9 +12,16 @@
 //!    [`Watched::Live`] (at most 10 s), keeping the events that arrive meanwhile;
 //! 3. list, and send it as one full list (the store reconciles: nothing stale, nothing missing);
 //! 4. then take whatever events are pending (up to 512) as a batch, group them per entity in
-//!    order of first appearance, refresh each entity once, and send the batch's sets and unsets
-//!    together. An entity gone before its refresh is reported from what its events said (a
-//!    container that lived a few milliseconds is still seen), then unset.
+//!    order of first appearance, refresh each entity once (up to [`REFRESH_CONCURRENCY`] at a
+//!    time), and send the batch's sets and unsets together, in that order. An entity gone before
+//!    its refresh is reported from what its events said (a container that lived a few
+//!    milliseconds is still seen), then unset.
+//!
+//! One entity never stalls the others: an entity the list could not read, or whose refresh
+//! failed (an inspect that errors or passes its deadline), is skipped (logged once while it
+//! keeps failing, counted as `workloadmeta.entity_errors`), what the store had of it stays, and
+//! it is refreshed again with its next event or every [`RETRY_FAILED_EVERY`], whichever comes
+//! first. Only a permanent error fails the run.
 //!
 //! A broken stream fails the run retriably: the store's runner owns the backoff and runs it again,
 //! and the next run's full list reconciles. The run ends quietly when the store shuts down.
@@ -23,17 +30,22 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
-use wm_core::{CollectorContext, CollectorError, Entity, EntityId, EventType, StreamCollector};
+use wm_core::{CollectorContext, CollectorError, Entity, EntityId, EventType, SourceSink, StreamCollector};
 
 /// Events taken as one batch at most.
 pub const MAX_BATCH: usize = 512;
+/// Refreshes (inspects) in flight at once.
+pub const REFRESH_CONCURRENCY: usize = 8;
+/// How often entities whose refresh failed are refreshed again when no event comes for them.
+pub const RETRY_FAILED_EVERY: Duration = Duration::from_secs(10);
 /// Events the pump holds before it stops reading the daemon (a slow consumer slows the reading;
 /// nothing is dropped).
 const PUMP_CAPACITY: usize = 1024;
@@ -70,9 +82,39 @@ pub enum Refreshed {
     Skip,
 }
 
+/// What a list read: the entities, and those it listed but could not read (an inspect failed),
+/// by key and id: the store keeps what it had of them and the driver refreshes them later.
+#[derive(Debug, Default)]
+pub struct Listed {
+    /// Every entity read.
+    pub entities: Vec<Entity>,
+    /// Listed but unreadable this time: (key for [`ListWatch::refresh`], entity id).
+    pub unreadable: Vec<(String, EntityId)>,
+}
+
+impl From<Vec<Entity>> for Listed {
+    fn from(entities: Vec<Entity>) -> Self {
+        Self { entities, unreadable: Vec::new() }
+    }
+}
+
+/// Bounds a daemon call with `deadline`: passing it is a retriable error naming `call`.
+pub async fn with_deadline<T>(
+    deadline: Duration,
+    call: impl FnOnce() -> String,
+    fut: impl Future<Output = Result<T, CollectorError>>,
+) -> Result<T, CollectorError> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(result) => result,
+        Err(_) => {
+            Err(CollectorError::Retriable { context: format!("{} timed out after {deadline:?}", call()), source: None })
+        }
+    }
+}
+
 /// A collector that subscribes to a change stream, lists, and refreshes one entity at a time.
 #[async_trait]
-pub trait ListWatch: Send + 'static {
+pub trait ListWatch: Send + Sync + 'static {
     /// A change event as the daemon sends it.
     type Event: Send + 'static;
 
@@ -90,48 +132,66 @@ pub trait ListWatch: Send + 'static {
         Ok(false)
     }
 
-    /// Every entity now.
-    async fn list(&mut self) -> Result<Vec<Entity>, CollectorError>;
+    /// Every entity now (those listed but unreadable in [`Listed::unreadable`]).
+    async fn list(&mut self) -> Result<Listed, CollectorError>;
 
     /// Which entity an event is about; `None`: the event changes nothing.
     fn key(&self, event: &Self::Event) -> Option<String>;
 
-    /// What the entity `key` is now, given its events of this batch (in order). An error fails
-    /// the run (retriable or not, as the error says).
-    async fn refresh(&mut self, key: &str, events: Vec<Self::Event>) -> Result<Refreshed, CollectorError>;
+    /// What the entity `key` is now, given its events of this batch (in order; none when the
+    /// driver retries an entity that failed). Refreshes of different keys run concurrently. A
+    /// retriable error skips the entity until its next event or retry; a permanent one fails
+    /// the run.
+    async fn refresh(&self, key: &str, events: Vec<Self::Event>) -> Result<Refreshed, CollectorError>;
 }
 
 /// Runs a [`ListWatch`] as a [`StreamCollector`].
 #[derive(Debug)]
 pub struct Driver<L> {
     inner: L,
+    /// Keys whose last refresh (or list read) failed: retried, and logged only when they start
+    /// failing.
+    failing: HashSet<String>,
 }
 
 impl<L: ListWatch> Driver<L> {
     /// The driver of `inner`.
     pub fn new(inner: L) -> Self {
-        Self { inner }
+        Self { inner, failing: HashSet::new() }
     }
 
-    /// Groups a batch per entity (in order of first appearance), refreshes each once, and gives
-    /// the sets and unsets to send.
-    async fn handle(&mut self, batch: Vec<L::Event>) -> Result<Vec<(EventType, Entity)>, CollectorError> {
-        let mut order: Vec<String> = Vec::new();
-        let mut per_key: HashMap<String, Vec<L::Event>> = HashMap::new();
-        for event in batch {
-            let Some(key) = self.inner.key(&event) else { continue };
-            match per_key.get_mut(&key) {
-                Some(events) => events.push(event),
-                None => {
-                    order.push(key.clone());
-                    per_key.insert(key, vec![event]);
+    /// Groups a batch per entity (in order of first appearance), refreshes each once (a few at
+    /// a time), and gives the sets and unsets to send, in that order.
+    async fn handle(
+        &mut self,
+        sink: &SourceSink,
+        batch: Vec<(String, Vec<L::Event>)>,
+    ) -> Result<Vec<(EventType, Entity)>, CollectorError> {
+        let inner = &self.inner;
+        let refreshed: Vec<(String, Result<Refreshed, CollectorError>)> = futures::stream::iter(batch)
+            .map(|(key, events)| async move {
+                let result = inner.refresh(&key, events).await;
+                (key, result)
+            })
+            .buffered(REFRESH_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(refreshed.len());
+        for (key, result) in refreshed {
+            let refreshed = match result {
+                Ok(refreshed) => {
+                    if self.failing.remove(&key) {
+                        tracing::info!(key, "read again after failing");
+                    }
+                    refreshed
                 }
-            }
-        }
-        let mut out = Vec::with_capacity(order.len());
-        for key in order {
-            let events = per_key.remove(&key).unwrap_or_default();
-            match self.inner.refresh(&key, events).await? {
+                Err(error @ CollectorError::Permanent { .. }) => return Err(error),
+                Err(error) => {
+                    self.entity_failed(sink, key, &error);
+                    continue;
+                }
+            };
+            match refreshed {
                 Refreshed::Present(entity) => out.push((EventType::Set, entity)),
                 Refreshed::Gone { id, said } => {
                     if let Some(said) = said {
@@ -144,6 +204,63 @@ impl<L: ListWatch> Driver<L> {
         }
         Ok(out)
     }
+
+    /// Records an entity that could not be read: counted, logged when it starts failing.
+    fn entity_failed(&mut self, sink: &SourceSink, key: String, error: &CollectorError) {
+        sink.entity_error();
+        let error = describe(error);
+        if self.failing.insert(key.clone()) {
+            tracing::warn!(key, %error, "cannot read this entity; skipped (the rest lands), retried later");
+        } else {
+            tracing::debug!(key, %error, "still cannot read this entity");
+        }
+        // Bounded: past this many failing entities the daemon itself is in trouble; the next
+        // relist reads them all again.
+        if self.failing.len() > MAX_FAILING {
+            self.failing.clear();
+        }
+    }
+
+    /// Groups events per key, in order of first appearance.
+    fn group(&self, events: Vec<L::Event>) -> Vec<(String, Vec<L::Event>)> {
+        let mut order: Vec<(String, Vec<L::Event>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for event in events {
+            let Some(key) = self.inner.key(&event) else { continue };
+            match index.get(&key) {
+                Some(&i) => order[i].1.push(event),
+                None => {
+                    index.insert(key.clone(), order.len());
+                    order.push((key, vec![event]));
+                }
+            }
+        }
+        order
+    }
+
+    /// Adds the failing keys the batch does not already refresh, with no events.
+    fn with_retries(&self, mut batch: Vec<(String, Vec<L::Event>)>) -> Vec<(String, Vec<L::Event>)> {
+        let present: HashSet<&String> = batch.iter().map(|(k, _)| k).collect();
+        let mut retries: Vec<String> = self.failing.iter().filter(|k| !present.contains(k)).cloned().collect();
+        retries.sort();
+        batch.extend(retries.into_iter().map(|k| (k, Vec::new())));
+        batch
+    }
+}
+
+/// Failing entities remembered at most.
+const MAX_FAILING: usize = 10_000;
+
+/// The error and its causes on one line.
+fn describe(error: &CollectorError) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Drives `stream` into `tx` until it ends, breaks, or the receiver is gone.
@@ -206,21 +323,39 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
         let mut early = Vec::new();
         wait_until_live(&mut self.inner, &mut rx, &mut early).await?;
 
-        let entities = self.inner.list().await?;
-        tracing::info!(entities = entities.len(), "listed");
-        ctx.sink.full_list(entities).await;
+        let listed = self.inner.list().await?;
+        tracing::info!(entities = listed.entities.len(), unreadable = listed.unreadable.len(), "listed");
+        self.failing.clear();
+        let mut keep = Vec::with_capacity(listed.unreadable.len());
+        for (key, id) in listed.unreadable {
+            let error =
+                CollectorError::Retriable { context: format!("reading {id} during the list failed"), source: None };
+            self.entity_failed(&ctx.sink, key, &error);
+            keep.push(id);
+        }
+        ctx.sink.full_list_keeping(listed.entities, keep).await;
         // Events from before the list mostly repeat it; handling them is harmless, and keeps
         // what only events say (an exit code).
         if !early.is_empty() {
-            let events = self.handle(early).await?;
+            let batch = self.group(early);
+            let events = self.handle(&ctx.sink, batch).await?;
             ctx.sink.events(events).await;
         }
 
+        let mut retry = tokio::time::interval(RETRY_FAILED_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retry.reset();
         loop {
             let first = tokio::select! {
                 biased;
                 () = ctx.cancel.cancelled() => return Ok(()),
                 first = rx.recv() => first,
+                _ = retry.tick(), if !self.failing.is_empty() => {
+                    let batch = self.with_retries(Vec::new());
+                    let events = self.handle(&ctx.sink, batch).await?;
+                    ctx.sink.events(events).await;
+                    continue;
+                }
             };
             let Some(first) = first else {
                 return Err(CollectorError::Retriable { context: "the event task ended".into(), source: None });
@@ -237,7 +372,8 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
                     }
                 }
             }
-            let events = self.handle(batch).await?;
+            let batch = self.group(batch);
+            let events = self.handle(&ctx.sink, batch).await?;
             ctx.sink.events(events).await;
             if let Some(error) = broken {
                 return Err(error);

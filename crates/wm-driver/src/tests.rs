@@ -21,6 +21,8 @@ struct Fake {
     probes_before_live: Option<usize>,
     probe_tx: mpsc::WeakUnboundedSender<Result<Watched<FakeEvent>, CollectorError>>,
     refreshes: Refreshes,
+    /// Containers whose inspect fails.
+    broken: Arc<Mutex<Vec<String>>>,
 }
 
 fn container(id: &str) -> Entity {
@@ -51,16 +53,28 @@ impl ListWatch for Fake {
         }
     }
 
-    async fn list(&mut self) -> Result<Vec<Entity>, CollectorError> {
-        Ok(self.containers.lock().unwrap().iter().map(|id| container(id)).collect())
+    async fn list(&mut self) -> Result<Listed, CollectorError> {
+        let broken = self.broken.lock().unwrap().clone();
+        let mut listed = Listed::default();
+        for id in self.containers.lock().unwrap().iter() {
+            if broken.contains(id) {
+                listed.unreadable.push((id.clone(), EntityId::new(Kind::Container, id.as_str())));
+            } else {
+                listed.entities.push(container(id));
+            }
+        }
+        Ok(listed)
     }
 
     fn key(&self, event: &FakeEvent) -> Option<String> {
         (event.1 != "exec").then(|| event.0.clone())
     }
 
-    async fn refresh(&mut self, key: &str, events: Vec<FakeEvent>) -> Result<Refreshed, CollectorError> {
+    async fn refresh(&self, key: &str, events: Vec<FakeEvent>) -> Result<Refreshed, CollectorError> {
         self.refreshes.lock().unwrap().push((key.to_owned(), events.iter().map(|e| e.1).collect()));
+        if self.broken.lock().unwrap().iter().any(|c| c == key) {
+            return Err(CollectorError::retriable(format!("daemon: inspecting {key} failed"), "500"));
+        }
         if self.containers.lock().unwrap().iter().any(|c| c == key) {
             return Ok(Refreshed::Present(container(key)));
         }
@@ -71,12 +85,16 @@ impl ListWatch for Fake {
 
 /// Records what the driver sends.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<SinkMessage>>);
+struct Recorder(Mutex<Vec<SinkMessage>>, std::sync::atomic::AtomicUsize);
 
 #[async_trait]
 impl EventSink for Recorder {
     async fn send(&self, _origin: &Origin, message: SinkMessage) {
         self.0.lock().unwrap().push(message);
+    }
+
+    fn entity_error(&self, _origin: &Origin) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -96,6 +114,7 @@ struct Harness {
     tx: mpsc::UnboundedSender<Result<Watched<FakeEvent>, CollectorError>>,
     containers: Arc<Mutex<Vec<String>>>,
     refreshes: Refreshes,
+    broken: Arc<Mutex<Vec<String>>>,
     recorder: Arc<Recorder>,
     ctx: CollectorContext,
 }
@@ -104,7 +123,9 @@ fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let containers = Arc::new(Mutex::new(vec!["a".to_owned()]));
     let refreshes = Arc::new(Mutex::new(Vec::new()));
+    let broken = Arc::new(Mutex::new(Vec::new()));
     let fake = Fake {
+        broken: broken.clone(),
         events: Some(rx),
         containers: containers.clone(),
         probes_before_live,
@@ -118,12 +139,16 @@ fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
         reader: Arc::new(NoReader),
         cancel: CancellationToken::new(),
     };
-    (Harness { tx, containers, refreshes, recorder, ctx }, Driver::new(fake))
+    (Harness { tx, containers, refreshes, broken, recorder, ctx }, Driver::new(fake))
 }
 
 fn ids(message: &SinkMessage) -> Vec<String> {
     match message {
-        SinkMessage::FullList(entities) => entities.iter().map(|e| e.id_str().to_string()).collect(),
+        SinkMessage::FullList { entities, keep } => entities
+            .iter()
+            .map(|e| e.id_str().to_string())
+            .chain(keep.iter().map(|id| format!("keep:{}", id.id)))
+            .collect(),
         SinkMessage::Events(events) => events
             .iter()
             .map(|(t, e)| format!("{}:{}", if *t == EventType::Set { "set" } else { "unset" }, e.id_str()))
@@ -205,4 +230,49 @@ async fn a_stream_that_ends_fails_the_run_so_the_store_runs_it_again() {
     let error = driver.run(&h.ctx).await.unwrap_err();
     assert!(error.is_retriable());
     assert_eq!(error.to_string(), "the event stream ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entity_that_cannot_be_read_is_skipped_kept_and_retried_while_the_rest_lands() {
+    let (h, mut driver) = harness(None);
+    h.containers.lock().unwrap().push("bad".into());
+    h.broken.lock().unwrap().push("bad".into());
+    let ctx = h.ctx.clone();
+    let run = tokio::spawn(async move { driver.run(&ctx).await });
+    wait_for_messages(&h.recorder, 1).await;
+    assert_eq!(ids(&h.recorder.0.lock().unwrap()[0]), ["a", "keep:bad"], "what the store had of it stays");
+
+    // An event batch with the broken one in the middle: the others land, in order.
+    h.containers.lock().unwrap().extend(["c".to_owned(), "d".to_owned()]);
+    for id in ["c", "bad", "d"] {
+        h.tx.send(Ok(Watched::Event((id.into(), "start")))).unwrap();
+    }
+    wait_for_messages(&h.recorder, 2).await;
+    assert_eq!(ids(&h.recorder.0.lock().unwrap()[1]), ["set:c", "set:d"]);
+    assert_eq!(h.recorder.1.load(std::sync::atomic::Ordering::SeqCst), 2, "counted at the list and at the event");
+
+    // It recovers: the retry (no event needed) reads it.
+    h.broken.lock().unwrap().clear();
+    tokio::time::sleep(RETRY_FAILED_EVERY + Duration::from_secs(1)).await;
+    wait_for_messages(&h.recorder, 3).await;
+    assert_eq!(ids(&h.recorder.0.lock().unwrap()[2]), ["set:bad"]);
+    let retried: Vec<_> = h.refreshes.lock().unwrap().iter().filter(|(k, _)| k == "bad").cloned().collect();
+    assert_eq!(retried.last().unwrap().1, Vec::<&str>::new(), "a retry comes without events");
+    // Recovered: no more retries.
+    let before = h.refreshes.lock().unwrap().len();
+    tokio::time::sleep(RETRY_FAILED_EVERY * 3).await;
+    assert_eq!(h.refreshes.lock().unwrap().len(), before);
+    h.ctx.cancel.cancel();
+    assert!(run.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_past_its_deadline_is_a_retriable_error_naming_the_call() {
+    let slow = with_deadline(Duration::from_secs(5), || "daemon: inspecting x".into(), async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    });
+    let error = slow.await.unwrap_err();
+    assert!(error.is_retriable());
+    assert_eq!(error.to_string(), "daemon: inspecting x timed out after 5s");
 }

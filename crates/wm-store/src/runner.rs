@@ -50,9 +50,16 @@ pub enum CollectorState {
         /// The last error.
         error: String,
     },
-    /// Its environment is absent: dropped.
-    Dropped {
+    /// Its environment was not detected (nothing at the default socket): looked for again every
+    /// re-detection period; does not hold readiness back.
+    NotDetected {
         /// What was missing.
+        reason: String,
+    },
+    /// What its config names is not there yet: looked for again every re-detection period; the
+    /// agent is not ready meanwhile.
+    Waiting {
+        /// `waiting for <what>`.
         reason: String,
     },
     /// Failed: for good after a permanent error (`restarting: false`), or after a panic, restarted
@@ -92,6 +99,7 @@ pub(crate) struct CollectorStatus {
     pulls: AtomicU64,
     pull_nanos: AtomicU64,
     panics: AtomicU64,
+    entity_errors: AtomicU64,
 }
 
 impl CollectorStatus {
@@ -106,7 +114,21 @@ impl CollectorStatus {
             pulls: AtomicU64::new(0),
             pull_nanos: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            entity_errors: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn entity_error(&self) {
+        self.entity_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether it is between two looks for an absent environment (its state stays until the
+    /// environment is there: no flicker to `running` at each look).
+    fn is_redetecting(&self) -> bool {
+        matches!(
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            CollectorState::NotDetected { .. } | CollectorState::Waiting { .. }
+        )
     }
 
     fn set_state(&self, state: CollectorState) {
@@ -114,6 +136,9 @@ impl CollectorStatus {
     }
 
     pub(crate) fn full_list_landed(&self) {
+        if self.is_redetecting() {
+            self.set_state(CollectorState::Running);
+        }
         self.synced.store(true, Ordering::Release);
         self.listed_since_check.store(true, Ordering::Release);
     }
@@ -140,6 +165,14 @@ impl CollectorStatus {
                 value: MetricValue::Counter(panics),
             });
         }
+        let entity_errors = self.entity_errors.load(Ordering::Relaxed);
+        if entity_errors > 0 {
+            out.push(MetricSample {
+                name: "workloadmeta.entity_errors",
+                labels: vec![("collector_id", self.name.to_string())],
+                value: MetricValue::Counter(entity_errors),
+            });
+        }
         let pulls = self.pulls.load(Ordering::Relaxed);
         if pulls == 0 && self.pull_errors.load(Ordering::Relaxed) == 0 {
             return;
@@ -163,6 +196,8 @@ impl CollectorStatus {
 pub(crate) struct RetryPolicy {
     pub(crate) initial: Duration,
     pub(crate) max: Duration,
+    /// How often an absent environment is looked for again.
+    pub(crate) redetect: Duration,
 }
 
 fn describe(error: &CollectorError) -> String {
@@ -179,18 +214,33 @@ fn describe(error: &CollectorError) -> String {
 /// What to do after a collector returned.
 enum Next {
     Retry(String),
+    /// Look for the environment again after the re-detection period.
+    Redetect,
     Stop,
 }
 
-/// Decides what a returned error means. An absent environment drops the collector only before
-/// it ever listed: a daemon that removed its socket while restarting is retried, not dropped.
+/// Decides what a returned error means. An absent environment before the collector ever listed
+/// is looked for again every re-detection period (said once in the log); after it listed (a
+/// daemon that removed its socket while restarting) it is retried with backoff like any failure.
 fn judge(status: &CollectorStatus, error: CollectorError) -> Next {
     let name = &*status.name;
+    let before_first_list = !status.synced.load(Ordering::Acquire);
+    let previous = status.health().state;
     match error {
-        CollectorError::EnvironmentAbsent { reason } if !status.synced.load(Ordering::Acquire) => {
-            tracing::info!(collector = name, %reason, "environment not detected, collector dropped");
-            status.set_state(CollectorState::Dropped { reason });
-            Next::Stop
+        CollectorError::EnvironmentAbsent { reason } if before_first_list => {
+            if !matches!(&previous, CollectorState::NotDetected { reason: r } if *r == reason) {
+                tracing::info!(collector = name, %reason, "environment not detected; looking again periodically");
+            }
+            status.set_state(CollectorState::NotDetected { reason });
+            Next::Redetect
+        }
+        CollectorError::Waiting { what } if before_first_list => {
+            let reason = format!("waiting for {what}");
+            if !matches!(&previous, CollectorState::Waiting { reason: r } if *r == reason) {
+                tracing::warn!(collector = name, %reason, "not there yet; the agent is not ready until it is");
+            }
+            status.set_state(CollectorState::Waiting { reason });
+            Next::Redetect
         }
         error @ CollectorError::Permanent { .. } => {
             let error = describe(&error);
@@ -260,7 +310,9 @@ async fn run_stream(
     let mut backoff = Backoff::new(policy.initial, policy.max);
     let mut attempt = 0u32;
     loop {
-        status.set_state(CollectorState::Running);
+        if !status.is_redetecting() {
+            status.set_state(CollectorState::Running);
+        }
         let outcome = call(&ctx, collector.run(&ctx)).await;
         if status.take_listed() {
             backoff.reset();
@@ -278,6 +330,14 @@ async fn run_stream(
                     Ok(()) => "the change stream ended".to_owned(),
                     Err(error) => match judge(&status, error) {
                         Next::Stop => return,
+                        Next::Redetect => {
+                            backoff.reset();
+                            attempt = 0;
+                            if !back_off(&ctx, policy.redetect).await {
+                                return;
+                            }
+                            continue;
+                        }
                         Next::Retry(error) => error,
                     },
                 };
@@ -305,7 +365,9 @@ async fn run_pull(
     'start: loop {
         // Start (detect and connect), retried with backoff.
         loop {
-            status.set_state(CollectorState::Running);
+            if !status.is_redetecting() {
+                status.set_state(CollectorState::Running);
+            }
             attempt += 1;
             let delay = backoff.next_delay();
             match call(&ctx, collector.start(&ctx)).await {
@@ -316,6 +378,14 @@ async fn run_pull(
                 }
                 Outcome::Returned(Err(error)) => match judge(&status, error) {
                     Next::Stop => return,
+                    Next::Redetect => {
+                        backoff.reset();
+                        attempt = 0;
+                        if !back_off(&ctx, policy.redetect).await {
+                            return;
+                        }
+                        continue;
+                    }
                     Next::Retry(error) => {
                         tracing::warn!(collector = &*name, %error, attempt, retry_in = ?delay, "collector failed to start, retrying");
                         status.set_state(CollectorState::Retrying { attempt, error });

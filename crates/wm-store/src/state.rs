@@ -1,6 +1,6 @@
 //! The stored entities: each source's version and the merged view, and the changes an update makes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use wm_core::merge::{merge, overlay};
@@ -273,10 +273,12 @@ impl State {
         Some(Change { source, source_event, merged })
     }
 
-    /// Replaces what `origin` said with `entities`: unsets what it said and the list lacks, sets
-    /// the rest; changes come in (kind, id) order.
-    pub(crate) fn reset(&mut self, origin: &Origin, entities: Vec<Entity>) -> Vec<Change> {
+    /// Replaces what `origin` said with `entities`: unsets what it said and the list lacks (but
+    /// not the `keep` ids, listed yet unreadable this time), sets the rest; changes come in
+    /// (kind, id) order.
+    pub(crate) fn reset(&mut self, origin: &Origin, entities: Vec<Entity>, keep: &[EntityId]) -> Vec<Change> {
         let collector = self.collector_index(&origin.collector);
+        let keep: HashSet<&EntityId> = keep.iter().collect();
         let mut wanted: HashMap<EntityId, Entity> = HashMap::with_capacity(entities.len());
         for entity in entities {
             wanted.insert(entity.id(), entity);
@@ -287,7 +289,7 @@ impl State {
                 let said_by_origin =
                     record.versions.as_slice().iter().any(|v| v.source == origin.source && v.collector == collector);
                 let entity_id = EntityId { kind, id: id.clone() };
-                if said_by_origin && !wanted.contains_key(&entity_id) {
+                if said_by_origin && !wanted.contains_key(&entity_id) && !keep.contains(&entity_id) {
                     ops.push((entity_id, None));
                 }
             }

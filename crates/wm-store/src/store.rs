@@ -41,6 +41,9 @@ pub struct StoreConfig {
     pub retry_initial: Duration,
     /// Longest delay between two tries (default 30 s).
     pub retry_max: Duration,
+    /// How often a collector whose environment was not detected, or is not there yet, looks
+    /// again (default 30 s).
+    pub redetect_interval: Duration,
 }
 
 impl Default for StoreConfig {
@@ -53,6 +56,7 @@ impl Default for StoreConfig {
             max_batches_in_flight: 1024,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
+            redetect_interval: Duration::from_secs(30),
         }
     }
 }
@@ -116,13 +120,13 @@ impl Inner {
                 received.add_to(&self.telemetry);
                 changes
             }
-            SinkMessage::FullList(entities) => {
+            SinkMessage::FullList { entities, keep } => {
                 let mut received = Received::default();
                 for e in &entities {
                     received.count(e.kind(), origin.source);
                 }
                 received.add_to(&self.telemetry);
-                state.reset(origin, entities)
+                state.reset(origin, entities, &keep)
             }
         };
         if !changes.is_empty() {
@@ -250,14 +254,16 @@ pub struct Health {
 }
 
 impl Health {
-    /// Live, no collector failed, and every started collector delivered its first full list (a
-    /// dropped collector, whose environment is absent, does not hold readiness back).
+    /// Live, no collector failed, and every collector that will run delivered its first full
+    /// list. A collector whose environment was not detected (nothing at the default socket) does
+    /// not hold readiness back; one waiting for what its config names does, and so does one
+    /// that was running and is retrying before its first list.
     pub fn is_ready(&self) -> bool {
         use crate::runner::CollectorState;
         self.store_alive
             && self.collectors.iter().all(|c| match c.state {
-                CollectorState::Failed { .. } => false,
-                CollectorState::Dropped { .. } => true,
+                CollectorState::Failed { .. } | CollectorState::Waiting { .. } => false,
+                CollectorState::NotDetected { .. } => true,
                 _ => c.synced,
             })
     }
@@ -322,7 +328,9 @@ impl Store {
             return;
         };
         let statuses = self.inner.statuses.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let policy = RetryPolicy { initial: self.inner.config.retry_initial, max: self.inner.config.retry_max };
+        let config = &self.inner.config;
+        let policy =
+            RetryPolicy { initial: config.retry_initial, max: config.retry_max, redetect: config.redetect_interval };
         let weak = Arc::downgrade(&self.inner);
         let mut tasks = self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         // Not cancelled on shutdown: it is told to stop, so that it ends every stream first.
@@ -401,7 +409,7 @@ impl Store {
     /// what is new or changed, unsets what the list lacks, atomically, in one bundle.
     pub async fn reset(&self, source: Source, entities: Vec<Entity>) {
         let origin = Origin { source, collector: self.inner.direct.clone() };
-        self.inner.apply(&origin, SinkMessage::FullList(entities)).await;
+        self.inner.apply(&origin, SinkMessage::FullList { entities, keep: Vec::new() }).await;
     }
 
     /// Returns once every batch notified before the call was handed to its subscribers' queues.
@@ -576,11 +584,15 @@ struct CollectorSink {
 impl EventSink for CollectorSink {
     async fn send(&self, origin: &Origin, message: SinkMessage) {
         let Some(inner) = self.store.upgrade() else { return };
-        let full_list = matches!(message, SinkMessage::FullList(_));
+        let full_list = matches!(message, SinkMessage::FullList { .. });
         inner.apply(origin, message).await;
         if full_list {
             self.status.full_list_landed();
         }
+    }
+
+    fn entity_error(&self, _origin: &Origin) {
+        self.status.entity_error();
     }
 }
 

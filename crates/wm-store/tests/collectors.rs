@@ -98,34 +98,74 @@ async fn a_run_that_listed_resets_the_backoff() {
     assert_eq!(runs.times(), [0, 101, 202, 303], "each reconnect waits the initial 1 s again");
 }
 
+/// Absent for its first `absent_runs` runs (no socket yet, `Waiting` when `configured`), then
+/// lists one container.
 struct Absent {
     runs: Arc<AtomicUsize>,
+    absent_runs: usize,
+    configured: bool,
 }
 
 #[async_trait]
 impl StreamCollector for Absent {
-    async fn run(&mut self, _: &CollectorContext) -> Result<(), CollectorError> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        Err(CollectorError::absent("no socket at /var/run/docker.sock"))
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        if self.runs.fetch_add(1, Ordering::SeqCst) < self.absent_runs {
+            return Err(if self.configured {
+                CollectorError::waiting_for("/run/x.sock (x_socket_path)")
+            } else {
+                CollectorError::absent("no socket at /var/run/docker.sock")
+            });
+        }
+        ctx.sink.full_list(vec![container("late")]).await;
+        ctx.cancel.cancelled().await;
+        Ok(())
     }
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_collector_whose_environment_is_absent_is_dropped_and_does_not_hold_readiness() {
+async fn an_undetected_environment_is_looked_for_again_and_does_not_hold_readiness() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let store =
-        Store::builder().collector(Collector::stream("docker", Source::Runtime, Absent { runs: runs.clone() })).build();
+    let absent = Absent { runs: runs.clone(), absent_runs: 2, configured: false };
+    let store = Store::builder().collector(Collector::stream("docker", Source::Runtime, absent)).build();
     let before = store.health();
     assert_eq!(before.collectors[0].state, CollectorState::Pending);
     assert!(!before.is_ready(), "a registered collector that has not listed holds readiness");
     store.start();
-    settle(Duration::from_secs(120)).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    settle(Duration::from_secs(45)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "looked for at start and after 30 s");
     let health = store.health();
     assert!(
-        matches!(&health.collectors[0].state, CollectorState::Dropped { reason } if reason.contains("docker.sock"))
+        matches!(&health.collectors[0].state, CollectorState::NotDetected { reason } if reason.contains("docker.sock"))
     );
     assert!(health.is_ready());
+    assert!(store.get_container("late").is_none());
+    settle(Duration::from_secs(30)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "the socket was there at the third look, 60 s after start");
+    assert!(store.get_container("late").is_some());
+    assert_eq!(store.health().collectors[0].state, CollectorState::Running);
+    store.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configured_socket_not_there_yet_holds_readiness_until_it_comes() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let absent = Absent { runs: runs.clone(), absent_runs: 2, configured: true };
+    let store = Store::builder().collector(Collector::stream("x", Source::Runtime, absent)).build();
+    store.start();
+    settle(Duration::from_secs(10)).await;
+    let health = store.health();
+    assert!(
+        matches!(&health.collectors[0].state, CollectorState::Waiting { reason } if reason == "waiting for /run/x.sock (x_socket_path)"),
+        "{health:?}"
+    );
+    assert!(!health.is_ready());
+    settle(Duration::from_secs(30)).await;
+    assert!(!store.health().is_ready(), "still waiting after the first re-detection");
+    settle(Duration::from_secs(30)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert!(store.health().is_ready());
+    assert!(store.get_container("late").is_some());
+    store.shutdown().await;
 }
 
 /// Lists once, then its socket vanishes (the daemon restarts): absent, but it was there.
