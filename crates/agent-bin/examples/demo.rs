@@ -153,7 +153,7 @@ containerd: {}",
     let token_file = dir.join("kubelet-token");
     std::fs::write(&token_file, token).map_err(|e| e.to_string())?;
     let yaml = format!(
-        "cmd_port: {}\nhealth_port: {}\ndocker_host: {}\ncri_socket_path: {}\npodman_socket_path: {}\n\
+        "cmd_port: {}\nhealth_port: {}\ndocker_host: {}\ncri_socket_path: {}\nautoconfig_exclude_features: [podman]\n\
          kubernetes_kubelet_host: 127.0.0.1\nkubernetes_https_kubelet_port: {}\nkubelet_auth_token_path: {}\n\
          kubelet_client_ca: {}\nlog_level: warn\ncontainer_labels_as_tags:\n  team: team\n\
          kubernetes_pod_labels_as_tags:\n  team: team\n",
@@ -161,7 +161,6 @@ containerd: {}",
         free_port()?,
         rt.docker_host(),
         cluster.containerd_socket().display(),
-        dir.join("no-podman.sock").display(),
         cluster.kubelet_port(),
         token_file.display(),
         cluster.ca_cert().display(),

@@ -62,7 +62,7 @@ fn the_agent_binary_against_real_daemons_queried_by_its_cli() {
         &config,
         format!(
             "cmd_port: {grpc}\nhealth_port: {http}\ndocker_host: {}\ncri_socket_path: {}\n\
-             podman_socket_path: /nonexistent/podman.sock\ncontainer_labels_as_tags:\n  team: team\n",
+             autoconfig_exclude_features: [podman, kubernetes]\ncontainer_labels_as_tags:\n  team: team\n",
             rt.docker_host(),
             rt.containerd_socket().display()
         ),

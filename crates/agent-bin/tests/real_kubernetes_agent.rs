@@ -49,15 +49,13 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
         std::fs::write(&token, cluster.service_account_token("wm-agent", "wm-agent").await.unwrap()).unwrap();
         let port = || test_support::runtimes::free_port().unwrap();
         let yaml = format!(
-            "cmd_port: {}\nhealth_port: {}\ndocker_host: unix://{}\ncri_socket_path: {}\npodman_socket_path: {}\n\
+            "cmd_port: {}\nhealth_port: {}\nautoconfig_exclude_features: [docker, podman]\ncri_socket_path: {}\n\
              kubernetes_kubelet_host: 127.0.0.1\nkubernetes_https_kubelet_port: {}\nkubelet_auth_token_path: {}\n\
              kubelet_client_ca: {}\nkubernetes_kubeconfig_path: {}\nkubernetes_kubelet_nodename: {}\n\
              kubernetes_pod_labels_as_tags:\n  team: team\nkubernetes_node_labels_as_tags:\n  wm.test/zone: node_zone\n",
             port(),
             port(),
-            dir.join("no-docker.sock").display(),
             cluster.containerd_socket().display(),
-            dir.join("no-podman.sock").display(),
             cluster.kubelet_port(),
             token.display(),
             cluster.ca_cert().display(),

@@ -2,12 +2,14 @@
 //! conformance scenarios in `testdata/conformance` and `$WM_EXTRA_CONFORMANCE`; the project's test
 //! data ([`testdata`]); the real
 //! container runtimes the collectors are tested against ([`runtimes`], [`podman`]), and a real
-//! single-node Kubernetes built from its Go modules ([`kubernetes`]); a store
+//! single-node Kubernetes built from its Go modules ([`kubernetes`]); daemons of ours that misbehave
+//! on demand ([`fake_daemon`]); a store
 //! watcher for those tests ([`watch`]).
 
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod fake_daemon;
 pub mod kubernetes;
 pub mod podman;
 pub mod rng;

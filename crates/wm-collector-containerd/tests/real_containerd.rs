@@ -13,10 +13,11 @@ use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    GetImageRequest, ListContainersRequest, ListNamespacesRequest, ListTasksRequest,
+    CreateContainerRequest, GetImageRequest, ListContainersRequest, ListNamespacesRequest, ListTasksRequest,
 };
+use futures::StreamExt;
 use test_support::runtimes::{Runtimes, with_service};
-use test_support::watch::{Watcher, assert_store_equals};
+use test_support::watch::{Watcher, assert_store_equals, eventually};
 use wm_collector_containerd::{ContainerdCollector, ContainerdConfig, container_from_containerd};
 use wm_core::{Container, ContainerStatus, EnvFilter, EventType, Runtime};
 use wm_store::Store;
@@ -286,6 +287,122 @@ fn two_hundred_containers_created_and_removed_in_bursts_end_equal_to_containerds
         assert_store_equals_daemon(&store, rt, WAIT).await;
         assert_eq!(store.list_containers().len(), alive.len());
         println!("{} containers after 200 creations in 4 bursts: the store equals containerd's list", alive.len());
+        store.shutdown().await;
+    });
+}
+
+/// A record as the CRI plugin would make one on a dense node: a spec of about 20 KB.
+fn dense_record(id: &str) -> containerd_client::services::v1::Container {
+    let env: Vec<String> = (0..200).map(|i| format!("VAR_{i:03}={}", "x".repeat(90))).collect();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": { "args": ["/bin/sleep", "300"], "env": env, "cwd": "/" },
+        "root": { "path": "rootfs" },
+        "annotations": { "io.kubernetes.cri.container-type": "container" },
+    });
+    containerd_client::services::v1::Container {
+        id: id.to_owned(),
+        labels: [("team".to_owned(), "dense".to_owned())].into(),
+        runtime: Some(containerd_client::services::v1::container::Runtime {
+            name: "io.containerd.runc.v2".into(),
+            options: None,
+        }),
+        spec: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: serde_json::to_vec(&spec).unwrap(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn two_thousand_containers_with_20_kb_specs_are_all_stored() {
+    with_daemons("two_thousand_containers_with_20_kb_specs_are_all_stored", async |rt| {
+        // Made through containerd's API (2,000 `ctr` processes would take minutes): about 40 MB
+        // of records, ten times the 4 MiB a single list message may carry.
+        let channel = containerd_client::connect(rt.containerd_socket()).await.unwrap();
+        let containers = ContainersClient::new(channel);
+        let spec_bytes = dense_record("x").spec.unwrap().value.len();
+        assert!(spec_bytes >= 20_000, "{spec_bytes}");
+        let ids: Vec<String> = (0..2000).map(|i| format!("dense-{i:04}")).collect();
+        futures::stream::iter(ids.clone())
+            .for_each_concurrent(16, |id| {
+                let mut containers = containers.clone();
+                async move {
+                    let create = CreateContainerRequest { container: Some(dense_record(&id)) };
+                    containers.create(request("dense", create)).await.unwrap();
+                }
+            })
+            .await;
+
+        let store = store_with_containerd(rt);
+        eventually("every dense container", Duration::from_secs(60), || store.list_containers().len() == 2000).await;
+        let stored: Vec<String> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
+        assert_eq!(stored, ids);
+        let one = store.get_container("dense-0042").unwrap();
+        assert_eq!(one.labels.get("team"), Some("dense"));
+        assert!(one.env.is_empty(), "no env var of the spec is one the rules read: {:?}", one.env);
+        println!("2,000 containers of {spec_bytes} B specs ({} MB in all) stored", 2000 * spec_bytes / 1_000_000);
+        store.shutdown().await;
+    });
+}
+
+#[test]
+fn a_cri_sandbox_never_reaches_a_subscriber() {
+    with_daemons("a_cri_sandbox_never_reaches_a_subscriber", async |rt| {
+        // Sandboxes run their own image, as the pause image is on a node.
+        ctr(rt, NS, &["images", "tag", Runtimes::CTR_IMAGE, "docker.io/wm-test/pause:1"]).await;
+        let store = store_with_containerd(rt);
+        let mut w = Watcher::containers(&store);
+        w.until("the first list", WAIT, |_| store.health().is_ready()).await;
+        let sandbox = |id: &str| {
+            vec![
+                "run".to_owned(),
+                "-d".into(),
+                "--label".into(),
+                "io.cri-containerd.kind=sandbox".into(),
+                "--label".into(),
+                format!("io.kubernetes.pod.uid=uid-{id}"),
+                "--label".into(),
+                "io.kubernetes.pod.namespace=default".into(),
+                "--label".into(),
+                format!("io.kubernetes.pod.name=pod-{id}"),
+                "docker.io/wm-test/pause:1".into(),
+                id.into(),
+                "/bin/sleep".into(),
+                "300".into(),
+            ]
+        };
+        let args = sandbox("sandbox-1");
+        ctr(rt, NS, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        ctr(rt, NS, &["run", "-d", Runtimes::CTR_IMAGE, "barrier-1", "/bin/sleep", "300"]).await;
+        w.until("the container made after the sandbox", WAIT, |w| w.saw(EventType::Set, "barrier-1")).await;
+        // The pod stops: its sandbox's task is killed and deleted, then the sandbox.
+        ctr(rt, NS, &["task", "kill", "-s", "SIGKILL", "sandbox-1"]).await;
+        for _ in 0..50 {
+            if tokio::task::block_in_place(|| rt.ctr(NS, &["task", "delete", "sandbox-1"])).unwrap().status.success() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ctr(rt, NS, &["containers", "delete", "sandbox-1"]).await;
+        // A sandbox that lives and dies before the collector can read it.
+        let mut args = sandbox("sandbox-2");
+        args[1] = "--rm".into();
+        let last = args.len() - 2;
+        args.truncate(last);
+        args.push("/bin/true".into());
+        ctr(rt, NS, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        ctr(rt, NS, &["run", "-d", Runtimes::CTR_IMAGE, "barrier-2", "/bin/sleep", "300"]).await;
+        w.until("the container made after the sandboxes went", WAIT, |w| w.saw(EventType::Set, "barrier-2")).await;
+        for id in ["sandbox-1", "sandbox-2"] {
+            assert!(
+                !w.saw(EventType::Set, id) && !w.saw(EventType::Unset, id),
+                "{id} reached a subscriber: {}",
+                w.describe()
+            );
+        }
+        assert!(store.get_container("sandbox-1").is_none());
         store.shutdown().await;
     });
 }

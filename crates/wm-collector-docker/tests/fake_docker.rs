@@ -1,0 +1,128 @@
+//! The docker collector against a daemon of ours (`test_support::fake_daemon`), for what a real
+//! dockerd cannot do on demand: one container whose inspect answers 500 (every other one is
+//! stored and the collector synced, then it is read again once it works); inspects that take
+//! 50 ms each under 2,000 create and destroy events (the store ends equal to the daemon's list);
+//! a daemon that accepts and never answers (retrying, with the call named, within the deadline).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use test_support::fake_daemon::FakeDaemon;
+use test_support::watch::eventually;
+use wm_collector_docker::{DockerCollector, DockerConfig};
+use wm_core::Seconds;
+use wm_store::{CollectorState, MetricValue, Store};
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wm-fake-docker-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn store_on(host: String, timeout: u64) -> Store {
+    let config = DockerConfig { docker_host: Some(host), docker_query_timeout: Seconds(timeout), ..Default::default() };
+    let store = Store::builder().collector(DockerCollector::new(config).into_collector()).build();
+    store.start();
+    store
+}
+
+fn stored(store: &Store) -> BTreeSet<String> {
+    store.list_containers().iter().map(|c| c.id.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
+    let dir = temp_dir("one-bad");
+    let daemon = FakeDaemon::docker(&dir).unwrap();
+    for i in 0..20 {
+        daemon.create(&format!("c{i:02}"), &format!("web-{i}"));
+    }
+    daemon.fail_inspect("c07", true);
+    let store = store_on(daemon.host(), 5);
+    eventually("the list without the failing container", Duration::from_secs(10), || store.health().is_ready()).await;
+    let expected: BTreeSet<String> = daemon.ids().into_iter().filter(|id| id != "c07").collect();
+    assert_eq!(stored(&store), expected);
+
+    // Events keep landing, the failing one among them.
+    daemon.create("c20", "late");
+    daemon.create("c07b", "late-bad");
+    daemon.fail_inspect("c07b", true);
+    eventually("a later container", Duration::from_secs(10), || store.get_container("c20").is_some()).await;
+    assert!(store.get_container("c07b").is_none());
+    let errors = store
+        .telemetry()
+        .into_iter()
+        .find(|m| m.name == "workloadmeta.entity_errors" && m.labels == [("collector_id", "docker".to_owned())])
+        .map(|m| m.value);
+    assert!(matches!(errors, Some(MetricValue::Counter(n)) if n >= 2), "{errors:?}");
+
+    // Once it works, the retry reads it without any event.
+    daemon.fail_inspect("c07", false);
+    daemon.fail_inspect("c07b", false);
+    eventually("the retried containers", Duration::from_secs(15), || {
+        store.get_container("c07").is_some() && store.get_container("c07b").is_some()
+    })
+    .await;
+    assert_eq!(stored(&store), daemon.ids().into_iter().collect());
+    assert!(matches!(store.health().collectors[0].state, CollectorState::Running));
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_inspects_under_two_thousand_events_end_equal_to_the_daemons_list() {
+    let dir = temp_dir("slow");
+    let daemon = FakeDaemon::docker(&dir).unwrap();
+    daemon.set_inspect_delay(Duration::from_millis(50));
+    let store = store_on(daemon.host(), 5);
+    eventually("the first list", Duration::from_secs(10), || store.health().is_ready()).await;
+    // 1,200 creates and 800 destroys, interleaved: 2,000 events in bursts.
+    let started = Instant::now();
+    let mut alive = Vec::new();
+    for i in 0..1200 {
+        let id = format!("burst{i:04}");
+        daemon.create(&id, &format!("b{i}"));
+        alive.push(id);
+        if i % 3 != 0 && alive.len() > 1 {
+            let gone = alive.remove(alive.len() / 2);
+            daemon.destroy(&gone);
+        }
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let expected: BTreeSet<String> = daemon.ids().into_iter().collect();
+    assert_eq!(expected.len(), 400);
+    assert_eq!(daemon.max_concurrent_inspects(), 8, "inspects run 8 at a time");
+    eventually("the store equal to the daemon's list", Duration::from_secs(90), || stored(&store) == expected).await;
+    println!(
+        "{} containers left of 1,200 created, 800 destroyed; converged {:?} after the first event ({} inspects at 50 ms)",
+        expected.len(),
+        started.elapsed(),
+        daemon.inspects()
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_never_answers_is_retried_with_the_call_named_within_the_deadline() {
+    let dir = temp_dir("hung");
+    let daemon = FakeDaemon::hung(&dir).unwrap();
+    let started = Instant::now();
+    let store = store_on(daemon.host(), 1);
+    let mut error = String::new();
+    eventually("retrying", Duration::from_secs(5), || match &store.health().collectors[0].state {
+        CollectorState::Retrying { error: e, .. } => {
+            error = e.clone();
+            true
+        }
+        _ => false,
+    })
+    .await;
+    println!("retrying after {:?}: {error}", started.elapsed());
+    assert!(error.contains("/_ping"), "{error}");
+    assert!(!store.health().is_ready());
+    store.shutdown().await;
+}

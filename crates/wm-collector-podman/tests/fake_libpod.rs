@@ -1,0 +1,108 @@
+//! The podman collector against a libpod API of ours (`test_support::fake_daemon`): one
+//! container whose inspect answers 500 does not stop the others (stored, synced, the failing one
+//! read at a later pull once it works); inspects that take 50 ms each over 400 containers, with
+//! a pull timeout of 1 s: 8 in flight, and each pull cut by its timeout keeps its progress, so
+//! they all land; a service that accepts and never answers is retried with the call named.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use test_support::fake_daemon::FakeDaemon;
+use test_support::watch::eventually;
+use wm_collector_podman::{PodmanCollector, PodmanConfig};
+use wm_store::{CollectorState, MetricValue, Store};
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wm-fake-libpod-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn store_on(socket: &std::path::Path, timeout: Duration) -> Store {
+    let config = PodmanConfig { podman_socket_path: Some(socket.to_owned()), ..Default::default() };
+    let collector = PodmanCollector::new(config)
+        .into_collector()
+        .with_pull_interval(Duration::from_millis(500))
+        .with_pull_timeout(timeout);
+    let store = Store::builder().collector(collector).build();
+    store.start();
+    store
+}
+
+fn stored(store: &Store) -> BTreeSet<String> {
+    store.list_containers().iter().map(|c| c.id.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
+    let dir = temp_dir("one-bad");
+    let daemon = FakeDaemon::libpod(&dir).unwrap();
+    for i in 0..20 {
+        daemon.create(&format!("p{i:02}"), &format!("app-{i}"));
+    }
+    daemon.fail_inspect("p03", true);
+    let store = store_on(daemon.socket(), Duration::from_secs(30));
+    eventually("the pull without the failing container", Duration::from_secs(10), || store.health().is_ready()).await;
+    let expected: BTreeSet<String> = daemon.ids().into_iter().filter(|id| id != "p03").collect();
+    eventually("every other container", Duration::from_secs(10), || stored(&store) == expected).await;
+    daemon.fail_inspect("p03", false);
+    eventually("the failing one, at a later pull", Duration::from_secs(10), || store.get_container("p03").is_some())
+        .await;
+    assert_eq!(stored(&store), daemon.ids().into_iter().collect());
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_inspects_run_eight_at_a_time_and_pulls_cut_by_their_timeout_keep_their_progress() {
+    let dir = temp_dir("slow");
+    let daemon = FakeDaemon::libpod(&dir).unwrap();
+    daemon.set_inspect_delay(Duration::from_millis(50));
+    for i in 0..400 {
+        daemon.create(&format!("s{i:03}"), &format!("s-{i}"));
+    }
+    // 400 inspects of 50 ms, 8 at a time, take about 2.5 s: more than one pull's 1 s timeout.
+    let store = store_on(daemon.socket(), Duration::from_secs(1));
+    let expected: BTreeSet<String> = daemon.ids().into_iter().collect();
+    eventually("every container", Duration::from_secs(30), || stored(&store) == expected).await;
+    let timeouts =
+        store.telemetry().into_iter().find(|m| m.name == "workloadmeta.pull_errors").map(|m| m.value).unwrap();
+    println!("{timeouts:?}, {} inspects, {} at most at once", daemon.inspects(), daemon.max_concurrent_inspects());
+    assert!(matches!(timeouts, MetricValue::Counter(n) if n >= 1), "no pull was cut: {timeouts:?}");
+    assert!(daemon.inspects() < 2 * 400, "progress kept: {} inspects", daemon.inspects());
+    store.shutdown().await;
+
+    // Without a cut (abandoned requests would count at the daemon): exactly 8 in flight.
+    let dir = temp_dir("eight");
+    let daemon = FakeDaemon::libpod(&dir).unwrap();
+    daemon.set_inspect_delay(Duration::from_millis(50));
+    for i in 0..100 {
+        daemon.create(&format!("e{i:03}"), &format!("e-{i}"));
+    }
+    let store = store_on(daemon.socket(), Duration::from_secs(30));
+    let expected: BTreeSet<String> = daemon.ids().into_iter().collect();
+    eventually("every container", Duration::from_secs(30), || stored(&store) == expected).await;
+    assert_eq!(daemon.max_concurrent_inspects(), 8);
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_never_answers_is_retried_with_the_call_named() {
+    let dir = temp_dir("hung");
+    let daemon = FakeDaemon::hung(&dir).unwrap();
+    let store = store_on(daemon.socket(), Duration::from_secs(30));
+    let mut error = String::new();
+    eventually("retrying", Duration::from_secs(20), || match &store.health().collectors[0].state {
+        CollectorState::Retrying { error: e, .. } => {
+            error = e.clone();
+            true
+        }
+        _ => false,
+    })
+    .await;
+    println!("{error}");
+    assert!(error.contains("does not answer"), "{error}");
+    store.shutdown().await;
+}
