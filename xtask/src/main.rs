@@ -46,6 +46,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("tagger", "lookup"),
     ("agent-bin", "memory"),
     ("wm-collector-docker", "docker"),
+    ("wm-collector-podman", "podman"),
     ("wm-collector-kube", "pull"),
     ("agent-bin", "rss"),
 ];

@@ -44,8 +44,8 @@ use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    GetContainerRequest, GetImageRequest, GetRequest, ListContainersRequest, ListNamespacesRequest, ListTasksRequest,
-    PublishRequest, SubscribeRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, ImageCreate, ImageDelete, ImageUpdate, ListContainersRequest,
+    ListNamespacesRequest, ListTasksRequest, PublishRequest, SubscribeRequest,
 };
 use containerd_client::types::Envelope;
 use containerd_client::types::v1::Process;
@@ -145,9 +145,9 @@ pub struct ContainerdCollector {
     /// The last exit of each container's init process, by (namespace, id): dropped when the
     /// container is deleted or a list no longer has it.
     exits: Mutex<HashMap<(String, String), Exit>>,
-    /// Image digests by (namespace, image name): cleared at each reconnect (a name can be
-    /// re-tagged) and bounded.
-    digests: Mutex<HashMap<(String, String), String>>,
+    /// Image digests by (namespace, image name): a name's entry goes when an `/images/` event
+    /// says it changed (re-tagged, deleted), all of them at each reconnect; bounded.
+    digests: Arc<Mutex<Digests>>,
     /// CRI sandboxes seen, by (namespace, id), and the images they run: their events are not
     /// containers.
     sandboxes: Mutex<Sandboxes>,
@@ -156,6 +156,9 @@ pub struct ContainerdCollector {
     /// The clients of the current run.
     clients: Option<Clients>,
 }
+
+/// Image digests by (namespace, image name).
+type Digests = HashMap<(String, String), String>;
 
 /// What the collector knows of CRI sandboxes.
 #[derive(Debug, Default)]
@@ -206,7 +209,7 @@ impl ContainerdCollector {
             config,
             env,
             exits: Mutex::new(HashMap::new()),
-            digests: Mutex::new(HashMap::new()),
+            digests: Arc::new(Mutex::new(HashMap::new())),
             sandboxes: Mutex::new(Sandboxes::default()),
             reported: Mutex::new(HashSet::new()),
             clients: None,
@@ -528,15 +531,40 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
     (!decoded.container_id.is_empty()).then_some(decoded)
 }
 
-/// The filters of the subscription: container and task events, and the marker.
+/// The filters of the subscription: container, task and image events, and the marker.
 fn subscription_filters() -> Vec<String> {
-    vec![r#"topic~="^/containers/""#.to_owned(), r#"topic~="^/tasks/""#.to_owned(), format!(r#"topic=="{SYNC_TOPIC}""#)]
+    vec![
+        r#"topic~="^/containers/""#.to_owned(),
+        r#"topic~="^/tasks/""#.to_owned(),
+        r#"topic~="^/images/""#.to_owned(),
+        format!(r#"topic=="{SYNC_TOPIC}""#),
+    ]
 }
 
-/// What an envelope says: the marker, a decoded event, or nothing.
-fn watched(envelope: Envelope) -> Option<Watched<Decoded>> {
+/// The image an `/images/create|update|delete` event names.
+fn image_named(any: &prost_types::Any) -> Option<String> {
+    let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
+    let bytes = any.value.as_slice();
+    let name = match type_name {
+        "containerd.services.images.v1.ImageCreate" => ImageCreate::decode(bytes).ok()?.name,
+        "containerd.services.images.v1.ImageUpdate" => ImageUpdate::decode(bytes).ok()?.name,
+        "containerd.services.images.v1.ImageDelete" => ImageDelete::decode(bytes).ok()?.name,
+        _ => return None,
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// What an envelope says: the marker, a decoded event, or nothing. An image event drops the
+/// digest cached for that name (it may now point at other content) and says nothing more.
+fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Watched<Decoded>> {
     if envelope.topic == SYNC_TOPIC {
         return Some(Watched::Live);
+    }
+    if envelope.topic.starts_with("/images/") {
+        if let Some(name) = envelope.event.as_ref().and_then(image_named) {
+            lock(digests).remove(&(envelope.namespace, name));
+        }
+        return None;
     }
     let any = envelope.event.as_ref()?;
     let mut decoded = decode(&envelope.topic, any)?;
@@ -557,14 +585,18 @@ impl ListWatch for ContainerdCollector {
         let clients = self.connect().await?;
         let mut events = clients.events.clone();
         self.clients = Some(clients);
+        let digests = self.digests.clone();
         let subscribe = async move {
             match events.subscribe(SubscribeRequest { filters: subscription_filters() }).await {
                 Ok(response) => response
                     .into_inner()
-                    .filter_map(|item| async move {
-                        match item {
-                            Ok(envelope) => watched(envelope).map(Ok),
-                            Err(status) => Some(Err(failed("containerd: the event stream broke", status))),
+                    .filter_map(move |item| {
+                        let digests = digests.clone();
+                        async move {
+                            match item {
+                                Ok(envelope) => watched(envelope, &digests).map(Ok),
+                                Err(status) => Some(Err(failed("containerd: the event stream broke", status))),
+                            }
                         }
                     })
                     .boxed(),
@@ -647,6 +679,27 @@ mod tests {
 
     fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
         prost_types::Any { type_url: type_url.into(), value: m.encode_to_vec() }
+    }
+
+    #[test]
+    fn an_image_event_drops_the_digest_cached_for_that_name_only() {
+        let digests = Mutex::new(Digests::new());
+        for name in ["docker.io/app:1", "docker.io/other:1"] {
+            lock(&digests).insert(("ns".into(), name.into()), "sha256:old".into());
+        }
+        let update = ImageUpdate { name: "docker.io/app:1".into(), ..ImageUpdate::default() };
+        let envelope = Envelope {
+            topic: "/images/update".into(),
+            namespace: "ns".into(),
+            event: Some(any("containerd.services.images.v1.ImageUpdate", &update)),
+            ..Envelope::default()
+        };
+        assert!(watched(envelope, &digests).is_none(), "an image event is no container event");
+        let left: Vec<String> = lock(&digests).keys().map(|(_, name)| name.clone()).collect();
+        assert_eq!(left, ["docker.io/other:1"]);
+        let garbage =
+            prost_types::Any { type_url: "containerd.services.images.v1.ImageDelete".into(), value: vec![0xff] };
+        assert_eq!(image_named(&garbage), None);
     }
 
     #[test]
