@@ -1,7 +1,11 @@
 //! The IPC auth token and TLS certificate, created at first start as the Datadog Agent does.
 //!
 //! - Token: `auth_token_file_path` (default `auth_token` beside the config file): 64 random hex
-//!   characters, created mode 0600; clients send `authorization: Bearer <token>`.
+//!   characters, created mode 0600; clients send `authorization: Bearer <token>`. A token shorter
+//!   than 32 characters is refused.
+//! - Both files are refused, with the command that fixes it, when group or others may read them
+//!   or when another user owns them. New files are written atomically (a temporary file made
+//!   with `O_EXCL`, then renamed over the path): a symlink at the path is replaced, never followed.
 //! - Certificate: `ipc_cert_file_path` (default `ipc_cert.pem` beside the token): one PEM
 //!   `CERTIFICATE` and one `PRIVATE KEY`, ECDSA P-256, self-signed, for `localhost`,
 //!   `127.0.0.1` and `::1`, server and client auth, mode 0600. Unlike Datadog's it is not marked
@@ -52,6 +56,11 @@ pub enum SecurityError {
     },
 }
 
+/// The shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// Writes `content` to `path` mode 0600, atomically: a fresh temporary file beside it (`O_EXCL`:
+/// never an existing file or a symlink), synced, then renamed over `path`.
 fn create_0600(what: &'static str, key: &'static str, path: &Path, content: &[u8]) -> Result<(), SecurityError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
@@ -63,9 +72,48 @@ fn create_0600(what: &'static str, key: &'static str, path: &Path, content: &[u8
         });
     }
     let io = |source| SecurityError::Io { what, path: path.display().to_string(), source };
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-    file.write_all(content).map_err(io)?;
-    file.sync_all().map_err(io)
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| io(std::io::Error::other(e)))?;
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let temp = dir.join(format!(".{name}.{nonce}.tmp"));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written.map_err(io)
+}
+
+/// Refuses a secret file others may read or another user owns, saying how to fix it.
+fn check_private(what: &'static str, path: &Path) -> Result<(), SecurityError> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display().to_string();
+    let meta = fs::metadata(path).map_err(|source| SecurityError::Io { what, path: shown.clone(), source })?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecurityError::Invalid {
+            what,
+            path: shown.clone(),
+            reason: format!("group or others may read it (mode {mode:o}); fix it with `chmod 600 {shown}`"),
+        });
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(SecurityError::Invalid {
+            what,
+            path: shown.clone(),
+            reason: format!(
+                "it belongs to uid {}, not to the agent's user (uid {me}); fix it with `chown {me} {shown}`",
+                meta.uid()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The token in `path`, created (0600, random) when the file does not exist.
@@ -73,12 +121,16 @@ pub fn load_or_create_token(path: &Path) -> Result<String, SecurityError> {
     const WHAT: &str = "auth token file";
     match fs::read_to_string(path) {
         Ok(text) => {
+            check_private(WHAT, path)?;
             let token = text.trim().to_owned();
-            if token.is_empty() {
+            if token.len() < MIN_TOKEN_LEN {
                 return Err(SecurityError::Invalid {
                     what: WHAT,
                     path: path.display().to_string(),
-                    reason: "empty".into(),
+                    reason: format!(
+                        "the token has {} characters, fewer than {MIN_TOKEN_LEN} (delete the file: a new one is made at start)",
+                        token.len()
+                    ),
                 });
             }
             Ok(token)
@@ -103,7 +155,10 @@ pub fn load_or_create_cert(path: &Path) -> Result<IpcCert, SecurityError> {
     const WHAT: &str = "IPC certificate";
     let invalid = |reason: String| SecurityError::Invalid { what: WHAT, path: path.display().to_string(), reason };
     match fs::read_to_string(path) {
-        Ok(text) => IpcCert::from_pem(&text).map_err(|reason| invalid(reason.to_owned())),
+        Ok(text) => {
+            check_private(WHAT, path)?;
+            IpcCert::from_pem(&text).map_err(|reason| invalid(reason.to_owned()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut params =
                 rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])
@@ -144,6 +199,44 @@ mod tests {
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(load_or_create_token(&path).unwrap(), token);
+    }
+
+    #[test]
+    fn a_readable_short_or_foreign_token_is_refused_with_the_fix() {
+        let path = dir("refused").join("auth_token");
+        fs::write(&path, "x".repeat(40)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(e.contains("mode 644") && e.contains(&format!("chmod 600 {}", path.display())), "{e}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap().len(), 40);
+        fs::write(&path, "short").unwrap();
+        let e = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(e.contains("fewer than 32"), "{e}");
+        if rustix::process::geteuid().is_root() {
+            fs::write(&path, "y".repeat(40)).unwrap();
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let e = load_or_create_token(&path).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 65534") && e.contains("chown 0"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_at_the_path_is_replaced_never_followed() {
+        let d = dir("symlink");
+        let target = d.join("victim");
+        fs::write(&target, "do not touch").unwrap();
+        let path = d.join("auth_token");
+        // A dangling link to a file that does not exist yet.
+        std::os::unix::fs::symlink(d.join("elsewhere"), &path).unwrap();
+        let token = load_or_create_token(&path).unwrap();
+        assert!(!d.join("elsewhere").exists(), "the link was followed");
+        assert!(!fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_to_string(&path).unwrap(), token);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "do not touch");
+        let leftovers: Vec<_> =
+            fs::read_dir(&d).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        assert!(leftovers.is_empty());
     }
 
     #[test]

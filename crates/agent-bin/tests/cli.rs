@@ -87,7 +87,7 @@ fn an_unknown_key_is_a_warning_and_the_agent_runs_and_stops_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "cmd_prot: 5001\ncmd_port: {}\nhealth_port: {http}\ndocker_host: unix:///nonexistent\ncri_socket_path: /nonexistent\npodman_socket_path: /nonexistent\n",
+            "cmd_prot: 5001\ncmd_port: {}\nhealth_port: {http}\nautoconfig_exclude_features: [docker, containerd, podman, kubernetes]\n",
             free_port()
         ),
     )
