@@ -39,20 +39,47 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-/// Fetches `path` from the agent on `127.0.0.1:port` as JSON. A 503 still carries a report
-/// (health), so any status with a JSON body is read.
-pub async fn fetch<T: serde::de::DeserializeOwned>(port: u16, path: &str) -> Result<T, CliError> {
+/// A running agent's HTTP API: its port on 127.0.0.1 and the token (the CLI reads the
+/// `auth_token` file, as Datadog's does; the probes need none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Api {
+    /// `health_port`.
+    pub port: u16,
+    /// The bearer token.
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// The API on `port`, with `token`.
+    pub fn new(port: u16, token: Option<String>) -> Self {
+        Self { port, token }
+    }
+}
+
+impl From<u16> for Api {
+    /// The probes of the API on `port` (no token).
+    fn from(port: u16) -> Self {
+        Self { port, token: None }
+    }
+}
+
+/// Fetches `path` from the agent's HTTP API as JSON. A 503 still carries a report (health), so
+/// any status with a JSON body is read.
+pub async fn fetch<T: serde::de::DeserializeOwned>(api: impl Into<Api>, path: &str) -> Result<T, CliError> {
+    let api = api.into();
+    let port = api.port;
     let url = format!("http://127.0.0.1:{port}{path}");
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .no_proxy()
         .build()
         .map_err(|e| CliError::NoAgent { url: url.clone(), port, reason: e.to_string() })?;
-    let response = client.get(&url).send().await.map_err(|e| CliError::NoAgent {
-        url: url.clone(),
-        port,
-        reason: root_cause(&e),
-    })?;
+    let mut request = client.get(&url);
+    if let Some(token) = &api.token {
+        request = request.bearer_auth(token);
+    }
+    let response =
+        request.send().await.map_err(|e| CliError::NoAgent { url: url.clone(), port, reason: root_cause(&e) })?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| CliError::BadAnswer { url: url.clone(), reason: e.to_string() })?;
     // `/health` answers 503 with its report when not ready; anything else must be a success.
@@ -70,8 +97,25 @@ fn time(t: Option<Timestamp>) -> String {
     t.map(|t| t.to_string()).unwrap_or_default()
 }
 
+/// Text from a container or a daemon, safe to print on a terminal: control characters (an
+/// escape sequence in a label, a newline that would fake a line of output) are shown escaped.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn kv(out: &mut String, key: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "{key}: {value}");
+    let _ = writeln!(out, "{key}: {}", printable(&value.to_string()));
 }
 
 fn map_section(out: &mut String, title: &str, map: &StrMap) {
@@ -80,7 +124,7 @@ fn map_section(out: &mut String, title: &str, map: &StrMap) {
     }
     let _ = writeln!(out, "----------- {title} -----------");
     for (k, v) in map.iter() {
-        let _ = writeln!(out, "{k}: {v}");
+        let _ = writeln!(out, "{}: {}", printable(k), printable(v));
     }
 }
 
@@ -176,11 +220,12 @@ fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
 }
 
 fn workload_entry(out: &mut String, e: &WorkloadEntry, verbose: bool) {
-    let _ = writeln!(out, "=== Entity {} sources(merged):[{}] id: {} ===", e.kind, e.sources.join(" "), e.id);
+    let _ =
+        writeln!(out, "=== Entity {} sources(merged):[{}] id: {} ===", e.kind, e.sources.join(" "), printable(&e.id));
     entity_body(out, &e.merged, verbose);
     let _ = writeln!(out, "===");
     for version in e.per_source.iter().flatten() {
-        let _ = writeln!(out, "=== Entity {} source:{} id: {} ===", e.kind, version.source, e.id);
+        let _ = writeln!(out, "=== Entity {} source:{} id: {} ===", e.kind, version.source, printable(&e.id));
         kv(out, "Collector", &version.collector);
         entity_body(out, &version.entity, verbose);
         let _ = writeln!(out, "===");
@@ -201,9 +246,10 @@ pub fn format_workload_list(list: &WorkloadList, verbose: bool) -> String {
 pub fn format_tagger_list(list: &TaggerList) -> String {
     let mut out = String::new();
     for (entity, sources) in &list.entities {
-        let _ = writeln!(out, "=== Entity {entity} ===");
+        let _ = writeln!(out, "=== Entity {} ===", printable(entity));
         for (source, tags) in sources {
             let _ = writeln!(out, "== Source {source} =");
+            let tags: Vec<_> = tags.iter().map(|t| printable(t)).collect();
             let _ = writeln!(out, "=Tags: [{}]", tags.join(" "));
         }
         let _ = writeln!(out, "===\n");
@@ -267,6 +313,19 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn control_characters_from_containers_are_printed_escaped() {
+        assert_eq!(printable("plain ü text"), "plain ü text");
+        assert_eq!(printable("evil\u{1b}[2J\nfake: line\r"), "evil\\u{1b}[2J\\nfake: line\\r");
+        let mut sources = BTreeMap::new();
+        sources.insert("workloadmeta-container".to_owned(), vec!["team:a\nb".to_owned()]);
+        let mut entities = BTreeMap::new();
+        entities.insert("container_id://x".to_owned(), sources);
+        let text = format_tagger_list(&TaggerList { entities });
+        assert!(text.contains("=Tags: [team:a\\nb]"), "{text}");
+        assert!(!text.contains("a\nb"));
+    }
 
     #[test]
     fn tagger_list_follows_the_datadog_layout() {

@@ -19,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use wm_core::Port;
+use wm_core::{Port, Seconds};
 
 /// The default config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wm-agent/agent.yaml";
@@ -153,8 +153,20 @@ pub struct IpcConfig {
     pub cmd_host: String,
     /// `cmd_port`: the gRPC API's port (default 5001).
     pub cmd_port: Port,
-    /// `health_port`: the localhost HTTP API's port (default 5555).
+    /// `health_port`: the HTTP API's port (default 5555).
     pub health_port: Port,
+    /// `health_host` (default 127.0.0.1): where the HTTP API listens. Another address (`0.0.0.0`
+    /// for kubelet probes) serves only the probes (`/live`, `/ready`, `/health`) to other
+    /// machines; the rest stays for loopback peers with the token.
+    pub health_host: String,
+    /// `metrics_public` (default false): serve `/metrics` without the token, to any peer.
+    pub metrics_public: bool,
+    /// `server_timeout` (Datadog's key, seconds, default 30): the TLS handshake and request
+    /// headers must come within it, and an HTTP connection idle that long is closed.
+    pub server_timeout: Seconds,
+    /// `ipc_max_connections` (default 4096): open connections per API port at most (lowered to
+    /// fit the file-descriptor limit).
+    pub ipc_max_connections: usize,
     /// `auth_token_file_path`: the bearer token file (default `auth_token` beside the config
     /// file); created 0600 at first start.
     pub auth_token_file_path: Option<PathBuf>,
@@ -169,6 +181,10 @@ impl Default for IpcConfig {
             cmd_host: "localhost".to_owned(),
             cmd_port: Port::of(5001),
             health_port: Port::of(5555),
+            health_host: "127.0.0.1".to_owned(),
+            metrics_public: false,
+            server_timeout: Seconds(30),
+            ipc_max_connections: 4096,
             auth_token_file_path: None,
             ipc_cert_file_path: None,
         }
@@ -185,12 +201,12 @@ pub struct CollectorsConfig {
     pub autoconfig_exclude_features: Vec<String>,
     /// `collector_redetect_interval` (ours, default 30 s): how often a collector whose runtime
     /// is absent (no socket yet) looks again.
-    pub collector_redetect_interval: wm_core::Seconds,
+    pub collector_redetect_interval: Seconds,
 }
 
 impl Default for CollectorsConfig {
     fn default() -> Self {
-        Self { autoconfig_exclude_features: Vec::new(), collector_redetect_interval: wm_core::Seconds(30) }
+        Self { autoconfig_exclude_features: Vec::new(), collector_redetect_interval: Seconds(30) }
     }
 }
 

@@ -1,24 +1,57 @@
-//! The localhost HTTP API: `/health` (and `/health/live`), `/metrics` (Prometheus text) and the
-//! JSON behind the CLI (`/agent/workload-list`, `/agent/tagger-list`, `/agent/status`,
-//! `/agent/config`), served from a [`Backend`]. It binds 127.0.0.1 only. Every agent flavor
-//! serves it through [`serve`].
+//! The HTTP API on `health_host:health_port` (127.0.0.1 by default): the probes `/live`, `/ready`
+//! (Datadog's names) and `/health` (both; `/health/live` too), `/metrics` (Prometheus text) and
+//! the JSON behind the CLI (`/agent/workload-list`, `/agent/tagger-list`, `/agent/status`,
+//! `/agent/config`), served from a [`Backend`]. Every agent flavor serves it through [`serve`].
+//!
+//! Who may ask what ([`guard`]):
+//! - the probes: anyone, whatever the `Host`;
+//! - everything else only from a loopback peer (a non-loopback peer, when `health_host` opens
+//!   the port to the network for kubelet probes, gets 403), with a `Host` that is a loopback
+//!   name or address (else 421: a page in a browser on the node cannot read it through DNS
+//!   rebinding), and with `authorization: Bearer <token>` (else 401), the token of the gRPC API;
+//! - `/metrics` to anyone when `metrics_public` is set.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use wm_core::CancellationToken;
 
 use crate::backend::Backend;
 use crate::config::Setting;
+use crate::conn::{Limits, accept_loop};
 use crate::report::{StatusReport, TaggerList};
+
+/// Who may ask for what beyond the probes.
+#[derive(Clone)]
+pub struct Guard {
+    /// The bearer token every non-probe route asks for.
+    pub token: Arc<str>,
+    /// `metrics_public`: `/metrics` without the token, to any peer.
+    pub metrics_public: bool,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard").field("metrics_public", &self.metrics_public).finish_non_exhaustive()
+    }
+}
+
+/// The peer of a connection, as the server saw it.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
 
 /// What the HTTP handlers read.
 #[derive(Clone, Debug)]
@@ -33,6 +66,8 @@ pub struct HttpState {
     pub grpc_address: String,
     /// The collectors compiled in.
     pub compiled_collectors: Vec<String>,
+    /// Who may ask for what.
+    pub guard: Guard,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +85,67 @@ async fn health_handler(State(state): State<HttpState>) -> impl IntoResponse {
 async fn live_handler(State(state): State<HttpState>) -> impl IntoResponse {
     let report = state.backend.health();
     (if report.live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(report))
+}
+
+async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    let report = state.backend.health();
+    (if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(report))
+}
+
+/// Whether a `Host` header names this machine's loopback: `localhost` (or a `*.localhost`
+/// name, which resolves there), `127.x.y.z` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return ip.is_loopback();
+    }
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(inside, _)| inside)
+    } else {
+        host.rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let (scheme, given) = value.split_once(' ').unwrap_or((value, ""));
+    let given = given.trim().as_bytes();
+    scheme.eq_ignore_ascii_case("bearer")
+        && given.len() == token.len()
+        && given.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn refuse(code: StatusCode, why: &'static str) -> Response {
+    let mut response = (code, why).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// The rules of the module docs, before any handler runs.
+pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if matches!(path, "/live" | "/ready" | "/health" | "/health/live") {
+        return next.run(request).await;
+    }
+    if path == "/metrics" && guard.metrics_public {
+        return next.run(request).await;
+    }
+    let loopback_peer = request.extensions().get::<Peer>().is_none_or(|p| p.0.ip().to_canonical().is_loopback());
+    if !loopback_peer {
+        return refuse(StatusCode::FORBIDDEN, "only /live, /ready and /health are served to other machines\n");
+    }
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).or(request.uri().host());
+    if !host.is_some_and(is_loopback_host) {
+        return refuse(StatusCode::MISDIRECTED_REQUEST, "the Host must be localhost or a loopback address\n");
+    }
+    if !bearer_matches(request.headers(), &guard.token) {
+        return refuse(StatusCode::UNAUTHORIZED, "authorization: Bearer <token> required (the auth_token file)\n");
+    }
+    next.run(request).await
 }
 
 async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
@@ -86,9 +182,12 @@ async fn status_handler(State(state): State<HttpState>) -> Json<StatusReport> {
     })
 }
 
-/// The router.
+/// The router, guarded.
 pub fn router(state: HttpState) -> Router {
+    let guard = state.guard.clone();
     Router::new()
+        .route("/live", get(live_handler))
+        .route("/ready", get(ready_handler))
         .route("/health", get(health_handler))
         .route("/health/live", get(live_handler))
         .route("/metrics", get(metrics_handler))
@@ -97,12 +196,79 @@ pub fn router(state: HttpState) -> Router {
         .route("/agent/status", get(status_handler))
         .route("/agent/config", get(config_handler))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(guard, self::guard))
 }
 
-/// Serves the API on `listener` until `cancel` is cancelled.
-pub async fn serve(listener: TcpListener, state: HttpState, cancel: CancellationToken) {
-    let shutdown = async move { cancel.cancelled().await };
-    if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "the HTTP API stopped");
+/// Serves the API on `listener` until `cancel` is cancelled, within `limits` (HTTP/1.1; each
+/// request's headers within the timeout, each connection closed when idle), and returns once
+/// every connection ended.
+pub async fn serve(listener: TcpListener, state: HttpState, limits: Limits, cancel: CancellationToken) {
+    let router = router(state);
+    let connections = TaskTracker::new();
+    let until = cancel.clone();
+    accept_loop("http", listener, limits, cancel.clone(), |io, peer| {
+        let service = TowerToHyperService::new(router.clone().layer(Extension(Peer(peer))));
+        let cancel = until.clone();
+        connections.spawn(async move {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.timeout).keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "an HTTP connection ended");
+                    }
+                }
+                () = cancel.cancelled() => {}
+            }
+        });
+    })
+    .await;
+    connections.close();
+    connections.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_from_foreign_ones() {
+        for host in [
+            "localhost",
+            "localhost:5555",
+            "LOCALHOST.",
+            "agent.localhost:1",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:5555",
+            "::1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:5555",
+            "10.0.0.1",
+            "[fe80::1]:5555",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_token_must_match_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(!bearer_matches(&headers, "secret-token"));
+        headers.insert(header::AUTHORIZATION, "Bearer secret-token".parse().unwrap());
+        assert!(bearer_matches(&headers, "secret-token"));
+        headers.insert(header::AUTHORIZATION, "bearer secret-tokeN".parse().unwrap());
+        assert!(!bearer_matches(&headers, "secret-token"));
+        headers.insert(header::AUTHORIZATION, "Basic secret-token".parse().unwrap());
+        assert!(!bearer_matches(&headers, "secret-token"));
     }
 }

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cli;
 pub mod collectors;
 pub mod config;
+pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod light;

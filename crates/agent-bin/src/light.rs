@@ -24,6 +24,7 @@ pub struct RunningLight {
     pub replica: Arc<RemoteTagger>,
     /// Where the HTTP API listens.
     pub http_address: SocketAddr,
+    token: Arc<str>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -34,7 +35,11 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
     let (token, cert) = (config.auth_token_path(), config.ipc_cert_path());
     let upstream = RemoteAgent::from_files(address, &token, &cert)
         .context("the upstream agent's token and certificate (auth_token_file_path, ipc_cert_file_path)")?;
-    let http_listener = listen("127.0.0.1", config.ipc.health_port.get(), "health_port").await?;
+    crate::run::warn_if_exposed(config);
+    let (http_limits, _) = crate::run::connection_limits(config);
+    let token: Arc<str> = Arc::from(crate::security::load_or_create_token(&config.auth_token_path())?);
+    let http_listener =
+        listen(&config.ipc.health_host, config.ipc.health_port.get(), "health_host/health_port").await?;
     let http_address = http_listener.local_addr()?;
     let replica = RemoteTagger::new();
     let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
@@ -45,13 +50,19 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
         started: Instant::now(),
         grpc_address: format!("none (remote tagger client of {})", upstream.address),
         compiled_collectors: Vec::new(),
+        guard: crate::http::Guard { token: token.clone(), metrics_public: config.ipc.metrics_public },
     };
-    tasks.spawn(crate::http::serve(http_listener, state, cancel.clone()));
+    tasks.spawn(crate::http::serve(http_listener, state, http_limits, cancel.clone()));
     tracing::info!(upstream = upstream.address, http = %http_address, "light agent started: remote tagger client");
-    Ok(RunningLight { replica, http_address, cancel, tasks })
+    Ok(RunningLight { replica, http_address, token, cancel, tasks })
 }
 
 impl RunningLight {
+    /// Its HTTP API as the CLI reaches it: the port and the token.
+    pub fn api(&self) -> crate::cli::Api {
+        crate::cli::Api::new(self.http_address.port(), Some(self.token.to_string()))
+    }
+
     /// Stops the replica's stream and the HTTP API, and awaits both.
     pub async fn stop(self) -> Stopped {
         self.cancel.cancel();

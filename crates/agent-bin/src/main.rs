@@ -83,11 +83,14 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliError> {
-    let port = config.ipc.health_port.get();
+    // The token is read as the agent made it (unreadable or absent: the probes still answer).
+    let token = std::fs::read_to_string(config.auth_token_path()).ok().map(|t| t.trim().to_owned());
+    let port = cli::Api::new(config.ipc.health_port.get(), token);
     match command {
         Command::Run => Ok(ExitCode::SUCCESS),
         Command::WorkloadList { verbose, json } => {
-            let list: WorkloadList = cli::fetch(port, &format!("/agent/workload-list?verbose={verbose}")).await?;
+            let list: WorkloadList =
+                cli::fetch(port.clone(), &format!("/agent/workload-list?verbose={verbose}")).await?;
             if json {
                 print_json(&list);
             } else {
@@ -96,7 +99,7 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
             Ok(ExitCode::SUCCESS)
         }
         Command::TaggerList { json } => {
-            let list: TaggerList = cli::fetch(port, "/agent/tagger-list").await?;
+            let list: TaggerList = cli::fetch(port.clone(), "/agent/tagger-list").await?;
             if json {
                 print_json(&list);
             } else {
@@ -105,7 +108,7 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            let status: StatusReport = cli::fetch(port, "/agent/status").await?;
+            let status: StatusReport = cli::fetch(port.clone(), "/agent/status").await?;
             if json {
                 print_json(&status);
             } else {
@@ -114,7 +117,7 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { json } => {
-            let health: HealthReport = cli::fetch(port, "/health").await?;
+            let health: HealthReport = cli::fetch(port.clone(), "/health").await?;
             if json {
                 print_json(&health);
             } else {
@@ -123,7 +126,8 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
             Ok(if health.live && health.ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Config { json } => {
-            let settings: std::collections::BTreeMap<String, Setting> = cli::fetch(port, "/agent/config").await?;
+            let settings: std::collections::BTreeMap<String, Setting> =
+                cli::fetch(port.clone(), "/agent/config").await?;
             if json {
                 print_json(&settings);
             } else {

@@ -23,8 +23,9 @@ use wm_store::Store;
 use crate::backend::Local;
 use crate::collectors::{self, Catalog};
 use crate::config::AgentConfig;
+use crate::conn::{self, Limits, accept_loop};
 use crate::grpc::{AgentApi, BearerAuth};
-use crate::http::HttpState;
+use crate::http::{Guard, HttpState};
 use crate::security;
 
 /// How long `stop` waits for the agent's tasks after cancelling them.
@@ -42,8 +43,16 @@ pub struct RunningAgent {
     pub grpc_address: Option<SocketAddr>,
     /// Where the HTTP API listens.
     pub http_address: SocketAddr,
+    token: Arc<str>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+}
+
+impl RunningAgent {
+    /// Its HTTP API as the CLI reaches it: the port and the token.
+    pub fn api(&self) -> crate::cli::Api {
+        crate::cli::Api::new(self.http_address.port(), Some(self.token.to_string()))
+    }
 }
 
 /// What was left after a stop.
@@ -74,10 +83,48 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningAgent> {
     start_with(config, collectors).await
 }
 
+/// The connection limits of the two API ports, from the config and the descriptor limit
+/// (raised to the hard one first).
+pub(crate) fn connection_limits(config: &AgentConfig) -> (Limits, Limits) {
+    let fds = conn::raise_fd_limit();
+    let max_connections = fds.connections_per_listener(2, config.ipc.ipc_max_connections);
+    let timeout = config.ipc.server_timeout.duration().max(Duration::from_secs(1));
+    let http = Limits { max_connections, timeout, idle: timeout };
+    // A gRPC stream may be quiet for minutes; HTTP/2 pings (every 30 s) are its traffic.
+    let grpc = Limits { max_connections, timeout, idle: timeout.max(GRPC_IDLE) };
+    tracing::info!(max_connections, ?timeout, "API connection limits (per port)");
+    (http, grpc)
+}
+
+/// How long a gRPC connection may carry nothing at all (not even a ping) before it is closed.
+const GRPC_IDLE: Duration = Duration::from_secs(120);
+
+/// Says what becomes reachable when an API listens beyond loopback.
+pub(crate) fn warn_if_exposed(config: &AgentConfig) {
+    let loopback = |host: &str| crate::http::is_loopback_host(host);
+    if !loopback(&config.ipc.cmd_host) {
+        tracing::warn!(
+            cmd_host = %config.ipc.cmd_host,
+            "the gRPC API listens beyond loopback: anyone who can reach it and holds the auth token reads every container's metadata and tags"
+        );
+    }
+    if !loopback(&config.ipc.health_host) {
+        tracing::warn!(
+            health_host = %config.ipc.health_host,
+            metrics_public = config.ipc.metrics_public,
+            "the HTTP API listens beyond loopback: other machines get /live, /ready and /health (and /metrics when metrics_public is set); everything else stays for loopback peers with the token"
+        );
+    }
+}
+
 /// Starts the agent with `collectors` instead of the config's (tests run none, or their own).
 pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> anyhow::Result<RunningAgent> {
     let follows_another = collectors::catalog(config)? == Catalog::Remote;
-    let http_listener = listen("127.0.0.1", config.ipc.health_port.get(), "health_port").await?;
+    warn_if_exposed(config);
+    let (http_limits, grpc_limits) = connection_limits(config);
+    let token: Arc<str> = Arc::from(security::load_or_create_token(&config.auth_token_path())?);
+    let http_listener =
+        listen(&config.ipc.health_host, config.ipc.health_port.get(), "health_host/health_port").await?;
     let http_address = http_listener.local_addr()?;
     let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
 
@@ -104,7 +151,7 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
         );
         None
     } else {
-        Some(serve_grpc(config, &store, &tagger, &cancel, &tasks).await?)
+        Some(serve_grpc(config, &token, grpc_limits, &store, &tagger, &cancel, &tasks).await?)
     };
 
     let state = HttpState {
@@ -113,45 +160,86 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
         started: Instant::now(),
         grpc_address: grpc_address.map_or_else(|| "none".to_owned(), |a| a.to_string()),
         compiled_collectors: collectors::compiled(),
+        guard: Guard { token: token.clone(), metrics_public: config.ipc.metrics_public },
     };
-    tasks.spawn(crate::http::serve(http_listener, state, cancel.clone()));
+    tasks.spawn(crate::http::serve(http_listener, state, http_limits, cancel.clone()));
     tracing::info!(
         grpc = ?grpc_address,
         http = %http_address,
         collectors = ?store.health().collectors.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         "agent started"
     );
-    Ok(RunningAgent { store, tagger, grpc_address, http_address, cancel, tasks })
+    Ok(RunningAgent { store, tagger, grpc_address, http_address, token, cancel, tasks })
 }
 
-/// Starts `AgentSecure` on `cmd_host:cmd_port`, TLS with the IPC certificate, bearer auth.
+/// Starts `AgentSecure` on `cmd_host:cmd_port`: our accept loop (connection cap, idle
+/// timeout), the TLS handshake within `server_timeout` (ALPN `h2`), bearer auth, at most 100
+/// streams per connection, HTTP/2 pings every 30 s.
 async fn serve_grpc(
     config: &AgentConfig,
+    token: &str,
+    limits: Limits,
     store: &Store,
     tagger: &Arc<Tagger>,
     cancel: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<SocketAddr> {
-    let token = security::load_or_create_token(&config.auth_token_path())?;
     let cert = security::load_or_create_cert(&config.ipc_cert_path())?;
+    let acceptor = tls_acceptor(&cert).context("TLS setup of the gRPC API")?;
     let listener = listen(&config.ipc.cmd_host, config.ipc.cmd_port.get(), "cmd_host/cmd_port").await?;
     let address = listener.local_addr()?;
     let api = AgentSecureServer::new(AgentApi::new(store.clone(), tagger.clone(), cancel.clone(), tasks.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let api = tonic::service::interceptor::InterceptedService::new(api, BearerAuth::new(&token));
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(&cert.cert_pem, &cert.key_pem));
-    let mut server = tonic::transport::Server::builder().tls_config(tls).context("TLS setup of the gRPC API")?;
+    let api = tonic::service::interceptor::InterceptedService::new(api, BearerAuth::new(token));
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    let (handshaken, incoming) = tokio::sync::mpsc::channel::<Result<GrpcConnection, std::io::Error>>(64);
     let until = cancel.clone();
+    tasks.spawn(accept_loop("grpc", listener, limits, cancel.clone(), move |io, peer| {
+        let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(limits.timeout, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => {
+                    let _ = handshaken.send(Ok(tls)).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "a TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "a TLS handshake did not finish within server_timeout"),
+            }
+        });
+    }));
     tasks.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
         let shutdown = async move { until.cancelled().await };
         if let Err(e) = server.add_service(api).serve_with_incoming_shutdown(incoming, shutdown).await {
             tracing::error!(error = %e, "the gRPC API stopped");
         }
     });
     Ok(address)
+}
+
+/// Streams one gRPC connection may carry at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
+/// A gRPC connection after its TLS handshake.
+type GrpcConnection = tokio_rustls::server::TlsStream<conn::IdleTimeout<tokio::net::TcpStream>>;
+
+/// The TLS acceptor of the IPC certificate, offering HTTP/2 by ALPN.
+fn tls_acceptor(cert: &security::IpcCert) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the IPC certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).context("the IPC certificate's key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
 impl RunningAgent {

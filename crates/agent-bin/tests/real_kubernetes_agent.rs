@@ -111,8 +111,8 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
         .await;
 
         // What `agent workload-list` and `agent tagger-list` print, from the same HTTP API.
-        let http = agent.http_address.port();
-        let list: agent_bin::report::WorkloadList = agent_bin::cli::fetch(http, "/agent/workload-list").await.unwrap();
+        let list: agent_bin::report::WorkloadList =
+            agent_bin::cli::fetch(agent.api(), "/agent/workload-list").await.unwrap();
         let text = agent_bin::cli::format_workload_list(&list, false);
         for id in &ids {
             assert!(text.contains(&format!("sources(merged):[node_orchestrator runtime] id: {id} ===")), "{text}");
@@ -128,7 +128,8 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
             Kubernetes::NODE
         );
         assert!(text.contains(&node), "{text}");
-        let tags: agent_bin::report::TaggerList = agent_bin::cli::fetch(http, "/agent/tagger-list").await.unwrap();
+        let tags: agent_bin::report::TaggerList =
+            agent_bin::cli::fetch(agent.api(), "/agent/tagger-list").await.unwrap();
         let text = agent_bin::cli::format_tagger_list(&tags);
         assert!(text.contains(&format!("=== Entity {entity} ===")), "{text}");
         for tag in &expected {

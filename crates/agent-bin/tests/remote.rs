@@ -182,11 +182,11 @@ async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api(
         replica.tag("container_id://a", TagCardinality::Low).contains(&"team:core".to_owned())
     })
     .await;
-    let list: TaggerList = agent_bin::cli::fetch(light_http, "/agent/tagger-list").await.unwrap();
+    let list: TaggerList = agent_bin::cli::fetch(light.api(), "/agent/tagger-list").await.unwrap();
     assert!(list.entities["container_id://a"]["remote"].contains(&"team:core".to_owned()));
     let health: HealthReport = agent_bin::cli::fetch(light_http, "/health").await.unwrap();
     assert!(health.live && health.ready);
-    let refused = agent_bin::cli::fetch::<WorkloadList>(light_http, "/agent/workload-list").await.unwrap_err();
+    let refused = agent_bin::cli::fetch::<WorkloadList>(light.api(), "/agent/workload-list").await.unwrap_err();
     assert!(refused.to_string().contains("flavor-light"), "{refused}");
     assert_eq!(light.stop().await.tasks_left, 0);
     assert_eq!(upstream.stop().await.tasks_left, 0);

@@ -65,7 +65,7 @@ async fn a_collector_that_panics_is_failed_in_health_and_status_then_restarted()
     assert!(error.contains("panicked: unexpected reply from the daemon"), "{error}");
     assert!(restarting);
     assert!(failed.live && !failed.ready, "{failed:?}");
-    let status: StatusReport = cli::fetch(http, "/agent/status").await.unwrap();
+    let status: StatusReport = cli::fetch(agent.api(), "/agent/status").await.unwrap();
     let text = cli::format_status(&status);
     // It may have been restarted between the two reads; if not, status says why it is failed.
     if collector_state(&status.health).0 == "failed" {
@@ -73,7 +73,12 @@ async fn a_collector_that_panics_is_failed_in_health_and_status_then_restarted()
         assert!(text.contains("(panicked: unexpected reply from the daemon)"), "{text}");
         assert!(text.contains("Ready: false"), "{text}");
     }
-    let metrics = reqwest::get(format!("http://127.0.0.1:{http}/metrics")).await.unwrap().text().await.unwrap();
+    let url = format!("http://127.0.0.1:{http}/metrics");
+    let anonymous = reqwest::get(&url).await.unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED, "/metrics needs the token");
+    let token = agent.api().token.unwrap();
+    let client = reqwest::Client::new();
+    let metrics = client.get(&url).bearer_auth(token).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("workloadmeta_collector_panics{collector_id=\"panicky\"} 1"), "{metrics}");
 
     // Restarted after its backoff (1 s): running, ready, its container stored.
