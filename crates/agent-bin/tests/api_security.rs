@@ -1,0 +1,223 @@
+//! The agent binary's API as a hostile local user, a browser on the node and a connection flood
+//! meet it: every route but the probes refuses a request without the token (401), with a
+//! foreign `Host` (421) or from another machine when the port is opened for kubelet probes
+//! (403); the CLI still works (it reads the token file); a token file others may read stops the
+//! agent with the fix; 3,000 idle connections against an agent started under a 1,024 soft
+//! descriptor limit leave `/ready` answering, and the timeouts close them all.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    test_support::runtimes::free_port().unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wm-api-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Agent {
+    child: Child,
+    config: PathBuf,
+    http: u16,
+    grpc: u16,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> (PathBuf, u16, u16) {
+    let (http, grpc) = (free_port(), free_port());
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cmd_port: {grpc}\nhealth_port: {http}\nautoconfig_exclude_features: [docker, containerd, podman, kubernetes]\n{extra}"
+        ),
+    )
+    .unwrap();
+    (config, http, grpc)
+}
+
+/// `agent run` under `prefix` (e.g. `prlimit …`), waited for until `/ready` answers 200.
+fn start(dir: &Path, extra: &str, prefix: &[&str]) -> Agent {
+    let (config, http, grpc) = write_config(dir, extra);
+    let binary = env!("CARGO_BIN_EXE_agent");
+    let mut command = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let child = command
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("agent.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let agent = Agent { child, config, http, grpc };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(SocketAddr::from(([127, 0, 0, 1], http)), "/ready", "127.0.0.1", None).0 != 200 {
+        assert!(Instant::now() < deadline, "not ready: {}", std::fs::read_to_string(dir.join("agent.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn request(to: SocketAddr, path: &str, host: &str, token: Option<&str>) -> (u16, String) {
+    let Ok(mut tcp) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else { return (0, String::new()) };
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
+    if tcp.write_all(head.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn node_address() -> Option<IpAddr> {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+const GUARDED: [&str; 5] = ["/agent/workload-list", "/agent/tagger-list", "/agent/status", "/agent/config", "/metrics"];
+const PROBES: [&str; 4] = ["/live", "/ready", "/health", "/health/live"];
+
+#[test]
+fn every_route_but_the_probes_wants_the_token_a_loopback_host_and_a_loopback_peer() {
+    let dir = temp_dir("guard");
+    let agent = start(&dir, "health_host: 0.0.0.0\n", &[]);
+    let token = std::fs::read_to_string(dir.join("auth_token")).unwrap();
+    let local = SocketAddr::from(([127, 0, 0, 1], agent.http));
+    let host = format!("127.0.0.1:{}", agent.http);
+    for path in GUARDED {
+        assert_eq!(request(local, path, &host, None).0, 401, "{path} without a token");
+        assert_eq!(request(local, path, &host, Some("wrong-token-wrong-token-wrong-token")).0, 401, "{path}");
+        assert_eq!(request(local, path, "evil.example", Some(&token)).0, 421, "{path} with a foreign Host");
+        assert_eq!(request(local, path, "localhost", Some(&token)).0, 200, "{path} as the CLI asks");
+    }
+    for path in PROBES {
+        assert_eq!(request(local, path, "evil.example", None).0, 200, "{path} is open");
+    }
+    // The port opened for kubelet probes: another machine (here the node's own address, not
+    // loopback) gets the probes and nothing else, token or not.
+    match node_address() {
+        Some(ip) => {
+            let remote = SocketAddr::new(ip, agent.http);
+            for path in PROBES {
+                assert_eq!(request(remote, path, &remote.to_string(), None).0, 200, "{path} from {ip}");
+            }
+            for path in GUARDED {
+                assert_eq!(request(remote, path, "127.0.0.1", Some(&token)).0, 403, "{path} from {ip}");
+            }
+        }
+        None => println!("no non-loopback address on this machine: the remote-peer checks did not run"),
+    }
+    // The CLI reads the token file and gets through.
+    let status =
+        Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&agent.config).arg("status").output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("Ready: true"));
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(log.contains("the HTTP API listens beyond loopback"), "{log}");
+}
+
+#[test]
+fn a_token_file_others_may_read_stops_the_agent_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("perms");
+    let token = dir.join("auth_token");
+    std::fs::write(&token, "a".repeat(64)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (config, _, _) = write_config(&dir, "");
+    let out = Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&config).arg("run").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("chmod 600 {}", token.display())), "{stderr}");
+    assert!(stderr.contains("mode 644"), "{stderr}");
+}
+
+/// Our own soft descriptor limit, raised to hold thousands of client sockets.
+fn raise_own_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum }).unwrap();
+}
+
+fn soft_fd_limit(pid: u32) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned()
+}
+
+#[test]
+fn three_thousand_idle_connections_under_a_1024_soft_limit_leave_ready_answering_and_are_closed() {
+    raise_own_fd_limit();
+    let dir = temp_dir("flood");
+    let agent = start(&dir, "server_timeout: 3\n", &["prlimit", "--nofile=1024:16384", "--"]);
+    let limits = soft_fd_limit(agent.child.id());
+    assert!(limits.split_whitespace().filter(|w| *w == "16384").count() == 2, "soft raised to hard: {limits}");
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(log.contains("soft_before=1024"), "{log}");
+
+    let ports = [agent.http, agent.grpc];
+    let mut idle: Vec<TcpStream> = Vec::with_capacity(3000);
+    for i in 0..3000 {
+        let to = SocketAddr::from(([127, 0, 0, 1], ports[i % 2]));
+        idle.push(TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap());
+    }
+    let opened = Instant::now();
+    // Held open, none sending a byte: the probes still answer.
+    let local = SocketAddr::from(([127, 0, 0, 1], agent.http));
+    for _ in 0..5 {
+        assert_eq!(request(local, "/ready", "localhost", None).0, 200);
+    }
+    println!("/ready answered with 3,000 idle connections held, {:?} after they opened", opened.elapsed());
+
+    // server_timeout (3 s) passes: the agent closes every one (EOF or reset on our side).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut open = idle.len();
+    while open > 0 && Instant::now() < deadline {
+        open = 0;
+        for tcp in &mut idle {
+            tcp.set_nonblocking(true).unwrap();
+            let mut byte = [0u8; 1];
+            match tcp.read(&mut byte) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(open, 0, "connections still open {:?} after they opened", opened.elapsed());
+    println!("every idle connection closed by the agent within {:?}", opened.elapsed());
+    assert_eq!(request(local, "/ready", "localhost", None).0, 200);
+}
