@@ -1,11 +1,21 @@
 //! `datadog.api.v1.AgentSecure`: the tagger and workloadmeta rpcs, with bearer-token auth.
 //!
-//! Streams: the initial snapshot is split into responses of at most half the message-size
-//! limit; an empty response is a keep-alive after 9 minutes without traffic. Each stream feeds a
-//! bounded queue to its client; a client that does not keep up has its stream ended with
-//! `RESOURCE_EXHAUSTED` (it reconnects and gets a fresh snapshot): the store and the tagger never
-//! wait for it.
+//! Streams: each one's task reads its source (the tag store's changes, a store subscription)
+//! as fast as they come, so the store and the tagger never wait for a client, and keeps what the
+//! client is owed as a backlog with one entry per entity (the latest change wins: a burst of
+//! changes to one container is one event). It sends that backlog as batched responses of at
+//! most half the message-size limit whenever the client's connection takes them (a few
+//! responses queue there). A client that reads at a normal pace is never cut off by a burst: the
+//! backlog is bounded by the number of entities, not of changes. A client that takes no response
+//! for 5 s while it is owed some (the store's own lag grace) is cut off with
+//! `RESOURCE_EXHAUSTED`, and reconnects for a fresh snapshot. An entity too large for a response
+//! is logged once and sent trimmed (its labels, env and annotations dropped; tags over 4 KiB
+//! dropped), or skipped if still too large: it never fails anyone's snapshot. The first
+//! responses are the snapshot (the workloadmeta one marked complete on its last); an empty
+//! response is a keep-alive after 9 minutes without traffic.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +26,7 @@ use tagger::{TagCardinality, TagEventKind, Tagger, TaggerEntityId};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
-use wm_core::{CancellationToken, EventType, EventTypeFilter, Filter, Source, SubscriberPriority};
+use wm_core::{CancellationToken, Entity, EventType, EventTypeFilter, Filter, Source, SubscriberPriority};
 use wm_ipc::MAX_MESSAGE_SIZE;
 use wm_ipc::convert;
 use wm_ipc::proto::api::v1::agent_secure_server::AgentSecure;
@@ -25,8 +35,16 @@ use wm_ipc::proto::workloadmeta as wmpb;
 use wm_store::Store;
 /// Quiet time after which a stream sends an empty keep-alive response.
 pub const KEEPALIVE: Duration = Duration::from_secs(9 * 60);
-/// Responses queued per client before it counts as not keeping up.
-const CLIENT_QUEUE: usize = 64;
+/// Responses queued on a client's connection (each up to half the message-size limit).
+const CLIENT_QUEUE: usize = 4;
+/// How long a client owed responses may take none before it is cut off.
+pub const LAG_GRACE: Duration = Duration::from_secs(5);
+/// Backlog entries turned into responses at a time.
+const FLUSH_BATCH: usize = 1024;
+/// A tag longer than this is dropped from an entity too large for a response.
+const MAX_TAG_LEN: usize = 4096;
+/// Entities remembered as logged for being too large (bounded).
+const MAX_REPORTED: usize = 1024;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -152,46 +170,138 @@ fn matches_prefix(entity: &str, prefixes: &[String]) -> bool {
     TaggerEntityId::parse(entity).has_prefix_in(prefixes)
 }
 
-/// The sending side of one client's stream: a bounded queue, and the reason the stream ended
-/// early, delivered after what was queued.
-struct Outbox<T> {
-    tx: mpsc::Sender<Result<T, Status>>,
-    ended: Option<tokio::sync::oneshot::Sender<Status>>,
+/// What a stream owes its client: the latest change of each entity, in order of first arrival.
+struct Backlog<K, V> {
+    order: VecDeque<K>,
+    latest: HashMap<K, V>,
 }
 
-impl<T: Send + 'static> Outbox<T> {
-    fn new() -> (Self, ResponseStream<T>) {
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        let (ended, reason) = tokio::sync::oneshot::channel::<Status>();
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .chain(futures::stream::once(reason).filter_map(|r| futures::future::ready(r.ok().map(Err))));
-        (Self { tx, ended: Some(ended) }, Box::pin(stream))
+impl<K: Hash + Eq + Clone, V> Backlog<K, V> {
+    fn new() -> Self {
+        Self { order: VecDeque::new(), latest: HashMap::new() }
     }
 
-    /// Queues a response; `false` when the client is gone or does not keep up (its stream then
-    /// ends with `RESOURCE_EXHAUSTED` after what was queued).
-    fn offer(&mut self, item: T) -> bool {
-        match self.tx.try_send(Ok(item)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!("a stream client did not keep up; its stream is ended");
-                self.end(Status::resource_exhausted("the client does not keep up; reconnect"));
-                false
+    /// Adds a change; an entity already owed keeps its place and gets `merge(old, new)`.
+    fn push(&mut self, key: K, value: V, merge: fn(V, V) -> V) {
+        match self.latest.remove(&key) {
+            Some(old) => {
+                self.latest.insert(key, merge(old, value));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            None => {
+                self.order.push_back(key.clone());
+                self.latest.insert(key, value);
+            }
         }
     }
 
-    /// Ends the stream with `status`, after what was queued.
-    fn end(&mut self, status: Status) {
-        if let Some(ended) = self.ended.take() {
-            let _ = ended.send(status);
+    /// The first `n` entries owed.
+    fn take(&mut self, n: usize) -> Vec<V> {
+        let mut out = Vec::with_capacity(n.min(self.order.len()));
+        while out.len() < n {
+            let Some(key) = self.order.pop_front() else { break };
+            out.extend(self.latest.remove(&key));
         }
+        out
     }
 
-    async fn closed(&self) {
-        self.tx.closed().await;
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// Says once per entity (bounded) that it was too large for a response.
+#[derive(Default)]
+struct Oversized(HashSet<String>);
+
+impl Oversized {
+    fn report(&mut self, entity: &str, size: usize, trimmed_to: Option<usize>) {
+        if self.0.len() >= MAX_REPORTED {
+            self.0.clear();
+        }
+        if self.0.insert(entity.to_owned()) {
+            match trimmed_to {
+                Some(trimmed) => {
+                    tracing::warn!(entity, size, trimmed, "an entity too large for a stream response is sent trimmed")
+                }
+                None => tracing::warn!(entity, size, "an entity too large for a stream response is skipped"),
+            }
+        }
+    }
+}
+
+/// The entity without what can make it huge: labels, env, annotations, tags.
+fn trimmed(entity: &Entity) -> Entity {
+    match entity {
+        Entity::Container(c) => {
+            let mut c = (**c).clone();
+            c.labels = Default::default();
+            c.env = Default::default();
+            Entity::from(c)
+        }
+        Entity::KubernetesPod(p) => {
+            let mut p = (**p).clone();
+            p.labels = Default::default();
+            p.annotations = Default::default();
+            p.namespace_labels = Default::default();
+            p.namespace_annotations = Default::default();
+            Entity::from(p)
+        }
+        Entity::EcsTask(t) => {
+            let mut t = (**t).clone();
+            t.tags = Default::default();
+            t.container_instance_tags = Default::default();
+            Entity::from(t)
+        }
+        Entity::KubernetesMetadata(m) => {
+            let mut m = (**m).clone();
+            m.labels = Default::default();
+            m.annotations = Default::default();
+            Entity::from(m)
+        }
+    }
+}
+
+/// The wire event of a workloadmeta change, trimmed (or `None`) when too large for a response.
+fn fitting_event(
+    set: bool,
+    entity: &Entity,
+    limit: usize,
+    oversized: &mut Oversized,
+) -> Option<wmpb::WorkloadmetaEvent> {
+    let event = convert::event(set, entity)?;
+    let size = event.encoded_len();
+    if size <= limit {
+        return Some(event);
+    }
+    let small = convert::event(set, &trimmed(entity))?;
+    let fits = small.encoded_len() <= limit;
+    oversized.report(&entity.id().to_string(), size, fits.then(|| small.encoded_len()));
+    fits.then_some(small)
+}
+
+/// A tagger wire entity, its over-long tags dropped (or `None`) when too large for a response.
+fn fitting_entity(entity: model::Entity, limit: usize, oversized: &mut Oversized) -> Option<model::Entity> {
+    let size = entity.encoded_len();
+    if size <= limit {
+        return Some(entity);
+    }
+    let name = entity.id.as_ref().map(|id| format!("{}://{}", id.prefix, id.uid)).unwrap_or_default();
+    let mut small = entity;
+    for tags in [
+        &mut small.low_cardinality_tags,
+        &mut small.orchestrator_cardinality_tags,
+        &mut small.high_cardinality_tags,
+        &mut small.standard_tags,
+    ] {
+        tags.retain(|t| t.len() <= MAX_TAG_LEN);
+    }
+    let fits = small.encoded_len() <= limit;
+    oversized.report(&name, size, fits.then(|| small.encoded_len()));
+    fits.then_some(small)
 }
 
 #[tonic::async_trait]
@@ -216,32 +326,41 @@ impl AgentSecure for AgentApi {
                 None => Some((Err(Status::resource_exhausted("the stream fell behind; reconnect")), None)),
             }
         });
-        let mut first = true;
-        let respond = move |batch: Vec<tagger::TagEvent>| {
-            let events: Vec<model::StreamTagsEvent> = batch
+        let key = move |e: tagger::TagEvent| {
+            matches_prefix(&e.entity, &prefixes).then(|| (e.entity.clone(), (e.entity, e.kind)))
+        };
+        // An entity added and then changed before the client heard of it is still new to it.
+        let merge = |old: (String, TagEventKind), new: (String, TagEventKind)| match (old.1, new.1) {
+            (TagEventKind::Added, TagEventKind::Modified) => old,
+            _ => new,
+        };
+        let mut oversized = Oversized::default();
+        let respond = move |owed: Vec<(String, TagEventKind)>, snapshot_done: bool| {
+            let events: Vec<model::StreamTagsEvent> = owed
                 .into_iter()
-                .filter(|e| matches_prefix(&e.entity, &prefixes))
-                .map(|e| {
-                    let kind = match e.kind {
+                .filter_map(|(entity, kind)| {
+                    let deleted = kind == TagEventKind::Deleted;
+                    let wire = wire_entity(&tagger, &entity, cardinality, deleted);
+                    let wire = fitting_entity(wire, MAX_MESSAGE_SIZE / 2, &mut oversized)?;
+                    let kind = match kind {
                         TagEventKind::Added => model::EventType::Added,
                         TagEventKind::Modified => model::EventType::Modified,
                         TagEventKind::Deleted => model::EventType::Deleted,
                     };
-                    let deleted = e.kind == TagEventKind::Deleted;
-                    model::StreamTagsEvent {
-                        r#type: kind as i32,
-                        entity: Some(wire_entity(&tagger, &e.entity, cardinality, deleted)),
-                    }
+                    Some(model::StreamTagsEvent { r#type: kind as i32, entity: Some(wire) })
                 })
                 .collect();
-            // The first response is the snapshot, sent even when empty.
-            if events.is_empty() && !std::mem::take(&mut first) {
-                return Vec::new();
+            let mut responses: Vec<model::StreamTagsResponse> = chunk(events, MAX_MESSAGE_SIZE / 2)
+                .into_iter()
+                .map(|events| model::StreamTagsResponse { events })
+                .collect();
+            // The snapshot is sent even when empty.
+            if snapshot_done && responses.is_empty() {
+                responses.push(model::StreamTagsResponse::default());
             }
-            first = false;
-            chunk(events, MAX_MESSAGE_SIZE / 2).into_iter().map(|events| model::StreamTagsResponse { events }).collect()
+            responses
         };
-        Ok(Response::new(self.stream(source, respond)))
+        Ok(Response::new(self.stream(source, key, merge, respond)))
     }
 
     async fn tagger_generate_container_id_from_origin_info(
@@ -289,29 +408,35 @@ impl AgentSecure for AgentApi {
         &self,
         request: Request<wmpb::WorkloadmetaStreamRequest>,
     ) -> Result<Response<Self::WorkloadmetaStreamEntitiesStream>, Status> {
+        let peer = request.remote_addr().map_or_else(|| "unknown peer".to_owned(), |a| a.to_string());
         let filter = workloadmeta_filter(request.into_inner().filter.unwrap_or_default())?;
-        let subscription = self.store.subscribe("remote-workloadmeta", SubscriberPriority::Normal, filter);
-        // A subscriber cut off for lagging gets the reason; the store's end is the agent's.
+        let name = format!("remote-workloadmeta {peer}");
+        let subscription = self.store.subscribe(&name, SubscriberPriority::Normal, filter);
+        // A subscriber cut off for lagging gets the reason; the store's end is the agent's. Each
+        // bundle is taken apart at once: acknowledged as soon as it is read, a slow client never
+        // holds the store's loop.
         let source = futures::stream::unfold(Some(subscription), |subscription| async move {
             let mut subscription = subscription?;
             match subscription.recv().await? {
-                Ok(bundle) => Some((Ok(bundle), Some(subscription))),
+                Ok(bundle) => {
+                    let changes: Vec<(bool, Entity)> =
+                        bundle.events.iter().map(|e| (e.event_type == EventType::Set, e.entity.clone())).collect();
+                    Some((Ok(changes), Some(subscription)))
+                }
                 Err(e) => Some((Err(Status::resource_exhausted(format!("{e}; reconnect"))), None)),
             }
         });
-        let mut first = true;
-        let respond = move |bundle: wm_store::EventBundle| {
-            let events: Vec<wmpb::WorkloadmetaEvent> = bundle
-                .events
+        let key = |(set, entity): (bool, Entity)| Some((entity.id(), (set, entity)));
+        let merge = |_old: (bool, Entity), new: (bool, Entity)| new;
+        let mut oversized = Oversized::default();
+        let respond = move |owed: Vec<(bool, Entity)>, snapshot_done: bool| {
+            let events: Vec<wmpb::WorkloadmetaEvent> = owed
                 .iter()
-                .filter_map(|e| convert::event(e.event_type == EventType::Set, &e.entity))
+                .filter_map(|(set, entity)| fitting_event(*set, entity, MAX_MESSAGE_SIZE / 2, &mut oversized))
                 .collect();
-            // Acknowledged once converted: a slow client never holds the store's loop.
-            drop(bundle);
             let mut chunks = chunk(events, MAX_MESSAGE_SIZE / 2);
             // The snapshot is marked complete on its last response, sent even when empty.
-            let snapshot = std::mem::take(&mut first);
-            if snapshot && chunks.is_empty() {
+            if snapshot_done && chunks.is_empty() {
                 chunks.push(Vec::new());
             }
             let last = chunks.len().saturating_sub(1);
@@ -320,55 +445,112 @@ impl AgentSecure for AgentApi {
                 .enumerate()
                 .map(|(i, events)| wmpb::WorkloadmetaStreamResponse {
                     events,
-                    initial_snapshot_complete: snapshot && i == last,
+                    initial_snapshot_complete: snapshot_done && i == last,
                 })
                 .collect()
         };
-        Ok(Response::new(self.stream(source, respond)))
+        Ok(Response::new(self.stream(source, key, merge, respond)))
     }
 }
 
 impl AgentApi {
-    /// One client's stream: a task of the agent's feeds it the responses `respond` makes of each
-    /// item of `source` (an `Err` item ends the stream with that status, after what was queued),
-    /// an empty keep-alive response when quiet, and `UNAVAILABLE` when the source ends or the
-    /// agent shuts down. The task ends when the client goes or does not keep up.
-    fn stream<I, T>(
+    /// One client's stream, fed by a task of the agent's (module docs): each item of `source` is
+    /// a batch of changes, `key` keys each (or drops it), `merge` folds two changes of one
+    /// entity, `respond` turns owed changes into responses (`snapshot_done`: these end the
+    /// snapshot). An `Err` item ends the stream with that status once what is owed is sent; so
+    /// do the source's end and the agent's shutdown (`UNAVAILABLE`). The task ends when the
+    /// client goes or is cut off.
+    fn stream<I, K, V, T>(
         &self,
-        source: impl Stream<Item = Result<I, Status>> + Send + 'static,
-        mut respond: impl FnMut(I) -> Vec<T> + Send + 'static,
+        source: impl Stream<Item = Result<Vec<I>, Status>> + Send + 'static,
+        key: impl Fn(I) -> Option<(K, V)> + Send + 'static,
+        merge: fn(V, V) -> V,
+        mut respond: impl FnMut(Vec<V>, bool) -> Vec<T> + Send + 'static,
     ) -> ResponseStream<T>
     where
         I: Send + 'static,
+        K: Hash + Eq + Clone + Send + 'static,
+        V: Send + 'static,
         T: Default + Send + 'static,
     {
-        let (mut out, stream) = Outbox::new();
+        let (tx, rx) = mpsc::channel::<Result<T, Status>>(CLIENT_QUEUE);
+        let (ended, reason) = tokio::sync::oneshot::channel::<Status>();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .chain(futures::stream::once(reason).filter_map(|r| futures::future::ready(r.ok().map(Err))));
         let (keepalive, cancel) = (self.keepalive, self.cancel.clone());
         self.tasks.spawn(async move {
+            let end = |status: Status| {
+                let _ = ended.send(status);
+            };
             let mut source = std::pin::pin!(source);
+            let mut backlog: Backlog<K, V> = Backlog::new();
+            let mut ready: VecDeque<T> = VecDeque::new();
+            // The snapshot: the first item's entries, counted down as they are sent (later
+            // changes to them merge in place, new entities queue after them).
+            let mut snapshot_left: Option<usize> = None;
+            let mut snapshot_sent = false;
+            let mut ending: Option<Status> = None;
+            let mut progress = tokio::time::Instant::now();
+            let quiet = tokio::time::sleep(keepalive);
+            tokio::pin!(quiet);
             loop {
-                let item = tokio::select! {
-                    item = source.next() => item,
-                    () = out.closed() => return,
-                    () = cancel.cancelled() => None,
-                    () = tokio::time::sleep(keepalive) => {
-                        if out.offer(T::default()) { continue } else { return }
-                    }
-                };
-                match item {
-                    Some(Ok(item)) => {
-                        for response in respond(item) {
-                            if !out.offer(response) {
-                                return;
-                            }
+                if ready.is_empty() && snapshot_left.is_some() && (!backlog.is_empty() || !snapshot_sent) {
+                    let (owed, snapshot_done) = match &mut snapshot_left {
+                        Some(left) if !snapshot_sent => {
+                            let owed = backlog.take(FLUSH_BATCH.min(*left));
+                            *left -= owed.len().min(*left);
+                            (owed, *left == 0 || backlog.is_empty())
                         }
+                        _ => (backlog.take(FLUSH_BATCH), false),
+                    };
+                    ready.extend(respond(owed, snapshot_done));
+                    snapshot_sent |= snapshot_done;
+                }
+                let owing = !ready.is_empty();
+                if !owing {
+                    if let Some(status) = ending.take() {
+                        return end(status);
                     }
-                    Some(Err(status)) => return out.end(status),
-                    None => return out.end(Status::unavailable("the agent is shutting down")),
+                    progress = tokio::time::Instant::now();
+                }
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return end(Status::unavailable("the agent is shutting down")),
+                    () = tx.closed() => return,
+                    permit = tx.reserve(), if owing => match permit {
+                        Ok(permit) => {
+                            if let Some(response) = ready.pop_front() {
+                                permit.send(Ok(response));
+                            }
+                            progress = tokio::time::Instant::now();
+                            quiet.as_mut().reset(progress + keepalive);
+                        }
+                        Err(_) => return,
+                    },
+                    item = source.next(), if ending.is_none() => match item {
+                        Some(Ok(changes)) => {
+                            for change in changes {
+                                if let Some((k, v)) = key(change) {
+                                    backlog.push(k, v, merge);
+                                }
+                            }
+                            snapshot_left.get_or_insert(backlog.len());
+                        }
+                        Some(Err(status)) => ending = Some(status),
+                        None => ending = Some(Status::unavailable("the agent is shutting down")),
+                    },
+                    () = tokio::time::sleep_until(progress + LAG_GRACE), if owing => {
+                        tracing::warn!("a stream client took nothing for {LAG_GRACE:?} while owed changes; its stream is ended");
+                        return end(Status::resource_exhausted("the client does not keep up; reconnect"));
+                    }
+                    () = &mut quiet, if !owing => {
+                        ready.push_back(T::default());
+                        quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
+                    }
                 }
             }
         });
-        stream
+        Box::pin(stream)
     }
 }
 

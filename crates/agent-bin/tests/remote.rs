@@ -1,6 +1,8 @@
 //! The gRPC API end to end, in process: a live agent (TLS, bearer token) whose store is fed
 //! directly, the remote-tagger client and the remote-workloadmeta collector following it, a
-//! server restart in the middle, and calls refused without the right token.
+//! server restart in the middle, calls refused without the right token, a burst that a reading
+//! client takes in full, a client that stops reading cut off, and an entity too large for a
+//! response that breaks nobody's snapshot.
 
 #![cfg(feature = "remote")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -139,7 +141,9 @@ async fn a_stream_client_that_does_not_read_is_cut_off_and_the_store_goes_on() {
     assert_eq!(agent.store.list_containers().len(), 10_000);
     assert!(agent.store.health().store_alive);
     println!("10,000 sets in 400 batches with an unread stream open: {:?}", started.elapsed());
-    // Now reading: what was queued, then the end of the stream, with the reason.
+    // Still not reading past the lag grace: cut off. Reading now: what was queued, then the
+    // end of the stream, with the reason.
+    tokio::time::sleep(agent_bin::grpc::LAG_GRACE + std::time::Duration::from_secs(1)).await;
     let mut received = 0;
     let status = loop {
         match stream.message().await {
@@ -190,5 +194,118 @@ async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api(
     assert!(refused.to_string().contains("flavor-light"), "{refused}");
     assert_eq!(light.stop().await.tasks_left, 0);
     assert_eq!(upstream.stop().await.tasks_left, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads a tagger stream until `done` holds for the entities seen Added (or Modified) so far.
+async fn read_tags_until(
+    stream: &mut tonic::Streaming<model::StreamTagsResponse>,
+    seen: &mut std::collections::BTreeSet<String>,
+    done: impl Fn(&std::collections::BTreeSet<String>) -> bool,
+) {
+    while !done(seen) {
+        let response = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream went quiet")
+            .expect("the stream ended with an error")
+            .expect("the stream ended");
+        for event in response.events {
+            let id = event.entity.and_then(|e| e.id).map(|id| id.uid).unwrap_or_default();
+            if event.r#type != model::EventType::Deleted as i32 {
+                seen.insert(id);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_client_takes_a_burst_of_a_thousand_containers_in_full_and_stays_connected() {
+    let dir = temp_dir("burst");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let agent = start(&config).await;
+    let mut client = remote(&config, grpc, None).connect().await.unwrap();
+    let request = model::StreamTagsRequest { cardinality: model::TagCardinality::High as i32, ..Default::default() };
+    let mut tags = client.tagger_stream_entities(request).await.unwrap().into_inner();
+    let mut wm = client
+        .workloadmeta_stream_entities(wm_ipc::proto::workloadmeta::WorkloadmetaStreamRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // 1,000 containers, each its own batch (as a rollout's creates come), all at once.
+    for i in 0..1000 {
+        set(&agent, vec![big_container(&format!("burst-{i:04}"))]).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    read_tags_until(&mut tags, &mut seen, |s| s.len() >= 1000).await;
+    assert_eq!(seen.len(), 1000);
+    let mut stored = std::collections::BTreeSet::new();
+    while stored.len() < 1000 {
+        let response =
+            tokio::time::timeout(std::time::Duration::from_secs(20), wm.message()).await.unwrap().unwrap().unwrap();
+        for event in response.events {
+            stored.extend(event.container.and_then(|c| c.entity_id).map(|id| id.id));
+        }
+    }
+    // Both streams are still open: one more container arrives on each.
+    set(&agent, vec![container("after", "core")]).await;
+    read_tags_until(&mut tags, &mut seen, |s| s.contains("after")).await;
+    loop {
+        let response =
+            tokio::time::timeout(std::time::Duration::from_secs(20), wm.message()).await.unwrap().unwrap().unwrap();
+        if response
+            .events
+            .iter()
+            .any(|e| e.container.as_ref().and_then(|c| c.entity_id.as_ref()).is_some_and(|id| id.id == "after"))
+        {
+            break;
+        }
+    }
+    println!("a reading client took 1,000 containers made at once on both streams, and stayed connected");
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_too_large_for_a_response_breaks_no_snapshot() {
+    let dir = temp_dir("oversized");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let agent = start(&config).await;
+    // A label of 3 MiB: over half the 4 MiB message limit, and a tag of it (team is a tag).
+    let huge = "x".repeat(3 << 20);
+    set(&agent, vec![container("small", "core"), container("huge", &huge)]).await;
+    eventually("tags", || !agent.tagger.tag("container_id://huge", TagCardinality::Low).is_empty()).await;
+    for _ in 0..2 {
+        let mut client = remote(&config, grpc, None).connect().await.unwrap();
+        let mut wm = client
+            .workloadmeta_stream_entities(wm_ipc::proto::workloadmeta::WorkloadmetaStreamRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ids = Vec::new();
+        loop {
+            let response = wm.message().await.unwrap().unwrap();
+            for event in &response.events {
+                let c = event.container.as_ref().unwrap();
+                if c.entity_id.as_ref().unwrap().id == "huge" {
+                    assert!(c.entity_meta.as_ref().unwrap().labels.is_empty(), "sent trimmed");
+                }
+                ids.push(c.entity_id.as_ref().unwrap().id.clone());
+            }
+            if response.initial_snapshot_complete {
+                break;
+            }
+        }
+        ids.sort();
+        assert_eq!(ids, ["huge", "small"]);
+        let mut tags = client.tagger_stream_entities(model::StreamTagsRequest::default()).await.unwrap().into_inner();
+        let snapshot = tags.message().await.unwrap().unwrap();
+        let entities: Vec<_> = snapshot.events.iter().filter_map(|e| e.entity.as_ref()).collect();
+        assert_eq!(entities.len(), 2, "both in the tagger snapshot");
+        let huge_tags = entities.iter().find(|e| e.id.as_ref().unwrap().uid == "huge").unwrap();
+        assert!(huge_tags.low_cardinality_tags.iter().all(|t| t.len() <= 4096), "the huge tag was dropped");
+    }
+    agent.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
