@@ -167,6 +167,12 @@ pub struct IpcConfig {
     /// `ipc_max_connections` (default 4096): open connections per API port at most (lowered to
     /// fit the file-descriptor limit).
     pub ipc_max_connections: usize,
+    /// `container_proc_root` (Datadog's key, default `/proc`; `/host/proc` when the agent runs
+    /// in a container): where origin detection reads a process's cgroup.
+    pub container_proc_root: PathBuf,
+    /// `container_cgroup_root` (Datadog's key, default `/sys/fs/cgroup`): where origin detection
+    /// finds the cgroup v2 hierarchy whose inodes identify containers.
+    pub container_cgroup_root: PathBuf,
     /// `auth_token_file_path`: the bearer token file (default `auth_token` beside the config
     /// file); created 0600 at first start.
     pub auth_token_file_path: Option<PathBuf>,
@@ -185,6 +191,8 @@ impl Default for IpcConfig {
             metrics_public: false,
             server_timeout: Seconds(30),
             ipc_max_connections: 4096,
+            container_proc_root: PathBuf::from("/proc"),
+            container_cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             auth_token_file_path: None,
             ipc_cert_file_path: None,
         }

@@ -87,6 +87,26 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
+/// Where origin detection reads the host: processes' cgroups and the cgroup v2 inodes.
+#[derive(Debug)]
+pub struct OriginReader {
+    proc_root: std::path::PathBuf,
+    inodes: tagger::origin::CgroupInodes,
+}
+
+impl OriginReader {
+    /// Reads `<proc_root>/<pid>/cgroup` and the cgroup v2 hierarchy under `cgroup_root`.
+    pub fn new(proc_root: &std::path::Path, cgroup_root: &std::path::Path) -> Self {
+        Self { proc_root: proc_root.to_owned(), inodes: tagger::origin::CgroupInodes::new(cgroup_root) }
+    }
+
+    /// The container of process `pid` (blocking: file reads).
+    fn by_pid(&self, pid: u32) -> Option<String> {
+        let cgroup = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        tagger::origin::container_id_from_proc_cgroup(&cgroup, &[]).map(str::to_owned)
+    }
+}
+
 /// The service.
 #[derive(Clone, Debug)]
 pub struct AgentApi {
@@ -95,6 +115,7 @@ pub struct AgentApi {
     keepalive: Duration,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    origin: Arc<OriginReader>,
 }
 
 impl AgentApi {
@@ -102,7 +123,15 @@ impl AgentApi {
     /// (`UNAVAILABLE`) once `cancel` is cancelled, so a shutdown never leaves a client on a
     /// stream that no longer changes, and the agent can await them all.
     pub fn new(store: Store, tagger: Arc<Tagger>, cancel: CancellationToken, tasks: TaskTracker) -> Self {
-        Self { store, tagger, keepalive: KEEPALIVE, cancel, tasks }
+        let origin = Arc::new(OriginReader::new(std::path::Path::new("/proc"), std::path::Path::new("/sys/fs/cgroup")));
+        Self { store, tagger, keepalive: KEEPALIVE, cancel, tasks, origin }
+    }
+
+    /// Reads processes and cgroups through `origin` (`container_proc_root`,
+    /// `container_cgroup_root`).
+    pub fn with_origin(mut self, origin: OriginReader) -> Self {
+        self.origin = Arc::new(origin);
+        self
     }
 
     /// Sets the keep-alive period (tests).
@@ -382,11 +411,18 @@ impl AgentSecure for AgentApi {
             };
             id = tagger::origin::container_id_from_external_data(&self.store, &data);
         }
+        // File reads, off the async threads.
         if id.is_none()
             && let Some(pid) = local.process_id.filter(|p| *p > 0)
-            && let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         {
-            id = tagger::origin::container_id_from_proc_cgroup(&cgroup, &[]).map(str::to_owned);
+            let origin = self.origin.clone();
+            id = tokio::task::spawn_blocking(move || origin.by_pid(pid)).await.ok().flatten();
+        }
+        if id.is_none()
+            && let Some(inode) = local.inode.filter(|i| *i > 0)
+        {
+            let origin = self.origin.clone();
+            id = tokio::task::spawn_blocking(move || origin.inodes.container_id(inode)).await.ok().flatten();
         }
         Ok(Response::new(model::GenerateContainerIdFromOriginInfoResponse { container_id: id.unwrap_or_default() }))
     }

@@ -24,7 +24,7 @@ use crate::backend::Local;
 use crate::collectors::{self, Catalog};
 use crate::config::AgentConfig;
 use crate::conn::{self, Limits, accept_loop};
-use crate::grpc::{AgentApi, BearerAuth};
+use crate::grpc::{AgentApi, BearerAuth, OriginReader};
 use crate::http::{Guard, HttpState};
 use crate::security;
 
@@ -188,7 +188,9 @@ async fn serve_grpc(
     let acceptor = tls_acceptor(&cert).context("TLS setup of the gRPC API")?;
     let listener = listen(&config.ipc.cmd_host, config.ipc.cmd_port.get(), "cmd_host/cmd_port").await?;
     let address = listener.local_addr()?;
-    let api = AgentSecureServer::new(AgentApi::new(store.clone(), tagger.clone(), cancel.clone(), tasks.clone()))
+    let origin = OriginReader::new(&config.ipc.container_proc_root, &config.ipc.container_cgroup_root);
+    let service = AgentApi::new(store.clone(), tagger.clone(), cancel.clone(), tasks.clone()).with_origin(origin);
+    let api = AgentSecureServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let api = tonic::service::interceptor::InterceptedService::new(api, BearerAuth::new(token));

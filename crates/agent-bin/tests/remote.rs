@@ -309,3 +309,52 @@ async fn an_entity_too_large_for_a_response_breaks_no_snapshot() {
     agent.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_by_pid_reads_container_proc_root_and_by_inode_the_cgroup_v2_tree() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = temp_dir("origin");
+    let (grpc, http) = (free_port(), free_port());
+    // A host as the agent sees it from inside its own container: /host/proc, /host/sys/fs/cgroup.
+    let (by_pid, by_inode) = ("1".repeat(64), "2".repeat(64));
+    let proc_root = dir.join("host/proc");
+    std::fs::create_dir_all(proc_root.join("4242")).unwrap();
+    std::fs::write(proc_root.join("4242/cgroup"), format!("0::/system.slice/docker-{by_pid}.scope\n")).unwrap();
+    let cgroup_root = dir.join("host/sys/fs/cgroup");
+    let container_dir = cgroup_root.join(format!("kubepods/besteffort/pod-x/{by_inode}"));
+    std::fs::create_dir_all(&container_dir).unwrap();
+    std::fs::write(cgroup_root.join("cgroup.controllers"), "cpu\n").unwrap();
+    let inode = std::fs::metadata(&container_dir).unwrap().ino();
+    let yaml = format!(
+        "cmd_port: {grpc}\nhealth_port: {http}\ncontainer_proc_root: {}\ncontainer_cgroup_root: {}\n",
+        proc_root.display(),
+        cgroup_root.display()
+    );
+    std::fs::write(dir.join("agent.yaml"), yaml).unwrap();
+    let config = agent_bin::config::AgentConfig::load(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
+    let agent = start(&config).await;
+    let mut client = remote(&config, grpc, None).connect().await.unwrap();
+    let ask = |pid: Option<u32>, inode: Option<u64>| model::GenerateContainerIdFromOriginInfoRequest {
+        local_data: Some(model::generate_container_id_from_origin_info_request::LocalData {
+            process_id: pid,
+            inode,
+            ..Default::default()
+        }),
+        external_data: None,
+    };
+    let answer = |r: tonic::Response<model::GenerateContainerIdFromOriginInfoResponse>| r.into_inner().container_id;
+    assert_eq!(
+        answer(client.tagger_generate_container_id_from_origin_info(ask(Some(4242), None)).await.unwrap()),
+        by_pid
+    );
+    assert_eq!(
+        answer(client.tagger_generate_container_id_from_origin_info(ask(None, Some(inode))).await.unwrap()),
+        by_inode
+    );
+    assert_eq!(
+        answer(client.tagger_generate_container_id_from_origin_info(ask(Some(9999), Some(1))).await.unwrap()),
+        ""
+    );
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

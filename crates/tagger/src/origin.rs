@@ -152,9 +152,110 @@ pub fn container_id_from_external_data(reader: &dyn wm_core::StoreReader, data: 
     list.iter().find(|c| c.name == name && !c.id.is_empty()).map(|c| c.id.clone())
 }
 
+/// Container ids by the inode of their cgroup directory, read from a cgroup v2 hierarchy: what
+/// answers Datadog's `in-<inode>` origin (a client in a container that cannot read its own id
+/// sends the inode of its cgroup). Filesystem reads: call it off the async threads.
+#[derive(Debug)]
+pub struct CgroupInodes {
+    root: Option<std::path::PathBuf>,
+    state: std::sync::Mutex<InodeState>,
+}
+
+#[derive(Debug, Default)]
+struct InodeState {
+    ids: std::collections::HashMap<u64, String>,
+    scanned: Option<std::time::Instant>,
+}
+
+/// How deep a cgroup tree is walked (kubepods/<qos>/pod<uid>/<id> is four).
+const MAX_CGROUP_DEPTH: usize = 8;
+/// A missed inode rescans the tree at most this often.
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl CgroupInodes {
+    /// The cgroup v2 hierarchy under `cgroup_root` (`container_cgroup_root`): the root itself
+    /// when it is one (`cgroup.controllers` there), else its `unified` mount (hybrid hosts);
+    /// none on a host without cgroup v2 (every lookup then answers `None`).
+    pub fn new(cgroup_root: &std::path::Path) -> Self {
+        let root = [cgroup_root.to_path_buf(), cgroup_root.join("unified")]
+            .into_iter()
+            .find(|dir| dir.join("cgroup.controllers").exists());
+        Self { root, state: std::sync::Mutex::new(InodeState::default()) }
+    }
+
+    /// The hierarchy read, if the host has one.
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self.root.as_deref()
+    }
+
+    /// The container whose cgroup directory has `inode`; rescans the tree on a miss (at most
+    /// once a second).
+    pub fn container_id(&self, inode: u64) -> Option<String> {
+        let root = self.root.as_ref()?;
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(id) = state.ids.get(&inode) {
+            return Some(id.clone());
+        }
+        if state.scanned.is_some_and(|at| at.elapsed() < RESCAN_EVERY) {
+            return None;
+        }
+        let mut ids = std::collections::HashMap::new();
+        scan(root, root, 0, &mut ids);
+        state.ids = ids;
+        state.scanned = Some(std::time::Instant::now());
+        state.ids.get(&inode).cloned()
+    }
+}
+
+fn scan(root: &std::path::Path, dir: &std::path::Path, depth: usize, ids: &mut std::collections::HashMap<u64, String>) {
+    use std::os::unix::fs::MetadataExt;
+    if depth > MAX_CGROUP_DEPTH {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
+        if !kind.is_dir() {
+            continue;
+        }
+        let path = entry.path();
+        if let (Ok(meta), Ok(relative)) = (entry.metadata(), path.strip_prefix(root))
+            && let Some(id) = container_id_from_cgroup_path(&format!("/{}", relative.display()), &[])
+        {
+            ids.insert(meta.ino(), id.to_owned());
+        }
+        scan(root, &path, depth + 1, ids);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_inode_names_the_container_whose_directory_it_is() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("wm-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let id = "a".repeat(64);
+        let dir = root.join(format!("kubepods/burstable/pod1234/{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let late = root.join(format!("system.slice/docker-{}.scope", "b".repeat(64)));
+        let inodes = CgroupInodes::new(&root);
+        assert_eq!(inodes.root(), Some(root.as_path()));
+        let inode = std::fs::metadata(&dir).unwrap().ino();
+        assert_eq!(inodes.container_id(inode).as_deref(), Some(id.as_str()));
+        let pod = std::fs::metadata(root.join("kubepods/burstable/pod1234")).unwrap().ino();
+        assert_eq!(inodes.container_id(pod), None, "a pod's cgroup is no container");
+        // A container that appears later is found by the rescan a miss triggers (once a second).
+        std::fs::create_dir_all(&late).unwrap();
+        std::thread::sleep(RESCAN_EVERY);
+        let late_inode = std::fs::metadata(&late).unwrap().ino();
+        assert_eq!(inodes.container_id(late_inode), Some("b".repeat(64)));
+        assert_eq!(CgroupInodes::new(&root.join("missing")).container_id(inode), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
