@@ -3,6 +3,10 @@
 //! stream that delivered), replaces its replica with each new stream's first response (so what
 //! vanished while it was away is gone), applies the changes that follow, and answers
 //! [`RemoteTagger::tag`] locally. `flavor-light` serves it on its HTTP API.
+//!
+//! It is ready only while a stream is up (its tags may be stale otherwise), and says why not.
+//! Refused as `Unauthenticated`, it reads the token file again (the upstream made a new token)
+//! and retries at once when the token changed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -45,6 +49,10 @@ pub struct RemoteTagger {
     replica: RwLock<HashMap<String, Arc<ReplicaTags>>>,
     /// Streams opened so far (each one replaced the replica).
     streams: std::sync::atomic::AtomicU64,
+    /// Whether a stream is up (it delivered its snapshot and has not ended).
+    connected: std::sync::atomic::AtomicBool,
+    /// Why the last stream ended or could not start.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl RemoteTagger {
@@ -115,8 +123,18 @@ impl RemoteTagger {
         }
     }
 
+    /// Whether a stream is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn disconnected(&self, why: String) {
+        self.connected.store(false, std::sync::atomic::Ordering::Release);
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+
     /// Follows `agent`'s tags at high cardinality until `cancel` is cancelled.
-    pub async fn follow_until(self: Arc<Self>, agent: RemoteAgent, cancel: CancellationToken) {
+    pub async fn follow_until(self: Arc<Self>, mut agent: RemoteAgent, cancel: CancellationToken) {
         let mut delay = Duration::from_secs(1);
         loop {
             let outcome = tokio::select! {
@@ -125,8 +143,27 @@ impl RemoteTagger {
                 outcome = self.follow(&agent) => outcome,
             };
             match outcome {
-                Ok(()) => delay = Duration::from_secs(1),
+                Ok(()) => {
+                    self.disconnected("the upstream's stream ended".into());
+                    delay = Duration::from_secs(1);
+                }
                 Err(e) => {
+                    let refused =
+                        e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unauthenticated);
+                    self.disconnected(e.to_string());
+                    if refused {
+                        match agent.reload_token() {
+                            Ok(true) => {
+                                tracing::info!(
+                                    address = agent.address,
+                                    "remote tagger: refused; the token file has a new token, retrying with it"
+                                );
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(error) => tracing::warn!(%error, "remote tagger: cannot read the token file again"),
+                        }
+                    }
                     tracing::warn!(address = agent.address, error = %e, retry_in = ?delay, "remote tagger: stream failed")
                 }
             }
@@ -160,6 +197,9 @@ impl RemoteTagger {
                         continue;
                     }
                     self.apply(response, first);
+                    if first {
+                        self.connected.store(true, std::sync::atomic::Ordering::Release);
+                    }
                     first = false;
                 }
                 Ok(Ok(None)) => return if first { Err("the stream ended before its snapshot".into()) } else { Ok(()) },
@@ -171,16 +211,19 @@ impl RemoteTagger {
 }
 
 impl Backend for RemoteTagger {
-    /// Live; ready once it got a snapshot.
+    /// Live; ready while a stream is up (its snapshot arrived and it has not ended).
     fn health(&self) -> HealthReport {
-        let synced = self.streams() > 0;
-        let collector = serde_json::json!({
+        let connected = self.is_connected();
+        let mut collector = serde_json::json!({
             "name": "remote-tagger",
             "source": "remote",
-            "state": if synced { "running" } else { "retrying" },
-            "synced": synced,
+            "state": if connected { "running" } else { "retrying" },
+            "synced": self.streams() > 0,
         });
-        HealthReport { live: true, ready: synced, collectors: vec![collector] }
+        if !connected && let Some(error) = self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            collector["error"] = serde_json::Value::String(error);
+        }
+        HealthReport { live: true, ready: connected, collectors: vec![collector] }
     }
 
     fn workload_list(&self, _verbose: bool) -> Option<WorkloadList> {

@@ -358,3 +358,58 @@ async fn origin_by_pid_reads_container_proc_root_and_by_inode_the_cgroup_v2_tree
     agent.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new_token() {
+    let dir = temp_dir("light-ready");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let upstream = start(&config).await;
+    set(&upstream, vec![container("a", "core")]).await;
+    let light_http = free_port();
+    let light_yaml = dir.join("light.yaml");
+    std::fs::write(
+        &light_yaml,
+        format!(
+            "cmd_port: {grpc}\nhealth_port: {light_http}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
+            config.auth_token_path().display(),
+            config.ipc_cert_path().display()
+        ),
+    )
+    .unwrap();
+    let light_config = agent_bin::config::AgentConfig::load(Some(&light_yaml), Vec::new()).unwrap();
+    let light = agent_bin::light::start(&light_config).await.unwrap();
+    let ready = || async {
+        agent_bin::cli::fetch::<HealthReport>(light_http, "/ready").await.map(|h| h.ready).unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !ready().await {
+        assert!(std::time::Instant::now() < deadline, "the light agent never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The upstream goes: not ready, saying why.
+    upstream.stop().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while ready().await {
+        assert!(std::time::Instant::now() < deadline, "still ready with its upstream gone");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let health: HealthReport = agent_bin::cli::fetch(light_http, "/health").await.unwrap();
+    assert!(health.live && !health.ready);
+    assert!(health.collectors[0].get("error").is_some(), "{health:?}");
+
+    // It comes back with a new token (its token file was remade): the light agent is refused
+    // once, reads the file again, and is ready.
+    std::fs::remove_file(config.auth_token_path()).unwrap();
+    let upstream = start(&config).await;
+    set(&upstream, vec![container("b", "web")]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !(ready().await && light.replica.entities() == ids(&["b"])) {
+        assert!(std::time::Instant::now() < deadline, "not following the upstream's new token");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    light.stop().await;
+    upstream.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

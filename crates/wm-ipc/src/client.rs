@@ -88,6 +88,9 @@ pub struct RemoteAgent {
     pub token: String,
     /// Its IPC certificate (trusted as the server's, and presented as ours).
     pub cert: IpcCert,
+    /// The file the token was read from, read again by [`RemoteAgent::reload_token`] (`None`:
+    /// a token given in code).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RemoteAgent {
@@ -108,7 +111,29 @@ impl RemoteAgent {
             path: token_path.to_path_buf(),
             source,
         })?;
-        Ok(Self { address, token: token.trim().to_owned(), cert: IpcCert::read(cert_path)? })
+        Ok(Self {
+            address,
+            token: token.trim().to_owned(),
+            cert: IpcCert::read(cert_path)?,
+            token_file: Some(token_path.to_path_buf()),
+        })
+    }
+
+    /// Reads the token file again (the other agent made a new token, e.g. after it was
+    /// reinstalled); `Ok(true)` when the token changed.
+    pub fn reload_token(&mut self) -> Result<bool, IpcError> {
+        let Some(path) = &self.token_file else { return Ok(false) };
+        let token = std::fs::read_to_string(path).map_err(|source| IpcError::Read {
+            what: "auth token",
+            path: path.clone(),
+            source,
+        })?;
+        let token = token.trim();
+        let changed = token != self.token;
+        if changed {
+            self.token = token.to_owned();
+        }
+        Ok(changed)
     }
 
     /// A connected client whose every call carries the bearer token.
