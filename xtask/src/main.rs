@@ -49,6 +49,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("wm-collector-podman", "podman"),
     ("wm-collector-kube", "pull"),
     ("agent-bin", "rss"),
+    ("agent-bin", "conn_flood"),
 ];
 
 fn main() -> ExitCode {

@@ -14,15 +14,6 @@ fn free_port() -> u16 {
     test_support::runtimes::free_port().unwrap()
 }
 
-/// utime + stime of `pid`, in clock ticks (100 per second on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -79,7 +70,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "cmd_port: {}\nhealth_port: {http}\ndocker_host: {}\ncri_socket_path: {}\npodman_socket_path: /nonexistent\nlog_level: warn\n",
+            "cmd_port: {}\nhealth_port: {http}\ndocker_host: {}\ncri_socket_path: {}\nautoconfig_exclude_features: [podman, kubernetes]\nlog_level: warn\n",
             free_port(),
             rt.docker_host(),
             rt.containerd_socket().display()
@@ -106,11 +97,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let idle = Duration::from_secs(if quick { 10 } else { 60 });
-    let (ticks0, t0) = (cpu_ticks(pid), Instant::now());
+    let (ticks0, t0) = (test_support::procfs::cpu_ticks(pid), Instant::now());
     std::thread::sleep(idle);
-    let (ticks1, elapsed) = (cpu_ticks(pid), t0.elapsed());
+    let (ticks1, elapsed) = (test_support::procfs::cpu_ticks(pid), t0.elapsed());
     let rss = rss_kib(pid);
-    let cpu_percent = (ticks1 - ticks0) as f64 / 100.0 / elapsed.as_secs_f64() * 100.0;
+    let cpu_percent = test_support::procfs::cpu_percent(ticks0, ticks1, elapsed);
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let _ = child.wait();
     let mib = rss as f64 / 1024.0;

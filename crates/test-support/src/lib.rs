@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod fake_daemon;
 pub mod kubernetes;
 pub mod podman;
+pub mod procfs;
 pub mod rng;
 pub mod runtimes;
 pub mod testdata;
