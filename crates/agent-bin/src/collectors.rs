@@ -5,7 +5,10 @@
 //! runs every entry once, and the agent runs them again to start. Everything else that knows
 //! which collectors exist — `agent status`, the flavor checks, the tests — reads this table.
 
-use wm_core::Collector;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use wm_core::{Collector, Container, ContainerFetcher};
 
 use crate::config::{AgentConfig, ConfigError};
 
@@ -29,38 +32,85 @@ pub struct CollectorEntry {
     pub feature: &'static str,
     /// Builds it from the config; `None` when the config turns it off.
     pub build: fn(&AgentConfig) -> Result<Option<Collector>, ConfigError>,
+    /// Builds its cache-miss fetcher (runtime collectors: the tagger asks the runtime about a
+    /// container it was asked about before the collector reported it).
+    pub fetcher: Option<fn(&AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError>>,
 }
 
 /// Every collector compiled in.
 pub const COLLECTORS: &[CollectorEntry] = &[
     #[cfg(feature = "docker")]
-    CollectorEntry { name: wm_collector_docker::NAME, catalog: Catalog::Node, feature: "docker", build: docker },
+    CollectorEntry {
+        name: wm_collector_docker::NAME,
+        catalog: Catalog::Node,
+        feature: "docker",
+        build: docker,
+        fetcher: Some(docker_fetcher),
+    },
     #[cfg(feature = "containerd")]
     CollectorEntry {
         name: wm_collector_containerd::NAME,
         catalog: Catalog::Node,
         feature: "containerd",
         build: containerd,
+        fetcher: Some(containerd_fetcher),
     },
     #[cfg(feature = "podman")]
-    CollectorEntry { name: wm_collector_podman::NAME, catalog: Catalog::Node, feature: "podman", build: podman },
+    CollectorEntry {
+        name: wm_collector_podman::NAME,
+        catalog: Catalog::Node,
+        feature: "podman",
+        build: podman,
+        fetcher: Some(podman_fetcher),
+    },
     #[cfg(feature = "kube")]
-    CollectorEntry { name: wm_collector_kube::NAME, catalog: Catalog::Node, feature: "kubernetes", build: kubelet },
+    CollectorEntry {
+        name: wm_collector_kube::NAME,
+        catalog: Catalog::Node,
+        feature: "kubernetes",
+        build: kubelet,
+        fetcher: None,
+    },
     #[cfg(feature = "kube-metadata")]
     CollectorEntry {
         name: wm_collector_kube::metadata::NAME,
         catalog: Catalog::Node,
         feature: "kubernetes",
         build: kube_metadata,
+        fetcher: None,
     },
     #[cfg(feature = "remote")]
-    CollectorEntry { name: wm_collector_remote::NAME, catalog: Catalog::Remote, feature: "remote", build: remote },
+    CollectorEntry {
+        name: wm_collector_remote::NAME,
+        catalog: Catalog::Remote,
+        feature: "remote",
+        build: remote,
+        fetcher: None,
+    },
 ];
 
 #[cfg(feature = "docker")]
 fn docker(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let docker = wm_collector_docker::DockerConfig { extra_env: config.extra_env(), ..config.section()? };
     Ok(Some(wm_collector_docker::DockerCollector::new(docker).into_collector()))
+}
+
+#[cfg(feature = "docker")]
+fn docker_fetcher(config: &AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError> {
+    let docker = wm_collector_docker::DockerConfig { extra_env: config.extra_env(), ..config.section()? };
+    Ok(Arc::new(wm_collector_docker::DockerFetcher::new(docker)))
+}
+
+#[cfg(feature = "containerd")]
+fn containerd_fetcher(config: &AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError> {
+    let containerd = wm_collector_containerd::ContainerdConfig { extra_env: config.extra_env(), ..config.section()? };
+    Ok(Arc::new(wm_collector_containerd::ContainerdFetcher::new(containerd)))
+}
+
+#[cfg(feature = "podman")]
+fn podman_fetcher(config: &AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError> {
+    let podman = wm_collector_podman::PodmanConfig { extra_env: config.extra_env(), ..config.section()? };
+    Ok(Arc::new(wm_collector_podman::PodmanFetcher::new(podman)))
 }
 
 #[cfg(feature = "containerd")]
@@ -124,6 +174,39 @@ pub fn build_all(config: &AgentConfig) -> Result<Vec<Collector>, ConfigError> {
         }
     }
     Ok(collectors)
+}
+
+/// Asks every runtime at once; the first that knows the container answers.
+#[derive(Clone)]
+pub struct AnyRuntime(Vec<Arc<dyn ContainerFetcher>>);
+
+impl std::fmt::Debug for AnyRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AnyRuntime").field(&self.0.len()).finish()
+    }
+}
+
+#[async_trait]
+impl ContainerFetcher for AnyRuntime {
+    async fn fetch(&self, container_id: &str) -> Option<Container> {
+        let asked = self.0.iter().map(|f| f.fetch(container_id));
+        futures::future::join_all(asked).await.into_iter().flatten().next()
+    }
+}
+
+/// The cache-miss fetchers of the runtime collectors this config runs (none when it follows
+/// another agent).
+pub fn fetchers(config: &AgentConfig) -> Result<Option<AnyRuntime>, ConfigError> {
+    if catalog(config)? != Catalog::Node {
+        return Ok(None);
+    }
+    let mut fetchers = Vec::new();
+    for entry in COLLECTORS.iter().filter(|e| !config.collectors.excludes(e.feature)) {
+        if let Some(build) = entry.fetcher {
+            fetchers.push(build(config)?);
+        }
+    }
+    Ok((!fetchers.is_empty()).then_some(AnyRuntime(fetchers)))
 }
 
 /// The names of the collectors compiled in.

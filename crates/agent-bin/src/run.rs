@@ -28,6 +28,9 @@ use crate::grpc::{AgentApi, BearerAuth, OriginReader};
 use crate::http::{Guard, HttpState};
 use crate::security;
 
+/// How long a lookup of an unknown container waits for the runtimes' answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long `stop` waits for the agent's tasks after cancelling them.
 const STOP_WAIT: Duration = Duration::from_secs(4);
 
@@ -135,7 +138,11 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
         builder = builder.collector(collector);
     }
     let store = builder.build();
-    let tagger = Arc::new(Tagger::new(config.tagger.clone()));
+    let mut tagger = Tagger::new(config.tagger.clone());
+    if let Some(fetchers) = collectors::fetchers(config)? {
+        tagger = tagger.with_fetcher(Arc::new(fetchers), FETCH_TIMEOUT);
+    }
+    let tagger = Arc::new(tagger);
     let tagger_task = tagger.spawn(&store);
     tasks.spawn(async move {
         // It ends when the store's stream does, at shutdown.

@@ -1,20 +1,19 @@
 //! The cache-miss path: a lookup of a container the tagger does not know yet may ask the
-//! runtime once (e.g. docker inspect), shared by every lookup of that id while it runs.
+//! runtime once (e.g. docker inspect), shared by every lookup of that id while it runs. An id
+//! the runtime did not know is not asked about again for [`NEGATIVE_TTL`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use wm_core::Container;
+pub use wm_core::ContainerFetcher;
 
-/// Fetches one container from its runtime.
-#[async_trait]
-pub trait ContainerFetcher: Send + Sync {
-    /// The container with this id, or `None` if the runtime does not know it (or failed).
-    async fn fetch(&self, container_id: &str) -> Option<Container>;
-}
+/// How long an id the runtime did not know answers empty without a fetch.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Unknown ids remembered at most (bounded memory whatever clients ask).
+const MAX_NEGATIVE: usize = 10_000;
 
 type Flight = Arc<OnceCell<Option<Container>>>;
 
@@ -23,6 +22,8 @@ pub(crate) struct SingleFlight {
     fetcher: Arc<dyn ContainerFetcher>,
     timeout: Duration,
     in_flight: Mutex<HashMap<String, Flight>>,
+    /// Ids the runtime did not know, and when.
+    unknown: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for SingleFlight {
@@ -33,11 +34,21 @@ impl std::fmt::Debug for SingleFlight {
 
 impl SingleFlight {
     pub(crate) fn new(fetcher: Arc<dyn ContainerFetcher>, timeout: Duration) -> Self {
-        Self { fetcher, timeout, in_flight: Mutex::new(HashMap::new()) }
+        Self { fetcher, timeout, in_flight: Mutex::new(HashMap::new()), unknown: Mutex::new(HashMap::new()) }
     }
 
-    /// Fetches `id`, or joins the fetch of `id` already under way.
+    /// Fetches `id`, or joins the fetch of `id` already under way; `None` at once for an id
+    /// found unknown less than [`NEGATIVE_TTL`] ago.
     pub(crate) async fn fetch(&self, id: &str) -> Option<Container> {
+        if self
+            .unknown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+        {
+            return None;
+        }
         let flight: Flight = self
             .in_flight
             .lock()
@@ -59,6 +70,16 @@ impl SingleFlight {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         if in_flight.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             in_flight.remove(id);
+            if result.is_none() {
+                let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+                if unknown.len() >= MAX_NEGATIVE {
+                    unknown.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
+                    if unknown.len() >= MAX_NEGATIVE {
+                        unknown.clear();
+                    }
+                }
+                unknown.insert(id.to_owned(), Instant::now());
+            }
         }
         result
     }

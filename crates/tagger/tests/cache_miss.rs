@@ -72,3 +72,15 @@ async fn a_fetch_past_its_timeout_answers_empty_and_unknown_ids_stay_unknown() {
 fn tagger_fast() -> (Arc<Tagger>, Arc<Slow>) {
     tagger(Duration::ZERO, Duration::from_secs(1))
 }
+
+#[tokio::test]
+async fn an_id_the_runtime_did_not_know_is_not_fetched_again_at_once() {
+    let (tagger, fetcher) = tagger_fast();
+    for _ in 0..3 {
+        assert!(tagger.tag_or_fetch("container_id://gone", TagCardinality::High).await.is_empty());
+    }
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1, "one fetch, then the negative cache answers");
+    // Another id is fetched.
+    assert!(!tagger.tag_or_fetch("container_id://c1", TagCardinality::High).await.is_empty());
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 2);
+}

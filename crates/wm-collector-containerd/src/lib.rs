@@ -436,6 +436,55 @@ impl ContainerdCollector {
     }
 }
 
+/// The containerd collector's cache-miss fetch: the container the agent was asked about
+/// before the collector reported it (`tagger` fetch-on-miss), looked for in every watched
+/// namespace; `None` when containerd is absent, does not know it, or it is a sandbox. Connects
+/// lazily and keeps the connection; every call within `cri_query_timeout`.
+#[derive(Debug)]
+pub struct ContainerdFetcher {
+    collector: ContainerdCollector,
+    clients: tokio::sync::Mutex<Option<Clients>>,
+}
+
+impl ContainerdFetcher {
+    /// A fetcher for `config`.
+    pub fn new(config: ContainerdConfig) -> Self {
+        Self { collector: ContainerdCollector::new(config), clients: tokio::sync::Mutex::new(None) }
+    }
+}
+
+#[async_trait]
+impl wm_core::ContainerFetcher for ContainerdFetcher {
+    async fn fetch(&self, container_id: &str) -> Option<Container> {
+        let mut held = self.clients.lock().await;
+        if held.is_none() {
+            *held = self.collector.connect().await.ok();
+        }
+        let mut clients = held.clone()?;
+        drop(held);
+        let namespaces = match self.collector.watched_namespaces(&mut clients).await {
+            Ok(namespaces) => namespaces,
+            Err(error) => {
+                debug!(container_id, %error, "containerd: fetch on a tag cache miss failed");
+                *self.clients.lock().await = None;
+                return None;
+            }
+        };
+        for namespace in namespaces {
+            match self.collector.fetch(&mut clients, &namespace, container_id).await {
+                Ok(Fetched::Container(container)) => return Some(*container),
+                Ok(Fetched::Sandbox) => return None,
+                Ok(Fetched::Gone) => {}
+                Err(error) => {
+                    debug!(container_id, %error, "containerd: fetch on a tag cache miss failed");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
 /// A failed call: not found, or anything else (retriable, with the call named).
 #[derive(Debug)]
 enum CallError {

@@ -406,3 +406,29 @@ fn a_cri_sandbox_never_reaches_a_subscriber() {
         store.shutdown().await;
     });
 }
+
+#[test]
+fn the_fetcher_finds_a_container_in_any_watched_namespace_and_never_a_sandbox() {
+    use wm_core::ContainerFetcher;
+    with_daemons("the_fetcher_finds_a_container_in_any_watched_namespace_and_never_a_sandbox", async |rt| {
+        ctr(rt, NS, &["run", "-d", "--label", "team=fetch", Runtimes::CTR_IMAGE, "fetched", "/bin/sleep", "300"]).await;
+        let sandbox = [
+            "run",
+            "-d",
+            "--label",
+            "io.cri-containerd.kind=sandbox",
+            Runtimes::CTR_IMAGE,
+            "pause-1",
+            "/bin/sleep",
+            "300",
+        ];
+        ctr(rt, NS, &sandbox).await;
+        let config = ContainerdConfig { cri_socket_path: Some(rt.containerd_socket()), ..ContainerdConfig::default() };
+        let fetcher = wm_collector_containerd::ContainerdFetcher::new(config);
+        let found = fetcher.fetch("fetched").await.expect("the running container");
+        assert_eq!(found.labels.get("team"), Some("fetch"));
+        assert!(found.state.running && found.pid > 0);
+        assert!(fetcher.fetch("pause-1").await.is_none(), "a sandbox is no container");
+        assert!(fetcher.fetch("nobody").await.is_none());
+    });
+}

@@ -257,6 +257,35 @@ enum InspectError {
     Failed(CollectorError),
 }
 
+/// The docker collector's cache-miss fetch: one inspect of a container the agent was asked
+/// about before the collector reported it (`tagger` fetch-on-miss). Connects lazily; every call
+/// within `docker_query_timeout`; `None` when dockerd is absent or does not know it.
+#[derive(Debug)]
+pub struct DockerFetcher {
+    collector: DockerCollector,
+}
+
+impl DockerFetcher {
+    /// A fetcher for `config`.
+    pub fn new(config: DockerConfig) -> Self {
+        Self { collector: DockerCollector::new(config) }
+    }
+}
+
+#[async_trait]
+impl wm_core::ContainerFetcher for DockerFetcher {
+    async fn fetch(&self, container_id: &str) -> Option<Container> {
+        let docker = self.collector.connect().ok()?;
+        match self.collector.inspect(&docker, container_id).await {
+            Ok(container) => container,
+            Err(error) => {
+                debug!(container_id, ?error, "docker: fetch on a tag cache miss failed");
+                None
+            }
+        }
+    }
+}
+
 fn action(event: &EventMessage) -> &str {
     let action = event.action.as_deref().unwrap_or_default();
     // `health_status: healthy`, `exec_start: sh` …

@@ -151,6 +151,49 @@ impl PodmanCollector {
     }
 }
 
+/// The podman collector's cache-miss fetch: one inspect of a container the agent was asked
+/// about before a pull reported it (`tagger` fetch-on-miss); `None` when the service is absent
+/// or does not know it. Its podman pod's name comes with the next pull.
+#[derive(Debug)]
+pub struct PodmanFetcher {
+    socket: PathBuf,
+    env: EnvFilter,
+    client: std::sync::OnceLock<Option<reqwest::Client>>,
+}
+
+impl PodmanFetcher {
+    /// A fetcher for `config`.
+    pub fn new(config: PodmanConfig) -> Self {
+        let collector = PodmanCollector::new(config);
+        Self { socket: collector.socket(), env: collector.env, client: std::sync::OnceLock::new() }
+    }
+}
+
+#[async_trait]
+impl wm_core::ContainerFetcher for PodmanFetcher {
+    async fn fetch(&self, container_id: &str) -> Option<Container> {
+        if !self.socket.exists() {
+            return None;
+        }
+        let client = self
+            .client
+            .get_or_init(|| {
+                reqwest::Client::builder().unix_socket(self.socket.as_path()).timeout(REQUEST_TIMEOUT).build().ok()
+            })
+            .as_ref()?;
+        match inspect(client, container_id).await {
+            Ok(found) => {
+                let entry = ListEntry { id: found.id.clone(), is_infra: found.is_infra, ..ListEntry::default() };
+                container_from_inspect(&found, &entry, &self.env)
+            }
+            Err(error) => {
+                debug!(container_id, ?error, "podman: fetch on a tag cache miss failed");
+                None
+            }
+        }
+    }
+}
+
 /// Inspects one container.
 async fn inspect(client: &reqwest::Client, id: &str) -> Result<convert::Inspect, InspectError> {
     {

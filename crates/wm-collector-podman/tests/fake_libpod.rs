@@ -106,3 +106,19 @@ async fn a_service_that_never_answers_is_retried_with_the_call_named() {
     assert!(error.contains("does not answer"), "{error}");
     store.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetcher_inspects_one_container_and_knows_nothing_of_others() {
+    use wm_core::ContainerFetcher;
+    let dir = temp_dir("fetch");
+    let daemon = FakeDaemon::libpod(&dir).unwrap();
+    daemon.create("f1", "fetched");
+    let config = PodmanConfig { podman_socket_path: Some(daemon.socket().to_owned()), ..Default::default() };
+    let fetcher = wm_collector_podman::PodmanFetcher::new(config);
+    let found = fetcher.fetch("f1").await.expect("the container");
+    assert_eq!((&*found.id, found.name.as_str()), ("f1", "fetched"));
+    assert!(fetcher.fetch("unknown").await.is_none());
+    assert_eq!(daemon.inspects(), 2);
+    let absent = PodmanConfig { podman_socket_path: Some(dir.join("none.sock")), ..Default::default() };
+    assert!(wm_collector_podman::PodmanFetcher::new(absent).fetch("f1").await.is_none());
+}

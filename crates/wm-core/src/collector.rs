@@ -134,6 +134,15 @@ pub trait StoreReader: Send + Sync {
     }
 }
 
+/// Fetches one container from its runtime on demand (a `docker inspect`): the tagger's
+/// cache-miss path, for a container asked about before its collector reported it. Runtime
+/// collectors implement it; the agent hands them to the tagger.
+#[async_trait]
+pub trait ContainerFetcher: Send + Sync {
+    /// The container with this id, or `None` if the runtime does not know it (or failed).
+    async fn fetch(&self, container_id: &str) -> Option<Container>;
+}
+
 /// What a collector is handed when it runs.
 #[derive(Clone)]
 pub struct CollectorContext {

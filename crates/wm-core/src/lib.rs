@@ -19,8 +19,8 @@ mod time;
 
 pub use cancel::{CancellationToken, Cancelled};
 pub use collector::{
-    BoxError, Collector, CollectorContext, CollectorError, CollectorKind, EventSink, Origin, PullCollector,
-    SinkMessage, SourceSink, StoreReader, StreamCollector,
+    BoxError, Collector, CollectorContext, CollectorError, CollectorKind, ContainerFetcher, EventSink, Origin,
+    PullCollector, SinkMessage, SourceSink, StoreReader, StreamCollector,
 };
 pub use config::{Port, Seconds};
 pub use entity::{
