@@ -34,8 +34,11 @@ pub struct CollectorEntry {
     pub build: fn(&AgentConfig) -> Result<Option<Collector>, ConfigError>,
     /// Builds its cache-miss fetcher (runtime collectors: the tagger asks the runtime about a
     /// container it was asked about before the collector reported it).
-    pub fetcher: Option<fn(&AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError>>,
+    pub fetcher: Option<FetcherBuilder>,
 }
+
+/// Builds a runtime's cache-miss fetcher from the config.
+pub type FetcherBuilder = fn(&AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError>;
 
 /// Every collector compiled in.
 pub const COLLECTORS: &[CollectorEntry] = &[
