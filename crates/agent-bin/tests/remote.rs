@@ -9,7 +9,7 @@
 
 mod support;
 
-use agent_bin::remote::RemoteTagger;
+use agent_bin::remote::{Cardinality, RemoteTagger};
 use agent_bin::report::{HealthReport, TaggerList, WorkloadList};
 use support::{
     agent_config, big_container, container, eventually, free_port, ids, mirrored, remote, set, start, temp_dir,
@@ -39,12 +39,12 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
 
     eventually("the replica's first snapshot", || replica.entities() == ids(&["a", "b", "c"])).await;
     let mut local = agent.tagger.tag("container_id://a", TagCardinality::High).to_vec();
-    let mut copied = replica.tag("container_id://a", TagCardinality::High);
+    let mut copied = replica.tag("container_id://a", Cardinality::High);
     local.sort();
     copied.sort();
     assert_eq!(copied, local);
     assert!(copied.contains(&"team:core".to_owned()) && copied.contains(&"container_id:a".to_owned()));
-    assert!(!replica.tag("container_id://a", TagCardinality::Low).contains(&"container_id:a".to_owned()));
+    assert!(!replica.tag("container_id://a", Cardinality::Low).contains(&"container_id:a".to_owned()));
     eventually("the mirror's snapshot", || mirrored(&mirror) == ["a", "b", "c"]).await;
     let a = mirror.get_container("a").unwrap();
     assert_eq!((a.name.as_str(), a.labels.get("team")), ("name-a", Some("core")));
@@ -54,7 +54,7 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
     set(&agent, vec![container("d", "db")]).await;
     eventually("the mirror following changes", || mirrored(&mirror) == ["a", "c", "d"]).await;
     eventually("the replica following changes", || {
-        replica.tag("container_id://d", TagCardinality::Low).contains(&"team:db".to_owned())
+        replica.tag("container_id://d", Cardinality::Low).contains(&"team:db".to_owned())
     })
     .await;
 
@@ -183,7 +183,7 @@ async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api(
     let light = agent_bin::light::start(&light_config).await.unwrap();
     let replica = light.replica.clone();
     eventually("the light agent's replica", || {
-        replica.tag("container_id://a", TagCardinality::Low).contains(&"team:core".to_owned())
+        replica.tag("container_id://a", Cardinality::Low).contains(&"team:core".to_owned())
     })
     .await;
     let list: TaggerList = agent_bin::cli::fetch(light.api(), "/agent/tagger-list").await.unwrap();

@@ -5,15 +5,17 @@
 //!   in `docs/wire/datadog-ipc.md`): `datadog.api.v1.AgentSecure`, `datadog.model.v1` (tagger) and
 //!   `datadog.workloadmeta`;
 //! - [`convert`]: the store's entities to and from workloadmeta messages;
-//! - [`client`]: how a client reaches an agent: its address, auth token and IPC certificate.
+//! - [`client`]: how a client reaches an agent: its address, auth token and IPC certificate;
+//! - [`replica`]: [`replica::RemoteTagger`], a local replica of an agent's tags fed by its stream.
 //!
-//! It serves nothing and stores nothing.
+//! It serves nothing; the replica is the only state it keeps.
 
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod convert;
 pub mod proto;
+pub mod replica;
 
 pub use client::{AddToken, IpcCert, IpcError, RemoteAgent};
 

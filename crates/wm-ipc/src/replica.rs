@@ -1,0 +1,226 @@
+//! The remote tagger: a local replica of another agent's tags, fed by its
+//! `TaggerStreamEntities` stream. It reconnects with backoff (1 s doubling to 30 s, reset by a
+//! stream that delivered), replaces its replica with each new stream's first response (so what
+//! vanished while it was away is gone), applies the changes that follow, and answers
+//! [`RemoteTagger::tag`] locally. `flavor-light` serves it on its HTTP API; the Python `tagger` module answers from it.
+//!
+//! It is ready only while a stream is up (its tags may be stale otherwise), and says why not.
+//! Refused as `Unauthenticated`, it reads the token file again (the upstream made a new token)
+//! and retries at once when the token changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use wm_core::CancellationToken;
+
+use crate::RemoteAgent;
+use crate::proto::model::v1 as model;
+
+/// How many tags a lookup returns: each level adds to the one below (high ⊇ orchestrator ⊇ low).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cardinality {
+    /// Low-cardinality tags.
+    Low,
+    /// Low and orchestrator.
+    Orchestrator,
+    /// All of them.
+    High,
+}
+
+/// A stream is given up (and reconnected) after this long without a response; the server sends
+/// keep-alives every 9 minutes.
+const STREAM_RECV_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// One entity's tags in the replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ReplicaTags {
+    low: Vec<String>,
+    orchestrator: Vec<String>,
+    high: Vec<String>,
+}
+
+fn replica_entry(entity: &model::Entity) -> Option<(String, ReplicaTags)> {
+    let id = entity.id.as_ref()?;
+    let key = format!("{}://{}", id.prefix, id.uid);
+    let tags = ReplicaTags {
+        low: entity.low_cardinality_tags.clone(),
+        orchestrator: entity.orchestrator_cardinality_tags.clone(),
+        high: entity.high_cardinality_tags.clone(),
+    };
+    Some((key, tags))
+}
+
+/// A replica of another agent's tags.
+#[derive(Debug, Default)]
+pub struct RemoteTagger {
+    replica: RwLock<HashMap<String, Arc<ReplicaTags>>>,
+    /// Streams opened so far (each one replaced the replica).
+    streams: std::sync::atomic::AtomicU64,
+    /// Whether a stream is up (it delivered its snapshot and has not ended).
+    connected: std::sync::atomic::AtomicBool,
+    /// Why the last stream ended or could not start.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl RemoteTagger {
+    /// An empty replica; [`RemoteTagger::follow_until`] fills it.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The entity's tags at `cardinality` and below (empty when unknown).
+    pub fn tag(&self, entity: &str, cardinality: Cardinality) -> Vec<String> {
+        let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(tags) = replica.get(entity) else { return Vec::new() };
+        let mut out = tags.low.clone();
+        if cardinality >= Cardinality::Orchestrator {
+            out.extend(tags.orchestrator.iter().cloned());
+        }
+        if cardinality >= Cardinality::High {
+            out.extend(tags.high.iter().cloned());
+        }
+        out
+    }
+
+    /// The entities it holds, sorted.
+    pub fn entities(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.replica.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Every entity with all its tags, sorted and deduplicated.
+    pub fn list(&self) -> BTreeMap<String, Vec<String>> {
+        let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
+        replica
+            .iter()
+            .map(|(entity, tags)| {
+                let mut all: Vec<String> =
+                    tags.low.iter().chain(&tags.orchestrator).chain(&tags.high).cloned().collect();
+                all.sort();
+                all.dedup();
+                (entity.clone(), all)
+            })
+            .collect()
+    }
+
+    /// Why the last stream ended or could not start, while none is up.
+    pub fn last_error(&self) -> Option<String> {
+        if self.is_connected() {
+            return None;
+        }
+        self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// How many streams it opened (a reconnect opens one more).
+    pub fn streams(&self) -> u64 {
+        self.streams.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn apply(&self, response: model::StreamTagsResponse, replace: bool) {
+        let mut replica = self.replica.write().unwrap_or_else(PoisonError::into_inner);
+        if replace {
+            replica.clear();
+        }
+        for event in response.events {
+            let Some((key, tags)) = event.entity.as_ref().and_then(replica_entry) else { continue };
+            match model::EventType::try_from(event.r#type) {
+                Ok(model::EventType::Deleted) => {
+                    replica.remove(&key);
+                }
+                Ok(_) => {
+                    replica.insert(key, Arc::new(tags));
+                }
+                Err(_) => tracing::debug!(entity = key, "remote tagger: skipping an event of unknown type"),
+            }
+        }
+    }
+
+    /// Whether a stream is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn disconnected(&self, why: String) {
+        self.connected.store(false, std::sync::atomic::Ordering::Release);
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+
+    /// Follows `agent`'s tags at high cardinality until `cancel` is cancelled.
+    pub async fn follow_until(self: Arc<Self>, mut agent: RemoteAgent, cancel: CancellationToken) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let outcome = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                outcome = self.follow(&agent) => outcome,
+            };
+            match outcome {
+                Ok(()) => {
+                    self.disconnected("the upstream's stream ended".into());
+                    delay = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    let refused =
+                        e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unauthenticated);
+                    self.disconnected(e.to_string());
+                    if refused {
+                        match agent.reload_token() {
+                            Ok(true) => {
+                                tracing::info!(
+                                    address = agent.address,
+                                    "remote tagger: refused; the token file has a new token, retrying with it"
+                                );
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(error) => tracing::warn!(%error, "remote tagger: cannot read the token file again"),
+                        }
+                    }
+                    tracing::warn!(address = agent.address, error = %e, retry_in = ?delay, "remote tagger: stream failed")
+                }
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One stream: `Ok` once it delivered something and then ended.
+    async fn follow(&self, agent: &RemoteAgent) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut client = agent.connect().await?;
+        let request = model::StreamTagsRequest {
+            cardinality: model::TagCardinality::High as i32,
+            streaming_id: format!("wm-{}-{}", std::process::id(), self.streams()),
+            ..model::StreamTagsRequest::default()
+        };
+        let mut stream = client.tagger_stream_entities(request).await?.into_inner();
+        self.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut first = true;
+        loop {
+            let next = tokio::time::timeout(STREAM_RECV_TIMEOUT, stream.message()).await;
+            match next {
+                Ok(Ok(Some(response))) => {
+                    // Keep-alives carry no events (and the snapshot of an empty agent is one
+                    // empty response, which must still clear the replica).
+                    if response.events.is_empty() && !first {
+                        continue;
+                    }
+                    self.apply(response, first);
+                    if first {
+                        self.connected.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    first = false;
+                }
+                Ok(Ok(None)) => return if first { Err("the stream ended before its snapshot".into()) } else { Ok(()) },
+                Ok(Err(status)) => return if first { Err(status.into()) } else { Ok(()) },
+                Err(_) => return Err("no response for 10 minutes".into()),
+            }
+        }
+    }
+}
