@@ -8,6 +8,7 @@
 //! wm-collector-*   <- wm-core, wm-driver (+ its own client library, wm-ipc for the remote one);
 //!                     never another collector, never wm-store
 //! tagger           <- wm-core, wm-store
+//! tagger-python    <- wm-core, wm-ipc (dev: test-support)
 //! agent-bin        <- everything
 //! test-support     <- dev-dependency only
 //! xtask            <- no workspace crate
@@ -84,6 +85,8 @@ fn violation(edge: &Edge, members: &[String]) -> Option<String> {
             }
         }
         "tagger" => &["wm-core", "wm-store"],
+        // The Python module follows an agent: the wire and its client, nothing that collects.
+        "tagger-python" => &["wm-core", "wm-ipc"],
         "agent-bin" => return None,
         "test-support" => return None,
         other => return says(&format!("{other} is not in the layer table of STYLE.md: add it to xtask/src/layers.rs")),
@@ -104,7 +107,15 @@ pub fn check(members: &[String], edges: &[Edge]) -> Vec<String> {
         .filter(|m| {
             !matches!(
                 m.as_str(),
-                "wm-core" | "wm-store" | "wm-driver" | "wm-ipc" | "tagger" | "agent-bin" | "test-support" | "xtask"
+                "wm-core"
+                    | "wm-store"
+                    | "wm-driver"
+                    | "wm-ipc"
+                    | "tagger"
+                    | "tagger-python"
+                    | "agent-bin"
+                    | "test-support"
+                    | "xtask"
             ) && !is_collector(m)
         })
         .map(|m| format!("{m}: not in the layer table of STYLE.md: add it to xtask/src/layers.rs"))

@@ -50,6 +50,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("wm-collector-kube", "pull"),
     ("agent-bin", "rss"),
     ("agent-bin", "conn_flood"),
+    ("agent-bin", "python_tag"),
 ];
 
 fn main() -> ExitCode {

@@ -57,6 +57,8 @@ pub struct RemoteTagger {
     replica: RwLock<HashMap<String, Arc<ReplicaTags>>>,
     /// Streams opened so far (each one replaced the replica).
     streams: std::sync::atomic::AtomicU64,
+    /// Bumped by every change to the replica (a cache of its answers is good while it holds).
+    generation: std::sync::atomic::AtomicU64,
     /// Whether a stream is up (it delivered its snapshot and has not ended).
     connected: std::sync::atomic::AtomicBool,
     /// Why the last stream ended or could not start.
@@ -119,8 +121,14 @@ impl RemoteTagger {
         self.streams.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Changes so far: equal numbers, equal answers.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn apply(&self, response: model::StreamTagsResponse, replace: bool) {
         let mut replica = self.replica.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if replace {
             replica.clear();
         }
