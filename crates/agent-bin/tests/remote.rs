@@ -159,6 +159,28 @@ async fn a_stream_client_that_does_not_read_is_cut_off_and_the_store_goes_on() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A light agent following the agent of `config` on `grpc` (its token and certificate), with
+/// an HTTP port of its own; that port.
+async fn start_light(
+    dir: &std::path::Path,
+    grpc: u16,
+    config: &agent_bin::config::AgentConfig,
+) -> (agent_bin::light::RunningLight, u16) {
+    let http = free_port();
+    let yaml = dir.join("light.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "cmd_port: {grpc}\nhealth_port: {http}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
+            config.auth_token_path().display(),
+            config.ipc_cert_path().display()
+        ),
+    )
+    .unwrap();
+    let light_config = agent_bin::config::AgentConfig::load(Some(&yaml), Vec::new()).unwrap();
+    (agent_bin::light::start(&light_config).await.unwrap(), http)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api() {
     let dir = temp_dir("light");
@@ -168,19 +190,7 @@ async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api(
     set(&upstream, vec![container("a", "core")]).await;
 
     // The light agent: the upstream's port, token and certificate; its own HTTP port.
-    let light_http = free_port();
-    let light_yaml = dir.join("light.yaml");
-    std::fs::write(
-        &light_yaml,
-        format!(
-            "cmd_port: {grpc}\nhealth_port: {light_http}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
-            config.auth_token_path().display(),
-            config.ipc_cert_path().display()
-        ),
-    )
-    .unwrap();
-    let light_config = agent_bin::config::AgentConfig::load(Some(&light_yaml), Vec::new()).unwrap();
-    let light = agent_bin::light::start(&light_config).await.unwrap();
+    let (light, light_http) = start_light(&dir, grpc, &config).await;
     let replica = light.replica.clone();
     eventually("the light agent's replica", || {
         replica.tag("container_id://a", Cardinality::Low).contains(&"team:core".to_owned())
@@ -366,19 +376,7 @@ async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new
     let config = agent_config(&dir, grpc, http);
     let upstream = start(&config).await;
     set(&upstream, vec![container("a", "core")]).await;
-    let light_http = free_port();
-    let light_yaml = dir.join("light.yaml");
-    std::fs::write(
-        &light_yaml,
-        format!(
-            "cmd_port: {grpc}\nhealth_port: {light_http}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
-            config.auth_token_path().display(),
-            config.ipc_cert_path().display()
-        ),
-    )
-    .unwrap();
-    let light_config = agent_bin::config::AgentConfig::load(Some(&light_yaml), Vec::new()).unwrap();
-    let light = agent_bin::light::start(&light_config).await.unwrap();
+    let (light, light_http) = start_light(&dir, grpc, &config).await;
     let ready = || async {
         agent_bin::cli::fetch::<HealthReport>(light_http, "/ready").await.map(|h| h.ready).unwrap_or(false)
     };

@@ -62,6 +62,14 @@ pub struct FakeDaemon {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A fresh, empty directory for a test's fake daemon (`wm-fake-<pid>-<name>` in the temp dir).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wm-fake-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
 impl FakeDaemon {
     /// A Docker Engine API on `dir/docker.sock`. Needs a tokio runtime.
     pub fn docker(dir: &Path) -> Result<Self, Unavailable> {

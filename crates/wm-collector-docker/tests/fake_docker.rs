@@ -9,18 +9,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use test_support::fake_daemon::FakeDaemon;
+use test_support::fake_daemon::{FakeDaemon, scratch_dir};
 use test_support::watch::eventually;
 use wm_collector_docker::{DockerCollector, DockerConfig};
 use wm_core::Seconds;
 use wm_store::{CollectorState, MetricValue, Store};
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("wm-fake-docker-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn store_on(host: String, timeout: u64) -> Store {
     let config = DockerConfig { docker_host: Some(host), docker_query_timeout: Seconds(timeout), ..Default::default() };
@@ -35,7 +28,7 @@ fn stored(store: &Store) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
-    let dir = temp_dir("one-bad");
+    let dir = scratch_dir("docker-one-bad");
     let daemon = FakeDaemon::docker(&dir).unwrap();
     for i in 0..20 {
         daemon.create(&format!("c{i:02}"), &format!("web-{i}"));
@@ -47,17 +40,21 @@ async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
     assert_eq!(stored(&store), expected);
 
     // Events keep landing, the failing one among them.
+    daemon.fail_inspect("c07b", true);
     daemon.create("c20", "late");
     daemon.create("c07b", "late-bad");
-    daemon.fail_inspect("c07b", true);
-    eventually("a later container", Duration::from_secs(10), || store.get_container("c20").is_some()).await;
+    let errors = || {
+        store
+            .telemetry()
+            .into_iter()
+            .find(|m| m.name == "workloadmeta.entity_errors" && m.labels == [("collector_id", "docker".to_owned())])
+            .map(|m| m.value)
+    };
+    eventually("a later container, and the failing one counted", Duration::from_secs(10), || {
+        store.get_container("c20").is_some() && matches!(errors(), Some(MetricValue::Counter(n)) if n >= 2)
+    })
+    .await;
     assert!(store.get_container("c07b").is_none());
-    let errors = store
-        .telemetry()
-        .into_iter()
-        .find(|m| m.name == "workloadmeta.entity_errors" && m.labels == [("collector_id", "docker".to_owned())])
-        .map(|m| m.value);
-    assert!(matches!(errors, Some(MetricValue::Counter(n)) if n >= 2), "{errors:?}");
 
     // Once it works, the retry reads it without any event.
     daemon.fail_inspect("c07", false);
@@ -73,7 +70,7 @@ async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_inspects_under_two_thousand_events_end_equal_to_the_daemons_list() {
-    let dir = temp_dir("slow");
+    let dir = scratch_dir("docker-slow");
     let daemon = FakeDaemon::docker(&dir).unwrap();
     daemon.set_inspect_delay(Duration::from_millis(50));
     let store = store_on(daemon.host(), 5);
@@ -109,7 +106,7 @@ async fn slow_inspects_under_two_thousand_events_end_equal_to_the_daemons_list()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_never_answers_is_retried_with_the_call_named_within_the_deadline() {
-    let dir = temp_dir("hung");
+    let dir = scratch_dir("docker-hung");
     let daemon = FakeDaemon::hung(&dir).unwrap();
     let started = Instant::now();
     let store = store_on(daemon.host(), 1);

@@ -9,17 +9,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use test_support::fake_daemon::FakeDaemon;
+use test_support::fake_daemon::{FakeDaemon, scratch_dir};
 use test_support::watch::eventually;
 use wm_collector_podman::{PodmanCollector, PodmanConfig};
 use wm_store::{CollectorState, MetricValue, Store};
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("wm-fake-libpod-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn store_on(socket: &std::path::Path, timeout: Duration) -> Store {
     let config = PodmanConfig { podman_socket_path: Some(socket.to_owned()), ..Default::default() };
@@ -38,7 +31,7 @@ fn stored(store: &Store) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
-    let dir = temp_dir("one-bad");
+    let dir = scratch_dir("libpod-one-bad");
     let daemon = FakeDaemon::libpod(&dir).unwrap();
     for i in 0..20 {
         daemon.create(&format!("p{i:02}"), &format!("app-{i}"));
@@ -57,7 +50,7 @@ async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_inspects_run_eight_at_a_time_and_pulls_cut_by_their_timeout_keep_their_progress() {
-    let dir = temp_dir("slow");
+    let dir = scratch_dir("libpod-slow");
     let daemon = FakeDaemon::libpod(&dir).unwrap();
     daemon.set_inspect_delay(Duration::from_millis(50));
     for i in 0..400 {
@@ -75,7 +68,7 @@ async fn slow_inspects_run_eight_at_a_time_and_pulls_cut_by_their_timeout_keep_t
     store.shutdown().await;
 
     // Without a cut (abandoned requests would count at the daemon): exactly 8 in flight.
-    let dir = temp_dir("eight");
+    let dir = scratch_dir("libpod-eight");
     let daemon = FakeDaemon::libpod(&dir).unwrap();
     daemon.set_inspect_delay(Duration::from_millis(50));
     for i in 0..100 {
@@ -90,7 +83,7 @@ async fn slow_inspects_run_eight_at_a_time_and_pulls_cut_by_their_timeout_keep_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_never_answers_is_retried_with_the_call_named() {
-    let dir = temp_dir("hung");
+    let dir = scratch_dir("libpod-hung");
     let daemon = FakeDaemon::hung(&dir).unwrap();
     let store = store_on(daemon.socket(), Duration::from_secs(30));
     let mut error = String::new();
@@ -110,7 +103,7 @@ async fn a_service_that_never_answers_is_retried_with_the_call_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fetcher_inspects_one_container_and_knows_nothing_of_others() {
     use wm_core::ContainerFetcher;
-    let dir = temp_dir("fetch");
+    let dir = scratch_dir("libpod-fetch");
     let daemon = FakeDaemon::libpod(&dir).unwrap();
     daemon.create("f1", "fetched");
     let config = PodmanConfig { podman_socket_path: Some(daemon.socket().to_owned()), ..Default::default() };

@@ -226,6 +226,18 @@ impl CollectorError {
         Self::Permanent { context: context.into(), source: Some(source.into()) }
     }
 
+    /// The error and its causes on one line (`what failed: why: the root cause`).
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+
     /// Whether trying again may help.
     pub fn is_retriable(&self) -> bool {
         matches!(self, Self::Retriable { .. })

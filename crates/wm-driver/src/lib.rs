@@ -208,7 +208,7 @@ impl<L: ListWatch> Driver<L> {
     /// Records an entity that could not be read: counted, logged when it starts failing.
     fn entity_failed(&mut self, sink: &SourceSink, key: String, error: &CollectorError) {
         sink.entity_error();
-        let error = describe(error);
+        let error = error.with_causes();
         if self.failing.insert(key.clone()) {
             tracing::warn!(key, %error, "cannot read this entity; skipped (the rest lands), retried later");
         } else {
@@ -250,18 +250,6 @@ impl<L: ListWatch> Driver<L> {
 
 /// Failing entities remembered at most.
 const MAX_FAILING: usize = 10_000;
-
-/// The error and its causes on one line.
-fn describe(error: &CollectorError) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
 
 /// Drives `stream` into `tx` until it ends, breaks, or the receiver is gone.
 async fn pump<E: Send + 'static>(mut stream: WatchStream<E>, tx: mpsc::Sender<Result<Watched<E>, CollectorError>>) {

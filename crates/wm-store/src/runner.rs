@@ -200,17 +200,6 @@ pub(crate) struct RetryPolicy {
     pub(crate) redetect: Duration,
 }
 
-fn describe(error: &CollectorError) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// What to do after a collector returned.
 enum Next {
     Retry(String),
@@ -243,12 +232,12 @@ fn judge(status: &CollectorStatus, error: CollectorError) -> Next {
             Next::Redetect
         }
         error @ CollectorError::Permanent { .. } => {
-            let error = describe(&error);
+            let error = error.with_causes();
             tracing::error!(collector = name, %error, "collector failed and will not be retried");
             status.set_state(CollectorState::Failed { error, restarting: false });
             Next::Stop
         }
-        error => Next::Retry(describe(&error)),
+        error => Next::Retry(error.with_causes()),
     }
 }
 
@@ -301,6 +290,14 @@ async fn back_off(ctx: &CollectorContext, delay: Duration) -> bool {
     }
 }
 
+/// Waits the re-detection period before the next look for an absent environment (a fresh
+/// backoff for when it is there); `false` when the store shut down meanwhile.
+async fn redetect_later(ctx: &CollectorContext, policy: RetryPolicy, backoff: &mut Backoff, attempt: &mut u32) -> bool {
+    backoff.reset();
+    *attempt = 0;
+    back_off(ctx, policy.redetect).await
+}
+
 async fn run_stream(
     mut collector: Box<dyn StreamCollector>,
     ctx: CollectorContext,
@@ -331,9 +328,7 @@ async fn run_stream(
                     Err(error) => match judge(&status, error) {
                         Next::Stop => return,
                         Next::Redetect => {
-                            backoff.reset();
-                            attempt = 0;
-                            if !back_off(&ctx, policy.redetect).await {
+                            if !redetect_later(&ctx, policy, &mut backoff, &mut attempt).await {
                                 return;
                             }
                             continue;
@@ -379,9 +374,7 @@ async fn run_pull(
                 Outcome::Returned(Err(error)) => match judge(&status, error) {
                     Next::Stop => return,
                     Next::Redetect => {
-                        backoff.reset();
-                        attempt = 0;
-                        if !back_off(&ctx, policy.redetect).await {
+                        if !redetect_later(&ctx, policy, &mut backoff, &mut attempt).await {
                             return;
                         }
                         continue;
@@ -435,7 +428,7 @@ async fn run_pull(
                     status.set_state(CollectorState::Running);
                     continue;
                 }
-                Outcome::Returned(Ok(Err(error))) => describe(&error),
+                Outcome::Returned(Ok(Err(error))) => error.with_causes(),
                 Outcome::Returned(Err(_)) => format!("pull timed out after {timeout:?}"),
             };
             status.pull_errors.fetch_add(1, Ordering::Relaxed);
