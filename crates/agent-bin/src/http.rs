@@ -41,6 +41,43 @@ pub struct Guard {
     pub token: Arc<str>,
     /// `metrics_public`: `/metrics` without the token, to any peer.
     pub metrics_public: bool,
+    /// A token file owned by another agent (the light agent follows its upstream's): on a
+    /// mismatch it is read again, at most once a second, so a new upstream token is accepted.
+    pub token_file: Option<Arc<TokenFile>>,
+}
+
+/// A token file read again when a request's token does not match.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: std::path::PathBuf,
+    current: std::sync::Mutex<(Arc<str>, Option<Instant>)>,
+}
+
+impl TokenFile {
+    /// `path`, whose token is `token` now.
+    pub fn new(path: std::path::PathBuf, token: Arc<str>) -> Self {
+        Self { path, current: std::sync::Mutex::new((token, None)) }
+    }
+
+    /// Whether `headers` carry the file's token, reading the file again (at most once a second)
+    /// when they do not carry the one read last.
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if bearer_matches(headers, &current.0) {
+            return true;
+        }
+        if current.1.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+            return false;
+        }
+        current.1 = Some(Instant::now());
+        match crate::security::load_or_create_token(&self.path) {
+            Ok(token) if *token != *current.0 => {
+                current.0 = Arc::from(token);
+                bearer_matches(headers, &current.0)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Guard {
@@ -142,7 +179,11 @@ pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> 
     if !host.is_some_and(is_loopback_host) {
         return refuse(StatusCode::MISDIRECTED_REQUEST, "the Host must be localhost or a loopback address\n");
     }
-    if !bearer_matches(request.headers(), &guard.token) {
+    let allowed = match &guard.token_file {
+        Some(file) => file.matches(request.headers()),
+        None => bearer_matches(request.headers(), &guard.token),
+    };
+    if !allowed {
         return refuse(StatusCode::UNAUTHORIZED, "authorization: Bearer <token> required (the auth_token file)\n");
     }
     next.run(request).await

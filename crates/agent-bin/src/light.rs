@@ -50,7 +50,12 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
         started: Instant::now(),
         grpc_address: format!("none (remote tagger client of {})", upstream.address),
         compiled_collectors: Vec::new(),
-        guard: crate::http::Guard { token: token.clone(), metrics_public: config.ipc.metrics_public },
+        guard: crate::http::Guard {
+            token: token.clone(),
+            metrics_public: config.ipc.metrics_public,
+            // The upstream owns the token file: follow it when it makes a new one.
+            token_file: Some(Arc::new(crate::http::TokenFile::new(config.auth_token_path(), token.clone()))),
+        },
     };
     tasks.spawn(crate::http::serve(http_listener, state, http_limits, cancel.clone()));
     tracing::info!(upstream = upstream.address, http = %http_address, "light agent started: remote tagger client");

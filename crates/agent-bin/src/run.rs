@@ -167,7 +167,7 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
         started: Instant::now(),
         grpc_address: grpc_address.map_or_else(|| "none".to_owned(), |a| a.to_string()),
         compiled_collectors: collectors::compiled(),
-        guard: Guard { token: token.clone(), metrics_public: config.ipc.metrics_public },
+        guard: Guard { token: token.clone(), metrics_public: config.ipc.metrics_public, token_file: None },
     };
     tasks.spawn(crate::http::serve(http_listener, state, http_limits, cancel.clone()));
     tracing::info!(

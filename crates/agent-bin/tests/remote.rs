@@ -407,6 +407,11 @@ async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new
         assert!(std::time::Instant::now() < deadline, "not following the upstream's new token");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Its own API takes the new token too (the CLI reads the file the upstream rewrote).
+    let new_token = std::fs::read_to_string(config.auth_token_path()).unwrap();
+    let api = agent_bin::cli::Api::new(light_http, Some(new_token.trim().to_owned()));
+    let list: TaggerList = agent_bin::cli::fetch(api, "/agent/tagger-list").await.unwrap();
+    assert!(list.entities.contains_key("container_id://b"));
     light.stop().await;
     upstream.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
