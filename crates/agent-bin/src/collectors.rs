@@ -82,6 +82,8 @@ pub const COLLECTORS: &[CollectorEntry] = &[
         build: kube_metadata,
         fetcher: None,
     },
+    #[cfg(feature = "ecs")]
+    CollectorEntry { name: wm_collector_ecs::NAME, catalog: Catalog::Node, feature: "ecs", build: ecs, fetcher: None },
     #[cfg(feature = "remote")]
     CollectorEntry {
         name: wm_collector_remote::NAME,
@@ -138,6 +140,12 @@ fn kubelet(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
 fn kube_metadata(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let metadata: wm_collector_kube::metadata::KubeMetadataConfig = config.section()?;
     Ok(Some(wm_collector_kube::metadata::KubeMetadataCollector::new(metadata).into_collector()))
+}
+
+#[cfg(feature = "ecs")]
+fn ecs(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let ecs: wm_collector_ecs::EcsConfig = config.section()?;
+    Ok(Some(wm_collector_ecs::EcsCollector::new(ecs).into_collector()))
 }
 
 #[cfg(feature = "remote")]

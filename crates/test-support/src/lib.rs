@@ -10,6 +10,7 @@
 
 pub mod conformance;
 pub mod fake_daemon;
+pub mod fake_http;
 pub mod kubernetes;
 pub mod podman;
 pub mod procfs;

@@ -1,11 +1,240 @@
-//! The ECS collector (in progress): what the ECS agent's introspection API (`/v1/tasks`, EC2
-//! daemon mode) and the task metadata endpoints (v2 `/v2/metadata`, v4 `/task` and
-//! `/taskWithTags`, Fargate sidecar mode) answer, turned into task and container entities.
+//! The ECS collector: the tasks of an ECS container instance (EC2, daemon mode: the ECS agent's
+//! introspection API, source `node_orchestrator`) or of the agent's own task (Fargate, sidecar
+//! mode: the task metadata endpoint, source `runtime`, there being no runtime socket there), as
+//! task entities with their containers.
 //!
-//! This crate holds the conversions, tested on every ECS capture (`testdata/fixtures/ecs`) against
-//! the expected entities beside them; the pulling collector, its detection and its wiring into
-//! the agent come next (issue 15).
+//! - Mode (`ecs_deployment_mode`: `auto`, `daemon`, `sidecar`): `auto` is sidecar when
+//!   `AWS_EXECUTION_ENV=AWS_ECS_FARGATE` or `ECS_FARGATE=true`, else daemon.
+//! - Daemon: the introspection API at `ecs_agent_url` (default `http://localhost:51678`),
+//!   accepted only when `GET /` lists `/v1/tasks` among its `AvailableCommands`; each pull reads
+//!   `/v1/metadata` (the cluster) and `/v1/tasks`. Nothing answering there, or an answer that is
+//!   not an ECS agent's, is an environment not detected (looked for again by the store), unless
+//!   `ecs_agent_url` names it (then it is waited for).
+//! - Sidecar: v4 `$ECS_CONTAINER_METADATA_URI_V4/taskWithTags` (then `/task`), v2
+//!   `http://169.254.170.2/v2/metadata` as the fallback.
+//! - Every pull is a full list: what a successful pull lacks is unset, a failed pull changes
+//!   nothing. Every request has the deadline `ecs_metadata_timeout` (ms, default 1,000).
+//!
+//! Still to come (issue 15): per-task v4 enrichment of EC2 tasks through their containers'
+//! `ECS_CONTAINER_METADATA_URI_V4`, resource tags on EC2.
 
 #![forbid(unsafe_code)]
 
 pub mod convert;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use wm_core::{Collector, CollectorContext, CollectorError, PullCollector, Source};
+
+/// The collector's name.
+pub const NAME: &str = "ecs";
+/// The ECS agent's introspection API when `ecs_agent_url` is not set.
+pub const DEFAULT_AGENT_URL: &str = "http://localhost:51678";
+/// The v2 task metadata endpoint (Fargate platform 1.3).
+pub const V2_METADATA_URL: &str = "http://169.254.170.2/v2/metadata";
+
+/// The collector's part of the agent config, by Datadog's key names.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EcsConfig {
+    /// `ecs_agent_url`: the ECS agent's introspection API (daemon mode).
+    pub ecs_agent_url: Option<String>,
+    /// `ecs_deployment_mode`: `auto`, `daemon` or `sidecar`.
+    pub ecs_deployment_mode: DeploymentMode,
+    /// `ecs_metadata_timeout` (milliseconds, default 1,000): the deadline of each request.
+    pub ecs_metadata_timeout: u64,
+    /// The v4 task metadata endpoint; unset: `$ECS_CONTAINER_METADATA_URI_V4` (not a key).
+    #[serde(skip)]
+    pub metadata_uri_v4: Option<String>,
+}
+
+impl Default for EcsConfig {
+    fn default() -> Self {
+        Self {
+            ecs_agent_url: None,
+            ecs_deployment_mode: DeploymentMode::Auto,
+            ecs_metadata_timeout: 1000,
+            metadata_uri_v4: None,
+        }
+    }
+}
+
+/// How the agent runs on ECS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentMode {
+    /// Sidecar on Fargate, daemon elsewhere.
+    Auto,
+    /// One agent per EC2 container instance.
+    Daemon,
+    /// In each task (Fargate).
+    Sidecar,
+}
+
+impl EcsConfig {
+    /// The mode, `auto` resolved from the environment (`AWS_EXECUTION_ENV`, `ECS_FARGATE`).
+    pub fn mode(&self) -> DeploymentMode {
+        match self.ecs_deployment_mode {
+            DeploymentMode::Auto => {
+                let fargate = std::env::var("AWS_EXECUTION_ENV").is_ok_and(|v| v == "AWS_ECS_FARGATE")
+                    || std::env::var("ECS_FARGATE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+                if fargate { DeploymentMode::Sidecar } else { DeploymentMode::Daemon }
+            }
+            mode => mode,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.ecs_metadata_timeout.clamp(50, 60_000))
+    }
+}
+
+/// Where a pull reads.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    /// The introspection API's base URL.
+    Introspection(String),
+    /// Task metadata URLs, tried in order.
+    TaskMetadata(Vec<String>),
+}
+
+/// The ECS collector.
+#[derive(Debug)]
+pub struct EcsCollector {
+    config: EcsConfig,
+    client: Option<reqwest::Client>,
+    endpoint: Option<Endpoint>,
+    /// Skipped items already logged (bounded).
+    reported: std::collections::HashSet<String>,
+}
+
+impl EcsCollector {
+    /// A collector for `config`.
+    pub fn new(config: EcsConfig) -> Self {
+        Self { config, client: None, endpoint: None, reported: std::collections::HashSet::new() }
+    }
+
+    /// This collector, ready to hand to the store: source `runtime` in sidecar mode (nothing
+    /// else reports those containers), `node_orchestrator` in daemon mode.
+    pub fn into_collector(self) -> Collector {
+        let source = match self.config.mode() {
+            DeploymentMode::Sidecar => Source::Runtime,
+            _ => Source::NodeOrchestrator,
+        };
+        Collector::pull(NAME, source, self)
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, CollectorError> {
+        let client = self.client.as_ref().ok_or_else(|| CollectorError::Retriable {
+            context: "ecs: pulled before it started".into(),
+            source: None,
+        })?;
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| CollectorError::retriable(format!("ecs: GET {url}"), e))?;
+        let bytes = response.bytes().await.map_err(|e| CollectorError::retriable(format!("ecs: GET {url}"), e))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Whether `base` is an ECS agent's introspection API.
+    async fn is_ecs_agent(&self, base: &str) -> Result<bool, CollectorError> {
+        let bytes = self.get(&format!("{base}/")).await?;
+        let root: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(root["AvailableCommands"].as_array().is_some_and(|c| c.iter().any(|c| c.as_str() == Some("/v1/tasks"))))
+    }
+}
+
+#[async_trait]
+impl PullCollector for EcsCollector {
+    async fn start(&mut self, _ctx: &CollectorContext) -> Result<(), CollectorError> {
+        let client = reqwest::Client::builder()
+            .timeout(self.config.timeout())
+            .no_proxy()
+            .build()
+            .map_err(|e| CollectorError::permanent("ecs: cannot build an HTTP client", e))?;
+        self.client = Some(client);
+        match self.config.mode() {
+            DeploymentMode::Sidecar => {
+                let v4 =
+                    self.config.metadata_uri_v4.clone().or_else(|| std::env::var("ECS_CONTAINER_METADATA_URI_V4").ok());
+                let urls = match v4.filter(|v4| !v4.is_empty()) {
+                    Some(v4) => vec![format!("{v4}/taskWithTags"), format!("{v4}/task")],
+                    None => vec![V2_METADATA_URL.to_owned()],
+                };
+                self.endpoint = Some(Endpoint::TaskMetadata(urls));
+                Ok(())
+            }
+            _ => {
+                let configured = self.config.ecs_agent_url.clone().filter(|u| !u.is_empty());
+                let base = configured.clone().unwrap_or_else(|| DEFAULT_AGENT_URL.to_owned());
+                let base = base.trim_end_matches('/').to_owned();
+                match self.is_ecs_agent(&base).await {
+                    Ok(true) => {
+                        self.endpoint = Some(Endpoint::Introspection(base));
+                        Ok(())
+                    }
+                    Ok(false) | Err(_) if configured.is_some() => {
+                        Err(CollectorError::waiting_for(format!("the ECS agent at {base} (ecs_agent_url)")))
+                    }
+                    Ok(false) => Err(CollectorError::absent(format!("{base} is not an ECS agent's introspection API"))),
+                    Err(_) => Err(CollectorError::absent(format!("no ECS agent at {base}"))),
+                }
+            }
+        }
+    }
+
+    async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        let converted = match self.endpoint.clone() {
+            Some(Endpoint::Introspection(base)) => {
+                let metadata = self.get(&format!("{base}/v1/metadata")).await?;
+                let cluster = serde_json::from_slice::<serde_json::Value>(&metadata)
+                    .ok()
+                    .and_then(|m| m["Cluster"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let tasks = self.get(&format!("{base}/v1/tasks")).await?;
+                convert::v1_tasks(&tasks, &cluster)
+                    .map_err(|e| CollectorError::retriable(format!("ecs: {base}/v1/tasks does not parse"), e))?
+            }
+            Some(Endpoint::TaskMetadata(urls)) => {
+                let mut last = None;
+                let mut body = None;
+                for url in &urls {
+                    match self.get(url).await {
+                        Ok(bytes) => {
+                            body = Some((url.clone(), bytes));
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let Some((url, bytes)) = body else {
+                    return Err(last.unwrap_or_else(|| CollectorError::absent("no task metadata endpoint")));
+                };
+                convert::task_metadata(&bytes)
+                    .map_err(|e| CollectorError::retriable(format!("ecs: {url} does not parse"), e))?
+            }
+            None => {
+                return Err(CollectorError::Retriable {
+                    context: "ecs: pulled before it started".into(),
+                    source: None,
+                });
+            }
+        };
+        if self.reported.len() > 1000 {
+            self.reported.clear();
+        }
+        for why in converted.skipped {
+            if !self.reported.contains(&why) {
+                tracing::warn!(%why, "ecs: skipping an item");
+                self.reported.insert(why);
+            }
+        }
+        ctx.sink.full_list(converted.entities).await;
+        Ok(())
+    }
+}
