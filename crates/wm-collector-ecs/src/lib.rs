@@ -10,28 +10,40 @@
 //!   `/v1/metadata` (the cluster) and `/v1/tasks`. Nothing answering there, or an answer that is
 //!   not an ECS agent's, is an environment not detected (looked for again by the store), unless
 //!   `ecs_agent_url` names it (then it is waited for).
-//! - Sidecar: v4 `$ECS_CONTAINER_METADATA_URI_V4/taskWithTags` (then `/task`), v2
-//!   `http://169.254.170.2/v2/metadata` as the fallback.
+//! - Sidecar: v4 `$ECS_CONTAINER_METADATA_URI_V4/taskWithTags` (then `/task`), else v3
+//!   `$ECS_CONTAINER_METADATA_URI/task`, v2 `http://169.254.170.2/v2/metadata` as the fallback.
 //! - Every pull is a full list: what a successful pull lacks is unset, a failed pull changes
 //!   nothing. Every request has the deadline `ecs_metadata_timeout` (ms, default 1,000).
 //!
-//! Still to come (issue 15): per-task v4 enrichment of EC2 tasks through their containers'
-//! `ECS_CONTAINER_METADATA_URI_V4`, resource tags on EC2.
+//! - Daemon mode enriches each task with its v4 task metadata (availability zone, service, health,
+//!   limits, addresses; resource tags with `ecs_collect_resource_tags_ec2`), read through the
+//!   `ECS_CONTAINER_METADATA_URI_V4` the runtime collector kept in one of its containers' env
+//!   (through the store's read handle, never a runtime crate). At most [`ENRICH_PER_PULL`] tasks
+//!   are asked per pull; an answer is kept [`ENRICH_TTL`] per task ARN; a failed one leaves the
+//!   task as `/v1/tasks` says.
 
 #![forbid(unsafe_code)]
 
 pub mod convert;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use wm_core::{Collector, CollectorContext, CollectorError, PullCollector, Source};
+use wm_core::{Collector, CollectorContext, CollectorError, Entity, EntityId, Kind, PullCollector, Source};
 
 /// The collector's name.
 pub const NAME: &str = "ecs";
 /// The ECS agent's introspection API when `ecs_agent_url` is not set.
 pub const DEFAULT_AGENT_URL: &str = "http://localhost:51678";
+/// Tasks asked for their v4 metadata per pull at most (the rest wait for the next pulls).
+pub const ENRICH_PER_PULL: usize = 8;
+/// How long a task's v4 metadata is kept before it is asked again.
+pub const ENRICH_TTL: Duration = Duration::from_secs(300);
+/// The env var through which a container finds its task's v4 metadata endpoint.
+const METADATA_ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
+
 /// The v2 task metadata endpoint (Fargate platform 1.3).
 pub const V2_METADATA_URL: &str = "http://169.254.170.2/v2/metadata";
 
@@ -45,6 +57,8 @@ pub struct EcsConfig {
     pub ecs_deployment_mode: DeploymentMode,
     /// `ecs_metadata_timeout` (milliseconds, default 1,000): the deadline of each request.
     pub ecs_metadata_timeout: u64,
+    /// `ecs_collect_resource_tags_ec2`: ask EC2 tasks' v4 metadata with their resource tags.
+    pub ecs_collect_resource_tags_ec2: bool,
     /// The v4 task metadata endpoint; unset: `$ECS_CONTAINER_METADATA_URI_V4` (not a key).
     #[serde(skip)]
     pub metadata_uri_v4: Option<String>,
@@ -56,6 +70,7 @@ impl Default for EcsConfig {
             ecs_agent_url: None,
             ecs_deployment_mode: DeploymentMode::Auto,
             ecs_metadata_timeout: 1000,
+            ecs_collect_resource_tags_ec2: false,
             metadata_uri_v4: None,
         }
     }
@@ -108,12 +123,20 @@ pub struct EcsCollector {
     endpoint: Option<Endpoint>,
     /// Skipped items already logged (bounded).
     reported: std::collections::HashSet<String>,
+    /// v4 metadata of EC2 tasks, by task ARN: when read, and the entities it gave.
+    enriched: HashMap<String, (Instant, Vec<Entity>)>,
 }
 
 impl EcsCollector {
     /// A collector for `config`.
     pub fn new(config: EcsConfig) -> Self {
-        Self { config, client: None, endpoint: None, reported: std::collections::HashSet::new() }
+        Self {
+            config,
+            client: None,
+            endpoint: None,
+            reported: std::collections::HashSet::new(),
+            enriched: HashMap::new(),
+        }
     }
 
     /// This collector, ready to hand to the store: source `runtime` in sidecar mode (nothing
@@ -146,6 +169,56 @@ impl EcsCollector {
         let bytes = self.get(&format!("{base}/")).await?;
         let root: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         Ok(root["AvailableCommands"].as_array().is_some_and(|c| c.iter().any(|c| c.as_str() == Some("/v1/tasks"))))
+    }
+}
+
+impl EcsCollector {
+    /// Lays each task's v4 metadata (asked through one of its containers' env, a few tasks per
+    /// pull, kept a while) over what `/v1/tasks` said of it and of its containers.
+    async fn enrich(&mut self, ctx: &CollectorContext, entities: &mut [Entity]) {
+        let tasks: Vec<(String, Vec<String>)> = entities
+            .iter()
+            .filter_map(|e| e.as_ecs_task())
+            .map(|t| (t.id.to_string(), t.containers.iter().map(|c| c.id.clone()).collect()))
+            .collect();
+        self.enriched.retain(|arn, (at, _)| at.elapsed() < ENRICH_TTL && tasks.iter().any(|(a, _)| a == arn));
+        let suffix = if self.config.ecs_collect_resource_tags_ec2 { "taskWithTags" } else { "task" };
+        let mut asked = 0;
+        for (arn, containers) in &tasks {
+            if asked >= ENRICH_PER_PULL || self.enriched.contains_key(arn) {
+                continue;
+            }
+            let uri = containers
+                .iter()
+                .filter_map(|id| ctx.reader.get_container(id))
+                .find_map(|c| c.env.get(METADATA_ENV).map(str::to_owned));
+            let Some(uri) = uri else { continue };
+            asked += 1;
+            let url = format!("{}/{suffix}", uri.trim_end_matches('/'));
+            match self.get(&url).await.map(|bytes| convert::task_metadata(&bytes)) {
+                Ok(Ok(metadata)) => {
+                    self.enriched.insert(arn.clone(), (Instant::now(), metadata.entities));
+                }
+                Ok(Err(error)) => tracing::debug!(%url, %error, "ecs: task metadata does not parse"),
+                Err(error) => tracing::debug!(%url, %error, "ecs: task metadata unavailable"),
+            }
+        }
+        for entity in entities.iter_mut() {
+            let owner = match entity {
+                Entity::EcsTask(t) => t.id.to_string(),
+                Entity::Container(c) => match &c.owner {
+                    Some(EntityId { kind: Kind::EcsTask, id }) => id.to_string(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let Some((_, metadata)) = self.enriched.get(&owner) else { continue };
+            if let Some(richer) = metadata.iter().find(|m| m.id() == entity.id()) {
+                let mut merged = richer.clone();
+                wm_core::merge::fill_from(&mut merged, entity);
+                *entity = merged;
+            }
+        }
     }
 }
 
@@ -197,8 +270,10 @@ impl PullCollector for EcsCollector {
                     .and_then(|m| m["Cluster"].as_str().map(str::to_owned))
                     .unwrap_or_default();
                 let tasks = self.get(&format!("{base}/v1/tasks")).await?;
-                convert::v1_tasks(&tasks, &cluster)
-                    .map_err(|e| CollectorError::retriable(format!("ecs: {base}/v1/tasks does not parse"), e))?
+                let mut converted = convert::v1_tasks(&tasks, &cluster)
+                    .map_err(|e| CollectorError::retriable(format!("ecs: {base}/v1/tasks does not parse"), e))?;
+                self.enrich(ctx, &mut converted.entities).await;
+                converted
             }
             Some(Endpoint::TaskMetadata(urls)) => {
                 let mut last = None;

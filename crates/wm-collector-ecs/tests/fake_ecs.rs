@@ -141,3 +141,39 @@ async fn sidecar_mode_reads_v4_task_metadata_with_tags() {
     assert_eq!(ids(&store, Kind::Container).len(), 2);
     store.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_mode_enriches_a_task_through_its_containers_v4_endpoint() {
+    let server = introspection().await;
+    server.set("/v4/nginx/taskWithTags", capture("nginx.json"));
+    server.set("/v4/nginx/task", capture("nginx-no-tags.json"));
+    let config = EcsConfig { ecs_collect_resource_tags_ec2: true, ..daemon(server.url()) };
+    let collector = EcsCollector::new(config).into_collector().with_pull_interval(Duration::from_millis(200));
+    let store = Store::builder().collector(collector).build();
+    // What the docker collector would have stored of the task's container: its env keeps the
+    // task's metadata endpoint.
+    let docker_id = "2ad9e753a0dfbba1c91e0e7bebaaf3a0918d3ef304b7549b1ced5f573bc05645";
+    let env: wm_core::StrMap = [("ECS_CONTAINER_METADATA_URI_V4", format!("{}/v4/nginx", server.url()))]
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let runtime = Container { id: docker_id.into(), env, ..Container::default() };
+    store.notify(vec![wm_core::CollectorEvent::set(Source::Runtime, runtime)]).await;
+    store.start();
+    let arn = "arn:aws:ecs:us-east-1:123457279990:task/ecs-cluster/e39c666b3b134c2ca2241c4c3c64e6ac";
+    eventually("the task enriched by v4", Duration::from_secs(10), || {
+        store.get_ecs_task(arn).is_some_and(|t| t.service_name == "nginx-ec2" && t.availability_zone == "us-east-1a")
+    })
+    .await;
+    let task = store.get_ecs_task(arn).unwrap();
+    assert_eq!(task.tags.get("tag-test"), Some("task-test-value"), "resource tags (ecs_collect_resource_tags_ec2)");
+    let container = store.get_container(docker_id).unwrap();
+    assert_eq!(container.state.health, wm_core::ContainerHealth::Healthy);
+    assert!(container.resources.memory_limit.is_some());
+    // The other task has no container with an endpoint: as /v1/tasks says.
+    let other = store
+        .get_ecs_task("arn:aws:ecs:us-east-1:123457279990:task/ecs-cluster/7d2dae60ad844c608fb2d44215a46f6f")
+        .unwrap();
+    assert!(other.service_name.is_empty() && other.family == "datadog-agent");
+    store.shutdown().await;
+}
