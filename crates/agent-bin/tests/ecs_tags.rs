@@ -15,19 +15,9 @@ use wm_collector_ecs::convert::{task_metadata, v1_tasks};
 use wm_core::{CollectorEvent, Source};
 use wm_store::Store;
 
-const CAPTURES: [&str; 7] = [
-    "tasks.json",
-    "collector_tasks_v1.json",
-    "task.json",
-    "v2_task_with_tags.json",
-    "v3or4_task_with_tags.json",
-    "nginx.json",
-    "nginx-no-tags.json",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_capture_is_tagged_as_design_7_4_says() {
-    for name in CAPTURES {
+    for name in testdata::ECS_ENTITY_CAPTURES {
         let bytes = std::fs::read(testdata::path(&format!("fixtures/ecs/{name}"))).unwrap();
         let converted =
             if name.contains("tasks") { v1_tasks(&bytes, "ecs_cluster") } else { task_metadata(&bytes) }.unwrap();

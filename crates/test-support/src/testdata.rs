@@ -32,6 +32,37 @@ pub fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("test data {}: {e}", path.display()))
 }
 
+/// Compares `got` with the expected output at `expected/<relative>` (the model's JSON form of
+/// what a capture converts to, checked by hand when written); `WM_BLESS=1` writes a missing one.
+/// Panics, naming the file, when they differ or it is missing.
+pub fn assert_matches_expected(relative: &str, got: &str) {
+    let expected_path = path(&format!("expected/{relative}"));
+    match std::fs::read_to_string(&expected_path) {
+        Ok(expected) => assert_eq!(got, expected, "{relative}: differs from {}", expected_path.display()),
+        Err(_) if std::env::var_os("WM_BLESS").is_some_and(|v| v == "1") => {
+            if let Some(dir) = expected_path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Err(e) = std::fs::write(&expected_path, got) {
+                panic!("{relative}: cannot write {}: {e}", expected_path.display());
+            }
+        }
+        Err(e) => panic!("{relative}: no expected output at {} ({e})", expected_path.display()),
+    }
+}
+
+/// The ECS captures that convert to entities (the others, `commands.json` and `instance.json`,
+/// are what the collector asks besides).
+pub const ECS_ENTITY_CAPTURES: [&str; 7] = [
+    "tasks.json",
+    "collector_tasks_v1.json",
+    "task.json",
+    "v2_task_with_tags.json",
+    "v3or4_task_with_tags.json",
+    "nginx.json",
+    "nginx-no-tags.json",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

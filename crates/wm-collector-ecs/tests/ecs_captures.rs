@@ -28,16 +28,6 @@ fn convert(name: &str) -> Converted {
     converted.unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-const ENTITY_CAPTURES: [&str; 7] = [
-    "tasks.json",
-    "collector_tasks_v1.json",
-    "task.json",
-    "v2_task_with_tags.json",
-    "v3or4_task_with_tags.json",
-    "nginx.json",
-    "nginx-no-tags.json",
-];
-
 #[test]
 fn every_capture_gives_the_expected_entities() {
     let all: Vec<String> = std::fs::read_dir(testdata::path("fixtures/ecs"))
@@ -47,23 +37,16 @@ fn every_capture_gives_the_expected_entities() {
         .collect();
     for name in &all {
         assert!(
-            ENTITY_CAPTURES.contains(&name.as_str()) || ["commands.json", "instance.json"].contains(&name.as_str()),
+            testdata::ECS_ENTITY_CAPTURES.contains(&name.as_str())
+                || ["commands.json", "instance.json"].contains(&name.as_str()),
             "a capture this test does not cover: {name}"
         );
     }
-    for name in ENTITY_CAPTURES {
+    for name in testdata::ECS_ENTITY_CAPTURES {
         let converted = convert(name);
         assert!(converted.skipped.is_empty(), "{name}: {:?}", converted.skipped);
         let got = serde_json::to_string_pretty(&converted.entities).unwrap() + "\n";
-        let expected_path = testdata::path(&format!("expected/ecs/{name}"));
-        match std::fs::read_to_string(&expected_path) {
-            Ok(expected) => assert_eq!(got, expected, "{name}: the entities differ from {}", expected_path.display()),
-            Err(_) if std::env::var_os("WM_BLESS").is_some_and(|v| v == "1") => {
-                std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
-                std::fs::write(&expected_path, &got).unwrap();
-            }
-            Err(e) => panic!("{name}: no expected output at {} ({e})", expected_path.display()),
-        }
+        testdata::assert_matches_expected(&format!("ecs/{name}"), &got);
         let back: Vec<Entity> = serde_json::from_str(&got).unwrap();
         assert_eq!(back.len(), converted.entities.len());
         println!("ecs capture {name}: {} entities", back.len());

@@ -27,15 +27,7 @@ fn every_capture_gives_its_expected_entities() {
     assert!(names.len() >= 9, "{names:?}");
     for name in &names {
         let got = serde_json::to_string_pretty(&convert(name).entities).unwrap() + "\n";
-        let expected_path = testdata::path(&format!("expected/kubelet/{name}"));
-        match std::fs::read_to_string(&expected_path) {
-            Ok(expected) => assert_eq!(got, expected, "{name}: the entities differ from {}", expected_path.display()),
-            Err(_) if std::env::var_os("WM_BLESS").is_some_and(|v| v == "1") => {
-                std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
-                std::fs::write(&expected_path, &got).unwrap();
-            }
-            Err(e) => panic!("{name}: no expected output at {} ({e})", expected_path.display()),
-        }
+        testdata::assert_matches_expected(&format!("kubelet/{name}"), &got);
         // What was written round-trips through the model (a misspelt field would fail here).
         let back: Vec<Entity> = serde_json::from_str(&got).unwrap();
         assert_eq!(back.len(), convert(name).entities.len());
