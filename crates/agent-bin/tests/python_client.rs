@@ -64,28 +64,9 @@ for name, md in [("NOTOKEN", []), ("BADTOKEN", [("authorization", "Bearer wrong"
         print(name, err.code().name, err.details())
 "#;
 
-/// The virtualenv's python, made (and grpcio installed) on first use.
+/// The virtualenv's python, with grpcio installed on first use.
 fn python() -> Result<PathBuf, String> {
-    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
-    let venv = Path::new(&home).join(".cache/wm-pyenv");
-    let python = venv.join("bin/python");
-    let ready =
-        |p: &Path| Command::new(p).args(["-c", "import grpc, grpc_tools"]).output().is_ok_and(|o| o.status.success());
-    if ready(&python) {
-        return Ok(python);
-    }
-    let out = Command::new("python3").arg("-m").arg("venv").arg(&venv).output().map_err(|e| format!("python3: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "grpcio", "grpcio-tools"])
-        .output()
-        .map_err(|e| format!("pip: {e}"))?;
-    if !out.status.success() || !ready(&python) {
-        return Err(format!("pip install grpcio grpcio-tools failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(python)
+    support::python_venv("grpc, grpc_tools", &["grpcio", "grpcio-tools"])
 }
 
 fn generate_stubs(python: &Path, out: &Path) {

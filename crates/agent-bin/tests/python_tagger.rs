@@ -10,35 +10,16 @@
 #![cfg(all(feature = "docker", feature = "containerd"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use test_support::runtimes::{Runtimes, with_service};
 
-/// The virtualenv's python with maturin and pytest, made on first use.
+/// The virtualenv's python, with maturin and pytest installed on first use.
 fn python() -> Result<PathBuf, String> {
-    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
-    let venv = Path::new(&home).join(".cache/wm-pyenv");
-    let python = venv.join("bin/python");
-    let ready =
-        |p: &Path| Command::new(p).args(["-c", "import maturin, pytest"]).output().is_ok_and(|o| o.status.success());
-    if ready(&python) {
-        return Ok(python);
-    }
-    if !python.exists() {
-        let out = Command::new("python3").arg("-m").arg("venv").arg(&venv).output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!("python3 -m venv: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-    }
-    let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "maturin>=1.5,<2", "pytest"])
-        .output()
-        .map_err(|e| format!("pip: {e}"))?;
-    if !out.status.success() || !ready(&python) {
-        return Err(format!("pip install maturin pytest failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(python)
+    support::python_venv("maturin, pytest", &["maturin>=1.5,<2", "pytest"])
 }
 
 /// Builds the module's wheel with maturin and installs it; the wheel's path.

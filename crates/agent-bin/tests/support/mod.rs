@@ -81,3 +81,33 @@ pub fn mirrored(store: &Store) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// The tooling's virtualenv (`~/.cache/wm-pyenv`) with `packages` installed, made on first use;
+/// ready when `python -c "import <modules>"` works. Its python.
+pub fn python_venv(modules: &str, packages: &[&str]) -> Result<PathBuf, String> {
+    use std::process::Command;
+    let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
+    let venv = Path::new(&home).join(".cache/wm-pyenv");
+    let python = venv.join("bin/python");
+    let import = format!("import {modules}");
+    let ready = |p: &Path| Command::new(p).args(["-c", &import]).output().is_ok_and(|o| o.status.success());
+    if ready(&python) {
+        return Ok(python);
+    }
+    if !python.exists() {
+        let out =
+            Command::new("python3").arg("-m").arg("venv").arg(&venv).output().map_err(|e| format!("python3: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q"])
+        .args(packages)
+        .output()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !out.status.success() || !ready(&python) {
+        return Err(format!("pip install {} failed: {}", packages.join(" "), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(python)
+}
