@@ -125,21 +125,38 @@ fn ci() -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_tools()?;
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run("clippy", cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
+    run(
+        "clippy",
+        cargo()
+            .args(["clippy", "--workspace", "--all-targets", "--quiet"])
+            .args(TEST_FEATURES)
+            .args(["--", "-D", "warnings"]),
+    )?;
     layers()?;
     flavors()?;
     // WM_CI tells daemon-backed tests that skipping is not allowed here.
     if have("cargo-nextest") {
-        run("tests", cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).env("WM_CI", "1"))?;
+        run(
+            "tests",
+            cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(TEST_FEATURES).env("WM_CI", "1"),
+        )?;
     } else {
         println!("cargo-nextest is not installed: running the tests with cargo test");
-        run("tests", cargo().args(["test", "--workspace", "--lib", "--bins", "--tests"]).env("WM_CI", "1"))?;
+        let mut tests = cargo();
+        tests.args(["test", "--workspace", "--lib", "--bins", "--tests"]).args(TEST_FEATURES).env("WM_CI", "1");
+        run("tests", &mut tests)?;
     }
-    run("doctests", cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
-    run("docs", cargo().args(["doc", "--workspace", "--no-deps", "--quiet"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    run("doctests", cargo().args(["test", "--workspace", "--doc", "--quiet"]).args(TEST_FEATURES))?;
+    let mut docs = cargo();
+    docs.args(["doc", "--workspace", "--no-deps", "--quiet"]).args(TEST_FEATURES).env("RUSTDOCFLAGS", "-D warnings");
+    run("docs", &mut docs)?;
     println!("ci: every step passed in {:.0?}", started.elapsed());
     Ok(())
 }
+
+/// Features the linted and tested build adds to the defaults: the collectors no default flavor
+/// links (Cloud Foundry's is in `flavor-cf` only), so their code and their agent tests run too.
+const TEST_FEATURES: &[&str] = &["--features", "agent-bin/cf"];
 
 /// Third-party client libraries of the collectors, which `flavor-light` must not pull in either.
 const COLLECTOR_CLIENT_LIBRARIES: &[&str] =
@@ -275,13 +292,21 @@ mod tests {
             "podman",
             "kube",
             "kube-metadata",
+            "ecs",
+            "cf",
             "remote",
+            "flavor-cf",
         ] {
             assert!(sets.iter().any(|s| s == expected), "{expected} missing from {sets:?}");
         }
         assert!(!sets.iter().any(|s| s == "default"));
-        for expected in ["wm-collector-docker", "wm-collector-containerd", "wm-collector-podman", "wm-collector-remote"]
-        {
+        for expected in [
+            "wm-collector-docker",
+            "wm-collector-containerd",
+            "wm-collector-podman",
+            "wm-collector-remote",
+            "wm-collector-cf",
+        ] {
             assert!(collectors.iter().any(|c| c == expected), "{expected} missing from {collectors:?}");
         }
     }

@@ -152,6 +152,9 @@ fn container_body(out: &mut String, c: &Container, verbose: bool) {
     kv(out, "Hostname", &c.hostname);
     kv(out, "Owner", c.owner.as_ref().map(ToString::to_string).unwrap_or_default());
     kv(out, "Cgroup Path", &c.cgroup_path);
+    if !c.collector_tags.is_empty() {
+        kv(out, "Collector Tags", c.collector_tags.join(", "));
+    }
     if verbose {
         map_section(out, "Labels", &c.labels);
         map_section(out, "Env Variables", &c.env);

@@ -84,6 +84,14 @@ pub const COLLECTORS: &[CollectorEntry] = &[
     },
     #[cfg(feature = "ecs")]
     CollectorEntry { name: wm_collector_ecs::NAME, catalog: Catalog::Node, feature: "ecs", build: ecs, fetcher: None },
+    #[cfg(feature = "cf")]
+    CollectorEntry {
+        name: wm_collector_cf::NAME,
+        catalog: Catalog::Node,
+        feature: "cloudfoundry",
+        build: cloudfoundry,
+        fetcher: None,
+    },
     #[cfg(feature = "remote")]
     CollectorEntry {
         name: wm_collector_remote::NAME,
@@ -146,6 +154,15 @@ fn kube_metadata(config: &AgentConfig) -> Result<Option<Collector>, ConfigError>
 fn ecs(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let ecs: wm_collector_ecs::EcsConfig = config.section()?;
     Ok(Some(wm_collector_ecs::EcsCollector::new(ecs).into_collector()))
+}
+
+#[cfg(feature = "cf")]
+fn cloudfoundry(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let garden: wm_collector_cf::CfConfig = config.section()?;
+    garden.address().map_err(ConfigError::Invalid)?;
+    let cc: wm_collector_cf::CcConfig = config.section()?;
+    cc.validate().map_err(ConfigError::Invalid)?;
+    Ok(Some(wm_collector_cf::CfCollector::new(garden, cc).into_collector()))
 }
 
 #[cfg(feature = "remote")]

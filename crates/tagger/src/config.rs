@@ -35,6 +35,9 @@ pub struct TaggerConfig {
     pub kubernetes_persistent_volume_claims_as_tags: bool,
     /// Tag ECS tasks on EC2 with their AWS resource tags (always on Fargate).
     pub ecs_collect_resource_tags_ec2: bool,
+    /// Every Cloud Foundry tag at high cardinality, as the Datadog Agent does (default false:
+    /// the instance's tags high, its app's, space's and org's low, DESIGN 7.5).
+    pub cloud_foundry_datadog_cardinality: bool,
     /// How long a deleted entity keeps its tags, in seconds (default 300).
     pub tagger_deletion_grace_period: Seconds,
 }
@@ -54,6 +57,7 @@ impl Default for TaggerConfig {
             kubernetes_node_annotations_as_tags: BTreeMap::new(),
             kubernetes_persistent_volume_claims_as_tags: false,
             ecs_collect_resource_tags_ec2: false,
+            cloud_foundry_datadog_cardinality: false,
             tagger_deletion_grace_period: Seconds(300),
         }
     }

@@ -113,8 +113,36 @@ const ENV_TAGS: &[(&str, &str, TagCardinality)] = &[
     ("MESOS_TASK_ID", "mesos_task", Orchestrator),
 ];
 
-/// The tags of a container entity (7.1).
+/// The Cloud Foundry tags that name one instance (high cardinality, 7.5); the others name its
+/// app, space, org or what the Cloud Controller says of the app (low).
+const CF_INSTANCE_TAGS: &[&str] = &["container_name", "app_instance_guid", "app_instance_index"];
+
+/// The tags of a Garden container (7.5): its collector's tags, split by what they name, or all
+/// high with `cloud_foundry_datadog_cardinality`; `env`, `service` and `version` (from the app's
+/// `tags.datadoghq.com/*` metadata) are standard tags too.
+fn garden_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
+    let mut tags = TagInfo::default();
+    let has = |key: &str| c.collector_tags.iter().any(|t| t.split_once(':').is_some_and(|(k, _)| k == key));
+    let fallback = [("container_name", &*c.name), ("app_instance_guid", &*c.id)];
+    let fallback = fallback.iter().filter(|(key, _)| !has(key)).map(|(key, value)| format!("{key}:{value}"));
+    for tag in c.collector_tags.iter().cloned().chain(fallback) {
+        let Some((key, value)) = tag.split_once(':') else { continue };
+        if config.cloud_foundry_datadog_cardinality || CF_INSTANCE_TAGS.contains(&key) {
+            tags.add_tag(High, tag);
+        } else if matches!(key, "env" | "service" | "version") {
+            tags.add_standard(key, value);
+        } else {
+            tags.add_tag(Low, tag);
+        }
+    }
+    tags
+}
+
+/// The tags of a container entity (7.1; 7.5 for Cloud Foundry's Garden containers).
 pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
+    if c.runtime == Some(Runtime::Garden) {
+        return garden_tags(c, config);
+    }
     let mut tags = TagInfo::default();
     tags.add(High, "container_name", &c.name);
     tags.add(High, "container_id", &c.id);

@@ -54,13 +54,19 @@ impl ScenarioFile {
     }
 }
 
-/// The directories to run: the project's own `testdata/conformance` and `$WM_EXTRA_CONFORMANCE`.
+/// The directories to run: the project's copy `testdata/conformance`, its own
+/// `testdata/conformance-ours`, and `$WM_EXTRA_CONFORMANCE`.
 pub fn directories() -> Result<Vec<PathBuf>, String> {
     let own = crate::testdata::path("conformance");
     if !own.is_dir() {
         return Err(format!("conformance directory {} not found", own.display()));
     }
     let mut dirs = vec![own];
+    // The project's own scenarios, in the same format, for what the shared ones do not pin down.
+    let ours = crate::testdata::path("conformance-ours");
+    if ours.is_dir() {
+        dirs.push(ours);
+    }
     if let Some(extra) = std::env::var_os("WM_EXTRA_CONFORMANCE").filter(|v| !v.is_empty()) {
         let extra = PathBuf::from(extra);
         if !extra.is_dir() {

@@ -3,11 +3,12 @@
 //! data ([`testdata`]); the real
 //! container runtimes the collectors are tested against ([`runtimes`], [`podman`]), and a real
 //! single-node Kubernetes built from its Go modules ([`kubernetes`]); daemons of ours that misbehave
-//! on demand ([`fake_daemon`]); a store
+//! on demand ([`fake_daemon`], [`fake_http`], [`cloudfoundry`]); a store
 //! watcher for those tests ([`watch`]).
 
 #![forbid(unsafe_code)]
 
+pub mod cloudfoundry;
 pub mod conformance;
 pub mod fake_daemon;
 pub mod fake_http;
@@ -17,4 +18,5 @@ pub mod procfs;
 pub mod rng;
 pub mod runtimes;
 pub mod testdata;
+mod tls;
 pub mod watch;

@@ -144,6 +144,7 @@ pub fn container_from_inspect(
         cgroup_path: String::new(),
         restart_count: inspect.restart_count.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
         resources,
+        collector_tags: Vec::new(),
     })
 }
 

@@ -301,6 +301,11 @@ pub struct Container {
     /// Requests and limits.
     #[serde(skip_serializing_if = "is_default")]
     pub resources: ContainerResources,
+    /// Tags its collector gives as they are (`key:value`), for runtimes whose metadata comes
+    /// as tags rather than labels: Cloud Foundry's Garden containers (the Datadog Agent's
+    /// `CollectorTags`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub collector_tags: Vec<String>,
 }
 
 impl PartialEq for Container {
@@ -325,6 +330,7 @@ impl PartialEq for Container {
             cgroup_path,
             restart_count,
             resources,
+            collector_tags,
         } = self;
         *restart_count == other.restart_count
             && *pid == other.pid
@@ -340,6 +346,7 @@ impl PartialEq for Container {
             && *network_ips == other.network_ips
             && *ports == other.ports
             && *cgroup_path == other.cgroup_path
+            && *collector_tags == other.collector_tags
             && *id == other.id
     }
 }

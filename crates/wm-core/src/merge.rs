@@ -74,6 +74,7 @@ fn fill_container(high: &mut Container, low: &Container) {
     fill(&mut high.cgroup_path, &low.cgroup_path);
     fill(&mut high.restart_count, &low.restart_count);
     fill_resources(&mut high.resources, &low.resources);
+    fill(&mut high.collector_tags, &low.collector_tags);
 }
 
 fn fill_pod(high: &mut KubernetesPod, low: &KubernetesPod) {

@@ -22,6 +22,12 @@ pub struct TimestampError {
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 impl Timestamp {
+    /// The system clock's time now (the epoch if the clock is before it).
+    pub fn now() -> Self {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Self(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+    }
+
     /// From nanoseconds since the Unix epoch.
     pub const fn from_unix_nanos(nanos: i64) -> Self {
         Self(nanos)

@@ -147,7 +147,7 @@ pub fn container(c: &Container) -> pb::Container {
             finished_at: secs(c.state.finished_at),
             exit_code: c.state.exit_code.unwrap_or(0),
         }),
-        collector_tags: Vec::new(),
+        collector_tags: c.collector_tags.clone(),
         cgroup_path: c.cgroup_path.clone(),
         resources: Some(pb::ContainerResources {
             cpu_request: c.resources.cpu_request,
@@ -223,6 +223,7 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
             memory_request: resources.memory_request,
             memory_limit: resources.memory_limit,
         },
+        collector_tags: c.collector_tags.clone(),
     })
 }
 

@@ -12,13 +12,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
-use super::pki::Pki;
 use crate::runtimes::Unavailable;
 
 #[derive(Debug)]
@@ -54,18 +49,7 @@ impl FakeKubelet {
     /// Starts serving `body` on 127.0.0.1 (a free port) to bearer `token`, with a CA and a
     /// serving certificate written in `dir`. Needs a tokio runtime.
     pub async fn start(dir: &Path, token: &str, body: Vec<u8>) -> Result<Self, Unavailable> {
-        let pki = Pki::new(dir)?;
-        let serving = pki.issue("kubelet", "fake-kubelet", &[], &["localhost", "127.0.0.1"], true, false)?;
-        let read = |path: &Path| std::fs::read(path).map_err(|e| Unavailable(format!("{}: {e}", path.display())));
-        let cert = CertificateDer::from_pem_slice(&read(&serving.cert)?)
-            .map_err(|e| Unavailable(format!("fake kubelet certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&serving.key)?)
-            .map_err(|e| Unavailable(format!("fake kubelet key: {e}")))?;
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert], key))
-            .map_err(|e| Unavailable(format!("fake kubelet TLS: {e}")))?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let tls = crate::tls::server_tls(dir, "fake-kubelet")?;
         let listener =
             TcpListener::bind("127.0.0.1:0").await.map_err(|e| Unavailable(format!("fake kubelet: bind: {e}")))?;
         let address = listener.local_addr().map_err(|e| Unavailable(e.to_string()))?;
@@ -76,20 +60,8 @@ impl FakeKubelet {
             refused: AtomicUsize::new(0),
         });
         let router = axum::Router::new().route("/pods", get(pods)).with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let (acceptor, router) = (acceptor.clone(), router.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let service = TowerToHyperService::new(router);
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self { address, ca: pki.ca.clone(), shared, task })
+        let task = crate::tls::spawn_https(listener, tls.acceptor, router);
+        Ok(Self { address, ca: tls.ca, shared, task })
     }
 
     /// Its port on 127.0.0.1.

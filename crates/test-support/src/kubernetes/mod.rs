@@ -35,7 +35,7 @@
 mod build;
 mod fake_kubelet;
 mod image;
-mod pki;
+pub(crate) mod pki;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
