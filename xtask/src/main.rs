@@ -6,6 +6,8 @@
 //! - `demo`: the main job: real runtimes up, a few labelled containers, the agent against them,
 //!   `agent workload-list` and `agent tagger-list` printed, one container removed and shown gone,
 //!   everything torn down (root; installs what it misses from Debian).
+//! - `image`: builds the release agent and its container image, an OCI archive for `ctr images
+//!   import` (also part of `ci`: the DaemonSet test runs it on the real cluster).
 //! - `flavors`: builds agent-bin's flavors and each collector feature on its own, and checks that
 //!   `flavor-light` pulls none of the collectors' client libraries (also part of `ci`).
 //! - `layers`: the layer check of STYLE.md alone.
@@ -38,6 +40,9 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ("ip", "iproute2"),
     ("curl", "curl"),
+    // The agent's image (strip) and the systemd unit's check.
+    ("strip", "binutils"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Benchmarks: (package, bench target). Each prints its own `name ours baseline ratio target verdict` line.
@@ -59,10 +64,11 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("demo") => demo(),
         Some("flavors") => flavors(),
+        Some("image") => image().map(drop),
         Some("layers") => layers(),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
-            eprintln!("usage: cargo xtask <ci | demo | flavors | layers | bench [--quick]>");
+            eprintln!("usage: cargo xtask <ci | demo | image | flavors | layers | bench [--quick]>");
             return ExitCode::from(2);
         }
     };
@@ -134,16 +140,23 @@ fn ci() -> anyhow::Result<()> {
     )?;
     layers()?;
     flavors()?;
+    // The DaemonSet test deploys this image (the release build) on the real cluster.
+    let image = image()?;
     // WM_CI tells daemon-backed tests that skipping is not allowed here.
     if have("cargo-nextest") {
         run(
             "tests",
-            cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(TEST_FEATURES).env("WM_CI", "1"),
+            cargo()
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .args(TEST_FEATURES)
+                .env("WM_CI", "1")
+                .env("WM_AGENT_IMAGE", &image),
         )?;
     } else {
         println!("cargo-nextest is not installed: running the tests with cargo test");
         let mut tests = cargo();
-        tests.args(["test", "--workspace", "--lib", "--bins", "--tests"]).args(TEST_FEATURES).env("WM_CI", "1");
+        tests.args(["test", "--workspace", "--lib", "--bins", "--tests"]).args(TEST_FEATURES);
+        tests.env("WM_CI", "1").env("WM_AGENT_IMAGE", &image);
         run("tests", &mut tests)?;
     }
     run("doctests", cargo().args(["test", "--workspace", "--doc", "--quiet"]).args(TEST_FEATURES))?;
@@ -229,6 +242,25 @@ fn flavors() -> anyhow::Result<()> {
 /// The build's target directory, from cargo itself (it honours `CARGO_TARGET_DIR`).
 fn target_dir() -> anyhow::Result<PathBuf> {
     metadata(true)?["target_directory"].as_str().map(PathBuf::from).context("cargo metadata has no target_directory")
+}
+
+/// Builds the release agent and its container image (an OCI archive for `ctr images import`);
+/// returns the archive's path.
+fn image() -> anyhow::Result<PathBuf> {
+    run(
+        "build the release agent",
+        cargo().args(["build", "--release", "--quiet", "-p", "agent-bin", "--bin", "agent"]),
+    )?;
+    let target = target_dir()?;
+    let out = target.join("wm-agent-image");
+    run(
+        "the agent's image",
+        cargo()
+            .args(["run", "--quiet", "-p", "agent-bin", "--example", "image", "--"])
+            .arg(target.join("release/agent"))
+            .arg(&out),
+    )?;
+    Ok(out.join("wm-agent-image.tar"))
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -41,6 +41,10 @@ pub use convert::{container_from_event, container_from_inspect, is_pause_contain
 
 /// The socket used when `DOCKER_HOST` is not set.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// The same socket seen through `/run` (where `/var/run` points on hosts): the path it has in a
+/// container that mounts the host's `/run`, as the agent's DaemonSet does. Looked at when
+/// [`DEFAULT_SOCKET`] is absent.
+pub const DEFAULT_SOCKET_UNDER_RUN: &str = "/run/docker.sock";
 
 /// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "docker";
@@ -58,7 +62,8 @@ const RELEVANT_ACTIONS: &[&str] =
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
     /// `docker_host`: the daemon address (`unix:///path`, `tcp://host:port`); unset: the
-    /// `DOCKER_HOST` variable, else [`DEFAULT_SOCKET`].
+    /// `DOCKER_HOST` variable, else [`DEFAULT_SOCKET`] (or [`DEFAULT_SOCKET_UNDER_RUN`] when only
+    /// that one exists).
     pub docker_host: Option<String>,
     /// `docker_query_timeout` (Datadog's key, seconds, default 5): the deadline of every call to
     /// dockerd.
@@ -102,7 +107,10 @@ impl DockerConfig {
             .clone()
             .filter(|h| !h.is_empty())
             .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
+            .unwrap_or_else(|| {
+                let found = [DEFAULT_SOCKET, DEFAULT_SOCKET_UNDER_RUN].into_iter().find(|p| Path::new(p).exists());
+                format!("unix://{}", found.unwrap_or(DEFAULT_SOCKET))
+            })
     }
 }
 

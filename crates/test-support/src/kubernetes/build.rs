@@ -5,7 +5,7 @@
 //! module to a directory of its own tree (`replace k8s.io/api => ./staging/src/k8s.io/api`). So a
 //! small module of ours requires it and maps each staging module to its published version
 //! (`k8s.io/api v0.37.2` for Kubernetes v1.37.2), read from that `go.mod`; then `go build` makes
-//! `kube-apiserver`, `kube-controller-manager`, `kube-scheduler` and `kubelet`, with the version
+//! `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`, `kubelet` and `kubectl`, with the version
 //! stamped in as the
 //! release build does. etcd gets a module of its own (its server library and a two-line main), so
 //! the two dependency graphs never meet. The Go module and build caches live beside the binaries,
@@ -26,7 +26,9 @@ pub const KUBERNETES_VERSION: &str = "v1.37.2";
 /// The etcd server module's release.
 pub const ETCD_VERSION: &str = "v3.7.3";
 /// The binaries the cluster needs.
-pub const BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"];
+/// The binaries the cluster needs, and `kubectl` (the deploy commands of the README run with it).
+pub const BINARIES: &[&str] =
+    &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"];
 
 /// Where everything Go-related is cached: `$WM_K8S_CACHE`, else `~/.cache/wm-k8s`.
 pub fn cache_root() -> PathBuf {
@@ -156,8 +158,9 @@ pub fn ensure_binaries() -> Result<PathBuf, Unavailable> {
         "k8s.io/kubernetes/cmd/kube-controller-manager",
         "k8s.io/kubernetes/cmd/kube-scheduler",
         "k8s.io/kubernetes/cmd/kubelet",
+        "k8s.io/kubernetes/cmd/kubectl",
     ]);
-    run("go build (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet)", build)?;
+    run("go build (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl)", build)?;
     println!("kubernetes: {KUBERNETES_VERSION} built in {:.0?}", started.elapsed());
 
     // etcd: its server library and a main of ours.
@@ -181,7 +184,11 @@ pub fn ensure_binaries() -> Result<PathBuf, Unavailable> {
     run("go build (etcd)", build)?;
     println!("kubernetes: etcd {ETCD_VERSION} built in {:.0?}", etcd_started.elapsed());
 
-    // Into place in one rename; a concurrent build that finished first wins.
+    // Into place in one rename; a concurrent build that finished first wins. An older set (one
+    // binary short) is replaced.
+    if bin.is_dir() && !BINARIES.iter().all(|b| bin.join(b).is_file()) {
+        let _ = fs::remove_dir_all(&bin);
+    }
     if !bin.is_dir() && fs::rename(&out, &bin).is_err() && !bin.is_dir() {
         return Err(Unavailable(format!("cannot move the binaries into {}", bin.display())));
     }

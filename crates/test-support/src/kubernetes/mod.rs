@@ -18,7 +18,8 @@
 //!   `loopback`), so pods get IPs; a local sandbox image ([`Kubernetes::SANDBOX_IMAGE`], its
 //!   process only sleeps) and a workload image ([`Kubernetes::IMAGE`]) imported into `k8s.io`.
 //! - **kubelet** registered as [`Kubernetes::NODE`], on that containerd's CRI, listening on
-//!   127.0.0.1 with a certificate from our CA. It authenticates with webhook token review and
+//!   every address (a DaemonSet reaches it at `status.hostIP`, as in production) with a
+//!   certificate from our CA for the node's name, address and 127.0.0.1. It authenticates with webhook token review and
 //!   authorizes with SubjectAccessReview, as a production kubelet does, so a service-account
 //!   token from the TokenRequest API reads `/pods` exactly as an agent's DaemonSet would, and an
 //!   anonymous request gets 401. This machine needs: `failSwapOn: false` (swap may be on),
@@ -48,6 +49,7 @@ use std::time::{Duration, Instant};
 pub use build::{BINARIES, ETCD_VERSION, KUBERNETES_VERSION, bin_dir, cache_root, ensure_binaries};
 pub use client::{container, deployment, object, pod_runs};
 pub use fake_kubelet::FakeKubelet;
+pub use image::{AGENT_IMAGE, AGENT_IMAGE_USER, AgentImage, agent_image};
 pub use pki::CertFiles;
 
 use crate::runtimes::{
@@ -341,7 +343,7 @@ impl Kubernetes {
         // The kubelet: webhook authentication and authorization, as in production.
         write(&self.dir.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
         let kubelet_config = format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: {}\n\
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 0.0.0.0\nport: {}\n\
              readOnlyPort: 0\nhealthzPort: 0\nauthentication:\n  anonymous:\n    enabled: false\n  webhook:\n    \
              enabled: true\n    cacheTTL: 10s\n  x509:\n    clientCAFile: {}\nauthorization:\n  mode: Webhook\n  \
              webhook:\n    cacheAuthorizedTTL: 10s\n    cacheUnauthorizedTTL: 5s\ntlsCertFile: {}\ntlsPrivateKeyFile: {}\n\
@@ -475,6 +477,11 @@ impl Kubernetes {
         self.dir.join("pki/ca.crt")
     }
 
+    /// The API server's port on 127.0.0.1.
+    pub fn apiserver_port(&self) -> u16 {
+        self.apiserver_port
+    }
+
     /// The kubelet's HTTPS address (`https://127.0.0.1:<port>`).
     pub fn kubelet_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.kubelet_port)
@@ -531,6 +538,17 @@ impl Kubernetes {
     pub fn start_apiserver(&mut self) -> Result<(), Unavailable> {
         self.apiserver.spawn()?;
         self.wait("kube-apiserver", Duration::from_secs(90), |k| k.api_get("/readyz").is_ok())
+    }
+
+    /// Runs `kubectl` as cluster admin (the README's deploy commands, as an operator types them).
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output, Unavailable> {
+        Command::new(bin_dir().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Unavailable(format!("kubectl {args:?}: {e}")))
     }
 
     /// Runs `ctr` against the cluster's containerd, in namespace `k8s.io`.

@@ -1,0 +1,346 @@
+//! The agent deployed as users deploy it, on the real single-node Kubernetes: its image
+//! (`cargo xtask image`, or built here from this build's binary) imported into the cluster's
+//! containerd, then the README's "Deploy" commands run with `kubectl`: the namespace, the IPC
+//! token Secret, and `kubectl apply -k` of an overlay on `deploy/kubernetes` that only says
+//! where this test cluster differs from a production one (its containerd's socket in a
+//! temporary directory, its API server on 127.0.0.1 with no kube-proxy for the `kubernetes`
+//! Service, its kubelet on a free port).
+//!
+//! Then, from the host: the agent's pod is Ready; its API (with the token) lists the cluster's
+//! pods and their containers with `kube_*` tags, its own pod too, and a pod created afterwards;
+//! the node has no docker, and the agent's log says so once; its service account has exactly the
+//! permissions of `deploy/kubernetes/rbac.yaml` (listed by `kubectl auth can-i --list`); and
+//! without any one of its rules, a named check fails.
+
+#![cfg(all(feature = "kube", feature = "kube-metadata", feature = "containerd"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use test_support::kubernetes::{Kubernetes, agent_image};
+
+/// The ports `deploy/kubernetes/configmap.yaml` gives the agent (on the host: hostNetwork).
+const CMD_PORT: u16 = 5001;
+const HEALTH_PORT: u16 = 5555;
+const NAMESPACE: &str = "wm-agent";
+const LABEL: &str = "app.kubernetes.io/name=wm-agent";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap().to_path_buf()
+}
+
+fn kubectl(cluster: &Kubernetes, args: &[&str]) -> String {
+    let out = cluster.kubectl(args).unwrap();
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A relative path from `from` to `to` (both absolute), as kustomize wants its bases.
+fn relative(from: &Path, to: &Path) -> String {
+    let depth = from.components().count() - 1;
+    format!("{}{}", "../".repeat(depth), to.strip_prefix("/").unwrap().display())
+}
+
+/// The overlay: what this test cluster changes, nothing else.
+fn write_overlay(cluster: &Kubernetes, dir: &Path, base: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let containerd_dir = cluster.containerd_socket().parent().unwrap().to_path_buf();
+    let kustomization = format!(
+        r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {base}
+patches:
+  - target: {{kind: DaemonSet, name: wm-agent}}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: DD_CRI_SOCKET_PATH, value: /host/test-containerd/{socket}}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: DD_KUBERNETES_HTTPS_KUBELET_PORT, value: "{kubelet}"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_PORT, value: "{apiserver}"}}
+      - op: add
+        path: /spec/template/spec/volumes/-
+        value: {{name: test-containerd, hostPath: {{path: {containerd_dir}, type: Directory}}}}
+      - op: add
+        path: /spec/template/spec/containers/0/volumeMounts/-
+        value: {{name: test-containerd, mountPath: /host/test-containerd, readOnly: true}}
+"#,
+        base = relative(dir, base),
+        socket = cluster.containerd_socket().file_name().unwrap().to_string_lossy(),
+        kubelet = cluster.kubelet_port(),
+        apiserver = cluster.apiserver_port(),
+        containerd_dir = containerd_dir.display(),
+    );
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+}
+
+/// The image to deploy: `$WM_AGENT_IMAGE` (what `cargo xtask ci` built with `cargo xtask image`),
+/// else one built here from this build's agent binary.
+fn image_archive(dir: &Path) -> PathBuf {
+    match std::env::var_os("WM_AGENT_IMAGE").filter(|v| !v.is_empty()) {
+        Some(archive) => PathBuf::from(archive),
+        None => agent_image(Path::new(env!("CARGO_BIN_EXE_agent")), &dir.join("image")).unwrap().archive,
+    }
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// A config for the agent CLI on the host: the pod's ports, and the token the Secret holds.
+fn host_cli_config(dir: &Path, token: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).unwrap();
+    let token_path = dir.join("auth_token");
+    std::fs::write(&token_path, token).unwrap();
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!("cmd_port: {CMD_PORT}\nhealth_port: {HEALTH_PORT}\nauth_token_file_path: {}\n", token_path.display()),
+    )
+    .unwrap();
+    config
+}
+
+fn cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(config).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `GET /health` on the pod's health port (open to anyone, like the probes).
+fn health() -> Option<serde_json::Value> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", HEALTH_PORT)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Polls `check` every 500 ms until it holds or `within` passes; the last value for the message.
+fn wait_for<T: std::fmt::Debug>(what: &str, within: Duration, mut check: impl FnMut() -> (bool, T)) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let (done, last) = check();
+        if done {
+            return last;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last: {last:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn agent_pods(cluster: &Kubernetes) -> serde_json::Value {
+    serde_json::from_str(&kubectl(cluster, &["-n", NAMESPACE, "get", "pods", "-l", LABEL, "-o", "json"])).unwrap()
+}
+
+/// The name of the agent's one Ready pod, once there is one (and no other).
+fn wait_ready_pod(cluster: &Kubernetes) -> String {
+    wait_for("the agent's pod Ready", Duration::from_secs(120), || {
+        let pods = agent_pods(cluster);
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let ready = items.len() == 1
+            && items[0]["metadata"]["deletionTimestamp"].is_null()
+            && items[0]["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let name = items.first().and_then(|p| p["metadata"]["name"].as_str()).unwrap_or_default().to_owned();
+        (ready, if ready { name } else { format!("{:#}", pods["items"]) })
+    })
+}
+
+/// The agent's service account's permissions on resources, as `kubectl auth can-i --list`
+/// prints them: `resource [verbs]` lines.
+fn effective_permissions(cluster: &Kubernetes) -> BTreeSet<String> {
+    let listing = kubectl(cluster, &["auth", "can-i", "--list", "--as=system:serviceaccount:wm-agent:wm-agent"]);
+    listing
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let resource = columns.first()?;
+            let verbs = line.rsplit_once('[').map(|(_, v)| format!("[{v}"))?;
+            // Non-resource URLs (`/api`, `/version` …, every authenticated user's) have an empty
+            // resource column: their rows start with `[]`.
+            (!resource.starts_with('[')).then(|| format!("{resource} {verbs}"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_pods() {
+    let test = "the_daemonset_deploys";
+    test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
+        assert!(
+            port_is_free(CMD_PORT) && port_is_free(HEALTH_PORT),
+            "the agent's ports {CMD_PORT} and {HEALTH_PORT} are taken on this machine"
+        );
+        let dir = cluster.dir().join("deploy");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = repo();
+
+        // A workload before the agent: a pod in a labelled namespace, behind a Service.
+        kubectl(cluster, &["create", "namespace", "shop"]);
+        kubectl(cluster, &["label", "namespace", "shop", "team=commerce"]);
+        wait_for("the namespace's default service account", Duration::from_secs(60), || {
+            (cluster.kubectl(&["-n", "shop", "get", "serviceaccount", "default"]).unwrap().status.success(), ())
+        });
+        let busybox = Kubernetes::IMAGE;
+        kubectl(
+            cluster,
+            &[
+                "-n",
+                "shop",
+                "run",
+                "web",
+                "--image",
+                busybox,
+                "--image-pull-policy=Never",
+                "--labels=app=web",
+                "--",
+                "/bin/sleep",
+                "3600",
+            ],
+        );
+        kubectl(cluster, &["-n", "shop", "create", "service", "clusterip", "web", "--tcp=80:80"]);
+
+        // The README's "Deploy" commands.
+        let archive = image_archive(&dir);
+        let out = cluster.ctr(&["images", "import", &archive.display().to_string()]).unwrap();
+        assert!(out.status.success(), "ctr images import: {}", String::from_utf8_lossy(&out.stderr));
+        kubectl(cluster, &["apply", "-f", &repo.join("deploy/kubernetes/namespace.yaml").display().to_string()]);
+        let token: String = {
+            use std::io::Read as _;
+            let mut raw = [0u8; 24];
+            std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut raw).unwrap();
+            raw.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        kubectl(
+            cluster,
+            &[
+                "-n",
+                NAMESPACE,
+                "create",
+                "secret",
+                "generic",
+                "wm-agent-auth",
+                &format!("--from-literal=token={token}"),
+            ],
+        );
+        // The base as it is is accepted by the API server ...
+        kubectl(cluster, &["apply", "--dry-run=server", "-k", &repo.join("deploy/kubernetes").display().to_string()]);
+        // ... and applied with this cluster's overlay.
+        let overlay = dir.join("overlay");
+        write_overlay(cluster, &overlay, &repo.join("deploy/kubernetes"));
+        kubectl(cluster, &["apply", "-k", &overlay.display().to_string()]);
+        let pod = wait_ready_pod(cluster);
+        println!("deploy: the agent's pod {pod} is Ready");
+
+        // From the host, with the token: the cluster's pods, their containers' kube_* tags, the
+        // agent's own pod.
+        let cli_config = host_cli_config(&dir.join("cli"), &token);
+        let wanted = [
+            "pod_name:web".to_owned(),
+            "kube_namespace:shop".into(),
+            "kube_container_name:web".into(),
+            "kube_service:web".into(),
+            format!("pod_name:{pod}"),
+            "kube_namespace:wm-agent".into(),
+            "kube_daemon_set:wm-agent".into(),
+            "kube_container_name:agent".into(),
+            "image_name:wm.local/wm-agent".into(),
+        ];
+        let tags = wait_for("the pods' containers tagged, the agent's own too", Duration::from_secs(90), || {
+            let tags = cli(&cli_config, &["tagger-list"]);
+            (wanted.iter().all(|t| tags.contains(t.as_str())), tags)
+        });
+        println!("deploy: the agent's tagger-list from the host:\n{tags}");
+        let workloads = cli(&cli_config, &["workload-list"]);
+        assert!(workloads.contains("kubernetes_pod") && workloads.contains(&pod), "{workloads}");
+        // A pod created afterwards appears.
+        kubectl(
+            cluster,
+            &["-n", "shop", "run", "late", "--image", busybox, "--image-pull-policy=Never", "--", "/bin/sleep", "3600"],
+        );
+        wait_for("the late pod", Duration::from_secs(90), || {
+            let tags = cli(&cli_config, &["tagger-list"]);
+            (tags.contains("pod_name:late") && tags.contains("kube_container_name:late"), ())
+        });
+        // Without the token, nothing but the probes.
+        let denied = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(host_cli_config(&dir.join("cli-wrong"), &"0".repeat(48)))
+            .arg("tagger-list")
+            .output()
+            .unwrap();
+        assert!(!denied.status.success() && !String::from_utf8_lossy(&denied.stdout).contains("pod_name:"));
+
+        // A node without docker: one line says so, nothing else about docker.
+        let log = kubectl(cluster, &["-n", NAMESPACE, "logs", &pod]);
+        let docker: Vec<&str> = log.lines().filter(|l| l.to_ascii_lowercase().contains("docker")).collect();
+        println!("deploy: the agent's log says of docker: {docker:?}");
+        assert!(docker.len() <= 1, "more than one line about docker:\n{}", docker.join("\n"));
+        assert!(docker.iter().all(|l| l.contains("not detected") || l.contains("no docker socket")), "{docker:?}");
+
+        // Exactly the rules of rbac.yaml, and each one needed.
+        let granted = effective_permissions(cluster);
+        let expected: BTreeSet<String> = [
+            "nodes/pods [get]",
+            "pods [list watch]",
+            "namespaces [list watch]",
+            "nodes [list watch]",
+            "endpointslices.discovery.k8s.io [list watch]",
+            // Every authenticated user's (system:basic-user).
+            "selfsubjectreviews.authentication.k8s.io [create]",
+            "selfsubjectaccessreviews.authorization.k8s.io [create]",
+            "selfsubjectrulesreviews.authorization.k8s.io [create]",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        println!("deploy: the service account may: {granted:?}");
+        assert_eq!(granted, expected, "the agent's effective permissions");
+        let rules = [
+            (0, "nodes/pods", "kubelet", "403"),
+            (1, "pods", "kube_metadata", "resource \\\"pods\\\""),
+            (2, "namespaces", "kube_metadata", "resource \\\"namespaces\\\""),
+            (3, "nodes", "kube_metadata", "resource \\\"nodes\\\""),
+            (4, "endpointslices", "kube_metadata", "resource \\\"endpointslices\\\""),
+        ];
+        for (index, resource, collector, says) in rules {
+            let patch = format!(r#"[{{"op": "remove", "path": "/rules/{index}"}}]"#);
+            kubectl(cluster, &["patch", "clusterrole", "wm-agent", "--type=json", "-p", &patch]);
+            kubectl(cluster, &["-n", NAMESPACE, "delete", "pod", "-l", LABEL, "--wait=true"]);
+            let state = wait_for(&format!("without {resource}: {collector} fails"), Duration::from_secs(90), || {
+                let health = health();
+                let named = health
+                    .as_ref()
+                    .and_then(|h| h["collectors"].as_array().cloned())
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["name"] == collector);
+                let text = named.as_ref().map(ToString::to_string).unwrap_or_default();
+                (text.contains(says) && !text.contains("\"running\""), text)
+            });
+            println!("deploy: without {resource}: {collector} {state}");
+            // The rule back (the whole overlay applied again), for the next one.
+            kubectl(cluster, &["apply", "-k", &overlay.display().to_string()]);
+        }
+        assert_eq!(effective_permissions(cluster), expected);
+        kubectl(cluster, &["delete", "-k", &overlay.display().to_string(), "--wait=false"]);
+    });
+}
