@@ -397,6 +397,7 @@ async fn run_pull(
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut failures = 0u32;
         loop {
             tokio::select! {
                 biased;
@@ -424,6 +425,7 @@ async fn run_pull(
                         tracing::info!(collector = &*name, "pulls succeed again");
                         failing = false;
                     }
+                    failures = 0;
                     status.synced.store(true, Ordering::Release);
                     status.set_state(CollectorState::Running);
                     continue;
@@ -432,6 +434,10 @@ async fn run_pull(
                 Outcome::Returned(Err(_)) => format!("pull timed out after {timeout:?}"),
             };
             status.pull_errors.fetch_add(1, Ordering::Relaxed);
+            // Health shows it (tried again at the next interval; what it had stays, and so does
+            // readiness once it has listed).
+            failures = failures.saturating_add(1);
+            status.set_state(CollectorState::Retrying { attempt: failures, error: error.clone() });
             // Say it once when pulls start failing, not every interval.
             if failing {
                 tracing::debug!(collector = &*name, %error, "pull failed again");

@@ -265,6 +265,8 @@ impl Kubernetes {
             format!("--kubelet-client-certificate={}", path(&kubelet_client.cert)),
             format!("--kubelet-client-key={}", path(&kubelet_client.key)),
             format!("--kubelet-certificate-authority={}", path(&ca)),
+            // The node's name does not resolve here; its address does (logs, exec).
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", path(&sa.cert)),
             format!("--service-account-signing-key-file={}", path(&sa.key)),
