@@ -29,17 +29,6 @@ impl Drop for Agent {
     }
 }
 
-fn app() -> CfApp {
-    CfApp {
-        guid: "6b1c2a4e-0f57-4a8d-9a43-2d8f4c1e9b70".into(),
-        name: "web".into(),
-        space_guid: "0a7f1c3e-5b2d-4e69-8f10-3c6d9e2b4a51".into(),
-        space_name: "dev".into(),
-        org_guid: "9e3d5b1a-7c4f-4d28-b6e0-1a2c3d4e5f60".into(),
-        org_name: "acme".into(),
-    }
-}
-
 fn cli(config: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(config).args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -117,7 +106,7 @@ async fn the_agent_tags_a_cells_app_instances_as_design_7_5_says_in_both_modes()
     let dir = temp_dir("cf");
     std::fs::create_dir_all(&dir).unwrap();
     let garden = FakeGarden::start(&dir.join("garden.sock")).unwrap();
-    let app = app();
+    let app = CfApp::example();
     garden.put(HANDLE, GardenContainer::app_instance(&app, HANDLE, 0));
     garden.put("check-1", GardenContainer::health_check());
     let cc = FakeCloudController::start(&dir.join("cc"), "wm-agent", "s3cret", Duration::from_secs(600)).await.unwrap();

@@ -228,24 +228,24 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         let out = cluster.ctr(&["images", "import", &archive.display().to_string()]).unwrap();
         assert!(out.status.success(), "ctr images import: {}", String::from_utf8_lossy(&out.stderr));
         kubectl(cluster, &["apply", "-f", &repo.join("deploy/kubernetes/namespace.yaml").display().to_string()]);
-        let token: String = {
-            use std::io::Read as _;
-            let mut raw = [0u8; 24];
-            std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut raw).unwrap();
-            raw.iter().map(|b| format!("{b:02x}")).collect()
-        };
-        kubectl(
+        // The README's own line, through a shell, as an operator runs it; the token read back.
+        let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+        let secret = readme.lines().find(|l| l.contains("create secret generic wm-agent-auth")).unwrap();
+        let kubectl_dir = test_support::kubernetes::bin_dir();
+        let path = format!("{}:{}", kubectl_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(secret)
+            .env("PATH", path)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{secret}: {}", String::from_utf8_lossy(&out.stderr));
+        let token = kubectl(
             cluster,
-            &[
-                "-n",
-                NAMESPACE,
-                "create",
-                "secret",
-                "generic",
-                "wm-agent-auth",
-                &format!("--from-literal=token={token}"),
-            ],
+            &["-n", NAMESPACE, "get", "secret", "wm-agent-auth", "-o", "go-template={{.data.token | base64decode}}"],
         );
+        assert_eq!(token.len(), 48, "the README's token: 24 random bytes in hex: {token:?}");
         // The base as it is is accepted by the API server ...
         kubectl(cluster, &["apply", "--dry-run=server", "-k", &repo.join("deploy/kubernetes").display().to_string()]);
         // ... and applied with this cluster's overlay.

@@ -68,6 +68,20 @@ pub struct CfApp {
     pub org_name: String,
 }
 
+impl CfApp {
+    /// An app `web` in space `dev` of org `acme`, with GUIDs of the real form.
+    pub fn example() -> Self {
+        Self {
+            guid: "6b1c2a4e-0f57-4a8d-9a43-2d8f4c1e9b70".into(),
+            name: "web".into(),
+            space_guid: "0a7f1c3e-5b2d-4e69-8f10-3c6d9e2b4a51".into(),
+            space_name: "dev".into(),
+            org_guid: "9e3d5b1a-7c4f-4d28-b6e0-1a2c3d4e5f60".into(),
+            org_name: "acme".into(),
+        }
+    }
+}
+
 impl GardenContainer {
     fn diego(app: &CfApp, workload: &str, log_config: Value) -> Self {
         let properties = [
@@ -368,6 +382,7 @@ struct CcShared {
     tokens_issued: AtomicUsize,
     refused: AtomicUsize,
     apps_requests: AtomicUsize,
+    later_pages: AtomicUsize,
 }
 
 /// The Cloud Controller and its UAA over HTTPS. Dropping it stops serving.
@@ -502,6 +517,9 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
                 return cc_error(StatusCode::BAD_REQUEST, 10005, "CF-BadQueryParameter", "per_page out of range");
             }
             let page_no: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+            if page_no > 1 {
+                shared.later_pages.fetch_add(1, Ordering::Relaxed);
+            }
             let guids: Option<Vec<&str>> = query.get("guids").map(|g| g.split(',').collect());
             let apps: Vec<(&String, &CcApp)> = state
                 .apps
@@ -593,6 +611,7 @@ impl FakeCloudController {
             tokens_issued: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             apps_requests: AtomicUsize::new(0),
+            later_pages: AtomicUsize::new(0),
         });
         let router = axum::Router::new().fallback(cloud_controller).with_state(shared.clone());
         let task = crate::tls::spawn_https(listener, tls.acceptor, router);
@@ -660,6 +679,11 @@ impl FakeCloudController {
     /// Requests refused for their credentials or token.
     pub fn refused(&self) -> usize {
         self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// `GET /v3/apps` requests for a page past the first (a client following `pagination.next`).
+    pub fn later_pages(&self) -> usize {
+        self.shared.later_pages.load(Ordering::Relaxed)
     }
 
     /// `GET /v3/apps` requests answered.

@@ -20,17 +20,6 @@ const WEB: &str = "e49f448e-54d2-4c33-61a3-5335";
 const WEB_1: &str = "7a3c91d0-0b6e-4f1e-52aa-81c0";
 const TASK: &str = "4b0f2d6e-1c8f-4a51-9c23-7d2b8e0f11aa";
 
-fn web_app() -> CfApp {
-    CfApp {
-        guid: "6b1c2a4e-0f57-4a8d-9a43-2d8f4c1e9b70".into(),
-        name: "web".into(),
-        space_guid: "0a7f1c3e-5b2d-4e69-8f10-3c6d9e2b4a51".into(),
-        space_name: "dev".into(),
-        org_guid: "9e3d5b1a-7c4f-4d28-b6e0-1a2c3d4e5f60".into(),
-        org_name: "acme".into(),
-    }
-}
-
 fn garden_config(socket: &Path) -> CfConfig {
     CfConfig { listen_address: Some(socket.display().to_string()), ..CfConfig::default() }
 }
@@ -67,7 +56,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 async fn instances_added_removed_and_renamed_between_polls_are_followed() {
     let dir = scratch_dir("cf-follow");
     let garden = FakeGarden::start(&dir.join("garden.sock")).unwrap();
-    let app = web_app();
+    let app = CfApp::example();
     garden.put(WEB, GardenContainer::app_instance(&app, WEB, 0));
     garden.put(WEB_1, GardenContainer::app_instance(&app, WEB_1, 1));
     garden.put(TASK, GardenContainer::task(&app));
@@ -134,7 +123,7 @@ async fn instances_added_removed_and_renamed_between_polls_are_followed() {
 async fn a_per_entry_error_is_skipped_counted_and_unsets_nothing() {
     let dir = scratch_dir("cf-entry-error");
     let garden = FakeGarden::start(&dir.join("garden.sock")).unwrap();
-    let app = web_app();
+    let app = CfApp::example();
     garden.put(WEB, GardenContainer::app_instance(&app, WEB, 0));
     garden.put(WEB_1, GardenContainer::app_instance(&app, WEB_1, 1));
     let store = store_with(CfCollector::new(garden_config(garden.socket()), CcConfig::default()));
@@ -189,7 +178,7 @@ async fn a_garden_socket_that_appears_later_is_waited_for_then_collected() {
     assert!(!store.health().is_ready());
 
     let garden = FakeGarden::start(&socket).unwrap();
-    garden.put(WEB, GardenContainer::app_instance(&web_app(), WEB, 0));
+    garden.put(WEB, GardenContainer::app_instance(&CfApp::example(), WEB, 0));
     eventually("the instance, once Garden is there", Duration::from_secs(10), || {
         handles(&store) == set(&[WEB]) && store.health().is_ready()
     })
@@ -200,7 +189,7 @@ async fn a_garden_socket_that_appears_later_is_waited_for_then_collected() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(handles(&store), set(&[WEB]), "a failed pull unsets nothing");
     let garden = FakeGarden::start(&socket).unwrap();
-    garden.put(WEB_1, GardenContainer::app_instance(&web_app(), WEB_1, 1));
+    garden.put(WEB_1, GardenContainer::app_instance(&CfApp::example(), WEB_1, 1));
     eventually("the list after the restart", Duration::from_secs(10), || handles(&store) == set(&[WEB_1])).await;
     store.shutdown().await;
 }
@@ -266,10 +255,16 @@ fn cc_config(cc: &FakeCloudController) -> CcConfig {
 async fn the_cloud_controller_names_apps_follows_renames_and_renews_its_token() {
     let dir = scratch_dir("cf-cc");
     let garden = FakeGarden::start(&dir.join("garden.sock")).unwrap();
-    let app = web_app();
+    let app = CfApp::example();
     garden.put(WEB, GardenContainer::app_instance(&app, WEB, 0));
     let cc = cloud_controller(&dir.join("cc"), &app, Duration::from_secs(3)).await;
-    let store = store_with(CfCollector::new(garden_config(garden.socket()), cc_config(&cc)));
+    // A second app, and one app per page: the apps come in a walk of two pages.
+    let other =
+        CfApp { guid: "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9".into(), name: "worker".into(), ..CfApp::example() };
+    garden.put(WEB_1, GardenContainer::app_instance(&other, WEB_1, 0));
+    cc.put_app(&other.guid, CcApp { name: "jobs".into(), space_guid: other.space_guid.clone(), ..CcApp::default() });
+    let config = CcConfig { apps_batch_size: 1, ..cc_config(&cc) };
+    let store = store_with(CfCollector::new(garden_config(garden.socket()), config));
 
     let enriched = [
         "container_name:shop_0",
@@ -286,6 +281,11 @@ async fn the_cloud_controller_names_apps_follows_renames_and_renews_its_token() 
     eventually("the Cloud Controller's names and tags", Duration::from_secs(15), || has_tags(&store, WEB, &enriched))
         .await;
     assert!(!tags(&store, WEB).iter().any(|t| t == "team:a"), "only tags.datadoghq.com/* metadata is a tag");
+    eventually("the app of the second page", Duration::from_secs(15), || {
+        has_tags(&store, WEB_1, &["container_name:jobs_0", "app_name:jobs", "sidecar_present:false"])
+    })
+    .await;
+    assert!(cc.later_pages() >= 1, "the second page was asked for through pagination.next");
     assert_eq!(store.get_container(WEB).unwrap().name, "shop_0");
 
     // Renamed in the Cloud Controller: the names follow within the cache's lifetime.
@@ -309,7 +309,7 @@ async fn the_cloud_controller_names_apps_follows_renames_and_renews_its_token() 
 async fn a_slow_or_failing_cloud_controller_never_holds_gardens_data() {
     let dir = scratch_dir("cf-cc-slow");
     let garden = FakeGarden::start(&dir.join("garden.sock")).unwrap();
-    let app = web_app();
+    let app = CfApp::example();
     garden.put(WEB, GardenContainer::app_instance(&app, WEB, 0));
     let cc = cloud_controller(&dir.join("cc"), &app, Duration::from_secs(600)).await;
     cc.set_delay(Duration::from_secs(3));
@@ -323,7 +323,8 @@ async fn a_slow_or_failing_cloud_controller_never_holds_gardens_data() {
     // The Cloud Controller fails: Garden's changes still land, with what is known.
     cc.set_delay(Duration::ZERO);
     cc.set_failing(Some(503));
-    let other = CfApp { guid: "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9".into(), name: "worker".into(), ..web_app() };
+    let other =
+        CfApp { guid: "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9".into(), name: "worker".into(), ..CfApp::example() };
     garden.put(WEB_1, GardenContainer::app_instance(&other, WEB_1, 0));
     eventually("a new instance while the Cloud Controller fails", Duration::from_secs(5), || {
         has_tags(&store, WEB_1, &["container_name:worker_0", "app_name:worker", "space_name:dev"])
