@@ -8,6 +8,12 @@
 //!   everything torn down (root; installs what it misses from Debian).
 //! - `image`: builds the release agent and its container image, an OCI archive for `ctr images
 //!   import` (also part of `ci`: the DaemonSet test runs it on the real cluster).
+//! - `fuzz [--seconds N] [--parallel J]`: every fuzz target of `fuzz/` (cargo-fuzz, libFuzzer,
+//!   nightly) for N seconds (60), J at a time (1), seeded with the test data, its found crashes kept in `fuzz/regressions` (a
+//!   short pass of 10 s each is part of `ci`, replaying them all).
+//! - `soak [--minutes N]`: the release agent on real daemons under churn for N minutes (30),
+//!   sampled every 10 s and checked every minute; report, CSV and plot in
+//!   `<target dir>/soak` (root).
 //! - `flavors`: builds agent-bin's flavors and each collector feature on its own, and checks that
 //!   `flavor-light` pulls none of the collectors' client libraries (also part of `ci`).
 //! - `layers`: the layer check of STYLE.md alone.
@@ -65,10 +71,14 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("flavors") => flavors(),
         Some("image") => image().map(drop),
+        Some("soak") => flag(&args, "--minutes", 30.0).and_then(soak),
+        Some("fuzz") => flag(&args, "--seconds", 60).and_then(|s| fuzz(s, flag(&args, "--parallel", 1)?)),
         Some("layers") => layers(),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
-            eprintln!("usage: cargo xtask <ci | demo | image | flavors | layers | bench [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <ci | demo | image | fuzz [--seconds N] [--parallel J] | soak [--minutes N] | flavors | layers | bench [--quick]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -78,6 +88,14 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The value after `name` in `args`, or `default` without it.
+fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).with_context(|| format!("{name} takes a number")),
+        None => Ok(default),
     }
 }
 
@@ -163,6 +181,7 @@ fn ci() -> anyhow::Result<()> {
     let mut docs = cargo();
     docs.args(["doc", "--workspace", "--no-deps", "--quiet"]).args(TEST_FEATURES).env("RUSTDOCFLAGS", "-D warnings");
     run("docs", &mut docs)?;
+    fuzz(10, 1)?;
     println!("ci: every step passed in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -242,6 +261,155 @@ fn flavors() -> anyhow::Result<()> {
 /// The build's target directory, from cargo itself (it honours `CARGO_TARGET_DIR`).
 fn target_dir() -> anyhow::Result<PathBuf> {
     metadata(true)?["target_directory"].as_str().map(PathBuf::from).context("cargo metadata has no target_directory")
+}
+
+/// The fuzz targets, each with the test data it starts from (files, or directories of files;
+/// `fuzz/seeds/<target>` too).
+const FUZZ_TARGETS: &[(&str, &[&str])] = &[
+    ("image_ref", &[]),
+    ("cgroup", &["testdata/fixtures/cgroup"]),
+    ("kubelet_pods", &["testdata/fixtures/kubelet"]),
+    ("ecs", &["testdata/fixtures/ecs"]),
+    ("garden", &[]),
+    ("docker_inspect", &[]),
+    ("libpod_inspect", &[]),
+    ("config", &[]),
+    ("wire_entities", &[]),
+];
+
+/// Installs cargo-fuzz when it is missing (from crates.io).
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let found = Command::new("rustup").args(["run", "nightly", "cargo", "fuzz", "--version"]).output();
+    if found.is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    run("install cargo-fuzz", Command::new("cargo").args(["install", "--locked", "--quiet", "cargo-fuzz"]))
+}
+
+/// Seeds `corpus` with the target's test data (the files of the directories named, and
+/// `fuzz/seeds/<target>`), and the image references the conformance scenarios name.
+fn seed_corpus(target: &str, sources: &[&str], corpus: &Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(corpus)?;
+    let root = root();
+    let mut files = Vec::new();
+    for source in sources.iter().map(|s| root.join(s)).chain([root.join("fuzz/seeds").join(target)]) {
+        if source.is_dir() {
+            files.extend(std::fs::read_dir(&source)?.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        } else if source.is_file() {
+            files.push(source);
+        }
+    }
+    for file in &files {
+        let name = format!("seed-{}", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        std::fs::copy(file, corpus.join(name))?;
+    }
+    let mut count = files.len();
+    if target == "image_ref" {
+        for entry in std::fs::read_dir(root.join("testdata/conformance"))?.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for (i, image) in text.split("image: ").skip(1).enumerate() {
+                let value: String =
+                    image.trim_start_matches('"').chars().take_while(|c| !matches!(c, '"' | ',' | '}')).collect();
+                std::fs::write(corpus.join(format!("seed-conformance-{i}")), value.trim())?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Runs every fuzz target for `seconds`, `parallel` at a time, after replaying its kept
+/// regressions; a crash is copied into `fuzz/regressions/<target>` (commit it with the fix) and
+/// fails the run.
+fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
+    ensure_cargo_fuzz()?;
+    let target_dir = target_dir()?;
+    run(
+        "build the fuzz targets",
+        Command::new("rustup")
+            .current_dir(root())
+            .args(["run", "nightly", "cargo", "fuzz", "build", "--target-dir"])
+            .arg(target_dir.join("fuzz")),
+    )?;
+    let mut failed = Vec::new();
+    for batch in FUZZ_TARGETS.chunks(parallel.max(1)) {
+        let mut running = Vec::new();
+        for (target, sources) in batch {
+            let corpus = target_dir.join("fuzz-corpus").join(target);
+            let seeds = seed_corpus(target, sources, &corpus)?;
+            let regressions = root().join("fuzz/regressions").join(target);
+            std::fs::create_dir_all(&regressions)?;
+            let artifacts = target_dir.join("fuzz-artifacts").join(target);
+            let _ = std::fs::remove_dir_all(&artifacts);
+            std::fs::create_dir_all(&artifacts)?;
+            let log = target_dir.join("fuzz-artifacts").join(format!("{target}.log"));
+            println!(
+                "==> fuzz {target} ({seconds} s; {seeds} seeds, {} kept regressions; log {})",
+                std::fs::read_dir(&regressions)?.count(),
+                log.display()
+            );
+            let child = Command::new("rustup")
+                .current_dir(root())
+                .args(["run", "nightly", "cargo", "fuzz", "run", "--target-dir"])
+                .arg(target_dir.join("fuzz"))
+                .arg(target)
+                .arg(&corpus)
+                .arg(&regressions)
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .arg(format!("-artifact_prefix={}/", artifacts.display()))
+                .args(["-print_final_stats=1", "-rss_limit_mb=4096", "-timeout=10"])
+                .stdout(std::fs::File::create(&log)?)
+                .stderr(std::fs::File::create(log.with_extension("err"))?)
+                .spawn()
+                .with_context(|| format!("fuzz {target}: could not start cargo fuzz"))?;
+            running.push((*target, child, artifacts, regressions, log.with_extension("err")));
+        }
+        for (target, mut child, artifacts, regressions, err) in running {
+            let status = child.wait()?;
+            let said = std::fs::read_to_string(&err).unwrap_or_default();
+            let stat =
+                |name: &str| said.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("?").to_owned();
+            let coverage =
+                said.lines().rev().find_map(|l| l.split(" cov: ").nth(1)?.split_whitespace().next()).unwrap_or("?");
+            println!(
+                "<== fuzz {target}: {} — {} runs, coverage {coverage}, peak RSS {} MB",
+                if status.success() { "ok" } else { "CRASHED" },
+                stat("stat::number_of_executed_units:"),
+                stat("stat::peak_rss_mb:"),
+            );
+            if !status.success() {
+                for crash in std::fs::read_dir(&artifacts)?.flatten() {
+                    let kept = regressions.join(crash.file_name());
+                    std::fs::copy(crash.path(), &kept)?;
+                    eprintln!("fuzz: {target}: crash kept as {} (its output: {})", kept.display(), err.display());
+                }
+                failed.push(target);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("fuzz targets crashed: {failed:?} (inputs kept in fuzz/regressions)");
+    }
+    Ok(())
+}
+
+/// Runs agent-bin's `soak` example against the release agent for `minutes`.
+fn soak(minutes: f64) -> anyhow::Result<()> {
+    ensure_tools()?;
+    run(
+        "build the release agent",
+        cargo().args(["build", "--release", "--quiet", "-p", "agent-bin", "--bin", "agent"]),
+    )?;
+    let target = target_dir()?;
+    run(
+        &format!("soak ({minutes} min)"),
+        cargo()
+            .args(["run", "--release", "--quiet", "-p", "agent-bin", "--example", "soak", "--"])
+            .arg(target.join("release/agent"))
+            .arg(minutes.to_string())
+            .arg(target.join("soak")),
+    )
 }
 
 /// Builds the release agent and its container image (an OCI archive for `ctr images import`);

@@ -135,6 +135,14 @@ impl Backend for Local {
             }
         }
         let _ = writeln!(out, "# TYPE tagger_entities gauge\ntagger_entities {}", self.tagger.store().len());
+        // The runtime's live tasks: a task leaked per reconnect or per client shows here.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let _ = writeln!(
+                out,
+                "# TYPE agent_tokio_tasks gauge\nagent_tokio_tasks {}",
+                runtime.metrics().num_alive_tasks()
+            );
+        }
         out
     }
 
