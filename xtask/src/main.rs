@@ -273,6 +273,7 @@ const FUZZ_TARGETS: &[(&str, &[&str])] = &[
     ("garden", &[]),
     ("docker_inspect", &[]),
     ("libpod_inspect", &[]),
+    ("containerd_record", &[]),
     ("config", &[]),
     ("wire_entities", &[]),
 ];
