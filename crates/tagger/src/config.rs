@@ -3,8 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use wm_core::Seconds;
+
+/// The longest key an `*_as_tags` map takes: Kubernetes' longest qualified name (a 253-character
+/// DNS prefix, `/`, a 63-character name). Docker labels and env var names are shorter in practice.
+pub const MAX_SOURCE_KEY_CHARS: usize = 317;
 
 /// What the tag rules and the tag store read from the agent config, by their Datadog key names.
 /// The agent reads it from its config file and `DD_*` variables (the field names are the keys).
@@ -12,24 +17,34 @@ use wm_core::Seconds;
 #[serde(default, deny_unknown_fields)]
 pub struct TaggerConfig {
     /// Container label → tag name (`+name`: high cardinality; `*` with `%%label%%` templates).
+    #[serde(deserialize_with = "source_key_map")]
     pub container_labels_as_tags: BTreeMap<String, String>,
     /// Same as `container_labels_as_tags` (the older Datadog key).
+    #[serde(deserialize_with = "source_key_map")]
     pub docker_labels_as_tags: BTreeMap<String, String>,
     /// Container env var → tag name.
+    #[serde(deserialize_with = "source_key_map")]
     pub container_env_as_tags: BTreeMap<String, String>,
     /// Same as `container_env_as_tags` (the older Datadog key).
+    #[serde(deserialize_with = "source_key_map")]
     pub docker_env_as_tags: BTreeMap<String, String>,
     /// Pod label → tag name.
+    #[serde(deserialize_with = "source_key_map")]
     pub kubernetes_pod_labels_as_tags: BTreeMap<String, String>,
     /// Pod annotation → tag name.
+    #[serde(deserialize_with = "source_key_map")]
     pub kubernetes_pod_annotations_as_tags: BTreeMap<String, String>,
     /// Namespace label → tag name.
+    #[serde(deserialize_with = "source_key_map")]
     pub kubernetes_namespace_labels_as_tags: BTreeMap<String, String>,
     /// Namespace annotation → tag name.
+    #[serde(deserialize_with = "source_key_map")]
     pub kubernetes_namespace_annotations_as_tags: BTreeMap<String, String>,
     /// Node label → tag name (this node's labels, on the global entity).
+    #[serde(deserialize_with = "source_key_map")]
     pub kubernetes_node_labels_as_tags: BTreeMap<String, String>,
     /// Node annotation → tag name (this node's annotations, on the global entity).
+    #[serde(deserialize_with = "source_key_map")]
     pub kubernetes_node_annotations_as_tags: BTreeMap<String, String>,
     /// Tag pods with `persistentvolumeclaim:<name>` (opt-in).
     pub kubernetes_persistent_volume_claims_as_tags: bool,
@@ -72,5 +87,38 @@ impl TaggerConfig {
     /// The env vars the `*_env_as_tags` keys name: collectors keep them beside the rules' own.
     pub fn env_as_tags_keys(&self) -> Vec<String> {
         self.container_env_as_tags.keys().chain(self.docker_env_as_tags.keys()).cloned().collect()
+    }
+}
+
+/// Reads an `*_as_tags` map, refusing a key no label, annotation or env var can have: empty, longer
+/// than [`MAX_SOURCE_KEY_CHARS`], or with a control character. Such a key would never match, and
+/// it could not be written back as a YAML key (YAML caps implicit keys at 1,024 characters).
+fn source_key_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+    deserializer.deserialize_map(SourceKeyMap)
+}
+
+struct SourceKeyMap;
+
+impl<'de> Visitor<'de> for SourceKeyMap {
+    type Value = BTreeMap<String, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a map of label, annotation or env var names (1 to {MAX_SOURCE_KEY_CHARS} characters, no control \
+             characters) to tag names"
+        )
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = BTreeMap::new();
+        while let Some((key, tag)) = map.next_entry::<String, String>()? {
+            let chars = key.chars().count();
+            if chars == 0 || chars > MAX_SOURCE_KEY_CHARS || key.chars().any(char::is_control) {
+                return Err(de::Error::invalid_value(Unexpected::Str(&key), &self));
+            }
+            keys.insert(key, tag);
+        }
+        Ok(keys)
     }
 }

@@ -16,7 +16,7 @@ mod store;
 mod tagger;
 mod tags;
 
-pub use config::TaggerConfig;
+pub use config::{MAX_SOURCE_KEY_CHARS, TaggerConfig};
 pub use entity_id::TaggerEntityId;
 pub use fetch::ContainerFetcher;
 pub use store::{

@@ -157,3 +157,23 @@ fn token_and_certificate_paths_default_beside_the_config_file() {
     let c = load("auth_token_file_path: /x/token\n", &[]).unwrap();
     assert_eq!(c.ipc_cert_path(), Path::new("/x/ipc_cert.pem"));
 }
+
+#[test]
+fn an_as_tags_key_no_label_can_have_is_refused_naming_the_key_and_the_limits() {
+    let long = "a".repeat(tagger::MAX_SOURCE_KEY_CHARS + 1);
+    for (yaml, env) in [
+        (format!("kubernetes_pod_labels_as_tags:\n  {long}: team\n"), vec![]),
+        ("container_labels_as_tags:\n  \"te\\tam\": team\n".to_owned(), vec![]),
+        ("docker_env_as_tags:\n  \"\": team\n".to_owned(), vec![]),
+        (String::new(), vec![("DD_KUBERNETES_NODE_LABELS_AS_TAGS", r#"{"zone\u0001": "zone"}"#)]),
+    ] {
+        let message = refused(&yaml, &env);
+        assert!(message.contains("_as_tags`"), "{message}");
+        assert!(message.contains("1 to 317 characters, no control characters"), "{message}");
+    }
+    // The longest a Kubernetes label key can be still loads, as does a key with `/` and dots.
+    let longest = format!("{}/{}", "d".repeat(253), "n".repeat(63));
+    let c = load(&format!("kubernetes_pod_labels_as_tags:\n  {longest}: owner\n  app.kubernetes.io/name: app\n"), &[])
+        .unwrap();
+    assert_eq!(c.tagger.kubernetes_pod_labels_as_tags.len(), 2);
+}
