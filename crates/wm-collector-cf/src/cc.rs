@@ -252,9 +252,13 @@ impl CloudController {
         let (status, body) = self.client.send(method, url, headers, body).await.map_err(CcError)?;
         if !status.is_success() {
             let said: Value = serde_json::from_slice(&body).unwrap_or_default();
-            let title = str_at(&said, &["errors"]).to_owned();
-            let first = said["errors"].get(0).map(|e| format!("{} {}", str_at(e, &["title"]), str_at(e, &["detail"])));
-            return Err(CcError(format!("{url}: status {status} {}", first.unwrap_or(title)).trim_end().to_owned()));
+            // The Cloud Controller says `errors: [{title, detail}]`; the UAA, OAuth's `error` and
+            // `error_description`.
+            let words = |e: &Value, a: &str, b: &str| format!("{} {}", str_at(e, &[a]), str_at(e, &[b]));
+            let said = said["errors"]
+                .get(0)
+                .map_or_else(|| words(&said, "error", "error_description"), |e| words(e, "title", "detail"));
+            return Err(CcError(format!("{url}: status {status} {}", said.trim()).trim_end().to_owned()));
         }
         serde_json::from_slice(&body).map_err(|e| CcError(format!("{url}: does not parse: {e}")))
     }

@@ -341,3 +341,15 @@ async fn a_slow_or_failing_cloud_controller_never_holds_gardens_data() {
     .await;
     store.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_an_error_in_the_uaas_own_words() {
+    let dir = scratch_dir("cf-cc-refused");
+    let app = CfApp::example();
+    let cc = cloud_controller(&dir.join("cc"), &app, Duration::from_secs(600)).await;
+    let config = CcConfig { client_secret: "not-the-secret".into(), ..cc_config(&cc) };
+    let mut client = wm_collector_cf::cc::CloudController::new(config).unwrap();
+    let error = client.apps(std::slice::from_ref(&app.guid)).await.unwrap_err().to_string();
+    assert!(error.contains("UAA token"), "{error}");
+    assert!(error.contains("status 401") && error.contains("unauthorized Bad credentials"), "{error}");
+}
