@@ -9,8 +9,9 @@
 //! - `image`: builds the release agent and its container image, an OCI archive for `ctr images
 //!   import` (also part of `ci`: the DaemonSet test runs it on the real cluster).
 //! - `fuzz [--seconds N] [--parallel J]`: every fuzz target of `fuzz/` (cargo-fuzz, libFuzzer,
-//!   nightly) for N seconds (60), J at a time (1), seeded with the test data, its found crashes kept in `fuzz/regressions` (a
-//!   short pass of 10 s each is part of `ci`, replaying them all).
+//!   nightly) for N seconds (60), J at a time (1), seeded with the test data; the crashes it
+//!   finds are kept in `fuzz/regressions` and replayed by every run (a short pass of 10 s each is
+//!   part of `ci`).
 //! - `soak [--minutes N]`: the release agent on real daemons under churn for N minutes (30),
 //!   sampled every 10 s and checked every minute; report, CSV and plot in
 //!   `<target dir>/soak` (root).
