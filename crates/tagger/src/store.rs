@@ -480,6 +480,38 @@ impl TagStore {
     pub fn published_bytes(&self) -> usize {
         self.published.pin().iter().map(|(k, v)| k.len() + v.heap_bytes() + std::mem::size_of::<EntityTags>()).sum()
     }
+
+    /// Where the store's bytes go, counted from its structures (payloads and entry sizes; the
+    /// maps' spare capacity and the allocator's rounding are left out), for the memory benchmark.
+    pub fn footprint(&self) -> Footprint {
+        let published = self.published.pin();
+        let writer = self.writer();
+        let entry = std::mem::size_of::<SourceEntry>();
+        Footprint {
+            published_tags: published.iter().map(|(_, v)| v.heap_bytes() + std::mem::size_of::<EntityTags>()).sum(),
+            published_keys: published.iter().map(|(k, _)| k.len() + std::mem::size_of::<(Box<str>, Arc<()>)>()).sum(),
+            source_tags: writer.values().flatten().map(|e| e.tags.heap_bytes() + entry).sum(),
+            source_keys: writer
+                .iter()
+                .map(|(k, v)| {
+                    k.len() + std::mem::size_of::<(String, Vec<SourceEntry>)>() + (v.capacity() - v.len()) * entry
+                })
+                .sum(),
+        }
+    }
+}
+
+/// Bytes of a [`TagStore`]'s parts (see [`TagStore::footprint`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Footprint {
+    /// The published, merged tags of every entity.
+    pub published_tags: usize,
+    /// The published map's keys and entries.
+    pub published_keys: usize,
+    /// Every source's own tags (the writer's side).
+    pub source_tags: usize,
+    /// The writer's map: keys and entries.
+    pub source_keys: usize,
 }
 
 impl fmt::Debug for TagSubscriber {

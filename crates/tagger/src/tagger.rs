@@ -86,6 +86,14 @@ impl Tagger {
         &self.store
     }
 
+    /// Bytes of the index of the containers each pod or task tagged (for the memory benchmark).
+    pub fn children_bytes(&self) -> usize {
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = std::mem::size_of::<((TagSource, String), Box<[String]>)>();
+        let child = |c: &String| std::mem::size_of::<String>() + c.len();
+        children.iter().map(|((_, id), kids)| entry + id.len() + kids.iter().map(child).sum::<usize>()).sum()
+    }
+
     /// The entity's tags at `cardinality` and below: lock-free, allocation-free.
     pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Tags {
         self.store.tag(entity, cardinality)
