@@ -4,6 +4,10 @@
 //! publish the entity's merged tags as one `Arc<EntityTags>` into a lock-free map (papaya).
 //! Readers never take a lock and never allocate: a lookup is a hash, a probe and an `Arc` clone,
 //! and the tags of every cardinality are prefixes of one vector in one string buffer.
+//!
+//! Each entity's id is allocated once, shared by both maps (and by the tagger's index of a pod's
+//! containers). An entity that one source tags (a pod, a container outside Kubernetes) publishes
+//! that source's tags themselves: one copy, not a merged copy beside the source's.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -214,8 +218,9 @@ impl fmt::Debug for Tags {
 #[derive(Debug)]
 struct SourceEntry {
     source: TagSource,
-    /// Packed like the published tags: one buffer, no per-tag allocation.
-    tags: EntityTags,
+    /// Packed like the published tags: one buffer, no per-tag allocation; shared with the
+    /// published value when this is the entity's only source.
+    tags: Arc<EntityTags>,
     /// When the source deleted it; its tags are served until the grace period has passed.
     deleted_at: Option<Duration>,
 }
@@ -252,19 +257,22 @@ struct TagSubscriber {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagChange {
     /// First tags for this entity.
-    Added(String),
+    Added(Arc<str>),
     /// Its tags changed.
-    Modified(String),
+    Modified(Arc<str>),
     /// It has no tags any more.
-    Deleted(String),
+    Deleted(Arc<str>),
 }
 
 type FastMap<K, V> = papaya::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The writer's side: each entity's sources, keyed by the id the published map shares.
+type Sources = HashMap<Arc<str>, Vec<SourceEntry>, foldhash::fast::RandomState>;
+
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
-    published: FastMap<Box<str>, Arc<EntityTags>>,
-    sources: Mutex<HashMap<String, Vec<SourceEntry>>>,
+    published: FastMap<Arc<str>, Arc<EntityTags>>,
+    sources: Mutex<Sources>,
     clock: Arc<dyn Clock>,
     grace: Duration,
     subscribers: Mutex<Vec<TagSubscriber>>,
@@ -281,7 +289,7 @@ impl TagStore {
     pub fn new(clock: Arc<dyn Clock>, grace: Duration) -> Self {
         Self {
             published: FastMap::with_hasher(foldhash::fast::RandomState::default()),
-            sources: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Sources::default()),
             clock,
             grace,
             subscribers: Mutex::new(Vec::new()),
@@ -303,7 +311,11 @@ impl TagStore {
         let mut initial: Vec<TagEvent> = sources
             .keys()
             .filter(|e| e.starts_with(prefix))
-            .map(|e| TagEvent { kind: TagEventKind::Added, entity: e.clone(), tags: self.tag(e, cardinality).to_vec() })
+            .map(|e| TagEvent {
+                kind: TagEventKind::Added,
+                entity: e.to_string(),
+                tags: self.tag(e, cardinality).to_vec(),
+            })
             .collect();
         initial.sort_by(|a, b| a.entity.cmp(&b.entity));
         let _ = tx.try_send(initial);
@@ -332,7 +344,7 @@ impl TagStore {
             }
             let tags =
                 if kind == TagEventKind::Deleted { Vec::new() } else { self.tag(entity, sub.cardinality).to_vec() };
-            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.clone(), tags }]) {
+            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.to_string(), tags }]) {
                 Ok(()) => true,
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(prefix = sub.prefix, "tag subscriber fell behind and was dropped");
@@ -343,7 +355,7 @@ impl TagStore {
         });
     }
 
-    fn writer(&self) -> MutexGuard<'_, HashMap<String, Vec<SourceEntry>>> {
+    fn writer(&self) -> MutexGuard<'_, Sources> {
         // Each entry is replaced whole; a panic half-way leaves nothing half-written.
         self.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -374,22 +386,39 @@ impl TagStore {
 
     /// Replaces what `source` says about `entity` (a pending deletion of it is cancelled).
     pub fn set(&self, entity: &str, source: TagSource, info: TagInfo) -> Option<TagChange> {
+        self.set_shared(Arc::from(entity), source, info).1
+    }
+
+    /// Like [`TagStore::set`], for a caller that keeps the entity's id: returns the id the store
+    /// keeps (the one given if the entity is new), for the caller to hold instead of its own.
+    pub fn set_shared(&self, entity: Arc<str>, source: TagSource, info: TagInfo) -> (Arc<str>, Option<TagChange>) {
         let tags = EntityTags::build(&info);
         let mut sources = self.writer();
-        let entries = sources.entry(entity.to_owned()).or_default();
+        let key = match sources.get_key_value(&*entity) {
+            Some((key, _)) => key.clone(),
+            None => {
+                sources.insert(entity.clone(), Vec::new());
+                entity
+            }
+        };
+        let Some(entries) = sources.get_mut(&*key) else { return (key, None) };
         match entries.iter_mut().find(|e| e.source == source) {
-            Some(e) if e.tags == tags && e.deleted_at.is_none() => return None,
+            Some(e) if *e.tags == tags && e.deleted_at.is_none() => return (key, None),
             Some(e) => {
-                e.tags = tags;
+                e.tags = Arc::new(tags);
                 e.deleted_at = None;
             }
-            None => entries.push(SourceEntry { source, tags, deleted_at: None }),
+            None => {
+                // Most entities have one or two sources: no spare room.
+                entries.reserve_exact(1);
+                entries.push(SourceEntry { source, tags: Arc::new(tags), deleted_at: None });
+            }
         }
-        let change = self.publish(entity, entries);
+        let change = self.publish(&key, entries);
         if let Some(change) = &change {
             self.notify(change);
         }
-        change
+        (key, change)
     }
 
     /// Marks what `source` says about `entity` as deleted: still served for the grace period.
@@ -421,7 +450,7 @@ impl TagStore {
         }
         for entity in emptied {
             sources.remove(&entity);
-            self.published.pin().remove(entity.as_str());
+            self.published.pin().remove(&*entity);
             changes.push(TagChange::Deleted(entity));
         }
         for change in &changes {
@@ -431,18 +460,16 @@ impl TagStore {
     }
 
     /// Merges the sources of one entity (higher priority first, winning shared keys) and
-    /// publishes the result.
-    fn publish(&self, entity: &str, entries: &mut [SourceEntry]) -> Option<TagChange> {
+    /// publishes the result; an only source is published as it is.
+    fn publish(&self, entity: &Arc<str>, entries: &mut [SourceEntry]) -> Option<TagChange> {
         entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
-        let merged = merge(entries);
-        let tags = Arc::new(EntityTags::build(&merged));
+        let tags = match entries {
+            [only] => only.tags.clone(),
+            _ => Arc::new(EntityTags::build(&merge(entries))),
+        };
         let guard = self.published.pin();
-        let previous = guard.insert(Box::from(entity), tags);
-        Some(if previous.is_some() {
-            TagChange::Modified(entity.to_owned())
-        } else {
-            TagChange::Added(entity.to_owned())
-        })
+        let previous = guard.insert(entity.clone(), tags);
+        Some(if previous.is_some() { TagChange::Modified(entity.clone()) } else { TagChange::Added(entity.clone()) })
     }
 
     /// The merged tags of `entity` by level (for dumps and tests).
@@ -459,7 +486,7 @@ impl TagStore {
             .map(|(entity, entries)| {
                 let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.tags.to_info())).collect();
                 per_source.sort_by_key(|(s, _)| *s);
-                (entity.clone(), per_source)
+                (entity.to_string(), per_source)
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -484,17 +511,23 @@ impl TagStore {
     /// Where the store's bytes go, counted from its structures (payloads and entry sizes; the
     /// maps' spare capacity and the allocator's rounding are left out), for the memory benchmark.
     pub fn footprint(&self) -> Footprint {
+        const ARC: usize = 2 * std::mem::size_of::<usize>();
         let published = self.published.pin();
         let writer = self.writer();
+        let tags = |t: &EntityTags| ARC + std::mem::size_of::<EntityTags>() + t.heap_bytes();
         let entry = std::mem::size_of::<SourceEntry>();
         Footprint {
-            published_tags: published.iter().map(|(_, v)| v.heap_bytes() + std::mem::size_of::<EntityTags>()).sum(),
-            published_keys: published.iter().map(|(k, _)| k.len() + std::mem::size_of::<(Box<str>, Arc<()>)>()).sum(),
-            source_tags: writer.values().flatten().map(|e| e.tags.heap_bytes() + entry).sum(),
+            // A value shared with its only source is that source's, counted there.
+            published_tags: published.iter().filter(|(_, v)| Arc::strong_count(v) == 1).map(|(_, v)| tags(v)).sum(),
+            // The keys' text is the writer's, shared.
+            published_keys: published.len() * std::mem::size_of::<(Arc<str>, Arc<EntityTags>)>(),
+            source_tags: writer.values().flatten().map(|e| entry + tags(&e.tags)).sum(),
             source_keys: writer
                 .iter()
                 .map(|(k, v)| {
-                    k.len() + std::mem::size_of::<(String, Vec<SourceEntry>)>() + (v.capacity() - v.len()) * entry
+                    ARC + k.len()
+                        + std::mem::size_of::<(Arc<str>, Vec<SourceEntry>)>()
+                        + (v.capacity() - v.len()) * entry
                 })
                 .sum(),
         }

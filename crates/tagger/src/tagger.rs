@@ -28,8 +28,9 @@ pub fn entity_id(entity: &Entity) -> String {
     TaggerEntityId::of_entity(entity).to_string()
 }
 
-/// The containers (tagger entity ids) each pod or task tagged, by source and parent entity id.
-type Children = HashMap<(TagSource, String), Box<[String]>>;
+/// The containers (tagger entity ids) each pod or task tagged, by source and parent entity id;
+/// the ids are the tag store's own (one allocation per entity).
+type Children = HashMap<(TagSource, Arc<str>), Box<[Arc<str>]>>;
 
 /// How often deletions past their grace period are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -89,9 +90,9 @@ impl Tagger {
     /// Bytes of the index of the containers each pod or task tagged (for the memory benchmark).
     pub fn children_bytes(&self) -> usize {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = std::mem::size_of::<((TagSource, String), Box<[String]>)>();
-        let child = |c: &String| std::mem::size_of::<String>() + c.len();
-        children.iter().map(|((_, id), kids)| entry + id.len() + kids.iter().map(child).sum::<usize>()).sum()
+        // The ids are the tag store's, counted there.
+        let entry = std::mem::size_of::<((TagSource, Arc<str>), Box<[Arc<str>]>)>();
+        children.values().map(|kids| entry + kids.len() * std::mem::size_of::<Arc<str>>()).sum()
     }
 
     /// The entity's tags at `cardinality` and below: lock-free, allocation-free.
@@ -150,24 +151,23 @@ impl Tagger {
     }
 
     fn set_with_children(&self, source: TagSource, id: String, own: TagInfo, children: Vec<(String, TagInfo)>) {
-        self.store.set(&id, source, own);
-        let now: Vec<String> = children.iter().map(|(child, _)| child.clone()).collect();
-        for (child, tags) in children {
-            self.store.set(&child, source, tags);
-        }
-        let before =
-            self.children.lock().unwrap_or_else(PoisonError::into_inner).insert((source, id), now.clone().into());
-        for gone in before.into_iter().flat_map(Vec::from).filter(|c| !now.contains(c)) {
-            self.store.delete(&gone, source);
+        let (id, _) = self.store.set_shared(id.into(), source, own);
+        let now: Box<[Arc<str>]> =
+            children.into_iter().map(|(child, tags)| self.store.set_shared(child.into(), source, tags).0).collect();
+        let mut index = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = if now.is_empty() { index.remove(&(source, id)) } else { index.insert((source, id), now.clone()) };
+        drop(index);
+        for gone in before.iter().flat_map(|b| b.iter()).filter(|c| !now.contains(c)) {
+            self.store.delete(gone, source);
         }
     }
 
     fn delete_with_children(&self, source: TagSource, id: &str) {
         self.store.delete(id, source);
-        let key = (source, id.to_owned());
+        let key = (source, Arc::from(id));
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
-        for child in children.into_iter().flat_map(Vec::from) {
-            self.store.delete(&child, source);
+        for child in children.iter().flat_map(|c| c.iter()) {
+            self.store.delete(child, source);
         }
     }
 
@@ -188,8 +188,8 @@ impl Tagger {
                         _ => TagSource::KubernetesPod,
                     };
                     let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-                    for child in children.get(&(source, id.clone())).into_iter().flat_map(|c| c.iter()) {
-                        live.insert((source, child.clone()));
+                    for child in children.get(&(source, Arc::from(id.as_str()))).into_iter().flat_map(|c| c.iter()) {
+                        live.insert((source, child.to_string()));
                     }
                     live.insert((source, id));
                 }
