@@ -18,7 +18,7 @@ type Entry = (Box<str>, Box<str>);
 /// map whole takes it without copying, and a change copies the entries first (copy on write).
 /// An entry costs 32 bytes beside its text, an empty map nothing; iteration is in key order
 /// (stable dumps and tags).
-#[derive(Clone, Default, Eq, Hash)]
+#[derive(Clone, Default, Eq)]
 pub struct StrMap(Option<Arc<[Entry]>>);
 
 impl StrMap {
@@ -149,6 +149,12 @@ impl StrMap {
 impl PartialEq for StrMap {
     fn eq(&self, other: &Self) -> bool {
         self.ptr_eq(other) || self.entries() == other.entries()
+    }
+}
+
+impl std::hash::Hash for StrMap {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.entries().hash(state);
     }
 }
 
