@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
 use wm_core::{
     ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EntityId,
-    EnvFilter, Kind, Runtime, StrMap, Timestamp,
+    EnvFilter, ImageRef, Kind, Runtime, StrMap, Timestamp,
 };
 
 use wm_core::{Container, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL};
@@ -23,7 +23,7 @@ pub fn is_pause_container(labels: &HashMap<String, String>, image: &str) -> bool
     if !labels.contains_key(KUBE_NAMESPACE_LABEL) {
         return false;
     }
-    let short = ContainerImage::parse(image).short_name;
+    let short = ImageRef::parse(image).short_name;
     matches!(short.as_str(), "pause" | "pause-amd64" | "pause-arm64" | "pause-win")
 }
 

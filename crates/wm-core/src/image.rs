@@ -1,10 +1,21 @@
 //! Container image references: `[registry/]path[:tag][@digest]` split into what tags need.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
-/// A container's image, as the runtime or orchestrator names it.
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A container's image, as the runtime or orchestrator names it: an [`ImageRef`] behind a shared
+/// pointer. Its fields read (`image.tag`) and write (`image.id = …`) as the `ImageRef`'s; a
+/// copy shares them until one is written (copy on write). A container is copied whenever the
+/// store merges two sources' versions of it, and an image is six strings: this keeps the copy
+/// to one pointer (8 bytes, and nothing allocated while it is empty).
+#[derive(Clone, Default)]
+pub struct ContainerImage(Option<Arc<ImageRef>>);
+
+/// The parts of an image reference (see [`ContainerImage`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-pub struct ContainerImage {
+pub struct ImageRef {
     /// The reference as given (`gcr.io/team/app:2.0`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub raw_name: String,
@@ -25,7 +36,109 @@ pub struct ContainerImage {
     pub id: String,
 }
 
+static NO_IMAGE: ImageRef = ImageRef {
+    raw_name: String::new(),
+    name: String::new(),
+    registry: String::new(),
+    short_name: String::new(),
+    tag: String::new(),
+    id: String::new(),
+};
+
+impl Deref for ContainerImage {
+    type Target = ImageRef;
+
+    fn deref(&self) -> &ImageRef {
+        self.0.as_deref().unwrap_or(&NO_IMAGE)
+    }
+}
+
+impl DerefMut for ContainerImage {
+    /// The parts, made this image's own first when a copy shares them.
+    fn deref_mut(&mut self) -> &mut ImageRef {
+        Arc::make_mut(self.0.get_or_insert_with(Arc::default))
+    }
+}
+
+impl PartialEq for ContainerImage {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other) || **self == **other
+    }
+}
+
+impl Eq for ContainerImage {}
+
+impl std::hash::Hash for ContainerImage {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl std::fmt::Debug for ContainerImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for ContainerImage {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl From<ImageRef> for ContainerImage {
+    fn from(parts: ImageRef) -> Self {
+        Self((parts != NO_IMAGE).then(|| Arc::new(parts)))
+    }
+}
+
 impl ContainerImage {
+    /// Whether both share one allocation (both empty counts as shared).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// Splits a reference. Never fails: what cannot be split stays in `raw_name` and `name`.
+    pub fn parse(raw: &str) -> Self {
+        ImageRef::parse(raw).into()
+    }
+
+    /// Whether nothing is known about the image.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none() || (**self).is_empty()
+    }
+
+    /// Fills each empty field from `lower`; an image with nothing known takes `lower`'s whole
+    /// (shared, not copied).
+    pub fn fill_from(&mut self, lower: &Self) {
+        if self.0.is_none() || **self == NO_IMAGE {
+            self.clone_from(lower);
+            return;
+        }
+        let fills = {
+            let (mine, theirs) = (&**self, &**lower);
+            [
+                (&mine.raw_name, &theirs.raw_name),
+                (&mine.name, &theirs.name),
+                (&mine.registry, &theirs.registry),
+                (&mine.short_name, &theirs.short_name),
+                (&mine.tag, &theirs.tag),
+                (&mine.id, &theirs.id),
+            ]
+            .iter()
+            .any(|(m, t)| m.is_empty() && !t.is_empty())
+        };
+        if fills {
+            self.deref_mut().fill_from(lower);
+        }
+    }
+}
+
+impl ImageRef {
     /// Splits a reference. Never fails: what cannot be split stays in `raw_name` and `name`.
     pub fn parse(raw: &str) -> Self {
         let raw = raw.trim();
@@ -114,14 +227,15 @@ impl<'de> Deserialize<'de> for ContainerImage {
         }
         Ok(match Repr::deserialize(d)? {
             Repr::Raw(raw) => Self::parse(&raw),
-            Repr::Fields(f) => Self {
+            Repr::Fields(f) => ImageRef {
                 raw_name: f.raw_name,
                 name: f.name,
                 registry: f.registry,
                 short_name: f.short_name,
                 tag: f.tag,
                 id: f.id,
-            },
+            }
+            .into(),
         })
     }
 }
@@ -132,7 +246,7 @@ mod tests {
 
     fn split(raw: &str) -> (String, String, String, String, String) {
         let i = ContainerImage::parse(raw);
-        (i.name, i.registry, i.short_name, i.tag, i.id)
+        (i.name.clone(), i.registry.clone(), i.short_name.clone(), i.tag.clone(), i.id.clone())
     }
 
     #[test]
@@ -165,6 +279,28 @@ mod tests {
             let image = ContainerImage::parse(raw);
             assert_eq!(image.raw_name, raw.trim());
         }
+    }
+
+    #[test]
+    fn copies_share_the_parts_until_one_is_written() {
+        let a = ContainerImage::parse("gcr.io/team/app:2.0");
+        let mut b = a.clone();
+        assert!(b.ptr_eq(&a));
+        b.id = "sha256:1".into();
+        assert!(!b.ptr_eq(&a));
+        assert_eq!((a.id.as_str(), b.id.as_str(), b.tag.as_str()), ("", "sha256:1", "2.0"));
+        // Filling from a lower source: nothing known takes it whole; a gap is filled on a copy.
+        let mut empty = ContainerImage::default();
+        assert!(empty.is_empty() && empty == ContainerImage::from(ImageRef::default()));
+        empty.fill_from(&b);
+        assert!(empty.ptr_eq(&b));
+        let mut same = a.clone();
+        same.fill_from(&ContainerImage::parse("other:1"));
+        assert!(same.ptr_eq(&a), "nothing to fill: still shared");
+        let mut gap = a.clone();
+        gap.fill_from(&b);
+        assert_eq!(gap, b);
+        assert!(!gap.ptr_eq(&a) && a.id.is_empty());
     }
 
     #[test]

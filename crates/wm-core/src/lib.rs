@@ -30,6 +30,6 @@ pub use entity::{
     Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
-pub use image::ContainerImage;
+pub use image::{ContainerImage, ImageRef};
 pub use map::StrMap;
 pub use time::{Timestamp, TimestampError};

@@ -373,6 +373,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use wm_core::ImageRef;
 
     #[test]
     fn a_container_survives_the_wire_both_ways() {
@@ -382,7 +383,7 @@ mod tests {
             hostname: "h".into(),
             labels: [("team", "a")].into_iter().collect(),
             env: [("DD_ENV", "prod")].into_iter().collect(),
-            image: ContainerImage { id: "sha256:1".into(), ..ContainerImage::parse("docker.io/library/nginx:1.25") },
+            image: ImageRef { id: "sha256:1".into(), ..ImageRef::parse("docker.io/library/nginx:1.25") }.into(),
             runtime: Some(Runtime::Docker),
             state: ContainerState {
                 running: false,
