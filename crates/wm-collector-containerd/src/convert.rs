@@ -109,6 +109,7 @@ pub fn container_from_containerd(
     if let Some(digest) = image_digest.filter(|d| !d.is_empty()) {
         image.id = digest.to_owned();
     }
+    let image = image.interned();
     let (status, running, pid, exit) = match task {
         Some(task) => {
             let status = match Status::try_from(task.status).unwrap_or(Status::Unknown) {

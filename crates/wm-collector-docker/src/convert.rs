@@ -53,6 +53,7 @@ pub fn container_from_inspect(
     if let Some(image_id) = inspect.image.as_deref().filter(|i| !i.is_empty()) {
         image.id = image_id.to_owned();
     }
+    let image = image.interned();
     let state = inspect.state.as_ref();
     let status = match state.and_then(|s| s.status) {
         Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
@@ -188,7 +189,7 @@ pub fn container_from_event(
     Some(Container {
         id: Arc::from(id),
         name: attributes.get("name").cloned().unwrap_or_default(),
-        image: ContainerImage::parse(image_raw),
+        image: ContainerImage::parse(image_raw).interned(),
         runtime: Some(Runtime::Docker),
         owner: label_map
             .get(KUBE_POD_UID_LABEL)

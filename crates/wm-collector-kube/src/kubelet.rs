@@ -227,7 +227,7 @@ fn status_image(status: &ContainerStatusJson, spec: Option<&SpecContainer>) -> C
     if !id.is_empty() {
         image.id = id.to_owned();
     }
-    image
+    image.interned()
 }
 
 /// A Kubernetes quantity as a number (`100m` → 0.1, `1.5` → 1.5, `128Mi` → 134217728).

@@ -189,7 +189,7 @@ fn image(reference: &str, image_id: &str) -> ContainerImage {
     if !image_id.is_empty() {
         image.id = if image_id.starts_with("sha256:") { image_id.to_owned() } else { format!("sha256:{image_id}") };
     }
-    image
+    image.interned()
 }
 
 fn labels(map: Option<&HashMap<String, String>>, pod_name: &str) -> StrMap {

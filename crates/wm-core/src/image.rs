@@ -1,7 +1,8 @@
 //! Container image references: `[registry/]path[:tag][@digest]` split into what tags need.
 
+use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -92,7 +93,53 @@ impl From<ImageRef> for ContainerImage {
     }
 }
 
+/// The images [`ContainerImage::interned`] gave out: one copy of each, for as long as some
+/// container holds it. A node runs few images in many containers.
+static INTERNED: Mutex<Option<HashSet<Arc<ImageRef>>>> = Mutex::new(None);
+
+fn interned_images() -> MutexGuard<'static, Option<HashSet<Arc<ImageRef>>>> {
+    // A set is never left half-changed: a panic while it was held changed nothing.
+    INTERNED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for ContainerImage {
+    /// The last holder of an interned image takes it out of the interner (which holds the other
+    /// reference): the interner holds exactly the images in use.
+    fn drop(&mut self) {
+        let Some(parts) = &self.0 else { return };
+        if Arc::strong_count(parts) != 2 {
+            return;
+        }
+        let mut guard = interned_images();
+        let Some(set) = guard.as_mut() else { return };
+        // Counted again under the lock: an image is only shared anew under it, or by cloning a
+        // holder, and with a count of two this is the one holder.
+        if Arc::strong_count(parts) == 2 && set.get(&**parts).is_some_and(|kept| Arc::ptr_eq(kept, parts)) {
+            set.remove(&**parts);
+        }
+    }
+}
+
 impl ContainerImage {
+    /// The same image, shared with every other container that runs it: collectors intern the
+    /// images they build. Writing to the result copies it first (it stays shared for the others).
+    pub fn interned(self) -> Self {
+        let Some(parts) = &self.0 else { return self };
+        let mut guard = interned_images();
+        let set = guard.get_or_insert_with(HashSet::new);
+        if let Some(kept) = set.get(&**parts) {
+            return Self(Some(kept.clone()));
+        }
+        set.insert(parts.clone());
+        drop(guard);
+        self
+    }
+
+    /// How many distinct images are interned now (for tests and telemetry).
+    pub fn interned_count() -> usize {
+        interned_images().as_ref().map_or(0, HashSet::len)
+    }
+
     /// Whether both share one allocation (both empty counts as shared).
     pub fn ptr_eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {

@@ -72,7 +72,7 @@ fn from_image(i: Option<&pb::ContainerImage>) -> ContainerImage {
     image.short_name = i.short_name.clone();
     image.tag = i.tag.clone();
     image.id = i.id.clone();
-    image
+    image.interned()
 }
 
 fn secs(t: Option<Timestamp>) -> i64 {
