@@ -261,9 +261,10 @@ pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The pod-sourced tags of one of its containers (7.3).
-pub fn pod_container_tags(p: &KubernetesPod, pod: &TagInfo, c: &OrchestratorContainer) -> TagInfo {
-    let mut tags = pod.clone();
+/// The pod-sourced tags of one of its containers beyond the pod's own (7.3): the container
+/// gets the pod's tags ([`pod_tags`]), then these at each level.
+pub fn pod_container_tags(p: &KubernetesPod, c: &OrchestratorContainer) -> TagInfo {
+    let mut tags = TagInfo::default();
     tags.add(Low, "kube_container_name", &c.name);
     image_tags(&mut tags, &c.image);
     tags.add(High, "container_id", &c.id);
@@ -314,9 +315,9 @@ pub fn task_tags(t: &EcsTask, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The task-sourced tags of one of its containers.
-pub fn task_container_tags(task: &TagInfo, c: &OrchestratorContainer) -> TagInfo {
-    let mut tags = task.clone();
+/// The task-sourced tags of one of its containers beyond the task's own ([`task_tags`]).
+pub fn task_container_tags(c: &OrchestratorContainer) -> TagInfo {
+    let mut tags = TagInfo::default();
     tags.add(Low, "ecs_container_name", &c.name);
     tags
 }

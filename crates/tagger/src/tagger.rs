@@ -4,14 +4,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use wm_core::{Entity, Event, EventType, Filter, KubernetesPod, LaunchType, SubscriberPriority};
+use wm_core::{Entity, Event, EventType, Filter, LaunchType, SubscriberPriority};
 use wm_store::{Store, SubscriptionError};
 
 use crate::config::TaggerConfig;
 use crate::entity_id::TaggerEntityId;
 use crate::fetch::{ContainerFetcher, SingleFlight};
 use crate::rules;
-use crate::store::{Clock, SystemClock, TagSource, TagStore, Tags};
+use crate::store::{Clock, EntityTags, SystemClock, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
 
 /// The entity id of the node-wide tags: this node's labels- and annotations-as-tags, and ECS
@@ -121,8 +121,12 @@ impl Tagger {
             (Entity::Container(_), EventType::Unset) => self.store.delete(&id, TagSource::Container),
             (Entity::KubernetesPod(p), EventType::Set) => {
                 let pod = rules::pod_tags(p, &self.config);
-                let children = pod_children(p, &pod);
-                self.set_with_children(TagSource::KubernetesPod, id, pod, children);
+                let children = p
+                    .all_containers()
+                    .filter(|c| !c.id.is_empty())
+                    .map(|c| (container_entity(&c.id), rules::pod_container_tags(p, c)))
+                    .collect();
+                self.set_with_children(TagSource::KubernetesPod, id, &pod, children);
             }
             (Entity::EcsTask(t), EventType::Set) => {
                 let task = rules::task_tags(t, &self.config);
@@ -130,17 +134,18 @@ impl Tagger {
                     .containers
                     .iter()
                     .filter(|c| !c.id.is_empty())
-                    .map(|c| (container_entity(&c.id), rules::task_container_tags(&task, c)))
+                    .map(|c| (container_entity(&c.id), rules::task_container_tags(c)))
                     .collect();
                 if t.launch_type == Some(LaunchType::Fargate) {
-                    children.push((GLOBAL_ENTITY_ID.to_owned(), task.clone()));
+                    children.push((GLOBAL_ENTITY_ID.to_owned(), TagInfo::default()));
                 }
-                self.set_with_children(TagSource::EcsTask, id, task, children);
+                self.set_with_children(TagSource::EcsTask, id, &task, children);
             }
             (Entity::KubernetesMetadata(m), EventType::Set) => {
                 let tags = rules::metadata_tags(m, &self.config);
-                let children = if m.is_node() { vec![(GLOBAL_ENTITY_ID.to_owned(), tags.clone())] } else { Vec::new() };
-                self.set_with_children(TagSource::KubernetesMetadata, id, tags, children);
+                let children =
+                    if m.is_node() { vec![(GLOBAL_ENTITY_ID.to_owned(), TagInfo::default())] } else { Vec::new() };
+                self.set_with_children(TagSource::KubernetesMetadata, id, &tags, children);
             }
             (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, &id),
             (Entity::KubernetesMetadata(_), EventType::Unset) => {
@@ -150,10 +155,16 @@ impl Tagger {
         }
     }
 
-    fn set_with_children(&self, source: TagSource, id: String, own: TagInfo, children: Vec<(String, TagInfo)>) {
-        let (id, _) = self.store.set_shared(id.into(), source, own);
-        let now: Box<[Arc<str>]> =
-            children.into_iter().map(|(child, tags)| self.store.set_shared(child.into(), source, tags).0).collect();
+    /// Tags a pod, task or object with `own`, and each of its children with `own` followed by
+    /// the child's own extra tags (`own` kept once, shared by them all).
+    fn set_with_children(&self, source: TagSource, id: String, own: &TagInfo, children: Vec<(String, TagInfo)>) {
+        let base = Some(Arc::new(EntityTags::build(own)));
+        let none = TagInfo::default();
+        let (id, _) = self.store.set_layered(id.into(), source, base.clone(), &none);
+        let now: Box<[Arc<str>]> = children
+            .into_iter()
+            .map(|(child, extra)| self.store.set_layered(child.into(), source, base.clone(), &extra).0)
+            .collect();
         let mut index = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         let before = if now.is_empty() { index.remove(&(source, id)) } else { index.insert((source, id), now.clone()) };
         drop(index);
@@ -249,11 +260,4 @@ impl Tagger {
             }
         })
     }
-}
-
-fn pod_children(p: &KubernetesPod, pod: &TagInfo) -> Vec<(String, TagInfo)> {
-    p.all_containers()
-        .filter(|c| !c.id.is_empty())
-        .map(|c| (container_entity(&c.id), rules::pod_container_tags(p, pod, c)))
-        .collect()
 }
