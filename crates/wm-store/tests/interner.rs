@@ -6,7 +6,6 @@
 
 use wm_core::{
     CollectorEvent, Container, ContainerImage, EntityId, Kind, KubernetesPod, OrchestratorContainer, Source,
-    StoreReader,
 };
 use wm_store::Store;
 
@@ -25,7 +24,7 @@ async fn images_are_shared_while_used_and_the_interner_empties_when_their_entiti
     assert_eq!(ContainerImage::interned_count(), 0);
     let store = Store::new();
     let ids: Vec<String> = (0..6).map(|i| format!("{i:064x}")).collect();
-    let raw = |i: usize| if i % 2 == 0 { "nginx:1.25" } else { "gcr.io/team/app:2.0" };
+    let raw = |i: usize| if i.is_multiple_of(2) { "nginx:1.25" } else { "gcr.io/team/app:2.0" };
     let mut events = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         // Each container from two sources, each building its own image: one copy is kept.
