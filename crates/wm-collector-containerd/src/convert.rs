@@ -8,8 +8,8 @@ use containerd_client::services::v1::Container as CtrContainer;
 use containerd_client::types::v1::{Process, Status};
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EntityId, EnvFilter,
-    KUBE_CONTAINER_NAME_LABEL, KUBE_POD_UID_LABEL, Kind, Runtime, StrMap, Timestamp,
+    Container, ContainerImage, ContainerState, ContainerStatus, EntityId, EnvFilter, KUBE_CONTAINER_NAME_LABEL,
+    KUBE_POD_UID_LABEL, Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// The CRI plugin's label on every container it makes: `sandbox` for a pod's pause container.
@@ -169,12 +169,13 @@ pub fn container_from_containerd(
             .filter(|uid| !uid.is_empty())
             .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str())),
         cgroup_path: linux.cgroups_path,
-        resources: ContainerResources {
+        resources: ResourceSpec {
             cpu_limit,
             memory_limit: memory.limit.filter(|m| *m > 0).map(|m| m as u64),
             memory_request: memory.reservation.filter(|m| *m > 0).map(|m| m as u64),
-            ..ContainerResources::default()
-        },
+            ..ResourceSpec::default()
+        }
+        .into(),
         ..Container::default()
     };
     (Some(container), problem)
@@ -277,7 +278,7 @@ mod tests {
         let odd = r#"{"linux": {"resources": {"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 0}}}}"#;
         let (c, problem) = container_from_containerd(&record(odd), None, None, None, &EnvFilter::default());
         assert_eq!(problem, None);
-        assert_eq!(c.unwrap().resources, ContainerResources::default());
+        assert!(c.unwrap().resources.is_none());
     }
 
     #[test]

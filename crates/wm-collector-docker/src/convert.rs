@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
 use wm_core::{
-    ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EntityId,
-    EnvFilter, ImageRef, Kind, Runtime, StrMap, Timestamp,
+    ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus, EntityId, EnvFilter, ImageRef,
+    Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 use wm_core::{Container, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL};
@@ -117,12 +117,13 @@ pub fn container_from_inspect(
         (_, Some(quota), Some(period)) if quota > 0 && period > 0 => Some(quota as f64 / period as f64),
         _ => None,
     });
-    let resources = ContainerResources {
+    let resources = ResourceSpec {
         cpu_request: None,
         cpu_limit,
         memory_request: host_config.and_then(|h| h.memory_reservation).filter(|m| *m > 0).map(|m| m as u64),
         memory_limit: host_config.and_then(|h| h.memory).filter(|m| *m > 0).map(|m| m as u64),
-    };
+    }
+    .into();
     let owner = labels_map
         .get(KUBE_POD_UID_LABEL)
         .filter(|uid| !uid.is_empty())

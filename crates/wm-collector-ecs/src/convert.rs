@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
-    EntityId, Kind, LaunchType, OrchestratorContainer, Runtime, StrMap, Timestamp,
+    Container, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EcsTask, Entity, EntityId, Kind,
+    LaunchType, OrchestratorContainer, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// What a conversion made, and what it had to skip (one line per skipped item).
@@ -322,12 +322,13 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
                 finished_at: time(&c.finished_at),
                 exit_code: if status == ContainerStatus::Stopped { c.exit_code } else { None },
             },
-            resources: ContainerResources {
+            resources: ResourceSpec {
                 // Container limits are in CPU units, 1,024 to a vCPU.
                 cpu_limit: c.limits.cpu.filter(|units| *units > 0.0).map(|units| units / 1024.0),
                 memory_limit: c.limits.memory.filter(|mib| *mib > 0).map(|mib| mib.saturating_mul(1 << 20)),
-                ..ContainerResources::default()
-            },
+                ..ResourceSpec::default()
+            }
+            .into(),
             ..Container::default()
         }));
     }

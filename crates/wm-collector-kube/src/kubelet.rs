@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use wm_core::{
     Container, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus,
-    Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, Runtime, StrMap, Timestamp,
+    Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, ResourceSpec, Runtime, StrMap,
+    Timestamp,
 };
 
 /// Why a pod list could not be read at all.
@@ -257,12 +258,13 @@ fn resources(spec: Option<&SpecContainer>) -> ContainerResources {
     let get = |map: &HashMap<String, String>, key: &str| map.get(key).and_then(|q| quantity(q));
     // Bytes are whole: a fractional memory quantity rounds down.
     let bytes = |v: Option<f64>| v.filter(|v| *v >= 0.0).map(|v| v as u64);
-    ContainerResources {
+    ResourceSpec {
         cpu_request: get(&spec.resources.requests, "cpu"),
         cpu_limit: get(&spec.resources.limits, "cpu"),
         memory_request: bytes(get(&spec.resources.requests, "memory")),
         memory_limit: bytes(get(&spec.resources.limits, "memory")),
     }
+    .into()
 }
 
 fn state(status: &ContainerStatusJson) -> ContainerState {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EnvFilter,
-    PODMAN_POD_NAME_LABEL, Runtime, StrMap, Timestamp,
+    Container, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EnvFilter, PODMAN_POD_NAME_LABEL,
+    ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// One row of `GET /libpod/containers/json?all=true`.
@@ -251,12 +251,13 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
             .collect(),
         cgroup_path: s.cgroup_path.clone(),
         restart_count: u32::try_from(inspect.restart_count).unwrap_or(0),
-        resources: ContainerResources {
+        resources: ResourceSpec {
             cpu_limit,
             memory_limit: (h.memory > 0).then_some(h.memory as u64),
             memory_request: (h.memory_reservation > 0).then_some(h.memory_reservation as u64),
-            ..ContainerResources::default()
-        },
+            ..ResourceSpec::default()
+        }
+        .into(),
         ..Container::default()
     })
 }

@@ -1,18 +1,17 @@
 //! Container image references: `[registry/]path[:tag][@digest]` split into what tags need.
 
 use std::collections::HashSet;
-use std::ops::{Deref, DerefMut};
+use std::ops::DerefMut;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
-/// A container's image, as the runtime or orchestrator names it: an [`ImageRef`] behind a shared
-/// pointer. Its fields read (`image.tag`) and write (`image.id = …`) as the `ImageRef`'s; a
-/// copy shares them until one is written (copy on write). A container is copied whenever the
-/// store merges two sources' versions of it, and an image is six strings: this keeps the copy
-/// to one pointer (8 bytes, and nothing allocated while it is empty).
-#[derive(Clone, Default)]
-pub struct ContainerImage(Option<Arc<ImageRef>>);
+use crate::shared::{Parts, Shared};
+
+/// A container's image, as the runtime or orchestrator names it: an [`ImageRef`] behind one
+/// copy-on-write pointer ([`Shared`]), interned by the collectors that build it. Its fields read
+/// (`image.tag`) and write (`image.id = …`) as the `ImageRef`'s.
+pub type ContainerImage = Shared<ImageRef>;
 
 /// The parts of an image reference (see [`ContainerImage`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -46,50 +45,21 @@ static NO_IMAGE: ImageRef = ImageRef {
     id: String::new(),
 };
 
-impl Deref for ContainerImage {
-    type Target = ImageRef;
-
-    fn deref(&self) -> &ImageRef {
-        self.0.as_deref().unwrap_or(&NO_IMAGE)
+impl Parts for ImageRef {
+    fn none() -> &'static Self {
+        &NO_IMAGE
     }
-}
 
-impl DerefMut for ContainerImage {
-    /// The parts, made this image's own first when a copy shares them.
-    fn deref_mut(&mut self) -> &mut ImageRef {
-        Arc::make_mut(self.0.get_or_insert_with(Arc::default))
-    }
-}
-
-impl PartialEq for ContainerImage {
-    fn eq(&self, other: &Self) -> bool {
-        self.ptr_eq(other) || **self == **other
-    }
-}
-
-impl Eq for ContainerImage {}
-
-impl std::hash::Hash for ContainerImage {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (**self).hash(state);
-    }
-}
-
-impl std::fmt::Debug for ContainerImage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        (**self).fmt(f)
-    }
-}
-
-impl Serialize for ContainerImage {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (**self).serialize(s)
-    }
-}
-
-impl From<ImageRef> for ContainerImage {
-    fn from(parts: ImageRef) -> Self {
-        Self((parts != NO_IMAGE).then(|| Arc::new(parts)))
+    /// The last holder of an interned image takes it out of the interner (which holds the other
+    /// reference): the interner holds exactly the images in use.
+    fn last_but_one(parts: &Arc<Self>) {
+        let mut guard = interned_images();
+        let Some(set) = guard.as_mut() else { return };
+        // Counted again under the lock: an image is only shared anew under it, or by cloning a
+        // holder, and with a count of two this is the one holder.
+        if Arc::strong_count(parts) == 2 && set.get(&**parts).is_some_and(|kept| Arc::ptr_eq(kept, parts)) {
+            set.remove(&**parts);
+        }
     }
 }
 
@@ -102,25 +72,7 @@ fn interned_images() -> MutexGuard<'static, Option<HashSet<Arc<ImageRef>>>> {
     INTERNED.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Drop for ContainerImage {
-    /// The last holder of an interned image takes it out of the interner (which holds the other
-    /// reference): the interner holds exactly the images in use.
-    fn drop(&mut self) {
-        let Some(parts) = &self.0 else { return };
-        if Arc::strong_count(parts) != 2 {
-            return;
-        }
-        let mut guard = interned_images();
-        let Some(set) = guard.as_mut() else { return };
-        // Counted again under the lock: an image is only shared anew under it, or by cloning a
-        // holder, and with a count of two this is the one holder.
-        if Arc::strong_count(parts) == 2 && set.get(&**parts).is_some_and(|kept| Arc::ptr_eq(kept, parts)) {
-            set.remove(&**parts);
-        }
-    }
-}
-
-impl ContainerImage {
+impl Shared<ImageRef> {
     /// The same image, shared with every other container that runs it: collectors intern the
     /// images they build. Writing to the result copies it first (it stays shared for the others).
     pub fn interned(self) -> Self {
@@ -140,15 +92,6 @@ impl ContainerImage {
         interned_images().as_ref().map_or(0, HashSet::len)
     }
 
-    /// Whether both share one allocation (both empty counts as shared).
-    pub fn ptr_eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        }
-    }
-
     /// Splits a reference. Never fails: what cannot be split stays in `raw_name` and `name`.
     pub fn parse(raw: &str) -> Self {
         ImageRef::parse(raw).into()
@@ -156,13 +99,13 @@ impl ContainerImage {
 
     /// Whether nothing is known about the image.
     pub fn is_empty(&self) -> bool {
-        self.0.is_none() || (**self).is_empty()
+        (**self).is_empty()
     }
 
     /// Fills each empty field from `lower`; an image with nothing known takes `lower`'s whole
     /// (shared, not copied).
     pub fn fill_from(&mut self, lower: &Self) {
-        if self.0.is_none() || **self == NO_IMAGE {
+        if self.is_none() {
             self.clone_from(lower);
             return;
         }
@@ -247,7 +190,7 @@ impl ImageRef {
     }
 }
 
-impl<'de> Deserialize<'de> for ContainerImage {
+impl<'de> Deserialize<'de> for Shared<ImageRef> {
     /// Accepts either a raw reference (`"nginx:1.25"`, parsed) or the structured form.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
