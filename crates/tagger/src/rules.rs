@@ -140,17 +140,27 @@ fn garden_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
 
 /// The tags of a container entity (7.1; 7.5 for Cloud Foundry's Garden containers).
 pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
+    let (mut tags, own) = container_tags_by_image(c, config);
+    tags.append(own);
+    tags
+}
+
+/// A container's tags in two parts: those of its image (the same for every container of the
+/// image on the same runtime: the tag store keeps them once), then its own. Together, in this
+/// order, they are [`container_tags`].
+pub fn container_tags_by_image(c: &Container, config: &TaggerConfig) -> (TagInfo, TagInfo) {
+    let mut image = TagInfo::default();
     if c.runtime == Some(Runtime::Garden) {
-        return garden_tags(c, config);
+        return (image, garden_tags(c, config));
+    }
+    image_tags(&mut image, &c.image);
+    image.add(Low, "image_id", &c.image.id);
+    if c.runtime == Some(Runtime::Docker) && !c.image.name.is_empty() {
+        image.add(Low, "docker_image", &format!("{}:{}", c.image.name, c.image.tag));
     }
     let mut tags = TagInfo::default();
     tags.add(High, "container_name", &c.name);
     tags.add(High, "container_id", &c.id);
-    image_tags(&mut tags, &c.image);
-    tags.add(Low, "image_id", &c.image.id);
-    if c.runtime == Some(Runtime::Docker) && !c.image.name.is_empty() {
-        tags.add(Low, "docker_image", &format!("{}:{}", c.image.name, c.image.tag));
-    }
     unified_service(&mut tags, c);
     let sha = c.env.get("DD_GIT_COMMIT_SHA").or(c.labels.get("org.opencontainers.image.revision"));
     let repo = c.env.get("DD_GIT_REPOSITORY_URL").or(c.labels.get("org.opencontainers.image.source"));
@@ -169,7 +179,7 @@ pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
     mapped(&mut tags, &c.labels, &config.docker_labels_as_tags);
     mapped(&mut tags, &c.env, &config.container_env_as_tags);
     mapped(&mut tags, &c.env, &config.docker_env_as_tags);
-    tags
+    (image, tags)
 }
 
 /// Characters of the hash Kubernetes appends to generated names (`rand.SafeEncodeString`),

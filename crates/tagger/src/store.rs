@@ -97,7 +97,7 @@ impl TagSource {
 
 /// The merged tags of one entity, immutable once published. All tags sit in one buffer; the
 /// low, orchestrator and high levels are consecutive, so each cardinality is a prefix.
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq, Eq, Hash)]
 pub struct EntityTags {
     buf: Box<str>,
     /// End offset in `buf` of each tag: low…, orchestrator…, high…, then standard….

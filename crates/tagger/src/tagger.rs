@@ -44,6 +44,9 @@ pub struct Tagger {
     children: Mutex<Children>,
     /// Asks the runtime about a container a lookup missed.
     fetcher: Option<SingleFlight>,
+    /// The image tags of the containers, one copy per image (a base under each container's
+    /// own tags); an image no container uses any more is dropped at the next prune.
+    image_tags: Mutex<HashSet<Arc<EntityTags>>>,
 }
 
 impl Tagger {
@@ -55,7 +58,13 @@ impl Tagger {
     /// A tagger on `clock` (tests move a [`crate::ManualClock`]).
     pub fn with_clock(config: TaggerConfig, clock: Arc<dyn Clock>) -> Self {
         let grace = config.deletion_grace_period();
-        Self { config, store: TagStore::new(clock, grace), children: Mutex::new(HashMap::new()), fetcher: None }
+        Self {
+            config,
+            store: TagStore::new(clock, grace),
+            children: Mutex::new(HashMap::new()),
+            fetcher: None,
+            image_tags: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Registers the fetcher a lookup of an unknown container asks, each fetch bounded by `timeout`.
@@ -77,7 +86,7 @@ impl Tagger {
             && *container.id == *id
         {
             // Another lookup of the same flight may have stored them already: setting is idempotent.
-            self.store.set(entity, TagSource::Container, rules::container_tags(&container, &self.config));
+            self.set_container(Arc::from(entity), &container);
         }
         self.store.tag(entity, cardinality)
     }
@@ -115,9 +124,7 @@ impl Tagger {
     fn process_one(&self, event: &Event) {
         let id = entity_id(&event.entity);
         match (&event.entity, event.event_type) {
-            (Entity::Container(c), EventType::Set) => {
-                self.store.set(&id, TagSource::Container, rules::container_tags(c, &self.config));
-            }
+            (Entity::Container(c), EventType::Set) => self.set_container(id.into(), c),
             (Entity::Container(_), EventType::Unset) => self.store.delete(&id, TagSource::Container),
             (Entity::KubernetesPod(p), EventType::Set) => {
                 let pod = rules::pod_tags(p, &self.config);
@@ -153,6 +160,34 @@ impl Tagger {
             }
             (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, &id),
         }
+    }
+
+    /// Tags a container: its image's tags (one copy per image) under its own.
+    fn set_container(&self, id: Arc<str>, c: &wm_core::Container) {
+        let (image, own) = rules::container_tags_by_image(c, &self.config);
+        let base = (!image.is_empty()).then(|| {
+            let image = Arc::new(EntityTags::build(&image));
+            let mut kept = self.image_tags.lock().unwrap_or_else(PoisonError::into_inner);
+            match kept.get(&image) {
+                Some(same) => same.clone(),
+                None => {
+                    kept.insert(image.clone());
+                    image
+                }
+            }
+        });
+        self.store.set_layered(id, TagSource::Container, base, &own);
+    }
+
+    /// Prunes the deletions past their grace period, then the image tags no container uses.
+    pub fn prune(&self) {
+        self.store.prune();
+        self.image_tags.lock().unwrap_or_else(PoisonError::into_inner).retain(|tags| Arc::strong_count(tags) > 1);
+    }
+
+    /// How many images' tags are kept (each once, for every container of the image).
+    pub fn image_tags_kept(&self) -> usize {
+        self.image_tags.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Tags a pod, task or object with `own`, and each of its children with `own` followed by
@@ -252,12 +287,65 @@ impl Tagger {
                             }
                             None => return,
                         },
-                        _ = prune.tick() => {
-                            tagger.store.prune();
-                        }
+                        _ = prune.tick() => tagger.prune(),
                     }
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wm_core::{Container, ContainerImage, Runtime};
+
+    use super::*;
+    use crate::store::ManualClock;
+
+    fn event(event_type: EventType, id: &str, image: &str) -> Event {
+        let image = ContainerImage::parse(image);
+        let c =
+            Container { id: id.into(), name: id.into(), image, runtime: Some(Runtime::Docker), ..Container::default() };
+        Event { event_type, entity: Entity::from(c) }
+    }
+
+    #[test]
+    fn image_tags_are_kept_once_per_image_and_go_with_the_last_container() {
+        let clock = Arc::new(ManualClock::default());
+        let tagger = Tagger::with_clock(TaggerConfig::default(), clock.clone());
+        let sets = [("a", "nginx:1.25"), ("b", "nginx:1.25"), ("c", "redis:7")];
+        tagger.process(&sets.map(|(id, image)| event(EventType::Set, id, image)));
+        assert_eq!(tagger.image_tags_kept(), 2);
+        // Each container reads as if it had its own copy: its image's tags, then its own.
+        let b = tagger.tag(&container_entity("b"), TagCardinality::High).to_vec();
+        assert_eq!(
+            b,
+            [
+                "image_name:nginx",
+                "short_image:nginx",
+                "image_tag:1.25",
+                "docker_image:nginx:1.25",
+                "container_name:b",
+                "container_id:b"
+            ]
+        );
+        assert_eq!(
+            tagger.store().tag_info(&container_entity("b")),
+            Some(rules::container_tags(&c("b"), &tagger.config))
+        );
+
+        // Every container goes: after the grace period, so do the images' tags.
+        tagger.process(&sets.map(|(id, image)| event(EventType::Unset, id, image)));
+        tagger.prune();
+        assert_eq!(tagger.image_tags_kept(), 2, "still served during the grace period");
+        clock.advance(tagger.config.deletion_grace_period());
+        tagger.prune();
+        assert!(tagger.tag(&container_entity("a"), TagCardinality::High).is_empty());
+        assert_eq!(tagger.image_tags_kept(), 0);
+    }
+
+    fn c(id: &str) -> Container {
+        let Entity::Container(c) = event(EventType::Set, id, "nginx:1.25").entity else { unreachable!() };
+        (*c).clone()
     }
 }
