@@ -151,8 +151,7 @@ pub fn container_from_containerd(
         .find_map(|l| record.labels.get(*l).filter(|n| !n.is_empty()))
         .cloned()
         .unwrap_or_else(|| record.id.clone());
-    let mut labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    labels.shrink_to_fit();
+    let labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let container = Container {
         id: Arc::from(record.id.as_str()),
         name,

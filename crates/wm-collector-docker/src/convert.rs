@@ -128,8 +128,7 @@ pub fn container_from_inspect(
         .get(KUBE_POD_UID_LABEL)
         .filter(|uid| !uid.is_empty())
         .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str()));
-    let mut labels: StrMap = labels_map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    labels.shrink_to_fit();
+    let labels: StrMap = labels_map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Some(Container {
         id: Arc::from(id),
         name: inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),

@@ -197,7 +197,6 @@ fn labels(map: Option<&HashMap<String, String>>, pod_name: &str) -> StrMap {
     if !pod_name.is_empty() {
         labels.insert(PODMAN_POD_NAME_LABEL, pod_name);
     }
-    labels.shrink_to_fit();
     labels
 }
 

@@ -133,9 +133,6 @@ impl StrMap {
         *self = Self::from_sorted(merged);
     }
 
-    /// Kept for callers that built a map and keep it: the entries never have spare room.
-    pub fn shrink_to_fit(&mut self) {}
-
     /// Whether both share one allocation of entries (both empty counts as shared).
     pub fn ptr_eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
