@@ -4,7 +4,9 @@
 //! ReplicaSet owner) made unique per pod (uid, name, container ids) with three containers, each
 //! PodList of 100 such pods turned into entities by `wm_collector_kube::kubelet`, plus each
 //! container as its runtime reports it. Measured as net heap bytes by a counting allocator, and
-//! as resident-set growth. `--quick`: 10k pods. (It lives in agent-bin, the one crate that may
+//! as resident-set growth, and broken down: each part's growth as it is built or fed (entities,
+//! the store's records and merged views, the tagger), and the tagger's split counted from its
+//! structures. `--quick`: 10k pods. (It lives in agent-bin, the one crate that may
 //! link a collector, the store and the tagger together.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failed unwrap is a failed run
@@ -17,8 +19,8 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tagger::{Tagger, TaggerConfig};
 use wm_collector_kube::kubelet::convert_pod_list;
 use wm_core::{
-    CollectorEvent, Container, ContainerState, ContainerStatus, EntityId, EnvFilter, Kind, KubernetesPod, Runtime,
-    Source, StrMap, Timestamp,
+    CollectorEvent, Container, ContainerState, ContainerStatus, Entity, EntityId, EnvFilter, Kind, KubernetesPod,
+    Runtime, Source, StrMap, Timestamp,
 };
 use wm_store::Store;
 
@@ -112,6 +114,52 @@ fn runtime_containers(pod: &KubernetesPod, i: usize) -> Vec<Container> {
         .collect()
 }
 
+/// Net heap bytes allocated since `region` began. stats_alloc already counts a realloc's growth
+/// in `bytes_allocated` (and its shrinking in `bytes_deallocated`); `bytes_reallocated` is the
+/// same change again, not to be added.
+fn net(region: &Region<'_, System>) -> usize {
+    let stats = region.change();
+    stats.bytes_allocated.saturating_sub(stats.bytes_deallocated)
+}
+
+/// The kubelet's answers, one per 100 pods, converted as the collector converts them; `keep`
+/// says which of the converted entities to keep (the rest are dropped at once).
+fn converted(pods: usize, keep: impl Fn(&Entity) -> bool) -> Vec<Vec<CollectorEvent>> {
+    let template = template();
+    let env = EnvFilter::default();
+    (0..pods)
+        .step_by(100)
+        .map(|start| {
+            let items: Vec<serde_json::Value> =
+                (start..(start + 100).min(pods)).map(|i| pod_json(&template, i)).collect();
+            let list = serde_json::to_vec(&serde_json::json!({ "kind": "PodList", "items": items })).unwrap();
+            let converted = convert_pod_list(&list, &env, false).unwrap();
+            converted
+                .entities
+                .into_iter()
+                .filter(|e| keep(e))
+                .map(|e| CollectorEvent::set(Source::NodeOrchestrator, e))
+                .collect()
+        })
+        .collect()
+}
+
+/// The runtime's version of every pod's containers.
+fn runtime_events(pod_batches: &[Vec<CollectorEvent>]) -> Vec<Vec<CollectorEvent>> {
+    let mut i = 0;
+    pod_batches
+        .iter()
+        .map(|batch| {
+            let mut events = Vec::new();
+            for pod in batch.iter().filter_map(|e| e.entity.as_kubernetes_pod()) {
+                events.extend(runtime_containers(pod, i).into_iter().map(|c| CollectorEvent::set(Source::Runtime, c)));
+                i += 1;
+            }
+            events
+        })
+        .collect()
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // `--store-only`: the store's share, without the tagger.
@@ -120,51 +168,72 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let rss_before = rss_bytes();
     let region = Region::new(GLOBAL);
+    // The entities first, as the collectors build them: the pods, the kubelet's containers, and
+    // the runtime's version of each container. Then the store is fed part by part (the runtime's
+    // part makes each container known by two sources, merged), each part's growth measured; then
+    // the tagger follows it and tags everything.
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    let mut measured = |name, build: &dyn Fn() -> Vec<Vec<CollectorEvent>>| {
+        let before = net(&region);
+        let built = build();
+        parts.push((name, net(&region).saturating_sub(before)));
+        built
+    };
+    let pod_events = measured("entities: pods (kubelet)", &|| converted(pods, |e| e.kind() == Kind::KubernetesPod));
+    let kubelet_events =
+        measured("entities: containers (kubelet)", &|| converted(pods, |e| e.kind() == Kind::Container));
+    let runtime_events = measured("entities: containers (runtime)", &|| runtime_events(&pod_events));
+    let columns = [pod_events, kubelet_events, runtime_events];
     let (store, tagger) = runtime.block_on(async {
         let store = Store::new();
-        let tagger = Arc::new(Tagger::new(TaggerConfig::default()));
-        let _task = (!store_only).then(|| tagger.spawn(&store));
-        let template = template();
-        let env = EnvFilter::default();
-        for start in (0..pods).step_by(100) {
-            // One kubelet answer of 100 pods, converted as the collector converts it.
-            let items: Vec<serde_json::Value> =
-                (start..(start + 100).min(pods)).map(|i| pod_json(&template, i)).collect();
-            let list = serde_json::to_vec(&serde_json::json!({ "kind": "PodList", "items": items })).unwrap();
-            let converted = convert_pod_list(&list, &env, false).unwrap();
-            let mut batch = Vec::with_capacity(700);
-            for (offset, entity) in converted.entities.into_iter().enumerate() {
-                if let Some(p) = entity.as_kubernetes_pod() {
-                    batch.extend(
-                        runtime_containers(p, start + offset)
-                            .into_iter()
-                            .map(|c| CollectorEvent::set(Source::Runtime, c)),
-                    );
-                }
-                batch.push(CollectorEvent::set(Source::NodeOrchestrator, entity));
+        let names = ["store: pods", "store: containers (kubelet)", "store: containers (runtime, merged)"];
+        for (name, column) in names.into_iter().zip(columns) {
+            let before = net(&region);
+            for batch in column {
+                store.notify(batch).await;
             }
-            store.notify(batch).await;
+            store.sync().await;
+            parts.push((name, net(&region).saturating_sub(before)));
         }
-        // Wait until the tagger has tagged every pod and container.
-        while !store_only && tagger.store().len() < pods * 4 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let tagger = Arc::new(Tagger::new(TaggerConfig::default()));
+        if !store_only {
+            let before = net(&region);
+            let _task = tagger.spawn(&store);
+            // Wait until the tagger has tagged every pod and container.
+            while tagger.store().len() < pods * 4 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            store.sync().await;
+            parts.push(("tagger", net(&region).saturating_sub(before)));
         }
-        store.sync().await;
         (store, tagger)
     });
-    let stats = region.change();
+    let total = net(&region);
     let rss_after = rss_bytes();
-    let net =
-        (stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated).max(0) as usize;
-    let per_pod = net / pods;
+    let per_pod = total / pods;
     let rss_per_pod = rss_after.saturating_sub(rss_before) / pods;
     let verdict = if per_pod <= 4096 { "ok" } else { "MISS" };
     let name = if store_only { "store.memory.store_only" } else { "store.memory" };
     println!(
-        "{name}  {per_pod} B/pod  -  -  <=4096 B  {verdict}  (resident growth {rss_per_pod} B/pod; published tags {} B/pod; {} entities, {} tagged)",
-        tagger.store().published_bytes() / pods,
+        "{name}  {per_pod} B/pod  -  -  <=4096 B  {verdict}  (resident growth {rss_per_pod} B/pod; {} entities, {} tagged)",
         store.dump(false).entities.len(),
         tagger.store().len()
     );
+    // Where the bytes go: measured per part, and the tagger's split counted from its structures.
+    for (part, bytes) in parts {
+        println!("  {part:<40} {:>6} B/pod", bytes / pods);
+    }
+    if !store_only {
+        let f = tagger.store().footprint();
+        for (part, bytes) in [
+            ("tagger: published tags", f.published_tags),
+            ("tagger: published map keys", f.published_keys),
+            ("tagger: per-source tags", f.source_tags),
+            ("tagger: per-source map keys", f.source_keys),
+            ("tagger: pod -> containers index", tagger.children_bytes()),
+        ] {
+            println!("    {part:<38} {:>6} B/pod (counted)", bytes / pods);
+        }
+    }
     drop((store, tagger));
 }

@@ -140,17 +140,27 @@ fn garden_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
 
 /// The tags of a container entity (7.1; 7.5 for Cloud Foundry's Garden containers).
 pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
+    let (mut tags, own) = container_tags_by_image(c, config);
+    tags.append(own);
+    tags
+}
+
+/// A container's tags in two parts: those of its image (the same for every container of the
+/// image on the same runtime: the tag store keeps them once), then its own. Together, in this
+/// order, they are [`container_tags`].
+pub fn container_tags_by_image(c: &Container, config: &TaggerConfig) -> (TagInfo, TagInfo) {
+    let mut image = TagInfo::default();
     if c.runtime == Some(Runtime::Garden) {
-        return garden_tags(c, config);
+        return (image, garden_tags(c, config));
+    }
+    image_tags(&mut image, &c.image);
+    image.add(Low, "image_id", &c.image.id);
+    if c.runtime == Some(Runtime::Docker) && !c.image.name.is_empty() {
+        image.add(Low, "docker_image", &format!("{}:{}", c.image.name, c.image.tag));
     }
     let mut tags = TagInfo::default();
     tags.add(High, "container_name", &c.name);
     tags.add(High, "container_id", &c.id);
-    image_tags(&mut tags, &c.image);
-    tags.add(Low, "image_id", &c.image.id);
-    if c.runtime == Some(Runtime::Docker) && !c.image.name.is_empty() {
-        tags.add(Low, "docker_image", &format!("{}:{}", c.image.name, c.image.tag));
-    }
     unified_service(&mut tags, c);
     let sha = c.env.get("DD_GIT_COMMIT_SHA").or(c.labels.get("org.opencontainers.image.revision"));
     let repo = c.env.get("DD_GIT_REPOSITORY_URL").or(c.labels.get("org.opencontainers.image.source"));
@@ -169,7 +179,7 @@ pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
     mapped(&mut tags, &c.labels, &config.docker_labels_as_tags);
     mapped(&mut tags, &c.env, &config.container_env_as_tags);
     mapped(&mut tags, &c.env, &config.docker_env_as_tags);
-    tags
+    (image, tags)
 }
 
 /// Characters of the hash Kubernetes appends to generated names (`rand.SafeEncodeString`),
@@ -261,9 +271,10 @@ pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The pod-sourced tags of one of its containers (7.3).
-pub fn pod_container_tags(p: &KubernetesPod, pod: &TagInfo, c: &OrchestratorContainer) -> TagInfo {
-    let mut tags = pod.clone();
+/// The pod-sourced tags of one of its containers beyond the pod's own (7.3): the container
+/// gets the pod's tags ([`pod_tags`]), then these at each level.
+pub fn pod_container_tags(p: &KubernetesPod, c: &OrchestratorContainer) -> TagInfo {
+    let mut tags = TagInfo::default();
     tags.add(Low, "kube_container_name", &c.name);
     image_tags(&mut tags, &c.image);
     tags.add(High, "container_id", &c.id);
@@ -314,9 +325,9 @@ pub fn task_tags(t: &EcsTask, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The task-sourced tags of one of its containers.
-pub fn task_container_tags(task: &TagInfo, c: &OrchestratorContainer) -> TagInfo {
-    let mut tags = task.clone();
+/// The task-sourced tags of one of its containers beyond the task's own ([`task_tags`]).
+pub fn task_container_tags(c: &OrchestratorContainer) -> TagInfo {
+    let mut tags = TagInfo::default();
     tags.add(Low, "ecs_container_name", &c.name);
     tags
 }

@@ -4,6 +4,10 @@
 //! publish the entity's merged tags as one `Arc<EntityTags>` into a lock-free map (papaya).
 //! Readers never take a lock and never allocate: a lookup is a hash, a probe and an `Arc` clone,
 //! and the tags of every cardinality are prefixes of one vector in one string buffer.
+//!
+//! Each entity's id is allocated once, shared by both maps (and by the tagger's index of a pod's
+//! containers). An entity that one source tags (a pod, a container outside Kubernetes) publishes
+//! that source's tags themselves: one copy, not a merged copy beside the source's.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -93,7 +97,7 @@ impl TagSource {
 
 /// The merged tags of one entity, immutable once published. All tags sit in one buffer; the
 /// low, orchestrator and high levels are consecutive, so each cardinality is a prefix.
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq, Eq, Hash)]
 pub struct EntityTags {
     buf: Box<str>,
     /// End offset in `buf` of each tag: low…, orchestrator…, high…, then standard….
@@ -104,7 +108,8 @@ pub struct EntityTags {
 }
 
 impl EntityTags {
-    fn build(info: &TagInfo) -> Self {
+    /// Packs a source's tags.
+    pub fn build(info: &TagInfo) -> Self {
         let all = info.low.iter().chain(&info.orchestrator).chain(&info.high).chain(&info.standard);
         let mut buf = String::with_capacity(all.clone().map(String::len).sum());
         let mut ends = Vec::with_capacity(all.clone().count());
@@ -150,20 +155,51 @@ impl EntityTags {
         (self.high..self.ends.len() as u32).map(|i| self.tag(i))
     }
 
-    /// Back to a `TagInfo` (dumps and tests).
-    fn to_info(&self) -> TagInfo {
-        let own = |it: &mut dyn Iterator<Item = &str>| it.map(str::to_owned).collect::<Vec<_>>();
-        TagInfo {
-            low: own(&mut self.level(TagCardinality::Low)),
-            orchestrator: own(&mut self.level(TagCardinality::Orchestrator)),
-            high: own(&mut self.level(TagCardinality::High)),
-            standard: own(&mut self.standard()),
-        }
+    /// Whether it holds no tag.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 
     /// Bytes held, for the memory benchmark.
     pub fn heap_bytes(&self) -> usize {
         self.buf.len() + self.ends.len() * 4
+    }
+}
+
+impl SourceEntry {
+    /// The tags at exactly one level: the base's, then its own.
+    fn level(&self, cardinality: TagCardinality) -> impl Iterator<Item = &str> + '_ {
+        self.base.iter().flat_map(move |b| b.level(cardinality)).chain(self.tags.level(cardinality))
+    }
+
+    /// The unified service tags: the base's, then its own.
+    fn standard(&self) -> impl Iterator<Item = &str> + '_ {
+        self.base.iter().flat_map(|b| b.standard()).chain(self.tags.standard())
+    }
+
+    /// The tags as one source's `TagInfo` (each tag once per level).
+    fn to_info(&self) -> TagInfo {
+        let mut info = TagInfo::default();
+        for level in [TagCardinality::Low, TagCardinality::Orchestrator, TagCardinality::High] {
+            for tag in self.level(level) {
+                info.add_tag(level, tag.to_owned());
+            }
+        }
+        for tag in self.standard() {
+            if !info.standard.iter().any(|s| s == tag) {
+                info.standard.push(tag.to_owned());
+            }
+        }
+        info
+    }
+
+    /// Whether its base is `base` (the same allocation, or equal tags).
+    fn has_base(&self, base: Option<&Arc<EntityTags>>) -> bool {
+        match (&self.base, base) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        }
     }
 }
 
@@ -214,8 +250,12 @@ impl fmt::Debug for Tags {
 #[derive(Debug)]
 struct SourceEntry {
     source: TagSource,
-    /// Packed like the published tags: one buffer, no per-tag allocation.
-    tags: EntityTags,
+    /// Tags this source gives many entities alike (a pod's, on each of its containers), shared
+    /// by them all; they come before `tags` at each level.
+    base: Option<Arc<EntityTags>>,
+    /// Packed like the published tags: one buffer, no per-tag allocation; shared with the
+    /// published value when this is the entity's only source and it has no base.
+    tags: Arc<EntityTags>,
     /// When the source deleted it; its tags are served until the grace period has passed.
     deleted_at: Option<Duration>,
 }
@@ -252,19 +292,22 @@ struct TagSubscriber {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagChange {
     /// First tags for this entity.
-    Added(String),
+    Added(Arc<str>),
     /// Its tags changed.
-    Modified(String),
+    Modified(Arc<str>),
     /// It has no tags any more.
-    Deleted(String),
+    Deleted(Arc<str>),
 }
 
 type FastMap<K, V> = papaya::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The writer's side: each entity's sources, keyed by the id the published map shares.
+type Sources = HashMap<Arc<str>, Vec<SourceEntry>, foldhash::fast::RandomState>;
+
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
-    published: FastMap<Box<str>, Arc<EntityTags>>,
-    sources: Mutex<HashMap<String, Vec<SourceEntry>>>,
+    published: FastMap<Arc<str>, Arc<EntityTags>>,
+    sources: Mutex<Sources>,
     clock: Arc<dyn Clock>,
     grace: Duration,
     subscribers: Mutex<Vec<TagSubscriber>>,
@@ -281,7 +324,7 @@ impl TagStore {
     pub fn new(clock: Arc<dyn Clock>, grace: Duration) -> Self {
         Self {
             published: FastMap::with_hasher(foldhash::fast::RandomState::default()),
-            sources: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Sources::default()),
             clock,
             grace,
             subscribers: Mutex::new(Vec::new()),
@@ -303,7 +346,11 @@ impl TagStore {
         let mut initial: Vec<TagEvent> = sources
             .keys()
             .filter(|e| e.starts_with(prefix))
-            .map(|e| TagEvent { kind: TagEventKind::Added, entity: e.clone(), tags: self.tag(e, cardinality).to_vec() })
+            .map(|e| TagEvent {
+                kind: TagEventKind::Added,
+                entity: e.to_string(),
+                tags: self.tag(e, cardinality).to_vec(),
+            })
             .collect();
         initial.sort_by(|a, b| a.entity.cmp(&b.entity));
         let _ = tx.try_send(initial);
@@ -332,7 +379,7 @@ impl TagStore {
             }
             let tags =
                 if kind == TagEventKind::Deleted { Vec::new() } else { self.tag(entity, sub.cardinality).to_vec() };
-            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.clone(), tags }]) {
+            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.to_string(), tags }]) {
                 Ok(()) => true,
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(prefix = sub.prefix, "tag subscriber fell behind and was dropped");
@@ -343,7 +390,7 @@ impl TagStore {
         });
     }
 
-    fn writer(&self) -> MutexGuard<'_, HashMap<String, Vec<SourceEntry>>> {
+    fn writer(&self) -> MutexGuard<'_, Sources> {
         // Each entry is replaced whole; a panic half-way leaves nothing half-written.
         self.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -374,22 +421,59 @@ impl TagStore {
 
     /// Replaces what `source` says about `entity` (a pending deletion of it is cancelled).
     pub fn set(&self, entity: &str, source: TagSource, info: TagInfo) -> Option<TagChange> {
-        let tags = EntityTags::build(&info);
+        self.set_shared(Arc::from(entity), source, info).1
+    }
+
+    /// Like [`TagStore::set`], for a caller that keeps the entity's id: returns the id the store
+    /// keeps (the one given if the entity is new), for the caller to hold instead of its own.
+    pub fn set_shared(&self, entity: Arc<str>, source: TagSource, info: TagInfo) -> (Arc<str>, Option<TagChange>) {
+        self.set_layered(entity, source, None, &info)
+    }
+
+    /// Like [`TagStore::set_shared`], for tags that are `base` (shared by the entities a source
+    /// tags alike: a pod's tags on each of its containers) followed by `extra` at each level.
+    /// The entity's tags are what one `TagInfo` with both would give; `base` is kept once.
+    pub fn set_layered(
+        &self,
+        entity: Arc<str>,
+        source: TagSource,
+        base: Option<Arc<EntityTags>>,
+        extra: &TagInfo,
+    ) -> (Arc<str>, Option<TagChange>) {
+        let tags = EntityTags::build(extra);
+        let base = base.filter(|b| !b.is_empty());
         let mut sources = self.writer();
-        let entries = sources.entry(entity.to_owned()).or_default();
+        let key = match sources.get_key_value(&*entity) {
+            Some((key, _)) => key.clone(),
+            None => {
+                sources.insert(entity.clone(), Vec::new());
+                entity
+            }
+        };
+        let Some(entries) = sources.get_mut(&*key) else { return (key, None) };
         match entries.iter_mut().find(|e| e.source == source) {
-            Some(e) if e.tags == tags && e.deleted_at.is_none() => return None,
+            Some(e) if e.has_base(base.as_ref()) && *e.tags == tags && e.deleted_at.is_none() => return (key, None),
             Some(e) => {
-                e.tags = tags;
+                // An equal base is kept as it was: the entities that share it go on sharing it.
+                if !e.has_base(base.as_ref()) {
+                    e.base = base;
+                }
+                if *e.tags != tags {
+                    e.tags = Arc::new(tags);
+                }
                 e.deleted_at = None;
             }
-            None => entries.push(SourceEntry { source, tags, deleted_at: None }),
+            None => {
+                // Most entities have one or two sources: no spare room.
+                entries.reserve_exact(1);
+                entries.push(SourceEntry { source, base, tags: Arc::new(tags), deleted_at: None });
+            }
         }
-        let change = self.publish(entity, entries);
+        let change = self.publish(&key, entries);
         if let Some(change) = &change {
             self.notify(change);
         }
-        change
+        (key, change)
     }
 
     /// Marks what `source` says about `entity` as deleted: still served for the grace period.
@@ -421,7 +505,7 @@ impl TagStore {
         }
         for entity in emptied {
             sources.remove(&entity);
-            self.published.pin().remove(entity.as_str());
+            self.published.pin().remove(&*entity);
             changes.push(TagChange::Deleted(entity));
         }
         for change in &changes {
@@ -431,18 +515,17 @@ impl TagStore {
     }
 
     /// Merges the sources of one entity (higher priority first, winning shared keys) and
-    /// publishes the result.
-    fn publish(&self, entity: &str, entries: &mut [SourceEntry]) -> Option<TagChange> {
+    /// publishes the result; an only source is published as it is.
+    fn publish(&self, entity: &Arc<str>, entries: &mut [SourceEntry]) -> Option<TagChange> {
         entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
-        let merged = merge(entries);
-        let tags = Arc::new(EntityTags::build(&merged));
+        let tags = match entries {
+            [SourceEntry { base: None, tags, .. }] => tags.clone(),
+            [SourceEntry { base: Some(base), tags, .. }] if tags.is_empty() => base.clone(),
+            _ => Arc::new(EntityTags::build(&merge(entries))),
+        };
         let guard = self.published.pin();
-        let previous = guard.insert(Box::from(entity), tags);
-        Some(if previous.is_some() {
-            TagChange::Modified(entity.to_owned())
-        } else {
-            TagChange::Added(entity.to_owned())
-        })
+        let previous = guard.insert(entity.clone(), tags);
+        Some(if previous.is_some() { TagChange::Modified(entity.clone()) } else { TagChange::Added(entity.clone()) })
     }
 
     /// The merged tags of `entity` by level (for dumps and tests).
@@ -457,9 +540,9 @@ impl TagStore {
         let mut out: Vec<_> = sources
             .iter()
             .map(|(entity, entries)| {
-                let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.tags.to_info())).collect();
+                let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.to_info())).collect();
                 per_source.sort_by_key(|(s, _)| *s);
-                (entity.clone(), per_source)
+                (entity.to_string(), per_source)
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -480,6 +563,53 @@ impl TagStore {
     pub fn published_bytes(&self) -> usize {
         self.published.pin().iter().map(|(k, v)| k.len() + v.heap_bytes() + std::mem::size_of::<EntityTags>()).sum()
     }
+
+    /// Where the store's bytes go, counted from its structures (payloads and entry sizes; the
+    /// maps' spare capacity and the allocator's rounding are left out), for the memory benchmark.
+    pub fn footprint(&self) -> Footprint {
+        const ARC: usize = 2 * std::mem::size_of::<usize>();
+        let published = self.published.pin();
+        let writer = self.writer();
+        let tags = |t: &EntityTags| ARC + std::mem::size_of::<EntityTags>() + t.heap_bytes();
+        let entry = std::mem::size_of::<SourceEntry>();
+        Footprint {
+            // A value shared with its only source is that source's, counted there.
+            published_tags: published.iter().filter(|(_, v)| Arc::strong_count(v) == 1).map(|(_, v)| tags(v)).sum(),
+            // The keys' text is the writer's, shared.
+            published_keys: published.len() * std::mem::size_of::<(Arc<str>, Arc<EntityTags>)>(),
+            // A base shared by several entities is counted once.
+            source_tags: writer.values().flatten().map(|e| entry + tags(&e.tags)).sum::<usize>()
+                + writer
+                    .values()
+                    .flatten()
+                    .filter_map(|e| e.base.as_ref())
+                    .map(|b| (Arc::as_ptr(b), tags(b)))
+                    .collect::<HashMap<_, _>>()
+                    .values()
+                    .sum::<usize>(),
+            source_keys: writer
+                .iter()
+                .map(|(k, v)| {
+                    ARC + k.len()
+                        + std::mem::size_of::<(Arc<str>, Vec<SourceEntry>)>()
+                        + (v.capacity() - v.len()) * entry
+                })
+                .sum(),
+        }
+    }
+}
+
+/// Bytes of a [`TagStore`]'s parts (see [`TagStore::footprint`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Footprint {
+    /// The published, merged tags of every entity.
+    pub published_tags: usize,
+    /// The published map's keys and entries.
+    pub published_keys: usize,
+    /// Every source's own tags (the writer's side).
+    pub source_tags: usize,
+    /// The writer's map: keys and entries.
+    pub source_keys: usize,
 }
 
 impl fmt::Debug for TagSubscriber {
@@ -502,12 +632,12 @@ fn merge(entries: &[SourceEntry]) -> TagInfo {
         let mut keys: Vec<&str> = Vec::new();
         for entry in &entries[i..group_end] {
             for level in [TagCardinality::Low, TagCardinality::Orchestrator, TagCardinality::High] {
-                for tag in entry.tags.level(level).filter(|t| !taken.contains(tag_key(t))) {
+                for tag in entry.level(level).filter(|t| !taken.contains(tag_key(t))) {
                     out.add_tag(level, tag.to_owned());
                     keys.push(tag_key(tag));
                 }
             }
-            for tag in entry.tags.standard().filter(|t| !taken.contains(tag_key(t))) {
+            for tag in entry.standard().filter(|t| !taken.contains(tag_key(t))) {
                 if !out.standard.iter().any(|s| s == tag) {
                     out.standard.push(tag.to_owned());
                 }
@@ -545,6 +675,45 @@ mod tests {
         assert_eq!(tags, ["env:prod", "kube_namespace:a", "image_name:nginx", "container_id:c1"]);
         assert_eq!(store.tag("container_id://c1", TagCardinality::Low).len(), 3);
         assert!(store.tag("container_id://c1", TagCardinality::None).is_empty());
+    }
+
+    #[test]
+    fn a_base_is_kept_once_and_reads_as_if_each_entity_had_its_own_copy() {
+        let store = TagStore::new(Arc::new(ManualClock::default()), Duration::from_secs(300));
+        let pod = info(&["kube_namespace:a", "env:prod"], &["pod_uid:p"]);
+        let base = Some(Arc::new(EntityTags::build(&pod)));
+        let none = TagInfo::default();
+        store.set_layered("pod://p".into(), TagSource::KubernetesPod, base.clone(), &none);
+        for c in ["c1", "c2"] {
+            let extra = info(&["kube_container_name:x", "env:prod"], &[&format!("container_id:{c}")]);
+            store.set_layered(format!("container_id://{c}").into(), TagSource::KubernetesPod, base.clone(), &extra);
+        }
+        store.set("container_id://c1", TagSource::Container, info(&["env:dev", "image_name:nginx"], &[]));
+        // As one TagInfo of base then extra would read, each tag once, the pod winning `env`.
+        assert_eq!(
+            store.tag("container_id://c1", TagCardinality::High).to_vec(),
+            [
+                "kube_namespace:a",
+                "env:prod",
+                "kube_container_name:x",
+                "image_name:nginx",
+                "pod_uid:p",
+                "container_id:c1"
+            ]
+        );
+        assert_eq!(store.tag("container_id://c2", TagCardinality::Low).len(), 3);
+        let listed = store.list();
+        let c2 = &listed.iter().find(|(e, _)| e == "container_id://c2").unwrap().1[0].1;
+        assert_eq!(c2.low, ["kube_namespace:a", "env:prod", "kube_container_name:x"]);
+        // One copy of the base: the pod publishes it as it is, the containers point at it.
+        let published = store.published.pin().get("pod://p").cloned().unwrap();
+        assert!(Arc::ptr_eq(&published, base.as_ref().unwrap()));
+        assert_eq!(Arc::strong_count(&published), 6, "this handle, base, the pod entry and map, two containers");
+        // An equal base given again is not a change, and the old one stays shared.
+        let again = Some(Arc::new(EntityTags::build(&pod)));
+        let (_, change) = store.set_layered("pod://p".into(), TagSource::KubernetesPod, again, &none);
+        assert_eq!(change, None);
+        assert_eq!(Arc::strong_count(&published), 6);
     }
 
     #[test]

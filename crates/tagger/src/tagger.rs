@@ -4,14 +4,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use wm_core::{Entity, Event, EventType, Filter, KubernetesPod, LaunchType, SubscriberPriority};
+use wm_core::{Entity, Event, EventType, Filter, LaunchType, SubscriberPriority};
 use wm_store::{Store, SubscriptionError};
 
 use crate::config::TaggerConfig;
 use crate::entity_id::TaggerEntityId;
 use crate::fetch::{ContainerFetcher, SingleFlight};
 use crate::rules;
-use crate::store::{Clock, SystemClock, TagSource, TagStore, Tags};
+use crate::store::{Clock, EntityTags, SystemClock, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
 
 /// The entity id of the node-wide tags: this node's labels- and annotations-as-tags, and ECS
@@ -28,8 +28,9 @@ pub fn entity_id(entity: &Entity) -> String {
     TaggerEntityId::of_entity(entity).to_string()
 }
 
-/// The containers (tagger entity ids) each pod or task tagged, by source and parent entity id.
-type Children = HashMap<(TagSource, String), Box<[String]>>;
+/// The containers (tagger entity ids) each pod or task tagged, by source and parent entity id;
+/// the ids are the tag store's own (one allocation per entity).
+type Children = HashMap<(TagSource, Arc<str>), Box<[Arc<str>]>>;
 
 /// How often deletions past their grace period are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -43,6 +44,9 @@ pub struct Tagger {
     children: Mutex<Children>,
     /// Asks the runtime about a container a lookup missed.
     fetcher: Option<SingleFlight>,
+    /// The image tags of the containers, one copy per image (a base under each container's
+    /// own tags); an image no container uses any more is dropped at the next prune.
+    image_tags: Mutex<HashSet<Arc<EntityTags>>>,
 }
 
 impl Tagger {
@@ -54,7 +58,13 @@ impl Tagger {
     /// A tagger on `clock` (tests move a [`crate::ManualClock`]).
     pub fn with_clock(config: TaggerConfig, clock: Arc<dyn Clock>) -> Self {
         let grace = config.deletion_grace_period();
-        Self { config, store: TagStore::new(clock, grace), children: Mutex::new(HashMap::new()), fetcher: None }
+        Self {
+            config,
+            store: TagStore::new(clock, grace),
+            children: Mutex::new(HashMap::new()),
+            fetcher: None,
+            image_tags: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Registers the fetcher a lookup of an unknown container asks, each fetch bounded by `timeout`.
@@ -76,7 +86,7 @@ impl Tagger {
             && *container.id == *id
         {
             // Another lookup of the same flight may have stored them already: setting is idempotent.
-            self.store.set(entity, TagSource::Container, rules::container_tags(&container, &self.config));
+            self.set_container(Arc::from(entity), &container);
         }
         self.store.tag(entity, cardinality)
     }
@@ -84,6 +94,14 @@ impl Tagger {
     /// The tag store (lookups, dumps, pruning).
     pub fn store(&self) -> &TagStore {
         &self.store
+    }
+
+    /// Bytes of the index of the containers each pod or task tagged (for the memory benchmark).
+    pub fn children_bytes(&self) -> usize {
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        // The ids are the tag store's, counted there.
+        let entry = std::mem::size_of::<((TagSource, Arc<str>), Box<[Arc<str>]>)>();
+        children.values().map(|kids| entry + kids.len() * std::mem::size_of::<Arc<str>>()).sum()
     }
 
     /// The entity's tags at `cardinality` and below: lock-free, allocation-free.
@@ -106,14 +124,16 @@ impl Tagger {
     fn process_one(&self, event: &Event) {
         let id = entity_id(&event.entity);
         match (&event.entity, event.event_type) {
-            (Entity::Container(c), EventType::Set) => {
-                self.store.set(&id, TagSource::Container, rules::container_tags(c, &self.config));
-            }
+            (Entity::Container(c), EventType::Set) => self.set_container(id.into(), c),
             (Entity::Container(_), EventType::Unset) => self.store.delete(&id, TagSource::Container),
             (Entity::KubernetesPod(p), EventType::Set) => {
                 let pod = rules::pod_tags(p, &self.config);
-                let children = pod_children(p, &pod);
-                self.set_with_children(TagSource::KubernetesPod, id, pod, children);
+                let children = p
+                    .all_containers()
+                    .filter(|c| !c.id.is_empty())
+                    .map(|c| (container_entity(&c.id), rules::pod_container_tags(p, c)))
+                    .collect();
+                self.set_with_children(TagSource::KubernetesPod, id, &pod, children);
             }
             (Entity::EcsTask(t), EventType::Set) => {
                 let task = rules::task_tags(t, &self.config);
@@ -121,17 +141,18 @@ impl Tagger {
                     .containers
                     .iter()
                     .filter(|c| !c.id.is_empty())
-                    .map(|c| (container_entity(&c.id), rules::task_container_tags(&task, c)))
+                    .map(|c| (container_entity(&c.id), rules::task_container_tags(c)))
                     .collect();
                 if t.launch_type == Some(LaunchType::Fargate) {
-                    children.push((GLOBAL_ENTITY_ID.to_owned(), task.clone()));
+                    children.push((GLOBAL_ENTITY_ID.to_owned(), TagInfo::default()));
                 }
-                self.set_with_children(TagSource::EcsTask, id, task, children);
+                self.set_with_children(TagSource::EcsTask, id, &task, children);
             }
             (Entity::KubernetesMetadata(m), EventType::Set) => {
                 let tags = rules::metadata_tags(m, &self.config);
-                let children = if m.is_node() { vec![(GLOBAL_ENTITY_ID.to_owned(), tags.clone())] } else { Vec::new() };
-                self.set_with_children(TagSource::KubernetesMetadata, id, tags, children);
+                let children =
+                    if m.is_node() { vec![(GLOBAL_ENTITY_ID.to_owned(), TagInfo::default())] } else { Vec::new() };
+                self.set_with_children(TagSource::KubernetesMetadata, id, &tags, children);
             }
             (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, &id),
             (Entity::KubernetesMetadata(_), EventType::Unset) => {
@@ -141,25 +162,58 @@ impl Tagger {
         }
     }
 
-    fn set_with_children(&self, source: TagSource, id: String, own: TagInfo, children: Vec<(String, TagInfo)>) {
-        self.store.set(&id, source, own);
-        let now: Vec<String> = children.iter().map(|(child, _)| child.clone()).collect();
-        for (child, tags) in children {
-            self.store.set(&child, source, tags);
-        }
-        let before =
-            self.children.lock().unwrap_or_else(PoisonError::into_inner).insert((source, id), now.clone().into());
-        for gone in before.into_iter().flat_map(Vec::from).filter(|c| !now.contains(c)) {
-            self.store.delete(&gone, source);
+    /// Tags a container: its image's tags (one copy per image) under its own.
+    fn set_container(&self, id: Arc<str>, c: &wm_core::Container) {
+        let (image, own) = rules::container_tags_by_image(c, &self.config);
+        let base = (!image.is_empty()).then(|| {
+            let image = Arc::new(EntityTags::build(&image));
+            let mut kept = self.image_tags.lock().unwrap_or_else(PoisonError::into_inner);
+            match kept.get(&image) {
+                Some(same) => same.clone(),
+                None => {
+                    kept.insert(image.clone());
+                    image
+                }
+            }
+        });
+        self.store.set_layered(id, TagSource::Container, base, &own);
+    }
+
+    /// Prunes the deletions past their grace period, then the image tags no container uses.
+    pub fn prune(&self) {
+        self.store.prune();
+        self.image_tags.lock().unwrap_or_else(PoisonError::into_inner).retain(|tags| Arc::strong_count(tags) > 1);
+    }
+
+    /// How many images' tags are kept (each once, for every container of the image).
+    pub fn image_tags_kept(&self) -> usize {
+        self.image_tags.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Tags a pod, task or object with `own`, and each of its children with `own` followed by
+    /// the child's own extra tags (`own` kept once, shared by them all).
+    fn set_with_children(&self, source: TagSource, id: String, own: &TagInfo, children: Vec<(String, TagInfo)>) {
+        let base = Some(Arc::new(EntityTags::build(own)));
+        let none = TagInfo::default();
+        let (id, _) = self.store.set_layered(id.into(), source, base.clone(), &none);
+        let now: Box<[Arc<str>]> = children
+            .into_iter()
+            .map(|(child, extra)| self.store.set_layered(child.into(), source, base.clone(), &extra).0)
+            .collect();
+        let mut index = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = if now.is_empty() { index.remove(&(source, id)) } else { index.insert((source, id), now.clone()) };
+        drop(index);
+        for gone in before.iter().flat_map(|b| b.iter()).filter(|c| !now.contains(c)) {
+            self.store.delete(gone, source);
         }
     }
 
     fn delete_with_children(&self, source: TagSource, id: &str) {
         self.store.delete(id, source);
-        let key = (source, id.to_owned());
+        let key = (source, Arc::from(id));
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
-        for child in children.into_iter().flat_map(Vec::from) {
-            self.store.delete(&child, source);
+        for child in children.iter().flat_map(|c| c.iter()) {
+            self.store.delete(child, source);
         }
     }
 
@@ -180,8 +234,8 @@ impl Tagger {
                         _ => TagSource::KubernetesPod,
                     };
                     let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-                    for child in children.get(&(source, id.clone())).into_iter().flat_map(|c| c.iter()) {
-                        live.insert((source, child.clone()));
+                    for child in children.get(&(source, Arc::from(id.as_str()))).into_iter().flat_map(|c| c.iter()) {
+                        live.insert((source, child.to_string()));
                     }
                     live.insert((source, id));
                 }
@@ -233,9 +287,7 @@ impl Tagger {
                             }
                             None => return,
                         },
-                        _ = prune.tick() => {
-                            tagger.store.prune();
-                        }
+                        _ = prune.tick() => tagger.prune(),
                     }
                 }
             }
@@ -243,9 +295,57 @@ impl Tagger {
     }
 }
 
-fn pod_children(p: &KubernetesPod, pod: &TagInfo) -> Vec<(String, TagInfo)> {
-    p.all_containers()
-        .filter(|c| !c.id.is_empty())
-        .map(|c| (container_entity(&c.id), rules::pod_container_tags(p, pod, c)))
-        .collect()
+#[cfg(test)]
+mod tests {
+    use wm_core::{Container, ContainerImage, Runtime};
+
+    use super::*;
+    use crate::store::ManualClock;
+
+    fn event(event_type: EventType, id: &str, image: &str) -> Event {
+        let image = ContainerImage::parse(image);
+        let c =
+            Container { id: id.into(), name: id.into(), image, runtime: Some(Runtime::Docker), ..Container::default() };
+        Event { event_type, entity: Entity::from(c) }
+    }
+
+    #[test]
+    fn image_tags_are_kept_once_per_image_and_go_with_the_last_container() {
+        let clock = Arc::new(ManualClock::default());
+        let tagger = Tagger::with_clock(TaggerConfig::default(), clock.clone());
+        let sets = [("a", "nginx:1.25"), ("b", "nginx:1.25"), ("c", "redis:7")];
+        tagger.process(&sets.map(|(id, image)| event(EventType::Set, id, image)));
+        assert_eq!(tagger.image_tags_kept(), 2);
+        // Each container reads as if it had its own copy: its image's tags, then its own.
+        let b = tagger.tag(&container_entity("b"), TagCardinality::High).to_vec();
+        assert_eq!(
+            b,
+            [
+                "image_name:nginx",
+                "short_image:nginx",
+                "image_tag:1.25",
+                "docker_image:nginx:1.25",
+                "container_name:b",
+                "container_id:b"
+            ]
+        );
+        assert_eq!(
+            tagger.store().tag_info(&container_entity("b")),
+            Some(rules::container_tags(&c("b"), &tagger.config))
+        );
+
+        // Every container goes: after the grace period, so do the images' tags.
+        tagger.process(&sets.map(|(id, image)| event(EventType::Unset, id, image)));
+        tagger.prune();
+        assert_eq!(tagger.image_tags_kept(), 2, "still served during the grace period");
+        clock.advance(tagger.config.deletion_grace_period());
+        tagger.prune();
+        assert!(tagger.tag(&container_entity("a"), TagCardinality::High).is_empty());
+        assert_eq!(tagger.image_tags_kept(), 0);
+    }
+
+    fn c(id: &str) -> Container {
+        let Entity::Container(c) = event(EventType::Set, id, "nginx:1.25").entity else { unreachable!() };
+        (*c).clone()
+    }
 }

@@ -116,6 +116,24 @@ impl TagInfo {
         }
     }
 
+    /// Adds every tag of `other` after its own, level by level, each once.
+    pub fn append(&mut self, other: TagInfo) {
+        for (level, tags) in [
+            (TagCardinality::Low, other.low),
+            (TagCardinality::Orchestrator, other.orchestrator),
+            (TagCardinality::High, other.high),
+        ] {
+            for tag in tags {
+                self.add_tag(level, tag);
+            }
+        }
+        for tag in other.standard {
+            if !self.standard.contains(&tag) {
+                self.standard.push(tag);
+            }
+        }
+    }
+
     /// Whether it holds no tag.
     pub fn is_empty(&self) -> bool {
         self.low.is_empty() && self.orchestrator.is_empty() && self.high.is_empty() && self.standard.is_empty()

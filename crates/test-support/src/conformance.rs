@@ -560,7 +560,7 @@ impl TaggerRunner {
             }
         } else if let Some(by) = m.get("advance") {
             self.clock.advance(parse_duration(by.as_str().ok_or("advance takes a duration like 6m")?)?);
-            self.tagger.store().prune();
+            self.tagger.prune();
         } else {
             return Err(format!("unknown tagger step {step}"));
         }

@@ -8,8 +8,8 @@ use containerd_client::services::v1::Container as CtrContainer;
 use containerd_client::types::v1::{Process, Status};
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EntityId, EnvFilter,
-    KUBE_CONTAINER_NAME_LABEL, KUBE_POD_UID_LABEL, Kind, Runtime, StrMap, Timestamp,
+    Container, ContainerImage, ContainerState, ContainerStatus, EntityId, EnvFilter, KUBE_CONTAINER_NAME_LABEL,
+    KUBE_POD_UID_LABEL, Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// The CRI plugin's label on every container it makes: `sandbox` for a pod's pause container.
@@ -109,6 +109,7 @@ pub fn container_from_containerd(
     if let Some(digest) = image_digest.filter(|d| !d.is_empty()) {
         image.id = digest.to_owned();
     }
+    let image = image.interned();
     let (status, running, pid, exit) = match task {
         Some(task) => {
             let status = match Status::try_from(task.status).unwrap_or(Status::Unknown) {
@@ -150,8 +151,7 @@ pub fn container_from_containerd(
         .find_map(|l| record.labels.get(*l).filter(|n| !n.is_empty()))
         .cloned()
         .unwrap_or_else(|| record.id.clone());
-    let mut labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    labels.shrink_to_fit();
+    let labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let container = Container {
         id: Arc::from(record.id.as_str()),
         name,
@@ -168,12 +168,13 @@ pub fn container_from_containerd(
             .filter(|uid| !uid.is_empty())
             .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str())),
         cgroup_path: linux.cgroups_path,
-        resources: ContainerResources {
+        resources: ResourceSpec {
             cpu_limit,
             memory_limit: memory.limit.filter(|m| *m > 0).map(|m| m as u64),
             memory_request: memory.reservation.filter(|m| *m > 0).map(|m| m as u64),
-            ..ContainerResources::default()
-        },
+            ..ResourceSpec::default()
+        }
+        .into(),
         ..Container::default()
     };
     (Some(container), problem)
@@ -276,7 +277,7 @@ mod tests {
         let odd = r#"{"linux": {"resources": {"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 0}}}}"#;
         let (c, problem) = container_from_containerd(&record(odd), None, None, None, &EnvFilter::default());
         assert_eq!(problem, None);
-        assert_eq!(c.unwrap().resources, ContainerResources::default());
+        assert!(c.unwrap().resources.is_none());
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
 use wm_core::{
-    ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EntityId,
-    EnvFilter, Kind, Runtime, StrMap, Timestamp,
+    ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus, EntityId, EnvFilter, ImageRef,
+    Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 use wm_core::{Container, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL};
@@ -23,7 +23,7 @@ pub fn is_pause_container(labels: &HashMap<String, String>, image: &str) -> bool
     if !labels.contains_key(KUBE_NAMESPACE_LABEL) {
         return false;
     }
-    let short = ContainerImage::parse(image).short_name;
+    let short = ImageRef::parse(image).short_name;
     matches!(short.as_str(), "pause" | "pause-amd64" | "pause-arm64" | "pause-win")
 }
 
@@ -53,6 +53,7 @@ pub fn container_from_inspect(
     if let Some(image_id) = inspect.image.as_deref().filter(|i| !i.is_empty()) {
         image.id = image_id.to_owned();
     }
+    let image = image.interned();
     let state = inspect.state.as_ref();
     let status = match state.and_then(|s| s.status) {
         Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
@@ -116,18 +117,18 @@ pub fn container_from_inspect(
         (_, Some(quota), Some(period)) if quota > 0 && period > 0 => Some(quota as f64 / period as f64),
         _ => None,
     });
-    let resources = ContainerResources {
+    let resources = ResourceSpec {
         cpu_request: None,
         cpu_limit,
         memory_request: host_config.and_then(|h| h.memory_reservation).filter(|m| *m > 0).map(|m| m as u64),
         memory_limit: host_config.and_then(|h| h.memory).filter(|m| *m > 0).map(|m| m as u64),
-    };
+    }
+    .into();
     let owner = labels_map
         .get(KUBE_POD_UID_LABEL)
         .filter(|uid| !uid.is_empty())
         .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str()));
-    let mut labels: StrMap = labels_map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    labels.shrink_to_fit();
+    let labels: StrMap = labels_map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Some(Container {
         id: Arc::from(id),
         name: inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),
@@ -188,7 +189,7 @@ pub fn container_from_event(
     Some(Container {
         id: Arc::from(id),
         name: attributes.get("name").cloned().unwrap_or_default(),
-        image: ContainerImage::parse(image_raw),
+        image: ContainerImage::parse(image_raw).interned(),
         runtime: Some(Runtime::Docker),
         owner: label_map
             .get(KUBE_POD_UID_LABEL)

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
-    EntityId, Kind, LaunchType, OrchestratorContainer, Runtime, StrMap, Timestamp,
+    Container, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EcsTask, Entity, EntityId, Kind,
+    LaunchType, OrchestratorContainer, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// What a conversion made, and what it had to skip (one line per skipped item).
@@ -101,7 +101,7 @@ fn orchestrator_container(id: &str, name: &str, image: &str, image_id: &str) -> 
     if !image_id.is_empty() {
         image.id = image_id.to_owned();
     }
-    OrchestratorContainer { id: id.to_owned(), name: name.to_owned(), image }
+    OrchestratorContainer { id: id.to_owned(), name: name.to_owned(), image: image.interned() }
 }
 
 /// `/v1/tasks` of the introspection API (EC2 daemon mode). `cluster`: the cluster of
@@ -143,6 +143,7 @@ pub fn v1_tasks(bytes: &[u8], cluster: &str) -> Result<Converted, serde_json::Er
             entity.containers.push(orchestrator_container(&c.docker_id, &c.name, &c.image, &c.image_id));
             let mut image = ContainerImage::parse(&c.image);
             image.id = c.image_id.clone();
+            let image = image.interned();
             containers.push(Entity::from(Container {
                 id: Arc::from(c.docker_id.as_str()),
                 name: if c.docker_name.is_empty() { c.name } else { c.docker_name },
@@ -298,6 +299,7 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
         let status = status(&c.known_status);
         let mut image = ContainerImage::parse(&c.image);
         image.id = c.image_id.clone();
+        let image = image.interned();
         let network_ips: StrMap = c
             .networks
             .iter()
@@ -320,12 +322,13 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
                 finished_at: time(&c.finished_at),
                 exit_code: if status == ContainerStatus::Stopped { c.exit_code } else { None },
             },
-            resources: ContainerResources {
+            resources: ResourceSpec {
                 // Container limits are in CPU units, 1,024 to a vCPU.
                 cpu_limit: c.limits.cpu.filter(|units| *units > 0.0).map(|units| units / 1024.0),
                 memory_limit: c.limits.memory.filter(|mib| *mib > 0).map(|mib| mib.saturating_mul(1 << 20)),
-                ..ContainerResources::default()
-            },
+                ..ResourceSpec::default()
+            }
+            .into(),
             ..Container::default()
         }));
     }

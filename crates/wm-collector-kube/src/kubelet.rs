@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use wm_core::{
     Container, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus,
-    Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, Runtime, StrMap, Timestamp,
+    Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, ResourceSpec, Runtime, StrMap,
+    Timestamp,
 };
 
 /// Why a pod list could not be read at all.
@@ -227,7 +228,7 @@ fn status_image(status: &ContainerStatusJson, spec: Option<&SpecContainer>) -> C
     if !id.is_empty() {
         image.id = id.to_owned();
     }
-    image
+    image.interned()
 }
 
 /// A Kubernetes quantity as a number (`100m` → 0.1, `1.5` → 1.5, `128Mi` → 134217728).
@@ -257,12 +258,13 @@ fn resources(spec: Option<&SpecContainer>) -> ContainerResources {
     let get = |map: &HashMap<String, String>, key: &str| map.get(key).and_then(|q| quantity(q));
     // Bytes are whole: a fractional memory quantity rounds down.
     let bytes = |v: Option<f64>| v.filter(|v| *v >= 0.0).map(|v| v as u64);
-    ContainerResources {
+    ResourceSpec {
         cpu_request: get(&spec.resources.requests, "cpu"),
         cpu_limit: get(&spec.resources.limits, "cpu"),
         memory_request: bytes(get(&spec.resources.requests, "memory")),
         memory_limit: bytes(get(&spec.resources.limits, "memory")),
     }
+    .into()
 }
 
 fn state(status: &ContainerStatusJson) -> ContainerState {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerResources, ContainerState, ContainerStatus, EnvFilter,
-    PODMAN_POD_NAME_LABEL, Runtime, StrMap, Timestamp,
+    Container, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EnvFilter, PODMAN_POD_NAME_LABEL,
+    ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// One row of `GET /libpod/containers/json?all=true`.
@@ -189,7 +189,7 @@ fn image(reference: &str, image_id: &str) -> ContainerImage {
     if !image_id.is_empty() {
         image.id = if image_id.starts_with("sha256:") { image_id.to_owned() } else { format!("sha256:{image_id}") };
     }
-    image
+    image.interned()
 }
 
 fn labels(map: Option<&HashMap<String, String>>, pod_name: &str) -> StrMap {
@@ -197,7 +197,6 @@ fn labels(map: Option<&HashMap<String, String>>, pod_name: &str) -> StrMap {
     if !pod_name.is_empty() {
         labels.insert(PODMAN_POD_NAME_LABEL, pod_name);
     }
-    labels.shrink_to_fit();
     labels
 }
 
@@ -251,12 +250,13 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
             .collect(),
         cgroup_path: s.cgroup_path.clone(),
         restart_count: u32::try_from(inspect.restart_count).unwrap_or(0),
-        resources: ContainerResources {
+        resources: ResourceSpec {
             cpu_limit,
             memory_limit: (h.memory > 0).then_some(h.memory as u64),
             memory_request: (h.memory_reservation > 0).then_some(h.memory_reservation as u64),
-            ..ContainerResources::default()
-        },
+            ..ResourceSpec::default()
+        }
+        .into(),
         ..Container::default()
     })
 }

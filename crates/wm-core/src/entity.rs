@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::ContainerImage;
 use crate::map::StrMap;
+use crate::shared::{Parts, Shared};
 use crate::time::Timestamp;
 
 /// What sort of workload an entity is. Ordered by name: snapshots sort by (kind, id).
@@ -235,10 +236,14 @@ pub struct ContainerPort {
     pub host_port: Option<u16>,
 }
 
-/// CPU and memory requests and limits.
+/// CPU and memory requests and limits: a [`ResourceSpec`] behind one copy-on-write pointer
+/// ([`Shared`]); most containers have none, and those that do share them with their merged copy.
+pub type ContainerResources = Shared<ResourceSpec>;
+
+/// CPU and memory requests and limits (see [`ContainerResources`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ContainerResources {
+pub struct ResourceSpec {
     /// Requested CPU, in cores.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_request: Option<f64>,
@@ -251,6 +256,21 @@ pub struct ContainerResources {
     /// Memory limit, in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<u64>,
+}
+
+static NO_RESOURCES: ResourceSpec =
+    ResourceSpec { cpu_request: None, cpu_limit: None, memory_request: None, memory_limit: None };
+
+impl Parts for ResourceSpec {
+    fn none() -> &'static Self {
+        &NO_RESOURCES
+    }
+}
+
+impl<'de> Deserialize<'de> for Shared<ResourceSpec> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ResourceSpec::deserialize(d).map(Self::from)
+    }
 }
 
 /// A container of any runtime.

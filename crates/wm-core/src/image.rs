@@ -1,10 +1,21 @@
 //! Container image references: `[registry/]path[:tag][@digest]` split into what tags need.
 
+use std::collections::HashSet;
+use std::ops::DerefMut;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// A container's image, as the runtime or orchestrator names it.
+use crate::shared::{Parts, Shared};
+
+/// A container's image, as the runtime or orchestrator names it: an [`ImageRef`] behind one
+/// copy-on-write pointer ([`Shared`]), interned by the collectors that build it. Its fields read
+/// (`image.tag`) and write (`image.id = …`) as the `ImageRef`'s.
+pub type ContainerImage = Shared<ImageRef>;
+
+/// The parts of an image reference (see [`ContainerImage`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-pub struct ContainerImage {
+pub struct ImageRef {
     /// The reference as given (`gcr.io/team/app:2.0`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub raw_name: String,
@@ -25,7 +36,99 @@ pub struct ContainerImage {
     pub id: String,
 }
 
-impl ContainerImage {
+static NO_IMAGE: ImageRef = ImageRef {
+    raw_name: String::new(),
+    name: String::new(),
+    registry: String::new(),
+    short_name: String::new(),
+    tag: String::new(),
+    id: String::new(),
+};
+
+impl Parts for ImageRef {
+    fn none() -> &'static Self {
+        &NO_IMAGE
+    }
+
+    /// The last holder of an interned image takes it out of the interner (which holds the other
+    /// reference): the interner holds exactly the images in use.
+    fn last_but_one(parts: &Arc<Self>) {
+        let mut guard = interned_images();
+        let Some(set) = guard.as_mut() else { return };
+        // Counted again under the lock: an image is only shared anew under it, or by cloning a
+        // holder, and with a count of two this is the one holder.
+        if Arc::strong_count(parts) == 2 && set.get(&**parts).is_some_and(|kept| Arc::ptr_eq(kept, parts)) {
+            set.remove(&**parts);
+        }
+    }
+}
+
+/// The images [`ContainerImage::interned`] gave out: one copy of each, for as long as some
+/// container holds it. A node runs few images in many containers.
+static INTERNED: Mutex<Option<HashSet<Arc<ImageRef>>>> = Mutex::new(None);
+
+fn interned_images() -> MutexGuard<'static, Option<HashSet<Arc<ImageRef>>>> {
+    // A set is never left half-changed: a panic while it was held changed nothing.
+    INTERNED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared<ImageRef> {
+    /// The same image, shared with every other container that runs it: collectors intern the
+    /// images they build. Writing to the result copies it first (it stays shared for the others).
+    pub fn interned(self) -> Self {
+        let Some(parts) = &self.0 else { return self };
+        let mut guard = interned_images();
+        let set = guard.get_or_insert_with(HashSet::new);
+        if let Some(kept) = set.get(&**parts) {
+            return Self(Some(kept.clone()));
+        }
+        set.insert(parts.clone());
+        drop(guard);
+        self
+    }
+
+    /// How many distinct images are interned now (for tests and telemetry).
+    pub fn interned_count() -> usize {
+        interned_images().as_ref().map_or(0, HashSet::len)
+    }
+
+    /// Splits a reference. Never fails: what cannot be split stays in `raw_name` and `name`.
+    pub fn parse(raw: &str) -> Self {
+        ImageRef::parse(raw).into()
+    }
+
+    /// Whether nothing is known about the image.
+    pub fn is_empty(&self) -> bool {
+        (**self).is_empty()
+    }
+
+    /// Fills each empty field from `lower`; an image with nothing known takes `lower`'s whole
+    /// (shared, not copied).
+    pub fn fill_from(&mut self, lower: &Self) {
+        if self.is_none() {
+            self.clone_from(lower);
+            return;
+        }
+        let fills = {
+            let (mine, theirs) = (&**self, &**lower);
+            [
+                (&mine.raw_name, &theirs.raw_name),
+                (&mine.name, &theirs.name),
+                (&mine.registry, &theirs.registry),
+                (&mine.short_name, &theirs.short_name),
+                (&mine.tag, &theirs.tag),
+                (&mine.id, &theirs.id),
+            ]
+            .iter()
+            .any(|(m, t)| m.is_empty() && !t.is_empty())
+        };
+        if fills {
+            self.deref_mut().fill_from(lower);
+        }
+    }
+}
+
+impl ImageRef {
     /// Splits a reference. Never fails: what cannot be split stays in `raw_name` and `name`.
     pub fn parse(raw: &str) -> Self {
         let raw = raw.trim();
@@ -87,7 +190,7 @@ impl ContainerImage {
     }
 }
 
-impl<'de> Deserialize<'de> for ContainerImage {
+impl<'de> Deserialize<'de> for Shared<ImageRef> {
     /// Accepts either a raw reference (`"nginx:1.25"`, parsed) or the structured form.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -114,14 +217,15 @@ impl<'de> Deserialize<'de> for ContainerImage {
         }
         Ok(match Repr::deserialize(d)? {
             Repr::Raw(raw) => Self::parse(&raw),
-            Repr::Fields(f) => Self {
+            Repr::Fields(f) => ImageRef {
                 raw_name: f.raw_name,
                 name: f.name,
                 registry: f.registry,
                 short_name: f.short_name,
                 tag: f.tag,
                 id: f.id,
-            },
+            }
+            .into(),
         })
     }
 }
@@ -132,7 +236,7 @@ mod tests {
 
     fn split(raw: &str) -> (String, String, String, String, String) {
         let i = ContainerImage::parse(raw);
-        (i.name, i.registry, i.short_name, i.tag, i.id)
+        (i.name.clone(), i.registry.clone(), i.short_name.clone(), i.tag.clone(), i.id.clone())
     }
 
     #[test]
@@ -165,6 +269,28 @@ mod tests {
             let image = ContainerImage::parse(raw);
             assert_eq!(image.raw_name, raw.trim());
         }
+    }
+
+    #[test]
+    fn copies_share_the_parts_until_one_is_written() {
+        let a = ContainerImage::parse("gcr.io/team/app:2.0");
+        let mut b = a.clone();
+        assert!(b.ptr_eq(&a));
+        b.id = "sha256:1".into();
+        assert!(!b.ptr_eq(&a));
+        assert_eq!((a.id.as_str(), b.id.as_str(), b.tag.as_str()), ("", "sha256:1", "2.0"));
+        // Filling from a lower source: nothing known takes it whole; a gap is filled on a copy.
+        let mut empty = ContainerImage::default();
+        assert!(empty.is_empty() && empty == ContainerImage::from(ImageRef::default()));
+        empty.fill_from(&b);
+        assert!(empty.ptr_eq(&b));
+        let mut same = a.clone();
+        same.fill_from(&ContainerImage::parse("other:1"));
+        assert!(same.ptr_eq(&a), "nothing to fill: still shared");
+        let mut gap = a.clone();
+        gap.fill_from(&b);
+        assert_eq!(gap, b);
+        assert!(!gap.ptr_eq(&a) && a.id.is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod event;
 mod image;
 mod map;
 pub mod merge;
+mod shared;
 mod time;
 
 pub use cancel::{CancellationToken, Cancelled};
@@ -26,10 +27,11 @@ pub use config::{Port, Seconds};
 pub use entity::{
     Container, ContainerHealth, ContainerPort, ContainerResources, ContainerState, ContainerStatus, EcsTask, Entity,
     EntityId, EnvFilter, KEPT_ENV_VARS, KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind,
-    KubernetesMetadata, KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodOwner, Runtime,
-    Source,
+    KubernetesMetadata, KubernetesPod, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodOwner,
+    ResourceSpec, Runtime, Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
-pub use image::ContainerImage;
+pub use image::{ContainerImage, ImageRef};
 pub use map::StrMap;
+pub use shared::{Parts, Shared};
 pub use time::{Timestamp, TimestampError};

@@ -1,42 +1,65 @@
 //! `StrMap`: the string-to-string map used for labels, annotations and env vars.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A map from string to string kept as one sorted vector.
+/// One entry: key and value, each exactly as long as its text.
+type Entry = (Box<str>, Box<str>);
+
+/// A map from string to string kept as one sorted, shared slice.
 ///
-/// Entities hold several of these (labels, annotations, env), mostly with a handful of keys. A
-/// sorted vector costs 48 bytes per entry and one allocation, against several hundred bytes
-/// per node for a `BTreeMap`, iterates in key order (stable dumps and tags) and compares fast.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct StrMap(Vec<(String, String)>);
+/// Entities hold several of these (labels, annotations, env), mostly with a handful of keys, and
+/// are copied whenever the store merges what two sources say about one entity. The entries sit
+/// in one allocation shared by every copy: cloning is a reference count, a merge that takes a
+/// map whole takes it without copying, and a change copies the entries first (copy on write).
+/// An entry costs 32 bytes beside its text, an empty map nothing; iteration is in key order
+/// (stable dumps and tags).
+#[derive(Clone, Default, Eq)]
+pub struct StrMap(Option<Arc<[Entry]>>);
 
 impl StrMap {
     /// An empty map.
     pub const fn new() -> Self {
-        Self(Vec::new())
+        Self(None)
+    }
+
+    fn entries(&self) -> &[Entry] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    /// Changes the entries: on a copy of them when they are shared.
+    fn edit<T>(&mut self, change: impl FnOnce(&mut Vec<Entry>) -> T) -> T {
+        let mut entries: Vec<Entry> = self.entries().to_vec();
+        let out = change(&mut entries);
+        *self = Self::from_sorted(entries);
+        out
+    }
+
+    fn from_sorted(entries: Vec<Entry>) -> Self {
+        Self((!entries.is_empty()).then(|| Arc::from(entries)))
     }
 
     /// The number of entries.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries().len()
     }
 
     /// Whether the map has no entry.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries().is_empty()
     }
 
     fn position(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        self.entries().binary_search_by(|(k, _)| (**k).cmp(key))
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.position(key).ok().map(|i| self.0[i].1.as_str())
+        self.position(key).ok().map(|i| &*self.entries()[i].1)
     }
 
     /// Whether `key` is present.
@@ -46,48 +69,89 @@ impl StrMap {
 
     /// Sets `key` to `value`, returning the value it replaced.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
-        let key = key.into();
-        let value = value.into();
-        match self.position(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+        let key: Box<str> = key.into().into_boxed_str();
+        let value: Box<str> = value.into().into_boxed_str();
+        let at = self.position(&key);
+        self.edit(|entries| match at {
+            Ok(i) => Some(std::mem::replace(&mut entries[i].1, value).into_string()),
             Err(i) => {
-                self.0.insert(i, (key, value));
+                entries.insert(i, (key, value));
                 None
             }
-        }
+        })
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.position(key).ok().map(|i| self.0.remove(i).1)
+        let at = self.position(key).ok()?;
+        self.edit(|entries| Some(entries.remove(at).1.into_string()))
     }
 
     /// Keeps only the entries for which `keep` says yes.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
-        self.0.retain(|(k, v)| keep(k, v));
+        let kept: Vec<bool> = self.iter().map(|(k, v)| keep(k, v)).collect();
+        if kept.iter().all(|k| *k) {
+            return;
+        }
+        let mut verdicts = kept.into_iter();
+        self.edit(|entries| entries.retain(|_| verdicts.next().unwrap_or(true)));
     }
 
     /// The entries in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries().iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// Adds every entry of `lower` whose key this map lacks: a union in which `self` wins.
     pub fn union_from(&mut self, lower: &StrMap) {
-        if self.0.is_empty() {
-            self.0.clone_from(&lower.0);
+        if self.is_empty() {
+            // Taken whole: shared, not copied.
+            self.clone_from(lower);
             return;
         }
-        for (k, v) in &lower.0 {
-            if let Err(i) = self.position(k) {
-                self.0.insert(i, (k.clone(), v.clone()));
-            }
+        if lower.iter().all(|(k, _)| self.contains_key(k)) {
+            return;
         }
+        let mut merged: Vec<Entry> = Vec::with_capacity(self.len() + lower.len());
+        let (mut mine, mut theirs) = (self.entries().iter().peekable(), lower.entries().iter().peekable());
+        loop {
+            let next = match (mine.peek(), theirs.peek()) {
+                (Some(a), Some(b)) => match a.0.cmp(&b.0) {
+                    std::cmp::Ordering::Less => mine.next(),
+                    std::cmp::Ordering::Equal => {
+                        theirs.next();
+                        mine.next()
+                    }
+                    std::cmp::Ordering::Greater => theirs.next(),
+                },
+                (Some(_), None) => mine.next(),
+                (None, Some(_)) => theirs.next(),
+                (None, None) => break,
+            };
+            merged.extend(next.cloned());
+        }
+        *self = Self::from_sorted(merged);
     }
 
-    /// Releases spare capacity (maps built once and then kept for the entity's life).
-    pub fn shrink_to_fit(&mut self) {
-        self.0.shrink_to_fit();
+    /// Whether both share one allocation of entries (both empty counts as shared).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for StrMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other) || self.entries() == other.entries()
+    }
+}
+
+impl std::hash::Hash for StrMap {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.entries().hash(state);
     }
 }
 
@@ -99,34 +163,34 @@ impl fmt::Debug for StrMap {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for StrMap {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut entries: Vec<(String, String)> = iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut entries: Vec<Entry> =
+            iter.into_iter().map(|(k, v)| (k.into().into_boxed_str(), v.into().into_boxed_str())).collect();
         // Stable sort then keep the last of equal keys, as repeated inserts would.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(String, String)> = Vec::with_capacity(entries.len());
+        let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
         for (k, v) in entries {
             match out.last_mut() {
                 Some(last) if last.0 == k => last.1 = v,
                 _ => out.push((k, v)),
             }
         }
-        Self(out)
+        Self::from_sorted(out)
     }
 }
 
 impl<'a> IntoIterator for &'a StrMap {
     type Item = (&'a str, &'a str);
-    type IntoIter =
-        std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&'a (String, String)) -> (&'a str, &'a str)>;
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, Entry>, fn(&'a Entry) -> (&'a str, &'a str)>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries().iter().map(|(k, v)| (&**k, &**v))
     }
 }
 
 impl Serialize for StrMap {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -183,6 +247,30 @@ mod tests {
         let low: StrMap = [("a", "1"), ("c", "y")].into_iter().collect();
         high.union_from(&low);
         assert_eq!(high.iter().collect::<Vec<_>>(), [("a", "2"), ("b", "x"), ("c", "y")]);
+    }
+
+    #[test]
+    fn copies_share_their_entries_until_one_changes() {
+        let original: StrMap = [("a", "1"), ("b", "2")].into_iter().collect();
+        let mut copy = original.clone();
+        assert!(copy.ptr_eq(&original));
+        // A union that adds nothing, or that takes the lower map whole, copies nothing.
+        copy.union_from(&[("a", "9")].into_iter().collect());
+        assert!(copy.ptr_eq(&original));
+        let mut empty = StrMap::new();
+        empty.union_from(&original);
+        assert!(empty.ptr_eq(&original));
+        // A change is made on a copy: the original keeps its entries.
+        copy.insert("c", "3");
+        copy.retain(|k, _| k != "a");
+        assert!(!copy.ptr_eq(&original));
+        assert_eq!(copy.iter().collect::<Vec<_>>(), [("b", "2"), ("c", "3")]);
+        assert_eq!(original.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
+        // Equal maps compare equal whether or not they share.
+        assert_eq!(copy, [("c", "3"), ("b", "2")].into_iter().collect::<StrMap>());
+        copy.remove("b");
+        copy.remove("c");
+        assert!(copy.is_empty() && copy == StrMap::new());
     }
 
     #[test]

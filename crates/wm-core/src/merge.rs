@@ -39,10 +39,24 @@ fn fill_port(high: &mut ContainerPort, low: &ContainerPort) {
 }
 
 fn fill_resources(high: &mut ContainerResources, low: &ContainerResources) {
-    fill(&mut high.cpu_request, &low.cpu_request);
-    fill(&mut high.cpu_limit, &low.cpu_limit);
-    fill(&mut high.memory_request, &low.memory_request);
-    fill(&mut high.memory_limit, &low.memory_limit);
+    // Taken whole when there are none, and copied only when there is a gap to fill.
+    if high.is_none() {
+        high.clone_from(low);
+        return;
+    }
+    let gap = |h: bool, l: bool| h && !l;
+    let (h, l) = (&**high, &**low);
+    if gap(h.cpu_request.is_none(), l.cpu_request.is_none())
+        || gap(h.cpu_limit.is_none(), l.cpu_limit.is_none())
+        || gap(h.memory_request.is_none(), l.memory_request.is_none())
+        || gap(h.memory_limit.is_none(), l.memory_limit.is_none())
+    {
+        let h = &mut **high;
+        fill(&mut h.cpu_request, &low.cpu_request);
+        fill(&mut h.cpu_limit, &low.cpu_limit);
+        fill(&mut h.memory_request, &low.memory_request);
+        fill(&mut h.memory_limit, &low.memory_limit);
+    }
 }
 
 fn fill_orchestrator_container(high: &mut OrchestratorContainer, low: &OrchestratorContainer) {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus,
-    EcsTask, Entity, EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, Runtime, StrMap,
+    Container, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus, EcsTask, Entity,
+    EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, ResourceSpec, Runtime, StrMap,
     Timestamp,
 };
 
@@ -72,7 +72,7 @@ fn from_image(i: Option<&pb::ContainerImage>) -> ContainerImage {
     image.short_name = i.short_name.clone();
     image.tag = i.tag.clone();
     image.id = i.id.clone();
-    image
+    image.interned()
 }
 
 fn secs(t: Option<Timestamp>) -> i64 {
@@ -217,12 +217,13 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
         owner: c.owner.as_ref().and_then(from_entity_id),
         cgroup_path: c.cgroup_path.clone(),
         restart_count: 0,
-        resources: ContainerResources {
+        resources: ResourceSpec {
             cpu_request: resources.cpu_request,
             cpu_limit: resources.cpu_limit,
             memory_request: resources.memory_request,
             memory_limit: resources.memory_limit,
-        },
+        }
+        .into(),
         collector_tags: c.collector_tags.clone(),
     })
 }
@@ -373,6 +374,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use wm_core::ImageRef;
 
     #[test]
     fn a_container_survives_the_wire_both_ways() {
@@ -382,7 +384,7 @@ mod tests {
             hostname: "h".into(),
             labels: [("team", "a")].into_iter().collect(),
             env: [("DD_ENV", "prod")].into_iter().collect(),
-            image: ContainerImage { id: "sha256:1".into(), ..ContainerImage::parse("docker.io/library/nginx:1.25") },
+            image: ImageRef { id: "sha256:1".into(), ..ImageRef::parse("docker.io/library/nginx:1.25") }.into(),
             runtime: Some(Runtime::Docker),
             state: ContainerState {
                 running: false,
@@ -395,11 +397,8 @@ mod tests {
             },
             pid: 0,
             owner: Some(EntityId::new(Kind::KubernetesPod, "uid-1")),
-            resources: ContainerResources {
-                cpu_limit: Some(0.5),
-                memory_limit: Some(1 << 20),
-                ..ContainerResources::default()
-            },
+            resources: ResourceSpec { cpu_limit: Some(0.5), memory_limit: Some(1 << 20), ..ResourceSpec::default() }
+                .into(),
             ports: vec![ContainerPort { port: 80, protocol: "tcp".into(), name: "http".into(), host_port: None }],
             ..Container::default()
         };

@@ -1,0 +1,113 @@
+//! `Shared<T>`: a group of an entity's fields behind one copy-on-write pointer.
+//!
+//! The store copies a container whenever it merges two sources' versions of it, and a pod's
+//! containers are held three times (the kubelet's, the runtime's, the merge). A group of fields
+//! that is large and seldom changes (an image's six strings, four resource figures) costs each
+//! copy one pointer this way, and nothing at all while it is empty. Its fields read
+//! (`image.tag`) and write (`image.id = …`) as the group's own, through `Deref`; a write to a
+//! shared group copies it first.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+
+/// A group of fields that [`Shared`] can hold.
+pub trait Parts: Clone + Default + PartialEq + 'static {
+    /// The group with every field empty: what an empty `Shared` reads as.
+    fn none() -> &'static Self;
+
+    /// Told when a holder of `parts` is dropped while one other reference to them is left (an
+    /// interner's, if it kept one).
+    fn last_but_one(_parts: &Arc<Self>) {}
+}
+
+/// A group of fields behind one copy-on-write pointer (see the module docs).
+pub struct Shared<T: Parts>(pub(crate) Option<Arc<T>>);
+
+impl<T: Parts> Shared<T> {
+    /// Whether both share one allocation (both empty counts as shared).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether every field is empty.
+    pub fn is_none(&self) -> bool {
+        **self == *T::none()
+    }
+}
+
+impl<T: Parts> Default for Shared<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T: Parts> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: Parts> From<T> for Shared<T> {
+    fn from(parts: T) -> Self {
+        Self((parts != *T::none()).then(|| Arc::new(parts)))
+    }
+}
+
+impl<T: Parts> Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_deref().unwrap_or_else(|| T::none())
+    }
+}
+
+impl<T: Parts> DerefMut for Shared<T> {
+    /// The fields, made this holder's own first when they are shared.
+    fn deref_mut(&mut self) -> &mut T {
+        Arc::make_mut(self.0.get_or_insert_with(Arc::default))
+    }
+}
+
+impl<T: Parts> Drop for Shared<T> {
+    fn drop(&mut self) {
+        if let Some(parts) = &self.0
+            && Arc::strong_count(parts) == 2
+        {
+            T::last_but_one(parts);
+        }
+    }
+}
+
+impl<T: Parts> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other) || **self == **other
+    }
+}
+
+impl<T: Parts + Eq> Eq for Shared<T> {}
+
+impl<T: Parts + Hash> Hash for Shared<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl<T: Parts + fmt::Debug> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: Parts + Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}

@@ -1,0 +1,89 @@
+//! The image interner through a real store: containers of many sources share one copy of each
+//! image, and the interner holds exactly the images some entity still holds: once every entity
+//! that used it is gone, it is empty again. (Its own test binary: the interner is process-wide.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use wm_core::{
+    CollectorEvent, Container, ContainerImage, EntityId, Kind, KubernetesPod, OrchestratorContainer, Source,
+};
+use wm_store::Store;
+
+fn image(raw: &str) -> ContainerImage {
+    let mut image = ContainerImage::parse(raw);
+    image.id = format!("sha256:{:064x}", raw.len());
+    image.interned()
+}
+
+fn container(id: &str, raw_image: &str) -> Container {
+    Container { id: id.into(), image: image(raw_image), ..Container::default() }
+}
+
+#[tokio::test]
+async fn images_are_shared_while_used_and_the_interner_empties_when_their_entities_go() {
+    assert_eq!(ContainerImage::interned_count(), 0);
+    let store = Store::new();
+    let ids: Vec<String> = (0..6).map(|i| format!("{i:064x}")).collect();
+    let raw = |i: usize| if i.is_multiple_of(2) { "nginx:1.25" } else { "gcr.io/team/app:2.0" };
+    let mut events = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        // Each container from two sources, each building its own image: one copy is kept.
+        events.push(CollectorEvent::set(Source::Runtime, container(id, raw(i))));
+        events.push(CollectorEvent::set(
+            Source::NodeOrchestrator,
+            Container { owner: Some(EntityId::new(Kind::KubernetesPod, "pod-1")), ..container(id, raw(i)) },
+        ));
+    }
+    let pod = KubernetesPod {
+        id: "pod-1".into(),
+        containers: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| OrchestratorContainer { id: id.clone(), name: format!("c{i}"), image: image(raw(i)) })
+            .collect(),
+        ..KubernetesPod::default()
+    };
+    events.push(CollectorEvent::set(Source::NodeOrchestrator, pod));
+    store.notify(events).await;
+    store.sync().await;
+    assert_eq!(ContainerImage::interned_count(), 2, "two distinct images");
+    let first = store.get_container(&ids[0]).unwrap();
+    let third = store.get_container(&ids[2]).unwrap();
+    assert!(first.image.ptr_eq(&third.image), "the merged containers share one image");
+    assert_eq!(first.image.tag, "1.25");
+    drop((first, third));
+
+    // A container written to after interning keeps its own copy: the shared one is untouched.
+    let mut own = store.get_container(&ids[1]).unwrap().image.clone();
+    own.tag = "patched".into();
+    assert_eq!(store.get_container(&ids[3]).unwrap().image.tag, "2.0");
+    drop(own);
+
+    // Every entity goes: so do the images.
+    let mut unsets: Vec<CollectorEvent> = ids
+        .iter()
+        .flat_map(|id| {
+            let gone = Container { id: id.as_str().into(), ..Container::default() };
+            [
+                CollectorEvent::unset(Source::Runtime, gone.clone()),
+                CollectorEvent::unset(Source::NodeOrchestrator, gone),
+            ]
+        })
+        .collect();
+    unsets.push(CollectorEvent::unset(
+        Source::NodeOrchestrator,
+        KubernetesPod { id: "pod-1".into(), ..KubernetesPod::default() },
+    ));
+    store.notify(unsets).await;
+    store.sync().await;
+    assert_eq!(store.dump(false).entities.len(), 0);
+    assert_eq!(ContainerImage::interned_count(), 0, "the interner is empty once no entity uses an image");
+
+    // And it fills again, and empties with the store.
+    store.notify(vec![CollectorEvent::set(Source::Runtime, container(&ids[0], raw(0)))]).await;
+    store.sync().await;
+    assert_eq!(ContainerImage::interned_count(), 1);
+    store.shutdown().await;
+    drop(store);
+    assert_eq!(ContainerImage::interned_count(), 0);
+}
