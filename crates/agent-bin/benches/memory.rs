@@ -95,7 +95,7 @@ fn runtime_containers(pod: &KubernetesPod, i: usize) -> Vec<Container> {
             .into_iter()
             .collect();
             Container {
-                id: c.id.as_str().into(),
+                id: Arc::from(&*c.id),
                 name: format!("k8s_{}_{}_{}_{}_0", c.name, pod.name, pod.namespace, pod.id),
                 labels,
                 image: c.image.clone(),

@@ -149,7 +149,7 @@ pub fn container_id_from_external_data(reader: &dyn wm_core::StoreReader, data: 
     let pod = reader.get_kubernetes_pod(data.pod_uid.as_deref()?)?;
     let name = data.container_name.as_deref()?;
     let list = if data.init { &pod.init_containers } else { &pod.containers };
-    list.iter().find(|c| c.name == name && !c.id.is_empty()).map(|c| c.id.clone())
+    list.iter().find(|c| c.name == name && !c.id.is_empty()).map(|c| c.id.to_string())
 }
 
 /// Container ids by the inode of their cgroup directory, read from a cgroup v2 hierarchy: what

@@ -272,24 +272,27 @@ pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
 }
 
 /// The pod-sourced tags of one of its containers beyond the pod's own (7.3): the container
-/// gets the pod's tags ([`pod_tags`]), then these at each level.
-pub fn pod_container_tags(p: &KubernetesPod, c: &OrchestratorContainer) -> TagInfo {
-    let mut tags = TagInfo::default();
-    tags.add(Low, "kube_container_name", &c.name);
-    image_tags(&mut tags, &c.image);
-    tags.add(High, "container_id", &c.id);
-    if !c.name.is_empty() && !p.name.is_empty() {
-        tags.add(High, "display_container_name", &format!("{}_{}", c.name, p.name));
-    }
+/// gets the pod's tags ([`pod_tags`]), then these at each level. In two parts: what every pod
+/// of the same template gives its container of this name (its name, image and unified service
+/// tags), then the container's own (its id and display name).
+pub fn pod_container_tags(p: &KubernetesPod, c: &OrchestratorContainer) -> (TagInfo, TagInfo) {
+    let mut template = TagInfo::default();
+    template.add(Low, "kube_container_name", &c.name);
+    image_tags(&mut template, &c.image);
     for key in ["env", "service", "version"] {
         if let Some(value) = p.labels.get(&format!("tags.datadoghq.com/{}.{key}", c.name)) {
-            tags.add_standard(key, value);
+            template.add_standard(key, value);
         }
     }
     if let Some(json) = p.annotations.get(&format!("ad.datadoghq.com/{}.tags", c.name)) {
-        json_tags(&mut tags, Low, json, "ad.datadoghq.com/<container>.tags");
+        json_tags(&mut template, Low, json, "ad.datadoghq.com/<container>.tags");
     }
-    tags
+    let mut own = TagInfo::default();
+    own.add(High, "container_id", &c.id);
+    if !c.name.is_empty() && !p.name.is_empty() {
+        own.add(High, "display_container_name", &format!("{}_{}", c.name, p.name));
+    }
+    (template, own)
 }
 
 /// The tags of a Kubernetes object's metadata: for this node, `kubernetes_node_labels_as_tags`

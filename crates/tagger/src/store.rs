@@ -130,29 +130,16 @@ impl EntityTags {
         self.buf.get(start..self.ends[i] as usize).unwrap_or("")
     }
 
-    fn end(&self, cardinality: TagCardinality) -> u32 {
-        match cardinality {
-            TagCardinality::None => 0,
-            TagCardinality::Low => self.low,
-            TagCardinality::Orchestrator => self.orchestrator,
-            TagCardinality::High => self.high,
-        }
+    /// The tags of one level (`LOW` … `STANDARD`) as a range of indices.
+    fn range(&self, level: usize) -> (u32, u32) {
+        let count = self.ends.len() as u32;
+        let bounds = [0, self.low, self.orchestrator, self.high, count];
+        (bounds[level.min(STANDARD)], bounds[(level + 1).min(STANDARD + 1)])
     }
 
-    /// The tags added at exactly one level (low, orchestrator or high).
-    fn level(&self, cardinality: TagCardinality) -> impl Iterator<Item = &str> + '_ {
-        let (start, end) = match cardinality {
-            TagCardinality::None => (0, 0),
-            TagCardinality::Low => (0, self.low),
-            TagCardinality::Orchestrator => (self.low, self.orchestrator),
-            TagCardinality::High => (self.orchestrator, self.high),
-        };
-        (start..end).map(|i| self.tag(i))
-    }
-
-    /// The unified service tags.
-    fn standard(&self) -> impl Iterator<Item = &str> + '_ {
-        (self.high..self.ends.len() as u32).map(|i| self.tag(i))
+    /// How many tags, every level.
+    fn count(&self) -> u32 {
+        self.ends.len() as u32
     }
 
     /// Whether it holds no tag.
@@ -167,39 +154,23 @@ impl EntityTags {
 }
 
 impl SourceEntry {
-    /// The tags at exactly one level: the base's, then its own.
-    fn level(&self, cardinality: TagCardinality) -> impl Iterator<Item = &str> + '_ {
-        self.base.iter().flat_map(move |b| b.level(cardinality)).chain(self.tags.level(cardinality))
-    }
-
-    /// The unified service tags: the base's, then its own.
-    fn standard(&self) -> impl Iterator<Item = &str> + '_ {
-        self.base.iter().flat_map(|b| b.standard()).chain(self.tags.standard())
+    /// Its parts: the shared ones, then its own tags (an empty part left out).
+    fn parts(&self) -> impl Iterator<Item = &Arc<EntityTags>> + '_ {
+        self.shared.iter().flatten().chain(std::iter::once(&self.tags)).filter(|p| !p.is_empty())
     }
 
     /// The tags as one source's `TagInfo` (each tag once per level).
     fn to_info(&self) -> TagInfo {
-        let mut info = TagInfo::default();
-        for level in [TagCardinality::Low, TagCardinality::Orchestrator, TagCardinality::High] {
-            for tag in self.level(level) {
-                info.add_tag(level, tag.to_owned());
-            }
-        }
-        for tag in self.standard() {
-            if !info.standard.iter().any(|s| s == tag) {
-                info.standard.push(tag.to_owned());
-            }
-        }
-        info
+        Published::Merged(Arc::new(Merged::build(std::slice::from_ref(self)))).to_info()
     }
 
-    /// Whether its base is `base` (the same allocation, or equal tags).
-    fn has_base(&self, base: Option<&Arc<EntityTags>>) -> bool {
-        match (&self.base, base) {
+    /// Whether its shared parts are `shared` (the same allocations, or equal tags).
+    fn has_shared(&self, shared: &SharedParts) -> bool {
+        self.shared.iter().zip(shared).all(|pair| match pair {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             (None, None) => true,
             _ => false,
-        }
+        })
     }
 }
 
@@ -209,30 +180,164 @@ impl fmt::Debug for EntityTags {
     }
 }
 
+/// The levels of an [`EntityTags`], in order: each cardinality's own tags, then the unified
+/// service tags.
+const LOW: usize = 0;
+const HIGH: usize = 2;
+const STANDARD: usize = 3;
+
+/// The last level a cardinality reads, plus one (`None`: no level).
+const fn levels_up_to(cardinality: TagCardinality) -> usize {
+    match cardinality {
+        TagCardinality::None => LOW,
+        TagCardinality::Low => LOW + 1,
+        TagCardinality::Orchestrator => LOW + 2,
+        TagCardinality::High => HIGH + 1,
+    }
+}
+
+/// The merged tags of an entity that several sources (or a source's base and its own part) tag:
+/// no copy of the tags, but the parts they are in, in merge order, and which of their tags the
+/// merge leaves out. Read level by level, part by part, it gives what one merged list would.
+struct Merged {
+    parts: Box<[Arc<EntityTags>]>,
+    /// Bit `n` set: the `n`th tag, counting through the parts in order, is left out.
+    hidden: Box<[u64]>,
+    /// How many tags each level shows (low, orchestrator, high, standard).
+    shown: [u32; 4],
+}
+
+impl Merged {
+    /// The merge of `entries`, given highest priority first: a tag whose key a source of higher
+    /// priority gave is left out, and so is a tag the same level already shows. Sources of
+    /// equal priority do not override each other.
+    fn build(entries: &[SourceEntry]) -> Self {
+        let mut parts: Vec<Arc<EntityTags>> = Vec::new();
+        let mut groups: Vec<u8> = Vec::new();
+        for entry in entries {
+            for part in entry.parts() {
+                parts.push(part.clone());
+                groups.push(entry.source.priority());
+            }
+        }
+        let total: u32 = parts.iter().map(|p| p.count()).sum();
+        let mut hidden = vec![0u64; total.div_ceil(64) as usize];
+        let mut shown = [0u32; 4];
+        let mut taken: HashSet<&str> = HashSet::new();
+        let mut seen: [HashSet<&str>; 4] = Default::default();
+        let mut start = 0;
+        while start < parts.len() {
+            let group = groups[start];
+            let end = groups[start..].iter().position(|g| *g != group).map_or(parts.len(), |n| start + n);
+            let offset: u32 = parts[..start].iter().map(|p| p.count()).sum();
+            let mut keys: Vec<&str> = Vec::new();
+            for level in LOW..=STANDARD {
+                let mut at = offset;
+                for part in &parts[start..end] {
+                    let (first, last) = part.range(level);
+                    for i in first..last {
+                        let tag = part.tag(i);
+                        let n = (at + i) as usize;
+                        if tag.is_empty() || taken.contains(tag_key(tag)) || !seen[level].insert(tag) {
+                            hidden[n / 64] |= 1 << (n % 64);
+                        } else {
+                            shown[level] += 1;
+                            if level != STANDARD {
+                                keys.push(tag_key(tag));
+                            }
+                        }
+                    }
+                    at += part.count();
+                }
+            }
+            taken.extend(keys);
+            start = end;
+        }
+        // The borrowed sets end here; the parts move into the value.
+        drop((taken, seen));
+        let hidden = if hidden.iter().all(|w| *w == 0) { Box::default() } else { hidden.into_boxed_slice() };
+        Self { parts: parts.into_boxed_slice(), hidden, shown }
+    }
+
+    /// Bytes held beside the parts it points at.
+    fn own_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.parts.len() * std::mem::size_of::<Arc<EntityTags>>()
+            + self.hidden.len() * std::mem::size_of::<u64>()
+    }
+}
+
+/// What readers see of an entity: its one part as it is (one source, no base: the common
+/// case), or a merge pointing at its parts.
+#[derive(Clone)]
+enum Published {
+    One(Arc<EntityTags>),
+    Merged(Arc<Merged>),
+}
+
+impl Published {
+    fn parts(&self) -> &[Arc<EntityTags>] {
+        match self {
+            Published::One(tags) => std::slice::from_ref(tags),
+            Published::Merged(m) => &m.parts,
+        }
+    }
+
+    /// The tags by level.
+    fn to_info(&self) -> TagInfo {
+        let read = |level: usize| Tags::of(self, level, level + 1).to_vec();
+        TagInfo { low: read(LOW), orchestrator: read(LOW + 1), high: read(HIGH), standard: read(STANDARD) }
+    }
+
+    fn hidden(&self) -> &[u64] {
+        match self {
+            Published::One(_) => &[],
+            Published::Merged(m) => &m.hidden,
+        }
+    }
+
+    /// How many tags the levels `first..last` show.
+    fn shown(&self, first: usize, last: usize) -> u32 {
+        match self {
+            Published::One(tags) => (first..last).map(|l| tags.range(l)).map(|(a, b)| b - a).sum(),
+            Published::Merged(m) => m.shown[first..last].iter().sum(),
+        }
+    }
+}
+
 /// The answer to a lookup: a shared handle on an entity's tags, read as a list of `&str`.
 /// Building one allocates nothing.
 #[derive(Clone, Default)]
 pub struct Tags {
-    entity: Option<Arc<EntityTags>>,
-    start: u32,
-    end: u32,
+    value: Option<Published>,
+    /// The levels read: `first..last`.
+    first: u8,
+    last: u8,
+    len: u32,
 }
 
 impl Tags {
+    fn of(value: &Published, first: usize, last: usize) -> Self {
+        let len = value.shown(first, last);
+        Self { value: Some(value.clone()), first: first as u8, last: last as u8, len }
+    }
+
     /// How many tags.
     pub fn len(&self) -> usize {
-        (self.end - self.start) as usize
+        self.len as usize
     }
 
     /// Whether there is none (unknown entity, or cardinality `none`).
     pub fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.len == 0
     }
 
     /// The tags.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        let entity = self.entity.as_deref();
-        (self.start..self.end).map(move |i| entity.map_or("", |e| e.tag(i)))
+    pub fn iter(&self) -> TagsIter<'_> {
+        let (parts, hidden) = self.value.as_ref().map_or((&[][..], &[][..]), |v| (v.parts(), v.hidden()));
+        let level = usize::from(self.first);
+        let next = parts.first().map_or(0, |p| p.range(level).0);
+        TagsIter { parts, hidden, level, last: usize::from(self.last), part: 0, offset: 0, next, left: self.len }
     }
 
     /// The tags as owned strings.
@@ -247,14 +352,68 @@ impl fmt::Debug for Tags {
     }
 }
 
+/// The tags of a [`Tags`]: level by level, part by part, the hidden ones skipped.
+#[derive(Debug, Clone)]
+pub struct TagsIter<'a> {
+    parts: &'a [Arc<EntityTags>],
+    hidden: &'a [u64],
+    level: usize,
+    last: usize,
+    part: usize,
+    /// The index, across the parts, of the current part's first tag.
+    offset: u32,
+    /// The next tag's index in the current part.
+    next: u32,
+    left: u32,
+}
+
+impl<'a> Iterator for TagsIter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        while self.left > 0 && self.level < self.last {
+            let part = self.parts.get(self.part)?;
+            let (_, end) = part.range(self.level);
+            if self.next < end {
+                let i = self.next;
+                self.next += 1;
+                let n = (self.offset + i) as usize;
+                if self.hidden.get(n / 64).is_some_and(|w| w & (1 << (n % 64)) != 0) {
+                    continue;
+                }
+                self.left -= 1;
+                return Some(part.tag(i));
+            }
+            self.offset += part.count();
+            self.part += 1;
+            if self.part == self.parts.len() {
+                self.part = 0;
+                self.offset = 0;
+                self.level += 1;
+            }
+            self.next = self.parts.get(self.part).map_or(0, |p| p.range(self.level).0);
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for TagsIter<'_> {}
+
+/// The shared parts of a source's tags (see [`TagStore::set_layered`]).
+pub type SharedParts = [Option<Arc<EntityTags>>; 2];
+
 #[derive(Debug)]
 struct SourceEntry {
     source: TagSource,
-    /// Tags this source gives many entities alike (a pod's, on each of its containers), shared
-    /// by them all; they come before `tags` at each level.
-    base: Option<Arc<EntityTags>>,
+    /// Tags this source gives many entities alike (a pod's, on each of its containers; an
+    /// image's), shared by them all; they come before `tags` at each level.
+    shared: SharedParts,
     /// Packed like the published tags: one buffer, no per-tag allocation; shared with the
-    /// published value when this is the entity's only source and it has no base.
+    /// published value when this is the entity's only part.
     tags: Arc<EntityTags>,
     /// When the source deleted it; its tags are served until the grace period has passed.
     deleted_at: Option<Duration>,
@@ -306,7 +465,7 @@ type Sources = HashMap<Arc<str>, Vec<SourceEntry>, foldhash::fast::RandomState>;
 
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
-    published: FastMap<Arc<str>, Arc<EntityTags>>,
+    published: FastMap<Arc<str>, Published>,
     sources: Mutex<Sources>,
     clock: Arc<dyn Clock>,
     grace: Duration,
@@ -400,7 +559,7 @@ impl TagStore {
     pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Tags {
         let guard = self.published.pin();
         match guard.get(entity) {
-            Some(tags) => Tags { entity: Some(tags.clone()), start: 0, end: tags.end(cardinality) },
+            Some(value) => Tags::of(value, LOW, levels_up_to(cardinality)),
             None => Tags::default(),
         }
     }
@@ -414,7 +573,7 @@ impl TagStore {
     pub fn standard(&self, entity: &str) -> Tags {
         let guard = self.published.pin();
         match guard.get(entity) {
-            Some(tags) => Tags { entity: Some(tags.clone()), start: tags.high, end: tags.ends.len() as u32 },
+            Some(value) => Tags::of(value, STANDARD, STANDARD + 1),
             None => Tags::default(),
         }
     }
@@ -427,21 +586,22 @@ impl TagStore {
     /// Like [`TagStore::set`], for a caller that keeps the entity's id: returns the id the store
     /// keeps (the one given if the entity is new), for the caller to hold instead of its own.
     pub fn set_shared(&self, entity: Arc<str>, source: TagSource, info: TagInfo) -> (Arc<str>, Option<TagChange>) {
-        self.set_layered(entity, source, None, &info)
+        self.set_layered(entity, source, SharedParts::default(), &info)
     }
 
-    /// Like [`TagStore::set_shared`], for tags that are `base` (shared by the entities a source
-    /// tags alike: a pod's tags on each of its containers) followed by `extra` at each level.
-    /// The entity's tags are what one `TagInfo` with both would give; `base` is kept once.
+    /// Like [`TagStore::set_shared`], for tags that are `shared` parts (given many entities
+    /// alike: a pod's tags on each of its containers, an image's) followed by `extra` at each
+    /// level. The entity's tags are what one `TagInfo` of them all would give; each shared part
+    /// is kept once.
     pub fn set_layered(
         &self,
         entity: Arc<str>,
         source: TagSource,
-        base: Option<Arc<EntityTags>>,
+        shared: SharedParts,
         extra: &TagInfo,
     ) -> (Arc<str>, Option<TagChange>) {
         let tags = EntityTags::build(extra);
-        let base = base.filter(|b| !b.is_empty());
+        let shared = shared.map(|part| part.filter(|p| !p.is_empty()));
         let mut sources = self.writer();
         let key = match sources.get_key_value(&*entity) {
             Some((key, _)) => key.clone(),
@@ -452,11 +612,12 @@ impl TagStore {
         };
         let Some(entries) = sources.get_mut(&*key) else { return (key, None) };
         match entries.iter_mut().find(|e| e.source == source) {
-            Some(e) if e.has_base(base.as_ref()) && *e.tags == tags && e.deleted_at.is_none() => return (key, None),
+            Some(e) if e.has_shared(&shared) && *e.tags == tags && e.deleted_at.is_none() => return (key, None),
             Some(e) => {
-                // An equal base is kept as it was: the entities that share it go on sharing it.
-                if !e.has_base(base.as_ref()) {
-                    e.base = base;
+                // Equal shared parts are kept as they were: the entities that share them go on
+                // sharing them.
+                if !e.has_shared(&shared) {
+                    e.shared = shared;
                 }
                 if *e.tags != tags {
                     e.tags = Arc::new(tags);
@@ -466,7 +627,7 @@ impl TagStore {
             None => {
                 // Most entities have one or two sources: no spare room.
                 entries.reserve_exact(1);
-                entries.push(SourceEntry { source, base, tags: Arc::new(tags), deleted_at: None });
+                entries.push(SourceEntry { source, shared, tags: Arc::new(tags), deleted_at: None });
             }
         }
         let change = self.publish(&key, entries);
@@ -519,9 +680,8 @@ impl TagStore {
     fn publish(&self, entity: &Arc<str>, entries: &mut [SourceEntry]) -> Option<TagChange> {
         entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
         let tags = match entries {
-            [SourceEntry { base: None, tags, .. }] => tags.clone(),
-            [SourceEntry { base: Some(base), tags, .. }] if tags.is_empty() => base.clone(),
-            _ => Arc::new(EntityTags::build(&merge(entries))),
+            [only] if only.parts().count() <= 1 => Published::One(only.parts().next().unwrap_or(&only.tags).clone()),
+            _ => Published::Merged(Arc::new(Merged::build(entries))),
         };
         let guard = self.published.pin();
         let previous = guard.insert(entity.clone(), tags);
@@ -530,8 +690,8 @@ impl TagStore {
 
     /// The merged tags of `entity` by level (for dumps and tests).
     pub fn tag_info(&self, entity: &str) -> Option<TagInfo> {
-        let sources = self.writer();
-        sources.get(entity).map(|entries| merge(entries))
+        let _writer = self.writer();
+        self.published.pin().get(entity).map(Published::to_info)
     }
 
     /// Every entity with each source's tags, sorted: what `tagger-list` prints.
@@ -559,11 +719,6 @@ impl TagStore {
         self.published.is_empty()
     }
 
-    /// Bytes held by the published tags (buffers and offsets), for the memory benchmark.
-    pub fn published_bytes(&self) -> usize {
-        self.published.pin().iter().map(|(k, v)| k.len() + v.heap_bytes() + std::mem::size_of::<EntityTags>()).sum()
-    }
-
     /// Where the store's bytes go, counted from its structures (payloads and entry sizes; the
     /// maps' spare capacity and the allocator's rounding are left out), for the memory benchmark.
     pub fn footprint(&self) -> Footprint {
@@ -573,16 +728,23 @@ impl TagStore {
         let tags = |t: &EntityTags| ARC + std::mem::size_of::<EntityTags>() + t.heap_bytes();
         let entry = std::mem::size_of::<SourceEntry>();
         Footprint {
-            // A value shared with its only source is that source's, counted there.
-            published_tags: published.iter().filter(|(_, v)| Arc::strong_count(v) == 1).map(|(_, v)| tags(v)).sum(),
+            // A value that is its only part is that source's, counted there; a merge points at
+            // its sources' parts.
+            published_tags: published
+                .iter()
+                .map(|(_, v)| match v {
+                    Published::One(_) => 0,
+                    Published::Merged(m) => ARC + m.own_bytes(),
+                })
+                .sum(),
             // The keys' text is the writer's, shared.
-            published_keys: published.len() * std::mem::size_of::<(Arc<str>, Arc<EntityTags>)>(),
-            // A base shared by several entities is counted once.
+            published_keys: published.len() * std::mem::size_of::<(Arc<str>, Published)>(),
+            // A part shared by several entities is counted once.
             source_tags: writer.values().flatten().map(|e| entry + tags(&e.tags)).sum::<usize>()
                 + writer
                     .values()
                     .flatten()
-                    .filter_map(|e| e.base.as_ref())
+                    .flat_map(|e| e.shared.iter().flatten())
                     .map(|b| (Arc::as_ptr(b), tags(b)))
                     .collect::<HashMap<_, _>>()
                     .values()
@@ -616,37 +778,6 @@ impl fmt::Debug for TagSubscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TagSubscriber").field("prefix", &self.prefix).field("cardinality", &self.cardinality).finish()
     }
-}
-
-/// Merges sources given in priority order: a tag whose key a higher-priority source already
-/// gave is left out.
-fn merge(entries: &[SourceEntry]) -> TagInfo {
-    let mut out = TagInfo::default();
-    let mut taken: HashSet<&str> = HashSet::new();
-    let mut i = 0;
-    while i < entries.len() {
-        // Sources of equal priority do not override each other.
-        let priority = entries[i].source.priority();
-        let group_end =
-            entries[i..].iter().position(|e| e.source.priority() != priority).map_or(entries.len(), |n| i + n);
-        let mut keys: Vec<&str> = Vec::new();
-        for entry in &entries[i..group_end] {
-            for level in [TagCardinality::Low, TagCardinality::Orchestrator, TagCardinality::High] {
-                for tag in entry.level(level).filter(|t| !taken.contains(tag_key(t))) {
-                    out.add_tag(level, tag.to_owned());
-                    keys.push(tag_key(tag));
-                }
-            }
-            for tag in entry.standard().filter(|t| !taken.contains(tag_key(t))) {
-                if !out.standard.iter().any(|s| s == tag) {
-                    out.standard.push(tag.to_owned());
-                }
-            }
-        }
-        taken.extend(keys);
-        i = group_end;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -683,10 +814,11 @@ mod tests {
         let pod = info(&["kube_namespace:a", "env:prod"], &["pod_uid:p"]);
         let base = Some(Arc::new(EntityTags::build(&pod)));
         let none = TagInfo::default();
-        store.set_layered("pod://p".into(), TagSource::KubernetesPod, base.clone(), &none);
+        store.set_layered("pod://p".into(), TagSource::KubernetesPod, [base.clone(), None], &none);
         for c in ["c1", "c2"] {
             let extra = info(&["kube_container_name:x", "env:prod"], &[&format!("container_id:{c}")]);
-            store.set_layered(format!("container_id://{c}").into(), TagSource::KubernetesPod, base.clone(), &extra);
+            let id = format!("container_id://{c}").into();
+            store.set_layered(id, TagSource::KubernetesPod, [base.clone(), None], &extra);
         }
         store.set("container_id://c1", TagSource::Container, info(&["env:dev", "image_name:nginx"], &[]));
         // As one TagInfo of base then extra would read, each tag once, the pod winning `env`.
@@ -706,14 +838,22 @@ mod tests {
         let c2 = &listed.iter().find(|(e, _)| e == "container_id://c2").unwrap().1[0].1;
         assert_eq!(c2.low, ["kube_namespace:a", "env:prod", "kube_container_name:x"]);
         // One copy of the base: the pod publishes it as it is, the containers point at it.
-        let published = store.published.pin().get("pod://p").cloned().unwrap();
+        let Some(Published::One(published)) = store.published.pin().get("pod://p").cloned() else {
+            panic!("the pod's only part is published as it is")
+        };
         assert!(Arc::ptr_eq(&published, base.as_ref().unwrap()));
-        assert_eq!(Arc::strong_count(&published), 6, "this handle, base, the pod entry and map, two containers");
+        for c in ["container_id://c1", "container_id://c2"] {
+            let Some(Published::Merged(merged)) = store.published.pin().get(c).cloned() else {
+                panic!("{c} is a merge of its parts")
+            };
+            assert!(Arc::ptr_eq(&merged.parts[0], &published), "{c} points at the pod's tags");
+        }
         // An equal base given again is not a change, and the old one stays shared.
         let again = Some(Arc::new(EntityTags::build(&pod)));
-        let (_, change) = store.set_layered("pod://p".into(), TagSource::KubernetesPod, again, &none);
+        let (_, change) = store.set_layered("pod://p".into(), TagSource::KubernetesPod, [again, None], &none);
         assert_eq!(change, None);
-        assert_eq!(Arc::strong_count(&published), 6);
+        let Some(Published::One(still)) = store.published.pin().get("pod://p").cloned() else { panic!("one part") };
+        assert!(Arc::ptr_eq(&still, &published));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::config::TaggerConfig;
 use crate::entity_id::TaggerEntityId;
 use crate::fetch::{ContainerFetcher, SingleFlight};
 use crate::rules;
-use crate::store::{Clock, EntityTags, SystemClock, TagSource, TagStore, Tags};
+use crate::store::{Clock, EntityTags, SharedParts, SystemClock, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
 
 /// The entity id of the node-wide tags: this node's labels- and annotations-as-tags, and ECS
@@ -32,6 +32,10 @@ pub fn entity_id(entity: &Entity) -> String {
 /// the ids are the tag store's own (one allocation per entity).
 type Children = HashMap<(TagSource, Arc<str>), Box<[Arc<str>]>>;
 
+/// A child of a pod, task or object to tag: its tagger entity id, the part of its tags it shares
+/// with others (a pod template's container), its own tags.
+type Child = (String, Option<Arc<EntityTags>>, TagInfo);
+
 /// How often deletions past their grace period are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -44,9 +48,10 @@ pub struct Tagger {
     children: Mutex<Children>,
     /// Asks the runtime about a container a lookup missed.
     fetcher: Option<SingleFlight>,
-    /// The image tags of the containers, one copy per image (a base under each container's
-    /// own tags); an image no container uses any more is dropped at the next prune.
-    image_tags: Mutex<HashSet<Arc<EntityTags>>>,
+    /// The tags many entities share, one copy of each: an image's (under each of its
+    /// containers' own tags), a pod template's container's (under each such container's
+    /// pod-sourced tags). What no entity uses any more is dropped at the next prune.
+    shared_tags: Mutex<HashSet<Arc<EntityTags>>>,
 }
 
 impl Tagger {
@@ -63,7 +68,7 @@ impl Tagger {
             store: TagStore::new(clock, grace),
             children: Mutex::new(HashMap::new()),
             fetcher: None,
-            image_tags: Mutex::new(HashSet::new()),
+            shared_tags: Mutex::new(HashSet::new()),
         }
     }
 
@@ -131,27 +136,33 @@ impl Tagger {
                 let children = p
                     .all_containers()
                     .filter(|c| !c.id.is_empty())
-                    .map(|c| (container_entity(&c.id), rules::pod_container_tags(p, c)))
+                    .map(|c| {
+                        let (template, own) = rules::pod_container_tags(p, c);
+                        (container_entity(&c.id), self.shared(&template), own)
+                    })
                     .collect();
                 self.set_with_children(TagSource::KubernetesPod, id, &pod, children);
             }
             (Entity::EcsTask(t), EventType::Set) => {
                 let task = rules::task_tags(t, &self.config);
-                let mut children: Vec<(String, TagInfo)> = t
+                let mut children: Vec<Child> = t
                     .containers
                     .iter()
                     .filter(|c| !c.id.is_empty())
-                    .map(|c| (container_entity(&c.id), rules::task_container_tags(c)))
+                    .map(|c| (container_entity(&c.id), None, rules::task_container_tags(c)))
                     .collect();
                 if t.launch_type == Some(LaunchType::Fargate) {
-                    children.push((GLOBAL_ENTITY_ID.to_owned(), TagInfo::default()));
+                    children.push((GLOBAL_ENTITY_ID.to_owned(), None, TagInfo::default()));
                 }
                 self.set_with_children(TagSource::EcsTask, id, &task, children);
             }
             (Entity::KubernetesMetadata(m), EventType::Set) => {
                 let tags = rules::metadata_tags(m, &self.config);
-                let children =
-                    if m.is_node() { vec![(GLOBAL_ENTITY_ID.to_owned(), TagInfo::default())] } else { Vec::new() };
+                let children = if m.is_node() {
+                    vec![(GLOBAL_ENTITY_ID.to_owned(), None, TagInfo::default())]
+                } else {
+                    Vec::new()
+                };
                 self.set_with_children(TagSource::KubernetesMetadata, id, &tags, children);
             }
             (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, &id),
@@ -162,43 +173,52 @@ impl Tagger {
         }
     }
 
+    /// The one copy of `tags` that every entity given them shares (`None` for no tags).
+    fn shared(&self, tags: &TagInfo) -> Option<Arc<EntityTags>> {
+        if tags.is_empty() {
+            return None;
+        }
+        let tags = Arc::new(EntityTags::build(tags));
+        let mut kept = self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(match kept.get(&tags) {
+            Some(same) => same.clone(),
+            None => {
+                kept.insert(tags.clone());
+                tags
+            }
+        })
+    }
+
     /// Tags a container: its image's tags (one copy per image) under its own.
     fn set_container(&self, id: Arc<str>, c: &wm_core::Container) {
         let (image, own) = rules::container_tags_by_image(c, &self.config);
-        let base = (!image.is_empty()).then(|| {
-            let image = Arc::new(EntityTags::build(&image));
-            let mut kept = self.image_tags.lock().unwrap_or_else(PoisonError::into_inner);
-            match kept.get(&image) {
-                Some(same) => same.clone(),
-                None => {
-                    kept.insert(image.clone());
-                    image
-                }
-            }
-        });
-        self.store.set_layered(id, TagSource::Container, base, &own);
+        self.store.set_layered(id, TagSource::Container, [self.shared(&image), None], &own);
     }
 
-    /// Prunes the deletions past their grace period, then the image tags no container uses.
+    /// Prunes the deletions past their grace period, then the shared tags no entity uses.
     pub fn prune(&self) {
         self.store.prune();
-        self.image_tags.lock().unwrap_or_else(PoisonError::into_inner).retain(|tags| Arc::strong_count(tags) > 1);
+        self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner).retain(|tags| Arc::strong_count(tags) > 1);
     }
 
-    /// How many images' tags are kept (each once, for every container of the image).
-    pub fn image_tags_kept(&self) -> usize {
-        self.image_tags.lock().unwrap_or_else(PoisonError::into_inner).len()
+    /// How many shared tag sets are kept (each once, for every entity given it: images' tags,
+    /// pod templates' containers').
+    pub fn shared_tags_kept(&self) -> usize {
+        self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Tags a pod, task or object with `own`, and each of its children with `own` followed by
-    /// the child's own extra tags (`own` kept once, shared by them all).
-    fn set_with_children(&self, source: TagSource, id: String, own: &TagInfo, children: Vec<(String, TagInfo)>) {
+    /// Tags a pod, task or object with `own`, and each of its children with `own`, then the
+    /// child's shared part, then its own extra tags (`own` kept once, shared by them all).
+    fn set_with_children(&self, source: TagSource, id: String, own: &TagInfo, children: Vec<Child>) {
         let base = Some(Arc::new(EntityTags::build(own)));
         let none = TagInfo::default();
-        let (id, _) = self.store.set_layered(id.into(), source, base.clone(), &none);
+        let (id, _) = self.store.set_layered(id.into(), source, [base.clone(), None], &none);
         let now: Box<[Arc<str>]> = children
             .into_iter()
-            .map(|(child, extra)| self.store.set_layered(child.into(), source, base.clone(), &extra).0)
+            .map(|(child, shared, extra)| {
+                let parts: SharedParts = [base.clone(), shared];
+                self.store.set_layered(child.into(), source, parts, &extra).0
+            })
             .collect();
         let mut index = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         let before = if now.is_empty() { index.remove(&(source, id)) } else { index.insert((source, id), now.clone()) };
@@ -315,7 +335,7 @@ mod tests {
         let tagger = Tagger::with_clock(TaggerConfig::default(), clock.clone());
         let sets = [("a", "nginx:1.25"), ("b", "nginx:1.25"), ("c", "redis:7")];
         tagger.process(&sets.map(|(id, image)| event(EventType::Set, id, image)));
-        assert_eq!(tagger.image_tags_kept(), 2);
+        assert_eq!(tagger.shared_tags_kept(), 2);
         // Each container reads as if it had its own copy: its image's tags, then its own.
         let b = tagger.tag(&container_entity("b"), TagCardinality::High).to_vec();
         assert_eq!(
@@ -337,11 +357,21 @@ mod tests {
         // Every container goes: after the grace period, so do the images' tags.
         tagger.process(&sets.map(|(id, image)| event(EventType::Unset, id, image)));
         tagger.prune();
-        assert_eq!(tagger.image_tags_kept(), 2, "still served during the grace period");
+        assert_eq!(tagger.shared_tags_kept(), 2, "still served during the grace period");
         clock.advance(tagger.config.deletion_grace_period());
         tagger.prune();
         assert!(tagger.tag(&container_entity("a"), TagCardinality::High).is_empty());
-        assert_eq!(tagger.image_tags_kept(), 0);
+        // The published values that pointed at them are freed by the lock-free map in batches,
+        // as later writes go on: the images' tags go at the first prune after that.
+        let mut churn = 0;
+        while tagger.shared_tags_kept() > 0 && churn < 1_000 {
+            tagger.process(&[event(EventType::Set, "churn", &format!("churn:{churn}"))]);
+            tagger.process(&[event(EventType::Unset, "churn", &format!("churn:{churn}"))]);
+            clock.advance(tagger.config.deletion_grace_period());
+            tagger.prune();
+            churn += 1;
+        }
+        assert_eq!(tagger.shared_tags_kept(), 0, "after {churn} rounds of churn");
     }
 
     fn c(id: &str) -> Container {

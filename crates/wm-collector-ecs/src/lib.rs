@@ -179,7 +179,7 @@ impl EcsCollector {
         let tasks: Vec<(String, Vec<String>)> = entities
             .iter()
             .filter_map(|e| e.as_ecs_task())
-            .map(|t| (t.id.to_string(), t.containers.iter().map(|c| c.id.clone()).collect()))
+            .map(|t| (t.id.to_string(), t.containers.iter().map(|c| c.id.to_string()).collect()))
             .collect();
         self.enriched.retain(|arn, (at, _)| at.elapsed() < ENRICH_TTL && tasks.iter().any(|(a, _)| a == arn));
         let suffix = if self.config.ecs_collect_resource_tags_ec2 { "taskWithTags" } else { "task" };

@@ -294,7 +294,7 @@ fn state(status: &ContainerStatusJson) -> ContainerState {
 
 fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec<Entity>) {
     let uid: Arc<str> = Arc::from(pod.metadata.uid.as_str());
-    let owner = EntityId::new(Kind::KubernetesPod, &*uid);
+    let owner = EntityId::new(Kind::KubernetesPod, uid.clone());
     let spec_of = |list: &[SpecContainer], name: &str| list.iter().position(|c| c.name == name);
     let mut containers = Vec::new();
     let mut listed = |statuses: &[ContainerStatusJson], specs: &[SpecContainer]| -> Vec<OrchestratorContainer> {
@@ -303,7 +303,8 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
             let spec = spec_of(specs, &status.name).map(|i| &specs[i]);
             let image = status_image(status, spec);
             let (runtime, id) = split_container_id(&status.container_id);
-            refs.push(OrchestratorContainer { id: id.to_owned(), name: status.name.clone(), image: image.clone() });
+            let id: Arc<str> = Arc::from(id);
+            refs.push(OrchestratorContainer { id: id.clone(), name: status.name.clone(), image: image.clone() });
             // Still being created: the pod lists it, but there is no container yet.
             if id.is_empty() {
                 continue;
@@ -325,7 +326,7 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
                 })
                 .collect();
             containers.push(Entity::from(Container {
-                id: Arc::from(id),
+                id,
                 name: status.name.clone(),
                 image,
                 runtime,

@@ -388,9 +388,9 @@ pub struct PodOwner {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OrchestratorContainer {
-    /// The container id, once the runtime created it.
+    /// The container id, once the runtime created it (shared with the container's entity).
     #[serde(skip_serializing_if = "str::is_empty")]
-    pub id: String,
+    pub id: Arc<str>,
     /// The container's name in the spec.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub name: String,
@@ -673,6 +673,51 @@ impl Entity {
             Entity::EcsTask(t) => Some(t),
             _ => None,
         }
+    }
+
+    /// Makes the entity hold `id` (equal to its own id) and `owner` (equal to its owner's id)
+    /// instead of copies of them, where it is the only holder of its fields: the store passes
+    /// the ids it keys its records by, so that each id is kept once however many sources and
+    /// containers name it.
+    pub fn share_ids(&mut self, id: Option<&Arc<str>>, owner: Option<&Arc<str>>) {
+        fn adopt(mine: &mut Arc<str>, shared: Option<&Arc<str>>) {
+            if let Some(shared) = shared
+                && !Arc::ptr_eq(mine, shared)
+                && **mine == **shared
+            {
+                *mine = shared.clone();
+            }
+        }
+        match self {
+            Entity::Container(c) => {
+                if let Some(c) = Arc::get_mut(c) {
+                    adopt(&mut c.id, id);
+                    if let Some(o) = &mut c.owner {
+                        adopt(&mut o.id, owner);
+                    }
+                }
+            }
+            Entity::EcsTask(t) => {
+                if let Some(t) = Arc::get_mut(t) {
+                    adopt(&mut t.id, id);
+                }
+            }
+            Entity::KubernetesMetadata(m) => {
+                if let Some(m) = Arc::get_mut(m) {
+                    adopt(&mut m.id, id);
+                }
+            }
+            Entity::KubernetesPod(p) => {
+                if let Some(p) = Arc::get_mut(p) {
+                    adopt(&mut p.id, id);
+                }
+            }
+        }
+    }
+
+    /// The id of the entity that owns it (a container's pod or task).
+    pub fn owner(&self) -> Option<&EntityId> {
+        self.as_container().and_then(|c| c.owner.as_ref())
     }
 
     /// Whether both are the same allocation (a cheap check before a deep comparison).

@@ -52,14 +52,18 @@ impl Parts for ImageRef {
 
     /// The last holder of an interned image takes it out of the interner (which holds the other
     /// reference): the interner holds exactly the images in use.
-    fn last_but_one(parts: &Arc<Self>) {
+    fn let_go(parts: Arc<Self>) {
         let mut guard = interned_images();
-        let Some(set) = guard.as_mut() else { return };
-        // Counted again under the lock: an image is only shared anew under it, or by cloning a
-        // holder, and with a count of two this is the one holder.
-        if Arc::strong_count(parts) == 2 && set.get(&**parts).is_some_and(|kept| Arc::ptr_eq(kept, parts)) {
-            set.remove(&**parts);
+        // An image is only shared anew under the lock, or by cloning a holder, and every holder
+        // lets go under it: with a count of two this is the one holder.
+        if Arc::strong_count(&parts) == 2
+            && let Some(set) = guard.as_mut()
+            && set.get(&*parts).is_some_and(|kept| Arc::ptr_eq(kept, &parts))
+        {
+            set.remove(&*parts);
         }
+        drop(parts);
+        drop(guard);
     }
 }
 

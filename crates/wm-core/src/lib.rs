@@ -13,6 +13,7 @@ pub mod config;
 mod entity;
 mod event;
 mod image;
+mod intern;
 mod map;
 pub mod merge;
 mod shared;
@@ -32,6 +33,7 @@ pub use entity::{
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use image::{ContainerImage, ImageRef};
+pub use intern::IStr;
 pub use map::StrMap;
 pub use shared::{Parts, Shared};
 pub use time::{Timestamp, TimestampError};

@@ -7,8 +7,10 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// One entry: key and value, each exactly as long as its text.
-type Entry = (Box<str>, Box<str>);
+use crate::intern::IStr;
+
+/// One entry: key and value, each interned (one copy of each text, however many maps hold it).
+type Entry = (IStr, IStr);
 
 /// A map from string to string kept as one sorted, shared slice.
 ///
@@ -16,8 +18,9 @@ type Entry = (Box<str>, Box<str>);
 /// are copied whenever the store merges what two sources say about one entity. The entries sit
 /// in one allocation shared by every copy: cloning is a reference count, a merge that takes a
 /// map whole takes it without copying, and a change copies the entries first (copy on write).
-/// An entry costs 32 bytes beside its text, an empty map nothing; iteration is in key order
-/// (stable dumps and tags).
+/// Keys and values are interned ([`IStr`]): the keys repeat in every entity, and so do many
+/// values (a deployment's labels on each of its pods). An entry costs 32 bytes beside its text,
+/// an empty map nothing; iteration is in key order (stable dumps and tags).
 #[derive(Clone, Default, Eq)]
 pub struct StrMap(Option<Arc<[Entry]>>);
 
@@ -69,11 +72,10 @@ impl StrMap {
 
     /// Sets `key` to `value`, returning the value it replaced.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
-        let key: Box<str> = key.into().into_boxed_str();
-        let value: Box<str> = value.into().into_boxed_str();
+        let (key, value) = (IStr::new(&key.into()), IStr::new(&value.into()));
         let at = self.position(&key);
         self.edit(|entries| match at {
-            Ok(i) => Some(std::mem::replace(&mut entries[i].1, value).into_string()),
+            Ok(i) => Some(std::mem::replace(&mut entries[i].1, value).to_string()),
             Err(i) => {
                 entries.insert(i, (key, value));
                 None
@@ -84,7 +86,7 @@ impl StrMap {
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<String> {
         let at = self.position(key).ok()?;
-        self.edit(|entries| Some(entries.remove(at).1.into_string()))
+        self.edit(|entries| Some(entries.remove(at).1.to_string()))
     }
 
     /// Keeps only the entries for which `keep` says yes.
@@ -161,10 +163,10 @@ impl fmt::Debug for StrMap {
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for StrMap {
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for StrMap {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut entries: Vec<Entry> =
-            iter.into_iter().map(|(k, v)| (k.into().into_boxed_str(), v.into().into_boxed_str())).collect();
+            iter.into_iter().map(|(k, v)| (IStr::new(k.as_ref()), IStr::new(v.as_ref()))).collect();
         // Stable sort then keep the last of equal keys, as repeated inserts would.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out: Vec<Entry> = Vec::with_capacity(entries.len());

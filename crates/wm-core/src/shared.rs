@@ -19,9 +19,12 @@ pub trait Parts: Clone + Default + PartialEq + 'static {
     /// The group with every field empty: what an empty `Shared` reads as.
     fn none() -> &'static Self;
 
-    /// Told when a holder of `parts` is dropped while one other reference to them is left (an
-    /// interner's, if it kept one).
-    fn last_but_one(_parts: &Arc<Self>) {}
+    /// Lets go of a holder's reference to `parts`. An interner takes them out here when the
+    /// set's reference is the only other one; it must count and let go under its lock, so that
+    /// two holders letting go at once cannot both count the other.
+    fn let_go(parts: Arc<Self>) {
+        drop(parts);
+    }
 }
 
 /// A group of fields behind one copy-on-write pointer (see the module docs).
@@ -78,10 +81,8 @@ impl<T: Parts> DerefMut for Shared<T> {
 
 impl<T: Parts> Drop for Shared<T> {
     fn drop(&mut self) {
-        if let Some(parts) = &self.0
-            && Arc::strong_count(parts) == 2
-        {
-            T::last_but_one(parts);
+        if let Some(parts) = self.0.take() {
+            T::let_go(parts);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! A UTC timestamp small enough to sit in every entity (8 bytes), with RFC 3339 text.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::num::NonZeroI64;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -8,8 +10,36 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// Runtimes report times as RFC 3339 text (docker, kubelet) or protobuf timestamps (containerd);
 /// both convert losslessly into this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(i64);
+///
+/// Kept with the sign bit flipped in a `NonZeroI64`, so that an `Option<Timestamp>` (how every
+/// entity holds its times) is 8 bytes too: the one value it cannot hold, the earliest
+/// nanosecond of `i64`, reads as the next.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timestamp(NonZeroI64);
+
+/// The stored form of the earliest timestamp held (`i64::MIN + 1` nanoseconds, flipped).
+const EARLIEST: NonZeroI64 = match NonZeroI64::new(1) {
+    Some(one) => one,
+    None => NonZeroI64::MAX,
+};
+
+impl Ord for Timestamp {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.unix_nanos().cmp(&other.unix_nanos())
+    }
+}
+
+impl PartialOrd for Timestamp {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Timestamp").field(&self.unix_nanos()).finish()
+    }
+}
 
 /// Text that is not an RFC 3339 timestamp.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,27 +55,30 @@ impl Timestamp {
     /// The system clock's time now (the epoch if the clock is before it).
     pub fn now() -> Self {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Self(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+        Self::from_unix_nanos(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
     }
 
     /// From nanoseconds since the Unix epoch.
     pub const fn from_unix_nanos(nanos: i64) -> Self {
-        Self(nanos)
+        match NonZeroI64::new(nanos ^ i64::MIN) {
+            Some(stored) => Self(stored),
+            None => Self(EARLIEST),
+        }
     }
 
     /// From seconds and nanoseconds since the Unix epoch (a protobuf `Timestamp`).
     pub fn from_unix(secs: i64, nanos: i32) -> Self {
-        Self(secs.saturating_mul(NANOS_PER_SEC).saturating_add(i64::from(nanos)))
+        Self::from_unix_nanos(secs.saturating_mul(NANOS_PER_SEC).saturating_add(i64::from(nanos)))
     }
 
     /// Nanoseconds since the Unix epoch.
     pub const fn unix_nanos(self) -> i64 {
-        self.0
+        self.0.get() ^ i64::MIN
     }
 
     /// Seconds since the Unix epoch, rounded down.
     pub const fn unix_seconds(self) -> i64 {
-        self.0.div_euclid(NANOS_PER_SEC)
+        self.unix_nanos().div_euclid(NANOS_PER_SEC)
     }
 
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
@@ -101,7 +134,7 @@ fn parse(b: &[u8]) -> Option<Timestamp> {
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    Some(Timestamp(secs.checked_mul(NANOS_PER_SEC)?.checked_add(nanos)?))
+    Some(Timestamp::from_unix_nanos(secs.checked_mul(NANOS_PER_SEC)?.checked_add(nanos)?))
 }
 
 // Howard Hinnant's days-from-civil and its inverse: exact for the proleptic Gregorian calendar.
@@ -130,8 +163,8 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC; the fraction only when there is one, without trailing zeros.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(NANOS_PER_SEC);
-        let nanos = self.0.rem_euclid(NANOS_PER_SEC);
+        let secs = self.unix_nanos().div_euclid(NANOS_PER_SEC);
+        let nanos = self.unix_nanos().rem_euclid(NANOS_PER_SEC);
         let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
         let sod = secs.rem_euclid(86_400);
         write!(f, "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod % 3600 / 60, sod % 60)?;
@@ -168,6 +201,18 @@ mod tests {
             let ts = Timestamp::parse_rfc3339(text).unwrap();
             assert_eq!(ts.to_string(), text);
         }
+    }
+
+    #[test]
+    fn an_optional_timestamp_is_eight_bytes_and_order_follows_time() {
+        assert_eq!(std::mem::size_of::<Option<Timestamp>>(), 8);
+        let times = [i64::MIN + 1, -1, 0, 1, i64::MAX].map(Timestamp::from_unix_nanos);
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        for (t, nanos) in times.iter().zip([i64::MIN + 1, -1, 0, 1, i64::MAX]) {
+            assert_eq!(t.unix_nanos(), nanos);
+        }
+        // The one value not held reads as the next.
+        assert_eq!(Timestamp::from_unix_nanos(i64::MIN).unix_nanos(), i64::MIN + 1);
     }
 
     #[test]

@@ -85,13 +85,17 @@ fn from_secs(s: i64) -> Option<Timestamp> {
 
 fn orchestrator_containers(list: &[OrchestratorContainer]) -> Vec<pb::OrchestratorContainer> {
     list.iter()
-        .map(|c| pb::OrchestratorContainer { id: c.id.clone(), name: c.name.clone(), image: Some(image(&c.image)) })
+        .map(|c| pb::OrchestratorContainer { id: c.id.to_string(), name: c.name.clone(), image: Some(image(&c.image)) })
         .collect()
 }
 
 fn from_orchestrator_containers(list: &[pb::OrchestratorContainer]) -> Vec<OrchestratorContainer> {
     list.iter()
-        .map(|c| OrchestratorContainer { id: c.id.clone(), name: c.name.clone(), image: from_image(c.image.as_ref()) })
+        .map(|c| OrchestratorContainer {
+            id: c.id.as_str().into(),
+            name: c.name.clone(),
+            image: from_image(c.image.as_ref()),
+        })
         .collect()
 }
 

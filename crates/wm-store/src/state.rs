@@ -215,7 +215,15 @@ impl State {
         }
     }
 
-    fn set(&mut self, source: Source, collector: CollectorIndex, entity: Entity) -> Option<Change> {
+    fn set(&mut self, source: Source, collector: CollectorIndex, mut entity: Entity) -> Option<Change> {
+        // One copy of each id, however many sources and containers name it: the owner's record's
+        // key, and this record's (its merged view holds it).
+        if let Some(owner) = entity.owner()
+            && let Some((key, _)) = self.records(owner.kind).get_key_value(&owner.id)
+        {
+            let key = key.clone();
+            entity.share_ids(None, Some(&key));
+        }
         let records = self.records_mut(entity.kind());
         let Some(record) = records.get_mut(entity.id_str()) else {
             let version = Version { source, collector, entity: entity.clone() };
@@ -223,6 +231,7 @@ impl State {
                 .insert(entity.id_str().clone(), Record { versions: Versions::One(version), merged: entity.clone() });
             return Some(Change { source, source_event: set(entity), merged: MergedChange::SameAsSource });
         };
+        entity.share_ids(Some(record.merged.id_str()), None);
         match record.versions.position(source) {
             Ok(i) => {
                 let version = &mut record.versions.as_mut_slice()[i];

@@ -455,7 +455,7 @@ impl Store {
             .records(Kind::KubernetesPod)
             .values()
             .filter_map(|r| r.merged.as_kubernetes_pod())
-            .find(|p| p.all_containers().any(|c| c.id == container_id))
+            .find(|p| p.all_containers().any(|c| *c.id == *container_id))
             .cloned()
     }
 

@@ -1,0 +1,181 @@
+//! `IStr`: a string kept once however many maps hold it.
+//!
+//! Label and annotation keys repeat in every entity, and many values do too (a deployment's
+//! labels on each of its pods, a pod's name and UID in each of its containers' labels). Each
+//! distinct text is allocated once, in a process-wide set, for as long as something holds it:
+//! the last holder takes it out. A holder costs 16 bytes.
+//!
+//! Sharing anew and letting go both happen under the lock of the text's shard, and a holder is
+//! only ever cloned from another: so when a holder that lets go sees a count of two (itself
+//! and the set), no one else can hold the text, and it is taken out.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+const SHARDS: usize = 16;
+
+type Set = HashSet<Arc<str>, foldhash::fast::FixedState>;
+
+static TEXTS: [Mutex<Option<Set>>; SHARDS] = [const { Mutex::new(None) }; SHARDS];
+
+/// The shard that keeps `text`.
+fn shard(text: &str) -> MutexGuard<'static, Option<Set>> {
+    let at = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(text) as usize % SHARDS;
+    // A set is never left half-changed: a panic while it was held changed nothing.
+    TEXTS[at].lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An interned string (see the module docs). Reads as a `&str`.
+#[derive(Default)]
+pub struct IStr(Option<Arc<str>>);
+
+impl IStr {
+    /// The one copy of `text`, shared with every other holder of it.
+    pub fn new(text: &str) -> Self {
+        if text.is_empty() {
+            return Self(None);
+        }
+        let mut guard = shard(text);
+        let set = guard.get_or_insert_with(Set::default);
+        if let Some(kept) = set.get(text) {
+            return Self(Some(kept.clone()));
+        }
+        let kept: Arc<str> = Arc::from(text);
+        set.insert(kept.clone());
+        Self(Some(kept))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    /// How many distinct texts are kept now (for tests).
+    pub fn interned_count() -> usize {
+        TEXTS.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, Set::len)).sum()
+    }
+}
+
+impl Drop for IStr {
+    fn drop(&mut self) {
+        let Some(text) = self.0.take() else { return };
+        let mut guard = shard(&text);
+        if Arc::strong_count(&text) == 2
+            && let Some(set) = guard.as_mut()
+            && set.get(&*text).is_some_and(|kept| Arc::ptr_eq(kept, &text))
+        {
+            set.remove(&*text);
+        }
+        // Let go under the lock: the next holder to let go counts after this one.
+        drop(text);
+        drop(guard);
+    }
+}
+
+impl Clone for IStr {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl Deref for IStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for IStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for IStr {
+    fn eq(&self, other: &Self) -> bool {
+        // One copy per text: equal texts are the same allocation.
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for IStr {}
+
+impl PartialOrd for IStr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IStr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Hash for IStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for IStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for IStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_copy_per_text_while_held_and_none_after() {
+        // Texts no other test uses: the set is process-wide.
+        let a = IStr::new("intern-test/a");
+        let b = IStr::new("intern-test/a");
+        let c = a.clone();
+        assert!(a.0.as_ref().zip(b.0.as_ref()).is_some_and(|(x, y)| Arc::ptr_eq(x, y)));
+        let held = |t: &str| shard(t).as_ref().is_some_and(|s| s.contains(t));
+        assert!(held("intern-test/a"));
+        drop((a, b));
+        assert!(held("intern-test/a"), "one holder is left");
+        drop(c);
+        assert!(!held("intern-test/a"));
+        assert_eq!(IStr::new("").as_str(), "");
+    }
+
+    #[test]
+    fn holders_letting_go_on_many_threads_leave_nothing_behind() {
+        let texts: Vec<String> = (0..64).map(|i| format!("intern-test/threads/{i}")).collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        let held: Vec<IStr> = texts.iter().map(|t| IStr::new(t)).collect();
+                        let copies = held.clone();
+                        drop(held);
+                        drop(copies);
+                    }
+                });
+            }
+        });
+        for t in &texts {
+            assert!(!shard(t).as_ref().is_some_and(|s| s.contains(t.as_str())), "{t} was left in the set");
+        }
+    }
+}
