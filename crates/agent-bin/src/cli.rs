@@ -149,11 +149,11 @@ fn container_body(out: &mut String, c: &Container, verbose: bool) {
     kv(out, "Finished At", time(c.state.finished_at));
     kv(out, "Exit Code", c.state.exit_code.map(|c| c.to_string()).unwrap_or_default());
     kv(out, "PID", c.pid);
-    kv(out, "Hostname", &c.hostname);
+    kv(out, "Hostname", &c.details.hostname);
     kv(out, "Owner", c.owner.as_ref().map(ToString::to_string).unwrap_or_default());
-    kv(out, "Cgroup Path", &c.cgroup_path);
-    if !c.collector_tags.is_empty() {
-        kv(out, "Collector Tags", c.collector_tags.join(", "));
+    kv(out, "Cgroup Path", &c.details.cgroup_path);
+    if !c.details.collector_tags.is_empty() {
+        kv(out, "Collector Tags", c.details.collector_tags.join(", "));
     }
     if verbose {
         map_section(out, "Labels", &c.labels);

@@ -122,10 +122,10 @@ const CF_INSTANCE_TAGS: &[&str] = &["container_name", "app_instance_guid", "app_
 /// `tags.datadoghq.com/*` metadata) are standard tags too.
 fn garden_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
     let mut tags = TagInfo::default();
-    let has = |key: &str| c.collector_tags.iter().any(|t| t.split_once(':').is_some_and(|(k, _)| k == key));
+    let has = |key: &str| c.details.collector_tags.iter().any(|t| t.split_once(':').is_some_and(|(k, _)| k == key));
     let fallback = [("container_name", &*c.name), ("app_instance_guid", &*c.id)];
     let fallback = fallback.iter().filter(|(key, _)| !has(key)).map(|(key, value)| format!("{key}:{value}"));
-    for tag in c.collector_tags.iter().cloned().chain(fallback) {
+    for tag in c.details.collector_tags.iter().cloned().chain(fallback) {
         let Some((key, value)) = tag.split_once(':') else { continue };
         if config.cloud_foundry_datadog_cardinality || CF_INSTANCE_TAGS.contains(&key) {
             tags.add_tag(High, tag);

@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use wm_core::{Container, ContainerPort, ContainerState, ContainerStatus, Runtime, StrMap, Timestamp};
+use wm_core::{
+    Container, ContainerDetails, ContainerPort, ContainerState, ContainerStatus, Runtime, StrMap, Timestamp,
+};
 
 use crate::garden::ContainerInfo;
 
@@ -238,18 +240,22 @@ impl Instance {
                 started_at: self.created_at,
                 ..ContainerState::default()
             },
-            network_ips,
-            ports: self
-                .ports
-                .iter()
-                .map(|(port, host)| ContainerPort {
-                    port: *port,
-                    protocol: "tcp".into(),
-                    name: String::new(),
-                    host_port: Some(*host),
-                })
-                .collect(),
-            collector_tags: tags,
+            details: ContainerDetails {
+                network_ips,
+                ports: self
+                    .ports
+                    .iter()
+                    .map(|(port, host)| ContainerPort {
+                        port: *port,
+                        protocol: "tcp".into(),
+                        name: String::new(),
+                        host_port: Some(*host),
+                    })
+                    .collect(),
+                collector_tags: tags,
+                ..ContainerDetails::default()
+            }
+            .into(),
             ..Container::default()
         }
     }
@@ -283,7 +289,7 @@ mod tests {
         let c = instance.entity(None);
         assert_eq!(c.name, "web_2");
         assert_eq!(
-            c.collector_tags,
+            c.details.collector_tags,
             [
                 "container_name:web_2",
                 "app_instance_index:2",
@@ -297,8 +303,8 @@ mod tests {
             ]
         );
         assert_eq!(c.state.started_at, Some(Timestamp::from_unix_nanos(6_000_000_000)));
-        assert_eq!(c.ports[0].host_port, Some(61012));
-        assert_eq!(c.network_ips.get("external"), Some("10.0.16.21"));
+        assert_eq!(c.details.ports[0].host_port, Some(61012));
+        assert_eq!(c.details.network_ips.get("external"), Some("10.0.16.21"));
     }
 
     #[test]
@@ -313,10 +319,10 @@ mod tests {
         };
         let c = instance.entity(Some(&app));
         assert_eq!(c.name, "shop_2");
-        assert!(c.collector_tags.iter().any(|t| t == "app_name:shop"));
-        assert!(c.collector_tags.iter().any(|t| t == "space_name:prod"));
-        assert!(c.collector_tags.iter().any(|t| t == "org_name:acme"), "what the CC leaves empty stays");
-        assert!(c.collector_tags.ends_with(&["env:prod".to_owned(), "sidecar_present:false".to_owned()]));
+        assert!(c.details.collector_tags.iter().any(|t| t == "app_name:shop"));
+        assert!(c.details.collector_tags.iter().any(|t| t == "space_name:prod"));
+        assert!(c.details.collector_tags.iter().any(|t| t == "org_name:acme"), "what the CC leaves empty stays");
+        assert!(c.details.collector_tags.ends_with(&["env:prod".to_owned(), "sidecar_present:false".to_owned()]));
     }
 
     #[test]
@@ -336,7 +342,7 @@ mod tests {
         assert_eq!((t.workload, t.index), (Workload::Task, None));
         let c = t.entity(None);
         assert_eq!(c.name, "web");
-        assert!(!c.collector_tags.iter().any(|t| t.starts_with("app_instance_index:")));
+        assert!(!c.details.collector_tags.iter().any(|t| t.starts_with("app_instance_index:")));
         assert_eq!(c.labels.get("network.container_workload"), Some("task"));
     }
 

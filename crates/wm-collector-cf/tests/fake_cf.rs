@@ -40,7 +40,7 @@ fn handles(store: &Store) -> BTreeSet<String> {
 }
 
 fn tags(store: &Store, handle: &str) -> Vec<String> {
-    store.get_container(handle).map(|c| c.collector_tags.clone()).unwrap_or_default()
+    store.get_container(handle).map(|c| c.details.collector_tags.clone()).unwrap_or_default()
 }
 
 fn has_tags(store: &Store, handle: &str, want: &[&str]) -> bool {
@@ -74,10 +74,10 @@ async fn instances_added_removed_and_renamed_between_polls_are_followed() {
     assert_eq!(web.name, "web_0");
     assert_eq!(web.runtime, Some(Runtime::Garden));
     assert!(web.state.running && web.state.started_at.is_some());
-    assert_eq!(web.ports[0].port, 8080);
-    assert_eq!(web.ports[0].host_port, Some(61012));
+    assert_eq!(web.details.ports[0].port, 8080);
+    assert_eq!(web.details.ports[0].host_port, Some(61012));
     assert_eq!(
-        web.collector_tags,
+        web.details.collector_tags,
         [
             "container_name:web_0".to_owned(),
             "app_instance_index:0".into(),
@@ -93,7 +93,7 @@ async fn instances_added_removed_and_renamed_between_polls_are_followed() {
     let task = store.get_container(TASK).unwrap();
     assert_eq!(task.name, "web");
     assert_eq!(task.labels.get("network.container_workload"), Some("task"));
-    assert!(!task.collector_tags.iter().any(|t| t.starts_with("app_instance_index:")));
+    assert!(!task.details.collector_tags.iter().any(|t| t.starts_with("app_instance_index:")));
     assert!(!store.get_container("stopped-1").unwrap().state.running);
     let health = store.health();
     assert_eq!(health.collectors[0].source, Source::ClusterOrchestrator);

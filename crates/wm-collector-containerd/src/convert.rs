@@ -8,8 +8,8 @@ use containerd_client::services::v1::Container as CtrContainer;
 use containerd_client::types::v1::{Process, Status};
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerImage, ContainerState, ContainerStatus, EntityId, EnvFilter, KUBE_CONTAINER_NAME_LABEL,
-    KUBE_POD_UID_LABEL, Kind, ResourceSpec, Runtime, StrMap, Timestamp,
+    Container, ContainerDetails, ContainerImage, ContainerState, ContainerStatus, EntityId, EnvFilter,
+    KUBE_CONTAINER_NAME_LABEL, KUBE_POD_UID_LABEL, Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// The CRI plugin's label on every container it makes: `sandbox` for a pod's pause container.
@@ -155,7 +155,6 @@ pub fn container_from_containerd(
     let container = Container {
         id: Arc::from(record.id.as_str()),
         name,
-        hostname: spec.hostname,
         labels,
         env: env.filter(spec.process.map(|p| p.env).unwrap_or_default().iter()),
         image,
@@ -167,12 +166,17 @@ pub fn container_from_containerd(
             .get(KUBE_POD_UID_LABEL)
             .filter(|uid| !uid.is_empty())
             .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str())),
-        cgroup_path: linux.cgroups_path,
         resources: ResourceSpec {
             cpu_limit,
             memory_limit: memory.limit.filter(|m| *m > 0).map(|m| m as u64),
             memory_request: memory.reservation.filter(|m| *m > 0).map(|m| m as u64),
             ..ResourceSpec::default()
+        }
+        .into(),
+        details: ContainerDetails {
+            hostname: spec.hostname,
+            cgroup_path: linux.cgroups_path,
+            ..ContainerDetails::default()
         }
         .into(),
         ..Container::default()
@@ -227,7 +231,7 @@ mod tests {
         );
         let c = c.unwrap();
         assert_eq!(problem, None);
-        assert_eq!((&*c.id, c.name.as_str(), c.hostname.as_str()), ("c1", "web", "web-1"));
+        assert_eq!((&*c.id, c.name.as_str(), c.details.hostname.as_str()), ("c1", "web", "web-1"));
         assert_eq!(c.env.iter().collect::<Vec<_>>(), vec![("DD_SERVICE", "svc")]);
         assert_eq!(
             (c.image.name.as_str(), c.image.tag.as_str(), c.image.id.as_str()),
@@ -235,7 +239,7 @@ mod tests {
         );
         assert!(c.state.running);
         assert_eq!((c.state.status, c.pid, c.state.exit_code), (ContainerStatus::Running, 4242, None));
-        assert_eq!(c.cgroup_path, "/wmtest/c1");
+        assert_eq!(c.details.cgroup_path, "/wmtest/c1");
         assert_eq!(c.resources.memory_limit, Some(134_217_728));
         assert_eq!(c.resources.cpu_limit, Some(0.5));
         assert_eq!(c.runtime, Some(Runtime::Containerd));

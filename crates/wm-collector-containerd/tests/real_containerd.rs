@@ -120,7 +120,7 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         assert_eq!((c.image.name.as_str(), c.image.tag.as_str()), ("docker.io/wm-test/busybox", "1"));
         assert!(c.image.id.starts_with("sha256:"), "image digest {:?}", c.image.id);
         assert!(c.pid > 0);
-        assert!(!c.cgroup_path.is_empty());
+        assert!(!c.details.cgroup_path.is_empty());
 
         // create, then start its task: labels and env, filtered.
         ctr(

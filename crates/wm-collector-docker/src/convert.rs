@@ -9,7 +9,7 @@ use wm_core::{
     Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
-use wm_core::{Container, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL};
+use wm_core::{Container, ContainerDetails, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL};
 
 /// dockershim's label on a pod's sandbox ("pause") container.
 pub const KUBE_DOCKER_TYPE_LABEL: &str = "io.kubernetes.docker.type";
@@ -132,20 +132,22 @@ pub fn container_from_inspect(
     Some(Container {
         id: Arc::from(id),
         name: inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),
-        hostname: config.and_then(|c| c.hostname.clone()).unwrap_or_default(),
         labels,
         env: env.filter(config.and_then(|c| c.env.as_ref()).into_iter().flatten()),
         image,
         runtime: Some(Runtime::Docker),
         state: container_state,
         pid: state.and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-        network_ips,
-        ports,
         owner,
-        cgroup_path: String::new(),
         restart_count: inspect.restart_count.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
         resources,
-        collector_tags: Vec::new(),
+        details: ContainerDetails {
+            hostname: config.and_then(|c| c.hostname.clone()).unwrap_or_default(),
+            network_ips,
+            ports,
+            ..ContainerDetails::default()
+        }
+        .into(),
     })
 }
 
@@ -232,7 +234,7 @@ mod tests {
         let c = container_from_inspect(&inspect(RUNNING), None, &EnvFilter::new(["my_team"])).unwrap();
         assert_eq!(&*c.id, "71179903f5ff7c582f43424156766633a63b7164ce07c6e611e0821a2b0a56b7");
         assert_eq!(c.name, "web");
-        assert_eq!(c.hostname, "71179903f5ff");
+        assert_eq!(c.details.hostname, "71179903f5ff");
         assert_eq!(c.image.name, "registry.example.com:5000/team/web");
         assert_eq!(c.image.registry, "registry.example.com:5000");
         assert_eq!(c.image.short_name, "web");
@@ -250,10 +252,16 @@ mod tests {
         assert_eq!(c.pid, 13548);
         assert_eq!(c.restart_count, 2);
         assert_eq!(c.runtime, Some(Runtime::Docker));
-        assert_eq!(c.network_ips.iter().collect::<Vec<_>>(), vec![("net1", "10.0.0.5")]);
-        assert_eq!(c.ports.len(), 2);
-        assert_eq!((c.ports[0].port, c.ports[0].protocol.as_str(), c.ports[0].host_port), (53, "udp", None));
-        assert_eq!((c.ports[1].port, c.ports[1].protocol.as_str(), c.ports[1].host_port), (80, "tcp", Some(8080)));
+        assert_eq!(c.details.network_ips.iter().collect::<Vec<_>>(), vec![("net1", "10.0.0.5")]);
+        assert_eq!(c.details.ports.len(), 2);
+        assert_eq!(
+            (c.details.ports[0].port, c.details.ports[0].protocol.as_str(), c.details.ports[0].host_port),
+            (53, "udp", None)
+        );
+        assert_eq!(
+            (c.details.ports[1].port, c.details.ports[1].protocol.as_str(), c.details.ports[1].host_port),
+            (80, "tcp", Some(8080))
+        );
         assert_eq!(c.resources.cpu_limit, Some(1.5));
         assert_eq!(c.resources.memory_limit, Some(268_435_456));
         assert_eq!(c.resources.memory_request, None);

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EcsTask, Entity, EntityId, Kind,
-    LaunchType, OrchestratorContainer, ResourceSpec, Runtime, StrMap, Timestamp,
+    Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EcsTask, Entity,
+    EntityId, Kind, LaunchType, OrchestratorContainer, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// What a conversion made, and what it had to skip (one line per skipped item).
@@ -312,7 +312,6 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
             image,
             runtime,
             owner: Some(owner.clone()),
-            network_ips,
             state: ContainerState {
                 running: status == ContainerStatus::Running,
                 status,
@@ -329,6 +328,7 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
                 ..ResourceSpec::default()
             }
             .into(),
+            details: ContainerDetails { network_ips, ..ContainerDetails::default() }.into(),
             ..Container::default()
         }));
     }

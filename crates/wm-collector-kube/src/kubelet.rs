@@ -16,9 +16,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState, ContainerStatus,
-    Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, ResourceSpec, Runtime, StrMap,
-    Timestamp,
+    Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState,
+    ContainerStatus, Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, ResourceSpec,
+    Runtime, StrMap, Timestamp,
 };
 
 /// Why a pod list could not be read at all.
@@ -334,8 +334,8 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
                 owner: Some(owner.clone()),
                 restart_count: status.restart_count,
                 env: env_vars,
-                ports,
                 resources: resources(spec),
+                details: ContainerDetails { ports, ..ContainerDetails::default() }.into(),
                 ..Container::default()
             }));
         }

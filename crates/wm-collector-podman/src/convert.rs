@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EnvFilter, PODMAN_POD_NAME_LABEL,
-    ResourceSpec, Runtime, StrMap, Timestamp,
+    Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerState, ContainerStatus, EnvFilter,
+    PODMAN_POD_NAME_LABEL, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// One row of `GET /libpod/containers/json?all=true`.
@@ -225,7 +225,6 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
     Some(Container {
         id: Arc::from(inspect.id.as_str()),
         name: inspect.name.clone(),
-        hostname: inspect.config.hostname.clone(),
         labels: labels(inspect.config.labels.as_ref(), &entry.pod_name),
         env: env.filter(inspect.config.env.iter().flatten()),
         image: image(&inspect.image_name, &inspect.image),
@@ -240,21 +239,26 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
             exit_code: stopped.then_some(s.exit_code),
         },
         pid: if s.running { u32::try_from(s.pid).unwrap_or(0) } else { 0 },
-        network_ips: inspect
-            .network_settings
-            .networks
-            .iter()
-            .flatten()
-            .filter(|(_, e)| !e.ip_address.is_empty())
-            .map(|(n, e)| (n.as_str(), e.ip_address.as_str()))
-            .collect(),
-        cgroup_path: s.cgroup_path.clone(),
         restart_count: u32::try_from(inspect.restart_count).unwrap_or(0),
         resources: ResourceSpec {
             cpu_limit,
             memory_limit: (h.memory > 0).then_some(h.memory as u64),
             memory_request: (h.memory_reservation > 0).then_some(h.memory_reservation as u64),
             ..ResourceSpec::default()
+        }
+        .into(),
+        details: ContainerDetails {
+            hostname: inspect.config.hostname.clone(),
+            network_ips: inspect
+                .network_settings
+                .networks
+                .iter()
+                .flatten()
+                .filter(|(_, e)| !e.ip_address.is_empty())
+                .map(|(n, e)| (n.as_str(), e.ip_address.as_str()))
+                .collect(),
+            cgroup_path: s.cgroup_path.clone(),
+            ..ContainerDetails::default()
         }
         .into(),
         ..Container::default()
@@ -332,7 +336,7 @@ mod tests {
             (c.state.status, c.pid, c.state.exit_code, c.state.finished_at),
             (ContainerStatus::Running, 8285, None, None)
         );
-        assert_eq!(c.cgroup_path, "/libpod_parent/libpod-0a4b8935");
+        assert_eq!(c.details.cgroup_path, "/libpod_parent/libpod-0a4b8935");
         assert_eq!(c.resources.cpu_limit, Some(0.5));
         assert_eq!(c.runtime, Some(Runtime::Podman));
     }

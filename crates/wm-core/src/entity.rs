@@ -273,59 +273,162 @@ impl<'de> Deserialize<'de> for Shared<ResourceSpec> {
     }
 }
 
+/// What a runtime says of a container beyond its identity, image and state: a
+/// [`ContainerDetails`] behind one copy-on-write pointer ([`Shared`]). An orchestrator's version
+/// of a container has none, and the merged view shares the runtime's.
+pub type ContainerRuntimeDetails = Shared<ContainerDetails>;
+
+/// A container's host name, addresses, ports, cgroup and collector tags (see
+/// [`ContainerRuntimeDetails`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ContainerDetails {
+    /// Its hostname.
+    pub hostname: String,
+    /// IP address per network name.
+    pub network_ips: StrMap,
+    /// Exposed ports.
+    pub ports: Vec<ContainerPort>,
+    /// Its cgroup path.
+    pub cgroup_path: String,
+    /// Tags its collector gives as they are (`key:value`), for runtimes whose metadata comes
+    /// as tags rather than labels: Cloud Foundry's Garden containers (the Datadog Agent's
+    /// `CollectorTags`).
+    pub collector_tags: Vec<String>,
+}
+
+static NO_DETAILS: ContainerDetails = ContainerDetails {
+    hostname: String::new(),
+    network_ips: StrMap::new(),
+    ports: Vec::new(),
+    cgroup_path: String::new(),
+    collector_tags: Vec::new(),
+};
+
+impl Parts for ContainerDetails {
+    fn none() -> &'static Self {
+        &NO_DETAILS
+    }
+}
+
 /// A container of any runtime.
+///
+/// Serialized with every field at the top level (`hostname`, not `details.hostname`), as
+/// [`ContainerFields`] spells them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "ContainerFields", into = "ContainerFields")]
 pub struct Container {
     /// The container id (64 hex for docker, containerd and podman; the instance GUID on Cloud Foundry).
     pub id: Arc<str>,
     /// The container's name.
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub name: String,
-    /// Its hostname.
-    #[serde(skip_serializing_if = "str::is_empty")]
-    pub hostname: String,
     /// Its labels.
-    #[serde(skip_serializing_if = "StrMap::is_empty")]
     pub labels: StrMap,
     /// The env vars the tag rules read; never all of them (secrets stay out of the store).
-    #[serde(skip_serializing_if = "StrMap::is_empty")]
     pub env: StrMap,
     /// Its image.
-    #[serde(skip_serializing_if = "ContainerImage::is_empty")]
     pub image: ContainerImage,
     /// The runtime that runs it.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
     /// Whether it runs, and how it ended.
-    #[serde(skip_serializing_if = "is_default")]
     pub state: ContainerState,
     /// Its main process id on the host (0: unknown).
-    #[serde(skip_serializing_if = "is_default")]
     pub pid: u32,
-    /// IP address per network name.
-    #[serde(skip_serializing_if = "StrMap::is_empty")]
-    pub network_ips: StrMap,
-    /// Exposed ports.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<ContainerPort>,
-    /// The pod or task it belongs to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<EntityId>,
-    /// Its cgroup path.
-    #[serde(skip_serializing_if = "str::is_empty")]
-    pub cgroup_path: String,
     /// How many times it was restarted.
-    #[serde(skip_serializing_if = "is_default")]
     pub restart_count: u32,
+    /// The pod or task it belongs to.
+    pub owner: Option<EntityId>,
     /// Requests and limits.
-    #[serde(skip_serializing_if = "is_default")]
     pub resources: ContainerResources,
-    /// Tags its collector gives as they are (`key:value`), for runtimes whose metadata comes
-    /// as tags rather than labels: Cloud Foundry's Garden containers (the Datadog Agent's
-    /// `CollectorTags`).
+    /// Hostname, addresses, ports, cgroup path and collector tags.
+    pub details: ContainerRuntimeDetails,
+}
+
+/// A [`Container`] as it is written and read (dumps, conformance scenarios): every field at the
+/// top level.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ContainerFields {
+    id: Arc<str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    hostname: String,
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    labels: StrMap,
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    env: StrMap,
+    #[serde(skip_serializing_if = "ContainerImage::is_empty")]
+    image: ContainerImage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<Runtime>,
+    #[serde(skip_serializing_if = "is_default")]
+    state: ContainerState,
+    #[serde(skip_serializing_if = "is_default")]
+    pid: u32,
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    network_ips: StrMap,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub collector_tags: Vec<String>,
+    ports: Vec<ContainerPort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<EntityId>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    cgroup_path: String,
+    #[serde(skip_serializing_if = "is_default")]
+    restart_count: u32,
+    #[serde(skip_serializing_if = "is_default")]
+    resources: ContainerResources,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    collector_tags: Vec<String>,
+}
+
+impl From<ContainerFields> for Container {
+    fn from(f: ContainerFields) -> Self {
+        let details = ContainerDetails {
+            hostname: f.hostname,
+            network_ips: f.network_ips,
+            ports: f.ports,
+            cgroup_path: f.cgroup_path,
+            collector_tags: f.collector_tags,
+        };
+        Container {
+            id: f.id,
+            name: f.name,
+            labels: f.labels,
+            env: f.env,
+            image: f.image,
+            runtime: f.runtime,
+            state: f.state,
+            pid: f.pid,
+            restart_count: f.restart_count,
+            owner: f.owner,
+            resources: f.resources,
+            details: details.into(),
+        }
+    }
+}
+
+impl From<Container> for ContainerFields {
+    fn from(c: Container) -> Self {
+        let d = &*c.details;
+        ContainerFields {
+            hostname: d.hostname.clone(),
+            network_ips: d.network_ips.clone(),
+            ports: d.ports.clone(),
+            cgroup_path: d.cgroup_path.clone(),
+            collector_tags: d.collector_tags.clone(),
+            id: c.id,
+            name: c.name,
+            labels: c.labels,
+            env: c.env,
+            image: c.image,
+            runtime: c.runtime,
+            state: c.state,
+            pid: c.pid,
+            owner: c.owner,
+            restart_count: c.restart_count,
+            resources: c.resources,
+        }
+    }
 }
 
 impl PartialEq for Container {
@@ -334,24 +437,8 @@ impl PartialEq for Container {
     /// comparisons end before touching a string on the heap. Destructured so that a new field
     /// cannot be left out.
     fn eq(&self, other: &Self) -> bool {
-        let Container {
-            id,
-            name,
-            hostname,
-            labels,
-            env,
-            image,
-            runtime,
-            state,
-            pid,
-            network_ips,
-            ports,
-            owner,
-            cgroup_path,
-            restart_count,
-            resources,
-            collector_tags,
-        } = self;
+        let Container { id, name, labels, env, image, runtime, state, pid, restart_count, owner, resources, details } =
+            self;
         *restart_count == other.restart_count
             && *pid == other.pid
             && *runtime == other.runtime
@@ -362,11 +449,7 @@ impl PartialEq for Container {
             && *image == other.image
             && *labels == other.labels
             && *env == other.env
-            && *hostname == other.hostname
-            && *network_ips == other.network_ips
-            && *ports == other.ports
-            && *cgroup_path == other.cgroup_path
-            && *collector_tags == other.collector_tags
+            && *details == other.details
             && *id == other.id
     }
 }

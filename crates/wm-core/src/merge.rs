@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use crate::entity::{
-    Container, ContainerPort, ContainerResources, EcsTask, Entity, KubernetesMetadata, KubernetesPod,
-    OrchestratorContainer, PodOwner, Source,
+    Container, ContainerPort, ContainerResources, ContainerRuntimeDetails, EcsTask, Entity, KubernetesMetadata,
+    KubernetesPod, OrchestratorContainer, PodOwner, Source,
 };
 
 fn fill<T: Default + PartialEq + Clone>(high: &mut T, low: &T) {
@@ -59,6 +59,37 @@ fn fill_resources(high: &mut ContainerResources, low: &ContainerResources) {
     }
 }
 
+fn same_port(a: &ContainerPort, b: &ContainerPort) -> bool {
+    a.port == b.port && a.protocol == b.protocol
+}
+
+fn fill_details(high: &mut ContainerRuntimeDetails, low: &ContainerRuntimeDetails) {
+    // Taken whole when there are none (an orchestrator's version under the runtime's), and
+    // copied only when there is a gap to fill.
+    if high.is_none() {
+        high.clone_from(low);
+        return;
+    }
+    let (h, l) = (&**high, &**low);
+    let gap = |h: bool, l: bool| h && !l;
+    let completes = |h: &ContainerPort, l: &ContainerPort| {
+        gap(h.name.is_empty(), l.name.is_empty()) || gap(h.host_port.is_none(), l.host_port.is_none())
+    };
+    if gap(h.hostname.is_empty(), l.hostname.is_empty())
+        || l.network_ips.iter().any(|(k, _)| !h.network_ips.contains_key(k))
+        || l.ports.iter().any(|lp| h.ports.iter().find(|hp| same_port(hp, lp)).is_none_or(|hp| completes(hp, lp)))
+        || gap(h.cgroup_path.is_empty(), l.cgroup_path.is_empty())
+        || gap(h.collector_tags.is_empty(), l.collector_tags.is_empty())
+    {
+        let h = &mut **high;
+        fill(&mut h.hostname, &l.hostname);
+        h.network_ips.union_from(&l.network_ips);
+        union_by(&mut h.ports, &l.ports, same_port, fill_port);
+        fill(&mut h.cgroup_path, &l.cgroup_path);
+        fill(&mut h.collector_tags, &l.collector_tags);
+    }
+}
+
 fn fill_orchestrator_container(high: &mut OrchestratorContainer, low: &OrchestratorContainer) {
     fill(&mut high.id, &low.id);
     fill(&mut high.name, &low.name);
@@ -75,20 +106,16 @@ fn union_orchestrator_containers(high: &mut Vec<OrchestratorContainer>, low: &[O
 
 fn fill_container(high: &mut Container, low: &Container) {
     fill(&mut high.name, &low.name);
-    fill(&mut high.hostname, &low.hostname);
     high.labels.union_from(&low.labels);
     high.env.union_from(&low.env);
     high.image.fill_from(&low.image);
     fill(&mut high.runtime, &low.runtime);
     fill(&mut high.state, &low.state);
     fill(&mut high.pid, &low.pid);
-    high.network_ips.union_from(&low.network_ips);
-    union_by(&mut high.ports, &low.ports, |a, b| a.port == b.port && a.protocol == b.protocol, fill_port);
     fill(&mut high.owner, &low.owner);
-    fill(&mut high.cgroup_path, &low.cgroup_path);
     fill(&mut high.restart_count, &low.restart_count);
     fill_resources(&mut high.resources, &low.resources);
-    fill(&mut high.collector_tags, &low.collector_tags);
+    fill_details(&mut high.details, &low.details);
 }
 
 fn fill_pod(high: &mut KubernetesPod, low: &KubernetesPod) {
@@ -189,8 +216,8 @@ pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
             if pid.is_none() && v.pid != 0 {
                 pid = Some(v.pid);
             }
-            if cgroup_path.is_none() && !v.cgroup_path.is_empty() {
-                cgroup_path = Some(&v.cgroup_path);
+            if cgroup_path.is_none() && !v.details.cgroup_path.is_empty() {
+                cgroup_path = Some(&v.details.cgroup_path);
             }
         }
         let c = Arc::make_mut(c);
@@ -200,8 +227,10 @@ pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
         if let Some(pid) = pid {
             c.pid = pid;
         }
-        if let Some(path) = cgroup_path {
-            c.cgroup_path.clone_from(path);
+        if let Some(path) = cgroup_path
+            && c.details.cgroup_path != *path
+        {
+            c.details.cgroup_path.clone_from(path);
         }
     }
     Some(merged)
@@ -221,12 +250,43 @@ pub fn overlay(payload: &Entity, last: &Entity) -> Entity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entity::{ContainerState, ContainerStatus};
+    use crate::entity::{ContainerDetails, ContainerState, ContainerStatus};
 
     fn container(f: impl FnOnce(&mut Container)) -> Entity {
         let mut c = Container { id: "c1".into(), ..Container::default() };
         f(&mut c);
         Entity::from(c)
+    }
+
+    #[test]
+    fn the_merged_view_shares_the_runtimes_details_and_completes_them_on_a_copy() {
+        let runtime = container(|c| {
+            c.details =
+                ContainerDetails { hostname: "h".into(), cgroup_path: "/x".into(), ..Default::default() }.into();
+        });
+        let kubelet = container(|c| c.name = "app".into());
+        let merged = merge(&[(Source::Runtime, &runtime), (Source::NodeOrchestrator, &kubelet)]).unwrap();
+        let (Entity::Container(m), Entity::Container(r)) = (&merged, &runtime) else { unreachable!() };
+        assert!(m.details.ptr_eq(&r.details), "taken whole, not copied");
+        assert_eq!((m.name.as_str(), m.details.hostname.as_str()), ("app", "h"));
+        // An orchestrator that gives a field the runtime lacks: a copy, completed.
+        let kubelet = container(|c| {
+            c.details =
+                ContainerDetails { network_ips: [("pod", "10.0.0.1")].into_iter().collect(), ..Default::default() }
+                    .into();
+        });
+        let merged = merge(&[(Source::Runtime, &runtime), (Source::NodeOrchestrator, &kubelet)]).unwrap();
+        let Entity::Container(m) = &merged else { unreachable!() };
+        assert!(!m.details.ptr_eq(&r.details));
+        assert_eq!((m.details.hostname.as_str(), m.details.cgroup_path.as_str()), ("h", "/x"));
+        assert_eq!(m.details.network_ips.get("pod"), Some("10.0.0.1"));
+        assert_eq!(r.details.network_ips.len(), 0, "the runtime's own version is untouched");
+        // A container serializes with every field at the top level, and reads back the same.
+        let json = serde_json::to_value(&**m).unwrap();
+        assert_eq!(json["hostname"], "h");
+        assert_eq!(json["network_ips"]["pod"], "10.0.0.1");
+        assert!(json.get("details").is_none());
+        assert_eq!(serde_json::from_value::<Container>(json).unwrap(), **m);
     }
 
     #[test]
@@ -240,12 +300,12 @@ mod tests {
     fn precedence_is_by_source_not_by_argument_order() {
         let runtime = container(|c| {
             c.name = "rt".into();
-            c.hostname = "h".into();
+            c.details.hostname = "h".into();
         });
         let cluster = container(|c| c.name = "cluster".into());
         let merged = merge(&[(Source::Runtime, &runtime), (Source::ClusterOrchestrator, &cluster)]).unwrap();
         let c = merged.as_container().unwrap();
-        assert_eq!((c.name.as_str(), c.hostname.as_str()), ("cluster", "h"));
+        assert_eq!((c.name.as_str(), c.details.hostname.as_str()), ("cluster", "h"));
     }
 
     #[test]
@@ -253,7 +313,7 @@ mod tests {
         let kubelet = container(|c| {
             c.state = ContainerState { running: true, status: ContainerStatus::Running, ..Default::default() };
             c.pid = 7;
-            c.cgroup_path = "/kubepods/x".into();
+            c.details.cgroup_path = "/kubepods/x".into();
         });
         let runtime = container(|c| {
             c.state = ContainerState { status: ContainerStatus::Stopped, exit_code: Some(1), ..Default::default() };
@@ -262,7 +322,7 @@ mod tests {
         let c = merged.as_container().unwrap();
         assert!(!c.state.running);
         assert_eq!(c.state.exit_code, Some(1));
-        assert_eq!((c.pid, c.cgroup_path.as_str()), (7, "/kubepods/x"));
+        assert_eq!((c.pid, c.details.cgroup_path.as_str()), (7, "/kubepods/x"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 use wm_core::merge::merge;
-use wm_core::{Container, ContainerState, ContainerStatus, Entity, Source, StrMap};
+use wm_core::{Container, ContainerDetails, ContainerState, ContainerStatus, Entity, Source, StrMap};
 
 fn source() -> impl Strategy<Value = Source> {
     prop::sample::select(Source::ALL.to_vec())
@@ -20,7 +20,6 @@ fn container() -> impl Strategy<Value = Container> {
         |(name, hostname, labels, pid, running)| Container {
             id: "c1".into(),
             name: name.unwrap_or_default(),
-            hostname: hostname.unwrap_or_default(),
             labels: labels.into_iter().collect::<StrMap>(),
             pid: pid.unwrap_or(0),
             state: if running {
@@ -28,6 +27,7 @@ fn container() -> impl Strategy<Value = Container> {
             } else {
                 ContainerState::default()
             },
+            details: ContainerDetails { hostname: hostname.unwrap_or_default(), ..ContainerDetails::default() }.into(),
             ..Container::default()
         },
     )
@@ -66,7 +66,7 @@ proptest! {
             ranked.iter().map(|(_, e)| field(as_container(e))).find(|v| !v.is_empty()).unwrap_or_default().to_owned()
         };
         prop_assert_eq!(&merged.name, &first(|c| &c.name));
-        prop_assert_eq!(&merged.hostname, &first(|c| &c.hostname));
+        prop_assert_eq!(&merged.details.hostname, &first(|c| &c.details.hostname));
         // The runtime's pid first, then the others' in precedence order.
         let runtime_first = ranked.iter().filter(|(s, _)| *s == Source::Runtime).chain(ranked.iter().filter(|(s, _)| *s != Source::Runtime));
         let pid = runtime_first.map(|(_, e)| as_container(e).pid).find(|p| *p != 0).unwrap_or(0);

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use wm_core::{
-    Container, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus, EcsTask, Entity,
-    EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, ResourceSpec, Runtime, StrMap,
-    Timestamp,
+    Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus,
+    EcsTask, Entity, EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, ResourceSpec, Runtime,
+    StrMap, Timestamp,
 };
 
 use crate::proto::workloadmeta as pb;
@@ -132,11 +132,12 @@ pub fn container(c: &Container) -> pb::Container {
             labels: map(&c.labels),
         }),
         env_vars: map(&c.env),
-        hostname: c.hostname.clone(),
+        hostname: c.details.hostname.clone(),
         image: Some(image(&c.image)),
-        network_ips: map(&c.network_ips),
+        network_ips: map(&c.details.network_ips),
         pid: i32::try_from(c.pid).unwrap_or(0),
         ports: c
+            .details
             .ports
             .iter()
             .map(|p| pb::ContainerPort { name: p.name.clone(), port: i32::from(p.port), protocol: p.protocol.clone() })
@@ -151,8 +152,8 @@ pub fn container(c: &Container) -> pb::Container {
             finished_at: secs(c.state.finished_at),
             exit_code: c.state.exit_code.unwrap_or(0),
         }),
-        collector_tags: c.collector_tags.clone(),
-        cgroup_path: c.cgroup_path.clone(),
+        collector_tags: c.details.collector_tags.clone(),
+        cgroup_path: c.details.cgroup_path.clone(),
         resources: Some(pb::ContainerResources {
             cpu_request: c.resources.cpu_request,
             cpu_limit: c.resources.cpu_limit,
@@ -194,7 +195,6 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
     Some(Container {
         id: Arc::from(id.as_str()),
         name: meta.name,
-        hostname: c.hostname.clone(),
         labels: strmap(&meta.labels),
         env: strmap(&c.env_vars),
         image: from_image(c.image.as_ref()),
@@ -209,17 +209,7 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
             exit_code: (status == ContainerStatus::Stopped).then_some(state.exit_code),
         },
         pid: u32::try_from(c.pid).unwrap_or(0),
-        network_ips: strmap(&c.network_ips),
-        ports: c
-            .ports
-            .iter()
-            .filter_map(|p| {
-                let port = u16::try_from(p.port).ok()?;
-                Some(ContainerPort { port, protocol: p.protocol.clone(), name: p.name.clone(), host_port: None })
-            })
-            .collect(),
         owner: c.owner.as_ref().and_then(from_entity_id),
-        cgroup_path: c.cgroup_path.clone(),
         restart_count: 0,
         resources: ResourceSpec {
             cpu_request: resources.cpu_request,
@@ -228,7 +218,21 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
             memory_limit: resources.memory_limit,
         }
         .into(),
-        collector_tags: c.collector_tags.clone(),
+        details: ContainerDetails {
+            hostname: c.hostname.clone(),
+            network_ips: strmap(&c.network_ips),
+            ports: c
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let port = u16::try_from(p.port).ok()?;
+                    Some(ContainerPort { port, protocol: p.protocol.clone(), name: p.name.clone(), host_port: None })
+                })
+                .collect(),
+            cgroup_path: c.cgroup_path.clone(),
+            collector_tags: c.collector_tags.clone(),
+        }
+        .into(),
     })
 }
 
@@ -385,7 +389,6 @@ mod tests {
         let c = Container {
             id: "abc".into(),
             name: "web".into(),
-            hostname: "h".into(),
             labels: [("team", "a")].into_iter().collect(),
             env: [("DD_ENV", "prod")].into_iter().collect(),
             image: ImageRef { id: "sha256:1".into(), ..ImageRef::parse("docker.io/library/nginx:1.25") }.into(),
@@ -403,7 +406,12 @@ mod tests {
             owner: Some(EntityId::new(Kind::KubernetesPod, "uid-1")),
             resources: ResourceSpec { cpu_limit: Some(0.5), memory_limit: Some(1 << 20), ..ResourceSpec::default() }
                 .into(),
-            ports: vec![ContainerPort { port: 80, protocol: "tcp".into(), name: "http".into(), host_port: None }],
+            details: ContainerDetails {
+                hostname: "h".into(),
+                ports: vec![ContainerPort { port: 80, protocol: "tcp".into(), name: "http".into(), host_port: None }],
+                ..ContainerDetails::default()
+            }
+            .into(),
             ..Container::default()
         };
         let wire = event(true, &Entity::from(c.clone())).expect("containers are on the wire").encode_to_vec();
