@@ -235,5 +235,43 @@ fn main() {
             println!("    {part:<38} {:>6} B/pod (counted)", bytes / pods);
         }
     }
+    if !store_only {
+        replica(&tagger, pods);
+    }
     drop((store, tagger));
+}
+
+/// `store.memory.replica`: what a remote-tagger replica of the same tags holds (`flavor-light`,
+/// the Python module), fed the snapshot a tag stream sends, in responses of 1,000 entities:
+/// only the replica's work on each response is measured (the response is built before and
+/// dropped after). The target: every container of these pods has about 280 bytes of tags no
+/// other entity shares (its id, name and display name) and an 80-byte id to be found by, which
+/// the wire gives whole, entity by entity; 2 KiB per pod keeps all of that and one copy of
+/// everything shared.
+fn replica(tagger: &Tagger, pods: usize) {
+    use agent_bin::grpc::wire_entity;
+    use wm_ipc::proto::model::v1 as model;
+    let ids: Vec<String> = tagger.store().list().into_iter().map(|(id, _)| id).collect();
+    let replica = wm_ipc::replica::RemoteTagger::new();
+    let mut held = 0;
+    for (n, chunk) in ids.chunks(1_000).enumerate() {
+        let events = chunk
+            .iter()
+            .map(|id| model::StreamTagsEvent {
+                r#type: model::EventType::Added as i32,
+                entity: Some(wire_entity(tagger, id, tagger::TagCardinality::High, false)),
+            })
+            .collect();
+        let response = model::StreamTagsResponse { events };
+        let region = Region::new(GLOBAL);
+        replica.apply(&response, n == 0);
+        held += net(&region);
+    }
+    let per_pod = held / pods;
+    let verdict = if per_pod <= 2048 { "ok" } else { "MISS" };
+    println!(
+        "store.memory.replica  {per_pod} B/pod  -  -  <=2048 B  {verdict}  ({} entities, {} distinct tag lists)",
+        replica.entities().len(),
+        replica.lists_kept()
+    );
 }

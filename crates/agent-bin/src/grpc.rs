@@ -155,8 +155,9 @@ fn wire_id(entity: &str) -> model::EntityId {
     model::EntityId { prefix: id.prefix().to_owned(), uid: id.uid().to_owned() }
 }
 
-/// The wire entity: its tags split by cardinality, up to `cardinality`.
-fn wire_entity(tagger: &Tagger, entity: &str, cardinality: TagCardinality, deleted: bool) -> model::Entity {
+/// The wire entity: its tags split by cardinality, up to `cardinality` (what a stream sends;
+/// public for the replica's memory benchmark).
+pub fn wire_entity(tagger: &Tagger, entity: &str, cardinality: TagCardinality, deleted: bool) -> model::Entity {
     let mut out = model::Entity { id: Some(wire_id(entity)), is_complete: true, ..model::Entity::default() };
     if deleted {
         return out;

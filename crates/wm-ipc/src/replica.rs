@@ -8,11 +8,11 @@
 //! Refused as `Unauthenticated`, it reads the token file again (the upstream made a new token)
 //! and retries at once when the token changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use wm_core::CancellationToken;
+use wm_core::{CancellationToken, IStr};
 
 use crate::RemoteAgent;
 use crate::proto::model::v1 as model;
@@ -32,29 +32,85 @@ pub enum Cardinality {
 /// keep-alives every 9 minutes.
 const STREAM_RECV_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
+/// One level's tags of an entity: interned texts, the list itself kept once in the replica
+/// ([`Replica::lists`]) however many entities have it (a deployment's containers share their low
+/// tags, a pod's containers their orchestrator tags).
+type TagList = Arc<[IStr]>;
+
 /// One entity's tags in the replica.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct ReplicaTags {
-    low: Vec<String>,
-    orchestrator: Vec<String>,
-    high: Vec<String>,
+    low: TagList,
+    orchestrator: TagList,
+    high: TagList,
 }
 
-fn replica_entry(entity: &model::Entity) -> Option<(String, ReplicaTags)> {
-    let id = entity.id.as_ref()?;
-    let key = format!("{}://{}", id.prefix, id.uid);
-    let tags = ReplicaTags {
-        low: entity.low_cardinality_tags.clone(),
-        orchestrator: entity.orchestrator_cardinality_tags.clone(),
-        high: entity.high_cardinality_tags.clone(),
-    };
-    Some((key, tags))
+impl ReplicaTags {
+    fn levels(&self) -> [&TagList; 3] {
+        [&self.low, &self.orchestrator, &self.high]
+    }
+}
+
+/// The replica: each entity's tags, and one copy of each tag list in use.
+#[derive(Debug, Default)]
+struct Replica {
+    entities: HashMap<Box<str>, ReplicaTags>,
+    lists: HashSet<TagList>,
+}
+
+impl Replica {
+    /// The one copy of the list of `tags`.
+    fn list(&mut self, tags: &[String]) -> TagList {
+        let list: TagList = tags.iter().map(|t| IStr::new(t)).collect();
+        match self.lists.get(&list) {
+            Some(kept) => kept.clone(),
+            None => {
+                self.lists.insert(list.clone());
+                list
+            }
+        }
+    }
+
+    fn insert(&mut self, entity: &model::Entity) -> Option<()> {
+        let id = entity.id.as_ref()?;
+        let tags = ReplicaTags {
+            low: self.list(&entity.low_cardinality_tags),
+            orchestrator: self.list(&entity.orchestrator_cardinality_tags),
+            high: self.list(&entity.high_cardinality_tags),
+        };
+        let key = format!("{}://{}", id.prefix, id.uid).into_boxed_str();
+        if let Some(old) = self.entities.insert(key, tags) {
+            self.let_go(&old);
+        }
+        Some(())
+    }
+
+    fn remove(&mut self, entity: &model::Entity) -> Option<()> {
+        let id = entity.id.as_ref()?;
+        let old = self.entities.remove(&*format!("{}://{}", id.prefix, id.uid))?;
+        self.let_go(&old);
+        Some(())
+    }
+
+    /// Takes out the lists only `old` (which is going) and the set hold.
+    fn let_go(&mut self, old: &ReplicaTags) {
+        for list in old.levels() {
+            if Arc::strong_count(list) == 2 {
+                self.lists.remove(list);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entities.clear();
+        self.lists.clear();
+    }
 }
 
 /// A replica of another agent's tags.
 #[derive(Debug, Default)]
 pub struct RemoteTagger {
-    replica: RwLock<HashMap<String, Arc<ReplicaTags>>>,
+    replica: RwLock<Replica>,
     /// Streams opened so far (each one replaced the replica).
     streams: std::sync::atomic::AtomicU64,
     /// Bumped by every change to the replica (a cache of its answers is good while it holds).
@@ -74,21 +130,25 @@ impl RemoteTagger {
     /// The entity's tags at `cardinality` and below (empty when unknown).
     pub fn tag(&self, entity: &str, cardinality: Cardinality) -> Vec<String> {
         let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(tags) = replica.get(entity) else { return Vec::new() };
-        let mut out = tags.low.clone();
-        if cardinality >= Cardinality::Orchestrator {
-            out.extend(tags.orchestrator.iter().cloned());
-        }
-        if cardinality >= Cardinality::High {
-            out.extend(tags.high.iter().cloned());
-        }
-        out
+        let Some(tags) = replica.entities.get(entity) else { return Vec::new() };
+        let levels = match cardinality {
+            Cardinality::Low => 1,
+            Cardinality::Orchestrator => 2,
+            Cardinality::High => 3,
+        };
+        tags.levels()[..levels].iter().flat_map(|l| l.iter()).map(IStr::to_string).collect()
     }
 
     /// The entities it holds, sorted.
     pub fn entities(&self) -> Vec<String> {
-        let mut ids: Vec<String> =
-            self.replica.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let mut ids: Vec<String> = self
+            .replica
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entities
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
         ids.sort();
         ids
     }
@@ -97,13 +157,13 @@ impl RemoteTagger {
     pub fn list(&self) -> BTreeMap<String, Vec<String>> {
         let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
         replica
+            .entities
             .iter()
             .map(|(entity, tags)| {
-                let mut all: Vec<String> =
-                    tags.low.iter().chain(&tags.orchestrator).chain(&tags.high).cloned().collect();
+                let mut all: Vec<String> = tags.levels().iter().flat_map(|l| l.iter()).map(IStr::to_string).collect();
                 all.sort();
                 all.dedup();
-                (entity.clone(), all)
+                (entity.to_string(), all)
             })
             .collect()
     }
@@ -126,24 +186,35 @@ impl RemoteTagger {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn apply(&self, response: model::StreamTagsResponse, replace: bool) {
+    /// Applies one response of a stream: the first (`replace`) replaces the whole replica.
+    /// Public for benchmarks and tests that fill a replica without a stream.
+    #[doc(hidden)]
+    pub fn apply(&self, response: &model::StreamTagsResponse, replace: bool) {
         let mut replica = self.replica.write().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if replace {
             replica.clear();
         }
-        for event in response.events {
-            let Some((key, tags)) = event.entity.as_ref().and_then(replica_entry) else { continue };
+        for event in &response.events {
+            let Some(entity) = event.entity.as_ref() else { continue };
             match model::EventType::try_from(event.r#type) {
                 Ok(model::EventType::Deleted) => {
-                    replica.remove(&key);
+                    replica.remove(entity);
                 }
                 Ok(_) => {
-                    replica.insert(key, Arc::new(tags));
+                    replica.insert(entity);
                 }
-                Err(_) => tracing::debug!(entity = key, "remote tagger: skipping an event of unknown type"),
+                Err(_) => tracing::debug!(
+                    entity = ?entity.id,
+                    "remote tagger: skipping an event of unknown type"
+                ),
             }
         }
+    }
+
+    /// How many distinct tag lists the replica keeps (each once, for every entity that has it).
+    pub fn lists_kept(&self) -> usize {
+        self.replica.read().unwrap_or_else(PoisonError::into_inner).lists.len()
     }
 
     /// Whether a stream is up.
@@ -219,7 +290,7 @@ impl RemoteTagger {
                     if response.events.is_empty() && !first {
                         continue;
                     }
-                    self.apply(response, first);
+                    self.apply(&response, first);
                     if first {
                         self.connected.store(true, std::sync::atomic::Ordering::Release);
                     }
@@ -230,5 +301,56 @@ impl RemoteTagger {
                 Err(_) => return Err("no response for 10 minutes".into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: model::EventType, uid: &str, low: &[&str], high: &[&str]) -> model::StreamTagsEvent {
+        let strings = |tags: &[&str]| tags.iter().map(|t| t.to_string()).collect();
+        model::StreamTagsEvent {
+            r#type: kind as i32,
+            entity: Some(model::Entity {
+                id: Some(model::EntityId { prefix: "container_id".into(), uid: uid.into() }),
+                low_cardinality_tags: strings(low),
+                high_cardinality_tags: strings(high),
+                ..model::Entity::default()
+            }),
+        }
+    }
+
+    fn response(events: Vec<model::StreamTagsEvent>) -> model::StreamTagsResponse {
+        model::StreamTagsResponse { events }
+    }
+
+    #[test]
+    fn tag_lists_are_kept_once_and_go_with_the_last_entity_that_has_them() {
+        use model::EventType::{Added, Deleted, Modified};
+        let replica = RemoteTagger::new();
+        let low = ["kube_namespace:a", "image_name:nginx"];
+        replica.apply(
+            &response(vec![
+                event(Added, "c1", &low, &["container_id:c1"]),
+                event(Added, "c2", &low, &["container_id:c2"]),
+            ]),
+            true,
+        );
+        // One low list for both, a high list each, one empty orchestrator list.
+        assert_eq!(replica.lists_kept(), 4);
+        assert_eq!(
+            replica.tag("container_id://c2", Cardinality::High),
+            ["kube_namespace:a", "image_name:nginx", "container_id:c2"]
+        );
+        assert_eq!(replica.tag("container_id://c2", Cardinality::Low).len(), 2);
+        // c1 changes its low tags: its old list stays for c2.
+        replica.apply(&response(vec![event(Modified, "c1", &["kube_namespace:b"], &["container_id:c1"])]), false);
+        assert_eq!(replica.lists_kept(), 5);
+        replica.apply(&response(vec![event(Deleted, "c2", &[], &[])]), false);
+        assert_eq!(replica.lists_kept(), 3, "c2's low and high lists went with it");
+        replica.apply(&response(vec![event(Deleted, "c1", &[], &[])]), false);
+        assert_eq!(replica.lists_kept(), 0);
+        assert!(replica.tag("container_id://c1", Cardinality::High).is_empty());
     }
 }
