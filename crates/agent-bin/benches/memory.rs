@@ -122,9 +122,9 @@ fn net(region: &Region<'_, System>) -> usize {
     stats.bytes_allocated.saturating_sub(stats.bytes_deallocated)
 }
 
-/// The kubelet's answers, one per 100 pods, converted as the collector converts them; `keep`
-/// says which of the converted entities to keep (the rest are dropped at once).
-fn converted(pods: usize, keep: impl Fn(&Entity) -> bool) -> Vec<Vec<CollectorEvent>> {
+/// The kubelet's answers, one per 100 pods, converted as the collector converts them: the pods,
+/// and their containers (which share their ids with the pods' lists, as the collector's do).
+fn converted(pods: usize) -> (Vec<Vec<CollectorEvent>>, Vec<Vec<CollectorEvent>>) {
     let template = template();
     let env = EnvFilter::default();
     (0..pods)
@@ -134,14 +134,14 @@ fn converted(pods: usize, keep: impl Fn(&Entity) -> bool) -> Vec<Vec<CollectorEv
                 (start..(start + 100).min(pods)).map(|i| pod_json(&template, i)).collect();
             let list = serde_json::to_vec(&serde_json::json!({ "kind": "PodList", "items": items })).unwrap();
             let converted = convert_pod_list(&list, &env, false).unwrap();
-            converted
-                .entities
-                .into_iter()
-                .filter(|e| keep(e))
-                .map(|e| CollectorEvent::set(Source::NodeOrchestrator, e))
-                .collect()
+            let (pods, containers): (Vec<Entity>, Vec<Entity>) =
+                converted.entities.into_iter().partition(|e| e.kind() == Kind::KubernetesPod);
+            let events = |entities: Vec<Entity>| {
+                entities.into_iter().map(|e| CollectorEvent::set(Source::NodeOrchestrator, e)).collect()
+            };
+            (events(pods), events(containers))
         })
-        .collect()
+        .unzip()
 }
 
 /// The runtime's version of every pod's containers.
@@ -173,16 +173,12 @@ fn main() {
     // part makes each container known by two sources, merged), each part's growth measured; then
     // the tagger follows it and tags everything.
     let mut parts: Vec<(&str, usize)> = Vec::new();
-    let mut measured = |name, build: &dyn Fn() -> Vec<Vec<CollectorEvent>>| {
-        let before = net(&region);
-        let built = build();
-        parts.push((name, net(&region).saturating_sub(before)));
-        built
-    };
-    let pod_events = measured("entities: pods (kubelet)", &|| converted(pods, |e| e.kind() == Kind::KubernetesPod));
-    let kubelet_events =
-        measured("entities: containers (kubelet)", &|| converted(pods, |e| e.kind() == Kind::Container));
-    let runtime_events = measured("entities: containers (runtime)", &|| runtime_events(&pod_events));
+    let before = net(&region);
+    let (pod_events, kubelet_events) = converted(pods);
+    parts.push(("entities: pods and containers (kubelet)", net(&region).saturating_sub(before)));
+    let before = net(&region);
+    let runtime_events = runtime_events(&pod_events);
+    parts.push(("entities: containers (runtime)", net(&region).saturating_sub(before)));
     let columns = [pod_events, kubelet_events, runtime_events];
     let (store, tagger) = runtime.block_on(async {
         let store = Store::new();

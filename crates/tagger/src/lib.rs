@@ -20,8 +20,8 @@ pub use config::{MAX_SOURCE_KEY_CHARS, TaggerConfig};
 pub use entity_id::TaggerEntityId;
 pub use fetch::ContainerFetcher;
 pub use store::{
-    Clock, EntityTags, Footprint, ManualClock, SharedParts, SystemClock, TagChange, TagEvent, TagEventKind, TagSource,
-    TagStore, Tags, TagsIter,
+    Clock, EntityTags, Footprint, ManualClock, SharedParts, SystemClock, TagChange, TagEvent, TagEventKind, TagKey,
+    TagSource, TagStore, Tags, TagsIter,
 };
 pub use tagger::{GLOBAL_ENTITY_ID, Tagger, container_entity, entity_id};
 pub use tags::{TagCardinality, TagInfo, UnknownCardinality, tag_key};

@@ -451,22 +451,81 @@ struct TagSubscriber {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagChange {
     /// First tags for this entity.
-    Added(Arc<str>),
+    Added(TagKey),
     /// Its tags changed.
-    Modified(Arc<str>),
+    Modified(TagKey),
     /// It has no tags any more.
-    Deleted(Arc<str>),
+    Deleted(TagKey),
 }
 
 type FastMap<K, V> = papaya::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The writer's side: each entity's sources, keyed by the id the published map shares.
+/// The prefixes whose entities the store keys by their uid alone, one map each; any other id is
+/// kept whole, in one more map.
+const PREFIXES: [&str; 4] = ["container_id://", "kubernetes_pod_uid://", "ecs_task://", "kubernetes_metadata://"];
+/// How many maps: one per prefix, and one for the ids kept whole.
+const SLOTS: usize = PREFIXES.len() + 1;
+
+/// The map of `entity` and its key there.
+fn split(entity: &str) -> (usize, &str) {
+    PREFIXES
+        .iter()
+        .enumerate()
+        .find_map(|(slot, prefix)| entity.strip_prefix(prefix).map(|uid| (slot, uid)))
+        .unwrap_or((PREFIXES.len(), entity))
+}
+
+/// An entity id as the tag store keys it: its prefix's map and the rest of the id, whose text
+/// can be shared with the workload store's id (a container's id is held once by both).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    slot: u8,
+    uid: Arc<str>,
+}
+
+impl TagKey {
+    /// The key of an id in text (`container_id://…`).
+    pub fn parse(entity: &str) -> Self {
+        let (slot, uid) = split(entity);
+        Self { slot: slot as u8, uid: Arc::from(uid) }
+    }
+
+    /// The key of a workload store entity, sharing its id.
+    pub fn of(id: &wm_core::EntityId) -> Self {
+        let slot = match id.kind {
+            wm_core::Kind::Container => 0,
+            wm_core::Kind::KubernetesPod => 1,
+            wm_core::Kind::EcsTask => 2,
+            wm_core::Kind::KubernetesMetadata => 3,
+        };
+        Self { slot, uid: id.id.clone() }
+    }
+
+    /// The key of the container `id`, sharing it.
+    pub fn container(id: Arc<str>) -> Self {
+        Self { slot: 0, uid: id }
+    }
+
+    fn slot(&self) -> usize {
+        usize::from(self.slot)
+    }
+}
+
+impl fmt::Display for TagKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(PREFIXES.get(self.slot()).copied().unwrap_or(""))?;
+        f.write_str(&self.uid)
+    }
+}
+
+/// The writer's side of one map: each entity's sources, keyed by the uid the published map
+/// shares.
 type Sources = HashMap<Arc<str>, Vec<SourceEntry>, foldhash::fast::RandomState>;
 
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
-    published: FastMap<Arc<str>, Published>,
-    sources: Mutex<Sources>,
+    published: [FastMap<Arc<str>, Published>; SLOTS],
+    sources: Mutex<[Sources; SLOTS]>,
     clock: Arc<dyn Clock>,
     grace: Duration,
     subscribers: Mutex<Vec<TagSubscriber>>,
@@ -474,7 +533,7 @@ pub struct TagStore {
 
 impl fmt::Debug for TagStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TagStore").field("entities", &self.published.len()).field("grace", &self.grace).finish()
+        f.debug_struct("TagStore").field("entities", &self.len()).field("grace", &self.grace).finish()
     }
 }
 
@@ -482,8 +541,8 @@ impl TagStore {
     /// A store whose deletions take effect `grace` after they were made.
     pub fn new(clock: Arc<dyn Clock>, grace: Duration) -> Self {
         Self {
-            published: FastMap::with_hasher(foldhash::fast::RandomState::default()),
-            sources: Mutex::new(Sources::default()),
+            published: std::array::from_fn(|_| FastMap::with_hasher(foldhash::fast::RandomState::default())),
+            sources: Mutex::new(Default::default()),
             clock,
             grace,
             subscribers: Mutex::new(Vec::new()),
@@ -502,15 +561,17 @@ impl TagStore {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         // Under the writer lock: no change can fall between the first batch and the stream.
         let sources = self.writer();
-        let mut initial: Vec<TagEvent> = sources
-            .keys()
-            .filter(|e| e.starts_with(prefix))
-            .map(|e| TagEvent {
-                kind: TagEventKind::Added,
-                entity: e.to_string(),
-                tags: self.tag(e, cardinality).to_vec(),
-            })
-            .collect();
+        let mut initial: Vec<TagEvent> = Vec::new();
+        for (slot, map) in sources.iter().enumerate() {
+            for uid in map.keys() {
+                let key = TagKey { slot: slot as u8, uid: uid.clone() };
+                let entity = key.to_string();
+                if entity.starts_with(prefix) {
+                    let tags = self.tag_key(slot, uid, cardinality).to_vec();
+                    initial.push(TagEvent { kind: TagEventKind::Added, entity, tags });
+                }
+            }
+        }
         initial.sort_by(|a, b| a.entity.cmp(&b.entity));
         let _ = tx.try_send(initial);
         self.subscribers.lock().unwrap_or_else(PoisonError::into_inner).push(TagSubscriber {
@@ -527,18 +588,22 @@ impl TagStore {
         if subscribers.is_empty() {
             return;
         }
-        let (kind, entity) = match change {
+        let (kind, key) = match change {
             TagChange::Added(e) => (TagEventKind::Added, e),
             TagChange::Modified(e) => (TagEventKind::Modified, e),
             TagChange::Deleted(e) => (TagEventKind::Deleted, e),
         };
+        let entity = key.to_string();
         subscribers.retain(|sub| {
             if !entity.starts_with(&sub.prefix) {
                 return !sub.tx.is_closed();
             }
-            let tags =
-                if kind == TagEventKind::Deleted { Vec::new() } else { self.tag(entity, sub.cardinality).to_vec() };
-            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.to_string(), tags }]) {
+            let tags = if kind == TagEventKind::Deleted {
+                Vec::new()
+            } else {
+                self.tag_key(key.slot(), &key.uid, sub.cardinality).to_vec()
+            };
+            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.clone(), tags }]) {
                 Ok(()) => true,
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(prefix = sub.prefix, "tag subscriber fell behind and was dropped");
@@ -549,7 +614,7 @@ impl TagStore {
         });
     }
 
-    fn writer(&self) -> MutexGuard<'_, Sources> {
+    fn writer(&self) -> MutexGuard<'_, [Sources; SLOTS]> {
         // Each entry is replaced whole; a panic half-way leaves nothing half-written.
         self.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -557,8 +622,13 @@ impl TagStore {
     /// The entity's tags at `cardinality` and below. Unknown entity: empty, not an error.
     /// Takes no lock and allocates nothing.
     pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Tags {
-        let guard = self.published.pin();
-        match guard.get(entity) {
+        let (slot, uid) = split(entity);
+        self.tag_key(slot, uid, cardinality)
+    }
+
+    fn tag_key(&self, slot: usize, uid: &str, cardinality: TagCardinality) -> Tags {
+        let guard = self.published[slot].pin();
+        match guard.get(uid) {
             Some(value) => Tags::of(value, LOW, levels_up_to(cardinality)),
             None => Tags::default(),
         }
@@ -566,13 +636,15 @@ impl TagStore {
 
     /// Whether the entity has tags from any source (lock-free).
     pub fn contains(&self, entity: &str) -> bool {
-        self.published.pin().contains_key(entity)
+        let (slot, uid) = split(entity);
+        self.published[slot].pin().contains_key(uid)
     }
 
     /// The entity's unified service tags (env, service, version).
     pub fn standard(&self, entity: &str) -> Tags {
-        let guard = self.published.pin();
-        match guard.get(entity) {
+        let (slot, uid) = split(entity);
+        let guard = self.published[slot].pin();
+        match guard.get(uid) {
             Some(value) => Tags::of(value, STANDARD, STANDARD + 1),
             None => Tags::default(),
         }
@@ -580,37 +652,35 @@ impl TagStore {
 
     /// Replaces what `source` says about `entity` (a pending deletion of it is cancelled).
     pub fn set(&self, entity: &str, source: TagSource, info: TagInfo) -> Option<TagChange> {
-        self.set_shared(Arc::from(entity), source, info).1
+        self.set_layered(TagKey::parse(entity), source, SharedParts::default(), &info).1
     }
 
-    /// Like [`TagStore::set`], for a caller that keeps the entity's id: returns the id the store
-    /// keeps (the one given if the entity is new), for the caller to hold instead of its own.
-    pub fn set_shared(&self, entity: Arc<str>, source: TagSource, info: TagInfo) -> (Arc<str>, Option<TagChange>) {
-        self.set_layered(entity, source, SharedParts::default(), &info)
-    }
-
-    /// Like [`TagStore::set_shared`], for tags that are `shared` parts (given many entities
-    /// alike: a pod's tags on each of its containers, an image's) followed by `extra` at each
-    /// level. The entity's tags are what one `TagInfo` of them all would give; each shared part
-    /// is kept once.
+    /// Like [`TagStore::set`], for tags that are `shared` parts (given many entities alike: a
+    /// pod's tags on each of its containers, an image's) followed by `extra` at each level. The
+    /// entity's tags are what one `TagInfo` of them all would give; each shared part is kept
+    /// once. Returns the key the store keeps (the one given if the entity is new), for the
+    /// caller to hold instead of its own.
     pub fn set_layered(
         &self,
-        entity: Arc<str>,
+        key: TagKey,
         source: TagSource,
         shared: SharedParts,
         extra: &TagInfo,
-    ) -> (Arc<str>, Option<TagChange>) {
+    ) -> (TagKey, Option<TagChange>) {
         let tags = EntityTags::build(extra);
         let shared = shared.map(|part| part.filter(|p| !p.is_empty()));
-        let mut sources = self.writer();
-        let key = match sources.get_key_value(&*entity) {
-            Some((key, _)) => key.clone(),
+        let slot = key.slot();
+        let mut writer = self.writer();
+        let sources = &mut writer[slot];
+        let uid = match sources.get_key_value(&*key.uid) {
+            Some((uid, _)) => uid.clone(),
             None => {
-                sources.insert(entity.clone(), Vec::new());
-                entity
+                sources.insert(key.uid.clone(), Vec::new());
+                key.uid
             }
         };
-        let Some(entries) = sources.get_mut(&*key) else { return (key, None) };
+        let key = TagKey { slot: slot as u8, uid };
+        let Some(entries) = sources.get_mut(&*key.uid) else { return (key, None) };
         match entries.iter_mut().find(|e| e.source == source) {
             Some(e) if e.has_shared(&shared) && *e.tags == tags && e.deleted_at.is_none() => return (key, None),
             Some(e) => {
@@ -631,16 +701,28 @@ impl TagStore {
             }
         }
         let change = self.publish(&key, entries);
+        // Still under the writer lock: subscribers hear changes in the order they were made.
         if let Some(change) = &change {
             self.notify(change);
         }
+        drop(writer);
         (key, change)
     }
 
     /// Marks what `source` says about `entity` as deleted: still served for the grace period.
     pub fn delete(&self, entity: &str, source: TagSource) {
+        let (slot, uid) = split(entity);
+        self.delete_uid(slot, uid, source);
+    }
+
+    /// Like [`TagStore::delete`], by key.
+    pub fn delete_key(&self, key: &TagKey, source: TagSource) {
+        self.delete_uid(key.slot(), &key.uid, source);
+    }
+
+    fn delete_uid(&self, slot: usize, uid: &str, source: TagSource) {
         let now = self.clock.now();
-        if let Some(entry) = self.writer().get_mut(entity).and_then(|es| es.iter_mut().find(|e| e.source == source))
+        if let Some(entry) = self.writer()[slot].get_mut(uid).and_then(|es| es.iter_mut().find(|e| e.source == source))
             && entry.deleted_at.is_none()
         {
             entry.deleted_at = Some(now);
@@ -651,58 +733,66 @@ impl TagStore {
     pub fn prune(&self) -> Vec<TagChange> {
         let now = self.clock.now();
         let mut changes = Vec::new();
-        let mut sources = self.writer();
-        let mut emptied = Vec::new();
-        for (entity, entries) in sources.iter_mut() {
-            let before = entries.len();
-            entries.retain(|e| e.deleted_at.is_none_or(|at| now.saturating_sub(at) < self.grace));
-            if entries.len() != before {
-                if entries.is_empty() {
-                    emptied.push(entity.clone());
-                } else {
-                    changes.extend(self.publish(entity, entries));
+        let mut writer = self.writer();
+        for (slot, sources) in writer.iter_mut().enumerate() {
+            let mut emptied = Vec::new();
+            for (uid, entries) in sources.iter_mut() {
+                let before = entries.len();
+                entries.retain(|e| e.deleted_at.is_none_or(|at| now.saturating_sub(at) < self.grace));
+                if entries.len() != before {
+                    let key = TagKey { slot: slot as u8, uid: uid.clone() };
+                    if entries.is_empty() {
+                        emptied.push(key);
+                    } else {
+                        changes.extend(self.publish(&key, entries));
+                    }
                 }
             }
-        }
-        for entity in emptied {
-            sources.remove(&entity);
-            self.published.pin().remove(&*entity);
-            changes.push(TagChange::Deleted(entity));
+            for key in emptied {
+                sources.remove(&*key.uid);
+                self.published[slot].pin().remove(&*key.uid);
+                changes.push(TagChange::Deleted(key));
+            }
         }
         for change in &changes {
             self.notify(change);
         }
+        drop(writer);
         changes
     }
 
     /// Merges the sources of one entity (higher priority first, winning shared keys) and
     /// publishes the result; an only source is published as it is.
-    fn publish(&self, entity: &Arc<str>, entries: &mut [SourceEntry]) -> Option<TagChange> {
+    fn publish(&self, key: &TagKey, entries: &mut [SourceEntry]) -> Option<TagChange> {
         entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
         let tags = match entries {
             [only] if only.parts().count() <= 1 => Published::One(only.parts().next().unwrap_or(&only.tags).clone()),
             _ => Published::Merged(Arc::new(Merged::build(entries))),
         };
-        let guard = self.published.pin();
-        let previous = guard.insert(entity.clone(), tags);
-        Some(if previous.is_some() { TagChange::Modified(entity.clone()) } else { TagChange::Added(entity.clone()) })
+        let guard = self.published[key.slot()].pin();
+        let previous = guard.insert(key.uid.clone(), tags);
+        Some(if previous.is_some() { TagChange::Modified(key.clone()) } else { TagChange::Added(key.clone()) })
     }
 
     /// The merged tags of `entity` by level (for dumps and tests).
     pub fn tag_info(&self, entity: &str) -> Option<TagInfo> {
         let _writer = self.writer();
-        self.published.pin().get(entity).map(Published::to_info)
+        let (slot, uid) = split(entity);
+        self.published[slot].pin().get(uid).map(Published::to_info)
     }
 
     /// Every entity with each source's tags, sorted: what `tagger-list` prints.
     pub fn list(&self) -> Vec<(String, Vec<(TagSource, TagInfo)>)> {
-        let sources = self.writer();
-        let mut out: Vec<_> = sources
+        let writer = self.writer();
+        let mut out: Vec<_> = writer
             .iter()
-            .map(|(entity, entries)| {
-                let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.to_info())).collect();
-                per_source.sort_by_key(|(s, _)| *s);
-                (entity.to_string(), per_source)
+            .enumerate()
+            .flat_map(|(slot, sources)| {
+                sources.iter().map(move |(uid, entries)| {
+                    let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.to_info())).collect();
+                    per_source.sort_by_key(|(s, _)| *s);
+                    (TagKey { slot: slot as u8, uid: uid.clone() }.to_string(), per_source)
+                })
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -711,53 +801,55 @@ impl TagStore {
 
     /// How many entities have tags.
     pub fn len(&self) -> usize {
-        self.published.len()
+        self.published.iter().map(FastMap::len).sum()
     }
 
     /// Whether no entity has tags.
     pub fn is_empty(&self) -> bool {
-        self.published.is_empty()
+        self.published.iter().all(FastMap::is_empty)
     }
 
     /// Where the store's bytes go, counted from its structures (payloads and entry sizes; the
     /// maps' spare capacity and the allocator's rounding are left out), for the memory benchmark.
     pub fn footprint(&self) -> Footprint {
         const ARC: usize = 2 * std::mem::size_of::<usize>();
-        let published = self.published.pin();
         let writer = self.writer();
         let tags = |t: &EntityTags| ARC + std::mem::size_of::<EntityTags>() + t.heap_bytes();
         let entry = std::mem::size_of::<SourceEntry>();
-        Footprint {
+        let mut f = Footprint::default();
+        for published in &self.published {
+            let published = published.pin();
             // A value that is its only part is that source's, counted there; a merge points at
             // its sources' parts.
-            published_tags: published
+            f.published_tags += published
                 .iter()
                 .map(|(_, v)| match v {
                     Published::One(_) => 0,
                     Published::Merged(m) => ARC + m.own_bytes(),
                 })
-                .sum(),
+                .sum::<usize>();
             // The keys' text is the writer's, shared.
-            published_keys: published.len() * std::mem::size_of::<(Arc<str>, Published)>(),
-            // A part shared by several entities is counted once.
-            source_tags: writer.values().flatten().map(|e| entry + tags(&e.tags)).sum::<usize>()
-                + writer
-                    .values()
-                    .flatten()
-                    .flat_map(|e| e.shared.iter().flatten())
-                    .map(|b| (Arc::as_ptr(b), tags(b)))
-                    .collect::<HashMap<_, _>>()
-                    .values()
-                    .sum::<usize>(),
-            source_keys: writer
-                .iter()
-                .map(|(k, v)| {
-                    ARC + k.len()
-                        + std::mem::size_of::<(Arc<str>, Vec<SourceEntry>)>()
-                        + (v.capacity() - v.len()) * entry
-                })
-                .sum(),
+            f.published_keys += published.len() * std::mem::size_of::<(Arc<str>, Published)>();
         }
+        let entries = || writer.iter().flat_map(|s| s.values()).flatten();
+        // A part shared by several entities is counted once.
+        f.source_tags = entries().map(|e| entry + tags(&e.tags)).sum::<usize>()
+            + entries()
+                .flat_map(|e| e.shared.iter().flatten())
+                .map(|b| (Arc::as_ptr(b), tags(b)))
+                .collect::<HashMap<_, _>>()
+                .values()
+                .sum::<usize>();
+        // A key's text shared with the workload store is counted there.
+        f.source_keys = writer
+            .iter()
+            .flat_map(|s| s.iter())
+            .map(|(k, v)| {
+                let text = if Arc::strong_count(k) > 2 { 0 } else { ARC + k.len() };
+                text + std::mem::size_of::<(Arc<str>, Vec<SourceEntry>)>() + (v.capacity() - v.len()) * entry
+            })
+            .sum();
+        f
     }
 }
 
@@ -814,10 +906,10 @@ mod tests {
         let pod = info(&["kube_namespace:a", "env:prod"], &["pod_uid:p"]);
         let base = Some(Arc::new(EntityTags::build(&pod)));
         let none = TagInfo::default();
-        store.set_layered("pod://p".into(), TagSource::KubernetesPod, [base.clone(), None], &none);
+        store.set_layered(TagKey::parse("pod://p"), TagSource::KubernetesPod, [base.clone(), None], &none);
         for c in ["c1", "c2"] {
             let extra = info(&["kube_container_name:x", "env:prod"], &[&format!("container_id:{c}")]);
-            let id = format!("container_id://{c}").into();
+            let id = TagKey::parse(&format!("container_id://{c}"));
             store.set_layered(id, TagSource::KubernetesPod, [base.clone(), None], &extra);
         }
         store.set("container_id://c1", TagSource::Container, info(&["env:dev", "image_name:nginx"], &[]));
@@ -838,22 +930,42 @@ mod tests {
         let c2 = &listed.iter().find(|(e, _)| e == "container_id://c2").unwrap().1[0].1;
         assert_eq!(c2.low, ["kube_namespace:a", "env:prod", "kube_container_name:x"]);
         // One copy of the base: the pod publishes it as it is, the containers point at it.
-        let Some(Published::One(published)) = store.published.pin().get("pod://p").cloned() else {
+        let published_of = |entity: &str| {
+            let (slot, uid) = split(entity);
+            store.published[slot].pin().get(uid).cloned()
+        };
+        let Some(Published::One(published)) = published_of("pod://p") else {
             panic!("the pod's only part is published as it is")
         };
         assert!(Arc::ptr_eq(&published, base.as_ref().unwrap()));
         for c in ["container_id://c1", "container_id://c2"] {
-            let Some(Published::Merged(merged)) = store.published.pin().get(c).cloned() else {
-                panic!("{c} is a merge of its parts")
-            };
+            let Some(Published::Merged(merged)) = published_of(c) else { panic!("{c} is a merge of its parts") };
             assert!(Arc::ptr_eq(&merged.parts[0], &published), "{c} points at the pod's tags");
         }
         // An equal base given again is not a change, and the old one stays shared.
         let again = Some(Arc::new(EntityTags::build(&pod)));
-        let (_, change) = store.set_layered("pod://p".into(), TagSource::KubernetesPod, [again, None], &none);
+        let (_, change) = store.set_layered(TagKey::parse("pod://p"), TagSource::KubernetesPod, [again, None], &none);
         assert_eq!(change, None);
-        let Some(Published::One(still)) = store.published.pin().get("pod://p").cloned() else { panic!("one part") };
+        let Some(Published::One(still)) = published_of("pod://p") else { panic!("one part") };
         assert!(Arc::ptr_eq(&still, &published));
+    }
+
+    #[test]
+    fn keys_split_known_prefixes_off_and_share_the_workload_stores_id() {
+        for id in ["container_id://c1", "kubernetes_pod_uid://u", "ecs_task://arn", "internal://global-entity-id", "e"]
+        {
+            assert_eq!(TagKey::parse(id).to_string(), id);
+        }
+        assert_eq!(split("container_id://c1"), (0, "c1"));
+        assert_eq!(split("internal://g"), (PREFIXES.len(), "internal://g"));
+        let id = wm_core::EntityId::new(wm_core::Kind::Container, "c1");
+        let store = TagStore::new(Arc::new(ManualClock::default()), Duration::from_secs(300));
+        let (kept, _) =
+            store.set_layered(TagKey::of(&id), TagSource::Container, SharedParts::default(), &info(&["a:1"], &[]));
+        assert!(Arc::ptr_eq(&kept.uid, &id.id), "the store's id, not a copy");
+        assert_eq!(store.tag("container_id://c1", TagCardinality::Low).to_vec(), ["a:1"]);
+        assert!(store.tag("c1", TagCardinality::Low).is_empty(), "another entity");
+        assert_eq!(store.list()[0].0, "container_id://c1");
     }
 
     #[test]
@@ -905,7 +1017,7 @@ mod tests {
         assert!(store.prune().is_empty());
         assert_eq!(store.tag("e", TagCardinality::Low).len(), 1);
         clock.advance(Duration::from_secs(1));
-        assert_eq!(store.prune(), [TagChange::Deleted("e".into())]);
+        assert_eq!(store.prune(), [TagChange::Deleted(TagKey::parse("e"))]);
         assert!(store.tag("e", TagCardinality::High).is_empty());
 
         store.set("f", TagSource::Container, info(&["a:1"], &[]));

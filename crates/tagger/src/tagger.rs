@@ -11,7 +11,7 @@ use crate::config::TaggerConfig;
 use crate::entity_id::TaggerEntityId;
 use crate::fetch::{ContainerFetcher, SingleFlight};
 use crate::rules;
-use crate::store::{Clock, EntityTags, SharedParts, SystemClock, TagSource, TagStore, Tags};
+use crate::store::{Clock, EntityTags, SharedParts, SystemClock, TagKey, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
 
 /// The entity id of the node-wide tags: this node's labels- and annotations-as-tags, and ECS
@@ -28,13 +28,13 @@ pub fn entity_id(entity: &Entity) -> String {
     TaggerEntityId::of_entity(entity).to_string()
 }
 
-/// The containers (tagger entity ids) each pod or task tagged, by source and parent entity id;
-/// the ids are the tag store's own (one allocation per entity).
-type Children = HashMap<(TagSource, Arc<str>), Box<[Arc<str>]>>;
+/// The containers each pod or task tagged, by source and parent; the keys are the tag store's
+/// own (one allocation per entity, shared with the workload store).
+type Children = HashMap<(TagSource, TagKey), Box<[TagKey]>>;
 
-/// A child of a pod, task or object to tag: its tagger entity id, the part of its tags it shares
-/// with others (a pod template's container), its own tags.
-type Child = (String, Option<Arc<EntityTags>>, TagInfo);
+/// A child of a pod, task or object to tag: its key, the part of its tags it shares with others
+/// (a pod template's container), its own tags.
+type Child = (TagKey, Option<Arc<EntityTags>>, TagInfo);
 
 /// How often deletions past their grace period are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -91,7 +91,7 @@ impl Tagger {
             && *container.id == *id
         {
             // Another lookup of the same flight may have stored them already: setting is idempotent.
-            self.set_container(Arc::from(entity), &container);
+            self.set_container(TagKey::parse(entity), &container);
         }
         self.store.tag(entity, cardinality)
     }
@@ -105,8 +105,8 @@ impl Tagger {
     pub fn children_bytes(&self) -> usize {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         // The ids are the tag store's, counted there.
-        let entry = std::mem::size_of::<((TagSource, Arc<str>), Box<[Arc<str>]>)>();
-        children.values().map(|kids| entry + kids.len() * std::mem::size_of::<Arc<str>>()).sum()
+        let entry = std::mem::size_of::<((TagSource, TagKey), Box<[TagKey]>)>();
+        children.values().map(|kids| entry + kids.len() * std::mem::size_of::<TagKey>()).sum()
     }
 
     /// The entity's tags at `cardinality` and below: lock-free, allocation-free.
@@ -127,10 +127,10 @@ impl Tagger {
     }
 
     fn process_one(&self, event: &Event) {
-        let id = entity_id(&event.entity);
+        let id = TagKey::of(&event.entity.id());
         match (&event.entity, event.event_type) {
-            (Entity::Container(c), EventType::Set) => self.set_container(id.into(), c),
-            (Entity::Container(_), EventType::Unset) => self.store.delete(&id, TagSource::Container),
+            (Entity::Container(c), EventType::Set) => self.set_container(id, c),
+            (Entity::Container(_), EventType::Unset) => self.store.delete_key(&id, TagSource::Container),
             (Entity::KubernetesPod(p), EventType::Set) => {
                 let pod = rules::pod_tags(p, &self.config);
                 let children = p
@@ -138,7 +138,7 @@ impl Tagger {
                     .filter(|c| !c.id.is_empty())
                     .map(|c| {
                         let (template, own) = rules::pod_container_tags(p, c);
-                        (container_entity(&c.id), self.shared(&template), own)
+                        (TagKey::container(c.id.clone()), self.shared(&template), own)
                     })
                     .collect();
                 self.set_with_children(TagSource::KubernetesPod, id, &pod, children);
@@ -149,27 +149,27 @@ impl Tagger {
                     .containers
                     .iter()
                     .filter(|c| !c.id.is_empty())
-                    .map(|c| (container_entity(&c.id), None, rules::task_container_tags(c)))
+                    .map(|c| (TagKey::container(c.id.clone()), None, rules::task_container_tags(c)))
                     .collect();
                 if t.launch_type == Some(LaunchType::Fargate) {
-                    children.push((GLOBAL_ENTITY_ID.to_owned(), None, TagInfo::default()));
+                    children.push((TagKey::parse(GLOBAL_ENTITY_ID), None, TagInfo::default()));
                 }
                 self.set_with_children(TagSource::EcsTask, id, &task, children);
             }
             (Entity::KubernetesMetadata(m), EventType::Set) => {
                 let tags = rules::metadata_tags(m, &self.config);
                 let children = if m.is_node() {
-                    vec![(GLOBAL_ENTITY_ID.to_owned(), None, TagInfo::default())]
+                    vec![(TagKey::parse(GLOBAL_ENTITY_ID), None, TagInfo::default())]
                 } else {
                     Vec::new()
                 };
                 self.set_with_children(TagSource::KubernetesMetadata, id, &tags, children);
             }
-            (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, &id),
+            (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, id),
             (Entity::KubernetesMetadata(_), EventType::Unset) => {
-                self.delete_with_children(TagSource::KubernetesMetadata, &id);
+                self.delete_with_children(TagSource::KubernetesMetadata, id);
             }
-            (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, &id),
+            (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, id),
         }
     }
 
@@ -190,7 +190,7 @@ impl Tagger {
     }
 
     /// Tags a container: its image's tags (one copy per image) under its own.
-    fn set_container(&self, id: Arc<str>, c: &wm_core::Container) {
+    fn set_container(&self, id: TagKey, c: &wm_core::Container) {
         let (image, own) = rules::container_tags_by_image(c, &self.config);
         self.store.set_layered(id, TagSource::Container, [self.shared(&image), None], &own);
     }
@@ -209,31 +209,30 @@ impl Tagger {
 
     /// Tags a pod, task or object with `own`, and each of its children with `own`, then the
     /// child's shared part, then its own extra tags (`own` kept once, shared by them all).
-    fn set_with_children(&self, source: TagSource, id: String, own: &TagInfo, children: Vec<Child>) {
+    fn set_with_children(&self, source: TagSource, id: TagKey, own: &TagInfo, children: Vec<Child>) {
         let base = Some(Arc::new(EntityTags::build(own)));
         let none = TagInfo::default();
-        let (id, _) = self.store.set_layered(id.into(), source, [base.clone(), None], &none);
-        let now: Box<[Arc<str>]> = children
+        let (id, _) = self.store.set_layered(id, source, [base.clone(), None], &none);
+        let now: Box<[TagKey]> = children
             .into_iter()
             .map(|(child, shared, extra)| {
                 let parts: SharedParts = [base.clone(), shared];
-                self.store.set_layered(child.into(), source, parts, &extra).0
+                self.store.set_layered(child, source, parts, &extra).0
             })
             .collect();
         let mut index = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         let before = if now.is_empty() { index.remove(&(source, id)) } else { index.insert((source, id), now.clone()) };
         drop(index);
         for gone in before.iter().flat_map(|b| b.iter()).filter(|c| !now.contains(c)) {
-            self.store.delete(gone, source);
+            self.store.delete_key(gone, source);
         }
     }
 
-    fn delete_with_children(&self, source: TagSource, id: &str) {
-        self.store.delete(id, source);
-        let key = (source, Arc::from(id));
-        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+    fn delete_with_children(&self, source: TagSource, id: TagKey) {
+        self.store.delete_key(&id, source);
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&(source, id));
         for child in children.iter().flat_map(|c| c.iter()) {
-            self.store.delete(child, source);
+            self.store.delete_key(child, source);
         }
     }
 
@@ -254,7 +253,8 @@ impl Tagger {
                         _ => TagSource::KubernetesPod,
                     };
                     let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-                    for child in children.get(&(source, Arc::from(id.as_str()))).into_iter().flat_map(|c| c.iter()) {
+                    let key = (source, TagKey::of(&event.entity.id()));
+                    for child in children.get(&key).into_iter().flat_map(|c| c.iter()) {
                         live.insert((source, child.to_string()));
                     }
                     live.insert((source, id));
