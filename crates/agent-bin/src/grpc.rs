@@ -276,8 +276,8 @@ fn trimmed(entity: &Entity) -> Entity {
             let mut p = (**p).clone();
             p.labels = Default::default();
             p.annotations = Default::default();
-            p.namespace_labels = Default::default();
-            p.namespace_annotations = Default::default();
+            p.details.namespace_labels = Default::default();
+            p.details.namespace_annotations = Default::default();
             Entity::from(p)
         }
         Entity::EcsTask(t) => {

@@ -86,8 +86,8 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
         )
         .await;
         let pod = agent.store.get_kubernetes_pod(&uid).unwrap();
-        assert_eq!(pod.kube_services, ["shop-svc"]);
-        assert_eq!(pod.namespace_labels.get("env"), Some("staging"));
+        assert_eq!(pod.details.kube_services, ["shop-svc"]);
+        assert_eq!(pod.details.namespace_labels.get("env"), Some("staging"));
 
         let api = agent.store.get_container(&ids[0]).unwrap();
         let expected = [

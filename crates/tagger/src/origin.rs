@@ -148,7 +148,7 @@ pub fn parse_external_data(text: &str) -> ExternalData {
 pub fn container_id_from_external_data(reader: &dyn wm_core::StoreReader, data: &ExternalData) -> Option<String> {
     let pod = reader.get_kubernetes_pod(data.pod_uid.as_deref()?)?;
     let name = data.container_name.as_deref()?;
-    let list = if data.init { &pod.init_containers } else { &pod.containers };
+    let list = if data.init { &pod.details.init_containers } else { &pod.containers };
     list.iter().find(|c| c.name == name && !c.id.is_empty()).map(|c| c.id.to_string())
 }
 

@@ -214,9 +214,9 @@ pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
     tags.add(Orchestrator, "pod_name", &p.name);
     tags.add(Low, "kube_namespace", &p.namespace);
     tags.add(Low, "pod_phase", &p.phase.to_lowercase());
-    tags.add(Low, "kube_priority_class", &p.priority_class);
+    tags.add(Low, "kube_priority_class", &p.details.priority_class);
     tags.add(Low, "kube_qos", &p.qos_class);
-    tags.add(Low, "kube_runtime_class", &p.runtime_class);
+    tags.add(Low, "kube_runtime_class", &p.details.runtime_class);
     for (label, tag) in APP_LABELS {
         tags.add(Low, tag, p.labels.get(label).unwrap_or_default());
     }
@@ -227,7 +227,7 @@ pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
     }
     let disabled = p.annotations.get("tags.datadoghq.com/disable").unwrap_or_default();
     if !disabled.split(',').any(|d| d.trim() == "kube_service") {
-        for service in &p.kube_services {
+        for service in &p.details.kube_services {
             tags.add(Low, "kube_service", service);
         }
     }
@@ -260,14 +260,14 @@ pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
         }
     }
     if config.kubernetes_persistent_volume_claims_as_tags {
-        for pvc in &p.pvc_names {
+        for pvc in &p.details.pvc_names {
             tags.add(Low, "persistentvolumeclaim", pvc);
         }
     }
     mapped(&mut tags, &p.labels, &config.kubernetes_pod_labels_as_tags);
     mapped(&mut tags, &p.annotations, &config.kubernetes_pod_annotations_as_tags);
-    mapped(&mut tags, &p.namespace_labels, &config.kubernetes_namespace_labels_as_tags);
-    mapped(&mut tags, &p.namespace_annotations, &config.kubernetes_namespace_annotations_as_tags);
+    mapped(&mut tags, &p.details.namespace_labels, &config.kubernetes_namespace_labels_as_tags);
+    mapped(&mut tags, &p.details.namespace_annotations, &config.kubernetes_namespace_annotations_as_tags);
     tags
 }
 

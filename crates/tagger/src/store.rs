@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -415,8 +416,21 @@ struct SourceEntry {
     /// Packed like the published tags: one buffer, no per-tag allocation; shared with the
     /// published value when this is the entity's only part.
     tags: Arc<EntityTags>,
-    /// When the source deleted it; its tags are served until the grace period has passed.
-    deleted_at: Option<Duration>,
+    /// When the source deleted it, in whole seconds of the store's clock rounded up (an entry
+    /// stays 32 bytes); its tags are served until the grace period has passed.
+    deleted_at: Option<NonZeroU32>,
+}
+
+/// `now` in whole seconds rounded up (a deletion is never pruned early), plus one: a deletion
+/// at the clock's start is one too.
+fn deletion_time(now: Duration) -> NonZeroU32 {
+    let secs = now.as_secs() + u64::from(now.subsec_nanos() > 0) + 1;
+    NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MAX)
+}
+
+/// When a deletion was made, as [`deletion_time`] kept it.
+fn deleted_at(kept: NonZeroU32) -> Duration {
+    Duration::from_secs(u64::from(kept.get() - 1))
 }
 
 /// What happened to an entity's tags.
@@ -725,7 +739,7 @@ impl TagStore {
         if let Some(entry) = self.writer()[slot].get_mut(uid).and_then(|es| es.iter_mut().find(|e| e.source == source))
             && entry.deleted_at.is_none()
         {
-            entry.deleted_at = Some(now);
+            entry.deleted_at = Some(deletion_time(now));
         }
     }
 
@@ -738,7 +752,8 @@ impl TagStore {
             let mut emptied = Vec::new();
             for (uid, entries) in sources.iter_mut() {
                 let before = entries.len();
-                entries.retain(|e| e.deleted_at.is_none_or(|at| now.saturating_sub(at) < self.grace));
+                let expired = |at: NonZeroU32| now.saturating_sub(deleted_at(at)) >= self.grace;
+                entries.retain(|e| !e.deleted_at.is_some_and(expired));
                 if entries.len() != before {
                     let key = TagKey { slot: slot as u8, uid: uid.clone() };
                     if entries.is_empty() {

@@ -1,7 +1,7 @@
 //! External data (`pu-<uid>,cn-<name>,it-…`) resolves to a container id through the pod's spec.
 
 use tagger::origin::{container_id_from_external_data, parse_external_data};
-use wm_core::{CollectorEvent, KubernetesPod, OrchestratorContainer, Source};
+use wm_core::{CollectorEvent, KubernetesPod, OrchestratorContainer, PodDetails, Source};
 use wm_store::Store;
 
 #[tokio::test]
@@ -12,7 +12,7 @@ async fn external_data_names_a_container_of_a_stored_pod() {
     let pod = KubernetesPod {
         id: "p1".into(),
         containers: vec![container("c-app", "app"), container("", "not-started")],
-        init_containers: vec![container("c-init", "app")],
+        details: PodDetails { init_containers: vec![container("c-init", "app")], ..PodDetails::default() }.into(),
         ..Default::default()
     };
     store.notify(vec![CollectorEvent::set(Source::NodeOrchestrator, pod)]).await;

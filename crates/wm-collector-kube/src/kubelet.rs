@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use wm_core::{
     Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState,
-    ContainerStatus, Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodOwner, ResourceSpec,
-    Runtime, StrMap, Timestamp,
+    ContainerStatus, Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodDetails, PodOwner,
+    ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// Why a pod list could not be read at all.
@@ -365,19 +365,23 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
         ready,
         ip: pod.status.pod_ip,
         node_name: pod.spec.node_name,
-        priority_class: pod.spec.priority_class_name,
         qos_class: pod.status.qos_class,
-        runtime_class: pod.spec.runtime_class_name,
         containers: regular,
-        init_containers,
-        ephemeral_containers: ephemeral,
-        pvc_names: pod
-            .spec
-            .volumes
-            .into_iter()
-            .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
-            .filter(|c| !c.is_empty())
-            .collect(),
+        details: PodDetails {
+            priority_class: pod.spec.priority_class_name,
+            runtime_class: pod.spec.runtime_class_name,
+            init_containers,
+            ephemeral_containers: ephemeral,
+            pvc_names: pod
+                .spec
+                .volumes
+                .into_iter()
+                .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+                .filter(|c| !c.is_empty())
+                .collect(),
+            ..PodDetails::default()
+        }
+        .into(),
         ..KubernetesPod::default()
     };
     out.push(Entity::from(entity));

@@ -25,7 +25,7 @@ use kube::runtime::watcher::{self, Event};
 use serde::{Deserialize, Serialize};
 use wm_core::{
     Collector, CollectorContext, CollectorError, Entity, EntityId, EventType, KubernetesMetadata, KubernetesPod,
-    Source, StreamCollector,
+    PodDetails, Source, StreamCollector,
 };
 
 /// The collector's name.
@@ -187,9 +187,18 @@ impl State {
                     id: Arc::from(uid.as_str()),
                     name: name.clone(),
                     namespace: namespace.clone(),
-                    namespace_labels: labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-                    namespace_annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-                    kube_services: services.get(uid.as_str()).into_iter().flatten().map(|s| (*s).to_owned()).collect(),
+                    details: PodDetails {
+                        namespace_labels: labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                        namespace_annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                        kube_services: services
+                            .get(uid.as_str())
+                            .into_iter()
+                            .flatten()
+                            .map(|s| (*s).to_owned())
+                            .collect(),
+                        ..PodDetails::default()
+                    }
+                    .into(),
                     ..KubernetesPod::default()
                 };
                 Entity::from(pod)

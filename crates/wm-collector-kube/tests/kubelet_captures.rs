@@ -60,8 +60,9 @@ fn terminated_init_containers_and_restarted_containers_keep_their_state() {
     let containers: Vec<_> = converted.entities.iter().filter_map(Entity::as_container).collect();
     assert!(containers.iter().all(|c| c.runtime == Some(Runtime::Containerd)));
     let pods: Vec<_> = converted.entities.iter().filter_map(Entity::as_kubernetes_pod).collect();
-    let with_init = pods.iter().find(|p| !p.init_containers.is_empty()).expect("myapp-pod has an init container");
-    let init = &with_init.init_containers[0];
+    let with_init =
+        pods.iter().find(|p| !p.details.init_containers.is_empty()).expect("myapp-pod has an init container");
+    let init = &with_init.details.init_containers[0];
     let init_container = containers.iter().find(|c| *c.id == *init.id).unwrap();
     assert_eq!(init_container.state.status, ContainerStatus::Stopped);
     assert_eq!(init_container.state.exit_code, Some(0));

@@ -64,9 +64,9 @@ fn pods_of_this_node_get_namespace_metadata_and_services_across_an_api_server_re
         store.start();
         eventually("the pod's namespace metadata and service", DEADLINE, || {
             store.get_kubernetes_pod(&uid).is_some_and(|p| {
-                p.namespace_labels.get("team") == Some("commerce")
-                    && p.namespace_annotations.get("owner") == Some("wm")
-                    && p.kube_services == ["shop-svc"]
+                p.details.namespace_labels.get("team") == Some("commerce")
+                    && p.details.namespace_annotations.get("owner") == Some("wm")
+                    && p.details.kube_services == ["shop-svc"]
             })
         })
         .await;
@@ -88,7 +88,7 @@ fn pods_of_this_node_get_namespace_metadata_and_services_across_an_api_server_re
         let node_patch = json!({ "metadata": { "labels": { "wm.test/rack": "r2" } } });
         nodes.patch(Kubernetes::NODE, &PatchParams::default(), &Patch::Merge(&node_patch)).await.unwrap();
         eventually("the changed labels after the restart", DEADLINE, || {
-            store.get_kubernetes_pod(&uid).is_some_and(|p| p.namespace_labels.get("team") == Some("payments"))
+            store.get_kubernetes_pod(&uid).is_some_and(|p| p.details.namespace_labels.get("team") == Some("payments"))
                 && node_label(&store, "r2")
         })
         .await;
@@ -96,7 +96,7 @@ fn pods_of_this_node_get_namespace_metadata_and_services_across_an_api_server_re
         assert_eq!(metadata.len(), 1, "only this node: {metadata:?}");
         services.delete("shop-svc", &Default::default()).await.unwrap();
         eventually("the service gone", DEADLINE, || {
-            store.get_kubernetes_pod(&uid).is_some_and(|p| p.kube_services.is_empty())
+            store.get_kubernetes_pod(&uid).is_some_and(|p| p.details.kube_services.is_empty())
         })
         .await;
         store.shutdown().await;

@@ -483,83 +483,208 @@ pub struct OrchestratorContainer {
 }
 
 /// A Kubernetes pod.
+///
+/// Serialized with every field at the top level, as [`KubernetesPodFields`] spells them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "KubernetesPodFields", into = "KubernetesPodFields")]
 pub struct KubernetesPod {
     /// The pod UID.
     pub id: Arc<str>,
     /// The pod's name.
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub name: String,
     /// Its namespace.
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub namespace: String,
     /// Its labels.
-    #[serde(skip_serializing_if = "StrMap::is_empty")]
     pub labels: StrMap,
     /// Its annotations.
-    #[serde(skip_serializing_if = "StrMap::is_empty")]
     pub annotations: StrMap,
     /// Its owner references.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<PodOwner>,
     /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub phase: String,
     /// Whether the pod is ready.
-    #[serde(skip_serializing_if = "is_default")]
     pub ready: bool,
     /// The pod IP.
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub ip: String,
     /// The node it runs on.
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub node_name: String,
-    /// Its priority class.
-    #[serde(skip_serializing_if = "str::is_empty")]
-    pub priority_class: String,
     /// Its QoS class.
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub qos_class: String,
-    /// Its runtime class.
-    #[serde(skip_serializing_if = "str::is_empty")]
-    pub runtime_class: String,
     /// Its containers.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<OrchestratorContainer>,
-    /// Its init containers.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub init_containers: Vec<OrchestratorContainer>,
-    /// Its ephemeral containers.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ephemeral_containers: Vec<OrchestratorContainer>,
-    /// Names of the persistent volume claims it mounts.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pvc_names: Vec<String>,
-    /// Names of the services that select it.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub kube_services: Vec<String>,
-    /// Its namespace's labels.
-    #[serde(skip_serializing_if = "StrMap::is_empty")]
-    pub namespace_labels: StrMap,
-    /// Its namespace's annotations.
-    #[serde(skip_serializing_if = "StrMap::is_empty")]
-    pub namespace_annotations: StrMap,
     /// When it was created.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Timestamp>,
     /// When it started.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// Its priority and runtime classes, init and ephemeral containers, volume claims, services,
+    /// namespace labels and annotations, and when it finished.
+    pub details: PodRuntimeDetails,
+}
+
+/// What many pods lack: a [`PodDetails`] behind one copy-on-write pointer ([`Shared`]).
+pub type PodRuntimeDetails = Shared<PodDetails>;
+
+/// A pod's less common fields (see [`PodRuntimeDetails`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodDetails {
+    /// Its priority class.
+    pub priority_class: String,
+    /// Its runtime class.
+    pub runtime_class: String,
+    /// Its init containers.
+    pub init_containers: Vec<OrchestratorContainer>,
+    /// Its ephemeral containers.
+    pub ephemeral_containers: Vec<OrchestratorContainer>,
+    /// Names of the persistent volume claims it mounts.
+    pub pvc_names: Vec<String>,
+    /// Names of the services that select it.
+    pub kube_services: Vec<String>,
+    /// Its namespace's labels.
+    pub namespace_labels: StrMap,
+    /// Its namespace's annotations.
+    pub namespace_annotations: StrMap,
     /// When it finished.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+}
+
+static NO_POD_DETAILS: PodDetails = PodDetails {
+    priority_class: String::new(),
+    runtime_class: String::new(),
+    init_containers: Vec::new(),
+    ephemeral_containers: Vec::new(),
+    pvc_names: Vec::new(),
+    kube_services: Vec::new(),
+    namespace_labels: StrMap::new(),
+    namespace_annotations: StrMap::new(),
+    finished_at: None,
+};
+
+impl Parts for PodDetails {
+    fn none() -> &'static Self {
+        &NO_POD_DETAILS
+    }
+}
+
+/// A [`KubernetesPod`] as it is written and read (dumps, conformance scenarios): every field at
+/// the top level.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct KubernetesPodFields {
+    id: Arc<str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: String,
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    labels: StrMap,
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    annotations: StrMap,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    owners: Vec<PodOwner>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    phase: String,
+    #[serde(skip_serializing_if = "is_default")]
+    ready: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    ip: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    node_name: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    priority_class: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    qos_class: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    runtime_class: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    containers: Vec<OrchestratorContainer>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    init_containers: Vec<OrchestratorContainer>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ephemeral_containers: Vec<OrchestratorContainer>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pvc_names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    kube_services: Vec<String>,
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    namespace_labels: StrMap,
+    #[serde(skip_serializing_if = "StrMap::is_empty")]
+    namespace_annotations: StrMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<Timestamp>,
+}
+
+impl From<KubernetesPodFields> for KubernetesPod {
+    fn from(f: KubernetesPodFields) -> Self {
+        let details = PodDetails {
+            priority_class: f.priority_class,
+            runtime_class: f.runtime_class,
+            init_containers: f.init_containers,
+            ephemeral_containers: f.ephemeral_containers,
+            pvc_names: f.pvc_names,
+            kube_services: f.kube_services,
+            namespace_labels: f.namespace_labels,
+            namespace_annotations: f.namespace_annotations,
+            finished_at: f.finished_at,
+        };
+        KubernetesPod {
+            id: f.id,
+            name: f.name,
+            namespace: f.namespace,
+            labels: f.labels,
+            annotations: f.annotations,
+            owners: f.owners,
+            phase: f.phase,
+            ready: f.ready,
+            ip: f.ip,
+            node_name: f.node_name,
+            qos_class: f.qos_class,
+            containers: f.containers,
+            created_at: f.created_at,
+            started_at: f.started_at,
+            details: details.into(),
+        }
+    }
+}
+
+impl From<KubernetesPod> for KubernetesPodFields {
+    fn from(p: KubernetesPod) -> Self {
+        let d = &*p.details;
+        KubernetesPodFields {
+            priority_class: d.priority_class.clone(),
+            runtime_class: d.runtime_class.clone(),
+            init_containers: d.init_containers.clone(),
+            ephemeral_containers: d.ephemeral_containers.clone(),
+            pvc_names: d.pvc_names.clone(),
+            kube_services: d.kube_services.clone(),
+            namespace_labels: d.namespace_labels.clone(),
+            namespace_annotations: d.namespace_annotations.clone(),
+            finished_at: d.finished_at,
+            id: p.id,
+            name: p.name,
+            namespace: p.namespace,
+            labels: p.labels,
+            annotations: p.annotations,
+            owners: p.owners,
+            phase: p.phase,
+            ready: p.ready,
+            ip: p.ip,
+            node_name: p.node_name,
+            qos_class: p.qos_class,
+            containers: p.containers,
+            created_at: p.created_at,
+            started_at: p.started_at,
+        }
+    }
 }
 
 impl KubernetesPod {
     /// Every container the pod lists: containers, init containers, ephemeral containers.
     pub fn all_containers(&self) -> impl Iterator<Item = &OrchestratorContainer> + '_ {
-        self.containers.iter().chain(&self.init_containers).chain(&self.ephemeral_containers)
+        self.containers.iter().chain(&self.details.init_containers).chain(&self.details.ephemeral_containers)
     }
 }
 

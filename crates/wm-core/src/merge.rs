@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::entity::{
     Container, ContainerPort, ContainerResources, ContainerRuntimeDetails, EcsTask, Entity, KubernetesMetadata,
-    KubernetesPod, OrchestratorContainer, PodOwner, Source,
+    KubernetesPod, OrchestratorContainer, PodOwner, PodRuntimeDetails, Source,
 };
 
 fn fill<T: Default + PartialEq + Clone>(high: &mut T, low: &T) {
@@ -133,19 +133,32 @@ fn fill_pod(high: &mut KubernetesPod, low: &KubernetesPod) {
     fill(&mut high.ready, &low.ready);
     fill(&mut high.ip, &low.ip);
     fill(&mut high.node_name, &low.node_name);
-    fill(&mut high.priority_class, &low.priority_class);
     fill(&mut high.qos_class, &low.qos_class);
-    fill(&mut high.runtime_class, &low.runtime_class);
     union_orchestrator_containers(&mut high.containers, &low.containers);
-    union_orchestrator_containers(&mut high.init_containers, &low.init_containers);
-    union_orchestrator_containers(&mut high.ephemeral_containers, &low.ephemeral_containers);
-    union_strings(&mut high.pvc_names, &low.pvc_names);
-    union_strings(&mut high.kube_services, &low.kube_services);
-    high.namespace_labels.union_from(&low.namespace_labels);
-    high.namespace_annotations.union_from(&low.namespace_annotations);
     fill(&mut high.created_at, &low.created_at);
     fill(&mut high.started_at, &low.started_at);
-    fill(&mut high.finished_at, &low.finished_at);
+    fill_pod_details(&mut high.details, &low.details);
+}
+
+fn fill_pod_details(high: &mut PodRuntimeDetails, low: &PodRuntimeDetails) {
+    // Taken whole when there are none, and copied only when the other has some.
+    if high.is_none() {
+        high.clone_from(low);
+        return;
+    }
+    if low.is_none() {
+        return;
+    }
+    let (h, l) = (&mut **high, &**low);
+    fill(&mut h.priority_class, &l.priority_class);
+    fill(&mut h.runtime_class, &l.runtime_class);
+    union_orchestrator_containers(&mut h.init_containers, &l.init_containers);
+    union_orchestrator_containers(&mut h.ephemeral_containers, &l.ephemeral_containers);
+    union_strings(&mut h.pvc_names, &l.pvc_names);
+    union_strings(&mut h.kube_services, &l.kube_services);
+    h.namespace_labels.union_from(&l.namespace_labels);
+    h.namespace_annotations.union_from(&l.namespace_annotations);
+    fill(&mut h.finished_at, &l.finished_at);
 }
 
 fn fill_task(high: &mut EcsTask, low: &EcsTask) {
@@ -250,7 +263,7 @@ pub fn overlay(payload: &Entity, last: &Entity) -> Entity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entity::{ContainerDetails, ContainerState, ContainerStatus};
+    use crate::entity::{ContainerDetails, ContainerState, ContainerStatus, PodDetails};
 
     fn container(f: impl FnOnce(&mut Container)) -> Entity {
         let mut c = Container { id: "c1".into(), ..Container::default() };
@@ -335,13 +348,13 @@ mod tests {
         let node = Entity::from(KubernetesPod {
             id: "p1".into(),
             containers: vec![oc("", "app", "nginx:1"), oc("c2", "side", "")],
-            kube_services: vec!["a".into()],
+            details: PodDetails { kube_services: vec!["a".into()], ..PodDetails::default() }.into(),
             ..Default::default()
         });
         let cluster = Entity::from(KubernetesPod {
             id: "p1".into(),
             containers: vec![oc("c1", "app", ""), oc("c2", "", "envoy:2")],
-            kube_services: vec!["b".into(), "a".into()],
+            details: PodDetails { kube_services: vec!["b".into(), "a".into()], ..PodDetails::default() }.into(),
             ..Default::default()
         });
         let merged = merge(&[(Source::NodeOrchestrator, &node), (Source::ClusterOrchestrator, &cluster)]).unwrap();
@@ -357,7 +370,7 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(pod.kube_services, ["b", "a"]);
+        assert_eq!(pod.details.kube_services, ["b", "a"]);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use wm_core::{
     Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus,
-    EcsTask, Entity, EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodOwner, ResourceSpec, Runtime,
-    StrMap, Timestamp,
+    EcsTask, Entity, EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodDetails, PodOwner,
+    ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 use crate::proto::workloadmeta as pb;
@@ -256,18 +256,18 @@ pub fn pod(p: &KubernetesPod) -> pb::KubernetesPod {
                 group: String::new(),
             })
             .collect(),
-        persistent_volume_claim_names: p.pvc_names.clone(),
+        persistent_volume_claim_names: p.details.pvc_names.clone(),
         containers: orchestrator_containers(&p.containers),
         ready: p.ready,
         phase: p.phase.clone(),
         ip: p.ip.clone(),
-        priority_class: p.priority_class.clone(),
+        priority_class: p.details.priority_class.clone(),
         qos_class: p.qos_class.clone(),
-        kube_services: p.kube_services.clone(),
-        namespace_labels: map(&p.namespace_labels),
-        init_containers: orchestrator_containers(&p.init_containers),
-        runtime_class: p.runtime_class.clone(),
-        ephemeral_containers: orchestrator_containers(&p.ephemeral_containers),
+        kube_services: p.details.kube_services.clone(),
+        namespace_labels: map(&p.details.namespace_labels),
+        init_containers: orchestrator_containers(&p.details.init_containers),
+        runtime_class: p.details.runtime_class.clone(),
+        ephemeral_containers: orchestrator_containers(&p.details.ephemeral_containers),
     }
 }
 
@@ -289,15 +289,19 @@ pub fn from_pod(p: &pb::KubernetesPod) -> Option<KubernetesPod> {
         phase: p.phase.clone(),
         ready: p.ready,
         ip: p.ip.clone(),
-        priority_class: p.priority_class.clone(),
         qos_class: p.qos_class.clone(),
-        runtime_class: p.runtime_class.clone(),
         containers: from_orchestrator_containers(&p.containers),
-        init_containers: from_orchestrator_containers(&p.init_containers),
-        ephemeral_containers: from_orchestrator_containers(&p.ephemeral_containers),
-        pvc_names: p.persistent_volume_claim_names.clone(),
-        kube_services: p.kube_services.clone(),
-        namespace_labels: strmap(&p.namespace_labels),
+        details: PodDetails {
+            priority_class: p.priority_class.clone(),
+            runtime_class: p.runtime_class.clone(),
+            init_containers: from_orchestrator_containers(&p.init_containers),
+            ephemeral_containers: from_orchestrator_containers(&p.ephemeral_containers),
+            pvc_names: p.persistent_volume_claim_names.clone(),
+            kube_services: p.kube_services.clone(),
+            namespace_labels: strmap(&p.namespace_labels),
+            ..PodDetails::default()
+        }
+        .into(),
         ..KubernetesPod::default()
     })
 }
