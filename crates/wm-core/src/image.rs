@@ -54,15 +54,7 @@ impl Parts for ImageRef {
     /// reference): the interner holds exactly the images in use.
     fn let_go(parts: Arc<Self>) {
         let mut guard = interned_images();
-        // An image is only shared anew under the lock, or by cloning a holder, and every holder
-        // lets go under it: with a count of two this is the one holder.
-        if Arc::strong_count(&parts) == 2
-            && let Some(set) = guard.as_mut()
-            && set.get(&*parts).is_some_and(|kept| Arc::ptr_eq(kept, &parts))
-        {
-            set.remove(&*parts);
-        }
-        drop(parts);
+        crate::intern::let_go_under_lock(guard.as_mut(), parts);
         drop(guard);
     }
 }

@@ -60,18 +60,29 @@ impl IStr {
     }
 }
 
+/// Lets go of a holder's `held`, with the lock of the interner's `set` held: takes it out of the
+/// set when the set's reference is the only other one. Something is only shared anew under that
+/// lock, or by cloning a holder, and every holder lets go under it: so with a count of two this
+/// is the one holder, and the next to let go counts after this one.
+pub(crate) fn let_go_under_lock<T, S>(set: Option<&mut HashSet<Arc<T>, S>>, held: Arc<T>)
+where
+    T: ?Sized + Eq + Hash,
+    S: BuildHasher,
+{
+    if Arc::strong_count(&held) == 2
+        && let Some(set) = set
+        && set.get(&*held).is_some_and(|kept| Arc::ptr_eq(kept, &held))
+    {
+        set.remove(&*held);
+    }
+    drop(held);
+}
+
 impl Drop for IStr {
     fn drop(&mut self) {
         let Some(text) = self.0.take() else { return };
         let mut guard = shard(&text);
-        if Arc::strong_count(&text) == 2
-            && let Some(set) = guard.as_mut()
-            && set.get(&*text).is_some_and(|kept| Arc::ptr_eq(kept, &text))
-        {
-            set.remove(&*text);
-        }
-        // Let go under the lock: the next holder to let go counts after this one.
-        drop(text);
+        let_go_under_lock(guard.as_mut(), text);
         drop(guard);
     }
 }
