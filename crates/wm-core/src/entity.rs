@@ -313,7 +313,7 @@ impl Parts for ContainerDetails {
 /// A container of any runtime.
 ///
 /// Serialized with every field at the top level (`hostname`, not `details.hostname`), as
-/// [`ContainerFields`] spells them.
+/// `ContainerFields` spells them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "ContainerFields", into = "ContainerFields")]
 pub struct Container {
@@ -484,7 +484,7 @@ pub struct OrchestratorContainer {
 
 /// A Kubernetes pod.
 ///
-/// Serialized with every field at the top level, as [`KubernetesPodFields`] spells them.
+/// Serialized with every field at the top level, as `KubernetesPodFields` spells them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "KubernetesPodFields", into = "KubernetesPodFields")]
 pub struct KubernetesPod {
