@@ -19,7 +19,7 @@ fuzz_target!(|bytes: &[u8]| {
         for metadata in [None, Some(&app)] {
             let container = found.entity(metadata);
             assert_eq!(&*container.id, handle.as_str());
-            assert!(container.collector_tags.contains(&format!("app_instance_guid:{handle}")) || handle.is_empty());
+            assert!(container.details.collector_tags.contains(&format!("app_instance_guid:{handle}")) || handle.is_empty());
             assert_eq!(container.runtime, Some(wm_core::Runtime::Garden));
             common::round_trips(&container.into());
         }

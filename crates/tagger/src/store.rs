@@ -965,6 +965,86 @@ mod tests {
         assert!(Arc::ptr_eq(&still, &published));
     }
 
+    /// The merge as one flattened `TagInfo` reads it (what the published value used to copy):
+    /// sources by priority, each source's parts in order; a tag whose key a higher priority
+    /// gave is left out, and so is a tag its level already has.
+    fn flattened(entries: &[SourceEntry]) -> TagInfo {
+        let mut out = TagInfo::default();
+        let mut taken: HashSet<String> = HashSet::new();
+        let mut start = 0;
+        while start < entries.len() {
+            let priority = entries[start].source.priority();
+            let end = entries[start..]
+                .iter()
+                .position(|e| e.source.priority() != priority)
+                .map_or(entries.len(), |n| start + n);
+            let mut keys = Vec::new();
+            for entry in &entries[start..end] {
+                let info = |part: &EntityTags, level: usize| {
+                    let (a, b) = part.range(level);
+                    (a..b).map(|i| part.tag(i).to_owned()).collect::<Vec<_>>()
+                };
+                for (level, cardinality) in
+                    [(LOW, TagCardinality::Low), (LOW + 1, TagCardinality::Orchestrator), (HIGH, TagCardinality::High)]
+                {
+                    for part in entry.parts() {
+                        for tag in info(part, level).into_iter().filter(|t| !taken.contains(tag_key(t))) {
+                            keys.push(tag_key(&tag).to_owned());
+                            out.add_tag(cardinality, tag);
+                        }
+                    }
+                }
+                for part in entry.parts() {
+                    for tag in info(part, STANDARD) {
+                        if !taken.contains(tag_key(&tag)) && !tag.is_empty() && !out.standard.contains(&tag) {
+                            out.standard.push(tag);
+                        }
+                    }
+                }
+            }
+            taken.extend(keys);
+            start = end;
+        }
+        out
+    }
+
+    fn random_info(rng: &mut test_support::rng::XorShift) -> TagInfo {
+        let mut t = TagInfo::default();
+        for _ in 0..rng.next_u64() % 6 {
+            let tag = format!("k{}:v{}", rng.next_u64() % 5, rng.next_u64() % 3);
+            match rng.next_u64() % 4 {
+                0 => t.low.push(tag),
+                1 => t.orchestrator.push(tag),
+                2 => t.high.push(tag),
+                _ => t.standard.push(tag),
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn a_merge_of_parts_reads_as_the_flattened_merge_would() {
+        let mut rng = test_support::rng::XorShift::new(18);
+        let sources = [TagSource::Container, TagSource::KubernetesPod, TagSource::EcsTask];
+        for round in 0..2_000 {
+            let count = 1 + rng.next_u64() % 3;
+            let mut entries: Vec<SourceEntry> = (0..count as usize)
+                .map(|n| {
+                    let shared = [0, 1].map(|_| {
+                        rng.next_u64().is_multiple_of(2).then(|| Arc::new(EntityTags::build(&random_info(&mut rng))))
+                    });
+                    let tags = Arc::new(EntityTags::build(&random_info(&mut rng)));
+                    SourceEntry { source: sources[n], shared, tags, deleted_at: None }
+                })
+                .collect();
+            entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
+            let merged = Published::Merged(Arc::new(Merged::build(&entries)));
+            assert_eq!(merged.to_info(), flattened(&entries), "round {round}: {entries:?}");
+            let all = Tags::of(&merged, LOW, HIGH + 1);
+            assert_eq!(all.iter().len(), all.to_vec().len(), "the iterator's length is exact");
+        }
+    }
+
     #[test]
     fn keys_split_known_prefixes_off_and_share_the_workload_stores_id() {
         for id in ["container_id://c1", "kubernetes_pod_uid://u", "ecs_task://arn", "internal://global-entity-id", "e"]
