@@ -1,13 +1,15 @@
 //! The tag store: per entity, per source, merged into one immutable, shared value per entity.
 //!
-//! Writers (the tagger task) keep every source's tags, packed, under a mutex and, after each change,
-//! publish the entity's merged tags as one `Arc<EntityTags>` into a lock-free map (papaya).
-//! Readers never take a lock and never allocate: a lookup is a hash, a probe and an `Arc` clone,
-//! and the tags of every cardinality are prefixes of one vector in one string buffer.
+//! Writers (the tagger task) keep every source's tags under a mutex, as parts: immutable, packed
+//! `Arc<EntityTags>`, some shared by many entities (a pod's tags under each of its containers',
+//! an image's). After each change they publish the entity's merged tags into a lock-free map
+//! (papaya): its one part as it is, or a merge that points at its parts and marks the tags it
+//! leaves out, so no tag is copied. Readers never take a lock and never allocate: a lookup is a
+//! prefix split, a hash, a probe and an `Arc` clone.
 //!
-//! Each entity's id is allocated once, shared by both maps (and by the tagger's index of a pod's
-//! containers). An entity that one source tags (a pod, a container outside Kubernetes) publishes
-//! that source's tags themselves: one copy, not a merged copy beside the source's.
+//! The maps are split by id prefix and keyed by the rest of the id ([`TagKey`]): a container's or
+//! pod's key is the workload store's own id, shared by both maps and by the tagger's index of a
+//! pod's containers.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -96,8 +98,9 @@ impl TagSource {
     }
 }
 
-/// The merged tags of one entity, immutable once published. All tags sit in one buffer; the
-/// low, orchestrator and high levels are consecutive, so each cardinality is a prefix.
+/// One part of an entity's tags (a source's own, or a part many entities share), immutable once
+/// built. All tags sit in one buffer; the low, orchestrator, high and standard levels are
+/// consecutive.
 #[derive(PartialEq, Eq, Hash)]
 pub struct EntityTags {
     buf: Box<str>,
