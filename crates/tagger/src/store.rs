@@ -200,9 +200,10 @@ const fn levels_up_to(cardinality: TagCardinality) -> usize {
     }
 }
 
-/// The merged tags of an entity that several sources (or a source's base and its own part) tag:
-/// no copy of the tags, but the parts they are in, in merge order, and which of their tags the
-/// merge leaves out. Read level by level, part by part, it gives what one merged list would.
+/// The merged tags of an entity whose tags are in several parts (several sources, or a source's
+/// shared parts and its own): no copy of the tags, but the parts they are in, in merge order,
+/// and which of their tags the merge leaves out. Read level by level, part by part, it gives
+/// what one merged list would.
 struct Merged {
     parts: Box<[Arc<EntityTags>]>,
     /// Bit `n` set: the `n`th tag, counting through the parts in order, is left out.
@@ -257,8 +258,6 @@ impl Merged {
             taken.extend(keys);
             start = end;
         }
-        // The borrowed sets end here; the parts move into the value.
-        drop((taken, seen));
         let hidden = if hidden.iter().all(|w| *w == 0) { Box::default() } else { hidden.into_boxed_slice() };
         Self { parts: parts.into_boxed_slice(), hidden, shown }
     }
@@ -271,7 +270,7 @@ impl Merged {
     }
 }
 
-/// What readers see of an entity: its one part as it is (one source, no base: the common
+/// What readers see of an entity: its one part as it is (one source, no shared part: the common
 /// case), or a merge pointing at its parts.
 #[derive(Clone)]
 enum Published {
