@@ -15,7 +15,8 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// Unknown ids remembered at most (bounded memory whatever clients ask).
 const MAX_NEGATIVE: usize = 10_000;
 
-type Flight = Arc<OnceCell<Option<Container>>>;
+/// A fetch under way; it ends `true` when the id is known (tagged) afterwards.
+type Flight = Arc<OnceCell<bool>>;
 
 /// One fetch per id at a time, bounded by a timeout.
 pub(crate) struct SingleFlight {
@@ -37,17 +38,14 @@ impl SingleFlight {
         Self { fetcher, timeout, in_flight: Mutex::new(HashMap::new()), unknown: Mutex::new(HashMap::new()) }
     }
 
-    /// Fetches `id`, or joins the fetch of `id` already under way; `None` at once for an id
-    /// found unknown less than [`NEGATIVE_TTL`] ago.
-    pub(crate) async fn fetch(&self, id: &str) -> Option<Container> {
-        if self
-            .unknown
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
-        {
-            return None;
+    /// Fetches `id` and hands a container the runtime knows by that id to `store`, or joins the
+    /// fetch of `id` already under way; `false` at once for an id found unknown less than
+    /// [`NEGATIVE_TTL`] ago. `known` says whether the id is tagged already: a flight asks it
+    /// before fetching, since the flight before it may have stored the id just before it ended.
+    /// Returns whether the id is known now.
+    pub(crate) async fn fetch(&self, id: &str, known: impl FnOnce() -> bool, store: impl FnOnce(&Container)) -> bool {
+        if self.recently_unknown(id) {
+            return false;
         }
         let flight: Flight = self
             .in_flight
@@ -56,31 +54,51 @@ impl SingleFlight {
             .entry(id.to_owned())
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
-        let result = flight
+        // Whatever a flight learns is stored before the flight is cleared, so a lookup that
+        // starts the next flight finds it in `known` or in the negative cache.
+        let found = *flight
             .get_or_init(|| async {
-                let fetched = tokio::time::timeout(self.timeout, self.fetcher.fetch(id)).await;
-                if fetched.is_err() {
-                    tracing::debug!(container_id = id, timeout = ?self.timeout, "container fetch on tag cache miss timed out");
+                if known() {
+                    return true;
                 }
-                fetched.ok().flatten()
+                if self.recently_unknown(id) {
+                    return false;
+                }
+                match tokio::time::timeout(self.timeout, self.fetcher.fetch(id)).await {
+                    Ok(Some(container)) if *container.id == *id => {
+                        store(&container);
+                        true
+                    }
+                    fetched => {
+                        if fetched.is_err() {
+                            tracing::debug!(container_id = id, timeout = ?self.timeout, "container fetch on tag cache miss timed out");
+                        }
+                        self.remember_unknown(id);
+                        false
+                    }
+                }
             })
-            .await
-            .clone();
-        // The first caller to finish clears the flight; later lookups find the tags stored.
+            .await;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         if in_flight.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             in_flight.remove(id);
-            if result.is_none() {
-                let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
-                if unknown.len() >= MAX_NEGATIVE {
-                    unknown.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
-                    if unknown.len() >= MAX_NEGATIVE {
-                        unknown.clear();
-                    }
-                }
-                unknown.insert(id.to_owned(), Instant::now());
+        }
+        found
+    }
+
+    fn recently_unknown(&self, id: &str) -> bool {
+        let unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        unknown.get(id).is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+    }
+
+    fn remember_unknown(&self, id: &str) {
+        let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        if unknown.len() >= MAX_NEGATIVE {
+            unknown.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
+            if unknown.len() >= MAX_NEGATIVE {
+                unknown.clear();
             }
         }
-        result
+        unknown.insert(id.to_owned(), Instant::now());
     }
 }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use wm_core::{Entity, Event, EventType, Filter, LaunchType, SubscriberPriority};
+use wm_core::{Container, Entity, Event, EventType, Filter, LaunchType, SubscriberPriority};
 use wm_store::{Store, SubscriptionError};
 
 use crate::config::TaggerConfig;
@@ -82,18 +82,18 @@ impl Tagger {
     /// once (concurrent lookups of the same id share that fetch) and tagged before answering.
     pub async fn tag_or_fetch(&self, entity: &str, cardinality: TagCardinality) -> Tags {
         let tags = self.store.tag(entity, cardinality);
-        if !tags.is_empty() || self.store.contains(entity) {
+        if !tags.is_empty() {
             return tags;
+        }
+        if self.store.contains(entity) {
+            // Known, with no tags at this cardinality, or stored since the read above.
+            return self.store.tag(entity, cardinality);
         }
         let parsed = TaggerEntityId::parse(entity);
         let (Some(fetcher), Some(id)) = (&self.fetcher, parsed.container_id()) else { return tags };
-        if let Some(container) = fetcher.fetch(id).await
-            && *container.id == *id
-        {
-            // Another lookup of the same flight may have stored them already: setting is idempotent.
-            self.set_container(TagKey::parse(entity), &container);
-        }
-        self.store.tag(entity, cardinality)
+        let known = || self.store.contains(entity);
+        let store = |container: &Container| self.set_container(TagKey::parse(entity), container);
+        if fetcher.fetch(id, known, store).await { self.store.tag(entity, cardinality) } else { tags }
     }
 
     /// The tag store (lookups, dumps, pruning).

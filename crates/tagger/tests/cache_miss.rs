@@ -84,3 +84,31 @@ async fn an_id_the_runtime_did_not_know_is_not_fetched_again_at_once() {
     assert!(!tagger.tag_or_fetch("container_id://c1", TagCardinality::High).await.is_empty());
     assert_eq!(fetcher.calls.load(Ordering::SeqCst), 2);
 }
+
+/// Lookups that arrive while the fetch finishes (not all at once, as over gRPC) neither start a
+/// second fetch nor answer empty: the tags are stored before the flight is cleared, and a new
+/// flight first looks whether the one before it stored them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_arriving_as_a_fetch_finishes_cause_no_second_fetch() {
+    let (tagger, fetcher) = tagger(Duration::ZERO, Duration::from_secs(5));
+    let ids = 300;
+    for n in 0..ids {
+        let entity = format!("container_id://c{n}");
+        let lookups: Vec<_> = (0..16)
+            .map(|i| {
+                let (tagger, entity) = (tagger.clone(), entity.clone());
+                tokio::spawn(async move {
+                    for _ in 0..i % 4 {
+                        tokio::task::yield_now().await;
+                    }
+                    tagger.tag_or_fetch(&entity, TagCardinality::High).await.to_vec()
+                })
+            })
+            .collect();
+        for lookup in lookups {
+            let tags = lookup.await.unwrap();
+            assert!(tags.contains(&"container_name:late".to_owned()), "{entity}: {tags:?}");
+        }
+    }
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), ids, "one fetch per id");
+}
