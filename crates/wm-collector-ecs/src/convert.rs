@@ -101,7 +101,7 @@ fn orchestrator_container(id: &str, name: &str, image: &str, image_id: &str) -> 
     if !image_id.is_empty() {
         image.id = image_id.to_owned();
     }
-    OrchestratorContainer { id: id.into(), name: name.to_owned(), image: image.interned() }
+    OrchestratorContainer { id: id.into(), name: name.into(), image: image.interned() }
 }
 
 /// `/v1/tasks` of the introspection API (EC2 daemon mode). `cluster`: the cluster of

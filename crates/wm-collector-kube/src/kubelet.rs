@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use wm_core::{
     Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerResources, ContainerState,
-    ContainerStatus, Entity, EntityId, EnvFilter, Kind, KubernetesPod, OrchestratorContainer, PodDetails, PodOwner,
-    ResourceSpec, Runtime, StrMap, Timestamp,
+    ContainerStatus, Entity, EntityId, EnvFilter, IStr, Kind, KubernetesPod, OrchestratorContainer, PodDetails,
+    PodOwner, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 /// Why a pod list could not be read at all.
@@ -44,7 +44,7 @@ struct Pod {
 #[serde(default, rename_all = "camelCase")]
 struct Metadata {
     name: String,
-    namespace: String,
+    namespace: IStr,
     uid: String,
     labels: HashMap<String, String>,
     annotations: HashMap<String, String>,
@@ -62,7 +62,7 @@ struct OwnerReference {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct Spec {
-    node_name: String,
+    node_name: IStr,
     priority_class_name: String,
     runtime_class_name: String,
     containers: Vec<SpecContainer>,
@@ -120,10 +120,10 @@ struct ClaimRef {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct Status {
-    phase: String,
+    phase: IStr,
     #[serde(rename = "podIP")]
     pod_ip: String,
-    qos_class: String,
+    qos_class: IStr,
     conditions: Vec<Condition>,
     container_statuses: Vec<ContainerStatusJson>,
     init_container_statuses: Vec<ContainerStatusJson>,
@@ -304,7 +304,7 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
             let image = status_image(status, spec);
             let (runtime, id) = split_container_id(&status.container_id);
             let id: Arc<str> = Arc::from(id);
-            refs.push(OrchestratorContainer { id: id.clone(), name: status.name.clone(), image: image.clone() });
+            refs.push(OrchestratorContainer { id: id.clone(), name: IStr::new(&status.name), image: image.clone() });
             // Still being created: the pod lists it, but there is no container yet.
             if id.is_empty() {
                 continue;
@@ -339,6 +339,8 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
                 ..Container::default()
             }));
         }
+        // Kept as long as the pod: no spare capacity.
+        refs.shrink_to_fit();
         refs
     };
     let init_containers = listed(&pod.status.init_container_statuses, &pod.spec.init_containers);
@@ -359,8 +361,11 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
             .metadata
             .owner_references
             .into_iter()
-            .map(|o| PodOwner { kind: o.kind, name: o.name, id: o.uid })
-            .collect(),
+            .map(|o| PodOwner { kind: o.kind.into(), name: o.name.into(), id: o.uid.into() })
+            .collect::<Vec<_>>()
+            // Collected in place, it would keep the larger buffer of the references it was read from.
+            .into_boxed_slice()
+            .into_vec(),
         phase: pod.status.phase,
         ready,
         ip: pod.status.pod_ip,
@@ -378,7 +383,9 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
                 .into_iter()
                 .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
                 .filter(|c| !c.is_empty())
-                .collect(),
+                .collect::<Vec<_>>()
+                .into_boxed_slice()
+                .into_vec(),
             ..PodDetails::default()
         }
         .into(),

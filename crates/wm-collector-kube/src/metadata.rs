@@ -186,7 +186,7 @@ impl State {
                 let pod = KubernetesPod {
                     id: Arc::from(uid.as_str()),
                     name: name.clone(),
-                    namespace: namespace.clone(),
+                    namespace: namespace.into(),
                     details: PodDetails {
                         namespace_labels: labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
                         namespace_annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::image::ContainerImage;
+use crate::intern::IStr;
 use crate::map::StrMap;
 use crate::shared::{Parts, Shared};
 use crate::time::Timestamp;
@@ -459,12 +460,12 @@ impl PartialEq for Container {
 #[serde(default, deny_unknown_fields)]
 pub struct PodOwner {
     /// `ReplicaSet`, `Job`, `DaemonSet` …
-    pub kind: String,
+    pub kind: IStr,
     /// The owner's name.
-    pub name: String,
+    pub name: IStr,
     /// The owner's UID.
     #[serde(skip_serializing_if = "str::is_empty")]
-    pub id: String,
+    pub id: IStr,
 }
 
 /// A container as an orchestrator lists it in a pod or task.
@@ -476,7 +477,7 @@ pub struct OrchestratorContainer {
     pub id: Arc<str>,
     /// The container's name in the spec.
     #[serde(skip_serializing_if = "str::is_empty")]
-    pub name: String,
+    pub name: IStr,
     /// Its image.
     #[serde(skip_serializing_if = "ContainerImage::is_empty")]
     pub image: ContainerImage,
@@ -493,7 +494,7 @@ pub struct KubernetesPod {
     /// The pod's name.
     pub name: String,
     /// Its namespace.
-    pub namespace: String,
+    pub namespace: IStr,
     /// Its labels.
     pub labels: StrMap,
     /// Its annotations.
@@ -501,15 +502,15 @@ pub struct KubernetesPod {
     /// Its owner references.
     pub owners: Vec<PodOwner>,
     /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
-    pub phase: String,
+    pub phase: IStr,
     /// Whether the pod is ready.
     pub ready: bool,
     /// The pod IP.
     pub ip: String,
     /// The node it runs on.
-    pub node_name: String,
+    pub node_name: IStr,
     /// Its QoS class.
-    pub qos_class: String,
+    pub qos_class: IStr,
     /// Its containers.
     pub containers: Vec<OrchestratorContainer>,
     /// When it was created.
@@ -574,7 +575,7 @@ struct KubernetesPodFields {
     #[serde(skip_serializing_if = "str::is_empty")]
     name: String,
     #[serde(skip_serializing_if = "str::is_empty")]
-    namespace: String,
+    namespace: IStr,
     #[serde(skip_serializing_if = "StrMap::is_empty")]
     labels: StrMap,
     #[serde(skip_serializing_if = "StrMap::is_empty")]
@@ -582,17 +583,17 @@ struct KubernetesPodFields {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     owners: Vec<PodOwner>,
     #[serde(skip_serializing_if = "str::is_empty")]
-    phase: String,
+    phase: IStr,
     #[serde(skip_serializing_if = "is_default")]
     ready: bool,
     #[serde(skip_serializing_if = "str::is_empty")]
     ip: String,
     #[serde(skip_serializing_if = "str::is_empty")]
-    node_name: String,
+    node_name: IStr,
     #[serde(skip_serializing_if = "str::is_empty")]
     priority_class: String,
     #[serde(skip_serializing_if = "str::is_empty")]
-    qos_class: String,
+    qos_class: IStr,
     #[serde(skip_serializing_if = "str::is_empty")]
     runtime_class: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]

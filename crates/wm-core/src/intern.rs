@@ -1,7 +1,8 @@
 //! `IStr`: a string kept once however many maps hold it.
 //!
 //! Label and annotation keys repeat in every entity, and many values do too (a deployment's
-//! labels on each of its pods, a pod's name and UID in each of its containers' labels). Each
+//! labels on each of its pods, a pod's name and UID in each of its containers' labels), as do a
+//! pod's namespace, phase, QoS class, node, owners and the names of its containers. Each
 //! distinct text is allocated once, in a process-wide set, for as long as something holds it:
 //! the last holder takes it out. A holder costs 16 bytes.
 //!
@@ -138,6 +139,60 @@ impl Hash for IStr {
     }
 }
 
+impl PartialEq<str> for IStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for IStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<&str> for IStr {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<String> for IStr {
+    fn from(text: String) -> Self {
+        Self::new(&text)
+    }
+}
+
+impl From<&String> for IStr {
+    fn from(text: &String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl serde::Serialize for IStr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IStr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = IStr;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<IStr, E> {
+                Ok(IStr::new(text))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
 impl fmt::Debug for IStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
@@ -168,6 +223,16 @@ mod tests {
         drop(c);
         assert!(!held("intern-test/a"));
         assert_eq!(IStr::new("").as_str(), "");
+    }
+
+    #[test]
+    fn a_deserialized_text_is_the_one_copy_and_serializes_as_a_string() {
+        let held = IStr::from("intern-test/serde");
+        let read: IStr = serde_json::from_str("\"intern-test/serde\"").unwrap_or_default();
+        assert!(held.0.as_ref().zip(read.0.as_ref()).is_some_and(|(x, y)| Arc::ptr_eq(x, y)));
+        assert_eq!(read, "intern-test/serde");
+        assert_eq!(serde_json::to_string(&read).ok().as_deref(), Some("\"intern-test/serde\""));
+        assert!(serde_json::from_str::<IStr>("7").is_err(), "not a string");
     }
 
     #[test]

@@ -85,7 +85,11 @@ fn from_secs(s: i64) -> Option<Timestamp> {
 
 fn orchestrator_containers(list: &[OrchestratorContainer]) -> Vec<pb::OrchestratorContainer> {
     list.iter()
-        .map(|c| pb::OrchestratorContainer { id: c.id.to_string(), name: c.name.clone(), image: Some(image(&c.image)) })
+        .map(|c| pb::OrchestratorContainer {
+            id: c.id.to_string(),
+            name: c.name.to_string(),
+            image: Some(image(&c.image)),
+        })
         .collect()
 }
 
@@ -93,7 +97,7 @@ fn from_orchestrator_containers(list: &[pb::OrchestratorContainer]) -> Vec<Orche
     list.iter()
         .map(|c| OrchestratorContainer {
             id: c.id.as_str().into(),
-            name: c.name.clone(),
+            name: (&c.name).into(),
             image: from_image(c.image.as_ref()),
         })
         .collect()
@@ -242,7 +246,7 @@ pub fn pod(p: &KubernetesPod) -> pb::KubernetesPod {
         entity_id: Some(entity_id(&EntityId::new(Kind::KubernetesPod, p.id.clone()))),
         entity_meta: Some(pb::EntityMeta {
             name: p.name.clone(),
-            namespace: p.namespace.clone(),
+            namespace: p.namespace.to_string(),
             annotations: map(&p.annotations),
             labels: map(&p.labels),
         }),
@@ -250,19 +254,19 @@ pub fn pod(p: &KubernetesPod) -> pb::KubernetesPod {
             .owners
             .iter()
             .map(|o| pb::KubernetesPodOwner {
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-                id: o.id.clone(),
+                kind: o.kind.to_string(),
+                name: o.name.to_string(),
+                id: o.id.to_string(),
                 group: String::new(),
             })
             .collect(),
         persistent_volume_claim_names: p.details.pvc_names.clone(),
         containers: orchestrator_containers(&p.containers),
         ready: p.ready,
-        phase: p.phase.clone(),
+        phase: p.phase.to_string(),
         ip: p.ip.clone(),
         priority_class: p.details.priority_class.clone(),
-        qos_class: p.qos_class.clone(),
+        qos_class: p.qos_class.to_string(),
         kube_services: p.details.kube_services.clone(),
         namespace_labels: map(&p.details.namespace_labels),
         init_containers: orchestrator_containers(&p.details.init_containers),
@@ -278,18 +282,18 @@ pub fn from_pod(p: &pb::KubernetesPod) -> Option<KubernetesPod> {
     Some(KubernetesPod {
         id: Arc::from(id.as_str()),
         name: meta.name,
-        namespace: meta.namespace,
+        namespace: meta.namespace.into(),
         labels: strmap(&meta.labels),
         annotations: strmap(&meta.annotations),
         owners: p
             .owners
             .iter()
-            .map(|o| PodOwner { kind: o.kind.clone(), name: o.name.clone(), id: o.id.clone() })
+            .map(|o| PodOwner { kind: (&o.kind).into(), name: (&o.name).into(), id: (&o.id).into() })
             .collect(),
-        phase: p.phase.clone(),
+        phase: (&p.phase).into(),
         ready: p.ready,
         ip: p.ip.clone(),
-        qos_class: p.qos_class.clone(),
+        qos_class: (&p.qos_class).into(),
         containers: from_orchestrator_containers(&p.containers),
         details: PodDetails {
             priority_class: p.priority_class.clone(),

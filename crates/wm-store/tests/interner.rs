@@ -47,7 +47,7 @@ async fn images_are_shared_while_used_and_the_interner_empties_when_their_entiti
             .enumerate()
             .map(|(i, id)| OrchestratorContainer {
                 id: id.as_str().into(),
-                name: format!("c{i}"),
+                name: format!("c{i}").into(),
                 image: image(raw(i)),
             })
             .collect(),
@@ -57,8 +57,9 @@ async fn images_are_shared_while_used_and_the_interner_empties_when_their_entiti
     store.notify(events).await;
     store.sync().await;
     assert_eq!(ContainerImage::interned_count(), 2, "two distinct images");
-    // The labels' texts: two keys, "pod-1" and two images' names.
-    assert_eq!(IStr::interned_count(), 5);
+    // The labels' texts (two keys, "pod-1" and two images' names) and the pod's six container
+    // names.
+    assert_eq!(IStr::interned_count(), 5 + 6);
     let first = store.get_container(&ids[0]).unwrap();
     let third = store.get_container(&ids[2]).unwrap();
     assert!(first.image.ptr_eq(&third.image), "the merged containers share one image");
