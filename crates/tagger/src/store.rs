@@ -99,61 +99,95 @@ impl TagSource {
 }
 
 /// One part of an entity's tags (a source's own, or a part many entities share), immutable once
-/// built. All tags sit in one buffer; the low, orchestrator, high and standard levels are
+/// built. All tags sit in one string, each after its length written as one `char` (one byte for
+/// a tag shorter than 128 bytes); the low, orchestrator, high and standard levels are
 /// consecutive.
 #[derive(PartialEq, Eq, Hash)]
 pub struct EntityTags {
-    buf: Box<str>,
-    /// End offset in `buf` of each tag: low…, orchestrator…, high…, then standard….
-    ends: Box<[u32]>,
-    low: u32,
-    orchestrator: u32,
-    high: u32,
+    text: Box<str>,
+    /// How many tags the levels hold, counted through: low, then with orchestrator, with high,
+    /// with standard.
+    ends: [u16; 4],
 }
 
+/// The longest tag a part keeps: its length must be one `char` below the surrogates.
+const MAX_TAG_LEN: u32 = 0xD7FF;
+
 impl EntityTags {
-    /// Packs a source's tags.
+    /// Packs a source's tags. A tag longer than [`MAX_TAG_LEN`] bytes, or past the 65,535th,
+    /// is left out (and logged).
     pub fn build(info: &TagInfo) -> Self {
-        let all = info.low.iter().chain(&info.orchestrator).chain(&info.high).chain(&info.standard);
-        let mut buf = String::with_capacity(all.clone().map(String::len).sum());
-        let mut ends = Vec::with_capacity(all.clone().count());
-        for tag in all {
-            buf.push_str(tag);
-            ends.push(u32::try_from(buf.len()).unwrap_or(u32::MAX));
+        let levels = [&info.low, &info.orchestrator, &info.high, &info.standard];
+        let mut text = String::with_capacity(levels.iter().flat_map(|l| l.iter()).map(|t| t.len() + 1).sum());
+        let mut ends = [0u16; 4];
+        let mut count = 0u16;
+        for (level, tags) in levels.into_iter().enumerate() {
+            for tag in tags {
+                let len = u32::try_from(tag.len()).ok().filter(|n| *n <= MAX_TAG_LEN).and_then(char::from_u32);
+                match len {
+                    Some(len) if count < u16::MAX => {
+                        text.push(len);
+                        text.push_str(tag);
+                        count += 1;
+                    }
+                    _ => tracing::warn!(bytes = tag.len(), kept = count, "tag left out: too long, or too many tags"),
+                }
+            }
+            ends[level] = count;
         }
-        let count = |v: &Vec<String>| u32::try_from(v.len()).unwrap_or(u32::MAX);
-        let low = count(&info.low);
-        let orchestrator = low + count(&info.orchestrator);
-        let high = orchestrator + count(&info.high);
-        Self { buf: buf.into_boxed_str(), ends: ends.into_boxed_slice(), low, orchestrator, high }
+        Self { text: text.into_boxed_str(), ends }
     }
 
-    fn tag(&self, i: u32) -> &str {
-        let i = i as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        self.buf.get(start..self.ends[i] as usize).unwrap_or("")
+    /// The tag at byte `pos` (where a length starts), and where the next one starts.
+    fn read(&self, pos: usize) -> (&str, usize) {
+        let rest = self.text.get(pos..).unwrap_or_default();
+        let Some(len) = rest.chars().next() else { return ("", self.text.len()) };
+        let start = pos + len.len_utf8();
+        let end = start + len as usize;
+        (self.text.get(start..end).unwrap_or_default(), end)
+    }
+
+    /// Where the tag of index `i` starts.
+    fn start_of(&self, i: u32) -> usize {
+        (0..i).fold(0, |pos, _| self.read(pos).1)
+    }
+
+    /// The tags of one level (`LOW` … `STANDARD`) with their indices.
+    fn level(&self, level: usize) -> impl Iterator<Item = (u32, &str)> + '_ {
+        let (first, last) = self.range(level);
+        let mut pos = self.start_of(first);
+        (first..last).map(move |i| {
+            let (tag, next) = self.read(pos);
+            pos = next;
+            (i, tag)
+        })
+    }
+
+    /// The index of a level's first tag, and where it starts.
+    fn level_start(&self, level: usize) -> (u32, usize) {
+        let first = self.range(level).0;
+        (first, self.start_of(first))
     }
 
     /// The tags of one level (`LOW` … `STANDARD`) as a range of indices.
     fn range(&self, level: usize) -> (u32, u32) {
-        let count = self.ends.len() as u32;
-        let bounds = [0, self.low, self.orchestrator, self.high, count];
-        (bounds[level.min(STANDARD)], bounds[(level + 1).min(STANDARD + 1)])
+        let bounds = [0, self.ends[0], self.ends[1], self.ends[2], self.ends[3]].map(u32::from);
+        (bounds[level.min(STANDARD + 1)], bounds[(level + 1).min(STANDARD + 1)])
     }
 
     /// How many tags, every level.
     fn count(&self) -> u32 {
-        self.ends.len() as u32
+        u32::from(self.ends[STANDARD])
     }
 
     /// Whether it holds no tag.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.count() == 0
     }
 
     /// Bytes held, for the memory benchmark.
     pub fn heap_bytes(&self) -> usize {
-        self.buf.len() + self.ends.len() * 4
+        self.text.len()
     }
 }
 
@@ -180,7 +214,7 @@ impl SourceEntry {
 
 impl fmt::Debug for EntityTags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries((0..self.ends.len() as u32).map(|i| self.tag(i))).finish()
+        f.debug_list().entries((LOW..=STANDARD).flat_map(|l| self.level(l)).map(|(_, tag)| tag)).finish()
     }
 }
 
@@ -239,9 +273,7 @@ impl Merged {
             for level in LOW..=STANDARD {
                 let mut at = offset;
                 for part in &parts[start..end] {
-                    let (first, last) = part.range(level);
-                    for i in first..last {
-                        let tag = part.tag(i);
+                    for (i, tag) in part.level(level) {
                         let n = (at + i) as usize;
                         if tag.is_empty() || taken.contains(tag_key(tag)) || !seen[level].insert(tag) {
                             hidden[n / 64] |= 1 << (n % 64);
@@ -339,8 +371,8 @@ impl Tags {
     pub fn iter(&self) -> TagsIter<'_> {
         let (parts, hidden) = self.value.as_ref().map_or((&[][..], &[][..]), |v| (v.parts(), v.hidden()));
         let level = usize::from(self.first);
-        let next = parts.first().map_or(0, |p| p.range(level).0);
-        TagsIter { parts, hidden, level, last: usize::from(self.last), part: 0, offset: 0, next, left: self.len }
+        let (next, pos) = parts.first().map_or((0, 0), |p| p.level_start(level));
+        TagsIter { parts, hidden, level, last: usize::from(self.last), part: 0, offset: 0, next, pos, left: self.len }
     }
 
     /// The tags as owned strings.
@@ -367,6 +399,8 @@ pub struct TagsIter<'a> {
     offset: u32,
     /// The next tag's index in the current part.
     next: u32,
+    /// Where it starts in the part's text.
+    pos: usize,
     left: u32,
 }
 
@@ -378,14 +412,15 @@ impl<'a> Iterator for TagsIter<'a> {
             let part = self.parts.get(self.part)?;
             let (_, end) = part.range(self.level);
             if self.next < end {
-                let i = self.next;
+                let n = (self.offset + self.next) as usize;
+                let (tag, after) = part.read(self.pos);
                 self.next += 1;
-                let n = (self.offset + i) as usize;
+                self.pos = after;
                 if self.hidden.get(n / 64).is_some_and(|w| w & (1 << (n % 64)) != 0) {
                     continue;
                 }
                 self.left -= 1;
-                return Some(part.tag(i));
+                return Some(tag);
             }
             self.offset += part.count();
             self.part += 1;
@@ -394,7 +429,7 @@ impl<'a> Iterator for TagsIter<'a> {
                 self.offset = 0;
                 self.level += 1;
             }
-            self.next = self.parts.get(self.part).map_or(0, |p| p.range(self.level).0);
+            (self.next, self.pos) = self.parts.get(self.part).map_or((0, 0), |p| p.level_start(self.level));
         }
         None
     }
@@ -902,6 +937,29 @@ mod tests {
     }
 
     #[test]
+    fn a_part_reads_back_tags_of_any_length_and_content_and_leaves_out_only_those_too_long() {
+        let long = |n: usize| format!("k:{}", "é".repeat(n / 2));
+        let (short, wide, huge) = (long(120), long(3_000), long(MAX_TAG_LEN as usize));
+        let tags = TagInfo {
+            low: vec!["a:1".into(), short.clone(), "nul:\0inside".into()],
+            orchestrator: vec![wide.clone()],
+            high: vec![huge, "id:ü".into()],
+            standard: vec!["env:prod".into()],
+        };
+        let part = EntityTags::build(&tags);
+        let level = |l: usize| part.level(l).map(|(_, t)| t.to_owned()).collect::<Vec<_>>();
+        assert_eq!(level(LOW), ["a:1", short.as_str(), "nul:\0inside"]);
+        assert_eq!(level(LOW + 1), [wide.as_str()]);
+        assert_eq!(level(HIGH), ["id:ü"], "a tag longer than a length char can say is left out");
+        assert_eq!(level(STANDARD), ["env:prod"]);
+        let store = TagStore::new(Arc::new(ManualClock::default()), Duration::from_secs(300));
+        store.set("container_id://c1", TagSource::Container, tags);
+        let high = store.tag("container_id://c1", TagCardinality::High);
+        assert_eq!(high.len(), 5, "low, orchestrator and high; the standard tags are read apart");
+        assert_eq!(high.iter().nth(4), Some("id:ü"));
+    }
+
+    #[test]
     fn the_higher_priority_source_wins_a_shared_key() {
         let clock = Arc::new(ManualClock::default());
         let store = TagStore::new(clock, Duration::from_secs(300));
@@ -983,8 +1041,7 @@ mod tests {
             let mut keys = Vec::new();
             for entry in &entries[start..end] {
                 let info = |part: &EntityTags, level: usize| {
-                    let (a, b) = part.range(level);
-                    (a..b).map(|i| part.tag(i).to_owned()).collect::<Vec<_>>()
+                    part.level(level).map(|(_, tag)| tag.to_owned()).collect::<Vec<_>>()
                 };
                 for (level, cardinality) in
                     [(LOW, TagCardinality::Low), (LOW + 1, TagCardinality::Orchestrator), (HIGH, TagCardinality::High)]
