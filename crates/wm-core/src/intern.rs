@@ -4,7 +4,7 @@
 //! labels on each of its pods, a pod's name and UID in each of its containers' labels), as do a
 //! pod's namespace, phase, QoS class, node, owners and the names of its containers. Each
 //! distinct text is allocated once, in a process-wide set, for as long as something holds it:
-//! the last holder takes it out. A holder costs 16 bytes.
+//! the last holder takes it out. A holder costs 8 bytes.
 //!
 //! Sharing anew and letting go both happen under the lock of the text's shard, and a holder is
 //! only ever cloned from another: so when a holder that lets go sees a count of two (itself
@@ -19,7 +19,48 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 const SHARDS: usize = 16;
 
-type Set = HashSet<Arc<str>, foldhash::fast::FixedState>;
+/// One text as the set keeps it, and as each holder holds it: a thin pointer (8 bytes) to the
+/// count and the text's own pointer, found in the set by its text.
+#[derive(Clone)]
+struct Text(Arc<Box<str>>);
+
+impl Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self.0).hash(state);
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Text {}
+
+impl Kept for Text {
+    type Key = str;
+
+    fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    fn is(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn key(&self) -> &str {
+        &self.0
+    }
+}
+
+type Set = HashSet<Text, foldhash::fast::FixedState>;
 
 static TEXTS: [Mutex<Option<Set>>; SHARDS] = [const { Mutex::new(None) }; SHARDS];
 
@@ -30,9 +71,9 @@ fn shard(text: &str) -> MutexGuard<'static, Option<Set>> {
     TEXTS[at].lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An interned string (see the module docs). Reads as a `&str`.
+/// An interned string (see the module docs). Reads as a `&str`; 8 bytes.
 #[derive(Default)]
-pub struct IStr(Option<Arc<str>>);
+pub struct IStr(Option<Text>);
 
 impl IStr {
     /// The one copy of `text`, shared with every other holder of it.
@@ -45,14 +86,14 @@ impl IStr {
         if let Some(kept) = set.get(text) {
             return Self(Some(kept.clone()));
         }
-        let kept: Arc<str> = Arc::from(text);
+        let kept = Text(Arc::new(Box::from(text)));
         set.insert(kept.clone());
         Self(Some(kept))
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        self.0.as_deref().unwrap_or_default()
+        self.0.as_ref().map_or("", |t| &t.0)
     }
 
     /// How many distinct texts are kept now (for tests).
@@ -61,20 +102,44 @@ impl IStr {
     }
 }
 
+/// What an interner's set keeps: something counted, found in the set by its key.
+pub(crate) trait Kept: Borrow<Self::Key> + Hash + Eq {
+    /// What the set is searched by.
+    type Key: ?Sized + Hash + Eq;
+    /// How many hold it, the set included.
+    fn holders(&self) -> usize;
+    /// Whether both are the one allocation.
+    fn is(&self, other: &Self) -> bool;
+    /// Its key.
+    fn key(&self) -> &Self::Key;
+}
+
+impl<T: Hash + Eq> Kept for Arc<T> {
+    type Key = T;
+
+    fn holders(&self) -> usize {
+        Arc::strong_count(self)
+    }
+
+    fn is(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+
+    fn key(&self) -> &T {
+        self
+    }
+}
+
 /// Lets go of a holder's `held`, with the lock of the interner's `set` held: takes it out of the
 /// set when the set's reference is the only other one. Something is only shared anew under that
 /// lock, or by cloning a holder, and every holder lets go under it: so with a count of two this
 /// is the one holder, and the next to let go counts after this one.
-pub(crate) fn let_go_under_lock<T, S>(set: Option<&mut HashSet<Arc<T>, S>>, held: Arc<T>)
-where
-    T: ?Sized + Eq + Hash,
-    S: BuildHasher,
-{
-    if Arc::strong_count(&held) == 2
+pub(crate) fn let_go_under_lock<K: Kept, S: BuildHasher>(set: Option<&mut HashSet<K, S>>, held: K) {
+    if held.holders() == 2
         && let Some(set) = set
-        && set.get(&*held).is_some_and(|kept| Arc::ptr_eq(kept, &held))
+        && set.get(held.key()).is_some_and(|kept| kept.is(&held))
     {
-        set.remove(&*held);
+        set.remove(held.key());
     }
     drop(held);
 }
@@ -82,7 +147,7 @@ where
 impl Drop for IStr {
     fn drop(&mut self) {
         let Some(text) = self.0.take() else { return };
-        let mut guard = shard(&text);
+        let mut guard = shard(text.key());
         let_go_under_lock(guard.as_mut(), text);
         drop(guard);
     }
@@ -112,7 +177,7 @@ impl PartialEq for IStr {
     fn eq(&self, other: &Self) -> bool {
         // One copy per text: equal texts are the same allocation.
         match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Some(a), Some(b)) => a.is(b) || a == b,
             (None, None) => true,
             _ => false,
         }
@@ -215,7 +280,7 @@ mod tests {
         let a = IStr::new("intern-test/a");
         let b = IStr::new("intern-test/a");
         let c = a.clone();
-        assert!(a.0.as_ref().zip(b.0.as_ref()).is_some_and(|(x, y)| Arc::ptr_eq(x, y)));
+        assert!(a.0.as_ref().zip(b.0.as_ref()).is_some_and(|(x, y)| x.is(y)));
         let held = |t: &str| shard(t).as_ref().is_some_and(|s| s.contains(t));
         assert!(held("intern-test/a"));
         drop((a, b));
@@ -223,13 +288,14 @@ mod tests {
         drop(c);
         assert!(!held("intern-test/a"));
         assert_eq!(IStr::new("").as_str(), "");
+        assert_eq!(std::mem::size_of::<IStr>(), 8, "a holder is one thin pointer");
     }
 
     #[test]
     fn a_deserialized_text_is_the_one_copy_and_serializes_as_a_string() {
         let held = IStr::from("intern-test/serde");
         let read: IStr = serde_json::from_str("\"intern-test/serde\"").unwrap_or_default();
-        assert!(held.0.as_ref().zip(read.0.as_ref()).is_some_and(|(x, y)| Arc::ptr_eq(x, y)));
+        assert!(held.0.as_ref().zip(read.0.as_ref()).is_some_and(|(x, y)| x.is(y)));
         assert_eq!(read, "intern-test/serde");
         assert_eq!(serde_json::to_string(&read).ok().as_deref(), Some("\"intern-test/serde\""));
         assert!(serde_json::from_str::<IStr>("7").is_err(), "not a string");
