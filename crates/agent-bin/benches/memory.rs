@@ -198,8 +198,13 @@ fn main() {
         if !store_only {
             let before = net(&region);
             let _task = tagger.spawn(&store);
-            // Wait until the tagger has tagged every pod and container.
-            while tagger.store().len() < pods * 4 {
+            // Wait until the tagger is done with its first bundle, every pod and container,
+            // and with the reconciling that follows it (whose scratch would be counted
+            // otherwise): a container notified after it is tagged after both.
+            let marker = "f".repeat(64);
+            let container = Container { id: Arc::from(marker.as_str()), ..Container::default() };
+            store.notify(vec![CollectorEvent::set(Source::Runtime, container)]).await;
+            while !tagger.store().contains(&format!("container_id://{marker}")) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             store.sync().await;

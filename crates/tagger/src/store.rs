@@ -851,6 +851,22 @@ impl TagStore {
         out
     }
 
+    /// Every entity and source `live` does not keep, not yet deleted: read under the writer's
+    /// lock, without copying any tag.
+    pub fn stale(&self, live: impl Fn(&TagKey, TagSource) -> bool) -> Vec<(TagKey, TagSource)> {
+        let writer = self.writer();
+        let mut out = Vec::new();
+        for (slot, sources) in writer.iter().enumerate() {
+            for (uid, entries) in sources {
+                let key = TagKey { slot: slot as u8, uid: uid.clone() };
+                for entry in entries.iter().filter(|e| e.deleted_at.is_none() && !live(&key, e.source)) {
+                    out.push((key.clone(), entry.source));
+                }
+            }
+        }
+        out
+    }
+
     /// How many entities have tags.
     pub fn len(&self) -> usize {
         self.published.iter().map(FastMap::len).sum()

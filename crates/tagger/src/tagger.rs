@@ -239,34 +239,27 @@ impl Tagger {
     /// After a fresh snapshot (a resubscription), deletes the tags of every entity the snapshot
     /// no longer holds.
     fn reconcile(&self, snapshot: &[Event]) {
-        let mut live: HashSet<(TagSource, String)> = HashSet::new();
+        // Keys share their text with the entities: the set costs little beside them.
+        let mut live: HashSet<(TagSource, TagKey)> = HashSet::with_capacity(snapshot.len());
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         for event in snapshot {
-            let id = entity_id(&event.entity);
-            match &event.entity {
-                Entity::Container(_) => {
-                    live.insert((TagSource::Container, id));
-                }
-                Entity::KubernetesPod(_) | Entity::EcsTask(_) | Entity::KubernetesMetadata(_) => {
-                    let source = match event.entity {
-                        Entity::EcsTask(_) => TagSource::EcsTask,
-                        Entity::KubernetesMetadata(_) => TagSource::KubernetesMetadata,
-                        _ => TagSource::KubernetesPod,
-                    };
-                    let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-                    let key = (source, TagKey::of(&event.entity.id()));
-                    for child in children.get(&key).into_iter().flat_map(|c| c.iter()) {
-                        live.insert((source, child.to_string()));
-                    }
-                    live.insert((source, id));
+            let key = TagKey::of(&event.entity.id());
+            let source = match event.entity {
+                Entity::Container(_) => TagSource::Container,
+                Entity::EcsTask(_) => TagSource::EcsTask,
+                Entity::KubernetesMetadata(_) => TagSource::KubernetesMetadata,
+                Entity::KubernetesPod(_) => TagSource::KubernetesPod,
+            };
+            if source != TagSource::Container {
+                for child in children.get(&(source, key.clone())).into_iter().flat_map(|c| c.iter()) {
+                    live.insert((source, child.clone()));
                 }
             }
+            live.insert((source, key));
         }
-        for (entity, sources) in self.store.list() {
-            for (source, _) in sources {
-                if !live.contains(&(source, entity.clone())) {
-                    self.store.delete(&entity, source);
-                }
-            }
+        drop(children);
+        for (key, source) in self.store.stale(|key, source| live.contains(&(source, key.clone()))) {
+            self.store.delete_key(&key, source);
         }
     }
 
@@ -372,6 +365,42 @@ mod tests {
             churn += 1;
         }
         assert_eq!(tagger.shared_tags_kept(), 0, "after {churn} rounds of churn");
+    }
+
+    #[test]
+    fn a_fresh_snapshot_deletes_what_it_no_longer_holds_and_keeps_the_rest() {
+        let clock = Arc::new(ManualClock::default());
+        let tagger = Tagger::with_clock(TaggerConfig::default(), clock.clone());
+        let (a, b) = (event(EventType::Set, "a", "nginx:1.25"), event(EventType::Set, "b", "redis:7"));
+        let web = wm_core::OrchestratorContainer { id: "a".into(), name: "web".into(), ..Default::default() };
+        let pod = wm_core::KubernetesPod {
+            id: "p1".into(),
+            name: "web-1".into(),
+            containers: vec![web],
+            ..Default::default()
+        };
+        let pod = Event { event_type: EventType::Set, entity: Entity::from(pod) };
+        tagger.process(&[a.clone(), b.clone(), pod]);
+        let high = |id: &str| tagger.tag(id, TagCardinality::High).to_vec();
+        assert!(high(&container_entity("a")).contains(&"pod_name:web-1".to_owned()));
+
+        // The store was lost and comes back holding container `a` only (its pod is gone).
+        tagger.reconcile(&[a]);
+        assert!(!high("kubernetes_pod_uid://p1").is_empty(), "served through the grace period");
+        clock.advance(tagger.config.deletion_grace_period());
+        tagger.prune();
+        assert!(high(&container_entity("b")).is_empty());
+        assert!(high("kubernetes_pod_uid://p1").is_empty());
+        let kept = high(&container_entity("a"));
+        assert!(kept.contains(&"container_id:a".to_owned()), "{kept:?}");
+        assert!(!kept.iter().any(|t| t.starts_with("pod_name:")), "its pod's tags went with the pod: {kept:?}");
+
+        // A snapshot holding everything deletes nothing.
+        tagger.process(std::slice::from_ref(&b));
+        tagger.reconcile(&[b]);
+        clock.advance(tagger.config.deletion_grace_period());
+        tagger.prune();
+        assert!(!high(&container_entity("b")).is_empty());
     }
 
     fn c(id: &str) -> Container {
