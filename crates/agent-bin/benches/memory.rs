@@ -94,12 +94,9 @@ fn runtime_containers(pod: &KubernetesPod, i: usize) -> Vec<Container> {
             ]
             .into_iter()
             .collect();
-            // Exact, as a runtime's JSON gives it (format! leaves spare capacity).
-            let mut name = format!("k8s_{}_{}_{}_{}_0", c.name, pod.name, pod.namespace, pod.id);
-            name.shrink_to_fit();
             Container {
                 id: Arc::from(&*c.id),
-                name,
+                name: format!("k8s_{}_{}_{}_{}_0", c.name, pod.name, pod.namespace, pod.id).into(),
                 labels,
                 image: c.image.clone(),
                 runtime: Some(Runtime::Docker),

@@ -95,7 +95,7 @@ fn main() {
                 let labels: StrMap = [("team", "bench")].into_iter().collect();
                 let c = Container {
                     id: format!("bench-{i:04}").into(),
-                    name: format!("bench-{i}"),
+                    name: format!("bench-{i}").into(),
                     labels,
                     image: ContainerImage::parse("docker.io/library/nginx:1.25"),
                     ..Container::default()

@@ -230,7 +230,7 @@ impl Instance {
         }
         Container {
             id: Arc::from(self.handle.as_str()),
-            name,
+            name: name.into(),
             labels,
             runtime: Some(Runtime::Garden),
             state: ContainerState {

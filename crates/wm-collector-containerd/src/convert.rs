@@ -8,7 +8,7 @@ use containerd_client::services::v1::Container as CtrContainer;
 use containerd_client::types::v1::{Process, Status};
 use serde::Deserialize;
 use wm_core::{
-    Container, ContainerDetails, ContainerImage, ContainerState, ContainerStatus, EntityId, EnvFilter,
+    Container, ContainerDetails, ContainerImage, ContainerState, ContainerStatus, EntityId, EnvFilter, IStr,
     KUBE_CONTAINER_NAME_LABEL, KUBE_POD_UID_LABEL, Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
@@ -149,8 +149,7 @@ pub fn container_from_containerd(
     let name = [KUBE_CONTAINER_NAME_LABEL, NERDCTL_NAME_LABEL]
         .iter()
         .find_map(|l| record.labels.get(*l).filter(|n| !n.is_empty()))
-        .cloned()
-        .unwrap_or_else(|| record.id.clone());
+        .map_or_else(|| IStr::new(&record.id), |n| IStr::new(n));
     let labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let container = Container {
         id: Arc::from(record.id.as_str()),

@@ -505,7 +505,7 @@ impl CallError {
 fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Container {
     Container {
         id: Arc::from(id),
-        name: id.to_owned(),
+        name: id.into(),
         image: image.map(|i| wm_core::ContainerImage::parse(i).interned()).unwrap_or_default(),
         runtime: Some(wm_core::Runtime::Containerd),
         state: wm_core::ContainerState {

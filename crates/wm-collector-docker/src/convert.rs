@@ -131,7 +131,7 @@ pub fn container_from_inspect(
     let labels: StrMap = labels_map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Some(Container {
         id: Arc::from(id),
-        name: inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),
+        name: inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').into(),
         labels,
         env: env.filter(config.and_then(|c| c.env.as_ref()).into_iter().flatten()),
         image,
@@ -190,7 +190,7 @@ pub fn container_from_event(
     };
     Some(Container {
         id: Arc::from(id),
-        name: attributes.get("name").cloned().unwrap_or_default(),
+        name: attributes.get("name").map(String::as_str).unwrap_or_default().into(),
         image: ContainerImage::parse(image_raw).interned(),
         runtime: Some(Runtime::Docker),
         owner: label_map

@@ -146,7 +146,7 @@ pub fn v1_tasks(bytes: &[u8], cluster: &str) -> Result<Converted, serde_json::Er
             let image = image.interned();
             containers.push(Entity::from(Container {
                 id: Arc::from(c.docker_id.as_str()),
-                name: if c.docker_name.is_empty() { c.name } else { c.docker_name },
+                name: if c.docker_name.is_empty() { c.name.into() } else { c.docker_name.into() },
                 image,
                 owner: Some(owner.clone()),
                 state: ContainerState {
@@ -307,7 +307,7 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
             .collect();
         containers.push(Entity::from(Container {
             id: Arc::from(c.docker_id.as_str()),
-            name: if c.docker_name.is_empty() { c.name } else { c.docker_name },
+            name: if c.docker_name.is_empty() { c.name.into() } else { c.docker_name.into() },
             labels: str_map(&c.labels),
             image,
             runtime,

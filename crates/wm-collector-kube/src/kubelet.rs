@@ -304,7 +304,8 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
             let image = status_image(status, spec);
             let (runtime, id) = split_container_id(&status.container_id);
             let id: Arc<str> = Arc::from(id);
-            refs.push(OrchestratorContainer { id: id.clone(), name: IStr::new(&status.name), image: image.clone() });
+            let name = IStr::new(&status.name);
+            refs.push(OrchestratorContainer { id: id.clone(), name: name.clone(), image: image.clone() });
             // Still being created: the pod lists it, but there is no container yet.
             if id.is_empty() {
                 continue;
@@ -327,7 +328,7 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
                 .collect();
             containers.push(Entity::from(Container {
                 id,
-                name: status.name.clone(),
+                name,
                 image,
                 runtime,
                 state: state(status),

@@ -224,7 +224,7 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
     };
     Some(Container {
         id: Arc::from(inspect.id.as_str()),
-        name: inspect.name.clone(),
+        name: (&inspect.name).into(),
         labels: labels(inspect.config.labels.as_ref(), &entry.pod_name),
         env: env.filter(inspect.config.env.iter().flatten()),
         image: image(&inspect.image_name, &inspect.image),
@@ -275,7 +275,7 @@ pub fn container_from_list(entry: &ListEntry) -> Option<Container> {
     let stopped = status == ContainerStatus::Stopped;
     Some(Container {
         id: Arc::from(entry.id.as_str()),
-        name: entry.names.first().cloned().unwrap_or_default(),
+        name: entry.names.first().map(String::as_str).unwrap_or_default().into(),
         labels: labels(entry.labels.as_ref(), &entry.pod_name),
         image: image(&entry.image, &entry.image_id),
         runtime: Some(Runtime::Podman),

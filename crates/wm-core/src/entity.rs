@@ -321,7 +321,7 @@ pub struct Container {
     /// The container id (64 hex for docker, containerd and podman; the instance GUID on Cloud Foundry).
     pub id: Arc<str>,
     /// The container's name.
-    pub name: String,
+    pub name: IStr,
     /// Its labels.
     pub labels: StrMap,
     /// The env vars the tag rules read; never all of them (secrets stay out of the store).
@@ -351,7 +351,7 @@ pub struct Container {
 struct ContainerFields {
     id: Arc<str>,
     #[serde(skip_serializing_if = "str::is_empty")]
-    name: String,
+    name: IStr,
     #[serde(skip_serializing_if = "str::is_empty")]
     hostname: String,
     #[serde(skip_serializing_if = "StrMap::is_empty")]

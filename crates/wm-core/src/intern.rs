@@ -216,6 +216,12 @@ impl PartialEq<&str> for IStr {
     }
 }
 
+impl PartialEq<String> for IStr {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
 impl From<&str> for IStr {
     fn from(text: &str) -> Self {
         Self::new(text)

@@ -19,7 +19,7 @@ fn container() -> impl Strategy<Value = Container> {
     (text.clone(), text, labels, prop::option::of(1u32..5), any::<bool>()).prop_map(
         |(name, hostname, labels, pid, running)| Container {
             id: "c1".into(),
-            name: name.unwrap_or_default(),
+            name: name.unwrap_or_default().into(),
             labels: labels.into_iter().collect::<StrMap>(),
             pid: pid.unwrap_or(0),
             state: if running {
@@ -65,7 +65,7 @@ proptest! {
         let first = |field: fn(&Container) -> &str| {
             ranked.iter().map(|(_, e)| field(as_container(e))).find(|v| !v.is_empty()).unwrap_or_default().to_owned()
         };
-        prop_assert_eq!(&merged.name, &first(|c| &c.name));
+        prop_assert_eq!(merged.name.as_str(), first(|c| &c.name));
         prop_assert_eq!(&merged.details.hostname, &first(|c| &c.details.hostname));
         // The runtime's pid first, then the others' in precedence order.
         let runtime_first = ranked.iter().filter(|(s, _)| *s == Source::Runtime).chain(ranked.iter().filter(|(s, _)| *s != Source::Runtime));

@@ -130,7 +130,7 @@ pub fn container(c: &Container) -> pb::Container {
     pb::Container {
         entity_id: Some(entity_id(&EntityId::new(Kind::Container, c.id.clone()))),
         entity_meta: Some(pb::EntityMeta {
-            name: c.name.clone(),
+            name: c.name.to_string(),
             namespace: String::new(),
             annotations: HashMap::new(),
             labels: map(&c.labels),
@@ -198,7 +198,7 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
     let resources = c.resources.unwrap_or_default();
     Some(Container {
         id: Arc::from(id.as_str()),
-        name: meta.name,
+        name: meta.name.into(),
         labels: strmap(&meta.labels),
         env: strmap(&c.env_vars),
         image: from_image(c.image.as_ref()),

@@ -33,7 +33,7 @@ fn entities(ids: usize) -> [Vec<Entity>; 2] {
             .map(|i| {
                 let mut c = Container {
                     id: format!("{i:064x}").into(),
-                    name: format!("container-{i}"),
+                    name: format!("container-{i}").into(),
                     restart_count: v,
                     ..Container::default()
                 };

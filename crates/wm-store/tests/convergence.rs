@@ -23,7 +23,7 @@ fn random_batch(rng: &mut Rng) -> Vec<CollectorEvent> {
                 let mut c = Container { id: id.into(), ..Container::default() };
                 // Each source fills some fields, so merges really differ from single versions.
                 match rng.below(3) {
-                    0 => c.name = format!("n{}", rng.below(3)),
+                    0 => c.name = format!("n{}", rng.below(3)).into(),
                     1 => c.details.hostname = format!("h{}", rng.below(3)),
                     _ => {
                         c.labels.insert(format!("k{}", rng.below(2)), format!("v{}", rng.below(2)));

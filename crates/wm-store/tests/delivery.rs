@@ -9,7 +9,7 @@ use wm_core::{CollectorEvent, Container, Filter, Source, SubscriberPriority};
 use wm_store::{EventBundle, Store, StoreConfig, Subscription, SubscriptionError, TryRecv};
 
 fn container(id: &str) -> Container {
-    Container { id: id.into(), name: format!("name-{id}"), ..Container::default() }
+    Container { id: id.into(), name: format!("name-{id}").into(), ..Container::default() }
 }
 
 async fn set(store: &Store, id: &str) {

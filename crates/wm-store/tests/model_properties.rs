@@ -31,7 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn entity(id: u8, name: &str) -> Entity {
-    Entity::from(Container { id: format!("c{id}").into(), name: name.to_owned(), ..Container::default() })
+    Entity::from(Container { id: format!("c{id}").into(), name: name.into(), ..Container::default() })
 }
 
 /// What each source says now: source → id → name.
@@ -89,7 +89,7 @@ proptest! {
             let got: BTreeMap<String, String> = store
                 .list(Kind::Container)
                 .iter()
-                .map(|e| (e.id_str().to_string(), e.as_container().unwrap().name.clone()))
+                .map(|e| (e.id_str().to_string(), e.as_container().unwrap().name.to_string()))
                 .collect();
             store.shutdown().await;
             got

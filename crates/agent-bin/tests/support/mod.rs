@@ -42,7 +42,7 @@ pub fn container(id: &str, team: &str) -> Entity {
     let labels: StrMap = [("team", team)].into_iter().collect();
     Entity::from(Container {
         id: id.into(),
-        name: format!("name-{id}"),
+        name: format!("name-{id}").into(),
         labels,
         image: ContainerImage::parse("docker.io/library/nginx:1.25"),
         ..Container::default()
@@ -51,7 +51,7 @@ pub fn container(id: &str, team: &str) -> Entity {
 
 pub fn big_container(id: &str) -> Entity {
     let labels: StrMap = (0..32).map(|i| (format!("label-{i}"), "x".repeat(128))).collect();
-    Entity::from(Container { id: id.into(), name: format!("name-{id}"), labels, ..Container::default() })
+    Entity::from(Container { id: id.into(), name: format!("name-{id}").into(), labels, ..Container::default() })
 }
 
 pub async fn set(agent: &RunningAgent, entities: Vec<Entity>) {
