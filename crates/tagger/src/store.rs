@@ -114,8 +114,8 @@ pub struct EntityTags {
 const MAX_TAG_LEN: u32 = 0xD7FF;
 
 impl EntityTags {
-    /// Packs a source's tags. A tag longer than [`MAX_TAG_LEN`] bytes, or past the 65,535th,
-    /// is left out (and logged).
+    /// Packs a source's tags. A tag longer than 55,295 bytes (what one length `char` can say),
+    /// or past the 65,535th, is left out (and logged).
     pub fn build(info: &TagInfo) -> Self {
         let levels = [&info.low, &info.orchestrator, &info.high, &info.standard];
         let mut text = String::with_capacity(levels.iter().flat_map(|l| l.iter()).map(|t| t.len() + 1).sum());
