@@ -19,10 +19,12 @@ type Entry = (IStr, IStr);
 /// in one allocation shared by every copy: cloning is a reference count, a merge that takes a
 /// map whole takes it without copying, and a change copies the entries first (copy on write).
 /// Keys and values are interned ([`IStr`]): the keys repeat in every entity, and so do many
-/// values (a deployment's labels on each of its pods). An entry costs 32 bytes beside its text,
-/// an empty map nothing; iteration is in key order (stable dumps and tags).
+/// values (a deployment's labels on each of its pods). An entry costs 16 bytes beside its text;
+/// a map is one thin pointer (8 bytes: every entity holds several, most of them empty), a
+/// non-empty one 32 bytes more for its count and its entries' pointer; iteration is in key
+/// order (stable dumps and tags).
 #[derive(Clone, Default, Eq)]
-pub struct StrMap(Option<Arc<[Entry]>>);
+pub struct StrMap(Option<Arc<Box<[Entry]>>>);
 
 impl StrMap {
     /// An empty map.
@@ -31,7 +33,7 @@ impl StrMap {
     }
 
     fn entries(&self) -> &[Entry] {
-        self.0.as_deref().unwrap_or_default()
+        self.0.as_deref().map_or(&[], |entries| entries)
     }
 
     /// Changes the entries: on a copy of them when they are shared.
@@ -43,7 +45,7 @@ impl StrMap {
     }
 
     fn from_sorted(entries: Vec<Entry>) -> Self {
-        Self((!entries.is_empty()).then(|| Arc::from(entries)))
+        Self((!entries.is_empty()).then(|| Arc::new(entries.into_boxed_slice())))
     }
 
     /// The number of entries.
@@ -231,6 +233,16 @@ impl<'de> Deserialize<'de> for StrMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_is_one_thin_pointer_and_an_entry_two() {
+        assert_eq!(std::mem::size_of::<StrMap>(), 8);
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        let m: StrMap = [("a", "1")].into_iter().collect();
+        let copy = m.clone();
+        assert!(m.ptr_eq(&copy), "a copy shares the entries");
+        assert!(StrMap::new().ptr_eq(&StrMap::default()));
+    }
 
     #[test]
     fn entries_stay_sorted_and_unique() {
