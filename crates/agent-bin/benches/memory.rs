@@ -5,7 +5,7 @@
 //! PodList of 100 such pods turned into entities by `wm_collector_kube::kubelet`, plus each
 //! container as its runtime reports it. Measured as net heap bytes by a counting allocator, and
 //! as resident-set growth, and broken down: each part's growth as it is built or fed (entities,
-//! the store's records and merged views, the tagger), and the tagger's split counted from its
+//! the store's records, the tagger), and the tagger's split counted from its
 //! structures. `--quick`: 10k pods. (It lives in agent-bin, the one crate that may
 //! link a collector, the store and the tagger together.)
 
@@ -172,24 +172,26 @@ fn main() {
     // the runtime's version of each container. Then the store is fed part by part (the runtime's
     // part makes each container known by two sources, merged), each part's growth measured; then
     // the tagger follows it and tags everything.
-    let mut parts: Vec<(&str, usize)> = Vec::new();
+    // A part's growth may be negative: the store lets go of the copies of ids it already holds.
+    let growth = |before: usize| net(&region) as i64 - before as i64;
+    let mut parts: Vec<(&str, i64)> = Vec::new();
     let before = net(&region);
     let (pod_events, kubelet_events) = converted(pods);
-    parts.push(("entities: pods and containers (kubelet)", net(&region).saturating_sub(before)));
+    parts.push(("entities: pods and containers (kubelet)", growth(before)));
     let before = net(&region);
     let runtime_events = runtime_events(&pod_events);
-    parts.push(("entities: containers (runtime)", net(&region).saturating_sub(before)));
+    parts.push(("entities: containers (runtime)", growth(before)));
     let columns = [pod_events, kubelet_events, runtime_events];
     let (store, tagger) = runtime.block_on(async {
         let store = Store::new();
-        let names = ["store: pods", "store: containers (kubelet)", "store: containers (runtime, merged)"];
+        let names = ["store: pods", "store: containers (kubelet)", "store: containers (runtime, ids shared)"];
         for (name, column) in names.into_iter().zip(columns) {
             let before = net(&region);
             for batch in column {
                 store.notify(batch).await;
             }
             store.sync().await;
-            parts.push((name, net(&region).saturating_sub(before)));
+            parts.push((name, growth(before)));
         }
         let tagger = Arc::new(Tagger::new(TaggerConfig::default()));
         if !store_only {
@@ -205,7 +207,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             store.sync().await;
-            parts.push(("tagger", net(&region).saturating_sub(before)));
+            parts.push(("tagger", growth(before)));
         }
         (store, tagger)
     });
@@ -222,7 +224,7 @@ fn main() {
     );
     // Where the bytes go: measured per part, and the tagger's split counted from its structures.
     for (part, bytes) in parts {
-        println!("  {part:<40} {:>6} B/pod", bytes / pods);
+        println!("  {part:<40} {:>6} B/pod", bytes / pods as i64);
     }
     if !store_only {
         let f = tagger.store().footprint();

@@ -66,11 +66,13 @@ impl Versions {
     }
 }
 
-/// Everything known about one entity.
+/// Everything known about one entity: each source's version. The merged view is not kept: it
+/// is made when read, and when a change is told (a record known by one source, nearly all of
+/// them, is its own merged view, with nothing made), so a container known by two sources holds
+/// two versions and no third copy.
 #[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) versions: Versions,
-    pub(crate) merged: Entity,
 }
 
 impl Record {
@@ -80,22 +82,29 @@ impl Record {
 
     /// The merged view of the current versions; the single version itself when only one
     /// source knows the entity (the common case: no allocation, no copy).
-    fn remerge(&self) -> Option<Entity> {
-        if let [only] = self.versions.as_slice() {
-            return Some(only.entity.clone());
+    pub(crate) fn merged(&self) -> Entity {
+        let versions = self.versions.as_slice();
+        if let [only] = versions {
+            return only.entity.clone();
         }
-        let versions: Vec<(Source, &Entity)> = self.versions.as_slice().iter().map(|v| (v.source, &v.entity)).collect();
-        merge(&versions)
+        let ranked: Vec<(Source, &Entity)> = versions.iter().map(|v| (v.source, &v.entity)).collect();
+        // A record holds at least one version, all of one kind and id: the merge has one.
+        merge(&ranked).unwrap_or_else(|| versions[0].entity.clone())
     }
 
-    /// Recomputes the merged view; `Some(new)` when it changed.
-    fn update_merged(&mut self) -> Option<Entity> {
-        let merged = self.remerge()?;
-        let changed = merged != self.merged;
-        changed.then(|| {
-            self.merged = merged.clone();
-            merged
-        })
+    /// Whether more than one source knows it (its merged view is made, not one of its versions).
+    fn is_merged(&self) -> bool {
+        matches!(self.versions, Versions::Many(_))
+    }
+}
+
+/// What a merged-view subscriber hears when a record known by several sources changed: its new
+/// merge, when that differs from the one before.
+fn remerged(before: Option<Entity>, record: &Record) -> MergedChange {
+    let after = record.merged();
+    match before {
+        Some(before) if before == after => MergedChange::Unchanged,
+        _ => MergedChange::Changed(set(after)),
     }
 }
 
@@ -225,13 +234,16 @@ impl State {
             entity.share_ids(None, Some(&key));
         }
         let records = self.records_mut(entity.kind());
-        let Some(record) = records.get_mut(entity.id_str()) else {
+        let Some(key) = records.get_key_value(entity.id_str()).map(|(key, _)| key.clone()) else {
             let version = Version { source, collector, entity: entity.clone() };
-            records
-                .insert(entity.id_str().clone(), Record { versions: Versions::One(version), merged: entity.clone() });
+            records.insert(entity.id_str().clone(), Record { versions: Versions::One(version) });
             return Some(Change { source, source_event: set(entity), merged: MergedChange::SameAsSource });
         };
-        entity.share_ids(Some(record.merged.id_str()), None);
+        entity.share_ids(Some(&key), None);
+        let record = records.get_mut(&key)?;
+        // The merge before the change, to tell whether it changed (only a record that stays or
+        // becomes known by several sources has a merge to tell).
+        let before = record.is_merged().then(|| record.merged());
         match record.versions.position(source) {
             Ok(i) => {
                 let version = &mut record.versions.as_mut_slice()[i];
@@ -243,12 +255,13 @@ impl State {
             }
             Err(i) => record.versions.insert(i, Version { source, collector, entity: entity.clone() }),
         }
-        let merged = if record.versions.as_slice().len() == 1 {
-            // The sole version was replaced by a different one: it is the new merge.
-            record.merged = entity.clone();
-            MergedChange::SameAsSource
+        let merged = if record.is_merged() {
+            let before = before
+                .or_else(|| record.versions.as_slice().iter().find(|v| v.source != source).map(|v| v.entity.clone()));
+            remerged(before, record)
         } else {
-            record.update_merged().map_or(MergedChange::Unchanged, |m| MergedChange::Changed(set(m)))
+            // The sole version was replaced by a different one: it is the new merge.
+            MergedChange::SameAsSource
         };
         Some(Change { source, source_event: set(entity), merged })
     }
@@ -258,25 +271,14 @@ impl State {
         let records = self.records_mut(kind);
         let record = records.get_mut(payload.id_str())?;
         let i = record.versions.position(source).ok()?;
+        let before = record.merged();
         let (source_event, merged) = match record.versions.remove(i) {
-            Some(removed) => (
-                unset(overlay(payload, &removed.entity)),
-                record.update_merged().map_or(MergedChange::Unchanged, |m| MergedChange::Changed(set(m))),
-            ),
+            Some(removed) => (unset(overlay(payload, &removed.entity)), remerged(Some(before), record)),
             None => {
                 let record = records.remove(payload.id_str())?;
-                // `remove` gives `None` only for a sole version, so this is `One`; the other arm
-                // is a safe fallback, not a path.
-                let last_version = match record.versions {
-                    Versions::One(v) => v.entity,
-                    Versions::Many(_) => record.merged.clone(),
-                };
-                if last_version.ptr_eq(&record.merged) {
-                    (unset(overlay(payload, &last_version)), MergedChange::SameAsSource)
-                } else {
-                    let merged = MergedChange::Changed(unset(overlay(payload, &record.merged)));
-                    (unset(overlay(payload, &last_version)), merged)
-                }
+                // `remove` gives `None` only for a sole version, which was its own merge.
+                let Versions::One(last) = record.versions else { return None };
+                (unset(overlay(payload, &last.entity)), MergedChange::SameAsSource)
             }
         };
         Some(Change { source, source_event, merged })
@@ -320,17 +322,17 @@ impl State {
         }
         let mut events = Vec::new();
         for kind in Kind::ALL.into_iter().filter(|k| filter.passes_kind(*k)) {
-            let mut found: Vec<(&Arc<str>, &Entity)> = self
+            let mut found: Vec<(&Arc<str>, Entity)> = self
                 .records(kind)
                 .iter()
                 .filter_map(|(id, r)| match filter.source() {
-                    None => Some((id, &r.merged)),
-                    Some(source) => r.version(source).map(|e| (id, e)),
+                    None => Some((id, r.merged())),
+                    Some(source) => r.version(source).map(|e| (id, e.clone())),
                 })
                 .filter(|(_, e)| filter.matches_entity(e))
                 .collect();
             found.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            events.extend(found.into_iter().map(|(_, e)| set(e.clone())));
+            events.extend(found.into_iter().map(|(_, e)| set(e)));
         }
         events
     }

@@ -17,7 +17,7 @@ use wm_core::{
 };
 
 use crate::runner::{CollectorHealth, CollectorStatus, RetryPolicy, run_collector};
-use crate::state::{Change, State};
+use crate::state::{Change, Record, State};
 use crate::subscriber::{Events, Pushed, QueueLimits, Shared, Subscription};
 use crate::telemetry::{MetricSample, MetricValue, Received, SENT_ACK_TIMEOUT, SENT_LAGGED, SENT_SUCCESS, Telemetry};
 
@@ -152,14 +152,14 @@ impl Inner {
     }
 
     fn get(&self, id: &EntityId) -> Option<Entity> {
-        self.read().get(id).map(|r| r.merged.clone())
+        self.read().get(id).map(Record::merged)
     }
 
     fn list(&self, kind: Kind) -> Vec<Entity> {
         let state = self.read();
-        let mut found: Vec<(&Arc<str>, &Entity)> = state.records(kind).iter().map(|(id, r)| (id, &r.merged)).collect();
+        let mut found: Vec<(&Arc<str>, &Record)> = state.records(kind).iter().collect();
         found.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        found.into_iter().map(|(_, e)| e.clone()).collect()
+        found.into_iter().map(|(_, r)| r.merged()).collect()
     }
 }
 
@@ -446,17 +446,17 @@ impl Store {
         let container = EntityId::new(Kind::Container, container_id);
         if let Some(owner) = state
             .get(&container)
-            .and_then(|r| r.merged.as_container().and_then(|c| c.owner.clone()))
+            .and_then(|r| r.merged().as_container().and_then(|c| c.owner.clone()))
             .filter(|o| o.kind == Kind::KubernetesPod)
         {
-            return state.get(&owner).and_then(|r| r.merged.as_kubernetes_pod().cloned());
+            return state.get(&owner).and_then(|r| r.merged().as_kubernetes_pod().cloned());
         }
         state
             .records(Kind::KubernetesPod)
             .values()
-            .filter_map(|r| r.merged.as_kubernetes_pod())
-            .find(|p| p.all_containers().any(|c| *c.id == *container_id))
-            .cloned()
+            .map(Record::merged)
+            .find(|p| p.as_kubernetes_pod().is_some_and(|p| p.all_containers().any(|c| *c.id == *container_id)))
+            .and_then(|p| p.as_kubernetes_pod().cloned())
     }
 
     /// The merged task with this ARN.
@@ -480,7 +480,7 @@ impl Store {
                 entities.push(DumpEntry {
                     id: EntityId { kind, id: id.clone() },
                     sources: record.versions.as_slice().iter().map(|v| v.source).collect(),
-                    merged: record.merged.clone(),
+                    merged: record.merged(),
                     per_source: verbose.then(|| {
                         record
                             .versions
