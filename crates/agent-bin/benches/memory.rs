@@ -229,10 +229,10 @@ fn main() {
     if !store_only {
         let f = tagger.store().footprint();
         for (part, bytes) in [
-            ("tagger: published tags", f.published_tags),
-            ("tagger: published map keys", f.published_keys),
-            ("tagger: per-source tags", f.source_tags),
-            ("tagger: per-source map keys", f.source_keys),
+            ("tagger: tags (each shared part once)", f.tags),
+            ("tagger: records (sources, merge bits)", f.records),
+            ("tagger: map entries", f.entries),
+            ("tagger: key text not shared", f.keys),
             ("tagger: pod -> containers index", tagger.children_bytes()),
         ] {
             println!("    {part:<38} {:>6} B/pod (counted)", bytes / pods);

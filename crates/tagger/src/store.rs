@@ -1,14 +1,14 @@
-//! The tag store: per entity, per source, merged into one immutable, shared value per entity.
+//! The tag store: per entity, per source, merged into one immutable, shared record per entity.
 //!
-//! Writers (the tagger task) keep every source's tags under a mutex, as parts: immutable, packed
-//! `Arc<EntityTags>`, some shared by many entities (a pod's tags under each of its containers',
-//! an image's). After each change they publish the entity's merged tags into a lock-free map
-//! (papaya): its one part as it is, or a merge that points at its parts and marks the tags it
-//! leaves out, so no tag is copied. Readers never take a lock and never allocate: a lookup is a
-//! prefix split, a hash, a probe and an `Arc` clone.
+//! Each entity has one record in a lock-free map (papaya): every source's tags, as parts
+//! (immutable, packed `Arc<EntityTags>`, some shared by many entities: a pod's tags under each of
+//! its containers', an image's), and which of their tags the merge leaves out, so no tag is
+//! copied. Writers (the tagger task) take a mutex among themselves and publish a new record for
+//! each change; there is no second, writer-side copy. Readers never take a lock and never
+//! allocate: a lookup is a prefix split, a hash, a probe and an `Arc` clone.
 //!
 //! The maps are split by id prefix and keyed by the rest of the id ([`TagKey`]): a container's or
-//! pod's key is the workload store's own id, shared by both maps and by the tagger's index of a
+//! pod's key is the workload store's own id, shared by the map and by the tagger's index of a
 //! pod's containers.
 
 use std::collections::{HashMap, HashSet};
@@ -192,14 +192,22 @@ impl EntityTags {
 }
 
 impl SourceEntry {
-    /// Its parts: the shared ones, then its own tags (an empty part left out).
-    fn parts(&self) -> impl Iterator<Item = &Arc<EntityTags>> + '_ {
-        self.shared.iter().flatten().chain(std::iter::once(&self.tags)).filter(|p| !p.is_empty())
+    /// Its parts in order: the shared ones it has, then its own tags.
+    fn parts(&self) -> impl Iterator<Item = &EntityTags> + '_ {
+        self.shared.iter().flatten().map(|p| &**p).chain(std::iter::once(&*self.tags))
+    }
+
+    /// The part in slot `slot` (`0`, `1`: the shared ones, `2`: its own), if it has one.
+    fn part(&self, slot: usize) -> Option<&EntityTags> {
+        match slot {
+            0 | 1 => self.shared[slot].as_deref(),
+            _ => Some(&self.tags),
+        }
     }
 
     /// The tags as one source's `TagInfo` (each tag once per level).
     fn to_info(&self) -> TagInfo {
-        Published::Merged(Arc::new(Merged::build(std::slice::from_ref(self)))).to_info()
+        info_of(&Arc::new(Record::build(vec![self.clone()])))
     }
 
     /// Whether its shared parts are `shared` (the same allocations, or equal tags).
@@ -234,108 +242,119 @@ const fn levels_up_to(cardinality: TagCardinality) -> usize {
     }
 }
 
-/// The merged tags of an entity whose tags are in several parts (several sources, or a source's
-/// shared parts and its own): no copy of the tags, but the parts they are in, in merge order,
-/// and which of their tags the merge leaves out. Read level by level, part by part, it gives
-/// what one merged list would.
-struct Merged {
-    parts: Box<[Arc<EntityTags>]>,
+/// One entity's tags as readers see them: every source's parts, highest priority first, and
+/// which of their tags the merge leaves out. Read level by level, part by part, it gives what one
+/// merged list would, with no tag copied. Immutable once published: the writer publishes a new
+/// record for every change.
+#[derive(Clone)]
+struct Record {
+    /// Highest priority first (sources of equal priority in the order they came).
+    sources: Box<[SourceEntry]>,
     /// Bit `n` set: the `n`th tag, counting through the parts in order, is left out.
-    hidden: Box<[u64]>,
+    hidden: Hidden,
     /// How many tags each level shows (low, orchestrator, high, standard).
     shown: [u32; 4],
 }
 
-impl Merged {
-    /// The merge of `entries`, given highest priority first: a tag whose key a source of higher
-    /// priority gave is left out, and so is a tag the same level already shows. Sources of
-    /// equal priority do not override each other.
-    fn build(entries: &[SourceEntry]) -> Self {
-        let mut parts: Vec<Arc<EntityTags>> = Vec::new();
-        let mut groups: Vec<u8> = Vec::new();
-        for entry in entries {
-            for part in entry.parts() {
-                parts.push(part.clone());
-                groups.push(entry.source.priority());
-            }
-        }
-        let total: u32 = parts.iter().map(|p| p.count()).sum();
-        let mut hidden = vec![0u64; total.div_ceil(64) as usize];
-        let mut shown = [0u32; 4];
-        let mut taken: HashSet<&str> = HashSet::new();
-        let mut seen: [HashSet<&str>; 4] = Default::default();
-        let mut start = 0;
-        while start < parts.len() {
-            let group = groups[start];
-            let end = groups[start..].iter().position(|g| *g != group).map_or(parts.len(), |n| start + n);
-            let offset: u32 = parts[..start].iter().map(|p| p.count()).sum();
-            let mut keys: Vec<&str> = Vec::new();
-            for level in LOW..=STANDARD {
-                let mut at = offset;
-                for part in &parts[start..end] {
-                    for (i, tag) in part.level(level) {
-                        let n = (at + i) as usize;
-                        if tag.is_empty() || taken.contains(tag_key(tag)) || !seen[level].insert(tag) {
-                            hidden[n / 64] |= 1 << (n % 64);
-                        } else {
-                            shown[level] += 1;
-                            if level != STANDARD {
-                                keys.push(tag_key(tag));
+/// Part slots per source: its two shared parts, then its own.
+const SLOTS_PER_SOURCE: usize = 3;
+
+impl Record {
+    /// The merge of `sources`: a tag whose key a source of higher priority gave is left out, and
+    /// so is a tag the same level already shows. Sources of equal priority do not override each
+    /// other.
+    fn build(mut sources: Vec<SourceEntry>) -> Self {
+        sources.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
+        let (hidden, shown) = {
+            let parts: Vec<(u8, &EntityTags)> =
+                sources.iter().flat_map(|e| e.parts().map(move |p| (e.source.priority(), p))).collect();
+            let total: u32 = parts.iter().map(|(_, p)| p.count()).sum();
+            let mut hidden = vec![0u64; total.div_ceil(64) as usize];
+            let mut shown = [0u32; 4];
+            let mut taken: HashSet<&str> = HashSet::new();
+            let mut seen: [HashSet<&str>; 4] = Default::default();
+            let mut start = 0;
+            while start < parts.len() {
+                let group = parts[start].0;
+                let end = parts[start..].iter().position(|(g, _)| *g != group).map_or(parts.len(), |n| start + n);
+                let offset: u32 = parts[..start].iter().map(|(_, p)| p.count()).sum();
+                let mut keys: Vec<&str> = Vec::new();
+                for level in LOW..=STANDARD {
+                    let mut at = offset;
+                    for (_, part) in &parts[start..end] {
+                        for (i, tag) in part.level(level) {
+                            let n = (at + i) as usize;
+                            if tag.is_empty() || taken.contains(tag_key(tag)) || !seen[level].insert(tag) {
+                                hidden[n / 64] |= 1 << (n % 64);
+                            } else {
+                                shown[level] += 1;
+                                if level != STANDARD {
+                                    keys.push(tag_key(tag));
+                                }
                             }
                         }
+                        at += part.count();
                     }
-                    at += part.count();
                 }
+                taken.extend(keys);
+                start = end;
             }
-            taken.extend(keys);
-            start = end;
-        }
-        let hidden = if hidden.iter().all(|w| *w == 0) { Box::default() } else { hidden.into_boxed_slice() };
-        Self { parts: parts.into_boxed_slice(), hidden, shown }
+            (Hidden::new(hidden), shown)
+        };
+        Self { sources: sources.into_boxed_slice(), hidden, shown }
+    }
+
+    /// The part in slot `slot`, counting [`SLOTS_PER_SOURCE`] per source, if there is one.
+    fn part(&self, slot: usize) -> Option<&EntityTags> {
+        self.sources.get(slot / SLOTS_PER_SOURCE)?.part(slot % SLOTS_PER_SOURCE)
+    }
+
+    /// How many part slots.
+    fn slots(&self) -> usize {
+        self.sources.len() * SLOTS_PER_SOURCE
     }
 
     /// Bytes held beside the parts it points at.
     fn own_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.parts.len() * std::mem::size_of::<Arc<EntityTags>>()
-            + self.hidden.len() * std::mem::size_of::<u64>()
+        std::mem::size_of::<Self>() + self.sources.len() * std::mem::size_of::<SourceEntry>() + self.hidden.heap_bytes()
     }
 }
 
-/// What readers see of an entity: its one part as it is (one source, no shared part: the common
-/// case), or a merge pointing at its parts.
+/// The tags of a record by level.
+fn info_of(record: &Arc<Record>) -> TagInfo {
+    let read = |level: usize| Tags::of(record, level, level + 1).to_vec();
+    TagInfo { low: read(LOW), orchestrator: read(LOW + 1), high: read(HIGH), standard: read(STANDARD) }
+}
+
+/// The bits of [`Record::hidden`]: inline for up to 64 tags, nearly every entity.
 #[derive(Clone)]
-enum Published {
-    One(Arc<EntityTags>),
-    Merged(Arc<Merged>),
+enum Hidden {
+    Inline(u64),
+    Heap(Box<[u64]>),
 }
 
-impl Published {
-    fn parts(&self) -> &[Arc<EntityTags>] {
-        match self {
-            Published::One(tags) => std::slice::from_ref(tags),
-            Published::Merged(m) => &m.parts,
+impl Hidden {
+    fn new(bits: Vec<u64>) -> Self {
+        match bits[..] {
+            [] => Hidden::Inline(0),
+            [word] => Hidden::Inline(word),
+            _ => Hidden::Heap(bits.into_boxed_slice()),
         }
     }
 
-    /// The tags by level.
-    fn to_info(&self) -> TagInfo {
-        let read = |level: usize| Tags::of(self, level, level + 1).to_vec();
-        TagInfo { low: read(LOW), orchestrator: read(LOW + 1), high: read(HIGH), standard: read(STANDARD) }
+    /// Whether the `n`th tag is left out.
+    fn get(&self, n: usize) -> bool {
+        let word = match self {
+            Hidden::Inline(word) => (n < 64).then_some(*word),
+            Hidden::Heap(words) => words.get(n / 64).copied(),
+        };
+        word.is_some_and(|w| w & (1 << (n % 64)) != 0)
     }
 
-    fn hidden(&self) -> &[u64] {
+    fn heap_bytes(&self) -> usize {
         match self {
-            Published::One(_) => &[],
-            Published::Merged(m) => &m.hidden,
-        }
-    }
-
-    /// How many tags the levels `first..last` show.
-    fn shown(&self, first: usize, last: usize) -> u32 {
-        match self {
-            Published::One(tags) => (first..last).map(|l| tags.range(l)).map(|(a, b)| b - a).sum(),
-            Published::Merged(m) => m.shown[first..last].iter().sum(),
+            Hidden::Inline(_) => 0,
+            Hidden::Heap(words) => words.len() * std::mem::size_of::<u64>(),
         }
     }
 }
@@ -344,7 +363,7 @@ impl Published {
 /// Building one allocates nothing.
 #[derive(Clone, Default)]
 pub struct Tags {
-    value: Option<Published>,
+    value: Option<Arc<Record>>,
     /// The levels read: `first..last`.
     first: u8,
     last: u8,
@@ -352,8 +371,8 @@ pub struct Tags {
 }
 
 impl Tags {
-    fn of(value: &Published, first: usize, last: usize) -> Self {
-        let len = value.shown(first, last);
+    fn of(value: &Arc<Record>, first: usize, last: usize) -> Self {
+        let len = value.shown[first..last].iter().sum();
         Self { value: Some(value.clone()), first: first as u8, last: last as u8, len }
     }
 
@@ -369,10 +388,10 @@ impl Tags {
 
     /// The tags.
     pub fn iter(&self) -> TagsIter<'_> {
-        let (parts, hidden) = self.value.as_ref().map_or((&[][..], &[][..]), |v| (v.parts(), v.hidden()));
+        let record = self.value.as_deref();
         let level = usize::from(self.first);
-        let (next, pos) = parts.first().map_or((0, 0), |p| p.level_start(level));
-        TagsIter { parts, hidden, level, last: usize::from(self.last), part: 0, offset: 0, next, pos, left: self.len }
+        let (next, pos) = record.and_then(|r| r.part(0)).map_or((0, 0), |p| p.level_start(level));
+        TagsIter { record, level, last: usize::from(self.last), part: 0, offset: 0, next, pos, left: self.len }
     }
 
     /// The tags as owned strings.
@@ -388,12 +407,12 @@ impl fmt::Debug for Tags {
 }
 
 /// The tags of a [`Tags`]: level by level, part by part, the hidden ones skipped.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TagsIter<'a> {
-    parts: &'a [Arc<EntityTags>],
-    hidden: &'a [u64],
+    record: Option<&'a Record>,
     level: usize,
     last: usize,
+    /// The current part's slot in the record.
     part: usize,
     /// The index, across the parts, of the current part's first tag.
     offset: u32,
@@ -404,32 +423,40 @@ pub struct TagsIter<'a> {
     left: u32,
 }
 
+impl fmt::Debug for TagsIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagsIter").field("left", &self.left).finish_non_exhaustive()
+    }
+}
+
 impl<'a> Iterator for TagsIter<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
+        let record = self.record?;
         while self.left > 0 && self.level < self.last {
-            let part = self.parts.get(self.part)?;
-            let (_, end) = part.range(self.level);
-            if self.next < end {
-                let n = (self.offset + self.next) as usize;
-                let (tag, after) = part.read(self.pos);
-                self.next += 1;
-                self.pos = after;
-                if self.hidden.get(n / 64).is_some_and(|w| w & (1 << (n % 64)) != 0) {
-                    continue;
+            if let Some(part) = record.part(self.part) {
+                let (_, end) = part.range(self.level);
+                if self.next < end {
+                    let n = (self.offset + self.next) as usize;
+                    let (tag, after) = part.read(self.pos);
+                    self.next += 1;
+                    self.pos = after;
+                    if record.hidden.get(n) {
+                        continue;
+                    }
+                    self.left -= 1;
+                    return Some(tag);
                 }
-                self.left -= 1;
-                return Some(tag);
+                self.offset += part.count();
             }
-            self.offset += part.count();
             self.part += 1;
-            if self.part == self.parts.len() {
+            if self.part >= record.slots() {
                 self.part = 0;
                 self.offset = 0;
                 self.level += 1;
             }
-            (self.next, self.pos) = self.parts.get(self.part).map_or((0, 0), |p| p.level_start(self.level));
+            (self.next, self.pos) = record.part(self.part).map_or((0, 0), |p| p.level_start(self.level));
         }
         None
     }
@@ -444,7 +471,7 @@ impl ExactSizeIterator for TagsIter<'_> {}
 /// The shared parts of a source's tags (see [`TagStore::set_layered`]).
 pub type SharedParts = [Option<Arc<EntityTags>>; 2];
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SourceEntry {
     source: TagSource,
     /// Tags this source gives many entities alike (a pod's, on each of its containers; an
@@ -569,14 +596,12 @@ impl fmt::Display for TagKey {
     }
 }
 
-/// The writer's side of one map: each entity's sources, keyed by the uid the published map
-/// shares.
-type Sources = HashMap<Arc<str>, Vec<SourceEntry>, foldhash::fast::RandomState>;
-
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
-    published: [FastMap<Arc<str>, Published>; SLOTS],
-    sources: Mutex<[Sources; SLOTS]>,
+    /// Each entity's one record, per id prefix.
+    published: [FastMap<Arc<str>, Arc<Record>>; SLOTS],
+    /// Held by writers: one change at a time, published and told in the order it was made.
+    writer: Mutex<()>,
     clock: Arc<dyn Clock>,
     grace: Duration,
     subscribers: Mutex<Vec<TagSubscriber>>,
@@ -593,7 +618,7 @@ impl TagStore {
     pub fn new(clock: Arc<dyn Clock>, grace: Duration) -> Self {
         Self {
             published: std::array::from_fn(|_| FastMap::with_hasher(foldhash::fast::RandomState::default())),
-            sources: Mutex::new(Default::default()),
+            writer: Mutex::new(()),
             clock,
             grace,
             subscribers: Mutex::new(Vec::new()),
@@ -611,14 +636,14 @@ impl TagStore {
     ) -> tokio::sync::mpsc::Receiver<Vec<TagEvent>> {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         // Under the writer lock: no change can fall between the first batch and the stream.
-        let sources = self.writer();
+        let writer = self.writer();
         let mut initial: Vec<TagEvent> = Vec::new();
-        for (slot, map) in sources.iter().enumerate() {
-            for uid in map.keys() {
+        for (slot, map) in self.published.iter().enumerate() {
+            for (uid, record) in &map.pin() {
                 let key = TagKey { slot: slot as u8, uid: uid.clone() };
                 let entity = key.to_string();
                 if entity.starts_with(prefix) {
-                    let tags = self.tag_key(slot, uid, cardinality).to_vec();
+                    let tags = Tags::of(record, LOW, levels_up_to(cardinality)).to_vec();
                     initial.push(TagEvent { kind: TagEventKind::Added, entity, tags });
                 }
             }
@@ -630,7 +655,7 @@ impl TagStore {
             cardinality,
             tx,
         });
-        drop(sources);
+        drop(writer);
         rx
     }
 
@@ -665,9 +690,9 @@ impl TagStore {
         });
     }
 
-    fn writer(&self) -> MutexGuard<'_, [Sources; SLOTS]> {
-        // Each entry is replaced whole; a panic half-way leaves nothing half-written.
-        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        // Each record is replaced whole; a panic half-way leaves nothing half-written.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The entity's tags at `cardinality` and below. Unknown entity: empty, not an error.
@@ -680,7 +705,7 @@ impl TagStore {
     fn tag_key(&self, slot: usize, uid: &str, cardinality: TagCardinality) -> Tags {
         let guard = self.published[slot].pin();
         match guard.get(uid) {
-            Some(value) => Tags::of(value, LOW, levels_up_to(cardinality)),
+            Some(record) => Tags::of(record, LOW, levels_up_to(cardinality)),
             None => Tags::default(),
         }
     }
@@ -696,7 +721,7 @@ impl TagStore {
         let (slot, uid) = split(entity);
         let guard = self.published[slot].pin();
         match guard.get(uid) {
-            Some(value) => Tags::of(value, STANDARD, STANDARD + 1),
+            Some(record) => Tags::of(record, STANDARD, STANDARD + 1),
             None => Tags::default(),
         }
     }
@@ -721,19 +746,21 @@ impl TagStore {
         let tags = EntityTags::build(extra);
         let shared = shared.map(|part| part.filter(|p| !p.is_empty()));
         let slot = key.slot();
-        let mut writer = self.writer();
-        let sources = &mut writer[slot];
-        let uid = match sources.get_key_value(&*key.uid) {
-            Some((uid, _)) => uid.clone(),
-            None => {
-                sources.insert(key.uid.clone(), Vec::new());
-                key.uid
+        let writer = self.writer();
+        let map = self.published[slot].pin();
+        let current = map.get_key_value(&*key.uid);
+        let key = TagKey { slot: slot as u8, uid: current.map_or(key.uid, |(uid, _)| uid.clone()) };
+        let mut entries = match current {
+            Some((_, record)) => {
+                let same = |e: &SourceEntry| e.has_shared(&shared) && *e.tags == tags && e.deleted_at.is_none();
+                if record.sources.iter().any(|e| e.source == source && same(e)) {
+                    return (key, None);
+                }
+                record.sources.to_vec()
             }
+            None => Vec::with_capacity(1),
         };
-        let key = TagKey { slot: slot as u8, uid };
-        let Some(entries) = sources.get_mut(&*key.uid) else { return (key, None) };
         match entries.iter_mut().find(|e| e.source == source) {
-            Some(e) if e.has_shared(&shared) && *e.tags == tags && e.deleted_at.is_none() => return (key, None),
             Some(e) => {
                 // Equal shared parts are kept as they were: the entities that share them go on
                 // sharing them.
@@ -745,11 +772,7 @@ impl TagStore {
                 }
                 e.deleted_at = None;
             }
-            None => {
-                // Most entities have one or two sources: no spare room.
-                entries.reserve_exact(1);
-                entries.push(SourceEntry { source, shared, tags: Arc::new(tags), deleted_at: None });
-            }
+            None => entries.push(SourceEntry { source, shared, tags: Arc::new(tags), deleted_at: None }),
         }
         let change = self.publish(&key, entries);
         // Still under the writer lock: subscribers hear changes in the order they were made.
@@ -773,37 +796,38 @@ impl TagStore {
 
     fn delete_uid(&self, slot: usize, uid: &str, source: TagSource) {
         let now = self.clock.now();
-        if let Some(entry) = self.writer()[slot].get_mut(uid).and_then(|es| es.iter_mut().find(|e| e.source == source))
-            && entry.deleted_at.is_none()
-        {
+        let _writer = self.writer();
+        let map = self.published[slot].pin();
+        let Some((uid, record)) = map.get_key_value(uid) else { return };
+        if !record.sources.iter().any(|e| e.source == source && e.deleted_at.is_none()) {
+            return;
+        }
+        // The same tags, served as they were until pruned.
+        let mut marked = Record::clone(record);
+        for entry in marked.sources.iter_mut().filter(|e| e.source == source) {
             entry.deleted_at = Some(deletion_time(now));
         }
+        map.insert(uid.clone(), Arc::new(marked));
     }
 
     /// Drops what was deleted longer ago than the grace period.
     pub fn prune(&self) -> Vec<TagChange> {
         let now = self.clock.now();
+        let expired = |e: &SourceEntry| e.deleted_at.is_some_and(|at| now.saturating_sub(deleted_at(at)) >= self.grace);
         let mut changes = Vec::new();
-        let mut writer = self.writer();
-        for (slot, sources) in writer.iter_mut().enumerate() {
-            let mut emptied = Vec::new();
-            for (uid, entries) in sources.iter_mut() {
-                let before = entries.len();
-                let expired = |at: NonZeroU32| now.saturating_sub(deleted_at(at)) >= self.grace;
-                entries.retain(|e| !e.deleted_at.is_some_and(expired));
-                if entries.len() != before {
+        let writer = self.writer();
+        for (slot, map) in self.published.iter().enumerate() {
+            let due: Vec<(TagKey, Vec<SourceEntry>)> = map
+                .pin()
+                .iter()
+                .filter(|(_, record)| record.sources.iter().any(expired))
+                .map(|(uid, record)| {
                     let key = TagKey { slot: slot as u8, uid: uid.clone() };
-                    if entries.is_empty() {
-                        emptied.push(key);
-                    } else {
-                        changes.extend(self.publish(&key, entries));
-                    }
-                }
-            }
-            for key in emptied {
-                sources.remove(&*key.uid);
-                self.published[slot].pin().remove(&*key.uid);
-                changes.push(TagChange::Deleted(key));
+                    (key, record.sources.iter().filter(|e| !expired(e)).cloned().collect())
+                })
+                .collect();
+            for (key, entries) in due {
+                changes.extend(self.publish(&key, entries));
             }
         }
         for change in &changes {
@@ -813,16 +837,13 @@ impl TagStore {
         changes
     }
 
-    /// Merges the sources of one entity (higher priority first, winning shared keys) and
-    /// publishes the result; an only source is published as it is.
-    fn publish(&self, key: &TagKey, entries: &mut [SourceEntry]) -> Option<TagChange> {
-        entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
-        let tags = match entries {
-            [only] if only.parts().count() <= 1 => Published::One(only.parts().next().unwrap_or(&only.tags).clone()),
-            _ => Published::Merged(Arc::new(Merged::build(entries))),
-        };
-        let guard = self.published[key.slot()].pin();
-        let previous = guard.insert(key.uid.clone(), tags);
+    /// Publishes the merge of an entity's sources (none left: the entity goes).
+    fn publish(&self, key: &TagKey, entries: Vec<SourceEntry>) -> Option<TagChange> {
+        let map = self.published[key.slot()].pin();
+        if entries.is_empty() {
+            return map.remove(&*key.uid).map(|_| TagChange::Deleted(key.clone()));
+        }
+        let previous = map.insert(key.uid.clone(), Arc::new(Record::build(entries)));
         Some(if previous.is_some() { TagChange::Modified(key.clone()) } else { TagChange::Added(key.clone()) })
     }
 
@@ -830,23 +851,20 @@ impl TagStore {
     pub fn tag_info(&self, entity: &str) -> Option<TagInfo> {
         let _writer = self.writer();
         let (slot, uid) = split(entity);
-        self.published[slot].pin().get(uid).map(Published::to_info)
+        self.published[slot].pin().get(uid).map(info_of)
     }
 
     /// Every entity with each source's tags, sorted: what `tagger-list` prints.
     pub fn list(&self) -> Vec<(String, Vec<(TagSource, TagInfo)>)> {
-        let writer = self.writer();
-        let mut out: Vec<_> = writer
-            .iter()
-            .enumerate()
-            .flat_map(|(slot, sources)| {
-                sources.iter().map(move |(uid, entries)| {
-                    let mut per_source: Vec<_> = entries.iter().map(|e| (e.source, e.to_info())).collect();
-                    per_source.sort_by_key(|(s, _)| *s);
-                    (TagKey { slot: slot as u8, uid: uid.clone() }.to_string(), per_source)
-                })
-            })
-            .collect();
+        let _writer = self.writer();
+        let mut out = Vec::new();
+        for (slot, map) in self.published.iter().enumerate() {
+            for (uid, record) in &map.pin() {
+                let mut per_source: Vec<_> = record.sources.iter().map(|e| (e.source, e.to_info())).collect();
+                per_source.sort_by_key(|(s, _)| *s);
+                out.push((TagKey { slot: slot as u8, uid: uid.clone() }.to_string(), per_source));
+            }
+        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -854,12 +872,12 @@ impl TagStore {
     /// Every entity and source `live` does not keep, not yet deleted: read under the writer's
     /// lock, without copying any tag.
     pub fn stale(&self, live: impl Fn(&TagKey, TagSource) -> bool) -> Vec<(TagKey, TagSource)> {
-        let writer = self.writer();
+        let _writer = self.writer();
         let mut out = Vec::new();
-        for (slot, sources) in writer.iter().enumerate() {
-            for (uid, entries) in sources {
+        for (slot, map) in self.published.iter().enumerate() {
+            for (uid, record) in &map.pin() {
                 let key = TagKey { slot: slot as u8, uid: uid.clone() };
-                for entry in entries.iter().filter(|e| e.deleted_at.is_none() && !live(&key, e.source)) {
+                for entry in record.sources.iter().filter(|e| e.deleted_at.is_none() && !live(&key, e.source)) {
                     out.push((key.clone(), entry.source));
                 }
             }
@@ -881,42 +899,27 @@ impl TagStore {
     /// maps' spare capacity and the allocator's rounding are left out), for the memory benchmark.
     pub fn footprint(&self) -> Footprint {
         const ARC: usize = 2 * std::mem::size_of::<usize>();
-        let writer = self.writer();
+        let _writer = self.writer();
         let tags = |t: &EntityTags| ARC + std::mem::size_of::<EntityTags>() + t.heap_bytes();
-        let entry = std::mem::size_of::<SourceEntry>();
         let mut f = Footprint::default();
-        for published in &self.published {
-            let published = published.pin();
-            // A value that is its only part is that source's, counted there; a merge points at
-            // its sources' parts.
-            f.published_tags += published
-                .iter()
-                .map(|(_, v)| match v {
-                    Published::One(_) => 0,
-                    Published::Merged(m) => ARC + m.own_bytes(),
-                })
-                .sum::<usize>();
-            // The keys' text is the writer's, shared.
-            f.published_keys += published.len() * std::mem::size_of::<(Arc<str>, Published)>();
-        }
-        let entries = || writer.iter().flat_map(|s| s.values()).flatten();
         // A part shared by several entities is counted once.
-        f.source_tags = entries().map(|e| entry + tags(&e.tags)).sum::<usize>()
-            + entries()
-                .flat_map(|e| e.shared.iter().flatten())
-                .map(|b| (Arc::as_ptr(b), tags(b)))
-                .collect::<HashMap<_, _>>()
-                .values()
-                .sum::<usize>();
-        // A key's text shared with the workload store is counted there.
-        f.source_keys = writer
-            .iter()
-            .flat_map(|s| s.iter())
-            .map(|(k, v)| {
-                let text = if Arc::strong_count(k) > 2 { 0 } else { ARC + k.len() };
-                text + std::mem::size_of::<(Arc<str>, Vec<SourceEntry>)>() + (v.capacity() - v.len()) * entry
-            })
-            .sum();
+        let mut shared: HashMap<*const EntityTags, usize> = HashMap::new();
+        for map in &self.published {
+            let map = map.pin();
+            f.entries += map.len() * std::mem::size_of::<(Arc<str>, Arc<Record>)>();
+            for (uid, record) in &map {
+                f.records += ARC + record.own_bytes();
+                for entry in &record.sources {
+                    f.tags += tags(&entry.tags);
+                    for part in entry.shared.iter().flatten() {
+                        shared.insert(Arc::as_ptr(part), tags(part));
+                    }
+                }
+                // A key's text shared with the workload store is counted there.
+                f.keys += if Arc::strong_count(uid) > 1 { 0 } else { ARC + uid.len() };
+            }
+        }
+        f.tags += shared.values().sum::<usize>();
         f
     }
 }
@@ -924,14 +927,14 @@ impl TagStore {
 /// Bytes of a [`TagStore`]'s parts (see [`TagStore::footprint`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Footprint {
-    /// The published, merged tags of every entity.
-    pub published_tags: usize,
-    /// The published map's keys and entries.
-    pub published_keys: usize,
-    /// Every source's own tags (the writer's side).
-    pub source_tags: usize,
-    /// The writer's map: keys and entries.
-    pub source_keys: usize,
+    /// Each entity's record: its sources and which tags the merge leaves out.
+    pub records: usize,
+    /// The map's entries (a key and a pointer to the record).
+    pub entries: usize,
+    /// The tags themselves: every source's own, and each shared part once.
+    pub tags: usize,
+    /// The text of keys the workload store does not share.
+    pub keys: usize,
 }
 
 impl fmt::Debug for TagSubscriber {
@@ -1025,20 +1028,19 @@ mod tests {
             let (slot, uid) = split(entity);
             store.published[slot].pin().get(uid).cloned()
         };
-        let Some(Published::One(published)) = published_of("pod://p") else {
-            panic!("the pod's only part is published as it is")
-        };
+        let pod_base = |record: &Record| record.sources[0].shared[0].clone().expect("the pod's base");
+        let published = pod_base(&published_of("pod://p").expect("the pod"));
         assert!(Arc::ptr_eq(&published, base.as_ref().unwrap()));
         for c in ["container_id://c1", "container_id://c2"] {
-            let Some(Published::Merged(merged)) = published_of(c) else { panic!("{c} is a merge of its parts") };
-            assert!(Arc::ptr_eq(&merged.parts[0], &published), "{c} points at the pod's tags");
+            let record = published_of(c).expect("the container");
+            assert_eq!(record.sources[0].source, TagSource::KubernetesPod, "{c}: the pod's tags come first");
+            assert!(Arc::ptr_eq(&pod_base(&record), &published), "{c} points at the pod's tags");
         }
         // An equal base given again is not a change, and the old one stays shared.
         let again = Some(Arc::new(EntityTags::build(&pod)));
         let (_, change) = store.set_layered(TagKey::parse("pod://p"), TagSource::KubernetesPod, [again, None], &none);
         assert_eq!(change, None);
-        let Some(Published::One(still)) = published_of("pod://p") else { panic!("one part") };
-        assert!(Arc::ptr_eq(&still, &published));
+        assert!(Arc::ptr_eq(&pod_base(&published_of("pod://p").expect("the pod")), &published));
     }
 
     /// The merge as one flattened `TagInfo` reads it (what the published value used to copy):
@@ -1062,7 +1064,7 @@ mod tests {
                 for (level, cardinality) in
                     [(LOW, TagCardinality::Low), (LOW + 1, TagCardinality::Orchestrator), (HIGH, TagCardinality::High)]
                 {
-                    for part in entry.parts() {
+                    for part in entry.parts().filter(|p| !p.is_empty()) {
                         for tag in info(part, level).into_iter().filter(|t| !taken.contains(tag_key(t))) {
                             keys.push(tag_key(&tag).to_owned());
                             out.add_tag(cardinality, tag);
@@ -1113,8 +1115,8 @@ mod tests {
                 })
                 .collect();
             entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
-            let merged = Published::Merged(Arc::new(Merged::build(&entries)));
-            assert_eq!(merged.to_info(), flattened(&entries), "round {round}: {entries:?}");
+            let merged = Arc::new(Record::build(entries.clone()));
+            assert_eq!(info_of(&merged), flattened(&entries), "round {round}: {entries:?}");
             let all = Tags::of(&merged, LOW, HIGH + 1);
             assert_eq!(all.iter().len(), all.to_vec().len(), "the iterator's length is exact");
         }
