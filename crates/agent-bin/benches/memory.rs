@@ -95,7 +95,7 @@ fn runtime_containers(pod: &KubernetesPod, i: usize) -> Vec<Container> {
             .into_iter()
             .collect();
             Container {
-                id: Arc::from(&*c.id),
+                id: wm_core::Id::from(&*c.id),
                 name: format!("k8s_{}_{}_{}_{}_0", c.name, pod.name, pod.namespace, pod.id).into(),
                 labels,
                 image: c.image.clone(),
@@ -201,7 +201,7 @@ fn main() {
             // and with the reconciling that follows it (whose scratch would be counted
             // otherwise): a container notified after it is tagged after both.
             let marker = "f".repeat(64);
-            let container = Container { id: Arc::from(marker.as_str()), ..Container::default() };
+            let container = Container { id: wm_core::Id::from(marker.as_str()), ..Container::default() };
             store.notify(vec![CollectorEvent::set(Source::Runtime, container)]).await;
             while !tagger.store().contains(&format!("container_id://{marker}")) {
                 tokio::time::sleep(Duration::from_millis(20)).await;

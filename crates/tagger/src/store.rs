@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use wm_core::Id;
 
 use crate::tags::{TagCardinality, TagInfo, tag_key};
 
@@ -558,14 +559,14 @@ fn split(entity: &str) -> (usize, &str) {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TagKey {
     slot: u8,
-    uid: Arc<str>,
+    uid: Id,
 }
 
 impl TagKey {
     /// The key of an id in text (`container_id://…`).
     pub fn parse(entity: &str) -> Self {
         let (slot, uid) = split(entity);
-        Self { slot: slot as u8, uid: Arc::from(uid) }
+        Self { slot: slot as u8, uid: Id::from(uid) }
     }
 
     /// The key of a workload store entity, sharing its id.
@@ -580,7 +581,7 @@ impl TagKey {
     }
 
     /// The key of the container `id`, sharing it.
-    pub fn container(id: Arc<str>) -> Self {
+    pub fn container(id: Id) -> Self {
         Self { slot: 0, uid: id }
     }
 
@@ -599,7 +600,7 @@ impl fmt::Display for TagKey {
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
     /// Each entity's one record, per id prefix.
-    published: [FastMap<Arc<str>, Arc<Record>>; SLOTS],
+    published: [FastMap<Id, Arc<Record>>; SLOTS],
     /// Held by writers: one change at a time, published and told in the order it was made.
     writer: Mutex<()>,
     clock: Arc<dyn Clock>,
@@ -906,7 +907,7 @@ impl TagStore {
         let mut shared: HashMap<*const EntityTags, usize> = HashMap::new();
         for map in &self.published {
             let map = map.pin();
-            f.entries += map.len() * std::mem::size_of::<(Arc<str>, Arc<Record>)>();
+            f.entries += map.len() * std::mem::size_of::<(Id, Arc<Record>)>();
             for (uid, record) in &map {
                 f.records += ARC + record.own_bytes();
                 for entry in &record.sources {
@@ -916,7 +917,7 @@ impl TagStore {
                     }
                 }
                 // A key's text shared with the workload store is counted there.
-                f.keys += if Arc::strong_count(uid) > 1 { 0 } else { ARC + uid.len() };
+                f.keys += if Id::strong_count(uid).is_some_and(|n| n > 1) { 0 } else { ARC + uid.len() };
             }
         }
         f.tags += shared.values().sum::<usize>();
@@ -1134,7 +1135,7 @@ mod tests {
         let store = TagStore::new(Arc::new(ManualClock::default()), Duration::from_secs(300));
         let (kept, _) =
             store.set_layered(TagKey::of(&id), TagSource::Container, SharedParts::default(), &info(&["a:1"], &[]));
-        assert!(Arc::ptr_eq(&kept.uid, &id.id), "the store's id, not a copy");
+        assert!(Id::ptr_eq(&kept.uid, &id.id), "the store's id, not a copy");
         assert_eq!(store.tag("container_id://c1", TagCardinality::Low).to_vec(), ["a:1"]);
         assert!(store.tag("c1", TagCardinality::Low).is_empty(), "another entity");
         assert_eq!(store.list()[0].0, "container_id://c1");

@@ -16,7 +16,6 @@
 //! without a word.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
@@ -229,7 +228,7 @@ impl Instance {
             labels.insert("network.app_id", self.app_id.as_str());
         }
         Container {
-            id: Arc::from(self.handle.as_str()),
+            id: wm_core::Id::from(self.handle.as_str()),
             name: name.into(),
             labels,
             runtime: Some(Runtime::Garden),

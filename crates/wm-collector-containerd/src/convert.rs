@@ -2,7 +2,6 @@
 //! functions, no I/O.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use containerd_client::services::v1::Container as CtrContainer;
 use containerd_client::types::v1::{Process, Status};
@@ -152,7 +151,7 @@ pub fn container_from_containerd(
         .map_or_else(|| IStr::new(&record.id), |n| IStr::new(n));
     let labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let container = Container {
-        id: Arc::from(record.id.as_str()),
+        id: wm_core::Id::from(record.id.as_str()),
         name,
         labels,
         env: env.filter(spec.process.map(|p| p.env).unwrap_or_default().iter()),

@@ -504,7 +504,7 @@ impl CallError {
 /// A container known only from its events.
 fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Container {
     Container {
-        id: Arc::from(id),
+        id: wm_core::Id::from(id),
         name: id.into(),
         image: image.map(|i| wm_core::ContainerImage::parse(i).interned()).unwrap_or_default(),
         runtime: Some(wm_core::Runtime::Containerd),

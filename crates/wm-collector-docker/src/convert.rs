@@ -1,7 +1,6 @@
 //! From the Docker Engine API's shapes to the store's [`Container`]: pure functions, no I/O.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
 use wm_core::{
@@ -130,7 +129,7 @@ pub fn container_from_inspect(
         .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str()));
     let labels: StrMap = labels_map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Some(Container {
-        id: Arc::from(id),
+        id: wm_core::Id::from(id),
         name: inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').into(),
         labels,
         env: env.filter(config.and_then(|c| c.env.as_ref()).into_iter().flatten()),
@@ -189,7 +188,7 @@ pub fn container_from_event(
         ..ContainerState::default()
     };
     Some(Container {
-        id: Arc::from(id),
+        id: wm_core::Id::from(id),
         name: attributes.get("name").map(String::as_str).unwrap_or_default().into(),
         image: ContainerImage::parse(image_raw).interned(),
         runtime: Some(Runtime::Docker),

@@ -11,7 +11,6 @@
 //! A malformed item is skipped and reported; the rest lands.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
@@ -128,7 +127,7 @@ pub fn v1_tasks(bytes: &[u8], cluster: &str) -> Result<Converted, serde_json::Er
         let arn = parse_arn(&task.arn).unwrap_or_default();
         let owner = EntityId::new(Kind::EcsTask, task.arn.as_str());
         let mut entity = EcsTask {
-            id: Arc::from(task.arn.as_str()),
+            id: wm_core::Id::from(task.arn.as_str()),
             family: task.family,
             version: task.version,
             cluster_name: if arn.cluster.is_empty() { cluster_name(cluster) } else { arn.cluster },
@@ -145,7 +144,7 @@ pub fn v1_tasks(bytes: &[u8], cluster: &str) -> Result<Converted, serde_json::Er
             image.id = c.image_id.clone();
             let image = image.interned();
             containers.push(Entity::from(Container {
-                id: Arc::from(c.docker_id.as_str()),
+                id: wm_core::Id::from(c.docker_id.as_str()),
                 name: if c.docker_name.is_empty() { c.name.into() } else { c.docker_name.into() },
                 image,
                 owner: Some(owner.clone()),
@@ -267,7 +266,7 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
     let runtime = (launch_type == Some(LaunchType::Fargate)).then_some(Runtime::EcsFargate);
     let owner = EntityId::new(Kind::EcsTask, task.task_arn.as_str());
     let mut entity = EcsTask {
-        id: Arc::from(task.task_arn.as_str()),
+        id: wm_core::Id::from(task.task_arn.as_str()),
         family: task.family,
         version: task.revision,
         cluster_name: if arn.cluster.is_empty() { cluster_name(&task.cluster) } else { arn.cluster },
@@ -306,7 +305,7 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
             .filter_map(|n| n.ipv4_addresses.first().map(|ip| (n.network_mode.as_str(), ip.as_str())))
             .collect();
         containers.push(Entity::from(Container {
-            id: Arc::from(c.docker_id.as_str()),
+            id: wm_core::Id::from(c.docker_id.as_str()),
             name: if c.docker_name.is_empty() { c.name.into() } else { c.docker_name.into() },
             labels: str_map(&c.labels),
             image,

@@ -11,7 +11,6 @@
 //! resources from the spec, env only as the tag rules allow.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -293,7 +292,7 @@ fn state(status: &ContainerStatusJson) -> ContainerState {
 }
 
 fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec<Entity>) {
-    let uid: Arc<str> = Arc::from(pod.metadata.uid.as_str());
+    let uid = wm_core::Id::from(pod.metadata.uid.as_str());
     let owner = EntityId::new(Kind::KubernetesPod, uid.clone());
     let spec_of = |list: &[SpecContainer], name: &str| list.iter().position(|c| c.name == name);
     let mut containers = Vec::new();
@@ -303,7 +302,7 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
             let spec = spec_of(specs, &status.name).map(|i| &specs[i]);
             let image = status_image(status, spec);
             let (runtime, id) = split_container_id(&status.container_id);
-            let id: Arc<str> = Arc::from(id);
+            let id = wm_core::Id::from(id);
             let name = IStr::new(&status.name);
             refs.push(OrchestratorContainer { id: id.clone(), name: name.clone(), image: image.clone() });
             // Still being created: the pod lists it, but there is no container yet.

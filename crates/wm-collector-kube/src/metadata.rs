@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -184,7 +183,7 @@ impl State {
             .map(|(uid, (name, namespace))| {
                 let (labels, annotations) = self.namespaces.items.get(namespace).cloned().unwrap_or_default();
                 let pod = KubernetesPod {
-                    id: Arc::from(uid.as_str()),
+                    id: wm_core::Id::from(uid.as_str()),
                     name: name.clone(),
                     namespace: namespace.into(),
                     details: PodDetails {

@@ -3,7 +3,6 @@
 //! odd value costs that field, never the container.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use wm_core::{
@@ -223,7 +222,7 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
         None
     };
     Some(Container {
-        id: Arc::from(inspect.id.as_str()),
+        id: wm_core::Id::from(inspect.id.as_str()),
         name: (&inspect.name).into(),
         labels: labels(inspect.config.labels.as_ref(), &entry.pod_name),
         env: env.filter(inspect.config.env.iter().flatten()),
@@ -274,7 +273,7 @@ pub fn container_from_list(entry: &ListEntry) -> Option<Container> {
     let status = status(&entry.state);
     let stopped = status == ContainerStatus::Stopped;
     Some(Container {
-        id: Arc::from(entry.id.as_str()),
+        id: wm_core::Id::from(entry.id.as_str()),
         name: entry.names.first().map(String::as_str).unwrap_or_default().into(),
         labels: labels(entry.labels.as_ref(), &entry.pod_name),
         image: image(&entry.image, &entry.image_id),

@@ -60,18 +60,24 @@ impl fmt::Display for Kind {
     }
 }
 
+/// An entity's id (a container id, pod UID, task ARN): one thin pointer to a counted string in one
+/// allocation, shared by every holder (the store keys its records by it, and hands it to every
+/// version and owner reference that names the entity). Read as a `str`; hashed, compared and
+/// serialized as one.
+pub type Id = arcstr::ArcStr;
+
 /// Identifies an entity: container id, pod UID or task ARN, with its kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EntityId {
     /// The kind.
     pub kind: Kind,
     /// The id within the kind.
-    pub id: Arc<str>,
+    pub id: Id,
 }
 
 impl EntityId {
     /// An id of `kind`.
-    pub fn new(kind: Kind, id: impl Into<Arc<str>>) -> Self {
+    pub fn new(kind: Kind, id: impl Into<Id>) -> Self {
         Self { kind, id: id.into() }
     }
 }
@@ -319,7 +325,7 @@ impl Parts for ContainerDetails {
 #[serde(from = "ContainerFields", into = "ContainerFields")]
 pub struct Container {
     /// The container id (64 hex for docker, containerd and podman; the instance GUID on Cloud Foundry).
-    pub id: Arc<str>,
+    pub id: Id,
     /// The container's name.
     pub name: IStr,
     /// Its labels.
@@ -349,7 +355,7 @@ pub struct Container {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct ContainerFields {
-    id: Arc<str>,
+    id: Id,
     #[serde(skip_serializing_if = "str::is_empty")]
     name: IStr,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -474,7 +480,7 @@ pub struct PodOwner {
 pub struct OrchestratorContainer {
     /// The container id, once the runtime created it (shared with the container's entity).
     #[serde(skip_serializing_if = "str::is_empty")]
-    pub id: Arc<str>,
+    pub id: Id,
     /// The container's name in the spec.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub name: IStr,
@@ -490,7 +496,7 @@ pub struct OrchestratorContainer {
 #[serde(from = "KubernetesPodFields", into = "KubernetesPodFields")]
 pub struct KubernetesPod {
     /// The pod UID.
-    pub id: Arc<str>,
+    pub id: Id,
     /// The pod's name.
     pub name: String,
     /// Its namespace.
@@ -571,7 +577,7 @@ impl Parts for PodDetails {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct KubernetesPodFields {
-    id: Arc<str>,
+    id: Id,
     #[serde(skip_serializing_if = "str::is_empty")]
     name: String,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -696,7 +702,7 @@ impl KubernetesPod {
 #[serde(default, deny_unknown_fields)]
 pub struct KubernetesMetadata {
     /// `<group>/<resource>/<namespace>/<name>`, e.g. `/nodes//node-1`.
-    pub id: Arc<str>,
+    pub id: Id,
     /// The API resource, plural (`nodes`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub resource: String,
@@ -750,7 +756,7 @@ pub enum LaunchType {
 #[serde(default, deny_unknown_fields)]
 pub struct EcsTask {
     /// The task ARN.
-    pub id: Arc<str>,
+    pub id: Id,
     /// The task definition family.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub family: String,
@@ -818,7 +824,7 @@ impl Entity {
     }
 
     /// The id within the kind.
-    pub fn id_str(&self) -> &Arc<str> {
+    pub fn id_str(&self) -> &Id {
         match self {
             Entity::Container(c) => &c.id,
             Entity::EcsTask(t) => &t.id,
@@ -888,10 +894,10 @@ impl Entity {
     /// instead of copies of them, where it is the only holder of its fields: the store passes
     /// the ids it keys its records by, so that each id is kept once however many sources and
     /// containers name it.
-    pub fn share_ids(&mut self, id: Option<&Arc<str>>, owner: Option<&Arc<str>>) {
-        fn adopt(mine: &mut Arc<str>, shared: Option<&Arc<str>>) {
+    pub fn share_ids(&mut self, id: Option<&Id>, owner: Option<&Id>) {
+        fn adopt(mine: &mut Id, shared: Option<&Id>) {
             if let Some(shared) = shared
-                && !Arc::ptr_eq(mine, shared)
+                && !Id::ptr_eq(mine, shared)
                 && **mine == **shared
             {
                 *mine = shared.clone();

@@ -2,7 +2,6 @@
 //! server sends them; the remote-workloadmeta collector reads them back).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use wm_core::{
     Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus,
@@ -197,7 +196,7 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
     };
     let resources = c.resources.unwrap_or_default();
     Some(Container {
-        id: Arc::from(id.as_str()),
+        id: wm_core::Id::from(id.as_str()),
         name: meta.name.into(),
         labels: strmap(&meta.labels),
         env: strmap(&c.env_vars),
@@ -280,7 +279,7 @@ pub fn from_pod(p: &pb::KubernetesPod) -> Option<KubernetesPod> {
     let id = p.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
     let meta = p.entity_meta.clone().unwrap_or_default();
     Some(KubernetesPod {
-        id: Arc::from(id.as_str()),
+        id: wm_core::Id::from(id.as_str()),
         name: meta.name,
         namespace: meta.namespace.into(),
         labels: strmap(&meta.labels),
@@ -335,7 +334,7 @@ pub fn task(t: &EcsTask) -> pb::EcsTask {
 pub fn from_task(t: &pb::EcsTask) -> Option<EcsTask> {
     let id = t.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
     Some(EcsTask {
-        id: Arc::from(id.as_str()),
+        id: wm_core::Id::from(id.as_str()),
         family: t.family.clone(),
         version: t.version.clone(),
         cluster_name: t.cluster_name.clone(),

@@ -96,7 +96,7 @@ async fn baseline(versions: &[Vec<Entity>; 2], total: usize, keep_latest: bool) 
         }));
     }
     let fanout = tokio::spawn(async move {
-        let mut latest: HashMap<Arc<str>, Entity, foldhash::fast::RandomState> = HashMap::default();
+        let mut latest: HashMap<wm_core::Id, Entity, foldhash::fast::RandomState> = HashMap::default();
         while let Some(batch) = rx.recv().await {
             if keep_latest {
                 for entity in &batch {

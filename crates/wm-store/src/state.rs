@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use wm_core::merge::{merge, overlay};
-use wm_core::{Entity, EntityId, Event, EventType, Filter, Kind, Origin, Source};
+use wm_core::{Entity, EntityId, Event, EventType, Filter, Id, Kind, Origin, Source};
 
 /// A collector's name, interned by the state: versions carry 2 bytes, not an `Arc`.
 pub(crate) type CollectorIndex = u16;
@@ -168,7 +168,7 @@ fn unset(entity: Entity) -> Event {
 }
 
 /// Ids come from local daemons and are hashed on every event: a fast hasher, not SipHash.
-pub(crate) type IdMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+pub(crate) type IdMap<V> = HashMap<Id, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -322,7 +322,7 @@ impl State {
         }
         let mut events = Vec::new();
         for kind in Kind::ALL.into_iter().filter(|k| filter.passes_kind(*k)) {
-            let mut found: Vec<(&Arc<str>, Entity)> = self
+            let mut found: Vec<(&Id, Entity)> = self
                 .records(kind)
                 .iter()
                 .filter_map(|(id, r)| match filter.source() {

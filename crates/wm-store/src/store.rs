@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 use wm_core::{
     CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, Event,
-    EventSink, Filter, Kind, KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader, SubscriberPriority,
+    EventSink, Filter, Id, Kind, KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader,
+    SubscriberPriority,
 };
 
 use crate::runner::{CollectorHealth, CollectorStatus, RetryPolicy, run_collector};
@@ -157,7 +158,7 @@ impl Inner {
 
     fn list(&self, kind: Kind) -> Vec<Entity> {
         let state = self.read();
-        let mut found: Vec<(&Arc<str>, &Record)> = state.records(kind).iter().collect();
+        let mut found: Vec<(&Id, &Record)> = state.records(kind).iter().collect();
         found.sort_unstable_by(|a, b| a.0.cmp(b.0));
         found.into_iter().map(|(_, r)| r.merged()).collect()
     }

@@ -64,7 +64,7 @@ async fn subscribers_are_served_tagger_then_config_provider_then_normal_each_aft
     config_bundle.acknowledge();
     let normal_bundle = next(&mut normal).await;
     assert_eq!(t0.elapsed(), Duration::from_millis(500));
-    assert_eq!(normal_bundle.events[0].entity.id_str().as_ref(), "c1");
+    assert_eq!(normal_bundle.events[0].entity.id_str().as_str(), "c1");
 }
 
 #[tokio::test(start_paused = true)]
@@ -127,10 +127,10 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_keep_going() 
     store.sync().await;
 
     for i in 0..3 {
-        assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_ref(), format!("a{i}"));
+        assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_str(), format!("a{i}"));
     }
-    assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_ref(), "b0");
-    assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_ref(), "b1");
+    assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_str(), "b0");
+    assert_eq!(next(&mut fast).await.events[0].entity.id_str().as_str(), "b1");
 
     match slow.recv().await {
         Some(Err(SubscriptionError::Lagged { subscriber, pending_bundles, full_for })) => {

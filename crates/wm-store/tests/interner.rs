@@ -5,10 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::sync::Arc;
 
 use wm_core::{
-    CollectorEvent, Container, ContainerImage, EntityId, IStr, Kind, KubernetesPod, OrchestratorContainer, Source,
+    CollectorEvent, Container, ContainerImage, EntityId, IStr, Id, Kind, KubernetesPod, OrchestratorContainer, Source,
     StrMap,
 };
 use wm_store::Store;
@@ -72,9 +71,9 @@ async fn images_are_shared_while_used_and_the_interner_empties_when_their_entiti
     let versions = entry.per_source.as_ref().unwrap();
     assert_eq!(versions.len(), 2, "runtime and node orchestrator");
     for version in versions {
-        assert!(Arc::ptr_eq(version.entity.id_str(), &entry.id.id), "one copy of the id");
+        assert!(Id::ptr_eq(version.entity.id_str(), &entry.id.id), "one copy of the id");
     }
-    assert!(Arc::ptr_eq(entry.merged.id_str(), &entry.id.id));
+    assert!(Id::ptr_eq(entry.merged.id_str(), &entry.id.id));
     drop((first, third, dump));
 
     // A container written to after interning keeps its own copy: the shared one is untouched.
