@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 const SHARDS: usize = 16;
 
 /// One text as the set keeps it, and as each holder holds it: a thin pointer (8 bytes) to the
-/// count and the text's own pointer, found in the set by its text.
+/// count and the text in one allocation, found in the set by its text.
 #[derive(Clone)]
-struct Text(Arc<Box<str>>);
+struct Text(arcstr::ArcStr);
 
 impl Borrow<str> for Text {
     fn borrow(&self) -> &str {
@@ -32,7 +32,7 @@ impl Borrow<str> for Text {
 
 impl Hash for Text {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (**self.0).hash(state);
+        self.0.as_str().hash(state);
     }
 }
 
@@ -48,11 +48,12 @@ impl Kept for Text {
     type Key = str;
 
     fn holders(&self) -> usize {
-        Arc::strong_count(&self.0)
+        // `None` is a static text, never made here.
+        arcstr::ArcStr::strong_count(&self.0).unwrap_or(usize::MAX)
     }
 
     fn is(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        arcstr::ArcStr::ptr_eq(&self.0, &other.0)
     }
 
     fn key(&self) -> &str {
@@ -86,7 +87,7 @@ impl IStr {
         if let Some(kept) = set.get(text) {
             return Self(Some(kept.clone()));
         }
-        let kept = Text(Arc::new(Box::from(text)));
+        let kept = Text(arcstr::ArcStr::from(text));
         set.insert(kept.clone());
         Self(Some(kept))
     }
