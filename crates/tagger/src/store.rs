@@ -1,7 +1,7 @@
 //! The tag store: per entity, per source, merged into one immutable, shared record per entity.
 //!
 //! Each entity has one record in a lock-free map (papaya): every source's tags, as parts
-//! (immutable, packed `Arc<EntityTags>`, some shared by many entities: a pod's tags under each of
+//! (immutable, packed `EntityTags`, some shared by many entities: a pod's tags under each of
 //! its containers', an image's), and which of their tags the merge leaves out, so no tag is
 //! copied. Writers (the tagger task) take a mutex among themselves and publish a new record for
 //! each change; there is no second, writer-side copy. Readers never take a lock and never
@@ -100,35 +100,50 @@ impl TagSource {
 }
 
 /// One part of an entity's tags (a source's own, or a part many entities share), immutable once
-/// built. All tags sit in one string, each after its length written as one `char` (one byte for
-/// a tag shorter than 128 bytes); the low, orchestrator, high and standard levels are
-/// consecutive.
-#[derive(PartialEq, Eq, Hash)]
-pub struct EntityTags {
-    text: Box<str>,
-    /// How many tags the levels hold, counted through: low, then with orchestrator, with high,
-    /// with standard.
-    ends: [u16; 4],
-}
+/// built, shared by cloning: one thin pointer to one allocation. Its text begins with four counts,
+/// each one `char` (one byte below 128): how many tags the levels hold, counted through (low,
+/// then with orchestrator, with high, with standard). Then come the tags, each after its length
+/// written as one `char`; the low, orchestrator, high and standard levels are consecutive.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EntityTags(arcstr::ArcStr);
 
 /// The longest tag a part keeps: its length must be one `char` below the surrogates.
 const MAX_TAG_LEN: u32 = 0xD7FF;
+
+/// A count as one `char`: the surrogates skipped.
+fn count_char(n: u16) -> char {
+    let n = u32::from(n);
+    char::from_u32(if n < 0xD800 { n } else { n + 0x800 }).unwrap_or('\0')
+}
+
+/// The count a [`count_char`] wrote.
+fn count_of(c: char) -> u32 {
+    let n = u32::from(c);
+    if n >= 0xE000 { n - 0x800 } else { n }
+}
+
+impl Default for EntityTags {
+    /// No tag (allocates nothing).
+    fn default() -> Self {
+        Self(arcstr::literal!("\0\0\0\0"))
+    }
+}
 
 impl EntityTags {
     /// Packs a source's tags. A tag longer than 55,295 bytes (what one length `char` can say),
     /// or past the 65,535th, is left out (and logged).
     pub fn build(info: &TagInfo) -> Self {
         let levels = [&info.low, &info.orchestrator, &info.high, &info.standard];
-        let mut text = String::with_capacity(levels.iter().flat_map(|l| l.iter()).map(|t| t.len() + 1).sum());
+        let mut tags = String::with_capacity(levels.iter().flat_map(|l| l.iter()).map(|t| t.len() + 1).sum());
         let mut ends = [0u16; 4];
         let mut count = 0u16;
-        for (level, tags) in levels.into_iter().enumerate() {
-            for tag in tags {
+        for (level, level_tags) in levels.into_iter().enumerate() {
+            for tag in level_tags {
                 let len = u32::try_from(tag.len()).ok().filter(|n| *n <= MAX_TAG_LEN).and_then(char::from_u32);
                 match len {
                     Some(len) if count < u16::MAX => {
-                        text.push(len);
-                        text.push_str(tag);
+                        tags.push(len);
+                        tags.push_str(tag);
                         count += 1;
                     }
                     _ => tracing::warn!(bytes = tag.len(), kept = count, "tag left out: too long, or too many tags"),
@@ -136,27 +151,38 @@ impl EntityTags {
             }
             ends[level] = count;
         }
-        Self { text: text.into_boxed_str(), ends }
+        if count == 0 {
+            return Self::default();
+        }
+        let mut text = String::with_capacity(tags.len() + 12);
+        text.extend(ends.map(count_char));
+        text.push_str(&tags);
+        Self(arcstr::ArcStr::from(text))
+    }
+
+    /// The four counts, and where the first tag starts.
+    fn header(&self) -> ([u32; 4], usize) {
+        let mut ends = [0u32; 4];
+        let mut at = 0;
+        for (end, c) in ends.iter_mut().zip(self.0.chars()) {
+            *end = count_of(c);
+            at += c.len_utf8();
+        }
+        (ends, at)
     }
 
     /// The tag at byte `pos` (where a length starts), and where the next one starts.
     fn read(&self, pos: usize) -> (&str, usize) {
-        let rest = self.text.get(pos..).unwrap_or_default();
-        let Some(len) = rest.chars().next() else { return ("", self.text.len()) };
+        let rest = self.0.get(pos..).unwrap_or_default();
+        let Some(len) = rest.chars().next() else { return ("", self.0.len()) };
         let start = pos + len.len_utf8();
         let end = start + len as usize;
-        (self.text.get(start..end).unwrap_or_default(), end)
-    }
-
-    /// Where the tag of index `i` starts.
-    fn start_of(&self, i: u32) -> usize {
-        (0..i).fold(0, |pos, _| self.read(pos).1)
+        (self.0.get(start..end).unwrap_or_default(), end)
     }
 
     /// The tags of one level (`LOW` … `STANDARD`) with their indices.
     fn level(&self, level: usize) -> impl Iterator<Item = (u32, &str)> + '_ {
-        let (first, last) = self.range(level);
-        let mut pos = self.start_of(first);
+        let (first, last, mut pos) = self.level_bounds(level);
         (first..last).map(move |i| {
             let (tag, next) = self.read(pos);
             pos = next;
@@ -164,21 +190,17 @@ impl EntityTags {
         })
     }
 
-    /// The index of a level's first tag, and where it starts.
-    fn level_start(&self, level: usize) -> (u32, usize) {
-        let first = self.range(level).0;
-        (first, self.start_of(first))
-    }
-
-    /// The tags of one level (`LOW` … `STANDARD`) as a range of indices.
-    fn range(&self, level: usize) -> (u32, u32) {
-        let bounds = [0, self.ends[0], self.ends[1], self.ends[2], self.ends[3]].map(u32::from);
-        (bounds[level.min(STANDARD + 1)], bounds[(level + 1).min(STANDARD + 1)])
+    /// A level's tags as a range of indices, and where its first tag starts.
+    fn level_bounds(&self, level: usize) -> (u32, u32, usize) {
+        let (ends, start) = self.header();
+        let bounds = [0, ends[0], ends[1], ends[2], ends[3]];
+        let (first, last) = (bounds[level.min(STANDARD + 1)], bounds[(level + 1).min(STANDARD + 1)]);
+        (first, last, (0..first).fold(start, |pos, _| self.read(pos).1))
     }
 
     /// How many tags, every level.
     fn count(&self) -> u32 {
-        u32::from(self.ends[STANDARD])
+        self.header().0[STANDARD]
     }
 
     /// Whether it holds no tag.
@@ -186,22 +208,38 @@ impl EntityTags {
         self.count() == 0
     }
 
-    /// Bytes held, for the memory benchmark.
+    /// Whether both are the one allocation.
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        arcstr::ArcStr::ptr_eq(&a.0, &b.0)
+    }
+
+    /// How many hold it (0: the empty part, which is not counted).
+    pub fn holders(&self) -> usize {
+        arcstr::ArcStr::strong_count(&self.0).unwrap_or(0)
+    }
+
+    /// Bytes of its allocation (the count and length, the counts and the tags), for the memory
+    /// benchmark; none for the empty part.
     pub fn heap_bytes(&self) -> usize {
-        self.text.len()
+        if self.holders() == 0 { 0 } else { 2 * std::mem::size_of::<usize>() + self.0.len() }
+    }
+
+    /// Where its allocation is (to count a shared part once).
+    fn addr(&self) -> *const u8 {
+        self.0.as_ptr()
     }
 }
 
 impl SourceEntry {
     /// Its parts in order: the shared ones it has, then its own tags.
     fn parts(&self) -> impl Iterator<Item = &EntityTags> + '_ {
-        self.shared.iter().flatten().map(|p| &**p).chain(std::iter::once(&*self.tags))
+        self.shared.iter().flatten().chain(std::iter::once(&self.tags))
     }
 
     /// The part in slot `slot` (`0`, `1`: the shared ones, `2`: its own), if it has one.
     fn part(&self, slot: usize) -> Option<&EntityTags> {
         match slot {
-            0 | 1 => self.shared[slot].as_deref(),
+            0 | 1 => self.shared[slot].as_ref(),
             _ => Some(&self.tags),
         }
     }
@@ -214,7 +252,7 @@ impl SourceEntry {
     /// Whether its shared parts are `shared` (the same allocations, or equal tags).
     fn has_shared(&self, shared: &SharedParts) -> bool {
         self.shared.iter().zip(shared).all(|pair| match pair {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Some(a), Some(b)) => EntityTags::ptr_eq(a, b) || a == b,
             (None, None) => true,
             _ => false,
         })
@@ -391,8 +429,8 @@ impl Tags {
     pub fn iter(&self) -> TagsIter<'_> {
         let record = self.value.as_deref();
         let level = usize::from(self.first);
-        let (next, pos) = record.and_then(|r| r.part(0)).map_or((0, 0), |p| p.level_start(level));
-        TagsIter { record, level, last: usize::from(self.last), part: 0, offset: 0, next, pos, left: self.len }
+        let (next, end, pos) = record.and_then(|r| r.part(0)).map_or((0, 0, 0), |p| p.level_bounds(level));
+        TagsIter { record, level, last: usize::from(self.last), part: 0, offset: 0, next, end, pos, left: self.len }
     }
 
     /// The tags as owned strings.
@@ -419,7 +457,9 @@ pub struct TagsIter<'a> {
     offset: u32,
     /// The next tag's index in the current part.
     next: u32,
-    /// Where it starts in the part's text.
+    /// The index past the current part's last tag of this level.
+    end: u32,
+    /// Where the next tag starts in the part's text.
     pos: usize,
     left: u32,
 }
@@ -437,8 +477,7 @@ impl<'a> Iterator for TagsIter<'a> {
         let record = self.record?;
         while self.left > 0 && self.level < self.last {
             if let Some(part) = record.part(self.part) {
-                let (_, end) = part.range(self.level);
-                if self.next < end {
+                if self.next < self.end {
                     let n = (self.offset + self.next) as usize;
                     let (tag, after) = part.read(self.pos);
                     self.next += 1;
@@ -457,7 +496,7 @@ impl<'a> Iterator for TagsIter<'a> {
                 self.offset = 0;
                 self.level += 1;
             }
-            (self.next, self.pos) = record.part(self.part).map_or((0, 0), |p| p.level_start(self.level));
+            (self.next, self.end, self.pos) = record.part(self.part).map_or((0, 0, 0), |p| p.level_bounds(self.level));
         }
         None
     }
@@ -470,7 +509,7 @@ impl<'a> Iterator for TagsIter<'a> {
 impl ExactSizeIterator for TagsIter<'_> {}
 
 /// The shared parts of a source's tags (see [`TagStore::set_layered`]).
-pub type SharedParts = [Option<Arc<EntityTags>>; 2];
+pub type SharedParts = [Option<EntityTags>; 2];
 
 #[derive(Debug, Clone)]
 struct SourceEntry {
@@ -480,7 +519,7 @@ struct SourceEntry {
     shared: SharedParts,
     /// Packed like the published tags: one buffer, no per-tag allocation; shared with the
     /// published value when this is the entity's only part.
-    tags: Arc<EntityTags>,
+    tags: EntityTags,
     /// When the source deleted it, in whole seconds of the store's clock rounded up (an entry
     /// stays 32 bytes); its tags are served until the grace period has passed.
     deleted_at: Option<NonZeroU32>,
@@ -753,7 +792,7 @@ impl TagStore {
         let key = TagKey { slot: slot as u8, uid: current.map_or(key.uid, |(uid, _)| uid.clone()) };
         let mut entries = match current {
             Some((_, record)) => {
-                let same = |e: &SourceEntry| e.has_shared(&shared) && *e.tags == tags && e.deleted_at.is_none();
+                let same = |e: &SourceEntry| e.has_shared(&shared) && e.tags == tags && e.deleted_at.is_none();
                 if record.sources.iter().any(|e| e.source == source && same(e)) {
                     return (key, None);
                 }
@@ -768,12 +807,12 @@ impl TagStore {
                 if !e.has_shared(&shared) {
                     e.shared = shared;
                 }
-                if *e.tags != tags {
-                    e.tags = Arc::new(tags);
+                if e.tags != tags {
+                    e.tags = tags;
                 }
                 e.deleted_at = None;
             }
-            None => entries.push(SourceEntry { source, shared, tags: Arc::new(tags), deleted_at: None }),
+            None => entries.push(SourceEntry { source, shared, tags, deleted_at: None }),
         }
         let change = self.publish(&key, entries);
         // Still under the writer lock: subscribers hear changes in the order they were made.
@@ -901,19 +940,18 @@ impl TagStore {
     pub fn footprint(&self) -> Footprint {
         const ARC: usize = 2 * std::mem::size_of::<usize>();
         let _writer = self.writer();
-        let tags = |t: &EntityTags| ARC + std::mem::size_of::<EntityTags>() + t.heap_bytes();
         let mut f = Footprint::default();
         // A part shared by several entities is counted once.
-        let mut shared: HashMap<*const EntityTags, usize> = HashMap::new();
+        let mut shared: HashMap<*const u8, usize> = HashMap::new();
         for map in &self.published {
             let map = map.pin();
             f.entries += map.len() * std::mem::size_of::<(Id, Arc<Record>)>();
             for (uid, record) in &map {
                 f.records += ARC + record.own_bytes();
                 for entry in &record.sources {
-                    f.tags += tags(&entry.tags);
+                    f.tags += entry.tags.heap_bytes();
                     for part in entry.shared.iter().flatten() {
-                        shared.insert(Arc::as_ptr(part), tags(part));
+                        shared.insert(part.addr(), part.heap_bytes());
                     }
                 }
                 // A key's text shared with the workload store is counted there.
@@ -999,7 +1037,7 @@ mod tests {
     fn a_base_is_kept_once_and_reads_as_if_each_entity_had_its_own_copy() {
         let store = TagStore::new(Arc::new(ManualClock::default()), Duration::from_secs(300));
         let pod = info(&["kube_namespace:a", "env:prod"], &["pod_uid:p"]);
-        let base = Some(Arc::new(EntityTags::build(&pod)));
+        let base = Some(EntityTags::build(&pod));
         let none = TagInfo::default();
         store.set_layered(TagKey::parse("pod://p"), TagSource::KubernetesPod, [base.clone(), None], &none);
         for c in ["c1", "c2"] {
@@ -1031,17 +1069,17 @@ mod tests {
         };
         let pod_base = |record: &Record| record.sources[0].shared[0].clone().expect("the pod's base");
         let published = pod_base(&published_of("pod://p").expect("the pod"));
-        assert!(Arc::ptr_eq(&published, base.as_ref().unwrap()));
+        assert!(EntityTags::ptr_eq(&published, base.as_ref().unwrap()));
         for c in ["container_id://c1", "container_id://c2"] {
             let record = published_of(c).expect("the container");
             assert_eq!(record.sources[0].source, TagSource::KubernetesPod, "{c}: the pod's tags come first");
-            assert!(Arc::ptr_eq(&pod_base(&record), &published), "{c} points at the pod's tags");
+            assert!(EntityTags::ptr_eq(&pod_base(&record), &published), "{c} points at the pod's tags");
         }
         // An equal base given again is not a change, and the old one stays shared.
-        let again = Some(Arc::new(EntityTags::build(&pod)));
+        let again = Some(EntityTags::build(&pod));
         let (_, change) = store.set_layered(TagKey::parse("pod://p"), TagSource::KubernetesPod, [again, None], &none);
         assert_eq!(change, None);
-        assert!(Arc::ptr_eq(&pod_base(&published_of("pod://p").expect("the pod")), &published));
+        assert!(EntityTags::ptr_eq(&pod_base(&published_of("pod://p").expect("the pod")), &published));
     }
 
     /// The merge as one flattened `TagInfo` reads it (what the published value used to copy):
@@ -1108,10 +1146,9 @@ mod tests {
             let count = 1 + rng.next_u64() % 3;
             let mut entries: Vec<SourceEntry> = (0..count as usize)
                 .map(|n| {
-                    let shared = [0, 1].map(|_| {
-                        rng.next_u64().is_multiple_of(2).then(|| Arc::new(EntityTags::build(&random_info(&mut rng))))
-                    });
-                    let tags = Arc::new(EntityTags::build(&random_info(&mut rng)));
+                    let shared = [0, 1]
+                        .map(|_| rng.next_u64().is_multiple_of(2).then(|| EntityTags::build(&random_info(&mut rng))));
+                    let tags = EntityTags::build(&random_info(&mut rng));
                     SourceEntry { source: sources[n], shared, tags, deleted_at: None }
                 })
                 .collect();

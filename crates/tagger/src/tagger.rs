@@ -34,7 +34,7 @@ type Children = HashMap<(TagSource, TagKey), Box<[TagKey]>>;
 
 /// A child of a pod, task or object to tag: its key, the part of its tags it shares with others
 /// (a pod template's container), its own tags.
-type Child = (TagKey, Option<Arc<EntityTags>>, TagInfo);
+type Child = (TagKey, Option<EntityTags>, TagInfo);
 
 /// How often deletions past their grace period are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -51,7 +51,7 @@ pub struct Tagger {
     /// The tags many entities share, one copy of each: an image's (under each of its
     /// containers' own tags), a pod template's container's (under each such container's
     /// pod-sourced tags). What no entity uses any more is dropped at the next prune.
-    shared_tags: Mutex<HashSet<Arc<EntityTags>>>,
+    shared_tags: Mutex<HashSet<EntityTags>>,
 }
 
 impl Tagger {
@@ -174,11 +174,11 @@ impl Tagger {
     }
 
     /// The one copy of `tags` that every entity given them shares (`None` for no tags).
-    fn shared(&self, tags: &TagInfo) -> Option<Arc<EntityTags>> {
+    fn shared(&self, tags: &TagInfo) -> Option<EntityTags> {
         if tags.is_empty() {
             return None;
         }
-        let tags = Arc::new(EntityTags::build(tags));
+        let tags = EntityTags::build(tags);
         let mut kept = self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner);
         Some(match kept.get(&tags) {
             Some(same) => same.clone(),
@@ -198,7 +198,7 @@ impl Tagger {
     /// Prunes the deletions past their grace period, then the shared tags no entity uses.
     pub fn prune(&self) {
         self.store.prune();
-        self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner).retain(|tags| Arc::strong_count(tags) > 1);
+        self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner).retain(|tags| tags.holders() > 1);
     }
 
     /// How many shared tag sets are kept (each once, for every entity given it: images' tags,
@@ -210,7 +210,7 @@ impl Tagger {
     /// Tags a pod, task or object with `own`, and each of its children with `own`, then the
     /// child's shared part, then its own extra tags (`own` kept once, shared by them all).
     fn set_with_children(&self, source: TagSource, id: TagKey, own: &TagInfo, children: Vec<Child>) {
-        let base = Some(Arc::new(EntityTags::build(own)));
+        let base = Some(EntityTags::build(own));
         let none = TagInfo::default();
         let (id, _) = self.store.set_layered(id, source, [base.clone(), None], &none);
         let now: Box<[TagKey]> = children

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-
 use wm_core::{
     CollectorEvent, Container, ContainerImage, EntityId, IStr, Id, Kind, KubernetesPod, OrchestratorContainer, Source,
     StrMap,
