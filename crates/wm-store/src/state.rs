@@ -49,6 +49,9 @@ impl Versions {
             Versions::One(v) => vec![v],
             Versions::Many(vs) => vs,
         };
+        // Exactly the room needed: a container known by two sources holds two versions, not
+        // the four a doubling growth would leave.
+        all.reserve_exact(1);
         all.insert(at, version);
         *self = Versions::Many(all);
     }
