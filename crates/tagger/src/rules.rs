@@ -140,26 +140,29 @@ fn garden_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
 
 /// The tags of a container entity (7.1; 7.5 for Cloud Foundry's Garden containers).
 pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
-    let (mut tags, own) = container_tags_by_image(c, config);
+    let (mut tags, name, own) = container_tags_by_image(c, config);
+    tags.append(name);
     tags.append(own);
     tags
 }
 
-/// A container's tags in two parts: those of its image (the same for every container of the
-/// image on the same runtime: the tag store keeps them once), then its own. Together, in this
-/// order, they are [`container_tags`].
-pub fn container_tags_by_image(c: &Container, config: &TaggerConfig) -> (TagInfo, TagInfo) {
+/// A container's tags in three parts: those of its image (the same for every container of the
+/// image on the same runtime: the tag store keeps them once), its name's (the same for every
+/// replica of a pod template's container), then its own. Together, in this order, they are
+/// [`container_tags`].
+pub fn container_tags_by_image(c: &Container, config: &TaggerConfig) -> (TagInfo, TagInfo, TagInfo) {
     let mut image = TagInfo::default();
     if c.runtime == Some(Runtime::Garden) {
-        return (image, garden_tags(c, config));
+        return (image, TagInfo::default(), garden_tags(c, config));
     }
     image_tags(&mut image, &c.image);
     image.add(Low, "image_id", &c.image.id);
     if c.runtime == Some(Runtime::Docker) && !c.image.name.is_empty() {
         image.add(Low, "docker_image", &format!("{}:{}", c.image.name, c.image.tag));
     }
+    let mut name = TagInfo::default();
+    name.add(High, "container_name", &c.name);
     let mut tags = TagInfo::default();
-    tags.add(High, "container_name", &c.name);
     tags.add(High, "container_id", &c.id);
     unified_service(&mut tags, c);
     let sha = c.env.get("DD_GIT_COMMIT_SHA").or(c.labels.get("org.opencontainers.image.revision"));
@@ -179,7 +182,7 @@ pub fn container_tags_by_image(c: &Container, config: &TaggerConfig) -> (TagInfo
     mapped(&mut tags, &c.labels, &config.docker_labels_as_tags);
     mapped(&mut tags, &c.env, &config.container_env_as_tags);
     mapped(&mut tags, &c.env, &config.docker_env_as_tags);
-    (image, tags)
+    (image, name, tags)
 }
 
 /// Characters of the hash Kubernetes appends to generated names (`rand.SafeEncodeString`),

@@ -133,12 +133,22 @@ impl EntityTags {
     /// Packs a source's tags. A tag longer than 55,295 bytes (what one length `char` can say),
     /// or past the 65,535th, is left out (and logged).
     pub fn build(info: &TagInfo) -> Self {
+        Self::build_without(info, None).0
+    }
+
+    /// Like [`EntityTags::build`], leaving out the high tag `skip`; whether it was there.
+    fn build_without(info: &TagInfo, skip: Option<&str>) -> (Self, bool) {
+        let mut skipped = false;
         let levels = [&info.low, &info.orchestrator, &info.high, &info.standard];
         let mut tags = String::with_capacity(levels.iter().flat_map(|l| l.iter()).map(|t| t.len() + 1).sum());
         let mut ends = [0u16; 4];
         let mut count = 0u16;
         for (level, level_tags) in levels.into_iter().enumerate() {
             for tag in level_tags {
+                if level == HIGH && !skipped && skip == Some(tag.as_str()) {
+                    skipped = true;
+                    continue;
+                }
                 let len = u32::try_from(tag.len()).ok().filter(|n| *n <= MAX_TAG_LEN).and_then(char::from_u32);
                 match len {
                     Some(len) if count < u16::MAX => {
@@ -152,12 +162,12 @@ impl EntityTags {
             ends[level] = count;
         }
         if count == 0 {
-            return Self::default();
+            return (Self::default(), skipped);
         }
         let mut text = String::with_capacity(tags.len() + 12);
         text.extend(ends.map(count_char));
         text.push_str(&tags);
-        Self(arcstr::ArcStr::from(text))
+        (Self(arcstr::ArcStr::from(text)), skipped)
     }
 
     /// The four counts, and where the first tag starts.
@@ -173,11 +183,22 @@ impl EntityTags {
 
     /// The tag at byte `pos` (where a length starts), and where the next one starts.
     fn read(&self, pos: usize) -> (&str, usize) {
-        let rest = self.0.get(pos..).unwrap_or_default();
-        let Some(len) = rest.chars().next() else { return ("", self.0.len()) };
-        let start = pos + len.len_utf8();
-        let end = start + len as usize;
+        let (start, end) = self.span(pos);
         (self.0.get(start..end).unwrap_or_default(), end)
+    }
+
+    /// Where the tag whose length starts at byte `pos` starts and ends.
+    fn span(&self, pos: usize) -> (usize, usize) {
+        match self.0.as_bytes().get(pos) {
+            // A tag shorter than 128 bytes: its length is one byte (nearly every tag).
+            Some(&len) if len < 0x80 => (pos + 1, pos + 1 + usize::from(len)),
+            Some(_) => {
+                let len = self.0.get(pos..).and_then(|rest| rest.chars().next()).unwrap_or('\0');
+                let start = pos + len.len_utf8();
+                (start, start + len as usize)
+            }
+            None => (self.0.len(), self.0.len()),
+        }
     }
 
     /// The tags of one level (`LOW` … `STANDARD`) with their indices.
@@ -195,7 +216,7 @@ impl EntityTags {
         let (ends, start) = self.header();
         let bounds = [0, ends[0], ends[1], ends[2], ends[3]];
         let (first, last) = (bounds[level.min(STANDARD + 1)], bounds[(level + 1).min(STANDARD + 1)]);
-        (first, last, (0..first).fold(start, |pos, _| self.read(pos).1))
+        (first, last, (0..first).fold(start, |pos, _| self.span(pos).1))
     }
 
     /// How many tags, every level.
@@ -231,22 +252,25 @@ impl EntityTags {
 }
 
 impl SourceEntry {
-    /// Its parts in order: the shared ones it has, then its own tags.
-    fn parts(&self) -> impl Iterator<Item = &EntityTags> + '_ {
-        self.shared.iter().flatten().chain(std::iter::once(&self.tags))
+    /// Its parts in order: the shared ones it has, its own tags, then the entity's id tag if it
+    /// gives it (`id`: the record's).
+    fn parts<'a>(&'a self, id: Option<&'a EntityTags>) -> impl Iterator<Item = &'a EntityTags> + 'a {
+        self.shared.iter().flatten().chain(std::iter::once(&self.tags)).chain(id.filter(|_| self.id))
     }
 
-    /// The part in slot `slot` (`0`, `1`: the shared ones, `2`: its own), if it has one.
-    fn part(&self, slot: usize) -> Option<&EntityTags> {
+    /// The part in slot `slot` (`0`, `1`: the shared ones, `2`: its own, `3`: the record's id
+    /// tag `id`, if it gives it), if it has one.
+    fn part<'a>(&'a self, slot: usize, id: Option<&'a EntityTags>) -> Option<&'a EntityTags> {
         match slot {
             0 | 1 => self.shared[slot].as_ref(),
-            _ => Some(&self.tags),
+            2 => Some(&self.tags),
+            _ => id.filter(|_| self.id),
         }
     }
 
     /// The tags as one source's `TagInfo` (each tag once per level).
-    fn to_info(&self) -> TagInfo {
-        info_of(&Arc::new(Record::build(vec![self.clone()])))
+    fn to_info(&self, id: Option<&EntityTags>) -> TagInfo {
+        info_of(&Arc::new(Record::build(vec![self.clone()], id.cloned())))
     }
 
     /// Whether its shared parts are `shared` (the same allocations, or equal tags).
@@ -289,24 +313,28 @@ const fn levels_up_to(cardinality: TagCardinality) -> usize {
 struct Record {
     /// Highest priority first (sources of equal priority in the order they came).
     sources: Box<[SourceEntry]>,
+    /// The entity's id tag (`container_id:<id>`), kept once for every source that gives it.
+    id: Option<EntityTags>,
     /// Bit `n` set: the `n`th tag, counting through the parts in order, is left out.
     hidden: Hidden,
     /// How many tags each level shows (low, orchestrator, high, standard).
     shown: [u32; 4],
 }
 
-/// Part slots per source: its two shared parts, then its own.
-const SLOTS_PER_SOURCE: usize = 3;
+/// Part slots per source: its two shared parts, its own, then the entity's id tag.
+const SLOTS_PER_SOURCE: usize = 4;
 
 impl Record {
     /// The merge of `sources`: a tag whose key a source of higher priority gave is left out, and
     /// so is a tag the same level already shows. Sources of equal priority do not override each
     /// other.
-    fn build(mut sources: Vec<SourceEntry>) -> Self {
+    fn build(mut sources: Vec<SourceEntry>, id: Option<EntityTags>) -> Self {
         sources.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
+        // Kept only while a source gives it.
+        let id = id.filter(|_| sources.iter().any(|e| e.id));
         let (hidden, shown) = {
             let parts: Vec<(u8, &EntityTags)> =
-                sources.iter().flat_map(|e| e.parts().map(move |p| (e.source.priority(), p))).collect();
+                sources.iter().flat_map(|e| e.parts(id.as_ref()).map(move |p| (e.source.priority(), p))).collect();
             let total: u32 = parts.iter().map(|(_, p)| p.count()).sum();
             let mut hidden = vec![0u64; total.div_ceil(64) as usize];
             let mut shown = [0u32; 4];
@@ -340,12 +368,12 @@ impl Record {
             }
             (Hidden::new(hidden), shown)
         };
-        Self { sources: sources.into_boxed_slice(), hidden, shown }
+        Self { sources: sources.into_boxed_slice(), id, hidden, shown }
     }
 
     /// The part in slot `slot`, counting [`SLOTS_PER_SOURCE`] per source, if there is one.
     fn part(&self, slot: usize) -> Option<&EntityTags> {
-        self.sources.get(slot / SLOTS_PER_SOURCE)?.part(slot % SLOTS_PER_SOURCE)
+        self.sources.get(slot / SLOTS_PER_SOURCE)?.part(slot % SLOTS_PER_SOURCE, self.id.as_ref())
     }
 
     /// How many part slots.
@@ -523,6 +551,14 @@ struct SourceEntry {
     /// When the source deleted it, in whole seconds of the store's clock rounded up (an entry
     /// stays 32 bytes); its tags are served until the grace period has passed.
     deleted_at: Option<NonZeroU32>,
+    /// Whether it gives the entity's id tag (kept once, in the record, not in `tags`).
+    id: bool,
+}
+
+/// The id tag of an entity that has one (a container's `container_id:<id>`), which each of its
+/// sources gives: the record keeps it once.
+fn id_tag(key: &TagKey) -> Option<String> {
+    (key.slot == 0).then(|| format!("container_id:{}", key.uid))
 }
 
 /// `now` in whole seconds rounded up (a deletion is never pruned early), plus one: a deletion
@@ -783,7 +819,8 @@ impl TagStore {
         shared: SharedParts,
         extra: &TagInfo,
     ) -> (TagKey, Option<TagChange>) {
-        let tags = EntityTags::build(extra);
+        let id_tag = id_tag(&key);
+        let (tags, gives_id) = EntityTags::build_without(extra, id_tag.as_deref());
         let shared = shared.map(|part| part.filter(|p| !p.is_empty()));
         let slot = key.slot();
         let writer = self.writer();
@@ -792,13 +829,22 @@ impl TagStore {
         let key = TagKey { slot: slot as u8, uid: current.map_or(key.uid, |(uid, _)| uid.clone()) };
         let mut entries = match current {
             Some((_, record)) => {
-                let same = |e: &SourceEntry| e.has_shared(&shared) && e.tags == tags && e.deleted_at.is_none();
+                let same = |e: &SourceEntry| {
+                    e.has_shared(&shared) && e.tags == tags && e.id == gives_id && e.deleted_at.is_none()
+                };
                 if record.sources.iter().any(|e| e.source == source && same(e)) {
                     return (key, None);
                 }
                 record.sources.to_vec()
             }
             None => Vec::with_capacity(1),
+        };
+        let id = match (current.and_then(|(_, r)| r.id.clone()), id_tag) {
+            (Some(kept), _) => Some(kept),
+            (None, Some(tag)) if gives_id => {
+                Some(EntityTags::build(&TagInfo { high: vec![tag], ..TagInfo::default() }))
+            }
+            _ => None,
         };
         match entries.iter_mut().find(|e| e.source == source) {
             Some(e) => {
@@ -810,11 +856,12 @@ impl TagStore {
                 if e.tags != tags {
                     e.tags = tags;
                 }
+                e.id = gives_id;
                 e.deleted_at = None;
             }
-            None => entries.push(SourceEntry { source, shared, tags, deleted_at: None }),
+            None => entries.push(SourceEntry { source, shared, tags, deleted_at: None, id: gives_id }),
         }
-        let change = self.publish(&key, entries);
+        let change = self.publish(&key, entries, id);
         // Still under the writer lock: subscribers hear changes in the order they were made.
         if let Some(change) = &change {
             self.notify(change);
@@ -857,17 +904,17 @@ impl TagStore {
         let mut changes = Vec::new();
         let writer = self.writer();
         for (slot, map) in self.published.iter().enumerate() {
-            let due: Vec<(TagKey, Vec<SourceEntry>)> = map
+            let due: Vec<(TagKey, Vec<SourceEntry>, Option<EntityTags>)> = map
                 .pin()
                 .iter()
                 .filter(|(_, record)| record.sources.iter().any(expired))
                 .map(|(uid, record)| {
                     let key = TagKey { slot: slot as u8, uid: uid.clone() };
-                    (key, record.sources.iter().filter(|e| !expired(e)).cloned().collect())
+                    (key, record.sources.iter().filter(|e| !expired(e)).cloned().collect(), record.id.clone())
                 })
                 .collect();
-            for (key, entries) in due {
-                changes.extend(self.publish(&key, entries));
+            for (key, entries, id) in due {
+                changes.extend(self.publish(&key, entries, id));
             }
         }
         for change in &changes {
@@ -878,12 +925,12 @@ impl TagStore {
     }
 
     /// Publishes the merge of an entity's sources (none left: the entity goes).
-    fn publish(&self, key: &TagKey, entries: Vec<SourceEntry>) -> Option<TagChange> {
+    fn publish(&self, key: &TagKey, entries: Vec<SourceEntry>, id: Option<EntityTags>) -> Option<TagChange> {
         let map = self.published[key.slot()].pin();
         if entries.is_empty() {
             return map.remove(&*key.uid).map(|_| TagChange::Deleted(key.clone()));
         }
-        let previous = map.insert(key.uid.clone(), Arc::new(Record::build(entries)));
+        let previous = map.insert(key.uid.clone(), Arc::new(Record::build(entries, id)));
         Some(if previous.is_some() { TagChange::Modified(key.clone()) } else { TagChange::Added(key.clone()) })
     }
 
@@ -900,7 +947,8 @@ impl TagStore {
         let mut out = Vec::new();
         for (slot, map) in self.published.iter().enumerate() {
             for (uid, record) in &map.pin() {
-                let mut per_source: Vec<_> = record.sources.iter().map(|e| (e.source, e.to_info())).collect();
+                let mut per_source: Vec<_> =
+                    record.sources.iter().map(|e| (e.source, e.to_info(record.id.as_ref()))).collect();
                 per_source.sort_by_key(|(s, _)| *s);
                 out.push((TagKey { slot: slot as u8, uid: uid.clone() }.to_string(), per_source));
             }
@@ -948,6 +996,7 @@ impl TagStore {
             f.entries += map.len() * std::mem::size_of::<(Id, Arc<Record>)>();
             for (uid, record) in &map {
                 f.records += ARC + record.own_bytes();
+                f.tags += record.id.as_ref().map_or(0, EntityTags::heap_bytes);
                 for entry in &record.sources {
                     f.tags += entry.tags.heap_bytes();
                     for part in entry.shared.iter().flatten() {
@@ -1085,7 +1134,7 @@ mod tests {
     /// The merge as one flattened `TagInfo` reads it (what the published value used to copy):
     /// sources by priority, each source's parts in order; a tag whose key a higher priority
     /// gave is left out, and so is a tag its level already has.
-    fn flattened(entries: &[SourceEntry]) -> TagInfo {
+    fn flattened(entries: &[SourceEntry], id: Option<&EntityTags>) -> TagInfo {
         let mut out = TagInfo::default();
         let mut taken: HashSet<String> = HashSet::new();
         let mut start = 0;
@@ -1103,14 +1152,14 @@ mod tests {
                 for (level, cardinality) in
                     [(LOW, TagCardinality::Low), (LOW + 1, TagCardinality::Orchestrator), (HIGH, TagCardinality::High)]
                 {
-                    for part in entry.parts().filter(|p| !p.is_empty()) {
+                    for part in entry.parts(id).filter(|p| !p.is_empty()) {
                         for tag in info(part, level).into_iter().filter(|t| !taken.contains(tag_key(t))) {
                             keys.push(tag_key(&tag).to_owned());
                             out.add_tag(cardinality, tag);
                         }
                     }
                 }
-                for part in entry.parts() {
+                for part in entry.parts(id) {
                     for tag in info(part, STANDARD) {
                         if !taken.contains(tag_key(&tag)) && !tag.is_empty() && !out.standard.contains(&tag) {
                             out.standard.push(tag);
@@ -1142,6 +1191,9 @@ mod tests {
     fn a_merge_of_parts_reads_as_the_flattened_merge_would() {
         let mut rng = test_support::rng::XorShift::new(18);
         let sources = [TagSource::Container, TagSource::KubernetesPod, TagSource::EcsTask];
+        // The id tag a source may give, kept once by the record; its key is one another part
+        // may give too.
+        let id = EntityTags::build(&info(&[], &["k1:v0"]));
         for round in 0..2_000 {
             let count = 1 + rng.next_u64() % 3;
             let mut entries: Vec<SourceEntry> = (0..count as usize)
@@ -1149,15 +1201,49 @@ mod tests {
                     let shared = [0, 1]
                         .map(|_| rng.next_u64().is_multiple_of(2).then(|| EntityTags::build(&random_info(&mut rng))));
                     let tags = EntityTags::build(&random_info(&mut rng));
-                    SourceEntry { source: sources[n], shared, tags, deleted_at: None }
+                    let gives_id = rng.next_u64().is_multiple_of(2);
+                    SourceEntry { source: sources[n], shared, tags, deleted_at: None, id: gives_id }
                 })
                 .collect();
             entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
-            let merged = Arc::new(Record::build(entries.clone()));
-            assert_eq!(info_of(&merged), flattened(&entries), "round {round}: {entries:?}");
+            let merged = Arc::new(Record::build(entries.clone(), Some(id.clone())));
+            assert_eq!(info_of(&merged), flattened(&entries, Some(&id)), "round {round}: {entries:?}");
             let all = Tags::of(&merged, LOW, HIGH + 1);
             assert_eq!(all.iter().len(), all.to_vec().len(), "the iterator's length is exact");
         }
+    }
+
+    #[test]
+    fn a_containers_id_tag_is_kept_once_for_every_source_that_gives_it() {
+        let clock = Arc::new(ManualClock::default());
+        let store = TagStore::new(clock.clone(), Duration::from_secs(10));
+        let c1 = "container_id://c1";
+        store.set(c1, TagSource::Container, info(&["a:1"], &["container_name:x", "container_id:c1"]));
+        store.set(c1, TagSource::KubernetesPod, info(&["b:1"], &["container_id:c1", "display_container_name:x_p"]));
+        let record = || store.published[0].pin().get("c1").cloned().expect("the container");
+        let id = record().id.clone().expect("one id part");
+        assert_eq!(id.level(HIGH).map(|(_, t)| t).collect::<Vec<_>>(), ["container_id:c1"]);
+        assert!(record().sources.iter().all(|e| e.id && e.tags.level(HIGH).all(|(_, t)| t != "container_id:c1")));
+        let high = store.tag(c1, TagCardinality::High).to_vec();
+        assert_eq!(high.iter().filter(|t| *t == "container_id:c1").count(), 1, "{high:?}");
+        assert_eq!(high.len(), 5, "{high:?}");
+        for (_, info) in &store.list()[0].1 {
+            assert!(info.high.contains(&"container_id:c1".to_owned()), "each source still gives it: {info:?}");
+        }
+        // Another container's id is its own tag, not an id part.
+        store.set("container_id://c2", TagSource::Container, info(&[], &["container_id:c1"]));
+        let other = store.published[0].pin().get("c2").cloned().expect("c2");
+        assert!(other.id.is_none() && !other.sources[0].id);
+        // The pod's tags outlive the container's deletion, the id with them.
+        store.delete(c1, TagSource::Container);
+        clock.advance(Duration::from_secs(10));
+        store.prune();
+        assert!(store.tag(c1, TagCardinality::High).to_vec().contains(&"container_id:c1".to_owned()));
+        assert!(EntityTags::ptr_eq(record().id.as_ref().unwrap(), &id), "the same part, kept");
+        // No source gives it any more: it goes.
+        store.set(c1, TagSource::KubernetesPod, info(&["b:1"], &[]));
+        assert!(record().id.is_none());
+        assert_eq!(store.tag(c1, TagCardinality::High).to_vec(), ["b:1"]);
     }
 
     #[test]

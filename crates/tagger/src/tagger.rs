@@ -189,10 +189,11 @@ impl Tagger {
         })
     }
 
-    /// Tags a container: its image's tags (one copy per image) under its own.
+    /// Tags a container: its image's tags (one copy per image) and its name's (one copy per
+    /// name) under its own.
     fn set_container(&self, id: TagKey, c: &wm_core::Container) {
-        let (image, own) = rules::container_tags_by_image(c, &self.config);
-        self.store.set_layered(id, TagSource::Container, [self.shared(&image), None], &own);
+        let (image, name, own) = rules::container_tags_by_image(c, &self.config);
+        self.store.set_layered(id, TagSource::Container, [self.shared(&image), self.shared(&name)], &own);
     }
 
     /// Prunes the deletions past their grace period, then the shared tags no entity uses.
@@ -323,13 +324,15 @@ mod tests {
     }
 
     #[test]
-    fn image_tags_are_kept_once_per_image_and_go_with_the_last_container() {
+    fn image_and_name_tags_are_kept_once_each_and_go_with_the_last_container() {
         let clock = Arc::new(ManualClock::default());
         let tagger = Tagger::with_clock(TaggerConfig::default(), clock.clone());
         let sets = [("a", "nginx:1.25"), ("b", "nginx:1.25"), ("c", "redis:7")];
         tagger.process(&sets.map(|(id, image)| event(EventType::Set, id, image)));
-        assert_eq!(tagger.shared_tags_kept(), 2);
-        // Each container reads as if it had its own copy: its image's tags, then its own.
+        // Two images' tags, and three names' (each container here has a name of its own).
+        assert_eq!(tagger.shared_tags_kept(), 2 + 3);
+        // Each container reads as if it had its own copy: its image's tags, its name's, then its
+        // own.
         let b = tagger.tag(&container_entity("b"), TagCardinality::High).to_vec();
         assert_eq!(
             b,
@@ -350,7 +353,7 @@ mod tests {
         // Every container goes: after the grace period, so do the images' tags.
         tagger.process(&sets.map(|(id, image)| event(EventType::Unset, id, image)));
         tagger.prune();
-        assert_eq!(tagger.shared_tags_kept(), 2, "still served during the grace period");
+        assert_eq!(tagger.shared_tags_kept(), 2 + 3, "still served during the grace period");
         clock.advance(tagger.config.deletion_grace_period());
         tagger.prune();
         assert!(tagger.tag(&container_entity("a"), TagCardinality::High).is_empty());
