@@ -893,7 +893,8 @@ impl Entity {
     /// Makes the entity hold `id` (equal to its own id) and `owner` (equal to its owner's id)
     /// instead of copies of them, where it is the only holder of its fields: the store passes
     /// the ids it keys its records by, so that each id is kept once however many sources and
-    /// containers name it.
+    /// containers name it. A container's pod UID label, where it names its owner, holds the
+    /// owner's id too.
     pub fn share_ids(&mut self, id: Option<&Id>, owner: Option<&Id>) {
         fn adopt(mine: &mut Id, shared: Option<&Id>) {
             if let Some(shared) = shared
@@ -909,6 +910,7 @@ impl Entity {
                     adopt(&mut c.id, id);
                     if let Some(o) = &mut c.owner {
                         adopt(&mut o.id, owner);
+                        c.labels.share_value(KUBE_POD_UID_LABEL, &o.id);
                     }
                 }
             }
@@ -1060,6 +1062,27 @@ mod tests {
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"kind":"container","id":"c1","name":"web"}"#);
         assert!(!e.is_id_only());
         assert!(Entity::empty(&e.id()).is_id_only());
+    }
+
+    #[test]
+    fn a_stored_container_holds_its_owners_id_and_its_pod_uid_label_holds_it_too() {
+        let uid = "share-ids-7f3a-uid";
+        let key = Id::from(uid);
+        let labels: StrMap = [(KUBE_POD_UID_LABEL, uid), ("app", "web")].into_iter().collect();
+        let owner = Some(EntityId::new(Kind::KubernetesPod, uid));
+        let mut entity = Entity::from(Container { id: "c1".into(), labels, owner, ..Container::default() });
+        entity.share_ids(None, Some(&key));
+        let c = entity.as_container().unwrap();
+        assert!(Id::ptr_eq(&c.owner.as_ref().unwrap().id, &key), "the owner is the store's id");
+        assert_eq!(c.labels.get(KUBE_POD_UID_LABEL), Some(uid));
+        assert_eq!(c.labels.get(KUBE_POD_UID_LABEL).unwrap().as_ptr(), key.as_ptr(), "the label holds it too");
+        assert_eq!(c.labels.get("app"), Some("web"));
+        // A label that names another pod keeps its text.
+        let labels: StrMap = [(KUBE_POD_UID_LABEL, "another-uid-7f3a")].into_iter().collect();
+        let owner = Some(EntityId::new(Kind::KubernetesPod, uid));
+        let mut other = Entity::from(Container { id: "c2".into(), labels, owner, ..Container::default() });
+        other.share_ids(None, Some(&key));
+        assert_eq!(other.as_container().unwrap().labels.get(KUBE_POD_UID_LABEL), Some("another-uid-7f3a"));
     }
 
     #[test]

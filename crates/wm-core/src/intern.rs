@@ -92,6 +92,21 @@ impl IStr {
         Self(Some(kept))
     }
 
+    /// A holder of `text`'s own allocation, not of the set's copy: one copy for a text that is
+    /// an id too (a pod's UID in its containers' labels). The set never keeps it, so letting
+    /// go of it takes nothing out: the set's rule looks only at its own copy.
+    pub(crate) fn adopt(text: &arcstr::ArcStr) -> Self {
+        if text.is_empty() {
+            return Self(None);
+        }
+        Self(Some(Text(text.clone())))
+    }
+
+    /// Whether it holds `text`'s allocation.
+    pub(crate) fn is_text(&self, text: &arcstr::ArcStr) -> bool {
+        self.0.as_ref().is_some_and(|t| arcstr::ArcStr::ptr_eq(&t.0, text))
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         self.0.as_ref().map_or("", |t| &t.0)

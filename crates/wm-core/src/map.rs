@@ -1,12 +1,11 @@
 //! `StrMap`: the string-to-string map used for labels, annotations and env vars.
 
-use std::fmt;
-use std::sync::Arc;
-
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
 
+use crate::Id;
 use crate::intern::IStr;
 
 /// One entry: key and value, each interned (one copy of each text, however many maps hold it).
@@ -21,10 +20,10 @@ type Entry = (IStr, IStr);
 /// Keys and values are interned ([`IStr`]): the keys repeat in every entity, and so do many
 /// values (a deployment's labels on each of its pods). An entry costs 16 bytes beside its text;
 /// a map is one thin pointer (8 bytes: every entity holds several, most of them empty), a
-/// non-empty one 32 bytes more for its count and its entries' pointer; iteration is in key
-/// order (stable dumps and tags).
+/// non-empty one 16 bytes more for its count and length, in the entries' one allocation;
+/// iteration is in key order (stable dumps and tags).
 #[derive(Clone, Default, Eq)]
-pub struct StrMap(Option<Arc<Box<[Entry]>>>);
+pub struct StrMap(Option<triomphe::ThinArc<(), Entry>>);
 
 impl StrMap {
     /// An empty map.
@@ -33,7 +32,7 @@ impl StrMap {
     }
 
     fn entries(&self) -> &[Entry] {
-        self.0.as_deref().map_or(&[], |entries| entries)
+        self.0.as_ref().map_or(&[], |entries| &entries.slice)
     }
 
     /// Changes the entries: on a copy of them when they are shared.
@@ -45,7 +44,7 @@ impl StrMap {
     }
 
     fn from_sorted(entries: Vec<Entry>) -> Self {
-        Self((!entries.is_empty()).then(|| Arc::new(entries.into_boxed_slice())))
+        Self((!entries.is_empty()).then(|| triomphe::ThinArc::from_header_and_iter((), entries.into_iter())))
     }
 
     /// The number of entries.
@@ -89,6 +88,17 @@ impl StrMap {
     pub fn remove(&mut self, key: &str) -> Option<String> {
         let at = self.position(key).ok()?;
         self.edit(|entries| Some(entries.remove(at).1.to_string()))
+    }
+
+    /// Makes the value of `key`, where it is `text`, hold `text`'s own allocation instead of a
+    /// copy (a container's pod UID label and its owner's id: one copy).
+    pub(crate) fn share_value(&mut self, key: &str, text: &Id) {
+        let Ok(at) = self.position(key) else { return };
+        let value = &self.entries()[at].1;
+        if **value != **text || value.is_text(text) {
+            return;
+        }
+        self.edit(|entries| entries[at].1 = IStr::adopt(text));
     }
 
     /// Keeps only the entries for which `keep` says yes.
@@ -140,7 +150,7 @@ impl StrMap {
     /// Whether both share one allocation of entries (both empty counts as shared).
     pub fn ptr_eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => std::ptr::eq(a.as_ptr(), b.as_ptr()),
             (None, None) => true,
             _ => false,
         }
