@@ -270,7 +270,7 @@ impl SourceEntry {
 
     /// The tags as one source's `TagInfo` (each tag once per level).
     fn to_info(&self, id: Option<&EntityTags>) -> TagInfo {
-        info_of(&Arc::new(Record::build(vec![self.clone()], id.cloned())))
+        info_of(&Record::build(vec![self.clone()], id.cloned()))
     }
 
     /// Whether its shared parts are `shared` (the same allocations, or equal tags).
@@ -308,17 +308,20 @@ const fn levels_up_to(cardinality: TagCardinality) -> usize {
 /// One entity's tags as readers see them: every source's parts, highest priority first, and
 /// which of their tags the merge leaves out. Read level by level, part by part, it gives what one
 /// merged list would, with no tag copied. Immutable once published: the writer publishes a new
-/// record for every change.
+/// record for every change. One thin pointer to one allocation: its head, then its sources
+/// (highest priority first; sources of equal priority in the order they came).
 #[derive(Clone)]
-struct Record {
-    /// Highest priority first (sources of equal priority in the order they came).
-    sources: Box<[SourceEntry]>,
+struct Record(triomphe::ThinArc<Head, SourceEntry>);
+
+/// What a [`Record`] holds before its sources.
+struct Head {
     /// The entity's id tag (`container_id:<id>`), kept once for every source that gives it.
     id: Option<EntityTags>,
     /// Bit `n` set: the `n`th tag, counting through the parts in order, is left out.
     hidden: Hidden,
-    /// How many tags each level shows (low, orchestrator, high, standard).
-    shown: [u32; 4],
+    /// How many tags each level shows (low, orchestrator, high, standard); past 65,535 a
+    /// level's tags are left out.
+    shown: [u16; 4],
 }
 
 /// Part slots per source: its two shared parts, its own, then the entity's id tag.
@@ -337,7 +340,7 @@ impl Record {
                 sources.iter().flat_map(|e| e.parts(id.as_ref()).map(move |p| (e.source.priority(), p))).collect();
             let total: u32 = parts.iter().map(|(_, p)| p.count()).sum();
             let mut hidden = vec![0u64; total.div_ceil(64) as usize];
-            let mut shown = [0u32; 4];
+            let mut shown = [0u16; 4];
             let mut taken: HashSet<&str> = HashSet::new();
             let mut seen: [HashSet<&str>; 4] = Default::default();
             let mut start = 0;
@@ -351,7 +354,11 @@ impl Record {
                     for (_, part) in &parts[start..end] {
                         for (i, tag) in part.level(level) {
                             let n = (at + i) as usize;
-                            if tag.is_empty() || taken.contains(tag_key(tag)) || !seen[level].insert(tag) {
+                            if tag.is_empty()
+                                || shown[level] == u16::MAX
+                                || taken.contains(tag_key(tag))
+                                || !seen[level].insert(tag)
+                            {
                                 hidden[n / 64] |= 1 << (n % 64);
                             } else {
                                 shown[level] += 1;
@@ -368,27 +375,59 @@ impl Record {
             }
             (Hidden::new(hidden), shown)
         };
-        Self { sources: sources.into_boxed_slice(), id, hidden, shown }
+        Self(triomphe::ThinArc::from_header_and_iter(Head { id, hidden, shown }, sources.into_iter()))
+    }
+
+    /// The same record with its sources changed where the tags are not (a deletion's time).
+    fn with_sources(&self, change: impl FnOnce(&mut [SourceEntry])) -> Self {
+        let head = self.head();
+        let mut sources = self.sources().to_vec();
+        change(&mut sources);
+        let head = Head { id: head.id.clone(), hidden: head.hidden.clone(), shown: head.shown };
+        Self(triomphe::ThinArc::from_header_and_iter(head, sources.into_iter()))
+    }
+
+    fn head(&self) -> &Head {
+        &self.0.header.header
+    }
+
+    /// Its sources, highest priority first.
+    fn sources(&self) -> &[SourceEntry] {
+        &self.0.slice
+    }
+
+    /// The entity's id tag, kept once.
+    fn id(&self) -> Option<&EntityTags> {
+        self.head().id.as_ref()
     }
 
     /// The part in slot `slot`, counting [`SLOTS_PER_SOURCE`] per source, if there is one.
     fn part(&self, slot: usize) -> Option<&EntityTags> {
-        self.sources.get(slot / SLOTS_PER_SOURCE)?.part(slot % SLOTS_PER_SOURCE, self.id.as_ref())
+        self.sources().get(slot / SLOTS_PER_SOURCE)?.part(slot % SLOTS_PER_SOURCE, self.id())
     }
 
     /// How many part slots.
     fn slots(&self) -> usize {
-        self.sources.len() * SLOTS_PER_SOURCE
+        self.sources().len() * SLOTS_PER_SOURCE
     }
 
-    /// Bytes held beside the parts it points at.
+    /// How many tags the levels `first..last` show.
+    fn shown(&self, first: usize, last: usize) -> u32 {
+        self.head().shown[first..last].iter().map(|n| u32::from(*n)).sum()
+    }
+
+    /// Bytes of its allocation (its count and length, its head and sources) and of its hidden
+    /// bits, beside the parts it points at.
     fn own_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.sources.len() * std::mem::size_of::<SourceEntry>() + self.hidden.heap_bytes()
+        2 * std::mem::size_of::<usize>()
+            + std::mem::size_of::<Head>()
+            + std::mem::size_of_val(self.sources())
+            + self.head().hidden.heap_bytes()
     }
 }
 
 /// The tags of a record by level.
-fn info_of(record: &Arc<Record>) -> TagInfo {
+fn info_of(record: &Record) -> TagInfo {
     let read = |level: usize| Tags::of(record, level, level + 1).to_vec();
     TagInfo { low: read(LOW), orchestrator: read(LOW + 1), high: read(HIGH), standard: read(STANDARD) }
 }
@@ -430,7 +469,7 @@ impl Hidden {
 /// Building one allocates nothing.
 #[derive(Clone, Default)]
 pub struct Tags {
-    value: Option<Arc<Record>>,
+    value: Option<Record>,
     /// The levels read: `first..last`.
     first: u8,
     last: u8,
@@ -438,8 +477,8 @@ pub struct Tags {
 }
 
 impl Tags {
-    fn of(value: &Arc<Record>, first: usize, last: usize) -> Self {
-        let len = value.shown[first..last].iter().sum();
+    fn of(value: &Record, first: usize, last: usize) -> Self {
+        let len = value.shown(first, last);
         Self { value: Some(value.clone()), first: first as u8, last: last as u8, len }
     }
 
@@ -455,7 +494,7 @@ impl Tags {
 
     /// The tags.
     pub fn iter(&self) -> TagsIter<'_> {
-        let record = self.value.as_deref();
+        let record = self.value.as_ref();
         let level = usize::from(self.first);
         let (next, end, pos) = record.and_then(|r| r.part(0)).map_or((0, 0, 0), |p| p.level_bounds(level));
         TagsIter { record, level, last: usize::from(self.last), part: 0, offset: 0, next, end, pos, left: self.len }
@@ -510,7 +549,7 @@ impl<'a> Iterator for TagsIter<'a> {
                     let (tag, after) = part.read(self.pos);
                     self.next += 1;
                     self.pos = after;
-                    if record.hidden.get(n) {
+                    if record.head().hidden.get(n) {
                         continue;
                     }
                     self.left -= 1;
@@ -675,7 +714,7 @@ impl fmt::Display for TagKey {
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
     /// Each entity's one record, per id prefix.
-    published: [FastMap<Id, Arc<Record>>; SLOTS],
+    published: [FastMap<Id, Record>; SLOTS],
     /// Held by writers: one change at a time, published and told in the order it was made.
     writer: Mutex<()>,
     clock: Arc<dyn Clock>,
@@ -832,14 +871,14 @@ impl TagStore {
                 let same = |e: &SourceEntry| {
                     e.has_shared(&shared) && e.tags == tags && e.id == gives_id && e.deleted_at.is_none()
                 };
-                if record.sources.iter().any(|e| e.source == source && same(e)) {
+                if record.sources().iter().any(|e| e.source == source && same(e)) {
                     return (key, None);
                 }
-                record.sources.to_vec()
+                record.sources().to_vec()
             }
             None => Vec::with_capacity(1),
         };
-        let id = match (current.and_then(|(_, r)| r.id.clone()), id_tag) {
+        let id = match (current.and_then(|(_, r)| r.id().cloned()), id_tag) {
             (Some(kept), _) => Some(kept),
             (None, Some(tag)) if gives_id => {
                 Some(EntityTags::build(&TagInfo { high: vec![tag], ..TagInfo::default() }))
@@ -886,15 +925,16 @@ impl TagStore {
         let _writer = self.writer();
         let map = self.published[slot].pin();
         let Some((uid, record)) = map.get_key_value(uid) else { return };
-        if !record.sources.iter().any(|e| e.source == source && e.deleted_at.is_none()) {
+        if !record.sources().iter().any(|e| e.source == source && e.deleted_at.is_none()) {
             return;
         }
         // The same tags, served as they were until pruned.
-        let mut marked = Record::clone(record);
-        for entry in marked.sources.iter_mut().filter(|e| e.source == source) {
-            entry.deleted_at = Some(deletion_time(now));
-        }
-        map.insert(uid.clone(), Arc::new(marked));
+        let marked = record.with_sources(|sources| {
+            for entry in sources.iter_mut().filter(|e| e.source == source) {
+                entry.deleted_at = Some(deletion_time(now));
+            }
+        });
+        map.insert(uid.clone(), marked);
     }
 
     /// Drops what was deleted longer ago than the grace period.
@@ -907,10 +947,10 @@ impl TagStore {
             let due: Vec<(TagKey, Vec<SourceEntry>, Option<EntityTags>)> = map
                 .pin()
                 .iter()
-                .filter(|(_, record)| record.sources.iter().any(expired))
+                .filter(|(_, record)| record.sources().iter().any(expired))
                 .map(|(uid, record)| {
                     let key = TagKey { slot: slot as u8, uid: uid.clone() };
-                    (key, record.sources.iter().filter(|e| !expired(e)).cloned().collect(), record.id.clone())
+                    (key, record.sources().iter().filter(|e| !expired(e)).cloned().collect(), record.id().cloned())
                 })
                 .collect();
             for (key, entries, id) in due {
@@ -930,7 +970,7 @@ impl TagStore {
         if entries.is_empty() {
             return map.remove(&*key.uid).map(|_| TagChange::Deleted(key.clone()));
         }
-        let previous = map.insert(key.uid.clone(), Arc::new(Record::build(entries, id)));
+        let previous = map.insert(key.uid.clone(), Record::build(entries, id));
         Some(if previous.is_some() { TagChange::Modified(key.clone()) } else { TagChange::Added(key.clone()) })
     }
 
@@ -948,7 +988,7 @@ impl TagStore {
         for (slot, map) in self.published.iter().enumerate() {
             for (uid, record) in &map.pin() {
                 let mut per_source: Vec<_> =
-                    record.sources.iter().map(|e| (e.source, e.to_info(record.id.as_ref()))).collect();
+                    record.sources().iter().map(|e| (e.source, e.to_info(record.id()))).collect();
                 per_source.sort_by_key(|(s, _)| *s);
                 out.push((TagKey { slot: slot as u8, uid: uid.clone() }.to_string(), per_source));
             }
@@ -965,7 +1005,7 @@ impl TagStore {
         for (slot, map) in self.published.iter().enumerate() {
             for (uid, record) in &map.pin() {
                 let key = TagKey { slot: slot as u8, uid: uid.clone() };
-                for entry in record.sources.iter().filter(|e| e.deleted_at.is_none() && !live(&key, e.source)) {
+                for entry in record.sources().iter().filter(|e| e.deleted_at.is_none() && !live(&key, e.source)) {
                     out.push((key.clone(), entry.source));
                 }
             }
@@ -993,11 +1033,11 @@ impl TagStore {
         let mut shared: HashMap<*const u8, usize> = HashMap::new();
         for map in &self.published {
             let map = map.pin();
-            f.entries += map.len() * std::mem::size_of::<(Id, Arc<Record>)>();
+            f.entries += map.len() * std::mem::size_of::<(Id, Record)>();
             for (uid, record) in &map {
-                f.records += ARC + record.own_bytes();
-                f.tags += record.id.as_ref().map_or(0, EntityTags::heap_bytes);
-                for entry in &record.sources {
+                f.records += record.own_bytes();
+                f.tags += record.id().map_or(0, EntityTags::heap_bytes);
+                for entry in record.sources() {
                     f.tags += entry.tags.heap_bytes();
                     for part in entry.shared.iter().flatten() {
                         shared.insert(part.addr(), part.heap_bytes());
@@ -1116,12 +1156,12 @@ mod tests {
             let (slot, uid) = split(entity);
             store.published[slot].pin().get(uid).cloned()
         };
-        let pod_base = |record: &Record| record.sources[0].shared[0].clone().expect("the pod's base");
+        let pod_base = |record: &Record| record.sources()[0].shared[0].clone().expect("the pod's base");
         let published = pod_base(&published_of("pod://p").expect("the pod"));
         assert!(EntityTags::ptr_eq(&published, base.as_ref().unwrap()));
         for c in ["container_id://c1", "container_id://c2"] {
             let record = published_of(c).expect("the container");
-            assert_eq!(record.sources[0].source, TagSource::KubernetesPod, "{c}: the pod's tags come first");
+            assert_eq!(record.sources()[0].source, TagSource::KubernetesPod, "{c}: the pod's tags come first");
             assert!(EntityTags::ptr_eq(&pod_base(&record), &published), "{c} points at the pod's tags");
         }
         // An equal base given again is not a change, and the old one stays shared.
@@ -1206,7 +1246,7 @@ mod tests {
                 })
                 .collect();
             entries.sort_by_key(|e| std::cmp::Reverse(e.source.priority()));
-            let merged = Arc::new(Record::build(entries.clone(), Some(id.clone())));
+            let merged = Record::build(entries.clone(), Some(id.clone()));
             assert_eq!(info_of(&merged), flattened(&entries, Some(&id)), "round {round}: {entries:?}");
             let all = Tags::of(&merged, LOW, HIGH + 1);
             assert_eq!(all.iter().len(), all.to_vec().len(), "the iterator's length is exact");
@@ -1221,9 +1261,9 @@ mod tests {
         store.set(c1, TagSource::Container, info(&["a:1"], &["container_name:x", "container_id:c1"]));
         store.set(c1, TagSource::KubernetesPod, info(&["b:1"], &["container_id:c1", "display_container_name:x_p"]));
         let record = || store.published[0].pin().get("c1").cloned().expect("the container");
-        let id = record().id.clone().expect("one id part");
+        let id = record().id().cloned().expect("one id part");
         assert_eq!(id.level(HIGH).map(|(_, t)| t).collect::<Vec<_>>(), ["container_id:c1"]);
-        assert!(record().sources.iter().all(|e| e.id && e.tags.level(HIGH).all(|(_, t)| t != "container_id:c1")));
+        assert!(record().sources().iter().all(|e| e.id && e.tags.level(HIGH).all(|(_, t)| t != "container_id:c1")));
         let high = store.tag(c1, TagCardinality::High).to_vec();
         assert_eq!(high.iter().filter(|t| *t == "container_id:c1").count(), 1, "{high:?}");
         assert_eq!(high.len(), 5, "{high:?}");
@@ -1233,16 +1273,16 @@ mod tests {
         // Another container's id is its own tag, not an id part.
         store.set("container_id://c2", TagSource::Container, info(&[], &["container_id:c1"]));
         let other = store.published[0].pin().get("c2").cloned().expect("c2");
-        assert!(other.id.is_none() && !other.sources[0].id);
+        assert!(other.id().is_none() && !other.sources()[0].id);
         // The pod's tags outlive the container's deletion, the id with them.
         store.delete(c1, TagSource::Container);
         clock.advance(Duration::from_secs(10));
         store.prune();
         assert!(store.tag(c1, TagCardinality::High).to_vec().contains(&"container_id:c1".to_owned()));
-        assert!(EntityTags::ptr_eq(record().id.as_ref().unwrap(), &id), "the same part, kept");
+        assert!(EntityTags::ptr_eq(record().id().unwrap(), &id), "the same part, kept");
         // No source gives it any more: it goes.
         store.set(c1, TagSource::KubernetesPod, info(&["b:1"], &[]));
-        assert!(record().id.is_none());
+        assert!(record().id().is_none());
         assert_eq!(store.tag(c1, TagCardinality::High).to_vec(), ["b:1"]);
     }
 
