@@ -353,7 +353,7 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
     let ready = pod.status.conditions.iter().any(|c| c.kind == "Ready" && c.status == "True");
     let entity = KubernetesPod {
         id: uid,
-        name: pod.metadata.name,
+        name: pod.metadata.name.into(),
         namespace: pod.metadata.namespace,
         labels: pod.metadata.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
         annotations: pod.metadata.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),

@@ -184,7 +184,7 @@ impl State {
                 let (labels, annotations) = self.namespaces.items.get(namespace).cloned().unwrap_or_default();
                 let pod = KubernetesPod {
                     id: wm_core::Id::from(uid.as_str()),
-                    name: name.clone(),
+                    name: name.into(),
                     namespace: namespace.into(),
                     details: PodDetails {
                         namespace_labels: labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),

@@ -498,7 +498,7 @@ pub struct KubernetesPod {
     /// The pod UID.
     pub id: Id,
     /// The pod's name.
-    pub name: String,
+    pub name: IStr,
     /// Its namespace.
     pub namespace: IStr,
     /// Its labels.
@@ -579,7 +579,7 @@ impl Parts for PodDetails {
 struct KubernetesPodFields {
     id: Id,
     #[serde(skip_serializing_if = "str::is_empty")]
-    name: String,
+    name: IStr,
     #[serde(skip_serializing_if = "str::is_empty")]
     namespace: IStr,
     #[serde(skip_serializing_if = "StrMap::is_empty")]

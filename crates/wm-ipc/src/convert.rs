@@ -244,7 +244,7 @@ pub fn pod(p: &KubernetesPod) -> pb::KubernetesPod {
     pb::KubernetesPod {
         entity_id: Some(entity_id(&EntityId::new(Kind::KubernetesPod, p.id.clone()))),
         entity_meta: Some(pb::EntityMeta {
-            name: p.name.clone(),
+            name: p.name.to_string(),
             namespace: p.namespace.to_string(),
             annotations: map(&p.annotations),
             labels: map(&p.labels),
@@ -280,7 +280,7 @@ pub fn from_pod(p: &pb::KubernetesPod) -> Option<KubernetesPod> {
     let meta = p.entity_meta.clone().unwrap_or_default();
     Some(KubernetesPod {
         id: wm_core::Id::from(id.as_str()),
-        name: meta.name,
+        name: meta.name.into(),
         namespace: meta.namespace.into(),
         labels: strmap(&meta.labels),
         annotations: strmap(&meta.annotations),
