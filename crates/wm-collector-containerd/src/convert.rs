@@ -135,7 +135,7 @@ pub fn container_from_containerd(
         status,
         created_at: timestamp(record.created_at.as_ref()),
         finished_at: if stopped { exit.and_then(|e| e.at) } else { None },
-        exit_code: if stopped { exit.map(|e| i64::from(e.code)) } else { None },
+        exit_code: if stopped { exit.and_then(|e| wm_core::ExitCode::new(i64::from(e.code))) } else { None },
         ..ContainerState::default()
     };
     let linux = spec.linux.unwrap_or_default();
@@ -254,14 +254,17 @@ mod tests {
             &EnvFilter::default(),
         );
         let c = c.unwrap();
-        assert_eq!((c.state.status, c.state.exit_code, c.pid), (ContainerStatus::Stopped, Some(3), 0));
+        assert_eq!(
+            (c.state.status, c.state.exit_code, c.pid),
+            (ContainerStatus::Stopped, wm_core::ExitCode::new(3), 0)
+        );
         assert_eq!(c.state.finished_at, Some(Timestamp::from_unix(1_800_000_100, 0)));
         let exit = Exit { code: 137, at: Some(Timestamp::from_unix(1_800_000_200, 0)) };
         let (c, _) = container_from_containerd(&record(SPEC), None, Some(exit), None, &EnvFilter::default());
         let c = c.unwrap();
         assert_eq!(
             (c.state.status, c.state.exit_code, c.state.finished_at),
-            (ContainerStatus::Stopped, Some(137), exit.at)
+            (ContainerStatus::Stopped, wm_core::ExitCode::new(137), exit.at)
         );
         let (c, _) = container_from_containerd(&record(SPEC), None, None, None, &EnvFilter::default());
         assert_eq!(c.unwrap().state.status, ContainerStatus::Created);

@@ -510,7 +510,7 @@ fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Containe
         runtime: Some(wm_core::Runtime::Containerd),
         state: wm_core::ContainerState {
             status: if exit.is_some() { wm_core::ContainerStatus::Stopped } else { wm_core::ContainerStatus::Unknown },
-            exit_code: exit.map(|e| i64::from(e.code)),
+            exit_code: exit.and_then(|e| wm_core::ExitCode::new(i64::from(e.code))),
             finished_at: exit.and_then(|e| e.at),
             ..wm_core::ContainerState::default()
         },

@@ -160,7 +160,10 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         })
         .await;
         ctr(rt, NS, &["tasks", "kill", "--signal", "SIGKILL", "life"]).await;
-        w.until("the killed task", WAIT, |w| w.get("life").is_some_and(|c| c.state.exit_code == Some(137))).await;
+        w.until("the killed task", WAIT, |w| {
+            w.get("life").is_some_and(|c| c.state.exit_code == wm_core::ExitCode::new(137))
+        })
+        .await;
         let c = w.get("life").unwrap();
         assert!(!c.state.running && c.state.status == ContainerStatus::Stopped && c.state.finished_at.is_some());
         // Deleting the task forgets its exit status in containerd; the store keeps it.
@@ -168,7 +171,9 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         store.sync().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         w.until("the exit code kept after the task's deletion", WAIT, |w| {
-            w.get("life").is_some_and(|c| c.state.exit_code == Some(137) && c.state.status == ContainerStatus::Stopped)
+            w.get("life").is_some_and(|c| {
+                c.state.exit_code == wm_core::ExitCode::new(137) && c.state.status == ContainerStatus::Stopped
+            })
         })
         .await;
         ctr(rt, NS, &["containers", "delete", "life"]).await;
@@ -183,7 +188,7 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         )
         .await;
         w.until("exit code 3 in namespace second", WAIT, |w| {
-            w.get("exits").is_some_and(|c| c.state.exit_code == Some(3))
+            w.get("exits").is_some_and(|c| c.state.exit_code == wm_core::ExitCode::new(3))
         })
         .await;
 

@@ -74,7 +74,7 @@ pub fn container_from_inspect(
     let running = state.and_then(|s| s.running).unwrap_or(false);
     let finished_at = if running { None } else { timestamp(state.and_then(|s| s.finished_at.as_deref())) };
     let exit_code = match status {
-        ContainerStatus::Stopped => state.and_then(|s| s.exit_code),
+        ContainerStatus::Stopped => state.and_then(|s| s.exit_code).and_then(wm_core::ExitCode::new),
         _ => None,
     };
     let container_state = ContainerState {
@@ -171,7 +171,7 @@ pub fn container_from_event(
     if is_pause_container(&label_map, image_raw) {
         return None;
     }
-    let exit_code = attributes.get("exitCode").and_then(|c| c.parse().ok());
+    let exit_code = attributes.get("exitCode").and_then(|c| c.parse().ok()).and_then(wm_core::ExitCode::new);
     let finished = matches!(action, "die" | "destroy");
     let state = ContainerState {
         running: action == "start",
@@ -276,7 +276,7 @@ mod tests {
         let c = container_from_inspect(&inspect(&json), None, &EnvFilter::default()).unwrap();
         assert!(!c.state.running);
         assert_eq!(c.state.status, ContainerStatus::Stopped);
-        assert_eq!(c.state.exit_code, Some(137));
+        assert_eq!(c.state.exit_code, wm_core::ExitCode::new(137));
         assert_eq!(c.state.finished_at, Some(Timestamp::parse_rfc3339("2026-11-21T23:45:00Z").unwrap()));
     }
 
@@ -347,7 +347,10 @@ mod tests {
         assert_eq!(c.name, "short");
         assert_eq!(c.image.short_name, "busybox");
         assert_eq!(c.labels.iter().collect::<Vec<_>>(), vec![("team", "core")]);
-        assert_eq!((c.state.exit_code, c.state.finished_at, c.state.running), (Some(3), Some(at), false));
+        assert_eq!(
+            (c.state.exit_code, c.state.finished_at, c.state.running),
+            (wm_core::ExitCode::new(3), Some(at), false)
+        );
         let started = container_from_event("abc", "start", &attributes, Some(at)).unwrap();
         assert!(started.state.running);
         assert_eq!(started.state.exit_code, None);

@@ -173,13 +173,16 @@ fn containers_are_followed_through_create_start_pause_rename_kill_stop_and_rm() 
         .await;
         let c = w.get(&id).unwrap();
         assert!(!c.state.running);
-        assert_eq!(c.state.exit_code, Some(137));
+        assert_eq!(c.state.exit_code, wm_core::ExitCode::new(137));
         assert!(c.state.finished_at.is_some());
 
         // A process that exits by itself: its own exit code.
         let exits = create(&docker, "exits", Spec { cmd: Some(&["sh", "-c", "exit 3"]), ..Spec::default() }).await;
         start(&docker, &exits).await;
-        w.until("the exit code 3", WAIT, |w| w.get(&exits).is_some_and(|c| c.state.exit_code == Some(3))).await;
+        w.until("the exit code 3", WAIT, |w| {
+            w.get(&exits).is_some_and(|c| c.state.exit_code == wm_core::ExitCode::new(3))
+        })
+        .await;
 
         docker.stop_container(&pre, Some(StopContainerOptionsBuilder::new().t(0).build())).await.unwrap();
         w.until("the stopped container", WAIT, |w| {

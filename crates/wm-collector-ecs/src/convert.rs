@@ -318,7 +318,11 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
                 created_at: time(&c.created_at),
                 started_at: time(&c.started_at),
                 finished_at: time(&c.finished_at),
-                exit_code: if status == ContainerStatus::Stopped { c.exit_code } else { None },
+                exit_code: if status == ContainerStatus::Stopped {
+                    c.exit_code.and_then(wm_core::ExitCode::new)
+                } else {
+                    None
+                },
             },
             resources: ResourceSpec {
                 // Container limits are in CPU units, 1,024 to a vCPU.

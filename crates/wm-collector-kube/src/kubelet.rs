@@ -276,7 +276,7 @@ fn state(status: &ContainerStatusJson) -> ContainerState {
         state.status = ContainerStatus::Stopped;
         state.started_at = time(terminated.started_at.as_deref());
         state.finished_at = time(terminated.finished_at.as_deref());
-        state.exit_code = Some(terminated.exit_code);
+        state.exit_code = wm_core::ExitCode::new(terminated.exit_code);
     } else if status.state.waiting.is_some() {
         state.status = ContainerStatus::Created;
         // Waiting to restart (CrashLoopBackOff): how its last run ended.
@@ -284,7 +284,7 @@ fn state(status: &ContainerStatusJson) -> ContainerState {
             state.status = ContainerStatus::Restarting;
             state.started_at = time(last.started_at.as_deref());
             state.finished_at = time(last.finished_at.as_deref());
-            state.exit_code = Some(last.exit_code);
+            state.exit_code = wm_core::ExitCode::new(last.exit_code);
         }
     }
     state.health = if status.ready { ContainerHealth::Healthy } else { ContainerHealth::Unhealthy };
@@ -427,7 +427,10 @@ mod tests {
             "lastState":{"terminated":{"exitCode":3,"startedAt":"2026-01-01T00:00:00Z","finishedAt":"2026-01-01T00:00:01Z"}}}]}}]}"#;
         let converted = convert_pod_list(list, &EnvFilter::default(), false).unwrap();
         let c = converted.entities[1].as_container().unwrap();
-        assert_eq!((c.state.status, c.state.exit_code, c.restart_count), (ContainerStatus::Restarting, Some(3), 4));
+        assert_eq!(
+            (c.state.status, c.state.exit_code, c.restart_count),
+            (ContainerStatus::Restarting, wm_core::ExitCode::new(3), 4)
+        );
         assert!(!c.state.running && c.state.finished_at.is_some());
         assert_eq!(c.state.health, ContainerHealth::Unhealthy);
     }

@@ -65,7 +65,7 @@ fn terminated_init_containers_and_restarted_containers_keep_their_state() {
     let init = &with_init.details.init_containers[0];
     let init_container = containers.iter().find(|c| *c.id == *init.id).unwrap();
     assert_eq!(init_container.state.status, ContainerStatus::Stopped);
-    assert_eq!(init_container.state.exit_code, Some(0));
+    assert_eq!(init_container.state.exit_code, wm_core::ExitCode::new(0));
     assert!(init_container.state.finished_at.is_some());
     let scheduler = containers.iter().find(|c| c.name == "kube-scheduler").unwrap();
     assert_eq!(scheduler.restart_count, 5);

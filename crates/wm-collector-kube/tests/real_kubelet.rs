@@ -99,7 +99,7 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
                 p.containers
                     .iter()
                     .filter_map(|c| store.get_container(&c.id))
-                    .any(|c| c.restart_count >= 1 && c.state.exit_code == Some(3))
+                    .any(|c| c.restart_count >= 1 && c.state.exit_code == wm_core::ExitCode::new(3))
             })
         })
         .await;

@@ -235,7 +235,7 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
             created_at: rfc3339(&inspect.created),
             started_at: rfc3339(&s.started_at),
             finished_at: if stopped { rfc3339(&s.finished_at) } else { None },
-            exit_code: stopped.then_some(s.exit_code),
+            exit_code: stopped.then(|| wm_core::ExitCode::new(s.exit_code)).flatten(),
         },
         pid: if s.running { u32::try_from(s.pid).unwrap_or(0) } else { 0 },
         restart_count: u32::try_from(inspect.restart_count).unwrap_or(0),
@@ -283,7 +283,7 @@ pub fn container_from_list(entry: &ListEntry) -> Option<Container> {
             status,
             started_at: unix(entry.started_at),
             finished_at: if stopped { unix(entry.exited_at) } else { None },
-            exit_code: stopped.then_some(entry.exit_code),
+            exit_code: stopped.then(|| wm_core::ExitCode::new(entry.exit_code)).flatten(),
             ..ContainerState::default()
         },
         pid: if status == ContainerStatus::Running { u32::try_from(entry.pid).unwrap_or(0) } else { 0 },
@@ -347,7 +347,10 @@ mod tests {
         entries[0].exit_code = 2;
         entries[0].exited_at = 1_795_305_900;
         let c = container_from_list(&entries[0]).unwrap();
-        assert_eq!((c.name.as_str(), c.state.status, c.state.exit_code), ("c1", ContainerStatus::Stopped, Some(2)));
+        assert_eq!(
+            (c.name.as_str(), c.state.status, c.state.exit_code),
+            ("c1", ContainerStatus::Stopped, wm_core::ExitCode::new(2))
+        );
         assert_eq!(c.state.finished_at, Some(Timestamp::from_unix(1_795_305_900, 0)));
         assert_eq!(c.labels.get(PODMAN_POD_NAME_LABEL), Some("pod1"));
         assert!(c.env.is_empty());

@@ -134,10 +134,14 @@ fn containers_and_pods_are_followed_through_create_start_stop_and_rm() {
         })
         .await;
         let c = w.get(&id).unwrap();
-        assert!(!c.state.running && c.state.exit_code == Some(137) && c.state.finished_at.is_some(), "{c:?}");
+        assert!(
+            !c.state.running && c.state.exit_code == wm_core::ExitCode::new(137) && c.state.finished_at.is_some(),
+            "{c:?}"
+        );
 
         let exits = podman(p, &["run", "-d", "--name", "exits", PodmanService::IMAGE, "sh", "-c", "exit 3"]).await;
-        w.until("exit code 3", WAIT, |w| w.get(&exits).is_some_and(|c| c.state.exit_code == Some(3))).await;
+        w.until("exit code 3", WAIT, |w| w.get(&exits).is_some_and(|c| c.state.exit_code == wm_core::ExitCode::new(3)))
+            .await;
 
         // Removed between two pulls: unset at the next one.
         podman(p, &["rm", "--force", &id]).await;

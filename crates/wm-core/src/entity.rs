@@ -223,7 +223,55 @@ pub struct ContainerState {
     pub finished_at: Option<Timestamp>,
     /// Its exit code, once it finished.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
+    pub exit_code: Option<ExitCode>,
+}
+
+/// A container's exit code as its runtime or orchestrator reports it: any 64-bit value but
+/// `i64::MIN`, which none reports (Linux's are 8 bits, Kubernetes' 32, Windows' 32 unsigned). So
+/// an `Option<ExitCode>` is 8 bytes. Written and read as a number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct ExitCode(std::num::NonZeroI64);
+
+impl ExitCode {
+    /// The exit code `code` (`None` for `i64::MIN`).
+    pub const fn new(code: i64) -> Option<Self> {
+        match std::num::NonZeroI64::new(code ^ i64::MIN) {
+            Some(kept) => Some(Self(kept)),
+            None => None,
+        }
+    }
+
+    /// The code.
+    pub const fn get(self) -> i64 {
+        self.0.get() ^ i64::MIN
+    }
+}
+
+impl TryFrom<i64> for ExitCode {
+    type Error = String;
+
+    fn try_from(code: i64) -> Result<Self, String> {
+        Self::new(code).ok_or_else(|| format!("{code} is not an exit code"))
+    }
+}
+
+impl From<ExitCode> for i64 {
+    fn from(code: ExitCode) -> i64 {
+        code.get()
+    }
+}
+
+impl fmt::Debug for ExitCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.get(), f)
+    }
+}
+
+impl fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.get(), f)
+    }
 }
 
 /// An exposed port.
@@ -1046,7 +1094,7 @@ mod tests {
         let c = e.as_container().unwrap();
         assert_eq!(e.id(), EntityId::new(Kind::Container, "c1"));
         assert_eq!(c.image.tag, "1.25");
-        assert_eq!(c.state.exit_code, Some(0));
+        assert_eq!(c.state.exit_code, ExitCode::new(0));
         assert_eq!(c.owner, Some(EntityId::new(Kind::KubernetesPod, "p1")));
     }
 
@@ -1083,6 +1131,21 @@ mod tests {
         let mut other = Entity::from(Container { id: "c2".into(), labels, owner, ..Container::default() });
         other.share_ids(None, Some(&key));
         assert_eq!(other.as_container().unwrap().labels.get(KUBE_POD_UID_LABEL), Some("another-uid-7f3a"));
+    }
+
+    #[test]
+    fn an_exit_code_keeps_every_code_a_runtime_reports_in_8_bytes() {
+        assert_eq!(std::mem::size_of::<Option<ExitCode>>(), 8);
+        assert_eq!(std::mem::size_of::<Container>(), 128, "a container's fields, packed");
+        for code in [0, 1, 137, 255, -1, i64::from(i32::MIN), i64::from(u32::MAX), 3_221_225_477, i64::MAX] {
+            let kept = ExitCode::new(code).unwrap();
+            assert_eq!(kept.get(), code);
+            assert_eq!(serde_json::to_string(&kept).unwrap(), code.to_string());
+            assert_eq!(serde_json::from_str::<ExitCode>(&code.to_string()).unwrap(), kept);
+        }
+        assert_eq!(ExitCode::new(i64::MIN), None, "the one value none reports");
+        let err = serde_json::from_str::<ExitCode>(&i64::MIN.to_string()).unwrap_err();
+        assert!(err.to_string().contains("is not an exit code"), "{err}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use collector::{
 pub use config::{Port, Seconds};
 pub use entity::{
     Container, ContainerDetails, ContainerHealth, ContainerPort, ContainerResources, ContainerRuntimeDetails,
-    ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter, Id, KEPT_ENV_VARS,
+    ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter, ExitCode, Id, KEPT_ENV_VARS,
     KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind, KubernetesMetadata, KubernetesPod,
     LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodDetails, PodOwner, PodRuntimeDetails, ResourceSpec,
     Runtime, Source,

@@ -263,7 +263,7 @@ pub fn overlay(payload: &Entity, last: &Entity) -> Entity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entity::{ContainerDetails, ContainerState, ContainerStatus, PodDetails};
+    use crate::entity::{ContainerDetails, ContainerState, ContainerStatus, ExitCode, PodDetails};
 
     fn container(f: impl FnOnce(&mut Container)) -> Entity {
         let mut c = Container { id: "c1".into(), ..Container::default() };
@@ -329,12 +329,13 @@ mod tests {
             c.details.cgroup_path = "/kubepods/x".into();
         });
         let runtime = container(|c| {
-            c.state = ContainerState { status: ContainerStatus::Stopped, exit_code: Some(1), ..Default::default() };
+            c.state =
+                ContainerState { status: ContainerStatus::Stopped, exit_code: ExitCode::new(1), ..Default::default() };
         });
         let merged = merge(&[(Source::NodeOrchestrator, &kubelet), (Source::Runtime, &runtime)]).unwrap();
         let c = merged.as_container().unwrap();
         assert!(!c.state.running);
-        assert_eq!(c.state.exit_code, Some(1));
+        assert_eq!(c.state.exit_code, ExitCode::new(1));
         assert_eq!((c.pid, c.details.cgroup_path.as_str()), (7, "/kubepods/x"));
     }
 
@@ -379,11 +380,11 @@ mod tests {
             c.name = "web".into();
             c.state = ContainerState { running: true, status: ContainerStatus::Running, ..Default::default() };
         });
-        let payload = container(|c| c.state = ContainerState { exit_code: Some(137), ..Default::default() });
+        let payload = container(|c| c.state = ContainerState { exit_code: ExitCode::new(137), ..Default::default() });
         let out = overlay(&payload, &last);
         let c = out.as_container().unwrap();
         assert_eq!(c.name, "web");
-        assert_eq!(c.state, ContainerState { exit_code: Some(137), ..Default::default() });
+        assert_eq!(c.state, ContainerState { exit_code: ExitCode::new(137), ..Default::default() });
         let id_only = Entity::empty(&last.id());
         assert!(overlay(&id_only, &last).ptr_eq(&last));
     }
