@@ -28,9 +28,9 @@ pub fn entity_id(entity: &Entity) -> String {
     TaggerEntityId::of_entity(entity).to_string()
 }
 
-/// The containers each pod or task tagged, by source and parent; the keys are the tag store's
-/// own (one allocation per entity, shared with the workload store).
-type Children = HashMap<(TagSource, TagKey), Box<[TagKey]>>;
+/// The containers each pod or task tagged, by parent (whose kind says the source); the keys are
+/// the tag store's own (one allocation per entity, shared with the workload store).
+type Children = HashMap<TagKey, Box<[TagKey]>>;
 
 /// A child of a pod, task or object to tag: its key, the part of its tags it shares with others
 /// (a pod template's container), its own tags.
@@ -105,7 +105,7 @@ impl Tagger {
     pub fn children_bytes(&self) -> usize {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         // The ids are the tag store's, counted there.
-        let entry = std::mem::size_of::<((TagSource, TagKey), Box<[TagKey]>)>();
+        let entry = std::mem::size_of::<(TagKey, Box<[TagKey]>)>();
         children.values().map(|kids| entry + kids.len() * std::mem::size_of::<TagKey>()).sum()
     }
 
@@ -222,7 +222,7 @@ impl Tagger {
             })
             .collect();
         let mut index = self.children.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = if now.is_empty() { index.remove(&(source, id)) } else { index.insert((source, id), now.clone()) };
+        let before = if now.is_empty() { index.remove(&id) } else { index.insert(id, now.clone()) };
         drop(index);
         for gone in before.iter().flat_map(|b| b.iter()).filter(|c| !now.contains(c)) {
             self.store.delete_key(gone, source);
@@ -231,7 +231,7 @@ impl Tagger {
 
     fn delete_with_children(&self, source: TagSource, id: TagKey) {
         self.store.delete_key(&id, source);
-        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&(source, id));
+        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         for child in children.iter().flat_map(|c| c.iter()) {
             self.store.delete_key(child, source);
         }
@@ -252,7 +252,7 @@ impl Tagger {
                 Entity::KubernetesPod(_) => TagSource::KubernetesPod,
             };
             if source != TagSource::Container {
-                for child in children.get(&(source, key.clone())).into_iter().flat_map(|c| c.iter()) {
+                for child in children.get(&key).into_iter().flat_map(|c| c.iter()) {
                     live.insert((source, child.clone()));
                 }
             }
