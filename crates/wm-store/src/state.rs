@@ -244,18 +244,19 @@ impl State {
         };
         entity.share_ids(Some(&key), None);
         let record = records.get_mut(&key)?;
+        let position = record.versions.position(source);
+        if let Ok(i) = position {
+            let version = &mut record.versions.as_mut_slice()[i];
+            version.collector = collector;
+            if version.entity.ptr_eq(&entity) || version.entity == entity {
+                return None;
+            }
+        }
         // The merge before the change, to tell whether it changed (only a record that stays or
         // becomes known by several sources has a merge to tell).
         let before = record.is_merged().then(|| record.merged());
-        match record.versions.position(source) {
-            Ok(i) => {
-                let version = &mut record.versions.as_mut_slice()[i];
-                version.collector = collector;
-                if version.entity.ptr_eq(&entity) || version.entity == entity {
-                    return None;
-                }
-                version.entity = entity.clone();
-            }
+        match position {
+            Ok(i) => record.versions.as_mut_slice()[i].entity = entity.clone(),
             Err(i) => record.versions.insert(i, Version { source, collector, entity: entity.clone() }),
         }
         let merged = if record.is_merged() {
