@@ -584,8 +584,7 @@ struct SourceEntry {
     /// Tags this source gives many entities alike (a pod's, on each of its containers; an
     /// image's), shared by them all; they come before `tags` at each level.
     shared: SharedParts,
-    /// Packed like the published tags: one buffer, no per-tag allocation; shared with the
-    /// published value when this is the entity's only part.
+    /// Its own tags, packed: one buffer, no per-tag allocation.
     tags: EntityTags,
     /// When the source deleted it, in whole seconds of the store's clock rounded up (an entry
     /// stays 32 bytes); its tags are served until the grace period has passed.
@@ -1171,7 +1170,7 @@ mod tests {
         assert!(EntityTags::ptr_eq(&pod_base(&published_of("pod://p").expect("the pod")), &published));
     }
 
-    /// The merge as one flattened `TagInfo` reads it (what the published value used to copy):
+    /// The merge as one flattened `TagInfo` reads it (what a record once held as a copy):
     /// sources by priority, each source's parts in order; a tag whose key a higher priority
     /// gave is left out, and so is a tag its level already has.
     fn flattened(entries: &[SourceEntry], id: Option<&EntityTags>) -> TagInfo {

@@ -357,7 +357,7 @@ mod tests {
         clock.advance(tagger.config.deletion_grace_period());
         tagger.prune();
         assert!(tagger.tag(&container_entity("a"), TagCardinality::High).is_empty());
-        // The published values that pointed at them are freed by the lock-free map in batches,
+        // The records that pointed at them are freed by the lock-free map in batches,
         // as later writes go on: the images' tags go at the first prune after that.
         let mut churn = 0;
         while tagger.shared_tags_kept() > 0 && churn < 1_000 {

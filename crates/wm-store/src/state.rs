@@ -229,7 +229,7 @@ impl State {
 
     fn set(&mut self, source: Source, collector: CollectorIndex, mut entity: Entity) -> Option<Change> {
         // One copy of each id, however many sources and containers name it: the owner's record's
-        // key, and this record's (its merged view holds it).
+        // key, and this record's.
         if let Some(owner) = entity.owner()
             && let Some((key, _)) = self.records(owner.kind).get_key_value(&owner.id)
         {
