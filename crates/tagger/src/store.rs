@@ -314,6 +314,7 @@ const fn levels_up_to(cardinality: TagCardinality) -> usize {
 struct Record(triomphe::ThinArc<Head, SourceEntry>);
 
 /// What a [`Record`] holds before its sources.
+#[derive(Clone)]
 struct Head {
     /// The entity's id tag (`container_id:<id>`), kept once for every source that gives it.
     id: Option<EntityTags>,
@@ -380,11 +381,9 @@ impl Record {
 
     /// The same record with its sources changed where the tags are not (a deletion's time).
     fn with_sources(&self, change: impl FnOnce(&mut [SourceEntry])) -> Self {
-        let head = self.head();
         let mut sources = self.sources().to_vec();
         change(&mut sources);
-        let head = Head { id: head.id.clone(), hidden: head.hidden.clone(), shown: head.shown };
-        Self(triomphe::ThinArc::from_header_and_iter(head, sources.into_iter()))
+        Self(triomphe::ThinArc::from_header_and_iter(self.head().clone(), sources.into_iter()))
     }
 
     fn head(&self) -> &Head {
@@ -596,7 +595,7 @@ struct SourceEntry {
 /// The id tag of an entity that has one (a container's `container_id:<id>`), which each of its
 /// sources gives: the record keeps it once.
 fn id_tag(key: &TagKey) -> Option<String> {
-    (key.slot == 0).then(|| format!("container_id:{}", key.uid))
+    (key.slot() == CONTAINERS).then(|| format!("container_id:{}", key.uid))
 }
 
 /// `now` in whole seconds rounded up (a deletion is never pruned early), plus one: a deletion
@@ -655,6 +654,8 @@ type FastMap<K, V> = papaya::HashMap<K, V, foldhash::fast::RandomState>;
 /// The prefixes whose entities the store keys by their uid alone, one map each; any other id is
 /// kept whole, in one more map.
 const PREFIXES: [&str; 4] = ["container_id://", "kubernetes_pod_uid://", "ecs_task://", "kubernetes_metadata://"];
+/// The map of containers (`container_id://`).
+const CONTAINERS: usize = 0;
 /// How many maps: one per prefix, and one for the ids kept whole.
 const SLOTS: usize = PREFIXES.len() + 1;
 
@@ -685,7 +686,7 @@ impl TagKey {
     /// The key of a workload store entity, sharing its id.
     pub fn of(id: &wm_core::EntityId) -> Self {
         let slot = match id.kind {
-            wm_core::Kind::Container => 0,
+            wm_core::Kind::Container => CONTAINERS as u8,
             wm_core::Kind::KubernetesPod => 1,
             wm_core::Kind::EcsTask => 2,
             wm_core::Kind::KubernetesMetadata => 3,
@@ -695,7 +696,7 @@ impl TagKey {
 
     /// The key of the container `id`, sharing it.
     pub fn container(id: Id) -> Self {
-        Self { slot: 0, uid: id }
+        Self { slot: CONTAINERS as u8, uid: id }
     }
 
     fn slot(&self) -> usize {
