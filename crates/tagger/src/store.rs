@@ -255,7 +255,7 @@ impl SourceEntry {
     /// Its parts in order: the shared ones it has, its own tags, then the entity's id tag if it
     /// gives it (`id`: the record's).
     fn parts<'a>(&'a self, id: Option<&'a EntityTags>) -> impl Iterator<Item = &'a EntityTags> + 'a {
-        self.shared.iter().flatten().chain(std::iter::once(&self.tags)).chain(id.filter(|_| self.id))
+        (0..SLOTS_PER_SOURCE).filter_map(move |slot| self.part(slot, id))
     }
 
     /// The part in slot `slot` (`0`, `1`: the shared ones, `2`: its own, `3`: the record's id

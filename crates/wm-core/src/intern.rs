@@ -4,7 +4,9 @@
 //! labels on each of its pods, a pod's name and UID in each of its containers' labels), as do a
 //! pod's namespace, phase, QoS class, node, owners and the names of its containers. Each
 //! distinct text is allocated once, in a process-wide set, for as long as something holds it:
-//! the last holder takes it out. A holder costs 8 bytes.
+//! the last holder takes it out. A holder costs 8 bytes. (A text that is an entity's id too, a
+//! pod's UID in its containers' labels, may instead be held as that id's own allocation: such a
+//! holder is never in the set, see `IStr::adopt`.)
 //!
 //! Sharing anew and letting go both happen under the lock of the text's shard, and a holder is
 //! only ever cloned from another: so when a holder that lets go sees a count of two (itself

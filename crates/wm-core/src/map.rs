@@ -1,9 +1,10 @@
 //! `StrMap`: the string-to-string map used for labels, annotations and env vars.
 
+use std::fmt;
+
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
 
 use crate::Id;
 use crate::intern::IStr;

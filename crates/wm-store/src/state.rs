@@ -103,12 +103,9 @@ impl Record {
 
 /// What a merged-view subscriber hears when a record known by several sources changed: its new
 /// merge, when that differs from the one before.
-fn remerged(before: Option<Entity>, record: &Record) -> MergedChange {
+fn remerged(before: &Entity, record: &Record) -> MergedChange {
     let after = record.merged();
-    match before {
-        Some(before) if before == after => MergedChange::Unchanged,
-        _ => MergedChange::Changed(set(after)),
-    }
+    if *before == after { MergedChange::Unchanged } else { MergedChange::Changed(set(after)) }
 }
 
 /// What a merged-view subscriber hears of a change.
@@ -252,17 +249,15 @@ impl State {
                 return None;
             }
         }
-        // The merge before the change, to tell whether it changed (only a record that stays or
-        // becomes known by several sources has a merge to tell).
-        let before = record.is_merged().then(|| record.merged());
+        // The merge before the change, to tell whether it changed (a sole version is its own
+        // merge: nothing is made).
+        let before = record.merged();
         match position {
             Ok(i) => record.versions.as_mut_slice()[i].entity = entity.clone(),
             Err(i) => record.versions.insert(i, Version { source, collector, entity: entity.clone() }),
         }
         let merged = if record.is_merged() {
-            let before = before
-                .or_else(|| record.versions.as_slice().iter().find(|v| v.source != source).map(|v| v.entity.clone()));
-            remerged(before, record)
+            remerged(&before, record)
         } else {
             // The sole version was replaced by a different one: it is the new merge.
             MergedChange::SameAsSource
@@ -277,7 +272,7 @@ impl State {
         let i = record.versions.position(source).ok()?;
         let before = record.merged();
         let (source_event, merged) = match record.versions.remove(i) {
-            Some(removed) => (unset(overlay(payload, &removed.entity)), remerged(Some(before), record)),
+            Some(removed) => (unset(overlay(payload, &removed.entity)), remerged(&before, record)),
             None => {
                 let record = records.remove(payload.id_str())?;
                 // `remove` gives `None` only for a sole version, which was its own merge.
