@@ -272,6 +272,7 @@ const FUZZ_TARGETS: &[(&str, &[&str])] = &[
     ("kubelet_pods", &["testdata/fixtures/kubelet"]),
     ("ecs", &["testdata/fixtures/ecs"]),
     ("garden", &[]),
+    ("cloud_controller", &[]),
     ("docker_inspect", &[]),
     ("libpod_inspect", &[]),
     ("containerd_record", &[]),

@@ -135,6 +135,13 @@ impl Backend for Local {
             }
         }
         let _ = writeln!(out, "# TYPE tagger_entities gauge\ntagger_entities {}", self.tagger.store().len());
+        let refused = self.tagger.fetches_refused();
+        if !refused.is_empty() {
+            let _ = writeln!(out, "# TYPE tagger_fetches_refused counter");
+            for (reason, n) in refused {
+                let _ = writeln!(out, "tagger_fetches_refused{{reason=\"{reason}\"}} {n}");
+            }
+        }
         // The runtime's live tasks: a task leaked per reconnect or per client shows here.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let _ = writeln!(

@@ -204,7 +204,7 @@ pub fn build_all(config: &AgentConfig) -> Result<Vec<Collector>, ConfigError> {
     Ok(collectors)
 }
 
-/// Asks every runtime at once; the first that knows the container answers.
+/// Asks every runtime whose id form fits at once; the first that knows the container answers.
 #[derive(Clone)]
 pub struct AnyRuntime(Vec<Arc<dyn ContainerFetcher>>);
 
@@ -216,8 +216,12 @@ impl std::fmt::Debug for AnyRuntime {
 
 #[async_trait]
 impl ContainerFetcher for AnyRuntime {
+    fn accepts(&self, container_id: &str) -> bool {
+        self.0.iter().any(|f| f.accepts(container_id))
+    }
+
     async fn fetch(&self, container_id: &str) -> Option<Container> {
-        let asked = self.0.iter().map(|f| f.fetch(container_id));
+        let asked = self.0.iter().filter(|f| f.accepts(container_id)).map(|f| f.fetch(container_id));
         futures::future::join_all(asked).await.into_iter().flatten().next()
     }
 }

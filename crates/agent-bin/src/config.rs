@@ -10,6 +10,8 @@
 //! value of the wrong kind refuses start-up naming the key, the value, where it came from and
 //! what is expected; a file key no component reads is a warning naming it. Every key a component
 //! read keeps its effective value and origin (default, file, env), which `agent config` prints.
+//! A key of type [`wm_core::Secret`] is shown as `********` there and in `/agent/config`, and an
+//! error about it names the key and the expected type but never the value.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -167,6 +169,10 @@ pub struct IpcConfig {
     /// `ipc_max_connections` (default 4096): open connections per API port at most (lowered to
     /// fit the file-descriptor limit).
     pub ipc_max_connections: usize,
+    /// `ipc_max_connections_per_peer` (ours, default 128): open connections of one peer address
+    /// per API port at most (an IPv6 peer counts by its /64). Every local process connects from
+    /// 127.0.0.1, so this is also what all of them share.
+    pub ipc_max_connections_per_peer: usize,
     /// `container_proc_root` (Datadog's key, default `/proc`; `/host/proc` when the agent runs
     /// in a container): where origin detection reads a process's cgroup.
     pub container_proc_root: PathBuf,
@@ -191,6 +197,7 @@ impl Default for IpcConfig {
             metrics_public: false,
             server_timeout: Seconds(30),
             ipc_max_connections: 4096,
+            ipc_max_connections_per_peer: 128,
             container_proc_root: PathBuf::from("/proc"),
             container_cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             auth_token_file_path: None,
@@ -226,12 +233,23 @@ impl CollectorsConfig {
 }
 
 /// The file's values and the `DD_*` variables, before any component read them.
-#[derive(Debug)]
 struct Layer {
     path: PathBuf,
     file: BTreeMap<String, Value>,
     /// By variable name.
     env: BTreeMap<String, String>,
+}
+
+/// Shows the keys and variables given, never their values: the raw layer holds secrets before
+/// any component has wrapped them in [`wm_core::Secret`].
+impl fmt::Debug for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layer")
+            .field("path", &self.path)
+            .field("file_keys", &self.file.keys().collect::<Vec<_>>())
+            .field("env_vars", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A value as given, with where it came from.
@@ -475,7 +493,7 @@ impl<'de> MapAccess<'de> for SectionMap<'de> {
     fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         let (key, raw, origin) =
             self.pending.take().ok_or_else(|| DeError::Custom("a value without its key".into()))?;
-        seed.deserialize(RawDe { key, raw, origin })
+        seed.deserialize(RawDe { key, raw, origin, secret: false })
     }
 }
 
@@ -484,6 +502,9 @@ struct RawDe<'de> {
     key: &'static str,
     raw: Raw<'de>,
     origin: Origin,
+    /// The field is a [`wm_core::Secret`]: an error names the key and what is expected, never
+    /// the value.
+    secret: bool,
 }
 
 /// What a visitor expects, as its own words say.
@@ -523,6 +544,7 @@ impl<'de> RawDe<'de> {
         // serde's words, with what a YAML or env value may be.
         let expected = if expected == "a boolean" { "a boolean (true or false)".to_owned() } else { expected };
         let value = match self.raw {
+            _ if self.secret => "a value not shown (the key holds a secret)".to_owned(),
             Raw::File(v) => describe(v),
             Raw::Env(text) => format!("the text {text:?}"),
         };
@@ -632,8 +654,9 @@ impl<'de> Deserializer<'de> for RawDe<'de> {
         }
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
-        visitor.visit_newtype_struct(self)
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+        let secret = self.secret || name == wm_core::config::SECRET_TYPE_NAME;
+        visitor.visit_newtype_struct(RawDe { secret, ..self })
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
@@ -641,11 +664,12 @@ impl<'de> Deserializer<'de> for RawDe<'de> {
             Raw::File(value) => self.file(value, visitor, |v, vis| v.deserialize_seq(vis)),
             // A list in the environment: words separated by spaces or commas.
             Raw::Env(text) => {
-                let (key, origin) = (self.key, self.origin);
+                let (key, origin, secret) = (self.key, self.origin, self.secret);
                 let items = text.split([' ', ',']).filter(|s| !s.is_empty()).map(move |item| RawDe {
                     key,
                     raw: Raw::Env(item),
                     origin: origin.clone(),
+                    secret,
                 });
                 visitor.visit_seq(de::value::SeqDeserializer::new(items))
             }

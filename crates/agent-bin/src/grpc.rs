@@ -67,6 +67,14 @@ impl BearerAuth {
     }
 }
 
+/// What the accept loop says of a request's connection (`None` outside it, as in tests that
+/// serve the API on their own transport).
+fn peer_info(extensions: &tonic::Extensions) -> Option<&crate::conn::PeerInfo> {
+    extensions
+        .get::<tonic::transport::server::TlsConnectInfo<crate::conn::PeerInfo>>()
+        .map(tonic::transport::server::TlsConnectInfo::get_ref)
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -82,6 +90,10 @@ impl tonic::service::Interceptor for BearerAuth {
         }
         if !constant_time_eq(token.trim().as_bytes(), self.token.as_bytes()) {
             return Err(Status::unauthenticated("invalid auth token: invalid session token"));
+        }
+        // The connection has carried an authenticated request: it may stay open (conn.rs).
+        if let Some(flag) = peer_info(request.extensions()).and_then(|p| p.authenticated.as_ref()) {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(request)
     }
@@ -445,10 +457,14 @@ impl AgentSecure for AgentApi {
         &self,
         request: Request<wmpb::WorkloadmetaStreamRequest>,
     ) -> Result<Response<Self::WorkloadmetaStreamEntitiesStream>, Status> {
-        let peer = request.remote_addr().map_or_else(|| "unknown peer".to_owned(), |a| a.to_string());
+        let peer = peer_info(request.extensions())
+            .and_then(|p| p.tcp.remote_addr())
+            .map_or_else(|| "unknown peer".to_owned(), |a| a.to_string());
         let filter = workloadmeta_filter(request.into_inner().filter.unwrap_or_default())?;
-        let name = format!("remote-workloadmeta {peer}");
-        let subscription = self.store.subscribe(&name, SubscriberPriority::Normal, filter);
+        // One name for every stream client: the subscriber name labels a metric series, and a
+        // name built from the peer's ephemeral port would add a series on every reconnect.
+        tracing::debug!(%peer, "a remote-workloadmeta stream starts");
+        let subscription = self.store.subscribe("remote-workloadmeta", SubscriberPriority::Normal, filter);
         // A subscriber cut off for lagging gets the reason; the store's end is the agent's. Each
         // bundle is taken apart at once: acknowledged as soon as it is read, a slow client never
         // holds the store's loop.

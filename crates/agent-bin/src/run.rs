@@ -92,10 +92,11 @@ pub(crate) fn connection_limits(config: &AgentConfig) -> (Limits, Limits) {
     let fds = conn::raise_fd_limit();
     let max_connections = fds.connections_per_listener(2, config.ipc.ipc_max_connections);
     let timeout = config.ipc.server_timeout.duration().max(Duration::from_secs(1));
-    let http = Limits { max_connections, timeout, idle: timeout };
+    let per_peer = config.ipc.ipc_max_connections_per_peer.max(1);
+    let http = Limits { max_connections, per_peer, timeout, idle: timeout };
     // A gRPC stream may be quiet for minutes; HTTP/2 pings (every 30 s) are its traffic.
-    let grpc = Limits { max_connections, timeout, idle: timeout.max(GRPC_IDLE) };
-    tracing::info!(max_connections, ?timeout, "API connection limits (per port)");
+    let grpc = Limits { max_connections, per_peer, timeout, idle: timeout.max(GRPC_IDLE) };
+    tracing::info!(max_connections, per_peer, ?timeout, "API connection limits (per port)");
     (http, grpc)
 }
 
@@ -179,9 +180,10 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
     Ok(RunningAgent { store, tagger, grpc_address, http_address, token, cancel, tasks })
 }
 
-/// Starts `AgentSecure` on `cmd_host:cmd_port`: our accept loop (connection cap, idle
-/// timeout), the TLS handshake within `server_timeout` (ALPN `h2`), bearer auth, at most 100
-/// streams per connection, HTTP/2 pings every 30 s.
+/// Starts `AgentSecure` on `cmd_host:cmd_port`: our accept loop (connection caps, idle
+/// timeout), the TLS handshake within `server_timeout` (ALPN `h2`), bearer auth (a connection
+/// with no authenticated request within `server_timeout` is closed), at most 100 streams per
+/// connection, HTTP/2 pings every 30 s.
 async fn serve_grpc(
     config: &AgentConfig,
     token: &str,
@@ -207,7 +209,10 @@ async fn serve_grpc(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let (handshaken, incoming) = tokio::sync::mpsc::channel::<Result<GrpcConnection, std::io::Error>>(64);
     let until = cancel.clone();
-    tasks.spawn(accept_loop("grpc", listener, limits, cancel.clone(), move |io, peer| {
+    tasks.spawn(accept_loop("grpc", listener, limits, cancel.clone(), move |mut io, peer| {
+        // An authenticated request within server_timeout, or the connection is closed: HTTP/2
+        // pings alone do not keep it (conn.rs).
+        io.require_auth(Arc::new(std::sync::atomic::AtomicBool::new(false)), limits.timeout);
         let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(limits.timeout, acceptor.accept(io)).await {

@@ -221,3 +221,22 @@ fn three_thousand_idle_connections_under_a_1024_soft_limit_leave_ready_answering
     println!("every idle connection closed by the agent within {:?}", opened.elapsed());
     assert_eq!(request(local, "/ready", "localhost", None).0, 200);
 }
+
+#[test]
+fn a_server_timeout_near_u64_max_is_clamped_and_the_agent_serves_on() {
+    let dir = temp_dir("huge-timeout");
+    let mut agent = start(&dir, &format!("server_timeout: {}\n", u64::MAX - 1), &[]);
+    let local = SocketAddr::from(([127, 0, 0, 1], agent.http));
+    // A connection whose headers never end starts the header timer (now + server_timeout).
+    let mut partial = TcpStream::connect_timeout(&local, Duration::from_secs(5)).unwrap();
+    partial.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+    let grpc = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], agent.grpc)), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let token = std::fs::read_to_string(dir.join("auth_token")).unwrap();
+    assert_eq!(request(local, "/ready", "localhost", None).0, 200);
+    assert_eq!(request(local, "/agent/status", "localhost", Some(&token)).0, 200);
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent is still running");
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+    drop((partial, grpc));
+}

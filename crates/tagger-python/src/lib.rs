@@ -322,14 +322,32 @@ fn py_connect(
     }
 }
 
+/// The longest `wait_ready` waits, whatever the timeout asked.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Turns `wait_ready`'s timeout into a wait: negative is none, past an hour (infinity too) is an
+/// hour.
+///
+/// # Errors
+///
+/// NaN is a `ValueError`: it has no order, so no clamp can give it a meaning (and
+/// `Duration::from_secs_f64` panics on it).
+fn wait_budget(timeout: f64) -> PyResult<Duration> {
+    if timeout.is_nan() {
+        return Err(pyo3::exceptions::PyValueError::new_err("wait_ready: timeout is NaN; give a number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(timeout.clamp(0.0, MAX_WAIT.as_secs_f64())))
+}
+
 /// `wait_ready(timeout=5.0)`: waits (without the GIL) until the replica holds the agent's
-/// snapshot; whether it does.
+/// snapshot; whether it does. A NaN timeout raises `ValueError`.
 #[pyfunction]
 #[pyo3(name = "wait_ready", signature = (timeout=5.0))]
-fn py_wait_ready(py: Python<'_>, timeout: f64) -> bool {
-    let Ok(replica) = replica() else { return false };
-    let until = Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-    py.detach(|| {
+fn py_wait_ready(py: Python<'_>, timeout: f64) -> PyResult<bool> {
+    let budget = wait_budget(timeout)?;
+    let Ok(replica) = replica() else { return Ok(false) };
+    let until = Instant::now() + budget;
+    Ok(py.detach(|| {
         while !replica.is_connected() {
             if Instant::now() >= until {
                 return false;
@@ -337,7 +355,7 @@ fn py_wait_ready(py: Python<'_>, timeout: f64) -> bool {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
-    })
+    }))
 }
 
 /// The extension module (`tagger._tagger`, re-exported by the `tagger` package).
@@ -374,6 +392,15 @@ mod tests {
         assert_eq!(missing.address, "localhost:5001");
         assert_eq!(missing.token_file, dir.join("auth_token"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_nan_timeout_is_an_error_and_others_are_clamped() {
+        assert!(wait_budget(f64::NAN).is_err());
+        assert_eq!(wait_budget(f64::INFINITY).unwrap(), MAX_WAIT);
+        assert_eq!(wait_budget(f64::NEG_INFINITY).unwrap(), Duration::ZERO);
+        assert_eq!(wait_budget(-3.0).unwrap(), Duration::ZERO);
+        assert_eq!(wait_budget(2.5).unwrap(), Duration::from_millis(2500));
     }
 
     #[test]

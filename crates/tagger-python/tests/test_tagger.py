@@ -86,6 +86,13 @@ def test_failures_answer_an_empty_list_never_an_exception(running_agent):
     assert tagger.get_tags(CID, "high") == []
 
 
+def test_wait_ready_refuses_nan_and_clamps_the_rest(running_agent):
+    with pytest.raises(ValueError, match="NaN"):
+        tagger.wait_ready(float("nan"))
+    assert tagger.wait_ready(float("inf"))
+    assert tagger.wait_ready(-1.0)
+
+
 def test_a_stopped_agent_answers_empty_and_a_restarted_one_tags_again(running_agent):
     assert tagger.tag(CID, tagger.HIGH)
     stop_agent(running_agent)

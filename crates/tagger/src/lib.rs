@@ -18,7 +18,9 @@ mod tags;
 
 pub use config::{MAX_SOURCE_KEY_CHARS, TaggerConfig};
 pub use entity_id::TaggerEntityId;
-pub use fetch::ContainerFetcher;
+pub use fetch::{
+    ContainerFetcher, FETCHES_PER_SECOND, FetchLimits, MAX_CONCURRENT_FETCHES, MAX_NEGATIVE_BYTES, Refused,
+};
 pub use store::{
     Clock, EntityTags, Footprint, ManualClock, SharedParts, SystemClock, TagChange, TagEvent, TagEventKind, TagKey,
     TagSource, TagStore, Tags, TagsIter,

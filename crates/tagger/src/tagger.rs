@@ -9,7 +9,7 @@ use wm_store::{Store, SubscriptionError};
 
 use crate::config::TaggerConfig;
 use crate::entity_id::TaggerEntityId;
-use crate::fetch::{ContainerFetcher, SingleFlight};
+use crate::fetch::{ContainerFetcher, FetchLimits, SingleFlight};
 use crate::rules;
 use crate::store::{Clock, EntityTags, SharedParts, SystemClock, TagKey, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
@@ -72,9 +72,20 @@ impl Tagger {
         }
     }
 
-    /// Registers the fetcher a lookup of an unknown container asks, each fetch bounded by `timeout`.
-    pub fn with_fetcher(mut self, fetcher: Arc<dyn ContainerFetcher>, timeout: Duration) -> Self {
-        self.fetcher = Some(SingleFlight::new(fetcher, timeout));
+    /// Registers the fetcher a lookup of an unknown container asks, each fetch bounded by
+    /// `timeout`, within the default [`FetchLimits`].
+    pub fn with_fetcher(self, fetcher: Arc<dyn ContainerFetcher>, timeout: Duration) -> Self {
+        self.with_fetcher_limits(fetcher, timeout, FetchLimits::default())
+    }
+
+    /// Registers the fetcher as [`Tagger::with_fetcher`] does, within `limits`.
+    pub fn with_fetcher_limits(
+        mut self,
+        fetcher: Arc<dyn ContainerFetcher>,
+        timeout: Duration,
+        limits: FetchLimits,
+    ) -> Self {
+        self.fetcher = Some(SingleFlight::new(fetcher, timeout, limits));
         self
     }
 
@@ -94,6 +105,17 @@ impl Tagger {
         let known = || self.store.contains(entity);
         let store = |container: &Container| self.set_container(TagKey::parse(entity), container);
         if fetcher.fetch(id, known, store).await { self.store.tag(entity, cardinality) } else { tags }
+    }
+
+    /// Cache-miss fetches refused so far, by reason (see [`crate::Refused`]); empty without a
+    /// fetcher.
+    pub fn fetches_refused(&self) -> Vec<(&'static str, u64)> {
+        self.fetcher.as_ref().map_or_else(Vec::new, |f| f.refused().iter().map(|(r, n)| (r.as_str(), *n)).collect())
+    }
+
+    /// Bytes the cache-miss path's negative cache holds (0 without a fetcher).
+    pub fn fetch_negative_bytes(&self) -> usize {
+        self.fetcher.as_ref().map_or(0, |f| f.negative_bytes())
     }
 
     /// The tag store (lookups, dumps, pruning).

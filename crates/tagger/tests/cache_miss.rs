@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tagger::{ContainerFetcher, TagCardinality, Tagger, TaggerConfig};
+use tagger::{ContainerFetcher, FetchLimits, TagCardinality, Tagger, TaggerConfig};
 use wm_core::{Container, ContainerImage, Runtime};
 
 struct Slow {
@@ -17,10 +17,14 @@ struct Slow {
 
 #[async_trait]
 impl ContainerFetcher for Slow {
+    fn accepts(&self, id: &str) -> bool {
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }
+
     async fn fetch(&self, id: &str) -> Option<Container> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
-        (id != "gone").then(|| Container {
+        (!id.starts_with("gone")).then(|| Container {
             id: id.into(),
             name: "late".into(),
             runtime: Some(Runtime::Docker),
@@ -31,9 +35,17 @@ impl ContainerFetcher for Slow {
 }
 
 fn tagger(delay: Duration, timeout: Duration) -> (Arc<Tagger>, Arc<Slow>) {
+    tagger_within(delay, timeout, FetchLimits::default())
+}
+
+fn tagger_within(delay: Duration, timeout: Duration, limits: FetchLimits) -> (Arc<Tagger>, Arc<Slow>) {
     let fetcher = Arc::new(Slow { calls: AtomicUsize::new(0), delay });
-    let tagger = Tagger::new(TaggerConfig::default()).with_fetcher(fetcher.clone(), timeout);
+    let tagger = Tagger::new(TaggerConfig::default()).with_fetcher_limits(fetcher.clone(), timeout, limits);
     (Arc::new(tagger), fetcher)
+}
+
+fn refused(tagger: &Tagger, reason: &str) -> u64 {
+    tagger.fetches_refused().iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
 }
 
 #[tokio::test(start_paused = true)]
@@ -90,7 +102,9 @@ async fn an_id_the_runtime_did_not_know_is_not_fetched_again_at_once() {
 /// flight first looks whether the one before it stored them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_arriving_as_a_fetch_finishes_cause_no_second_fetch() {
-    let (tagger, fetcher) = tagger(Duration::ZERO, Duration::from_secs(5));
+    // 300 fetches as fast as they go: no rate limit here, this is about the flights.
+    let limits = FetchLimits { per_second: 1_000_000, ..FetchLimits::default() };
+    let (tagger, fetcher) = tagger_within(Duration::ZERO, Duration::from_secs(5), limits);
     let ids = 300;
     for n in 0..ids {
         let entity = format!("container_id://c{n}");
@@ -111,4 +125,66 @@ async fn lookups_arriving_as_a_fetch_finishes_cause_no_second_fetch() {
         }
     }
     assert_eq!(fetcher.calls.load(Ordering::SeqCst), ids, "one fetch per id");
+}
+
+#[tokio::test]
+async fn ids_no_runtime_accepts_are_refused_without_a_fetch_and_counted() {
+    let (tagger, fetcher) = tagger_fast();
+    for hostile in ["x/../../system/df", "c1/json?size=true", "c1%2f..", "a b", "c1#frag"] {
+        let entity = format!("container_id://{hostile}");
+        assert!(tagger.tag_or_fetch(&entity, TagCardinality::High).await.is_empty(), "{hostile}");
+    }
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 0, "no hostile id reached the runtime");
+    assert_eq!(refused(&tagger, "invalid_id"), 5, "{:?}", tagger.fetches_refused());
+    assert_eq!(tagger.fetch_negative_bytes(), 0, "refused ids take no room in the negative cache");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetches_past_the_concurrency_and_the_rate_are_refused_and_counted() {
+    let limits = FetchLimits { concurrency: 2, per_second: 3 };
+    let (tagger, fetcher) = tagger_within(Duration::from_secs(1), Duration::from_secs(5), limits);
+    // Five distinct ids at once: two run, three are refused for concurrency.
+    let lookups: Vec<_> = (0..5)
+        .map(|n| {
+            let tagger = tagger.clone();
+            tokio::spawn(
+                async move { tagger.tag_or_fetch(&format!("container_id://c{n}"), TagCardinality::High).await },
+            )
+        })
+        .collect();
+    let mut tagged = 0;
+    for lookup in lookups {
+        tagged += usize::from(!lookup.await.unwrap().is_empty());
+    }
+    assert_eq!((tagged, fetcher.calls.load(Ordering::SeqCst)), (2, 2));
+    assert_eq!(refused(&tagger, "concurrency"), 3);
+
+    // Three a second: in one instant (fetches that take no time), the fourth is refused.
+    let limits = FetchLimits { concurrency: 8, per_second: 3 };
+    let (tagger, fetcher) = tagger_within(Duration::ZERO, Duration::from_secs(5), limits);
+    for n in 0..4 {
+        let tags = tagger.tag_or_fetch(&format!("container_id://r{n}"), TagCardinality::High).await;
+        assert_eq!(tags.is_empty(), n == 3, "r{n}");
+    }
+    assert_eq!((fetcher.calls.load(Ordering::SeqCst), refused(&tagger, "rate")), (3, 1));
+    // A refused id is not taken for unknown: a second later (the bucket refilled) it is fetched.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(!tagger.tag_or_fetch("container_id://r3", TagCardinality::High).await.is_empty());
+}
+
+#[tokio::test]
+async fn twenty_thousand_distinct_unknown_ids_cost_bounded_memory() {
+    let limits = FetchLimits { per_second: 1_000_000, ..FetchLimits::default() };
+    let (tagger, fetcher) = tagger_within(Duration::ZERO, Duration::from_secs(1), limits);
+    let mut most = 0;
+    for n in 0..20_000 {
+        // 64 characters, as long as a docker id; every one unknown to the runtime.
+        let id = format!("gone{n:060}");
+        assert!(tagger.tag_or_fetch(&format!("container_id://{id}"), TagCardinality::High).await.is_empty());
+        most = most.max(tagger.fetch_negative_bytes());
+    }
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 20_000, "each distinct id was asked once");
+    assert!(most <= tagger::MAX_NEGATIVE_BYTES, "negative cache reached {most} bytes");
+    assert!(most > tagger::MAX_NEGATIVE_BYTES / 2, "the cache filled before it was cut: {most}");
+    println!("20,000 distinct unknown ids: the negative cache peaked at {most} bytes");
 }

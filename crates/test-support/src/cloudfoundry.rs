@@ -371,6 +371,11 @@ struct CcState {
     /// Every `/v3` answer: after this delay, and with this status when set.
     delay: Duration,
     failing: Option<u16>,
+    /// Misbehaviour on demand: the root's `links.uaa.href`, every `pagination.next.href` that
+    /// is present, and the UAA's `expires_in`, in place of the true ones.
+    uaa_href: Option<String>,
+    next_href: Option<String>,
+    expires_in: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -448,11 +453,12 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
     let headers = request.headers().clone();
     let base = &shared.base;
     if path == "/" {
+        let uaa = lock(&shared.state).uaa_href.clone().unwrap_or_else(|| base.clone());
         return go_json(
             StatusCode::OK,
             &json!({"links": {
                 "self": {"href": base}, "cloud_controller_v3": {"href": format!("{base}/v3")},
-                "uaa": {"href": base}, "login": {"href": base},
+                "uaa": {"href": uaa}, "login": {"href": uaa},
             }}),
         );
     }
@@ -473,9 +479,10 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
         let mut state = lock(&shared.state);
         let lifetime = state.token_lifetime;
         state.tokens.insert(token.clone(), Instant::now() + lifetime);
+        let expires_in = state.expires_in.unwrap_or(lifetime.as_secs());
         return go_json(
             StatusCode::OK,
-            &json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime.as_secs(),
+            &json!({"access_token": token, "token_type": "bearer", "expires_in": expires_in,
                     "scope": "cloud_controller.admin_read_only", "jti": format!("jti-{n}")}),
         );
     }
@@ -553,6 +560,11 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
                     })
                     .collect();
                 body["included"] = json!({"spaces": spaces, "organizations": orgs});
+            }
+            if let Some(next) = &state.next_href
+                && !body["pagination"]["next"].is_null()
+            {
+                body["pagination"]["next"] = json!({"href": next});
             }
             go_json(StatusCode::OK, &body)
         }
@@ -664,6 +676,21 @@ impl FakeCloudController {
     /// Makes every `/v3` answer fail with `status` (or work again with `None`).
     pub fn set_failing(&self, status: Option<u16>) {
         lock(&self.shared.state).failing = status;
+    }
+
+    /// Makes the root name `href` as its UAA (`links.uaa.href` and `links.login.href`).
+    pub fn set_uaa_href(&self, href: Option<&str>) {
+        lock(&self.shared.state).uaa_href = href.map(str::to_owned);
+    }
+
+    /// Makes every `/v3/apps` page that has a next page point at `href` instead.
+    pub fn set_next_href(&self, href: Option<&str>) {
+        lock(&self.shared.state).next_href = href.map(str::to_owned);
+    }
+
+    /// Makes the UAA answer `expires_in: seconds` (the token still lasts the real lifetime).
+    pub fn set_expires_in(&self, seconds: Option<u64>) {
+        lock(&self.shared.state).expires_in = seconds;
     }
 
     /// Revokes every token issued so far (their next use answers 401 `CF-InvalidAuthToken`).

@@ -15,6 +15,7 @@ pub mod fake_http;
 pub mod kubernetes;
 pub mod podman;
 pub mod procfs;
+pub mod recording_proxy;
 pub mod rng;
 pub mod runtimes;
 pub mod testdata;

@@ -14,3 +14,10 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 pub fn cpu_percent(ticks_before: u64, ticks_after: u64, elapsed: std::time::Duration) -> f64 {
     ticks_after.saturating_sub(ticks_before) as f64 / 100.0 / elapsed.as_secs_f64().max(1e-9) * 100.0
 }
+
+/// The resident set of `pid` in bytes (`VmRSS`), or `None` when it is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -2,11 +2,18 @@
 //! its space's and org's names, its `tags.datadoghq.com/*` labels and annotations, its sidecars
 //! and its isolation segment.
 //!
-//! - Auth: UAA client credentials. The UAA is found through the Cloud Controller's root
-//!   (`GET /` → `links.uaa.href`, else `links.login.href`); `POST <uaa>/oauth/token` with HTTP
-//!   Basic `client_id:client_secret` and `grant_type=client_credentials`. The token is used
-//!   until shortly before `expires_in` (30 s, or a tenth of its lifetime), and dropped at once
-//!   when a call answers 401.
+//! - Auth: UAA client credentials. The UAA is `cloud_foundry_cc.uaa_url` when set, else found
+//!   through the Cloud Controller's root (`GET /` → `links.uaa.href`, else `links.login.href`);
+//!   `POST <uaa>/oauth/token` with HTTP Basic `client_id:client_secret` and
+//!   `grant_type=client_credentials`. The token is used until shortly before `expires_in` (30 s,
+//!   or a tenth of its lifetime; a lifetime past a day counts as a day), and dropped at once when
+//!   a call answers 401.
+//! - Where credentials go: the client secret only to the configured UAA URL or to a discovered
+//!   one over https (a Cloud Controller that names an `http://` UAA would have the secret sent
+//!   in clear text); the bearer token only to the Cloud Controller's own origin (scheme, host
+//!   and port of `cloud_foundry_cc.url`). A `pagination.next.href` elsewhere is an error, not a
+//!   request: a compromised or misconfigured Cloud Controller cannot make the agent hand its
+//!   token to another server.
 //! - Apps: `GET /v3/apps?guids=…&include=space.organization&per_page=…`, following
 //!   `pagination.next.href`: one walk gives each app with its space and org.
 //! - Sidecars (`sidecars_tags`): `GET /v3/apps/<guid>/sidecars?per_page=1`, its
@@ -30,6 +37,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use wm_core::Secret;
 
 use crate::convert::AppMetadata;
 use crate::garden::is_query_safe;
@@ -43,6 +51,9 @@ const GUIDS_PER_REQUEST: usize = 100;
 const TOKEN_MARGIN: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest a UAA token is used, whatever its `expires_in` says (a huge value would overflow
+/// the deadline's arithmetic).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// The Cloud Controller part of the config, by the Datadog Agent's key names
 /// (`cloud_foundry_cc.*`); `ca_file`, `sidecars_tags` and `isolation_segments_tags` are ours
@@ -57,9 +68,13 @@ pub struct CcConfig {
     /// `cloud_controller.global_auditor`.
     #[serde(rename = "cloud_foundry_cc.client_id")]
     pub client_id: String,
-    /// `cloud_foundry_cc.client_secret`.
+    /// `cloud_foundry_cc.uaa_url` (ours): the UAA to ask for tokens. Unset, it is found through
+    /// the Cloud Controller's root and must be https.
+    #[serde(rename = "cloud_foundry_cc.uaa_url")]
+    pub uaa_url: Option<String>,
+    /// `cloud_foundry_cc.client_secret`: never shown (see [`Secret`]).
     #[serde(rename = "cloud_foundry_cc.client_secret")]
-    pub client_secret: String,
+    pub client_secret: Secret,
     /// `cloud_foundry_cc.skip_ssl_validation`.
     #[serde(rename = "cloud_foundry_cc.skip_ssl_validation")]
     pub skip_ssl_validation: bool,
@@ -86,8 +101,9 @@ impl Default for CcConfig {
     fn default() -> Self {
         Self {
             url: None,
+            uaa_url: None,
             client_id: String::new(),
-            client_secret: String::new(),
+            client_secret: Secret::default(),
             skip_ssl_validation: false,
             ca_file: None,
             poll_interval: 60,
@@ -140,7 +156,7 @@ pub struct CloudController {
     url: String,
     client: Https,
     token_url: Option<String>,
-    token: Option<(String, Instant)>,
+    token: Option<(Secret, Instant)>,
     /// Isolation segment names by GUID (they do not change names often; kept with the apps' TTL).
     segments: HashMap<String, (Instant, String)>,
 }
@@ -172,6 +188,35 @@ struct Link {
 struct Included {
     spaces: Vec<Value>,
     organizations: Vec<Value>,
+}
+
+/// A URL's scheme, host and port (the default port of the scheme when none is written): two
+/// URLs of one origin reach the same server.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an absolute `http` or `https` URL; `None` for anything else.
+    fn of(url: &str) -> Option<Self> {
+        let uri: http::Uri = url.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        let authority = uri.authority()?;
+        // A user-info part (`https://cc@evil/`) is no part of an origin we trust.
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+        Some(Self { scheme, host, port: authority.port_u16().unwrap_or(default_port) })
+    }
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, CcError> {
@@ -217,34 +262,44 @@ impl CloudController {
         if let Some((token, until)) = &self.token
             && Instant::now() < *until
         {
-            return Ok(token.clone());
+            return Ok(token.expose().to_owned());
         }
-        let token_url = match &self.token_url {
-            Some(url) => url.clone(),
-            None => {
+        let token_url = match (&self.token_url, self.config.uaa_url.as_deref().filter(|u| !u.is_empty())) {
+            (Some(url), _) => url.clone(),
+            (None, Some(configured)) => {
+                let url = format!("{}/oauth/token", configured.trim_end_matches('/'));
+                self.token_url = Some(url.clone());
+                url
+            }
+            (None, None) => {
                 let root = self.send(Method::GET, &format!("{}/", self.url), HeaderMap::new(), Bytes::new()).await?;
                 let uaa = [str_at(&root, &["links", "uaa", "href"]), str_at(&root, &["links", "login", "href"])]
                     .into_iter()
                     .find(|u| !u.is_empty())
                     .ok_or_else(|| CcError(format!("{}/ names no UAA (links.uaa.href)", self.url)))?;
+                if Origin::of(uaa).is_none_or(|o| o.scheme != "https") {
+                    return Err(CcError(format!(
+                        "{}/ names the UAA {uaa:?}, which is not https: the client secret is not sent there \
+                         (set cloud_foundry_cc.uaa_url to use it anyway)",
+                        self.url
+                    )));
+                }
                 let url = format!("{}/oauth/token", uaa.trim_end_matches('/'));
                 self.token_url = Some(url.clone());
                 url
             }
         };
         let mut headers = HeaderMap::new();
-        let auth = basic_auth(&self.config.client_id, &self.config.client_secret);
+        let auth = basic_auth(&self.config.client_id, self.config.client_secret.expose());
         headers.insert(header::AUTHORIZATION, header_value(&auth)?);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let form = Bytes::from_static(b"grant_type=client_credentials");
         let answer =
             self.send(Method::POST, &token_url, headers, form).await.map_err(|e| CcError(format!("UAA token: {e}")))?;
-        let token = answer["access_token"].as_str().filter(|t| !t.is_empty());
-        let token = token.ok_or_else(|| CcError(format!("UAA token: no access_token from {token_url}")))?.to_owned();
-        let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(0));
+        let (token, lifetime) = token_from(&answer).map_err(|e| CcError(format!("{e} from {token_url}")))?;
         let margin = TOKEN_MARGIN.min(lifetime / 10);
-        self.token = Some((token.clone(), Instant::now() + lifetime.saturating_sub(margin)));
+        self.token = Some((Secret::new(token.clone()), Instant::now() + lifetime.saturating_sub(margin)));
         Ok(token)
     }
 
@@ -296,10 +351,18 @@ impl CloudController {
                 if pages > 1000 {
                     return Err(CcError(format!("{url}: more than 1,000 pages")));
                 }
-                let page: Page = serde_json::from_value(self.get(&url).await?)
-                    .map_err(|e| CcError(format!("{url}: not a list page: {e}")))?;
-                self.read_apps(&page, &mut apps);
-                next = page.pagination.next.map(|l| l.href).filter(|h| !h.is_empty());
+                let page = apps_page_from(self.get(&url).await?).map_err(|e| CcError(format!("{url}: {e}")))?;
+                apps.extend(page.apps);
+                next = page.next;
+                if let Some(href) = &next
+                    && Origin::of(href).is_none_or(|o| Some(o) != Origin::of(&self.url))
+                {
+                    return Err(CcError(format!(
+                        "{url}: pagination.next.href {href:?} is not on the Cloud Controller's origin; \
+                         not following it (the token goes only to {})",
+                        self.url
+                    )));
+                }
             }
         }
         if self.config.sidecars_tags || self.config.isolation_segments_tags {
@@ -312,42 +375,6 @@ impl CloudController {
             }
         }
         Ok(apps)
-    }
-
-    fn read_apps(&self, page: &Page, apps: &mut HashMap<String, AppMetadata>) {
-        let spaces: HashMap<&str, &Value> =
-            page.included.spaces.iter().map(|s| (str_at(s, &["guid"]), s)).filter(|(g, _)| !g.is_empty()).collect();
-        let orgs: HashMap<&str, &Value> = page
-            .included
-            .organizations
-            .iter()
-            .map(|o| (str_at(o, &["guid"]), o))
-            .filter(|(g, _)| !g.is_empty())
-            .collect();
-        for app in &page.resources {
-            let guid = str_at(app, &["guid"]);
-            if guid.is_empty() {
-                continue;
-            }
-            let space_id = str_at(app, &["relationships", "space", "data", "guid"]);
-            let space = spaces.get(space_id);
-            let org_id =
-                space.map(|s| str_at(s, &["relationships", "organization", "data", "guid"])).unwrap_or_default();
-            let org = orgs.get(org_id);
-            let mut tags = Vec::new();
-            datadog_tags(app, &mut tags);
-            apps.insert(
-                guid.to_owned(),
-                AppMetadata {
-                    name: str_at(app, &["name"]).to_owned(),
-                    space_id: space_id.to_owned(),
-                    space_name: space.map(|s| str_at(s, &["name"])).unwrap_or_default().to_owned(),
-                    org_id: org_id.to_owned(),
-                    org_name: org.map(|o| str_at(o, &["name"])).unwrap_or_default().to_owned(),
-                    tags,
-                },
-            );
-        }
     }
 
     /// Sidecar and isolation segment tags of one app.
@@ -391,6 +418,78 @@ impl CloudController {
             }
         }
         Ok(tags)
+    }
+}
+
+/// One page of `GET /v3/apps`: its apps by GUID, and the next page's URL if there is one.
+#[derive(Debug, Default)]
+pub struct AppsPage {
+    /// The apps of the page, with their space's and org's names.
+    pub apps: HashMap<String, AppMetadata>,
+    /// `pagination.next.href`, when present and not empty (not yet checked for its origin).
+    pub next: Option<String>,
+}
+
+/// Reads one page of `GET /v3/apps?include=space.organization` from its JSON body.
+///
+/// # Errors
+///
+/// A body that is not JSON, or not shaped as a list page.
+pub fn apps_page(body: &[u8]) -> Result<AppsPage, CcError> {
+    apps_page_from(serde_json::from_slice(body).map_err(|e| CcError(format!("does not parse: {e}")))?)
+}
+
+fn apps_page_from(value: Value) -> Result<AppsPage, CcError> {
+    let page: Page = serde_json::from_value(value).map_err(|e| CcError(format!("not a list page: {e}")))?;
+    let mut apps = HashMap::new();
+    read_apps(&page, &mut apps);
+    Ok(AppsPage { apps, next: page.pagination.next.map(|l| l.href).filter(|h| !h.is_empty()) })
+}
+
+/// Reads the UAA's answer to a client-credentials grant: the access token and how long it may
+/// be used (`expires_in`, at most a day).
+///
+/// # Errors
+///
+/// A body that is not JSON, or has no `access_token`.
+pub fn uaa_token(body: &[u8]) -> Result<(String, Duration), CcError> {
+    token_from(&serde_json::from_slice(body).map_err(|e| CcError(format!("UAA token: does not parse: {e}")))?)
+}
+
+fn token_from(answer: &Value) -> Result<(String, Duration), CcError> {
+    let token = answer["access_token"].as_str().filter(|t| !t.is_empty());
+    let token = token.ok_or_else(|| CcError("UAA token: no access_token".into()))?.to_owned();
+    let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(0)).min(MAX_TOKEN_LIFETIME);
+    Ok((token, lifetime))
+}
+
+fn read_apps(page: &Page, apps: &mut HashMap<String, AppMetadata>) {
+    let spaces: HashMap<&str, &Value> =
+        page.included.spaces.iter().map(|s| (str_at(s, &["guid"]), s)).filter(|(g, _)| !g.is_empty()).collect();
+    let orgs: HashMap<&str, &Value> =
+        page.included.organizations.iter().map(|o| (str_at(o, &["guid"]), o)).filter(|(g, _)| !g.is_empty()).collect();
+    for app in &page.resources {
+        let guid = str_at(app, &["guid"]);
+        if guid.is_empty() {
+            continue;
+        }
+        let space_id = str_at(app, &["relationships", "space", "data", "guid"]);
+        let space = spaces.get(space_id);
+        let org_id = space.map(|s| str_at(s, &["relationships", "organization", "data", "guid"])).unwrap_or_default();
+        let org = orgs.get(org_id);
+        let mut tags = Vec::new();
+        datadog_tags(app, &mut tags);
+        apps.insert(
+            guid.to_owned(),
+            AppMetadata {
+                name: str_at(app, &["name"]).to_owned(),
+                space_id: space_id.to_owned(),
+                space_name: space.map(|s| str_at(s, &["name"])).unwrap_or_default().to_owned(),
+                org_id: org_id.to_owned(),
+                org_name: org.map(|o| str_at(o, &["name"])).unwrap_or_default().to_owned(),
+                tags,
+            },
+        );
     }
 }
 
@@ -504,6 +603,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn origins_compare_scheme_host_and_port_with_default_ports() {
+        let of = |u: &str| Origin::of(u);
+        assert_eq!(of("https://cc.example/v3/apps?page=2"), of("https://CC.example:443"));
+        assert_ne!(of("https://cc.example/v3"), of("http://cc.example/v3"));
+        assert_ne!(of("https://cc.example/v3"), of("https://cc.example:8443/v3"));
+        assert_ne!(of("https://cc.example/v3"), of("https://evil.example/v3"));
+        assert_eq!(of("https://cc.example@evil.example/v3"), None);
+        assert_eq!(of("/v3/apps?page=2"), None);
+        assert_eq!(of("ftp://cc.example/"), None);
+    }
+
+    #[test]
     fn datadog_metadata_becomes_tags_and_labels_win() {
         let app = serde_json::json!({"metadata": {
             "labels": {"tags.datadoghq.com/env": "prod", "team": "a"},
@@ -529,9 +640,8 @@ mod tests {
             }
         }))
         .unwrap();
-        let cc = CloudController::new(CcConfig { url: Some("https://cc".into()), ..CcConfig::default() }).unwrap();
         let mut apps = HashMap::new();
-        cc.read_apps(&page, &mut apps);
+        read_apps(&page, &mut apps);
         assert_eq!(apps.len(), 2);
         assert_eq!((apps["a1"].space_name.as_str(), apps["a1"].org_name.as_str()), ("dev", "acme"));
         assert_eq!((apps["a2"].name.as_str(), apps["a2"].space_name.as_str()), ("orphan", ""));

@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 
 /// Handles asked per bulk request (the server has no limit; this keeps URLs short).
 const BULK_CHUNK: usize = 200;
+/// The largest body read from Garden (a `bulk_info` of 200 containers is well under 1 MiB).
+pub const MAX_BODY: usize = 64 << 20;
 
 /// Where Garden listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,9 +157,14 @@ impl Garden {
 
     async fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, GardenError> {
         let url = format!("{}{path_and_query}", self.base);
-        let response = self.client.get(&url).send().await.map_err(|e| GardenError::Unreachable(chain(&e)))?;
+        let mut response = self.client.get(&url).send().await.map_err(|e| GardenError::Unreachable(chain(&e)))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| GardenError::Unreachable(chain(&e)))?;
+        let too_large = |e: wm_core::BodyTooLarge| GardenError::Malformed(format!("{path_and_query}: {e}"));
+        let mut body = wm_core::CappedBody::new(MAX_BODY, response.content_length()).map_err(too_large)?;
+        while let Some(chunk) = response.chunk().await.map_err(|e| GardenError::Unreachable(chain(&e)))? {
+            body.push(&chunk).map_err(too_large)?;
+        }
+        let body = body.into_bytes();
         if !status.is_success() {
             let said = serde_json::from_slice::<ErrorObject>(&body)
                 .map(|e| if e.kind.is_empty() { e.message } else { format!("{}: {}", e.kind, e.message) })

@@ -353,3 +353,117 @@ async fn refused_credentials_are_an_error_in_the_uaas_own_words() {
     assert!(error.contains("UAA token"), "{error}");
     assert!(error.contains("status 401") && error.contains("unauthorized Bad credentials"), "{error}");
 }
+
+/// A TCP port that counts the connections made to it and answers none: where a credential
+/// must never be sent.
+struct Trap {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Trap {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        Self { port, connections, task }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Trap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_page_on_another_origin_is_an_error_and_gets_no_request() {
+    let dir = scratch_dir("cf-cc-foreign-next");
+    let app = CfApp::example();
+    let cc = cloud_controller(&dir.join("cc"), &app, Duration::from_secs(600)).await;
+    let other = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9";
+    cc.put_app(other, CcApp { name: "jobs".into(), space_guid: app.space_guid.clone(), ..CcApp::default() });
+    let trap = Trap::start().await;
+    // The same host on another port, and another host: neither is the Cloud Controller.
+    for foreign in [format!("https://127.0.0.1:{}/v3/apps?page=2", trap.port), "https://evil.example/v3/apps".into()] {
+        cc.set_next_href(Some(&foreign));
+        let config = CcConfig { apps_batch_size: 1, ..cc_config(&cc) };
+        let mut client = wm_collector_cf::cc::CloudController::new(config).unwrap();
+        let error = client.apps(&[app.guid.clone(), other.to_owned()]).await.unwrap_err().to_string();
+        assert!(error.contains("not on the Cloud Controller's origin"), "{error}");
+        assert!(error.contains(&foreign), "the error names the refused link: {error}");
+    }
+    assert_eq!(trap.connections(), 0, "the token was never sent to the foreign next page");
+    assert_eq!(cc.later_pages(), 0);
+    // On its own origin, the walk goes on as before.
+    cc.set_next_href(None);
+    let config = CcConfig { apps_batch_size: 1, ..cc_config(&cc) };
+    let mut client = wm_collector_cf::cc::CloudController::new(config).unwrap();
+    let apps = client.apps(&[app.guid.clone(), other.to_owned()]).await.unwrap();
+    assert_eq!(apps.len(), 2);
+    assert_eq!(cc.later_pages(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_go_to_an_http_uaa_only_when_the_config_names_it() {
+    let dir = scratch_dir("cf-cc-http-uaa");
+    let app = CfApp::example();
+    let cc = cloud_controller(&dir.join("cc"), &app, Duration::from_secs(600)).await;
+    let trap = Trap::start().await;
+    let plain = format!("http://127.0.0.1:{}", trap.port);
+    cc.set_uaa_href(Some(&plain));
+    let mut client = wm_collector_cf::cc::CloudController::new(cc_config(&cc)).unwrap();
+    let error = client.apps(std::slice::from_ref(&app.guid)).await.unwrap_err().to_string();
+    assert!(error.contains("not https") && error.contains("cloud_foundry_cc.uaa_url"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
+    assert_eq!(trap.connections(), 0, "the client secret was never sent in clear text");
+    assert_eq!(cc.tokens_issued(), 0);
+
+    // Named in the config, the UAA is used as named (here the fake's own, over https), and the
+    // root's link is not asked for.
+    let config = CcConfig { uaa_url: Some(cc.url()), ..cc_config(&cc) };
+    let mut client = wm_collector_cf::cc::CloudController::new(config).unwrap();
+    let apps = client.apps(std::slice::from_ref(&app.guid)).await.unwrap();
+    assert_eq!(apps[&app.guid].name, "shop");
+    assert_eq!(trap.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_claims_to_last_two_to_the_63_seconds_is_used_without_overflow() {
+    let dir = scratch_dir("cf-cc-expires");
+    let app = CfApp::example();
+    let cc = cloud_controller(&dir.join("cc"), &app, Duration::from_secs(600)).await;
+    cc.set_expires_in(Some(1 << 63));
+    let mut client = wm_collector_cf::cc::CloudController::new(cc_config(&cc)).unwrap();
+    for _ in 0..2 {
+        let apps = client.apps(std::slice::from_ref(&app.guid)).await.unwrap();
+        assert_eq!(apps[&app.guid].name, "shop");
+    }
+    assert_eq!(cc.tokens_issued(), 1, "the token is kept (its lifetime clamped to a day), not asked again");
+}
+
+#[test]
+fn the_client_secret_is_never_shown_by_the_config_or_the_client() {
+    let config = CcConfig {
+        url: Some("https://cc.example".into()),
+        client_id: "wm-agent".into(),
+        client_secret: "hunter2-cc-secret".into(),
+        ..CcConfig::default()
+    };
+    let client = wm_collector_cf::cc::CloudController::new(config.clone()).unwrap();
+    for shown in [format!("{config:?}"), format!("{client:?}"), serde_json::to_string(&config).unwrap()] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

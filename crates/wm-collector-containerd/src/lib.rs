@@ -453,9 +453,29 @@ impl ContainerdFetcher {
     }
 }
 
+/// Returns whether `id` follows containerd's identifier rule: at most 76 characters, runs of
+/// letters and digits joined by single `.`, `_` or `-`.
+pub fn is_containerd_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_alphanumeric();
+    !bytes.is_empty()
+        && bytes.len() <= 76
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+        && bytes.iter().all(|b| alnum(b) || matches!(b, b'.' | b'_' | b'-'))
+        && !bytes.windows(2).any(|w| !alnum(&w[0]) && !alnum(&w[1]))
+}
+
 #[async_trait]
 impl wm_core::ContainerFetcher for ContainerdFetcher {
+    fn accepts(&self, container_id: &str) -> bool {
+        is_containerd_id(container_id)
+    }
+
     async fn fetch(&self, container_id: &str) -> Option<Container> {
+        if !self.accepts(container_id) {
+            return None;
+        }
         let mut held = self.clients.lock().await;
         if held.is_none() {
             *held = self.collector.connect().await.ok();
@@ -725,6 +745,16 @@ impl ListWatch for ContainerdCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_containerd_identifiers_are_fetched() {
+        for id in ["fetched", "pause-1", "a.b_c-d", &"f".repeat(64), &"a".repeat(76), "K8s-Pod.1"] {
+            assert!(is_containerd_id(id), "{id}");
+        }
+        for id in ["", "-a", "a-", "a--b", "a/../b", "a?b", "a b", "a%2e", &"a".repeat(77), "é"] {
+            assert!(!is_containerd_id(id), "{id}");
+        }
+    }
 
     fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
         prost_types::Any { type_url: type_url.into(), value: m.encode_to_vec() }

@@ -268,26 +268,47 @@ enum InspectError {
 /// The docker collector's cache-miss fetch: one inspect of a container the agent was asked
 /// about before the collector reported it (`tagger` fetch-on-miss). Connects lazily; every call
 /// within `docker_query_timeout`; `None` when dockerd is absent or does not know it.
+///
+/// Only a full id (64 lowercase hex digits) is fetched: bollard joins the id into the request's
+/// path, so `x/../../system/df` or `<id>/json?size=true` would reach another endpoint. The client
+/// is built once and kept until a call fails.
 #[derive(Debug)]
 pub struct DockerFetcher {
     collector: DockerCollector,
+    client: Mutex<Option<Docker>>,
 }
 
 impl DockerFetcher {
     /// A fetcher for `config`.
     pub fn new(config: DockerConfig) -> Self {
-        Self { collector: DockerCollector::new(config) }
+        Self { collector: DockerCollector::new(config), client: Mutex::new(None) }
     }
 }
 
 #[async_trait]
 impl wm_core::ContainerFetcher for DockerFetcher {
+    fn accepts(&self, container_id: &str) -> bool {
+        wm_core::is_full_hex_id(container_id)
+    }
+
     async fn fetch(&self, container_id: &str) -> Option<Container> {
-        let docker = self.collector.connect().ok()?;
+        if !self.accepts(container_id) {
+            return None;
+        }
+        let kept = self.client.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let docker = match kept {
+            Some(docker) => docker,
+            None => {
+                let docker = self.collector.connect().ok()?;
+                *self.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(docker.clone());
+                docker
+            }
+        };
         match self.collector.inspect(&docker, container_id).await {
             Ok(container) => container,
             Err(error) => {
                 debug!(container_id, ?error, "docker: fetch on a tag cache miss failed");
+                *self.client.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 None
             }
         }

@@ -373,3 +373,61 @@ fn two_hundred_containers_created_and_removed_in_bursts_end_equal_to_docker_ps()
         store.shutdown().await;
     });
 }
+
+/// Ids a client could send to steer the fetch-on-miss path elsewhere on dockerd's API.
+fn hostile_ids(real: &str) -> Vec<String> {
+    vec![
+        "x/../../system/df".into(),
+        "../../info".into(),
+        format!("{real}/json?size=true"),
+        format!("{real}/../../../images/json"),
+        "%2e%2e%2f%2e%2e%2finfo".into(),
+        real[..12].to_owned(),
+        real.to_uppercase(),
+        format!("{real}#"),
+        "web".into(),
+    ]
+}
+
+#[test]
+fn fetch_on_miss_makes_no_request_but_inspects_of_well_formed_ids() {
+    with_daemons("fetch_on_miss_makes_no_request_but_inspects_of_well_formed_ids", async |rt: &mut Runtimes| {
+        use wm_core::ContainerFetcher;
+        let docker = client(rt);
+        let real = create(&docker, "fetched", Spec::default()).await;
+        let proxy =
+            test_support::recording_proxy::RecordingProxy::start(&rt.dir().join("recorded.sock"), &rt.docker_socket())
+                .unwrap();
+        let config = DockerConfig {
+            docker_host: Some(format!("unix://{}", proxy.socket().display())),
+            ..DockerConfig::default()
+        };
+        let fetcher = wm_collector_docker::DockerFetcher::new(config);
+        for id in hostile_ids(&real) {
+            assert!(!fetcher.accepts(&id), "{id}");
+            assert!(fetcher.fetch(&id).await.is_none(), "{id}");
+        }
+        let unknown = "0".repeat(64);
+        assert!(fetcher.fetch(&unknown).await.is_none());
+        let found = fetcher.fetch(&real).await.expect("the real container");
+        assert_eq!(&*found.id, real.as_str());
+        let requests = proxy.requests();
+        println!("requests that reached dockerd: {requests:?}");
+        let inspect = |id: &str| {
+            requests
+                .iter()
+                .filter(|r| r.starts_with("GET /v") && r.ends_with(&format!("/containers/{id}/json")))
+                .count()
+        };
+        assert_eq!((inspect(&unknown), inspect(&real)), (1, 1), "{requests:?}");
+        // An image given by id is looked up once for its name; nothing else reaches the daemon.
+        let others: Vec<&String> = requests
+            .iter()
+            .filter(|r| !r.ends_with(&format!("/containers/{unknown}/json")))
+            .filter(|r| !r.ends_with(&format!("/containers/{real}/json")))
+            .filter(|r| !(r.starts_with("GET /v") && r.contains("/images/sha256:") && r.ends_with("/json")))
+            .collect();
+        assert!(others.is_empty(), "requests other than inspects of well-formed ids: {others:?}");
+        remove(&docker, &real).await;
+    });
+}

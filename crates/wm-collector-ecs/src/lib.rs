@@ -19,8 +19,16 @@
 //!   limits, addresses; resource tags with `ecs_collect_resource_tags_ec2`), read through the
 //!   `ECS_CONTAINER_METADATA_URI_V4` the runtime collector kept in one of its containers' env
 //!   (through the store's read handle, never a runtime crate). At most [`ENRICH_PER_PULL`] tasks
-//!   are asked per pull; an answer is kept [`ENRICH_TTL`] per task ARN; a failed one leaves the
-//!   task as `/v1/tasks` says.
+//!   are asked per pull; an answer, or a failure, is kept [`ENRICH_TTL`] per task ARN (a bad URL
+//!   is not asked on every pull); a failed one leaves the task as `/v1/tasks` says.
+//! - That env var is the workload's to set, so the URL in it is checked before any request: it
+//!   must be plain `http` to the task metadata endpoint's address (`169.254.170.2`, port 80),
+//!   to the origin of `ecs_agent_url`, or to a `host[:port]` listed in
+//!   `ecs_metadata_allowed_hosts`. Anything else (instance metadata at `169.254.169.254`, an
+//!   internal service, another port on the node) is refused without a request and logged once.
+//! - Every body is read up to a cap, and past it the request fails with an error naming the
+//!   cap: [`MAX_INTROSPECTION_BODY`] for the introspection API, [`MAX_TASK_METADATA_BODY`] for
+//!   task metadata.
 
 #![forbid(unsafe_code)]
 
@@ -46,6 +54,14 @@ const METADATA_ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
 
 /// The v2 task metadata endpoint (Fargate platform 1.3).
 pub const V2_METADATA_URL: &str = "http://169.254.170.2/v2/metadata";
+/// The task metadata endpoint's address, the one host a container's metadata URL may name by
+/// default.
+pub const TASK_METADATA_HOST: &str = "169.254.170.2";
+/// The largest body read from the ECS agent's introspection API (`/v1/tasks` of an instance
+/// with hundreds of tasks is a few MiB).
+pub const MAX_INTROSPECTION_BODY: usize = 32 << 20;
+/// The largest body read from a task metadata endpoint (one task, its containers and tags).
+pub const MAX_TASK_METADATA_BODY: usize = 4 << 20;
 
 /// The collector's part of the agent config, by Datadog's key names.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -59,6 +75,10 @@ pub struct EcsConfig {
     pub ecs_metadata_timeout: u64,
     /// `ecs_collect_resource_tags_ec2`: ask EC2 tasks' v4 metadata with their resource tags.
     pub ecs_collect_resource_tags_ec2: bool,
+    /// `ecs_metadata_allowed_hosts` (ours, default none): `host` or `host:port` entries that a
+    /// container's `ECS_CONTAINER_METADATA_URI_V4` may name besides `169.254.170.2` and the
+    /// origin of `ecs_agent_url`.
+    pub ecs_metadata_allowed_hosts: Vec<String>,
     /// The v4 task metadata endpoint; unset: `$ECS_CONTAINER_METADATA_URI_V4` (not a key).
     #[serde(skip)]
     pub metadata_uri_v4: Option<String>,
@@ -71,6 +91,7 @@ impl Default for EcsConfig {
             ecs_deployment_mode: DeploymentMode::Auto,
             ecs_metadata_timeout: 1000,
             ecs_collect_resource_tags_ec2: false,
+            ecs_metadata_allowed_hosts: Vec::new(),
             metadata_uri_v4: None,
         }
     }
@@ -103,6 +124,38 @@ impl EcsConfig {
 
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.ecs_metadata_timeout.clamp(50, 60_000))
+    }
+
+    /// Checks a task metadata URL taken from a container's env (module docs).
+    ///
+    /// # Errors
+    ///
+    /// Why the URL is refused: not `http`, carrying user info, or naming a host and port that
+    /// is neither the task metadata endpoint, nor `ecs_agent_url`'s, nor an allowed one.
+    pub fn check_metadata_url(&self, url: &str) -> Result<reqwest::Url, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if parsed.scheme() != "http" || !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(format!("{url:?} is not a plain http URL"));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let agent = self.ecs_agent_url.as_deref().and_then(|u| reqwest::Url::parse(u).ok());
+        let allowed = (host == TASK_METADATA_HOST && port == 80)
+            || agent.is_some_and(|a| {
+                a.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&host)) && a.port_or_known_default() == Some(port)
+            })
+            || self.ecs_metadata_allowed_hosts.iter().any(|entry| {
+                let entry = entry.trim().to_ascii_lowercase();
+                entry == host || entry == format!("{host}:{port}")
+            });
+        if allowed {
+            Ok(parsed)
+        } else {
+            Err(format!(
+                "{url:?} names {host}:{port}, which is not the task metadata endpoint ({TASK_METADATA_HOST}), \
+                 ecs_agent_url's host or in ecs_metadata_allowed_hosts"
+            ))
+        }
     }
 }
 
@@ -149,24 +202,34 @@ impl EcsCollector {
         Collector::pull(NAME, source, self)
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, CollectorError> {
+    /// `GET url`, its body read up to `cap` bytes.
+    async fn get(&self, url: &str, cap: usize) -> Result<Vec<u8>, CollectorError> {
         let client = self.client.as_ref().ok_or_else(|| CollectorError::Retriable {
             context: "ecs: pulled before it started".into(),
             source: None,
         })?;
-        let response = client
+        let mut response = client
             .get(url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| CollectorError::retriable(format!("ecs: GET {url}"), e))?;
-        let bytes = response.bytes().await.map_err(|e| CollectorError::retriable(format!("ecs: GET {url}"), e))?;
-        Ok(bytes.to_vec())
+        let too_large = |e: wm_core::BodyTooLarge| CollectorError::Retriable {
+            context: format!("ecs: GET {url}: {e}"),
+            source: None,
+        };
+        let mut body = wm_core::CappedBody::new(cap, response.content_length()).map_err(too_large)?;
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| CollectorError::retriable(format!("ecs: GET {url}"), e))?
+        {
+            body.push(&chunk).map_err(too_large)?;
+        }
+        Ok(body.into_bytes())
     }
 
     /// Whether `base` is an ECS agent's introspection API.
     async fn is_ecs_agent(&self, base: &str) -> Result<bool, CollectorError> {
-        let bytes = self.get(&format!("{base}/")).await?;
+        let bytes = self.get(&format!("{base}/"), MAX_INTROSPECTION_BODY).await?;
         let root: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         Ok(root["AvailableCommands"].as_array().is_some_and(|c| c.iter().any(|c| c.as_str() == Some("/v1/tasks"))))
     }
@@ -193,9 +256,17 @@ impl EcsCollector {
                 .filter_map(|id| ctx.reader.get_container(id))
                 .find_map(|c| c.env.get(METADATA_ENV).map(str::to_owned));
             let Some(uri) = uri else { continue };
-            asked += 1;
+            // A failure is kept as an empty answer for the TTL too: asked again only then.
+            self.enriched.insert(arn.clone(), (Instant::now(), Vec::new()));
             let url = format!("{}/{suffix}", uri.trim_end_matches('/'));
-            match self.get(&url).await.map(|bytes| convert::task_metadata(&bytes)) {
+            if let Err(why) = self.config.check_metadata_url(&url) {
+                if self.reported.insert(format!("refused {url}")) {
+                    tracing::warn!(task = %arn, %why, "ecs: not asking a container's task metadata URL");
+                }
+                continue;
+            }
+            asked += 1;
+            match self.get(&url, MAX_TASK_METADATA_BODY).await.map(|bytes| convert::task_metadata(&bytes)) {
                 Ok(Ok(metadata)) => {
                     self.enriched.insert(arn.clone(), (Instant::now(), metadata.entities));
                 }
@@ -264,12 +335,12 @@ impl PullCollector for EcsCollector {
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         let converted = match self.endpoint.clone() {
             Some(Endpoint::Introspection(base)) => {
-                let metadata = self.get(&format!("{base}/v1/metadata")).await?;
+                let metadata = self.get(&format!("{base}/v1/metadata"), MAX_INTROSPECTION_BODY).await?;
                 let cluster = serde_json::from_slice::<serde_json::Value>(&metadata)
                     .ok()
                     .and_then(|m| m["Cluster"].as_str().map(str::to_owned))
                     .unwrap_or_default();
-                let tasks = self.get(&format!("{base}/v1/tasks")).await?;
+                let tasks = self.get(&format!("{base}/v1/tasks"), MAX_INTROSPECTION_BODY).await?;
                 let mut converted = convert::v1_tasks(&tasks, &cluster)
                     .map_err(|e| CollectorError::retriable(format!("ecs: {base}/v1/tasks does not parse"), e))?;
                 self.enrich(ctx, &mut converted.entities).await;
@@ -279,7 +350,7 @@ impl PullCollector for EcsCollector {
                 let mut last = None;
                 let mut body = None;
                 for url in &urls {
-                    match self.get(url).await {
+                    match self.get(url, MAX_TASK_METADATA_BODY).await {
                         Ok(bytes) => {
                             body = Some((url.clone(), bytes));
                             break;

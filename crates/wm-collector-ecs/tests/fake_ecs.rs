@@ -177,3 +177,81 @@ async fn daemon_mode_enriches_a_task_through_its_containers_v4_endpoint() {
     assert!(other.service_name.is_empty() && other.family == "datadog-agent");
     store.shutdown().await;
 }
+
+/// A store with the daemon-mode collector on `config`, and one runtime container whose env
+/// names `metadata_uri` as its task's v4 endpoint.
+async fn enriching_store(config: EcsConfig, metadata_uri: &str) -> Store {
+    let collector = EcsCollector::new(config).into_collector().with_pull_interval(Duration::from_millis(200));
+    let store = Store::builder().collector(collector).build();
+    let docker_id = "2ad9e753a0dfbba1c91e0e7bebaaf3a0918d3ef304b7549b1ced5f573bc05645";
+    let env: wm_core::StrMap = [(METADATA_ENV, metadata_uri)].into_iter().collect();
+    let runtime = Container { id: docker_id.into(), env, ..Container::default() };
+    store.notify(vec![wm_core::CollectorEvent::set(Source::Runtime, runtime)]).await;
+    store.start();
+    store
+}
+
+const METADATA_ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
+const ENRICHED_ARN: &str = "arn:aws:ecs:us-east-1:123457279990:task/ecs-cluster/e39c666b3b134c2ca2241c4c3c64e6ac";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_env_naming_another_host_or_port_gets_no_request_there() {
+    let server = introspection().await;
+    // Another service on the node, as a workload would name it to make the agent ask it.
+    let elsewhere = FakeHttp::start().await.unwrap();
+    elsewhere.set("/v4/nginx/task", capture("nginx-no-tags.json"));
+    let store = enriching_store(daemon(server.url()), &format!("{}/v4/nginx", elsewhere.url())).await;
+    eventually("a few pulls", Duration::from_secs(10), || store.get_ecs_task(ENRICHED_ARN).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(elsewhere.requests(), Vec::<String>::new(), "no request to a host the config does not allow");
+    let task = store.get_ecs_task(ENRICHED_ARN).unwrap();
+    assert!(task.service_name.is_empty(), "not enriched from a refused URL");
+    // The refusal is kept: one look per TTL, not one per pull (the introspection API is asked
+    // on every pull, the refused URL never).
+    assert!(server.requests().iter().filter(|p| *p == "/v1/tasks").count() >= 3);
+    store.shutdown().await;
+
+    // Instance metadata and user info are refused by the check itself.
+    let config = daemon(server.url());
+    for url in [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://169.254.170.2:8080/v4/x",
+        "https://169.254.170.2/v4/x",
+        "http://user@169.254.170.2/v4/x",
+        "file:///etc/shadow",
+    ] {
+        assert!(config.check_metadata_url(url).is_err(), "{url}");
+    }
+    assert!(config.check_metadata_url("http://169.254.170.2/v4/abc/task").is_ok());
+    assert!(config.check_metadata_url(&format!("{}/v4/nginx/task", server.url())).is_ok());
+
+    // Listed in ecs_metadata_allowed_hosts, the same host and port is asked.
+    let host = elsewhere.url().trim_start_matches("http://").to_owned();
+    let config = EcsConfig { ecs_metadata_allowed_hosts: vec![host], ..daemon(server.url()) };
+    let store = enriching_store(config, &format!("{}/v4/nginx", elsewhere.url())).await;
+    eventually("the task enriched from the allowed host", Duration::from_secs(10), || {
+        store.get_ecs_task(ENRICHED_ARN).is_some_and(|t| t.service_name == "nginx-ec2")
+    })
+    .await;
+    assert_eq!(elsewhere.requests(), ["/v4/nginx/task"], "asked once, then kept");
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_body_is_refused_at_the_cap() {
+    let server = introspection().await;
+    server.set_huge("/v1/tasks", 1 << 30);
+    let collector =
+        EcsCollector::new(daemon(server.url())).into_collector().with_pull_interval(Duration::from_millis(200));
+    let store = Store::builder().collector(collector).build();
+    store.start();
+    eventually("the pull refused at the cap", Duration::from_secs(20), || {
+        matches!(&store.health().collectors[0].state, CollectorState::Retrying { error, .. }
+            if error.contains("larger than 32 MiB"))
+    })
+    .await;
+    let rss = test_support::procfs::rss_bytes(std::process::id()).unwrap_or(0);
+    assert!(rss < 512 << 20, "the body was not read whole: RSS {} MiB", rss >> 20);
+    assert!(ids(&store, Kind::EcsTask).is_empty());
+    store.shutdown().await;
+}

@@ -356,7 +356,13 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
         name: pod.metadata.name.into(),
         namespace: pod.metadata.namespace,
         labels: pod.metadata.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-        annotations: pod.metadata.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        annotations: pod
+            .metadata
+            .annotations
+            .iter()
+            .filter(|(k, _)| crate::keeps_annotation(k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
         owners: pod
             .metadata
             .owner_references
@@ -444,5 +450,17 @@ mod tests {
         assert_eq!(converted.entities.len(), 1);
         assert_eq!(converted.skipped.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(convert_pod_list(br#"{"items":null}"#, &env, false).unwrap().entities.is_empty());
+    }
+
+    #[test]
+    fn the_last_applied_configuration_annotation_is_not_stored() {
+        let list = br#"{"items":[{"metadata":{"uid":"u1","name":"p","annotations":{
+            "kubectl.kubernetes.io/last-applied-configuration":"{\"env\":[{\"name\":\"DB_PASSWORD\",\"value\":\"hunter2\"}]}",
+            "team":"a"}}}]}"#;
+        let converted = convert_pod_list(list, &EnvFilter::default(), false).unwrap();
+        let pod = converted.entities[0].as_kubernetes_pod().unwrap();
+        assert_eq!(pod.annotations.get("team"), Some("a"));
+        assert_eq!(pod.annotations.get("kubectl.kubernetes.io/last-applied-configuration"), None);
+        assert!(!format!("{pod:?}").contains("hunter2"));
     }
 }

@@ -8,6 +8,13 @@
 //! list holds is set; what successful lists have lacked for `kubelet_expiry` is unset (a pod the
 //! kubelet briefly stops listing is not flapped). A failed pull changes nothing.
 //!
+//! The token and the CA are files the kubelet rewrites: a projected service-account token is
+//! replaced before it expires, and a bound one stops working once its pod or secret is gone. So
+//! each pull first looks whether either file changed (device, inode, size, modification time:
+//! the kubelet swaps a symlink, which changes the inode) and builds a new client from them when
+//! one did; and a pull answered 401 reads both again and tries once more before it fails.
+//! The `/pods` body is read up to [`MAX_PODS_BODY`]; a larger one fails the pull, saying so.
+//!
 //! The API-server part is [`metadata`]: namespace labels and annotations and the services of
 //! each pod of this node, as partial pods from source `cluster_orchestrator`.
 
@@ -34,6 +41,39 @@ pub const NAME: &str = "kubelet";
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// Where the cluster's CA is mounted beside it.
 pub const DEFAULT_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// The largest `/pods` body read (a node at the kubelet's 110-pod default answers a few MiB;
+/// this leaves room for ten times that with large annotations).
+pub const MAX_PODS_BODY: usize = 128 << 20;
+
+/// Annotations never stored: `kubectl apply` copies the whole object it applied into
+/// `last-applied-configuration`, env literals included, past the env filter that keeps secrets
+/// out of the store; and it is the largest annotation most objects carry.
+pub const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// Whether an annotation is stored (not in [`DROPPED_ANNOTATIONS`]).
+pub fn keeps_annotation(key: &str) -> bool {
+    !DROPPED_ANNOTATIONS.contains(&key)
+}
+
+/// What identifies one version of a file without reading it: device, inode, size and
+/// modification time, through any symlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    /// The stamp of `path` now, or `None` when it cannot be read.
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
+    }
+}
 
 /// The kubelet part's config, by the Datadog key names.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -106,11 +146,22 @@ impl KubeletConfig {
     }
 }
 
+/// Why a `GET /pods` failed.
+#[derive(Debug, thiserror::Error)]
+enum PodsError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("the body is larger than {} MiB, the cap (MAX_PODS_BODY)", MAX_PODS_BODY >> 20)]
+    TooLarge,
+}
+
 /// The kubelet collector.
 pub struct KubeletCollector {
     config: KubeletConfig,
     env: EnvFilter,
     client: Option<kube::Client>,
+    /// The token's and the CA's stamps when the client was built.
+    stamps: [Option<FileStamp>; 2],
     /// When each entity was last in a successful list.
     seen: HashMap<EntityId, Instant>,
     /// The skipped items already logged (index and reason), so each says so once.
@@ -127,7 +178,14 @@ impl KubeletCollector {
     /// A collector for `config`.
     pub fn new(config: KubeletConfig) -> Self {
         let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, client: None, seen: HashMap::new(), logged: std::collections::HashSet::new() }
+        Self {
+            config,
+            env,
+            client: None,
+            stamps: [None; 2],
+            seen: HashMap::new(),
+            logged: std::collections::HashSet::new(),
+        }
     }
 
     /// This collector, ready to hand to the store.
@@ -136,8 +194,35 @@ impl KubeletCollector {
         Collector::pull(NAME, Source::NodeOrchestrator, self).with_pull_interval(every)
     }
 
-    /// A client of the kubelet: its CA (or no verification), its bearer token (read again at each
-    /// start, so a rotated token is picked up).
+    /// The token's and the CA's stamps now.
+    fn stamps(&self) -> [Option<FileStamp>; 2] {
+        [FileStamp::of(&self.config.token_path()), FileStamp::of(&self.config.ca_path())]
+    }
+
+    /// Builds a client from the token and CA files as they are now, and keeps their stamps.
+    async fn reconnect(&mut self) -> Result<kube::Client, CollectorError> {
+        let stamps = self.stamps();
+        let client = self.connect().await?;
+        self.client = Some(client.clone());
+        self.stamps = stamps;
+        Ok(client)
+    }
+
+    /// `GET /pods`, its body read up to [`MAX_PODS_BODY`].
+    async fn get_pods(client: kube::Client) -> Result<Vec<u8>, PodsError> {
+        use futures::AsyncReadExt;
+        let request = http::Request::get("/pods").body(Vec::new()).map_err(kube::Error::HttpError)?;
+        let stream = client.request_stream(request).await?;
+        let mut body = Vec::new();
+        let mut limited = stream.take(MAX_PODS_BODY as u64 + 1);
+        limited.read_to_end(&mut body).await.map_err(kube::Error::ReadEvents)?;
+        if body.len() > MAX_PODS_BODY {
+            return Err(PodsError::TooLarge);
+        }
+        Ok(body)
+    }
+
+    /// A client of the kubelet: its CA (or no verification), its bearer token, both read now.
     async fn connect(&self) -> Result<kube::Client, CollectorError> {
         let url = self.config.url();
         let https = url.starts_with("https://");
@@ -179,23 +264,34 @@ impl KubeletCollector {
 #[async_trait]
 impl PullCollector for KubeletCollector {
     async fn start(&mut self, _ctx: &CollectorContext) -> Result<(), CollectorError> {
-        self.client = Some(self.connect().await?);
+        self.reconnect().await?;
         Ok(())
     }
 
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
-        let Some(client) = self.client.clone() else {
-            return Err(CollectorError::Retriable { context: "kubelet: pulled before start".into(), source: None });
+        let client = match self.client.clone() {
+            Some(client) if self.stamps() == self.stamps => client,
+            Some(_) => {
+                tracing::info!("kubelet: the token or CA file changed; reading them again");
+                self.reconnect().await?
+            }
+            None => {
+                return Err(CollectorError::Retriable { context: "kubelet: pulled before start".into(), source: None });
+            }
         };
         let url = self.config.url();
-        let request = http::Request::get("/pods")
-            .body(Vec::new())
-            .map_err(|e| CollectorError::permanent("kubelet: building the /pods request", e))?;
-        let body = client
-            .request_text(request)
-            .await
-            .map_err(|e| CollectorError::retriable(format!("kubelet: GET {url}/pods failed"), e))?;
-        let converted = kubelet::convert_pod_list(body.as_bytes(), &self.env, self.config.include_ephemeral_containers)
+        let body = match Self::get_pods(client).await {
+            Err(PodsError::Kube(kube::Error::Api(status))) if status.code == 401 => {
+                // The token may have been replaced in place (same size, same second) or revoked:
+                // read the files again and try once more before failing.
+                tracing::info!("kubelet: 401 Unauthorized; reading the token and CA files again");
+                let client = self.reconnect().await?;
+                Self::get_pods(client).await
+            }
+            other => other,
+        }
+        .map_err(|e| CollectorError::retriable(format!("kubelet: GET {url}/pods failed"), e))?;
+        let converted = kubelet::convert_pod_list(&body, &self.env, self.config.include_ephemeral_containers)
             .map_err(|e| CollectorError::retriable(format!("kubelet: {url}/pods"), e))?;
         for (index, reason) in converted.skipped {
             if self.logged.len() < 1024 && self.logged.insert((index, reason.clone())) {

@@ -342,7 +342,9 @@ type LabelsAndAnnotations = (BTreeMap<String, String>, BTreeMap<String, String>)
 
 fn labels_and_annotations<K>(o: &PartialObjectMeta<K>) -> Option<(String, LabelsAndAnnotations)> {
     let name = o.metadata.name.clone()?;
-    Some((name, (map_string(o.metadata.labels.as_ref()), map_string(o.metadata.annotations.as_ref()))))
+    let mut annotations = map_string(o.metadata.annotations.as_ref());
+    annotations.retain(|k, _| crate::keeps_annotation(k));
+    Some((name, (map_string(o.metadata.labels.as_ref()), annotations)))
 }
 
 fn slice_key(s: &EndpointSlice) -> String {

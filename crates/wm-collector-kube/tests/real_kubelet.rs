@@ -20,6 +20,18 @@ use wm_store::Store;
 /// How long a condition of this test may take.
 const DEADLINE: Duration = Duration::from_secs(60);
 
+fn pull_errors(store: &Store) -> u64 {
+    store
+        .telemetry()
+        .into_iter()
+        .find(|s| s.name == "workloadmeta.pull_errors")
+        .map(|s| match s.value {
+            wm_store::MetricValue::Counter(n) => n,
+            _ => 0,
+        })
+        .unwrap_or(0)
+}
+
 /// A sink that takes nothing: the failing pull must not send anything.
 struct NoSink;
 
@@ -63,8 +75,10 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
         let pods = cluster.wait_for_running_pods("shop", "app=shop", 1, Duration::from_secs(120)).await.unwrap();
         let uid = pods[0].metadata.uid.clone().unwrap();
 
+        // A token bound to a Secret, as a projected token is bound to its pod: rotated below.
         let token = cluster.dir().join("agent-token");
-        std::fs::write(&token, cluster.service_account_token("wm-agent", "wm-agent").await.unwrap()).unwrap();
+        let first = cluster.bound_service_account_token("wm-agent", "wm-agent", "token-1").await.unwrap();
+        std::fs::write(&token, &first).unwrap();
         let store = Store::builder().collector(KubeletCollector::new(config(cluster, &token)).into_collector()).build();
         store.start();
         eventually("the pod and its two containers", DEADLINE, || {
@@ -91,6 +105,30 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
         }
         assert!(store.health().is_ready());
 
+        // The token rotates as the kubelet rotates a projected one: a new file swapped in by a
+        // rename, then the old token's bound object deleted, so the old token is rejected. The
+        // pulls go on without a restart.
+        let second = cluster.bound_service_account_token("wm-agent", "wm-agent", "token-2").await.unwrap();
+        let swap = cluster.dir().join("agent-token.new");
+        std::fs::write(&swap, &second).unwrap();
+        std::fs::rename(&swap, &token).unwrap();
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(cluster.client().await.unwrap(), "wm-agent");
+        secrets.delete("token-1", &DeleteParams::default()).await.unwrap();
+        // The kubelet caches a token's review for 10 s: wait until it says no to the old one.
+        let old = cluster.kubelet_client(Some(&first)).await.unwrap();
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let request = http::Request::get("/pods").body(Vec::new()).unwrap();
+            if matches!(old.request_text(request).await, Err(kube::Error::Api(s)) if s.code == 401) {
+                break;
+            }
+            assert!(Instant::now() < until, "the old token was not rejected within {DEADLINE:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let errors_before = pull_errors(&store);
+        let rotated_at = Instant::now();
+
         // A container that crash-loops: its restart count and its last exit code.
         let crash = deployment("crash", &[], vec![container("fails", &["/bin/sh", "-c", "exit 3"])]).unwrap();
         deployments.create(&PostParams::default(), &crash).await.unwrap();
@@ -103,6 +141,8 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
             })
         })
         .await;
+        assert_eq!(pull_errors(&store), errors_before, "no pull failed after the token rotated");
+        println!("pulls went on with the rotated token: a new pod seen {:.1?} after", rotated_at.elapsed());
         let crashing = store.list_kubernetes_pods().into_iter().find(|p| p.name.starts_with("crash-")).unwrap();
         let c = store.get_container(&crashing.containers[0].id).unwrap();
         println!(

@@ -45,6 +45,10 @@ const API: &str = "http://podman/v4.0.0/libpod";
 const INSPECT_CONCURRENCY: usize = 8;
 /// The deadline of every request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest inspect body read (one container: its config, env, labels and mounts).
+pub const MAX_INSPECT_BODY: usize = 16 << 20;
+/// The largest container list read (10,000 containers at about 2 KiB each, with room).
+pub const MAX_LIST_BODY: usize = 64 << 20;
 /// Ids remembered as logged at most (bounded memory).
 const MAX_REPORTED: usize = 10_000;
 
@@ -122,7 +126,7 @@ impl PodmanCollector {
         let failed = |e: reqwest::Error| {
             CollectorError::retriable(format!("podman: listing containers at {} failed", socket.display()), e)
         };
-        let response = self
+        let mut response = self
             .client()?
             .clone()
             .get(format!("{API}/containers/json?all=true"))
@@ -130,7 +134,17 @@ impl PodmanCollector {
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(failed)?;
-        let rows: Vec<serde_json::Value> = response.json().await.map_err(failed)?;
+        let too_large = |e: wm_core::BodyTooLarge| CollectorError::Retriable {
+            context: format!("podman: listing containers at {}: {e}", socket.display()),
+            source: None,
+        };
+        let mut body = wm_core::CappedBody::new(MAX_LIST_BODY, response.content_length()).map_err(too_large)?;
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            body.push(&chunk).map_err(too_large)?;
+        }
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&body.into_bytes()).map_err(|e| {
+            CollectorError::retriable(format!("podman: the container list at {} does not parse", socket.display()), e)
+        })?;
         let mut entries = Vec::with_capacity(rows.len());
         let mut odd = Vec::new();
         for row in rows {
@@ -154,34 +168,44 @@ impl PodmanCollector {
 /// The podman collector's cache-miss fetch: one inspect of a container the agent was asked
 /// about before a pull reported it (`tagger` fetch-on-miss); `None` when the service is absent
 /// or does not know it. Its podman pod's name comes with the next pull.
+///
+/// Only a full id (64 lowercase hex digits) is fetched: the id goes into the request's path,
+/// and URL parsing would resolve `..` in it or start a query at `?`. The client (and its
+/// connection pool) is built once and kept.
 #[derive(Debug)]
 pub struct PodmanFetcher {
     socket: PathBuf,
     env: EnvFilter,
-    client: std::sync::OnceLock<Option<reqwest::Client>>,
+    client: std::sync::Mutex<Option<reqwest::Client>>,
 }
 
 impl PodmanFetcher {
     /// A fetcher for `config`.
     pub fn new(config: PodmanConfig) -> Self {
         let collector = PodmanCollector::new(config);
-        Self { socket: collector.socket(), env: collector.env, client: std::sync::OnceLock::new() }
+        Self { socket: collector.socket(), env: collector.env, client: std::sync::Mutex::new(None) }
     }
 }
 
 #[async_trait]
 impl wm_core::ContainerFetcher for PodmanFetcher {
+    fn accepts(&self, container_id: &str) -> bool {
+        wm_core::is_full_hex_id(container_id)
+    }
+
     async fn fetch(&self, container_id: &str) -> Option<Container> {
-        if !self.socket.exists() {
+        if !self.accepts(container_id) || !self.socket.exists() {
             return None;
         }
-        let client = self
-            .client
-            .get_or_init(|| {
-                reqwest::Client::builder().unix_socket(self.socket.as_path()).timeout(REQUEST_TIMEOUT).build().ok()
-            })
-            .as_ref()?;
-        match inspect(client, container_id).await {
+        let client = {
+            let mut kept = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kept.is_none() {
+                *kept =
+                    reqwest::Client::builder().unix_socket(self.socket.as_path()).timeout(REQUEST_TIMEOUT).build().ok();
+            }
+            kept.clone()?
+        };
+        match inspect(&client, container_id).await {
             Ok(found) => {
                 let entry = ListEntry { id: found.id.clone(), is_infra: found.is_infra, ..ListEntry::default() };
                 container_from_inspect(&found, &entry, &self.env)
@@ -202,9 +226,13 @@ async fn inspect(client: &reqwest::Client, id: &str) -> Result<convert::Inspect,
         if response.status() == StatusCode::NOT_FOUND {
             return Err(InspectError::Gone);
         }
-        let response = response.error_for_status().map_err(InspectError::Failed)?;
-        let bytes = response.bytes().await.map_err(InspectError::Failed)?;
-        serde_json::from_slice(&bytes).map_err(|e| InspectError::Undecodable(e.to_string()))
+        let mut response = response.error_for_status().map_err(InspectError::Failed)?;
+        let too_large = |e: wm_core::BodyTooLarge| InspectError::Undecodable(e.to_string());
+        let mut body = wm_core::CappedBody::new(MAX_INSPECT_BODY, response.content_length()).map_err(too_large)?;
+        while let Some(chunk) = response.chunk().await.map_err(InspectError::Failed)? {
+            body.push(&chunk).map_err(too_large)?;
+        }
+        serde_json::from_slice(&body.into_bytes()).map_err(|e| InspectError::Undecodable(e.to_string()))
     }
 }
 

@@ -105,13 +105,20 @@ async fn the_fetcher_inspects_one_container_and_knows_nothing_of_others() {
     use wm_core::ContainerFetcher;
     let dir = scratch_dir("libpod-fetch");
     let daemon = FakeDaemon::libpod(&dir).unwrap();
-    daemon.create("f1", "fetched");
+    let (known, unknown) = ("f1".repeat(32), "0".repeat(64));
+    daemon.create(&known, "fetched");
     let config = PodmanConfig { podman_socket_path: Some(daemon.socket().to_owned()), ..Default::default() };
     let fetcher = wm_collector_podman::PodmanFetcher::new(config);
-    let found = fetcher.fetch("f1").await.expect("the container");
-    assert_eq!((&*found.id, found.name.as_str()), ("f1", "fetched"));
-    assert!(fetcher.fetch("unknown").await.is_none());
+    let found = fetcher.fetch(&known).await.expect("the container");
+    assert_eq!((&*found.id, found.name.as_str()), (known.as_str(), "fetched"));
+    assert!(fetcher.fetch(&unknown).await.is_none());
+    assert_eq!(daemon.inspects(), 2);
+    // Ids not of podman's form are refused without a request.
+    for hostile in ["x/../../info", &format!("{known}/json?size=true"), "f1", &known.to_uppercase()] {
+        assert!(!fetcher.accepts(hostile), "{hostile}");
+        assert!(fetcher.fetch(hostile).await.is_none(), "{hostile}");
+    }
     assert_eq!(daemon.inspects(), 2);
     let absent = PodmanConfig { podman_socket_path: Some(dir.join("none.sock")), ..Default::default() };
-    assert!(wm_collector_podman::PodmanFetcher::new(absent).fetch("f1").await.is_none());
+    assert!(wm_collector_podman::PodmanFetcher::new(absent).fetch(&known).await.is_none());
 }

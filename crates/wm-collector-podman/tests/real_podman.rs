@@ -192,3 +192,43 @@ fn a_failed_list_unsets_nothing_and_after_the_service_returns_the_store_equals_i
         store.shutdown().await;
     });
 }
+
+#[test]
+fn fetch_on_miss_makes_no_request_but_inspects_of_well_formed_ids() {
+    with_podman("fetch_on_miss_makes_no_request_but_inspects_of_well_formed_ids", async |p: &mut PodmanService| {
+        use wm_core::ContainerFetcher;
+        let real = podman(p, &["create", "--name", "fetched", PodmanService::IMAGE, "sleep", "300"]).await;
+        let socket = p.socket().with_file_name("recorded.sock");
+        let proxy = test_support::recording_proxy::RecordingProxy::start(&socket, &p.socket()).unwrap();
+        let config = PodmanConfig { podman_socket_path: Some(proxy.socket().to_path_buf()), extra_env: Vec::new() };
+        let fetcher = wm_collector_podman::PodmanFetcher::new(config);
+        let hostile = [
+            "x/../../info".to_owned(),
+            "../../system/df".to_owned(),
+            format!("{real}/json?size=true"),
+            format!("{real}/../../../images/json"),
+            "%2e%2e%2finfo".to_owned(),
+            real[..12].to_owned(),
+            real.to_uppercase(),
+            "fetched".to_owned(),
+        ];
+        for id in &hostile {
+            assert!(!fetcher.accepts(id), "{id}");
+            assert!(fetcher.fetch(id).await.is_none(), "{id}");
+        }
+        let unknown = "0".repeat(64);
+        assert!(fetcher.fetch(&unknown).await.is_none());
+        let found = fetcher.fetch(&real).await.expect("the real container");
+        assert_eq!(&*found.id, real.as_str());
+        let requests = proxy.requests();
+        println!("requests that reached podman: {requests:?}");
+        assert_eq!(
+            requests,
+            [
+                format!("GET /v4.0.0/libpod/containers/{unknown}/json"),
+                format!("GET /v4.0.0/libpod/containers/{real}/json")
+            ]
+        );
+        podman(p, &["rm", "-f", &real]).await;
+    });
+}

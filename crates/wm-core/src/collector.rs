@@ -139,8 +139,22 @@ pub trait StoreReader: Send + Sync {
 /// collectors implement it; the agent hands them to the tagger.
 #[async_trait]
 pub trait ContainerFetcher: Send + Sync {
+    /// Returns whether `container_id` has the form of this runtime's ids.
+    ///
+    /// The id comes from a client; only an id this accepts is ever passed to [`fetch`], so a
+    /// fetcher that builds a URL from it cannot be steered to another path of its API.
+    ///
+    /// [`fetch`]: ContainerFetcher::fetch
+    fn accepts(&self, container_id: &str) -> bool;
+
     /// The container with this id, or `None` if the runtime does not know it (or failed).
     async fn fetch(&self, container_id: &str) -> Option<Container>;
+}
+
+/// Returns whether `id` is a full container id as docker and podman write it: 64 lowercase
+/// hexadecimal digits.
+pub fn is_full_hex_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What a collector is handed when it runs.

@@ -1,6 +1,7 @@
 //! Value types shared by the components' config structs (each crate owns its own struct, with
-//! the Datadog key names): a port that is never 0, and a duration given in whole seconds. Their
-//! `expecting` texts are what the agent prints when a value is of the wrong kind.
+//! the Datadog key names): a port that is never 0, a duration given in whole seconds, and a
+//! secret that is never shown. Their `expecting` texts are what the agent prints when a value is
+//! of the wrong kind.
 
 use std::fmt;
 use std::num::NonZeroU16;
@@ -77,9 +78,15 @@ impl<'de> Deserialize<'de> for Port {
 pub struct Seconds(pub u64);
 
 impl Seconds {
-    /// As a duration.
+    /// The longest duration a config value stands for: ten years.
+    ///
+    /// A larger value (`server_timeout: 18446744073709551615`) means "never" to whoever wrote
+    /// it; clamping it here keeps `Instant::now() + duration` from overflowing, which panics.
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+    /// Returns the value as a duration, at most [`Seconds::MAX`].
     pub const fn duration(self) -> Duration {
-        Duration::from_secs(self.0)
+        if self.0 > Self::MAX.as_secs() { Self::MAX } else { Duration::from_secs(self.0) }
     }
 }
 
@@ -113,6 +120,116 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
+/// What a secret looks like wherever it is shown.
+pub const REDACTED: &str = "********";
+
+/// The name under which [`Secret`] deserializes, as a newtype struct.
+///
+/// A config reader that sees this name knows the value is a secret, and leaves it out of its
+/// error messages (the agent's config loader does).
+pub const SECRET_TYPE_NAME: &str = "wm_core::Secret";
+
+/// A secret config value: a password, a client secret, a token.
+///
+/// `Debug`, `Display` and `Serialize` show it as [`REDACTED`] (an empty secret as `""`, which
+/// hides nothing), so `agent config`, `/agent/config` and logs never carry it. Only
+/// [`Secret::expose`] gives the text, to the code that sends it where it was configured to go.
+/// Reading one accepts a string, or a number or boolean as its text (YAML reads an unquoted
+/// `client_secret: 1234` as a number).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `text`.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// Returns the secret's text, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Returns whether the secret is empty (not configured).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { REDACTED }
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.shown())
+    }
+}
+
+struct SecretVisitor;
+
+impl<'de> Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret (a string)")
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<Secret, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_newtype_struct(SECRET_TYPE_NAME, SecretVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +250,27 @@ mod tests {
         assert_eq!(serde_json::from_str::<Seconds>("300").ok().map(Seconds::duration), Some(Duration::from_secs(300)));
         let e = serde_json::from_str::<Seconds>("-5").unwrap_err().to_string();
         assert!(e.contains("expected a whole number of seconds"), "{e}");
+    }
+
+    #[test]
+    fn seconds_past_ten_years_are_clamped_so_adding_them_to_now_cannot_overflow() {
+        let huge = Seconds(u64::MAX).duration();
+        assert_eq!(huge, Seconds::MAX);
+        assert!(std::time::Instant::now().checked_add(huge).is_some());
+        assert_eq!(Seconds(30).duration(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_secret_is_never_shown_but_reads_from_any_scalar() {
+        let secret: Secret = serde_json::from_str("\"hunter2-very-secret\"").unwrap();
+        assert_eq!(secret.expose(), "hunter2-very-secret");
+        for shown in [format!("{secret:?}"), secret.to_string(), serde_json::to_string(&secret).unwrap()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
+        assert_eq!(serde_json::to_string(&Secret::default()).unwrap(), "\"\"");
+        assert_eq!(serde_json::from_str::<Secret>("1234").unwrap().expose(), "1234");
+        let e = serde_json::from_str::<Secret>("[1]").unwrap_err().to_string();
+        assert!(e.contains("expected a secret"), "{e}");
     }
 }

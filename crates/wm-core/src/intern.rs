@@ -67,9 +67,25 @@ type Set = HashSet<Text, foldhash::fast::FixedState>;
 
 static TEXTS: [Mutex<Option<Set>>; SHARDS] = [const { Mutex::new(None) }; SHARDS];
 
+/// The hash seed of the shards and their sets, drawn once per process.
+///
+/// Label texts come from workloads. With a seed known in advance, a workload could choose
+/// labels that all fall in one shard and one probe sequence, and slow every insert; a seed
+/// drawn at start (from std's randomly keyed hasher) leaves it nothing to aim at. One seed for
+/// the whole process keeps a text in the same shard every time it is looked up.
+fn seed() -> u64 {
+    static SEED: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64));
+    *SEED
+}
+
+fn new_set() -> Set {
+    Set::with_hasher(foldhash::fast::FixedState::with_seed(seed()))
+}
+
 /// The shard that keeps `text`.
 fn shard(text: &str) -> MutexGuard<'static, Option<Set>> {
-    let at = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(text) as usize % SHARDS;
+    let at = foldhash::fast::FixedState::with_seed(seed()).hash_one(text) as usize % SHARDS;
     // A set is never left half-changed: a panic while it was held changed nothing.
     TEXTS[at].lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -85,7 +101,7 @@ impl IStr {
             return Self(None);
         }
         let mut guard = shard(text);
-        let set = guard.get_or_insert_with(Set::default);
+        let set = guard.get_or_insert_with(new_set);
         if let Some(kept) = set.get(text) {
             return Self(Some(kept.clone()));
         }
@@ -296,6 +312,27 @@ impl fmt::Display for IStr {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_hash_seed_is_drawn_per_process_not_fixed() {
+        // Two processes differ; within one, the seed stays put. A second process is this test
+        // binary run again for just this test.
+        let mine = super::seed();
+        assert_eq!(mine, super::seed());
+        if std::env::var_os("WM_PRINT_INTERN_SEED").is_some() {
+            println!("seed={mine}");
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let other = std::process::Command::new(exe)
+            .args(["--exact", "intern::tests::the_hash_seed_is_drawn_per_process_not_fixed", "--nocapture"])
+            .env("WM_PRINT_INTERN_SEED", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&other.stdout);
+        let theirs: u64 = text.split("seed=").nth(1).and_then(|t| t.split_whitespace().next()?.parse().ok()).unwrap();
+        assert_ne!(mine, theirs, "another process drew the same seed");
+    }
+
     use super::*;
 
     #[test]

@@ -14,6 +14,7 @@ mod entity;
 mod event;
 mod image;
 mod intern;
+mod limit;
 mod map;
 pub mod merge;
 mod shared;
@@ -22,9 +23,9 @@ mod time;
 pub use cancel::{CancellationToken, Cancelled};
 pub use collector::{
     BoxError, Collector, CollectorContext, CollectorError, CollectorKind, ContainerFetcher, EventSink, Origin,
-    PullCollector, SinkMessage, SourceSink, StoreReader, StreamCollector,
+    PullCollector, SinkMessage, SourceSink, StoreReader, StreamCollector, is_full_hex_id,
 };
-pub use config::{Port, Seconds};
+pub use config::{Port, Seconds, Secret};
 pub use entity::{
     Container, ContainerDetails, ContainerHealth, ContainerPort, ContainerResources, ContainerRuntimeDetails,
     ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter, ExitCode, Id, KEPT_ENV_VARS,
@@ -35,6 +36,7 @@ pub use entity::{
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use image::{ContainerImage, ImageRef};
 pub use intern::IStr;
+pub use limit::{BodyTooLarge, CappedBody};
 pub use map::StrMap;
 pub use shared::{Parts, Shared};
 pub use time::{Timestamp, TimestampError};

@@ -38,7 +38,7 @@ pub struct MetricSample {
 #[derive(Debug, Default)]
 pub(crate) struct Telemetry {
     events_received: [[AtomicU64; 4]; Kind::COUNT],
-    notifications_sent: Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
+    notifications_sent: Mutex<SentCounts>,
     pub(crate) subscribers: AtomicI64,
 }
 
@@ -50,6 +50,16 @@ fn source_slot(source: Source) -> usize {
         Source::Remote => 3,
     }
 }
+
+/// The most distinct subscriber names `workloadmeta.notifications_sent` keeps a series for.
+///
+/// Names come from callers, and a caller may build them from something that changes on every
+/// connection; past this many, a new name's counts go to [`OTHER_SUBSCRIBERS`], so neither memory
+/// nor the `/metrics` page grows with reconnects.
+pub(crate) const MAX_SUBSCRIBER_NAMES: usize = 256;
+
+/// The `subscriber_name` that counts every subscriber past [`MAX_SUBSCRIBER_NAMES`].
+pub(crate) const OTHER_SUBSCRIBERS: &str = "other";
 
 /// Outcomes counted by `workloadmeta.notifications_sent{status}`.
 pub(crate) const SENT_SUCCESS: &str = "success";
@@ -76,10 +86,26 @@ impl Received {
     }
 }
 
+/// `workloadmeta.notifications_sent` by subscriber name and status, for at most
+/// [`MAX_SUBSCRIBER_NAMES`] names.
+#[derive(Debug, Default)]
+struct SentCounts {
+    counts: BTreeMap<(Arc<str>, &'static str), u64>,
+    names: std::collections::BTreeSet<Arc<str>>,
+}
+
 impl Telemetry {
     pub(crate) fn notification(&self, subscriber: &Arc<str>, status: &'static str) {
         let mut sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
-        *sent.entry((subscriber.clone(), status)).or_insert(0) += 1;
+        let name = if sent.names.contains(subscriber) {
+            subscriber.clone()
+        } else if sent.names.len() < MAX_SUBSCRIBER_NAMES {
+            sent.names.insert(subscriber.clone());
+            subscriber.clone()
+        } else {
+            Arc::from(OTHER_SUBSCRIBERS)
+        };
+        *sent.counts.entry((name, status)).or_insert(0) += 1;
     }
 
     pub(crate) fn samples(&self, out: &mut Vec<MetricSample>) {
@@ -96,7 +122,7 @@ impl Telemetry {
             }
         }
         let sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
-        for ((subscriber, status), n) in sent.iter() {
+        for ((subscriber, status), n) in sent.counts.iter() {
             out.push(MetricSample {
                 name: "workloadmeta.notifications_sent",
                 labels: vec![("subscriber_name", subscriber.to_string()), ("status", (*status).to_owned())],

@@ -212,3 +212,36 @@ async fn shutdown_ends_every_stream_and_health_says_the_loop_stopped() {
     tokio::task::yield_now().await;
     assert!(!store.health().store_alive);
 }
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_subscribers_with_fresh_names_leave_a_bounded_set_of_series() {
+    let store = Store::new();
+    store.start();
+    for i in 0..10_000 {
+        // As a client reconnecting in a loop names itself: a new ephemeral port each time.
+        let mut sub = subscribe(&store, &format!("remote 127.0.0.1:{}", 20_000 + i), SubscriberPriority::Normal);
+        next(&mut sub).await; // the snapshot
+        // One change each time: the container comes and goes.
+        let change = if i % 2 == 0 { CollectorEvent::set } else { CollectorEvent::unset };
+        store.notify(vec![change(Source::Runtime, container("c0"))]).await;
+        next(&mut sub).await;
+        drop(sub);
+    }
+    let series: Vec<_> =
+        store.telemetry().into_iter().filter(|m| m.name == "workloadmeta.notifications_sent").collect();
+    assert!(series.len() <= 257, "{} series after 10,000 reconnects", series.len());
+    let other = series
+        .iter()
+        .find(|m| m.labels.contains(&("subscriber_name", "other".into())))
+        .map(|m| m.value)
+        .expect("the names past the bound are counted together");
+    let total: u64 = series
+        .iter()
+        .map(|m| match m.value {
+            wm_store::MetricValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert!(total >= 10_000, "every notification is still counted: {total}");
+    assert!(matches!(other, wm_store::MetricValue::Counter(n) if n >= 10_000 - 256), "{other:?}");
+}

@@ -177,3 +177,31 @@ fn an_as_tags_key_no_label_can_have_is_refused_naming_the_key_and_the_limits() {
         .unwrap();
     assert_eq!(c.tagger.kubernetes_pod_labels_as_tags.len(), 2);
 }
+
+#[cfg(feature = "cf")]
+#[test]
+fn a_secret_is_shown_nowhere_not_even_in_errors() {
+    const SECRET: &str = "hunter2-cc-secret";
+    let yaml =
+        format!("cloud_foundry_cc:\n  url: https://cc.example\n  client_id: wm-agent\n  client_secret: {SECRET}\n");
+    let c = load(&yaml, &[]).unwrap();
+    let settings = c.settings();
+    let rendered = AgentConfig::render(&settings);
+    let served = serde_json::to_string(&settings).unwrap();
+    for (what, text) in [("agent config", &rendered), ("/agent/config", &served), ("Debug", &format!("{c:?}"))] {
+        assert!(!text.contains(SECRET), "{what} shows the secret:\n{text}");
+    }
+    assert!(rendered.contains("cloud_foundry_cc.client_secret: \"********\"  # file"), "{rendered}");
+
+    // From the environment too.
+    let c = load("", &[("DD_CLOUD_FOUNDRY_CC_CLIENT_SECRET", SECRET)]).unwrap();
+    let rendered = AgentConfig::render(&c.settings());
+    assert!(!rendered.contains(SECRET) && !format!("{c:?}").contains(SECRET), "{rendered}");
+
+    // A value of the wrong kind: the error names the key and the type, not the value.
+    let e = refused(&format!("cloud_foundry_cc:\n  client_secret: [{SECRET}]\n"), &[]);
+    assert!(e.contains("key `cloud_foundry_cc.client_secret`") && e.contains("expected a secret"), "{e}");
+    assert!(!e.contains(SECRET), "{e}");
+    let e = refused(&format!("cloud_foundry_cc:\n  client_secret: {{nested: {SECRET}}}\n"), &[]);
+    assert!(e.contains("key `cloud_foundry_cc.client_secret`") && !e.contains(SECRET), "{e}");
+}

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -96,6 +96,37 @@ impl Kubernetes {
     /// `namespace`, bound to a cluster role that may read the kubelet's pods (`nodes/proxy`,
     /// `nodes/pods`) and list what a node agent lists; the token from the TokenRequest API.
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String, Unavailable> {
+        self.token_request(namespace, name, None).await
+    }
+
+    /// A token as [`Kubernetes::service_account_token`] gives, bound to a Secret `secret` in
+    /// `namespace` (created here): the API server (and so the kubelet) rejects it once that
+    /// Secret is deleted, as a projected token is rejected once its pod is gone.
+    pub async fn bound_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        secret: &str,
+    ) -> Result<String, Unavailable> {
+        self.create_namespace(namespace).await?;
+        let secrets: Api<Secret> = Api::namespaced(self.client().await?, namespace);
+        let object = object::<Secret>(json!({ "metadata": { "name": secret, "namespace": namespace } }))?;
+        let created = match secrets.create(&PostParams::default(), &object).await {
+            Ok(created) => created,
+            Err(kube::Error::Api(e)) if e.code == 409 => secrets.get(secret).await.map_err(failed("get secret"))?,
+            Err(e) => return Err(failed("create secret")(e)),
+        };
+        let uid = created.metadata.uid.ok_or_else(|| Unavailable(format!("secret {secret} has no uid")))?;
+        let bound = json!({ "kind": "Secret", "apiVersion": "v1", "name": secret, "uid": uid });
+        self.token_request(namespace, name, Some(bound)).await
+    }
+
+    async fn token_request(
+        &self,
+        namespace: &str,
+        name: &str,
+        bound: Option<serde_json::Value>,
+    ) -> Result<String, Unavailable> {
         let client = self.client().await?;
         self.create_namespace(namespace).await?;
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
@@ -117,11 +148,14 @@ impl Kubernetes {
             "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": namespace }],
         }))?;
         ignore_conflict(Api::<ClusterRoleBinding>::all(client.clone()).create(&PostParams::default(), &binding).await)?;
-        let request = json!({
+        let mut request = json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
             "spec": { "expirationSeconds": 3600 },
         });
+        if let Some(bound) = bound {
+            request["spec"]["boundObjectRef"] = bound;
+        }
         let response: serde_json::Value = accounts
             .create_subresource("token", name, &PostParams::default(), &request)
             .await
