@@ -240,6 +240,14 @@ pub fn router(state: HttpState) -> Router {
         .layer(axum::middleware::from_fn_with_state(guard, self::guard))
 }
 
+/// The read buffer of one HTTP connection, which bounds its request head: hyper's smallest
+/// (8 KiB) and twice that. Its default (about 400 KiB) times the connection cap would be over a
+/// gigabyte; this is 64 MiB at a cap of 4,096.
+const READ_BUFFER: usize = 16 << 10;
+
+/// Headers one request may carry (the CLI sends five).
+const MAX_HEADERS: usize = 32;
+
 /// Serves the API on `listener` until `cancel` is cancelled, within `limits` (HTTP/1.1; each
 /// request's headers within the timeout, each connection closed when idle), and returns once
 /// every connection ended.
@@ -251,8 +259,16 @@ pub async fn serve(listener: TcpListener, state: HttpState, limits: Limits, canc
         let service = TowerToHyperService::new(router.clone().layer(Extension(Peer(peer))));
         let cancel = until.clone();
         connections.spawn(async move {
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.timeout).keep_alive(true);
+            // HTTP/1.1 only: the CLI and the probes speak it, and an `auto` builder would first
+            // wait, with no deadline, for the bytes that tell HTTP/2 from HTTP/1.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.timeout)
+                .keep_alive(true)
+                .max_buf_size(READ_BUFFER)
+                .max_headers(MAX_HEADERS);
             let connection = builder.serve_connection(TokioIo::new(io), service);
             tokio::select! {
                 result = connection => {

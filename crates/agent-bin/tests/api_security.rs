@@ -181,7 +181,12 @@ fn soft_fd_limit(pid: u32) -> String {
 fn three_thousand_idle_connections_under_a_1024_soft_limit_leave_ready_answering_and_are_closed() {
     raise_own_fd_limit();
     let dir = temp_dir("flood");
-    let agent = start(&dir, "server_timeout: 3\n", &["prlimit", "--nofile=1024:16384", "--"]);
+    // All from 127.0.0.1: the per-peer cap is raised so that they all get in.
+    let agent = start(
+        &dir,
+        "server_timeout: 3\nipc_max_connections_per_peer: 4096\n",
+        &["prlimit", "--nofile=1024:16384", "--"],
+    );
     let limits = soft_fd_limit(agent.child.id());
     assert!(limits.split_whitespace().filter(|w| *w == "16384").count() == 2, "soft raised to hard: {limits}");
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
@@ -239,4 +244,85 @@ fn a_server_timeout_near_u64_max_is_clamped_and_the_agent_serves_on() {
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
     drop((partial, grpc));
+}
+
+/// The agent's resident memory, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    test_support::procfs::rss_bytes(pid).unwrap_or(0) >> 20
+}
+
+/// Connects from `source` (another loopback address standing for another host).
+fn connect_from(runtime: &tokio::runtime::Runtime, source: [u8; 4], port: u16) -> Option<TcpStream> {
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind(SocketAddr::from((source, 0))).ok()?;
+        let tcp = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.ok()?;
+        tcp.into_std().ok()
+    })
+}
+
+/// The DaemonSet's memory limit (deploy/kubernetes/daemonset.yaml), in MiB.
+const POD_MEMORY_LIMIT_MIB: u64 = 256;
+
+#[test]
+fn five_thousand_slow_header_connections_from_another_host_leave_the_probes_answering() {
+    raise_own_fd_limit();
+    let dir = temp_dir("slow-headers");
+    // The DaemonSet's config: probes open to the network, 30 s for a request's headers.
+    let agent = start(&dir, "health_host: 0.0.0.0\n", &[]);
+    let pid = agent.child.id();
+    let local = SocketAddr::from(([127, 0, 0, 1], agent.http));
+    let rss_before = rss_mib(pid);
+    // "Another host" (127.0.0.2) opens 5,000 connections to each port and trickles header
+    // lines, each before the idle time could close it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let mut flood: Vec<TcpStream> = Vec::new();
+    for port in [agent.http, agent.grpc] {
+        for _ in 0..5000 {
+            if let Some(tcp) = connect_from(&runtime, [127, 0, 0, 2], port) {
+                flood.push(tcp);
+            }
+        }
+    }
+    assert!(flood.len() >= 9000, "only {} connections opened", flood.len());
+    let started = Instant::now();
+    let (mut worst, mut probes, mut most_rss) = (Duration::ZERO, 0, 0);
+    let mut next_trickle = Instant::now();
+    let mut line = 0;
+    while started.elapsed() < Duration::from_secs(45) {
+        if Instant::now() >= next_trickle {
+            for tcp in &mut flood {
+                tcp.set_nonblocking(true).unwrap();
+                let bytes: &[u8] = if line == 0 { b"GET /live HTTP/1.1\r\n" } else { b"X-Slow: header\r\n" };
+                let _ = tcp.write(bytes);
+            }
+            line += 1;
+            next_trickle += Duration::from_secs(20);
+        }
+        for path in ["/live", "/ready"] {
+            let asked = Instant::now();
+            let (status, _) = request(local, path, "127.0.0.1", None);
+            let took = asked.elapsed();
+            assert_eq!(status, 200, "{path} after {:?} of the flood", started.elapsed());
+            assert!(took < Duration::from_secs(1), "{path} took {took:?} after {:?}", started.elapsed());
+            worst = worst.max(took);
+            probes += 1;
+        }
+        most_rss = most_rss.max(rss_mib(pid));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(most_rss < POD_MEMORY_LIMIT_MIB, "RSS reached {most_rss} MiB (limit {POD_MEMORY_LIMIT_MIB})");
+    // The agent kept at most its per-peer share of them: the rest were closed at once.
+    let mut open = 0;
+    for tcp in &mut flood {
+        let mut byte = [0u8; 1];
+        if matches!(tcp.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            open += 1;
+        }
+    }
+    assert!(open <= 2 * 128, "{open} flood connections still open");
+    println!(
+        "10,000 slow-header connections from 127.0.0.2: {probes} probes from 127.0.0.1 answered, the slowest in \
+         {worst:?}; RSS {rss_before} -> at most {most_rss} MiB; {open} flood connections open at the end"
+    );
 }
