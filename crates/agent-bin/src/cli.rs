@@ -1,5 +1,6 @@
-//! The CLI's query commands: fetch the JSON of a running agent's localhost HTTP API and print
-//! it in the Datadog Agent's text formats (or as JSON).
+//! The CLI's query commands: fetch the JSON of a running agent's API (over TLS, trusting only
+//! the agent's IPC certificate, with its token; the probes in plain HTTP) and print it in the
+//! Datadog Agent's text formats (or as JSON). An answer is read up to [`MAX_ANSWER`] bytes.
 
 use std::fmt::Write as _;
 
@@ -11,7 +12,7 @@ use crate::report::{HealthReport, StatusReport, TaggerList, WorkloadEntry, Workl
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// Nothing answers.
-    #[error("no agent answers on {url}: is `agent run` running, with health_port {port}? ({reason})")]
+    #[error("no agent answers on {url}: is `agent run` running, on port {port}? ({reason})")]
     NoAgent {
         /// What was asked.
         url: String,
@@ -39,58 +40,146 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-/// A running agent's HTTP API: its port on 127.0.0.1 and the token (the CLI reads the
-/// `auth_token` file, as Datadog's does; the probes need none).
+/// The largest answer the CLI reads (a verbose workload list of 10,000 containers fits).
+pub const MAX_ANSWER: usize = 256 << 20;
+
+/// How long a query may take, connection and answer together.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A running agent's API as the CLI reaches it on 127.0.0.1: its port, the token (the CLI reads
+/// the `auth_token` file, as Datadog's does) and the certificate to trust (the IPC certificate,
+/// in PEM). Without a certificate it is the probes' plain HTTP port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Api {
-    /// `health_port`.
+    /// The port.
     pub port: u16,
     /// The bearer token.
     pub token: Option<String>,
+    /// The IPC certificate (PEM) the TLS API must present; `None`: plain HTTP.
+    pub cert_pem: Option<String>,
 }
 
 impl Api {
-    /// The API on `port`, with `token`.
+    /// The plain HTTP API on `port`, with `token` (the probes need none).
     pub fn new(port: u16, token: Option<String>) -> Self {
-        Self { port, token }
+        Self { port, token, cert_pem: None }
+    }
+
+    /// The TLS API on `port`, with `token`, presenting the certificate `cert_pem`.
+    pub fn tls(port: u16, token: Option<String>, cert_pem: String) -> Self {
+        Self { port, token, cert_pem: Some(cert_pem) }
     }
 }
 
 impl From<u16> for Api {
-    /// The probes of the API on `port` (no token).
+    /// The probes on `port` (plain HTTP, no token).
     fn from(port: u16) -> Self {
-        Self { port, token: None }
+        Self::new(port, None)
     }
 }
 
-/// Fetches `path` from the agent's HTTP API as JSON. A 503 still carries a report (health), so
-/// any status with a JSON body is read.
-pub async fn fetch<T: serde::de::DeserializeOwned>(api: impl Into<Api>, path: &str) -> Result<T, CliError> {
-    let api = api.into();
-    let port = api.port;
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .map_err(|e| CliError::NoAgent { url: url.clone(), port, reason: e.to_string() })?;
-    let mut request = client.get(&url);
-    if let Some(token) = &api.token {
-        request = request.bearer_auth(token);
+/// A TLS client that trusts exactly `cert_pem`, offering HTTP/1.1 by ALPN.
+fn tls_connector(cert_pem: &str) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| format!("the IPC certificate: {e}"))?).map_err(|e| e.to_string())?;
     }
-    let response =
-        request.send().await.map_err(|e| CliError::NoAgent { url: url.clone(), port, reason: root_cause(&e) })?;
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| CliError::BadAnswer { url: url.clone(), reason: e.to_string() })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// One `GET path` on a fresh connection: the status and the body, read up to [`MAX_ANSWER`].
+async fn get(api: &Api, path: &str) -> Result<(u16, Vec<u8>), (bool, String)> {
+    use http_body_util::BodyExt;
+    let not_there = |e: &dyn std::fmt::Display| (true, e.to_string());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", api.port)).await.map_err(|e| not_there(&e))?;
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, "localhost");
+    if let Some(token) = &api.token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request =
+        request.body(http_body_util::Empty::<hyper::body::Bytes>::new()).map_err(|e| (false, e.to_string()))?;
+    let response = match &api.cert_pem {
+        Some(pem) => {
+            let connector = tls_connector(pem).map_err(|e| (false, e))?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| (false, e.to_string()))?;
+            let tls = connector.connect(name, tcp).await.map_err(|e| not_there(&e))?;
+            send(hyper_util::rt::TokioIo::new(tls), request).await?
+        }
+        None => send(hyper_util::rt::TokioIo::new(tcp), request).await?,
+    };
+    let status = response.status().as_u16();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| (false, format!("reading the answer (at most {} MiB): {e}", MAX_ANSWER >> 20)))?
+        .to_bytes();
+    Ok((status, body.to_vec()))
+}
+
+async fn send<I>(
+    io: I,
+    request: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, (bool, String)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| (true, e.to_string()))?;
+    tokio::spawn(connection);
+    sender.send_request(request).await.map_err(|e| (true, root_cause(&e)))
+}
+
+/// Fetches `path` from the agent's API as JSON. A 503 still carries a report (health), so any
+/// status with a JSON body is read.
+///
+/// # Errors
+///
+/// Those of [`fetch_text`], and a body that is not JSON of the type asked.
+pub async fn fetch<T: serde::de::DeserializeOwned>(api: impl Into<Api>, path: &str) -> Result<T, CliError> {
+    let (url, status, bytes) = fetch_bytes(api.into(), path).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CliError::BadAnswer { url, reason: format!("HTTP {status} with a body that does not parse: {e}") })
+}
+
+/// Fetches `path` from the agent's API as text (`/metrics`).
+///
+/// # Errors
+///
+/// Nothing answers on the port (or the TLS handshake fails: not the agent's certificate), the
+/// query takes over 10 s, or the answer is not a success (a 503 is read) or is over
+/// [`MAX_ANSWER`].
+pub async fn fetch_text(api: impl Into<Api>, path: &str) -> Result<String, CliError> {
+    let (_, _, bytes) = fetch_bytes(api.into(), path).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn fetch_bytes(api: Api, path: &str) -> Result<(String, u16, Vec<u8>), CliError> {
+    let port = api.port;
+    let scheme = if api.cert_pem.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}{path}");
+    let (status, bytes) = match tokio::time::timeout(QUERY_TIMEOUT, get(&api, path)).await {
+        Err(_) => return Err(CliError::NoAgent { url, port, reason: format!("no answer within {QUERY_TIMEOUT:?}") }),
+        Ok(Err((true, reason))) => return Err(CliError::NoAgent { url, port, reason }),
+        Ok(Err((false, reason))) => return Err(CliError::BadAnswer { url, reason }),
+        Ok(Ok(answer)) => answer,
+    };
     // `/health` answers 503 with its report when not ready; anything else must be a success.
-    if !status.is_success() && status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+    if !(200..300).contains(&status) && status != 503 {
         return Err(CliError::BadAnswer {
             url,
             reason: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
         });
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| CliError::BadAnswer { url, reason: format!("HTTP {status} with a body that does not parse: {e}") })
+    Ok((url, status, bytes))
 }
 
 fn time(t: Option<Timestamp>) -> String {

@@ -155,13 +155,18 @@ pub struct IpcConfig {
     pub cmd_host: String,
     /// `cmd_port`: the gRPC API's port (default 5001).
     pub cmd_port: Port,
-    /// `health_port`: the HTTP API's port (default 5555).
+    /// `health_port`: the probes' plain HTTP port (default 5555).
     pub health_port: Port,
-    /// `health_host` (default 127.0.0.1): where the HTTP API listens. Another address (`0.0.0.0`
-    /// for kubelet probes) serves only the probes (`/live`, `/ready`, `/health`) to other
-    /// machines; the rest stays for loopback peers with the token.
+    /// `api_port` (ours, default 5010): where an agent with no gRPC server of its own (the
+    /// light agent, or one that follows another with `process_config.remote_workloadmeta`)
+    /// serves the CLI's TLS API, on `cmd_host`. An agent that serves gRPC serves that API on
+    /// `cmd_port`.
+    pub api_port: Port,
+    /// `health_host` (default 127.0.0.1): where the probes listen (`/live`, `/ready`,
+    /// `/health`): plain HTTP with no token, nothing else served there.
     pub health_host: String,
-    /// `metrics_public` (default false): serve `/metrics` without the token, to any peer.
+    /// `metrics_public` (default false): serve `/metrics` on the probes' port too, without the
+    /// token, to any peer that reaches it.
     pub metrics_public: bool,
     /// `server_timeout` (Datadog's key, seconds, default 30): the TLS handshake and request
     /// headers must come within it, and an HTTP connection idle that long is closed.
@@ -193,6 +198,7 @@ impl Default for IpcConfig {
             cmd_host: "localhost".to_owned(),
             cmd_port: Port::of(5001),
             health_port: Port::of(5555),
+            api_port: Port::of(5010),
             health_host: "127.0.0.1".to_owned(),
             metrics_public: false,
             server_timeout: Seconds(30),

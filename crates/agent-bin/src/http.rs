@@ -1,18 +1,22 @@
-//! The HTTP API on `health_host:health_port` (127.0.0.1 by default): the probes `/live`, `/ready`
-//! (Datadog's names) and `/health` (both; `/health/live` too), `/metrics` (Prometheus text) and
-//! the JSON behind the CLI (`/agent/workload-list`, `/agent/tagger-list`, `/agent/status`,
-//! `/agent/config`), served from a [`Backend`]. Every agent flavor serves it through [`serve`].
+//! The agent's two HTTP faces, both served from a [`Backend`]:
 //!
-//! Who may ask what ([`guard`]):
-//! - the probes: anyone, whatever the `Host`;
-//! - everything else only from a loopback peer (a non-loopback peer, when `health_host` opens
-//!   the port to the network for kubelet probes, gets 403), with a `Host` that is a loopback
-//!   name or address (else 421: a page in a browser on the node cannot read it through DNS
-//!   rebinding), and with `authorization: Bearer <token>` (else 401), the token of the gRPC API;
-//! - `/metrics` to anyone when `metrics_public` is set.
+//! - The probes, in plain HTTP on `health_host:health_port` (127.0.0.1 by default): `/live`,
+//!   `/ready` (Datadog's names) and `/health` (both; `/health/live` too), to anyone, and
+//!   `/metrics` (Prometheus text) only when `metrics_public` is set. Nothing else is there: the
+//!   kubelet's probes need no token, and a port that may be opened to the network for them
+//!   carries no secret and no metadata. [`serve`].
+//! - The API behind the CLI, over TLS with the IPC certificate: the same routes and the JSON of
+//!   `/agent/workload-list`, `/agent/tagger-list`, `/agent/status`, `/agent/config`, and
+//!   `/metrics`, each (but the probes) with `authorization: Bearer <token>` (else 401), the token
+//!   of the gRPC API. A node agent serves it on `cmd_port` beside gRPC, told apart by ALPN
+//!   (`h2` is gRPC, `http/1.1` this API), as the Datadog Agent serves its CLI; an agent with no
+//!   gRPC server of its own (the light agent, a follower) serves it on `api_port`.
+//!   [`serve_api_connection`], [`serve_tls`].
+//!
+//! Both speak HTTP/1.1 only, with a small read buffer and a deadline for each request's headers.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
@@ -34,13 +38,11 @@ use crate::config::Setting;
 use crate::conn::{Limits, accept_loop};
 use crate::report::{StatusReport, TaggerList};
 
-/// Who may ask for what beyond the probes.
+/// Who may ask for what beyond the probes, on the TLS API.
 #[derive(Clone)]
 pub struct Guard {
     /// The bearer token every non-probe route asks for.
     pub token: Arc<str>,
-    /// `metrics_public`: `/metrics` without the token, to any peer.
-    pub metrics_public: bool,
     /// A token file owned by another agent (the light agent follows its upstream's): on a
     /// mismatch it is read again, at most once a second, so a new upstream token is accepted.
     pub token_file: Option<Arc<TokenFile>>,
@@ -82,13 +84,9 @@ impl TokenFile {
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guard").field("metrics_public", &self.metrics_public).finish_non_exhaustive()
+        f.debug_struct("Guard").field("follows_token_file", &self.token_file.is_some()).finish_non_exhaustive()
     }
 }
-
-/// The peer of a connection, as the server saw it.
-#[derive(Clone, Copy, Debug)]
-struct Peer(SocketAddr);
 
 /// What the HTTP handlers read.
 #[derive(Clone, Debug)]
@@ -103,8 +101,10 @@ pub struct HttpState {
     pub grpc_address: String,
     /// The collectors compiled in.
     pub compiled_collectors: Vec<String>,
-    /// Who may ask for what.
+    /// Who may ask for what on the TLS API.
     pub guard: Guard,
+    /// `metrics_public`: `/metrics` on the probes' port too, without the token.
+    pub metrics_public: bool,
 }
 
 #[derive(Deserialize)]
@@ -162,22 +162,12 @@ fn refuse(code: StatusCode, why: &'static str) -> Response {
     response
 }
 
-/// The rules of the module docs, before any handler runs.
+/// The token check of the TLS API, before any handler runs: the probes pass, everything else
+/// needs the bearer token.
 pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if matches!(path, "/live" | "/ready" | "/health" | "/health/live") {
         return next.run(request).await;
-    }
-    if path == "/metrics" && guard.metrics_public {
-        return next.run(request).await;
-    }
-    let loopback_peer = request.extensions().get::<Peer>().is_none_or(|p| p.0.ip().to_canonical().is_loopback());
-    if !loopback_peer {
-        return refuse(StatusCode::FORBIDDEN, "only /live, /ready and /health are served to other machines\n");
-    }
-    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).or(request.uri().host());
-    if !host.is_some_and(is_loopback_host) {
-        return refuse(StatusCode::MISDIRECTED_REQUEST, "the Host must be localhost or a loopback address\n");
     }
     let allowed = match &guard.token_file {
         Some(file) => file.matches(request.headers()),
@@ -223,8 +213,21 @@ async fn status_handler(State(state): State<HttpState>) -> Json<StatusReport> {
     })
 }
 
-/// The router, guarded.
-pub fn router(state: HttpState) -> Router {
+/// The probes (and `/metrics` when `metrics_public`), for the plain HTTP port.
+pub fn probes_router(state: HttpState) -> Router {
+    let mut router = Router::new()
+        .route("/live", get(live_handler))
+        .route("/ready", get(ready_handler))
+        .route("/health", get(health_handler))
+        .route("/health/live", get(live_handler));
+    if state.metrics_public {
+        router = router.route("/metrics", get(metrics_handler));
+    }
+    router.with_state(state)
+}
+
+/// Every route, guarded by the token, for the TLS API.
+pub fn api_router(state: HttpState) -> Router {
     let guard = state.guard.clone();
     Router::new()
         .route("/live", get(live_handler))
@@ -248,35 +251,67 @@ const READ_BUFFER: usize = 16 << 10;
 /// Headers one request may carry (the CLI sends five).
 const MAX_HEADERS: usize = 32;
 
-/// Serves the API on `listener` until `cancel` is cancelled, within `limits` (HTTP/1.1; each
-/// request's headers within the timeout, each connection closed when idle), and returns once
-/// every connection ended.
+/// Serves HTTP/1.1 requests of `router` on one connection until it ends or `cancel` is
+/// cancelled: each request's headers within `timeout`, a small read buffer.
+pub async fn serve_api_connection<I>(io: I, router: Router, timeout: std::time::Duration, cancel: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    // HTTP/1.1 only: the CLI and the probes speak it, and an `auto` builder would first wait,
+    // with no deadline, for the bytes that tell HTTP/2 from HTTP/1.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER)
+        .max_headers(MAX_HEADERS);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "an HTTP connection ended");
+            }
+        }
+        () = cancel.cancelled() => {}
+    }
+}
+
+/// Serves the probes on `listener` until `cancel` is cancelled, within `limits`, and returns
+/// once every connection ended.
 pub async fn serve(listener: TcpListener, state: HttpState, limits: Limits, cancel: CancellationToken) {
-    let router = router(state);
+    let router = probes_router(state);
     let connections = TaskTracker::new();
     let until = cancel.clone();
-    accept_loop("http", listener, limits, cancel.clone(), |io, peer| {
-        let service = TowerToHyperService::new(router.clone().layer(Extension(Peer(peer))));
-        let cancel = until.clone();
+    accept_loop("http", listener, limits, cancel.clone(), |io, _peer| {
+        connections.spawn(serve_api_connection(io, router.clone(), limits.timeout, until.clone()));
+    })
+    .await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves the TLS API on `listener` (an agent with no gRPC server): each connection's TLS
+/// handshake within the timeout, then [`serve_api_connection`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: HttpState,
+    limits: Limits,
+    cancel: CancellationToken,
+) {
+    let router = api_router(state);
+    let connections = TaskTracker::new();
+    let until = cancel.clone();
+    accept_loop("api", listener, limits, cancel.clone(), |io, peer| {
+        let (acceptor, router, cancel) = (acceptor.clone(), router.clone(), until.clone());
         connections.spawn(async move {
-            // HTTP/1.1 only: the CLI and the probes speak it, and an `auto` builder would first
-            // wait, with no deadline, for the bytes that tell HTTP/2 from HTTP/1.
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.timeout)
-                .keep_alive(true)
-                .max_buf_size(READ_BUFFER)
-                .max_headers(MAX_HEADERS);
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "an HTTP connection ended");
-                    }
-                }
-                () = cancel.cancelled() => {}
+            match tokio::time::timeout(limits.timeout, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => serve_api_connection(tls, router, limits.timeout, cancel).await,
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "a TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "a TLS handshake did not finish within server_timeout"),
             }
         });
     })

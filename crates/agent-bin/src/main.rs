@@ -85,9 +85,12 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliError> {
-    // The token is read as the agent made it (unreadable or absent: the probes still answer).
+    // The token and the certificate are read as the agent made them (unreadable or absent: the
+    // probes still answer, on their own port).
     let token = std::fs::read_to_string(config.auth_token_path()).ok().map(|t| t.trim().to_owned());
-    let port = cli::Api::new(config.ipc.health_port.get(), token);
+    let cert = std::fs::read_to_string(config.ipc_cert_path()).unwrap_or_default();
+    let port = cli::Api::tls(agent_bin::run::api_port(config), token, cert);
+    let probes = cli::Api::from(config.ipc.health_port.get());
     match command {
         Command::Run => Ok(ExitCode::SUCCESS),
         Command::WorkloadList { verbose, json } => {
@@ -119,7 +122,7 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { json } => {
-            let health: HealthReport = cli::fetch(port.clone(), "/health").await?;
+            let health: HealthReport = cli::fetch(probes, "/health").await?;
             if json {
                 print_json(&health);
             } else {

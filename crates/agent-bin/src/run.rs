@@ -1,6 +1,7 @@
 //! `agent run`: the store with the collectors of this build and config, the tagger, the gRPC
-//! API (TLS, bearer token) and the localhost HTTP API, until SIGTERM or SIGINT. In a
-//! `flavor-light` build, `agent run` runs [`crate::light`] instead.
+//! API and the CLI's API (both TLS with a bearer token, on `cmd_port`) and the probes' plain
+//! HTTP port, until SIGTERM or SIGINT. In a `flavor-light` build, `agent run` runs
+//! [`crate::light`] instead.
 //!
 //! One shutdown path: every task the agent starts is in one [`TaskTracker`] (the tagger, the
 //! servers, each gRPC stream's feeder), every one ends on one [`CancellationToken`], and the
@@ -44,17 +45,33 @@ pub struct RunningAgent {
     /// Where the gRPC API listens (`None` when this agent follows another one,
     /// `process_config.remote_workloadmeta`, and serves none).
     pub grpc_address: Option<SocketAddr>,
-    /// Where the HTTP API listens.
+    /// Where the probes listen (plain HTTP).
     pub http_address: SocketAddr,
+    /// Where the CLI's TLS API listens: the gRPC address, or `api_port` for an agent that
+    /// follows another one.
+    pub api_address: SocketAddr,
     token: Arc<str>,
+    cert_pem: Arc<str>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl RunningAgent {
-    /// Its HTTP API as the CLI reaches it: the port and the token.
+    /// Its TLS API as the CLI reaches it: the port, the token and the certificate to trust.
     pub fn api(&self) -> crate::cli::Api {
-        crate::cli::Api::new(self.http_address.port(), Some(self.token.to_string()))
+        crate::cli::Api::tls(self.api_address.port(), Some(self.token.to_string()), self.cert_pem.to_string())
+    }
+}
+
+/// The port the CLI asks for the API of the agent `config` describes: `cmd_port` where that
+/// agent serves gRPC, `api_port` where it has no gRPC server of its own (a `flavor-light`
+/// build, or an agent that follows another one).
+pub fn api_port(config: &AgentConfig) -> u16 {
+    let follows_another = collectors::catalog(config).is_ok_and(|c| c == Catalog::Remote);
+    if cfg!(feature = "flavor-light") || follows_another {
+        config.ipc.api_port.get()
+    } else {
+        config.ipc.cmd_port.get()
     }
 }
 
@@ -109,14 +126,14 @@ pub(crate) fn warn_if_exposed(config: &AgentConfig) {
     if !loopback(&config.ipc.cmd_host) {
         tracing::warn!(
             cmd_host = %config.ipc.cmd_host,
-            "the gRPC API listens beyond loopback: anyone who can reach it and holds the auth token reads every container's metadata and tags"
+            "the gRPC and CLI API listens beyond loopback: anyone who can reach it and holds the auth token reads every container's metadata and tags"
         );
     }
     if !loopback(&config.ipc.health_host) {
         tracing::warn!(
             health_host = %config.ipc.health_host,
             metrics_public = config.ipc.metrics_public,
-            "the HTTP API listens beyond loopback: other machines get /live, /ready and /health (and /metrics when metrics_public is set); everything else stays for loopback peers with the token"
+            "the HTTP API listens beyond loopback: other machines get /live, /ready and /health (and /metrics when metrics_public is set), nothing else: the CLI's API is on the TLS port with the token"
         );
     }
 }
@@ -151,73 +168,108 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
     });
     store.start();
 
-    // An agent that follows another one (the remote catalog) serves no gRPC: its upstream does.
-    let grpc_address = if follows_another {
-        tracing::info!(
-            upstream = %format!("{}:{}", config.ipc.cmd_host, config.ipc.cmd_port),
-            "following another agent (process_config.remote_workloadmeta): no gRPC API of its own"
-        );
-        None
-    } else {
-        Some(serve_grpc(config, &token, grpc_limits, &store, &tagger, &cancel, &tasks).await?)
-    };
-
+    let cert = security::load_or_create_cert(&config.ipc_cert_path())?;
     let state = HttpState {
         backend: Arc::new(Local { store: store.clone(), tagger: tagger.clone() }),
         config: Arc::new(config.settings()),
         started: Instant::now(),
-        grpc_address: grpc_address.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        grpc_address: String::new(),
         compiled_collectors: collectors::compiled(),
-        guard: Guard { token: token.clone(), metrics_public: config.ipc.metrics_public, token_file: None },
+        guard: Guard { token: token.clone(), token_file: None },
+        metrics_public: config.ipc.metrics_public,
     };
+    // An agent that follows another one (the remote catalog) serves no gRPC: its upstream does.
+    let (grpc_address, api_address) = if follows_another {
+        tracing::info!(
+            upstream = %format!("{}:{}", config.ipc.cmd_host, config.ipc.cmd_port),
+            "following another agent (process_config.remote_workloadmeta): no gRPC API of its own"
+        );
+        let listener = listen(&config.ipc.cmd_host, config.ipc.api_port.get(), "cmd_host/api_port").await?;
+        let api_address = listener.local_addr()?;
+        let state = HttpState { grpc_address: "none".to_owned(), ..state.clone() };
+        let acceptor = tls_acceptor(&cert, &[b"http/1.1"]).context("TLS setup of the API")?;
+        tasks.spawn(crate::http::serve_tls(listener, acceptor, state, grpc_limits, cancel.clone()));
+        (None, api_address)
+    } else {
+        let listener = listen(&config.ipc.cmd_host, config.ipc.cmd_port.get(), "cmd_host/cmd_port").await?;
+        let address = listener.local_addr()?;
+        let api = crate::http::api_router(HttpState { grpc_address: address.to_string(), ..state.clone() });
+        let grpc = Grpc { listener, cert: &cert, token: &token, limits: grpc_limits, api };
+        serve_grpc(config, grpc, &store, &tagger, &cancel, &tasks)?;
+        (Some(address), address)
+    };
+
+    let state = HttpState { grpc_address: grpc_address.map_or_else(|| "none".to_owned(), |a| a.to_string()), ..state };
     tasks.spawn(crate::http::serve(http_listener, state, http_limits, cancel.clone()));
     tracing::info!(
         grpc = ?grpc_address,
+        api = %api_address,
         http = %http_address,
         collectors = ?store.health().collectors.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         "agent started"
     );
-    Ok(RunningAgent { store, tagger, grpc_address, http_address, token, cancel, tasks })
+    let cert_pem = Arc::from(cert.cert_pem.as_str());
+    Ok(RunningAgent { store, tagger, grpc_address, http_address, api_address, token, cert_pem, cancel, tasks })
 }
 
-/// Starts `AgentSecure` on `cmd_host:cmd_port`: our accept loop (connection caps, idle
-/// timeout), the TLS handshake within `server_timeout` (ALPN `h2`), bearer auth (a connection
-/// with no authenticated request within `server_timeout` is closed), at most 100 streams per
-/// connection, HTTP/2 pings every 30 s.
-async fn serve_grpc(
-    config: &AgentConfig,
-    token: &str,
+/// What the `cmd_port` server is made of.
+struct Grpc<'a> {
+    listener: TcpListener,
+    cert: &'a security::IpcCert,
+    token: &'a str,
     limits: Limits,
+    /// The CLI's API, for connections that negotiate HTTP/1.1.
+    api: axum::Router,
+}
+
+/// Serves `cmd_host:cmd_port`: our accept loop (connection caps, idle timeout), the TLS
+/// handshake within `server_timeout`, then by ALPN either `AgentSecure` (`h2` or none: bearer auth, a
+/// connection with no authenticated request within `server_timeout` closed, at most 100
+/// streams per connection, HTTP/2 pings every 30 s) or the CLI's API (`http/1.1`).
+fn serve_grpc(
+    config: &AgentConfig,
+    grpc: Grpc<'_>,
     store: &Store,
     tagger: &Arc<Tagger>,
     cancel: &CancellationToken,
     tasks: &TaskTracker,
-) -> anyhow::Result<SocketAddr> {
-    let cert = security::load_or_create_cert(&config.ipc_cert_path())?;
-    let acceptor = tls_acceptor(&cert).context("TLS setup of the gRPC API")?;
-    let listener = listen(&config.ipc.cmd_host, config.ipc.cmd_port.get(), "cmd_host/cmd_port").await?;
-    let address = listener.local_addr()?;
+) -> anyhow::Result<()> {
+    let Grpc { listener, cert, token, limits, api } = grpc;
+    let acceptor = tls_acceptor(cert, &[b"h2", b"http/1.1"]).context("TLS setup of the gRPC API")?;
     let origin = OriginReader::new(&config.ipc.container_proc_root, &config.ipc.container_cgroup_root);
     let service = AgentApi::new(store.clone(), tagger.clone(), cancel.clone(), tasks.clone()).with_origin(origin);
-    let api = AgentSecureServer::new(service)
+    let grpc_api = AgentSecureServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let api = tonic::service::interceptor::InterceptedService::new(api, BearerAuth::new(token));
+    let grpc_api = tonic::service::interceptor::InterceptedService::new(grpc_api, BearerAuth::new(token));
     let mut server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let (handshaken, incoming) = tokio::sync::mpsc::channel::<Result<GrpcConnection, std::io::Error>>(64);
     let until = cancel.clone();
+    let api_connections = tasks.clone();
+    let api_cancel = cancel.clone();
     tasks.spawn(accept_loop("grpc", listener, limits, cancel.clone(), move |mut io, peer| {
         // An authenticated request within server_timeout, or the connection is closed: HTTP/2
         // pings alone do not keep it (conn.rs).
         io.require_auth(Arc::new(std::sync::atomic::AtomicBool::new(false)), limits.timeout);
-        let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
-        tokio::spawn(async move {
+        let (acceptor, handshaken, api) = (acceptor.clone(), handshaken.clone(), api.clone());
+        let cancel = api_cancel.clone();
+        api_connections.spawn(async move {
             match tokio::time::timeout(limits.timeout, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => {
+                // A client that offers no ALPN is taken for gRPC, as before the CLI's API came
+                // here; the CLI offers `http/1.1`.
+                Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() != Some(b"http/1.1") => {
                     let _ = handshaken.send(Ok(tls)).await;
+                }
+                // The CLI's API: its own token check answers every request; the gRPC deadline
+                // is lifted, the header timeout bounds the connection instead.
+                Ok(Ok(tls)) => {
+                    if let Some(flag) = tls.get_ref().0.auth_flag() {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    crate::http::serve_api_connection(tls, api, limits.timeout, cancel).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "a TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "a TLS handshake did not finish within server_timeout"),
@@ -227,11 +279,11 @@ async fn serve_grpc(
     tasks.spawn(async move {
         let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
         let shutdown = async move { until.cancelled().await };
-        if let Err(e) = server.add_service(api).serve_with_incoming_shutdown(incoming, shutdown).await {
+        if let Err(e) = server.add_service(grpc_api).serve_with_incoming_shutdown(incoming, shutdown).await {
             tracing::error!(error = %e, "the gRPC API stopped");
         }
     });
-    Ok(address)
+    Ok(())
 }
 
 /// Streams one gRPC connection may carry at once.
@@ -240,8 +292,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// A gRPC connection after its TLS handshake.
 type GrpcConnection = tokio_rustls::server::TlsStream<conn::IdleTimeout<tokio::net::TcpStream>>;
 
-/// The TLS acceptor of the IPC certificate, offering HTTP/2 by ALPN.
-fn tls_acceptor(cert: &security::IpcCert) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+/// The TLS acceptor of the IPC certificate, offering `alpn` (in order of preference).
+pub(crate) fn tls_acceptor(cert: &security::IpcCert, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
@@ -252,7 +304,7 @@ fn tls_acceptor(cert: &security::IpcCert) -> anyhow::Result<tokio_rustls::TlsAcc
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 

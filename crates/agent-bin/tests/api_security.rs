@@ -17,6 +17,13 @@ fn free_port() -> u16 {
     test_support::runtimes::free_port().unwrap()
 }
 
+/// Held by each test for its whole run: the flood tests open thousands of client sockets,
+/// whose ephemeral ports could take a port another test's agent was about to listen on.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wm-api-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -111,24 +118,36 @@ fn node_address() -> Option<IpAddr> {
 const GUARDED: [&str; 5] = ["/agent/workload-list", "/agent/tagger-list", "/agent/status", "/agent/config", "/metrics"];
 const PROBES: [&str; 4] = ["/live", "/ready", "/health", "/health/live"];
 
+/// `GET path` on the agent's TLS API (the gRPC port) with `token`: the status, 0 when the
+/// query failed otherwise.
+fn tls_status(runtime: &tokio::runtime::Runtime, agent: &Agent, dir: &Path, path: &str, token: Option<&str>) -> u16 {
+    let cert = std::fs::read_to_string(dir.join("ipc_cert.pem")).unwrap();
+    let api = agent_bin::cli::Api::tls(agent.grpc, token.map(str::to_owned), cert);
+    match runtime.block_on(agent_bin::cli::fetch_text(api, path)) {
+        Ok(_) => 200,
+        Err(e) => {
+            let text = e.to_string();
+            text.split("HTTP ").nth(1).and_then(|s| s.get(..3)?.parse().ok()).unwrap_or(0)
+        }
+    }
+}
+
 #[test]
-fn every_route_but_the_probes_wants_the_token_a_loopback_host_and_a_loopback_peer() {
+fn the_probes_port_serves_only_probes_and_the_api_wants_tls_and_the_token() {
+    let _serial = one_at_a_time();
     let dir = temp_dir("guard");
     let agent = start(&dir, "health_host: 0.0.0.0\n", &[]);
     let token = std::fs::read_to_string(dir.join("auth_token")).unwrap();
     let local = SocketAddr::from(([127, 0, 0, 1], agent.http));
-    let host = format!("127.0.0.1:{}", agent.http);
-    for path in GUARDED {
-        assert_eq!(request(local, path, &host, None).0, 401, "{path} without a token");
-        assert_eq!(request(local, path, &host, Some("wrong-token-wrong-token-wrong-token")).0, 401, "{path}");
-        assert_eq!(request(local, path, "evil.example", Some(&token)).0, 421, "{path} with a foreign Host");
-        assert_eq!(request(local, path, "localhost", Some(&token)).0, 200, "{path} as the CLI asks");
-    }
+    // The plain port: the probes to anyone, whatever the Host; nothing else, token or not.
     for path in PROBES {
         assert_eq!(request(local, path, "evil.example", None).0, 200, "{path} is open");
     }
-    // The port opened for kubelet probes: another machine (here the node's own address, not
-    // loopback) gets the probes and nothing else, token or not.
+    for path in GUARDED {
+        assert_eq!(request(local, path, "localhost", Some(&token)).0, 404, "{path} is not on the probes' port");
+    }
+    // Opened to the network for kubelet probes: another machine (the node's own address, not
+    // loopback) gets the probes and nothing else.
     match node_address() {
         Some(ip) => {
             let remote = SocketAddr::new(ip, agent.http);
@@ -136,12 +155,29 @@ fn every_route_but_the_probes_wants_the_token_a_loopback_host_and_a_loopback_pee
                 assert_eq!(request(remote, path, &remote.to_string(), None).0, 200, "{path} from {ip}");
             }
             for path in GUARDED {
-                assert_eq!(request(remote, path, "127.0.0.1", Some(&token)).0, 403, "{path} from {ip}");
+                assert_eq!(request(remote, path, "127.0.0.1", Some(&token)).0, 404, "{path} from {ip}");
             }
         }
         None => println!("no non-loopback address on this machine: the remote-peer checks did not run"),
     }
-    // The CLI reads the token file and gets through.
+    // The TLS API beside gRPC: the token or 401.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for path in GUARDED {
+        assert_eq!(tls_status(&runtime, &agent, &dir, path, None), 401, "{path} without a token");
+        assert_eq!(tls_status(&runtime, &agent, &dir, path, Some("wrong-token-wrong-token-wrong-token")), 401);
+        assert_eq!(tls_status(&runtime, &agent, &dir, path, Some(&token)), 200, "{path} as the CLI asks");
+    }
+    // Plain HTTP on the TLS port gets no answer (the handshake fails, the connection closes).
+    assert_eq!(
+        request(SocketAddr::from(([127, 0, 0, 1], agent.grpc)), "/agent/status", "localhost", Some(&token)).0,
+        0
+    );
+    // A client that trusts another certificate does not get through: the CLI talks only to the
+    // agent whose certificate it holds.
+    let stranger = agent_bin::cli::Api::tls(agent.grpc, Some(token.clone()), other_certificate());
+    let refused = runtime.block_on(agent_bin::cli::fetch_text(stranger, "/agent/status")).unwrap_err().to_string();
+    assert!(refused.contains("no agent answers"), "{refused}");
+    // The CLI reads the token and certificate files and gets through.
     let status =
         Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&agent.config).arg("status").output().unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
@@ -150,8 +186,16 @@ fn every_route_but_the_probes_wants_the_token_a_loopback_host_and_a_loopback_pee
     assert!(log.contains("the HTTP API listens beyond loopback"), "{log}");
 }
 
+/// A certificate for localhost that the agent does not hold.
+fn other_certificate() -> String {
+    let dir = temp_dir("other-cert");
+    let path = dir.join("ipc_cert.pem");
+    agent_bin::security::load_or_create_cert(&path).unwrap().cert_pem
+}
+
 #[test]
 fn a_token_file_others_may_read_stops_the_agent_with_the_fix() {
+    let _serial = one_at_a_time();
     use std::os::unix::fs::PermissionsExt;
     let dir = temp_dir("perms");
     let token = dir.join("auth_token");
@@ -179,6 +223,7 @@ fn soft_fd_limit(pid: u32) -> String {
 
 #[test]
 fn three_thousand_idle_connections_under_a_1024_soft_limit_leave_ready_answering_and_are_closed() {
+    let _serial = one_at_a_time();
     raise_own_fd_limit();
     let dir = temp_dir("flood");
     // All from 127.0.0.1: the per-peer cap is raised so that they all get in.
@@ -229,6 +274,7 @@ fn three_thousand_idle_connections_under_a_1024_soft_limit_leave_ready_answering
 
 #[test]
 fn a_server_timeout_near_u64_max_is_clamped_and_the_agent_serves_on() {
+    let _serial = one_at_a_time();
     let dir = temp_dir("huge-timeout");
     let mut agent = start(&dir, &format!("server_timeout: {}\n", u64::MAX - 1), &[]);
     let local = SocketAddr::from(([127, 0, 0, 1], agent.http));
@@ -239,7 +285,8 @@ fn a_server_timeout_near_u64_max_is_clamped_and_the_agent_serves_on() {
     std::thread::sleep(Duration::from_millis(300));
     let token = std::fs::read_to_string(dir.join("auth_token")).unwrap();
     assert_eq!(request(local, "/ready", "localhost", None).0, 200);
-    assert_eq!(request(local, "/agent/status", "localhost", Some(&token)).0, 200);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert_eq!(tls_status(&runtime, &agent, &dir, "/agent/status", Some(&token)), 200);
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent is still running");
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
@@ -266,6 +313,7 @@ const POD_MEMORY_LIMIT_MIB: u64 = 256;
 
 #[test]
 fn five_thousand_slow_header_connections_from_another_host_leave_the_probes_answering() {
+    let _serial = one_at_a_time();
     raise_own_fd_limit();
     let dir = temp_dir("slow-headers");
     // The DaemonSet's config: probes open to the network, 30 s for a request's headers.

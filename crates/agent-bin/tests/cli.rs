@@ -127,13 +127,16 @@ fn an_unknown_key_is_a_warning_and_the_agent_runs_and_stops_on_sigterm() {
 fn queries_without_a_running_agent_say_so_and_fail() {
     let d = dir("none");
     let config = d.join("agent.yaml");
-    let port = free_port();
-    std::fs::write(&config, format!("health_port: {port}\n")).unwrap();
+    let (port, api) = (free_port(), free_port());
+    std::fs::write(&config, format!("health_port: {port}\ncmd_port: {api}\n")).unwrap();
     for command in ["workload-list", "tagger-list", "status", "health", "config"] {
         let out = agent(&config, &[command]);
         assert_eq!(out.status.code(), Some(1), "{command}");
         let text = stderr(&out);
-        assert!(text.starts_with(&format!("agent: no agent answers on http://127.0.0.1:{port}/")), "{command}: {text}");
+        // The probes' plain port for health, the TLS API beside gRPC for the rest.
+        let url =
+            if command == "health" { format!("http://127.0.0.1:{port}/") } else { format!("https://127.0.0.1:{api}/") };
+        assert!(text.starts_with(&format!("agent: no agent answers on {url}")), "{command}: {text}");
         assert!(text.contains("is `agent run` running"), "{text}");
     }
 }

@@ -74,14 +74,34 @@ patches:
       - op: add
         path: /spec/template/spec/containers/0/volumeMounts/-
         value: {{name: test-containerd, mountPath: /host/test-containerd, readOnly: true}}
+  # The agent's state (its IPC certificate, made at first start) in a directory of the host,
+  # so that the CLI on the host can trust the pod's TLS API.
+  - target: {{kind: DaemonSet, name: wm-agent}}
+    patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {{name: wm-agent, namespace: wm-agent}}
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: state
+                emptyDir: null
+                hostPath: {{path: {state}, type: DirectoryOrCreate}}
 "#,
         base = relative(dir, base),
         socket = cluster.containerd_socket().file_name().unwrap().to_string_lossy(),
         kubelet = cluster.kubelet_port(),
         apiserver = cluster.apiserver_port(),
         containerd_dir = containerd_dir.display(),
+        state = state_dir(dir).display(),
     );
     std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+}
+
+/// Where the pod keeps its state on the host (the overlay's hostPath).
+fn state_dir(overlay: &Path) -> PathBuf {
+    overlay.with_file_name("agent-state")
 }
 
 /// The image to deploy: `$WM_AGENT_IMAGE` (what `cargo xtask ci` built with `cargo xtask image`),
@@ -97,8 +117,9 @@ fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
-/// A config for the agent CLI on the host: the pod's ports, and the token the Secret holds.
-fn host_cli_config(dir: &Path, token: &str) -> PathBuf {
+/// A config for the agent CLI on the host: the pod's ports, the token the Secret holds, and the
+/// pod's IPC certificate (`cert`, in the overlay's state directory) to trust.
+fn host_cli_config(dir: &Path, token: &str, cert: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir).unwrap();
     let token_path = dir.join("auth_token");
@@ -107,7 +128,11 @@ fn host_cli_config(dir: &Path, token: &str) -> PathBuf {
     let config = dir.join("agent.yaml");
     std::fs::write(
         &config,
-        format!("cmd_port: {CMD_PORT}\nhealth_port: {HEALTH_PORT}\nauth_token_file_path: {}\n", token_path.display()),
+        format!(
+            "cmd_port: {CMD_PORT}\nhealth_port: {HEALTH_PORT}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
+            token_path.display(),
+            cert.display()
+        ),
     )
     .unwrap();
     config
@@ -257,7 +282,9 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
 
         // From the host, with the token: the cluster's pods, their containers' kube_* tags, the
         // agent's own pod.
-        let cli_config = host_cli_config(&dir.join("cli"), &token);
+        let cert = state_dir(&overlay).join("ipc_cert.pem");
+        assert!(cert.is_file(), "the pod made its IPC certificate in {}", cert.display());
+        let cli_config = host_cli_config(&dir.join("cli"), &token, &cert);
         let wanted = [
             "pod_name:web".to_owned(),
             "kube_namespace:shop".into(),
@@ -293,7 +320,7 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         // Without the token, nothing but the probes.
         let denied = Command::new(env!("CARGO_BIN_EXE_agent"))
             .arg("--config")
-            .arg(host_cli_config(&dir.join("cli-wrong"), &"0".repeat(48)))
+            .arg(host_cli_config(&dir.join("cli-wrong"), &"0".repeat(48), &cert))
             .arg("tagger-list")
             .output()
             .unwrap();

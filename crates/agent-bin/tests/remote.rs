@@ -166,12 +166,12 @@ async fn start_light(
     grpc: u16,
     config: &agent_bin::config::AgentConfig,
 ) -> (agent_bin::light::RunningLight, u16) {
-    let http = free_port();
+    let (http, api) = (free_port(), free_port());
     let yaml = dir.join("light.yaml");
     std::fs::write(
         &yaml,
         format!(
-            "cmd_port: {grpc}\nhealth_port: {http}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
+            "cmd_port: {grpc}\nhealth_port: {http}\napi_port: {api}\nauth_token_file_path: {}\nipc_cert_file_path: {}\n",
             config.auth_token_path().display(),
             config.ipc_cert_path().display()
         ),
@@ -409,7 +409,7 @@ async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new
     }
     // Its own API takes the new token too (the CLI reads the file the upstream rewrote).
     let new_token = std::fs::read_to_string(config.auth_token_path()).unwrap();
-    let api = agent_bin::cli::Api::new(light_http, Some(new_token.trim().to_owned()));
+    let api = agent_bin::cli::Api { token: Some(new_token.trim().to_owned()), ..light.api() };
     let list: TaggerList = agent_bin::cli::fetch(api, "/agent/tagger-list").await.unwrap();
     assert!(list.entities.contains_key("container_id://b"));
     light.stop().await;

@@ -73,12 +73,12 @@ async fn a_collector_that_panics_is_failed_in_health_and_status_then_restarted()
         assert!(text.contains("(panicked: unexpected reply from the daemon)"), "{text}");
         assert!(text.contains("Ready: false"), "{text}");
     }
-    let url = format!("http://127.0.0.1:{http}/metrics");
-    let anonymous = reqwest::get(&url).await.unwrap();
-    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED, "/metrics needs the token");
-    let token = agent.api().token.unwrap();
-    let client = reqwest::Client::new();
-    let metrics = client.get(&url).bearer_auth(token).send().await.unwrap().text().await.unwrap();
+    let anonymous = cli::Api { token: None, ..agent.api() };
+    let refused = cli::fetch_text(anonymous, "/metrics").await.unwrap_err().to_string();
+    assert!(refused.contains("HTTP 401"), "/metrics needs the token: {refused}");
+    let not_on_probes = cli::fetch_text(http, "/metrics").await.unwrap_err().to_string();
+    assert!(not_on_probes.contains("HTTP 404"), "/metrics is not on the probes' port: {not_on_probes}");
+    let metrics = cli::fetch_text(agent.api(), "/metrics").await.unwrap();
     assert!(metrics.contains("workloadmeta_collector_panics{collector_id=\"panicky\"} 1"), "{metrics}");
 
     // Restarted after its backoff (1 s): running, ready, its container stored.
