@@ -162,6 +162,7 @@ fn spawn_stream_clients(
                     token: token.trim().to_owned(),
                     cert,
                     token_file: None,
+                    cert_file: None,
                 };
                 if let Ok(mut client) = remote.connect().await {
                     let request = wm_ipc::proto::model::v1::StreamTagsRequest {

@@ -370,7 +370,7 @@ async fn origin_by_pid_reads_container_proc_root_and_by_inode_the_cgroup_v2_tree
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new_token() {
+async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new_token_and_certificate() {
     let dir = temp_dir("light-ready");
     let (grpc, http) = (free_port(), free_port());
     let config = agent_config(&dir, grpc, http);
@@ -397,9 +397,10 @@ async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new
     assert!(health.live && !health.ready);
     assert!(health.collectors[0].get("error").is_some(), "{health:?}");
 
-    // It comes back with a new token (its token file was remade): the light agent is refused
-    // once, reads the file again, and is ready.
+    // It comes back with a new token and a new certificate (both files remade, as after a
+    // reinstall): the light agent fails once, reads both files again, and is ready.
     std::fs::remove_file(config.auth_token_path()).unwrap();
+    std::fs::remove_file(config.ipc_cert_path()).unwrap();
     let upstream = start(&config).await;
     set(&upstream, vec![container("b", "web")]).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);

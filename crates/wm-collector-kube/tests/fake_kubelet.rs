@@ -143,3 +143,40 @@ async fn every_capture_served_by_a_kubelet_of_ours_lands_in_the_store_as_convert
     assert!(kubelet.served() >= names.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rewritten_in_place_is_read_again_on_a_401_and_the_pull_succeeds() {
+    let dir = std::env::temp_dir().join(format!("wm-fake-kubelet-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubelet = FakeKubelet::start(&dir, "token-aaaa", capture("podlist_1.8-2.json")).await.unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "token-aaaa").unwrap();
+    let config = KubeletConfig {
+        kubernetes_kubelet_host: Some("127.0.0.1".into()),
+        kubernetes_https_kubelet_port: Port::new(kubelet.port()).unwrap(),
+        kubelet_auth_token_path: Some(token.clone()),
+        kubelet_client_ca: Some(kubelet.ca_cert().to_path_buf()),
+        kubelet_pull_interval: Seconds(1),
+        ..KubeletConfig::default()
+    };
+    let store = Store::builder().collector(KubeletCollector::new(config).into_collector()).build();
+    store.start();
+    eventually("the first pulls", DEADLINE, || kubelet.served() >= 2).await;
+
+    // The token is rewritten in place with one of the same length, and its modification time
+    // put back: nothing the collector looks at before a pull changed. The kubelet now refuses
+    // the old token; the 401 makes the collector read the file again and retry at once.
+    let modified = std::fs::metadata(&token).unwrap().modified().unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&token).unwrap();
+    std::io::Write::write_all(&mut &file, b"token-bbbb").unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    kubelet.set_token("token-bbbb");
+    let (errors, served) = (pull_errors(&store), kubelet.served());
+    eventually("a pull with the new token", DEADLINE, || kubelet.served() > served + 1).await;
+    assert!(kubelet.refused() >= 1, "the old token was refused first");
+    assert_eq!(pull_errors(&store), errors, "the 401 was retried with the file read again, not failed");
+    store.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,9 +88,12 @@ pub struct RemoteAgent {
     pub token: String,
     /// Its IPC certificate (trusted as the server's, and presented as ours).
     pub cert: IpcCert,
-    /// The file the token was read from, read again by [`RemoteAgent::reload_token`] (`None`:
-    /// a token given in code).
+    /// The file the token was read from, read again by [`RemoteAgent::reload`] (`None`: a
+    /// token given in code).
     pub token_file: Option<std::path::PathBuf>,
+    /// The file the certificate was read from, read again by [`RemoteAgent::reload`] (`None`:
+    /// a certificate given in code).
+    pub cert_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RemoteAgent {
@@ -116,22 +119,39 @@ impl RemoteAgent {
             token: token.trim().to_owned(),
             cert: IpcCert::read(cert_path)?,
             token_file: Some(token_path.to_path_buf()),
+            cert_file: Some(cert_path.to_path_buf()),
         })
     }
 
-    /// Reads the token file again (the other agent made a new token, e.g. after it was
-    /// reinstalled); `Ok(true)` when the token changed.
-    pub fn reload_token(&mut self) -> Result<bool, IpcError> {
-        let Some(path) = &self.token_file else { return Ok(false) };
-        let token = std::fs::read_to_string(path).map_err(|source| IpcError::Read {
-            what: "auth token",
-            path: path.clone(),
-            source,
-        })?;
-        let token = token.trim();
-        let changed = token != self.token;
-        if changed {
-            self.token = token.to_owned();
+    /// Reads the token and certificate files again (the other agent made new ones, e.g. after
+    /// it was reinstalled).
+    ///
+    /// Returns whether either changed: a client refused, or failing its TLS handshake, retries
+    /// at once with the new ones.
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be read, or the certificate does not parse; what was read before is kept.
+    pub fn reload(&mut self) -> Result<bool, IpcError> {
+        let mut changed = false;
+        if let Some(path) = &self.token_file {
+            let token = std::fs::read_to_string(path).map_err(|source| IpcError::Read {
+                what: "auth token",
+                path: path.clone(),
+                source,
+            })?;
+            let token = token.trim();
+            if token != self.token {
+                self.token = token.to_owned();
+                changed = true;
+            }
+        }
+        if let Some(path) = &self.cert_file {
+            let cert = IpcCert::read(path)?;
+            if cert.cert_pem != self.cert.cert_pem || cert.key_pem != self.cert.key_pem {
+                self.cert = cert;
+                changed = true;
+            }
         }
         Ok(changed)
     }

@@ -242,20 +242,20 @@ impl RemoteTagger {
                     delay = Duration::from_secs(1);
                 }
                 Err(e) => {
-                    let refused =
-                        e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unauthenticated);
                     self.disconnected(e.to_string());
-                    if refused {
-                        match agent.reload_token() {
-                            Ok(true) => {
-                                tracing::info!(
-                                    address = agent.address,
-                                    "remote tagger: refused; the token file has a new token, retrying with it"
-                                );
-                                continue;
-                            }
-                            Ok(false) => {}
-                            Err(error) => tracing::warn!(%error, "remote tagger: cannot read the token file again"),
+                    // Refused, or a TLS handshake that fails: the upstream may have made a new
+                    // token or certificate (reinstalled, rotated). Read both files again.
+                    match agent.reload() {
+                        Ok(true) => {
+                            tracing::info!(
+                                address = agent.address,
+                                "remote tagger: the stream failed and the token or certificate file changed; retrying with them"
+                            );
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "remote tagger: cannot read the token or certificate file again")
                         }
                     }
                     tracing::warn!(address = agent.address, error = %e, retry_in = ?delay, "remote tagger: stream failed")

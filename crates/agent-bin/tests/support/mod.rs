@@ -65,6 +65,7 @@ pub fn remote(config: &AgentConfig, grpc: u16, token: Option<&str>) -> RemoteAge
         token: token.unwrap_or(real.trim()).to_owned(),
         cert: security::load_or_create_cert(&config.ipc_cert_path()).unwrap(),
         token_file: None,
+        cert_file: None,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::runtimes::Unavailable;
 
 #[derive(Debug)]
 struct Shared {
-    token: String,
+    token: Mutex<String>,
     body: Mutex<Vec<u8>>,
     served: AtomicUsize,
     refused: AtomicUsize,
@@ -36,7 +36,8 @@ pub struct FakeKubelet {
 async fn pods(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if bearer != Some(shared.token.as_str()) {
+    let accepted = shared.token.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if bearer != Some(accepted.as_str()) {
         shared.refused.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     }
@@ -54,7 +55,7 @@ impl FakeKubelet {
             TcpListener::bind("127.0.0.1:0").await.map_err(|e| Unavailable(format!("fake kubelet: bind: {e}")))?;
         let address = listener.local_addr().map_err(|e| Unavailable(e.to_string()))?;
         let shared = Arc::new(Shared {
-            token: token.to_owned(),
+            token: Mutex::new(token.to_owned()),
             body: Mutex::new(body),
             served: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
@@ -77,6 +78,11 @@ impl FakeKubelet {
     /// Serves `body` from now on.
     pub fn set_body(&self, body: Vec<u8>) {
         *self.shared.body.lock().unwrap_or_else(PoisonError::into_inner) = body;
+    }
+
+    /// Accepts only `token` from now on (a rotation: the old one is refused).
+    pub fn set_token(&self, token: &str) {
+        *self.shared.token.lock().unwrap_or_else(PoisonError::into_inner) = token.to_owned();
     }
 
     /// Requests answered with the pod list.
