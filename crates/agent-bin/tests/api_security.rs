@@ -374,3 +374,80 @@ fn five_thousand_slow_header_connections_from_another_host_leave_the_probes_answ
          {worst:?}; RSS {rss_before} -> at most {most_rss} MiB; {open} flood connections open at the end"
     );
 }
+
+/// An HTTP/2 frame: length, type, flags, stream 0, payload.
+fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn pings_do_not_keep_a_grpc_connection_that_never_authenticates() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = one_at_a_time();
+    let dir = temp_dir("unauthenticated");
+    let agent = start(&dir, "server_timeout: 3\n", &[]);
+    let cert = std::fs::read_to_string(dir.join("ipc_cert.pem")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let lasted = runtime.block_on(async {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", agent.grpc)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+        let (mut read, mut write) = tokio::io::split(tls);
+        // A valid HTTP/2 client that never sends a request: the preface, its settings, then a
+        // ping every half second (each answered by the server: traffic both ways).
+        write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        write.write_all(&h2_frame(0x4, 0, &[])).await.unwrap();
+        let opened = Instant::now();
+        let pinger = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if write.write_all(&h2_frame(0x6, 0, &[7; 8])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), read.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the connection was still open after 30 s of pings"),
+            }
+        }
+        pinger.abort();
+        opened.elapsed()
+    });
+    assert!(lasted >= Duration::from_secs(3), "closed before server_timeout: {lasted:?}");
+    assert!(lasted < Duration::from_secs(10), "closed {lasted:?} after it opened");
+    println!("an unauthenticated gRPC connection sending pings was closed after {lasted:?} (server_timeout 3 s)");
+    // An authenticated client on the same agent is served, and its quiet stream outlives
+    // server_timeout: the deadline is for connections that never authenticate.
+    let token = std::fs::read_to_string(dir.join("auth_token")).unwrap();
+    assert_eq!(tls_status(&runtime, &agent, &dir, "/agent/status", Some(&token)), 200);
+    runtime.block_on(async {
+        let address = format!("localhost:{}", agent.grpc);
+        let upstream =
+            wm_ipc::RemoteAgent::from_files(address, &dir.join("auth_token"), &dir.join("ipc_cert.pem")).unwrap();
+        let mut client = upstream.connect().await.unwrap();
+        let request = wm_ipc::proto::model::v1::StreamTagsRequest::default();
+        let mut stream = client.tagger_stream_entities(request).await.unwrap().into_inner();
+        stream.message().await.unwrap().expect("the snapshot");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let next = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
+        assert!(next.is_err(), "the authenticated stream ended after server_timeout: {next:?}");
+    });
+}
