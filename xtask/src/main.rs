@@ -1,6 +1,7 @@
 //! The project's tasks, run as `cargo xtask <task>`:
 //!
-//! - `ci`: everything CI checks: formatting, clippy with warnings denied, the layer check, every
+//! - `ci`: everything CI checks: formatting, clippy with warnings denied, the layer check, commit
+//!   subjects of at most 72 characters since `SUBJECTS_SINCE`, every
 //!   test (nextest, then doctests), and the docs with warnings denied. Installs what the workspace
 //!   needs from Debian first when it is missing.
 //! - `demo`: the main job: real runtimes up, a few labelled containers, the agent against them,
@@ -158,6 +159,7 @@ fn ci() -> anyhow::Result<()> {
             .args(["--", "-D", "warnings"]),
     )?;
     layers()?;
+    commit_subjects()?;
     flavors()?;
     // The DaemonSet test deploys this image (the release build) on the real cluster.
     let image = image()?;
@@ -439,6 +441,38 @@ fn demo() -> anyhow::Result<()> {
     run("build the agent", cargo().args(["build", "--quiet", "-p", "agent-bin", "--bin", "agent"]))?;
     let agent = target_dir()?.join("debug").join("agent");
     run("demo", cargo().args(["run", "--quiet", "-p", "agent-bin", "--example", "demo", "--"]).arg(agent))
+}
+
+/// The commit after which every subject keeps STYLE.md's rule (the ones before it did not).
+const SUBJECTS_SINCE: &str = "c6f7b79";
+
+/// The longest commit subject STYLE.md allows.
+const MAX_SUBJECT: usize = 72;
+
+/// Checks that every commit since [`SUBJECTS_SINCE`] has a subject of at most [`MAX_SUBJECT`]
+/// characters (STYLE.md, Prose). A clone without that commit (shallow) skips, saying so.
+fn commit_subjects() -> anyhow::Result<()> {
+    println!("==> commit subjects");
+    let range = format!("{SUBJECTS_SINCE}..HEAD");
+    let output = Command::new("git").args(["log", "--format=%h %s", &range]).current_dir(root()).output();
+    let output = match output {
+        Ok(output) if output.status.success() => output,
+        _ => {
+            println!("<== commit subjects: skipped (no git history with {SUBJECTS_SINCE} here)");
+            return Ok(());
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    let long: Vec<&str> =
+        text.lines().filter(|l| l.split_once(' ').is_some_and(|(_, s)| s.chars().count() > MAX_SUBJECT)).collect();
+    if !long.is_empty() {
+        for line in &long {
+            eprintln!("subject over {MAX_SUBJECT} characters: {line}");
+        }
+        bail!("{} commit subject(s) too long: keep the subject short, the why and figures in the body", long.len());
+    }
+    println!("<== commit subjects: ok ({} commits since {SUBJECTS_SINCE})", text.lines().count());
+    Ok(())
 }
 
 fn layers() -> anyhow::Result<()> {
