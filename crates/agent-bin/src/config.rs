@@ -159,8 +159,8 @@ pub struct IpcConfig {
     pub health_port: Port,
     /// `api_port` (ours, default 5010): where an agent with no gRPC server of its own (the
     /// light agent, or one that follows another with `process_config.remote_workloadmeta`)
-    /// serves the CLI's TLS API, on `cmd_host`. An agent that serves gRPC serves that API on
-    /// `cmd_port`.
+    /// serves the CLI's TLS API, on 127.0.0.1 (its `cmd_host` names the upstream). An agent
+    /// that serves gRPC serves that API on `cmd_port`.
     pub api_port: Port,
     /// `health_host` (default 127.0.0.1): where the probes listen (`/live`, `/ready`,
     /// `/health`): plain HTTP with no token, nothing else served there.

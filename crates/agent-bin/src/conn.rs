@@ -5,9 +5,11 @@
 //!   kernel's backlog never fills with connections nobody serves.
 //! - One peer address (an IPv6 peer: its /64) holds at most `ipc_max_connections_per_peer`
 //!   of them, and the last [`reserve`] slots of the cap go only to peers holding fewer than
-//!   [`LIGHT_PEER`] connections: a flood from one address, or from a few, cannot take the
-//!   slots the kubelet's probes and the CLI need. (On loopback every local process is one
-//!   peer, `127.0.0.1`: the per-peer cap is also the local processes' share.)
+//!   [`LIGHT_PEER`] connections: a flood from one network address, or from a few, cannot take
+//!   the slots that probes and clients from other addresses need. What this does not stop: every
+//!   process on the node connects from 127.0.0.1 and so shares one peer's share, and a local
+//!   process could also bind other 127.x.y.z addresses; local processes are trusted that far
+//!   (the probes' port answers one request per connection, so none is held by asking).
 //! - An accept error (out of descriptors: `EMFILE`, `ENFILE`) is backed off (5 ms doubling to
 //!   1 s) and logged once per burst, never spun on.
 //! - Every connection is wrapped in [`IdleTimeout`]: no byte read or written for its idle time

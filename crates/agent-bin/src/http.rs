@@ -176,8 +176,18 @@ pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> 
     if !allowed {
         return refuse(StatusCode::UNAUTHORIZED, "authorization: Bearer <token> required (the auth_token file)\n");
     }
+    // The connection has carried an authenticated request: it may stay open (conn.rs).
+    if let Some(ConnectionAuth(flag)) = request.extensions().get::<ConnectionAuth>() {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     next.run(request).await
 }
+
+/// The flag of a TLS API connection that its first authenticated request sets
+/// (`IdleTimeout::require_auth`): a connection that only ever asks the probes, or nothing, is
+/// closed after `server_timeout` like an unauthenticated gRPC one.
+#[derive(Clone, Debug)]
+pub struct ConnectionAuth(pub Arc<std::sync::atomic::AtomicBool>);
 
 async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.backend.metrics())
@@ -251,9 +261,21 @@ const READ_BUFFER: usize = 16 << 10;
 /// Headers one request may carry (the CLI sends five).
 const MAX_HEADERS: usize = 32;
 
+/// How a connection is served: its header deadline, and whether it may carry more than one
+/// request.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving {
+    /// Each request's headers must come within it.
+    pub header_timeout: std::time::Duration,
+    /// Keep-alive: the TLS API keeps a connection for the CLI's next request; the probes' port
+    /// answers one request per connection, so none can be held by a client that asks `/live`
+    /// over and over.
+    pub keep_alive: bool,
+}
+
 /// Serves HTTP/1.1 requests of `router` on one connection until it ends or `cancel` is
-/// cancelled: each request's headers within `timeout`, a small read buffer.
-pub async fn serve_api_connection<I>(io: I, router: Router, timeout: std::time::Duration, cancel: CancellationToken)
+/// cancelled: each request's headers within the deadline, a small read buffer.
+pub async fn serve_api_connection<I>(io: I, router: Router, serving: Serving, cancel: CancellationToken)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -264,8 +286,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        .keep_alive(true)
+        .header_read_timeout(serving.header_timeout)
+        .keep_alive(serving.keep_alive)
         .max_buf_size(READ_BUFFER)
         .max_headers(MAX_HEADERS);
     let connection = builder.serve_connection(TokioIo::new(io), service);
@@ -285,8 +307,9 @@ pub async fn serve(listener: TcpListener, state: HttpState, limits: Limits, canc
     let router = probes_router(state);
     let connections = TaskTracker::new();
     let until = cancel.clone();
+    let serving = Serving { header_timeout: limits.timeout, keep_alive: false };
     accept_loop("http", listener, limits, cancel.clone(), |io, _peer| {
-        connections.spawn(serve_api_connection(io, router.clone(), limits.timeout, until.clone()));
+        connections.spawn(serve_api_connection(io, router.clone(), serving, until.clone()));
     })
     .await;
     connections.close();
@@ -305,11 +328,19 @@ pub async fn serve_tls(
     let router = api_router(state);
     let connections = TaskTracker::new();
     let until = cancel.clone();
-    accept_loop("api", listener, limits, cancel.clone(), |io, peer| {
-        let (acceptor, router, cancel) = (acceptor.clone(), router.clone(), until.clone());
+    let serving = Serving { header_timeout: limits.timeout, keep_alive: true };
+    accept_loop("api", listener, limits, cancel.clone(), |mut io, peer| {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        io.require_auth(flag.clone(), limits.timeout);
+        let router = router.clone().layer(axum::Extension(ConnectionAuth(flag)));
+        let (acceptor, cancel) = (acceptor.clone(), until.clone());
         connections.spawn(async move {
-            match tokio::time::timeout(limits.timeout, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => serve_api_connection(tls, router, limits.timeout, cancel).await,
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limits.timeout, acceptor.accept(io)) => handshake,
+                () = cancel.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(tls)) => serve_api_connection(tls, router, serving, cancel).await,
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "a TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "a TLS handshake did not finish within server_timeout"),
             }

@@ -62,7 +62,8 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
     };
     let cert = crate::security::load_or_create_cert(&config.ipc_cert_path())?;
     let acceptor = crate::run::tls_acceptor(&cert, &[b"http/1.1"]).context("TLS setup of the API")?;
-    let api_listener = listen(&config.ipc.cmd_host, config.ipc.api_port.get(), "cmd_host/api_port").await?;
+    // On loopback, where the CLI asks: cmd_host names the upstream here.
+    let api_listener = listen("127.0.0.1", config.ipc.api_port.get(), "api_port").await?;
     let api_address = api_listener.local_addr()?;
     tasks.spawn(crate::http::serve_tls(api_listener, acceptor, state.clone(), api_limits, cancel.clone()));
     tasks.spawn(crate::http::serve(http_listener, state, http_limits, cancel.clone()));

@@ -184,7 +184,8 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
             upstream = %format!("{}:{}", config.ipc.cmd_host, config.ipc.cmd_port),
             "following another agent (process_config.remote_workloadmeta): no gRPC API of its own"
         );
-        let listener = listen(&config.ipc.cmd_host, config.ipc.api_port.get(), "cmd_host/api_port").await?;
+        // On loopback, where the CLI asks: cmd_host names the upstream here.
+        let listener = listen("127.0.0.1", config.ipc.api_port.get(), "api_port").await?;
         let api_address = listener.local_addr()?;
         let state = HttpState { grpc_address: "none".to_owned(), ..state.clone() };
         let acceptor = tls_acceptor(&cert, &[b"http/1.1"]).context("TLS setup of the API")?;
@@ -235,7 +236,9 @@ fn serve_grpc(
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
     let Grpc { listener, cert, token, limits, api } = grpc;
-    let acceptor = tls_acceptor(cert, &[b"h2", b"http/1.1"]).context("TLS setup of the gRPC API")?;
+    // HTTP/1.1 first: a client offering both (curl) means the CLI's API; gRPC clients offer h2
+    // alone.
+    let acceptor = tls_acceptor(cert, &[b"http/1.1", b"h2"]).context("TLS setup of the gRPC API")?;
     let origin = OriginReader::new(&config.ipc.container_proc_root, &config.ipc.container_cgroup_root);
     let service = AgentApi::new(store.clone(), tagger.clone(), cancel.clone(), tasks.clone()).with_origin(origin);
     let grpc_api = AgentSecureServer::new(service)
@@ -257,19 +260,29 @@ fn serve_grpc(
         let (acceptor, handshaken, api) = (acceptor.clone(), handshaken.clone(), api.clone());
         let cancel = api_cancel.clone();
         api_connections.spawn(async move {
-            match tokio::time::timeout(limits.timeout, acceptor.accept(io)).await {
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limits.timeout, acceptor.accept(io)) => handshake,
+                () = cancel.cancelled() => return,
+            };
+            match handshake {
                 // A client that offers no ALPN is taken for gRPC, as before the CLI's API came
                 // here; the CLI offers `http/1.1`.
                 Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() != Some(b"http/1.1") => {
-                    let _ = handshaken.send(Ok(tls)).await;
-                }
-                // The CLI's API: its own token check answers every request; the gRPC deadline
-                // is lifted, the header timeout bounds the connection instead.
-                Ok(Ok(tls)) => {
-                    if let Some(flag) = tls.get_ref().0.auth_flag() {
-                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    // The server stops taking connections at shutdown: do not wait for it then.
+                    tokio::select! {
+                        _ = handshaken.send(Ok(tls)) => {}
+                        () = cancel.cancelled() => {}
                     }
-                    crate::http::serve_api_connection(tls, api, limits.timeout, cancel).await;
+                }
+                // The CLI's API: the connection must still carry an authenticated request
+                // within server_timeout, which its token check marks.
+                Ok(Ok(tls)) => {
+                    let api = match tls.get_ref().0.auth_flag() {
+                        Some(flag) => api.layer(axum::Extension(crate::http::ConnectionAuth(flag))),
+                        None => api,
+                    };
+                    let serving = crate::http::Serving { header_timeout: limits.timeout, keep_alive: true };
+                    crate::http::serve_api_connection(tls, api, serving, cancel).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "a TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "a TLS handshake did not finish within server_timeout"),

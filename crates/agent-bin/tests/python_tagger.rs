@@ -99,6 +99,6 @@ fn pytest_of_the_tagger_module_against_the_agent_on_real_daemons() {
         let report = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
         println!("{report}");
         assert!(run.status.success(), "pytest failed:\n{report}");
-        assert!(report.contains("4 passed"), "{report}");
+        assert!(report.contains("5 passed"), "{report}");
     });
 }

@@ -95,6 +95,23 @@ struct Bucket {
     at: tokio::time::Instant,
 }
 
+/// Takes a flight out of the in-flight map when the call that joined it ends, if it is still
+/// that flight (a later call may have started the next one).
+struct ClearFlight<'a> {
+    in_flight: &'a Mutex<HashMap<String, Flight>>,
+    id: &'a str,
+    flight: &'a Flight,
+}
+
+impl Drop for ClearFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if in_flight.get(self.id).is_some_and(|f| Arc::ptr_eq(f, self.flight)) {
+            in_flight.remove(self.id);
+        }
+    }
+}
+
 /// One fetch per id at a time, bounded by a timeout and the limits of the module docs.
 pub(crate) struct SingleFlight {
     fetcher: Arc<dyn ContainerFetcher>,
@@ -150,9 +167,12 @@ impl SingleFlight {
             .entry(id.to_owned())
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
+        // Cleared however this call ends, a caller that gives up (a client's deadline drops the
+        // request) included: an entry left behind would be kept for good.
+        let _clear = ClearFlight { in_flight: &self.in_flight, id, flight: &flight };
         // Whatever a flight learns is stored before the flight is cleared, so a lookup that
         // starts the next flight finds it in `known` or in the negative cache.
-        let found = *flight
+        *flight
             .get_or_init(|| async {
                 if known() {
                     return true;
@@ -182,17 +202,17 @@ impl SingleFlight {
                     }
                 }
             })
-            .await;
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        if in_flight.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            in_flight.remove(id);
-        }
-        found
+            .await
     }
 
     /// Fetches refused so far, by reason, in the order of [`Refused::ALL`].
     pub(crate) fn refused(&self) -> [(Refused, u64); 3] {
         Refused::ALL.map(|r| (r, self.refused[r as usize].load(Ordering::Relaxed)))
+    }
+
+    /// Flights in the in-flight map now (for tests: none once every call has ended).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Bytes the negative cache holds now.

@@ -113,6 +113,11 @@ impl Tagger {
         self.fetcher.as_ref().map_or_else(Vec::new, |f| f.refused().iter().map(|(r, n)| (r.as_str(), *n)).collect())
     }
 
+    /// Fetches under way now (0 without a fetcher).
+    pub fn fetches_in_flight(&self) -> usize {
+        self.fetcher.as_ref().map_or(0, |f| f.in_flight())
+    }
+
     /// Bytes the cache-miss path's negative cache holds (0 without a fetcher).
     pub fn fetch_negative_bytes(&self) -> usize {
         self.fetcher.as_ref().map_or(0, |f| f.negative_bytes())

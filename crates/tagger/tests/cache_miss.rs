@@ -188,3 +188,16 @@ async fn twenty_thousand_distinct_unknown_ids_cost_bounded_memory() {
     assert!(most > tagger::MAX_NEGATIVE_BYTES / 2, "the cache filled before it was cut: {most}");
     println!("20,000 distinct unknown ids: the negative cache peaked at {most} bytes");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_mid_fetch_leaves_no_flight_behind() {
+    let (tagger, fetcher) = tagger(Duration::from_secs(60), Duration::from_secs(120));
+    for n in 0..50 {
+        let entity = format!("container_id://abandoned{n}");
+        // A client's deadline: the lookup is dropped while its fetch runs.
+        let asked = tokio::time::timeout(Duration::from_secs(1), tagger.tag_or_fetch(&entity, TagCardinality::High));
+        assert!(asked.await.is_err());
+    }
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 50, "each lookup started its fetch, then gave up");
+    assert_eq!(tagger.fetches_in_flight(), 0, "no flight is left behind by the callers that gave up");
+}

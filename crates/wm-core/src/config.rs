@@ -134,8 +134,9 @@ pub const SECRET_TYPE_NAME: &str = "wm_core::Secret";
 /// `Debug`, `Display` and `Serialize` show it as [`REDACTED`] (an empty secret as `""`, which
 /// hides nothing), so `agent config`, `/agent/config` and logs never carry it. Only
 /// [`Secret::expose`] gives the text, to the code that sends it where it was configured to go.
-/// Reading one accepts a string, or a number or boolean as its text (YAML reads an unquoted
-/// `client_secret: 1234` as a number).
+/// Reading one accepts a string only: YAML reads an unquoted `client_secret: 0123` as the
+/// number 123, and a secret silently changed would only show as a refusal from its server, which
+/// the redaction would then hide. Quote it.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -196,7 +197,7 @@ impl<'de> Visitor<'de> for SecretVisitor {
     type Value = Secret;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a secret (a string)")
+        f.write_str("a secret (a string: quote a value YAML would read as a number or a boolean)")
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<Secret, D::Error> {
@@ -209,18 +210,6 @@ impl<'de> Visitor<'de> for SecretVisitor {
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Secret, E> {
         Ok(Secret(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
     }
 }
 
@@ -261,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_is_never_shown_but_reads_from_any_scalar() {
+    fn a_secret_is_never_shown_and_reads_only_from_a_string() {
         let secret: Secret = serde_json::from_str("\"hunter2-very-secret\"").unwrap();
         assert_eq!(secret.expose(), "hunter2-very-secret");
         for shown in [format!("{secret:?}"), secret.to_string(), serde_json::to_string(&secret).unwrap()] {
@@ -269,8 +258,9 @@ mod tests {
             assert!(shown.contains(REDACTED), "{shown}");
         }
         assert_eq!(serde_json::to_string(&Secret::default()).unwrap(), "\"\"");
-        assert_eq!(serde_json::from_str::<Secret>("1234").unwrap().expose(), "1234");
-        let e = serde_json::from_str::<Secret>("[1]").unwrap_err().to_string();
-        assert!(e.contains("expected a secret"), "{e}");
+        for not_text in ["1234", "true", "[1]"] {
+            let e = serde_json::from_str::<Secret>(not_text).unwrap_err().to_string();
+            assert!(e.contains("expected a secret (a string: quote"), "{not_text}: {e}");
+        }
     }
 }
