@@ -135,6 +135,13 @@ async fn the_agent_tags_a_cells_app_instances_as_design_7_5_says_in_both_modes()
     // The default split: the instance's tags high, the app's low.
     let (agent, at, block) = run_agent(&dir.join("split"), &garden, &cc, "").await;
     println!("container_id://{HANDLE}:\n{block}");
+    // The client secret is used (the names came from the Cloud Controller) and shown nowhere:
+    // not by `agent config`, not in `/agent/config`'s JSON.
+    for args in [&["config"][..], &["config", "--json"]] {
+        let shown = tokio::task::block_in_place(|| cli(&at.config, args));
+        assert!(shown.contains("cloud_foundry_cc.client_secret"), "agent {args:?}:\n{shown}");
+        assert!(shown.contains("********") && !shown.contains("s3cret"), "agent {args:?}:\n{shown}");
+    }
     assert!(block.contains("== Source workloadmeta-container ="), "{block}");
     for tag in &everything {
         assert!(block.contains(tag), "{tag} not in tagger-list:\n{block}");

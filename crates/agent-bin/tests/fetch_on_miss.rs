@@ -1,7 +1,8 @@
 //! Fetch-on-miss end to end: `TaggerFetchEntity` for a container the docker collector has not
 //! reported (here there is no collector at all, only the runtime's fetcher, as when a lookup
 //! races the container's start event) gets its tags from one inspect, however many lookups
-//! race for it; an id the runtime does not know answers empty and is not asked again at once.
+//! race for it; an id the runtime does not know answers empty and is not asked again at once;
+//! an id of no runtime's form is refused without a request and counted on `/metrics`.
 
 #![cfg(feature = "docker")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -51,6 +52,14 @@ async fn a_thousand_lookups_of_an_unreported_container_cause_one_inspect_and_get
         assert!(client.tagger_fetch_entity(request(&"0".repeat(64))).await.unwrap().into_inner().tags.is_empty());
     }
     assert_eq!(daemon.inspects(), 2);
+
+    // An id of no runtime's form never reaches the daemon, and /metrics counts it.
+    for hostile in ["x/../../system/df", &format!("{id}/json?size=true")] {
+        assert!(client.tagger_fetch_entity(request(hostile)).await.unwrap().into_inner().tags.is_empty());
+    }
+    assert_eq!(daemon.inspects(), 2);
+    let metrics = agent_bin::cli::fetch_text(agent.api(), "/metrics").await.unwrap();
+    assert!(metrics.contains("tagger_fetches_refused{reason=\"invalid_id\"} 2"), "{metrics}");
     agent.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

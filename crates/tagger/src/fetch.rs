@@ -67,7 +67,7 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// Every reason, in the order [`SingleFlight::refused`] counts them.
+    /// Every reason, in the order the counts are kept.
     pub const ALL: [Refused; 3] = [Refused::InvalidId, Refused::Concurrency, Refused::Rate];
 
     /// The `reason` label.
