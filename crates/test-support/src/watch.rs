@@ -28,6 +28,20 @@ pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() 
     }
 }
 
+/// The value of counter `name` in the store's telemetry (`workloadmeta.pull_errors` …), 0
+/// before it was first counted.
+pub fn counter(store: &Store, name: &str) -> u64 {
+    store
+        .telemetry()
+        .into_iter()
+        .filter(|m| m.name == name)
+        .map(|m| match m.value {
+            wm_store::MetricValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
 impl Watcher {
     /// Subscribes to every container of `store`, at normal priority.
     pub fn containers(store: &Store) -> Self {

@@ -22,15 +22,7 @@ fn capture(name: &str) -> Vec<u8> {
 }
 
 fn pull_errors(store: &Store) -> u64 {
-    store
-        .telemetry()
-        .into_iter()
-        .find(|s| s.name == "workloadmeta.pull_errors")
-        .map(|s| match s.value {
-            wm_store::MetricValue::Counter(n) => n,
-            _ => 0,
-        })
-        .unwrap_or(0)
+    test_support::watch::counter(store, "workloadmeta.pull_errors")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,15 +21,7 @@ use wm_store::Store;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn pull_errors(store: &Store) -> u64 {
-    store
-        .telemetry()
-        .into_iter()
-        .find(|s| s.name == "workloadmeta.pull_errors")
-        .map(|s| match s.value {
-            wm_store::MetricValue::Counter(n) => n,
-            _ => 0,
-        })
-        .unwrap_or(0)
+    test_support::watch::counter(store, "workloadmeta.pull_errors")
 }
 
 /// A sink that takes nothing: the failing pull must not send anything.

@@ -14,7 +14,7 @@ use test_support::runtimes::with_service;
 use test_support::watch::{Watcher, assert_store_equals};
 use wm_collector_podman::{Inspect, ListEntry, PodmanCollector, PodmanConfig, container_from_inspect};
 use wm_core::{Container, ContainerStatus, EnvFilter, EventType, PODMAN_POD_NAME_LABEL, Runtime};
-use wm_store::{MetricValue, Store};
+use wm_store::Store;
 
 const WAIT: Duration = Duration::from_secs(15);
 const EVERY: Duration = Duration::from_millis(500);
@@ -66,15 +66,7 @@ async fn service_view(p: &PodmanService) -> BTreeMap<String, Container> {
 }
 
 fn pull_errors(store: &Store) -> u64 {
-    store
-        .telemetry()
-        .into_iter()
-        .find(|m| m.name == "workloadmeta.pull_errors")
-        .and_then(|m| match m.value {
-            MetricValue::Counter(n) => Some(n),
-            _ => None,
-        })
-        .unwrap_or(0)
+    test_support::watch::counter(store, "workloadmeta.pull_errors")
 }
 
 async fn assert_store_equals_service(store: &Store, p: &PodmanService, within: Duration) {
