@@ -394,7 +394,10 @@ struct CcShared {
 #[derive(Debug)]
 pub struct FakeCloudController {
     address: SocketAddr,
+    dir: PathBuf,
     ca: PathBuf,
+    acceptors: crate::tls::Rotation,
+    rotations: AtomicUsize,
     shared: Arc<CcShared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -626,8 +629,30 @@ impl FakeCloudController {
             later_pages: AtomicUsize::new(0),
         });
         let router = axum::Router::new().fallback(cloud_controller).with_state(shared.clone());
-        let task = crate::tls::spawn_https(listener, tls.acceptor, router);
-        Ok(Self { address, ca: tls.ca, shared, task })
+        let (acceptors, acceptor) = tokio::sync::watch::channel(tls.acceptor);
+        let task = crate::tls::spawn_https(listener, acceptor, router);
+        Ok(Self {
+            address,
+            dir: dir.to_owned(),
+            ca: tls.ca,
+            acceptors: crate::tls::Rotation(acceptors),
+            rotations: AtomicUsize::new(0),
+            shared,
+            task,
+        })
+    }
+
+    /// Serves from now on a certificate from a new CA, closing every open connection, and
+    /// returns the new CA's path ([`Self::ca_cert`] stays the first one).
+    ///
+    /// # Errors
+    ///
+    /// The new CA or certificate cannot be made.
+    pub fn rotate_ca(&self) -> Result<PathBuf, Unavailable> {
+        let n = self.rotations.fetch_add(1, Ordering::Relaxed) + 1;
+        let tls = crate::tls::server_tls(&self.dir.join(format!("rotated-{n}")), "fake-cloud-controller")?;
+        self.acceptors.0.send_replace(tls.acceptor);
+        Ok(tls.ca)
     }
 
     /// `https://127.0.0.1:<port>`.

@@ -40,6 +40,10 @@ struct Shared {
     live: broadcast::Sender<Value>,
     inspect_delay: Mutex<Duration>,
     failing: Mutex<HashSet<String>>,
+    /// Containers whose inspect streams a body of this many bytes (a JSON string never closed).
+    huge: Mutex<BTreeMap<String, usize>>,
+    /// Bytes of huge bodies handed to the connection so far.
+    huge_bytes_sent: Arc<AtomicUsize>,
     inspects: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -97,6 +101,8 @@ impl FakeDaemon {
             live: broadcast::channel(65_536).0,
             inspect_delay: Mutex::new(Duration::ZERO),
             failing: Mutex::new(HashSet::new()),
+            huge: Mutex::new(BTreeMap::new()),
+            huge_bytes_sent: Arc::new(AtomicUsize::new(0)),
             inspects: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -164,6 +170,18 @@ impl FakeDaemon {
         } else {
             failing.remove(id);
         }
+    }
+
+    /// Makes the inspect of `id` stream a body of `bytes` bytes, produced as it is read (so a
+    /// gigabyte costs the test nothing until a client reads it).
+    pub fn make_inspect_huge(&self, id: &str, bytes: usize) {
+        lock(&self.shared.huge).insert(id.to_owned(), bytes);
+    }
+
+    /// Bytes of huge inspect bodies handed to connections so far: what a client read, plus what
+    /// the socket's buffers hold.
+    pub fn huge_bytes_sent(&self) -> usize {
+        self.shared.huge_bytes_sent.load(Ordering::Relaxed)
     }
 
     /// Makes every inspect take `delay`.
@@ -265,6 +283,9 @@ async fn inspect(shared: &Shared, id: &str) -> Response {
         let body = json_response(&json!({ "message": "fake daemon: inspect failed on purpose" }));
         return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
     }
+    if let Some(&bytes) = lock(&shared.huge).get(id) {
+        return huge_body(bytes, shared.huge_bytes_sent.clone());
+    }
     let Some(name) = lock(&shared.containers).get(id).cloned() else { return not_found("container") };
     let started = "2027-01-15T08:00:00Z";
     let body = match shared.api {
@@ -283,6 +304,28 @@ async fn inspect(shared: &Shared, id: &str) -> Response {
         }),
     };
     json_response(&body)
+}
+
+/// A 200 whose body is `{"Id":"` and then `x`s up to `bytes`, made 64 KiB at a time as the
+/// connection takes it, with no `Content-Length`.
+fn huge_body(bytes: usize, sent: Arc<AtomicUsize>) -> Response {
+    const CHUNK: usize = 64 << 10;
+    let chunks = futures::stream::unfold(0usize, move |at| {
+        let sent = sent.clone();
+        async move {
+            if at >= bytes {
+                return None;
+            }
+            let len = CHUNK.min(bytes - at);
+            let mut chunk = vec![b'x'; len];
+            if at == 0 {
+                chunk[..7.min(len)].copy_from_slice(&b"{\"Id\":\""[..7.min(len)]);
+            }
+            sent.fetch_add(len, Ordering::Relaxed);
+            Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)), at + len))
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(chunks)).into_response()
 }
 
 /// `GET /events?since=…`: what happened since then, then every new event, one JSON per line.

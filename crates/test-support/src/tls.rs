@@ -35,10 +35,21 @@ pub(crate) fn server_tls(dir: &Path, name: &str) -> Result<ServerTls, Unavailabl
     Ok(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)), ca: pki.ca.clone() })
 }
 
-/// Serves `router` over TLS on `listener` until the task is aborted.
+/// Where a server of ours is handed a new acceptor (a rotated certificate).
+pub(crate) struct Rotation(pub(crate) tokio::sync::watch::Sender<tokio_rustls::TlsAcceptor>);
+
+impl std::fmt::Debug for Rotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rotation")
+    }
+}
+
+/// Serves `router` over TLS on `listener` until the task is aborted. A new acceptor sent on
+/// `acceptors` (a rotated certificate) serves the connections made after it, and every open
+/// connection is closed, so a client has to verify the new certificate.
 pub(crate) fn spawn_https(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptors: tokio::sync::watch::Receiver<tokio_rustls::TlsAcceptor>,
     router: axum::Router,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -46,14 +57,19 @@ pub(crate) fn spawn_https(
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
-            let (acceptor, router) = (acceptor.clone(), router.clone());
+            let mut rotated = acceptors.clone();
+            let (acceptor, router) = (rotated.borrow_and_update().clone(), router.clone());
             while connections.try_join_next().is_some() {}
             connections.spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let service = TowerToHyperService::new(router);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let serve = builder.serve_connection(TokioIo::new(tls), service);
+                // A dropped sender (no rotation ever) disables the second branch.
+                tokio::select! {
+                    _ = serve => {}
+                    Ok(()) = rotated.changed() => {}
+                }
             });
         }
     })

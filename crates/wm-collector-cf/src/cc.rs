@@ -37,7 +37,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use wm_core::Secret;
+use wm_core::{FileStamp, Secret};
 
 use crate::convert::AppMetadata;
 use crate::garden::is_query_safe;
@@ -79,7 +79,7 @@ pub struct CcConfig {
     #[serde(rename = "cloud_foundry_cc.skip_ssl_validation")]
     pub skip_ssl_validation: bool,
     /// `cloud_foundry_cc.ca_file`: a PEM CA the Cloud Controller's and UAA's certificates chain
-    /// to, beside the system's.
+    /// to, beside the system's; read again before a poll when the file changed (a rotated CA).
     #[serde(rename = "cloud_foundry_cc.ca_file")]
     pub ca_file: Option<PathBuf>,
     /// `cloud_foundry_cc.poll_interval` (seconds, default 60): how long an app's metadata is kept
@@ -131,7 +131,7 @@ impl CcConfig {
                 "cloud_foundry_cc.url is set but cloud_foundry_cc.client_id is not (a UAA client is needed)".into()
             );
         }
-        if let Some(ca) = self.ca_file.as_ref().filter(|p| !p.as_os_str().is_empty())
+        if let Some(ca) = self.ca_path()
             && !ca.is_file()
         {
             return Err(format!("cloud_foundry_cc.ca_file {} is not a file", ca.display()));
@@ -139,9 +139,19 @@ impl CcConfig {
         Ok(())
     }
 
+    /// `ca_file`, when one is named.
+    fn ca_path(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
     fn ttl(&self) -> Duration {
         Duration::from_secs(self.poll_interval.max(1))
     }
+}
+
+/// The stamp of the file at `path` now, `None` when it cannot be read.
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
 }
 
 /// What went wrong with the Cloud Controller or the UAA.
@@ -155,6 +165,8 @@ pub struct CloudController {
     config: CcConfig,
     url: String,
     client: Https,
+    /// `ca_file`'s stamp when `client` was built: a rotated CA is read again before the next poll.
+    ca_stamp: Option<FileStamp>,
     token_url: Option<String>,
     token: Option<(Secret, Instant)>,
     /// Isolation segment names by GUID (they do not change names often; kept with the apps' TTL).
@@ -250,12 +262,41 @@ fn datadog_tags(resource: &Value, into: &mut Vec<String>) {
 
 impl CloudController {
     /// A client for `config` (enrichment on). No I/O but reading `ca_file`.
+    ///
+    /// # Errors
+    ///
+    /// `cloud_foundry_cc.url` is not set, or `ca_file` holds no readable PEM certificate.
     pub fn new(config: CcConfig) -> Result<Self, CcError> {
         let url = config.enabled_url().ok_or_else(|| CcError("cloud_foundry_cc.url is not set".into()))?.to_owned();
-        let ca = config.ca_file.as_deref().filter(|p| !p.as_os_str().is_empty());
-        let client = Https::new(ca, config.skip_ssl_validation, REQUEST_TIMEOUT)
-            .map_err(|e| CcError(format!("cloud_foundry_cc: {e}")))?;
-        Ok(Self { config, url, client, token_url: None, token: None, segments: HashMap::new() })
+        let ca_stamp = config.ca_path().and_then(stamp);
+        let client = Self::https(&config)?;
+        Ok(Self { config, url, client, ca_stamp, token_url: None, token: None, segments: HashMap::new() })
+    }
+
+    fn https(config: &CcConfig) -> Result<Https, CcError> {
+        Https::new(config.ca_path(), config.skip_ssl_validation, REQUEST_TIMEOUT)
+            .map_err(|e| CcError(format!("cloud_foundry_cc: {e}")))
+    }
+
+    /// Builds the client again when `ca_file` changed since it was read (a rotated CA). A file
+    /// that cannot be read now (half written, say) keeps the old client and is tried at the next
+    /// poll.
+    fn reload_ca(&mut self) {
+        let Some(path) = self.config.ca_path() else { return };
+        let now = stamp(path);
+        if now == self.ca_stamp {
+            return;
+        }
+        match Self::https(&self.config) {
+            Ok(client) => {
+                tracing::info!(ca_file = %path.display(), "cloud foundry: the CA file changed, read again");
+                self.client = client;
+                self.ca_stamp = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cloud foundry: the CA file changed and cannot be read; kept the old one")
+            }
+        }
     }
 
     async fn token(&mut self) -> Result<String, CcError> {
@@ -337,7 +378,12 @@ impl CloudController {
     }
 
     /// The metadata of these apps (those the Cloud Controller does not know are absent).
+    ///
+    /// # Errors
+    ///
+    /// The UAA or the Cloud Controller failed, refused the client, or answered what does not parse.
     pub async fn apps(&mut self, guids: &[String]) -> Result<HashMap<String, AppMetadata>, CcError> {
+        self.reload_ca();
         let guids: Vec<&String> = guids.iter().filter(|g| is_query_safe(g)).collect();
         let mut apps = HashMap::new();
         let per_page = self.config.apps_batch_size.clamp(1, 5000);

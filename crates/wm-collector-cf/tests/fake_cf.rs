@@ -1,7 +1,7 @@
 //! The Cloud Foundry collector against servers of ours (no Cloud Foundry runs here): Garden on a
 //! unix socket and the Cloud Controller with its UAA over HTTPS (`test_support::cloudfoundry`),
 //! driven over time: instances added, removed and renamed between polls, a socket that appears
-//! later, a per-entry error, an expired token, a slow or failing Cloud Controller.
+//! later, a per-entry error, an expired token, a slow or failing Cloud Controller, a rotated CA.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -466,4 +466,34 @@ fn the_client_secret_is_never_shown_by_the_config_or_the_client() {
     for shown in [format!("{config:?}"), format!("{client:?}"), serde_json::to_string(&config).unwrap()] {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_ca_file_is_read_again_without_a_restart() {
+    let dir = scratch_dir("cf-cc-rotate");
+    let garden = FakeGarden::start(&dir.join("garden.sock")).unwrap();
+    let app = CfApp::example();
+    garden.put(WEB, GardenContainer::app_instance(&app, WEB, 0));
+    let cc = cloud_controller(&dir.join("cc"), &app, Duration::from_secs(600)).await;
+    let ca_file = dir.join("ca.pem");
+    std::fs::copy(cc.ca_cert(), &ca_file).unwrap();
+    let config = CcConfig { ca_file: Some(ca_file.clone()), ..cc_config(&cc) };
+    let store = store_with(CfCollector::new(garden_config(garden.socket()), config));
+    eventually("the first names", Duration::from_secs(15), || has_tags(&store, WEB, &["app_name:shop"])).await;
+
+    // The Cloud Controller moves to a certificate from a new CA: the old CA cannot verify it, so
+    // the names stay as they were.
+    let new_ca = cc.rotate_ca().unwrap();
+    cc.rename_app(&app.guid, "shop-v2");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(has_tags(&store, WEB, &["app_name:shop"]), "{:?}", tags(&store, WEB));
+
+    // The operator's tooling swaps the new CA in (a rename, as a Secret volume does).
+    std::fs::copy(&new_ca, dir.join("ca.pem.new")).unwrap();
+    std::fs::rename(dir.join("ca.pem.new"), &ca_file).unwrap();
+    eventually("the rename, read with the new CA", Duration::from_secs(15), || {
+        has_tags(&store, WEB, &["app_name:shop-v2"])
+    })
+    .await;
+    store.shutdown().await;
 }

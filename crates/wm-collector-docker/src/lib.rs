@@ -10,6 +10,10 @@
 //! retriably, and the store runs it again after a backoff: a fresh full list reconciles, so no
 //! stale container survives a daemon restart and none is missing.
 //!
+//! The list and the inspects are read by a small client of ours ([`engine`]) that caps each body
+//! ([`MAX_LIST_BODY`], [`MAX_INSPECT_BODY`]); bollard, which reads a whole body before decoding
+//! it, serves only the event stream, `/_ping` and `/info`.
+//!
 //! The run itself is `wm_driver`'s: events are handled in batches (whatever is pending), one
 //! inspect per container per batch, 8 in flight. A container that is gone before it can be
 //! inspected is still reported, from what its events say, then unset: a container that lives for
@@ -20,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod convert;
+mod engine;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,7 +35,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
-use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -38,6 +43,8 @@ use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter,
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
 pub use convert::{container_from_event, container_from_inspect, is_pause_container};
+use engine::{Engine, EngineError};
+pub use engine::{MAX_INSPECT_BODY, MAX_LIST_BODY};
 
 /// The socket used when `DOCKER_HOST` is not set.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -122,8 +129,15 @@ pub struct DockerCollector {
     /// Image id → the name to show, for containers created from a bare image id. An image id
     /// names one content; cleared at each reconnect and when it grows past [`MAX_IMAGE_NAMES`].
     image_names: Mutex<HashMap<String, Option<String>>>,
-    /// The client of the current run.
-    docker: Option<Docker>,
+    /// The clients of the current run.
+    docker: Option<Clients>,
+}
+
+/// bollard for the event stream, `/_ping` and `/info`; ours for the capped list and inspects.
+#[derive(Clone, Debug)]
+struct Clients {
+    bollard: Docker,
+    engine: Engine,
 }
 
 impl DockerCollector {
@@ -138,16 +152,18 @@ impl DockerCollector {
         Collector::stream(NAME, Source::Runtime, Driver::new(self))
     }
 
-    fn client(&self) -> Result<Docker, CollectorError> {
+    fn client(&self) -> Result<Clients, CollectorError> {
         self.docker.clone().ok_or_else(|| CollectorError::Retriable {
             context: "docker: not connected (list or refresh before watch)".into(),
             source: None,
         })
     }
 
-    fn connect(&self) -> Result<Docker, CollectorError> {
+    fn connect(&self) -> Result<Clients, CollectorError> {
         let host = self.config.resolved_host();
-        if let Some(path) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host.as_str())) {
+        let bollard = if let Some(path) =
+            host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host.as_str()))
+        {
             if !Path::new(path).exists() {
                 return Err(match self.config.configured_by() {
                     Some(key) => CollectorError::waiting_for(format!("{path} ({key})")),
@@ -158,27 +174,32 @@ impl DockerCollector {
         } else {
             Docker::connect_with_http(&host, self.config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)
         }
-        .map_err(|e| CollectorError::retriable(format!("cannot reach dockerd at {host} (DOCKER_HOST)"), e))
+        .map_err(|e| CollectorError::retriable(format!("cannot reach dockerd at {host} (DOCKER_HOST)"), e))?;
+        let engine = Engine::new(&host, self.config.deadline())
+            .map_err(|e| CollectorError::Retriable { context: format!("docker: {e}"), source: None })?;
+        Ok(Clients { bollard, engine })
     }
 
     /// Inspects one container within the deadline. `Ok(None)`: it does not exist (any more), or
-    /// is a pause container; a body that does not parse or a failed call is an [`InspectError`].
-    async fn inspect(&self, docker: &Docker, id: &str) -> Result<Option<Container>, InspectError> {
-        let call = docker.inspect_container(id, None);
-        let inspect = match tokio::time::timeout(self.config.deadline(), call).await {
+    /// is a pause container; a body past its cap or that does not parse, or a failed call, is an
+    /// [`InspectError`].
+    async fn inspect(&self, engine: &Engine, id: &str) -> Result<Option<Container>, InspectError> {
+        let inspect = match tokio::time::timeout(self.config.deadline(), engine.inspect_container(id)).await {
             Err(_) => return Err(InspectError::Failed(self.timed_out(&format!("inspecting {id}")))),
-            Ok(Ok(inspect)) => inspect,
-            Ok(Err(DockerError::DockerResponseServerError { status_code: 404, .. })) => return Ok(None),
-            Ok(Err(DockerError::JsonDataError { message, .. })) => return Err(InspectError::Undecodable(message)),
-            Ok(Err(e)) => {
-                return Err(InspectError::Failed(CollectorError::retriable(
-                    format!("docker: inspecting {id} failed"),
-                    e,
-                )));
+            Ok(Ok(Some(inspect))) => inspect,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(EngineError::Undecodable(message))) => return Err(InspectError::Undecodable(message)),
+            Ok(Err(EngineError::Failed(message))) => {
+                return Err(InspectError::Failed(CollectorError::Retriable {
+                    context: format!("docker: inspecting {id} failed: {message}"),
+                    source: None,
+                }));
             }
         };
         let image_name = match inspect.config.as_ref().and_then(|c| c.image.as_deref()) {
-            Some(image) if image.starts_with("sha256:") => self.image_name(docker, image).await,
+            Some(image) if image.strip_prefix("sha256:").is_some_and(wm_core::is_full_hex_id) => {
+                self.image_name(engine, image).await
+            }
             _ => None,
         };
         Ok(container_from_inspect(&inspect, image_name.as_deref(), &self.env))
@@ -192,12 +213,12 @@ impl DockerCollector {
     }
 
     /// The first repo tag of an image given by id, cached (an image id names one content).
-    async fn image_name(&self, docker: &Docker, image_id: &str) -> Option<String> {
+    async fn image_name(&self, engine: &Engine, image_id: &str) -> Option<String> {
         if let Some(name) = self.image_names.lock().unwrap_or_else(PoisonError::into_inner).get(image_id) {
             return name.clone();
         }
-        let name = match tokio::time::timeout(self.config.deadline(), docker.inspect_image(image_id)).await {
-            Ok(Ok(image)) => image.repo_tags.and_then(|tags| tags.into_iter().find(|t| !t.contains("<none>"))),
+        let name = match tokio::time::timeout(self.config.deadline(), engine.image_name(image_id)).await {
+            Ok(Ok(name)) => name,
             Ok(Err(e)) => {
                 debug!(image_id, error = %e, "cannot resolve the image's name");
                 return None;
@@ -217,23 +238,21 @@ impl DockerCollector {
 
     /// Lists and inspects every container, 8 at a time; those whose inspect failed are listed
     /// as unreadable.
-    async fn list_all(&self, docker: &Docker) -> Result<Listed, CollectorError> {
-        let options = ListContainersOptionsBuilder::new().all(true).build();
-        let summaries = with_deadline(
+    async fn list_all(&self, engine: &Engine) -> Result<Listed, CollectorError> {
+        let ids = with_deadline(
             self.config.deadline(),
             || "docker: listing containers (docker_query_timeout)".into(),
             async {
-                docker
-                    .list_containers(Some(options))
-                    .await
-                    .map_err(|e| CollectorError::retriable("docker: listing containers failed", e))
+                engine.container_ids().await.map_err(|e| CollectorError::Retriable {
+                    context: format!("docker: listing containers failed: {e}"),
+                    source: None,
+                })
             },
         )
         .await?;
-        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
         let inspected: Vec<(String, Result<Option<Container>, InspectError>)> = futures::stream::iter(ids)
             .map(|id| async move {
-                let result = self.inspect(docker, &id).await;
+                let result = self.inspect(engine, &id).await;
                 (id, result)
             })
             .buffered(INSPECT_CONCURRENCY)
@@ -275,7 +294,7 @@ enum InspectError {
 #[derive(Debug)]
 pub struct DockerFetcher {
     collector: DockerCollector,
-    client: Mutex<Option<Docker>>,
+    client: Mutex<Option<Engine>>,
 }
 
 impl DockerFetcher {
@@ -296,15 +315,15 @@ impl wm_core::ContainerFetcher for DockerFetcher {
             return None;
         }
         let kept = self.client.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let docker = match kept {
-            Some(docker) => docker,
+        let engine = match kept {
+            Some(engine) => engine,
             None => {
-                let docker = self.collector.connect().ok()?;
-                *self.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(docker.clone());
-                docker
+                let engine = self.collector.connect().ok()?.engine;
+                *self.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(engine.clone());
+                engine
             }
         };
-        match self.collector.inspect(&docker, container_id).await {
+        match self.collector.inspect(&engine, container_id).await {
             Ok(container) => container,
             Err(error) => {
                 debug!(container_id, ?error, "docker: fetch on a tag cache miss failed");
@@ -362,14 +381,15 @@ impl ListWatch for DockerCollector {
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.docker = None;
         self.image_names.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        let docker = self.connect()?;
+        let clients = self.connect()?;
+        let docker = &clients.bollard;
         let deadline = self.config.deadline();
         with_deadline(deadline, || "docker: /_ping (docker_query_timeout)".into(), async {
             docker.ping().await.map_err(|e| CollectorError::retriable("docker: the daemon does not answer /_ping", e))
         })
         .await?;
         let since =
-            with_deadline(deadline, || "docker: /info (docker_query_timeout)".into(), daemon_now(&docker)).await?;
+            with_deadline(deadline, || "docker: /info (docker_query_timeout)".into(), daemon_now(docker)).await?;
         let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
         let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
         let stream = docker.events(Some(options)).filter_map(|item| async move {
@@ -382,13 +402,13 @@ impl ListWatch for DockerCollector {
                 Err(e) => Some(Err(CollectorError::retriable("docker: the event stream broke", e))),
             }
         });
-        self.docker = Some(docker);
+        self.docker = Some(clients);
         Ok(stream.boxed())
     }
 
     async fn list(&mut self) -> Result<Listed, CollectorError> {
-        let docker = self.client()?;
-        self.list_all(&docker).await
+        let clients = self.client()?;
+        self.list_all(&clients.engine).await
     }
 
     fn key(&self, event: &EventMessage) -> Option<String> {
@@ -399,12 +419,12 @@ impl ListWatch for DockerCollector {
     }
 
     async fn refresh(&self, id: &str, events: Vec<EventMessage>) -> Result<Refreshed, CollectorError> {
-        let docker = self.client()?;
+        let clients = self.client()?;
         let destroyed = events.last().is_some_and(|e| action(e) == "destroy");
         let current = if destroyed {
             None
         } else {
-            match self.inspect(&docker, id).await {
+            match self.inspect(&clients.engine, id).await {
                 Ok(found) => found,
                 Err(InspectError::Undecodable(message)) => {
                     warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");

@@ -2,7 +2,8 @@
 //! dockerd cannot do on demand: one container whose inspect answers 500 (every other one is
 //! stored and the collector synced, then it is read again once it works); inspects that take
 //! 50 ms each under 2,000 create and destroy events (the store ends equal to the daemon's list);
-//! a daemon that accepts and never answers (retrying, with the call named, within the deadline).
+//! a daemon that accepts and never answers (retrying, with the call named, within the deadline);
+//! an inspect of a gigabyte (refused at the cap, by the collector and by the fetch on a miss).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -122,5 +123,37 @@ async fn a_daemon_that_never_answers_is_retried_with_the_call_named_within_the_d
     println!("retrying after {:?}: {error}", started.elapsed());
     assert!(error.contains("/_ping"), "{error}");
     assert!(!store.health().is_ready());
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_inspect_is_refused_at_its_cap_and_the_other_containers_are_stored() {
+    use wm_core::ContainerFetcher;
+    let dir = scratch_dir("docker-huge");
+    let daemon = FakeDaemon::docker(&dir).unwrap();
+    let huge = "ab".repeat(32);
+    let fine = "cd".repeat(32);
+    daemon.create(&huge, "huge");
+    daemon.create(&fine, "fine");
+    daemon.create("c01", "small");
+    daemon.make_inspect_huge(&huge, 1 << 30);
+    let store = store_on(daemon.host(), 30);
+    eventually("the list without the huge one", Duration::from_secs(20), || store.health().is_ready()).await;
+    assert_eq!(stored(&store), BTreeSet::from([fine.clone(), "c01".to_owned()]));
+
+    // A fetch on a cache miss reads with the same cap.
+    let fetcher = wm_collector_docker::DockerFetcher::new(DockerConfig {
+        docker_host: Some(daemon.host()),
+        docker_query_timeout: Seconds(30),
+        ..Default::default()
+    });
+    assert!(fetcher.fetch(&huge).await.is_none());
+    assert_eq!(fetcher.fetch(&fine).await.map(|c| c.id.to_string()), Some(fine.clone()));
+
+    // Two reads of the huge body, each stopped at the 16 MiB cap (plus what the socket buffers).
+    let sent = daemon.huge_bytes_sent();
+    println!("huge inspect bodies: {} MiB sent for two reads of a 1,024 MiB body", sent >> 20);
+    assert!(sent >= 2 * wm_collector_docker::MAX_INSPECT_BODY, "{sent}");
+    assert!(sent < 2 * wm_collector_docker::MAX_INSPECT_BODY + (16 << 20), "{sent}");
     store.shutdown().await;
 }

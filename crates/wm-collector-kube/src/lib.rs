@@ -31,8 +31,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use wm_core::{
-    Collector, CollectorContext, CollectorError, Entity, EntityId, EnvFilter, EventType, Port, PullCollector, Seconds,
-    Source,
+    Collector, CollectorContext, CollectorError, Entity, EntityId, EnvFilter, EventType, FileStamp, Port,
+    PullCollector, Seconds, Source,
 };
 
 /// The collector's name, as it appears in health, telemetry and dumps.
@@ -53,26 +53,6 @@ pub const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-c
 /// Whether an annotation is stored (not in [`DROPPED_ANNOTATIONS`]).
 pub fn keeps_annotation(key: &str) -> bool {
     !DROPPED_ANNOTATIONS.contains(&key)
-}
-
-/// What identifies one version of a file without reading it: device, inode, size and
-/// modification time, through any symlink.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileStamp {
-    /// The stamp of `path` now, or `None` when it cannot be read.
-    fn of(path: &std::path::Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
-    }
 }
 
 /// The kubelet part's config, by the Datadog key names.
@@ -196,7 +176,8 @@ impl KubeletCollector {
 
     /// The token's and the CA's stamps now.
     fn stamps(&self) -> [Option<FileStamp>; 2] {
-        [FileStamp::of(&self.config.token_path()), FileStamp::of(&self.config.ca_path())]
+        let stamp = |path: PathBuf| std::fs::metadata(path).ok().map(|m| FileStamp::of(&m));
+        [stamp(self.config.token_path()), stamp(self.config.ca_path())]
     }
 
     /// Builds a client from the token and CA files as they are now, and keeps their stamps.

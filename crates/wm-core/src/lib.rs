@@ -12,6 +12,7 @@ mod collector;
 pub mod config;
 mod entity;
 mod event;
+mod file;
 mod image;
 mod intern;
 mod limit;
@@ -34,6 +35,7 @@ pub use entity::{
     Runtime, Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
+pub use file::FileStamp;
 pub use image::{ContainerImage, ImageRef};
 pub use intern::IStr;
 pub use limit::{BodyTooLarge, CappedBody};

@@ -61,7 +61,7 @@ impl FakeKubelet {
             refused: AtomicUsize::new(0),
         });
         let router = axum::Router::new().route("/pods", get(pods)).with_state(shared.clone());
-        let task = crate::tls::spawn_https(listener, tls.acceptor, router);
+        let task = crate::tls::spawn_https(listener, tokio::sync::watch::channel(tls.acceptor).1, router);
         Ok(Self { address, ca: tls.ca, shared, task })
     }
 

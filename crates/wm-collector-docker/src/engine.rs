@@ -1,0 +1,110 @@
+//! Reads dockerd's list and inspect answers with a cap on each body.
+//!
+//! bollard reads a whole body into memory before decoding it, so a daemon (or whatever listens on
+//! `DOCKER_HOST`) answering with a gigabyte would take a gigabyte. The calls whose bodies grow with
+//! the node (the container list, each container's and image's inspect) go through this small client
+//! instead, which stops reading at the endpoint's cap and says so. The event stream, `/_ping` and
+//! `/info` stay on bollard.
+//!
+//! Paths carry no API version: dockerd answers an unversioned path in its own current version, and
+//! the fields read here exist in every version since 1.24.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::models::ContainerInspectResponse;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use wm_core::{BodyTooLarge, CappedBody};
+
+/// The cap on `GET /containers/json`: a row is about 1 KiB, so room for some 60,000 containers.
+pub const MAX_LIST_BODY: usize = 64 << 20;
+/// The cap on one container's or image's inspect (a container with a huge env or many labels is
+/// still far below it).
+pub const MAX_INSPECT_BODY: usize = 16 << 20;
+
+/// A client of dockerd's HTTP API for the calls whose bodies are capped.
+#[derive(Clone, Debug)]
+pub(crate) struct Engine {
+    client: reqwest::Client,
+    /// `http://docker` on a unix socket, `http://host:port` over TCP.
+    base: String,
+}
+
+/// Why a capped call gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EngineError {
+    /// The call failed, passed its deadline, or the daemon answered an error status.
+    #[error("{0}")]
+    Failed(String),
+    /// The body passed its cap or does not parse: asking again gives the same answer.
+    #[error("{0}")]
+    Undecodable(String),
+}
+
+impl Engine {
+    /// A client for `host` (`unix:///path`, a bare path, `tcp://host:port` or `http://host:port`),
+    /// each call within `deadline`.
+    pub(crate) fn new(host: &str, deadline: Duration) -> Result<Self, String> {
+        let builder = reqwest::Client::builder().timeout(deadline).connect_timeout(deadline);
+        let (builder, base) =
+            if let Some(path) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host)) {
+                (builder.unix_socket(Path::new(path)), "http://docker".to_owned())
+            } else if let Some(address) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
+                (builder, format!("http://{}", address.trim_end_matches('/')))
+            } else {
+                return Err(format!("{host:?} is neither unix:// nor tcp:// (docker_host, DOCKER_HOST)"));
+            };
+        let client = builder.build().map_err(|e| format!("cannot build a client for {host}: {e}"))?;
+        Ok(Self { client, base })
+    }
+
+    /// `GET path`, its body read up to `cap` and decoded; `Ok(None)` when dockerd answers 404.
+    async fn get<T: DeserializeOwned>(&self, path: &str, cap: usize) -> Result<Option<T>, EngineError> {
+        let failed = |e: reqwest::Error| EngineError::Failed(format!("GET {path}: {e}"));
+        let mut response = self.client.get(format!("{}{path}", self.base)).send().await.map_err(failed)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(EngineError::Failed(format!("GET {path}: status {}", response.status())));
+        }
+        let too_large = |e: BodyTooLarge| EngineError::Undecodable(format!("GET {path}: {e}"));
+        let mut body = CappedBody::new(cap, response.content_length()).map_err(too_large)?;
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            body.push(&chunk).map_err(too_large)?;
+        }
+        serde_json::from_slice(&body.into_bytes())
+            .map(Some)
+            .map_err(|e| EngineError::Undecodable(format!("GET {path}: the body does not parse: {e}")))
+    }
+
+    /// The ids of every container, running or not.
+    pub(crate) async fn container_ids(&self) -> Result<Vec<String>, EngineError> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "Id", default)]
+            id: String,
+        }
+        let rows: Vec<Row> = self.get("/containers/json?all=1", MAX_LIST_BODY).await?.unwrap_or_default();
+        Ok(rows.into_iter().map(|r| r.id).filter(|id| !id.is_empty()).collect())
+    }
+
+    /// One container's inspect; `None` when dockerd does not know it. `id` must already be
+    /// checked: it goes into the path as it is.
+    pub(crate) async fn inspect_container(&self, id: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        self.get(&format!("/containers/{id}/json"), MAX_INSPECT_BODY).await
+    }
+
+    /// An image's first repo tag that names something (not `<none>`).
+    pub(crate) async fn image_name(&self, image_id: &str) -> Result<Option<String>, EngineError> {
+        #[derive(Deserialize)]
+        struct Image {
+            #[serde(rename = "RepoTags", default)]
+            repo_tags: Option<Vec<String>>,
+        }
+        let image: Option<Image> = self.get(&format!("/images/{image_id}/json"), MAX_INSPECT_BODY).await?;
+        Ok(image.and_then(|i| i.repo_tags).and_then(|tags| tags.into_iter().find(|t| !t.contains("<none>"))))
+    }
+}
