@@ -61,7 +61,8 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
         metrics_public: config.ipc.metrics_public,
     };
     let cert = crate::security::load_or_create_cert(&config.ipc_cert_path())?;
-    let acceptor = crate::run::tls_acceptor(&cert, &[b"http/1.1"]).context("TLS setup of the API")?;
+    let acceptor =
+        crate::run::tls_acceptor(&config.ipc_cert_path(), &cert, &[b"http/1.1"]).context("TLS setup of the API")?;
     // On loopback, where the CLI asks: cmd_host names the upstream here.
     let api_listener = listen("127.0.0.1", config.ipc.api_port.get(), "api_port").await?;
     let api_address = api_listener.local_addr()?;

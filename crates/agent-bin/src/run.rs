@@ -188,7 +188,7 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
         let listener = listen("127.0.0.1", config.ipc.api_port.get(), "api_port").await?;
         let api_address = listener.local_addr()?;
         let state = HttpState { grpc_address: "none".to_owned(), ..state.clone() };
-        let acceptor = tls_acceptor(&cert, &[b"http/1.1"]).context("TLS setup of the API")?;
+        let acceptor = tls_acceptor(&config.ipc_cert_path(), &cert, &[b"http/1.1"]).context("TLS setup of the API")?;
         tasks.spawn(crate::http::serve_tls(listener, acceptor, state, grpc_limits, cancel.clone()));
         (None, api_address)
     } else {
@@ -238,7 +238,8 @@ fn serve_grpc(
     let Grpc { listener, cert, token, limits, api } = grpc;
     // HTTP/1.1 first: a client offering both (curl) means the CLI's API; gRPC clients offer h2
     // alone.
-    let acceptor = tls_acceptor(cert, &[b"http/1.1", b"h2"]).context("TLS setup of the gRPC API")?;
+    let acceptor =
+        tls_acceptor(&config.ipc_cert_path(), cert, &[b"http/1.1", b"h2"]).context("TLS setup of the gRPC API")?;
     let origin = OriginReader::new(&config.ipc.container_proc_root, &config.ipc.container_cgroup_root);
     let service = AgentApi::new(store.clone(), tagger.clone(), cancel.clone(), tasks.clone()).with_origin(origin);
     let grpc_api = AgentSecureServer::new(service)
@@ -305,20 +306,105 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// A gRPC connection after its TLS handshake.
 type GrpcConnection = tokio_rustls::server::TlsStream<conn::IdleTimeout<tokio::net::TcpStream>>;
 
-/// The TLS acceptor of the IPC certificate, offering `alpn` (in order of preference).
-pub(crate) fn tls_acceptor(cert: &security::IpcCert, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+/// The TLS acceptor of the IPC certificate in `path` (read now as `cert`), offering `alpn` (in
+/// order of preference). The file is read again when it changes: a light agent or a follower
+/// serves the certificate its upstream owns, and the CLI trusts whatever the file holds now.
+pub(crate) fn tls_acceptor(
+    path: &std::path::Path,
+    cert: &security::IpcCert,
+    alpn: &[&[u8]],
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = CertFile::new(path, cert, provider.clone())?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// How often a handshake may look at the certificate file (one `stat`).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The IPC certificate served from its file, read again when the file's stamp changes (looked
+/// at, at most once a [`CERT_CHECK_EVERY`], by the next handshake). A new file that cannot be
+/// used (half written, readable by others, not PEM) is logged and the one before is served.
+#[derive(Debug)]
+struct CertFile {
+    path: std::path::PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: std::sync::Mutex<Served>,
+}
+
+#[derive(Debug)]
+struct Served {
+    stamp: Option<wm_core::FileStamp>,
+    checked: Instant,
+    key: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl CertFile {
+    fn new(
+        path: &std::path::Path,
+        cert: &security::IpcCert,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> anyhow::Result<Self> {
+        let stamp = std::fs::metadata(path).ok().map(|m| wm_core::FileStamp::of(&m));
+        let key = certified_key(cert, &provider)?;
+        let current = std::sync::Mutex::new(Served { stamp, checked: Instant::now(), key });
+        Ok(Self { path: path.to_owned(), provider, current })
+    }
+
+    /// Reads the file again when it changed since the last look; returns what to serve.
+    fn refreshed(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut served = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if served.checked.elapsed() < CERT_CHECK_EVERY {
+            return served.key.clone();
+        }
+        served.checked = Instant::now();
+        let stamp = std::fs::metadata(&self.path).ok().map(|m| wm_core::FileStamp::of(&m));
+        if stamp.is_none() || stamp == served.stamp {
+            return served.key.clone();
+        }
+        let read = security::load_cert(&self.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|cert| certified_key(&cert, &self.provider));
+        match read {
+            Ok(key) => {
+                tracing::info!(path = %self.path.display(), "the IPC certificate file changed: serving the new one");
+                served.key = key;
+                served.stamp = stamp;
+            }
+            Err(error) => tracing::warn!(
+                path = %self.path.display(),
+                error = %format!("{error:#}"),
+                "the IPC certificate file changed and cannot be used: serving the one before"
+            ),
+        }
+        served.key.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertFile {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.refreshed())
+    }
+}
+
+/// The certificate chain and signing key of an IPC certificate.
+fn certified_key(
+    cert: &security::IpcCert,
+    provider: &rustls::crypto::CryptoProvider,
+) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("the IPC certificate")?;
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).context("the IPC certificate's key")?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+    let key = rustls::sign::CertifiedKey::from_der(chain, key, provider).context("the IPC certificate and its key")?;
+    Ok(Arc::new(key))
 }
 
 impl RunningAgent {

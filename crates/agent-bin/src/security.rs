@@ -150,6 +150,26 @@ pub fn load_or_create_token(path: &Path) -> Result<String, SecurityError> {
     }
 }
 
+/// The certificate in `path`, which must exist and be private to this user.
+///
+/// # Errors
+///
+/// The file cannot be read, others may read it, or it holds no certificate and key.
+pub fn load_cert(path: &Path) -> Result<IpcCert, SecurityError> {
+    const WHAT: &str = "IPC certificate";
+    let text = fs::read_to_string(path).map_err(|source| SecurityError::Io {
+        what: WHAT,
+        path: path.display().to_string(),
+        source,
+    })?;
+    check_private(WHAT, path)?;
+    IpcCert::from_pem(&text).map_err(|reason| SecurityError::Invalid {
+        what: WHAT,
+        path: path.display().to_string(),
+        reason: reason.to_owned(),
+    })
+}
+
 /// The certificate in `path`, created when the file does not exist.
 pub fn load_or_create_cert(path: &Path) -> Result<IpcCert, SecurityError> {
     const WHAT: &str = "IPC certificate";

@@ -408,11 +408,17 @@ async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new
         assert!(std::time::Instant::now() < deadline, "not following the upstream's new token");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    // Its own API takes the new token too (the CLI reads the file the upstream rewrote).
-    let new_token = std::fs::read_to_string(config.auth_token_path()).unwrap();
-    let api = agent_bin::cli::Api { token: Some(new_token.trim().to_owned()), ..light.api() };
+    // Its own API takes the new token and serves the new certificate (the CLI reads the files
+    // the upstream rewrote); a client that trusts only the old certificate is refused.
+    let new_token = std::fs::read_to_string(config.auth_token_path()).unwrap().trim().to_owned();
+    let new_cert = std::fs::read_to_string(config.ipc_cert_path()).unwrap();
+    let api = agent_bin::cli::Api { token: Some(new_token.clone()), cert_pem: Some(new_cert), ..light.api() };
     let list: TaggerList = agent_bin::cli::fetch(api, "/agent/tagger-list").await.unwrap();
     assert!(list.entities.contains_key("container_id://b"));
+    let old_cert = agent_bin::cli::Api { token: Some(new_token), ..light.api() };
+    let refused = agent_bin::cli::fetch::<TaggerList>(old_cert, "/agent/tagger-list").await.unwrap_err();
+    let refused = refused.to_string();
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
     light.stop().await;
     upstream.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
