@@ -1,5 +1,6 @@
-//! The list/watch driver shared by the collectors that follow a daemon's change stream (docker,
-//! containerd, and the Kubernetes API-server watcher to come).
+//! The list/watch driver shared by the collectors that follow a daemon's change stream (docker
+//! and containerd). The Kubernetes API-server collector (`kube_metadata`) does not use it: it runs
+//! on kube-runtime's watcher, which lists and watches by itself.
 //!
 //! A collector implements [`ListWatch`]: how to subscribe ([`ListWatch::watch`]), optionally how
 //! to prove the subscription live ([`ListWatch::probe`]), how to list, which entity an event is
