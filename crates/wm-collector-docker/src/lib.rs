@@ -10,7 +10,7 @@
 //! retriably, and the store runs it again after a backoff: a fresh full list reconciles, so no
 //! stale container survives a daemon restart and none is missing.
 //!
-//! The list and the inspects are read by a small client of ours ([`engine`]) that caps each body
+//! The list and the inspects are read by a small client of ours (`engine.rs`) that caps each body
 //! ([`MAX_LIST_BODY`], [`MAX_INSPECT_BODY`]); bollard, which reads a whole body before decoding
 //! it, serves only the event stream, `/_ping` and `/info`.
 //!
