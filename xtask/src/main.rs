@@ -2,7 +2,7 @@
 //!
 //! - `ci`: everything CI checks: formatting, clippy with warnings denied, the layer check, commit
 //!   subjects of at most 72 characters since `SUBJECTS_SINCE`, every
-//!   test (nextest, then doctests), and the docs with warnings denied. Installs what the workspace
+//!   test (the binaries three at a time, then doctests), and the docs with warnings denied. Installs what the workspace
 //!   needs from Debian first when it is missing.
 //! - `demo`: the main job: real runtimes up, a few labelled containers, the agent against them,
 //!   `agent workload-list` and `agent tagger-list` printed, one container removed and shown gone,
@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod layers;
+mod testrun;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -164,22 +165,8 @@ fn ci() -> anyhow::Result<()> {
     // The DaemonSet test deploys this image (the release build) on the real cluster.
     let image = image()?;
     // WM_CI tells daemon-backed tests that skipping is not allowed here.
-    if have("cargo-nextest") {
-        run(
-            "tests",
-            cargo()
-                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
-                .args(TEST_FEATURES)
-                .env("WM_CI", "1")
-                .env("WM_AGENT_IMAGE", &image),
-        )?;
-    } else {
-        println!("cargo-nextest is not installed: running the tests with cargo test");
-        let mut tests = cargo();
-        tests.args(["test", "--workspace", "--lib", "--bins", "--tests"]).args(TEST_FEATURES);
-        tests.env("WM_CI", "1").env("WM_AGENT_IMAGE", &image);
-        run("tests", &mut tests)?;
-    }
+    let env = [("WM_CI", "1".into()), ("WM_AGENT_IMAGE", image.into_os_string())];
+    testrun::run(&root(), &target_dir()?, TEST_FEATURES, &env, TEST_LANES)?;
     run("doctests", cargo().args(["test", "--workspace", "--doc", "--quiet"]).args(TEST_FEATURES))?;
     let mut docs = cargo();
     docs.args(["doc", "--workspace", "--no-deps", "--quiet"]).args(TEST_FEATURES).env("RUSTDOCFLAGS", "-D warnings");
@@ -188,6 +175,9 @@ fn ci() -> anyhow::Result<()> {
     println!("ci: every step passed in {:.0?}", started.elapsed());
     Ok(())
 }
+
+/// How many test binaries run at once: most wait on real daemons, not on the two cores.
+const TEST_LANES: usize = 3;
 
 /// Features the linted and tested build adds to the defaults: the collectors no default flavor
 /// links (Cloud Foundry's is in `flavor-cf` only), so their code and their agent tests run too.
@@ -515,6 +505,21 @@ mod tests {
         let (members, edges) = layers::edges(&metadata(true).unwrap()).unwrap();
         assert!(members.iter().any(|m| m == "wm-core") && edges.len() > 10, "{members:?}");
         assert_eq!(layers::check(&members, &edges), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_style_guides_layer_table_names_every_crate() {
+        let style = std::fs::read_to_string(root().join("docs/STYLE.md")).unwrap();
+        let table = style.split("## Layers").nth(1).and_then(|t| t.split("```").nth(1)).expect("the layer table");
+        let rows: Vec<&str> = table.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        let (members, _) = layers::edges(&metadata(true).unwrap()).unwrap();
+        for member in &members {
+            let named = rows.iter().any(|row| match row.strip_suffix('*') {
+                Some(prefix) => member.starts_with(prefix),
+                None => row == member,
+            });
+            assert!(named, "docs/STYLE.md's layer table does not name {member}: {rows:?}");
+        }
     }
 
     #[test]

@@ -83,6 +83,20 @@ pub struct Kubernetes {
     netns_before: BTreeSet<String>,
     /// Seconds each phase of the start took, for the record.
     pub timings: Vec<(&'static str, Duration)>,
+    /// The host-wide lock that keeps two clusters from running at once (they would share the
+    /// bridge and the node name); released after the teardown.
+    _one_at_a_time: fs::File,
+}
+
+/// Takes the host-wide cluster lock, waiting while another test process holds it.
+fn one_cluster_at_a_time() -> Result<fs::File, Unavailable> {
+    let path = std::env::temp_dir().join("wm-k8s.lock");
+    let file = fs::File::create(&path).map_err(|e| Unavailable(format!("{}: {e}", path.display())))?;
+    if file.try_lock().is_err() {
+        eprintln!("kubernetes: another test process runs a cluster; waiting for it to end");
+        file.lock().map_err(|e| Unavailable(format!("{}: {e}", path.display())))?;
+    }
+    Ok(file)
 }
 
 /// The node's address: its first global IPv4 address (the kubelet refuses a loopback node IP).
@@ -152,6 +166,7 @@ impl Kubernetes {
             ensure_binaries()?
         };
         let built = started.elapsed();
+        let one_at_a_time = one_cluster_at_a_time()?;
 
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -185,6 +200,7 @@ impl Kubernetes {
             containerd: daemon("containerd", "containerd".into(), Vec::new()),
             kubelet: placeholder("kubelet"),
             timings: vec![("binaries", built)],
+            _one_at_a_time: one_at_a_time,
         };
         k8s.configure(&bin, etcd_port, etcd_peer)?;
         k8s.start_all()?;
@@ -611,7 +627,8 @@ impl Kubernetes {
         self.etcd.stop(Duration::from_secs(10));
         self.containerd.stop(Duration::from_secs(10));
         kill_processes_naming(&self.dir);
-        for ns in netns().difference(&self.netns_before) {
+        // Only the CNI plugin's (`cni-…`): another test's runtime may have made the others.
+        for ns in netns().difference(&self.netns_before).filter(|ns| ns.starts_with("cni-")) {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
         let _ = Command::new("ip").args(["link", "delete", Self::BRIDGE]).stderr(Stdio::null()).status();
