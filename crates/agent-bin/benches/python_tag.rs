@@ -88,7 +88,7 @@ fn main() {
             ),
         )
         .unwrap();
-        let agent_config = agent_bin::config::AgentConfig::load(Some(&config), Vec::new()).unwrap();
+        let agent_config = agent_bin::load_config(Some(&config), Vec::new()).unwrap();
         let agent = agent_bin::run::start_with(&agent_config, Vec::new()).await.unwrap();
         let events: Vec<CollectorEvent> = (0..1000)
             .map(|i| {

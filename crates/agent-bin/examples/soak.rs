@@ -146,7 +146,7 @@ fn spawn_stream_clients(
     grpc: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<std::thread::JoinHandle<usize>, String> {
-    let config = agent_bin::config::AgentConfig::load(Some(config), Vec::new()).map_err(|e| e.to_string())?;
+    let config = agent_bin::load_config(Some(config), Vec::new()).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     Ok(std::thread::spawn(move || {
         runtime.block_on(async move {

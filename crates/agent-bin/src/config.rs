@@ -3,7 +3,7 @@
 //!
 //! Each component owns its part as a serde struct whose field names are its keys, with their
 //! defaults and docs: [`LogConfig`] and [`IpcConfig`] here, `tagger::TaggerConfig`, and each
-//! collector crate's config (read by its line in [`crate::collectors::COLLECTORS`]). The file and
+//! collector crate's config (read by its line in the collectors' table). The file and
 //! the environment form one layer; [`AgentConfig::section`] reads a component's struct from it,
 //! asking the layer only for that struct's own keys. An environment value is parsed as the
 //! field's type asks (a bool, a port, a list separated by spaces or commas, a map as JSON). A
@@ -16,11 +16,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use wm_core::sync::MutexExt;
 use wm_core::{Port, Seconds};
 
 /// The default config file.
@@ -303,11 +304,16 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Loads `path` (a missing file is fine only when it is the default path) and the
-    /// environment `env` (pairs of name and value; the process's in production), then reads every
-    /// component's part, the collectors compiled in included: a value of the wrong kind anywhere
-    /// refuses the whole config.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    /// Reads `path` (a missing file is fine only when it is the default path) and the
+    /// environment `env` (pairs of name and value; the process's in production), then the
+    /// agent's own parts: logging, IPC, the tagger and which collectors run.
+    ///
+    /// The collectors' own parts are read by [`crate::load_config`], which is what callers use:
+    /// the collectors depend on this module, not the other way round.
+    pub(crate) fn read(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let explicit = path.is_some();
         let path = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         let text = match std::fs::read_to_string(&path) {
@@ -338,10 +344,13 @@ impl AgentConfig {
         config.ipc = config.section()?;
         config.tagger = config.section()?;
         config.collectors = config.section()?;
-        // Each collector reads its own part; what it builds is dropped (building does no I/O).
-        crate::collectors::build_all(&config)?;
-        config.warnings = config.unknown_keys();
         Ok(config)
+    }
+
+    /// Records every file key no component read as a warning. Call it once every component
+    /// has read its part.
+    pub(crate) fn note_unknown_keys(&mut self) {
+        self.warnings = self.unknown_keys();
     }
 
     /// Reads one component's part: its fields are the keys it asks the layer for; keys left out
@@ -351,7 +360,7 @@ impl AgentConfig {
         let value =
             T::deserialize(SectionDe { layer: &self.layer, origins: &mut origins }).map_err(DeError::into_config)?;
         let effective = serde_json::to_value(&value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut read = self.read.locked();
         for (key, value) in effective.as_object().into_iter().flatten() {
             let origin = origins.remove(key).unwrap_or(Origin::Default);
             read.insert(key.clone(), Setting { value: value.clone(), origin });
@@ -361,11 +370,11 @@ impl AgentConfig {
 
     /// Every key the components read, with its effective value and origin.
     pub fn settings(&self) -> BTreeMap<String, Setting> {
-        self.read.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.read.locked().clone()
     }
 
     fn unknown_keys(&self) -> Vec<String> {
-        let read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        let read = self.read.locked();
         self.layer
             .file
             .keys()

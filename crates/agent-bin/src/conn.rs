@@ -24,7 +24,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use wm_core::CancellationToken;
+use wm_core::sync::MutexExt;
 
 /// Descriptors kept for everything but the two listeners' connections (sockets to daemons,
 /// files, the store's own).
@@ -141,15 +142,15 @@ impl Peers {
     }
 
     fn count(&self, ip: IpAddr) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&ip).copied().unwrap_or(0)
+        self.0.locked().get(&ip).copied().unwrap_or(0)
     }
 
     fn take(&self, ip: IpAddr) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner).entry(ip).or_insert(0) += 1;
+        *self.0.locked().entry(ip).or_insert(0) += 1;
     }
 
     fn release(&self, ip: IpAddr) {
-        let mut peers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut peers = self.0.locked();
         if let Some(n) = peers.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {

@@ -32,6 +32,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use wm_core::CancellationToken;
+use wm_core::sync::MutexExt;
 
 use crate::backend::Backend;
 use crate::config::Setting;
@@ -64,7 +65,7 @@ impl TokenFile {
     /// Whether `headers` carry the file's token, reading the file again (at most once a second)
     /// when they do not carry the one read last.
     fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = self.current.locked();
         if bearer_matches(headers, &current.0) {
             return true;
         }
@@ -146,12 +147,8 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let (scheme, given) = value.split_once(' ').unwrap_or((value, ""));
-    let given = given.trim().as_bytes();
-    scheme.eq_ignore_ascii_case("bearer")
-        && given.len() == token.len()
-        && given.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    crate::security::check_bearer(value, token).is_ok()
 }
 
 fn refuse(code: StatusCode, why: &'static str) -> Response {

@@ -15,7 +15,8 @@ use wm_ipc::RemoteAgent;
 use crate::config::AgentConfig;
 use crate::http::HttpState;
 use crate::remote::RemoteTagger;
-use crate::run::{Stopped, listen};
+use crate::run::listen;
+use crate::signals::Stopped;
 
 /// A running light agent.
 #[derive(Debug)]

@@ -145,7 +145,7 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match AgentConfig::load(args.config.as_deref(), std::env::vars()) {
+    let config = match agent_bin::load_config(args.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("agent: {e}");

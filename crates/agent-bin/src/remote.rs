@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-pub use wm_ipc::replica::{Cardinality, RemoteTagger};
+pub use wm_ipc::replica::RemoteTagger;
 
 use crate::backend::Backend;
 use crate::report::{HealthReport, TaggerList, WorkloadList};

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use tagger::Tagger;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
+use wm_core::sync::MutexExt;
 use wm_core::{CancellationToken, Collector};
 use wm_ipc::MAX_MESSAGE_SIZE;
 use wm_ipc::proto::api::v1::agent_secure_server::AgentSecureServer;
@@ -28,6 +29,7 @@ use crate::conn::{self, Limits, accept_loop};
 use crate::grpc::{AgentApi, BearerAuth, OriginReader};
 use crate::http::{Guard, HttpState};
 use crate::security;
+pub use crate::signals::Stopped;
 
 /// How long a lookup of an unknown container waits for the runtimes' answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,13 +75,6 @@ pub fn api_port(config: &AgentConfig) -> u16 {
     } else {
         config.ipc.cmd_port.get()
     }
-}
-
-/// What was left after a stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stopped {
-    /// Tasks still running when `stop` gave up waiting (0 when everything ended).
-    pub tasks_left: usize,
 }
 
 /// Binds `host:port`, preferring IPv4: `localhost` clients (Datadog's among them) dial 127.0.0.1.
@@ -358,7 +353,7 @@ impl CertFile {
 
     /// Reads the file again when it changed since the last look; returns what to serve.
     fn refreshed(&self) -> Arc<rustls::sign::CertifiedKey> {
-        let mut served = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut served = self.current.locked();
         if served.checked.elapsed() < CERT_CHECK_EVERY {
             return served.key.clone();
         }

@@ -19,6 +19,34 @@ use std::path::Path;
 
 pub use wm_ipc::IpcCert;
 
+/// Why a request's `authorization` value was refused (see [`check_bearer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerRefused {
+    /// No `authorization` value, or not of the `Bearer` scheme.
+    NotBearer,
+    /// A bearer token, but not the agent's.
+    WrongToken,
+}
+
+/// Checks an `authorization` value (HTTP header or gRPC metadata) against `token`: the scheme
+/// `Bearer` in any case, then the token, compared in constant time so that the time taken says
+/// nothing of how much of it was right.
+///
+/// # Errors
+///
+/// [`BearerRefused`] says whether the value was missing or of another scheme, or carried a
+/// wrong token; the gRPC API answers each with Datadog's message.
+pub fn check_bearer(value: Option<&str>, token: &str) -> Result<(), BearerRefused> {
+    let value = value.ok_or(BearerRefused::NotBearer)?;
+    let (scheme, given) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(BearerRefused::NotBearer);
+    }
+    let (given, token) = (given.trim().as_bytes(), token.as_bytes());
+    let same = given.len() == token.len() && given.iter().zip(token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same { Ok(()) } else { Err(BearerRefused::WrongToken) }
+}
+
 /// Why the token or certificate cannot be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {

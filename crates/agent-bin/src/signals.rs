@@ -5,7 +5,12 @@ use std::future::Future;
 
 use anyhow::Context as _;
 
-use crate::run::Stopped;
+/// Says what was left after a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Tasks still running when `stop` gave up waiting (0 when everything ended).
+    pub tasks_left: usize,
+}
 
 /// Runs what `start` started until SIGTERM or SIGINT, then stops it with `stop`.
 pub async fn run_until_signal<A, S, F>(start: S, stop: impl FnOnce(A) -> F) -> anyhow::Result<()>

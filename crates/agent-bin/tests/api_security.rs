@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use wm_core::sync::MutexExt;
+
 fn free_port() -> u16 {
     test_support::runtimes::free_port().unwrap()
 }
@@ -21,7 +23,7 @@ fn free_port() -> u16 {
 /// whose ephemeral ports could take a port another test's agent was about to listen on.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.locked()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

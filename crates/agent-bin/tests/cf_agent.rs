@@ -84,7 +84,7 @@ struct AgentAt {
 }
 
 async fn fetch(at: &AgentAt, cardinality: model::TagCardinality) -> Vec<String> {
-    let config = agent_bin::config::AgentConfig::load(Some(&at.config), Vec::new()).unwrap();
+    let config = agent_bin::load_config(Some(&at.config), Vec::new()).unwrap();
     let mut client = remote(&config, at.grpc, None).connect().await.unwrap();
     let request = model::FetchEntityRequest {
         id: Some(model::EntityId { prefix: "container_id".into(), uid: HANDLE.into() }),

@@ -25,7 +25,7 @@ async fn a_thousand_lookups_of_an_unreported_container_cause_one_inspect_and_get
         daemon.host()
     );
     std::fs::write(dir.join("agent.yaml"), yaml).unwrap();
-    let config = agent_bin::config::AgentConfig::load(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
+    let config = agent_bin::load_config(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
     // No collector: the store never hears of the container; only the fetcher can.
     let agent = agent_bin::run::start_with(&config, Vec::new()).await.unwrap();
     let client = remote(&config, grpc, None).connect().await.unwrap();

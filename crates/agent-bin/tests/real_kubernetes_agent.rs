@@ -63,7 +63,7 @@ fn the_agent_merges_a_pod_from_the_kubelet_the_api_server_and_containerd_and_tag
             Kubernetes::NODE,
         );
         std::fs::write(dir.join("agent.yaml"), yaml).unwrap();
-        let config = agent_bin::config::AgentConfig::load(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
+        let config = agent_bin::load_config(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
         let agent = agent_bin::run::start(&config).await.unwrap();
 

@@ -55,7 +55,7 @@ fn runtimes_that_start_after_the_agent_are_collected_within_the_redetection_peri
             REDETECT.as_secs(),
         );
         std::fs::write(dir.join("agent.yaml"), yaml).unwrap();
-        let config = agent_bin::config::AgentConfig::load(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
+        let config = agent_bin::load_config(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
         let agent = agent_bin::run::start(&config).await.unwrap();
 

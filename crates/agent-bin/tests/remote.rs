@@ -9,7 +9,7 @@
 
 mod support;
 
-use agent_bin::remote::{Cardinality, RemoteTagger};
+use agent_bin::remote::RemoteTagger;
 use agent_bin::report::{HealthReport, TaggerList, WorkloadList};
 use support::{
     agent_config, big_container, container, eventually, free_port, ids, mirrored, remote, set, start, temp_dir,
@@ -39,12 +39,12 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
 
     eventually("the replica's first snapshot", || replica.entities() == ids(&["a", "b", "c"])).await;
     let mut local = agent.tagger.tag("container_id://a", TagCardinality::High).to_vec();
-    let mut copied = replica.tag("container_id://a", Cardinality::High);
+    let mut copied = replica.tag("container_id://a", TagCardinality::High);
     local.sort();
     copied.sort();
     assert_eq!(copied, local);
     assert!(copied.contains(&"team:core".to_owned()) && copied.contains(&"container_id:a".to_owned()));
-    assert!(!replica.tag("container_id://a", Cardinality::Low).contains(&"container_id:a".to_owned()));
+    assert!(!replica.tag("container_id://a", TagCardinality::Low).contains(&"container_id:a".to_owned()));
     eventually("the mirror's snapshot", || mirrored(&mirror) == ["a", "b", "c"]).await;
     let a = mirror.get_container("a").unwrap();
     assert_eq!((a.name.as_str(), a.labels.get("team")), ("name-a", Some("core")));
@@ -54,7 +54,7 @@ async fn the_remote_tagger_and_remote_workloadmeta_follow_a_live_agent_across_it
     set(&agent, vec![container("d", "db")]).await;
     eventually("the mirror following changes", || mirrored(&mirror) == ["a", "c", "d"]).await;
     eventually("the replica following changes", || {
-        replica.tag("container_id://d", Cardinality::Low).contains(&"team:db".to_owned())
+        replica.tag("container_id://d", TagCardinality::Low).contains(&"team:db".to_owned())
     })
     .await;
 
@@ -177,7 +177,7 @@ async fn start_light(
         ),
     )
     .unwrap();
-    let light_config = agent_bin::config::AgentConfig::load(Some(&yaml), Vec::new()).unwrap();
+    let light_config = agent_bin::load_config(Some(&yaml), Vec::new()).unwrap();
     (agent_bin::light::start(&light_config).await.unwrap(), http)
 }
 
@@ -193,7 +193,7 @@ async fn a_light_agent_serves_the_tags_of_its_upstream_through_its_own_http_api(
     let (light, light_http) = start_light(&dir, grpc, &config).await;
     let replica = light.replica.clone();
     eventually("the light agent's replica", || {
-        replica.tag("container_id://a", Cardinality::Low).contains(&"team:core".to_owned())
+        replica.tag("container_id://a", TagCardinality::Low).contains(&"team:core".to_owned())
     })
     .await;
     let list: TaggerList = agent_bin::cli::fetch(light.api(), "/agent/tagger-list").await.unwrap();
@@ -341,7 +341,7 @@ async fn origin_by_pid_reads_container_proc_root_and_by_inode_the_cgroup_v2_tree
         cgroup_root.display()
     );
     std::fs::write(dir.join("agent.yaml"), yaml).unwrap();
-    let config = agent_bin::config::AgentConfig::load(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
+    let config = agent_bin::load_config(Some(&dir.join("agent.yaml")), Vec::new()).unwrap();
     let agent = start(&config).await;
     let mut client = remote(&config, grpc, None).connect().await.unwrap();
     let ask = |pid: Option<u32>, inode: Option<u64>| model::GenerateContainerIdFromOriginInfoRequest {

@@ -16,15 +16,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 use serde::Deserialize;
-use wm_core::CancellationToken;
+use wm_core::sync::MutexExt;
+use wm_core::{CancellationToken, TagCardinality};
 use wm_ipc::RemoteAgent;
-use wm_ipc::replica::{Cardinality, RemoteTagger};
+use wm_ipc::replica::RemoteTagger;
 
 /// Datadog's cardinality constants, as its Python `tagger` module has them.
 pub const LOW: i64 = 0;
@@ -104,7 +105,7 @@ struct State {
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
-    let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut guard = STATE.locked();
     f(guard.get_or_insert_with(State::default))
 }
 
@@ -156,11 +157,11 @@ fn log_once(py: Python<'_>, kind: &'static str, message: &str) {
     }
 }
 
-fn cardinality(value: i64) -> Option<Cardinality> {
+fn cardinality(value: i64) -> Option<TagCardinality> {
     match value {
-        LOW => Some(Cardinality::Low),
-        ORCHESTRATOR => Some(Cardinality::Orchestrator),
-        HIGH => Some(Cardinality::High),
+        LOW => Some(TagCardinality::Low),
+        ORCHESTRATOR => Some(TagCardinality::Orchestrator),
+        HIGH => Some(TagCardinality::High),
         _ => None,
     }
 }
@@ -175,7 +176,7 @@ fn well_formed(entity: &str) -> bool {
 #[derive(Default)]
 struct AnswerCache {
     generation: u64,
-    lists: HashMap<(String, Cardinality), Py<PyList>>,
+    lists: HashMap<(String, TagCardinality), Py<PyList>>,
 }
 
 /// Answers cached at most (bounded memory whatever the checks ask).
@@ -185,9 +186,14 @@ static CACHE: Mutex<Option<AnswerCache>> = Mutex::new(None);
 
 /// The tags of `entity` at `cardinality` as a new Python list (from the cache when the replica
 /// has not changed since).
-fn answer<'py>(py: Python<'py>, replica: &RemoteTagger, entity: &str, cardinality: Cardinality) -> Bound<'py, PyList> {
+fn answer<'py>(
+    py: Python<'py>,
+    replica: &RemoteTagger,
+    entity: &str,
+    cardinality: TagCardinality,
+) -> Bound<'py, PyList> {
     let generation = replica.generation();
-    let mut guard = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut guard = CACHE.locked();
     let cache = guard.get_or_insert_with(AnswerCache::default);
     if cache.generation != generation || cache.lists.len() >= MAX_CACHED {
         cache.lists.clear();
@@ -405,7 +411,7 @@ mod tests {
 
     #[test]
     fn cardinalities_and_ids_are_checked() {
-        assert_eq!(cardinality(HIGH), Some(Cardinality::High));
+        assert_eq!(cardinality(HIGH), Some(TagCardinality::High));
         assert_eq!(cardinality(7), None);
         assert!(well_formed("container_id://abc"));
         assert!(!well_formed("abc") && !well_formed("container_id://") && !well_formed("://x"));

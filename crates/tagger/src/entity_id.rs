@@ -5,6 +5,80 @@ use std::fmt;
 
 use wm_core::{Entity, EntityId, Kind};
 
+/// The prefixes the tag store keys by uid alone, one map each: the kinds of the workload store,
+/// and `Other` for every other id (kept whole, prefix and all, in a map of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum TagPrefix {
+    /// `container_id://`
+    Container,
+    /// `kubernetes_pod_uid://`
+    KubernetesPod,
+    /// `ecs_task://`
+    EcsTask,
+    /// `kubernetes_metadata://`
+    KubernetesMetadata,
+    /// Any other id (`internal://global-entity-id`), kept whole.
+    Other,
+}
+
+impl TagPrefix {
+    /// Every prefix, in the order of [`TagPrefix::index`].
+    pub(crate) const ALL: [TagPrefix; 5] = [
+        TagPrefix::Container,
+        TagPrefix::KubernetesPod,
+        TagPrefix::EcsTask,
+        TagPrefix::KubernetesMetadata,
+        TagPrefix::Other,
+    ];
+
+    /// The prefix as the wire writes it, before `://` (`Other`: empty).
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            TagPrefix::Container => "container_id",
+            TagPrefix::KubernetesPod => "kubernetes_pod_uid",
+            TagPrefix::EcsTask => "ecs_task",
+            TagPrefix::KubernetesMetadata => "kubernetes_metadata",
+            TagPrefix::Other => "",
+        }
+    }
+
+    /// The text an id of this prefix starts with (`container_id://`; `Other`: empty).
+    pub(crate) const fn scheme(self) -> &'static str {
+        match self {
+            TagPrefix::Container => "container_id://",
+            TagPrefix::KubernetesPod => "kubernetes_pod_uid://",
+            TagPrefix::EcsTask => "ecs_task://",
+            TagPrefix::KubernetesMetadata => "kubernetes_metadata://",
+            TagPrefix::Other => "",
+        }
+    }
+
+    /// The prefix of a workload store entity's kind.
+    pub(crate) const fn of_kind(kind: Kind) -> Self {
+        match kind {
+            Kind::Container => TagPrefix::Container,
+            Kind::KubernetesPod => TagPrefix::KubernetesPod,
+            Kind::EcsTask => TagPrefix::EcsTask,
+            Kind::KubernetesMetadata => TagPrefix::KubernetesMetadata,
+        }
+    }
+
+    /// Splits `entity` into its prefix and the rest; an id of no known prefix is `Other` and
+    /// kept whole.
+    pub(crate) fn split(entity: &str) -> (Self, &str) {
+        // `Other` comes last and its empty scheme matches any id.
+        TagPrefix::ALL
+            .iter()
+            .find_map(|prefix| entity.strip_prefix(prefix.scheme()).map(|uid| (*prefix, uid)))
+            .unwrap_or((TagPrefix::Other, entity))
+    }
+
+    /// Its place among [`TagPrefix::ALL`], to index a per-prefix array.
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// A tagger entity id, typed: a prefix naming the kind and the uid within it. Its text form
 /// (`Display`) is the key the tag store uses and the wire's `prefix` + `uid`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,13 +89,13 @@ pub struct TaggerEntityId {
 
 impl TaggerEntityId {
     /// The prefix of containers.
-    pub const CONTAINER: &'static str = "container_id";
+    pub const CONTAINER: &'static str = TagPrefix::Container.name();
     /// The prefix of Kubernetes pods.
-    pub const KUBERNETES_POD: &'static str = "kubernetes_pod_uid";
+    pub const KUBERNETES_POD: &'static str = TagPrefix::KubernetesPod.name();
     /// The prefix of Kubernetes object metadata (`kubernetes_metadata:///nodes//<node>`).
-    pub const KUBERNETES_METADATA: &'static str = "kubernetes_metadata";
+    pub const KUBERNETES_METADATA: &'static str = TagPrefix::KubernetesMetadata.name();
     /// The prefix of ECS tasks.
-    pub const ECS_TASK: &'static str = "ecs_task";
+    pub const ECS_TASK: &'static str = TagPrefix::EcsTask.name();
     /// The prefix of the agent's own entities.
     pub const INTERNAL: &'static str = "internal";
 
@@ -42,13 +116,7 @@ impl TaggerEntityId {
 
     /// The id of a store entity.
     pub fn of(id: &EntityId) -> Self {
-        let prefix = match id.kind {
-            Kind::Container => Self::CONTAINER,
-            Kind::KubernetesPod => Self::KUBERNETES_POD,
-            Kind::EcsTask => Self::ECS_TASK,
-            Kind::KubernetesMetadata => Self::KUBERNETES_METADATA,
-        };
-        Self::new(prefix, &*id.id)
+        Self::new(TagPrefix::of_kind(id.kind).name(), &*id.id)
     }
 
     /// The id of a store entity.
@@ -108,5 +176,18 @@ mod tests {
         assert_eq!(TaggerEntityId::parse("bare").to_string(), "bare");
         let prefixes = vec!["container_id".to_owned()];
         assert!(id.has_prefix_in(&prefixes) && !pod.has_prefix_in(&prefixes) && pod.has_prefix_in(&[]));
+    }
+
+    #[test]
+    fn each_prefix_splits_off_what_it_prints() {
+        for (n, prefix) in TagPrefix::ALL.into_iter().enumerate() {
+            assert_eq!(prefix.index(), n);
+            if prefix != TagPrefix::Other {
+                assert_eq!(prefix.scheme(), format!("{}://", prefix.name()));
+                assert_eq!(TagPrefix::split(&format!("{}://u", prefix.name())), (prefix, "u"));
+            }
+        }
+        assert_eq!(TagPrefix::split("internal://g"), (TagPrefix::Other, "internal://g"));
+        assert_eq!(TagPrefix::split("container_id:/x"), (TagPrefix::Other, "container_id:/x"));
     }
 }

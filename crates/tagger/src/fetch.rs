@@ -17,12 +17,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OnceCell, Semaphore};
 use wm_core::Container;
 pub use wm_core::ContainerFetcher;
+use wm_core::sync::MutexExt;
 
 /// How long an id the runtime did not know answers empty without a fetch.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
@@ -105,7 +106,7 @@ struct ClearFlight<'a> {
 
 impl Drop for ClearFlight<'_> {
     fn drop(&mut self) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut in_flight = self.in_flight.locked();
         if in_flight.get(self.id).is_some_and(|f| Arc::ptr_eq(f, self.flight)) {
             in_flight.remove(self.id);
         }
@@ -160,13 +161,8 @@ impl SingleFlight {
         if self.recently_unknown(id) {
             return false;
         }
-        let flight: Flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id.to_owned())
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone();
+        let flight: Flight =
+            self.in_flight.locked().entry(id.to_owned()).or_insert_with(|| Arc::new(OnceCell::new())).clone();
         // Cleared however this call ends, a caller that gives up (a client's deadline drops the
         // request) included: an entry left behind would be kept for good.
         let _clear = ClearFlight { in_flight: &self.in_flight, id, flight: &flight };
@@ -212,12 +208,12 @@ impl SingleFlight {
 
     /// Flights in the in-flight map now (for tests: none once every call has ended).
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.in_flight.locked().len()
     }
 
     /// Bytes the negative cache holds now.
     pub(crate) fn negative_bytes(&self) -> usize {
-        self.unknown.lock().unwrap_or_else(PoisonError::into_inner).bytes
+        self.unknown.locked().bytes
     }
 
     fn refuse(&self, why: Refused) {
@@ -230,7 +226,7 @@ impl SingleFlight {
     }
 
     fn take_token(&self) -> bool {
-        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bucket = self.bucket.locked();
         let now = tokio::time::Instant::now();
         let rate = self.per_second;
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(rate);
@@ -244,13 +240,13 @@ impl SingleFlight {
     }
 
     fn recently_unknown(&self, id: &str) -> bool {
-        let unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        let unknown = self.unknown.locked();
         unknown.at.get(id).is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
     }
 
     fn remember_unknown(&self, id: &str) {
         let cost = id.len() + NEGATIVE_ENTRY_BYTES;
-        let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut unknown = self.unknown.locked();
         if unknown.bytes + cost > MAX_NEGATIVE_BYTES {
             unknown.at.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
             if unknown.bytes + cost > MAX_NEGATIVE_BYTES {

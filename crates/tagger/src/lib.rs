@@ -21,9 +21,10 @@ pub use entity_id::TaggerEntityId;
 pub use fetch::{
     ContainerFetcher, FETCHES_PER_SECOND, FetchLimits, MAX_CONCURRENT_FETCHES, MAX_NEGATIVE_BYTES, Refused,
 };
+#[cfg(feature = "memory-accounting")]
+pub use store::Footprint;
 pub use store::{
-    Clock, EntityTags, Footprint, ManualClock, SharedParts, SystemClock, TagChange, TagEvent, TagEventKind, TagKey,
-    TagSource, TagStore, Tags, TagsIter,
+    Clock, ManualClock, SystemClock, TagChange, TagEvent, TagEventKind, TagKey, TagSource, TagStore, Tags, TagsIter,
 };
 pub use tagger::{GLOBAL_ENTITY_ID, Tagger, container_entity, entity_id};
 pub use tags::{TagCardinality, TagInfo, UnknownCardinality, tag_key};

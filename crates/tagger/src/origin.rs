@@ -6,6 +6,8 @@
 //! admission controller's external data `it-…,cn-…,pu-…`). Never panics on odd input: what
 //! cannot be read gives `None`.
 
+use wm_core::sync::MutexExt;
+
 /// Prefixes runtimes put before a container id in a cgroup path component.
 const ID_PREFIXES: &[&str] = &["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"];
 
@@ -192,7 +194,7 @@ impl CgroupInodes {
     /// once a second).
     pub fn container_id(&self, inode: u64) -> Option<String> {
         let root = self.root.as_ref()?;
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.state.locked();
         if let Some(id) = state.ids.get(&inode) {
             return Some(id.clone());
         }

@@ -1,9 +1,10 @@
 //! The tagger: follows the store at `tagger` priority and keeps the tag store up to date.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use wm_core::sync::MutexExt;
 use wm_core::{Container, Entity, Event, EventType, Filter, LaunchType, SubscriberPriority};
 use wm_store::{Store, SubscriptionError};
 
@@ -128,9 +129,11 @@ impl Tagger {
         &self.store
     }
 
-    /// Bytes of the index of the containers each pod or task tagged (for the memory benchmark).
+    /// Counts the bytes of the index of the containers each pod or task tagged (for the memory
+    /// benchmark).
+    #[cfg(feature = "memory-accounting")]
     pub fn children_bytes(&self) -> usize {
-        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let children = self.children.locked();
         // The ids are the tag store's, counted there.
         let entry = std::mem::size_of::<(TagKey, Box<[TagKey]>)>();
         children.values().map(|kids| entry + kids.len() * std::mem::size_of::<TagKey>()).sum()
@@ -206,7 +209,7 @@ impl Tagger {
             return None;
         }
         let tags = EntityTags::build(tags);
-        let mut kept = self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.shared_tags.locked();
         Some(match kept.get(&tags) {
             Some(same) => same.clone(),
             None => {
@@ -220,19 +223,20 @@ impl Tagger {
     /// name) under its own.
     fn set_container(&self, id: TagKey, c: &wm_core::Container) {
         let (image, name, own) = rules::container_tags_by_image(c, &self.config);
-        self.store.set_layered(id, TagSource::Container, [self.shared(&image), self.shared(&name)], &own);
+        let shared = SharedParts { broad: self.shared(&image), narrow: self.shared(&name) };
+        self.store.set_layered(id, TagSource::Container, shared, &own);
     }
 
     /// Prunes the deletions past their grace period, then the shared tags no entity uses.
     pub fn prune(&self) {
         self.store.prune();
-        self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner).retain(|tags| tags.holders() > 1);
+        self.shared_tags.locked().retain(|tags| tags.handles() > 1);
     }
 
     /// How many shared tag sets are kept (each once, for every entity given it: images' tags,
     /// pod templates' containers').
     pub fn shared_tags_kept(&self) -> usize {
-        self.shared_tags.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.shared_tags.locked().len()
     }
 
     /// Tags a pod, task or object with `own`, and each of its children with `own`, then the
@@ -240,15 +244,15 @@ impl Tagger {
     fn set_with_children(&self, source: TagSource, id: TagKey, own: &TagInfo, children: Vec<Child>) {
         let base = Some(EntityTags::build(own));
         let none = TagInfo::default();
-        let (id, _) = self.store.set_layered(id, source, [base.clone(), None], &none);
+        let (id, _) = self.store.set_layered(id, source, SharedParts { broad: base.clone(), narrow: None }, &none);
         let now: Box<[TagKey]> = children
             .into_iter()
             .map(|(child, shared, extra)| {
-                let parts: SharedParts = [base.clone(), shared];
+                let parts = SharedParts { broad: base.clone(), narrow: shared };
                 self.store.set_layered(child, source, parts, &extra).0
             })
             .collect();
-        let mut index = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut index = self.children.locked();
         let before = if now.is_empty() { index.remove(&id) } else { index.insert(id, now.clone()) };
         drop(index);
         for gone in before.iter().flat_map(|b| b.iter()).filter(|c| !now.contains(c)) {
@@ -258,7 +262,7 @@ impl Tagger {
 
     fn delete_with_children(&self, source: TagSource, id: TagKey) {
         self.store.delete_key(&id, source);
-        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        let children = self.children.locked().remove(&id);
         for child in children.iter().flat_map(|c| c.iter()) {
             self.store.delete_key(child, source);
         }
@@ -269,7 +273,7 @@ impl Tagger {
     fn reconcile(&self, snapshot: &[Event]) {
         // Keys share their text with the entities: the set costs little beside them.
         let mut live: HashSet<(TagSource, TagKey)> = HashSet::with_capacity(snapshot.len());
-        let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        let children = self.children.locked();
         for event in snapshot {
             let key = TagKey::of(&event.entity.id());
             let source = match event.entity {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio::sync::broadcast;
 use wm_core::Timestamp;
+use wm_core::sync::MutexExt;
 
 use crate::runtimes::Unavailable;
 
@@ -50,7 +51,7 @@ struct Shared {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.locked()
 }
 
 fn now() -> Timestamp {

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use wm_core::sync::MutexExt;
 
 use crate::runtimes::Unavailable;
 
@@ -64,7 +65,7 @@ fn filler(len: u64) -> axum::body::Body {
 async fn handle(State(shared): State<Shared>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let answer = {
-        let mut server = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut server = shared.locked();
         server.requests.push(path.clone());
         server.routes.get(&path).cloned()
     };
@@ -116,12 +117,12 @@ impl FakeHttp {
     }
 
     fn put(&self, path: &str, answer: Answer) {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).routes.insert(path.to_owned(), answer);
+        self.shared.locked().routes.insert(path.to_owned(), answer);
     }
 
     /// The paths of every request received so far, in order.
     pub fn requests(&self) -> Vec<String> {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).requests.clone()
+        self.shared.locked().requests.clone()
     }
 }
 

@@ -3,10 +3,11 @@
 //! can say exactly which requests the code under test made to the real daemon.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use wm_core::sync::MutexExt;
 
 use crate::runtimes::Unavailable;
 
@@ -46,7 +47,7 @@ impl RecordingProxy {
 
     /// Every request line seen so far (method and target, without the HTTP version), in order.
     pub fn requests(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.lines.locked().clone()
     }
 }
 
@@ -80,7 +81,7 @@ async fn pipe(client: UnixStream, daemon: UnixStream, lines: Arc<Mutex<Vec<Strin
                 let head = String::from_utf8_lossy(&pending[..end]).into_owned();
                 let line = head.lines().next().unwrap_or_default();
                 let line = line.rsplit_once(' ').map_or(line, |(request, _version)| request);
-                lines.lock().unwrap_or_else(PoisonError::into_inner).push(line.to_owned());
+                lines.locked().push(line.to_owned());
                 skip = head
                     .lines()
                     .find_map(|l| {

@@ -30,13 +30,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use wm_core::sync::MutexExt;
 use wm_core::{FileStamp, Secret};
 
 use crate::convert::AppMetadata;
@@ -559,7 +560,7 @@ pub struct Enricher {
 }
 
 fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
-    known.lock().unwrap_or_else(PoisonError::into_inner)
+    known.locked()
 }
 
 impl Enricher {

@@ -30,7 +30,7 @@ mod convert;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, warn};
+use wm_core::sync::MutexExt;
 use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source};
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
@@ -175,7 +176,7 @@ enum Fetched {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.locked()
 }
 
 /// The gRPC clients of one run.

@@ -28,7 +28,7 @@ mod engine;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,6 +39,7 @@ use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
+use wm_core::sync::MutexExt;
 use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source, Timestamp};
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
@@ -214,7 +215,7 @@ impl DockerCollector {
 
     /// The first repo tag of an image given by id, cached (an image id names one content).
     async fn image_name(&self, engine: &Engine, image_id: &str) -> Option<String> {
-        if let Some(name) = self.image_names.lock().unwrap_or_else(PoisonError::into_inner).get(image_id) {
+        if let Some(name) = self.image_names.locked().get(image_id) {
             return name.clone();
         }
         let name = match tokio::time::timeout(self.config.deadline(), engine.image_name(image_id)).await {
@@ -228,7 +229,7 @@ impl DockerCollector {
                 return None;
             }
         };
-        let mut names = self.image_names.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut names = self.image_names.locked();
         if names.len() >= MAX_IMAGE_NAMES {
             names.clear();
         }
@@ -314,12 +315,12 @@ impl wm_core::ContainerFetcher for DockerFetcher {
         if !self.accepts(container_id) {
             return None;
         }
-        let kept = self.client.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let kept = self.client.locked().clone();
         let engine = match kept {
             Some(engine) => engine,
             None => {
                 let engine = self.collector.connect().ok()?.engine;
-                *self.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(engine.clone());
+                *self.client.locked() = Some(engine.clone());
                 engine
             }
         };
@@ -327,7 +328,7 @@ impl wm_core::ContainerFetcher for DockerFetcher {
             Ok(container) => container,
             Err(error) => {
                 debug!(container_id, ?error, "docker: fetch on a tag cache miss failed");
-                *self.client.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                *self.client.locked() = None;
                 None
             }
         }
@@ -380,7 +381,7 @@ impl ListWatch for DockerCollector {
     /// dockerd replays what happened between then and the list, so there is nothing to probe.
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.docker = None;
-        self.image_names.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.image_names.locked().clear();
         let clients = self.connect()?;
         let docker = &clients.bollard;
         let deadline = self.config.deadline();

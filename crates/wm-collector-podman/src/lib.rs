@@ -29,6 +29,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
+use wm_core::sync::MutexExt;
 use wm_core::{
     Collector, CollectorContext, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, PullCollector, Source,
 };
@@ -198,7 +199,7 @@ impl wm_core::ContainerFetcher for PodmanFetcher {
             return None;
         }
         let client = {
-            let mut kept = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut kept = self.client.locked();
             if kept.is_none() {
                 *kept =
                     reqwest::Client::builder().unix_socket(self.socket.as_path()).timeout(REQUEST_TIMEOUT).build().ok();

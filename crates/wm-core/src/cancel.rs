@@ -8,8 +8,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+
+use crate::sync::MutexExt;
 
 #[derive(Default)]
 struct Inner {
@@ -45,7 +47,7 @@ impl CancellationToken {
     /// A token cancelled with this one (and on its own by its own `cancel`).
     pub fn child(&self) -> Self {
         let child = Self::new();
-        let mut waiters = self.inner.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiters = self.inner.waiters.locked();
         if self.is_cancelled() {
             drop(waiters);
             child.cancel();
@@ -62,7 +64,7 @@ impl CancellationToken {
             return;
         }
         let (wakers, children) = {
-            let mut waiters = self.inner.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut waiters = self.inner.waiters.locked();
             (std::mem::take(&mut waiters.wakers), std::mem::take(&mut waiters.children))
         };
         for (_, waker) in wakers {
@@ -99,7 +101,7 @@ impl Future for Cancelled<'_> {
         if self.token.is_cancelled() {
             return Poll::Ready(());
         }
-        let mut waiters = self.token.inner.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiters = self.token.inner.waiters.locked();
         // Checked again under the lock: `cancel` takes the wakers under it after setting the flag.
         if self.token.is_cancelled() {
             return Poll::Ready(());
@@ -125,7 +127,7 @@ impl Future for Cancelled<'_> {
 impl Drop for Cancelled<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            let mut waiters = self.token.inner.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut waiters = self.token.inner.waiters.locked();
             waiters.wakers.retain(|(k, _)| *k != key);
         }
     }

@@ -2,11 +2,12 @@
 
 use std::collections::HashSet;
 use std::ops::DerefMut;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::shared::{Parts, Shared};
+use crate::sync::MutexExt;
 
 /// A container's image, as the runtime or orchestrator names it: an [`ImageRef`] behind one
 /// copy-on-write pointer ([`Shared`]), interned by the collectors that build it. Its fields read
@@ -65,7 +66,7 @@ static INTERNED: Mutex<Option<HashSet<Arc<ImageRef>>>> = Mutex::new(None);
 
 fn interned_images() -> MutexGuard<'static, Option<HashSet<Arc<ImageRef>>>> {
     // A set is never left half-changed: a panic while it was held changed nothing.
-    INTERNED.lock().unwrap_or_else(PoisonError::into_inner)
+    INTERNED.locked()
 }
 
 impl Shared<ImageRef> {

@@ -3,21 +3,28 @@
 //! Label and annotation keys repeat in every entity, and many values do too (a deployment's
 //! labels on each of its pods, a pod's name and UID in each of its containers' labels), as do a
 //! pod's namespace, phase, QoS class, node, owners and the names of its containers. Each
-//! distinct text is allocated once, in a process-wide set, for as long as something holds it:
-//! the last holder takes it out. A holder costs 8 bytes. (A text that is an entity's id too, a
-//! pod's UID in its containers' labels, may instead be held as that id's own allocation: such a
-//! holder is never in the set, see `IStr::adopt`.)
+//! distinct text is allocated once, in a process-wide set, and lives while any `IStr` points at
+//! it; dropping the last `IStr` removes it from the set. An `IStr` is 8 bytes. (A text that is
+//! an entity's id too, a pod's UID in its containers' labels, may instead point at that id's
+//! own allocation, which is never in the set: see `IStr::adopt`.)
 //!
-//! Sharing anew and letting go both happen under the lock of the text's shard, and a holder is
-//! only ever cloned from another: so when a holder that lets go sees a count of two (itself
-//! and the set), no one else can hold the text, and it is taken out.
+//! # When a text leaves the set
+//!
+//! The set is split into shards, each behind a mutex. Two things change a text's reference
+//! count: looking a text up in the set (which clones the set's reference) and dropping an
+//! `IStr`. Both happen under the shard's lock. Cloning an `IStr` also adds one, but only from
+//! an `IStr` that already exists, so it cannot bring a count back up from "the set alone".
+//! Hence, when a dropping `IStr` sees a count of two under the lock, the two are itself and
+//! the set, nobody can take a new reference meanwhile, and it removes the text.
 
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::sync::MutexExt;
 
 const SHARDS: usize = 16;
 
@@ -87,7 +94,7 @@ fn new_set() -> Set {
 fn shard(text: &str) -> MutexGuard<'static, Option<Set>> {
     let at = foldhash::fast::FixedState::with_seed(seed()).hash_one(text) as usize % SHARDS;
     // A set is never left half-changed: a panic while it was held changed nothing.
-    TEXTS[at].lock().unwrap_or_else(PoisonError::into_inner)
+    TEXTS[at].locked()
 }
 
 /// An interned string (see the module docs). Reads as a `&str`; 8 bytes.
@@ -132,19 +139,20 @@ impl IStr {
 
     /// How many distinct texts are kept now (for tests).
     pub fn interned_count() -> usize {
-        TEXTS.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, Set::len)).sum()
+        TEXTS.iter().map(|s| s.locked().as_ref().map_or(0, Set::len)).sum()
     }
 }
 
-/// What an interner's set keeps: something counted, found in the set by its key.
+/// Describes a value an interner's set keeps: reference counted, and found in the set by its
+/// key.
 pub(crate) trait Kept: Borrow<Self::Key> + Hash + Eq {
     /// What the set is searched by.
     type Key: ?Sized + Hash + Eq;
-    /// How many hold it, the set included.
+    /// Returns the reference count, the set's own reference included.
     fn holders(&self) -> usize;
-    /// Whether both are the one allocation.
+    /// Tells whether both point at the same allocation.
     fn is(&self, other: &Self) -> bool;
-    /// Its key.
+    /// Returns its key.
     fn key(&self) -> &Self::Key;
 }
 
@@ -164,10 +172,13 @@ impl<T: Hash + Eq> Kept for Arc<T> {
     }
 }
 
-/// Lets go of a holder's `held`, with the lock of the interner's `set` held: takes it out of the
-/// set when the set's reference is the only other one. Something is only shared anew under that
-/// lock, or by cloning a holder, and every holder lets go under it: so with a count of two this
-/// is the one holder, and the next to let go counts after this one.
+/// Drops the reference `held`, removing its value from the interner's `set` when the set's
+/// reference is the only other one.
+///
+/// Call it with the set's lock held. Every lookup in the set and every drop of a reference
+/// takes that lock, and a clone can only come from a live reference; so a count of two seen
+/// here means `held` and the set, and no other thread can add a reference before the removal
+/// (the module docs say more).
 pub(crate) fn let_go_under_lock<K: Kept, S: BuildHasher>(set: Option<&mut HashSet<K, S>>, held: K) {
     if held.holders() == 2
         && let Some(set) = set

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod cancel;
+mod cardinality;
 mod collector;
 pub mod config;
 mod entity;
@@ -19,9 +20,11 @@ mod limit;
 mod map;
 pub mod merge;
 mod shared;
+pub mod sync;
 mod time;
 
 pub use cancel::{CancellationToken, Cancelled};
+pub use cardinality::{TagCardinality, UnknownCardinality};
 pub use collector::{
     BoxError, Collector, CollectorContext, CollectorError, CollectorKind, ContainerFetcher, EventSink, Origin,
     PullCollector, SinkMessage, SourceSink, StoreReader, StreamCollector, is_full_hex_id,

@@ -1,7 +1,8 @@
 //! `Shared<T>`: a group of an entity's fields behind one copy-on-write pointer.
 //!
-//! The store copies a container whenever it merges two sources' versions of it, and a pod's
-//! containers are held three times (the kubelet's, the runtime's, the merge). A group of fields
+//! The store holds a container once per source that knows it (a pod's containers twice: the
+//! kubelet's version and the runtime's), and copies one to make the merged view a reader asks
+//! for. A group of fields
 //! that is large and seldom changes (an image's six strings, four resource figures) costs each
 //! copy one pointer this way, and nothing at all while it is empty. Its fields read
 //! (`image.tag`) and write (`image.id = …`) as the group's own, through `Deref`; a write to a
@@ -19,9 +20,10 @@ pub trait Parts: Clone + Default + PartialEq + 'static {
     /// The group with every field empty: what an empty `Shared` reads as.
     fn none() -> &'static Self;
 
-    /// Lets go of a holder's reference to `parts`. An interner takes them out here when the
-    /// set's reference is the only other one; it must count and let go under its lock, so that
-    /// two holders letting go at once cannot both count the other.
+    /// Drops one reference to `parts`. An interned group overrides it to remove `parts` from
+    /// its interner's set when the set's reference is the only other one: it counts and drops
+    /// under the set's lock, so that two references dropped at once cannot each count the
+    /// other and both leave the value in the set.
     fn let_go(parts: Arc<Self>) {
         drop(parts);
     }

@@ -9,24 +9,14 @@
 //! and retries at once when the token changed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use wm_core::{CancellationToken, IStr};
+use wm_core::sync::{MutexExt, RwLockExt};
+use wm_core::{CancellationToken, IStr, TagCardinality};
 
 use crate::RemoteAgent;
 use crate::proto::model::v1 as model;
-
-/// How many tags a lookup returns: each level adds to the one below (high ⊇ orchestrator ⊇ low).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Cardinality {
-    /// Low-cardinality tags.
-    Low,
-    /// Low and orchestrator.
-    Orchestrator,
-    /// All of them.
-    High,
-}
 
 /// A stream is given up (and reconnected) after this long without a response; the server sends
 /// keep-alives every 9 minutes.
@@ -128,34 +118,28 @@ impl RemoteTagger {
     }
 
     /// The entity's tags at `cardinality` and below (empty when unknown).
-    pub fn tag(&self, entity: &str, cardinality: Cardinality) -> Vec<String> {
-        let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
+    pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Vec<String> {
+        let replica = self.replica.reading();
         let Some(tags) = replica.entities.get(entity) else { return Vec::new() };
         let levels = match cardinality {
-            Cardinality::Low => 1,
-            Cardinality::Orchestrator => 2,
-            Cardinality::High => 3,
+            TagCardinality::None => 0,
+            TagCardinality::Low => 1,
+            TagCardinality::Orchestrator => 2,
+            TagCardinality::High => 3,
         };
         tags.levels()[..levels].iter().flat_map(|l| l.iter()).map(IStr::to_string).collect()
     }
 
     /// The entities it holds, sorted.
     pub fn entities(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .replica
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entities
-            .keys()
-            .map(|k| k.to_string())
-            .collect();
+        let mut ids: Vec<String> = self.replica.reading().entities.keys().map(|k| k.to_string()).collect();
         ids.sort();
         ids
     }
 
     /// Every entity with all its tags, sorted and deduplicated.
     pub fn list(&self) -> BTreeMap<String, Vec<String>> {
-        let replica = self.replica.read().unwrap_or_else(PoisonError::into_inner);
+        let replica = self.replica.reading();
         replica
             .entities
             .iter()
@@ -173,7 +157,7 @@ impl RemoteTagger {
         if self.is_connected() {
             return None;
         }
-        self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.last_error.locked().clone()
     }
 
     /// How many streams it opened (a reconnect opens one more).
@@ -190,7 +174,7 @@ impl RemoteTagger {
     /// Public for benchmarks and tests that fill a replica without a stream.
     #[doc(hidden)]
     pub fn apply(&self, response: &model::StreamTagsResponse, replace: bool) {
-        let mut replica = self.replica.write().unwrap_or_else(PoisonError::into_inner);
+        let mut replica = self.replica.writing();
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if replace {
             replica.clear();
@@ -214,7 +198,7 @@ impl RemoteTagger {
 
     /// How many distinct tag lists the replica keeps (each once, for every entity that has it).
     pub fn lists_kept(&self) -> usize {
-        self.replica.read().unwrap_or_else(PoisonError::into_inner).lists.len()
+        self.replica.reading().lists.len()
     }
 
     /// Whether a stream is up.
@@ -224,7 +208,7 @@ impl RemoteTagger {
 
     fn disconnected(&self, why: String) {
         self.connected.store(false, std::sync::atomic::Ordering::Release);
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        *self.last_error.locked() = Some(why);
     }
 
     /// Follows `agent`'s tags at high cardinality until `cancel` is cancelled.
@@ -340,10 +324,10 @@ mod tests {
         // One low list for both, a high list each, one empty orchestrator list.
         assert_eq!(replica.lists_kept(), 4);
         assert_eq!(
-            replica.tag("container_id://c2", Cardinality::High),
+            replica.tag("container_id://c2", TagCardinality::High),
             ["kube_namespace:a", "image_name:nginx", "container_id:c2"]
         );
-        assert_eq!(replica.tag("container_id://c2", Cardinality::Low).len(), 2);
+        assert_eq!(replica.tag("container_id://c2", TagCardinality::Low).len(), 2);
         // c1 changes its low tags: its old list stays for c2.
         replica.apply(&response(vec![event(Modified, "c1", &["kube_namespace:b"], &["container_id:c1"])]), false);
         assert_eq!(replica.lists_kept(), 5);
@@ -351,6 +335,6 @@ mod tests {
         assert_eq!(replica.lists_kept(), 3, "c2's low and high lists went with it");
         replica.apply(&response(vec![event(Deleted, "c1", &[], &[])]), false);
         assert_eq!(replica.lists_kept(), 0);
-        assert!(replica.tag("container_id://c1", Cardinality::High).is_empty());
+        assert!(replica.tag("container_id://c1", TagCardinality::High).is_empty());
     }
 }

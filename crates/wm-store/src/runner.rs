@@ -1,12 +1,13 @@
 //! Runs collectors: detection, retries with backoff, the pull timer and its timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
+use wm_core::sync::MutexExt;
 use wm_core::{CollectorContext, CollectorError, CollectorKind, PullCollector, Source, StreamCollector};
 
 use crate::telemetry::{MetricSample, MetricValue};
@@ -125,14 +126,11 @@ impl CollectorStatus {
     /// Whether it is between two looks for an absent environment (its state stays until the
     /// environment is there: no flicker to `running` at each look).
     fn is_redetecting(&self) -> bool {
-        matches!(
-            *self.state.lock().unwrap_or_else(PoisonError::into_inner),
-            CollectorState::NotDetected { .. } | CollectorState::Waiting { .. }
-        )
+        matches!(*self.state.locked(), CollectorState::NotDetected { .. } | CollectorState::Waiting { .. })
     }
 
     fn set_state(&self, state: CollectorState) {
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+        *self.state.locked() = state;
     }
 
     pub(crate) fn full_list_landed(&self) {
@@ -151,7 +149,7 @@ impl CollectorStatus {
         CollectorHealth {
             name: self.name.to_string(),
             source: self.source,
-            state: self.state.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            state: self.state.locked().clone(),
             synced: self.synced.load(Ordering::Acquire),
         }
     }

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
+use wm_core::sync::{MutexExt, RwLockExt};
 use wm_core::{
     CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, Event,
     EventSink, Filter, Id, Kind, KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader,
@@ -97,11 +98,11 @@ impl Inner {
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // Updates are applied whole under the write lock before it is released, and nothing in
         // them panics on data: a poisoned lock still guards a consistent state.
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+        self.state.reading()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+        self.state.writing()
     }
 
     /// Applies a batch under the write lock and queues its delivery before releasing the lock,
@@ -324,16 +325,15 @@ impl Store {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn start(&self) {
-        let Some((store_loop, collectors)) = self.inner.unstarted.lock().unwrap_or_else(PoisonError::into_inner).take()
-        else {
+        let Some((store_loop, collectors)) = self.inner.unstarted.locked().take() else {
             return;
         };
-        let statuses = self.inner.statuses.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let statuses = self.inner.statuses.locked().clone();
         let config = &self.inner.config;
         let policy =
             RetryPolicy { initial: config.retry_initial, max: config.retry_max, redetect: config.redetect_interval };
         let weak = Arc::downgrade(&self.inner);
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tasks = self.inner.tasks.locked();
         // Not cancelled on shutdown: it is told to stop, so that it ends every stream first.
         tasks.push(tokio::spawn(store_loop.run()));
         for collector in collectors {
@@ -356,7 +356,7 @@ impl Store {
         self.inner.cancel.cancel();
         // The loop ends after what is queued before this command; it may already be gone.
         let _ = self.inner.commands.send(Command::Shutdown);
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let tasks = std::mem::take(&mut *self.inner.tasks.locked());
         for task in tasks {
             // A task that panicked has ended too; the runner already turned collector panics
             // into a state, so nothing is left to report here.
@@ -366,7 +366,7 @@ impl Store {
 
     /// How many tasks the store runs now (its loop and its collectors); 0 once shut down.
     pub fn running_tasks(&self) -> usize {
-        self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).iter().filter(|t| !t.is_finished()).count()
+        self.inner.tasks.locked().iter().filter(|t| !t.is_finished()).count()
     }
 
     /// Subscribes. The first bundle is the snapshot: one `Set` per stored entity that passes the
@@ -504,14 +504,7 @@ impl Store {
     pub fn health(&self) -> Health {
         Health {
             store_alive: self.inner.loop_alive.load(Ordering::Acquire),
-            collectors: self
-                .inner
-                .statuses
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .map(|s| s.health())
-                .collect(),
+            collectors: self.inner.statuses.locked().iter().map(|s| s.health()).collect(),
         }
     }
 
@@ -539,7 +532,7 @@ impl Store {
             }
         }
         self.inner.telemetry.samples(&mut out);
-        for status in self.inner.statuses.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        for status in self.inner.statuses.locked().iter() {
             status.samples(&mut out);
         }
         out

@@ -3,12 +3,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use wm_core::sync::MutexExt;
 use wm_core::{Event, SubscriberPriority};
 
 /// Why a subscription's stream ended with an error.
@@ -161,7 +162,7 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // The queue holds no invariant a panicking holder could break half-way.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.locked()
     }
 
     /// Queues a bundle; cuts the subscriber off when its queue stayed full past the lag timeout

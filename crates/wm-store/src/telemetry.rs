@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use wm_core::sync::MutexExt;
 use wm_core::{Kind, Source};
 
 /// A metric's value.
@@ -96,7 +97,7 @@ struct SentCounts {
 
 impl Telemetry {
     pub(crate) fn notification(&self, subscriber: &Arc<str>, status: &'static str) {
-        let mut sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sent = self.notifications_sent.locked();
         let name = if sent.names.contains(subscriber) {
             subscriber.clone()
         } else if sent.names.len() < MAX_SUBSCRIBER_NAMES {
@@ -121,7 +122,7 @@ impl Telemetry {
                 }
             }
         }
-        let sent = self.notifications_sent.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = self.notifications_sent.locked();
         for ((subscriber, status), n) in sent.counts.iter() {
             out.push(MetricSample {
                 name: "workloadmeta.notifications_sent",

@@ -10,7 +10,7 @@ fn load(yaml: &str, env: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
     let path = dir.join("agent.yaml");
     std::fs::write(&path, yaml).unwrap();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    AgentConfig::load(Some(&path), env)
+    crate::load_config(Some(&path), env)
 }
 
 fn refused(yaml: &str, env: &[(&str, &str)]) -> String {
@@ -142,10 +142,10 @@ fn env_lists_maps_and_nested_keys_parse_and_bad_yaml_is_a_clear_error() {
     let e = refused("cmd_port: [\n", &[]);
     assert!(e.contains("not a YAML mapping"), "{e}");
     let e =
-        AgentConfig::load(Some(Path::new("/nonexistent/agent.yaml")), Vec::new()).map(|_| ()).unwrap_err().to_string();
+        crate::load_config(Some(Path::new("/nonexistent/agent.yaml")), Vec::new()).map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("cannot read /nonexistent/agent.yaml"), "{e}");
     // The default path may be missing.
-    assert!(AgentConfig::load(None, Vec::new()).is_ok());
+    assert!(crate::load_config(None, Vec::new()).is_ok());
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub fn agent_config(dir: &Path, grpc: u16, http: u16) -> AgentConfig {
     let yaml = format!("cmd_port: {grpc}\nhealth_port: {http}\ncontainer_labels_as_tags:\n  team: team\n");
     let path = dir.join("agent.yaml");
     std::fs::write(&path, yaml).unwrap();
-    AgentConfig::load(Some(&path), Vec::new()).unwrap()
+    agent_bin::load_config(Some(&path), Vec::new()).unwrap()
 }
 
 /// An in-process agent with no collector at all (whatever this build compiles in): its store is

@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
+use wm_core::sync::MutexExt;
 
 use crate::runtimes::Unavailable;
 
@@ -36,13 +37,13 @@ pub struct FakeKubelet {
 async fn pods(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let accepted = shared.token.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let accepted = shared.token.locked().clone();
     if bearer != Some(accepted.as_str()) {
         shared.refused.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     }
     shared.served.fetch_add(1, Ordering::Relaxed);
-    let body = shared.body.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let body = shared.body.locked().clone();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -77,12 +78,12 @@ impl FakeKubelet {
 
     /// Serves `body` from now on.
     pub fn set_body(&self, body: Vec<u8>) {
-        *self.shared.body.lock().unwrap_or_else(PoisonError::into_inner) = body;
+        *self.shared.body.locked() = body;
     }
 
     /// Accepts only `token` from now on (a rotation: the old one is refused).
     pub fn set_token(&self, token: &str) {
-        *self.shared.token.lock().unwrap_or_else(PoisonError::into_inner) = token.to_owned();
+        *self.shared.token.locked() = token.to_owned();
     }
 
     /// Requests answered with the pod list.

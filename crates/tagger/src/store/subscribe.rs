@@ -1,0 +1,100 @@
+//! Tag subscribers: who follows which entities' tags, and how a change reaches them.
+
+use std::fmt;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use wm_core::sync::MutexExt;
+
+use super::key::TagKey;
+use super::view::Tags;
+use crate::tags::TagCardinality;
+
+/// Says what happened to an entity's tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagEventKind {
+    /// It got its first tags.
+    Added,
+    /// Its tags changed.
+    Modified,
+    /// It has no tags any more.
+    Deleted,
+}
+
+/// One change seen by a tag subscriber: the entity's tags at the subscriber's cardinality.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagEvent {
+    /// What happened.
+    pub kind: TagEventKind,
+    /// The entity (`container_id://…`).
+    pub entity: String,
+    /// Its tags now (empty when deleted).
+    pub tags: Vec<String>,
+}
+
+/// Names an entity whose merged tags changed, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagChange {
+    /// The entity got its first tags.
+    Added(TagKey),
+    /// Its tags changed.
+    Modified(TagKey),
+    /// It has no tags any more.
+    Deleted(TagKey),
+}
+
+/// One subscriber: the ids it follows, at which cardinality, and its channel.
+struct TagSubscriber {
+    prefix: String,
+    cardinality: TagCardinality,
+    tx: mpsc::Sender<Vec<TagEvent>>,
+}
+
+impl fmt::Debug for TagSubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagSubscriber").field("prefix", &self.prefix).field("cardinality", &self.cardinality).finish()
+    }
+}
+
+/// The tag store's subscribers.
+#[derive(Debug, Default)]
+pub(crate) struct Subscribers(Mutex<Vec<TagSubscriber>>);
+
+impl Subscribers {
+    /// Adds a subscriber to entities whose id starts with `prefix`, at `cardinality`.
+    pub(crate) fn add(&self, prefix: &str, cardinality: TagCardinality, tx: mpsc::Sender<Vec<TagEvent>>) {
+        self.0.locked().push(TagSubscriber { prefix: prefix.to_owned(), cardinality, tx });
+    }
+
+    /// Sends `change` to every subscriber that follows its entity, with the tags `tags` reads
+    /// at the subscriber's cardinality.
+    ///
+    /// A subscriber whose channel is full is dropped (its channel closes) rather than holding
+    /// the writers back; a closed one is forgotten.
+    pub(crate) fn notify(&self, change: &TagChange, tags: impl Fn(&TagKey, TagCardinality) -> Tags) {
+        let mut subscribers = self.0.locked();
+        if subscribers.is_empty() {
+            return;
+        }
+        let (kind, key) = match change {
+            TagChange::Added(e) => (TagEventKind::Added, e),
+            TagChange::Modified(e) => (TagEventKind::Modified, e),
+            TagChange::Deleted(e) => (TagEventKind::Deleted, e),
+        };
+        let entity = key.to_string();
+        subscribers.retain(|sub| {
+            if !entity.starts_with(&sub.prefix) {
+                return !sub.tx.is_closed();
+            }
+            let tags = if kind == TagEventKind::Deleted { Vec::new() } else { tags(key, sub.cardinality).to_vec() };
+            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.clone(), tags }]) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(prefix = sub.prefix, "tag subscriber fell behind and was dropped");
+                    false
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
