@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 fn load(text: &str) -> Option<std::collections::BTreeMap<String, serde_json::Value>> {
     let mut file = tempfile_in_tmp();
     file.1.write_all(text.as_bytes()).ok()?;
-    let config = agent_bin::config::AgentConfig::load(Some(&file.0), Vec::new()).ok();
+    let config = agent_bin::load_config(Some(&file.0), Vec::new()).ok();
     let _ = std::fs::remove_file(&file.0);
     Some(config?.settings().into_iter().map(|(key, setting)| (key, setting.value)).collect())
 }

@@ -104,43 +104,43 @@ pub const COLLECTORS: &[CollectorEntry] = &[
 
 #[cfg(feature = "docker")]
 fn docker(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
-    let docker = wm_collector_docker::DockerConfig { extra_env: config.extra_env(), ..config.section()? };
+    let docker: wm_collector_docker::DockerConfig = config.section()?;
     Ok(Some(wm_collector_docker::DockerCollector::new(docker).into_collector()))
 }
 
 #[cfg(feature = "docker")]
 fn docker_fetcher(config: &AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError> {
-    let docker = wm_collector_docker::DockerConfig { extra_env: config.extra_env(), ..config.section()? };
-    Ok(Arc::new(wm_collector_docker::DockerFetcher::new(docker)))
+    let docker: wm_collector_docker::DockerConfig = config.section()?;
+    Ok(Arc::new(wm_collector_docker::DockerFetcher::new(docker, config.env_filter())))
 }
 
 #[cfg(feature = "containerd")]
 fn containerd_fetcher(config: &AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError> {
-    let containerd = wm_collector_containerd::ContainerdConfig { extra_env: config.extra_env(), ..config.section()? };
-    Ok(Arc::new(wm_collector_containerd::ContainerdFetcher::new(containerd)))
+    let containerd: wm_collector_containerd::ContainerdConfig = config.section()?;
+    Ok(Arc::new(wm_collector_containerd::ContainerdFetcher::new(containerd, config.env_filter())))
 }
 
 #[cfg(feature = "podman")]
 fn podman_fetcher(config: &AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError> {
-    let podman = wm_collector_podman::PodmanConfig { extra_env: config.extra_env(), ..config.section()? };
-    Ok(Arc::new(wm_collector_podman::PodmanFetcher::new(podman)))
+    let podman: wm_collector_podman::PodmanConfig = config.section()?;
+    Ok(Arc::new(wm_collector_podman::PodmanFetcher::new(podman, config.env_filter())))
 }
 
 #[cfg(feature = "containerd")]
 fn containerd(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
-    let containerd = wm_collector_containerd::ContainerdConfig { extra_env: config.extra_env(), ..config.section()? };
+    let containerd: wm_collector_containerd::ContainerdConfig = config.section()?;
     Ok(Some(wm_collector_containerd::ContainerdCollector::new(containerd).into_collector()))
 }
 
 #[cfg(feature = "podman")]
 fn podman(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
-    let podman = wm_collector_podman::PodmanConfig { extra_env: config.extra_env(), ..config.section()? };
+    let podman: wm_collector_podman::PodmanConfig = config.section()?;
     Ok(Some(wm_collector_podman::PodmanCollector::new(podman).into_collector()))
 }
 
 #[cfg(feature = "kube")]
 fn kubelet(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
-    let kubelet = wm_collector_kube::KubeletConfig { extra_env: config.extra_env(), ..config.section()? };
+    let kubelet: wm_collector_kube::KubeletConfig = config.section()?;
     Ok(Some(wm_collector_kube::KubeletCollector::new(kubelet).into_collector()))
 }
 

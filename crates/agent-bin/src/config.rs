@@ -407,9 +407,10 @@ impl AgentConfig {
         }
     }
 
-    /// The env vars collectors keep beyond the tag rules' own: the keys of `*_env_as_tags`.
-    pub fn extra_env(&self) -> Vec<String> {
-        self.tagger.env_as_tags_keys()
+    /// Returns the env vars collectors keep: the tag rules' own, and the keys of
+    /// `*_env_as_tags`.
+    pub fn env_filter(&self) -> wm_core::EnvFilter {
+        wm_core::EnvFilter::new(self.tagger.env_as_tags_keys())
     }
 
     /// `agent config`'s text: one `key: value  # origin` line per key.

@@ -146,6 +146,7 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
 
     let mut store_config = wm_store::StoreConfig::default();
     store_config.redetect_interval = config.collectors.collector_redetect_interval.duration();
+    store_config.env = config.env_filter();
     let mut builder = Store::builder().config(store_config);
     for collector in collectors {
         builder = builder.collector(collector);

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -29,10 +29,6 @@ use tokio::net::{TcpListener, UnixListener};
 use wm_core::sync::MutexExt;
 
 use crate::runtimes::Unavailable;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.locked()
-}
 
 /// Go's `json.Encoder` output: the value and a newline.
 fn go_json(status: StatusCode, value: &Value) -> Response {
@@ -195,13 +191,13 @@ fn query_pairs(request: &Request) -> Vec<(String, String)> {
 
 async fn garden(State(shared): State<Arc<GardenShared>>, request: Request) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let delay = lock(&shared.state).delay;
+    let delay = shared.state.locked().delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let path = request.uri().path().to_owned();
     let query = query_pairs(&request);
-    let state = lock(&shared.state);
+    let state = shared.state.locked();
     match path.as_str() {
         "/ping" => go_json(StatusCode::OK, &json!({})),
         "/containers" => {
@@ -284,17 +280,17 @@ impl FakeGarden {
 
     /// Adds or replaces a container.
     pub fn put(&self, handle: &str, container: GardenContainer) {
-        lock(&self.shared.state).containers.insert(handle.to_owned(), container);
+        self.shared.state.locked().containers.insert(handle.to_owned(), container);
     }
 
     /// Removes a container.
     pub fn remove(&self, handle: &str) {
-        lock(&self.shared.state).containers.remove(handle);
+        self.shared.state.locked().containers.remove(handle);
     }
 
     /// Rewrites a container's `log_config` app name, as Diego's executor does after a rename.
     pub fn rename_app(&self, handle: &str, name: &str) {
-        let mut state = lock(&self.shared.state);
+        let mut state = self.shared.state.locked();
         let Some(c) = state.containers.get_mut(handle) else { return };
         let Some(text) = c.properties.get("log_config") else { return };
         let mut log: Value = serde_json::from_str(text).unwrap_or_default();
@@ -304,7 +300,7 @@ impl FakeGarden {
 
     /// Makes the bulk entries of `handle` carry an error (or work again).
     pub fn fail_entry(&self, handle: &str, fail: bool) {
-        let mut state = lock(&self.shared.state);
+        let mut state = self.shared.state.locked();
         if fail {
             state.failing.insert(handle.to_owned());
         } else {
@@ -314,7 +310,7 @@ impl FakeGarden {
 
     /// Makes every answer take `delay`.
     pub fn set_delay(&self, delay: Duration) {
-        lock(&self.shared.state).delay = delay;
+        self.shared.state.locked().delay = delay;
     }
 
     /// Requests served so far.
@@ -457,7 +453,7 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
     let headers = request.headers().clone();
     let base = &shared.base;
     if path == "/" {
-        let uaa = lock(&shared.state).uaa_href.clone().unwrap_or_else(|| base.clone());
+        let uaa = shared.state.locked().uaa_href.clone().unwrap_or_else(|| base.clone());
         return go_json(
             StatusCode::OK,
             &json!({"links": {
@@ -480,7 +476,7 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
         }
         let n = shared.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1;
         let token = format!("token-{n}-{}", std::process::id());
-        let mut state = lock(&shared.state);
+        let mut state = shared.state.locked();
         let lifetime = state.token_lifetime;
         state.tokens.insert(token.clone(), Instant::now() + lifetime);
         let expires_in = state.expires_in.unwrap_or(lifetime.as_secs());
@@ -491,7 +487,7 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
         );
     }
     let (delay, failing) = {
-        let state = lock(&shared.state);
+        let state = shared.state.locked();
         (state.delay, state.failing)
     };
     if !delay.is_zero() {
@@ -502,7 +498,7 @@ async fn cloud_controller(State(shared): State<Arc<CcShared>>, request: Request)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("bearer ").or_else(|| v.strip_prefix("Bearer ")))
         .map(str::to_owned);
-    let state = lock(&shared.state);
+    let state = shared.state.locked();
     let valid = bearer.as_ref().and_then(|t| state.tokens.get(t)).is_some_and(|until| Instant::now() < *until);
     if !valid {
         shared.refused.fetch_add(1, Ordering::Relaxed);
@@ -668,12 +664,12 @@ impl FakeCloudController {
 
     /// Adds or replaces an app.
     pub fn put_app(&self, guid: &str, app: CcApp) {
-        lock(&self.shared.state).apps.insert(guid.to_owned(), app);
+        self.shared.state.locked().apps.insert(guid.to_owned(), app);
     }
 
     /// Renames an app.
     pub fn rename_app(&self, guid: &str, name: &str) {
-        if let Some(app) = lock(&self.shared.state).apps.get_mut(guid) {
+        if let Some(app) = self.shared.state.locked().apps.get_mut(guid) {
             app.name = name.to_owned();
         }
     }
@@ -681,47 +677,47 @@ impl FakeCloudController {
     /// Adds or replaces a space (with its isolation segment).
     pub fn put_space(&self, guid: &str, name: &str, org_guid: &str, segment: Option<&str>) {
         let space = Space { name: name.to_owned(), org: org_guid.to_owned(), segment: segment.map(str::to_owned) };
-        lock(&self.shared.state).spaces.insert(guid.to_owned(), space);
+        self.shared.state.locked().spaces.insert(guid.to_owned(), space);
     }
 
     /// Adds or replaces an org (with its default isolation segment).
     pub fn put_org(&self, guid: &str, name: &str, default_segment: Option<&str>) {
-        lock(&self.shared.state).orgs.insert(guid.to_owned(), (name.to_owned(), default_segment.map(str::to_owned)));
+        self.shared.state.locked().orgs.insert(guid.to_owned(), (name.to_owned(), default_segment.map(str::to_owned)));
     }
 
     /// Adds an isolation segment.
     pub fn put_segment(&self, guid: &str, name: &str) {
-        lock(&self.shared.state).segments.insert(guid.to_owned(), name.to_owned());
+        self.shared.state.locked().segments.insert(guid.to_owned(), name.to_owned());
     }
 
     /// Makes every `/v3` answer wait `delay` first.
     pub fn set_delay(&self, delay: Duration) {
-        lock(&self.shared.state).delay = delay;
+        self.shared.state.locked().delay = delay;
     }
 
     /// Makes every `/v3` answer fail with `status` (or work again with `None`).
     pub fn set_failing(&self, status: Option<u16>) {
-        lock(&self.shared.state).failing = status;
+        self.shared.state.locked().failing = status;
     }
 
     /// Makes the root name `href` as its UAA (`links.uaa.href` and `links.login.href`).
     pub fn set_uaa_href(&self, href: Option<&str>) {
-        lock(&self.shared.state).uaa_href = href.map(str::to_owned);
+        self.shared.state.locked().uaa_href = href.map(str::to_owned);
     }
 
     /// Makes every `/v3/apps` page that has a next page point at `href` instead.
     pub fn set_next_href(&self, href: Option<&str>) {
-        lock(&self.shared.state).next_href = href.map(str::to_owned);
+        self.shared.state.locked().next_href = href.map(str::to_owned);
     }
 
     /// Makes the UAA answer `expires_in: seconds` (the token still lasts the real lifetime).
     pub fn set_expires_in(&self, seconds: Option<u64>) {
-        lock(&self.shared.state).expires_in = seconds;
+        self.shared.state.locked().expires_in = seconds;
     }
 
     /// Revokes every token issued so far (their next use answers 401 `CF-InvalidAuthToken`).
     pub fn revoke_tokens(&self) {
-        lock(&self.shared.state).tokens.clear();
+        self.shared.state.locked().tokens.clear();
     }
 
     /// Tokens the UAA issued.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -48,10 +48,6 @@ struct Shared {
     inspects: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.locked()
 }
 
 fn now() -> Timestamp {
@@ -141,14 +137,14 @@ impl FakeDaemon {
 
     /// Creates and starts a container (events `create`, `start`).
     pub fn create(&self, id: &str, name: &str) {
-        lock(&self.shared.containers).insert(id.to_owned(), name.to_owned());
+        self.shared.containers.locked().insert(id.to_owned(), name.to_owned());
         self.event(id, name, "create");
         self.event(id, name, "start");
     }
 
     /// Removes a container (event `destroy`).
     pub fn destroy(&self, id: &str) {
-        let name = lock(&self.shared.containers).remove(id).unwrap_or_default();
+        let name = self.shared.containers.locked().remove(id).unwrap_or_default();
         self.event(id, &name, "destroy");
     }
 
@@ -159,13 +155,13 @@ impl FakeDaemon {
             "Actor": { "ID": id, "Attributes": { "name": name, "image": "busybox:1" } },
             "time": at.unix_seconds(), "timeNano": at.unix_nanos(),
         });
-        lock(&self.shared.events).push((at.unix_nanos(), event.clone()));
+        self.shared.events.locked().push((at.unix_nanos(), event.clone()));
         let _ = self.shared.live.send(event);
     }
 
     /// Makes the inspect of `id` answer 500 (or work again).
     pub fn fail_inspect(&self, id: &str, fail: bool) {
-        let mut failing = lock(&self.shared.failing);
+        let mut failing = self.shared.failing.locked();
         if fail {
             failing.insert(id.to_owned());
         } else {
@@ -176,7 +172,7 @@ impl FakeDaemon {
     /// Makes the inspect of `id` stream a body of `bytes` bytes, produced as it is read (so a
     /// gigabyte costs the test nothing until a client reads it).
     pub fn make_inspect_huge(&self, id: &str, bytes: usize) {
-        lock(&self.shared.huge).insert(id.to_owned(), bytes);
+        self.shared.huge.locked().insert(id.to_owned(), bytes);
     }
 
     /// Bytes of huge inspect bodies handed to connections so far: what a client read, plus what
@@ -187,12 +183,12 @@ impl FakeDaemon {
 
     /// Makes every inspect take `delay`.
     pub fn set_inspect_delay(&self, delay: Duration) {
-        *lock(&self.shared.inspect_delay) = delay;
+        *self.shared.inspect_delay.locked() = delay;
     }
 
     /// The containers it has now.
     pub fn ids(&self) -> Vec<String> {
-        lock(&self.shared.containers).keys().cloned().collect()
+        self.shared.containers.locked().keys().cloned().collect()
     }
 
     /// Inspects answered so far.
@@ -256,7 +252,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 }
 
 fn list(shared: &Shared) -> Response {
-    let containers = lock(&shared.containers);
+    let containers = shared.containers.locked();
     let rows: Vec<Value> = containers
         .iter()
         .map(|(id, name)| match shared.api {
@@ -274,20 +270,20 @@ fn list(shared: &Shared) -> Response {
 async fn inspect(shared: &Shared, id: &str) -> Response {
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let delay = *lock(&shared.inspect_delay);
+    let delay = *shared.inspect_delay.locked();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     shared.inspects.fetch_add(1, Ordering::Relaxed);
-    if lock(&shared.failing).contains(id) {
+    if shared.failing.locked().contains(id) {
         let body = json_response(&json!({ "message": "fake daemon: inspect failed on purpose" }));
         return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
     }
-    if let Some(&bytes) = lock(&shared.huge).get(id) {
+    if let Some(&bytes) = shared.huge.locked().get(id) {
         return huge_body(bytes, shared.huge_bytes_sent.clone());
     }
-    let Some(name) = lock(&shared.containers).get(id).cloned() else { return not_found("container") };
+    let Some(name) = shared.containers.locked().get(id).cloned() else { return not_found("container") };
     let started = "2027-01-15T08:00:00Z";
     let body = match shared.api {
         Api::Docker => json!({
@@ -340,7 +336,7 @@ fn events(shared: &Shared, query: &str) -> Response {
     // Subscribed before the replay: an event in between comes twice, which a collector shrugs off.
     let live = shared.live.subscribe();
     let replay: Vec<Value> =
-        lock(&shared.events).iter().filter(|(at, _)| *at >= since).map(|(_, e)| e.clone()).collect();
+        shared.events.locked().iter().filter(|(at, _)| *at >= since).map(|(_, e)| e.clone()).collect();
     let replayed = futures::stream::iter(replay);
     let following = futures::stream::unfold(live, |mut live| async move {
         match live.recv().await {

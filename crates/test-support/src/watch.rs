@@ -28,6 +28,11 @@ pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Returns the ids of the containers `store` holds, sorted.
+pub fn container_ids(store: &Store) -> std::collections::BTreeSet<String> {
+    store.list_containers().iter().map(|c| c.id.to_string()).collect()
+}
+
 /// The value of counter `name` in the store's telemetry (`workloadmeta.pull_errors` …), 0
 /// before it was first counted.
 pub fn counter(store: &Store, name: &str) -> u64 {

@@ -559,10 +559,6 @@ pub struct Enricher {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
-    known.locked()
-}
-
 impl Enricher {
     /// Starts the task (needs a tokio runtime). It ends when the enricher is dropped.
     pub fn start(cc: CloudController) -> Self {
@@ -575,7 +571,7 @@ impl Enricher {
     /// Says which apps are on the cell now; returns what is known of each (apps not asked yet,
     /// or unknown to the Cloud Controller, are absent). Apps no longer seen are forgotten.
     pub fn see(&self, guids: impl IntoIterator<Item = String>) -> HashMap<String, AppMetadata> {
-        let mut known = lock(&self.known);
+        let mut known = self.known.locked();
         let wanted: BTreeSet<String> = guids.into_iter().filter(|g| !g.is_empty()).collect();
         let changed = wanted != known.wanted;
         known.wanted = wanted;
@@ -591,7 +587,7 @@ impl Enricher {
 
     /// The Cloud Controller's last failure, while it fails.
     pub fn failing(&self) -> Option<String> {
-        lock(&self.known).failing.clone()
+        self.known.locked().failing.clone()
     }
 }
 
@@ -606,7 +602,7 @@ async fn run(mut cc: CloudController, known: Arc<Mutex<Known>>, wake: Arc<tokio:
     let mut backoff = Duration::from_secs(1);
     loop {
         let due: Vec<String> = {
-            let known = lock(&known);
+            let known = known.locked();
             known
                 .wanted
                 .iter()
@@ -618,7 +614,7 @@ async fn run(mut cc: CloudController, known: Arc<Mutex<Known>>, wake: Arc<tokio:
         if !due.is_empty() {
             match cc.apps(&due).await {
                 Ok(found) => {
-                    let mut known = lock(&known);
+                    let mut known = known.locked();
                     let now = Instant::now();
                     for guid in due {
                         let app = found.get(&guid).cloned();
@@ -631,7 +627,7 @@ async fn run(mut cc: CloudController, known: Arc<Mutex<Known>>, wake: Arc<tokio:
                 }
                 Err(error) => {
                     let error = error.to_string();
-                    let mut known = lock(&known);
+                    let mut known = known.locked();
                     if known.failing.as_deref() != Some(error.as_str()) {
                         tracing::warn!(%error, "cloud foundry: the Cloud Controller fails; Garden's names stand until it answers");
                     }

@@ -56,7 +56,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, warn};
 use wm_core::sync::MutexExt;
-use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source};
+use wm_core::{
+    Collector, CollectorContext, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source,
+};
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
 pub use convert::{Exit, container_from_containerd, is_sandbox, timestamp};
@@ -87,10 +89,6 @@ pub struct ContainerdConfig {
     pub cri_query_timeout: Seconds,
     /// `cri_connection_timeout` (Datadog's key, seconds, default 1): the deadline of connecting.
     pub cri_connection_timeout: Seconds,
-    /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
-    /// `container_env_as_tags`); not a key of its own.
-    #[serde(skip)]
-    pub extra_env: Vec<String>,
 }
 
 impl Default for ContainerdConfig {
@@ -101,7 +99,6 @@ impl Default for ContainerdConfig {
             containerd_exclude_namespaces: vec!["moby".into()],
             cri_query_timeout: Seconds(5),
             cri_connection_timeout: Seconds(1),
-            extra_env: Vec::new(),
         }
     }
 }
@@ -142,6 +139,7 @@ impl ContainerdConfig {
 #[derive(Debug)]
 pub struct ContainerdCollector {
     config: ContainerdConfig,
+    /// The env vars containers keep: the store's filter, taken at the start of each run.
     env: EnvFilter,
     /// The last exit of each container's init process, by (namespace, id): dropped when the
     /// container is deleted or a list no longer has it.
@@ -175,10 +173,6 @@ enum Fetched {
     Gone,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.locked()
-}
-
 /// The gRPC clients of one run.
 #[derive(Clone, Debug)]
 struct Clients {
@@ -205,10 +199,9 @@ fn failed(what: impl Into<String>, status: Status) -> CollectorError {
 impl ContainerdCollector {
     /// A collector for `config`.
     pub fn new(config: ContainerdConfig) -> Self {
-        let env = EnvFilter::new(config.extra_env.iter().cloned());
         Self {
             config,
-            env,
+            env: EnvFilter::default(),
             exits: Mutex::new(HashMap::new()),
             digests: Arc::new(Mutex::new(HashMap::new())),
             sandboxes: Mutex::new(Sandboxes::default()),
@@ -293,14 +286,14 @@ impl ContainerdCollector {
             return None;
         }
         let key = (namespace.to_owned(), image.to_owned());
-        if let Some(digest) = lock(&self.digests).get(&key) {
+        if let Some(digest) = self.digests.locked().get(&key) {
             return Some(digest.clone());
         }
         let request = namespaced(namespace, GetImageRequest { name: image.to_owned() }).ok()?;
         match self.call(|| format!("containerd: getting image {image}"), clients.images.get(request)).await {
             Ok(response) => {
                 let digest = response.into_inner().image.and_then(|i| i.target).map(|t| t.digest)?;
-                let mut digests = lock(&self.digests);
+                let mut digests = self.digests.locked();
                 if digests.len() >= MAX_CACHED {
                     digests.clear();
                 }
@@ -316,7 +309,7 @@ impl ContainerdCollector {
 
     /// Remembers a sandbox, so its events are never taken for a container's.
     fn saw_sandbox(&self, namespace: &str, record: &containerd_client::services::v1::Container) {
-        let mut sandboxes = lock(&self.sandboxes);
+        let mut sandboxes = self.sandboxes.locked();
         bounded_insert(&mut sandboxes.ids, (namespace.to_owned(), record.id.clone()));
         if !record.image.is_empty() {
             bounded_insert(&mut sandboxes.images, record.image.clone());
@@ -331,10 +324,10 @@ impl ContainerdCollector {
         digest: Option<&str>,
     ) -> Option<Container> {
         let key = (namespace.to_owned(), record.id.clone());
-        let last_exit = lock(&self.exits).get(&key).copied();
+        let last_exit = self.exits.locked().get(&key).copied();
         let (container, problem) = container_from_containerd(record, task, last_exit, digest, &self.env);
         if let Some(problem) = problem
-            && bounded_insert(&mut lock(&self.reported), record.id.clone())
+            && bounded_insert(&mut self.reported.locked(), record.id.clone())
         {
             warn!(namespace, container_id = %record.id, "containerd: {problem}; stored without it");
         }
@@ -371,7 +364,7 @@ impl ContainerdCollector {
             }
         }
         // Exits of containers deleted while the collector was away are forgotten.
-        lock(&self.exits).retain(|key, _| listed_keys.contains(key));
+        self.exits.locked().retain(|key, _| listed_keys.contains(key));
         Ok(listed)
     }
 
@@ -448,9 +441,10 @@ pub struct ContainerdFetcher {
 }
 
 impl ContainerdFetcher {
-    /// A fetcher for `config`.
-    pub fn new(config: ContainerdConfig) -> Self {
-        Self { collector: ContainerdCollector::new(config), clients: tokio::sync::Mutex::new(None) }
+    /// Creates a fetcher for `config` whose containers keep the env vars `env` keeps.
+    pub fn new(config: ContainerdConfig, env: EnvFilter) -> Self {
+        let collector = ContainerdCollector { env, ..ContainerdCollector::new(config) };
+        Self { collector, clients: tokio::sync::Mutex::new(None) }
     }
 }
 
@@ -632,7 +626,7 @@ fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Watched<Decod
     }
     if envelope.topic.starts_with("/images/") {
         if let Some(name) = envelope.event.as_ref().and_then(image_named) {
-            lock(digests).remove(&(envelope.namespace, name));
+            digests.locked().remove(&(envelope.namespace, name));
         }
         return None;
     }
@@ -646,12 +640,16 @@ fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Watched<Decod
 impl ListWatch for ContainerdCollector {
     type Event = Decoded;
 
+    fn prepare(&mut self, ctx: &CollectorContext) {
+        self.env = ctx.env.clone();
+    }
+
     /// Connects and subscribes. containerd's subscription has no `since` and its call returns
     /// only with the first event, so the driver drives it from its own task and probes.
     async fn watch(&mut self) -> Result<WatchStream<Decoded>, CollectorError> {
         self.clients = None;
         // A name may have been re-tagged while the collector was away.
-        lock(&self.digests).clear();
+        self.digests.locked().clear();
         let clients = self.connect().await?;
         let mut events = clients.events.clone();
         self.clients = Some(clients);
@@ -708,18 +706,18 @@ impl ListWatch for ContainerdCollector {
         let mut image = None;
         for event in events {
             if let Some(exit) = event.exit {
-                lock(&self.exits).insert(key.clone(), exit);
+                self.exits.locked().insert(key.clone(), exit);
             }
             deleted |= event.deleted;
             if event.image.is_some() {
                 image = event.image;
             }
         }
-        if lock(&self.sandboxes).ids.contains(&key) {
+        if self.sandboxes.locked().ids.contains(&key) {
             // A sandbox's events: never a container.
-            lock(&self.exits).remove(&key);
+            self.exits.locked().remove(&key);
             if deleted {
-                lock(&self.sandboxes).ids.remove(&key);
+                self.sandboxes.locked().ids.remove(&key);
             }
             return Ok(Refreshed::Skip);
         }
@@ -727,14 +725,14 @@ impl ListWatch for ContainerdCollector {
         Ok(match current {
             Fetched::Container(container) => Refreshed::Present(Entity::from(*container)),
             Fetched::Sandbox => {
-                lock(&self.exits).remove(&key);
+                self.exits.locked().remove(&key);
                 Refreshed::Skip
             }
             Fetched::Gone => {
                 // Gone before it could be read: say what the events said, then unset, so a
                 // short-lived container is still seen; unless its image is a sandbox's.
-                let exit = lock(&self.exits).remove(&key);
-                let sandbox_image = image.as_ref().is_some_and(|i| lock(&self.sandboxes).images.contains(i));
+                let exit = self.exits.locked().remove(&key);
+                let sandbox_image = image.as_ref().is_some_and(|i| self.sandboxes.locked().images.contains(i));
                 let said = (!sandbox_image && (image.is_some() || exit.is_some()))
                     .then(|| Entity::from(gone_container(id, image.as_deref(), exit)));
                 Refreshed::Gone { id: EntityId::new(Kind::Container, id), said }
@@ -765,7 +763,7 @@ mod tests {
     fn an_image_event_drops_the_digest_cached_for_that_name_only() {
         let digests = Mutex::new(Digests::new());
         for name in ["docker.io/app:1", "docker.io/other:1"] {
-            lock(&digests).insert(("ns".into(), name.into()), "sha256:old".into());
+            digests.locked().insert(("ns".into(), name.into()), "sha256:old".into());
         }
         let update = ImageUpdate { name: "docker.io/app:1".into(), ..ImageUpdate::default() };
         let envelope = Envelope {
@@ -775,7 +773,7 @@ mod tests {
             ..Envelope::default()
         };
         assert!(watched(envelope, &digests).is_none(), "an image event is no container event");
-        let left: Vec<String> = lock(&digests).keys().map(|(_, name)| name.clone()).collect();
+        let left: Vec<String> = digests.locked().keys().map(|(_, name)| name.clone()).collect();
         assert_eq!(left, ["docker.io/other:1"]);
         let garbage =
             prost_types::Any { type_url: "containerd.services.images.v1.ImageDelete".into(), value: vec![0xff] };

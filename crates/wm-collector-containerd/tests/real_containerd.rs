@@ -429,7 +429,7 @@ fn the_fetcher_finds_a_container_in_any_watched_namespace_and_never_a_sandbox() 
         ];
         ctr(rt, NS, &sandbox).await;
         let config = ContainerdConfig { cri_socket_path: Some(rt.containerd_socket()), ..ContainerdConfig::default() };
-        let fetcher = wm_collector_containerd::ContainerdFetcher::new(config);
+        let fetcher = wm_collector_containerd::ContainerdFetcher::new(config, wm_core::EnvFilter::default());
         let found = fetcher.fetch("fetched").await.expect("the running container");
         assert_eq!(found.labels.get("team"), Some("fetch"));
         assert!(found.state.running && found.pid > 0);

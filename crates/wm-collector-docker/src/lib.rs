@@ -40,7 +40,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use wm_core::sync::MutexExt;
-use wm_core::{Collector, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source, Timestamp};
+use wm_core::{
+    Collector, CollectorContext, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source,
+    Timestamp,
+};
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
 pub use convert::{container_from_event, container_from_inspect, is_pause_container};
@@ -76,15 +79,11 @@ pub struct DockerConfig {
     /// `docker_query_timeout` (Datadog's key, seconds, default 5): the deadline of every call to
     /// dockerd.
     pub docker_query_timeout: Seconds,
-    /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
-    /// `container_env_as_tags`); not a key of its own.
-    #[serde(skip)]
-    pub extra_env: Vec<String>,
 }
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        Self { docker_host: None, docker_query_timeout: Seconds(5), extra_env: Vec::new() }
+        Self { docker_host: None, docker_query_timeout: Seconds(5) }
     }
 }
 
@@ -126,6 +125,7 @@ impl DockerConfig {
 #[derive(Debug)]
 pub struct DockerCollector {
     config: DockerConfig,
+    /// The env vars containers keep: the store's filter, taken at the start of each run.
     env: EnvFilter,
     /// Image id → the name to show, for containers created from a bare image id. An image id
     /// names one content; cleared at each reconnect and when it grows past [`MAX_IMAGE_NAMES`].
@@ -144,8 +144,7 @@ struct Clients {
 impl DockerCollector {
     /// A collector for `config`.
     pub fn new(config: DockerConfig) -> Self {
-        let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, image_names: Mutex::new(HashMap::new()), docker: None }
+        Self { config, env: EnvFilter::default(), image_names: Mutex::new(HashMap::new()), docker: None }
     }
 
     /// This collector, ready to hand to the store.
@@ -299,9 +298,9 @@ pub struct DockerFetcher {
 }
 
 impl DockerFetcher {
-    /// A fetcher for `config`.
-    pub fn new(config: DockerConfig) -> Self {
-        Self { collector: DockerCollector::new(config), client: Mutex::new(None) }
+    /// Creates a fetcher for `config` whose containers keep the env vars `env` keeps.
+    pub fn new(config: DockerConfig, env: EnvFilter) -> Self {
+        Self { collector: DockerCollector { env, ..DockerCollector::new(config) }, client: Mutex::new(None) }
     }
 }
 
@@ -376,6 +375,10 @@ fn relevant(event: &EventMessage) -> bool {
 #[async_trait]
 impl ListWatch for DockerCollector {
     type Event = EventMessage;
+
+    fn prepare(&mut self, ctx: &CollectorContext) {
+        self.env = ctx.env.clone();
+    }
 
     /// Connects, reads dockerd's clock and subscribes to container events since that instant:
     /// dockerd replays what happened between then and the list, so there is nothing to probe.

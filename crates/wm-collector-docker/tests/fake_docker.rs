@@ -11,20 +11,16 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use test_support::fake_daemon::{FakeDaemon, scratch_dir};
-use test_support::watch::eventually;
+use test_support::watch::{container_ids, eventually};
 use wm_collector_docker::{DockerCollector, DockerConfig};
 use wm_core::Seconds;
 use wm_store::{CollectorState, MetricValue, Store};
 
 fn store_on(host: String, timeout: u64) -> Store {
-    let config = DockerConfig { docker_host: Some(host), docker_query_timeout: Seconds(timeout), ..Default::default() };
+    let config = DockerConfig { docker_host: Some(host), docker_query_timeout: Seconds(timeout) };
     let store = Store::builder().collector(DockerCollector::new(config).into_collector()).build();
     store.start();
     store
-}
-
-fn stored(store: &Store) -> BTreeSet<String> {
-    store.list_containers().iter().map(|c| c.id.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +34,7 @@ async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
     let store = store_on(daemon.host(), 5);
     eventually("the list without the failing container", Duration::from_secs(10), || store.health().is_ready()).await;
     let expected: BTreeSet<String> = daemon.ids().into_iter().filter(|id| id != "c07").collect();
-    assert_eq!(stored(&store), expected);
+    assert_eq!(container_ids(&store), expected);
 
     // Events keep landing, the failing one among them.
     daemon.fail_inspect("c07b", true);
@@ -64,7 +60,7 @@ async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
         store.get_container("c07").is_some() && store.get_container("c07b").is_some()
     })
     .await;
-    assert_eq!(stored(&store), daemon.ids().into_iter().collect());
+    assert_eq!(container_ids(&store), daemon.ids().into_iter().collect());
     assert!(matches!(store.health().collectors[0].state, CollectorState::Running));
     store.shutdown().await;
 }
@@ -93,7 +89,8 @@ async fn slow_inspects_under_two_thousand_events_end_equal_to_the_daemons_list()
     }
     let expected: BTreeSet<String> = daemon.ids().into_iter().collect();
     assert_eq!(expected.len(), 400);
-    eventually("the store equal to the daemon's list", Duration::from_secs(90), || stored(&store) == expected).await;
+    eventually("the store equal to the daemon's list", Duration::from_secs(90), || container_ids(&store) == expected)
+        .await;
     let concurrent = daemon.max_concurrent_inspects();
     assert!((2..=8).contains(&concurrent), "inspects run concurrently, 8 at most: {concurrent} at once");
     println!(
@@ -139,14 +136,11 @@ async fn a_gigabyte_inspect_is_refused_at_its_cap_and_the_other_containers_are_s
     daemon.make_inspect_huge(&huge, 1 << 30);
     let store = store_on(daemon.host(), 30);
     eventually("the list without the huge one", Duration::from_secs(20), || store.health().is_ready()).await;
-    assert_eq!(stored(&store), BTreeSet::from([fine.clone(), "c01".to_owned()]));
+    assert_eq!(container_ids(&store), BTreeSet::from([fine.clone(), "c01".to_owned()]));
 
     // A fetch on a cache miss reads with the same cap.
-    let fetcher = wm_collector_docker::DockerFetcher::new(DockerConfig {
-        docker_host: Some(daemon.host()),
-        docker_query_timeout: Seconds(30),
-        ..Default::default()
-    });
+    let config = DockerConfig { docker_host: Some(daemon.host()), docker_query_timeout: Seconds(30) };
+    let fetcher = wm_collector_docker::DockerFetcher::new(config, wm_core::EnvFilter::default());
     assert!(fetcher.fetch(&huge).await.is_none());
     assert_eq!(fetcher.fetch(&fine).await.map(|c| c.id.to_string()), Some(fine.clone()));
 

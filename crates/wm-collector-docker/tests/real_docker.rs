@@ -18,7 +18,7 @@ use test_support::runtimes::{Runtimes, with_service};
 use test_support::watch::{Watcher, assert_store_equals};
 use wm_collector_docker::{DockerCollector, DockerConfig, container_from_inspect};
 use wm_core::{Container, ContainerHealth, ContainerStatus, EntityId, EnvFilter, EventType, Kind, Runtime};
-use wm_store::Store;
+use wm_store::{Store, StoreConfig};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -31,12 +31,10 @@ fn client(rt: &Runtimes) -> Docker {
 }
 
 fn store_with_docker(rt: &Runtimes) -> Store {
-    let config = DockerConfig {
-        docker_host: Some(rt.docker_host()),
-        extra_env: vec!["TEAM_ENV".into()],
-        ..DockerConfig::default()
-    };
-    let store = Store::builder().collector(DockerCollector::new(config).into_collector()).build();
+    let config = DockerConfig { docker_host: Some(rt.docker_host()), ..DockerConfig::default() };
+    let mut store_config = StoreConfig::default();
+    store_config.env = EnvFilter::new(["TEAM_ENV"]);
+    let store = Store::builder().config(store_config).collector(DockerCollector::new(config).into_collector()).build();
     store.start();
     store
 }
@@ -402,7 +400,7 @@ fn fetch_on_miss_makes_no_request_but_inspects_of_well_formed_ids() {
             docker_host: Some(format!("unix://{}", proxy.socket().display())),
             ..DockerConfig::default()
         };
-        let fetcher = wm_collector_docker::DockerFetcher::new(config);
+        let fetcher = wm_collector_docker::DockerFetcher::new(config, wm_core::EnvFilter::default());
         for id in hostile_ids(&real) {
             assert!(!fetcher.accepts(&id), "{id}");
             assert!(fetcher.fetch(&id).await.is_none(), "{id}");

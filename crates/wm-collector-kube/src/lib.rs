@@ -79,10 +79,6 @@ pub struct KubeletConfig {
     pub kubelet_pull_interval: Seconds,
     /// `include_ephemeral_containers` (default false).
     pub include_ephemeral_containers: bool,
-    /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
-    /// `container_env_as_tags`); not a key of its own.
-    #[serde(skip)]
-    pub extra_env: Vec<String>,
 }
 
 impl Default for KubeletConfig {
@@ -97,7 +93,6 @@ impl Default for KubeletConfig {
             kubelet_expiry: Seconds(15),
             kubelet_pull_interval: Seconds(5),
             include_ephemeral_containers: false,
-            extra_env: Vec::new(),
         }
     }
 }
@@ -138,6 +133,7 @@ enum PodsError {
 /// The kubelet collector.
 pub struct KubeletCollector {
     config: KubeletConfig,
+    /// The env vars containers keep: the store's filter, taken at each start.
     env: EnvFilter,
     client: Option<kube::Client>,
     /// The token's and the CA's stamps when the client was built.
@@ -157,10 +153,9 @@ impl std::fmt::Debug for KubeletCollector {
 impl KubeletCollector {
     /// A collector for `config`.
     pub fn new(config: KubeletConfig) -> Self {
-        let env = EnvFilter::new(config.extra_env.iter().cloned());
         Self {
             config,
-            env,
+            env: EnvFilter::default(),
             client: None,
             stamps: [None; 2],
             seen: HashMap::new(),
@@ -244,7 +239,8 @@ impl KubeletCollector {
 
 #[async_trait]
 impl PullCollector for KubeletCollector {
-    async fn start(&mut self, _ctx: &CollectorContext) -> Result<(), CollectorError> {
+    async fn start(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.env = ctx.env.clone();
         self.reconnect().await?;
         Ok(())
     }

@@ -167,6 +167,7 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
             ),
             reader: std::sync::Arc::new(store.clone()),
             cancel: wm_core::CancellationToken::new(),
+            env: wm_core::EnvFilter::default(),
         };
         let mut collector = KubeletCollector::new(config(cluster, &token));
         use wm_core::PullCollector as _;

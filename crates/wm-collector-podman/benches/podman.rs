@@ -44,7 +44,7 @@ async fn baseline_sync(client: &reqwest::Client) -> usize {
 }
 
 async fn ours_sync(service: &PodmanService, expected: usize) {
-    let config = PodmanConfig { podman_socket_path: Some(service.socket()), ..PodmanConfig::default() };
+    let config = PodmanConfig { podman_socket_path: Some(service.socket()) };
     let store = Store::builder().collector(PodmanCollector::new(config).into_collector()).build();
     let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
     store.start();

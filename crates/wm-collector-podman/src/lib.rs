@@ -60,10 +60,6 @@ const MAX_REPORTED: usize = 10_000;
 pub struct PodmanConfig {
     /// `podman_socket_path`: its unix socket; unset: [`DEFAULT_SOCKET`].
     pub podman_socket_path: Option<PathBuf>,
-    /// Env vars to keep beyond those the tag rules read (the agent passes the keys of
-    /// `container_env_as_tags`); not a key of its own.
-    #[serde(skip)]
-    pub extra_env: Vec<String>,
 }
 
 /// What the last pull learned about one container.
@@ -78,6 +74,7 @@ struct Known {
 #[derive(Debug)]
 pub struct PodmanCollector {
     config: PodmanConfig,
+    /// The env vars containers keep: the store's filter, taken at each start.
     env: EnvFilter,
     client: Option<reqwest::Client>,
     known: HashMap<String, Known>,
@@ -97,8 +94,14 @@ enum InspectError {
 impl PodmanCollector {
     /// A collector for `config`.
     pub fn new(config: PodmanConfig) -> Self {
-        let env = EnvFilter::new(config.extra_env.iter().cloned());
-        Self { config, env, client: None, known: HashMap::new(), reported: HashSet::new(), failing: HashSet::new() }
+        Self {
+            config,
+            env: EnvFilter::default(),
+            client: None,
+            known: HashMap::new(),
+            reported: HashSet::new(),
+            failing: HashSet::new(),
+        }
     }
 
     /// This collector, ready to hand to the store (pulled every 5 s).
@@ -181,10 +184,10 @@ pub struct PodmanFetcher {
 }
 
 impl PodmanFetcher {
-    /// A fetcher for `config`.
-    pub fn new(config: PodmanConfig) -> Self {
-        let collector = PodmanCollector::new(config);
-        Self { socket: collector.socket(), env: collector.env, client: std::sync::Mutex::new(None) }
+    /// Creates a fetcher for `config` whose containers keep the env vars `env` keeps.
+    pub fn new(config: PodmanConfig, env: EnvFilter) -> Self {
+        let socket = PodmanCollector::new(config).socket();
+        Self { socket, env, client: std::sync::Mutex::new(None) }
     }
 }
 
@@ -239,7 +242,8 @@ async fn inspect(client: &reqwest::Client, id: &str) -> Result<convert::Inspect,
 
 #[async_trait]
 impl PullCollector for PodmanCollector {
-    async fn start(&mut self, _ctx: &CollectorContext) -> Result<(), CollectorError> {
+    async fn start(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.env = ctx.env.clone();
         let socket = self.socket();
         if !socket.exists() {
             return Err(if self.config.podman_socket_path.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {

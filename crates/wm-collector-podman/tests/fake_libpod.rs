@@ -10,12 +10,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use test_support::fake_daemon::{FakeDaemon, scratch_dir};
-use test_support::watch::eventually;
+use test_support::watch::{container_ids, eventually};
 use wm_collector_podman::{PodmanCollector, PodmanConfig};
 use wm_store::{CollectorState, MetricValue, Store};
 
 fn store_on(socket: &std::path::Path, timeout: Duration) -> Store {
-    let config = PodmanConfig { podman_socket_path: Some(socket.to_owned()), ..Default::default() };
+    let config = PodmanConfig { podman_socket_path: Some(socket.to_owned()) };
     let collector = PodmanCollector::new(config)
         .into_collector()
         .with_pull_interval(Duration::from_millis(500))
@@ -23,10 +23,6 @@ fn store_on(socket: &std::path::Path, timeout: Duration) -> Store {
     let store = Store::builder().collector(collector).build();
     store.start();
     store
-}
-
-fn stored(store: &Store) -> BTreeSet<String> {
-    store.list_containers().iter().map(|c| c.id.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,11 +36,11 @@ async fn one_container_whose_inspect_fails_does_not_stop_the_others() {
     let store = store_on(daemon.socket(), Duration::from_secs(30));
     eventually("the pull without the failing container", Duration::from_secs(10), || store.health().is_ready()).await;
     let expected: BTreeSet<String> = daemon.ids().into_iter().filter(|id| id != "p03").collect();
-    eventually("every other container", Duration::from_secs(10), || stored(&store) == expected).await;
+    eventually("every other container", Duration::from_secs(10), || container_ids(&store) == expected).await;
     daemon.fail_inspect("p03", false);
     eventually("the failing one, at a later pull", Duration::from_secs(10), || store.get_container("p03").is_some())
         .await;
-    assert_eq!(stored(&store), daemon.ids().into_iter().collect());
+    assert_eq!(container_ids(&store), daemon.ids().into_iter().collect());
     store.shutdown().await;
 }
 
@@ -59,7 +55,7 @@ async fn slow_inspects_run_eight_at_a_time_and_pulls_cut_by_their_timeout_keep_t
     // 400 inspects of 50 ms, 8 at a time, take about 2.5 s: more than one pull's 1 s timeout.
     let store = store_on(daemon.socket(), Duration::from_secs(1));
     let expected: BTreeSet<String> = daemon.ids().into_iter().collect();
-    eventually("every container", Duration::from_secs(30), || stored(&store) == expected).await;
+    eventually("every container", Duration::from_secs(30), || container_ids(&store) == expected).await;
     let timeouts =
         store.telemetry().into_iter().find(|m| m.name == "workloadmeta.pull_errors").map(|m| m.value).unwrap();
     println!("{timeouts:?}, {} inspects, {} at most at once", daemon.inspects(), daemon.max_concurrent_inspects());
@@ -76,7 +72,7 @@ async fn slow_inspects_run_eight_at_a_time_and_pulls_cut_by_their_timeout_keep_t
     }
     let store = store_on(daemon.socket(), Duration::from_secs(30));
     let expected: BTreeSet<String> = daemon.ids().into_iter().collect();
-    eventually("every container", Duration::from_secs(30), || stored(&store) == expected).await;
+    eventually("every container", Duration::from_secs(30), || container_ids(&store) == expected).await;
     assert_eq!(daemon.max_concurrent_inspects(), 8);
     store.shutdown().await;
 }
@@ -107,8 +103,8 @@ async fn the_fetcher_inspects_one_container_and_knows_nothing_of_others() {
     let daemon = FakeDaemon::libpod(&dir).unwrap();
     let (known, unknown) = ("f1".repeat(32), "0".repeat(64));
     daemon.create(&known, "fetched");
-    let config = PodmanConfig { podman_socket_path: Some(daemon.socket().to_owned()), ..Default::default() };
-    let fetcher = wm_collector_podman::PodmanFetcher::new(config);
+    let config = PodmanConfig { podman_socket_path: Some(daemon.socket().to_owned()) };
+    let fetcher = wm_collector_podman::PodmanFetcher::new(config, wm_core::EnvFilter::default());
     let found = fetcher.fetch(&known).await.expect("the container");
     assert_eq!((&*found.id, found.name.as_str()), (known.as_str(), "fetched"));
     assert!(fetcher.fetch(&unknown).await.is_none());
@@ -119,6 +115,8 @@ async fn the_fetcher_inspects_one_container_and_knows_nothing_of_others() {
         assert!(fetcher.fetch(hostile).await.is_none(), "{hostile}");
     }
     assert_eq!(daemon.inspects(), 2);
-    let absent = PodmanConfig { podman_socket_path: Some(dir.join("none.sock")), ..Default::default() };
-    assert!(wm_collector_podman::PodmanFetcher::new(absent).fetch(&known).await.is_none());
+    let absent = PodmanConfig { podman_socket_path: Some(dir.join("none.sock")) };
+    assert!(
+        wm_collector_podman::PodmanFetcher::new(absent, wm_core::EnvFilter::default()).fetch(&known).await.is_none()
+    );
 }

@@ -24,7 +24,7 @@ fn with_podman(test: &str, body: impl AsyncFnOnce(&mut PodmanService)) {
 }
 
 fn store_with_podman(podman: &PodmanService) -> Store {
-    let config = PodmanConfig { podman_socket_path: Some(podman.socket()), extra_env: Vec::new() };
+    let config = PodmanConfig { podman_socket_path: Some(podman.socket()) };
     let collector = PodmanCollector::new(config).into_collector().with_pull_interval(EVERY);
     let store = Store::builder().collector(collector).build();
     store.start();
@@ -192,8 +192,8 @@ fn fetch_on_miss_makes_no_request_but_inspects_of_well_formed_ids() {
         let real = podman(p, &["create", "--name", "fetched", PodmanService::IMAGE, "sleep", "300"]).await;
         let socket = p.socket().with_file_name("recorded.sock");
         let proxy = test_support::recording_proxy::RecordingProxy::start(&socket, &p.socket()).unwrap();
-        let config = PodmanConfig { podman_socket_path: Some(proxy.socket().to_path_buf()), extra_env: Vec::new() };
-        let fetcher = wm_collector_podman::PodmanFetcher::new(config);
+        let config = PodmanConfig { podman_socket_path: Some(proxy.socket().to_path_buf()) };
+        let fetcher = wm_collector_podman::PodmanFetcher::new(config, wm_core::EnvFilter::default());
         let hostile = [
             "x/../../info".to_owned(),
             "../../system/df".to_owned(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::cancel::CancellationToken;
-use crate::entity::{Container, EcsTask, Entity, EntityId, Kind, KubernetesPod, Source};
+use crate::entity::{Container, EcsTask, Entity, EntityId, EnvFilter, Kind, KubernetesPod, Source};
 use crate::event::EventType;
 
 /// Who speaks through a sink: a source and the collector's name. A full list replaces what this
@@ -168,6 +168,10 @@ pub struct CollectorContext {
     /// then (dropping its future); a collector that runs work of its own (a spawned task, a
     /// blocking thread) ends it on this.
     pub cancel: CancellationToken,
+    /// Which env vars the containers it reports keep: those the tag rules read and the ones the
+    /// agent's config names (the keys of `container_env_as_tags`). One filter for the whole
+    /// store, so every runtime keeps the same ones.
+    pub env: EnvFilter,
 }
 
 impl fmt::Debug for CollectorContext {

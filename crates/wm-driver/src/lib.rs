@@ -119,6 +119,13 @@ pub trait ListWatch: Send + Sync + 'static {
     /// A change event as the daemon sends it.
     type Event: Send + 'static;
 
+    /// Takes what it needs from the store's context at the start of each run, before
+    /// [`watch`](Self::watch): the env filter of the containers it reports. Does nothing by
+    /// default.
+    fn prepare(&mut self, ctx: &CollectorContext) {
+        let _ = ctx;
+    }
+
     /// Connects and subscribes. An absent environment (no socket) is
     /// [`CollectorError::EnvironmentAbsent`]. The stream must carry every change made after it
     /// was first polled, or after it answered a probe with [`Watched::Live`] when
@@ -306,6 +313,7 @@ async fn wait_until_live<L: ListWatch>(
 #[async_trait]
 impl<L: ListWatch> StreamCollector for Driver<L> {
     async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.inner.prepare(ctx);
         let stream = self.inner.watch().await?;
         let (tx, mut rx) = mpsc::channel(PUMP_CAPACITY);
         let _pump = AbortOnDrop(tokio::spawn(pump(stream, tx)));

@@ -138,6 +138,7 @@ fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
         sink: SourceSink::new(origin, recorder.clone()),
         reader: Arc::new(NoReader),
         cancel: CancellationToken::new(),
+        env: wm_core::EnvFilter::default(),
     };
     (Harness { tx, containers, refreshes, broken, recorder, ctx }, Driver::new(fake))
 }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 use wm_core::sync::{MutexExt, RwLockExt};
 use wm_core::{
-    CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, Event,
-    EventSink, Filter, Id, Kind, KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader,
+    CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, EnvFilter,
+    Event, EventSink, Filter, Id, Kind, KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader,
     SubscriberPriority,
 };
 
@@ -46,6 +46,9 @@ pub struct StoreConfig {
     /// How often a collector whose environment was not detected, or is not there yet, looks
     /// again (default 30 s).
     pub redetect_interval: Duration,
+    /// Which env vars the collectors keep on the containers they report (default: those the
+    /// tag rules read); handed to each collector in its context.
+    pub env: EnvFilter,
 }
 
 impl Default for StoreConfig {
@@ -59,6 +62,7 @@ impl Default for StoreConfig {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             redetect_interval: Duration::from_secs(30),
+            env: EnvFilter::default(),
         }
     }
 }
@@ -343,6 +347,7 @@ impl Store {
                 sink: SourceSink::new(collector.origin(), sink),
                 reader: Arc::new(WeakReader(weak.clone())),
                 cancel: self.inner.cancel.child(),
+                env: self.inner.config.env.clone(),
             };
             let span = tracing::info_span!("collector", name = &*collector.name, source = %collector.source);
             tracing::debug!(parent: &span, "starting collector");
