@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::id::Id;
 use crate::image::ContainerImage;
 use crate::intern::IStr;
 use crate::map::StrMap;
@@ -59,12 +60,6 @@ impl fmt::Display for Kind {
         f.write_str(self.as_str())
     }
 }
-
-/// An entity's id (a container id, pod UID, task ARN): one thin pointer to a counted string in one
-/// allocation, shared by every holder (the store keys its records by it, and hands it to every
-/// version and owner reference that names the entity). Read as a `str`; hashed, compared and
-/// serialized as one.
-pub type Id = arcstr::ArcStr;
 
 /// Identifies an entity: container id, pod UID or task ARN, with its kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

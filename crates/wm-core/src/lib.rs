@@ -14,6 +14,7 @@ pub mod config;
 mod entity;
 mod event;
 mod file;
+mod id;
 mod image;
 mod intern;
 mod limit;
@@ -32,13 +33,14 @@ pub use collector::{
 pub use config::{Port, Seconds, Secret};
 pub use entity::{
     Container, ContainerDetails, ContainerHealth, ContainerPort, ContainerResources, ContainerRuntimeDetails,
-    ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter, ExitCode, Id, KEPT_ENV_VARS,
+    ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter, ExitCode, KEPT_ENV_VARS,
     KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind, KubernetesMetadata, KubernetesPod,
     LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodDetails, PodOwner, PodRuntimeDetails, ResourceSpec,
     Runtime, Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use file::FileStamp;
+pub use id::Id;
 pub use image::{ContainerImage, ImageRef};
 pub use intern::IStr;
 pub use limit::{BodyTooLarge, CappedBody};

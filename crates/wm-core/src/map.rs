@@ -96,10 +96,10 @@ impl StrMap {
     pub(crate) fn share_value(&mut self, key: &str, text: &Id) {
         let Ok(at) = self.position(key) else { return };
         let value = &self.entries()[at].1;
-        if **value != **text || value.is_text(text) {
+        if **value != **text || value.is_text(&text.0) {
             return;
         }
-        self.edit(|entries| entries[at].1 = IStr::adopt(text));
+        self.edit(|entries| entries[at].1 = IStr::adopt(&text.0));
     }
 
     /// Keeps only the entries for which `keep` says yes.

@@ -42,7 +42,7 @@ impl TagStore {
                     }
                 }
                 // A key's text shared with the workload store is counted there.
-                f.keys += if Id::strong_count(uid).is_some_and(|n| n > 1) { 0 } else { ARC + uid.len() };
+                f.keys += if uid.is_shared() { 0 } else { ARC + uid.len() };
             }
         }
         f.tags += shared.values().sum::<usize>();
