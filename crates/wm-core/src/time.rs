@@ -11,13 +11,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Runtimes report times as RFC 3339 text (docker, kubelet) or protobuf timestamps (containerd);
 /// both convert losslessly into this.
 ///
-/// Kept with the sign bit flipped in a `NonZeroI64`, so that an `Option<Timestamp>` (how every
-/// entity holds its times) is 8 bytes too: the one value it cannot hold, the earliest
-/// nanosecond of `i64`, reads as the next.
+/// Stored with its sign bit flipped (`nanos ^ i64::MIN`) in a `NonZeroI64`, so that an
+/// `Option<Timestamp>` (how every entity holds its times) uses the zero for `None` and is 8 bytes
+/// too. The one instant this cannot hold, `i64::MIN` nanoseconds, is stored as the next one.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Timestamp(NonZeroI64);
 
-/// The stored form of the earliest timestamp held (`i64::MIN + 1` nanoseconds, flipped).
+/// The stored form of the earliest timestamp held: `i64::MIN + 1` nanoseconds, flipped, is 1.
 const EARLIEST: NonZeroI64 = match NonZeroI64::new(1) {
     Some(one) => one,
     None => NonZeroI64::MAX,
@@ -52,13 +52,14 @@ pub struct TimestampError {
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 impl Timestamp {
-    /// The system clock's time now (the epoch if the clock is before it).
+    /// Returns the system clock's time now (the epoch if the clock is before it).
     pub fn now() -> Self {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Self::from_unix_nanos(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
     }
 
-    /// From nanoseconds since the Unix epoch.
+    /// Creates a timestamp from nanoseconds since the Unix epoch; `i64::MIN`, the one value it
+    /// cannot hold, becomes `i64::MIN + 1`.
     pub const fn from_unix_nanos(nanos: i64) -> Self {
         match NonZeroI64::new(nanos ^ i64::MIN) {
             Some(stored) => Self(stored),
@@ -66,22 +67,28 @@ impl Timestamp {
         }
     }
 
-    /// From seconds and nanoseconds since the Unix epoch (a protobuf `Timestamp`).
+    /// Creates a timestamp from seconds and nanoseconds since the Unix epoch (a protobuf
+    /// `Timestamp`), clamped to the range it can hold.
     pub fn from_unix(secs: i64, nanos: i32) -> Self {
         Self::from_unix_nanos(secs.saturating_mul(NANOS_PER_SEC).saturating_add(i64::from(nanos)))
     }
 
-    /// Nanoseconds since the Unix epoch.
+    /// Returns the nanoseconds since the Unix epoch.
     pub const fn unix_nanos(self) -> i64 {
         self.0.get() ^ i64::MIN
     }
 
-    /// Seconds since the Unix epoch, rounded down.
+    /// Returns the whole seconds since the Unix epoch, rounded down (toward the past).
     pub const fn unix_seconds(self) -> i64 {
         self.unix_nanos().div_euclid(NANOS_PER_SEC)
     }
 
-    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
+    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, keeping at most nanosecond precision.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`TimestampError`] when `text` is not in that form, or names an instant outside
+    /// the range a timestamp holds (Docker's "zero time", `0001-01-01T00:00:00Z`, is one).
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimestampError> {
         parse(text.as_bytes()).ok_or_else(|| TimestampError { text: text.to_owned() })
     }
@@ -104,6 +111,13 @@ fn parse(b: &[u8]) -> Option<Timestamp> {
     let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
     let (hour, minute, second) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // A day the month does not have (`02-31`) is refused, as Go's parser does, rather than
+    // rolled over into the next month.
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if day > month_days[usize::try_from(month - 1).ok()?] {
         return None;
     }
     let mut rest = &b[19..];
@@ -161,7 +175,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 impl fmt::Display for Timestamp {
-    /// RFC 3339 in UTC; the fraction only when there is one, without trailing zeros.
+    /// Writes RFC 3339 in UTC; the fraction only when there is one, without trailing zeros.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.unix_nanos().div_euclid(NANOS_PER_SEC);
         let nanos = self.unix_nanos().rem_euclid(NANOS_PER_SEC);
@@ -240,8 +254,15 @@ mod tests {
             "2026-01-01T00:00:00.Z",
             "2026-01-01T00:00:00+2",
             "twenty",
+            "2026-02-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
         ] {
             assert!(Timestamp::parse_rfc3339(text).is_err(), "{text}");
+        }
+        for leap_day in ["2024-02-29T00:00:00Z", "2000-02-29T00:00:00Z"] {
+            assert!(Timestamp::parse_rfc3339(leap_day).is_ok(), "{leap_day}");
         }
     }
 }
