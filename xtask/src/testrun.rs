@@ -8,10 +8,11 @@
 //! - the binaries that start the real Kubernetes cluster: clusters on one host share a bridge
 //!   and a node name (`test_support::kubernetes` also takes a host-wide lock, so a binary
 //!   missing from [`CLUSTER_TESTS`] still waits its turn, only holding a lane meanwhile);
-//! - the other real-daemon binaries (`real_*`): their timing checks stay meaningful with one of
-//!   them at a time.
+//! - the other real-daemon binaries (`real_*`): one at a time, as `cargo test` ran them; they
+//!   run beside the cluster lane, never beside each other.
 //!
-//! Each binary's output goes to `<target>/test-logs/<name>.log` and is printed when it fails.
+//! Each binary's output goes to `<target>/test-logs/<package>--<target>.log` and is printed when
+//! it fails; a binary still running after [`BINARY_DEADLINE`] is killed and counts as failed.
 //! At the end come the slowest binaries; every binary runs even after one failed.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -35,11 +36,16 @@ const CLUSTER_TESTS: &[&str] = &[
 /// How many slowest binaries the summary lists.
 const SLOWEST_SHOWN: usize = 10;
 
+/// How long one binary may run before it is killed and counted as failed: the slowest takes
+/// about a minute and a half, so this only ever stops a binary that hangs.
+const BINARY_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
 /// One test binary cargo built.
 #[derive(Debug, Clone)]
 struct Binary {
     /// `<package>::<target>` (`::lib` for a library's unit tests).
     name: String,
+    package: String,
     executable: PathBuf,
     /// The package's directory: cargo runs a test binary there and names it in
     /// `CARGO_MANIFEST_DIR`.
@@ -177,14 +183,15 @@ fn build(root: &Path, features: &[&str]) -> anyhow::Result<Vec<Binary>> {
             continue;
         };
         let package_dir = Path::new(manifest).parent().map(Path::to_path_buf).unwrap_or_default();
-        let package = package_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let package = package_name(message["package_id"].as_str().unwrap_or_default(), &package_dir);
         let kinds = message["target"]["kind"].as_array().cloned().unwrap_or_default();
         let target = if kinds.iter().any(|k| k == "lib" || k == "rlib" || k == "cdylib") {
             "lib".to_owned()
         } else {
             message["target"]["name"].as_str().unwrap_or("?").to_owned()
         };
-        binaries.push(Binary { name: format!("{package}::{target}"), executable: executable.into(), package_dir });
+        let name = format!("{package}::{target}");
+        binaries.push(Binary { name, package, executable: executable.into(), package_dir });
     }
     if binaries.is_empty() {
         bail!("cargo built no test binary");
@@ -192,21 +199,49 @@ fn build(root: &Path, features: &[&str]) -> anyhow::Result<Vec<Binary>> {
     Ok(binaries)
 }
 
-/// Runs one binary as `cargo test` would (in its package's directory), its output to a log.
+/// Reads a package's name from cargo's package id (`path+file:///…/crates/tagger#0.0.0`, or
+/// `…#name@0.0.0` when the folder is named otherwise); the folder's name if it says none.
+fn package_name(package_id: &str, package_dir: &Path) -> String {
+    match package_id.rsplit_once('#').and_then(|(_, tail)| tail.split_once('@')) {
+        Some((name, _)) => name.to_owned(),
+        None => package_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    }
+}
+
+/// Runs one binary as `cargo test` would (in its package's directory, with its package's
+/// `CARGO_MANIFEST_DIR` and `CARGO_PKG_NAME`), its output to a log; kills it past
+/// [`BINARY_DEADLINE`].
 fn run_one(binary: &Binary, logs: &Path, env: &[(&str, OsString)]) -> Outcome {
     let log = logs.join(format!("{}.log", binary.name.replace("::", "--")));
     let started = Instant::now();
     let passed = (|| -> anyhow::Result<bool> {
         let out = std::fs::File::create(&log)?;
-        let status = Command::new(&binary.executable)
+        let mut child = Command::new(&binary.executable)
             .current_dir(&binary.package_dir)
             .env("CARGO_MANIFEST_DIR", &binary.package_dir)
+            .env("CARGO_PKG_NAME", &binary.package)
+            // `cargo xtask` set these for xtask itself: wrong for the binary, so not passed on.
+            .env_remove("CARGO_MANIFEST_PATH")
+            .env_remove("CARGO_CRATE_NAME")
+            .env_remove("CARGO_PRIMARY_PACKAGE")
             .envs(env.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
-            .status()?;
-        Ok(status.success())
+            .spawn()?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if started.elapsed() > BINARY_DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut log = std::fs::OpenOptions::new().append(true).open(&log)?;
+                std::io::Write::write_all(&mut log, format!("killed after {BINARY_DEADLINE:?}\n").as_bytes())?;
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     })()
     .unwrap_or_else(|e| {
         let _ = std::fs::write(&log, format!("could not run {}: {e:#}\n", binary.executable.display()));
