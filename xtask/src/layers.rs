@@ -5,8 +5,8 @@
 //! wm-store         <- wm-core
 //! wm-driver        <- wm-core (the list/watch driver the event-stream collectors share)
 //! wm-ipc           <- wm-core (the Datadog IPC wire format and its client side)
-//! wm-collector-*   <- wm-core, wm-driver (+ its own client library, wm-ipc for the remote one);
-//!                     never another collector, never wm-store
+//! wm-collector-*   <- wm-core, wm-driver, wm-ipc (+ its own client library); never another
+//!                     collector, never wm-store (dev: wm-store, test-support)
 //! tagger           <- wm-core, wm-store
 //! tagger-python    <- wm-core, wm-ipc (dev: test-support)
 //! agent-bin        <- everything

@@ -31,7 +31,7 @@ impl TagPrefix {
         TagPrefix::Other,
     ];
 
-    /// The prefix as the wire writes it, before `://` (`Other`: empty).
+    /// Returns the prefix as the wire writes it, before `://` (`Other`: empty).
     pub(crate) const fn name(self) -> &'static str {
         match self {
             TagPrefix::Container => "container_id",
@@ -42,7 +42,7 @@ impl TagPrefix {
         }
     }
 
-    /// The text an id of this prefix starts with (`container_id://`; `Other`: empty).
+    /// Returns the text an id of this prefix starts with (`container_id://`; `Other`: empty).
     pub(crate) const fn scheme(self) -> &'static str {
         match self {
             TagPrefix::Container => "container_id://",
@@ -53,7 +53,7 @@ impl TagPrefix {
         }
     }
 
-    /// The prefix of a workload store entity's kind.
+    /// Returns the prefix of a workload store entity's kind.
     pub(crate) const fn of_kind(kind: Kind) -> Self {
         match kind {
             Kind::Container => TagPrefix::Container,
@@ -73,7 +73,7 @@ impl TagPrefix {
             .unwrap_or((TagPrefix::Other, entity))
     }
 
-    /// Its place among [`TagPrefix::ALL`], to index a per-prefix array.
+    /// Returns its place among [`TagPrefix::ALL`], to index a per-prefix array.
     pub(crate) const fn index(self) -> usize {
         self as usize
     }

@@ -1,4 +1,4 @@
-//! Tags, cardinalities, and what one source says about one entity.
+//! Tags and what one source says about one entity; the cardinalities are wm-core's, re-exported.
 
 use serde::Serialize;
 pub use wm_core::{TagCardinality, UnknownCardinality};

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
-/// The workspace root. Read at run time when the test runner says (cargo and nextest set
-/// `CARGO_MANIFEST_DIR`), so a test binary shared through a build cache reads the clone it runs in.
+/// Returns the workspace root. Read at run time when the test runner says (cargo and xtask's test
+/// runner set `CARGO_MANIFEST_DIR`), so a test binary shared through a build cache reads the clone
+/// it runs in.
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)

@@ -26,6 +26,8 @@ struct Waiters {
     children: Vec<CancellationToken>,
 }
 
+/// Signals cancellation to every task that holds a clone.
+///
 /// Cheap to clone; clones share one state. Once cancelled, it stays cancelled.
 #[derive(Clone, Default)]
 pub struct CancellationToken {
@@ -39,12 +41,15 @@ impl fmt::Debug for CancellationToken {
 }
 
 impl CancellationToken {
-    /// A token not yet cancelled.
+    /// Creates a token that is not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A token cancelled with this one (and on its own by its own `cancel`).
+    /// Creates a child token: cancelling this token cancels the child, but cancelling the child
+    /// leaves this one alone.
+    ///
+    /// A child of a cancelled token starts cancelled.
     pub fn child(&self) -> Self {
         let child = Self::new();
         let mut waiters = self.inner.waiters.locked();
@@ -58,7 +63,8 @@ impl CancellationToken {
         child
     }
 
-    /// Cancels: every `cancelled()` future completes, now and later, and so do children's.
+    /// Cancels the token and its children: every `cancelled()` future, pending or made later,
+    /// completes. Calling it again does nothing.
     pub fn cancel(&self) {
         if self.inner.cancelled.swap(true, Ordering::AcqRel) {
             return;
@@ -75,19 +81,21 @@ impl CancellationToken {
         }
     }
 
-    /// Whether `cancel` was called (on this token or a parent).
+    /// Tells whether the token was cancelled, by its own `cancel` or a parent's.
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancelled.load(Ordering::Acquire)
     }
 
-    /// Completes once the token is cancelled.
+    /// Returns a future that completes once the token is cancelled (at once if it already is).
     pub fn cancelled(&self) -> Cancelled<'_> {
         Cancelled { token: self, key: None }
     }
 }
 
-/// The future of [`CancellationToken::cancelled`]. Dropping it forgets its waker, so waiting in
-/// a loop (`select!` on it each turn) does not grow the token.
+/// The future [`CancellationToken::cancelled`] returns.
+///
+/// Dropping it removes its waker from the token, so waiting in a loop (a `select!` on a new one
+/// each turn) does not grow the token's list of wakers.
 #[derive(Debug)]
 pub struct Cancelled<'a> {
     token: &'a CancellationToken,
@@ -102,7 +110,8 @@ impl Future for Cancelled<'_> {
             return Poll::Ready(());
         }
         let mut waiters = self.token.inner.waiters.locked();
-        // Checked again under the lock: `cancel` takes the wakers under it after setting the flag.
+        // Checked again under the lock: `cancel` sets the flag before it takes the wakers under
+        // this lock, so a waker pushed after this check is still taken and woken.
         if self.token.is_cancelled() {
             return Poll::Ready(());
         }

@@ -15,44 +15,54 @@ use crate::cancel::CancellationToken;
 use crate::entity::{Container, EcsTask, Entity, EntityId, EnvFilter, Kind, KubernetesPod, Source};
 use crate::event::EventType;
 
-/// Who speaks through a sink: a source and the collector's name. A full list replaces what this
-/// origin said before, and nothing else (docker's list never unsets containerd's containers).
+/// The sender behind a sink: the source a collector reports for, and the collector's name.
+///
+/// A full list replaces only what was sent before under the same origin, so docker's full list
+/// never unsets a container that containerd reported.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
-    /// The source the collector speaks for.
+    /// The source the collector reports for.
     pub source: Source,
     /// The collector's name (`docker`, `containerd` …).
     pub collector: Arc<str>,
 }
 
-/// What a collector sends.
+/// A message a collector sends through its sink.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SinkMessage {
     /// Sets and unsets, applied in order as one batch.
     Events(Vec<(EventType, Entity)>),
-    /// Everything this origin knows now: what is new or changed is set, what is missing is unset,
-    /// atomically; except `keep`, entities the collector could not read this time (an inspect
-    /// failed): what it said about them before stays.
+    /// Everything this origin knows now, applied in one step: entities that are new or changed
+    /// are set, and entities this origin sent before but that are missing now are unset, except
+    /// those named in `keep`.
     FullList {
-        /// Every entity it read.
+        /// Every entity the collector read.
         entities: Vec<Entity>,
-        /// Entities it could not read: not unset.
+        /// Entities the collector could not read this time (an inspect failed): the store keeps
+        /// what this origin sent about them before instead of unsetting them.
         keep: Vec<EntityId>,
     },
 }
 
-/// The store side of a sink. Implemented by the store; collectors use [`SourceSink`].
+/// Receives what collectors send; the store implements it.
+///
+/// Collectors do not call it directly: each gets a [`SourceSink`], which adds the collector's
+/// origin to every message.
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    /// Applies `message` as said by `origin`. Returns once the store has taken it (its state
-    /// updated); waits while the store is saturated.
+    /// Applies `message` as sent by `origin`.
+    ///
+    /// Returns once the store has updated its state with the message. While the store is
+    /// saturated, it waits for room first.
     async fn send(&self, origin: &Origin, message: SinkMessage);
 
-    /// Counts an entity the collector could not read and skipped (`workloadmeta.entity_errors`).
+    /// Counts an entity the collector could not read and skipped, in the
+    /// `workloadmeta.entity_errors` metric. Does nothing by default.
     fn entity_error(&self, _origin: &Origin) {}
 }
 
-/// A collector's way into the store, bound to its own origin.
+/// Sends a collector's sets, unsets and full lists into the store, under the collector's own
+/// origin.
 #[derive(Clone)]
 pub struct SourceSink {
     origin: Origin,
@@ -60,45 +70,59 @@ pub struct SourceSink {
 }
 
 impl SourceSink {
-    /// A sink that speaks as `origin` into `inner`.
+    /// Creates a sink that sends into `inner` as `origin`.
     pub fn new(origin: Origin, inner: Arc<dyn EventSink>) -> Self {
         Self { origin, inner }
     }
 
-    /// Who this sink speaks as.
+    /// Returns the origin this sink sends as.
     pub fn origin(&self) -> &Origin {
         &self.origin
     }
 
-    /// Sets one entity.
+    /// Sends a set of one entity: the entity is new or has changed.
     pub async fn set(&self, entity: impl Into<Entity>) {
         self.events(vec![(EventType::Set, entity.into())]).await;
     }
 
-    /// Unsets one entity; the fields it carries beyond the id are laid over the last version.
+    /// Sends an unset of one entity: the entity is gone.
+    ///
+    /// The entity needs only its id. Any other field it carries is laid over the last known
+    /// version in the unset event subscribers receive (a runtime's exit code and finish time).
     pub async fn unset(&self, entity: impl Into<Entity>) {
         self.events(vec![(EventType::Unset, entity.into())]).await;
     }
 
-    /// Sends a batch of sets and unsets (one bundle per subscriber). An empty batch is skipped.
+    /// Sends a batch of sets and unsets, which the store applies in order.
+    ///
+    /// Each subscriber receives the batch's changes as one bundle. An empty batch sends nothing.
     pub async fn events(&self, events: Vec<(EventType, Entity)>) {
         if !events.is_empty() {
             self.inner.send(&self.origin, SinkMessage::Events(events)).await;
         }
     }
 
-    /// Replaces everything this origin said with `entities`.
+    /// Replaces everything this origin sent before with `entities`.
+    ///
+    /// The store sets what is new or changed, and unsets what this origin sent before but
+    /// `entities` lacks.
     pub async fn full_list(&self, entities: Vec<Entity>) {
         self.full_list_keeping(entities, Vec::new()).await;
     }
 
-    /// Replaces everything this origin said with `entities`, except what it said about `keep`
-    /// (entities listed but unreadable this time: left as they were, not unset).
+    /// Replaces everything this origin sent before with `entities`, except the entities named
+    /// in `keep`.
+    ///
+    /// Put in `keep` the entities the collector could not read this time (an inspect failed):
+    /// the store leaves what this origin sent about them before as it was, instead of unsetting
+    /// them.
     pub async fn full_list_keeping(&self, entities: Vec<Entity>, keep: Vec<EntityId>) {
         self.inner.send(&self.origin, SinkMessage::FullList { entities, keep }).await;
     }
 
-    /// Counts an entity that could not be read and was skipped (the collector logs it).
+    /// Counts an entity the collector could not read and skipped.
+    ///
+    /// The collector logs the error itself; this only adds it to the store's count.
     pub fn entity_error(&self) {
         self.inner.entity_error(&self.origin);
     }
@@ -110,25 +134,25 @@ impl fmt::Debug for SourceSink {
     }
 }
 
-/// A read handle on the store's merged view.
+/// A read handle on the store's merged view, for a collector that needs to look something up.
 pub trait StoreReader: Send + Sync {
-    /// The merged entity with this id.
+    /// Returns the merged entity with this id, or `None` if the store has none.
     fn get(&self, id: &EntityId) -> Option<Entity>;
 
-    /// Every merged entity of `kind`, in id order.
+    /// Returns every merged entity of `kind`, in id order.
     fn list(&self, kind: Kind) -> Vec<Entity>;
 
-    /// The merged container with this id.
+    /// Returns the merged container with this id, or `None` if the store has none.
     fn get_container(&self, id: &str) -> Option<Arc<Container>> {
         self.get(&EntityId::new(Kind::Container, id)).and_then(|e| e.as_container().cloned())
     }
 
-    /// The merged pod with this UID.
+    /// Returns the merged pod with this UID, or `None` if the store has none.
     fn get_kubernetes_pod(&self, uid: &str) -> Option<Arc<KubernetesPod>> {
         self.get(&EntityId::new(Kind::KubernetesPod, uid)).and_then(|e| e.as_kubernetes_pod().cloned())
     }
 
-    /// The merged task with this ARN.
+    /// Returns the merged ECS task with this ARN, or `None` if the store has none.
     fn get_ecs_task(&self, arn: &str) -> Option<Arc<EcsTask>> {
         self.get(&EntityId::new(Kind::EcsTask, arn)).and_then(|e| e.as_ecs_task().cloned())
     }
@@ -139,7 +163,7 @@ pub trait StoreReader: Send + Sync {
 /// collectors implement it; the agent hands them to the tagger.
 #[async_trait]
 pub trait ContainerFetcher: Send + Sync {
-    /// Returns whether `container_id` has the form of this runtime's ids.
+    /// Tells whether `container_id` has the form of this runtime's ids.
     ///
     /// The id comes from a client; only an id this accepts is ever passed to [`fetch`], so a
     /// fetcher that builds a URL from it cannot be steered to another path of its API.
@@ -147,30 +171,33 @@ pub trait ContainerFetcher: Send + Sync {
     /// [`fetch`]: ContainerFetcher::fetch
     fn accepts(&self, container_id: &str) -> bool;
 
-    /// The container with this id, or `None` if the runtime does not know it (or failed).
+    /// Asks the runtime for the container with this id.
+    ///
+    /// Returns `None` if the runtime does not know the id or the request fails.
     async fn fetch(&self, container_id: &str) -> Option<Container>;
 }
 
-/// Returns whether `id` is a full container id as docker and podman write it: 64 lowercase
+/// Tells whether `id` is a full container id as docker and podman write it: 64 lowercase
 /// hexadecimal digits.
 pub fn is_full_hex_id(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// What a collector is handed when it runs.
+/// Everything a collector is given when the store runs it.
 #[derive(Clone)]
 pub struct CollectorContext {
-    /// Its way into the store.
+    /// The sink the collector sends through.
     pub sink: SourceSink,
     /// A read handle on the merged view.
     pub reader: Arc<dyn StoreReader>,
-    /// Cancelled when the store shuts down. The store also stops waiting on a collector's call
-    /// then (dropping its future); a collector that runs work of its own (a spawned task, a
-    /// blocking thread) ends it on this.
+    /// Cancelled when the store shuts down. The store then also drops the future of any call it
+    /// is awaiting on the collector; a collector that runs work of its own (a spawned task, a
+    /// blocking thread) must watch this token and end that work when it is cancelled.
     pub cancel: CancellationToken,
-    /// Which env vars the containers it reports keep: those the tag rules read and the ones the
-    /// agent's config names (the keys of `container_env_as_tags`). One filter for the whole
-    /// store, so every runtime keeps the same ones.
+    /// Decides which env vars of its containers the collector keeps: those the tag rules read
+    /// and the ones the agent's config names (the keys of `container_env_as_tags` and
+    /// `docker_env_as_tags`). Every collector of a store gets the same filter, so every runtime
+    /// keeps the same env vars.
     pub env: EnvFilter,
 }
 
@@ -180,30 +207,37 @@ impl fmt::Debug for CollectorContext {
     }
 }
 
-/// A boxed error kept as a cause.
+/// A boxed error, held as the cause of a [`CollectorError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Why a collector stopped. The variant says what the store does next.
+/// Why a collector stopped; the variant decides what the store does next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CollectorError {
-    /// Its runtime or orchestrator was not detected on this node (no socket at the default
-    /// path, no env var): the store looks again every re-detection period; meanwhile it does
-    /// not hold the agent's readiness back.
+    /// The collector's runtime or orchestrator was not detected on this node (no socket at the
+    /// default path, no env var).
+    ///
+    /// Before the collector's first full list, the store looks again every re-detection period,
+    /// and the collector does not hold the agent's readiness back meanwhile. After that first
+    /// list, the store retries with backoff, as for a retriable error.
     #[error("environment not detected: {reason}")]
     EnvironmentAbsent {
         /// What was looked for.
         reason: String,
     },
-    /// What the configuration names (a socket path set by a config key) is not there yet: the
-    /// store looks again every re-detection period, and the agent is not ready until it came
-    /// and listed.
+    /// Something the configuration names (a socket path set by a config key) is not there yet.
+    ///
+    /// Before the collector's first full list, the store looks again every re-detection period,
+    /// and the agent is not ready until the thing appears and the collector has sent its first
+    /// full list. After that first list, the store retries with backoff, as for a retriable
+    /// error.
     #[error("waiting for {what}")]
     Waiting {
-        /// What it waits for (`/run/containerd/containerd.sock (cri_socket_path)`).
+        /// What the collector waits for (`/run/containerd/containerd.sock (cri_socket_path)`).
         what: String,
     },
-    /// Something that may pass (daemon down, connection reset): retried with backoff.
+    /// A failure that may go away (daemon down, connection reset): the store retries with
+    /// backoff.
     #[error("{context}")]
     Retriable {
         /// What failed, naming what the user can change.
@@ -212,7 +246,8 @@ pub enum CollectorError {
         #[source]
         source: Option<BoxError>,
     },
-    /// Something that will not pass by waiting (bad configuration): the collector stops.
+    /// A failure that waiting will not fix (bad configuration): returned from `run` or `start`,
+    /// it stops the collector for good.
     #[error("{context}")]
     Permanent {
         /// What failed, naming what the user can change.
@@ -224,27 +259,27 @@ pub enum CollectorError {
 }
 
 impl CollectorError {
-    /// An absent environment.
+    /// Creates an `EnvironmentAbsent` error; `reason` says what was looked for.
     pub fn absent(reason: impl Into<String>) -> Self {
         Self::EnvironmentAbsent { reason: reason.into() }
     }
 
-    /// A configured environment not there yet.
+    /// Creates a `Waiting` error; `what` names what is missing and the config key that set it.
     pub fn waiting_for(what: impl Into<String>) -> Self {
         Self::Waiting { what: what.into() }
     }
 
-    /// A retriable failure with its cause.
+    /// Creates a `Retriable` error: `context` says what failed, `source` is the cause.
     pub fn retriable(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Retriable { context: context.into(), source: Some(source.into()) }
     }
 
-    /// A permanent failure with its cause.
+    /// Creates a `Permanent` error: `context` says what failed, `source` is the cause.
     pub fn permanent(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Permanent { context: context.into(), source: Some(source.into()) }
     }
 
-    /// The error and its causes on one line (`what failed: why: the root cause`).
+    /// Returns the error and its chain of causes on one line (`what failed: why: the root cause`).
     pub fn with_causes(&self) -> String {
         let mut text = self.to_string();
         let mut cause = std::error::Error::source(self);
@@ -256,7 +291,7 @@ impl CollectorError {
         text
     }
 
-    /// Whether trying again may help.
+    /// Tells whether trying again may help: only a `Retriable` error says so.
     pub fn is_retriable(&self) -> bool {
         matches!(self, Self::Retriable { .. })
     }
@@ -272,6 +307,11 @@ impl CollectorError {
 #[async_trait]
 pub trait StreamCollector: Send {
     /// Runs until the stream ends or fails.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the collector must stop; the variant tells the store whether and
+    /// when to run it again.
     async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError>;
 }
 
@@ -284,9 +324,19 @@ pub trait StreamCollector: Send {
 #[async_trait]
 pub trait PullCollector: Send {
     /// Detects the environment and connects.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the environment is not there or the connection fails; the variant
+    /// tells the store whether and when to call `start` again.
     async fn start(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError>;
 
     /// Reads the source once.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when this read fails. Whatever the variant, the store keeps what it had
+    /// and pulls again at the next interval.
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError>;
 }
 
@@ -322,12 +372,13 @@ impl Collector {
     /// Default bound on one pull.
     pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// A stream collector.
+    /// Creates a stream collector named `name` that reports for `source`.
     pub fn stream(name: impl Into<Arc<str>>, source: Source, collector: impl StreamCollector + 'static) -> Self {
         Self { name: name.into(), source, kind: CollectorKind::Stream(Box::new(collector)) }
     }
 
-    /// A pull collector with the default interval and timeout.
+    /// Creates a pull collector named `name` that reports for `source`, with the default interval
+    /// and timeout.
     pub fn pull(name: impl Into<Arc<str>>, source: Source, collector: impl PullCollector + 'static) -> Self {
         Self {
             name: name.into(),
@@ -356,7 +407,7 @@ impl Collector {
         self
     }
 
-    /// The origin its sink speaks as.
+    /// Returns the origin its sink sends as.
     pub fn origin(&self) -> Origin {
         Origin { source: self.source, collector: self.name.clone() }
     }

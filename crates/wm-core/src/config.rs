@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub struct Port(NonZeroU16);
 
 impl Port {
-    /// `port`, or `None` for 0.
+    /// Returns `port` as a `Port`, or `None` for 0.
     pub const fn new(port: u16) -> Option<Self> {
         match NonZeroU16::new(port) {
             Some(p) => Some(Self(p)),
@@ -23,7 +23,12 @@ impl Port {
         }
     }
 
-    /// `port` as a constant (a default): 0 fails the build of that constant, never a run.
+    /// Returns `port` as a `Port`, for a literal such as a default.
+    ///
+    /// # Panics
+    ///
+    /// Panics when `port` is 0. Evaluated in a `const` item, that panic is a compile error
+    /// instead, so a bad constant never reaches a running agent.
     pub const fn of(port: u16) -> Self {
         match Self::new(port) {
             Some(p) => p,
@@ -31,7 +36,7 @@ impl Port {
         }
     }
 
-    /// The port number.
+    /// Returns the port number.
     pub const fn get(self) -> u16 {
         self.0.get()
     }
@@ -141,7 +146,7 @@ pub const SECRET_TYPE_NAME: &str = "wm_core::Secret";
 pub struct Secret(String);
 
 impl Secret {
-    /// Wraps `text`.
+    /// Creates a secret holding `text`.
     pub fn new(text: impl Into<String>) -> Self {
         Self(text.into())
     }
@@ -151,7 +156,7 @@ impl Secret {
         &self.0
     }
 
-    /// Returns whether the secret is empty (not configured).
+    /// Tells whether the secret is empty (not configured).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

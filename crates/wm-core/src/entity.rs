@@ -1,5 +1,5 @@
-//! The entity model: containers, Kubernetes pods and object metadata, ECS tasks, and who said what
-//! about them.
+//! The entity model: containers, Kubernetes pods and object metadata, ECS tasks, and the sources
+//! that report them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,12 +34,12 @@ impl Kind {
     /// How many kinds there are.
     pub const COUNT: usize = Self::ALL.len();
 
-    /// Its position in [`Kind::ALL`]: an index for per-kind arrays.
+    /// Returns its position in [`Kind::ALL`], to index per-kind arrays.
     pub const fn index(self) -> usize {
         self as usize
     }
 
-    /// The name used in filters, dumps and the wire (`kubernetes_pod`).
+    /// Returns the name used in filters, dumps and the wire (`kubernetes_pod`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Container => "container",
@@ -49,7 +49,7 @@ impl Kind {
         }
     }
 
-    /// The inverse of [`Kind::as_str`].
+    /// Returns the kind whose [`Kind::as_str`] name is `name`, or `None` for an unknown name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
@@ -71,7 +71,7 @@ pub struct EntityId {
 }
 
 impl EntityId {
-    /// An id of `kind`.
+    /// Creates the id of an entity of `kind`; `id` is its container id, pod UID or task ARN.
     pub fn new(kind: Kind, id: impl Into<Id>) -> Self {
         Self { kind, id: id.into() }
     }
@@ -83,8 +83,11 @@ impl fmt::Display for EntityId {
     }
 }
 
-/// Who said something about an entity. Declared in merge precedence order: the first non-empty
-/// value wins, so a cluster orchestrator's value beats a node orchestrator's, and so on.
+/// Where a version of an entity comes from.
+///
+/// Declared in merge precedence order: for most fields the first non-empty value wins, so a
+/// cluster orchestrator's value beats a node orchestrator's, and so on (the `merge` module has
+/// the exceptions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -103,7 +106,7 @@ impl Source {
     pub const ALL: [Source; 4] =
         [Source::ClusterOrchestrator, Source::NodeOrchestrator, Source::Runtime, Source::Remote];
 
-    /// The name used in filters, dumps and the wire.
+    /// Returns the name used in filters, dumps and the wire (`node_orchestrator`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::ClusterOrchestrator => "cluster_orchestrator",
@@ -113,7 +116,7 @@ impl Source {
         }
     }
 
-    /// The inverse of [`Source::as_str`].
+    /// Returns the source whose [`Source::as_str`] name is `name`, or `None` for an unknown name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
@@ -144,7 +147,7 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    /// The name used in tags and dumps.
+    /// Returns the name used in tags and dumps (`cri_o`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Runtime::Docker => "docker",
@@ -222,14 +225,17 @@ pub struct ContainerState {
 }
 
 /// A container's exit code as its runtime or orchestrator reports it: any 64-bit value but
-/// `i64::MIN`, which none reports (Linux's are 8 bits, Kubernetes' 32, Windows' 32 unsigned). So
-/// an `Option<ExitCode>` is 8 bytes. Written and read as a number.
+/// `i64::MIN`, which none reports (Linux's are 8 bits, Kubernetes' 32, Windows' 32 unsigned).
+///
+/// It is stored with its sign bit flipped (`code ^ i64::MIN`) in a `NonZeroI64`, so `i64::MIN`
+/// is the one code it cannot hold, and an `Option<ExitCode>` uses that zero for `None` and
+/// stays 8 bytes. Written and read as a number.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
 pub struct ExitCode(std::num::NonZeroI64);
 
 impl ExitCode {
-    /// The exit code `code` (`None` for `i64::MIN`).
+    /// Returns `code` as an exit code, or `None` for `i64::MIN`, the one code it cannot hold.
     pub const fn new(code: i64) -> Option<Self> {
         match std::num::NonZeroI64::new(code ^ i64::MIN) {
             Some(kept) => Some(Self(kept)),
@@ -237,7 +243,7 @@ impl ExitCode {
         }
     }
 
-    /// The code.
+    /// Returns the code.
     pub const fn get(self) -> i64 {
         self.0.get() ^ i64::MIN
     }
@@ -323,7 +329,7 @@ impl<'de> Deserialize<'de> for Shared<ResourceSpec> {
     }
 }
 
-/// What a runtime says of a container beyond its identity, image and state: a
+/// What a runtime reports about a container beyond its identity, image and state: a
 /// [`ContainerDetails`] behind one copy-on-write pointer ([`Shared`]). An orchestrator's version
 /// of a container has none, and the merged view shares the runtime's.
 pub type ContainerRuntimeDetails = Shared<ContainerDetails>;
@@ -340,7 +346,7 @@ pub struct ContainerDetails {
     pub ports: Vec<ContainerPort>,
     /// Its cgroup path.
     pub cgroup_path: String,
-    /// Tags its collector gives as they are (`key:value`), for runtimes whose metadata comes
+    /// Tags the collector reports ready-made (`key:value`), for runtimes whose metadata comes
     /// as tags rather than labels: Cloud Foundry's Garden containers (the Datadog Agent's
     /// `CollectorTags`).
     pub collector_tags: Vec<String>,
@@ -362,8 +368,8 @@ impl Parts for ContainerDetails {
 
 /// A container of any runtime.
 ///
-/// Serialized with every field at the top level (`hostname`, not `details.hostname`), as
-/// `ContainerFields` spells them.
+/// Serialized with every field at the top level (`hostname`, not `details.hostname`): the form
+/// dumps and conformance scenarios use.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "ContainerFields", into = "ContainerFields")]
 pub struct Container {
@@ -373,7 +379,8 @@ pub struct Container {
     pub name: IStr,
     /// Its labels.
     pub labels: StrMap,
-    /// The env vars the tag rules read; never all of them (secrets stay out of the store).
+    /// The env vars that pass the store's [`EnvFilter`]; never all of them (secrets stay out of
+    /// the store).
     pub env: StrMap,
     /// Its image.
     pub image: ContainerImage,
@@ -482,10 +489,11 @@ impl From<Container> for ContainerFields {
 }
 
 impl PartialEq for Container {
-    /// Field by field, the inline fields that change most (state, pid, restarts) first: the
-    /// store compares every set with what it had, and most updates differ there, so most
-    /// comparisons end before touching a string on the heap. Destructured so that a new field
-    /// cannot be left out.
+    /// Compares field by field, the inline fields that change most (state, pid, restarts) first.
+    ///
+    /// The store compares every set with the version it had, and most updates differ in those
+    /// fields, so most comparisons end before touching a string on the heap. The fields are
+    /// destructured so that a new field cannot be left out of the comparison.
     fn eq(&self, other: &Self) -> bool {
         let Container { id, name, labels, env, image, runtime, state, pid, restart_count, owner, resources, details } =
             self;
@@ -534,7 +542,8 @@ pub struct OrchestratorContainer {
 
 /// A Kubernetes pod.
 ///
-/// Serialized with every field at the top level, as `KubernetesPodFields` spells them.
+/// Serialized with every field at the top level (`priority_class`, not
+/// `details.priority_class`): the form dumps and conformance scenarios use.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "KubernetesPodFields", into = "KubernetesPodFields")]
 pub struct KubernetesPod {
@@ -571,7 +580,8 @@ pub struct KubernetesPod {
     pub details: PodRuntimeDetails,
 }
 
-/// What many pods lack: a [`PodDetails`] behind one copy-on-write pointer ([`Shared`]).
+/// A pod's less common fields: a [`PodDetails`] behind one copy-on-write pointer ([`Shared`]),
+/// so a pod that has none of them carries one empty pointer.
 pub type PodRuntimeDetails = Shared<PodDetails>;
 
 /// A pod's less common fields (see [`PodRuntimeDetails`]).
@@ -732,7 +742,8 @@ impl From<KubernetesPod> for KubernetesPodFields {
 }
 
 impl KubernetesPod {
-    /// Every container the pod lists: containers, init containers, ephemeral containers.
+    /// Returns every container the pod lists: its containers, then its init containers, then its
+    /// ephemeral containers.
     pub fn all_containers(&self) -> impl Iterator<Item = &OrchestratorContainer> + '_ {
         self.containers.iter().chain(&self.details.init_containers).chain(&self.details.ephemeral_containers)
     }
@@ -767,18 +778,18 @@ impl KubernetesMetadata {
     /// The resource name of nodes.
     pub const NODES: &'static str = "nodes";
 
-    /// The entity id of an object: `<group>/<resource>/<namespace>/<name>` (Datadog's form;
-    /// the core group is empty).
+    /// Returns the entity id of an object: `<group>/<resource>/<namespace>/<name>` (Datadog's
+    /// form; the core group is empty).
     pub fn id_of(group: &str, resource: &str, namespace: &str, name: &str) -> String {
         format!("{group}/{resource}/{namespace}/{name}")
     }
 
-    /// The entity id of the node `name`.
+    /// Returns the entity id of the node `name` (`/nodes//<name>`).
     pub fn node_id(name: &str) -> String {
         Self::id_of("", Self::NODES, "", name)
     }
 
-    /// Whether it describes a node.
+    /// Tells whether it describes a node.
     pub fn is_node(&self) -> bool {
         self.resource == Self::NODES
     }
@@ -856,7 +867,7 @@ pub enum Entity {
 }
 
 impl Entity {
-    /// The kind.
+    /// Returns its kind.
     pub fn kind(&self) -> Kind {
         match self {
             Entity::Container(_) => Kind::Container,
@@ -866,7 +877,7 @@ impl Entity {
         }
     }
 
-    /// The id within the kind.
+    /// Returns its id within its kind.
     pub fn id_str(&self) -> &Id {
         match self {
             Entity::Container(c) => &c.id,
@@ -876,12 +887,12 @@ impl Entity {
         }
     }
 
-    /// The full id.
+    /// Returns its full id: kind and id (the id's text is shared, not copied).
     pub fn id(&self) -> EntityId {
         EntityId { kind: self.kind(), id: self.id_str().clone() }
     }
 
-    /// An entity that carries only its id (what an unset usually sends).
+    /// Creates an entity of `id`'s kind that carries only its id (what an unset usually sends).
     pub fn empty(id: &EntityId) -> Self {
         let key = id.id.clone();
         match id.kind {
@@ -896,12 +907,12 @@ impl Entity {
         }
     }
 
-    /// Whether it carries nothing but its id.
+    /// Tells whether it carries nothing but its id.
     pub fn is_id_only(&self) -> bool {
         *self == Self::empty(&self.id())
     }
 
-    /// The container, if it is one.
+    /// Returns the container, if it is one.
     pub fn as_container(&self) -> Option<&Arc<Container>> {
         match self {
             Entity::Container(c) => Some(c),
@@ -909,7 +920,7 @@ impl Entity {
         }
     }
 
-    /// The pod, if it is one.
+    /// Returns the pod, if it is one.
     pub fn as_kubernetes_pod(&self) -> Option<&Arc<KubernetesPod>> {
         match self {
             Entity::KubernetesPod(p) => Some(p),
@@ -917,7 +928,7 @@ impl Entity {
         }
     }
 
-    /// The Kubernetes object metadata, if it is one.
+    /// Returns the Kubernetes object metadata, if it is one.
     pub fn as_kubernetes_metadata(&self) -> Option<&Arc<KubernetesMetadata>> {
         match self {
             Entity::KubernetesMetadata(m) => Some(m),
@@ -925,7 +936,7 @@ impl Entity {
         }
     }
 
-    /// The task, if it is one.
+    /// Returns the ECS task, if it is one.
     pub fn as_ecs_task(&self) -> Option<&Arc<EcsTask>> {
         match self {
             Entity::EcsTask(t) => Some(t),
@@ -933,11 +944,13 @@ impl Entity {
         }
     }
 
-    /// Makes the entity hold `id` (equal to its own id) and `owner` (equal to its owner's id)
-    /// instead of copies of them, where it is the only holder of its fields: the store passes
-    /// the ids it keys its records by, so that each id is kept once however many sources and
-    /// containers name it. A container's pod UID label, where it names its owner, holds the
-    /// owner's id too.
+    /// Replaces the entity's id with `id`, and a container's owner id with `owner`, where they
+    /// are equal, so that the entity shares those allocations instead of holding copies.
+    ///
+    /// The store passes the ids it keys its records by, so each id is held once however many
+    /// sources and containers name it. A container's pod UID label that names its owner is made
+    /// to share the owner id's allocation too. Nothing changes while another reference to the
+    /// entity's `Arc` exists, nor where a given id differs from the entity's.
     pub fn share_ids(&mut self, id: Option<&Id>, owner: Option<&Id>) {
         fn adopt(mine: &mut Id, shared: Option<&Id>) {
             if let Some(shared) = shared
@@ -975,12 +988,13 @@ impl Entity {
         }
     }
 
-    /// The id of the entity that owns it (a container's pod or task).
+    /// Returns the id of the entity that owns it (a container's pod or task); `None` for the
+    /// other kinds.
     pub fn owner(&self) -> Option<&EntityId> {
         self.as_container().and_then(|c| c.owner.as_ref())
     }
 
-    /// Whether both are the same allocation (a cheap check before a deep comparison).
+    /// Tells whether both point at the same allocation (a cheap check before a deep comparison).
     pub fn ptr_eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Entity::Container(a), Entity::Container(b)) => Arc::ptr_eq(a, b),
@@ -1027,9 +1041,9 @@ pub const KUBE_CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
 /// makes it `pod_name`). Podman pods are not entities of their own.
 pub const PODMAN_POD_NAME_LABEL: &str = "io.podman.pod.name";
 
-/// The env vars a container keeps in the store: those the tag rules read (DESIGN 7), plus the
-/// ECS metadata endpoints the ECS collector follows. Collectors drop every other env var (and
-/// keep the ones named in `container_env_as_tags`): secrets never enter the store.
+/// The env vars the store always keeps for a container: those the tag rules read (DESIGN 7),
+/// plus the ECS metadata endpoints the ECS collector follows. Collectors drop every other env
+/// var except those the config names (see [`EnvFilter`]), so secrets stay out of the store.
 pub const KEPT_ENV_VARS: &[&str] = &[
     "DD_ENV",
     "DD_SERVICE",
@@ -1051,24 +1065,28 @@ pub const KEPT_ENV_VARS: &[&str] = &[
     "ECS_CONTAINER_METADATA_URI_V4",
 ];
 
-/// Which env vars enter the store: those the tag rules read, plus configured ones.
+/// Decides which env vars enter the store: [`KEPT_ENV_VARS`], plus the names the config gives.
+///
+/// A name from [`KEPT_ENV_VARS`] must match exactly; a configured name matches in any case.
 #[derive(Clone, Debug, Default)]
 pub struct EnvFilter {
     extra: Vec<String>,
 }
 
 impl EnvFilter {
-    /// Keeps [`KEPT_ENV_VARS`] and `extra` (e.g. the keys of `container_env_as_tags`).
+    /// Creates a filter that keeps [`KEPT_ENV_VARS`] and the names in `extra` (the keys of
+    /// `container_env_as_tags`, for example).
     pub fn new(extra: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self { extra: extra.into_iter().map(Into::into).collect() }
     }
 
-    /// Whether `name` is kept.
+    /// Tells whether the env var `name` is kept.
     pub fn keeps(&self, name: &str) -> bool {
         KEPT_ENV_VARS.contains(&name) || self.extra.iter().any(|e| e.eq_ignore_ascii_case(name))
     }
 
-    /// The kept `NAME=value` pairs.
+    /// Returns the kept variables of `env`, given as `NAME=value` strings, as a map from name to
+    /// value. An entry without `=` is dropped.
     pub fn filter<'a>(&self, env: impl IntoIterator<Item = &'a String>) -> StrMap {
         env.into_iter().filter_map(|pair| pair.split_once('=')).filter(|(name, _)| self.keeps(name)).collect()
     }

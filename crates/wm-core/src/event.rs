@@ -17,12 +17,13 @@ pub enum EventType {
     Unset,
 }
 
-/// What a collector (or any caller of `notify`) tells the store about one entity.
+/// One set or unset of one entity, as a collector (or any caller of the store's `notify`)
+/// reports it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CollectorEvent {
     /// Set or unset.
     pub event_type: EventType,
-    /// Who says so.
+    /// The source that reports it.
     pub source: Source,
     /// The entity; for an unset, at least its id, plus any fields to lay over the last version
     /// (a runtime's exit code and finish time).
@@ -30,12 +31,12 @@ pub struct CollectorEvent {
 }
 
 impl CollectorEvent {
-    /// A set of `entity` by `source`.
+    /// Creates a set of `entity`, reported by `source`.
     pub fn set(source: Source, entity: impl Into<Entity>) -> Self {
         Self { event_type: EventType::Set, source, entity: entity.into() }
     }
 
-    /// An unset of `entity` by `source`.
+    /// Creates an unset of `entity`, reported by `source`.
     pub fn unset(source: Source, entity: impl Into<Entity>) -> Self {
         Self { event_type: EventType::Unset, source, entity: entity.into() }
     }
@@ -51,8 +52,10 @@ pub struct Event {
     pub entity: Entity,
 }
 
-/// Subscribers are served in this order for each batch; the next one after the previous
-/// acknowledged or its ack timeout passed.
+/// The order in which the store serves subscribers.
+///
+/// For each batch, the subscribers of one priority are served together; those of the next
+/// priority are served once they have acknowledged it or the acknowledgement timeout has passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriberPriority {
@@ -65,7 +68,7 @@ pub enum SubscriberPriority {
 }
 
 impl SubscriberPriority {
-    /// The name used in config, telemetry and the conformance files.
+    /// Returns the name used in config, telemetry and the conformance files.
     pub const fn as_str(self) -> &'static str {
         match self {
             SubscriberPriority::Tagger => "tagger",
@@ -89,7 +92,7 @@ pub enum EventTypeFilter {
 }
 
 impl EventTypeFilter {
-    /// Whether `event_type` passes.
+    /// Tells whether `event_type` passes.
     pub fn passes(self, event_type: EventType) -> bool {
         match self {
             EventTypeFilter::All => true,
@@ -108,8 +111,8 @@ struct KindFilter {
     predicate: Option<Predicate>,
 }
 
-/// What a subscriber wants to hear: some kinds (each with an optional predicate), the merged
-/// view or one source's own versions, and some event types. The default passes everything of
+/// What a subscriber wants to receive: some kinds (each with an optional predicate), the merged
+/// view or one source's own versions, and some event types. The default passes every event of
 /// the merged view.
 #[derive(Clone, Default)]
 pub struct Filter {
@@ -119,59 +122,66 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Everything, merged view.
+    /// Creates a filter that passes every event of the merged view.
     pub fn all() -> Self {
         Self::default()
     }
 
-    /// Exactly `kinds` (without predicates), merged view: with no kind it passes nothing.
+    /// Creates a filter of the merged view that passes exactly `kinds`, without predicates; with
+    /// no kind it passes nothing.
     pub fn only_kinds(kinds: impl IntoIterator<Item = Kind>) -> Self {
         let kinds = kinds.into_iter().map(|kind| KindFilter { kind, predicate: None }).collect();
         Self { kinds: Some(kinds), ..Self::default() }
     }
 
-    /// Passes `kind` too (without predicate). A filter with no kind passes every kind.
+    /// Adds `kind`, without a predicate, to the kinds the filter passes.
+    ///
+    /// A filter with no kind listed (such as [`Filter::all`]) passes every kind, so the first
+    /// kind added narrows it to that kind.
     pub fn with_kind(mut self, kind: Kind) -> Self {
         self.kinds.get_or_insert_with(Vec::new).push(KindFilter { kind, predicate: None });
         self
     }
 
-    /// Passes entities of `kind` for which `predicate` holds. The predicate sees the stored
-    /// entity (for an unset, the last known one), so an id-only unset payload still matches.
+    /// Adds `kind` to the kinds the filter passes, for the entities where `predicate` holds.
+    ///
+    /// The predicate sees the stored entity (for an unset, the last known one), so an id-only
+    /// unset payload still matches. Like [`Filter::with_kind`], the first kind added narrows a
+    /// filter that passed every kind.
     pub fn with_kind_where(mut self, kind: Kind, predicate: impl Fn(&Entity) -> bool + Send + Sync + 'static) -> Self {
         self.kinds.get_or_insert_with(Vec::new).push(KindFilter { kind, predicate: Some(Arc::new(predicate)) });
         self
     }
 
-    /// Hears one source's own versions instead of the merged view.
+    /// Makes the filter receive one source's own versions instead of the merged view.
     pub fn with_source(mut self, source: Source) -> Self {
         self.source = Some(source);
         self
     }
 
-    /// Passes only these event types.
+    /// Makes the filter pass only the event types `event_type` allows.
     pub fn with_event_type(mut self, event_type: EventTypeFilter) -> Self {
         self.event_type = event_type;
         self
     }
 
-    /// Whether the filter passes every kind and event type, with no predicate: every event of
-    /// its view passes.
+    /// Tells whether every event of the filter's view passes: every kind (so no predicate) and
+    /// every event type.
     pub fn passes_everything(&self) -> bool {
         self.kinds.is_none() && self.event_type == EventTypeFilter::All
     }
 
-    /// The source whose own versions this filter hears, `None` for the merged view.
+    /// Returns the source whose own versions this filter receives, or `None` for the merged view.
     pub fn source(&self) -> Option<Source> {
         self.source
     }
 
-    /// The event types this filter passes.
+    /// Returns the event types this filter passes.
     pub fn event_type(&self) -> EventTypeFilter {
         self.event_type
     }
 
-    /// Whether the entity passes the kind filter and its predicate.
+    /// Tells whether `entity` is of a kind the filter passes and satisfies that kind's predicate.
     pub fn matches_entity(&self, entity: &Entity) -> bool {
         match &self.kinds {
             None => true,
@@ -181,12 +191,12 @@ impl Filter {
         }
     }
 
-    /// Whether the kinds this filter passes include `kind` (before predicates).
+    /// Tells whether the filter passes `kind`, before any predicate.
     pub fn passes_kind(&self, kind: Kind) -> bool {
         self.kinds.as_ref().is_none_or(|kinds| kinds.iter().any(|k| k.kind == kind))
     }
 
-    /// Whether an event of `event_type` about `entity` passes.
+    /// Tells whether an event of `event_type` about `entity` passes.
     pub fn matches(&self, event_type: EventType, entity: &Entity) -> bool {
         self.event_type.passes(event_type) && self.matches_entity(entity)
     }

@@ -25,7 +25,10 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    /// Returns the stamp of a file with this metadata (follow symlinks: `std::fs::metadata`).
+    /// Returns the stamp of the file `m` describes.
+    ///
+    /// Pass metadata that follows symlinks (`std::fs::metadata`, not `symlink_metadata`), so that
+    /// the stamp is the target's.
     pub fn of(m: &Metadata) -> Self {
         Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() }
     }

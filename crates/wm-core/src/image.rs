@@ -51,8 +51,9 @@ impl Parts for ImageRef {
         &NO_IMAGE
     }
 
-    /// The last holder of an interned image takes it out of the interner (which holds the other
-    /// reference): the interner holds exactly the images in use.
+    /// Drops one reference to an image, and removes the image from the interner when the
+    /// interner's own reference is the only other one, so that the interner holds exactly the
+    /// images in use.
     fn let_go(parts: Arc<Self>) {
         let mut guard = interned_images();
         crate::intern::let_go_under_lock(guard.as_mut(), parts);
@@ -60,8 +61,8 @@ impl Parts for ImageRef {
     }
 }
 
-/// The images [`ContainerImage::interned`] gave out: one copy of each, for as long as some
-/// container holds it. A node runs few images in many containers.
+/// The interned images: one copy of each image [`ContainerImage::interned`] returned, for as long
+/// as some container holds it. A node runs few images in many containers.
 static INTERNED: Mutex<Option<HashSet<Arc<ImageRef>>>> = Mutex::new(None);
 
 fn interned_images() -> MutexGuard<'static, Option<HashSet<Arc<ImageRef>>>> {
@@ -70,8 +71,12 @@ fn interned_images() -> MutexGuard<'static, Option<HashSet<Arc<ImageRef>>>> {
 }
 
 impl Shared<ImageRef> {
-    /// The same image, shared with every other container that runs it: collectors intern the
-    /// images they build. Writing to the result copies it first (it stays shared for the others).
+    /// Returns the interner's copy of this image, so that every container that runs it shares one
+    /// allocation.
+    ///
+    /// Collectors intern the images they build; the first one interned becomes the copy the
+    /// others share. Writing to the result copies it first, leaving the shared copy unchanged.
+    /// An image with no allocation of its own (every field empty) is returned as it is.
     pub fn interned(self) -> Self {
         let Some(parts) = &self.0 else { return self };
         let mut guard = interned_images();
@@ -84,23 +89,26 @@ impl Shared<ImageRef> {
         self
     }
 
-    /// How many distinct images are interned now (for tests and telemetry).
+    /// Returns how many distinct images are interned now (for tests and telemetry).
     pub fn interned_count() -> usize {
         interned_images().as_ref().map_or(0, HashSet::len)
     }
 
-    /// Splits a reference. Never fails: what cannot be split stays in `raw_name` and `name`.
+    /// Splits a reference into its parts. Never fails: what cannot be split stays in `raw_name`
+    /// and `name`.
     pub fn parse(raw: &str) -> Self {
         ImageRef::parse(raw).into()
     }
 
-    /// Whether nothing is known about the image.
+    /// Tells whether nothing is known about the image: no reference, no name, no id.
     pub fn is_empty(&self) -> bool {
         (**self).is_empty()
     }
 
-    /// Fills each empty field from `lower`; an image with nothing known takes `lower`'s whole
-    /// (shared, not copied).
+    /// Fills each empty field from `lower`.
+    ///
+    /// An image with every field empty takes `lower`'s whole, sharing it; any other is copied
+    /// only when `lower` fills one of its gaps.
     pub fn fill_from(&mut self, lower: &Self) {
         if self.is_none() {
             self.clone_from(lower);
@@ -126,7 +134,11 @@ impl Shared<ImageRef> {
 }
 
 impl ImageRef {
-    /// Splits a reference. Never fails: what cannot be split stays in `raw_name` and `name`.
+    /// Splits a reference into its parts. Never fails: what cannot be split stays in `raw_name`
+    /// and `name`.
+    ///
+    /// A bare image id (`sha256:<hex>`) sets only `raw_name` and `id`; a reference with neither
+    /// tag nor digest gets the tag `latest`.
     pub fn parse(raw: &str) -> Self {
         let raw = raw.trim();
         let mut image = Self { raw_name: raw.to_owned(), ..Self::default() };
@@ -165,7 +177,7 @@ impl ImageRef {
         image
     }
 
-    /// Whether nothing is known about the image.
+    /// Tells whether nothing is known about the image: no reference, no name, no id.
     pub fn is_empty(&self) -> bool {
         self.raw_name.is_empty() && self.name.is_empty() && self.id.is_empty()
     }

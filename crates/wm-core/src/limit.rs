@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// A body past its cap.
+/// The error for a body larger than its cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct BodyTooLarge {
     /// The cap, in bytes.
@@ -35,11 +35,13 @@ pub struct CappedBody {
 }
 
 impl CappedBody {
-    /// Starts a body of at most `cap` bytes.
+    /// Starts a body of at most `cap` bytes, with room reserved for `content_length` bytes when
+    /// it is given.
     ///
     /// # Errors
     ///
-    /// A `content_length` (the header, when sent) already past the cap.
+    /// Returns [`BodyTooLarge`] when `content_length` (the `Content-Length` header, when the
+    /// server sent one) is already past the cap.
     pub fn new(cap: usize, content_length: Option<u64>) -> Result<Self, BodyTooLarge> {
         if content_length.is_some_and(|n| n > cap as u64) {
             return Err(BodyTooLarge { cap });
@@ -52,7 +54,8 @@ impl CappedBody {
     ///
     /// # Errors
     ///
-    /// The body would pass its cap (nothing more is kept).
+    /// Returns [`BodyTooLarge`] when the chunk would take the body past its cap; the chunk is
+    /// then not added.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), BodyTooLarge> {
         if self.bytes.len() + chunk.len() > self.cap {
             return Err(BodyTooLarge { cap: self.cap });

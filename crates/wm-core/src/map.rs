@@ -12,22 +12,24 @@ use crate::intern::IStr;
 /// One entry: key and value, each interned (one copy of each text, however many maps hold it).
 type Entry = (IStr, IStr);
 
-/// A map from string to string kept as one sorted, shared slice.
+/// A map from string to string, held as one sorted slice that copies share.
 ///
 /// Entities hold several of these (labels, annotations, env), mostly with a handful of keys, and
-/// are copied whenever the store merges what two sources say about one entity. The entries sit
-/// in one allocation shared by every copy: cloning is a reference count, a merge that takes a
-/// map whole takes it without copying, and a change copies the entries first (copy on write).
-/// Keys and values are interned ([`IStr`]): the keys repeat in every entity, and so do many
-/// values (a deployment's labels on each of its pods). An entry costs 16 bytes beside its text;
-/// a map is one thin pointer (8 bytes: every entity holds several, most of them empty), a
-/// non-empty one 16 bytes more for its count and length, in the entries' one allocation;
-/// iteration is in key order (stable dumps and tags).
+/// are copied whenever the store merges what two sources report about one entity. The entries
+/// sit in one allocation shared by every copy: cloning a map only increments a reference count,
+/// a merge that takes a map whole takes it without copying, and a change copies the entries
+/// first (copy on write). Keys and values are interned ([`IStr`]): the keys repeat in every
+/// entity, and so do many values (a deployment's labels on each of its pods).
+///
+/// A map is one thin pointer (8 bytes), because every entity holds several and most are empty;
+/// an empty map allocates nothing. A non-empty map's allocation holds a reference count and a
+/// length (16 bytes), then the entries, 16 bytes each beside their text. Iteration is in key
+/// order, so dumps and tags are stable.
 #[derive(Clone, Default, Eq)]
 pub struct StrMap(Option<triomphe::ThinArc<(), Entry>>);
 
 impl StrMap {
-    /// An empty map.
+    /// Creates an empty map; it allocates nothing.
     pub const fn new() -> Self {
         Self(None)
     }
@@ -36,7 +38,10 @@ impl StrMap {
         self.0.as_ref().map_or(&[], |entries| &entries.slice)
     }
 
-    /// Changes the entries: on a copy of them when they are shared.
+    /// Applies `change` to a copy of the entries and puts the result in a new allocation.
+    ///
+    /// It copies even when no other map shares the entries: the slice has a fixed length, so an
+    /// insert or a removal cannot be made in place.
     fn edit<T>(&mut self, change: impl FnOnce(&mut Vec<Entry>) -> T) -> T {
         let mut entries: Vec<Entry> = self.entries().to_vec();
         let out = change(&mut entries);
@@ -48,12 +53,12 @@ impl StrMap {
         Self((!entries.is_empty()).then(|| triomphe::ThinArc::from_header_and_iter((), entries.into_iter())))
     }
 
-    /// The number of entries.
+    /// Returns the number of entries.
     pub fn len(&self) -> usize {
         self.entries().len()
     }
 
-    /// Whether the map has no entry.
+    /// Tells whether the map has no entry.
     pub fn is_empty(&self) -> bool {
         self.entries().is_empty()
     }
@@ -62,12 +67,12 @@ impl StrMap {
         self.entries().binary_search_by(|(k, _)| (**k).cmp(key))
     }
 
-    /// The value of `key`.
+    /// Returns the value of `key`, if the map has it.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.position(key).ok().map(|i| &*self.entries()[i].1)
     }
 
-    /// Whether `key` is present.
+    /// Tells whether the map has `key`.
     pub fn contains_key(&self, key: &str) -> bool {
         self.position(key).is_ok()
     }
@@ -91,8 +96,8 @@ impl StrMap {
         self.edit(|entries| Some(entries.remove(at).1.to_string()))
     }
 
-    /// Makes the value of `key`, where it is `text`, hold `text`'s own allocation instead of a
-    /// copy (a container's pod UID label and its owner's id: one copy).
+    /// Replaces the value of `key` with `text`'s own allocation when the value equals `text`, so
+    /// that both share one copy (a container's pod UID label and its owner's id).
     pub(crate) fn share_value(&mut self, key: &str, text: &Id) {
         let Ok(at) = self.position(key) else { return };
         let value = &self.entries()[at].1;
@@ -102,7 +107,8 @@ impl StrMap {
         self.edit(|entries| entries[at].1 = IStr::adopt(&text.0));
     }
 
-    /// Keeps only the entries for which `keep` says yes.
+    /// Keeps only the entries for which `keep` returns true; the entries are copied only when
+    /// one is removed.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
         let kept: Vec<bool> = self.iter().map(|(k, v)| keep(k, v)).collect();
         if kept.iter().all(|k| *k) {
@@ -112,12 +118,15 @@ impl StrMap {
         self.edit(|entries| entries.retain(|_| verdicts.next().unwrap_or(true)));
     }
 
-    /// The entries in key order.
+    /// Returns the entries in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
         self.entries().iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// Adds every entry of `lower` whose key this map lacks: a union in which `self` wins.
+    ///
+    /// An empty map takes `lower`'s entries whole, sharing them; a map that already has every
+    /// key of `lower` is left as it is.
     pub fn union_from(&mut self, lower: &StrMap) {
         if self.is_empty() {
             // Taken whole: shared, not copied.
@@ -148,7 +157,7 @@ impl StrMap {
         *self = Self::from_sorted(merged);
     }
 
-    /// Whether both share one allocation of entries (both empty counts as shared).
+    /// Tells whether both share one allocation of entries (two empty maps count as sharing).
     pub fn ptr_eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
             (Some(a), Some(b)) => std::ptr::eq(a.as_ptr(), b.as_ptr()),

@@ -19,7 +19,8 @@ fn fill<T: Default + PartialEq + Clone>(high: &mut T, low: &T) {
     }
 }
 
-/// Union of two keyed record lists: `high`'s order first, then what only `low` has.
+/// Adds to `high` the records of `low` it lacks, after its own, and completes with `complete`
+/// each record both lists hold (`same` tells when two records are one).
 fn union_by<T: Clone>(high: &mut Vec<T>, low: &[T], same: impl Fn(&T, &T) -> bool, complete: impl Fn(&mut T, &T)) {
     for item in low {
         match high.iter_mut().find(|h| same(h, item)) {
@@ -39,7 +40,8 @@ fn fill_port(high: &mut ContainerPort, low: &ContainerPort) {
 }
 
 fn fill_resources(high: &mut ContainerResources, low: &ContainerResources) {
-    // Taken whole when there are none, and copied only when there is a gap to fill.
+    // With none of its own, `high` shares `low`'s allocation. Otherwise it is copied (a write
+    // through `Shared`) only when `low` fills a gap, so an unchanged merge copies nothing.
     if high.is_none() {
         high.clone_from(low);
         return;
@@ -64,8 +66,9 @@ fn same_port(a: &ContainerPort, b: &ContainerPort) -> bool {
 }
 
 fn fill_details(high: &mut ContainerRuntimeDetails, low: &ContainerRuntimeDetails) {
-    // Taken whole when there are none (an orchestrator's version under the runtime's), and
-    // copied only when there is a gap to fill.
+    // With none of its own (an orchestrator's version, filled from the runtime's), `high`
+    // shares `low`'s allocation. Otherwise it is copied (a write through `Shared`) only when `low`
+    // fills a gap, so an unchanged merge copies nothing.
     if high.is_none() {
         high.clone_from(low);
         return;
@@ -141,7 +144,8 @@ fn fill_pod(high: &mut KubernetesPod, low: &KubernetesPod) {
 }
 
 fn fill_pod_details(high: &mut PodRuntimeDetails, low: &PodRuntimeDetails) {
-    // Taken whole when there are none, and copied only when the other has some.
+    // With none of its own, `high` shares `low`'s allocation. Otherwise it is copied (a write
+    // through `Shared`) only when `low` has some details at all.
     if high.is_none() {
         high.clone_from(low);
         return;
@@ -185,8 +189,10 @@ fn fill_metadata(high: &mut KubernetesMetadata, low: &KubernetesMetadata) {
     high.annotations.union_from(&low.annotations);
 }
 
-/// Completes `high` with what `low` says: each empty field of `high` takes `low`'s value.
-/// Entities of different kinds are left alone.
+/// Fills each empty field of `high` with `low`'s value, and adds to its maps and lists what only
+/// `low` has.
+///
+/// `high` is copied first if its `Arc` is shared. Entities of different kinds are left alone.
 pub fn fill_from(high: &mut Entity, low: &Entity) {
     match (high, low) {
         (Entity::Container(h), Entity::Container(l)) => fill_container(Arc::make_mut(h), l),
@@ -197,10 +203,12 @@ pub fn fill_from(high: &mut Entity, low: &Entity) {
     }
 }
 
-/// The merged view of one entity from its per-source versions.
+/// Merges the per-source versions of one entity into one view; returns `None` when `versions`
+/// is empty.
 ///
 /// `versions` may come in any order; they are ranked by [`Source`] precedence. With a single
-/// version the result shares its allocation.
+/// version the result shares its allocation. A container's state, pid and cgroup path come from
+/// the runtime's version first.
 pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
     let mut ranked: Vec<&(Source, &Entity)> = versions.iter().collect();
     ranked.sort_by_key(|(source, _)| *source);
@@ -249,8 +257,10 @@ pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
     Some(merged)
 }
 
-/// What an unset delivers: the last known entity with the fields the unset payload carries laid
-/// over it (a runtime's exit code and finish time). An id-only payload gives `last` itself.
+/// Returns what an unset delivers: the last known entity with the fields the unset payload
+/// carries laid over it (a runtime's exit code and finish time).
+///
+/// An id-only payload gives `last` itself, sharing its allocation.
 pub fn overlay(payload: &Entity, last: &Entity) -> Entity {
     if payload.is_id_only() {
         return last.clone();

@@ -1,9 +1,10 @@
-//! Takes a lock the one way this workspace takes locks.
+//! Locks `std` mutexes and read-write locks, taking a poisoned lock as it is.
 //!
 //! A `std` lock is poisoned when a thread panics while holding it, and every later `lock()`
 //! returns an error. Our locks guard values that are replaced whole or changed in one step, so
 //! a panic leaves nothing half-written; the agent goes on with the value as it is instead of
-//! failing every later call. These traits say that once instead of at every call.
+//! failing every later call. Every crate of the workspace locks through these traits, so that
+//! choice is written here once.
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -25,12 +25,14 @@ impl Backoff {
         Self { initial, max, next: initial }
     }
 
+    /// Returns the delay before the next try, and doubles the one after it, up to `max`.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
         delay
     }
 
+    /// Makes the next delay `initial` again.
     pub(crate) fn reset(&mut self) {
         self.next = self.initial;
     }
@@ -44,29 +46,31 @@ pub enum CollectorState {
     Pending,
     /// Detecting, connecting or running.
     Running,
-    /// Failed; waiting before the next try.
+    /// Failed; waiting before the next try. For a pull collector whose pull failed, the next
+    /// try is the next interval, and what it reported before stays stored.
     Retrying {
         /// Tries that failed in a row.
         attempt: u32,
         /// The last error.
         error: String,
     },
-    /// Its environment was not detected (nothing at the default socket): looked for again every
-    /// re-detection period; does not hold readiness back.
+    /// Its environment was not detected (nothing at the default socket). The store looks again
+    /// every re-detection period; this state does not hold readiness back.
     NotDetected {
         /// What was missing.
         reason: String,
     },
-    /// What its config names is not there yet: looked for again every re-detection period; the
-    /// agent is not ready meanwhile.
+    /// Something its config names is not there yet. The store looks again every re-detection
+    /// period, and the agent is not ready until it is there.
     Waiting {
-        /// `waiting for <what>`.
+        /// The message `waiting for <what>`.
         reason: String,
     },
-    /// Failed: for good after a permanent error (`restarting: false`), or after a panic, restarted
-    /// once its backoff has passed (`restarting: true`). Either way the agent is not ready.
+    /// Failed. After a permanent error it stays stopped (`restarting: false`); after a panic the
+    /// store restarts it once its backoff delay has passed (`restarting: true`). Either way the
+    /// agent is not ready.
     Failed {
-        /// Why.
+        /// The error, or the panic's message.
         error: String,
         /// Whether the store restarts it.
         restarting: bool,
@@ -80,7 +84,7 @@ pub struct CollectorHealth {
     pub name: String,
     /// Its source.
     pub source: Source,
-    /// Where it is.
+    /// Its state.
     #[serde(flatten)]
     pub state: CollectorState,
     /// Whether its first full list (or first successful pull) landed.
@@ -94,10 +98,12 @@ pub(crate) struct CollectorStatus {
     pub(crate) source: Source,
     state: Mutex<CollectorState>,
     synced: AtomicBool,
-    /// Set by each full list, cleared by the runner: a run that listed resets the backoff.
+    /// Set by each full list and cleared by the stream runner after each run: a run that
+    /// delivered a full list worked, so the retry backoff starts over.
     listed_since_check: AtomicBool,
     pull_errors: AtomicU64,
     pulls: AtomicU64,
+    /// Time spent in pulls, in nanoseconds.
     pull_nanos: AtomicU64,
     panics: AtomicU64,
     entity_errors: AtomicU64,
@@ -119,12 +125,16 @@ impl CollectorStatus {
         }
     }
 
+    /// Counts an entity the collector could not read.
     pub(crate) fn entity_error(&self) {
         self.entity_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether it is between two looks for an absent environment (its state stays until the
-    /// environment is there: no flicker to `running` at each look).
+    /// Tells whether the collector is `NotDetected` or `Waiting`: between two looks for what it
+    /// needs.
+    ///
+    /// The runners keep that state through each new look instead of setting `Running`, so health
+    /// does not flicker to `running` every re-detection period.
     fn is_redetecting(&self) -> bool {
         matches!(*self.state.locked(), CollectorState::NotDetected { .. } | CollectorState::Waiting { .. })
     }
@@ -133,6 +143,8 @@ impl CollectorStatus {
         *self.state.locked() = state;
     }
 
+    /// Records that a full list from the collector was applied: the collector is synced, and
+    /// one that was looking for its environment is now `Running`.
     pub(crate) fn full_list_landed(&self) {
         if self.is_redetecting() {
             self.set_state(CollectorState::Running);
@@ -141,10 +153,12 @@ impl CollectorStatus {
         self.listed_since_check.store(true, Ordering::Release);
     }
 
+    /// Returns whether a full list was applied since the last call, and clears the flag.
     fn take_listed(&self) -> bool {
         self.listed_since_check.swap(false, Ordering::AcqRel)
     }
 
+    /// Returns the collector's health as [`Store::health`](crate::Store::health) reports it.
     pub(crate) fn health(&self) -> CollectorHealth {
         CollectorHealth {
             name: self.name.to_string(),
@@ -154,6 +168,8 @@ impl CollectorStatus {
         }
     }
 
+    /// Appends the collector's samples to `out`: panics and entity errors when there were any,
+    /// and pull errors and durations for a collector that has pulled.
     pub(crate) fn samples(&self, out: &mut Vec<MetricSample>) {
         let panics = self.panics.load(Ordering::Relaxed);
         if panics > 0 {
@@ -200,15 +216,22 @@ pub(crate) struct RetryPolicy {
 
 /// What to do after a collector returned.
 enum Next {
+    /// Retry after a backoff delay; the error message.
     Retry(String),
     /// Look for the environment again after the re-detection period.
     Redetect,
+    /// Stop for good.
     Stop,
 }
 
-/// Decides what a returned error means. An absent environment before the collector ever listed
-/// is looked for again every re-detection period (said once in the log); after it listed (a
-/// daemon that removed its socket while restarting) it is retried with backoff like any failure.
+/// Decides what the runner does after a collector returned `error`, and sets the collector's
+/// state when it is to look again or stop.
+///
+/// Before the collector's first full list, an absent environment, or something its config names
+/// that is not there yet, is looked for again every re-detection period, and logged only when
+/// the reason changes. After the first list the same errors are retried with backoff like any
+/// other failure: an absent socket then means a daemon that is restarting. A permanent error
+/// stops the collector.
 fn judge(status: &CollectorStatus, error: CollectorError) -> Next {
     let name = &*status.name;
     let before_first_list = !status.synced.load(Ordering::Acquire);
@@ -239,20 +262,22 @@ fn judge(status: &CollectorStatus, error: CollectorError) -> Next {
     }
 }
 
-/// What one call into a collector came to.
+/// How one call into a collector ended.
 enum Outcome<T> {
     Returned(T),
     Panicked(String),
     Cancelled,
 }
 
-/// Calls into a collector, catching a panic and giving up when the store shuts down.
+/// Awaits one call into a collector, catching a panic, and drops the call when the store shuts
+/// down.
 async fn call<T>(ctx: &CollectorContext, fut: impl std::future::Future<Output = T>) -> Outcome<T> {
     tokio::select! {
         biased;
         () = ctx.cancel.cancelled() => Outcome::Cancelled,
-        // A collector is plain data between calls: after a panic the store still holds it, and
-        // each run (or start) begins from a fresh connection, so nothing half-done is reused.
+        // `AssertUnwindSafe` is justified: a collector is plain data between calls, and each
+        // `run` or `start` opens a fresh connection, so the store can call a collector again
+        // after it panicked without reusing anything the panic left half-done.
         result = std::panic::AssertUnwindSafe(fut).catch_unwind() => match result {
             Ok(value) => Outcome::Returned(value),
             Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
@@ -260,6 +285,7 @@ async fn call<T>(ctx: &CollectorContext, fut: impl std::future::Future<Output = 
     }
 }
 
+/// Returns the message a panic carried, or a placeholder when it carried no string.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -269,7 +295,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl CollectorStatus {
-    /// Records a panic: the collector is failed (not ready) until its restart.
+    /// Records a panic: counts and logs it, and sets the state to `Failed` with
+    /// `restarting: true` until the restart. Returns the error message.
     fn panicked(&self, message: &str) -> String {
         self.panics.fetch_add(1, Ordering::Relaxed);
         let error = format!("panicked: {message}");
@@ -279,7 +306,7 @@ impl CollectorStatus {
     }
 }
 
-/// Sleeps before the next try; `false` when the store shut down meanwhile.
+/// Sleeps for `delay` before the next try; returns `false` if the store shut down first.
 async fn back_off(ctx: &CollectorContext, delay: Duration) -> bool {
     tokio::select! {
         biased;
@@ -288,14 +315,21 @@ async fn back_off(ctx: &CollectorContext, delay: Duration) -> bool {
     }
 }
 
-/// Waits the re-detection period before the next look for an absent environment (a fresh
-/// backoff for when it is there); `false` when the store shut down meanwhile.
+/// Resets the backoff and the attempt count, then sleeps for the re-detection period before the
+/// next look for what the collector needs.
+///
+/// The reset means that once the environment is there, its first failures are retried after the
+/// short initial delay. Returns `false` if the store shut down first.
 async fn redetect_later(ctx: &CollectorContext, policy: RetryPolicy, backoff: &mut Backoff, attempt: &mut u32) -> bool {
     backoff.reset();
     *attempt = 0;
     back_off(ctx, policy.redetect).await
 }
 
+/// Runs a stream collector until the store shuts down or the collector stops for good.
+///
+/// Whenever `run` returns, fails or panics, the runner waits and calls it again. The wait doubles
+/// with each run in a row that applied no full list.
 async fn run_stream(
     mut collector: Box<dyn StreamCollector>,
     ctx: CollectorContext,
@@ -344,6 +378,11 @@ async fn run_stream(
     }
 }
 
+/// Runs a pull collector until the store shuts down or the collector stops for good.
+///
+/// Calls `start` (retried with backoff), then `pull` every `interval`, each pull cut short after
+/// `timeout`. A failed pull is tried again at the next interval; a panic restarts from `start`
+/// after a backoff delay.
 async fn run_pull(
     mut collector: Box<dyn PullCollector>,
     interval: Duration,
@@ -432,11 +471,11 @@ async fn run_pull(
                 Outcome::Returned(Err(_)) => format!("pull timed out after {timeout:?}"),
             };
             status.pull_errors.fetch_add(1, Ordering::Relaxed);
-            // Health shows it (tried again at the next interval; what it had stays, and so does
-            // readiness once it has listed).
+            // Show the failure in health. The pull is tried again at the next interval; what the
+            // collector set before stays stored, and so does readiness once it has synced.
             failures = failures.saturating_add(1);
             status.set_state(CollectorState::Retrying { attempt: failures, error: error.clone() });
-            // Say it once when pulls start failing, not every interval.
+            // Warn once when pulls start failing, not at every interval.
             if failing {
                 tracing::debug!(collector = &*name, %error, "pull failed again");
             } else {
@@ -447,7 +486,8 @@ async fn run_pull(
     }
 }
 
-/// Runs one collector until the store shuts down (or it is dropped or fails for good).
+/// Runs one collector until the store shuts down or is dropped (both cancel its token), or until
+/// the collector stops for good.
 pub(crate) async fn run_collector(
     kind: CollectorKind,
     ctx: CollectorContext,

@@ -1,4 +1,5 @@
-//! The stored entities: each source's version and the merged view, and the changes an update makes.
+//! Holds the stored entities, each as its sources' versions, and works out what each update
+//! changes, both in the merged view and in the view of the source that sent it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -6,10 +7,13 @@ use std::sync::Arc;
 use wm_core::merge::{merge, overlay};
 use wm_core::{Entity, EntityId, Event, EventType, Filter, Id, Kind, Origin, Source};
 
-/// A collector's name, interned by the state: versions carry 2 bytes, not an `Arc`.
+/// The index of a collector's name in the state's list of names.
+///
+/// Every version records the collector that last set it. An index takes 2 bytes in each
+/// version, where an `Arc<str>` would take 16.
 pub(crate) type CollectorIndex = u16;
 
-/// One source's version of an entity, and which collector of that source said it.
+/// One source's version of an entity, and which collector of that source last set it.
 #[derive(Debug)]
 pub(crate) struct Version {
     pub(crate) source: Source,
@@ -17,8 +21,10 @@ pub(crate) struct Version {
     pub(crate) entity: Entity,
 }
 
-/// At most one version per source, in source precedence order. Nearly every entity is known
-/// by one source: that version sits inline in the record, with no allocation to reach.
+/// The versions of one entity: at most one per source, sorted in source precedence order.
+///
+/// Nearly every entity is known by one source only, so that case (`One`) stores its version
+/// inline in the record instead of in a `Vec`, which would cost a heap allocation per entity.
 #[derive(Debug)]
 pub(crate) enum Versions {
     One(Version),
@@ -40,6 +46,7 @@ impl Versions {
         }
     }
 
+    /// Returns the index of `source`'s version, or as `Err` the index where it would go.
     fn position(&self, source: Source) -> Result<usize, usize> {
         self.as_slice().binary_search_by_key(&source, |v| v.source)
     }
@@ -56,7 +63,10 @@ impl Versions {
         *self = Versions::Many(all);
     }
 
-    /// Removes the version at `at`; `None` when it was the last one (the record goes).
+    /// Removes and returns the version at `at`, going back to `One` when a single version is left.
+    ///
+    /// Returns `None`, and removes nothing, when the entity has a single version: a record never
+    /// holds zero versions, so the caller removes the whole record instead.
     fn remove(&mut self, at: usize) -> Option<Version> {
         let Versions::Many(vs) = self else { return None };
         let removed = vs.remove(at);
@@ -69,70 +79,82 @@ impl Versions {
     }
 }
 
-/// Everything known about one entity: each source's version. The merged view is not kept: it
-/// is made when read, and when a change is told (a record known by one source, nearly all of
-/// them, is its own merged view, with nothing made), so a container known by two sources holds
-/// two versions and no third copy.
+/// Holds everything known about one entity: each source's version.
+///
+/// The merged view is not stored. It is computed when the entity is read, and when an update is
+/// applied (to tell whether the merged view changed). A record with a single version, which is
+/// nearly all of them, is its own merged view, so nothing is computed; and a container known by
+/// two sources holds its two versions and no third, merged copy.
 #[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) versions: Versions,
 }
 
 impl Record {
+    /// Returns `source`'s version of the entity, if that source knows it.
     pub(crate) fn version(&self, source: Source) -> Option<&Entity> {
         self.versions.as_slice().iter().find(|v| v.source == source).map(|v| &v.entity)
     }
 
-    /// The merged view of the current versions; the single version itself when only one
-    /// source knows the entity (the common case: no allocation, no copy).
+    /// Returns the merged view of the current versions.
+    ///
+    /// When only one source knows the entity (the common case) this is that version itself:
+    /// cloning an `Entity` clones an `Arc`, so nothing is allocated or merged.
     pub(crate) fn merged(&self) -> Entity {
         let versions = self.versions.as_slice();
         if let [only] = versions {
             return only.entity.clone();
         }
         let ranked: Vec<(Source, &Entity)> = versions.iter().map(|v| (v.source, &v.entity)).collect();
-        // A record holds at least one version, all of one kind and id: the merge has one.
+        // A record holds at least one version, all of one kind and id, so `merge` always
+        // returns `Some`; the fallback only avoids a panic.
         merge(&ranked).unwrap_or_else(|| versions[0].entity.clone())
     }
 
-    /// Whether more than one source knows it (its merged view is made, not one of its versions).
+    /// Tells whether more than one source knows the entity, so that its merged view must be
+    /// computed instead of taken from its only version.
     fn is_merged(&self) -> bool {
         matches!(self.versions, Versions::Many(_))
     }
 }
 
-/// What a merged-view subscriber hears when a record known by several sources changed: its new
-/// merge, when that differs from the one before.
+/// Works out what a subscriber of the merged view receives after a change to a record that
+/// several sources knew.
+///
+/// Returns a `Set` of the new merged view when it differs from `before`, the merged view before
+/// the change; otherwise [`MergedChange::Unchanged`].
 fn remerged(before: &Entity, record: &Record) -> MergedChange {
     let after = record.merged();
     if *before == after { MergedChange::Unchanged } else { MergedChange::Changed(set(after)) }
 }
 
-/// What a merged-view subscriber hears of a change.
+/// What a subscriber of the merged view receives for one change.
 #[derive(Debug, Clone)]
 pub(crate) enum MergedChange {
-    /// The same as the source's event: one source knows the entity (the common case, carried
-    /// without a second reference).
+    /// The source's own event: the entity has (or had) a single version, which is its own merged
+    /// view. This is the common case, and it stores no second copy of the event.
     SameAsSource,
-    /// The merge changed to this.
+    /// The merged view changed; this event carries the new one.
     Changed(Event),
-    /// The merge did not change: nothing.
+    /// The merged view did not change: a subscriber of it receives nothing.
     Unchanged,
 }
 
-/// What one applied event changed, in both views a subscriber can have.
+/// What one applied event changed, as seen in each view a subscriber can follow: the merged view,
+/// or the versions of one source.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
-    /// The source that spoke.
+    /// The source whose event was applied.
     pub(crate) source: Source,
-    /// What a subscriber filtered to that source hears.
+    /// The event a subscriber of that source's versions receives.
     pub(crate) source_event: Event,
-    /// What a merged-view subscriber hears.
+    /// What a subscriber of the merged view receives.
     pub(crate) merged: MergedChange,
 }
 
 impl Change {
-    /// Like [`Change::in_view`], taking the event out.
+    /// Returns the event a subscriber of `view` receives, like [`Change::in_view`], but moves it
+    /// out instead of borrowing it.
     pub(crate) fn into_view(self, view: Option<Source>) -> Option<Event> {
         match view {
             Some(source) if source == self.source => Some(self.source_event),
@@ -145,7 +167,10 @@ impl Change {
         }
     }
 
-    /// The event a subscriber of this view (the merge, or one source) hears, before its filter.
+    /// Returns the event a subscriber of `view` receives, before its own filter is applied.
+    ///
+    /// `view` is `None` for the merged view, or the one source whose versions the subscriber
+    /// follows. Returns `None` when the change does not show in that view.
     pub(crate) fn in_view(&self, view: Option<Source>) -> Option<&Event> {
         match view {
             Some(source) if source == self.source => Some(&self.source_event),
@@ -167,9 +192,13 @@ fn unset(entity: Entity) -> Event {
     Event { event_type: EventType::Unset, entity }
 }
 
-/// Ids come from local daemons and are hashed on every event: a fast hasher, not SipHash.
+/// Maps ids to values with a fast hasher instead of the standard library's SipHash.
+///
+/// Ids are hashed on every event. SipHash guards against keys crafted to collide, but ids come
+/// from local daemons, so the faster hash is worth it.
 pub(crate) type IdMap<V> = HashMap<Id, V, foldhash::fast::RandomState>;
 
+/// Holds every record, by kind and then by id, and the names of the collectors that set them.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     kinds: [IdMap<Record>; Kind::COUNT],
@@ -185,11 +214,15 @@ impl State {
         &mut self.kinds[kind.index()]
     }
 
+    /// Returns the record of the entity with this id, if it is stored.
     pub(crate) fn get(&self, id: &EntityId) -> Option<&Record> {
         self.records(id.kind).get(&id.id)
     }
 
-    /// The index of a collector's name, interned on first use.
+    /// Returns the index of a collector's name, adding the name to the list on first use.
+    ///
+    /// The search is linear: a store has one name per collector, plus the empty name of direct
+    /// calls. From the 65,536th name on, every name gets the index `u16::MAX`.
     pub(crate) fn collector_index(&mut self, name: &Arc<str>) -> CollectorIndex {
         let at = match self.collectors.iter().position(|c| c == name) {
             Some(at) => at,
@@ -201,16 +234,21 @@ impl State {
         CollectorIndex::try_from(at).unwrap_or(CollectorIndex::MAX)
     }
 
+    /// Returns the collector name at `index`, or an empty name for an unknown index.
     pub(crate) fn collector_name(&self, index: CollectorIndex) -> &str {
         self.collectors.get(usize::from(index)).map_or("", |c| c)
     }
 
+    /// Returns how many entities are stored.
     pub(crate) fn len(&self) -> usize {
         self.kinds.iter().map(|k| k.len()).sum()
     }
 
-    /// Applies one event said by `source` through collector `collector`. `None` when it changes
-    /// nothing a subscriber could hear.
+    /// Applies one event from `source`, sent by the collector at index `collector`.
+    ///
+    /// Returns `None` when the event changes nothing a subscriber could receive: a `Set` equal to
+    /// the stored version (which still records `collector` as its setter), or an `Unset` of a
+    /// version that is not stored.
     pub(crate) fn apply(
         &mut self,
         event_type: EventType,
@@ -225,8 +263,9 @@ impl State {
     }
 
     fn set(&mut self, source: Source, collector: CollectorIndex, mut entity: Entity) -> Option<Change> {
-        // One copy of each id, however many sources and containers name it: the owner's record's
-        // key, and this record's.
+        // Keep one copy of each id string, however many sources and containers name it: the
+        // entity takes its owner's record key as its owner id here, and its own record's key as
+        // its id below.
         if let Some(owner) = entity.owner()
             && let Some((key, _)) = self.records(owner.kind).get_key_value(&owner.id)
         {
@@ -249,8 +288,8 @@ impl State {
                 return None;
             }
         }
-        // The merge before the change, to tell whether it changed (a sole version is its own
-        // merge: nothing is made).
+        // The merged view before the change, to compare with the one after. With a single
+        // version this clones that version and merges nothing.
         let before = record.merged();
         match position {
             Ok(i) => record.versions.as_mut_slice()[i].entity = entity.clone(),
@@ -259,7 +298,8 @@ impl State {
         let merged = if record.is_merged() {
             remerged(&before, record)
         } else {
-            // The sole version was replaced by a different one: it is the new merge.
+            // The single version was replaced by a different one, which is also the new merged
+            // view.
             MergedChange::SameAsSource
         };
         Some(Change { source, source_event: set(entity), merged })
@@ -275,7 +315,8 @@ impl State {
             Some(removed) => (unset(overlay(payload, &removed.entity)), remerged(&before, record)),
             None => {
                 let record = records.remove(payload.id_str())?;
-                // `remove` gives `None` only for a sole version, which was its own merge.
+                // `remove` returns `None` only for a single version, which was its own merged
+                // view: the source's unset is also the merged view's.
                 let Versions::One(last) = record.versions else { return None };
                 (unset(overlay(payload, &last.entity)), MergedChange::SameAsSource)
             }
@@ -283,9 +324,12 @@ impl State {
         Some(Change { source, source_event, merged })
     }
 
-    /// Replaces what `origin` said with `entities`: unsets what it said and the list lacks (but
-    /// not the `keep` ids, listed yet unreadable this time), sets the rest; changes come in
-    /// (kind, id) order.
+    /// Replaces everything `origin` has set with `entities`, a full list, and returns the changes
+    /// in (kind, id) order.
+    ///
+    /// Unsets every `origin.source` version last set by `origin.collector` whose entity is in
+    /// neither `entities` nor `keep`. `keep` names entities the collector saw but could not read
+    /// this time: their versions stay as they were. Sets every entity of `entities`.
     pub(crate) fn reset(&mut self, origin: &Origin, entities: Vec<Entity>, keep: &[EntityId]) -> Vec<Change> {
         let collector = self.collector_index(&origin.collector);
         let keep: HashSet<&EntityId> = keep.iter().collect();
@@ -314,7 +358,11 @@ impl State {
             .collect()
     }
 
-    /// One `Set` per stored entity that passes `filter`, in (kind, id) order.
+    /// Returns one `Set` per stored entity that passes `filter`, in (kind, id) order.
+    ///
+    /// Each event carries the merged view, or, when the filter names a source, that source's
+    /// version (entities the source does not know are left out). Returns an empty list when the
+    /// filter does not pass `Set` events.
     pub(crate) fn snapshot(&self, filter: &Filter) -> Vec<Event> {
         if !filter.event_type().passes(EventType::Set) {
             return Vec::new();

@@ -1,4 +1,5 @@
-//! The store handle, its loop, and the sink collectors speak through.
+//! Defines the store handle, the loop that delivers changes to subscribers, and the sink that
+//! collectors send their events through.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,31 +24,39 @@ use crate::state::{Change, Record, State};
 use crate::subscriber::{Events, Pushed, QueueLimits, Shared, Subscription};
 use crate::telemetry::{MetricSample, MetricValue, Received, SENT_ACK_TIMEOUT, SENT_LAGGED, SENT_SUCCESS, Telemetry};
 
-/// Tunables of a store. The defaults are what the agent uses.
+/// A store's limits and timings.
+///
+/// The defaults are what the agent uses.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct StoreConfig {
-    /// How long the store waits for a subscriber to acknowledge a bundle before serving the
-    /// next priority (default 1 s).
+    /// How long the store waits for a subscriber to acknowledge a bundle before it serves the
+    /// subscribers of the next lower priority (default 1 s).
     pub ack_timeout: Duration,
-    /// Bundles a subscriber may hold back before its queue counts as full (default 1000).
+    /// How many bundles may wait in a subscriber's queue before the queue counts as full
+    /// (default 1000; 0 counts as 1).
     pub subscriber_queue_capacity: usize,
-    /// How long a subscriber's queue may stay full before it is cut off (default 5 s).
+    /// How long a subscriber's queue may stay full before the subscriber is cut off: its stream
+    /// ends with [`SubscriptionError::Lagged`](crate::SubscriptionError::Lagged). Checked when a
+    /// new bundle arrives (default 5 s).
     pub lag_timeout: Duration,
-    /// Bundles a subscriber may hold back at most, full or not: past it, it is cut off at once
-    /// (default 10 × the capacity). Bounds the store's memory.
+    /// The most bundles a subscriber's queue may hold, however short a time it has been full: a
+    /// new bundle that finds this many cuts the subscriber off at once. This bounds the store's
+    /// memory (default 10,000; a value below `subscriber_queue_capacity` counts as that).
     pub subscriber_queue_hard_capacity: usize,
-    /// Batches taken by `notify` but not yet delivered; `notify` waits past it (default 1024).
+    /// How many applied batches may wait for delivery to subscribers; past it, [`Store::notify`],
+    /// [`Store::reset`] and collectors' sends wait (default 1024; 0 counts as 1).
     pub max_batches_in_flight: usize,
-    /// First delay before a failed collector is retried (default 1 s).
+    /// The delay before a failed collector's first retry; it doubles with each further failure
+    /// in a row (default 1 s).
     pub retry_initial: Duration,
-    /// Longest delay between two tries (default 30 s).
+    /// The longest delay between two retries (default 30 s).
     pub retry_max: Duration,
-    /// How often a collector whose environment was not detected, or is not there yet, looks
-    /// again (default 30 s).
+    /// How long the store waits before it starts again, to look again, a collector whose
+    /// environment was not detected or that waits for something its config names (default 30 s).
     pub redetect_interval: Duration,
-    /// Which env vars the collectors keep on the containers they report (default: those the
-    /// tag rules read); handed to each collector in its context.
+    /// Which environment variables collectors keep on the containers they report (default:
+    /// those the tag rules read); handed to each collector in its context.
     pub env: EnvFilter,
 }
 
@@ -67,10 +76,13 @@ impl Default for StoreConfig {
     }
 }
 
-/// The origin of events given to [`Store::notify`] and lists given to [`Store::reset`] directly,
-/// outside any collector.
+/// The collector name recorded for events given to [`Store::notify`] and lists given to
+/// [`Store::reset`], which come from no collector.
+///
+/// A verbose dump shows it as the empty `collector` of a [`SourceVersion`].
 pub const DIRECT: &str = "";
 
+/// A request to the store loop, which handles them one at a time, in the order they were sent.
 enum Command {
     Deliver { changes: Vec<Change>, _permit: OwnedSemaphorePermit },
     Subscribe { shared: Arc<Shared>, filter: Filter },
@@ -82,17 +94,22 @@ enum Command {
 struct Inner {
     state: RwLock<State>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Bounds the batches awaiting delivery (`max_batches_in_flight`): each `Deliver` command
+    /// holds a permit until the loop has delivered it.
     intake: Arc<Semaphore>,
     config: StoreConfig,
     telemetry: Arc<Telemetry>,
-    /// The origin name of events notified directly.
+    /// The collector name of events notified directly ([`DIRECT`]), allocated once.
     direct: Arc<str>,
     next_subscriber: AtomicU64,
+    /// Cleared when the store loop ends (see `AliveGuard`).
     loop_alive: Arc<AtomicBool>,
-    /// What `start` spawns: the loop, then the collectors.
+    /// The loop and the collectors, until `start` takes them to spawn them.
     unstarted: Mutex<Option<(StoreLoop, Vec<Collector>)>>,
+    /// Each collector's status, in the order the collectors were added.
     statuses: Mutex<Vec<Arc<CollectorStatus>>>,
-    /// Cancelled by `shutdown`: every collector task ends on it.
+    /// Cancelled by `shutdown` and on drop. Each collector's token is a child of it, so
+    /// cancelling it stops every collector task.
     cancel: CancellationToken,
     /// Every task the store spawned: the loop first, then one per collector.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -109,8 +126,12 @@ impl Inner {
         self.state.writing()
     }
 
-    /// Applies a batch under the write lock and queues its delivery before releasing the lock,
-    /// so deliveries and subscriptions reach the loop in the order they touched the state.
+    /// Applies one message from `origin` under the write lock, and queues its changes for
+    /// delivery before releasing the lock.
+    ///
+    /// Queuing under the lock makes deliveries and subscriptions reach the loop in the order
+    /// they touched the state, so a new subscriber's snapshot and the bundles after it neither
+    /// overlap nor leave a gap. Waits first while `max_batches_in_flight` batches await delivery.
     async fn apply(&self, origin: &Origin, message: SinkMessage) {
         let Ok(permit) = self.intake.clone().acquire_owned().await else { return };
         let mut state = self.write();
@@ -136,11 +157,13 @@ impl Inner {
             }
         };
         if !changes.is_empty() {
-            // Fails only once the loop is gone (store shut down): nobody is left to tell.
+            // Fails only once the loop has ended (store shut down), when no subscriber is left
+            // to deliver to.
             let _ = self.commands.send(Command::Deliver { changes, _permit: permit });
         }
     }
 
+    /// Applies events notified directly, like `apply`; each event names its own source.
     async fn notify(&self, events: Vec<CollectorEvent>) {
         let Ok(permit) = self.intake.clone().acquire_owned().await else { return };
         let mut state = self.write();
@@ -157,10 +180,12 @@ impl Inner {
         }
     }
 
+    /// Returns the merged view of the entity with this id, if it is stored.
     fn get(&self, id: &EntityId) -> Option<Entity> {
         self.read().get(id).map(Record::merged)
     }
 
+    /// Returns the merged view of every stored entity of `kind`, in id order.
     fn list(&self, kind: Kind) -> Vec<Entity> {
         let state = self.read();
         let mut found: Vec<(&Id, &Record)> = state.records(kind).iter().collect();
@@ -170,22 +195,28 @@ impl Inner {
 }
 
 impl Drop for Inner {
-    /// The last handle went without `shutdown().await`: nothing is left to wait, so stop at once.
+    /// Stops the store without waiting: the last handle was dropped, perhaps without
+    /// `shutdown().await`, and a drop cannot await its tasks.
     fn drop(&mut self) {
         self.cancel.cancel();
         let _ = self.commands.send(Command::Shutdown);
-        // The loop (first) is told to stop, so that it ends every stream; the collectors are aborted.
+        // The loop, the first task, is sent `Shutdown` rather than aborted, so that it ends every
+        // subscriber's stream; the collector tasks are aborted.
         for task in self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner).iter().skip(1) {
             task.abort();
         }
     }
 }
 
-/// The workload-metadata store. Cheap to clone: clones share one store, which stops (its
-/// collectors and loop) when the last clone is dropped or [`Store::shutdown`] is called.
+/// Holds workload metadata, runs the collectors that report it, and delivers its changes to
+/// subscribers.
 ///
-/// `notify`, `reset` and the getters act on the state at once; subscribers hear about changes
-/// through their own bounded queues, served by one loop in priority order.
+/// Cloning is cheap: clones share one store, which stops its collectors and its loop when
+/// [`Store::shutdown`] is called or the last clone is dropped.
+///
+/// `notify`, `reset` and the getters read or change the stored entities before they return.
+/// Subscribers receive the changes later, each through a bounded queue of its own, which one
+/// loop fills in [`SubscriberPriority`] order.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -197,7 +228,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Builds a store with its collectors.
+/// Builds a store with its collectors and config; get one from [`Store::builder`].
 #[derive(Debug, Default)]
 pub struct StoreBuilder {
     config: StoreConfig,
@@ -205,20 +236,26 @@ pub struct StoreBuilder {
 }
 
 impl StoreBuilder {
-    /// Uses `config`.
+    /// Sets the store's limits and timings; without this call the defaults apply.
     pub fn config(mut self, config: StoreConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// Adds a collector, started by [`Store::start`].
+    /// Adds a collector, which [`Store::start`] spawns in a task of its own.
+    ///
+    /// Give each collector a different name: the store finds a collector's health record by
+    /// name.
     pub fn collector(mut self, collector: Collector) -> Self {
         self.collectors.push(collector);
         self
     }
 
-    /// Builds the store. It spawns nothing: [`Store::start`] starts its loop and collectors.
-    /// Events notified before then are applied (getters see them) and delivered once it starts.
+    /// Builds the store without starting it.
+    ///
+    /// Nothing is spawned until [`Store::start`], so this needs no tokio runtime. Events notified
+    /// before then are applied at once (getters see them) and delivered to subscribers once the
+    /// store starts; past `max_batches_in_flight` such batches, `notify` waits for the start.
     pub fn build(self) -> Store {
         let (commands, rx) = mpsc::unbounded_channel();
         let telemetry = Arc::new(Telemetry::default());
@@ -251,19 +288,23 @@ impl StoreBuilder {
 }
 
 /// The store's health: whether its loop runs, and each collector's state.
+///
+/// Returned by [`Store::health`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Health {
     /// Whether the store loop runs.
     pub store_alive: bool,
-    /// Each collector.
+    /// Each collector's health, in the order the collectors were added.
     pub collectors: Vec<CollectorHealth>,
 }
 
 impl Health {
-    /// Live, no collector failed, and every collector that will run delivered its first full
-    /// list. A collector whose environment was not detected (nothing at the default socket) does
-    /// not hold readiness back; one waiting for what its config names does, and so does one
-    /// that was running and is retrying before its first list.
+    /// Tells whether the agent is ready: the loop runs, no collector has failed or is waiting for
+    /// something its config names, and every other collector has synced (its first full list, or
+    /// first successful pull, was applied).
+    ///
+    /// A collector whose environment was not detected (nothing at the default socket) does not
+    /// hold readiness back; one that was running and is retrying before its first list does.
     pub fn is_ready(&self) -> bool {
         use crate::runner::CollectorState;
         self.store_alive
@@ -280,16 +321,17 @@ impl Health {
 pub struct SourceVersion {
     /// The source.
     pub source: Source,
-    /// The collector that said it (empty: notified directly).
+    /// The collector that last set it; empty ([`DIRECT`]) when it came through
+    /// [`Store::notify`] or [`Store::reset`].
     pub collector: String,
-    /// What it said.
+    /// The version itself.
     pub entity: Entity,
 }
 
 /// One entity in a dump.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DumpEntry {
-    /// Its id.
+    /// The entity's id.
     pub id: EntityId,
     /// The sources that know it, in precedence order.
     pub sources: Vec<Source>,
@@ -308,15 +350,15 @@ pub struct Dump {
 }
 
 impl Store {
-    /// A builder.
+    /// Returns a builder, to make a store with collectors or with a config of its own.
     pub fn builder() -> StoreBuilder {
         StoreBuilder::default()
     }
 
-    /// A started store with the default config and no collector.
+    /// Creates and starts a store with the default config and no collector.
     ///
     /// # Panics
-    /// Outside a tokio runtime.
+    /// Panics when called outside a tokio runtime.
     pub fn new() -> Self {
         let store = Self::builder().build();
         store.start();
@@ -327,7 +369,7 @@ impl Store {
     /// of its own with a `collector` tracing span. Calling it again does nothing.
     ///
     /// # Panics
-    /// Outside a tokio runtime.
+    /// Panics when called outside a tokio runtime.
     pub fn start(&self) {
         let Some((store_loop, collectors)) = self.inner.unstarted.locked().take() else {
             return;
@@ -338,7 +380,8 @@ impl Store {
             RetryPolicy { initial: config.retry_initial, max: config.retry_max, redetect: config.redetect_interval };
         let weak = Arc::downgrade(&self.inner);
         let mut tasks = self.inner.tasks.locked();
-        // Not cancelled on shutdown: it is told to stop, so that it ends every stream first.
+        // The loop does not watch the cancellation token: `shutdown` sends it a `Shutdown`
+        // command instead, so that it handles the commands queued before, then ends every stream.
         tasks.push(tokio::spawn(store_loop.run()));
         for collector in collectors {
             let Some(status) = statuses.iter().find(|s| s.name == collector.name).cloned() else { continue };
@@ -355,11 +398,15 @@ impl Store {
         }
     }
 
-    /// Stops the store: cancels every collector, ends every subscription's stream once what was
-    /// queued before is delivered, and returns when all its tasks have ended.
+    /// Stops the store and waits until all its tasks have ended.
+    ///
+    /// Cancels every collector. The loop first delivers the batches applied before the call,
+    /// then ends every subscription's stream; bundles a subscriber has not received by then are
+    /// discarded.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
-        // The loop ends after what is queued before this command; it may already be gone.
+        // The loop ends after handling the commands queued before this one. Sending fails when
+        // it has already ended, which is fine.
         let _ = self.inner.commands.send(Command::Shutdown);
         let tasks = std::mem::take(&mut *self.inner.tasks.locked());
         for task in tasks {
@@ -369,14 +416,21 @@ impl Store {
         }
     }
 
-    /// How many tasks the store runs now (its loop and its collectors); 0 once shut down.
+    /// Returns how many of the store's tasks (its loop and its collectors) are still running;
+    /// 0 before [`Store::start`] and after [`Store::shutdown`].
     pub fn running_tasks(&self) -> usize {
         self.inner.tasks.locked().iter().filter(|t| !t.is_finished()).count()
     }
 
-    /// Subscribes. The first bundle is the snapshot: one `Set` per stored entity that passes the
-    /// filter, in (kind, id) order, sent even when empty. Then one bundle per notified batch
-    /// that has events for this subscriber; nothing between the two is lost or repeated.
+    /// Subscribes `name` to the changes that pass `filter`, served at `priority`.
+    ///
+    /// The first bundle is the snapshot: one `Set` per stored entity that passes the filter, in
+    /// (kind, id) order, sent even when empty. Then comes one bundle per applied batch that has
+    /// events for this subscriber; no change is lost or repeated between the snapshot and them.
+    /// After [`Store::shutdown`] has returned, the snapshot is the only bundle.
+    ///
+    /// `name` labels the subscriber in logs, in telemetry and in a
+    /// [`SubscriptionError`](crate::SubscriptionError).
     pub fn subscribe(&self, name: &str, priority: SubscriberPriority, filter: Filter) -> Subscription {
         let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let config = &self.inner.config;
@@ -392,33 +446,49 @@ impl Store {
         let snapshot = state.snapshot(&filter);
         shared.push(snapshot.into(), 0);
         if self.inner.commands.send(Command::Subscribe { shared: shared.clone(), filter }).is_err() {
-            // The store was shut down: the snapshot is all this subscriber will hear.
+            // The loop has ended (store shut down): the snapshot is all this subscriber will
+            // receive.
             shared.close_after_pending();
         }
         drop(state);
         Subscription::new(shared)
     }
 
-    /// Ends a subscription's stream; it hears nothing more. Dropping the subscription does the same.
+    /// Ends the stream of the subscription with this id; an unknown id does nothing.
+    ///
+    /// Takes effect when the loop reaches the request, after the batches applied before the
+    /// call; bundles still in the queue then are discarded. Dropping the [`Subscription`] ends it
+    /// at once.
     pub fn unsubscribe(&self, id: u64) {
         let _ = self.inner.commands.send(Command::Unsubscribe { id });
     }
 
-    /// Applies a batch of events. It becomes at most one bundle per subscriber.
+    /// Applies a batch of events, in order, recording [`DIRECT`] as their collector.
+    ///
+    /// The stored entities change before this returns. Each subscriber then receives, as one
+    /// bundle, the batch's events that change its view and pass its filter. Waits while
+    /// `max_batches_in_flight` batches await delivery. An empty batch does nothing.
     pub async fn notify(&self, events: Vec<CollectorEvent>) {
         if !events.is_empty() {
             self.inner.notify(events).await;
         }
     }
 
-    /// Replaces what was notified directly for `source` with `entities` (a full list): sets
-    /// what is new or changed, unsets what the list lacks, atomically, in one bundle.
+    /// Replaces what was notified directly for `source` with `entities`, a full list.
+    ///
+    /// Sets what is new or changed and unsets what the list lacks, all in one batch, whose
+    /// changes come in (kind, id) order. Only versions last set through [`Store::notify`] or
+    /// `reset` are unset, never a collector's.
     pub async fn reset(&self, source: Source, entities: Vec<Entity>) {
         let origin = Origin { source, collector: self.inner.direct.clone() };
         self.inner.apply(&origin, SinkMessage::FullList { entities, keep: Vec::new() }).await;
     }
 
-    /// Returns once every batch notified before the call was handed to its subscribers' queues.
+    /// Waits until every batch applied before the call has been put in its subscribers' queues.
+    ///
+    /// That includes the waits for the acknowledgements of higher-priority subscribers. Before
+    /// [`Store::start`] it waits for the start; once the loop has ended (after
+    /// [`Store::shutdown`]) it returns at once.
     pub async fn sync(&self) {
         let (done, wait) = oneshot::channel();
         if self.inner.commands.send(Command::Sync { done }).is_ok() {
@@ -426,27 +496,31 @@ impl Store {
         }
     }
 
-    /// The merged container with this id.
+    /// Returns the merged view of the container with this id, if it is stored.
     pub fn get_container(&self, id: &str) -> Option<Arc<Container>> {
         StoreReader::get_container(self, id)
     }
 
-    /// Every merged container, in id order.
+    /// Returns the merged view of every container, in id order.
     pub fn list_containers(&self) -> Vec<Arc<Container>> {
         self.inner.list(Kind::Container).iter().filter_map(|e| e.as_container().cloned()).collect()
     }
 
-    /// The merged pod with this UID.
+    /// Returns the merged view of the pod with this UID, if it is stored.
     pub fn get_kubernetes_pod(&self, uid: &str) -> Option<Arc<KubernetesPod>> {
         StoreReader::get_kubernetes_pod(self, uid)
     }
 
-    /// Every merged pod, in UID order.
+    /// Returns the merged view of every pod, in UID order.
     pub fn list_kubernetes_pods(&self) -> Vec<Arc<KubernetesPod>> {
         self.inner.list(Kind::KubernetesPod).iter().filter_map(|e| e.as_kubernetes_pod().cloned()).collect()
     }
 
-    /// The pod a container belongs to: its owner, or else the pod that lists it.
+    /// Returns the pod a container belongs to.
+    ///
+    /// When the container names a pod as its owner, returns that pod, or `None` if the pod is not
+    /// stored. Otherwise looks through every stored pod for one whose containers include this id,
+    /// which computes up to one merged view per pod.
     pub fn get_kubernetes_pod_for_container(&self, container_id: &str) -> Option<Arc<KubernetesPod>> {
         let state = self.inner.read();
         let container = EntityId::new(Kind::Container, container_id);
@@ -465,17 +539,20 @@ impl Store {
             .and_then(|p| p.as_kubernetes_pod().cloned())
     }
 
-    /// The merged task with this ARN.
+    /// Returns the merged view of the ECS task with this ARN, if it is stored.
     pub fn get_ecs_task(&self, arn: &str) -> Option<Arc<EcsTask>> {
         StoreReader::get_ecs_task(self, arn)
     }
 
-    /// Every merged task, in ARN order.
+    /// Returns the merged view of every ECS task, in ARN order.
     pub fn list_ecs_tasks(&self) -> Vec<Arc<EcsTask>> {
         self.inner.list(Kind::EcsTask).iter().filter_map(|e| e.as_ecs_task().cloned()).collect()
     }
 
-    /// Everything stored; with `verbose`, each source's own version too.
+    /// Returns every stored entity, in (kind, id) order, for `agent workload-list`.
+    ///
+    /// With `verbose`, each entry also carries each source's own version and the collector that
+    /// last set it.
     pub fn dump(&self, verbose: bool) -> Dump {
         let state = self.inner.read();
         let mut entities = Vec::with_capacity(state.len());
@@ -505,7 +582,8 @@ impl Store {
         Dump { entities }
     }
 
-    /// Whether the loop runs, and each collector's state.
+    /// Returns whether the loop runs and each collector's state; [`Health::is_ready`] reads
+    /// readiness from it.
     pub fn health(&self) -> Health {
         Health {
             store_alive: self.inner.loop_alive.load(Ordering::Acquire),
@@ -513,7 +591,10 @@ impl Store {
         }
     }
 
-    /// The store's telemetry with the Datadog names.
+    /// Returns the store's metrics as samples, under their Datadog names (`workloadmeta.*`).
+    ///
+    /// The stored-entity gauges are counted at each call, by walking every record under the read
+    /// lock.
     pub fn telemetry(&self) -> Vec<MetricSample> {
         let mut out = Vec::new();
         {
@@ -560,7 +641,8 @@ impl StoreReader for Store {
     }
 }
 
-/// The read handle collectors get: it does not keep the store alive.
+/// Reads the store for collectors without keeping it alive: once the store is dropped, reads
+/// find nothing.
 struct WeakReader(Weak<Inner>);
 
 impl StoreReader for WeakReader {
@@ -573,7 +655,8 @@ impl StoreReader for WeakReader {
     }
 }
 
-/// The sink one collector speaks through.
+/// Applies one collector's messages to the store, without keeping the store alive, and marks the
+/// collector synced once a full list from it has been applied.
 struct CollectorSink {
     store: Weak<Inner>,
     status: Arc<CollectorStatus>,
@@ -595,7 +678,8 @@ impl EventSink for CollectorSink {
     }
 }
 
-/// Clears the liveness flag however the loop ends.
+/// Clears the store's liveness flag when dropped, so that [`Store::health`] reports the loop
+/// stopped however it ended: returned, panicked or aborted.
 struct AliveGuard(Arc<AtomicBool>);
 
 impl Drop for AliveGuard {
@@ -608,11 +692,14 @@ struct LoopSubscriber {
     shared: Arc<Shared>,
     filter: Filter,
     next_seq: u64,
-    /// The bundle whose ack wait timed out; no more waiting on this subscriber until it
-    /// acknowledged that one, so a stuck subscriber costs one timeout, not one per batch.
+    /// The sequence number of the bundle whose acknowledgement timed out. Until the subscriber
+    /// acknowledges it, the loop does not wait on this subscriber again, so a stuck subscriber
+    /// costs one timeout in all, not one per batch.
     timed_out_at: Option<u64>,
 }
 
+/// Delivers applied batches to the subscribers, one command at a time; `start` spawns it as the
+/// store's first task.
 struct StoreLoop {
     rx: mpsc::UnboundedReceiver<Command>,
     /// In priority order, then subscription order.
@@ -623,7 +710,8 @@ struct StoreLoop {
 }
 
 impl Drop for StoreLoop {
-    /// Ends every subscriber's stream, also when the loop task is aborted or panics.
+    /// Ends every subscriber's stream, discarding the bundles it has not received, however the
+    /// loop ends: returned, aborted or panicked.
     fn drop(&mut self) {
         for sub in &self.subscribers {
             sub.shared.close();
@@ -658,6 +746,8 @@ impl StoreLoop {
         // Dropping the loop closes every queue (see `Drop`), however it ends.
     }
 
+    /// Delivers one batch's changes to every subscriber, one priority at a time, waiting up to
+    /// `ack_timeout` for a priority's acknowledgements before serving the next.
     async fn deliver(&mut self, changes: Vec<Change>) {
         // Each view's events (the merge, or one source's) are gathered once per batch and shared
         // by every subscriber whose filter passes them all; only the others get a filtered copy.
@@ -679,7 +769,8 @@ impl StoreLoop {
         while start < self.subscribers.len() {
             let priority = self.subscribers[start].shared.priority;
             let end = start + self.subscribers[start..].partition_point(|s| s.shared.priority == priority);
-            // Acks are waited for only where a lower priority is still to be served.
+            // Acknowledgements are waited for only when a lower priority is still to be served:
+            // the wait exists to hold those subscribers back.
             let wait_for_acks = end < self.subscribers.len();
             let deadline = Instant::now() + self.ack_timeout;
             let mut waits: Vec<(usize, u64)> = Vec::new();

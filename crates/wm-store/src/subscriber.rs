@@ -1,4 +1,5 @@
-//! A subscriber's queue, its receiving end, and bundles that acknowledge themselves when dropped.
+//! Defines a subscriber's queue, its receiving end ([`Subscription`]), and the bundles it
+//! receives, which acknowledge themselves when dropped.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,17 +17,21 @@ use wm_core::{Event, SubscriberPriority};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubscriptionError {
-    /// The subscriber did not keep up: its queue stayed full too long and it was cut off.
-    /// Nothing was dropped silently: subscribe again for a fresh snapshot.
+    /// The subscriber did not keep up and was cut off: its queue stayed full for the lag timeout,
+    /// or reached its hard bound.
+    ///
+    /// The bundles in its queue were discarded, and this error says so, so nothing is lost
+    /// silently. Subscribe again for a fresh snapshot.
     #[error(
         "subscriber {subscriber} lagged: its queue held {pending_bundles} bundles for {full_for:?} and was cut off; subscribe again for a fresh snapshot"
     )]
     Lagged {
         /// The subscriber's name.
         subscriber: String,
-        /// Bundles it had not taken when it was cut off.
+        /// How many bundles were waiting in its queue when it was cut off.
         pending_bundles: usize,
-        /// How long its queue had been full.
+        /// How long its queue had been full. Less than the lag timeout means the hard bound cut
+        /// it off.
         full_for: Duration,
     },
 }
@@ -36,11 +41,13 @@ pub enum SubscriptionError {
 enum Closed {
     /// Ended normally (unsubscribed, store stopped): the stream just ends.
     Ended,
-    /// Cut off; the error is handed out once, then the stream ends.
+    /// Cut off: the subscriber receives the error once, then the stream ends.
     Lagged(SubscriptionError),
 }
 
+/// What [`Shared::push`] did with a bundle.
 pub(crate) enum Pushed {
+    /// The bundle is in the queue.
     Queued,
     /// The subscriber was cut off by this push.
     CutOff,
@@ -54,8 +61,10 @@ struct Pending {
     seq: u64,
 }
 
-/// The events of a bundle. Subscribers whose filter passes a whole batch share one allocation;
-/// the others get their own filtered copy. Reads as a slice.
+/// The events of a bundle; read them as a slice (`&[Event]`).
+///
+/// Subscribers whose filter passes a whole batch share one allocation; the others get their own
+/// filtered copy.
 #[derive(Clone)]
 pub struct Events(EventsRepr);
 
@@ -70,7 +79,7 @@ impl Events {
         Self(EventsRepr::Shared(events))
     }
 
-    /// The events as an owned vector (copies them when they are shared).
+    /// Returns the events as a vector; when the allocation is shared, each event is cloned.
     pub fn into_vec(self) -> Vec<Event> {
         match self.0 {
             EventsRepr::Shared(events) => events.to_vec(),
@@ -115,21 +124,24 @@ impl fmt::Debug for Events {
 struct QueueState {
     items: VecDeque<Pending>,
     closed: Option<Closed>,
+    /// When the queue became full; cleared once a receive leaves it below capacity.
     full_since: Option<Instant>,
 }
 
 /// Bounds on a subscriber's queue.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
-    /// Bundles a subscriber may hold back before its queue counts as full.
+    /// How many bundles may wait in the queue before it counts as full.
     pub(crate) capacity: usize,
     /// How long a queue may stay full before its subscriber is cut off.
     pub(crate) lag_timeout: Duration,
-    /// Hard bound on held-back bundles while within `lag_timeout`; past it, cut off at once.
+    /// The most bundles the queue may hold, even before `lag_timeout` has passed: a push that
+    /// finds this many cuts the subscriber off at once.
     pub(crate) hard_capacity: usize,
 }
 
-/// What the store and the subscriber share.
+/// Holds what the store loop and a [`Subscription`] share: the queue, the acknowledgements, and
+/// the wake-ups between them.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: u64,
@@ -137,11 +149,15 @@ pub(crate) struct Shared {
     pub(crate) priority: SubscriberPriority,
     limits: QueueLimits,
     state: Mutex<QueueState>,
+    /// Wakes the subscriber waiting in `recv` when a bundle is queued or the queue closes.
     wake: Notify,
     /// The highest bundle sequence number acknowledged.
     acked: AtomicU64,
-    /// Wakes the store loop when it waits for an ack (one waiter: `notify_one` keeps a permit).
+    /// Wakes the store loop when it waits for an acknowledgement. The loop is the only waiter,
+    /// and `notify_one` stores a permit when nobody waits yet, so an acknowledgement that comes
+    /// before the loop starts waiting still wakes it.
     ack_wake: Notify,
+    /// Set when the `Subscription` is dropped.
     receiver_gone: AtomicBool,
 }
 
@@ -160,13 +176,18 @@ impl Shared {
         }
     }
 
+    /// Locks the queue.
     fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // The queue holds no invariant a panicking holder could break half-way.
+        // No change to the queue can be left half-done by a panic, so a poisoned lock is used as
+        // it is.
         self.state.locked()
     }
 
-    /// Queues a bundle; cuts the subscriber off when its queue stayed full past the lag timeout
-    /// or reached the hard bound. Never blocks.
+    /// Queues a bundle, or cuts the subscriber off when its queue has stayed full for the lag
+    /// timeout or has reached the hard bound.
+    ///
+    /// Never waits for the subscriber. A cut-off discards the queued bundles and this one, and
+    /// leaves the error for the subscriber's next receive.
     pub(crate) fn push(&self, events: Events, seq: u64) -> Pushed {
         let mut st = self.lock();
         if st.closed.is_some() {
@@ -195,7 +216,7 @@ impl Shared {
         Pushed::Queued
     }
 
-    /// Ends the stream; bundles not yet taken are discarded.
+    /// Ends the stream, discarding the bundles the subscriber has not received.
     pub(crate) fn close(&self) {
         let mut st = self.lock();
         st.items.clear();
@@ -206,7 +227,8 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Ends the stream once the bundles already queued were taken.
+    /// Ends the stream after the bundles already queued: the subscriber receives them, then the
+    /// end.
     pub(crate) fn close_after_pending(&self) {
         let mut st = self.lock();
         if st.closed.is_none() {
@@ -216,22 +238,26 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Whether the store should stop serving this subscriber.
+    /// Tells whether the store should stop serving this subscriber: its `Subscription` was
+    /// dropped or its queue is closed.
     pub(crate) fn is_finished(&self) -> bool {
         self.receiver_gone.load(Ordering::Relaxed) || self.lock().closed.is_some()
     }
 
+    /// Returns the highest bundle sequence number acknowledged so far.
     pub(crate) fn acked(&self) -> u64 {
         self.acked.load(Ordering::Acquire)
     }
 
-    /// Returns once bundle `seq` (or a later one) was acknowledged.
+    /// Waits until bundle `seq`, or a later one, has been acknowledged.
     pub(crate) async fn acked_at_least(&self, seq: u64) {
         while self.acked() < seq {
             self.ack_wake.notified().await;
         }
     }
 
+    /// Records that bundle `seq` was acknowledged, and wakes the store loop when that raises the
+    /// highest acknowledged number.
     fn ack(&self, seq: u64) {
         if self.acked.fetch_max(seq, Ordering::AcqRel) < seq {
             self.ack_wake.notify_one();
@@ -251,10 +277,13 @@ impl Drop for Acker {
     }
 }
 
-/// The events of one batch that passed a subscriber's filter, in input order (or a snapshot).
+/// The events of one batch that passed a subscriber's filter, in batch order; the first bundle of
+/// a subscription holds the snapshot instead.
 ///
-/// Dropping the bundle acknowledges it; the store then serves the next-priority subscriber.
-/// Hold it only as long as the work that must happen first (the tagger stores the tags).
+/// Dropping the bundle acknowledges it. The store serves subscribers of a lower priority once
+/// every subscriber of this priority has acknowledged (or `ack_timeout` has passed), so keep
+/// the bundle only while doing the work that must come before theirs (the tagger stores the
+/// tags), or call [`EventBundle::acknowledge`].
 pub struct EventBundle {
     /// The events, in batch order.
     pub events: Events,
@@ -262,12 +291,13 @@ pub struct EventBundle {
 }
 
 impl EventBundle {
-    /// Acknowledges now, keeping the events.
+    /// Acknowledges the bundle now and keeps its events, so lower priorities are served while
+    /// you go on using them.
     pub fn acknowledge(&mut self) {
         self.ack = None;
     }
 
-    /// Whether this bundle was acknowledged.
+    /// Tells whether the bundle was acknowledged with [`EventBundle::acknowledge`].
     pub fn is_acknowledged(&self) -> bool {
         self.ack.is_none()
     }
@@ -279,21 +309,23 @@ impl fmt::Debug for EventBundle {
     }
 }
 
-/// What `try_recv` found.
+/// What [`Subscription::try_recv`] found.
 #[derive(Debug)]
 pub enum TryRecv {
     /// A bundle.
     Bundle(EventBundle),
-    /// Nothing waiting now.
+    /// No bundle is waiting now.
     Empty,
-    /// The stream ended with an error (once).
+    /// The subscriber was cut off: the stream ends here, and later calls return `Closed`.
     Failed(SubscriptionError),
-    /// The stream ended.
+    /// The stream has ended: unsubscribed, cut off earlier, or the store stopped.
     Closed,
 }
 
-/// A subscriber's receiving end. The first bundle is the snapshot; dropping the subscription
-/// unsubscribes.
+/// Receives a subscriber's bundles; returned by [`Store::subscribe`](crate::Store::subscribe).
+///
+/// The first bundle is the snapshot. Dropping the subscription unsubscribes, and the store stops
+/// waiting for its acknowledgements.
 pub struct Subscription {
     shared: Arc<Shared>,
 }
@@ -303,17 +335,17 @@ impl Subscription {
         Self { shared }
     }
 
-    /// The id to unsubscribe with.
+    /// Returns the id to pass to [`Store::unsubscribe`](crate::Store::unsubscribe).
     pub fn id(&self) -> u64 {
         self.shared.id
     }
 
-    /// The name given at subscribe time.
+    /// Returns the name given to [`Store::subscribe`](crate::Store::subscribe).
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
-    /// The next bundle, without waiting.
+    /// Returns the next bundle if one is waiting, or what ended the stream, without waiting.
     pub fn try_recv(&mut self) -> TryRecv {
         let mut st = self.shared.lock();
         if let Some(Pending { events, seq }) = st.items.pop_front() {
@@ -335,7 +367,15 @@ impl Subscription {
         }
     }
 
-    /// The next bundle; `None` once the stream ended, an error once if it was cut off.
+    /// Waits for the next bundle.
+    ///
+    /// Returns `None` once the stream has ended: the subscription was ended with
+    /// [`Store::unsubscribe`](crate::Store::unsubscribe), or the store stopped.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`SubscriptionError::Lagged`] once, when the subscriber was cut off for not
+    /// keeping up; every call after it returns `None`.
     pub async fn recv(&mut self) -> Option<Result<EventBundle, SubscriptionError>> {
         loop {
             match self.try_recv() {
@@ -347,7 +387,12 @@ impl Subscription {
         }
     }
 
-    /// The subscription as a stream of bundles.
+    /// Turns the subscription into a stream of bundles, which ends where [`Subscription::recv`]
+    /// would return `None`.
+    ///
+    /// # Errors
+    ///
+    /// Yields [`SubscriptionError::Lagged`] as its last item when the subscriber was cut off.
     pub fn into_stream(self) -> impl Stream<Item = Result<EventBundle, SubscriptionError>> + Send {
         futures::stream::unfold(self, |mut sub| async move { sub.recv().await.map(|item| (item, sub)) })
     }
@@ -357,7 +402,8 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.shared.receiver_gone.store(true, Ordering::Relaxed);
         self.shared.close();
-        // Nobody will acknowledge what is still out: let the store stop waiting for it.
+        // `close` discarded the queued bundles, which will never be acknowledged: mark every
+        // bundle acknowledged so that the store loop stops waiting on this subscriber.
         self.shared.ack(u64::MAX);
     }
 }

@@ -1,4 +1,5 @@
-//! Store telemetry with the Datadog names, read as samples by whoever exports them.
+//! Counts the store's telemetry under the Datadog metric names, and reads it out as samples for
+//! whatever exports them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -12,13 +13,14 @@ use wm_core::{Kind, Source};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricValue {
-    /// Only goes up.
+    /// A count that only goes up.
     Counter(u64),
-    /// Goes up and down.
+    /// A value that goes up and down.
     Gauge(f64),
-    /// A distribution summed up: how many observations and their sum (seconds).
+    /// A distribution given as its number of observations and their sum (in seconds for
+    /// durations).
     Summary {
-        /// Observations.
+        /// How many observations.
         count: u64,
         /// Their sum.
         sum: f64,
@@ -36,13 +38,17 @@ pub struct MetricSample {
     pub value: MetricValue,
 }
 
+/// Holds the store-wide counters, shared by the store handle and its loop.
 #[derive(Debug, Default)]
 pub(crate) struct Telemetry {
+    /// Events received, by kind and then by source (the column `source_slot` gives).
     events_received: [[AtomicU64; 4]; Kind::COUNT],
     notifications_sent: Mutex<SentCounts>,
+    /// How many subscribers the loop serves.
     pub(crate) subscribers: AtomicI64,
 }
 
+/// Returns the column of `source` in the per-source counter arrays.
 fn source_slot(source: Source) -> usize {
     match source {
         Source::ClusterOrchestrator => 0,
@@ -62,20 +68,26 @@ pub(crate) const MAX_SUBSCRIBER_NAMES: usize = 256;
 /// The `subscriber_name` that counts every subscriber past [`MAX_SUBSCRIBER_NAMES`].
 pub(crate) const OTHER_SUBSCRIBERS: &str = "other";
 
-/// Outcomes counted by `workloadmeta.notifications_sent{status}`.
+// The outcomes counted by `workloadmeta.notifications_sent{status}`.
+/// A bundle was queued, and acknowledged in time where the loop waited for it.
 pub(crate) const SENT_SUCCESS: &str = "success";
+/// A bundle was queued but not acknowledged within `ack_timeout`.
 pub(crate) const SENT_ACK_TIMEOUT: &str = "ack_timeout";
+/// The subscriber was cut off for not keeping up (see `SubscriptionError::Lagged`).
 pub(crate) const SENT_LAGGED: &str = "lagged";
 
-/// Events of one batch counted locally, then added to the shared counters once.
+/// Counts the events of one batch locally, so that each shared atomic counter is updated once
+/// per batch instead of once per event.
 #[derive(Debug, Default)]
 pub(crate) struct Received([[u64; 4]; Kind::COUNT]);
 
 impl Received {
+    /// Counts one event about an entity of `kind` from `source`.
     pub(crate) fn count(&mut self, kind: Kind, source: Source) {
         self.0[kind.index()][source_slot(source)] += 1;
     }
 
+    /// Adds the counts to the store's counters.
     pub(crate) fn add_to(&self, telemetry: &Telemetry) {
         for (k, row) in self.0.iter().enumerate() {
             for (s, n) in row.iter().enumerate() {
@@ -92,10 +104,13 @@ impl Received {
 #[derive(Debug, Default)]
 struct SentCounts {
     counts: BTreeMap<(Arc<str>, &'static str), u64>,
+    /// The subscriber names that have series of their own.
     names: std::collections::BTreeSet<Arc<str>>,
 }
 
 impl Telemetry {
+    /// Counts one notification outcome, `status`, for `subscriber`; under [`OTHER_SUBSCRIBERS`]
+    /// when [`MAX_SUBSCRIBER_NAMES`] other names already have series.
     pub(crate) fn notification(&self, subscriber: &Arc<str>, status: &'static str) {
         let mut sent = self.notifications_sent.locked();
         let name = if sent.names.contains(subscriber) {
@@ -109,6 +124,8 @@ impl Telemetry {
         *sent.counts.entry((name, status)).or_insert(0) += 1;
     }
 
+    /// Appends the store-wide samples to `out`: events received (for each kind and source that
+    /// has any), notifications sent, and the number of subscribers.
     pub(crate) fn samples(&self, out: &mut Vec<MetricSample>) {
         for kind in Kind::ALL {
             for source in Source::ALL {

@@ -15,9 +15,9 @@
 //! [low][orchestrator][high][standard] ([len]tag)*
 //! ```
 //!
-//! The text begins with four counts, one per [`Level`], each counted through: the first is how
-//! many low tags there are, the second how many low and orchestrator tags, and so on, so the
-//! last is the total. Then come the tags, level by level, each after its length.
+//! The text begins with four cumulative counts, one per [`Level`]: the first is how many low
+//! tags there are, the second how many low and orchestrator tags, and so on, so the last is the
+//! total. Then come the tags, level by level, each after its length.
 //!
 //! # Why numbers are `char`s
 //!
@@ -59,7 +59,7 @@ impl Level {
     /// Every level, in the order a part stores them.
     pub(crate) const ALL: [Level; 4] = [Level::Low, Level::Orchestrator, Level::High, Level::Standard];
 
-    /// The last level a lookup at `cardinality` reads (`None`: no level at all).
+    /// Returns the last level a lookup at `cardinality` reads (`None`: no level at all).
     pub(crate) const fn highest_for(cardinality: TagCardinality) -> Option<Level> {
         match cardinality {
             TagCardinality::None => None,
@@ -69,7 +69,7 @@ impl Level {
         }
     }
 
-    /// The level after this one.
+    /// Returns the level after this one.
     pub(crate) const fn next(self) -> Option<Level> {
         match self {
             Level::Low => Some(Level::Orchestrator),
@@ -79,7 +79,7 @@ impl Level {
         }
     }
 
-    /// Its place among [`Level::ALL`].
+    /// Returns its place among [`Level::ALL`].
     pub(crate) const fn index(self) -> usize {
         self as usize
     }

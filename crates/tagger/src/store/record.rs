@@ -82,9 +82,9 @@ impl SharedParts {
 /// When a source deleted an entity, on the store's clock.
 ///
 /// Whole seconds fit in 4 bytes, which keeps a [`SourceEntry`] at 32. The time is rounded up,
-/// so a deletion is never pruned before its grace period is over, and stored plus one: zero is
-/// the niche that makes `Option<DeletedAt>` 4 bytes too, and a deletion in the clock's first
-/// second must still be a deletion.
+/// so a deletion is never pruned before its grace period is over. It is stored as seconds plus
+/// one: zero stays free to mean `None` (so `Option<DeletedAt>` is 4 bytes too), and a deletion
+/// at the clock's very start is still a non-zero value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DeletedAt(NonZeroU32);
 
@@ -151,7 +151,8 @@ impl SourceEntry {
         Record::build(vec![self.clone()], id.cloned()).to_info()
     }
 
-    /// Tells whether it says exactly this: the same shared parts and own tags, and not deleted.
+    /// Tells whether the entry already has these shared parts, these own tags and this id flag,
+    /// and is not deleted: setting them again would change nothing.
     pub(crate) fn says(&self, shared: &SharedParts, tags: &EntityTags, gives_id: bool) -> bool {
         self.shared.same_as(shared) && self.tags == *tags && self.id == gives_id && self.deleted_at.is_none()
     }
@@ -242,8 +243,8 @@ impl Record {
         Self(triomphe::ThinArc::from_header_and_iter(Head { id, hidden, shown }, sources.into_iter()))
     }
 
-    /// Returns the same record with its sources changed where their tags are not (a deletion's
-    /// time), so the merge is not made again.
+    /// Copies the record with `change` applied to its sources, keeping the head (the merge).
+    /// Only for changes that leave every tag alone, such as a deletion time.
     pub(crate) fn with_sources(&self, change: impl FnOnce(&mut [SourceEntry])) -> Self {
         let mut sources = self.sources().to_vec();
         change(&mut sources);

@@ -5,7 +5,8 @@ use std::fmt;
 use super::packed::Level;
 use super::record::Record;
 
-/// Reads an entity's tags at one cardinality: a handle on its record, iterated as `&str`s.
+/// Reads an entity's tags at one cardinality, or its standard tags: a handle on its record,
+/// iterated as `&str`s.
 ///
 /// Building one allocates nothing: it clones the record's pointer and counts the tags.
 #[derive(Clone, Default)]
