@@ -408,6 +408,9 @@ impl Store {
         // The loop ends after handling the commands queued before this one. Sending fails when
         // it has already ended, which is fine.
         let _ = self.inner.commands.send(Command::Shutdown);
+        // A store that never started still holds its loop: dropping it ends the subscriptions
+        // taken so far, after their snapshots.
+        drop(self.inner.unstarted.locked().take());
         let tasks = std::mem::take(&mut *self.inner.tasks.locked());
         for task in tasks {
             // A task that panicked has ended too; the runner already turned collector panics
@@ -712,9 +715,19 @@ struct StoreLoop {
 impl Drop for StoreLoop {
     /// Ends every subscriber's stream, discarding the bundles it has not received, however the
     /// loop ends: returned, aborted or panicked.
+    ///
+    /// A subscription whose registration is still queued (taken while the store shut down, or
+    /// before it ever started) ends after its snapshot: nothing else will reach it, and without
+    /// this its `recv` would wait for ever.
     fn drop(&mut self) {
         for sub in &self.subscribers {
             sub.shared.close();
+        }
+        self.rx.close();
+        while let Ok(command) = self.rx.try_recv() {
+            if let Command::Subscribe { shared, .. } = command {
+                shared.close_after_pending();
+            }
         }
         self.telemetry.subscribers.store(0, Ordering::Relaxed);
     }

@@ -245,3 +245,43 @@ async fn ten_thousand_subscribers_with_fresh_names_leave_a_bounded_set_of_series
     assert!(total >= 10_000, "every notification is still counted: {total}");
     assert!(matches!(other, wm_store::MetricValue::Counter(n) if n >= 10_000 - 256), "{other:?}");
 }
+
+/// Waits at most 5 s for the subscription's next bundle or its end.
+async fn next_or_end(sub: &mut Subscription) -> Option<Result<EventBundle, SubscriptionError>> {
+    tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("the stream neither sent nor ended within 5 s")
+}
+
+#[tokio::test]
+async fn a_subscription_taken_as_the_store_shuts_down_ends_after_its_snapshot() {
+    let store = Store::new();
+    set(&store, "c1").await;
+    let shutdown = store.shutdown();
+    tokio::pin!(shutdown);
+    // Its first poll sends the loop `Shutdown`; on this one-thread runtime the loop cannot run
+    // before the subscription below is queued behind it.
+    std::future::poll_fn(|cx| {
+        assert!(shutdown.as_mut().poll(cx).is_pending(), "the loop has not run yet");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let mut late = subscribe(&store, "late", SubscriberPriority::Normal);
+    shutdown.await;
+    let snapshot = next_or_end(&mut late).await.expect("the snapshot").unwrap();
+    assert_eq!(snapshot.events.len(), 1, "c1");
+    drop(snapshot);
+    assert!(next_or_end(&mut late).await.is_none(), "then the end, not a wait for ever");
+}
+
+#[tokio::test]
+async fn a_store_shut_down_without_starting_ends_its_subscriptions() {
+    let store = Store::builder().build();
+    store.notify(vec![CollectorEvent::set(Source::Runtime, container("c1"))]).await;
+    let mut early = subscribe(&store, "early", SubscriberPriority::Normal);
+    store.shutdown().await;
+    assert_eq!(next_or_end(&mut early).await.expect("the snapshot").unwrap().events.len(), 1);
+    assert!(next_or_end(&mut early).await.is_none());
+    store.start();
+    assert_eq!(store.running_tasks(), 0, "a store shut down does not start");
+}
