@@ -527,8 +527,36 @@ pub fn terminate(mut child: Child, grace: Duration) {
     let _ = child.wait();
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
+/// Returns a TCP port that was free on every IPv4 address a moment ago, for a server a test
+/// starts.
+///
+/// It is picked below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where no
+/// outgoing connection is ever given a port. A port the kernel hands out for `:0` comes from
+/// that range, so another test process's connection could take it between this check and the
+/// server's bind: CI runs test binaries side by side, and a kubelet once failed to start on
+/// "address already in use" that way. Each process starts at a random point of the range and
+/// moves on, so concurrent processes rarely try the same port; a taken port is skipped.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::hash::BuildHasher;
+    const FIRST: u32 = 10_000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let below = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = below.saturating_sub(FIRST).max(1);
+    let next = NEXT.get_or_init(|| {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        AtomicU32::new((seed % u64::from(span)) as u32)
+    });
+    for _ in 0..span.min(4_096) {
+        let port = FIRST + next.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(port) else { continue };
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // Nothing free below the ephemeral range: let the kernel pick.
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
