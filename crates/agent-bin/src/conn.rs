@@ -493,13 +493,8 @@ mod tests {
         // One closes: room for a new one.
         held.lock().unwrap().remove(0);
         let _fourth = TcpStream::connect(address).await.unwrap();
-        for _ in 0..100 {
-            if held.lock().unwrap().len() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(held.lock().unwrap().len(), 2);
+        let two_held = || held.lock().unwrap().len() == 2;
+        test_support::watch::eventually("the new connection held", Duration::from_secs(1), two_held).await;
         cancel.cancel();
         task.await.unwrap();
     }

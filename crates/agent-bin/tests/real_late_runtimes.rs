@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agent_bin::report::HealthReport;
 use test_support::podman::PodmanService;
 use test_support::runtimes::{Runtimes, with_service};
-use test_support::watch::eventually;
+use test_support::watch::{eventually, eventually_some};
 
 /// The re-detection period the test configures.
 const REDETECT: Duration = Duration::from_secs(3);
@@ -70,13 +70,12 @@ fn runtimes_that_start_after_the_agent_are_collected_within_the_redetection_peri
                 .iter()
                 .all(|(name, socket)| state(health, name) == ("waiting".into(), format!("waiting for {socket}")))
         };
-        let mut health: HealthReport = agent_bin::cli::fetch(http, "/health").await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !waiting(&health) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            health = agent_bin::cli::fetch(http, "/health").await.unwrap();
-        }
-        assert!(waiting(&health), "{health:?}");
+        let waiting = &waiting;
+        let health = eventually_some("each collector waiting for its socket", Duration::from_secs(10), || async move {
+            let health: HealthReport = agent_bin::cli::fetch(http, "/health").await.unwrap();
+            waiting(&health).then_some(health)
+        })
+        .await;
         assert!(health.live && !health.ready, "{health:?}");
         tokio::time::sleep(REDETECT + Duration::from_secs(1)).await;
         let health: HealthReport = agent_bin::cli::fetch(http, "/health").await.unwrap();
@@ -91,14 +90,12 @@ fn runtimes_that_start_after_the_agent_are_collected_within_the_redetection_peri
             pm.start_service().unwrap();
         });
         let up = Instant::now();
-        let mut ready = false;
-        while !ready && up.elapsed() < REDETECT + Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        eventually_some("ready after the runtimes came", REDETECT + Duration::from_secs(10), || async move {
             let health: HealthReport = agent_bin::cli::fetch(http, "/health").await.unwrap();
-            ready = health.ready;
-        }
+            health.ready.then_some(())
+        })
+        .await;
         let took = up.elapsed();
-        assert!(ready, "not ready {took:?} after the runtimes came");
         println!("ready {took:?} after the runtimes came (re-detection every {REDETECT:?})");
 
         let docker = tokio::task::block_in_place(|| {

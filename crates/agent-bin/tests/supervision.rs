@@ -14,6 +14,7 @@ use agent_bin::cli;
 use agent_bin::report::{HealthReport, StatusReport};
 use async_trait::async_trait;
 use support::{agent_config, container, eventually, free_port, remote, temp_dir};
+use test_support::watch::eventually_some;
 use wm_core::{Collector, CollectorContext, CollectorError, Source, StreamCollector};
 
 /// Lists one container, then panics on its first run; later runs list and stay.
@@ -51,16 +52,11 @@ async fn a_collector_that_panics_is_failed_in_health_and_status_then_restarted()
     let agent = agent_bin::run::start_with(&config, vec![panicky]).await.unwrap();
 
     // Failed, with the panic's message, and not ready although it had listed.
-    let mut failed = None;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while failed.is_none() && Instant::now() < deadline {
+    let failed = eventually_some("the collector shown as failed", Duration::from_secs(5), || async move {
         let health: HealthReport = cli::fetch(http, "/health").await.unwrap();
-        if collector_state(&health).0 == "failed" {
-            failed = Some(health);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let failed = failed.expect("the collector never showed as failed");
+        (collector_state(&health).0 == "failed").then_some(health)
+    })
+    .await;
     let (_, error, restarting) = collector_state(&failed);
     assert!(error.contains("panicked: unexpected reply from the daemon"), "{error}");
     assert!(restarting);
@@ -83,14 +79,12 @@ async fn a_collector_that_panics_is_failed_in_health_and_status_then_restarted()
 
     // Restarted after its backoff (1 s): running, ready, its container stored.
     eventually("the restart", || runs.load(Ordering::SeqCst) == 2).await;
-    let mut health: HealthReport = cli::fetch(http, "/health").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !health.ready && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        health = cli::fetch(http, "/health").await.unwrap();
-    }
+    let health = eventually_some("ready after the restart", Duration::from_secs(5), || async move {
+        let health: HealthReport = cli::fetch(http, "/health").await.unwrap();
+        health.ready.then_some(health)
+    })
+    .await;
     assert_eq!(collector_state(&health).0, "running");
-    assert!(health.ready, "{health:?}");
     assert!(agent.store.get_container("p1").is_some());
     assert_eq!(agent.stop().await.tasks_left, 0);
     let _ = std::fs::remove_dir_all(&dir);

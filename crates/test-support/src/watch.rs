@@ -28,6 +28,24 @@ pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Waits until the async `check` returns a value, polling every 50 ms, and returns it; panics
+/// naming `what` after `deadline`.
+///
+/// For a check that must await, such as a request to the agent's API.
+pub async fn eventually_some<T, F>(what: &str, deadline: Duration, mut check: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Returns the ids of the containers `store` holds, sorted.
 pub fn container_ids(store: &Store) -> std::collections::BTreeSet<String> {
     store.list_containers().iter().map(|c| c.id.to_string()).collect()
