@@ -11,8 +11,8 @@
 //!   import` (also part of `ci`: the DaemonSet test runs it on the real cluster).
 //! - `fuzz [--seconds N] [--parallel J]`: every fuzz target of `fuzz/` (cargo-fuzz, libFuzzer,
 //!   nightly) for N seconds (60), J at a time (1), seeded with the test data; the crashes it
-//!   finds are kept in `fuzz/regressions` and replayed by every run (a short pass of 10 s each is
-//!   part of `ci`).
+//!   finds are kept in `fuzz/regressions` and replayed by every run (a short pass of 10 s each,
+//!   two at a time, is part of `ci`).
 //! - `soak [--minutes N]`: the release agent on real daemons under churn for N minutes (30),
 //!   sampled every 10 s and checked every minute; report, CSV and plot in
 //!   `<target dir>/soak` (root).
@@ -171,7 +171,8 @@ fn ci() -> anyhow::Result<()> {
     let mut docs = cargo();
     docs.args(["doc", "--workspace", "--no-deps", "--quiet"]).args(TEST_FEATURES).env("RUSTDOCFLAGS", "-D warnings");
     run("docs", &mut docs)?;
-    fuzz(10, 1)?;
+    // Two at a time: each target is one CPU-bound process, and the machine has two cores.
+    fuzz(10, 2)?;
     println!("ci: every step passed in {:.0?}", started.elapsed());
     Ok(())
 }

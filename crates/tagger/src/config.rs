@@ -7,12 +7,16 @@ use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use wm_core::Seconds;
 
-/// The longest key an `*_as_tags` map takes: Kubernetes' longest qualified name (a 253-character
-/// DNS prefix, `/`, a 63-character name). Docker labels and env var names are shorter in practice.
+/// The longest key an `*_as_tags` map accepts, in characters.
+///
+/// It is Kubernetes' longest qualified name: a 253-character DNS prefix, `/`, and a 63-character
+/// name. Docker labels and env var names are shorter in practice.
 pub const MAX_SOURCE_KEY_CHARS: usize = 317;
 
-/// What the tag rules and the tag store read from the agent config, by their Datadog key names.
-/// The agent reads it from its config file and `DD_*` variables (the field names are the keys).
+/// The settings the tag rules and the tag store read from the agent config.
+///
+/// Each field is named after its Datadog Agent config key. The agent fills this struct from its
+/// config file and `DD_*` env vars.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaggerConfig {
@@ -50,10 +54,11 @@ pub struct TaggerConfig {
     pub kubernetes_persistent_volume_claims_as_tags: bool,
     /// Tag ECS tasks on EC2 with their AWS resource tags (always on Fargate).
     pub ecs_collect_resource_tags_ec2: bool,
-    /// Every Cloud Foundry tag at high cardinality, as the Datadog Agent does (default false:
-    /// the instance's tags high, its app's, space's and org's low, DESIGN 7.5).
+    /// Puts every Cloud Foundry tag at high cardinality, as the Datadog Agent does. By default
+    /// (false) only the tags naming the instance are high; its app's, space's and org's are low
+    /// (DESIGN 7.5).
     pub cloud_foundry_datadog_cardinality: bool,
-    /// How long a deleted entity keeps its tags, in seconds (default 300).
+    /// How long a deleted entity's tags are still served, in seconds (default 300).
     pub tagger_deletion_grace_period: Seconds,
 }
 
@@ -79,20 +84,25 @@ impl Default for TaggerConfig {
 }
 
 impl TaggerConfig {
-    /// The grace period as a duration.
+    /// Returns `tagger_deletion_grace_period` as a `Duration`.
     pub fn deletion_grace_period(&self) -> Duration {
         self.tagger_deletion_grace_period.duration()
     }
 
-    /// The env vars the `*_env_as_tags` keys name: collectors keep them beside the rules' own.
+    /// Returns the env var names that `container_env_as_tags` and `docker_env_as_tags` map.
+    ///
+    /// Collectors drop a container's env vars except those the tag rules read; they keep these
+    /// too, so that the maps have values to read.
     pub fn env_as_tags_keys(&self) -> Vec<String> {
         self.container_env_as_tags.keys().chain(self.docker_env_as_tags.keys()).cloned().collect()
     }
 }
 
-/// Reads an `*_as_tags` map, refusing a key no label, annotation or env var can have: empty, longer
-/// than [`MAX_SOURCE_KEY_CHARS`], or with a control character. Such a key would never match, and
-/// it could not be written back as a YAML key (YAML caps implicit keys at 1,024 characters).
+/// Reads an `*_as_tags` map, refusing a key that no label, annotation or env var can have.
+///
+/// Such a key is empty, longer than [`MAX_SOURCE_KEY_CHARS`], or holds a control character. It
+/// would never match, and it could not be written back as a YAML key (YAML caps implicit keys at
+/// 1,024 characters).
 fn source_key_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
     deserializer.deserialize_map(SourceKeyMap)
 }

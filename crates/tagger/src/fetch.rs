@@ -1,15 +1,16 @@
 //! The cache-miss path: a lookup of a container the tagger does not know yet may ask the
-//! runtime once (e.g. docker inspect), shared by every lookup of that id while it runs. An id
-//! the runtime did not know is not asked about again for [`NEGATIVE_TTL`].
+//! runtime about it (e.g. docker inspect). Lookups of the same id made while that fetch runs wait
+//! for it instead of starting their own. An id the runtime did not know is not asked about again
+//! for [`NEGATIVE_TTL`]; this memory of unknown ids is the *negative cache*.
 //!
 //! The id comes from a client, so this path is bounded before any runtime sees it:
 //! - an id no runtime's form accepts ([`ContainerFetcher::accepts`]: 64 hex digits for docker
 //!   and podman, containerd's identifier rule) is refused without a request, so a client cannot
 //!   steer the URL of a root-owned API (`x/../../system/df`, `<id>/json?size=true`);
 //! - at most [`MAX_CONCURRENT_FETCHES`] fetches run at once, and new ones start at
-//!   [`FETCHES_PER_SECOND`] a second at most (a burst of as many) unless [`FetchLimits`] says
-//!   otherwise; past either a lookup answers what is known (nothing) at once, and the container
-//!   is tagged when its collector reports it;
+//!   [`FETCHES_PER_SECOND`] a second at most (with a burst of as many) unless [`FetchLimits`]
+//!   says otherwise; past either limit a lookup answers at once with what is known (nothing), and
+//!   the container is tagged when its collector reports it;
 //! - the negative cache holds at most [`MAX_NEGATIVE_BYTES`] of ids.
 //!
 //! Each refusal is counted by reason ([`Refused`]); the agent serves the counts on `/metrics` as
@@ -25,21 +26,23 @@ use wm_core::Container;
 pub use wm_core::ContainerFetcher;
 use wm_core::sync::MutexExt;
 
-/// How long an id the runtime did not know answers empty without a fetch.
+/// How long a lookup of an id the runtime did not know answers empty without asking again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
-/// The bytes the negative cache may hold: ids plus an entry's own size each.
+/// The most bytes the negative cache may hold, counting each id's text and its entry's size.
 pub const MAX_NEGATIVE_BYTES: usize = 1 << 20;
-/// Fetches that may run at once, by default.
+/// How many fetches may run at once, by default.
 pub const MAX_CONCURRENT_FETCHES: usize = 8;
-/// New fetches a second at most, and the burst allowed at once, by default.
+/// How many fetches may start per second, and in one burst, by default.
 pub const FETCHES_PER_SECOND: u32 = 100;
 
-/// How many fetches may run at once and start each second.
+/// Limits how many cache-miss fetches may run at once and start each second.
+///
+/// A limit of 0 is taken as 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FetchLimits {
-    /// Fetches running at once at most.
+    /// The most fetches running at once.
     pub concurrency: usize,
-    /// New fetches a second at most (and the burst allowed at once).
+    /// The most fetches started per second, and in one burst.
     pub per_second: u32,
 }
 
@@ -49,29 +52,30 @@ impl Default for FetchLimits {
     }
 }
 
-/// What one negative-cache entry costs beside its id's bytes: the key's `String`, the
-/// `Instant`, and the table's slot.
+/// The bytes one negative-cache entry costs besides its id's text: the key's `String`, the
+/// `Instant`, and an estimated 8 for the hash table's slot.
 const NEGATIVE_ENTRY_BYTES: usize = std::mem::size_of::<(String, Instant)>() + 8;
 
-/// A fetch under way; it ends `true` when the id is known (tagged) afterwards.
+/// A fetch under way, shared by every lookup of its id; its value is `true` when the id is
+/// tagged once it ends.
 type Flight = Arc<OnceCell<bool>>;
 
-/// Why a lookup's fetch was not made.
+/// Why a lookup's fetch was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// No runtime accepts the id's form.
     InvalidId,
-    /// As many fetches as [`FetchLimits::concurrency`] were running.
+    /// [`FetchLimits::concurrency`] fetches were already running.
     Concurrency,
-    /// Past [`FetchLimits::per_second`].
+    /// Fetches were starting faster than [`FetchLimits::per_second`] allows.
     Rate,
 }
 
 impl Refused {
-    /// Every reason, in the order the counts are kept.
+    /// Every reason, in the order the tagger counts and reports them.
     pub const ALL: [Refused; 3] = [Refused::InvalidId, Refused::Concurrency, Refused::Rate];
 
-    /// The `reason` label.
+    /// Returns the reason's name, as the `reason` label of `tagger_fetches_refused` shows it.
     pub fn as_str(self) -> &'static str {
         match self {
             Refused::InvalidId => "invalid_id",
@@ -81,23 +85,28 @@ impl Refused {
     }
 }
 
-/// Ids the runtime did not know, with what they cost.
+/// The negative cache: each id the runtime did not know, with when it was found unknown, and
+/// the bytes they all take.
 #[derive(Debug, Default)]
 struct Unknown {
     at: HashMap<String, Instant>,
     bytes: usize,
 }
 
-/// A token bucket: `per_second` tokens a second, as many at most. On tokio's clock, so a
-/// test with paused time can move it.
+/// A token bucket: it refills at `per_second` tokens a second, up to `per_second`, and each
+/// fetch takes one token.
+///
+/// It reads tokio's clock, so that a test with paused time can move it.
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
     at: tokio::time::Instant,
 }
 
-/// Takes a flight out of the in-flight map when the call that joined it ends, if it is still
-/// that flight (a later call may have started the next one).
+/// Removes a flight from the in-flight map when a call that started or joined it ends.
+///
+/// It removes the entry only if the entry is still that flight: after another call removed it,
+/// a later call may have started a new flight for the same id.
 struct ClearFlight<'a> {
     in_flight: &'a Mutex<HashMap<String, Flight>>,
     id: &'a str,
@@ -113,7 +122,8 @@ impl Drop for ClearFlight<'_> {
     }
 }
 
-/// One fetch per id at a time, bounded by a timeout and the limits of the module docs.
+/// Runs cache-miss fetches: one at a time per id, each cut off after a timeout, within the
+/// limits of the module docs.
 pub(crate) struct SingleFlight {
     fetcher: Arc<dyn ContainerFetcher>,
     timeout: Duration,
@@ -146,13 +156,13 @@ impl SingleFlight {
         }
     }
 
-    /// Fetches `id` and hands a container the runtime knows by that id to `store`, or joins the
-    /// fetch of `id` already under way.
+    /// Asks the runtime about container `id` and passes the container it returns to `store`, or
+    /// waits for the fetch of `id` already under way. Returns whether the id is tagged now.
     ///
-    /// Answers `false` at once for an id found unknown less than [`NEGATIVE_TTL`] ago, and for
-    /// a fetch refused by the limits of the module docs. `known` says whether the id is tagged
-    /// already: a flight asks it before fetching, since the flight before it may have stored the
-    /// id just before it ended. Returns whether the id is known now.
+    /// Returns `false` at once for an id found unknown less than [`NEGATIVE_TTL`] ago, and
+    /// `false` for a fetch refused by the limits of the module docs. `known` tells whether the
+    /// id is tagged already; a new flight calls it before fetching, because the previous flight
+    /// for the id may have stored it just before ending.
     pub(crate) async fn fetch(&self, id: &str, known: impl FnOnce() -> bool, store: impl FnOnce(&Container)) -> bool {
         if !self.fetcher.accepts(id) {
             self.refuse(Refused::InvalidId);
@@ -163,8 +173,8 @@ impl SingleFlight {
         }
         let flight: Flight =
             self.in_flight.locked().entry(id.to_owned()).or_insert_with(|| Arc::new(OnceCell::new())).clone();
-        // Cleared however this call ends, a caller that gives up (a client's deadline drops the
-        // request) included: an entry left behind would be kept for good.
+        // The guard removes the flight however this call ends, including when the caller gives
+        // up (a client's deadline drops the request): otherwise the entry would stay for good.
         let _clear = ClearFlight { in_flight: &self.in_flight, id, flight: &flight };
         // Whatever a flight learns is stored before the flight is cleared, so a lookup that
         // starts the next flight finds it in `known` or in the negative cache.
@@ -201,17 +211,17 @@ impl SingleFlight {
             .await
     }
 
-    /// Fetches refused so far, by reason, in the order of [`Refused::ALL`].
+    /// Returns how many fetches were refused so far, by reason, in the order of [`Refused::ALL`].
     pub(crate) fn refused(&self) -> [(Refused, u64); 3] {
         Refused::ALL.map(|r| (r, self.refused[r as usize].load(Ordering::Relaxed)))
     }
 
-    /// Flights in the in-flight map now (for tests: none once every call has ended).
+    /// Counts the flights in the in-flight map now; tests check it is 0 once every call ended.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.locked().len()
     }
 
-    /// Bytes the negative cache holds now.
+    /// Returns the bytes the negative cache holds now.
     pub(crate) fn negative_bytes(&self) -> usize {
         self.unknown.locked().bytes
     }

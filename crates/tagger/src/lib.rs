@@ -1,9 +1,20 @@
-//! The tagger: turns workload metadata into tags at three cardinalities (low, orchestrator,
-//! high) plus the unified service tags, keeps them per entity and per source, and answers
-//! lookups without locks or allocation.
+//! The tagger: turns workload metadata into tags, keeps them per entity and per source, and
+//! answers lookups without locks or allocation.
 //!
-//! It subscribes to the store at `tagger` priority and acknowledges each bundle only once its
-//! tags are stored. It does not talk to runtimes (collectors do) nor serve gRPC (the agent does).
+//! Words used in this crate's docs:
+//! - a *source* ([`TagSource`]) is the kind of workload store entity that gave an entity its
+//!   tags: a container tags itself; a pod or an ECS task also tags its containers. An entity's
+//!   tags are the merge of what its sources say.
+//! - a *level* is one of the lists a source's tags are kept in: low, orchestrator and high
+//!   cardinality, and the unified service tags (`env`, `service`, `version`), which are also
+//!   low. A lookup at a cardinality returns that level and the ones below it.
+//! - a *part* is a set of tags packed into one allocation. Many entities given the same tags
+//!   (an image's, a pod's) hold the same part instead of a copy each.
+//!
+//! The tagger subscribes to the workload store at `tagger` priority and acknowledges each bundle
+//! only once its tags are stored. It does not talk to runtimes itself (collectors do; on a cache
+//! miss it asks the [`ContainerFetcher`] the agent gives it) and does not serve gRPC (the agent
+//! does).
 
 #![forbid(unsafe_code)]
 

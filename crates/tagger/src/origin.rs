@@ -1,29 +1,32 @@
 //! Origin detection: which container (or pod) a process, a metric or a trace comes from.
 //!
-//! From a `/proc/<pid>/cgroup` file or one cgroup path (docker, containerd, CRI-O, podman, ECS,
-//! systemd slices, cgroup v1 and v2), from a container's `/proc/self/mountinfo`, and from the
-//! origin fields DogStatsD and APM clients send (`ci-<id>`, `in-<inode>`, `cid-<id>`, and the
-//! admission controller's external data `it-…,cn-…,pu-…`). Never panics on odd input: what
-//! cannot be read gives `None`.
+//! The functions here read a `/proc/<pid>/cgroup` file or one cgroup path (docker, containerd,
+//! CRI-O, podman, ECS, systemd slices, cgroup v1 and v2), a container's `/proc/self/mountinfo`,
+//! and the origin fields DogStatsD and APM clients send (`ci-<id>`, `in-<inode>`, `cid-<id>`, and
+//! the admission controller's external data `it-…,cn-…,pu-…`). None of them panics on odd input:
+//! what cannot be read gives `None`.
 
 use wm_core::sync::MutexExt;
 
 /// Prefixes runtimes put before a container id in a cgroup path component.
 const ID_PREFIXES: &[&str] = &["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"];
 
-/// Components that carry an id but are not the workload's container (conmon monitors).
+/// Prefixes of cgroup path components that carry an id but are not the workload's container:
+/// they are conmon, the monitor process CRI-O and podman run beside each container.
 const NOT_CONTAINERS: &[&str] = &["crio-conmon-", "libpod-conmon-"];
 
+/// Tells whether `s` is exactly `len` hex digits.
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// An ECS Fargate container id: `<32 hex>-<digits>`.
+/// Tells whether `s` has the form of an ECS Fargate container id: `<32 hex>-<digits>`.
 fn is_fargate_id(s: &str) -> bool {
     s.split_once('-').is_some_and(|(hex, n)| is_hex(hex, 32) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The container id one cgroup path component names, if any.
+/// Returns the container id one cgroup path component names, if any: 64 hex digits or a
+/// Fargate id, after a runtime's prefix and before `.scope` when there are any.
 fn id_in_component(component: &str) -> Option<&str> {
     if NOT_CONTAINERS.iter().any(|p| component.starts_with(p)) {
         return None;
@@ -35,10 +38,12 @@ fn id_in_component(component: &str) -> Option<&str> {
     (is_hex(id, 64) || is_fargate_id(id)).then_some(id)
 }
 
-/// The container id in a cgroup path (`/kubepods/burstable/pod…/<id>`,
-/// `/system.slice/docker-<id>.scope`, `/ecs/<task>/<id>` …): the innermost component that is
-/// one. With `containerd_namespaces`, a cgroupfs path `/<namespace>/<id>` of containerd gives its
-/// id even when it is not hex (containerd allows any container name).
+/// Returns the container id in a cgroup path (`/kubepods/burstable/pod…/<id>`,
+/// `/system.slice/docker-<id>.scope`, `/ecs/<task>/<id>` …): the innermost component that is one.
+///
+/// containerd allows any container name as an id, so a name that is not hex is only recognized
+/// in containerd's cgroupfs layout, `/<namespace>/<id>`, when `<namespace>` is one of
+/// `containerd_namespaces`.
 pub fn container_id_from_cgroup_path<'a>(path: &'a str, containerd_namespaces: &[&str]) -> Option<&'a str> {
     if let Some(id) = path.split('/').rev().find_map(id_in_component) {
         return Some(id);
@@ -50,8 +55,9 @@ pub fn container_id_from_cgroup_path<'a>(path: &'a str, containerd_namespaces: &
     }
 }
 
-/// The container id of a process from its `/proc/<pid>/cgroup` (`hierarchy:controllers:path`
-/// lines, v1 and the v2 `0::` line). A host process gives `None`.
+/// Returns the container id of a process from its `/proc/<pid>/cgroup`
+/// (`hierarchy:controllers:path` lines, v1 and the v2 `0::` line): the first line whose path
+/// names one. A host process gives `None`.
 pub fn container_id_from_proc_cgroup<'a>(content: &'a str, containerd_namespaces: &[&str]) -> Option<&'a str> {
     content
         .lines()
@@ -59,7 +65,7 @@ pub fn container_id_from_proc_cgroup<'a>(content: &'a str, containerd_namespaces
         .find_map(|path| container_id_from_cgroup_path(path, containerd_namespaces))
 }
 
-/// What a container's `/proc/self/mountinfo` tells about where it runs.
+/// What a container's `/proc/self/mountinfo` shows about where it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountinfoOrigin {
     /// The container id, when a mount names it (docker's `/var/lib/docker/containers/<id>/…`).
@@ -68,8 +74,11 @@ pub struct MountinfoOrigin {
     pub pod_uid: Option<String>,
 }
 
-/// Reads a container's mountinfo. A containerd sandbox id (`…/sandboxes/<id>/…`) names the pod's
-/// pause container, not the caller's: it is not reported as the container id.
+/// Reads the container id and pod UID from a container's mountinfo, taking the first mount that
+/// names each.
+///
+/// A containerd sandbox id (`…/sandboxes/<id>/…`) names the pod's pause container, not the
+/// caller's, so it is not reported as the container id.
 pub fn origin_from_mountinfo(content: &str) -> MountinfoOrigin {
     let mut origin = MountinfoOrigin::default();
     for line in content.lines() {
@@ -104,7 +113,11 @@ pub struct LocalData {
     pub cgroup_inode: Option<u64>,
 }
 
-/// Parses `ci-<id>,in-<inode>` (any order, either optional).
+/// Parses local origin data, `ci-<id>,in-<inode>`: the items may come in any order and either may
+/// be missing.
+///
+/// A bare 64-hex or Fargate id, from older clients, is taken as the container id unless one came
+/// before it. An unreadable inode or an unknown item is ignored.
 pub fn parse_local_data(text: &str) -> LocalData {
     let mut data = LocalData::default();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -119,8 +132,8 @@ pub fn parse_local_data(text: &str) -> LocalData {
     data
 }
 
-/// The external data the admission controller injects (`DD_EXTERNAL_ENV`): which container of
-/// which pod sent this.
+/// The external data the admission controller gives a container (in `DD_EXTERNAL_ENV`), which
+/// its client sends on: which container of which pod sent the data.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExternalData {
     /// `it-true`: an init container.
@@ -131,7 +144,8 @@ pub struct ExternalData {
     pub pod_uid: Option<String>,
 }
 
-/// Parses `it-false,cn-app,pu-<uid>` (any order). Unknown items are ignored.
+/// Parses external data, `it-false,cn-app,pu-<uid>`: the items may come in any order. Unknown
+/// items, and `cn-` or `pu-` with an empty value, are ignored.
 pub fn parse_external_data(text: &str) -> ExternalData {
     let mut data = ExternalData::default();
     for item in text.split(',').map(str::trim) {
@@ -146,7 +160,11 @@ pub fn parse_external_data(text: &str) -> ExternalData {
     data
 }
 
-/// The container id external data points at, looked up in the pod's spec in the store.
+/// Returns the id of the container that external data names, found by its name among the pod's
+/// containers (or init containers) in the workload store.
+///
+/// `None` when the data lacks the pod UID or the container name, when the store does not have the
+/// pod, or when the pod has no container of that name with an id yet.
 pub fn container_id_from_external_data(reader: &dyn wm_core::StoreReader, data: &ExternalData) -> Option<String> {
     let pod = reader.get_kubernetes_pod(data.pod_uid.as_deref()?)?;
     let name = data.container_name.as_deref()?;
@@ -154,9 +172,11 @@ pub fn container_id_from_external_data(reader: &dyn wm_core::StoreReader, data: 
     list.iter().find(|c| c.name == name && !c.id.is_empty()).map(|c| c.id.to_string())
 }
 
-/// Container ids by the inode of their cgroup directory, read from a cgroup v2 hierarchy: what
-/// answers Datadog's `in-<inode>` origin (a client in a container that cannot read its own id
-/// sends the inode of its cgroup). Filesystem reads: call it off the async threads.
+/// Finds container ids by the inode of their cgroup directory, in a cgroup v2 hierarchy.
+///
+/// This answers Datadog's `in-<inode>` origin: a client in a container that cannot read its own
+/// id sends the inode of its cgroup instead. Lookups may walk the filesystem, so call them off
+/// the async threads (e.g. in `spawn_blocking`).
 #[derive(Debug)]
 pub struct CgroupInodes {
     root: Option<std::path::PathBuf>,
@@ -169,15 +189,17 @@ struct InodeState {
     scanned: Option<std::time::Instant>,
 }
 
-/// How deep a cgroup tree is walked (kubepods/<qos>/pod<uid>/<id> is four).
+/// How many directory levels deep a cgroup tree is walked (kubepods/<qos>/pod<uid>/<id> is four).
 const MAX_CGROUP_DEPTH: usize = 8;
-/// A missed inode rescans the tree at most this often.
+/// How often, at most, a lookup of an unknown inode walks the tree again.
 const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl CgroupInodes {
-    /// The cgroup v2 hierarchy under `cgroup_root` (`container_cgroup_root`): the root itself
-    /// when it is one (`cgroup.controllers` there), else its `unified` mount (hybrid hosts);
-    /// none on a host without cgroup v2 (every lookup then answers `None`).
+    /// Creates a finder for the cgroup v2 hierarchy under `cgroup_root` (`container_cgroup_root`).
+    ///
+    /// That is the root itself when it is one (it has `cgroup.controllers`), else its `unified`
+    /// mount (hybrid hosts). On a host without cgroup v2 there is none, and every lookup answers
+    /// `None`. The tree is first walked at the first lookup.
     pub fn new(cgroup_root: &std::path::Path) -> Self {
         let root = [cgroup_root.to_path_buf(), cgroup_root.join("unified")]
             .into_iter()
@@ -185,13 +207,15 @@ impl CgroupInodes {
         Self { root, state: std::sync::Mutex::new(InodeState::default()) }
     }
 
-    /// The hierarchy read, if the host has one.
+    /// Returns the cgroup v2 hierarchy it reads, if the host has one.
     pub fn root(&self) -> Option<&std::path::Path> {
         self.root.as_deref()
     }
 
-    /// The container whose cgroup directory has `inode`; rescans the tree on a miss (at most
-    /// once a second).
+    /// Returns the id of the container whose cgroup directory has `inode`.
+    ///
+    /// On a miss it walks the tree again, at most once a second, so that containers started
+    /// since the last walk are found; other lookups wait during the walk.
     pub fn container_id(&self, inode: u64) -> Option<String> {
         let root = self.root.as_ref()?;
         let mut state = self.state.locked();
@@ -209,6 +233,8 @@ impl CgroupInodes {
     }
 }
 
+/// Adds to `ids` the inode of every directory under `dir` whose path from `root` names a
+/// container, down to [`MAX_CGROUP_DEPTH`]; directories it cannot read are skipped.
 fn scan(root: &std::path::Path, dir: &std::path::Path, depth: usize, ids: &mut std::collections::HashMap<u64, String>) {
     use std::os::unix::fs::MetadataExt;
     if depth > MAX_CGROUP_DEPTH {

@@ -1,4 +1,4 @@
-//! The tag rules of DESIGN 7: which tag, at which cardinality, from which field.
+//! The tag rules of DESIGN section 7: which tag comes from which field, at which cardinality.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,8 @@ use crate::tags::{TagCardinality, TagInfo};
 
 use TagCardinality::{High, Low, Orchestrator};
 
-/// Adds the image tags of a reference that has a name.
+/// Adds `image_name`, `short_image` and `image_tag` (low) from an image reference; a reference
+/// without a name adds nothing.
 fn image_tags(tags: &mut TagInfo, image: &wm_core::ContainerImage) {
     if image.name.is_empty() {
         return;
@@ -21,8 +22,12 @@ fn image_tags(tags: &mut TagInfo, image: &wm_core::ContainerImage) {
     tags.add(Low, "image_tag", &image.tag);
 }
 
-/// Applies a `*_as_tags` map: `name → tag` (case-insensitive names), or `*` with a template
-/// where `%%label%%` (`%%env%%`, `%%annotation%%`) stands for the name.
+/// Adds the tags an `*_as_tags` map asks for from `values` (labels, annotations or env vars).
+///
+/// A key matches a name regardless of ASCII case, and the name's value is tagged with the tag
+/// name it maps to. The key `*` matches every name; in its tag name, `%%label%%`, `%%env%%` and
+/// `%%annotation%%` stand for the name. A tag name that starts with `+` is high cardinality
+/// ([`TagInfo::add_auto`]).
 fn mapped(tags: &mut TagInfo, values: &StrMap, config: &BTreeMap<String, String>) {
     if config.is_empty() {
         return;
@@ -40,7 +45,12 @@ fn mapped(tags: &mut TagInfo, values: &StrMap, config: &BTreeMap<String, String>
     }
 }
 
-/// Tags from a JSON annotation or label: a list of `key:value` strings or an object.
+/// Adds, at `cardinality`, the tags a JSON annotation or label holds: a list of `key:value`
+/// strings, or an object of keys to values.
+///
+/// An object's non-string value is tagged as its JSON text; a list item that is not a string is
+/// skipped. Text that is neither a list nor an object is logged at debug level, naming `what`,
+/// and skipped: a bad annotation never stops the other tags.
 fn json_tags(tags: &mut TagInfo, cardinality: TagCardinality, json: &str, what: &str) {
     match serde_json::from_str::<serde_json::Value>(json) {
         Ok(serde_json::Value::Array(items)) => {
@@ -63,12 +73,15 @@ fn json_tags(tags: &mut TagInfo, cardinality: TagCardinality, json: &str, what: 
     }
 }
 
-/// `service.name=a,deployment.environment=b` → (key, value) pairs.
+/// Splits OpenTelemetry resource attributes (`service.name=a,deployment.environment=b`) into
+/// trimmed (key, value) pairs; an item without `=` is skipped.
 fn otel_attributes(text: &str) -> impl Iterator<Item = (&str, &str)> {
     text.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim()))
 }
 
-/// The unified service tags of a container: DD_* env first, then labels, then OpenTelemetry.
+/// Adds a container's unified service tags, each from the first of: its `DD_*` env var, its
+/// `com.datadoghq.tags.*` label, then OpenTelemetry's env vars (`OTEL_SERVICE_NAME` for the
+/// service, then `OTEL_RESOURCE_ATTRIBUTES`).
 fn unified_service(tags: &mut TagInfo, c: &Container) {
     let mut env = c.env.get("DD_ENV").or(c.labels.get("com.datadoghq.tags.env"));
     let mut service = c.env.get("DD_SERVICE").or(c.labels.get("com.datadoghq.tags.service"));
@@ -91,7 +104,7 @@ fn unified_service(tags: &mut TagInfo, c: &Container) {
     }
 }
 
-/// (label or env var, tag, cardinality) for the orchestrators whose metadata lives on the container.
+/// (label, tag, cardinality) for the orchestrators that describe a container in its labels.
 const LABEL_TAGS: &[(&str, &str, TagCardinality)] = &[
     ("com.docker.swarm.service.name", "swarm_service", Low),
     ("com.docker.stack.namespace", "swarm_namespace", Low),
@@ -101,6 +114,7 @@ const LABEL_TAGS: &[(&str, &str, TagCardinality)] = &[
     (wm_core::PODMAN_POD_NAME_LABEL, "pod_name", Orchestrator),
 ];
 
+/// (env var, tag, cardinality) for the orchestrators that describe a container in its env vars.
 const ENV_TAGS: &[(&str, &str, TagCardinality)] = &[
     ("NOMAD_TASK_NAME", "nomad_task", Low),
     ("NOMAD_JOB_NAME", "nomad_job", Low),
@@ -113,13 +127,17 @@ const ENV_TAGS: &[(&str, &str, TagCardinality)] = &[
     ("MESOS_TASK_ID", "mesos_task", Orchestrator),
 ];
 
-/// The Cloud Foundry tags that name one instance (high cardinality, 7.5); the others name its
-/// app, space, org or what the Cloud Controller says of the app (low).
+/// The Cloud Foundry tags that name one instance (high cardinality, DESIGN 7.5); the others name
+/// its app, space, org or what the Cloud Controller says of the app (low).
 const CF_INSTANCE_TAGS: &[&str] = &["container_name", "app_instance_guid", "app_instance_index"];
 
-/// The tags of a Garden container (7.5): its collector's tags, split by what they name, or all
-/// high with `cloud_foundry_datadog_cardinality`; `env`, `service` and `version` (from the app's
-/// `tags.datadoghq.com/*` metadata) are standard tags too.
+/// Returns the tags of a Garden (Cloud Foundry) container (DESIGN 7.5), made from the tags its
+/// collector gave it.
+///
+/// `container_name` and `app_instance_guid` default to the container's name and id when the
+/// collector gave none. The tags that name the instance are high and the others low, or all are
+/// high with `cloud_foundry_datadog_cardinality`. Without that setting, `env`, `service` and
+/// `version` (from the app's `tags.datadoghq.com/*` metadata) are unified service tags (and low).
 fn garden_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
     let mut tags = TagInfo::default();
     let has = |key: &str| c.details.collector_tags.iter().any(|t| t.split_once(':').is_some_and(|(k, _)| k == key));
@@ -138,7 +156,8 @@ fn garden_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The tags of a container entity (7.1; 7.5 for Cloud Foundry's Garden containers).
+/// Returns the tags a container entity gives itself (DESIGN 7.1; 7.5 for Cloud Foundry's Garden
+/// containers).
 pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
     let (mut tags, name, own) = container_tags_by_image(c, config);
     tags.append(name);
@@ -146,10 +165,12 @@ pub fn container_tags(c: &Container, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// A container's tags in three parts: those of its image (the same for every container of the
-/// image on the same runtime: the tag store keeps them once), its name's (the same for every
-/// replica of a pod template's container), then its own. Together, in this order, they are
-/// [`container_tags`].
+/// Returns a container's tags in three parts: its image's, its name's, then its own. Appended in
+/// this order, they are [`container_tags`].
+///
+/// The image's tags are the same for every container of the image on the same runtime, and the
+/// name's for every replica of a pod template's container, so the tag store holds each once for
+/// all of them. A Garden container's tags are all in the third part.
 pub fn container_tags_by_image(c: &Container, config: &TaggerConfig) -> (TagInfo, TagInfo, TagInfo) {
     let mut image = TagInfo::default();
     if c.runtime == Some(Runtime::Garden) {
@@ -189,19 +210,24 @@ pub fn container_tags_by_image(c: &Container, config: &TaggerConfig) -> (TagInfo
 /// plus every digit, as in the decimal hashes of older releases.
 const GENERATED_NAME_CHARS: &str = "bcdfghjklmnpqrstvwxz0123456789";
 
-/// The Deployment of a ReplicaSet named `<deployment>-<hash>`.
+/// Returns the name of the Deployment behind a ReplicaSet named `<deployment>-<hash>`.
+///
+/// The hash must be at least three characters, each one Kubernetes uses in generated names or a
+/// digit; otherwise the name is not taken as a Deployment's ReplicaSet, and this returns `None`.
 pub fn deployment_of_replica_set(name: &str) -> Option<&str> {
     let (deployment, hash) = name.rsplit_once('-')?;
     let generated = hash.len() >= 3 && hash.chars().all(|c| GENERATED_NAME_CHARS.contains(c));
     (generated && !deployment.is_empty()).then_some(deployment)
 }
 
-/// The CronJob of a Job named `<cronjob>-<scheduled time in digits>`.
+/// Returns the name of the CronJob behind a Job named `<cronjob>-<scheduled time in digits>`;
+/// `None` when the name does not end in `-` and digits.
 pub fn cronjob_of_job(name: &str) -> Option<&str> {
     let (cronjob, suffix) = name.rsplit_once('-')?;
     (!cronjob.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())).then_some(cronjob)
 }
 
+/// (label, tag) for Kubernetes' recommended `app.kubernetes.io/*` labels, tagged low on a pod.
 const APP_LABELS: &[(&str, &str)] = &[
     ("app.kubernetes.io/name", "kube_app_name"),
     ("app.kubernetes.io/instance", "kube_app_instance"),
@@ -211,7 +237,8 @@ const APP_LABELS: &[(&str, &str)] = &[
     ("app.kubernetes.io/managed-by", "kube_app_managed_by"),
 ];
 
-/// The tags of a pod (7.2); its containers get these plus their own ([`pod_container_tags`]).
+/// Returns the tags of a pod (DESIGN 7.2). Its containers get these too, followed by those of
+/// [`pod_container_tags`].
 pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
     let mut tags = TagInfo::default();
     tags.add(Orchestrator, "pod_name", &p.name);
@@ -274,10 +301,13 @@ pub fn pod_tags(p: &KubernetesPod, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The pod-sourced tags of one of its containers beyond the pod's own (7.3): the container
-/// gets the pod's tags ([`pod_tags`]), then these at each level. In two parts: what every pod
-/// of the same template gives its container of this name (its name, image and unified service
-/// tags), then the container's own (its id and display name).
+/// Returns what a pod says about one of its containers beyond the pod's own tags (DESIGN 7.3),
+/// in two parts.
+///
+/// The container gets the pod's tags ([`pod_tags`]) first, then these, at each level. The first
+/// part is what every pod of the same template gives its container of this name: its name,
+/// image, unified service tags and `ad.datadoghq.com/<container>.tags`. The second is the
+/// container's own: its id and display name.
 pub fn pod_container_tags(p: &KubernetesPod, c: &OrchestratorContainer) -> (TagInfo, TagInfo) {
     let mut template = TagInfo::default();
     template.add(Low, "kube_container_name", &c.name);
@@ -298,9 +328,12 @@ pub fn pod_container_tags(p: &KubernetesPod, c: &OrchestratorContainer) -> (TagI
     (template, own)
 }
 
-/// The tags of a Kubernetes object's metadata: for this node, `kubernetes_node_labels_as_tags`
-/// and `kubernetes_node_annotations_as_tags` (Datadog makes them host tags; here they go on the
-/// node's entity and on the global entity). Other objects have none.
+/// Returns the tags of a Kubernetes object's metadata: for this node, those of
+/// `kubernetes_node_labels_as_tags` and `kubernetes_node_annotations_as_tags`. Other objects
+/// have none.
+///
+/// The Datadog Agent makes these host tags; here they go on the node's entity and on the global
+/// entity.
 pub fn metadata_tags(m: &KubernetesMetadata, config: &TaggerConfig) -> TagInfo {
     let mut tags = TagInfo::default();
     if m.is_node() {
@@ -310,7 +343,11 @@ pub fn metadata_tags(m: &KubernetesMetadata, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The tags of an ECS task (7.4); its containers get these plus `ecs_container_name`.
+/// Returns the tags of an ECS task (DESIGN 7.4). Its containers get these plus
+/// [`task_container_tags`].
+///
+/// The task's AWS resource tags and its container instance's tags are added on Fargate, and on
+/// EC2 with `ecs_collect_resource_tags_ec2`.
 pub fn task_tags(t: &EcsTask, config: &TaggerConfig) -> TagInfo {
     let mut tags = TagInfo::default();
     tags.add(Low, "task_name", &t.family);
@@ -331,7 +368,8 @@ pub fn task_tags(t: &EcsTask, config: &TaggerConfig) -> TagInfo {
     tags
 }
 
-/// The task-sourced tags of one of its containers beyond the task's own ([`task_tags`]).
+/// Returns what a task says about one of its containers beyond the task's own tags
+/// ([`task_tags`]): its `ecs_container_name`.
 pub fn task_container_tags(c: &OrchestratorContainer) -> TagInfo {
     let mut tags = TagInfo::default();
     tags.add(Low, "ecs_container_name", &c.name);

@@ -1,4 +1,5 @@
-//! The tagger: follows the store at `tagger` priority and keeps the tag store up to date.
+//! The tagger: follows the workload store at `tagger` priority and keeps the tag store up to
+//! date.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,53 +16,59 @@ use crate::rules;
 use crate::store::{Clock, EntityTags, SharedParts, SystemClock, TagKey, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
 
-/// The entity id of the node-wide tags: this node's labels- and annotations-as-tags, and ECS
-/// Fargate task tags.
+/// The entity id that holds the node-wide tags: those from this node's labels and annotations
+/// (`kubernetes_node_*_as_tags`), and an ECS Fargate task's tags.
 pub const GLOBAL_ENTITY_ID: &str = "internal://global-entity-id";
 
-/// The tagger's entity id of a container (`container_id://<id>`), as the tag store keys it.
+/// Returns the tagger's entity id of a container, `container_id://<id>`, as lookups take it.
 pub fn container_entity(id: &str) -> String {
     TaggerEntityId::container(id).to_string()
 }
 
-/// The tagger's entity id of a store entity, as the tag store keys it.
+/// Returns the tagger's entity id of a workload store entity, as lookups take it.
 pub fn entity_id(entity: &Entity) -> String {
     TaggerEntityId::of_entity(entity).to_string()
 }
 
-/// The containers each pod or task tagged, by parent (whose kind says the source); the keys are
-/// the tag store's own (one allocation per entity, shared with the workload store).
+/// The entities each pod, ECS task or Kubernetes object gave tags to, by that parent's key; the
+/// parent's kind tells which source the tags came from.
+///
+/// Every key is the one the tag store returned, so its id text is the tag store's allocation,
+/// not a copy.
 type Children = HashMap<TagKey, Box<[TagKey]>>;
 
-/// A child of a pod, task or object to tag: its key, the part of its tags it shares with others
-/// (a pod template's container), its own tags.
+/// An entity that a pod, task or object gives tags to: its key, the part it shares with others
+/// (the tags of a pod template's container), and its own extra tags.
 type Child = (TagKey, Option<EntityTags>, TagInfo);
 
-/// How often deletions past their grace period are pruned.
+/// How often the tagger prunes deletions past their grace period.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Turns store events into tags.
+/// Turns workload store events into tags, held in a [`TagStore`].
 #[derive(Debug)]
 pub struct Tagger {
     config: TaggerConfig,
     store: TagStore,
-    /// The containers each pod or task gave tags to, to delete them when it stops listing one.
+    /// The entities each parent gave tags to, so that their tags can be deleted when the parent
+    /// stops listing them or goes.
     children: Mutex<Children>,
-    /// Asks the runtime about a container a lookup missed.
+    /// Asks the runtime about a container that a lookup did not find; `None` without a fetcher.
     fetcher: Option<SingleFlight>,
-    /// The tags many entities share, one copy of each: an image's (under each of its
-    /// containers' own tags), a pod template's container's (under each such container's
-    /// pod-sourced tags). What no entity uses any more is dropped at the next prune.
+    /// The parts many entities share, one copy of each: an image's tags, a container name's, and
+    /// a pod template's container's. A part no entity uses any more is dropped by
+    /// [`Tagger::prune`].
     shared_tags: Mutex<HashSet<EntityTags>>,
 }
 
 impl Tagger {
-    /// A tagger on real time.
+    /// Creates a tagger whose deletions are timed on the system clock.
     pub fn new(config: TaggerConfig) -> Self {
         Self::with_clock(config, Arc::new(SystemClock::default()))
     }
 
-    /// A tagger on `clock` (tests move a [`crate::ManualClock`]).
+    /// Creates a tagger whose deletions are timed on `clock`.
+    ///
+    /// Tests pass a [`crate::ManualClock`] and move it past the grace period.
     pub fn with_clock(config: TaggerConfig, clock: Arc<dyn Clock>) -> Self {
         let grace = config.deletion_grace_period();
         Self {
@@ -73,13 +80,15 @@ impl Tagger {
         }
     }
 
-    /// Registers the fetcher a lookup of an unknown container asks, each fetch bounded by
-    /// `timeout`, within the default [`FetchLimits`].
+    /// Adds a fetcher that [`Tagger::tag_or_fetch`] asks about a container it does not know.
+    ///
+    /// Each fetch is cut off after `timeout`, and fetches are bounded by the default
+    /// [`FetchLimits`].
     pub fn with_fetcher(self, fetcher: Arc<dyn ContainerFetcher>, timeout: Duration) -> Self {
         self.with_fetcher_limits(fetcher, timeout, FetchLimits::default())
     }
 
-    /// Registers the fetcher as [`Tagger::with_fetcher`] does, within `limits`.
+    /// Adds a fetcher like [`Tagger::with_fetcher`], bounded by `limits` instead of the defaults.
     pub fn with_fetcher_limits(
         mut self,
         fetcher: Arc<dyn ContainerFetcher>,
@@ -90,15 +99,21 @@ impl Tagger {
         self
     }
 
-    /// Like [`Tagger::tag`], but an unknown `container_id://<id>` is fetched from the runtime
-    /// once (concurrent lookups of the same id share that fetch) and tagged before answering.
+    /// Returns the entity's tags like [`Tagger::tag`], but first fetches an unknown
+    /// `container_id://<id>` from the runtime and tags it.
+    ///
+    /// Concurrent lookups of the same id share one fetch. The answer is empty when there is no
+    /// fetcher, when the fetch is refused (see [`crate::Refused`]) or times out, and when the
+    /// runtime does not know the id (it is then not asked again for a while). An entity the
+    /// tagger knows is never fetched, even when it has no tags at `cardinality`.
     pub async fn tag_or_fetch(&self, entity: &str, cardinality: TagCardinality) -> Tags {
         let tags = self.store.tag(entity, cardinality);
         if !tags.is_empty() {
             return tags;
         }
         if self.store.contains(entity) {
-            // Known, with no tags at this cardinality, or stored since the read above.
+            // Either it has no tags at this cardinality, or it was stored since the read above:
+            // read again rather than fetch.
             return self.store.tag(entity, cardinality);
         }
         let parsed = TaggerEntityId::parse(entity);
@@ -108,48 +123,51 @@ impl Tagger {
         if fetcher.fetch(id, known, store).await { self.store.tag(entity, cardinality) } else { tags }
     }
 
-    /// Cache-miss fetches refused so far, by reason (see [`crate::Refused`]); empty without a
-    /// fetcher.
+    /// Returns how many cache-miss fetches were refused so far, by reason name (see
+    /// [`crate::Refused`]); empty without a fetcher.
     pub fn fetches_refused(&self) -> Vec<(&'static str, u64)> {
         self.fetcher.as_ref().map_or_else(Vec::new, |f| f.refused().iter().map(|(r, n)| (r.as_str(), *n)).collect())
     }
 
-    /// Fetches under way now (0 without a fetcher).
+    /// Counts the ids being fetched now (0 without a fetcher).
     pub fn fetches_in_flight(&self) -> usize {
         self.fetcher.as_ref().map_or(0, |f| f.in_flight())
     }
 
-    /// Bytes the cache-miss path's negative cache holds (0 without a fetcher).
+    /// Returns the bytes held by the cache-miss path's memory of ids the runtime did not know
+    /// (0 without a fetcher).
     pub fn fetch_negative_bytes(&self) -> usize {
         self.fetcher.as_ref().map_or(0, |f| f.negative_bytes())
     }
 
-    /// The tag store (lookups, dumps, pruning).
+    /// Returns the tag store, for lookups, dumps and subscriptions.
     pub fn store(&self) -> &TagStore {
         &self.store
     }
 
-    /// Counts the bytes of the index of the containers each pod or task tagged (for the memory
-    /// benchmark).
+    /// Counts the bytes of the index of the entities each pod, task or object tagged, for the
+    /// memory benchmark.
     #[cfg(feature = "memory-accounting")]
     pub fn children_bytes(&self) -> usize {
         let children = self.children.locked();
-        // The ids are the tag store's, counted there.
+        // The keys' id text is shared with the tag store, which counts it.
         let entry = std::mem::size_of::<(TagKey, Box<[TagKey]>)>();
         children.values().map(|kids| entry + kids.len() * std::mem::size_of::<TagKey>()).sum()
     }
 
-    /// The entity's tags at `cardinality` and below: lock-free, allocation-free.
+    /// Returns the entity's tags at `cardinality` and below; an unknown entity has none.
+    ///
+    /// Takes no lock and allocates nothing.
     pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Tags {
         self.store.tag(entity, cardinality)
     }
 
-    /// The entity's unified service tags.
+    /// Returns the entity's unified service tags (`env`, `service`, `version`).
     pub fn standard(&self, entity: &str) -> Tags {
         self.store.standard(entity)
     }
 
-    /// Applies a bundle's events, in order.
+    /// Applies a bundle's events to the tag store, in order.
     pub fn process(&self, events: &[Event]) {
         for event in events {
             self.process_one(event);
@@ -203,7 +221,8 @@ impl Tagger {
         }
     }
 
-    /// The one copy of `tags` that every entity given them shares (`None` for no tags).
+    /// Returns the tagger's one copy of `tags` packed as a part, adding it if it is new, so that
+    /// every entity given the same tags holds the same allocation; `None` for no tags.
     fn shared(&self, tags: &TagInfo) -> Option<EntityTags> {
         if tags.is_empty() {
             return None;
@@ -219,28 +238,37 @@ impl Tagger {
         })
     }
 
-    /// Tags a container: its image's tags (one copy per image) and its name's (one copy per
-    /// name) under its own.
+    /// Tags a container from its own source: its image's tags, then its name's, then its own.
+    ///
+    /// The image's and the name's tags are shared parts, one per image and one per name.
     fn set_container(&self, id: TagKey, c: &wm_core::Container) {
         let (image, name, own) = rules::container_tags_by_image(c, &self.config);
         let shared = SharedParts { broad: self.shared(&image), narrow: self.shared(&name) };
         self.store.set_layered(id, TagSource::Container, shared, &own);
     }
 
-    /// Prunes the deletions past their grace period, then the shared tags no entity uses.
+    /// Drops the deletions past their grace period, then the shared parts no entity uses.
+    ///
+    /// A part is unused when the tagger's own set holds its only reference. The tag store's
+    /// lock-free map frees old records in batches as later writes go on, so a part may outlive
+    /// its last entity by a few prunes.
     pub fn prune(&self) {
         self.store.prune();
         self.shared_tags.locked().retain(|tags| tags.handles() > 1);
     }
 
-    /// How many shared tag sets are kept (each once, for every entity given it: images' tags,
-    /// pod templates' containers').
+    /// Counts the shared parts the tagger holds: images', container names' and pod templates'
+    /// containers' tags, each held once for every entity given it.
     pub fn shared_tags_kept(&self) -> usize {
         self.shared_tags.locked().len()
     }
 
     /// Tags a pod, task or object with `own`, and each of its children with `own`, then the
-    /// child's shared part, then its own extra tags (`own` kept once, shared by them all).
+    /// child's shared part, then the child's extra tags.
+    ///
+    /// `own` is packed once and shared by the parent and all its children. The children are
+    /// recorded under the parent's key; a child the parent listed before but no longer lists
+    /// loses what `source` said about it.
     fn set_with_children(&self, source: TagSource, id: TagKey, own: &TagInfo, children: Vec<Child>) {
         let base = Some(EntityTags::build(own));
         let none = TagInfo::default();
@@ -260,6 +288,7 @@ impl Tagger {
         }
     }
 
+    /// Marks what `source` says about a parent, and about each child it last listed, as deleted.
     fn delete_with_children(&self, source: TagSource, id: TagKey) {
         self.store.delete_key(&id, source);
         let children = self.children.locked().remove(&id);
@@ -268,10 +297,16 @@ impl Tagger {
         }
     }
 
-    /// After a fresh snapshot (a resubscription), deletes the tags of every entity the snapshot
-    /// no longer holds.
+    /// Marks as deleted what each source says about the entities `snapshot` no longer backs.
+    ///
+    /// `snapshot` is the first bundle of a subscription (every entity in the workload store); the
+    /// caller applies it first, so that the children recorded for each parent are current. What
+    /// a source says about an entity stays if the snapshot holds that entity, or holds a parent
+    /// of that source's kind that lists it as a child. Everything else is marked as deleted and
+    /// dropped once the grace period has passed.
     fn reconcile(&self, snapshot: &[Event]) {
-        // Keys share their text with the entities: the set costs little beside them.
+        // The keys share their id text with the snapshot's entities and the tag store, so the
+        // set costs little beside them.
         let mut live: HashSet<(TagSource, TagKey)> = HashSet::with_capacity(snapshot.len());
         let children = self.children.locked();
         for event in snapshot {
@@ -295,12 +330,17 @@ impl Tagger {
         }
     }
 
-    /// Follows `store` from a task: subscribes at `tagger` priority, stores each bundle's tags
-    /// before acknowledging it, resubscribes (and reconciles) if it was cut off for lagging, and
-    /// prunes expired deletions every minute.
+    /// Spawns a task that keeps the tag store in step with the workload store `store`.
     ///
-    /// The first subscription is taken before this returns: every batch notified afterwards
-    /// reaches the tagger before any lower-priority subscriber.
+    /// The task subscribes at `tagger` priority and stores each bundle's tags before
+    /// acknowledging the bundle. The first bundle of each subscription is a snapshot: after
+    /// storing it, the task deletes the tags of entities the snapshot no longer holds. When the
+    /// subscription fails (for instance, the tagger fell behind and was cut off), the task
+    /// subscribes again. Every minute it calls [`Tagger::prune`]. It ends when the store ends the
+    /// subscription.
+    ///
+    /// The first subscription is made before this returns, so every batch the store sends out
+    /// afterwards reaches the tagger before any lower-priority subscriber.
     pub fn spawn(self: &Arc<Self>, store: &Store) -> tokio::task::JoinHandle<()> {
         let tagger = self.clone();
         let store = store.clone();

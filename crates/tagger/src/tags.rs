@@ -1,14 +1,17 @@
-//! Tags and what one source says about one entity; the cardinalities are wm-core's, re-exported.
+//! Tags, and what one source says about one entity. The cardinalities are wm-core's,
+//! re-exported here.
 
 use serde::Serialize;
 pub use wm_core::{TagCardinality, UnknownCardinality};
 
-/// The key of a tag: what comes before the first `:` (the whole tag when there is none).
+/// Returns the key of a tag: what comes before the first `:` (the whole tag when there is none).
 pub fn tag_key(tag: &str) -> &str {
     tag.split_once(':').map_or(tag, |(k, _)| k)
 }
 
-/// The tags one source gives one entity, by the level at which each was added.
+/// Holds the tags one source gives one entity, one list per level.
+///
+/// The `add*` methods add a tag once per level, however often they are called with it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TagInfo {
     /// Low cardinality.
@@ -17,12 +20,14 @@ pub struct TagInfo {
     pub orchestrator: Vec<String>,
     /// High cardinality.
     pub high: Vec<String>,
-    /// The unified service tags (env, service, version): also in `low`.
+    /// The unified service tags (`env`, `service`, `version`), which are also in `low`.
     pub standard: Vec<String>,
 }
 
 impl TagInfo {
-    /// Adds `key:value` at `cardinality`, once; an empty key or value adds nothing.
+    /// Adds the tag `key:value` at `cardinality`, unless that level has it already.
+    ///
+    /// An empty key or value adds nothing, and so does `TagCardinality::None`.
     pub fn add(&mut self, cardinality: TagCardinality, key: &str, value: &str) {
         if key.is_empty() || value.is_empty() {
             return;
@@ -30,7 +35,9 @@ impl TagInfo {
         self.add_tag(cardinality, format!("{key}:{value}"));
     }
 
-    /// Adds a whole tag at `cardinality`, once.
+    /// Adds a whole tag at `cardinality`, unless it is empty or that level has it already.
+    ///
+    /// `TagCardinality::None` adds nothing.
     pub fn add_tag(&mut self, cardinality: TagCardinality, tag: String) {
         let level = match cardinality {
             TagCardinality::None => return,
@@ -43,7 +50,9 @@ impl TagInfo {
         }
     }
 
-    /// Adds a unified service tag (`env`, `service`, `version`): low and standard.
+    /// Adds a unified service tag (`env`, `service` or `version`) to both `standard` and `low`.
+    ///
+    /// An empty value adds nothing.
     pub fn add_standard(&mut self, key: &str, value: &str) {
         if value.is_empty() {
             return;
@@ -55,7 +64,8 @@ impl TagInfo {
         self.add_tag(TagCardinality::Low, tag);
     }
 
-    /// Adds a tag named as in `*_as_tags` config: a leading `+` means high cardinality.
+    /// Adds a tag whose name comes from an `*_as_tags` map: low cardinality, or high when the
+    /// name starts with `+` (the `+` is not part of the tag).
     pub fn add_auto(&mut self, name: &str, value: &str) {
         match name.strip_prefix('+') {
             Some(name) => self.add(TagCardinality::High, name, value),
@@ -63,7 +73,7 @@ impl TagInfo {
         }
     }
 
-    /// Adds every tag of `other` after its own, level by level, each once.
+    /// Adds every tag of `other` after this one's, level by level, skipping tags already there.
     pub fn append(&mut self, other: TagInfo) {
         for (level, tags) in [
             (TagCardinality::Low, other.low),
@@ -81,12 +91,12 @@ impl TagInfo {
         }
     }
 
-    /// Whether it holds no tag.
+    /// Tells whether it holds no tag.
     pub fn is_empty(&self) -> bool {
         self.low.is_empty() && self.orchestrator.is_empty() && self.high.is_empty() && self.standard.is_empty()
     }
 
-    /// Every tag at `cardinality` and below.
+    /// Returns a copy of every tag at `cardinality` and below, lowest level first.
     pub fn up_to(&self, cardinality: TagCardinality) -> Vec<String> {
         let mut out = Vec::new();
         if cardinality >= TagCardinality::Low {

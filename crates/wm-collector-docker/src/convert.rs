@@ -1,4 +1,5 @@
-//! From the Docker Engine API's shapes to the store's [`Container`]: pure functions, no I/O.
+//! Converts the Docker Engine API's container inspects and event attributes into the store's
+//! [`Container`]: pure functions, no I/O.
 
 use std::collections::HashMap;
 
@@ -10,11 +11,16 @@ use wm_core::{
 
 use wm_core::{Container, ContainerDetails, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL};
 
-/// dockershim's label on a pod's sandbox ("pause") container.
+/// The label dockershim puts on a pod's sandbox ("pause") container, with the value
+/// `podsandbox`.
 pub const KUBE_DOCKER_TYPE_LABEL: &str = "io.kubernetes.docker.type";
 
-/// Whether this container is a pod's infrastructure ("pause") container, which carries no
-/// workload and is never stored.
+/// Tells whether a container is a Kubernetes pod's infrastructure ("pause") container, which
+/// runs no workload and is never stored.
+///
+/// It is one when dockershim labelled it `podsandbox`, or when it has a pod namespace label and
+/// its image's short name is `pause` (or `pause-amd64`, `pause-arm64`, `pause-win`). Outside
+/// Kubernetes, an image called `pause` is a workload like any other.
 pub fn is_pause_container(labels: &HashMap<String, String>, image: &str) -> bool {
     if labels.get(KUBE_DOCKER_TYPE_LABEL).is_some_and(|t| t == "podsandbox") {
         return true;
@@ -26,14 +32,18 @@ pub fn is_pause_container(labels: &HashMap<String, String>, image: &str) -> bool
     matches!(short.as_str(), "pause" | "pause-amd64" | "pause-arm64" | "pause-win")
 }
 
+/// Parses an RFC 3339 time; `None` when absent, empty or unparsable.
 fn timestamp(text: Option<&str>) -> Option<Timestamp> {
     // Docker writes 0001-01-01T00:00:00Z for "never"; it is outside Timestamp's range and so None.
     text.filter(|t| !t.is_empty()).and_then(|t| Timestamp::parse_rfc3339(t).ok())
 }
 
-/// A container from an inspect response. `image_name` is the image reference to show when the
-/// container was created from a bare image id (the caller resolves it). `None` when the
-/// response has no id, or is a pause container.
+/// Converts an inspect response into a container, keeping only the env vars that `env` keeps.
+///
+/// `image_name`, when given, is the image reference to show instead of the configured one: the
+/// caller looks it up when the container was created from a bare image id. Health is left
+/// unknown for a container Kubernetes manages, whose health the kubelet owns. Returns `None`
+/// when the response has no id or is a pause container.
 pub fn container_from_inspect(
     inspect: &ContainerInspectResponse,
     image_name: Option<&str>,
@@ -150,12 +160,16 @@ pub fn container_from_inspect(
     })
 }
 
-/// The attributes of a container event that are not labels.
+/// The attributes dockerd adds to a container event besides the container's labels; every
+/// other attribute is a label.
 const EVENT_ATTRIBUTES: &[&str] = &["name", "image", "exitCode", "signal", "execID", "oldName", "container"];
 
-/// A container from what an event's attributes say (name, image, labels, exit code): used when
-/// the container is gone before it could be inspected, so that a short-lived container is still
-/// seen. `None` for a pause container.
+/// Builds a container from one event: its attributes (name, image, labels, exit code), its
+/// action and its time.
+///
+/// Used when the container is gone before it could be inspected, so that a short-lived
+/// container is still seen. The action gives the status; `time` becomes the start time on
+/// `start`, and the finish time on `die` or `destroy`. Returns `None` for a pause container.
 pub fn container_from_event(
     id: &str,
     action: &str,

@@ -3,8 +3,8 @@
 //! bollard reads a whole body into memory before decoding it, so a daemon (or whatever listens on
 //! `DOCKER_HOST`) answering with a gigabyte would take a gigabyte. The calls whose bodies grow with
 //! the node (the container list, each container's and image's inspect) go through this small client
-//! instead, which stops reading at the endpoint's cap and says so. The event stream, `/_ping` and
-//! `/info` stay on bollard.
+//! instead, which stops reading at the endpoint's cap and returns an error. The event stream,
+//! `/_ping` and `/info` stay on bollard.
 //!
 //! Paths carry no API version: dockerd answers an unversioned path in its own current version, and
 //! the fields read here exist in every version since 1.24.
@@ -18,10 +18,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use wm_core::{BodyTooLarge, CappedBody};
 
-/// The cap on `GET /containers/json`: a row is about 1 KiB, so room for some 60,000 containers.
+/// The most bytes read of `GET /containers/json`: a row is about 1 KiB, so room for some 60,000
+/// containers. A larger body fails the list.
 pub const MAX_LIST_BODY: usize = 64 << 20;
-/// The cap on one container's or image's inspect (a container with a huge env or many labels is
-/// still far below it).
+/// The most bytes read of one container's or image's inspect (a container with a huge env or
+/// many labels is still far below it). A larger body counts as one that does not parse.
 pub const MAX_INSPECT_BODY: usize = 16 << 20;
 
 /// A client of dockerd's HTTP API for the calls whose bodies are capped.
@@ -44,8 +45,12 @@ pub(crate) enum EngineError {
 }
 
 impl Engine {
-    /// A client for `host` (`unix:///path`, a bare path, `tcp://host:port` or `http://host:port`),
-    /// each call within `deadline`.
+    /// Creates a client for `host` (`unix:///path`, a bare path, `tcp://host:port` or
+    /// `http://host:port`) whose every call, connecting included, ends within `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message when `host` has another scheme or the client cannot be built.
     pub(crate) fn new(host: &str, deadline: Duration) -> Result<Self, String> {
         let builder = reqwest::Client::builder().timeout(deadline).connect_timeout(deadline);
         let (builder, base) =
@@ -60,7 +65,13 @@ impl Engine {
         Ok(Self { client, base })
     }
 
-    /// `GET path`, its body read up to `cap` and decoded; `Ok(None)` when dockerd answers 404.
+    /// Sends `GET path` and decodes the JSON body, reading at most `cap` bytes of it; returns
+    /// `Ok(None)` when dockerd answers 404.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Failed`] when the call fails or gets another error status;
+    /// [`EngineError::Undecodable`] when the body passes `cap` or does not parse.
     async fn get<T: DeserializeOwned>(&self, path: &str, cap: usize) -> Result<Option<T>, EngineError> {
         let failed = |e: reqwest::Error| EngineError::Failed(format!("GET {path}: {e}"));
         let mut response = self.client.get(format!("{}{path}", self.base)).send().await.map_err(failed)?;
@@ -80,7 +91,7 @@ impl Engine {
             .map_err(|e| EngineError::Undecodable(format!("GET {path}: the body does not parse: {e}")))
     }
 
-    /// The ids of every container, running or not.
+    /// Returns the ids of every container, running or not (empty if dockerd answers 404).
     pub(crate) async fn container_ids(&self) -> Result<Vec<String>, EngineError> {
         #[derive(Deserialize)]
         struct Row {
@@ -91,13 +102,16 @@ impl Engine {
         Ok(rows.into_iter().map(|r| r.id).filter(|id| !id.is_empty()).collect())
     }
 
-    /// One container's inspect; `None` when dockerd does not know it. `id` must already be
-    /// checked: it goes into the path as it is.
+    /// Returns one container's inspect, or `None` when dockerd does not know it.
+    ///
+    /// `id` goes into the path as it is, so pass only an id that came from dockerd or was checked
+    /// to be a full hex id.
     pub(crate) async fn inspect_container(&self, id: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
         self.get(&format!("/containers/{id}/json"), MAX_INSPECT_BODY).await
     }
 
-    /// An image's first repo tag that names something (not `<none>`).
+    /// Returns the image's first repo tag that is not a `<none>` placeholder, or `None` when it
+    /// has no such tag or dockerd does not know the image.
     pub(crate) async fn image_name(&self, image_id: &str) -> Result<Option<String>, EngineError> {
         #[derive(Deserialize)]
         struct Image {

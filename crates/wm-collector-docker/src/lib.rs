@@ -1,23 +1,25 @@
 //! The Docker Engine collector: follows dockerd's event stream and reports every container as
 //! source `runtime`, collector `docker`.
 //!
-//! One run: connect (`DOCKER_HOST`, or the default socket), read the daemon's clock, subscribe to
-//! container events *since that instant*, list every container (running or not) and inspect each
-//! (a few at a time), send them as one full list, then turn events into sets and unsets until the
-//! stream breaks. Subscribing with `since` makes dockerd replay whatever happened between the
-//! subscription and the list, so nothing is lost in between; a replayed event only repeats what
-//! the list already said, which the store ignores. When the stream breaks the run fails
-//! retriably, and the store runs it again after a backoff: a fresh full list reconciles, so no
-//! stale container survives a daemon restart and none is missing.
+//! One run: connect (`docker_host`, else `DOCKER_HOST`, else the default socket), read the
+//! daemon's clock, subscribe to container events *since that instant*, list every container
+//! (running or not) and inspect each (a few at a time), send them as one full list, then turn
+//! events into sets and unsets until the stream breaks. Subscribing with `since` makes dockerd
+//! replay whatever happened between the subscription and the list, so nothing is lost in between;
+//! a replayed event only repeats what the list already reported, which the store ignores. When the
+//! stream breaks the run fails retriably, and the store runs it again after a backoff: the new
+//! run's full list corrects the store, so no stale container survives a daemon restart and none
+//! is missing.
 //!
-//! The list and the inspects are read by a small client of ours (`engine.rs`) that caps each body
-//! ([`MAX_LIST_BODY`], [`MAX_INSPECT_BODY`]); bollard, which reads a whole body before decoding
-//! it, serves only the event stream, `/_ping` and `/info`.
+//! The list and the inspects (of containers, and of images to name a container created from an
+//! image id) go through a small HTTP client in this crate (`engine.rs`) that stops reading a body
+//! at its cap ([`MAX_LIST_BODY`], [`MAX_INSPECT_BODY`]); bollard, which reads a whole body into
+//! memory before decoding it, serves only the event stream, `/_ping` and `/info`.
 //!
 //! The run itself is `wm_driver`'s: events are handled in batches (whatever is pending), one
 //! inspect per container per batch, 8 in flight. A container that is gone before it can be
-//! inspected is still reported, from what its events say, then unset: a container that lives for
-//! a few milliseconds is seen set and unset. A container whose inspect fails is skipped (the
+//! inspected is still reported, from its events' attributes, then unset: a container that lives
+//! for a few milliseconds is seen set and unset. A container whose inspect fails is skipped (the
 //! store keeps what it had) and inspected again later. Every call to dockerd has a deadline
 //! (`docker_query_timeout`, default 5 s; the event stream's headers too).
 
@@ -52,9 +54,9 @@ pub use engine::{MAX_INSPECT_BODY, MAX_LIST_BODY};
 
 /// The socket used when `DOCKER_HOST` is not set.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
-/// The same socket seen through `/run` (where `/var/run` points on hosts): the path it has in a
-/// container that mounts the host's `/run`, as the agent's DaemonSet does. Looked at when
-/// [`DEFAULT_SOCKET`] is absent.
+/// The docker socket's path under `/run`, which `/var/run` links to on most hosts: where a
+/// container that mounts the host's `/run` (as the agent's DaemonSet does) finds it. Used when
+/// [`DEFAULT_SOCKET`] does not exist.
 pub const DEFAULT_SOCKET_UNDER_RUN: &str = "/run/docker.sock";
 
 /// The collector's name, as it appears in health, telemetry and dumps.
@@ -77,7 +79,7 @@ pub struct DockerConfig {
     /// that one exists).
     pub docker_host: Option<String>,
     /// `docker_query_timeout` (Datadog's key, seconds, default 5): the deadline of every call to
-    /// dockerd.
+    /// dockerd; a value under one second counts as one second.
     pub docker_query_timeout: Seconds,
 }
 
@@ -87,17 +89,21 @@ impl Default for DockerConfig {
     }
 }
 
-/// Image names remembered at most (image ids resolve to names; a node has far fewer images).
+/// The most image names the collector caches (by image id) before it empties the cache; a node
+/// has far fewer images.
 const MAX_IMAGE_NAMES: usize = 4096;
 
 impl DockerConfig {
-    /// The deadline of one call (at least a second).
+    /// Returns the deadline of one call to dockerd: `docker_query_timeout`, at least one second.
     fn deadline(&self) -> Duration {
         self.docker_query_timeout.duration().max(Duration::from_secs(1))
     }
 
-    /// What names the daemon's address, when something does (`docker_host`, `DOCKER_HOST`); `None`:
-    /// the default socket, autodetected.
+    /// Returns the name of the setting that gives the daemon's address: `"docker_host"` when that
+    /// key is set, else `"DOCKER_HOST"` when that variable is set, else `None` (the default
+    /// socket is used). An empty value counts as unset.
+    ///
+    /// Error messages use it to name what the user can change.
     pub fn configured_by(&self) -> Option<&'static str> {
         if self.docker_host.as_ref().is_some_and(|h| !h.is_empty()) {
             Some("docker_host")
@@ -108,7 +114,11 @@ impl DockerConfig {
         }
     }
 
-    /// The address this config resolves to.
+    /// Returns the daemon address to connect to.
+    ///
+    /// It is `docker_host`, else `DOCKER_HOST`, else `unix://` followed by the first of
+    /// [`DEFAULT_SOCKET`] and [`DEFAULT_SOCKET_UNDER_RUN`] that exists ([`DEFAULT_SOCKET`] when
+    /// neither does). An empty value counts as unset.
     pub fn resolved_host(&self) -> String {
         self.docker_host
             .clone()
@@ -121,20 +131,24 @@ impl DockerConfig {
     }
 }
 
-/// The docker collector.
+/// Follows dockerd and reports its containers; hand it to the store with
+/// [`into_collector`](Self::into_collector).
 #[derive(Debug)]
 pub struct DockerCollector {
     config: DockerConfig,
-    /// The env vars containers keep: the store's filter, taken at the start of each run.
+    /// Decides which env vars of a container are stored: the store's filter, copied at the start
+    /// of each run.
     env: EnvFilter,
-    /// Image id → the name to show, for containers created from a bare image id. An image id
-    /// names one content; cleared at each reconnect and when it grows past [`MAX_IMAGE_NAMES`].
+    /// Image id → the name to show, for containers created from a bare image id (`None`: the
+    /// image has no tag). An image id is a hash of the image's content, so one id is always the
+    /// same image. Emptied at the start of each run and when it holds [`MAX_IMAGE_NAMES`] names.
     image_names: Mutex<HashMap<String, Option<String>>>,
-    /// The clients of the current run.
+    /// The clients of the current run; `None` until [`watch`](ListWatch::watch) connects.
     docker: Option<Clients>,
 }
 
-/// bollard for the event stream, `/_ping` and `/info`; ours for the capped list and inspects.
+/// The two clients of one connection: bollard for the event stream, `/_ping` and `/info`, and
+/// this crate's `engine` for the list and the inspects, whose bodies it caps.
 #[derive(Clone, Debug)]
 struct Clients {
     bollard: Docker,
@@ -142,16 +156,17 @@ struct Clients {
 }
 
 impl DockerCollector {
-    /// A collector for `config`.
+    /// Creates a collector for `config`.
     pub fn new(config: DockerConfig) -> Self {
         Self { config, env: EnvFilter::default(), image_names: Mutex::new(HashMap::new()), docker: None }
     }
 
-    /// This collector, ready to hand to the store.
+    /// Wraps the collector in a [`Driver`], ready to hand to the store.
     pub fn into_collector(self) -> Collector {
         Collector::stream(NAME, Source::Runtime, Driver::new(self))
     }
 
+    /// Returns the clients of the current run; a retriable error before `watch` connected.
     fn client(&self) -> Result<Clients, CollectorError> {
         self.docker.clone().ok_or_else(|| CollectorError::Retriable {
             context: "docker: not connected (list or refresh before watch)".into(),
@@ -159,6 +174,10 @@ impl DockerCollector {
         })
     }
 
+    /// Builds both clients for the configured address, first checking that a unix socket exists.
+    ///
+    /// A missing socket is a `Waiting` error when a setting names it, and `EnvironmentAbsent`
+    /// when it is the default one.
     fn connect(&self) -> Result<Clients, CollectorError> {
         let host = self.config.resolved_host();
         let bollard = if let Some(path) =
@@ -180,9 +199,16 @@ impl DockerCollector {
         Ok(Clients { bollard, engine })
     }
 
-    /// Inspects one container within the deadline. `Ok(None)`: it does not exist (any more), or
-    /// is a pause container; a body past its cap or that does not parse, or a failed call, is an
-    /// [`InspectError`].
+    /// Inspects one container within the deadline and converts it, looking up its image's name
+    /// when it was created from a bare image id.
+    ///
+    /// Returns `Ok(None)` when dockerd does not know the container (any more), or when it is a
+    /// pause container or its inspect has no id.
+    ///
+    /// # Errors
+    ///
+    /// [`InspectError::Undecodable`] when the body passes its cap or does not parse;
+    /// [`InspectError::Failed`] when the call fails, gets an error status or passes its deadline.
     async fn inspect(&self, engine: &Engine, id: &str) -> Result<Option<Container>, InspectError> {
         let inspect = match tokio::time::timeout(self.config.deadline(), engine.inspect_container(id)).await {
             Err(_) => return Err(InspectError::Failed(self.timed_out(&format!("inspecting {id}")))),
@@ -205,6 +231,8 @@ impl DockerCollector {
         Ok(container_from_inspect(&inspect, image_name.as_deref(), &self.env))
     }
 
+    /// Returns the retriable error for a call (`what`) that passed its deadline, naming
+    /// `docker_query_timeout`.
     fn timed_out(&self, what: &str) -> CollectorError {
         CollectorError::Retriable {
             context: format!("docker: {what} timed out after {:?} (docker_query_timeout)", self.config.deadline()),
@@ -212,7 +240,10 @@ impl DockerCollector {
         }
     }
 
-    /// The first repo tag of an image given by id, cached (an image id names one content).
+    /// Returns the first repo tag of the image `image_id`, from the cache when it is there.
+    ///
+    /// A lookup that finds no tag caches `None`; one that fails or passes its deadline returns
+    /// `None` without caching it, so the next inspect tries again.
     async fn image_name(&self, engine: &Engine, image_id: &str) -> Option<String> {
         if let Some(name) = self.image_names.locked().get(image_id) {
             return name.clone();
@@ -236,8 +267,15 @@ impl DockerCollector {
         name
     }
 
-    /// Lists and inspects every container, 8 at a time; those whose inspect failed are listed
-    /// as unreadable.
+    /// Lists every container and inspects each, [`INSPECT_CONCURRENCY`] at a time.
+    ///
+    /// A container whose inspect failed goes in [`Listed::unreadable`]. One whose inspect does
+    /// not parse is logged and left out, as are pause containers and containers removed since
+    /// the list.
+    ///
+    /// # Errors
+    ///
+    /// Fails with a retriable error when the list call fails or passes its deadline.
     async fn list_all(&self, engine: &Engine) -> Result<Listed, CollectorError> {
         let ids = with_deadline(
             self.config.deadline(),
@@ -278,19 +316,21 @@ impl DockerCollector {
 /// Why an inspect gave no container.
 #[derive(Debug)]
 enum InspectError {
-    /// Its JSON does not parse: logged and skipped.
+    /// Its body passed its cap or does not parse: logged and skipped.
     Undecodable(String),
     /// The call failed or passed its deadline: retried later.
     Failed(CollectorError),
 }
 
-/// The docker collector's cache-miss fetch: one inspect of a container the agent was asked
-/// about before the collector reported it (`tagger` fetch-on-miss). Connects lazily; every call
-/// within `docker_query_timeout`; `None` when dockerd is absent or does not know it.
+/// Fetches one container from dockerd when the tagger is asked about a container the collector
+/// has not reported yet (the tagger's fetch-on-miss).
 ///
-/// Only a full id (64 lowercase hex digits) is fetched: bollard joins the id into the request's
-/// path, so `x/../../system/df` or `<id>/json?size=true` would reach another endpoint. The client
-/// is built once and kept until a call fails.
+/// It connects on first use and reuses its client until a call fails; every call has the
+/// `docker_query_timeout` deadline. `fetch` returns `None` when dockerd is absent, does not know
+/// the container, or fails.
+///
+/// Only a full id (64 lowercase hex digits) is fetched: the id goes into the request's path as
+/// it is, so `x/../../system/df` or `<id>/json?size=true` would reach another endpoint.
 #[derive(Debug)]
 pub struct DockerFetcher {
     collector: DockerCollector,
@@ -298,7 +338,8 @@ pub struct DockerFetcher {
 }
 
 impl DockerFetcher {
-    /// Creates a fetcher for `config` whose containers keep the env vars `env` keeps.
+    /// Creates a fetcher for `config`; the containers it returns hold only the env vars that
+    /// `env` keeps.
     pub fn new(config: DockerConfig, env: EnvFilter) -> Self {
         Self { collector: DockerCollector { env, ..DockerCollector::new(config) }, client: Mutex::new(None) }
     }
@@ -334,17 +375,22 @@ impl wm_core::ContainerFetcher for DockerFetcher {
     }
 }
 
+/// Returns the event's action without the detail some actions carry after a colon.
 fn action(event: &EventMessage) -> &str {
     let action = event.action.as_deref().unwrap_or_default();
-    // `health_status: healthy`, `exec_start: sh` …
+    // `health_status: healthy` gives `health_status`, `exec_start: sh` gives `exec_start`.
     action.split(':').next().unwrap_or(action).trim()
 }
 
+/// Returns the attributes of the event's actor, or an empty map (shared, so nothing is
+/// allocated) when it has none.
 fn attributes(event: &EventMessage) -> &HashMap<String, String> {
     static EMPTY: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
     event.actor.as_ref().and_then(|a| a.attributes.as_ref()).unwrap_or_else(|| EMPTY.get_or_init(HashMap::new))
 }
 
+/// Returns when the event happened: from `timeNano` when set, else from `time` (seconds);
+/// `None` when neither is.
 fn event_time(event: &EventMessage) -> Option<Timestamp> {
     match (event.time_nano, event.time) {
         (Some(nanos), _) if nanos > 0 => Some(Timestamp::from_unix_nanos(nanos)),
@@ -353,7 +399,15 @@ fn event_time(event: &EventMessage) -> Option<Timestamp> {
     }
 }
 
-/// dockerd's clock as `since` takes it (`secs.nanos`), read from `/info`.
+/// Reads dockerd's clock from `/info`, written as the events API's `since` takes it
+/// (`secs.nanos`).
+///
+/// It reads the daemon's clock rather than ours so that a skew between the two cannot make the
+/// subscription start after the list.
+///
+/// # Errors
+///
+/// Fails with a retriable error when `/info` fails.
 async fn daemon_now(docker: &Docker) -> Result<String, CollectorError> {
     let info = docker.info().await.map_err(|e| CollectorError::retriable("docker: /info failed", e))?;
     let now = info.system_time.as_deref().and_then(|t| Timestamp::parse_rfc3339(t).ok());
@@ -368,6 +422,8 @@ async fn daemon_now(docker: &Docker) -> Result<String, CollectorError> {
     Ok(format!("{}.{:09}", nanos.div_euclid(1_000_000_000), nanos.rem_euclid(1_000_000_000)))
 }
 
+/// Tells whether the event is about a container (or has no type) and has an action that changes
+/// what the store holds ([`RELEVANT_ACTIONS`]).
 fn relevant(event: &EventMessage) -> bool {
     matches!(event.typ, Some(EventMessageTypeEnum::CONTAINER) | None) && RELEVANT_ACTIONS.contains(&action(event))
 }
@@ -380,8 +436,13 @@ impl ListWatch for DockerCollector {
         self.env = ctx.env.clone();
     }
 
-    /// Connects, reads dockerd's clock and subscribes to container events since that instant:
-    /// dockerd replays what happened between then and the list, so there is nothing to probe.
+    /// Connects, pings dockerd, reads its clock and subscribes to container events since that
+    /// instant.
+    ///
+    /// dockerd replays the events since that instant, so nothing that happens between the
+    /// subscription and the list is lost and there is nothing to probe. An event that does not
+    /// parse is logged and dropped; any other stream error breaks the stream. Empties the
+    /// image-name cache.
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.docker = None;
         self.image_names.locked().clear();
@@ -422,6 +483,8 @@ impl ListWatch for DockerCollector {
         event.actor.as_ref().and_then(|a| a.id.clone()).filter(|id| !id.is_empty())
     }
 
+    /// Inspects the container, unless its last event of the batch is `destroy`; a container that
+    /// is gone is reported from its events.
     async fn refresh(&self, id: &str, events: Vec<EventMessage>) -> Result<Refreshed, CollectorError> {
         let clients = self.client()?;
         let destroyed = events.last().is_some_and(|e| action(e) == "destroy");
@@ -439,7 +502,8 @@ impl ListWatch for DockerCollector {
         };
         Ok(match current {
             Some(container) => Refreshed::Present(Entity::from(container)),
-            // Gone: report what its events said (a short-lived container is seen), then unset.
+            // Gone: set it as its last event other than `destroy` describes it, so that a
+            // short-lived container is still seen; the driver then unsets it.
             None => Refreshed::Gone {
                 id: EntityId::new(Kind::Container, id),
                 said: events

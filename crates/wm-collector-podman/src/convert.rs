@@ -1,6 +1,9 @@
 //! Podman's libpod JSON (the container list and inspect) and its mapping to the store's
-//! [`Container`]: pure functions, no I/O. Every field is optional and every type lenient, so an
-//! odd value costs that field, never the container.
+//! [`Container`]: pure functions, no I/O.
+//!
+//! Every field is optional: a missing one takes its default. A value of the wrong type still
+//! fails the whole row or inspect; the collector then stores the container from its list row
+//! (a bad inspect) or leaves it as the store had it (a bad row).
 
 use std::collections::HashMap;
 
@@ -42,8 +45,11 @@ pub struct ListEntry {
 }
 
 impl ListEntry {
-    /// What, in the list, says the container changed: when it differs from the previous pull's,
-    /// the container is inspected again.
+    /// Returns the row's fingerprint: its state, exit code, exit and start times, pid, names and
+    /// pod name, joined in one string.
+    ///
+    /// When it differs from the fingerprint of the row the container was last inspected for,
+    /// the collector inspects the container again.
     pub fn fingerprint(&self) -> String {
         format!(
             "{}|{}|{}|{}|{}|{}|{}",
@@ -58,7 +64,7 @@ impl ListEntry {
     }
 }
 
-/// `GET /libpod/containers/{id}/json`, the parts the store keeps.
+/// The parts of `GET /libpod/containers/{id}/json` the collector reads.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 pub struct Inspect {
@@ -163,6 +169,7 @@ pub struct InspectEndpoint {
     pub ip_address: String,
 }
 
+/// Maps Podman's state name to the store's status; an unknown name gives `Unknown`.
 fn status(state: &str) -> ContainerStatus {
     match state {
         "created" | "configured" | "initialized" => ContainerStatus::Created,
@@ -179,10 +186,13 @@ fn rfc3339(text: &str) -> Option<Timestamp> {
     Timestamp::parse_rfc3339(text).ok()
 }
 
+/// Converts Unix seconds to a time; 0 or negative (Podman's "never") gives `None`.
 fn unix(secs: i64) -> Option<Timestamp> {
     (secs > 0).then(|| Timestamp::from_unix(secs, 0))
 }
 
+/// Parses the image reference and sets its id when there is one, adding the `sha256:` prefix
+/// when Podman leaves it out.
 fn image(reference: &str, image_id: &str) -> ContainerImage {
     let mut image = ContainerImage::parse(reference);
     if !image_id.is_empty() {
@@ -191,6 +201,7 @@ fn image(reference: &str, image_id: &str) -> ContainerImage {
     image.interned()
 }
 
+/// Returns the container's labels, plus [`PODMAN_POD_NAME_LABEL`] when it is in a podman pod.
 fn labels(map: Option<&HashMap<String, String>>, pod_name: &str) -> StrMap {
     let mut labels: StrMap = map.into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     if !pod_name.is_empty() {
@@ -199,8 +210,12 @@ fn labels(map: Option<&HashMap<String, String>>, pod_name: &str) -> StrMap {
     labels
 }
 
-/// A container from its inspect and its list row (for the pod name). `None` for an infra
-/// container or one without an id.
+/// Converts an inspect into a container, taking the podman pod's name from its list row and
+/// keeping only the env vars that `env` keeps.
+///
+/// The exit code and finish time are kept only for a stopped container, the pid only for a
+/// running one. Returns `None` for an infra container (by its inspect or its row) or one without
+/// an id.
 pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFilter) -> Option<Container> {
     if inspect.id.is_empty() || inspect.is_infra || entry.is_infra {
         return None;
@@ -264,8 +279,12 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
     })
 }
 
-/// A container from its list row alone: what is stored when its inspect fails, so that one odd
-/// container never drops out of a full list (no env: only an inspect has it).
+/// Builds a container from its list row alone: what the collector stores when the container's
+/// inspect does not parse, so that one odd container does not drop out of the full list.
+///
+/// The result has no env, health, creation time, restart count, resources or details
+/// (hostname, networks, cgroup): only an inspect has them. Returns `None` for an infra
+/// container or one without an id.
 pub fn container_from_list(entry: &ListEntry) -> Option<Container> {
     if entry.id.is_empty() || entry.is_infra {
         return None;

@@ -1,16 +1,19 @@
-//! The Podman collector: pulls Podman's libpod REST API on its unix socket and reports every
+//! The Podman collector: polls Podman's libpod REST API on its unix socket and reports every
 //! container as source `runtime`, collector `podman`.
 //!
 //! Podman is daemonless: its service answers requests but keeps no event stream worth
 //! following across its own restarts, so this is a pull collector (every 5 s by default). Each
-//! pull lists all containers and inspects only those whose list row changed since the last pull
-//! (state, exit, start, pid, name, pod), plus running ones with a health check (their verdict
-//! is only in the inspect), 8 at a time. Each inspect's result is kept as it comes, so a pull cut
-//! by its timeout on a big node still makes progress, and the next one goes on from there. The
-//! pull ends with a full list: what is absent from a successful list is unset; a container whose
-//! inspect failed (or whose row does not parse) is skipped, logged once, counted, and kept as the
-//! store had it; the next pull tries it again. A pull whose list fails changes nothing. Every
-//! request has a deadline (10 s).
+//! pull lists all containers and inspects, 8 at a time, only the new ones, those whose list row
+//! changed since they were last inspected (state, exit, start, pid, name, pod), and running ones
+//! with a health check (their verdict is only in the inspect). The collector records each
+//! inspect's result as soon as it arrives, so a pull cut short by its timeout on a big node still
+//! makes progress, and the next one goes on from there.
+//!
+//! The pull ends with a full list: a container absent from a successful list is unset. A
+//! container whose inspect does not parse is stored from its list row (logged once). A container
+//! whose inspect fails (logged when it starts failing, and counted) or whose list row does not
+//! parse (logged once) is left as the store had it, and the next pull tries it again. A pull
+//! whose list fails changes nothing. Every request has a deadline (10 s).
 //!
 //! Podman pods are not entities: a pod's containers carry its name as the label
 //! [`wm_core::PODMAN_POD_NAME_LABEL`], which the tagger turns into `pod_name`. Infra containers
@@ -40,17 +43,21 @@ pub use convert::{Inspect, ListEntry, container_from_inspect, container_from_lis
 pub const DEFAULT_SOCKET: &str = "/run/podman/podman.sock";
 /// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "podman";
-/// The libpod API version the collector speaks (Podman ≥ 4).
+/// The base URL of every request: the libpod API, version 4.0.0, which Podman 4 and later
+/// serve. The host name is a placeholder: requests go to the unix socket.
 const API: &str = "http://podman/v4.0.0/libpod";
 /// Inspects in flight at once.
 const INSPECT_CONCURRENCY: usize = 8;
 /// The deadline of every request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest inspect body read (one container: its config, env, labels and mounts).
+/// The most bytes read of one container's inspect (its config, env, labels and mounts); a
+/// larger body counts as one that does not parse.
 pub const MAX_INSPECT_BODY: usize = 16 << 20;
-/// The largest container list read (10,000 containers at about 2 KiB each, with room).
+/// The most bytes read of the container list (10,000 containers at about 2 KiB each, with room
+/// to spare); a larger list fails the pull.
 pub const MAX_LIST_BODY: usize = 64 << 20;
-/// Ids remembered as logged at most (bounded memory).
+/// The most container ids remembered as already logged; past it they are all forgotten, which
+/// bounds the memory.
 const MAX_REPORTED: usize = 10_000;
 
 /// Where Podman's service listens: the collector's part of the agent config, by its Datadog key
@@ -58,41 +65,54 @@ const MAX_REPORTED: usize = 10_000;
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PodmanConfig {
-    /// `podman_socket_path`: its unix socket; unset: [`DEFAULT_SOCKET`].
+    /// `podman_socket_path`: the path of Podman's unix socket; unset or empty:
+    /// [`DEFAULT_SOCKET`].
     pub podman_socket_path: Option<PathBuf>,
 }
 
-/// What the last pull learned about one container.
+/// What the collector learned about one container when it last inspected it.
 #[derive(Debug)]
 struct Known {
+    /// The fingerprint of the list row the container was inspected for.
     fingerprint: String,
+    /// The container as stored.
     container: Container,
+    /// Whether it has a health check, whose verdict only an inspect shows.
     health_checked: bool,
 }
 
-/// The podman collector.
+/// Polls Podman's service and reports its containers; hand it to the store with
+/// [`into_collector`](Self::into_collector).
 #[derive(Debug)]
 pub struct PodmanCollector {
     config: PodmanConfig,
-    /// The env vars containers keep: the store's filter, taken at each start.
+    /// Decides which env vars of a container are stored: the store's filter, copied at each
+    /// start.
     env: EnvFilter,
+    /// The client `start` built; `None` before it.
     client: Option<reqwest::Client>,
+    /// The containers inspected (or stored from their row) and still in the last list, by id.
     known: HashMap<String, Known>,
-    /// Containers whose odd data was already logged.
+    /// Ids of containers whose list row or inspect did not parse and was already logged, so
+    /// that each is logged once.
     reported: HashSet<String>,
-    /// Containers whose inspect fails, logged when they start failing.
+    /// Ids of containers whose last inspect failed; a warning is logged only when one joins.
     failing: HashSet<String>,
 }
 
+/// Why an inspect gave no container.
 #[derive(Debug)]
 enum InspectError {
+    /// Podman does not know the container (404): it was removed since the list.
     Gone,
+    /// The body passed its cap or does not parse.
     Undecodable(String),
+    /// The request failed, passed its deadline or got an error status.
     Failed(reqwest::Error),
 }
 
 impl PodmanCollector {
-    /// A collector for `config`.
+    /// Creates a collector for `config`.
     pub fn new(config: PodmanConfig) -> Self {
         Self {
             config,
@@ -104,11 +124,14 @@ impl PodmanCollector {
         }
     }
 
-    /// This collector, ready to hand to the store (pulled every 5 s).
+    /// Returns the collector ready to hand to the store, pulled every 5 s (the store's default
+    /// interval).
     pub fn into_collector(self) -> Collector {
         Collector::pull(NAME, Source::Runtime, self)
     }
 
+    /// Returns the socket path: `podman_socket_path`, or [`DEFAULT_SOCKET`] when it is unset or
+    /// empty.
     fn socket(&self) -> PathBuf {
         self.config
             .podman_socket_path
@@ -117,6 +140,7 @@ impl PodmanCollector {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
     }
 
+    /// Returns the client `start` built; a retriable error before that.
     fn client(&self) -> Result<&reqwest::Client, CollectorError> {
         self.client.as_ref().ok_or_else(|| CollectorError::Retriable {
             context: "podman: pulled before it started".into(),
@@ -124,7 +148,13 @@ impl PodmanCollector {
         })
     }
 
-    /// The list's rows, and the ids of rows that do not parse.
+    /// Lists every container, running or not: returns the rows that parse, and the ids of
+    /// those that do not (each logged once; a row without an id is dropped).
+    ///
+    /// # Errors
+    ///
+    /// Fails with a retriable error when the request fails, or the body passes
+    /// [`MAX_LIST_BODY`] or does not parse.
     async fn list(&mut self) -> Result<(Vec<ListEntry>, Vec<String>), CollectorError> {
         let socket = self.socket();
         let failed = |e: reqwest::Error| {
@@ -169,13 +199,16 @@ impl PodmanCollector {
     }
 }
 
-/// The podman collector's cache-miss fetch: one inspect of a container the agent was asked
-/// about before a pull reported it (`tagger` fetch-on-miss); `None` when the service is absent
-/// or does not know it. Its podman pod's name comes with the next pull.
+/// Fetches one container from Podman when the tagger is asked about a container no pull has
+/// reported yet (the tagger's fetch-on-miss).
+///
+/// `fetch` returns `None` when the socket is absent, or the service does not know the container
+/// or fails. The container comes without its podman pod's name, which only the list gives; the
+/// next pull adds it.
 ///
 /// Only a full id (64 lowercase hex digits) is fetched: the id goes into the request's path,
 /// and URL parsing would resolve `..` in it or start a query at `?`. The client (and its
-/// connection pool) is built once and kept.
+/// connection pool) is built on first use and reused.
 #[derive(Debug)]
 pub struct PodmanFetcher {
     socket: PathBuf,
@@ -184,7 +217,8 @@ pub struct PodmanFetcher {
 }
 
 impl PodmanFetcher {
-    /// Creates a fetcher for `config` whose containers keep the env vars `env` keeps.
+    /// Creates a fetcher for `config`; the containers it returns hold only the env vars that
+    /// `env` keeps.
     pub fn new(config: PodmanConfig, env: EnvFilter) -> Self {
         let socket = PodmanCollector::new(config).socket();
         Self { socket, env, client: std::sync::Mutex::new(None) }
@@ -222,7 +256,13 @@ impl wm_core::ContainerFetcher for PodmanFetcher {
     }
 }
 
-/// Inspects one container.
+/// Inspects one container; `id` goes into the request's path as it is.
+///
+/// # Errors
+///
+/// [`InspectError::Gone`] on a 404; [`InspectError::Undecodable`] when the body passes
+/// [`MAX_INSPECT_BODY`] or does not parse; [`InspectError::Failed`] when the request fails,
+/// passes its deadline or gets another error status.
 async fn inspect(client: &reqwest::Client, id: &str) -> Result<convert::Inspect, InspectError> {
     {
         let response = client.get(format!("{API}/containers/{id}/json")).send().await;
@@ -267,7 +307,8 @@ impl PullCollector for PodmanCollector {
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         let client = self.client()?.clone();
         let (entries, odd) = self.list().await?;
-        // Unchanged since the last pull (and no health verdict to refresh): nothing to inspect.
+        // Inspect a container that is new, whose row changed since its last inspect, or whose
+        // health verdict (only in the inspect) may have changed; skip the rest.
         let todo: Vec<(usize, String)> = entries
             .iter()
             .enumerate()
@@ -287,7 +328,8 @@ impl PullCollector for PodmanCollector {
             })
             .buffer_unordered(INSPECT_CONCURRENCY);
         let mut unreadable = Vec::new();
-        // Each result is kept as it comes: a pull cut by its timeout keeps its progress.
+        // Each result is recorded as it arrives, so a pull cut short by its timeout keeps its
+        // progress.
         while let Some((i, fingerprint, result)) = inspections.next().await {
             let entry = &entries[i];
             let (container, health_checked) = match result {
@@ -308,7 +350,8 @@ impl PullCollector for PodmanCollector {
                     if self.failing.insert(entry.id.clone()) {
                         warn!(container_id = %entry.id, error = %e, "podman: inspect failed; skipped (the rest lands), tried again next pull");
                     }
-                    // What the last pull knew stays, with its old fingerprint: inspected again.
+                    // What the collector knew of it stays, with its old fingerprint, so the next
+                    // pull inspects it again; the full list asks the store to keep it.
                     unreadable.push(entry.id.clone());
                     continue;
                 }
@@ -330,8 +373,8 @@ impl PullCollector for PodmanCollector {
             entries.iter().map(|e| e.id.as_str()).chain(odd.iter().map(String::as_str)).collect();
         self.known.retain(|id, _| listed.contains(id.as_str()));
         self.failing.retain(|id| listed.contains(id.as_str()));
-        // Logged-once memory, bounded: a container that keeps sending odd data is logged again
-        // only after many others did.
+        // Bound the memory of what was logged: a container whose data keeps failing to parse is
+        // logged again only after many others were.
         if self.reported.len() > MAX_REPORTED {
             self.reported.clear();
         }

@@ -3,29 +3,37 @@
 //! on kube-runtime's watcher, which lists and watches by itself.
 //!
 //! A collector implements [`ListWatch`]: how to subscribe ([`ListWatch::watch`]), optionally how
-//! to prove the subscription live ([`ListWatch::probe`]), how to list, which entity an event is
-//! about ([`ListWatch::key`]) and what that entity is now ([`ListWatch::refresh`]). [`Driver`]
-//! turns it into a [`StreamCollector`] that does, once per run:
+//! to prove the subscription live ([`ListWatch::probe`]), how to list ([`ListWatch::list`]),
+//! which entity an event is about ([`ListWatch::key`]) and what that entity is now
+//! ([`ListWatch::refresh`]). [`Driver`] turns it into a [`StreamCollector`] that does, once per
+//! run:
 //!
-//! 1. subscribe, and drive the event stream from a task of its own (a lazy stream, or a subscribe
-//!    call that only returns with the first event, is fine), aborted when the run ends;
-//! 2. when the collector probes, repeat the probe every 100 ms until the stream says
-//!    [`Watched::Live`] (at most 10 s), keeping the events that arrive meanwhile;
-//! 3. list, and send it as one full list (the store reconciles: nothing stale, nothing missing);
-//! 4. then take whatever events are pending (up to 512) as a batch, group them per entity in
-//!    order of first appearance, refresh each entity once (up to [`REFRESH_CONCURRENCY`] at a
-//!    time), and send the batch's sets and unsets together, in that order. An entity gone before
-//!    its refresh is reported from what its events said (a container that lived a few
-//!    milliseconds is still seen), then unset.
+//! 1. subscribe, and poll the event stream from a task of its own from the start, so that a
+//!    stream that subscribes only when first polled, or whose subscribe call returns only with the
+//!    first event, does not hold up the run; the task is aborted when the run ends;
+//! 2. if the collector probes (its `probe` returns `true`), repeat the probe every
+//!    [`PROBE_INTERVAL`] (100 ms) until the stream yields [`Watched::Live`], for at most
+//!    [`PROBE_DEADLINE`] (10 s), setting aside the events that arrive meanwhile;
+//! 3. list, and send the result as one full list: the store sets what is new or changed and
+//!    unsets what is no longer there;
+//! 4. handle the events set aside while probing, then, each time events arrive, take all those
+//!    pending (up to [`MAX_BATCH`], 512) as one batch: group them per entity in order of first
+//!    appearance, refresh each entity once (up to [`REFRESH_CONCURRENCY`] at a time), and send
+//!    the batch's sets and unsets together, in that order. An entity that is gone by the time it
+//!    is refreshed is first set from the data its events carried, then unset, so that a
+//!    container that lived a few milliseconds is still seen.
 //!
-//! One entity never stalls the others: an entity the list could not read, or whose refresh
-//! failed (an inspect that errors or passes its deadline), is skipped (logged once while it
-//! keeps failing, counted as `workloadmeta.entity_errors`), what the store had of it stays, and
-//! it is refreshed again with its next event or every [`RETRY_FAILED_EVERY`], whichever comes
-//! first. Only a permanent error fails the run.
+//! One entity never holds up the others. An entity the list could not read, or whose refresh
+//! failed (an inspect that errors or passes its deadline), is skipped: its error is counted in
+//! the `workloadmeta.entity_errors` metric, a warning is logged when it starts failing (only
+//! debug messages while it keeps failing), the store keeps what it had of it, and the driver
+//! refreshes it again on its next event or at the next retry, every [`RETRY_FAILED_EVERY`],
+//! whichever comes first. Only a permanent error from a refresh fails the run.
 //!
-//! A broken stream fails the run retriably: the store's runner owns the backoff and runs it again,
-//! and the next run's full list reconciles. The run ends quietly when the store shuts down.
+//! A stream that yields an error fails the run with that error (collectors make it retriable),
+//! and one that ends fails it with a retriable error. After a retriable error the store's runner
+//! runs the collector again once its backoff has passed, and the new run's full list corrects
+//! whatever changed in between. The run ends without an error when the store shuts down.
 //!
 //! This crate sits below the collectors (it depends on `wm-core` only) and talks to no daemon.
 
@@ -41,18 +49,22 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use wm_core::{CollectorContext, CollectorError, Entity, EntityId, EventType, SourceSink, StreamCollector};
 
-/// Events taken as one batch at most.
+/// The most events the driver takes into one batch; the rest wait for the next batch.
 pub const MAX_BATCH: usize = 512;
-/// Refreshes (inspects) in flight at once.
+/// The most refreshes (inspects) the driver runs at once.
 pub const REFRESH_CONCURRENCY: usize = 8;
-/// How often entities whose refresh failed are refreshed again when no event comes for them.
+/// How often the driver refreshes again the entities whose refresh failed, when no event for
+/// them comes first.
 pub const RETRY_FAILED_EVERY: Duration = Duration::from_secs(10);
-/// Events the pump holds before it stops reading the daemon (a slow consumer slows the reading;
-/// nothing is dropped).
+/// How many stream items wait at most between the task that reads the stream and the run.
+///
+/// When that many wait, the task stops reading the stream until the run takes some, so a slow
+/// run slows the reading and nothing is dropped.
 const PUMP_CAPACITY: usize = 1024;
-/// Time between two probes while the subscription is not yet proven live.
+/// How long the driver waits for [`Watched::Live`] after each probe before it probes again.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a subscription may take to prove itself live.
+/// How long a subscription may take to prove itself live: past it the run fails with a
+/// retriable error.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// An item of a watch stream.
@@ -60,36 +72,45 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 pub enum Watched<E> {
     /// A change event.
     Event(E),
-    /// The answer to a probe: from here on the stream carries every change.
+    /// The answer to a probe: from this item on, the stream carries every change.
     Live,
 }
 
-/// What a watch stream yields. An `Err` ends the stream: the run fails with it.
+/// The stream [`ListWatch::watch`] returns.
+///
+/// An `Err` item ends the stream: the driver handles the events before it, then the run fails
+/// with that error.
 pub type WatchStream<E> = BoxStream<'static, Result<Watched<E>, CollectorError>>;
 
-/// What an entity is now, after its events in a batch.
+/// The result of refreshing one entity: what the driver sends for it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refreshed {
-    /// It exists: set it.
+    /// The entity exists as given: the driver sets it.
     Present(Entity),
-    /// It is gone: set what its events said (if anything), then unset it.
+    /// The entity no longer exists: the driver sets `said` (if any), then unsets `id`.
     Gone {
-        /// Its id.
+        /// The entity's id.
         id: EntityId,
-        /// What its events said about it, reported before the unset.
+        /// The entity as its events of the batch describe it, set before the unset so that a
+        /// short-lived entity is still seen; `None` when they describe nothing worth setting.
         said: Option<Entity>,
     },
-    /// Nothing to report (a sandbox, a payload that does not parse: the collector logged it).
+    /// Nothing to send, as for a pod sandbox or a payload that does not parse (the collector
+    /// logs why).
     Skip,
 }
 
-/// What a list read: the entities, and those it listed but could not read (an inspect failed),
-/// by key and id: the store keeps what it had of them and the driver refreshes them later.
+/// The result of [`ListWatch::list`]: the entities read, and those listed but not read.
+///
+/// An entity that was listed but could not be read (its inspect failed) goes in `unreadable`:
+/// the driver asks the store to keep what it had of it instead of unsetting it, and refreshes it
+/// later.
 #[derive(Debug, Default)]
 pub struct Listed {
     /// Every entity read.
     pub entities: Vec<Entity>,
-    /// Listed but unreadable this time: (key for [`ListWatch::refresh`], entity id).
+    /// The entities listed but not read this time, each as (the key to pass to
+    /// [`ListWatch::refresh`], its entity id).
     pub unreadable: Vec<(String, EntityId)>,
 }
 
@@ -99,7 +120,14 @@ impl From<Vec<Entity>> for Listed {
     }
 }
 
-/// Bounds a daemon call with `deadline`: passing it is a retriable error naming `call`.
+/// Runs `fut`, a call to a daemon, for at most `deadline`.
+///
+/// `call` names the call in the error message; it is only run when the deadline passes.
+///
+/// # Errors
+///
+/// Returns the error of `fut`, or, when `deadline` passes first, a retriable error that reads
+/// "`<call>` timed out after `<deadline>`".
 pub async fn with_deadline<T>(
     deadline: Duration,
     call: impl FnOnce() -> String,
@@ -113,43 +141,74 @@ pub async fn with_deadline<T>(
     }
 }
 
-/// A collector that subscribes to a change stream, lists, and refreshes one entity at a time.
+/// Describes how a collector subscribes to its daemon's change stream, lists every entity, and
+/// reads one entity; [`Driver`] runs it.
 #[async_trait]
 pub trait ListWatch: Send + Sync + 'static {
     /// A change event as the daemon sends it.
     type Event: Send + 'static;
 
-    /// Takes what it needs from the store's context at the start of each run, before
-    /// [`watch`](Self::watch): the env filter of the containers it reports. Does nothing by
-    /// default.
+    /// Copies what the collector needs from the store's context, at the start of each run and
+    /// before [`watch`](Self::watch).
+    ///
+    /// A container collector takes the env filter (`ctx.env`) here. Does nothing by default.
     fn prepare(&mut self, ctx: &CollectorContext) {
         let _ = ctx;
     }
 
-    /// Connects and subscribes. An absent environment (no socket) is
-    /// [`CollectorError::EnvironmentAbsent`]. The stream must carry every change made after it
-    /// was first polled, or after it answered a probe with [`Watched::Live`] when
-    /// [`probe`](Self::probe) returns `true`.
+    /// Connects to the daemon and subscribes to its changes.
+    ///
+    /// The stream must carry every change made after it was first polled or, when
+    /// [`probe`](Self::probe) returns `true`, every change made after it yielded
+    /// [`Watched::Live`].
+    ///
+    /// # Errors
+    ///
+    /// Returns [`CollectorError::EnvironmentAbsent`] when the daemon is not on this node (no
+    /// socket), and another error when connecting or subscribing fails; the variant tells the
+    /// store when to run the collector again.
     async fn watch(&mut self) -> Result<WatchStream<Self::Event>, CollectorError>;
 
-    /// Asks the daemon to prove the subscription live (publish a marker the stream answers with
-    /// [`Watched::Live`]). Returns `false` when there is nothing to prove: a subscription that
-    /// replays from an instant before the list (docker's `since`). Called every
-    /// [`PROBE_INTERVAL`] until the answer comes.
+    /// Asks the daemon to prove the subscription live, and tells whether it asked.
+    ///
+    /// A probe makes the daemon publish a marker that the stream turns into [`Watched::Live`];
+    /// once that item arrives, every later change is on the stream, so the driver can list
+    /// without missing one. Returns `false` when there is nothing to prove, as for a
+    /// subscription that replays from an instant before the list (docker's `since`); the
+    /// default does so. The driver calls it every [`PROBE_INTERVAL`] until `Live` arrives, and
+    /// stops at the first `false`.
+    ///
+    /// # Errors
+    ///
+    /// An error fails the run.
     async fn probe(&mut self) -> Result<bool, CollectorError> {
         Ok(false)
     }
 
-    /// Every entity now (those listed but unreadable in [`Listed::unreadable`]).
+    /// Lists every entity the daemon has now.
+    ///
+    /// An entity that is listed but cannot be read (its inspect fails) goes in
+    /// [`Listed::unreadable`] instead of failing the list.
+    ///
+    /// # Errors
+    ///
+    /// An error fails the run.
     async fn list(&mut self) -> Result<Listed, CollectorError>;
 
-    /// Which entity an event is about; `None`: the event changes nothing.
+    /// Returns the key of the entity an event is about, or `None` when the event changes
+    /// nothing (the driver then drops it).
     fn key(&self, event: &Self::Event) -> Option<String>;
 
-    /// What the entity `key` is now, given its events of this batch (in order; none when the
-    /// driver retries an entity that failed). Refreshes of different keys run concurrently. A
-    /// retriable error skips the entity until its next event or retry; a permanent one fails
-    /// the run.
+    /// Reads what the entity `key` is now.
+    ///
+    /// `events` are the entity's events of this batch, in order; they are empty when the driver
+    /// retries an entity whose last read failed. Refreshes of different keys run concurrently
+    /// (up to [`REFRESH_CONCURRENCY`] at a time).
+    ///
+    /// # Errors
+    ///
+    /// A permanent error fails the run. Any other error skips the entity: the store keeps what
+    /// it had, and the driver refreshes it again on its next event or retry.
     async fn refresh(&self, key: &str, events: Vec<Self::Event>) -> Result<Refreshed, CollectorError>;
 }
 
@@ -157,19 +216,26 @@ pub trait ListWatch: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Driver<L> {
     inner: L,
-    /// Keys whose last refresh (or list read) failed: retried, and logged only when they start
-    /// failing.
+    /// Keys whose last refresh (or read during the list) failed. The driver refreshes them again
+    /// on a timer, and logs a warning only when a key joins this set.
     failing: HashSet<String>,
 }
 
 impl<L: ListWatch> Driver<L> {
-    /// The driver of `inner`.
+    /// Creates a driver that runs `inner`.
     pub fn new(inner: L) -> Self {
         Self { inner, failing: HashSet::new() }
     }
 
-    /// Groups a batch per entity (in order of first appearance), refreshes each once (a few at
-    /// a time), and gives the sets and unsets to send, in that order.
+    /// Refreshes each entity of a grouped batch once (up to [`REFRESH_CONCURRENCY`] at a time)
+    /// and returns the sets and unsets to send, in the batch's order.
+    ///
+    /// An entity whose refresh fails with an error that is not permanent is recorded as failing
+    /// and left out.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first permanent error, in the batch's order.
     async fn handle(
         &mut self,
         sink: &SourceSink,
@@ -213,7 +279,8 @@ impl<L: ListWatch> Driver<L> {
         Ok(out)
     }
 
-    /// Records an entity that could not be read: counted, logged when it starts failing.
+    /// Records an entity that could not be read: counts it as an entity error, logs a warning
+    /// if it was not already failing (a debug message otherwise), and marks it for retry.
     fn entity_failed(&mut self, sink: &SourceSink, key: String, error: &CollectorError) {
         sink.entity_error();
         let error = error.with_causes();
@@ -222,14 +289,16 @@ impl<L: ListWatch> Driver<L> {
         } else {
             tracing::debug!(key, %error, "still cannot read this entity");
         }
-        // Bounded: past this many failing entities the daemon itself is in trouble; the next
-        // relist reads them all again.
+        // Bounded memory: this many failing entities means the daemon itself is in trouble, so
+        // forget them all instead of growing. Each is then read again on its next event or by the
+        // next run's list, no longer on the retry timer.
         if self.failing.len() > MAX_FAILING {
             self.failing.clear();
         }
     }
 
-    /// Groups events per key, in order of first appearance.
+    /// Groups events per key, the keys in order of first appearance, and drops the events
+    /// without a key.
     fn group(&self, events: Vec<L::Event>) -> Vec<(String, Vec<L::Event>)> {
         let mut order: Vec<(String, Vec<L::Event>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -246,7 +315,8 @@ impl<L: ListWatch> Driver<L> {
         order
     }
 
-    /// Adds the failing keys the batch does not already refresh, with no events.
+    /// Appends to `batch`, with no events and in sorted order, the failing keys it does not
+    /// already hold.
     fn with_retries(&self, mut batch: Vec<(String, Vec<L::Event>)>) -> Vec<(String, Vec<L::Event>)> {
         let present: HashSet<&String> = batch.iter().map(|(k, _)| k).collect();
         let mut retries: Vec<String> = self.failing.iter().filter(|k| !present.contains(k)).cloned().collect();
@@ -256,10 +326,14 @@ impl<L: ListWatch> Driver<L> {
     }
 }
 
-/// Failing entities remembered at most.
+/// The most failing keys the driver remembers; past it, it forgets them all.
 const MAX_FAILING: usize = 10_000;
 
-/// Drives `stream` into `tx` until it ends, breaks, or the receiver is gone.
+/// Forwards the items of `stream` to `tx` until the stream ends, yields an error, or the
+/// receiver is dropped.
+///
+/// An error item is forwarded before the pump stops. When the stream ends, the pump sends a
+/// retriable "the event stream ended" error, so that the run fails and the store runs it again.
 async fn pump<E: Send + 'static>(mut stream: WatchStream<E>, tx: mpsc::Sender<Result<Watched<E>, CollectorError>>) {
     while let Some(item) = stream.next().await {
         let broken = item.is_err();
@@ -271,7 +345,8 @@ async fn pump<E: Send + 'static>(mut stream: WatchStream<E>, tx: mpsc::Sender<Re
     let _ = tx.send(Err(ended)).await;
 }
 
-/// Aborts the pump when the run ends, however it ends.
+/// Aborts the pump task when dropped, so that the task stops when the run ends, whether the run
+/// returns, fails, or is dropped by the store.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -280,7 +355,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Probes until the stream answers [`Watched::Live`], keeping real events in `early`.
+/// Probes until the stream yields [`Watched::Live`], pushing the events that arrive meanwhile
+/// onto `early`.
+///
+/// Returns at once when the collector does not probe (its `probe` returns `false`).
+///
+/// # Errors
+///
+/// Fails with the stream's error or the probe's, or with a retriable error when the pump task is
+/// gone or the subscription is not live within [`PROBE_DEADLINE`].
 async fn wait_until_live<L: ListWatch>(
     inner: &mut L,
     rx: &mut mpsc::Receiver<Result<Watched<L::Event>, CollectorError>>,
@@ -331,8 +414,8 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
             keep.push(id);
         }
         ctx.sink.full_list_keeping(listed.entities, keep).await;
-        // Events from before the list mostly repeat it; handling them is harmless, and keeps
-        // what only events say (an exit code).
+        // The events that arrived while probing mostly repeat what the list sent; handling them
+        // is harmless, and it keeps what only events carry (an exit code).
         if !early.is_empty() {
             let batch = self.group(early);
             let events = self.handle(&ctx.sink, batch).await?;
