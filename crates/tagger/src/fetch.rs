@@ -103,10 +103,14 @@ struct Bucket {
     at: tokio::time::Instant,
 }
 
-/// Removes a flight from the in-flight map when a call that started or joined it ends.
+/// Removes a flight from the in-flight map when the last call that started or joined it ends.
 ///
-/// It removes the entry only if the entry is still that flight: after another call removed it,
-/// a later call may have started a new flight for the same id.
+/// A call that ends while others still wait on the flight (a client that gave up) leaves it in
+/// the map: removing it would let the next lookup of the id start a second fetch beside the one
+/// under way. Every call holds one reference to the flight and the map holds one; references are
+/// only taken from the map under its lock, so a count of two seen under the lock means this call
+/// is the last. The entry is removed only if it is still that flight: a later call may have
+/// started a new flight for the same id.
 struct ClearFlight<'a> {
     in_flight: &'a Mutex<HashMap<String, Flight>>,
     id: &'a str,
@@ -116,7 +120,7 @@ struct ClearFlight<'a> {
 impl Drop for ClearFlight<'_> {
     fn drop(&mut self) {
         let mut in_flight = self.in_flight.locked();
-        if in_flight.get(self.id).is_some_and(|f| Arc::ptr_eq(f, self.flight)) {
+        if Arc::strong_count(self.flight) == 2 && in_flight.get(self.id).is_some_and(|f| Arc::ptr_eq(f, self.flight)) {
             in_flight.remove(self.id);
         }
     }

@@ -201,3 +201,24 @@ async fn a_caller_that_gives_up_mid_fetch_leaves_no_flight_behind() {
     assert_eq!(fetcher.calls.load(Ordering::SeqCst), 50, "each lookup started its fetch, then gave up");
     assert_eq!(tagger.fetches_in_flight(), 0, "no flight is left behind by the callers that gave up");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_while_others_wait_starts_no_second_fetch() {
+    let (tagger, fetcher) = tagger(Duration::from_secs(10), Duration::from_secs(60));
+    let entity = "container_id://shared";
+    // One lookup waits for the fetch to the end; a second joins it and gives up after 1 s.
+    let patient = {
+        let tagger = tagger.clone();
+        tokio::spawn(async move { tagger.tag_or_fetch(entity, TagCardinality::High).await.to_vec() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = tokio::time::timeout(Duration::from_secs(1), tagger.tag_or_fetch(entity, TagCardinality::High));
+    assert!(asked.await.is_err(), "the second lookup gave up");
+    assert_eq!(tagger.fetches_in_flight(), 1, "the flight stays while the first lookup waits on it");
+    // A third lookup, after the second gave up, joins the same fetch instead of starting one.
+    let tags = tagger.tag_or_fetch(entity, TagCardinality::High).await.to_vec();
+    assert!(tags.contains(&"container_name:late".to_owned()), "{tags:?}");
+    assert!(patient.await.unwrap().contains(&"container_name:late".to_owned()));
+    assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1, "one fetch for the three lookups");
+    assert_eq!(tagger.fetches_in_flight(), 0, "the last lookup to end removed the flight");
+}
