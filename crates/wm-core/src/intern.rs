@@ -56,7 +56,7 @@ impl Eq for Text {}
 impl Kept for Text {
     type Key = str;
 
-    fn holders(&self) -> usize {
+    fn references(&self) -> usize {
         // `None` is a static text, never made here.
         arcstr::ArcStr::strong_count(&self.0).unwrap_or(usize::MAX)
     }
@@ -149,7 +149,7 @@ pub(crate) trait Kept: Borrow<Self::Key> + Hash + Eq {
     /// What the set is searched by.
     type Key: ?Sized + Hash + Eq;
     /// Returns the reference count, the set's own reference included.
-    fn holders(&self) -> usize;
+    fn references(&self) -> usize;
     /// Tells whether both point at the same allocation.
     fn is(&self, other: &Self) -> bool;
     /// Returns its key.
@@ -159,7 +159,7 @@ pub(crate) trait Kept: Borrow<Self::Key> + Hash + Eq {
 impl<T: Hash + Eq> Kept for Arc<T> {
     type Key = T;
 
-    fn holders(&self) -> usize {
+    fn references(&self) -> usize {
         Arc::strong_count(self)
     }
 
@@ -180,7 +180,7 @@ impl<T: Hash + Eq> Kept for Arc<T> {
 /// here means `held` and the set, and no other thread can add a reference before the removal
 /// (the module docs say more).
 pub(crate) fn let_go_under_lock<K: Kept, S: BuildHasher>(set: Option<&mut HashSet<K, S>>, held: K) {
-    if held.holders() == 2
+    if held.references() == 2
         && let Some(set) = set
         && set.get(held.key()).is_some_and(|kept| kept.is(&held))
     {
