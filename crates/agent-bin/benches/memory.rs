@@ -275,6 +275,6 @@ fn replica(tagger: &Tagger, pods: usize) {
     println!(
         "store.memory.replica  {per_pod} B/pod  -  -  <=2048 B  {verdict}  ({} entities, {} distinct tag lists)",
         replica.entities().len(),
-        replica.lists_kept()
+        wm_ipc::replica::RemoteTagger::lists_interned()
     );
 }

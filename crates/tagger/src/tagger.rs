@@ -13,7 +13,7 @@ use crate::config::TaggerConfig;
 use crate::entity_id::TaggerEntityId;
 use crate::fetch::{ContainerFetcher, FetchLimits, SingleFlight};
 use crate::rules;
-use crate::store::{Clock, EntityTags, SharedParts, SystemClock, TagKey, TagSource, TagStore, Tags};
+use crate::store::{Clock, SharedPart, SharedParts, SystemClock, TagKey, TagSource, TagStore, Tags};
 use crate::tags::{TagCardinality, TagInfo};
 
 /// The entity id that holds the node-wide tags: those from this node's labels and annotations
@@ -39,7 +39,7 @@ type Children = HashMap<TagKey, Box<[TagKey]>>;
 
 /// An entity that a pod, task or object gives tags to: its key, the part it shares with others
 /// (the tags of a pod template's container), and its own extra tags.
-type Child = (TagKey, Option<EntityTags>, TagInfo);
+type Child = (TagKey, Option<SharedPart>, TagInfo);
 
 /// How often the tagger prunes deletions past their grace period.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -54,10 +54,6 @@ pub struct Tagger {
     children: Mutex<Children>,
     /// Asks the runtime about a container that a lookup did not find; `None` without a fetcher.
     fetcher: Option<SingleFlight>,
-    /// The parts many entities share, one copy of each: an image's tags, a container name's, and
-    /// a pod template's container's. A part no entity uses any more is dropped by
-    /// [`Tagger::prune`].
-    shared_tags: Mutex<HashSet<EntityTags>>,
 }
 
 impl Tagger {
@@ -71,13 +67,7 @@ impl Tagger {
     /// Tests pass a [`crate::ManualClock`] and move it past the grace period.
     pub fn with_clock(config: TaggerConfig, clock: Arc<dyn Clock>) -> Self {
         let grace = config.deletion_grace_period();
-        Self {
-            config,
-            store: TagStore::new(clock, grace),
-            children: Mutex::new(HashMap::new()),
-            fetcher: None,
-            shared_tags: Mutex::new(HashSet::new()),
-        }
+        Self { config, store: TagStore::new(clock, grace), children: Mutex::new(HashMap::new()), fetcher: None }
     }
 
     /// Adds a fetcher that [`Tagger::tag_or_fetch`] asks about a container it does not know.
@@ -186,7 +176,7 @@ impl Tagger {
                     .filter(|c| !c.id.is_empty())
                     .map(|c| {
                         let (template, own) = rules::pod_container_tags(p, c);
-                        (TagKey::container(c.id.clone()), self.shared(&template), own)
+                        (TagKey::container(c.id.clone()), SharedPart::new(&template), own)
                     })
                     .collect();
                 self.set_with_children(TagSource::KubernetesPod, id, &pod, children);
@@ -221,46 +211,29 @@ impl Tagger {
         }
     }
 
-    /// Returns the tagger's one copy of `tags` packed as a part, adding it if it is new, so that
-    /// every entity given the same tags holds the same allocation; `None` for no tags.
-    fn shared(&self, tags: &TagInfo) -> Option<EntityTags> {
-        if tags.is_empty() {
-            return None;
-        }
-        let tags = EntityTags::build(tags);
-        let mut kept = self.shared_tags.locked();
-        Some(match kept.get(&tags) {
-            Some(same) => same.clone(),
-            None => {
-                kept.insert(tags.clone());
-                tags
-            }
-        })
-    }
-
     /// Tags a container from its own source: its image's tags, then its name's, then its own.
     ///
     /// The image's and the name's tags are shared parts, one per image and one per name.
     fn set_container(&self, id: TagKey, c: &wm_core::Container) {
         let (image, name, own) = rules::container_tags_by_image(c, &self.config);
-        let shared = SharedParts { broad: self.shared(&image), narrow: self.shared(&name) };
+        let shared = SharedParts { broad: SharedPart::new(&image), narrow: SharedPart::new(&name) };
         self.store.set_layered(id, TagSource::Container, shared, &own);
     }
 
-    /// Drops the deletions past their grace period, then the shared parts no entity uses.
-    ///
-    /// A part is unused when the tagger's own set holds its only reference. The tag store's
-    /// lock-free map frees old records in batches as later writes go on, so a part may outlive
-    /// its last entity by a few prunes.
+    /// Drops the deletions past their grace period.
     pub fn prune(&self) {
         self.store.prune();
-        self.shared_tags.locked().retain(|tags| tags.handles() > 1);
     }
 
-    /// Counts the shared parts the tagger holds: images', container names' and pod templates'
-    /// containers' tags, each held once for every entity given it.
-    pub fn shared_tags_kept(&self) -> usize {
-        self.shared_tags.locked().len()
+    /// Counts the shared parts interned now, across every tagger in the process: images',
+    /// container names', pods' own and pod templates' containers' tags, each kept once for
+    /// every entity given it.
+    ///
+    /// A part leaves when the last record holding it is freed. The tag store's lock-free map
+    /// frees replaced records in batches as later writes go on, so a part may outlive its last
+    /// entity for a while.
+    pub fn shared_parts_interned() -> usize {
+        SharedPart::interned()
     }
 
     /// Tags a pod, task or object with `own`, and each of its children with `own`, then the
@@ -270,7 +243,7 @@ impl Tagger {
     /// recorded under the parent's key; a child the parent listed before but no longer lists
     /// loses what `source` said about it.
     fn set_with_children(&self, source: TagSource, id: TagKey, own: &TagInfo, children: Vec<Child>) {
-        let base = Some(EntityTags::build(own));
+        let base = SharedPart::new(own);
         let none = TagInfo::default();
         let (id, _) = self.store.set_layered(id, source, SharedParts { broad: base.clone(), narrow: None }, &none);
         let now: Box<[TagKey]> = children
@@ -398,47 +371,54 @@ mod tests {
     fn image_and_name_tags_are_kept_once_each_and_go_with_the_last_container() {
         let clock = Arc::new(ManualClock::default());
         let tagger = Tagger::with_clock(TaggerConfig::default(), clock.clone());
-        let sets = [("a", "nginx:1.25"), ("b", "nginx:1.25"), ("c", "redis:7")];
+        // Images and names no other test uses: the interner is process-wide.
+        let sets = [("sa", "shared-test/nginx:1.25"), ("sb", "shared-test/nginx:1.25"), ("sc", "shared-test/redis:7")];
         tagger.process(&sets.map(|(id, image)| event(EventType::Set, id, image)));
         // Two images' tags, and three names' (each container here has a name of its own).
-        assert_eq!(tagger.shared_tags_kept(), 2 + 3);
+        let parts: Vec<TagInfo> = sets
+            .iter()
+            .flat_map(|(id, image)| {
+                let (image, name, _) = rules::container_tags_by_image(&c(id, image), &tagger.config);
+                [image, name]
+            })
+            .collect();
+        let interned = || parts.iter().filter(|p| SharedPart::is_interned(p)).count();
+        assert_eq!(interned(), 6, "every part is interned (the nginx image's twice over)");
         // Each container reads as if it had its own copy: its image's tags, its name's, then its
         // own.
-        let b = tagger.tag(&container_entity("b"), TagCardinality::High).to_vec();
+        let b = tagger.tag(&container_entity("sb"), TagCardinality::High).to_vec();
         assert_eq!(
             b,
             [
-                "image_name:nginx",
+                "image_name:shared-test/nginx",
                 "short_image:nginx",
                 "image_tag:1.25",
-                "docker_image:nginx:1.25",
-                "container_name:b",
-                "container_id:b"
+                "docker_image:shared-test/nginx:1.25",
+                "container_name:sb",
+                "container_id:sb"
             ]
         );
-        assert_eq!(
-            tagger.store().tag_info(&container_entity("b")),
-            Some(rules::container_tags(&c("b"), &tagger.config))
-        );
+        let sb = c("sb", "shared-test/nginx:1.25");
+        assert_eq!(tagger.store().tag_info(&container_entity("sb")), Some(rules::container_tags(&sb, &tagger.config)));
 
         // Every container goes: after the grace period, so do the images' tags.
         tagger.process(&sets.map(|(id, image)| event(EventType::Unset, id, image)));
         tagger.prune();
-        assert_eq!(tagger.shared_tags_kept(), 2 + 3, "still served during the grace period");
+        assert_eq!(interned(), 6, "still served during the grace period");
         clock.advance(tagger.config.deletion_grace_period());
         tagger.prune();
-        assert!(tagger.tag(&container_entity("a"), TagCardinality::High).is_empty());
-        // The records that pointed at them are freed by the lock-free map in batches,
-        // as later writes go on: the images' tags go at the first prune after that.
+        assert!(tagger.tag(&container_entity("sa"), TagCardinality::High).is_empty());
+        // The records that pointed at them are freed by the lock-free map in batches, as later
+        // writes go on: the parts leave the interner then.
         let mut churn = 0;
-        while tagger.shared_tags_kept() > 0 && churn < 1_000 {
+        while interned() > 0 && churn < 1_000 {
             tagger.process(&[event(EventType::Set, "churn", &format!("churn:{churn}"))]);
             tagger.process(&[event(EventType::Unset, "churn", &format!("churn:{churn}"))]);
             clock.advance(tagger.config.deletion_grace_period());
             tagger.prune();
             churn += 1;
         }
-        assert_eq!(tagger.shared_tags_kept(), 0, "after {churn} rounds of churn");
+        assert_eq!(interned(), 0, "after {churn} rounds of churn");
     }
 
     #[test]
@@ -477,8 +457,8 @@ mod tests {
         assert!(!high(&container_entity("b")).is_empty());
     }
 
-    fn c(id: &str) -> Container {
-        let Entity::Container(c) = event(EventType::Set, id, "nginx:1.25").entity else { unreachable!() };
+    fn c(id: &str, image: &str) -> Container {
+        let Entity::Container(c) = event(EventType::Set, id, image).entity else { unreachable!() };
         (*c).clone()
     }
 }

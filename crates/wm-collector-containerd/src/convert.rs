@@ -104,11 +104,7 @@ pub fn container_from_containerd(
         }
         None => Spec::default(),
     };
-    let mut image = ContainerImage::parse(&record.image);
-    if let Some(digest) = image_digest.filter(|d| !d.is_empty()) {
-        image.id = digest.to_owned();
-    }
-    let image = image.interned();
+    let image = ContainerImage::parse_with_id(&record.image, image_digest.unwrap_or_default());
     let (status, running, pid, exit) = match task {
         Some(task) => {
             let status = match Status::try_from(task.status).unwrap_or(Status::Unknown) {

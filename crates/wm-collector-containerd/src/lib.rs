@@ -521,7 +521,7 @@ fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Containe
     Container {
         id: wm_core::Id::from(id),
         name: id.into(),
-        image: image.map(|i| wm_core::ContainerImage::parse(i).interned()).unwrap_or_default(),
+        image: image.map(wm_core::ContainerImage::parse).unwrap_or_default(),
         runtime: Some(wm_core::Runtime::Containerd),
         state: wm_core::ContainerState {
             status: if exit.is_some() { wm_core::ContainerStatus::Stopped } else { wm_core::ContainerStatus::Unknown },

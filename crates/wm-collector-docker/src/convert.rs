@@ -58,11 +58,10 @@ pub fn container_from_inspect(
         return None;
     }
     let kube_managed = labels_map.contains_key(KUBE_NAMESPACE_LABEL);
-    let mut image = ContainerImage::parse(image_name.unwrap_or(configured_image));
-    if let Some(image_id) = inspect.image.as_deref().filter(|i| !i.is_empty()) {
-        image.id = image_id.to_owned();
-    }
-    let image = image.interned();
+    let image = ContainerImage::parse_with_id(
+        image_name.unwrap_or(configured_image),
+        inspect.image.as_deref().unwrap_or_default(),
+    );
     let state = inspect.state.as_ref();
     let status = match state.and_then(|s| s.status) {
         Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
@@ -204,7 +203,7 @@ pub fn container_from_event(
     Some(Container {
         id: wm_core::Id::from(id),
         name: attributes.get("name").map(String::as_str).unwrap_or_default().into(),
-        image: ContainerImage::parse(image_raw).interned(),
+        image: ContainerImage::parse(image_raw),
         runtime: Some(Runtime::Docker),
         owner: label_map
             .get(KUBE_POD_UID_LABEL)

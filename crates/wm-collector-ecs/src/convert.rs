@@ -96,11 +96,7 @@ struct V1Container {
 }
 
 fn orchestrator_container(id: &str, name: &str, image: &str, image_id: &str) -> OrchestratorContainer {
-    let mut image = ContainerImage::parse(image);
-    if !image_id.is_empty() {
-        image.id = image_id.to_owned();
-    }
-    OrchestratorContainer { id: id.into(), name: name.into(), image: image.interned() }
+    OrchestratorContainer { id: id.into(), name: name.into(), image: ContainerImage::parse_with_id(image, image_id) }
 }
 
 /// `/v1/tasks` of the introspection API (EC2 daemon mode). `cluster`: the cluster of
@@ -140,9 +136,7 @@ pub fn v1_tasks(bytes: &[u8], cluster: &str) -> Result<Converted, serde_json::Er
         };
         for c in task.containers.into_iter().filter(|c| !c.docker_id.is_empty()) {
             entity.containers.push(orchestrator_container(&c.docker_id, &c.name, &c.image, &c.image_id));
-            let mut image = ContainerImage::parse(&c.image);
-            image.id = c.image_id.clone();
-            let image = image.interned();
+            let image = ContainerImage::parse_with_id(&c.image, &c.image_id);
             containers.push(Entity::from(Container {
                 id: wm_core::Id::from(c.docker_id.as_str()),
                 name: if c.docker_name.is_empty() { c.name.into() } else { c.docker_name.into() },
@@ -296,9 +290,7 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
         }
         entity.containers.push(orchestrator_container(&c.docker_id, &c.name, &c.image, &c.image_id));
         let status = status(&c.known_status);
-        let mut image = ContainerImage::parse(&c.image);
-        image.id = c.image_id.clone();
-        let image = image.interned();
+        let image = ContainerImage::parse_with_id(&c.image, &c.image_id);
         let network_ips: StrMap = c
             .networks
             .iter()

@@ -222,12 +222,8 @@ fn split_container_id(id: &str) -> (Option<Runtime>, &str) {
 fn status_image(status: &ContainerStatusJson, spec: Option<&SpecContainer>) -> ContainerImage {
     let raw = status.image.trim_start_matches("docker-pullable://").trim_start_matches("docker://");
     let raw = if raw.is_empty() || raw.starts_with("sha256:") { spec.map_or(raw, |s| s.image.as_str()) } else { raw };
-    let mut image = ContainerImage::parse(raw);
     let id = status.image_id.trim_start_matches("docker-pullable://").trim_start_matches("docker://");
-    if !id.is_empty() {
-        image.id = id.to_owned();
-    }
-    image.interned()
+    ContainerImage::parse_with_id(raw, id)
 }
 
 /// A Kubernetes quantity as a number (`100m` → 0.1, `1.5` → 1.5, `128Mi` → 134217728).

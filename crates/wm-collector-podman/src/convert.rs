@@ -194,11 +194,11 @@ fn unix(secs: i64) -> Option<Timestamp> {
 /// Parses the image reference and sets its id when there is one, adding the `sha256:` prefix
 /// when Podman leaves it out.
 fn image(reference: &str, image_id: &str) -> ContainerImage {
-    let mut image = ContainerImage::parse(reference);
-    if !image_id.is_empty() {
-        image.id = if image_id.starts_with("sha256:") { image_id.to_owned() } else { format!("sha256:{image_id}") };
+    if image_id.is_empty() || image_id.starts_with("sha256:") {
+        ContainerImage::parse_with_id(reference, image_id)
+    } else {
+        ContainerImage::parse_with_id(reference, &format!("sha256:{image_id}"))
     }
-    image.interned()
 }
 
 /// Returns the container's labels, plus [`PODMAN_POD_NAME_LABEL`] when it is in a podman pod.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 use crate::image::ContainerImage;
-use crate::intern::IStr;
+use crate::istr::IStr;
 use crate::map::StrMap;
 use crate::shared::{Parts, Shared};
 use crate::time::Timestamp;

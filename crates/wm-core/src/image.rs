@@ -1,18 +1,28 @@
 //! Container image references: `[registry/]path[:tag][@digest]` split into what tags need.
 
-use std::collections::HashSet;
-use std::ops::DerefMut;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::intern::Interner;
 use crate::shared::{Parts, Shared};
-use crate::sync::MutexExt;
 
 /// A container's image, as the runtime or orchestrator names it: an [`ImageRef`] behind one
-/// copy-on-write pointer ([`Shared`]), interned by the collectors that build it. Its fields read
-/// (`image.tag`) and write (`image.id = …`) as the `ImageRef`'s.
-pub type ContainerImage = Shared<ImageRef>;
+/// copy-on-write pointer.
+///
+/// Every way of making one ([`ContainerImage::parse`], [`ContainerImage::parse_with_id`],
+/// `From<ImageRef>`, deserializing) returns the image interner's copy, so all the containers
+/// that run an image share one allocation, and a collector cannot forget to share it. Its
+/// fields read (`image.tag`) and write (`image.id = …`) as the `ImageRef`'s; a write copies the
+/// image first, leaving the shared copy unchanged.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct ContainerImage(Shared<ImageRef>);
+
+/// The images in use: one copy of each, for as long as some container holds it. A node runs few
+/// images in many containers.
+static IMAGES: Interner<Arc<ImageRef>> = Interner::new();
 
 /// The parts of an image reference (see [`ContainerImage`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -50,59 +60,38 @@ impl Parts for ImageRef {
     fn none() -> &'static Self {
         &NO_IMAGE
     }
-
-    /// Drops one reference to an image, and removes the image from the interner when the
-    /// interner's own reference is the only other one, so that the interner holds exactly the
-    /// images in use.
-    fn let_go(parts: Arc<Self>) {
-        let mut guard = interned_images();
-        crate::intern::let_go_under_lock(guard.as_mut(), parts);
-        drop(guard);
-    }
 }
 
-/// The interned images: one copy of each image [`ContainerImage::interned`] returned, for as long
-/// as some container holds it. A node runs few images in many containers.
-static INTERNED: Mutex<Option<HashSet<Arc<ImageRef>>>> = Mutex::new(None);
-
-fn interned_images() -> MutexGuard<'static, Option<HashSet<Arc<ImageRef>>>> {
-    // A set is never left half-changed: a panic while it was held changed nothing.
-    INTERNED.locked()
-}
-
-impl Shared<ImageRef> {
-    /// Returns the interner's copy of this image, so that every container that runs it shares one
-    /// allocation.
-    ///
-    /// Collectors intern the images they build; the first one interned becomes the copy the
-    /// others share. Writing to the result copies it first, leaving the shared copy unchanged.
-    /// An image with no allocation of its own (every field empty) is returned as it is.
-    pub fn interned(self) -> Self {
-        let Some(parts) = &self.0 else { return self };
-        let mut guard = interned_images();
-        let set = guard.get_or_insert_with(HashSet::new);
-        if let Some(kept) = set.get(&**parts) {
-            return Self(Some(kept.clone()));
-        }
-        set.insert(parts.clone());
-        drop(guard);
-        self
-    }
-
-    /// Returns how many distinct images are interned now (for tests and telemetry).
-    pub fn interned_count() -> usize {
-        interned_images().as_ref().map_or(0, HashSet::len)
-    }
-
-    /// Splits a reference into its parts. Never fails: what cannot be split stays in `raw_name`
-    /// and `name`.
+impl ContainerImage {
+    /// Splits a reference into its parts (see [`ImageRef::parse`]) and returns the interner's
+    /// copy of the image. Never fails: what cannot be split stays in `raw_name` and `name`.
     pub fn parse(raw: &str) -> Self {
         ImageRef::parse(raw).into()
     }
 
+    /// Splits a reference like [`ContainerImage::parse`], then sets the image id to `id` unless
+    /// `id` is empty, and returns the interner's copy.
+    pub fn parse_with_id(raw: &str, id: &str) -> Self {
+        let mut image = ImageRef::parse(raw);
+        if !id.is_empty() {
+            id.clone_into(&mut image.id);
+        }
+        image.into()
+    }
+
+    /// Counts the distinct images interned now (for tests and telemetry).
+    pub fn interned_count() -> usize {
+        IMAGES.len()
+    }
+
+    /// Tells whether both share one allocation (two images with no fields set count as shared).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+
     /// Tells whether nothing is known about the image: no reference, no name, no id.
     pub fn is_empty(&self) -> bool {
-        (**self).is_empty()
+        self.0.is_empty()
     }
 
     /// Fills each empty field from `lower`.
@@ -110,7 +99,7 @@ impl Shared<ImageRef> {
     /// An image with every field empty takes `lower`'s whole, sharing it; any other is copied
     /// only when `lower` fills one of its gaps.
     pub fn fill_from(&mut self, lower: &Self) {
-        if self.is_none() {
+        if self.0.is_none() {
             self.clone_from(lower);
             return;
         }
@@ -130,6 +119,53 @@ impl Shared<ImageRef> {
         if fills {
             self.deref_mut().fill_from(lower);
         }
+    }
+}
+
+impl From<ImageRef> for ContainerImage {
+    /// Returns the interner's copy of `image`; an image with every field empty allocates nothing.
+    fn from(image: ImageRef) -> Self {
+        if image == NO_IMAGE {
+            return Self::default();
+        }
+        Self(Shared(Some(IMAGES.intern(Arc::new(image)))))
+    }
+}
+
+impl Drop for ContainerImage {
+    /// Gives the reference back to the interner, which removes the image when no container
+    /// uses it any more.
+    fn drop(&mut self) {
+        if let Some(image) = self.0.0.take() {
+            IMAGES.release(image);
+        }
+    }
+}
+
+impl Deref for ContainerImage {
+    type Target = ImageRef;
+
+    fn deref(&self) -> &ImageRef {
+        &self.0
+    }
+}
+
+impl DerefMut for ContainerImage {
+    /// Returns the fields to write, copied first when the image is shared.
+    fn deref_mut(&mut self) -> &mut ImageRef {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for ContainerImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for ContainerImage {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
     }
 }
 
@@ -199,7 +235,7 @@ impl ImageRef {
     }
 }
 
-impl<'de> Deserialize<'de> for Shared<ImageRef> {
+impl<'de> Deserialize<'de> for ContainerImage {
     /// Accepts either a raw reference (`"nginx:1.25"`, parsed) or the structured form.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

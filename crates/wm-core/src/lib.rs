@@ -16,7 +16,8 @@ mod event;
 mod file;
 mod id;
 mod image;
-mod intern;
+pub mod intern;
+mod istr;
 mod limit;
 mod map;
 pub mod merge;
@@ -42,7 +43,7 @@ pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predi
 pub use file::FileStamp;
 pub use id::Id;
 pub use image::{ContainerImage, ImageRef};
-pub use intern::IStr;
+pub use istr::IStr;
 pub use limit::{BodyTooLarge, CappedBody};
 pub use map::StrMap;
 pub use shared::{Parts, Shared};

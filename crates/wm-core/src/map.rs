@@ -7,7 +7,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Id;
-use crate::intern::IStr;
+use crate::istr::IStr;
 
 /// One entry: key and value, each interned (one copy of each text, however many maps hold it).
 type Entry = (IStr, IStr);

@@ -2,11 +2,11 @@
 //!
 //! The store holds a container once per source that knows it (a pod's containers twice: the
 //! kubelet's version and the runtime's), and copies one to make the merged view a reader asks
-//! for. A group of fields
-//! that is large and seldom changes (an image's six strings, four resource figures) costs each
-//! copy one pointer this way, and nothing at all while it is empty. Its fields read
-//! (`image.tag`) and write (`image.id = …`) as the group's own, through `Deref`; a write to a
-//! shared group copies it first.
+//! for. A group of fields that is large and seldom changes (a container's four resource
+//! figures, its runtime details) costs each copy one pointer this way, and nothing at all while
+//! it is empty. Its fields read (`resources.cpu_limit`) and write as the group's own, through
+//! `Deref`; a write to a shared group copies it first. `Shared` only shares copies; images are
+//! also interned, by [`ContainerImage`](crate::ContainerImage).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -19,21 +19,13 @@ use serde::{Serialize, Serializer};
 pub trait Parts: Clone + Default + PartialEq + 'static {
     /// The group with every field empty: what an empty `Shared` reads as.
     fn none() -> &'static Self;
-
-    /// Drops one reference to `parts`. An interned group overrides it to remove `parts` from
-    /// its interner's set when the set's reference is the only other one: it counts and drops
-    /// under the set's lock, so that two references dropped at once cannot each count the
-    /// other and both leave the value in the set.
-    fn let_go(parts: Arc<Self>) {
-        drop(parts);
-    }
 }
 
 /// A group of fields behind one copy-on-write pointer (see the module docs).
 pub struct Shared<T: Parts>(pub(crate) Option<Arc<T>>);
 
 impl<T: Parts> Shared<T> {
-    /// Whether both share one allocation (both empty counts as shared).
+    /// Tells whether both share one allocation (both empty counts as shared).
     pub fn ptr_eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -42,7 +34,7 @@ impl<T: Parts> Shared<T> {
         }
     }
 
-    /// Whether every field is empty.
+    /// Tells whether every field is empty.
     pub fn is_none(&self) -> bool {
         **self == *T::none()
     }
@@ -75,17 +67,9 @@ impl<T: Parts> Deref for Shared<T> {
 }
 
 impl<T: Parts> DerefMut for Shared<T> {
-    /// The fields, made this holder's own first when they are shared.
+    /// Returns the fields to write, copying them first when another `Shared` points at them too.
     fn deref_mut(&mut self) -> &mut T {
         Arc::make_mut(self.0.get_or_insert_with(Arc::default))
-    }
-}
-
-impl<T: Parts> Drop for Shared<T> {
-    fn drop(&mut self) {
-        if let Some(parts) = self.0.take() {
-            T::let_go(parts);
-        }
     }
 }
 

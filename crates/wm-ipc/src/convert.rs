@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use wm_core::{
     Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus,
-    EcsTask, Entity, EntityId, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodDetails, PodOwner,
+    EcsTask, Entity, EntityId, ImageRef, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodDetails, PodOwner,
     ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
@@ -66,12 +66,13 @@ fn image(i: &ContainerImage) -> pb::ContainerImage {
 
 fn from_image(i: Option<&pb::ContainerImage>) -> ContainerImage {
     let Some(i) = i else { return ContainerImage::default() };
-    let mut image = ContainerImage::parse(&i.raw_name);
-    image.name = i.name.clone();
-    image.short_name = i.short_name.clone();
-    image.tag = i.tag.clone();
-    image.id = i.id.clone();
-    image.interned()
+    ContainerImage::from(ImageRef {
+        name: i.name.clone(),
+        short_name: i.short_name.clone(),
+        tag: i.tag.clone(),
+        id: i.id.clone(),
+        ..ImageRef::parse(&i.raw_name)
+    })
 }
 
 fn secs(t: Option<Timestamp>) -> i64 {
@@ -389,7 +390,6 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use wm_core::ImageRef;
 
     #[test]
     fn a_container_survives_the_wire_both_ways() {

@@ -8,10 +8,11 @@
 //! Refused as `Unauthenticated`, it reads the token file again (the upstream made a new token)
 //! and retries at once when the token changed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use wm_core::intern::Interner;
 use wm_core::sync::{MutexExt, RwLockExt};
 use wm_core::{CancellationToken, IStr, TagCardinality};
 
@@ -22,10 +23,48 @@ use crate::proto::model::v1 as model;
 /// keep-alives every 9 minutes.
 const STREAM_RECV_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// One level's tags of an entity: interned texts, the list itself kept once in the replica
-/// ([`Replica::lists`]) however many entities have it (a deployment's containers share their low
-/// tags, a pod's containers their orchestrator tags).
-type TagList = Arc<[IStr]>;
+/// One level's tags of an entity: interned texts in an interned list.
+///
+/// Many entities have the same list (a deployment's containers share their low tags, a pod's
+/// containers their orchestrator tags), so each distinct list is kept once, in [`LISTS`], for
+/// as long as some entity has it. An empty list allocates nothing.
+#[derive(Debug, Default)]
+struct TagList(Option<Arc<[IStr]>>);
+
+/// The tag lists in use, across every replica in the process.
+static LISTS: Interner<Arc<[IStr]>> = Interner::new();
+
+impl TagList {
+    /// Returns the interned list of `tags`.
+    fn new(tags: &[String]) -> Self {
+        if tags.is_empty() {
+            return Self(None);
+        }
+        let list: Arc<[IStr]> = tags.iter().map(|t| IStr::new(t)).collect();
+        Self(Some(LISTS.intern(list)))
+    }
+
+    /// Iterates over its tags.
+    fn iter(&self) -> impl Iterator<Item = &IStr> {
+        self.0.iter().flat_map(|list| list.iter())
+    }
+}
+
+impl Clone for TagList {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl Drop for TagList {
+    /// Gives the reference back to the interner, which removes the list when no entity has it
+    /// any more.
+    fn drop(&mut self) {
+        if let Some(list) = self.0.take() {
+            LISTS.release(list);
+        }
+    }
+}
 
 /// One entity's tags in the replica.
 #[derive(Clone, Debug)]
@@ -41,59 +80,33 @@ impl ReplicaTags {
     }
 }
 
-/// The replica: each entity's tags, and one copy of each tag list in use.
+/// The replica: each entity's tags.
 #[derive(Debug, Default)]
 struct Replica {
     entities: HashMap<Box<str>, ReplicaTags>,
-    lists: HashSet<TagList>,
 }
 
 impl Replica {
-    /// The one copy of the list of `tags`.
-    fn list(&mut self, tags: &[String]) -> TagList {
-        let list: TagList = tags.iter().map(|t| IStr::new(t)).collect();
-        match self.lists.get(&list) {
-            Some(kept) => kept.clone(),
-            None => {
-                self.lists.insert(list.clone());
-                list
-            }
-        }
-    }
-
     fn insert(&mut self, entity: &model::Entity) -> Option<()> {
         let id = entity.id.as_ref()?;
         let tags = ReplicaTags {
-            low: self.list(&entity.low_cardinality_tags),
-            orchestrator: self.list(&entity.orchestrator_cardinality_tags),
-            high: self.list(&entity.high_cardinality_tags),
+            low: TagList::new(&entity.low_cardinality_tags),
+            orchestrator: TagList::new(&entity.orchestrator_cardinality_tags),
+            high: TagList::new(&entity.high_cardinality_tags),
         };
         let key = format!("{}://{}", id.prefix, id.uid).into_boxed_str();
-        if let Some(old) = self.entities.insert(key, tags) {
-            self.let_go(&old);
-        }
+        self.entities.insert(key, tags);
         Some(())
     }
 
     fn remove(&mut self, entity: &model::Entity) -> Option<()> {
         let id = entity.id.as_ref()?;
-        let old = self.entities.remove(&*format!("{}://{}", id.prefix, id.uid))?;
-        self.let_go(&old);
+        self.entities.remove(&*format!("{}://{}", id.prefix, id.uid))?;
         Some(())
-    }
-
-    /// Takes out the lists only `old` (which is going) and the set hold.
-    fn let_go(&mut self, old: &ReplicaTags) {
-        for list in old.levels() {
-            if Arc::strong_count(list) == 2 {
-                self.lists.remove(list);
-            }
-        }
     }
 
     fn clear(&mut self) {
         self.entities.clear();
-        self.lists.clear();
     }
 }
 
@@ -196,9 +209,10 @@ impl RemoteTagger {
         }
     }
 
-    /// How many distinct tag lists the replica keeps (each once, for every entity that has it).
-    pub fn lists_kept(&self) -> usize {
-        self.replica.reading().lists.len()
+    /// Counts the distinct tag lists interned now, across every replica in the process (each
+    /// list is kept once, for every entity that has it).
+    pub fn lists_interned() -> usize {
+        LISTS.len()
     }
 
     /// Whether a stream is up.
@@ -312,8 +326,10 @@ mod tests {
     #[test]
     fn tag_lists_are_kept_once_and_go_with_the_last_entity_that_has_them() {
         use model::EventType::{Added, Deleted, Modified};
+        // Tags no other test uses: the interner is process-wide.
         let replica = RemoteTagger::new();
-        let low = ["kube_namespace:a", "image_name:nginx"];
+        let interned = |tags: &[&str]| LISTS.contains(&*tags.iter().map(|t| IStr::new(t)).collect::<Vec<_>>());
+        let low = ["kube_namespace:lists-test", "image_name:lists-test"];
         replica.apply(
             &response(vec![
                 event(Added, "c1", &low, &["container_id:c1"]),
@@ -321,20 +337,31 @@ mod tests {
             ]),
             true,
         );
-        // One low list for both, a high list each, one empty orchestrator list.
-        assert_eq!(replica.lists_kept(), 4);
+        // One low list for both, a high list each; the empty orchestrator list is no list.
+        assert!(interned(&low) && interned(&["container_id:c1"]) && interned(&["container_id:c2"]));
+        let first = replica.replica.reading().entities.get("container_id://c1").map(|t| t.low.clone());
+        let second = replica.replica.reading().entities.get("container_id://c2").map(|t| t.low.clone());
+        assert!(
+            first.zip(second).is_some_and(|(a, b)| a
+                .0
+                .as_ref()
+                .zip(b.0.as_ref())
+                .is_some_and(|(a, b)| Arc::ptr_eq(a, b)))
+        );
         assert_eq!(
             replica.tag("container_id://c2", TagCardinality::High),
-            ["kube_namespace:a", "image_name:nginx", "container_id:c2"]
+            ["kube_namespace:lists-test", "image_name:lists-test", "container_id:c2"]
         );
         assert_eq!(replica.tag("container_id://c2", TagCardinality::Low).len(), 2);
         // c1 changes its low tags: its old list stays for c2.
-        replica.apply(&response(vec![event(Modified, "c1", &["kube_namespace:b"], &["container_id:c1"])]), false);
-        assert_eq!(replica.lists_kept(), 5);
+        let other = ["kube_namespace:lists-test-b"];
+        replica.apply(&response(vec![event(Modified, "c1", &other, &["container_id:c1"])]), false);
+        assert!(interned(&low) && interned(&other), "c1's old list stays for c2");
         replica.apply(&response(vec![event(Deleted, "c2", &[], &[])]), false);
-        assert_eq!(replica.lists_kept(), 3, "c2's low and high lists went with it");
+        assert!(!interned(&low) && !interned(&["container_id:c2"]), "c2's low and high lists went with it");
+        assert!(interned(&other) && interned(&["container_id:c1"]));
         replica.apply(&response(vec![event(Deleted, "c1", &[], &[])]), false);
-        assert_eq!(replica.lists_kept(), 0);
+        assert!(!interned(&other) && !interned(&["container_id:c1"]));
         assert!(replica.tag("container_id://c1", TagCardinality::High).is_empty());
     }
 }

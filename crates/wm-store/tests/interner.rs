@@ -12,9 +12,7 @@ use wm_core::{
 use wm_store::Store;
 
 fn image(raw: &str) -> ContainerImage {
-    let mut image = ContainerImage::parse(raw);
-    image.id = format!("sha256:{:064x}", raw.len());
-    image.interned()
+    ContainerImage::parse_with_id(raw, &format!("sha256:{:064x}", raw.len()))
 }
 
 fn container(id: &str, raw_image: &str) -> Container {

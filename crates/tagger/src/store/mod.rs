@@ -10,6 +10,7 @@
 //! Where to look:
 //! - `packed.rs`: how one part stores its tags, and the limits that come with it;
 //! - `record.rs`: the sources of an entity and their merge;
+//! - `shared.rs`: the parts many entities share, each interned once;
 //! - `view.rs`: [`Tags`], what a lookup returns, and how it reads a record;
 //! - `key.rs`: [`TagKey`], how an id is split into a map and a key;
 //! - `subscribe.rs`: tag subscribers;
@@ -22,6 +23,7 @@ mod footprint;
 mod key;
 mod packed;
 mod record;
+mod shared;
 mod subscribe;
 mod view;
 
@@ -37,9 +39,9 @@ pub use footprint::Footprint;
 pub use key::TagKey;
 pub(crate) use packed::EntityTags;
 use packed::Level;
-pub(crate) use record::SharedParts;
 pub use record::TagSource;
 use record::{DeletedAt, Record, SourceEntry};
+pub(crate) use shared::{SharedPart, SharedParts};
 use subscribe::Subscribers;
 pub use subscribe::{TagChange, TagEvent, TagEventKind};
 pub use view::{Tags, TagsIter};
@@ -396,8 +398,8 @@ mod tests {
     fn a_shared_part_is_held_once_and_reads_as_if_each_entity_had_its_own_copy() {
         let (_, store) = store(300);
         let pod = info(&["kube_namespace:a", "env:prod"], &["pod_uid:p"]);
-        let base = Some(EntityTags::build(&pod));
-        let owner = |broad: &Option<EntityTags>| SharedParts { broad: broad.clone(), narrow: None };
+        let base = SharedPart::new(&pod);
+        let owner = |broad: &Option<SharedPart>| SharedParts { broad: broad.clone(), narrow: None };
         let none = TagInfo::default();
         store.set_layered(TagKey::parse("pod://p"), TagSource::KubernetesPod, owner(&base), &none);
         for c in ["c1", "c2"] {
@@ -431,8 +433,8 @@ mod tests {
             assert_eq!(record.sources()[0].source, TagSource::KubernetesPod, "{c}: the pod's tags come first");
             assert!(EntityTags::ptr_eq(&pod_base(&record), &held), "{c} points at the pod's tags");
         }
-        // An equal base given again is not a change, and the old one stays shared.
-        let again = Some(EntityTags::build(&pod));
+        // An equal base given again is the interner's copy: no change.
+        let again = SharedPart::new(&pod);
         let (_, change) = store.set_layered(TagKey::parse("pod://p"), TagSource::KubernetesPod, owner(&again), &none);
         assert_eq!(change, None);
         assert!(EntityTags::ptr_eq(&pod_base(&record(&store, "pod://p").expect("the pod")), &held));

@@ -106,8 +106,23 @@ impl<T> IndexMut<Level> for PerLevel<T> {
 /// One part of an entity's tags: a source's own, or a part many entities share.
 ///
 /// Immutable once built and shared by cloning. See the [module docs](self) for its layout.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// Hashed and compared as its packed text, which is also what finds it in the shared parts'
+/// interner.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct EntityTags(arcstr::ArcStr);
+
+impl std::hash::Hash for EntityTags {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for EntityTags {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 /// The longest tag a part keeps: its length must be a `char` below the surrogates.
 pub(crate) const MAX_TAG_LEN: u32 = 0xD7FF;

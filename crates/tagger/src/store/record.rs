@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::packed::{EntityTags, Level, PerLevel};
+use super::shared::SharedParts;
 use crate::tags::{TagInfo, tag_key};
 
 /// Names who gave a set of tags. On a tag key two sources both give, the higher priority wins.
@@ -43,39 +44,6 @@ impl TagSource {
             TagSource::Container => 0,
             TagSource::KubernetesPod | TagSource::EcsTask | TagSource::KubernetesMetadata => 1,
         }
-    }
-}
-
-/// The parts of a source's tags that other entities share, read before the source's own tags.
-///
-/// What they hold depends on the source:
-/// - a container's runtime tags: its image's tags (`broad`), then its name's (`narrow`);
-/// - a pod's, task's or object's tags on one of its containers: the owner's own tags (`broad`),
-///   then the tags the container shares with its namesakes in other pods of the same template
-///   (`narrow`); on the owner itself, its own tags (`broad`) alone.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct SharedParts {
-    /// Read first: the tags of a group of entities (an image, an owner).
-    pub(crate) broad: Option<EntityTags>,
-    /// Read second: the tags of a smaller group (a container name, a template's container).
-    pub(crate) narrow: Option<EntityTags>,
-}
-
-impl SharedParts {
-    /// Drops a part with no tag: it would be a slot to skip on every read.
-    pub(crate) fn without_empty(self) -> Self {
-        let keep = |part: Option<EntityTags>| part.filter(|p| !p.is_empty());
-        Self { broad: keep(self.broad), narrow: keep(self.narrow) }
-    }
-
-    /// Tells whether both hold the same tags: the same allocations, or equal text.
-    fn same_as(&self, other: &SharedParts) -> bool {
-        let same = |a: &Option<EntityTags>, b: &Option<EntityTags>| match (a, b) {
-            (Some(a), Some(b)) => EntityTags::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
-        };
-        same(&self.broad, &other.broad) && same(&self.narrow, &other.narrow)
     }
 }
 
@@ -139,8 +107,8 @@ impl SourceEntry {
     /// Returns the part in `slot`, if it has one (`id`: the record's id tag).
     fn part<'a>(&'a self, slot: Slot, id: Option<&'a EntityTags>) -> Option<&'a EntityTags> {
         match slot {
-            Slot::Broad => self.shared.broad.as_ref(),
-            Slot::Narrow => self.shared.narrow.as_ref(),
+            Slot::Broad => self.shared.broad.as_deref(),
+            Slot::Narrow => self.shared.narrow.as_deref(),
             Slot::Own => Some(&self.tags),
             Slot::Id => id.filter(|_| self.id),
         }
@@ -346,6 +314,7 @@ impl Hidden {
 mod tests {
     use super::*;
     use crate::store::Tags;
+    use crate::store::shared::SharedPart;
     use crate::store::tests::info;
     use crate::tags::TagCardinality;
 
@@ -415,7 +384,7 @@ mod tests {
         // may give too.
         let id = EntityTags::build(&info(&[], &["k1:v0"]));
         let part = |rng: &mut test_support::rng::XorShift| {
-            rng.next_u64().is_multiple_of(2).then(|| EntityTags::build(&random_info(rng)))
+            rng.next_u64().is_multiple_of(2).then(|| SharedPart::intern(EntityTags::build(&random_info(rng))))
         };
         for round in 0..2_000 {
             let count = 1 + rng.next_u64() % 3;
