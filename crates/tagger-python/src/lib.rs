@@ -1,16 +1,20 @@
-//! The tagger for Python checks: the extension module behind `import tagger`, with Datadog's
-//! calls (`tag(entity_id, cardinality)`, `get_tags(entity_id, high_card)`, `LOW`,
-//! `ORCHESTRATOR`, `HIGH`).
+//! The tagger for Python checks: the extension module behind `import tagger`, with the calls of
+//! Datadog's Python `tagger` module (`tag(entity_id, cardinality)`, `get_tags(entity_id,
+//! high_card)`, `LOW`, `ORCHESTRATOR`, `HIGH`), plus `connect()` and `wait_ready()`.
 //!
-//! The module keeps a local replica of an agent's tags ([`wm_ipc::replica::RemoteTagger`], fed by
-//! `TaggerStreamEntities` on a background thread), so a call is a local lookup, never an RPC.
-//! It follows the agent named by `connect()`, or on the first call the one of the agent's config
-//! (`/etc/wm-agent/agent.yaml` or `$WM_AGENT_CONFIG`, with `DD_CMD_HOST`, `DD_CMD_PORT`,
-//! `DD_AUTH_TOKEN_FILE_PATH`, `DD_IPC_CERT_FILE_PATH` over it). Every failure — no agent, a
-//! malformed id, a bad cardinality — answers `[]` with one rate-limited log line through
-//! Python's `logging` (logger `tagger`), never an exception into the check; while the agent is
-//! gone the answer is `[]` too (its last tags may be stale). The replica reconnects by itself:
-//! an agent restarted gives tags again without re-importing.
+//! The module keeps a local copy of an agent's tags, a [`wm_ipc::replica::RemoteTagger`] that the
+//! agent's `TaggerStreamEntities` stream keeps current from a background thread, so a call is a
+//! local lookup, never a call to the agent. It follows the agent that `connect()` names or, when
+//! a check calls another function first, the agent of the config file (`$WM_AGENT_CONFIG`, else
+//! `/etc/wm-agent/agent.yaml`), where the variables `DD_CMD_HOST`, `DD_CMD_PORT`,
+//! `DD_AUTH_TOKEN_FILE_PATH` and `DD_IPC_CERT_FILE_PATH` override the file.
+//!
+//! `tag()` and `get_tags()` never raise into the check. On a failure (no agent, a malformed id,
+//! an unknown cardinality) they return `[]` and log a warning through Python's `logging`
+//! (logger `tagger`), at most one a minute for each kind of failure. While no stream from the
+//! agent is up they return `[]` too, because the tags the module still has may be stale. The
+//! module reconnects by itself: once a restarted agent is back, tags come again without
+//! importing the module again.
 
 #![forbid(unsafe_code)]
 
@@ -27,19 +31,23 @@ use wm_core::{CancellationToken, TagCardinality};
 use wm_ipc::RemoteAgent;
 use wm_ipc::replica::RemoteTagger;
 
-/// Datadog's cardinality constants, as its Python `tagger` module has them.
+/// The Python constant for low cardinality, with the value Datadog's Python `tagger` module
+/// gives it.
 pub const LOW: i64 = 0;
-/// Orchestrator cardinality.
+/// The Python constant for orchestrator cardinality, with the value Datadog's module gives it.
 pub const ORCHESTRATOR: i64 = 1;
-/// High cardinality.
+/// The Python constant for high cardinality, with the value Datadog's module gives it.
 pub const HIGH: i64 = 2;
 
-/// The config file read when `connect()` names none.
+/// The agent config file read when neither `connect()`'s `config` argument nor
+/// `$WM_AGENT_CONFIG` names one.
 const DEFAULT_CONFIG: &str = "/etc/wm-agent/agent.yaml";
-/// A failure of one kind is logged at most this often.
+/// How often, at most, a failure of one kind is logged.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Where the agent is: the keys of its config the module reads (Datadog's names).
+/// The keys of the agent's config file that say where the agent is, by Datadog's key names.
+///
+/// Other keys of the file are ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct AgentKeys {
@@ -49,20 +57,26 @@ struct AgentKeys {
     ipc_cert_file_path: Option<PathBuf>,
 }
 
-/// The agent to follow: address, token file, certificate file.
+/// The agent to follow: its address, and the files holding its auth token and IPC certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// `host:port` of its gRPC API.
+    /// The `host:port` of its gRPC API.
     pub address: String,
-    /// Its auth token file.
+    /// The file holding its auth token.
     pub token_file: PathBuf,
-    /// Its IPC certificate.
+    /// The file holding its IPC certificate and key (PEM).
     pub cert_file: PathBuf,
 }
 
 impl Target {
-    /// The agent a config file (if readable) and `env` (`DD_*`) describe, with the agent's own
-    /// defaults (`localhost:5001`, `auth_token` beside the config, `ipc_cert.pem` beside the token).
+    /// Returns the agent that the config file at `path` and the variables in `env` describe.
+    ///
+    /// Each value comes from the `DD_*` variable (`DD_CMD_HOST`, `DD_CMD_PORT`,
+    /// `DD_AUTH_TOKEN_FILE_PATH`, `DD_IPC_CERT_FILE_PATH`) when it is set, else from the file's key
+    /// (`cmd_host`, `cmd_port`, `auth_token_file_path`, `ipc_cert_file_path`), else from the
+    /// agent's own default: `localhost`, port 5001, `auth_token` in the config file's directory,
+    /// and `ipc_cert.pem` in the token file's directory. A file that is missing or does not parse
+    /// is treated as empty, and a `DD_CMD_PORT` that is not a port number is ignored.
     pub fn from_config(path: &Path, env: &HashMap<String, String>) -> Self {
         let keys: AgentKeys =
             std::fs::read_to_string(path).ok().and_then(|text| serde_saphyr::from_str(&text).ok()).unwrap_or_default();
@@ -82,7 +96,8 @@ impl Target {
     }
 }
 
-/// A replica following one agent, on a runtime of its own.
+/// A replica that follows one agent, with the tokio runtime whose single worker thread runs the
+/// follow task.
 struct Follower {
     replica: Arc<RemoteTagger>,
     cancel: CancellationToken,
@@ -90,12 +105,15 @@ struct Follower {
 }
 
 impl Drop for Follower {
+    /// Cancels the follow task. The runtime is dropped with the other fields right after, which
+    /// stops its thread.
     fn drop(&mut self) {
         self.cancel.cancel();
     }
 }
 
-/// The module's state: the follower, and when each kind of failure was last logged.
+/// The module's state: the follower, if one has started, and when each kind of failure was last
+/// logged.
 #[derive(Default)]
 struct State {
     follower: Option<Follower>,
@@ -104,12 +122,18 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
+/// Runs `f` on the module's state, under its lock, creating the state on first use.
 fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
     let mut guard = STATE.locked();
     f(guard.get_or_insert_with(State::default))
 }
 
-/// Starts following `target`, replacing any earlier follower.
+/// Starts following `target`, and returns its replica.
+///
+/// On success the new follower replaces any earlier one, which stops. On failure the earlier
+/// follower, if any, stays. Fails with a message when the token or certificate file cannot be
+/// read or the certificate file lacks a block, or when the runtime cannot start; it does not
+/// wait for the agent to answer.
 fn follow(target: &Target) -> Result<Arc<RemoteTagger>, String> {
     let agent = RemoteAgent::from_files(target.address.clone(), &target.token_file, &target.cert_file)
         .map_err(|e| format!("cannot reach the agent at {}: {e}", target.address))?;
@@ -126,7 +150,10 @@ fn follow(target: &Target) -> Result<Arc<RemoteTagger>, String> {
     Ok(replica)
 }
 
-/// The replica, following the configured agent when nothing was connected yet.
+/// Returns the replica being followed, first starting to follow the agent of the config file
+/// when none is.
+///
+/// Fails as [`follow`] does; the next call then tries again.
 fn replica() -> Result<Arc<RemoteTagger>, String> {
     if let Some(replica) = with_state(|state| state.follower.as_ref().map(|f| f.replica.clone())) {
         return Ok(replica);
@@ -136,7 +163,10 @@ fn replica() -> Result<Arc<RemoteTagger>, String> {
     follow(&Target::from_config(&path, &env))
 }
 
-/// Logs `message` through Python's `logging` (logger `tagger`), at most once a minute per kind.
+/// Logs `message` as a warning through Python's `logging` (logger `tagger`), unless a message of
+/// the same `kind` was logged less than a minute ago.
+///
+/// When Python's `logging` cannot be called, the message goes to standard error instead.
 fn log_once(py: Python<'_>, kind: &'static str, message: &str) {
     let due = with_state(|state| {
         let due = state.logged.get(kind).is_none_or(|at| at.elapsed() >= LOG_EVERY);
@@ -157,6 +187,7 @@ fn log_once(py: Python<'_>, kind: &'static str, message: &str) {
     }
 }
 
+/// Returns the cardinality that a Python constant stands for, or `None` for any other number.
 fn cardinality(value: i64) -> Option<TagCardinality> {
     match value {
         LOW => Some(TagCardinality::Low),
@@ -166,37 +197,52 @@ fn cardinality(value: i64) -> Option<TagCardinality> {
     }
 }
 
-/// Whether an entity id has the `prefix://uid` form the tagger keys by.
+/// Tells whether an entity id has the `prefix://uid` form that the tagger stores entities by,
+/// with neither part empty.
 fn well_formed(entity: &str) -> bool {
     entity.split_once("://").is_some_and(|(prefix, uid)| !prefix.is_empty() && !uid.is_empty())
 }
 
-/// Answers already made into Python lists, by (entity, cardinality), for one generation of
-/// the replica: a repeated lookup copies a list of existing strings instead of making them.
+/// The Python lists already made for lookups, by (entity, cardinality), all from one generation
+/// of the replica.
+///
+/// A repeated lookup copies a cached list, whose strings already exist, instead of making a new
+/// Python string for each tag. The cache is emptied when the replica's generation moves (see
+/// `RemoteTagger::generation`).
 #[derive(Default)]
 struct AnswerCache {
+    /// The replica the answers came from. `connect()` makes a new replica whose generation
+    /// counts from 0 again, so the generation alone could match an old replica's answers. A
+    /// `Weak` keeps the old allocation, so its address cannot be reused by the new one.
+    replica: std::sync::Weak<RemoteTagger>,
     generation: u64,
     lists: HashMap<(String, TagCardinality), Py<PyList>>,
 }
 
-/// Answers cached at most (bounded memory whatever the checks ask).
+/// The most answers the cache holds. When it is full it is emptied, so that its memory stays
+/// bounded whatever entities the checks ask about.
 const MAX_CACHED: usize = 65_536;
 
+/// The answer cache of the process; created on first use.
 static CACHE: Mutex<Option<AnswerCache>> = Mutex::new(None);
 
-/// The tags of `entity` at `cardinality` as a new Python list (from the cache when the replica
-/// has not changed since).
+/// Returns the tags of `entity` at `cardinality` as a new Python list.
+///
+/// The list is a copy of the cached one when the replica's generation has not moved since that
+/// was made; otherwise it is made from the replica and cached.
 fn answer<'py>(
     py: Python<'py>,
-    replica: &RemoteTagger,
+    replica: &Arc<RemoteTagger>,
     entity: &str,
     cardinality: TagCardinality,
 ) -> Bound<'py, PyList> {
     let generation = replica.generation();
     let mut guard = CACHE.locked();
     let cache = guard.get_or_insert_with(AnswerCache::default);
-    if cache.generation != generation || cache.lists.len() >= MAX_CACHED {
+    let same_replica = std::ptr::eq(cache.replica.as_ptr(), Arc::as_ptr(replica));
+    if !same_replica || cache.generation != generation || cache.lists.len() >= MAX_CACHED {
         cache.lists.clear();
+        cache.replica = Arc::downgrade(replica);
         cache.generation = generation;
     }
     let key = (entity.to_owned(), cardinality);
@@ -208,16 +254,26 @@ fn answer<'py>(
             made
         }
     };
-    // A copy: the caller may change its list without changing the next caller's.
+    // Return a copy: Python lists can be changed, and a check that changes the list it got must
+    // not change what the next caller gets.
     list.get_slice(0, list.len())
 }
 
-/// The tags of `entity` at `cardinality` (`LOW`, `ORCHESTRATOR`, `HIGH`); `[]` on any failure.
+/// Returns the tags of `entity` at `cardinality_value` (`LOW`, `ORCHESTRATOR` or `HIGH`), or an
+/// empty list on any failure.
+///
+/// Behaves as Python's `tag()` does, failures and their log lines included, but returns Rust
+/// strings.
 pub fn lookup(py: Python<'_>, entity: &str, cardinality_value: i64) -> Vec<String> {
     lookup_list(py, entity, cardinality_value).extract().unwrap_or_default()
 }
 
-/// [`lookup`] as a Python list.
+/// Returns the tags of `entity` at `cardinality_value` as a Python list: the body of `tag()` and
+/// `get_tags()`, and of [`lookup`].
+///
+/// Returns an empty list, and logs why, for an unknown cardinality, an id not of the
+/// `prefix://uid` form, an agent that cannot be followed, and while no stream from the agent is
+/// up.
 fn lookup_list<'py>(py: Python<'py>, entity: &str, cardinality_value: i64) -> Bound<'py, PyList> {
     let empty = || PyList::empty(py);
     let Some(cardinality) = cardinality(cardinality_value) else {
@@ -235,7 +291,8 @@ fn lookup_list<'py>(py: Python<'py>, entity: &str, cardinality_value: i64) -> Bo
     match replica() {
         Ok(replica) => {
             if !replica.is_connected() {
-                // Tags from an agent that is gone may be stale: none rather than wrong ones.
+                // While no stream is up, the tags the replica still has may be stale, and an
+                // empty answer is better than a wrong one.
                 let why = replica.last_error().unwrap_or_else(|| "not connected yet".to_owned());
                 log_once(py, "agent", &format!("tag(): no agent to ask ({why})"));
                 return empty();
@@ -249,7 +306,12 @@ fn lookup_list<'py>(py: Python<'py>, entity: &str, cardinality_value: i64) -> Bo
     }
 }
 
-/// `tag(entity_id, cardinality)`: the entity's tags; `[]` on any failure.
+/// Returns the tags of `entity_id` at `cardinality` (`LOW`, `ORCHESTRATOR` or `HIGH`), or `[]`
+/// on any failure.
+///
+/// Python calls it as `tag(entity_id, cardinality)`. `entity_id` is a string of the form
+/// `prefix://uid`, such as `container_id://<id>`. A failure is logged on the `tagger` logger,
+/// never raised; only a string that cannot be encoded as UTF-8 gives `[]` without a log line.
 #[pyfunction]
 #[pyo3(name = "tag")]
 fn py_tag<'py>(py: Python<'py>, entity_id: &Bound<'py, PyAny>, cardinality: &Bound<'py, PyAny>) -> Bound<'py, PyList> {
@@ -267,8 +329,12 @@ fn py_tag<'py>(py: Python<'py>, entity_id: &Bound<'py, PyAny>, cardinality: &Bou
     }
 }
 
-/// `get_tags(entity_id, high_card)`: Datadog's older call; `high_card` a bool (`True`: HIGH,
-/// `False`: LOW) or a cardinality constant.
+/// Returns the tags of `entity_id`, or `[]` on any failure: Datadog's older call, kept for the
+/// checks that still use it.
+///
+/// Python calls it as `get_tags(entity_id, high_card)`. `high_card` is a bool (`True` for
+/// `HIGH`, `False` for `LOW`) or one of the cardinality constants. A failure is logged on the
+/// `tagger` logger, never raised.
 #[pyfunction]
 #[pyo3(name = "get_tags")]
 fn py_get_tags<'py>(
@@ -294,8 +360,16 @@ fn py_get_tags<'py>(
     lookup_list(py, &entity, value)
 }
 
-/// `connect(address=None, token_file=None, cert_file=None, config=None)`: follow this agent
-/// (defaults from its config file and `DD_*` variables). Returns whether it could start.
+/// Starts following the agent the arguments name, instead of the one followed so far, and
+/// returns whether it could start.
+///
+/// Python calls it as `connect(address=None, token_file=None, cert_file=None, config=None)`.
+/// An argument left as `None` takes its value from the config file (`config`, else
+/// `$WM_AGENT_CONFIG`, else `/etc/wm-agent/agent.yaml`) and the `DD_*` variables, as when a
+/// check calls `tag()` first. Returns `False`, and logs why, when the token or certificate file
+/// cannot be read or lacks its content, or the background thread cannot start; the agent
+/// followed so far is then kept. `True` does not mean that the agent answered: call
+/// `wait_ready()` for that.
 #[pyfunction]
 #[pyo3(name = "connect", signature = (address=None, token_file=None, cert_file=None, config=None))]
 fn py_connect(
@@ -328,16 +402,16 @@ fn py_connect(
     }
 }
 
-/// The longest `wait_ready` waits, whatever the timeout asked.
+/// The longest time `wait_ready()` waits, whatever timeout it is given.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
-/// Turns `wait_ready`'s timeout into a wait: negative is none, past an hour (infinity too) is an
-/// hour.
+/// Returns how long `wait_ready()` waits for a timeout in seconds: a negative timeout waits not
+/// at all, and one over an hour, infinity included, waits an hour.
 ///
 /// # Errors
 ///
-/// NaN is a `ValueError`: it has no order, so no clamp can give it a meaning (and
-/// `Duration::from_secs_f64` panics on it).
+/// Returns a `ValueError` for NaN: it is neither more nor less than any number, so clamping
+/// cannot give it a meaning (and `Duration::from_secs_f64` panics on it).
 fn wait_budget(timeout: f64) -> PyResult<Duration> {
     if timeout.is_nan() {
         return Err(pyo3::exceptions::PyValueError::new_err("wait_ready: timeout is NaN; give a number of seconds"));
@@ -345,8 +419,17 @@ fn wait_budget(timeout: f64) -> PyResult<Duration> {
     Ok(Duration::from_secs_f64(timeout.clamp(0.0, MAX_WAIT.as_secs_f64())))
 }
 
-/// `wait_ready(timeout=5.0)`: waits (without the GIL) until the replica holds the agent's
-/// snapshot; whether it does. A NaN timeout raises `ValueError`.
+/// Waits up to `timeout` seconds for a stream from the agent to be up, and returns whether one
+/// is.
+///
+/// Python calls it as `wait_ready(timeout=5.0)`. A stream is up once the agent's first response,
+/// the start of its tags, is in the replica. Releases the GIL while it waits, and checks every
+/// 20 ms. Starts following the agent of the config file when nothing is followed yet, and
+/// returns `False` at once when that fails.
+///
+/// # Errors
+///
+/// Raises `ValueError` when `timeout` is NaN.
 #[pyfunction]
 #[pyo3(name = "wait_ready", signature = (timeout=5.0))]
 fn py_wait_ready(py: Python<'_>, timeout: f64) -> PyResult<bool> {
@@ -364,7 +447,8 @@ fn py_wait_ready(py: Python<'_>, timeout: f64) -> PyResult<bool> {
     }))
 }
 
-/// The extension module (`tagger._tagger`, re-exported by the `tagger` package).
+/// Fills the extension module `tagger._tagger` with the three constants and four functions; the
+/// `tagger` Python package re-exports them.
 #[pymodule]
 #[pyo3(name = "_tagger")]
 fn tagger_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -407,6 +491,35 @@ mod tests {
         assert_eq!(wait_budget(f64::NEG_INFINITY).unwrap(), Duration::ZERO);
         assert_eq!(wait_budget(-3.0).unwrap(), Duration::ZERO);
         assert_eq!(wait_budget(2.5).unwrap(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn a_new_replica_never_serves_the_answers_cached_from_the_old_one() {
+        use wm_ipc::proto::model::v1 as model;
+        let snapshot = |tag: &str| model::StreamTagsResponse {
+            events: vec![model::StreamTagsEvent {
+                r#type: model::EventType::Added as i32,
+                entity: Some(model::Entity {
+                    id: Some(model::EntityId { prefix: "container_id".into(), uid: "cache-test".into() }),
+                    high_cardinality_tags: vec![tag.to_owned()],
+                    ..model::Entity::default()
+                }),
+            }],
+        };
+        Python::initialize();
+        Python::attach(|py| {
+            let tags = |replica: &Arc<RemoteTagger>| -> Vec<String> {
+                answer(py, replica, "container_id://cache-test", TagCardinality::High).extract().unwrap_or_default()
+            };
+            // Two replicas, as `connect()` makes: both at generation 1 after their snapshot.
+            let old = RemoteTagger::new();
+            old.apply(&snapshot("agent:old"), true);
+            assert_eq!(tags(&old), ["agent:old"]);
+            let new = RemoteTagger::new();
+            new.apply(&snapshot("agent:new"), true);
+            assert_eq!(old.generation(), new.generation());
+            assert_eq!(tags(&new), ["agent:new"], "the new replica's own tags, not the cached ones");
+        });
     }
 
     #[test]
