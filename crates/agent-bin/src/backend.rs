@@ -1,5 +1,5 @@
-//! Where the served metadata and tags come from: this agent's own store and tagger
-//! ([`Local`]), or a replica of another agent's tags (`RemoteTagger`, in `flavor-light`).
+//! The data behind the HTTP API: a full agent's own store and tagger ([`Local`]), or the light
+//! agent's copy of its upstream's tags (`RemoteTagger`, see [`crate::remote`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,28 +11,29 @@ use wm_store::{MetricValue, Store};
 
 use crate::report::{HealthReport, SourceEntry, TaggerList, WorkloadEntry, WorkloadList};
 
-/// What the HTTP API (and `agent status`) reads.
+/// What the HTTP API reads to answer its routes, `/agent/status` included.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
-    /// Liveness, readiness and each collector.
+    /// Returns whether the agent is live and ready, and the state of each collector.
     fn health(&self) -> HealthReport;
-    /// The stored entities; `None` when this agent keeps no workload metadata of its own.
+    /// Returns every stored entity, with each source's version when `verbose`; `None` when this
+    /// agent stores no workload metadata (the light agent).
     fn workload_list(&self, verbose: bool) -> Option<WorkloadList>;
-    /// Every entity's tags, per source.
+    /// Returns every entity's tags, grouped by source.
     fn tagger_list(&self) -> TaggerList;
-    /// Prometheus text exposition.
+    /// Returns the agent's metrics in the Prometheus text format.
     fn metrics(&self) -> String;
-    /// Stored entities by kind.
+    /// Returns the number of stored entities of each kind.
     fn entity_counts(&self) -> BTreeMap<String, usize>;
-    /// Entities with tags.
+    /// Returns the number of entities that have tags.
     fn tagged_entities(&self) -> usize;
 }
 
-/// This agent's own store and tagger.
+/// A full agent's own store and tagger.
 #[derive(Clone, Debug)]
 pub struct Local {
-    /// The store.
+    /// The workload-metadata store.
     pub store: Store,
-    /// The tagger.
+    /// The tagger that turns the store's entities into tags.
     pub tagger: Arc<Tagger>,
 }
 
@@ -75,6 +76,8 @@ impl Backend for Local {
         Some(WorkloadList { entities })
     }
 
+    /// Returns, for every entity, each source's tags of all cardinalities in one sorted list
+    /// without duplicates.
     fn tagger_list(&self) -> TaggerList {
         let entities = self
             .tagger
@@ -98,6 +101,9 @@ impl Backend for Local {
         TaggerList { entities }
     }
 
+    /// Returns the store's telemetry, with `.` and `-` in names replaced by `_` as Prometheus
+    /// requires, then `tagger_entities`, the tagger's refused fetches by reason, and
+    /// `agent_tokio_tasks`.
     fn metrics(&self) -> String {
         let mut out = String::new();
         let mut declared = std::collections::HashSet::new();
@@ -142,7 +148,8 @@ impl Backend for Local {
                 let _ = writeln!(out, "tagger_fetches_refused{{reason=\"{reason}\"}} {n}");
             }
         }
-        // The runtime's live tasks: a task leaked per reconnect or per client shows here.
+        // The runtime's live tasks. A task leaked on every reconnect or by every client would
+        // show here as a count that keeps growing.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let _ = writeln!(
                 out,
@@ -153,6 +160,7 @@ impl Backend for Local {
         out
     }
 
+    /// Returns the number of stored entities of each kind, kinds with none included.
     fn entity_counts(&self) -> BTreeMap<String, usize> {
         Kind::ALL
             .iter()

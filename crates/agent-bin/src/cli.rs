@@ -1,6 +1,9 @@
-//! The CLI's query commands: fetch the JSON of a running agent's API (over TLS, trusting only
-//! the agent's IPC certificate, with its token; the probes in plain HTTP) and print it in the
-//! Datadog Agent's text formats (or as JSON). An answer is read up to [`MAX_ANSWER`] bytes.
+//! The CLI's query commands: they fetch JSON from a running agent's HTTP API and print it in the
+//! Datadog Agent's text formats, or as JSON.
+//!
+//! The CLI connects to 127.0.0.1. It queries the TLS API with the agent's token, trusting only
+//! the agent's IPC certificate, and the probes in plain HTTP. An answer is read up to
+//! [`MAX_ANSWER`] bytes.
 
 use std::fmt::Write as _;
 
@@ -8,30 +11,33 @@ use wm_core::{Container, EcsTask, Entity, KubernetesMetadata, KubernetesPod, Str
 
 use crate::report::{HealthReport, StatusReport, TaggerList, WorkloadEntry, WorkloadList};
 
-/// Why a query failed.
+/// Why a query of the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// Nothing answers.
+    /// No agent answered: the connection, the TLS handshake or the HTTP exchange failed, or no
+    /// answer came within 10 s.
     #[error("no agent answers on {url}: is `agent run` running, on port {port}? ({reason})")]
     NoAgent {
-        /// What was asked.
+        /// The URL queried.
         url: String,
         /// The port tried.
         port: u16,
-        /// Why it failed.
+        /// Why the query failed.
         reason: String,
     },
-    /// It answered something unexpected.
+    /// The answer could not be used (an error status, a body too large or not the JSON
+    /// expected), or the query could not be made (a certificate to trust that does not parse).
     #[error("the agent on {url} answered {reason}")]
     BadAnswer {
-        /// What was asked.
+        /// The URL queried.
         url: String,
         /// What was wrong.
         reason: String,
     },
 }
 
-/// The innermost cause of an error ("Connection refused (os error 111)").
+/// Returns the message of the innermost cause of `e`, such as "Connection refused (os error
+/// 111)", which says more than the errors that wrap it.
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut current = e;
     while let Some(next) = current.source() {
@@ -40,45 +46,51 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-/// The largest answer the CLI reads (a verbose workload list of 10,000 containers fits).
+/// The largest answer the CLI reads, in bytes: 256 MiB, in which a verbose workload list of
+/// 10,000 containers fits.
 pub const MAX_ANSWER: usize = 256 << 20;
 
-/// How long a query may take, connection and answer together.
+/// How long a query may take, from connecting to the end of the answer.
 const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A running agent's API as the CLI reaches it on 127.0.0.1: its port, the token (the CLI reads
-/// the `auth_token` file, as Datadog's does) and the certificate to trust (the IPC certificate,
-/// in PEM). Without a certificate it is the probes' plain HTTP port.
+/// How the CLI reaches a running agent's API on 127.0.0.1.
+///
+/// For the TLS API: the port, the bearer token (which the CLI reads from the `auth_token` file,
+/// as Datadog's CLI does) and the IPC certificate to trust. Without a certificate the CLI speaks
+/// plain HTTP, as the probes' port does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Api {
-    /// The port.
+    /// The port on 127.0.0.1.
     pub port: u16,
-    /// The bearer token.
+    /// The bearer token sent with each request, if any.
     pub token: Option<String>,
-    /// The IPC certificate (PEM) the TLS API must present; `None`: plain HTTP.
+    /// The IPC certificate (PEM) that the server must present; `None` means plain HTTP.
     pub cert_pem: Option<String>,
 }
 
 impl Api {
-    /// The plain HTTP API on `port`, with `token` (the probes need none).
+    /// Returns a plain HTTP API on `port`, with `token` sent in each request if there is one
+    /// (the probes need none).
     pub fn new(port: u16, token: Option<String>) -> Self {
         Self { port, token, cert_pem: None }
     }
 
-    /// The TLS API on `port`, with `token`, presenting the certificate `cert_pem`.
+    /// Returns a TLS API on `port`, with `token` sent in each request if there is one, whose
+    /// server must present the certificate `cert_pem`: the CLI trusts no other.
     pub fn tls(port: u16, token: Option<String>, cert_pem: String) -> Self {
         Self { port, token, cert_pem: Some(cert_pem) }
     }
 }
 
 impl From<u16> for Api {
-    /// The probes on `port` (plain HTTP, no token).
+    /// Returns the probes on `port`: plain HTTP, no token.
     fn from(port: u16) -> Self {
         Self::new(port, None)
     }
 }
 
-/// A TLS client that trusts exactly `cert_pem`, offering HTTP/1.1 by ALPN.
+/// Builds a TLS client that trusts only the certificates in `cert_pem` and offers `http/1.1` by
+/// ALPN, which tells the agent's `cmd_port` to serve the CLI's API rather than gRPC.
 fn tls_connector(cert_pem: &str) -> Result<tokio_rustls::TlsConnector, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -96,7 +108,11 @@ fn tls_connector(cert_pem: &str) -> Result<tokio_rustls::TlsConnector, String> {
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
-/// One `GET path` on a fresh connection: the status and the body, read up to [`MAX_ANSWER`].
+/// Sends one `GET path` on a new connection, and returns the status and the body, read up to
+/// [`MAX_ANSWER`].
+///
+/// An error carries a flag: `true` when no agent answered (the connection, the TLS handshake or
+/// the HTTP exchange failed), `false` when the query could not be made or the body not read.
 async fn get(api: &Api, path: &str) -> Result<(u16, Vec<u8>), (bool, String)> {
     use http_body_util::BodyExt;
     let not_there = |e: &dyn std::fmt::Display| (true, e.to_string());
@@ -125,6 +141,8 @@ async fn get(api: &Api, path: &str) -> Result<(u16, Vec<u8>), (bool, String)> {
     Ok((status, body.to_vec()))
 }
 
+/// Sends `request` over `io` with HTTP/1.1 and returns the response. An error is flagged `true`:
+/// no agent answered.
 async fn send<I>(
     io: I,
     request: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
@@ -134,34 +152,44 @@ where
 {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| (true, e.to_string()))?;
+    // hyper's connection does the reading and writing; it must be polled for the request to go
+    // anywhere, so it runs as a task of its own.
     tokio::spawn(connection);
     sender.send_request(request).await.map_err(|e| (true, root_cause(&e)))
 }
 
-/// Fetches `path` from the agent's API as JSON. A 503 still carries a report (health), so any
-/// status with a JSON body is read.
+/// Fetches `path` from the agent's API and parses the body as JSON of type `T`.
+///
+/// A 503 is read like a success, because `/health` answers 503 with its report when the agent
+/// is not ready.
 ///
 /// # Errors
 ///
-/// Those of [`fetch_text`], and a body that is not JSON of the type asked.
+/// Returns the errors of [`fetch_text`], and [`CliError::BadAnswer`] when the body is not JSON of
+/// type `T`.
 pub async fn fetch<T: serde::de::DeserializeOwned>(api: impl Into<Api>, path: &str) -> Result<T, CliError> {
     let (url, status, bytes) = fetch_bytes(api.into(), path).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| CliError::BadAnswer { url, reason: format!("HTTP {status} with a body that does not parse: {e}") })
 }
 
-/// Fetches `path` from the agent's API as text (`/metrics`).
+/// Fetches `path` from the agent's API as text, such as `/metrics`. Bytes that are not UTF-8 are
+/// replaced with U+FFFD.
 ///
 /// # Errors
 ///
-/// Nothing answers on the port (or the TLS handshake fails: not the agent's certificate), the
-/// query takes over 10 s, or the answer is not a success (a 503 is read) or is over
-/// [`MAX_ANSWER`].
+/// Returns [`CliError::NoAgent`] when nothing accepts the connection, the TLS handshake fails
+/// (for example because the server does not present the trusted certificate), the HTTP exchange
+/// fails, or no answer comes within 10 s. Returns [`CliError::BadAnswer`] when the status is
+/// neither a success nor 503, when the body is over [`MAX_ANSWER`], or when the certificate to
+/// trust does not parse.
 pub async fn fetch_text(api: impl Into<Api>, path: &str) -> Result<String, CliError> {
     let (_, _, bytes) = fetch_bytes(api.into(), path).await?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Runs [`get`] within [`QUERY_TIMEOUT`] and turns its errors into [`CliError`]s. Returns the URL
+/// (for the caller's own errors), the status and the body.
 async fn fetch_bytes(api: Api, path: &str) -> Result<(String, u16, Vec<u8>), CliError> {
     let port = api.port;
     let scheme = if api.cert_pem.is_some() { "https" } else { "http" };
@@ -182,12 +210,17 @@ async fn fetch_bytes(api: Api, path: &str) -> Result<(String, u16, Vec<u8>), Cli
     Ok((url, status, bytes))
 }
 
+/// Formats a timestamp, or returns an empty string when there is none.
 fn time(t: Option<Timestamp>) -> String {
     t.map(|t| t.to_string()).unwrap_or_default()
 }
 
-/// Text from a container or a daemon, safe to print on a terminal: control characters (an
-/// escape sequence in a label, a newline that would fake a line of output) are shown escaped.
+/// Returns `text`, which may come from a container or a daemon, made safe to print on a
+/// terminal.
+///
+/// Control characters, such as an escape sequence in a label or a newline that would fake a line
+/// of output, are written escaped (`\u{1b}`, `\n`). Text without any is returned as it is,
+/// without a copy.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
@@ -203,10 +236,12 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Writes a `key: value` line, the value made printable.
 fn kv(out: &mut String, key: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "{key}: {}", printable(&value.to_string()));
 }
 
+/// Writes a titled section of `key: value` lines, or nothing when `map` is empty.
 fn map_section(out: &mut String, title: &str, map: &StrMap) {
     if map.is_empty() {
         return;
@@ -217,6 +252,7 @@ fn map_section(out: &mut String, title: &str, map: &StrMap) {
     }
 }
 
+/// Writes a container's fields; its labels and env vars only when `verbose`.
 fn container_body(out: &mut String, c: &Container, verbose: bool) {
     let _ = writeln!(out, "----------- Entity ID -----------");
     kv(out, "Kind", format!("container ID: {}", c.id));
@@ -250,6 +286,7 @@ fn container_body(out: &mut String, c: &Container, verbose: bool) {
     }
 }
 
+/// Writes a pod's fields; its labels and annotations only when `verbose`.
 fn pod_body(out: &mut String, p: &KubernetesPod, verbose: bool) {
     let _ = writeln!(out, "----------- Entity ID -----------");
     kv(out, "Kind", format!("kubernetes_pod ID: {}", p.id));
@@ -271,6 +308,7 @@ fn pod_body(out: &mut String, p: &KubernetesPod, verbose: bool) {
     }
 }
 
+/// Writes an ECS task's fields; its tags only when `verbose`.
 fn task_body(out: &mut String, t: &EcsTask, verbose: bool) {
     let _ = writeln!(out, "----------- Entity ID -----------");
     kv(out, "Kind", format!("ecs_task ID: {}", t.id));
@@ -289,6 +327,7 @@ fn task_body(out: &mut String, t: &EcsTask, verbose: bool) {
     }
 }
 
+/// Writes a Kubernetes object's metadata; its labels and annotations only when `verbose`.
 fn metadata_body(out: &mut String, m: &KubernetesMetadata, verbose: bool) {
     let _ = writeln!(out, "----------- Entity ID -----------");
     kv(out, "Kind", format!("kubernetes_metadata ID: {}", m.id));
@@ -302,6 +341,7 @@ fn metadata_body(out: &mut String, m: &KubernetesMetadata, verbose: bool) {
     }
 }
 
+/// Writes an entity's fields, whatever its kind.
 fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
     match entity {
         Entity::Container(c) => container_body(out, c, verbose),
@@ -311,6 +351,8 @@ fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
     }
 }
 
+/// Writes one entity of the workload list: its merged view, then each source's version if the
+/// list carries them.
 fn workload_entry(out: &mut String, e: &WorkloadEntry, verbose: bool) {
     let _ =
         writeln!(out, "=== Entity {} sources(merged):[{}] id: {} ===", e.kind, e.sources.join(" "), printable(&e.id));
@@ -325,7 +367,8 @@ fn workload_entry(out: &mut String, e: &WorkloadEntry, verbose: bool) {
     out.push('\n');
 }
 
-/// `workload-list` as text.
+/// Formats a workload list as `agent workload-list` prints it; `verbose` adds labels,
+/// annotations, env vars and ECS tags.
 pub fn format_workload_list(list: &WorkloadList, verbose: bool) -> String {
     let mut out = String::new();
     for entry in list.entities.values() {
@@ -334,7 +377,8 @@ pub fn format_workload_list(list: &WorkloadList, verbose: bool) -> String {
     out
 }
 
-/// `tagger-list` as text.
+/// Formats a tagger list as `agent tagger-list` prints it: a block per entity, a line of tags
+/// per source.
 pub fn format_tagger_list(list: &TaggerList) -> String {
     let mut out = String::new();
     for (entity, sources) in &list.entities {
@@ -349,6 +393,8 @@ pub fn format_tagger_list(list: &TaggerList) -> String {
     out
 }
 
+/// Writes one line per collector: its name, source and state, whether it is restarting and
+/// synced, and its reason or error.
 fn collectors(out: &mut String, health: &HealthReport) {
     for c in &health.collectors {
         let name = c.get("name").and_then(|v| v.as_str()).unwrap_or("?");
@@ -371,7 +417,8 @@ fn collectors(out: &mut String, health: &HealthReport) {
     }
 }
 
-/// `health` as text.
+/// Formats a health report as `agent health` prints it: `PASS` only when the agent is live and
+/// ready.
 pub fn format_health(health: &HealthReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Agent health: {}", if health.live && health.ready { "PASS" } else { "FAIL" });
@@ -381,7 +428,7 @@ pub fn format_health(health: &HealthReport) -> String {
     out
 }
 
-/// `status` as text.
+/// Formats a status report as `agent status` prints it.
 pub fn format_status(status: &StatusReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "==============\nAgent (v{})\n==============", status.version);

@@ -1,9 +1,13 @@
-//! The collectors this build can run: one line per collector crate, behind its cargo feature.
+//! The collectors this build can run: one entry in [`COLLECTORS`] per collector, each behind its
+//! cargo feature.
 //!
-//! Each entry reads its collector's config struct from the agent config and builds the
-//! collector, or nothing when the config turns it off. Building does no I/O: the config check
-//! runs every entry once, and the agent runs them again to start. Everything else that knows
-//! which collectors exist — `agent status`, the flavor checks, the tests — reads this table.
+//! An entry reads its collector's config struct from the agent config and builds the collector;
+//! the remote collector's entry builds nothing unless `process_config.remote_workloadmeta` is
+//! set. Building does no I/O, so every entry is built twice: once when the config is loaded, to
+//! check each collector's part ([`crate::load_config`]), and again when the agent starts. The
+//! rest of the agent learns from this table which collectors exist: which ones to start, which
+//! runtimes the tagger may ask about an unknown container, and what `agent status` lists as
+//! compiled in.
 
 use std::sync::Arc;
 
@@ -12,35 +16,41 @@ use wm_core::{Collector, Container, ContainerFetcher};
 
 use crate::config::{AgentConfig, ConfigError};
 
-/// Which agents run a collector, as the Datadog agent's catalogs say.
+/// The kind of agent that runs a collector, named after the Datadog Agent's collector catalogs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Catalog {
-    /// A node agent collecting from the node itself.
+    /// A node agent, which collects from the node itself.
     Node,
-    /// An agent following another agent (`process_config.remote_workloadmeta`).
+    /// A follower (`process_config.remote_workloadmeta`), which streams workload metadata from
+    /// its upstream.
     Remote,
 }
 
-/// One collector this build links.
+/// One collector compiled into this build: its name, which agents run it, and how to build it
+/// or turn it off.
 #[derive(Debug)]
 pub struct CollectorEntry {
-    /// Its name (as in health and dumps).
+    /// The collector's name, as shown in health reports and in a verbose workload list.
     pub name: &'static str,
-    /// The agents that run it.
+    /// The kind of agent that runs it.
     pub catalog: Catalog,
-    /// The feature `autoconfig_exclude_features` names to turn it off.
+    /// The name that turns it off when listed in `autoconfig_exclude_features`; both Kubernetes
+    /// collectors answer to `kubernetes`.
     pub feature: &'static str,
-    /// Builds it from the config; `None` when the config turns it off.
+    /// Builds the collector from the config: `None` when the config turns it off, an error when
+    /// the config's part for it is refused.
     pub build: fn(&AgentConfig) -> Result<Option<Collector>, ConfigError>,
-    /// Builds its cache-miss fetcher (runtime collectors: the tagger asks the runtime about a
-    /// container it was asked about before the collector reported it).
+    /// Builds its cache-miss fetcher, for a runtime collector: when the tagger is asked about a
+    /// container that the collector has not reported yet, the fetcher asks the runtime directly.
+    /// `None` for the other collectors.
     pub fetcher: Option<FetcherBuilder>,
 }
 
-/// Builds a runtime's cache-miss fetcher from the config.
+/// A function that builds a runtime's cache-miss fetcher (see [`CollectorEntry::fetcher`]) from
+/// the config.
 pub type FetcherBuilder = fn(&AgentConfig) -> Result<Arc<dyn ContainerFetcher>, ConfigError>;
 
-/// Every collector compiled in.
+/// Every collector compiled into this build: one entry for each collector feature enabled.
 pub const COLLECTORS: &[CollectorEntry] = &[
     #[cfg(feature = "docker")]
     CollectorEntry {
@@ -156,6 +166,8 @@ fn ecs(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     Ok(Some(wm_collector_ecs::EcsCollector::new(ecs).into_collector()))
 }
 
+/// Builds the Cloud Foundry collector. Garden's address and the Cloud Controller settings are
+/// checked here, so that a wrong value is refused with the rest of the config.
 #[cfg(feature = "cf")]
 fn cloudfoundry(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let garden: wm_collector_cf::CfConfig = config.section()?;
@@ -165,6 +177,8 @@ fn cloudfoundry(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> 
     Ok(Some(wm_collector_cf::CfCollector::new(garden, cc).into_collector()))
 }
 
+/// Builds the remote collector when `process_config.remote_workloadmeta` is set: it follows the
+/// agent at `cmd_host:cmd_port`, with the token and certificate files of the config.
 #[cfg(feature = "remote")]
 fn remote(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let remote: wm_collector_remote::RemoteConfig = config.section()?;
@@ -179,23 +193,37 @@ fn remote(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     }))
 }
 
-/// The catalog this config asks for: the remote one when it follows another agent.
+/// Returns the catalog that `config` asks for: [`Catalog::Remote`] when
+/// `process_config.remote_workloadmeta` is set (in a build with the `remote` feature), else
+/// [`Catalog::Node`].
+///
+/// # Errors
+///
+/// Returns an error when the remote collector's part of the config is refused.
 pub fn catalog(config: &AgentConfig) -> Result<Catalog, ConfigError> {
     #[cfg(feature = "remote")]
     if config.section::<wm_collector_remote::RemoteConfig>()?.remote_workloadmeta {
         return Ok(Catalog::Remote);
     }
+    // Without the `remote` feature nothing above reads `config`; this line marks it as used, so
+    // that the build has no unused-variable warning.
     let _ = config;
     Ok(Catalog::Node)
 }
 
-/// The collectors of this config's catalog that its config does not turn off (by their own
-/// keys or `autoconfig_exclude_features`).
+/// Builds the collectors of the config's catalog that the config does not turn off, by their own
+/// keys or by `autoconfig_exclude_features`.
+///
+/// # Errors
+///
+/// Returns the first error of a collector's part of the config. Every collector's part is read,
+/// even that of a collector this agent will not run.
 pub fn build_all(config: &AgentConfig) -> Result<Vec<Collector>, ConfigError> {
     let catalog = catalog(config)?;
     let mut collectors = Vec::new();
     for entry in COLLECTORS {
-        // Every entry reads its part, so a wrong value is refused in any catalog.
+        // Build every entry, even one this agent will not run, so that a wrong value in any
+        // collector's part is refused whichever catalog the config asks for.
         let built = (entry.build)(config)?;
         if entry.catalog == catalog && !config.collectors.excludes(entry.feature) {
             collectors.extend(built);
@@ -204,7 +232,11 @@ pub fn build_all(config: &AgentConfig) -> Result<Vec<Collector>, ConfigError> {
     Ok(collectors)
 }
 
-/// Asks every runtime whose id form fits at once; the first that knows the container answers.
+/// The cache-miss fetchers of several runtimes, asked together.
+///
+/// A lookup asks every runtime whose fetcher accepts the container id's form, all at the same
+/// time, and waits for all of their answers. If more than one knows the container, the answer of
+/// the first in the order of [`COLLECTORS`] wins.
 #[derive(Clone)]
 pub struct AnyRuntime(Vec<Arc<dyn ContainerFetcher>>);
 
@@ -216,6 +248,7 @@ impl std::fmt::Debug for AnyRuntime {
 
 #[async_trait]
 impl ContainerFetcher for AnyRuntime {
+    /// Tells whether any runtime's fetcher accepts the form of `container_id`.
     fn accepts(&self, container_id: &str) -> bool {
         self.0.iter().any(|f| f.accepts(container_id))
     }
@@ -226,8 +259,12 @@ impl ContainerFetcher for AnyRuntime {
     }
 }
 
-/// The cache-miss fetchers of the runtime collectors this config runs (none when it follows
-/// another agent).
+/// Returns the cache-miss fetchers of the runtime collectors that `config` does not exclude, or
+/// `None` when there is none or the config is a follower's.
+///
+/// # Errors
+///
+/// Returns an error when the remote collector's part of the config, or a runtime's, is refused.
 pub fn fetchers(config: &AgentConfig) -> Result<Option<AnyRuntime>, ConfigError> {
     if catalog(config)? != Catalog::Node {
         return Ok(None);
@@ -241,7 +278,8 @@ pub fn fetchers(config: &AgentConfig) -> Result<Option<AnyRuntime>, ConfigError>
     Ok((!fetchers.is_empty()).then_some(AnyRuntime(fetchers)))
 }
 
-/// The names of the collectors compiled in.
+/// Returns the names of the collectors compiled into this build, in the order of
+/// [`COLLECTORS`].
 pub fn compiled() -> Vec<String> {
     COLLECTORS.iter().map(|e| e.name.to_owned()).collect()
 }

@@ -1,17 +1,24 @@
-//! The agent's configuration: one YAML file plus `DD_*` environment overrides, with the Datadog
-//! key names, read once into one typed [`AgentConfig`].
+//! The agent's configuration: one YAML file plus `DD_*` environment variables, with the Datadog
+//! Agent's key names, read once into one typed [`AgentConfig`].
 //!
-//! Each component owns its part as a serde struct whose field names are its keys, with their
-//! defaults and docs: [`LogConfig`] and [`IpcConfig`] here, `tagger::TaggerConfig`, and each
-//! collector crate's config (read by its line in the collectors' table). The file and
-//! the environment form one layer; [`AgentConfig::section`] reads a component's struct from it,
-//! asking the layer only for that struct's own keys. An environment value is parsed as the
-//! field's type asks (a bool, a port, a list separated by spaces or commas, a map as JSON). A
-//! value of the wrong kind refuses start-up naming the key, the value, where it came from and
-//! what is expected; a file key no component reads is a warning naming it. Every key a component
-//! read keeps its effective value and origin (default, file, env), which `agent config` prints.
-//! A key of type [`wm_core::Secret`] is shown as `********` there and in `/agent/config`, and an
-//! error about it names the key and the expected type but never the value.
+//! Each component owns its part of the config: a serde struct whose field names are its keys,
+//! with their defaults and docs. Here those are [`LogConfig`], [`IpcConfig`] and
+//! [`CollectorsConfig`]; elsewhere `tagger::TaggerConfig` and each collector crate's config, read
+//! by the collector's entry in [`crate::collectors::COLLECTORS`]. The file and the environment
+//! together form one *layer* of raw values, and [`AgentConfig::section`] reads a component's
+//! struct from it, asking the layer only for that struct's own keys.
+//!
+//! A key's environment variable is `DD_` followed by the key in upper case, dots becoming
+//! underscores (`DD_PROCESS_CONFIG_REMOTE_WORKLOADMETA`); it overrides the file. Its text is
+//! parsed as the field's type asks: a bool as Go's `strconv.ParseBool` reads it, a number, a list
+//! separated by spaces or commas, a map as JSON.
+//!
+//! A value of the wrong kind makes the agent refuse the whole config, with an error naming the
+//! key, the value, where it came from and what is expected. A file key that no component reads
+//! only gives a warning naming it. Every key a component reads is recorded with its effective
+//! value and origin (default, file or env), which `agent config` prints. A key of type
+//! [`wm_core::Secret`] is shown as `********` there and in `/agent/config` (an empty one as `""`),
+//! and an error about it names the key and the expected type but never the value.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,18 +31,18 @@ use serde_json::Value;
 use wm_core::sync::MutexExt;
 use wm_core::{Port, Seconds};
 
-/// The default config file.
+/// The config file read when none is given. Unlike a file given explicitly, it may be missing.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wm-agent/agent.yaml";
 
-/// Where a value came from.
+/// Where a key's effective value came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
-    /// The built-in default.
+    /// The component's built-in default.
     Default,
-    /// The config file.
+    /// The config file at this path.
     File(PathBuf),
-    /// An environment variable.
+    /// The environment variable of this name.
     Env(String),
 }
 
@@ -49,61 +56,65 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A configuration the agent refuses.
+/// Why the agent refuses its configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file cannot be read.
+    /// The config file cannot be read. A missing default file is not an error.
     #[error("config: cannot read {path}: {source}")]
     Read {
-        /// The file.
+        /// The file's path.
         path: PathBuf,
-        /// Why.
+        /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not YAML, or not a mapping.
+    /// The file is not YAML, or its top level is not a mapping of keys to values.
     #[error("config: {path} is not a YAML mapping of keys to values: {reason}")]
     Syntax {
-        /// The file.
+        /// The file's path.
         path: PathBuf,
-        /// What the parser said.
+        /// The YAML parser's message.
         reason: String,
     },
-    /// A value of the wrong kind.
+    /// A key has a value of the wrong kind.
     #[error("config: key `{key}` ({origin}) is {value}; expected {expected}")]
     Value {
         /// The key.
         key: String,
         /// Where the value came from.
         origin: Origin,
-        /// The value as given.
+        /// The value as given, described in words (`the string "x"`), or a placeholder when the
+        /// key holds a secret.
         value: String,
-        /// What is expected.
+        /// What the key expects.
         expected: String,
     },
-    /// A component refused its part as a whole.
+    /// A component refused its part for a reason other than one key's kind (its own check of
+    /// the values, for example); the text says why.
     #[error("config: {0}")]
     Invalid(String),
 }
 
-/// One key's effective value.
+/// One key's effective value and where it came from, as `agent config` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Setting {
-    /// The value.
+    /// The value, as JSON; a secret's is redacted.
     pub value: Value,
-    /// Where it came from.
+    /// Where the value came from.
     pub origin: Origin,
 }
 
-/// The log level (`log_level`).
+/// The log level, from `log_level`: the least severe kind of message that is logged.
+///
+/// It is read ignoring case, and `warning` is accepted for `warn`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
-    /// Everything.
+    /// Everything, with the finest detail.
     Trace,
-    /// Debugging detail.
+    /// Debugging detail and above.
     Debug,
-    /// The default.
+    /// Informational messages and above; the default.
     #[default]
     Info,
     /// Warnings and errors.
@@ -138,58 +149,68 @@ impl<'de> Deserialize<'de> for LogLevel {
     }
 }
 
-/// Logging (the agent's own keys).
+/// The logging part of the config (keys of the agent's own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// `log_level` (default info).
+    /// `log_level` (default `info`): how much to log.
     pub log_level: LogLevel,
     /// `log_format_json`: one JSON object per line instead of text (default false).
     pub log_format_json: bool,
 }
 
-/// The IPC server's part: where the gRPC and HTTP APIs listen and the files that secure them.
+/// The IPC part of the config: where the gRPC and HTTP APIs listen, how they bound their
+/// connections, and the files that secure them.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IpcConfig {
-    /// `cmd_host`: the gRPC API's address (default localhost).
+    /// `cmd_host` (default `localhost`): the host the gRPC API and the CLI's API listen on. For
+    /// the light agent or a follower, the host of its upstream instead.
     pub cmd_host: String,
-    /// `cmd_port`: the gRPC API's port (default 5001).
+    /// `cmd_port` (default 5001): the port of the gRPC API and the CLI's API. For the light agent
+    /// or a follower, the port of its upstream instead.
     pub cmd_port: Port,
-    /// `health_port`: the probes' plain HTTP port (default 5555).
+    /// `health_port` (default 5555): the probes' plain HTTP port.
     pub health_port: Port,
-    /// `api_port` (ours, default 5010): where an agent with no gRPC server of its own (the
-    /// light agent, or one that follows another with `process_config.remote_workloadmeta`)
-    /// serves the CLI's TLS API, on 127.0.0.1 (its `cmd_host` names the upstream). An agent
-    /// that serves gRPC serves that API on `cmd_port`.
+    /// `api_port` (ours, default 5010): the port on 127.0.0.1 where an agent with no gRPC server
+    /// of its own, the light agent or a follower, serves the CLI's TLS API. `cmd_host` cannot
+    /// give that address, because for such an agent it names the upstream. A full agent serves
+    /// the CLI's API on `cmd_port`.
     pub api_port: Port,
-    /// `health_host` (default 127.0.0.1): where the probes listen (`/live`, `/ready`,
-    /// `/health`): plain HTTP with no token, nothing else served there.
+    /// `health_host` (default `127.0.0.1`): the host the probes (`/live`, `/ready`, `/health`)
+    /// listen on, in plain HTTP with no token. Nothing else is served there unless
+    /// `metrics_public` is set.
     pub health_host: String,
-    /// `metrics_public` (default false): serve `/metrics` on the probes' port too, without the
-    /// token, to any peer that reaches it.
+    /// `metrics_public` (default false): whether the probes' port also serves `/metrics`,
+    /// without a token, to any peer that reaches it.
     pub metrics_public: bool,
-    /// `server_timeout` (Datadog's key, seconds, default 30): the TLS handshake and request
-    /// headers must come within it, and an HTTP connection idle that long is closed.
+    /// `server_timeout` (Datadog's key, in seconds, default 30; at least 1 s is used): how long
+    /// a TLS handshake may take, how long a client has to send a request's headers, and how long
+    /// a TLS connection may go without an authenticated request. The probes' port also closes a
+    /// connection idle that long; the TLS ports allow at least 120 s idle, for quiet gRPC streams.
     pub server_timeout: Seconds,
-    /// `ipc_max_connections` (default 4096): open connections per API port at most (lowered to
-    /// fit the file-descriptor limit).
+    /// `ipc_max_connections` (default 4096): the most connections open at once on each API port,
+    /// lowered to fit the file-descriptor limit, but never below 16.
     pub ipc_max_connections: usize,
-    /// `ipc_max_connections_per_peer` (ours, default 128): open connections of one peer address
-    /// per API port at most (an IPv6 peer counts by its /64). Every local process connects from
-    /// 127.0.0.1, so this is also what all of them share.
+    /// `ipc_max_connections_per_peer` (ours, default 128): the most connections one peer address
+    /// may have open at once on each API port (an IPv6 peer counts by its /64 network; 0 counts
+    /// as 1). Every local process connects from 127.0.0.1, so all of them share this limit.
     pub ipc_max_connections_per_peer: usize,
-    /// `container_proc_root` (Datadog's key, default `/proc`; `/host/proc` when the agent runs
-    /// in a container): where origin detection reads a process's cgroup.
+    /// `container_proc_root` (Datadog's key, default `/proc`): where origin detection reads a
+    /// process's cgroup (`<root>/<pid>/cgroup`). When the agent runs in a container, set it to
+    /// where the host's `/proc` is mounted, such as `/host/proc`.
     pub container_proc_root: PathBuf,
     /// `container_cgroup_root` (Datadog's key, default `/sys/fs/cgroup`): where origin detection
-    /// finds the cgroup v2 hierarchy whose inodes identify containers.
+    /// finds the cgroup v2 hierarchy (there or in `unified/` below it), whose inode numbers
+    /// identify containers.
     pub container_cgroup_root: PathBuf,
-    /// `auth_token_file_path`: the bearer token file (default `auth_token` beside the config
-    /// file); created 0600 at first start.
+    /// `auth_token_file_path` (default `auth_token` beside the config file, also when empty): the
+    /// bearer token file. A full agent creates it, mode 0600, when it is missing; the light agent
+    /// needs its upstream's.
     pub auth_token_file_path: Option<PathBuf>,
-    /// `ipc_cert_file_path`: the TLS certificate and key (default `ipc_cert.pem` beside the
-    /// token); created 0600 at first start.
+    /// `ipc_cert_file_path` (default `ipc_cert.pem` beside the token file, also when empty): the
+    /// TLS certificate and key. A full agent creates it, mode 0600, when it is missing; the light
+    /// agent needs its upstream's.
     pub ipc_cert_file_path: Option<PathBuf>,
 }
 
@@ -213,16 +234,19 @@ impl Default for IpcConfig {
     }
 }
 
-/// Which collectors run and how an absent runtime is looked for again.
+/// The part of the config that says which collectors run, and how often a collector looks again
+/// for what it did not find.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorsConfig {
-    /// `autoconfig_exclude_features` (Datadog's key): features never collected, by name
-    /// (`docker`, `containerd`, `podman`, `kubernetes`; case-insensitive). An excluded
-    /// collector is not started and does not hold readiness back.
+    /// `autoconfig_exclude_features` (Datadog's key): the collectors not to run, by feature name
+    /// (`docker`, `containerd`, `podman`, `kubernetes`, `ecs`, `cloudfoundry`, `remote`), ignoring
+    /// case. An excluded collector is not started, so it does not hold readiness back, and the
+    /// tagger does not ask its runtime about unknown containers.
     pub autoconfig_exclude_features: Vec<String>,
-    /// `collector_redetect_interval` (ours, default 30 s): how often a collector whose runtime
-    /// is absent (no socket yet) looks again.
+    /// `collector_redetect_interval` (ours, in seconds, default 30): how often a collector whose
+    /// runtime was not found (no socket yet), or that waits for something its config names, looks
+    /// again.
     pub collector_redetect_interval: Seconds,
 }
 
@@ -233,17 +257,21 @@ impl Default for CollectorsConfig {
 }
 
 impl CollectorsConfig {
-    /// Whether `feature` is excluded.
+    /// Tells whether `autoconfig_exclude_features` lists `feature`, ignoring case and spaces
+    /// around the names.
     pub fn excludes(&self, feature: &str) -> bool {
         self.autoconfig_exclude_features.iter().any(|f| f.trim().eq_ignore_ascii_case(feature))
     }
 }
 
-/// The file's values and the `DD_*` variables, before any component read them.
+/// The raw values: the file's top-level keys and the `DD_*` variables, before any component has
+/// read them.
 struct Layer {
+    /// The config file, named in origins and errors.
     path: PathBuf,
+    /// The file's top-level keys and their YAML values.
     file: BTreeMap<String, Value>,
-    /// By variable name.
+    /// The `DD_*` variables, by name.
     env: BTreeMap<String, String>,
 }
 
@@ -259,7 +287,7 @@ impl fmt::Debug for Layer {
     }
 }
 
-/// A value as given, with where it came from.
+/// A raw value: a YAML value from the file, or the text of an environment variable.
 #[derive(Clone, Copy)]
 enum Raw<'a> {
     File(&'a Value),
@@ -267,8 +295,12 @@ enum Raw<'a> {
 }
 
 impl Layer {
-    /// The value of `key`: the environment wins over the file. A dotted key
-    /// (`process_config.remote_workloadmeta`) is looked up nested, as the Datadog agent does.
+    /// Returns the raw value of `key` and its origin, or `None` when neither the environment nor
+    /// the file gives one.
+    ///
+    /// The environment variable wins over the file. In the file, a dotted key
+    /// (`process_config.remote_workloadmeta`) is looked up as written first, then nested, as the
+    /// Datadog Agent does.
     fn lookup<'a>(&'a self, key: &str) -> Option<(Raw<'a>, Origin)> {
         let var = format!("DD_{}", key.replace('.', "_").to_ascii_uppercase());
         if let Some(text) = self.env.get(&var) {
@@ -279,37 +311,48 @@ impl Layer {
             let first = self.file.get(parts.next()?)?;
             parts.try_fold(first, |v, part| v.as_object()?.get(part))
         })?;
-        // An empty key in YAML (`docker_host:`) is no value: the default stands.
+        // A key left empty in YAML (`docker_host:`) reads as null. Treat it as not given, so that
+        // the default stands.
         (!found.is_null()).then(|| (Raw::File(found), Origin::File(self.path.clone())))
     }
 }
 
-/// The effective configuration: every component's typed part, and what was read from where.
+/// The effective configuration: every component's typed part, and which value of each key came
+/// from where.
 #[derive(Debug)]
 pub struct AgentConfig {
-    /// The file read (it may not exist: then only defaults and env count).
+    /// The config file's path. The default file may not exist; then only the defaults and the
+    /// environment count.
     pub path: PathBuf,
-    /// Logging.
+    /// The logging part.
     pub log: LogConfig,
-    /// The IPC server.
+    /// The IPC part: where the APIs listen, and the files that secure them.
     pub ipc: IpcConfig,
-    /// The tagger.
+    /// The tagger's part.
     pub tagger: tagger::TaggerConfig,
     /// Which collectors run.
     pub collectors: CollectorsConfig,
-    /// Warnings (unknown keys), to log once the logger is set up.
+    /// Warnings about file keys that no component reads, to log once logging is set up.
     pub warnings: Vec<String>,
+    /// The raw values that [`AgentConfig::section`] reads from.
     layer: Layer,
+    /// Every key read so far, with its effective value and origin. It is behind a mutex because
+    /// `section` takes `&self`: components read their parts from a shared config.
     read: Mutex<BTreeMap<String, Setting>>,
 }
 
 impl AgentConfig {
-    /// Reads `path` (a missing file is fine only when it is the default path) and the
-    /// environment `env` (pairs of name and value; the process's in production), then the
-    /// agent's own parts: logging, IPC, the tagger and which collectors run.
+    /// Reads the file at `path` and the `DD_*` variables of `env`, then the agent's own parts:
+    /// logging, IPC, the tagger and which collectors run.
     ///
-    /// The collectors' own parts are read by [`crate::load_config`], which is what callers use:
-    /// the collectors depend on this module, not the other way round.
+    /// `path` `None` means the default path, which may be missing. The collectors' own parts are
+    /// read by [`crate::load_config`], which is what callers use: the collectors' table depends on
+    /// this module, not the other way round.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the file cannot be read or parsed, or when one of these parts is
+    /// refused.
     pub(crate) fn read(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -347,14 +390,23 @@ impl AgentConfig {
         Ok(config)
     }
 
-    /// Records every file key no component read as a warning. Call it once every component
-    /// has read its part.
+    /// Replaces [`AgentConfig::warnings`] with one warning per file key that no component has
+    /// read. Call it once every component has read its part, or keys read later are reported too.
     pub(crate) fn note_unknown_keys(&mut self) {
         self.warnings = self.unknown_keys();
     }
 
-    /// Reads one component's part: its fields are the keys it asks the layer for; keys left out
-    /// keep the struct's defaults. Every key it has is recorded with its value and origin.
+    /// Reads one component's part of the config into `T`, and records every key of `T` with its
+    /// effective value and origin, for `agent config`.
+    ///
+    /// The field names of `T` are the keys asked for. A key that neither the environment nor the
+    /// file gives keeps the default that `T` declares with `#[serde(default)]`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ConfigError::Value`] when a key's value is of the wrong kind, and
+    /// [`ConfigError::Invalid`] when `T` refuses its part for another reason or cannot be
+    /// serialized back for the record.
     pub fn section<T: DeserializeOwned + Serialize>(&self) -> Result<T, ConfigError> {
         let mut origins = BTreeMap::new();
         let value =
@@ -368,11 +420,13 @@ impl AgentConfig {
         Ok(value)
     }
 
-    /// Every key the components read, with its effective value and origin.
+    /// Returns every key the components have read so far, with its effective value and origin.
     pub fn settings(&self) -> BTreeMap<String, Setting> {
         self.read.locked().clone()
     }
 
+    /// Returns a warning for each top-level file key that no component has read. A key counts as
+    /// read when a component read it, or read a dotted key below it.
     fn unknown_keys(&self) -> Vec<String> {
         let read = self.read.locked();
         self.layer
@@ -391,7 +445,8 @@ impl AgentConfig {
             .collect()
     }
 
-    /// The auth token file: `auth_token_file_path`, else `auth_token` beside the config file.
+    /// Returns the path of the auth token file: `auth_token_file_path` when it is set and not
+    /// empty, else `auth_token` beside the config file.
     pub fn auth_token_path(&self) -> PathBuf {
         match &self.ipc.auth_token_file_path {
             Some(path) if !path.as_os_str().is_empty() => path.clone(),
@@ -399,7 +454,8 @@ impl AgentConfig {
         }
     }
 
-    /// The IPC certificate: `ipc_cert_file_path`, else `ipc_cert.pem` beside the token file.
+    /// Returns the path of the IPC certificate file: `ipc_cert_file_path` when it is set and not
+    /// empty, else `ipc_cert.pem` beside the auth token file.
     pub fn ipc_cert_path(&self) -> PathBuf {
         match &self.ipc.ipc_cert_file_path {
             Some(path) if !path.as_os_str().is_empty() => path.clone(),
@@ -407,13 +463,15 @@ impl AgentConfig {
         }
     }
 
-    /// Returns the env vars collectors keep: the tag rules' own, and the keys of
-    /// `*_env_as_tags`.
+    /// Returns the filter that decides which env vars of a container the collectors keep: the
+    /// ones the tag rules read, and the names that `container_env_as_tags` and
+    /// `docker_env_as_tags` map.
     pub fn env_filter(&self) -> wm_core::EnvFilter {
         wm_core::EnvFilter::new(self.tagger.env_as_tags_keys())
     }
 
-    /// `agent config`'s text: one `key: value  # origin` line per key.
+    /// Formats `settings` as `agent config` prints them: one `key: value  # origin` line per
+    /// key, in key order.
     pub fn render(settings: &BTreeMap<String, Setting>) -> String {
         let mut out = String::new();
         for (key, setting) in settings {
@@ -423,9 +481,11 @@ impl AgentConfig {
     }
 }
 
-// ---- reading a component's struct from the layer -------------------------------------------
+// ---- Reading a component's struct from the layer: two serde deserializers over raw values ----
 
-/// The error while reading a section: a key's value of the wrong kind, or anything else.
+/// The error of reading a section: a key's value of the wrong kind, or any other message from
+/// serde or the component. serde needs an error type of the deserializer's own; it becomes a
+/// [`ConfigError`] once the section is read.
 #[derive(Debug)]
 enum DeError {
     Value { key: String, origin: Origin, value: String, expected: String },
@@ -433,6 +493,7 @@ enum DeError {
 }
 
 impl DeError {
+    /// Converts it into the public error type.
     fn into_config(self) -> ConfigError {
         match self {
             DeError::Value { key, origin, value, expected } => ConfigError::Value { key, origin, value, expected },
@@ -458,7 +519,8 @@ impl de::Error for DeError {
     }
 }
 
-/// Deserializes a component's struct: a map of its own fields that the layer has.
+/// Reads a component's struct from the layer, by offering it as a map of those of its fields
+/// that the layer has a value for. Each value's origin is noted in `origins`.
 struct SectionDe<'a> {
     layer: &'a Layer,
     origins: &'a mut BTreeMap<String, Origin>,
@@ -491,8 +553,11 @@ impl<'de> Deserializer<'de> for SectionDe<'de> {
     }
 }
 
+/// The map that `SectionDe` offers: the fields the layer has, each key followed by its value.
 struct SectionMap<'de> {
+    /// The entries not given yet.
     present: std::vec::IntoIter<(&'static str, Raw<'de>, Origin)>,
+    /// The entry whose key was just given, waiting for its value to be asked for.
     pending: Option<(&'static str, Raw<'de>, Origin)>,
 }
 
@@ -513,17 +578,18 @@ impl<'de> MapAccess<'de> for SectionMap<'de> {
     }
 }
 
-/// One key's value, read as the field's type asks.
+/// Reads one key's raw value as the field's type asks: a file value through `serde_json`, an
+/// environment variable's text parsed by the kind of value wanted.
 struct RawDe<'de> {
     key: &'static str,
     raw: Raw<'de>,
     origin: Origin,
-    /// The field is a [`wm_core::Secret`]: an error names the key and what is expected, never
-    /// the value.
+    /// Whether the value is, or is inside, a [`wm_core::Secret`]: an error then names the key
+    /// and what is expected, never the value.
     secret: bool,
 }
 
-/// What a visitor expects, as its own words say.
+/// Displays what a serde visitor expects, in the visitor's own words (its `expecting` method).
 struct Expecting<'a, V>(&'a V);
 
 impl<'de, V: Visitor<'de>> fmt::Display for Expecting<'_, V> {
@@ -532,6 +598,7 @@ impl<'de, V: Visitor<'de>> fmt::Display for Expecting<'_, V> {
     }
 }
 
+/// Describes a YAML value for an error message: its kind, then the value.
 fn describe(value: &Value) -> String {
     match value {
         Value::String(s) => format!("the string {s:?}"),
@@ -543,7 +610,8 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// Go's `strconv.ParseBool`, as Datadog reads boolean variables.
+/// Parses a boolean environment value as Go's `strconv.ParseBool` does, which is how the Datadog
+/// Agent reads them.
 fn env_bool(text: &str) -> Option<bool> {
     match text {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
@@ -553,11 +621,13 @@ fn env_bool(text: &str) -> Option<bool> {
 }
 
 impl<'de> RawDe<'de> {
-    /// The error for this key: `cause` is serde's message, whose `expected …` part (if any) is
-    /// the most precise; else the visitor's own words.
+    /// Builds the wrong-kind error for this key.
+    ///
+    /// `cause` is serde's message, if there is one; its `expected …` part, when it has one, is
+    /// more precise than `expected`, the visitor's own words, which are used otherwise.
     fn mismatch(&self, cause: Option<&str>, expected: String) -> DeError {
         let expected = cause.and_then(|c| c.rsplit_once(", expected ").map(|(_, e)| e.to_owned())).unwrap_or(expected);
-        // serde's words, with what a YAML or env value may be.
+        // serde says only "a boolean"; also name the values to write.
         let expected = if expected == "a boolean" { "a boolean (true or false)".to_owned() } else { expected };
         let value = match self.raw {
             _ if self.secret => "a value not shown (the key holds a secret)".to_owned(),
@@ -567,6 +637,7 @@ impl<'de> RawDe<'de> {
         DeError::Value { key: self.key.to_owned(), origin: self.origin.clone(), value, expected }
     }
 
+    /// Reads a file value with `read`, turning a mismatch into the wrong-kind error for this key.
     fn file<V: Visitor<'de>>(
         &self,
         value: &'de Value,
@@ -577,7 +648,8 @@ impl<'de> RawDe<'de> {
         read(value, visitor).map_err(|e| self.mismatch(Some(&e.to_string()), expected))
     }
 
-    /// An env value that is JSON (a map).
+    /// Reads an environment value as JSON (a map is given that way), turning text that is not
+    /// JSON, or a mismatch, into the wrong-kind error for this key.
     fn json<V: Visitor<'de>>(
         &self,
         text: &str,
@@ -589,6 +661,8 @@ impl<'de> RawDe<'de> {
         read(value, visitor).map_err(|e| self.mismatch(Some(&e.to_string()), expected))
     }
 
+    /// Reads an environment value as a number: as an unsigned integer, else a signed one, else a
+    /// float, whichever parses first.
     fn env_number<V: Visitor<'de>>(&self, text: &str, visitor: V) -> Result<V::Value, DeError> {
         let expected = Expecting(&visitor).to_string();
         let text = text.trim();
@@ -605,6 +679,8 @@ impl<'de> RawDe<'de> {
     }
 }
 
+// Writes the `deserialize_*` methods that differ only in how an environment value is read: as
+// text, as a number, or as JSON. A file value is always read through `serde_json`.
 macro_rules! by_kind {
     ($($method:ident => $env:ident;)*) => {
         $(
@@ -664,6 +740,7 @@ impl<'de> Deserializer<'de> for RawDe<'de> {
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        // An empty environment variable leaves an `Option` field without a value.
         match self.raw {
             Raw::Env("") => visitor.visit_none(),
             _ => visitor.visit_some(self),
@@ -671,6 +748,8 @@ impl<'de> Deserializer<'de> for RawDe<'de> {
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+        // `Secret` deserializes as a newtype of this name: note it, so that an error about what is
+        // inside never shows the value.
         let secret = self.secret || name == wm_core::config::SECRET_TYPE_NAME;
         visitor.visit_newtype_struct(RawDe { secret, ..self })
     }

@@ -1,22 +1,26 @@
 //! Listeners that hold up under load and under attack, shared by the HTTP and gRPC APIs.
 //!
-//! - Each listener has a cap on open connections (`ipc_max_connections`, lowered to fit the
-//!   file-descriptor limit): past it, a new connection is accepted and closed at once, so the
-//!   kernel's backlog never fills with connections nobody serves.
-//! - One peer address (an IPv6 peer: its /64) holds at most `ipc_max_connections_per_peer`
-//!   of them, and the last [`reserve`] slots of the cap go only to peers holding fewer than
-//!   [`LIGHT_PEER`] connections: a flood from one network address, or from a few, cannot take
-//!   the slots that probes and clients from other addresses need. What this does not stop: every
-//!   process on the node connects from 127.0.0.1 and so shares one peer's share, and a local
-//!   process could also bind other 127.x.y.z addresses; local processes are trusted that far
-//!   (the probes' port answers one request per connection, so none is held by asking).
-//! - An accept error (out of descriptors: `EMFILE`, `ENFILE`) is backed off (5 ms doubling to
-//!   1 s) and logged once per burst, never spun on.
-//! - Every connection is wrapped in [`IdleTimeout`]: no byte read or written for its idle time
-//!   and it fails, which closes it. The TLS handshake of the gRPC API has `server_timeout` to
-//!   finish; the HTTP API bounds each request's headers with it too.
-//! - At start the soft `RLIMIT_NOFILE` is raised to the hard one ([`raise_fd_limit`]), as Go
-//!   does for the Datadog Agent, so the caps are what bounds the agent, not the default 1,024.
+//! - Each listener caps its open connections (`ipc_max_connections`, lowered to fit the
+//!   file-descriptor limit). Past the cap, a new connection is accepted and closed at once, so
+//!   that the kernel's backlog never fills with connections nobody serves.
+//! - One peer address (for IPv6, one /64 network) may have at most
+//!   `ipc_max_connections_per_peer` connections open, and the last [`reserve`] slots of the cap
+//!   go only to peers with fewer than [`LIGHT_PEER`] connections open. A flood from one address,
+//!   or from a few, thus cannot take the slots that probes and clients from other addresses
+//!   need. What this does not stop: every process on the node connects from 127.0.0.1 and so
+//!   shares one peer's limit, and a local process could also bind other 127.x.y.z addresses.
+//!   Local processes are trusted that far; the probes' port answers one request per connection,
+//!   so no one keeps a connection open by asking again and again.
+//! - When accepting fails, the loop waits before it tries again (5 ms, doubling up to 1 s)
+//!   instead of spinning. Running out of descriptors, buffers or memory (`EMFILE`, `ENFILE`,
+//!   `ENOBUFS`, `ENOMEM`) is logged as a warning once per burst; other errors at debug level.
+//! - Every connection is wrapped in an [`IdleTimeout`]: once nothing has been read or written
+//!   for its idle time, its pending read or write fails, which closes it. A TLS handshake must
+//!   finish within `server_timeout`, and the HTTP servers give each request's headers that long
+//!   too.
+//! - At start the soft `RLIMIT_NOFILE` is raised to the hard limit ([`raise_fd_limit`]), as Go
+//!   does for the Datadog Agent, so that the connection caps bound the agent rather than the
+//!   usual default of 1,024 descriptors.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,15 +39,16 @@ use tokio::time::{Instant, Sleep};
 use wm_core::CancellationToken;
 use wm_core::sync::MutexExt;
 
-/// Descriptors kept for everything but the two listeners' connections (sockets to daemons,
-/// files, the store's own).
+/// Descriptors set aside for everything but the API connections: sockets to daemons, files, and
+/// the store's own.
 const RESERVED_FDS: u64 = 256;
 
-/// A peer holding fewer connections than this may take the reserved slots.
+/// A peer with fewer connections open than this may take one of the reserved slots.
 pub const LIGHT_PEER: usize = 4;
 
-/// The slots of a cap of `max` kept for light peers: a sixty-fourth, at least 8 (never more
-/// than half the cap).
+/// Returns how many slots of a cap of `max` connections are reserved for peers with few
+/// connections open (see [`LIGHT_PEER`]): a sixty-fourth of the cap, at least 8, but never more
+/// than half the cap.
 pub fn reserve(max: usize) -> usize {
     (max / 64).max(8).min(max / 2)
 }
@@ -51,37 +56,44 @@ pub fn reserve(max: usize) -> usize {
 /// How a listener bounds its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Open connections at most.
+    /// The most connections open at once.
     pub max_connections: usize,
-    /// Open connections of one peer address at most.
+    /// The most connections one peer address (for IPv6, one /64 network) may have open at once.
     pub per_peer: usize,
-    /// TLS handshake and request-header time, and idle time of an HTTP connection.
+    /// How long a TLS handshake may take, how long a client has to send a request's headers, and
+    /// how long a connection that must authenticate may go without an authenticated request.
     pub timeout: Duration,
-    /// Idle time (no byte either way) after which a connection is closed.
+    /// How long a connection may go without a byte read or written before it is closed.
     pub idle: Duration,
 }
 
-/// The soft and hard `RLIMIT_NOFILE` before and after [`raise_fd_limit`].
+/// The soft and hard `RLIMIT_NOFILE`, before and after [`raise_fd_limit`]; `u64::MAX` stands for
+/// no limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdLimit {
     /// The soft limit found at start.
     pub soft_before: u64,
-    /// The soft limit now.
+    /// The soft limit now: the hard limit, unless raising the soft one failed.
     pub soft: u64,
     /// The hard limit.
     pub hard: u64,
 }
 
 impl FdLimit {
-    /// The connections one of `listeners` listeners may hold: what the soft limit leaves after
-    /// the reserve, shared, at most `configured`.
+    /// Returns how many connections each of `listeners` listeners may hold: the soft limit, less
+    /// the descriptors set aside for everything else, shared equally, and at most `configured`.
+    ///
+    /// The result is never below 16, even when `configured` or the limit is smaller.
     pub fn connections_per_listener(&self, listeners: u64, configured: usize) -> usize {
         let share = self.soft.saturating_sub(RESERVED_FDS) / listeners.max(1);
         usize::try_from(share).unwrap_or(usize::MAX).clamp(16, configured.max(16))
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and says what it was and is.
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, and returns the limits from before and
+/// after.
+///
+/// A failure to raise it is logged, not returned: the agent then runs with the lower limit.
 pub fn raise_fd_limit() -> FdLimit {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
@@ -98,21 +110,24 @@ pub fn raise_fd_limit() -> FdLimit {
     result
 }
 
-/// A connection that fails with `TimedOut` once nothing was read or written for its idle time,
-/// and that holds its listener's connection permit while open.
+/// A connection that fails with `TimedOut` once nothing was read or written for its idle time.
+///
+/// It also holds the connection's slot in its listener's cap and its count in the per-peer
+/// table, and gives both back when dropped.
 #[derive(Debug)]
 pub struct IdleTimeout<T> {
     inner: T,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
-    /// Until the connection carries an authenticated request: the flag the API sets, and how
-    /// long traffic may go on without one (see [`IdleTimeout::require_auth`]).
+    /// When the connection must authenticate: the flag that the API sets on its first
+    /// authenticated request, and the deadline for it (see [`IdleTimeout::require_auth`]).
     auth: Option<(Arc<AtomicBool>, Instant)>,
+    /// The connection's slot in the listener's cap and its count in the per-peer table.
     _slot: Slot,
 }
 
-/// What an open connection holds: its permit of the listener's cap, and its count in the
-/// peer table.
+/// An open connection's slot in its listener's cap and its count in the per-peer table;
+/// dropping it gives both back.
 #[derive(Debug)]
 struct Slot {
     _permit: OwnedSemaphorePermit,
@@ -127,13 +142,17 @@ impl Drop for Slot {
     }
 }
 
-/// Open connections by peer address (IPv6: by /64). An entry exists only while its peer has
-/// a connection open, so the table is bounded by the listener's cap.
+/// The number of open connections of each peer address (for IPv6, of each /64 network).
+///
+/// An entry exists only while its peer has a connection open, so the table never has more
+/// entries than the listener's cap.
 #[derive(Clone, Debug, Default)]
 struct Peers(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
 impl Peers {
-    /// The address connections of `peer` count under.
+    /// Returns the address under which the connections of `peer` are counted: an IPv4 address
+    /// as it is (an IPv4-mapped IPv6 address as its IPv4 one), an IPv6 address as its /64
+    /// network, because a single host is often given a whole /64 and may use any address in it.
     fn key(peer: IpAddr) -> IpAddr {
         match peer.to_canonical() {
             IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
@@ -141,14 +160,17 @@ impl Peers {
         }
     }
 
+    /// Returns how many connections `ip` has open.
     fn count(&self, ip: IpAddr) -> usize {
         self.0.locked().get(&ip).copied().unwrap_or(0)
     }
 
+    /// Counts one more open connection of `ip`.
     fn take(&self, ip: IpAddr) {
         *self.0.locked().entry(ip).or_insert(0) += 1;
     }
 
+    /// Counts one open connection of `ip` fewer, removing its entry at zero.
     fn release(&self, ip: IpAddr) {
         let mut peers = self.0.locked();
         if let Some(n) = peers.get_mut(&ip) {
@@ -161,34 +183,37 @@ impl Peers {
 }
 
 impl<T> IdleTimeout<T> {
+    /// Wraps `inner`, which then fails after `idle` without traffic, and holds `slot` while open.
     fn new(inner: T, idle: Duration, slot: Slot) -> Self {
         Self { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), auth: None, _slot: slot }
     }
 
-    /// Fails the connection on its first read or write past `within` from now unless
-    /// `authenticated` was set by then.
+    /// Requires an authenticated request within `within` from now: after that, the first read or
+    /// write that completes while `authenticated` is still unset fails with `TimedOut`.
     ///
-    /// The gRPC API's HTTP/2 pings are traffic, so the idle time alone would keep a connection
-    /// that never sends an authenticated request open for good; this bounds it.
+    /// The gRPC API's HTTP/2 pings count as traffic, so the idle timeout alone would keep a
+    /// connection that never sends an authenticated request open for good; this bounds it.
     pub fn require_auth(&mut self, authenticated: Arc<AtomicBool>, within: Duration) {
         self.auth = Some((authenticated, Instant::now() + within));
     }
 
-    /// The flag [`IdleTimeout::require_auth`] watches, if any.
+    /// Returns the flag that [`IdleTimeout::require_auth`] watches, if it was called.
     pub fn auth_flag(&self) -> Option<Arc<AtomicBool>> {
         self.auth.as_ref().map(|(flag, _)| flag.clone())
     }
 
-    /// Whether the connection is past its time to authenticate.
+    /// Tells whether the deadline to authenticate has passed with no authenticated request.
     fn unauthenticated_too_long(&self) -> bool {
         self.auth.as_ref().is_some_and(|(flag, until)| !flag.load(Ordering::Relaxed) && Instant::now() >= *until)
     }
 
-    /// The wrapped connection.
+    /// Returns the wrapped connection.
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
 
+    /// Restarts the idle timer after a read or write completed, or fails when the deadline to
+    /// authenticate has passed without an authenticated request.
     fn touch(&mut self) -> io::Result<()> {
         if self.unauthenticated_too_long() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "no authenticated request within server_timeout"));
@@ -197,7 +222,8 @@ impl<T> IdleTimeout<T> {
         Ok(())
     }
 
-    /// When the inner call is pending: `TimedOut` once the idle time has passed.
+    /// Called while the inner read or write is pending: returns `TimedOut` once the idle time has
+    /// passed, and otherwise arranges for the task to be woken when it does.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         ready!(self.deadline.as_mut().poll(cx));
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "the connection was idle too long"))
@@ -219,7 +245,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, data) {
             Poll::Ready(result) => Poll::Ready(this.touch().and(result)),
-            // A client that stops reading stalls our writes: closed after the idle time too.
+            // A client that stops reading stalls our writes; the idle timer closes such a
+            // connection too.
             Poll::Pending => this.poll_idle(cx).map(Err),
         }
     }
@@ -249,13 +276,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
     }
 }
 
-/// What a gRPC request knows of its connection: the TCP peer, and the flag to set once a
-/// request on it is authenticated (see [`IdleTimeout::require_auth`]).
+/// What a gRPC request can learn about its connection: the TCP addresses, and the flag to set
+/// once a request on it is authenticated (see [`IdleTimeout::require_auth`]).
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
-    /// The TCP connection's addresses.
+    /// The TCP connection's local and remote addresses.
     pub tcp: tonic::transport::server::TcpConnectInfo,
-    /// Set by the bearer-token check.
+    /// The flag that the bearer-token check sets, when the connection must authenticate.
     pub authenticated: Option<Arc<AtomicBool>>,
 }
 
@@ -267,8 +294,8 @@ impl tonic::transport::server::Connected for IdleTimeout<TcpStream> {
     }
 }
 
-/// Whether an accept error means the process (or the system) ran out of something that comes
-/// back: descriptors, buffers, memory.
+/// Tells whether an accept error means that the process or the system ran out of something that
+/// comes back with time: descriptors, buffers or memory.
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     use rustix::io::Errno;
     matches!(
@@ -277,8 +304,11 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// Accepts connections on `listener` until `cancel`, handing each (wrapped, with its peer) to
-/// `serve`, within `limits`. `name` says which listener in the logs.
+/// Accepts connections on `listener` until `cancel` is cancelled, and hands each one, wrapped in
+/// an [`IdleTimeout`], to `serve` with its peer's address.
+///
+/// A connection beyond the caps of `limits` is closed at once (see the module docs). `name`
+/// identifies the listener in the logs.
 pub async fn accept_loop(
     name: &'static str,
     listener: TcpListener,
@@ -307,6 +337,8 @@ pub async fn accept_loop(
                 }
                 let ip = Peers::key(peer.ip());
                 let held = peers.count(ip);
+                // A peer under its own limit takes a general slot; when none is left, a peer
+                // with fewer than LIGHT_PEER connections open may take a reserved one.
                 let permit = if held >= limits.per_peer.max(1) {
                     None
                 } else {
@@ -324,8 +356,11 @@ pub async fn accept_loop(
                         serve(IdleTimeout::new(tcp, limits.idle, slot), peer);
                     }
                     None => {
-                        // Closed at once: the peer learns now, and the backlog stays free.
+                        // Close it at once: the peer learns now that it was refused, and the
+                        // kernel's backlog stays free.
                         drop(tcp);
+                        // Warn at the first refusal and then once every 1,000, so that a flood of
+                        // connections does not flood the log too.
                         if refused_since_log == 0 {
                             tracing::warn!(
                                 listener = name,

@@ -1,18 +1,23 @@
-//! `datadog.api.v1.AgentSecure`: the tagger and workloadmeta rpcs, with bearer-token auth.
+//! The Datadog IPC gRPC service `datadog.api.v1.AgentSecure`: the tagger's and workloadmeta's
+//! rpcs, behind bearer-token auth.
 //!
-//! Streams: each one's task reads its source (the tag store's changes, a store subscription)
-//! as fast as they come, so the store and the tagger never wait for a client, and keeps what the
-//! client is owed as a backlog with one entry per entity (the latest change wins: a burst of
-//! changes to one container is one event). It sends that backlog as batched responses of at
-//! most half the message-size limit whenever the client's connection takes them (a few
-//! responses queue there). A client that reads at a normal pace is never cut off by a burst: the
-//! backlog is bounded by the number of entities, not of changes. A client that takes no response
-//! for 5 s while it is owed some (the store's own lag grace) is cut off with
-//! `RESOURCE_EXHAUSTED`, and reconnects for a fresh snapshot. An entity too large for a response
-//! is logged once and sent trimmed (its labels, env and annotations dropped; tags over 4 KiB
-//! dropped), or skipped if still too large: it never fails anyone's snapshot. The first
-//! responses are the snapshot (the workloadmeta one marked complete on its last); an empty
-//! response is a keep-alive after 9 minutes without traffic.
+//! Each stream rpc is fed by a task of its own. The task reads its source (the tag store's
+//! changes, or a store subscription) as fast as changes come, so that neither the store nor the
+//! tagger ever waits for a client. It keeps what the client is still owed as a backlog with one
+//! entry per entity, in which the latest change wins: a burst of changes to one container becomes
+//! one event. It sends that backlog as batched responses, each at most half the message-size
+//! limit, whenever the client's connection takes them (a few responses can wait there). A client
+//! that reads at a normal pace is thus never cut off by a burst: the backlog grows with the
+//! number of entities, not of changes.
+//!
+//! A client that takes no response for 5 s while it is owed some (the same grace the store gives
+//! its own subscribers) is cut off with `RESOURCE_EXHAUSTED`, and is expected to reconnect for a
+//! fresh snapshot. An entity too large for a response is logged once and sent trimmed, or
+//! skipped if still too large, so that it never fails anyone's snapshot: a workloadmeta entity
+//! loses its labels, annotations, env vars and ECS tags, a tagger entity each tag over 4 KiB.
+//!
+//! The first responses of a stream are its snapshot; the workloadmeta stream marks the last of
+//! them as complete. An empty response is a keep-alive, sent after 9 minutes without a response.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -36,27 +41,33 @@ use wm_store::Store;
 
 use crate::security::{BearerRefused, check_bearer};
 
-/// Quiet time after which a stream sends an empty keep-alive response.
+/// How long a stream may go without sending a response before it sends an empty one as a
+/// keep-alive.
 pub const KEEPALIVE: Duration = Duration::from_secs(9 * 60);
-/// Responses queued on a client's connection (each up to half the message-size limit).
+/// How many responses may wait for the client's connection to take them, each up to half the
+/// message-size limit.
 const CLIENT_QUEUE: usize = 4;
-/// How long a client owed responses may take none before it is cut off.
+/// How long a client that is owed responses may take none before its stream is ended.
 pub const LAG_GRACE: Duration = Duration::from_secs(5);
-/// Backlog entries turned into responses at a time.
+/// How many backlog entries are turned into responses at a time.
 const FLUSH_BATCH: usize = 1024;
-/// A tag longer than this is dropped from an entity too large for a response.
+/// A tag longer than this, in bytes, is dropped from an entity too large for a response.
 const MAX_TAG_LEN: usize = 4096;
-/// Entities remembered as logged for being too large (bounded).
+/// How many entities are remembered as already logged for being too large. Past that, all are
+/// forgotten, and an entity may be logged again.
 const MAX_REPORTED: usize = 1024;
 
+/// The stream of responses that a stream rpc hands to tonic.
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Checks `authorization: Bearer <token>` on every call.
+/// The gRPC interceptor that checks `authorization: Bearer <token>` on every call, and marks the
+/// connection as authenticated when the check passes.
 #[derive(Clone)]
 pub struct BearerAuth {
     token: Arc<str>,
 }
 
+/// Shows the type's name only, never the token.
 impl std::fmt::Debug for BearerAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BearerAuth")
@@ -64,14 +75,14 @@ impl std::fmt::Debug for BearerAuth {
 }
 
 impl BearerAuth {
-    /// Accepts exactly `token`.
+    /// Returns an interceptor that accepts exactly `token`.
     pub fn new(token: &str) -> Self {
         Self { token: Arc::from(token) }
     }
 }
 
-/// What the accept loop says of a request's connection (`None` outside it, as in tests that
-/// serve the API on their own transport).
+/// Returns what the accept loop recorded about a request's connection, or `None` when the
+/// request did not come through it (as in tests that serve the API on a transport of their own).
 fn peer_info(extensions: &tonic::Extensions) -> Option<&crate::conn::PeerInfo> {
     extensions
         .get::<tonic::transport::server::TlsConnectInfo<crate::conn::PeerInfo>>()
@@ -81,7 +92,7 @@ fn peer_info(extensions: &tonic::Extensions) -> Option<&crate::conn::PeerInfo> {
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        // Datadog's messages, which its clients match on.
+        // The Datadog Agent's messages, which its clients match on.
         match check_bearer(value, &self.token) {
             Ok(()) => {}
             Err(BearerRefused::NotBearer) => {
@@ -91,7 +102,8 @@ impl tonic::service::Interceptor for BearerAuth {
                 return Err(Status::unauthenticated("invalid auth token: invalid session token"));
             }
         }
-        // The connection has carried an authenticated request: it may stay open (conn.rs).
+        // Mark the connection as authenticated, so that its `IdleTimeout` keeps it open past
+        // `server_timeout`.
         if let Some(flag) = peer_info(request.extensions()).and_then(|p| p.authenticated.as_ref()) {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -99,7 +111,8 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
-/// Where origin detection reads the host: processes' cgroups and the cgroup v2 inodes.
+/// Reads the host files that origin detection needs: each process's cgroup, and the inode
+/// numbers of the cgroup v2 hierarchy.
 #[derive(Debug)]
 pub struct OriginReader {
     proc_root: std::path::PathBuf,
@@ -107,19 +120,23 @@ pub struct OriginReader {
 }
 
 impl OriginReader {
-    /// Reads `<proc_root>/<pid>/cgroup` and the cgroup v2 hierarchy under `cgroup_root`.
+    /// Returns a reader of `<proc_root>/<pid>/cgroup` and of the cgroup v2 hierarchy under
+    /// `cgroup_root` (or its `unified/` directory). It only looks for the hierarchy now; the files
+    /// are read at each lookup.
     pub fn new(proc_root: &std::path::Path, cgroup_root: &std::path::Path) -> Self {
         Self { proc_root: proc_root.to_owned(), inodes: tagger::origin::CgroupInodes::new(cgroup_root) }
     }
 
-    /// The container of process `pid` (blocking: file reads).
+    /// Returns the id of the container that process `pid` runs in, read from its cgroup file, or
+    /// `None`. It blocks on file reads: call it off the async threads.
     fn by_pid(&self, pid: u32) -> Option<String> {
         let cgroup = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
         tagger::origin::container_id_from_proc_cgroup(&cgroup, &[]).map(str::to_owned)
     }
 }
 
-/// The service.
+/// The `AgentSecure` gRPC service: the tagger's and workloadmeta's rpcs over this agent's store
+/// and tagger.
 #[derive(Clone, Debug)]
 pub struct AgentApi {
     store: Store,
@@ -131,28 +148,33 @@ pub struct AgentApi {
 }
 
 impl AgentApi {
-    /// Serves `store` and `tagger`. Each stream is fed by a task in `tasks`; every stream ends
-    /// (`UNAVAILABLE`) once `cancel` is cancelled, so a shutdown never leaves a client on a
-    /// stream that no longer changes, and the agent can await them all.
+    /// Returns the service of `store` and `tagger`, with origin detection reading processes under
+    /// `/proc` and cgroups under `/sys/fs/cgroup` (see [`AgentApi::with_origin`]).
+    ///
+    /// Each stream is fed by a task spawned in `tasks`. Every stream ends with `UNAVAILABLE` once
+    /// `cancel` is cancelled, so that a shutdown never leaves a client on a stream that no longer
+    /// changes, and the agent can wait for all the tasks.
     pub fn new(store: Store, tagger: Arc<Tagger>, cancel: CancellationToken, tasks: TaskTracker) -> Self {
         let origin = Arc::new(OriginReader::new(std::path::Path::new("/proc"), std::path::Path::new("/sys/fs/cgroup")));
         Self { store, tagger, keepalive: KEEPALIVE, cancel, tasks, origin }
     }
 
-    /// Reads processes and cgroups through `origin` (`container_proc_root`,
-    /// `container_cgroup_root`).
+    /// Returns the service with origin detection reading processes and cgroups through
+    /// `origin`, which the agent builds from `container_proc_root` and `container_cgroup_root`.
     pub fn with_origin(mut self, origin: OriginReader) -> Self {
         self.origin = Arc::new(origin);
         self
     }
 
-    /// Sets the keep-alive period (tests).
+    /// Returns the service with keep-alives sent after `every` without a response, instead of
+    /// [`KEEPALIVE`]; tests use it to see keep-alives quickly.
     pub fn with_keepalive(mut self, every: Duration) -> Self {
         self.keepalive = every;
         self
     }
 }
 
+/// Reads a wire cardinality; an unknown value counts as high.
 fn cardinality(value: i32) -> TagCardinality {
     match model::TagCardinality::try_from(value).unwrap_or(model::TagCardinality::High) {
         model::TagCardinality::Low => TagCardinality::Low,
@@ -161,14 +183,17 @@ fn cardinality(value: i32) -> TagCardinality {
     }
 }
 
-/// The wire id of a tag store key (`prefix://uid`).
+/// Returns the wire id of a tag store key (`prefix://uid`).
 fn wire_id(entity: &str) -> model::EntityId {
     let id = TaggerEntityId::parse(entity);
     model::EntityId { prefix: id.prefix().to_owned(), uid: id.uid().to_owned() }
 }
 
-/// The wire entity: its tags split by cardinality, up to `cardinality` (what a stream sends;
-/// public for the replica's memory benchmark).
+/// Returns the tagger entity `entity` as a stream sends it, its tags split by cardinality: the
+/// low-cardinality and standard tags always, the orchestrator ones from `Orchestrator` up, the
+/// high ones at `High`. A `deleted` entity, or one the tag store does not know, has no tags.
+///
+/// Public for the memory benchmark of the light agent's copy of tags.
 pub fn wire_entity(tagger: &Tagger, entity: &str, cardinality: TagCardinality, deleted: bool) -> model::Entity {
     let mut out = model::Entity { id: Some(wire_id(entity)), is_complete: true, ..model::Entity::default() };
     if deleted {
@@ -187,8 +212,9 @@ pub fn wire_entity(tagger: &Tagger, entity: &str, cardinality: TagCardinality, d
     out
 }
 
-/// Packs items into responses of at most `limit` encoded bytes each (one item per response at
-/// least, whatever its size).
+/// Splits `items`, in order, into groups of at most `limit` encoded bytes, one group per
+/// response. Each item counts as its encoded size plus 4 bytes, room for its field tag and
+/// length prefix. An item larger than `limit` gets a group of its own.
 fn chunk<T: Message>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
     let mut chunks = Vec::new();
     let mut current = Vec::new();
@@ -208,11 +234,14 @@ fn chunk<T: Message>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
     chunks
 }
 
+/// Tells whether the tagger entity id `entity` has one of `prefixes`; an empty list matches
+/// every entity.
 fn matches_prefix(entity: &str, prefixes: &[String]) -> bool {
     TaggerEntityId::parse(entity).has_prefix_in(prefixes)
 }
 
-/// What a stream owes its client: the latest change of each entity, in order of first arrival.
+/// What a stream still owes its client: the latest change of each entity, in the order the
+/// entities first arrived.
 struct Backlog<K, V> {
     order: VecDeque<K>,
     latest: HashMap<K, V>,
@@ -236,7 +265,7 @@ impl<K: Hash + Eq + Clone, V> Backlog<K, V> {
         }
     }
 
-    /// The first `n` entries owed.
+    /// Removes and returns the first `n` entries owed, or all of them if there are fewer.
     fn take(&mut self, n: usize) -> Vec<V> {
         let mut out = Vec::with_capacity(n.min(self.order.len()));
         while out.len() < n {
@@ -255,11 +284,14 @@ impl<K: Hash + Eq + Clone, V> Backlog<K, V> {
     }
 }
 
-/// Says once per entity (bounded) that it was too large for a response.
+/// Logs, once per entity, that an entity was too large for a response. It remembers up to
+/// [`MAX_REPORTED`] entities, then forgets them all and starts over.
 #[derive(Default)]
 struct Oversized(HashSet<String>);
 
 impl Oversized {
+    /// Logs that `entity`, of `size` bytes, is sent trimmed to `trimmed_to` bytes, or skipped when
+    /// that is `None`, unless it was logged already.
     fn report(&mut self, entity: &str, size: usize, trimmed_to: Option<usize>) {
         if self.0.len() >= MAX_REPORTED {
             self.0.clear();
@@ -275,7 +307,8 @@ impl Oversized {
     }
 }
 
-/// The entity without what can make it huge: labels, env, annotations, tags.
+/// Returns a copy of `entity` without what can make it huge: labels, annotations and env vars,
+/// a pod's namespace labels and annotations, and an ECS task's tags and container instance tags.
 fn trimmed(entity: &Entity) -> Entity {
     match entity {
         Entity::Container(c) => {
@@ -307,7 +340,9 @@ fn trimmed(entity: &Entity) -> Entity {
     }
 }
 
-/// The wire event of a workloadmeta change, trimmed (or `None`) when too large for a response.
+/// Returns the wire event of a workloadmeta change (`set`, or unset), trimmed when it is over
+/// `limit` bytes. Returns `None` when even the trimmed event is over `limit`, or when the wire
+/// does not carry the entity's kind.
 fn fitting_event(
     set: bool,
     entity: &Entity,
@@ -325,7 +360,8 @@ fn fitting_event(
     fits.then_some(small)
 }
 
-/// A tagger wire entity, its over-long tags dropped (or `None`) when too large for a response.
+/// Returns a tagger wire entity as it is when it fits in `limit` bytes, else without its tags
+/// over [`MAX_TAG_LEN`] bytes, or `None` when it is still too large.
 fn fitting_entity(entity: model::Entity, limit: usize, oversized: &mut Oversized) -> Option<model::Entity> {
     let size = entity.encoded_len();
     if size <= limit {
@@ -351,6 +387,8 @@ impl AgentSecure for AgentApi {
     type TaggerStreamEntitiesStream = ResponseStream<model::StreamTagsResponse>;
     type WorkloadmetaStreamEntitiesStream = ResponseStream<wmpb::WorkloadmetaStreamResponse>;
 
+    /// Streams the tags of the entities with a prefix the request names (every entity when it
+    /// names none), at the request's cardinality: first every entity as added, then each change.
     async fn tagger_stream_entities(
         &self,
         request: Request<model::StreamTagsRequest>,
@@ -360,7 +398,8 @@ impl AgentSecure for AgentApi {
         let prefixes = request.prefixes;
         let tagger = self.tagger.clone();
         let changes = tagger.store().subscribe("", cardinality, 4096);
-        // The tag store drops a subscription that falls behind: the stream says so and ends.
+        // The tag store drops a subscription that leaves 4,096 batches unread. The stream then
+        // ends with `RESOURCE_EXHAUSTED`, telling the client to reconnect.
         let source = futures::stream::unfold(Some(changes), |changes| async move {
             let mut changes = changes?;
             match changes.recv().await {
@@ -371,7 +410,8 @@ impl AgentSecure for AgentApi {
         let key = move |e: tagger::TagEvent| {
             matches_prefix(&e.entity, &prefixes).then(|| (e.entity.clone(), (e.entity, e.kind)))
         };
-        // An entity added and then changed before the client heard of it is still new to it.
+        // An entity added and then modified before the client heard of it must still reach the
+        // client as added.
         let merge = |old: (String, TagEventKind), new: (String, TagEventKind)| match (old.1, new.1) {
             (TagEventKind::Added, TagEventKind::Modified) => old,
             _ => new,
@@ -396,7 +436,7 @@ impl AgentSecure for AgentApi {
                 .into_iter()
                 .map(|events| model::StreamTagsResponse { events })
                 .collect();
-            // The snapshot is sent even when empty.
+            // Send the snapshot even when it is empty: a client's first response is its snapshot.
             if snapshot_done && responses.is_empty() {
                 responses.push(model::StreamTagsResponse::default());
             }
@@ -405,6 +445,9 @@ impl AgentSecure for AgentApi {
         Ok(Response::new(self.stream(source, key, merge, respond)))
     }
 
+    /// Returns the id of a client's container, found from what the client says of itself: the
+    /// container id it gives, else its pod uid and container name, else its process id's
+    /// cgroup, else its cgroup inode. The id is empty when none of them leads to a container.
     async fn tagger_generate_container_id_from_origin_info(
         &self,
         request: Request<model::GenerateContainerIdFromOriginInfoRequest>,
@@ -424,7 +467,7 @@ impl AgentSecure for AgentApi {
             };
             id = tagger::origin::container_id_from_external_data(&self.store, &data);
         }
-        // File reads, off the async threads.
+        // The lookups by process id and by inode read files: run them on the blocking threads.
         if id.is_none()
             && let Some(pid) = local.process_id.filter(|p| *p > 0)
         {
@@ -440,6 +483,8 @@ impl AgentSecure for AgentApi {
         Ok(Response::new(model::GenerateContainerIdFromOriginInfoResponse { container_id: id.unwrap_or_default() }))
     }
 
+    /// Returns the tags of one entity at the requested cardinality. For a container it does not
+    /// know yet, the tagger may first ask the runtimes (`Tagger::tag_or_fetch`).
     async fn tagger_fetch_entity(
         &self,
         request: Request<model::FetchEntityRequest>,
@@ -453,6 +498,8 @@ impl AgentSecure for AgentApi {
         Ok(Response::new(model::FetchEntityResponse { id: Some(id), cardinality: request.cardinality, tags }))
     }
 
+    /// Streams the store's entities that the request's filter passes: first a snapshot, its last
+    /// response marked complete, then each change.
     async fn workloadmeta_stream_entities(
         &self,
         request: Request<wmpb::WorkloadmetaStreamRequest>,
@@ -465,9 +512,10 @@ impl AgentSecure for AgentApi {
         // name built from the peer's ephemeral port would add a series on every reconnect.
         tracing::debug!(%peer, "a remote-workloadmeta stream starts");
         let subscription = self.store.subscribe("remote-workloadmeta", SubscriberPriority::Normal, filter);
-        // A subscriber cut off for lagging gets the reason; the store's end is the agent's. Each
-        // bundle is taken apart at once: acknowledged as soon as it is read, a slow client never
-        // holds the store's loop.
+        // A subscription that the store cut off for lagging ends the stream with the store's
+        // reason; the end of the subscription itself means the agent is shutting down. Each
+        // bundle is copied into changes at once and acknowledged as soon as it is read, so that a
+        // slow client never holds up the store's loop.
         let source = futures::stream::unfold(Some(subscription), |subscription| async move {
             let mut subscription = subscription?;
             match subscription.recv().await? {
@@ -488,7 +536,8 @@ impl AgentSecure for AgentApi {
                 .filter_map(|(set, entity)| fitting_event(*set, entity, MAX_MESSAGE_SIZE / 2, &mut oversized))
                 .collect();
             let mut chunks = chunk(events, MAX_MESSAGE_SIZE / 2);
-            // The snapshot is marked complete on its last response, sent even when empty.
+            // Mark the snapshot complete on its last response, and send that response even when
+            // the snapshot is empty.
             if snapshot_done && chunks.is_empty() {
                 chunks.push(Vec::new());
             }
@@ -507,12 +556,19 @@ impl AgentSecure for AgentApi {
 }
 
 impl AgentApi {
-    /// One client's stream, fed by a task of the agent's (module docs): each item of `source` is
-    /// a batch of changes, `key` keys each (or drops it), `merge` folds two changes of one
-    /// entity, `respond` turns owed changes into responses (`snapshot_done`: these end the
-    /// snapshot). An `Err` item ends the stream with that status once what is owed is sent; so
-    /// do the source's end and the agent's shutdown (`UNAVAILABLE`). The task ends when the
-    /// client goes or is cut off.
+    /// Returns one client's stream, fed by a task spawned in the agent's tracker (see the module
+    /// docs).
+    ///
+    /// Each item of `source` is a batch of changes; the first item's changes are the snapshot.
+    /// `key` gives each change its entity's key and the value to owe, or drops the change;
+    /// `merge` folds two owed values of one entity into one; `respond` turns owed values into
+    /// responses, with `snapshot_done` set when they end the snapshot.
+    ///
+    /// An `Err` item ends the stream with its status once everything owed is sent, and the end
+    /// of `source` likewise with `UNAVAILABLE`. The agent's shutdown ends the stream at once with
+    /// `UNAVAILABLE`, without sending what is owed. A client that takes nothing for
+    /// [`LAG_GRACE`] while owed something is cut off with `RESOURCE_EXHAUSTED`. The task also ends
+    /// when the client goes away.
     fn stream<I, K, V, T>(
         &self,
         source: impl Stream<Item = Result<Vec<I>, Status>> + Send + 'static,
@@ -528,6 +584,9 @@ impl AgentApi {
     {
         let (tx, rx) = mpsc::channel::<Result<T, Status>>(CLIENT_QUEUE);
         let (ended, reason) = tokio::sync::oneshot::channel::<Status>();
+        // The client gets the responses, then the status the task ends with, if any. The status
+        // goes through a oneshot chained after the channel, so it comes after every response
+        // queued before it.
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
             .chain(futures::stream::once(reason).filter_map(|r| futures::future::ready(r.ok().map(Err))));
         let (keepalive, cancel) = (self.keepalive, self.cancel.clone());
@@ -538,8 +597,9 @@ impl AgentApi {
             let mut source = std::pin::pin!(source);
             let mut backlog: Backlog<K, V> = Backlog::new();
             let mut ready: VecDeque<T> = VecDeque::new();
-            // The snapshot: the first item's entries, counted down as they are sent (later
-            // changes to them merge in place, new entities queue after them).
+            // The snapshot is the first item's entries; `snapshot_left` counts down those still
+            // to send. Later changes to them merge in place and new entities queue after them,
+            // so the snapshot is done when the count reaches 0 or the backlog is empty.
             let mut snapshot_left: Option<usize> = None;
             let mut snapshot_sent = false;
             let mut ending: Option<Status> = None;
@@ -560,6 +620,8 @@ impl AgentApi {
                     snapshot_sent |= snapshot_done;
                 }
                 let owing = !ready.is_empty();
+                // Nothing is owed: end here if the stream is ending, and restart the lag clock,
+                // since a client can only be late while it is owed something.
                 if !owing {
                     if let Some(status) = ending.take() {
                         return end(status);
@@ -567,6 +629,8 @@ impl AgentApi {
                     progress = tokio::time::Instant::now();
                 }
                 tokio::select! {
+                    // Polled in this order: shutdown and a client gone first, then sending what is
+                    // owed before reading more changes.
                     biased;
                     () = cancel.cancelled() => return end(Status::unavailable("the agent is shutting down")),
                     () = tx.closed() => return,
@@ -607,10 +671,12 @@ impl AgentApi {
     }
 }
 
-/// The store filter a wire filter asks for.
+/// Returns the store filter that a wire filter asks for, or `INVALID_ARGUMENT` for a kind, a
+/// source or an event type that the wire format does not define.
 fn workloadmeta_filter(wire: wmpb::WorkloadmetaFilter) -> Result<Filter, Status> {
-    // No kind asked: every kind the wire carries. Kinds this agent does not store (processes,
-    // image metadata, CRDs) match nothing: asking only for them gets nothing, not everything.
+    // No kind asked means every kind the wire carries. Kinds this agent does not store
+    // (processes, image metadata, CRDs) match nothing, so asking only for them gets nothing, not
+    // everything.
     let mut kinds = Vec::new();
     for kind in &wire.kinds {
         match wmpb::WorkloadmetaKind::try_from(*kind) {

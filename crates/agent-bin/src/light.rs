@@ -1,7 +1,13 @@
-//! The light agent (`flavor-light`): no collector, no store of its own; a replica of the tags of
-//! the agent at `cmd_host:cmd_port` (with that agent's token and certificate files), served on
-//! its own TLS API on `api_port` (with the same certificate), its probes on `health_port`. It is what `agent run` runs in a `flavor-light` build; the type is
-//! in every build so that tests can run it beside a full agent.
+//! The light agent, which `agent run` starts in a `flavor-light` build.
+//!
+//! It runs no collector and has no store of its own. It keeps a copy of the tags of its
+//! upstream, the agent at `cmd_host:cmd_port`, which it reaches with that agent's token and
+//! certificate files (`auth_token_file_path`, `ipc_cert_file_path`). It serves the CLI's TLS API
+//! on 127.0.0.1 at `api_port`, with the upstream's certificate and token, and the probes on
+//! `health_host:health_port`.
+//!
+//! This module is compiled into every build, not only `flavor-light` ones, so that tests can run
+//! a light agent beside a full one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,22 +24,36 @@ use crate::remote::RemoteTagger;
 use crate::run::listen;
 use crate::signals::Stopped;
 
-/// A running light agent.
+/// A light agent that has started.
+///
+/// Its public fields mirror those of [`crate::run::RunningAgent`], with the copy of the
+/// upstream's tags in place of the store and the tagger, and no gRPC address. Call
+/// [`RunningLight::stop`] to shut it down.
 #[derive(Debug)]
 pub struct RunningLight {
-    /// The replica of the upstream's tags.
+    /// The copy of the upstream's tags, which a background task keeps up to date.
     pub replica: Arc<RemoteTagger>,
-    /// Where the probes listen (plain HTTP).
+    /// Where the probes listen.
     pub http_address: SocketAddr,
-    /// Where the TLS API listens (`api_port`).
+    /// Where the TLS API listens: always 127.0.0.1, at `api_port`.
     pub api_address: SocketAddr,
+    // What `api` hands the CLI, and what `stop` cancels and waits for.
     token: Arc<str>,
     cert_pem: Arc<str>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// Starts the light agent; returns once its HTTP API listens.
+/// Starts the light agent; returns once both its servers listen.
+///
+/// It does not wait for the upstream: the stream starts in the background, and the agent is
+/// ready once it is up. A stream that fails is retried.
+///
+/// # Errors
+///
+/// Returns an error when the upstream's token or certificate file cannot be read or used (not
+/// private to this user, a token too short, no certificate and key: see [`crate::security`]),
+/// when a listener cannot resolve its host or bind its port, or when the TLS setup fails.
 pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
     let address = format!("{}:{}", config.ipc.cmd_host, config.ipc.cmd_port);
     let (token, cert) = (config.auth_token_path(), config.ipc_cert_path());
@@ -56,7 +76,9 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
         compiled_collectors: Vec::new(),
         guard: crate::http::Guard {
             token: token.clone(),
-            // The upstream owns the token file: follow it when it makes a new one.
+            // The token file belongs to the upstream, which may replace it (when reinstalled, for
+            // example): read it again when a request's token does not match, so that the CLI,
+            // which reads the new file, is still let in.
             token_file: Some(Arc::new(crate::http::TokenFile::new(config.auth_token_path(), token.clone()))),
         },
         metrics_public: config.ipc.metrics_public,
@@ -64,7 +86,8 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
     let cert = crate::security::load_or_create_cert(&config.ipc_cert_path())?;
     let acceptor =
         crate::run::tls_acceptor(&config.ipc_cert_path(), &cert, &[b"http/1.1"]).context("TLS setup of the API")?;
-    // On loopback, where the CLI asks: cmd_host names the upstream here.
+    // Listen on loopback, where the CLI connects. `cmd_host` cannot give the address: in a light
+    // agent it names the upstream.
     let api_listener = listen("127.0.0.1", config.ipc.api_port.get(), "api_port").await?;
     let api_address = api_listener.local_addr()?;
     tasks.spawn(crate::http::serve_tls(api_listener, acceptor, state.clone(), api_limits, cancel.clone()));
@@ -75,12 +98,16 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
 }
 
 impl RunningLight {
-    /// Its TLS API as the CLI reaches it: the port, the token and the certificate to trust.
+    /// Returns what the CLI needs to query this light agent's TLS API: the port, and the token
+    /// and certificate as they were when the agent started.
     pub fn api(&self) -> crate::cli::Api {
         crate::cli::Api::tls(self.api_address.port(), Some(self.token.to_string()), self.cert_pem.to_string())
     }
 
-    /// Stops the replica's stream and the HTTP API, and awaits both.
+    /// Stops the light agent: cancels the stream from the upstream and both servers, then waits
+    /// up to 4 s for their tasks to end.
+    ///
+    /// Returns how many tasks were still running when it stopped waiting.
     pub async fn stop(self) -> Stopped {
         self.cancel.cancel();
         self.tasks.close();
@@ -89,7 +116,11 @@ impl RunningLight {
     }
 }
 
-/// Runs the light agent until SIGTERM or SIGINT.
+/// Runs the light agent until SIGTERM or SIGINT, then stops it.
+///
+/// # Errors
+///
+/// Returns the error of [`start`], or of setting up the SIGTERM handler.
 pub async fn run(config: &AgentConfig) -> anyhow::Result<()> {
     crate::signals::run_until_signal(start(config), RunningLight::stop).await
 }

@@ -1,4 +1,7 @@
-//! `agent`: run the workload-metadata agent, or query a running one.
+//! The `agent` command: runs the workload-metadata agent, or asks a running one for its data and
+//! prints the answer.
+//!
+//! The `///` comments on `Args` and `Command` are the command's `--help` text.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,39 +27,41 @@ enum Command {
     Run,
     /// Prints the entities the running agent stores.
     WorkloadList {
-        /// Also each source's version, labels, annotations and env vars.
+        /// Also prints each source's version of an entity, and labels, annotations and env vars.
         #[arg(long, short)]
         verbose: bool,
-        /// JSON instead of text.
+        /// Prints JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Prints every entity's tags, per source.
     TaggerList {
-        /// JSON instead of text.
+        /// Prints JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Prints the running agent's status.
     Status {
-        /// JSON instead of text.
+        /// Prints JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Prints the running agent's health; exits non-zero unless it is live and ready.
     Health {
-        /// JSON instead of text.
+        /// Prints JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Prints the running agent's effective config, each key with its origin.
     Config {
-        /// JSON instead of text.
+        /// Prints JSON instead of text.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// Sets up logging to stderr at `log_level`, as one JSON object per line when `log_format_json`
+/// is set.
 fn init_logging(config: &AgentConfig) {
     use tracing_subscriber::filter::LevelFilter;
     let level = match config.log.log_level {
@@ -67,7 +72,7 @@ fn init_logging(config: &AgentConfig) {
         LogLevel::Error => LevelFilter::ERROR,
         LogLevel::Off => LevelFilter::OFF,
     };
-    // Colours only on a terminal: a log file or journald gets plain text.
+    // Colour codes only when stderr is a terminal, so that a log file or journald gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(ansi);
     if config.log.log_format_json {
@@ -77,6 +82,7 @@ fn init_logging(config: &AgentConfig) {
     }
 }
 
+/// Prints `value` on stdout as indented JSON, or an error on stderr if it cannot be serialized.
 fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
@@ -84,14 +90,21 @@ fn print_json<T: serde::Serialize>(value: &T) {
     }
 }
 
+/// Runs one query command against the running agent that `config` describes and prints the
+/// answer.
+///
+/// Every command but `health` asks the TLS API; `health` asks the probes, so that it works even
+/// where the token or certificate file cannot be read.
 async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliError> {
-    // The token and the certificate are read as the agent made them (unreadable or absent: the
-    // probes still answer, on their own port).
+    // The token and certificate files are the ones the agent created. If one cannot be read, the
+    // query goes on without it: queries of the TLS API then fail, while `agent health` still
+    // works because the probes need neither file.
     let token = std::fs::read_to_string(config.auth_token_path()).ok().map(|t| t.trim().to_owned());
     let cert = std::fs::read_to_string(config.ipc_cert_path()).unwrap_or_default();
     let port = cli::Api::tls(agent_bin::run::api_port(config), token, cert);
     let probes = cli::Api::from(config.ipc.health_port.get());
     match command {
+        // `main` runs the agent itself and never sends `run` here.
         Command::Run => Ok(ExitCode::SUCCESS),
         Command::WorkloadList { verbose, json } => {
             let list: WorkloadList =
@@ -143,6 +156,10 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
     }
 }
 
+/// Parses the command line and the config, then runs the agent or one query.
+///
+/// Exits with 2 when the config is refused, and with 1 when the async runtime cannot start, the
+/// agent fails, a query fails, or `agent health` finds the agent not live or not ready.
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match agent_bin::load_config(args.config.as_deref(), std::env::vars()) {
@@ -165,7 +182,8 @@ fn main() -> ExitCode {
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            // A `flavor-light` build runs the light agent: a replica of its upstream's tags.
+            // A `flavor-light` build runs the light agent, which keeps a copy of its upstream's
+            // tags instead of running collectors of its own.
             let run = async {
                 if cfg!(feature = "flavor-light") {
                     agent_bin::light::run(&config).await

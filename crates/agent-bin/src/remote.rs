@@ -1,5 +1,8 @@
-//! The remote tagger of `flavor-light`: [`RemoteTagger`] (in `wm-ipc`, shared with the Python
-//! `tagger` module) served as the HTTP API's [`Backend`].
+//! Serves the light agent's copy of its upstream's tags through the HTTP API.
+//!
+//! [`RemoteTagger`] lives in `wm-ipc`, because the Python `tagger` module uses it too. This module
+//! re-exports it and implements [`Backend`] for it, so that the HTTP API and `agent status` read
+//! the light agent the same way as a full agent's store and tagger.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +12,11 @@ use crate::backend::Backend;
 use crate::report::{HealthReport, TaggerList, WorkloadList};
 
 impl Backend for RemoteTagger {
-    /// Live; ready while a stream is up (its snapshot arrived and it has not ended).
+    /// Reports the light agent as always live, and as ready while a stream to the upstream is up
+    /// (its first response has arrived and it has not ended).
+    ///
+    /// The report lists one collector, `remote-tagger`: `running` while a stream is up, else
+    /// `retrying` with the last error; `synced` once any stream has been opened.
     fn health(&self) -> HealthReport {
         let connected = self.is_connected();
         let mut collector = serde_json::json!({
@@ -24,10 +31,13 @@ impl Backend for RemoteTagger {
         HealthReport { live: true, ready: connected, collectors: vec![collector] }
     }
 
+    /// Returns `None`: the light agent stores no workload metadata.
     fn workload_list(&self, _verbose: bool) -> Option<WorkloadList> {
         None
     }
 
+    /// Returns every entity's tags under one source, `remote`: the upstream's stream does not say
+    /// which source gave which tag.
     fn tagger_list(&self) -> TaggerList {
         let entities = self
             .list()
@@ -37,6 +47,8 @@ impl Backend for RemoteTagger {
         TaggerList { entities }
     }
 
+    /// Returns two series: `tagger_entities`, the entities in the copy, and
+    /// `remote_tagger_streams`, the streams opened so far (each reconnect opens one more).
     fn metrics(&self) -> String {
         format!(
             "# TYPE tagger_entities gauge\ntagger_entities {}\n# TYPE remote_tagger_streams counter\nremote_tagger_streams {}\n",
@@ -45,10 +57,12 @@ impl Backend for RemoteTagger {
         )
     }
 
+    /// Returns an empty map: the light agent stores no workload entities.
     fn entity_counts(&self) -> BTreeMap<String, usize> {
         BTreeMap::new()
     }
 
+    /// Returns the number of entities in the copy.
     fn tagged_entities(&self) -> usize {
         self.entities().len()
     }

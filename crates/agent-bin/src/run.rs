@@ -1,12 +1,16 @@
-//! `agent run`: the store with the collectors of this build and config, the tagger, the gRPC
-//! API and the CLI's API (both TLS with a bearer token, on `cmd_port`) and the probes' plain
-//! HTTP port, until SIGTERM or SIGINT. In a `flavor-light` build, `agent run` runs
-//! [`crate::light`] instead.
+//! `agent run` for a full agent: starts the store with the collectors that this build and its
+//! config enable, the tagger and the servers, and runs them until SIGTERM or SIGINT. In a
+//! `flavor-light` build, `agent run` starts [`crate::light`] instead.
 //!
-//! One shutdown path: every task the agent starts is in one [`TaskTracker`] (the tagger, the
-//! servers, each gRPC stream's feeder), every one ends on one [`CancellationToken`], and the
-//! store awaits its own (loop and collectors). [`RunningAgent::stop`] cancels, then awaits them
-//! all and says how many are left.
+//! The servers are the gRPC API and the CLI's TLS API, which share `cmd_port` and both require
+//! the bearer token, and the probes in plain HTTP on `health_port`. A follower serves no gRPC API;
+//! its CLI API listens on 127.0.0.1 at `api_port` instead.
+//!
+//! Shutdown takes one path. Every task the agent starts (the tagger's, the servers', the one
+//! feeding each gRPC stream) is tracked by one [`TaskTracker`] and ends when one
+//! [`CancellationToken`] is cancelled, while the store waits for its own tasks (its loop and the
+//! collectors). [`RunningAgent::stop`] cancels the token, waits for all of them, and reports how
+//! many are left.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,43 +35,54 @@ use crate::http::{Guard, HttpState};
 use crate::security;
 pub use crate::signals::Stopped;
 
-/// How long a lookup of an unknown container waits for the runtimes' answer.
+/// How long the tagger waits for the container runtimes when asked about a container that no
+/// collector has reported yet.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long `stop` waits for the agent's tasks after cancelling them.
 const STOP_WAIT: Duration = Duration::from_secs(4);
 
-/// A running agent.
+/// A full agent that has started: its store, its tagger and the addresses its servers listen
+/// on.
+///
+/// [`RunningAgent::api`] returns what the CLI needs to reach it; [`RunningAgent::stop`] shuts it
+/// down.
 #[derive(Debug)]
 pub struct RunningAgent {
-    /// The store.
+    /// The workload-metadata store, which runs the collectors.
     pub store: Store,
-    /// The tagger.
+    /// The tagger, which turns the store's entities into tags.
     pub tagger: Arc<Tagger>,
-    /// Where the gRPC API listens (`None` when this agent follows another one,
-    /// `process_config.remote_workloadmeta`, and serves none).
+    /// The address of the gRPC API, or `None` for a follower, which serves no gRPC.
     pub grpc_address: Option<SocketAddr>,
-    /// Where the probes listen (plain HTTP).
+    /// The address of the probes' plain HTTP listener (`health_host:health_port`).
     pub http_address: SocketAddr,
-    /// Where the CLI's TLS API listens: the gRPC address, or `api_port` for an agent that
-    /// follows another one.
+    /// The address of the CLI's TLS API: the gRPC address, whose listener serves both, or for a
+    /// follower 127.0.0.1 at `api_port`.
     pub api_address: SocketAddr,
+    /// The bearer token clients must send, stored so that `api` can give it to the CLI.
     token: Arc<str>,
+    /// The IPC certificate in PEM, as read at start, stored for `api` too.
     cert_pem: Arc<str>,
+    /// Cancelled by `stop`: every server and stream of the agent ends when it is.
     cancel: CancellationToken,
+    /// Every task the agent spawned, so that `stop` can wait for them.
     tasks: TaskTracker,
 }
 
 impl RunningAgent {
-    /// Its TLS API as the CLI reaches it: the port, the token and the certificate to trust.
+    /// Returns what the CLI needs to query this agent's TLS API: the port of `api_address`, the
+    /// bearer token, and the IPC certificate to trust.
     pub fn api(&self) -> crate::cli::Api {
         crate::cli::Api::tls(self.api_address.port(), Some(self.token.to_string()), self.cert_pem.to_string())
     }
 }
 
-/// The port the CLI asks for the API of the agent `config` describes: `cmd_port` where that
-/// agent serves gRPC, `api_port` where it has no gRPC server of its own (a `flavor-light`
-/// build, or an agent that follows another one).
+/// Returns the port on which the agent that `config` describes serves the CLI's TLS API.
+///
+/// That is `cmd_port`, beside gRPC, for a full agent, and `api_port` for an agent with no gRPC
+/// server of its own: the light agent (a `flavor-light` build) or a follower. A config whose
+/// `process_config.remote_workloadmeta` cannot be read is taken for a full agent's.
 pub fn api_port(config: &AgentConfig) -> u16 {
     let follows_another = collectors::catalog(config).is_ok_and(|c| c == Catalog::Remote);
     if cfg!(feature = "flavor-light") || follows_another {
@@ -77,7 +92,15 @@ pub fn api_port(config: &AgentConfig) -> u16 {
     }
 }
 
-/// Binds `host:port`, preferring IPv4: `localhost` clients (Datadog's among them) dial 127.0.0.1.
+/// Resolves `host` and listens on `port` at its first IPv4 address, or at its first address if it
+/// has no IPv4 one.
+///
+/// IPv4 comes first because `localhost` clients, Datadog's among them, dial 127.0.0.1, and a
+/// listener on `::1` would not get their connections. `key` names the config keys in errors.
+///
+/// # Errors
+///
+/// Returns an error when `host` does not resolve or the address cannot be bound.
 pub(crate) async fn listen(host: &str, port: u16, key: &str) -> anyhow::Result<TcpListener> {
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
@@ -92,30 +115,49 @@ pub(crate) async fn listen(host: &str, port: u16, key: &str) -> anyhow::Result<T
     TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} ({key})"))
 }
 
-/// Starts the agent with the collectors of its config; returns once the servers listen.
+/// Starts a full agent with the collectors that its config enables; returns once every server
+/// listens.
+///
+/// The collectors start in the background, so the agent may not be ready yet when this returns.
+///
+/// # Errors
+///
+/// Returns an error when a collector's config is refused, and otherwise when [`start_with`]
+/// does.
 pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningAgent> {
     let collectors = collectors::build_all(config)?;
     start_with(config, collectors).await
 }
 
-/// The connection limits of the two API ports, from the config and the descriptor limit
-/// (raised to the hard one first).
+/// Returns the connection limits of the probes' port and of the TLS port, in that order.
+///
+/// It first raises the soft file-descriptor limit to the hard one, then shares what that allows
+/// between the two ports (see [`conn::FdLimit::connections_per_listener`]). Both ports give TLS
+/// handshakes and request headers `server_timeout`, at least 1 s. The probes' port closes a
+/// connection idle that long; the TLS port allows at least [`GRPC_IDLE`].
 pub(crate) fn connection_limits(config: &AgentConfig) -> (Limits, Limits) {
     let fds = conn::raise_fd_limit();
     let max_connections = fds.connections_per_listener(2, config.ipc.ipc_max_connections);
     let timeout = config.ipc.server_timeout.duration().max(Duration::from_secs(1));
     let per_peer = config.ipc.ipc_max_connections_per_peer.max(1);
     let http = Limits { max_connections, per_peer, timeout, idle: timeout };
-    // A gRPC stream may be quiet for minutes; HTTP/2 pings (every 30 s) are its traffic.
+    // A gRPC stream may carry no message for minutes; the HTTP/2 pings sent every 30 s are then
+    // its only traffic, so its idle limit must be well above 30 s.
     let grpc = Limits { max_connections, per_peer, timeout, idle: timeout.max(GRPC_IDLE) };
     tracing::info!(max_connections, per_peer, ?timeout, "API connection limits (per port)");
     (http, grpc)
 }
 
-/// How long a gRPC connection may carry nothing at all (not even a ping) before it is closed.
+/// The shortest idle limit of the TLS port: a connection that carries nothing, not even an
+/// HTTP/2 ping, for this long (or for `server_timeout`, if that is longer) is closed.
 const GRPC_IDLE: Duration = Duration::from_secs(120);
 
-/// Says what becomes reachable when an API listens beyond loopback.
+/// Logs a warning for each API whose configured host is not a loopback name or address, saying
+/// who can then reach what.
+///
+/// It checks `cmd_host` and `health_host` as written, without resolving them (see
+/// [`crate::http::is_loopback_host`]). It checks `cmd_host` in a light agent or a follower too,
+/// although there that key names the upstream, not an address of this agent.
 pub(crate) fn warn_if_exposed(config: &AgentConfig) {
     let loopback = |host: &str| crate::http::is_loopback_host(host);
     if !loopback(&config.ipc.cmd_host) {
@@ -133,7 +175,18 @@ pub(crate) fn warn_if_exposed(config: &AgentConfig) {
     }
 }
 
-/// Starts the agent with `collectors` instead of the config's (tests run none, or their own).
+/// Starts a full agent with `collectors` instead of those its config enables; returns once every
+/// server listens.
+///
+/// Tests use it to run no collector, or collectors of their own. The config still decides
+/// whether the agent is a follower.
+///
+/// # Errors
+///
+/// Returns an error when the config of `process_config.remote_workloadmeta` or of a runtime's
+/// fetcher is refused, when the token or certificate file cannot be read, created or used (see
+/// [`crate::security`]), when a listener cannot resolve its host or bind its port, or when the
+/// TLS setup fails.
 pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> anyhow::Result<RunningAgent> {
     let follows_another = collectors::catalog(config)? == Catalog::Remote;
     warn_if_exposed(config);
@@ -159,7 +212,8 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
     let tagger = Arc::new(tagger);
     let tagger_task = tagger.spawn(&store);
     tasks.spawn(async move {
-        // It ends when the store's stream does, at shutdown.
+        // The tagger's task ends when the store's event stream ends, at shutdown. Tracking it
+        // lets `stop` wait for it.
         let _ = tagger_task.await;
     });
     store.start();
@@ -174,13 +228,15 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
         guard: Guard { token: token.clone(), token_file: None },
         metrics_public: config.ipc.metrics_public,
     };
-    // An agent that follows another one (the remote catalog) serves no gRPC: its upstream does.
+    // A follower serves no gRPC API of its own (its upstream does); it still serves the CLI's
+    // TLS API.
     let (grpc_address, api_address) = if follows_another {
         tracing::info!(
             upstream = %format!("{}:{}", config.ipc.cmd_host, config.ipc.cmd_port),
             "following another agent (process_config.remote_workloadmeta): no gRPC API of its own"
         );
-        // On loopback, where the CLI asks: cmd_host names the upstream here.
+        // Listen on loopback, where the CLI connects. `cmd_host` cannot give the address: in a
+        // follower it names the upstream.
         let listener = listen("127.0.0.1", config.ipc.api_port.get(), "api_port").await?;
         let api_address = listener.local_addr()?;
         let state = HttpState { grpc_address: "none".to_owned(), ..state.clone() };
@@ -209,20 +265,31 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
     Ok(RunningAgent { store, tagger, grpc_address, http_address, api_address, token, cert_pem, cancel, tasks })
 }
 
-/// What the `cmd_port` server is made of.
+/// What `serve_grpc` needs to serve `cmd_port`: the bound listener, the certificate, the token,
+/// the connection limits and the CLI's API.
 struct Grpc<'a> {
     listener: TcpListener,
     cert: &'a security::IpcCert,
     token: &'a str,
     limits: Limits,
-    /// The CLI's API, for connections that negotiate HTTP/1.1.
+    /// The CLI's API, served to connections that choose `http/1.1` by ALPN.
     api: axum::Router,
 }
 
-/// Serves `cmd_host:cmd_port`: our accept loop (connection caps, idle timeout), the TLS
-/// handshake within `server_timeout`, then by ALPN either `AgentSecure` (`h2` or none: bearer auth, a
-/// connection with no authenticated request within `server_timeout` closed, at most 100
-/// streams per connection, HTTP/2 pings every 30 s) or the CLI's API (`http/1.1`).
+/// Spawns the server of `cmd_host:cmd_port` into `tasks`, and returns without waiting for it.
+///
+/// Each connection goes through our accept loop (connection caps, idle timeout), then a TLS
+/// handshake that must finish within `server_timeout`. ALPN then decides what it gets:
+/// - `h2`, or no ALPN at all: the `AgentSecure` gRPC API, with bearer-token auth, at most 100
+///   streams per connection, and an HTTP/2 ping every 30 s;
+/// - `http/1.1`: the CLI's API.
+///
+/// Either way, a connection that carries no authenticated request within `server_timeout` is
+/// closed.
+///
+/// # Errors
+///
+/// Returns an error when the TLS setup fails.
 fn serve_grpc(
     config: &AgentConfig,
     grpc: Grpc<'_>,
@@ -232,8 +299,8 @@ fn serve_grpc(
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
     let Grpc { listener, cert, token, limits, api } = grpc;
-    // HTTP/1.1 first: a client offering both (curl) means the CLI's API; gRPC clients offer h2
-    // alone.
+    // `http/1.1` comes first because the server's order of preference decides: a client that
+    // offers both, such as curl, gets the CLI's API, while gRPC clients offer only `h2`.
     let acceptor =
         tls_acceptor(&config.ipc_cert_path(), cert, &[b"http/1.1", b"h2"]).context("TLS setup of the gRPC API")?;
     let origin = OriginReader::new(&config.ipc.container_proc_root, &config.ipc.container_cgroup_root);
@@ -251,8 +318,9 @@ fn serve_grpc(
     let api_connections = tasks.clone();
     let api_cancel = cancel.clone();
     tasks.spawn(accept_loop("grpc", listener, limits, cancel.clone(), move |mut io, peer| {
-        // An authenticated request within server_timeout, or the connection is closed: HTTP/2
-        // pings alone do not keep it (conn.rs).
+        // Close the connection unless it carries an authenticated request within
+        // `server_timeout`. HTTP/2 pings count as traffic, so the idle timeout alone would keep
+        // an unauthenticated connection open for good (see `IdleTimeout::require_auth`).
         io.require_auth(Arc::new(std::sync::atomic::AtomicBool::new(false)), limits.timeout);
         let (acceptor, handshaken, api) = (acceptor.clone(), handshaken.clone(), api.clone());
         let cancel = api_cancel.clone();
@@ -262,17 +330,19 @@ fn serve_grpc(
                 () = cancel.cancelled() => return,
             };
             match handshake {
-                // A client that offers no ALPN is taken for gRPC, as before the CLI's API came
-                // here; the CLI offers `http/1.1`.
+                // A client that offers no ALPN gets gRPC, so that gRPC clients that do not use
+                // ALPN still work; the CLI always offers `http/1.1`.
                 Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() != Some(b"http/1.1") => {
-                    // The server stops taking connections at shutdown: do not wait for it then.
+                    // At shutdown the gRPC server stops taking connections from this channel,
+                    // so the send could wait forever: give up when `cancel` fires.
                     tokio::select! {
                         _ = handshaken.send(Ok(tls)) => {}
                         () = cancel.cancelled() => {}
                     }
                 }
-                // The CLI's API: the connection must still carry an authenticated request
-                // within server_timeout, which its token check marks.
+                // The CLI's API. The connection must still carry an authenticated request
+                // within `server_timeout`: give the API the connection's flag, which its token
+                // check sets.
                 Ok(Ok(tls)) => {
                     let api = match tls.get_ref().0.auth_flag() {
                         Some(flag) => api.layer(axum::Extension(crate::http::ConnectionAuth(flag))),
@@ -296,15 +366,23 @@ fn serve_grpc(
     Ok(())
 }
 
-/// Streams one gRPC connection may carry at once.
+/// The most gRPC streams one connection may carry at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
-/// A gRPC connection after its TLS handshake.
+/// A connection to `cmd_port` after its TLS handshake, as handed to the gRPC server.
 type GrpcConnection = tokio_rustls::server::TlsStream<conn::IdleTimeout<tokio::net::TcpStream>>;
 
-/// The TLS acceptor of the IPC certificate in `path` (read now as `cert`), offering `alpn` (in
-/// order of preference). The file is read again when it changes: a light agent or a follower
-/// serves the certificate its upstream owns, and the CLI trusts whatever the file holds now.
+/// Builds a TLS acceptor that serves the IPC certificate file at `path` and offers the ALPN
+/// protocols `alpn`, most preferred first.
+///
+/// `cert` is what the caller has just read from `path`. The acceptor reads the file again when
+/// it changes, because a light agent or a follower serves the certificate that its upstream owns
+/// and may replace, and the CLI trusts whatever the file holds when it runs.
+///
+/// # Errors
+///
+/// Returns an error when `cert` holds no usable certificate and key, or rustls refuses the
+/// configuration.
 pub(crate) fn tls_acceptor(
     path: &std::path::Path,
     cert: &security::IpcCert,
@@ -320,12 +398,16 @@ pub(crate) fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
-/// How often a handshake may look at the certificate file (one `stat`).
+/// How often, at most, a handshake checks whether the certificate file changed (one `stat`).
 const CERT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The IPC certificate served from its file, read again when the file's stamp changes (looked
-/// at, at most once a [`CERT_CHECK_EVERY`], by the next handshake). A new file that cannot be
-/// used (half written, readable by others, not PEM) is logged and the one before is served.
+/// Gives each TLS handshake the IPC certificate from its file, reading the file again when it
+/// changes.
+///
+/// A handshake compares the file's stamp with the last one at most once every
+/// [`CERT_CHECK_EVERY`]. A changed file that cannot be used (half written, open to other users,
+/// not PEM) is logged, the previous certificate is served, and the file is tried again at the
+/// next check. While the file is missing, the previous certificate is served too.
 #[derive(Debug)]
 struct CertFile {
     path: std::path::PathBuf,
@@ -333,6 +415,8 @@ struct CertFile {
     current: std::sync::Mutex<Served>,
 }
 
+/// The certificate being served, the stamp of the file it was read from, and when the file was
+/// last checked.
 #[derive(Debug)]
 struct Served {
     stamp: Option<wm_core::FileStamp>,
@@ -352,7 +436,8 @@ impl CertFile {
         Ok(Self { path: path.to_owned(), provider, current })
     }
 
-    /// Reads the file again when it changed since the last look; returns what to serve.
+    /// Returns the certificate to serve, after reading the file again if a check is due and the
+    /// file has changed.
     fn refreshed(&self) -> Arc<rustls::sign::CertifiedKey> {
         let mut served = self.current.locked();
         if served.checked.elapsed() < CERT_CHECK_EVERY {
@@ -388,7 +473,8 @@ impl rustls::server::ResolvesServerCert for CertFile {
     }
 }
 
-/// The certificate chain and signing key of an IPC certificate.
+/// Turns an IPC certificate's PEM text into the certificate chain and signing key that rustls
+/// serves.
 fn certified_key(
     cert: &security::IpcCert,
     provider: &rustls::crypto::CryptoProvider,
@@ -404,8 +490,11 @@ fn certified_key(
 }
 
 impl RunningAgent {
-    /// Stops everything: streams end (`UNAVAILABLE`), the servers close, the store stops its
-    /// collectors and loop (the tagger follows), and every task is awaited, at most 4 s.
+    /// Stops the agent, and waits at most 4 s for everything to end.
+    ///
+    /// Every gRPC stream ends with `UNAVAILABLE`, the servers close, and the store stops its
+    /// collectors and its loop, after which the tagger's task ends too. Returns how many tasks,
+    /// the agent's and the store's, were still running when it stopped waiting.
     pub async fn stop(self) -> Stopped {
         self.cancel.cancel();
         self.tasks.close();
@@ -422,7 +511,11 @@ impl RunningAgent {
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT, then stops within 5 s.
+/// Runs a full agent until SIGTERM or SIGINT, then stops it, waiting at most 4 s for its tasks.
+///
+/// # Errors
+///
+/// Returns the error of [`start`], or of setting up the SIGTERM handler.
 pub async fn run(config: &AgentConfig) -> anyhow::Result<()> {
     crate::signals::run_until_signal(start(config), RunningAgent::stop).await
 }

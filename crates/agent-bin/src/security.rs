@@ -1,16 +1,19 @@
-//! The IPC auth token and TLS certificate, created at first start as the Datadog Agent does.
+//! The IPC auth token and TLS certificate, which the agent creates at its first start, as the
+//! Datadog Agent does.
 //!
-//! - Token: `auth_token_file_path` (default `auth_token` beside the config file): 64 random hex
-//!   characters, created mode 0600; clients send `authorization: Bearer <token>`. A token shorter
-//!   than 32 characters is refused.
-//! - Both files are refused, with the command that fixes it, when group or others may read them
-//!   or when another user owns them. New files are written atomically (a temporary file made
-//!   with `O_EXCL`, then renamed over the path): a symlink at the path is replaced, never followed.
-//! - Certificate: `ipc_cert_file_path` (default `ipc_cert.pem` beside the token): one PEM
-//!   `CERTIFICATE` and one `PRIVATE KEY`, ECDSA P-256, self-signed, for `localhost`,
-//!   `127.0.0.1` and `::1`, server and client auth, mode 0600. Unlike Datadog's it is not marked
-//!   as a CA: rustls refuses a CA certificate as a server's own, and a self-signed leaf is
-//!   trusted the same way by Go, BoringSSL (grpcio) and rustls clients that pin it.
+//! - The token is in `auth_token_file_path` (default `auth_token` beside the config file): 64
+//!   random hex characters, in a file created with mode 0600. Clients send it as
+//!   `authorization: Bearer <token>`. A token shorter than [`MIN_TOKEN_LEN`] characters is
+//!   refused.
+//! - The certificate is in `ipc_cert_file_path` (default `ipc_cert.pem` beside the token file):
+//!   one PEM `CERTIFICATE` and one `PRIVATE KEY`, ECDSA P-256, self-signed, for `localhost`,
+//!   `127.0.0.1` and `::1`, for server and client auth, mode 0600. Unlike Datadog's, it is not
+//!   marked as a CA: rustls refuses a CA certificate as a server's own, and Go, BoringSSL
+//!   (grpcio) and rustls clients that pin a self-signed leaf trust it the same way.
+//! - Either file is refused, with the command that fixes it, when its group or other users have
+//!   any permission on it, or when another user owns it. A new file is written atomically: to a
+//!   temporary file created with `O_EXCL`, then renamed over the path, so that a symlink at the
+//!   path is replaced, never followed.
 
 use std::fs;
 use std::io::Write;
@@ -22,20 +25,23 @@ pub use wm_ipc::IpcCert;
 /// Why a request's `authorization` value was refused (see [`check_bearer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BearerRefused {
-    /// No `authorization` value, or not of the `Bearer` scheme.
+    /// No `authorization` value, or one of another scheme than `Bearer`.
     NotBearer,
     /// A bearer token, but not the agent's.
     WrongToken,
 }
 
-/// Checks an `authorization` value (HTTP header or gRPC metadata) against `token`: the scheme
-/// `Bearer` in any case, then the token, compared in constant time so that the time taken says
-/// nothing of how much of it was right.
+/// Checks an `authorization` value, from an HTTP header or gRPC metadata, against `token`.
+///
+/// The scheme must be `Bearer`, in any case; whitespace around the token is ignored. The token's
+/// bytes are compared in constant time, so that how long the check takes tells a caller nothing
+/// about how much of a guess was right.
 ///
 /// # Errors
 ///
-/// [`BearerRefused`] says whether the value was missing or of another scheme, or carried a
-/// wrong token; the gRPC API answers each with Datadog's message.
+/// Returns [`BearerRefused::NotBearer`] when the value is missing or of another scheme, and
+/// [`BearerRefused::WrongToken`] when the token is not `token`. The gRPC API answers each with
+/// the Datadog Agent's message.
 pub fn check_bearer(value: Option<&str>, token: &str) -> Result<(), BearerRefused> {
     let value = value.ok_or(BearerRefused::NotBearer)?;
     let (scheme, given) = value.split_once(' ').unwrap_or((value, ""));
@@ -47,48 +53,53 @@ pub fn check_bearer(value: Option<&str>, token: &str) -> Result<(), BearerRefuse
     if same { Ok(()) } else { Err(BearerRefused::WrongToken) }
 }
 
-/// Why the token or certificate cannot be had.
+/// Why the token or certificate file cannot be read, created or used.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
-    /// The directory to create the file in does not exist.
+    /// The directory the file would be created in does not exist.
     #[error("{what} {path}: its directory {dir} does not exist (create it, or set {key})")]
     MissingDirectory {
-        /// What the file is.
+        /// What the file is: `auth token file` or `IPC certificate`.
         what: &'static str,
-        /// The file.
+        /// The file's path.
         path: String,
-        /// Its directory.
+        /// The missing directory.
         dir: String,
-        /// The config key that moves it.
+        /// The config key that sets the file's path.
         key: &'static str,
     },
-    /// Reading or writing failed.
+    /// Reading or writing the file failed.
     #[error("{what} {path}: {source}")]
     Io {
-        /// What the file is.
+        /// What the file is: `auth token file` or `IPC certificate`.
         what: &'static str,
-        /// The file.
+        /// The file's path.
         path: String,
-        /// Why.
+        /// The I/O error.
         source: std::io::Error,
     },
-    /// The file holds something unusable.
+    /// The file cannot be used: other users may access it, another user owns it, or what it
+    /// holds is not a usable token or certificate.
     #[error("{what} {path}: {reason}")]
     Invalid {
-        /// What the file is.
+        /// What the file is: `auth token file` or `IPC certificate`.
         what: &'static str,
-        /// The file.
+        /// The file's path.
         path: String,
-        /// What is wrong.
+        /// What is wrong, with the command that fixes it when there is one.
         reason: String,
     },
 }
 
-/// The shortest token accepted.
+/// The shortest token accepted, in characters.
 pub const MIN_TOKEN_LEN: usize = 32;
 
-/// Writes `content` to `path` mode 0600, atomically: a fresh temporary file beside it (`O_EXCL`:
-/// never an existing file or a symlink), synced, then renamed over `path`.
+/// Writes `content` to `path` with mode 0600, atomically.
+///
+/// The content goes to a new temporary file beside `path`, with a random name and created with
+/// `O_EXCL` so that it can never be an existing file or a symlink. That file is synced, then
+/// renamed over `path`, so a reader finds the old file or the whole new one. The temporary file
+/// is removed if a step fails.
 fn create_0600(what: &'static str, key: &'static str, path: &Path, content: &[u8]) -> Result<(), SecurityError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
@@ -117,7 +128,8 @@ fn create_0600(what: &'static str, key: &'static str, path: &Path, content: &[u8
     written.map_err(io)
 }
 
-/// Refuses a secret file others may read or another user owns, saying how to fix it.
+/// Refuses a secret file that its group or other users have any permission on, or that another
+/// user owns; the error gives the command that fixes it.
 fn check_private(what: &'static str, path: &Path) -> Result<(), SecurityError> {
     use std::os::unix::fs::MetadataExt;
     let shown = path.display().to_string();
@@ -144,7 +156,16 @@ fn check_private(what: &'static str, path: &Path) -> Result<(), SecurityError> {
     Ok(())
 }
 
-/// The token in `path`, created (0600, random) when the file does not exist.
+/// Returns the token in `path`, after creating the file with a new random token (mode 0600) if
+/// it does not exist.
+///
+/// Whitespace around the token in the file is ignored.
+///
+/// # Errors
+///
+/// Returns an error when the file cannot be read or created (for example because its directory
+/// does not exist), when it is not private to this user, or when the token is shorter than
+/// [`MIN_TOKEN_LEN`].
 pub fn load_or_create_token(path: &Path) -> Result<String, SecurityError> {
     const WHAT: &str = "auth token file";
     match fs::read_to_string(path) {
@@ -178,11 +199,13 @@ pub fn load_or_create_token(path: &Path) -> Result<String, SecurityError> {
     }
 }
 
-/// The certificate in `path`, which must exist and be private to this user.
+/// Reads the certificate and key in `path`, which must exist and be private to this user.
 ///
 /// # Errors
 ///
-/// The file cannot be read, others may read it, or it holds no certificate and key.
+/// Returns an error when the file cannot be read, when its group or other users have any
+/// permission on it or another user owns it, or when it lacks a PEM certificate block or a PEM
+/// key block. What the blocks hold is checked later, by the TLS setup.
 pub fn load_cert(path: &Path) -> Result<IpcCert, SecurityError> {
     const WHAT: &str = "IPC certificate";
     let text = fs::read_to_string(path).map_err(|source| SecurityError::Io {
@@ -198,7 +221,13 @@ pub fn load_cert(path: &Path) -> Result<IpcCert, SecurityError> {
     })
 }
 
-/// The certificate in `path`, created when the file does not exist.
+/// Returns the certificate and key in `path`, after creating the file with a new self-signed
+/// certificate (see the module docs) if it does not exist.
+///
+/// # Errors
+///
+/// Returns the errors of [`load_cert`] for an existing file, and an error when a new
+/// certificate cannot be made or written (for example because its directory does not exist).
 pub fn load_or_create_cert(path: &Path) -> Result<IpcCert, SecurityError> {
     const WHAT: &str = "IPC certificate";
     let invalid = |reason: String| SecurityError::Invalid { what: WHAT, path: path.display().to_string(), reason };

@@ -1,32 +1,34 @@
-//! The Cloud Controller v3, for what Garden cannot say: an app's current name (after a rename),
-//! its space's and org's names, its `tags.datadoghq.com/*` labels and annotations, its sidecars
-//! and its isolation segment.
+//! A client of the Cloud Controller's v3 API, for what Garden cannot tell: an app's current name
+//! (after a rename), its space's and org's names, its `tags.datadoghq.com/*` labels and
+//! annotations, its sidecars and its isolation segment.
 //!
-//! - Auth: UAA client credentials. The UAA is `cloud_foundry_cc.uaa_url` when set, else found
-//!   through the Cloud Controller's root (`GET /` → `links.uaa.href`, else `links.login.href`);
-//!   `POST <uaa>/oauth/token` with HTTP Basic `client_id:client_secret` and
-//!   `grant_type=client_credentials`. The token is used until shortly before `expires_in` (30 s,
-//!   or a tenth of its lifetime; a lifetime past a day counts as a day), and dropped at once when
-//!   a call answers 401.
-//! - Where credentials go: the client secret only to the configured UAA URL or to a discovered
-//!   one over https (a Cloud Controller that names an `http://` UAA would have the secret sent
-//!   in clear text); the bearer token only to the Cloud Controller's own origin (scheme, host
-//!   and port of `cloud_foundry_cc.url`). A `pagination.next.href` elsewhere is an error, not a
-//!   request: a compromised or misconfigured Cloud Controller cannot make the agent hand its
-//!   token to another server.
+//! - Authentication: UAA client credentials. The UAA is `cloud_foundry_cc.uaa_url` when set;
+//!   otherwise its URL is read from the Cloud Controller's root (`GET /`, then `links.uaa.href`,
+//!   else `links.login.href`). The token comes from `POST <uaa>/oauth/token` with HTTP Basic
+//!   `client_id:client_secret` and `grant_type=client_credentials`. It is reused until shortly
+//!   before its `expires_in` has passed (30 s before, or a tenth of its lifetime before when that
+//!   is shorter; a lifetime over a day counts as a day). It is dropped as soon as a call answers
+//!   `401`, and that call is sent once more with a new token.
+//! - Where credentials are sent: the client secret only to the configured UAA URL, or to a
+//!   discovered one that uses https (a Cloud Controller that names an `http://` UAA would have
+//!   the secret sent in clear text); the bearer token only to the Cloud Controller's own origin
+//!   (the scheme, host and port of `cloud_foundry_cc.url`). A `pagination.next.href` to another
+//!   origin is an error, not a request, so that a compromised or misconfigured Cloud Controller
+//!   cannot make the agent send its token to another server.
 //! - Apps: `GET /v3/apps?guids=…&include=space.organization&per_page=…`, following
-//!   `pagination.next.href`: one walk gives each app with its space and org.
-//! - Sidecars (`sidecars_tags`): `GET /v3/apps/<guid>/sidecars?per_page=1`, its
-//!   `pagination.total_results`.
+//!   `pagination.next.href`: one pass gives each app with its space and org.
+//! - Sidecars (`sidecars_tags`): `GET /v3/apps/<guid>/sidecars?per_page=1`, whose
+//!   `pagination.total_results` is the number of sidecars.
 //! - Isolation segment (`isolation_segments_tags`): the space's
 //!   (`/v3/spaces/<guid>/relationships/isolation_segment`), else the org's default
 //!   (`/v3/organizations/<guid>/relationships/default_isolation_segment`), then its name
-//!   (`/v3/isolation_segments/<guid>`). The Datadog cluster agent takes the org's first; an app
-//!   runs in its space's segment when the space has one, so the space's comes first here.
+//!   (`/v3/isolation_segments/<guid>`). The Datadog cluster agent looks at the org's first; but
+//!   an app runs in its space's segment when the space has one, so the space's comes first here.
 //!
-//! [`Enricher`] runs this off the pull path: the collector says which apps it sees, a task of
-//! its own fetches those missing or older than `poll_interval`, and the pull reads what is there.
-//! A slow or failing Cloud Controller delays names, never Garden's data.
+//! [`Enricher`] runs all this outside the pull: each pull tells it which apps are on the cell, a
+//! task of its own fetches those not fetched yet or fetched longer than `poll_interval` ago, and
+//! the pull uses whatever has been fetched. A slow or failing Cloud Controller delays the names
+//! and tags it gives, never Garden's data.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -46,54 +48,64 @@ use crate::https::{Https, basic_auth};
 
 /// The deadline of each Cloud Controller and UAA request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// App GUIDs per `/v3/apps` request (keeps the URL short).
+/// The most app GUIDs in one `/v3/apps` request, to keep the URL short.
 const GUIDS_PER_REQUEST: usize = 100;
-/// A token is renewed this long before it expires at most (a tenth of its lifetime when shorter).
+/// How long before its expiry a token is renewed: this long, or a tenth of its lifetime when that
+/// is shorter.
 const TOKEN_MARGIN: Duration = Duration::from_secs(30);
-/// The longest wait between two attempts after failures.
+/// The longest wait between two attempts while the Cloud Controller keeps failing; the wait starts
+/// at one second and doubles after each failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// The longest a UAA token is used, whatever its `expires_in` says (a huge value would overflow
-/// the deadline's arithmetic).
+/// The longest a UAA token is used, whatever its `expires_in` says. A huge value would make
+/// `Instant + lifetime` overflow, which panics.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// The Cloud Controller part of the config, by the Datadog Agent's key names
-/// (`cloud_foundry_cc.*`); `ca_file`, `sidecars_tags` and `isolation_segments_tags` are ours
-/// (Datadog's cluster agent reads the last two as `cluster_agent.*`).
+/// The Cloud Controller part of the config, under the Datadog Agent's key names
+/// (`cloud_foundry_cc.*`). `ca_file`, `sidecars_tags` and `isolation_segments_tags` are keys of
+/// ours; Datadog's cluster agent reads the last two under `cluster_agent.*`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CcConfig {
-    /// `cloud_foundry_cc.url`: the Cloud Controller's API; enrichment is off when unset.
+    /// `cloud_foundry_cc.url`: the Cloud Controller's API. When unset or empty, the Cloud
+    /// Controller is not used.
     #[serde(rename = "cloud_foundry_cc.url")]
     pub url: Option<String>,
-    /// `cloud_foundry_cc.client_id`: a UAA client with `cloud_controller.admin_read_only` or
-    /// `cloud_controller.global_auditor`.
+    /// `cloud_foundry_cc.client_id`: a UAA client with the `cloud_controller.admin_read_only` or
+    /// `cloud_controller.global_auditor` scope. [`validate`](Self::validate) requires it when
+    /// `cloud_foundry_cc.url` is set.
     #[serde(rename = "cloud_foundry_cc.client_id")]
     pub client_id: String,
-    /// `cloud_foundry_cc.uaa_url` (ours): the UAA to ask for tokens. Unset, it is found through
-    /// the Cloud Controller's root and must be https.
+    /// `cloud_foundry_cc.uaa_url` (ours): the UAA to ask for tokens. When unset, its URL is read
+    /// from the Cloud Controller's root, and the secret is sent to it only if it uses https.
     #[serde(rename = "cloud_foundry_cc.uaa_url")]
     pub uaa_url: Option<String>,
-    /// `cloud_foundry_cc.client_secret`: never shown (see [`Secret`]).
+    /// `cloud_foundry_cc.client_secret`: the UAA client's secret, never shown in logs or dumps
+    /// (see [`Secret`]).
     #[serde(rename = "cloud_foundry_cc.client_secret")]
     pub client_secret: Secret,
-    /// `cloud_foundry_cc.skip_ssl_validation`.
+    /// `cloud_foundry_cc.skip_ssl_validation` (default false): accept any certificate from the
+    /// Cloud Controller and the UAA.
     #[serde(rename = "cloud_foundry_cc.skip_ssl_validation")]
     pub skip_ssl_validation: bool,
-    /// `cloud_foundry_cc.ca_file`: a PEM CA the Cloud Controller's and UAA's certificates chain
-    /// to, beside the system's; read again before a poll when the file changed (a rotated CA).
+    /// `cloud_foundry_cc.ca_file`: a PEM file of CA certificates that the Cloud Controller's and
+    /// the UAA's certificates may chain to, trusted besides the system's. When the file changes
+    /// (a rotated CA), it is read again before the next fetch.
     #[serde(rename = "cloud_foundry_cc.ca_file")]
     pub ca_file: Option<PathBuf>,
-    /// `cloud_foundry_cc.poll_interval` (seconds, default 60): how long an app's metadata is kept
-    /// before it is asked again.
+    /// `cloud_foundry_cc.poll_interval` (seconds, default 60; zero counts as one): how long an
+    /// app's metadata is used before it is fetched again.
     #[serde(rename = "cloud_foundry_cc.poll_interval")]
     pub poll_interval: u64,
-    /// `cloud_foundry_cc.apps_batch_size` (default 5,000, the Cloud Controller's most): `per_page`.
+    /// `cloud_foundry_cc.apps_batch_size` (default 5,000, the most the Cloud Controller allows):
+    /// the `per_page` of `/v3/apps` requests, clamped to between 1 and 5,000.
     #[serde(rename = "cloud_foundry_cc.apps_batch_size")]
     pub apps_batch_size: u32,
-    /// `cloud_foundry_cc.sidecars_tags`: `sidecar_present` and `sidecar_count` tags.
+    /// `cloud_foundry_cc.sidecars_tags` (default false): add the `sidecar_present` and
+    /// `sidecar_count` tags, at the cost of one request per app.
     #[serde(rename = "cloud_foundry_cc.sidecars_tags")]
     pub sidecars_tags: bool,
-    /// `cloud_foundry_cc.isolation_segments_tags`: `segment_id` and `segment_name` tags.
+    /// `cloud_foundry_cc.isolation_segments_tags` (default false): add the `segment_id` and
+    /// `segment_name` tags, at the cost of one or two requests per app and one per segment.
     #[serde(rename = "cloud_foundry_cc.isolation_segments_tags")]
     pub isolation_segments_tags: bool,
 }
@@ -116,13 +128,18 @@ impl Default for CcConfig {
 }
 
 impl CcConfig {
-    /// The API's URL when enrichment is on.
+    /// Returns `cloud_foundry_cc.url` without its trailing `/`, or `None` when it is unset or
+    /// empty (the Cloud Controller is not used).
     pub fn enabled_url(&self) -> Option<&str> {
         self.url.as_deref().map(|u| u.trim_end_matches('/')).filter(|u| !u.is_empty())
     }
 
-    /// Why the config cannot work, if it cannot: enrichment on without a client, a CA file that
-    /// is not there.
+    /// Checks that the config can work. A config without `cloud_foundry_cc.url` always passes.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message naming the key to fix when `cloud_foundry_cc.url` is set but
+    /// `cloud_foundry_cc.client_id` is not, or when `cloud_foundry_cc.ca_file` is not a file.
     pub fn validate(&self) -> Result<(), String> {
         if self.enabled_url().is_none() {
             return Ok(());
@@ -140,41 +157,47 @@ impl CcConfig {
         Ok(())
     }
 
-    /// `ca_file`, when one is named.
+    /// Returns the path of `ca_file`, or `None` when it is unset or empty.
     fn ca_path(&self) -> Option<&std::path::Path> {
         self.ca_file.as_deref().filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// Returns how long fetched metadata is used: `poll_interval`, at least one second.
     fn ttl(&self) -> Duration {
         Duration::from_secs(self.poll_interval.max(1))
     }
 }
 
-/// The stamp of the file at `path` now, `None` when it cannot be read.
+/// Returns the current stamp of the file at `path`, or `None` when its metadata cannot be read.
 fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
 }
 
-/// What went wrong with the Cloud Controller or the UAA.
+/// What went wrong with the Cloud Controller, the UAA or the client's config, as a message.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CcError(String);
 
-/// A Cloud Controller client with its UAA token.
+/// A Cloud Controller client, with the UAA token it currently uses.
 #[derive(Debug)]
 pub struct CloudController {
     config: CcConfig,
+    /// `cloud_foundry_cc.url` without its trailing `/`.
     url: String,
     client: Https,
-    /// `ca_file`'s stamp when `client` was built: a rotated CA is read again before the next poll.
+    /// `ca_file`'s stamp when `client` was built; when the file's stamp differs, the client is
+    /// built again before the next fetch.
     ca_stamp: Option<FileStamp>,
+    /// The UAA's token URL, once configured or discovered; `None` before the first token.
     token_url: Option<String>,
+    /// The current token and the instant until which it is used.
     token: Option<(Secret, Instant)>,
-    /// Isolation segment names by GUID (they do not change names often; kept with the apps' TTL).
+    /// Isolation segment names by GUID, with when each was fetched. Segments are seldom renamed,
+    /// so a name is reused for `poll_interval`, like an app's metadata.
     segments: HashMap<String, (Instant, String)>,
 }
 
-/// A `/v3` list page.
+/// One page of a `/v3` list answer; a field the page lacks is empty.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Page {
@@ -203,8 +226,8 @@ struct Included {
     organizations: Vec<Value>,
 }
 
-/// A URL's scheme, host and port (the default port of the scheme when none is written): two
-/// URLs of one origin reach the same server.
+/// A URL's scheme, host and port (the scheme's default port when none is written). Two URLs of
+/// one origin reach the same server, so a token meant for one may go to the other.
 #[derive(Debug, PartialEq, Eq)]
 struct Origin {
     scheme: String,
@@ -213,7 +236,9 @@ struct Origin {
 }
 
 impl Origin {
-    /// The origin of an absolute `http` or `https` URL; `None` for anything else.
+    /// Returns the origin of an absolute `http` or `https` URL; `None` for anything else,
+    /// including a URL with user info. The scheme and host are lower-cased, and a trailing `.` of
+    /// the host is removed.
     fn of(url: &str) -> Option<Self> {
         let uri: http::Uri = url.parse().ok()?;
         let scheme = uri.scheme_str()?.to_ascii_lowercase();
@@ -223,7 +248,8 @@ impl Origin {
             _ => return None,
         };
         let authority = uri.authority()?;
-        // A user-info part (`https://cc@evil/`) is no part of an origin we trust.
+        // A URL with user info (`https://cc@evil/`) is refused: it can read like the Cloud
+        // Controller's host to a person while it points at another server.
         if authority.as_str().contains('@') {
             return None;
         }
@@ -232,16 +258,22 @@ impl Origin {
     }
 }
 
+/// Turns a credential or token into a header value; fails when it holds characters a header
+/// cannot carry. The error does not repeat the value, which is a secret.
 fn header_value(text: &str) -> Result<HeaderValue, CcError> {
     HeaderValue::from_str(text).map_err(|_| CcError("a credential or token is not a valid header value".into()))
 }
 
+/// Returns the string at `path` in a JSON value; an empty string when there is none.
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> &'a str {
     path.iter().try_fold(value, |v, key| v.get(key)).and_then(Value::as_str).unwrap_or_default()
 }
 
-/// `tags.datadoghq.com/<k>` labels and annotations of a resource, as `<k>:<value>` (annotations
-/// first, a label of the same key wins).
+/// Appends to `into` a resource's `tags.datadoghq.com/<k>` labels and annotations, as
+/// `<k>:<value>` tags sorted by key.
+///
+/// A label wins over an annotation of the same key. Entries with an empty key or value are left
+/// out.
 fn datadog_tags(resource: &Value, into: &mut Vec<String>) {
     let mut found: Vec<(String, String)> = Vec::new();
     for section in ["annotations", "labels"] {
@@ -262,11 +294,13 @@ fn datadog_tags(resource: &Value, into: &mut Vec<String>) {
 }
 
 impl CloudController {
-    /// A client for `config` (enrichment on). No I/O but reading `ca_file`.
+    /// Creates a client for `config`, which must name a Cloud Controller. Sends no request; unless
+    /// `skip_ssl_validation` is set, it reads the system's root certificates and `ca_file`.
     ///
     /// # Errors
     ///
-    /// `cloud_foundry_cc.url` is not set, or `ca_file` holds no readable PEM certificate.
+    /// Returns an error when `cloud_foundry_cc.url` is not set, when `ca_file` cannot be read or
+    /// holds no valid PEM certificate, or when the TLS config cannot be built.
     pub fn new(config: CcConfig) -> Result<Self, CcError> {
         let url = config.enabled_url().ok_or_else(|| CcError("cloud_foundry_cc.url is not set".into()))?.to_owned();
         let ca_stamp = config.ca_path().and_then(stamp);
@@ -274,14 +308,16 @@ impl CloudController {
         Ok(Self { config, url, client, ca_stamp, token_url: None, token: None, segments: HashMap::new() })
     }
 
+    /// Builds the HTTPS client `config` describes.
     fn https(config: &CcConfig) -> Result<Https, CcError> {
         Https::new(config.ca_path(), config.skip_ssl_validation, REQUEST_TIMEOUT)
             .map_err(|e| CcError(format!("cloud_foundry_cc: {e}")))
     }
 
-    /// Builds the client again when `ca_file` changed since it was read (a rotated CA). A file
-    /// that cannot be read now (half written, say) keeps the old client and is tried at the next
-    /// poll.
+    /// Builds the client again when `ca_file` changed since it was read (a rotated CA).
+    ///
+    /// When the new file cannot be used (half written, say), the old client stays, a warning is
+    /// logged, and the file is tried again before the next fetch.
     fn reload_ca(&mut self) {
         let Some(path) = self.config.ca_path() else { return };
         let now = stamp(path);
@@ -300,6 +336,12 @@ impl CloudController {
         }
     }
 
+    /// Returns the current UAA token, asking the UAA for a new one when there is none or it is
+    /// about to expire.
+    ///
+    /// The first time, it also finds the UAA's token URL: `cloud_foundry_cc.uaa_url`, else the
+    /// one the Cloud Controller's root names, which must use https since the client secret is sent
+    /// there.
     async fn token(&mut self) -> Result<String, CcError> {
         if let Some((token, until)) = &self.token
             && Instant::now() < *until
@@ -345,12 +387,15 @@ impl CloudController {
         Ok(token)
     }
 
+    /// Sends one request and decodes the JSON answer.
+    ///
+    /// An error status is an error whose message carries what the server said about it.
     async fn send(&self, method: Method, url: &str, headers: HeaderMap, body: Bytes) -> Result<Value, CcError> {
         let (status, body) = self.client.send(method, url, headers, body).await.map_err(CcError)?;
         if !status.is_success() {
             let said: Value = serde_json::from_slice(&body).unwrap_or_default();
-            // The Cloud Controller says `errors: [{title, detail}]`; the UAA, OAuth's `error` and
-            // `error_description`.
+            // The Cloud Controller describes an error as `errors: [{title, detail}]`; the UAA uses
+            // OAuth's `error` and `error_description`.
             let words = |e: &Value, a: &str, b: &str| format!("{} {}", str_at(e, &[a]), str_at(e, &[b]));
             let said = said["errors"]
                 .get(0)
@@ -360,7 +405,10 @@ impl CloudController {
         serde_json::from_slice(&body).map_err(|e| CcError(format!("{url}: does not parse: {e}")))
     }
 
-    /// `GET` a Cloud Controller URL with the token; a 401 drops the token and tries once more.
+    /// Sends `GET url` to the Cloud Controller with the token and decodes the JSON answer.
+    ///
+    /// When the answer is `401`, the token is dropped and the request is sent once more with a
+    /// new one.
     async fn get(&mut self, url: &str) -> Result<Value, CcError> {
         for attempt in 0..2 {
             let token = self.token().await?;
@@ -368,6 +416,8 @@ impl CloudController {
             headers.insert(header::AUTHORIZATION, header_value(&format!("bearer {token}"))?);
             headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
             match self.send(Method::GET, url, headers, Bytes::new()).await {
+                // `send` writes the status into its message (`status 401 Unauthorized`), which is
+                // how a refused token is recognised here.
                 Err(e) if attempt == 0 && e.0.contains("status 401") => {
                     tracing::debug!(error = %e, "cloud foundry: token refused, asking the UAA for a new one");
                     self.token = None;
@@ -378,11 +428,19 @@ impl CloudController {
         Err(CcError(format!("{url}: refused twice")))
     }
 
-    /// The metadata of these apps (those the Cloud Controller does not know are absent).
+    /// Fetches the metadata of the apps with these GUIDs, by GUID, with sidecar and isolation
+    /// segment tags when those are configured.
+    ///
+    /// Apps the Cloud Controller does not know, and GUIDs that cannot go in a query as they are,
+    /// are missing from the result. Each `/v3/apps` request carries up to 100 GUIDs. Before any
+    /// request, the client is built again if `ca_file` changed.
     ///
     /// # Errors
     ///
-    /// The UAA or the Cloud Controller failed, refused the client, or answered what does not parse.
+    /// Returns an error when the UAA or the Cloud Controller cannot be reached, refuses the
+    /// client, or answers something that does not parse; when a `pagination.next.href` points at
+    /// another origin; or when one request's answer runs to more than 1,000 pages. One failure
+    /// fails the whole call.
     pub async fn apps(&mut self, guids: &[String]) -> Result<HashMap<String, AppMetadata>, CcError> {
         self.reload_ca();
         let guids: Vec<&String> = guids.iter().filter(|g| is_query_safe(g)).collect();
@@ -424,7 +482,10 @@ impl CloudController {
         Ok(apps)
     }
 
-    /// Sidecar and isolation segment tags of one app.
+    /// Returns the sidecar and isolation segment tags of one app, as configured.
+    ///
+    /// A sidecar answer that does not parse counts as no sidecars. An app with no segment, or a
+    /// segment GUID that cannot go in a URL as it is, gets no segment tags.
     async fn extras(&mut self, guid: &str, app: AppMetadata) -> Result<Vec<String>, CcError> {
         let mut tags = Vec::new();
         if self.config.sidecars_tags {
@@ -473,19 +534,24 @@ impl CloudController {
 pub struct AppsPage {
     /// The apps of the page, with their space's and org's names.
     pub apps: HashMap<String, AppMetadata>,
-    /// `pagination.next.href`, when present and not empty (not yet checked for its origin).
+    /// `pagination.next.href`, when present and not empty. Its origin is not checked here: check
+    /// it before sending the token there.
     pub next: Option<String>,
 }
 
 /// Reads one page of `GET /v3/apps?include=space.organization` from its JSON body.
 ///
+/// An app without a GUID is left out; an app whose space or org is not in the page's `included`
+/// gets empty names for them.
+///
 /// # Errors
 ///
-/// A body that is not JSON, or not shaped as a list page.
+/// Returns an error when the body is not JSON, or not shaped as a list page.
 pub fn apps_page(body: &[u8]) -> Result<AppsPage, CcError> {
     apps_page_from(serde_json::from_slice(body).map_err(|e| CcError(format!("does not parse: {e}")))?)
 }
 
+/// Reads one page of `GET /v3/apps` from its decoded JSON.
 fn apps_page_from(value: Value) -> Result<AppsPage, CcError> {
     let page: Page = serde_json::from_value(value).map_err(|e| CcError(format!("not a list page: {e}")))?;
     let mut apps = HashMap::new();
@@ -494,15 +560,16 @@ fn apps_page_from(value: Value) -> Result<AppsPage, CcError> {
 }
 
 /// Reads the UAA's answer to a client-credentials grant: the access token and how long it may
-/// be used (`expires_in`, at most a day).
+/// be used (`expires_in`, at most a day; zero when it is missing).
 ///
 /// # Errors
 ///
-/// A body that is not JSON, or has no `access_token`.
+/// Returns an error when the body is not JSON, or has no `access_token` or an empty one.
 pub fn uaa_token(body: &[u8]) -> Result<(String, Duration), CcError> {
     token_from(&serde_json::from_slice(body).map_err(|e| CcError(format!("UAA token: does not parse: {e}")))?)
 }
 
+/// Reads the access token and its lifetime from the UAA's decoded answer.
 fn token_from(answer: &Value) -> Result<(String, Duration), CcError> {
     let token = answer["access_token"].as_str().filter(|t| !t.is_empty());
     let token = token.ok_or_else(|| CcError("UAA token: no access_token".into()))?.to_owned();
@@ -510,6 +577,8 @@ fn token_from(answer: &Value) -> Result<(String, Duration), CcError> {
     Ok((token, lifetime))
 }
 
+/// Adds the apps of a page to `apps`, each with its space's and org's names taken from the page's
+/// `included` section.
 fn read_apps(page: &Page, apps: &mut HashMap<String, AppMetadata>) {
     let spaces: HashMap<&str, &Value> =
         page.included.spaces.iter().map(|s| (str_at(s, &["guid"]), s)).filter(|(g, _)| !g.is_empty()).collect();
@@ -540,18 +609,24 @@ fn read_apps(page: &Page, apps: &mut HashMap<String, AppMetadata>) {
     }
 }
 
-/// What the enricher knows, shared with the pull.
+/// What the enricher's task has fetched, shared with the pull.
 #[derive(Debug, Default)]
 struct Known {
-    /// By app GUID: when asked, and what came (`None`: the Cloud Controller has no such app).
+    /// By app GUID: when it was fetched, and the result (`None`: the Cloud Controller has no such
+    /// app).
     apps: HashMap<String, (Instant, Option<AppMetadata>)>,
-    /// The apps the last pull saw.
+    /// The apps the last pull found on the cell: the ones the task fetches.
     wanted: BTreeSet<String>,
-    /// The last failure, while the Cloud Controller fails.
+    /// The last error, while the Cloud Controller keeps failing; `None` once a fetch succeeds.
     failing: Option<String>,
 }
 
-/// Fetches app metadata in a task of its own; see the module documentation.
+/// Fetches app metadata from the Cloud Controller in a task of its own, so that a pull never
+/// waits for it; see the module documentation.
+///
+/// The task fetches the apps that are due about once a second, and at once when the set of apps
+/// on the cell changes. After a failure it waits one second, then twice as long after each
+/// further failure, up to a minute; a change in the set of apps still wakes it early.
 #[derive(Debug)]
 pub struct Enricher {
     known: Arc<Mutex<Known>>,
@@ -560,7 +635,10 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    /// Starts the task (needs a tokio runtime). It ends when the enricher is dropped.
+    /// Spawns the task that fetches app metadata through `cc`.
+    ///
+    /// Must be called within a tokio runtime: it calls `tokio::spawn`, which panics outside one.
+    /// Dropping the enricher aborts the task.
     pub fn start(cc: CloudController) -> Self {
         let known = Arc::new(Mutex::new(Known::default()));
         let wake = Arc::new(tokio::sync::Notify::new());
@@ -568,8 +646,12 @@ impl Enricher {
         Self { known, wake, task }
     }
 
-    /// Says which apps are on the cell now; returns what is known of each (apps not asked yet,
-    /// or unknown to the Cloud Controller, are absent). Apps no longer seen are forgotten.
+    /// Records which apps are on the cell now, and returns the metadata fetched so far for each,
+    /// by GUID.
+    ///
+    /// Apps not fetched yet, or unknown to the Cloud Controller, are missing from the result.
+    /// Apps no longer on the cell are forgotten. When the set of apps changed, the task is woken
+    /// so that new apps are fetched at once. Does no I/O.
     pub fn see(&self, guids: impl IntoIterator<Item = String>) -> HashMap<String, AppMetadata> {
         let mut known = self.known.locked();
         let wanted: BTreeSet<String> = guids.into_iter().filter(|g| !g.is_empty()).collect();
@@ -585,7 +667,8 @@ impl Enricher {
         found
     }
 
-    /// The Cloud Controller's last failure, while it fails.
+    /// Returns the Cloud Controller's last error while it keeps failing; `None` once a fetch
+    /// succeeds, or before any failed.
     pub fn failing(&self) -> Option<String> {
         self.known.locked().failing.clone()
     }
@@ -597,6 +680,8 @@ impl Drop for Enricher {
     }
 }
 
+/// The enricher's task: fetches the wanted apps that are due, records the result, then waits for
+/// a second (longer after failures) or until `see` wakes it.
 async fn run(mut cc: CloudController, known: Arc<Mutex<Known>>, wake: Arc<tokio::sync::Notify>) {
     let ttl = cc.config.ttl();
     let mut backoff = Duration::from_secs(1);

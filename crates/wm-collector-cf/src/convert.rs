@@ -1,19 +1,19 @@
-//! What Diego puts on a Garden container, read into an [`Instance`], and an instance (with what
-//! the Cloud Controller says of its app, when known) into a container entity whose collector
-//! tags are the Cloud Foundry tags of DESIGN 7.5.
+//! Reads the properties Diego sets on a Garden container into an [`Instance`], and turns an
+//! instance (with the Cloud Controller's data about its app, when known) into a container entity
+//! whose collector tags are the Cloud Foundry tags of DESIGN 7.5.
 //!
-//! Diego's executor writes, on every app and task container (cloudfoundry/executor
+//! Diego's executor sets these properties on every app and task container (cloudfoundry/executor
 //! `depot/containerstore/storenode.go`, cloudfoundry/cloud_controller_ng
 //! `lib/cloud_controller/diego/protocol/container_network_info.rb`):
 //! - `network.app_id`, `network.space_id`, `network.org_id`, `network.ports`,
 //!   `network.container_workload` (`app`, `task` or `staging`);
 //! - `log_config`: JSON `{"guid", "index", "source_name", "tags": {app_name, app_id, space_name,
-//!   space_id, organization_name, organization_id, instance_id, process_type, …}}` (tasks carry no
-//!   index or instance tags).
+//!   space_id, organization_name, organization_id, instance_id, process_type, …}}` (a task's has
+//!   no index and no instance tags).
 //!
-//! Health-check containers (`check-…`, property `executor-healthcheck`) and containers without
-//! any Cloud Foundry property (a rootfs sizer, another owner's) are not workloads: skipped
-//! without a word.
+//! Health-check containers (handle `check-…`, or property `executor-healthcheck`) and containers
+//! with neither `log_config` nor `network.app_id` (a rootfs sizer, another owner's container) are
+//! not workloads: they are skipped without a log line.
 
 use std::collections::HashMap;
 
@@ -24,25 +24,25 @@ use wm_core::{
 
 use crate::garden::ContainerInfo;
 
-/// What the Cloud Controller says of an app (current names; extra tags).
+/// What the Cloud Controller reports about an app: its current names, and extra tags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppMetadata {
-    /// The app's name now (after any rename).
+    /// The app's current name (after any rename).
     pub name: String,
-    /// Its space.
+    /// The GUID of the app's space.
     pub space_id: String,
     /// The space's name.
     pub space_name: String,
-    /// Its org.
+    /// The GUID of the space's org.
     pub org_id: String,
     /// The org's name.
     pub org_name: String,
-    /// Tags from its metadata (`tags.datadoghq.com/<k>` labels and annotations), its sidecars and
-    /// its isolation segment, `key:value`.
+    /// Tags from the app's metadata (`tags.datadoghq.com/<k>` labels and annotations), its
+    /// sidecars and its isolation segment, each as `key:value`.
     pub tags: Vec<String>,
 }
 
-/// What the container runs.
+/// What a Cloud Foundry container runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
     /// An instance of an app's process (LRP).
@@ -54,6 +54,8 @@ pub enum Workload {
 }
 
 impl Workload {
+    /// Reads `network.container_workload`; any value other than `task` and `staging`, a missing
+    /// one included, means an app.
     fn parse(text: &str) -> Self {
         match text {
             "task" => Workload::Task,
@@ -62,6 +64,7 @@ impl Workload {
         }
     }
 
+    /// Returns the name Diego writes for this workload.
     fn as_str(self) -> &'static str {
         match self {
             Workload::App => "app",
@@ -71,7 +74,7 @@ impl Workload {
     }
 }
 
-/// One Cloud Foundry workload in a Garden container, as Garden alone says.
+/// One Cloud Foundry workload in a Garden container, from what Garden alone reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
     /// The Garden handle: the instance GUID (28 characters, not a UUID), or the task's GUID.
@@ -80,7 +83,7 @@ pub struct Instance {
     pub workload: Workload,
     /// The app's GUID.
     pub app_id: String,
-    /// The app's name when Diego last wrote `log_config`.
+    /// The app's name when Diego wrote `log_config`; stale after a rename.
     pub app_name: String,
     /// The space's GUID.
     pub space_id: String,
@@ -92,18 +95,20 @@ pub struct Instance {
     pub org_name: String,
     /// The instance index (app instances only).
     pub index: Option<u32>,
-    /// `active`.
+    /// Whether Garden reports the container `active`.
     pub running: bool,
-    /// The cell's address.
+    /// The cell's IP address.
     pub external_ip: String,
-    /// The container's overlay address.
+    /// The container's IP address on the overlay network.
     pub container_ip: String,
-    /// `(container port, host port)` pairs.
+    /// The published ports, as `(container port, host port)` pairs.
     pub ports: Vec<(u16, u16)>,
-    /// When it was created, from its age.
+    /// When the container was created, computed from the age Garden reports; `None` when Garden
+    /// reported no age.
     pub created_at: Option<Timestamp>,
 }
 
+/// The parts of the `log_config` property that the collector reads.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct LogConfig {
@@ -112,6 +117,7 @@ struct LogConfig {
     tags: HashMap<String, serde_json::Value>,
 }
 
+/// Returns a JSON string or number as text; an empty string for anything else.
 fn text(value: Option<&serde_json::Value>) -> String {
     match value {
         Some(serde_json::Value::String(s)) => s.clone(),
@@ -120,6 +126,7 @@ fn text(value: Option<&serde_json::Value>) -> String {
     }
 }
 
+/// Reads an instance index written as a number or as a string of digits.
 fn index_of(value: Option<&serde_json::Value>) -> Option<u32> {
     match value? {
         serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
@@ -128,9 +135,14 @@ fn index_of(value: Option<&serde_json::Value>) -> Option<u32> {
     }
 }
 
-/// Reads one container's info. `Ok(None)`: not a workload (health check, no Cloud Foundry
-/// property). `Err`: a workload whose properties cannot be read, with why; the collector logs it
-/// and still reports what it could read (never the whole list lost).
+/// Reads the info Garden gives about one container into an [`Instance`]; `None` when the
+/// container is not a workload (a health check, or neither `log_config` nor `network.app_id`).
+///
+/// `age_nanos` is the container's age from `bulk_metrics`, if known, and `now` the time to count
+/// it back from. A `log_config` that does not parse is read as empty: the instance then has only
+/// what the `network.*` properties give. Call [`log_config_error`] to learn why it did not parse.
+/// GUIDs come from the `network.*` properties, else from `log_config`; names come from
+/// `log_config` only.
 pub fn instance(handle: &str, info: &ContainerInfo, age_nanos: Option<i64>, now: Timestamp) -> Option<Instance> {
     let properties = &info.properties;
     if handle.starts_with("check-") || properties.contains_key("executor-healthcheck") {
@@ -174,17 +186,27 @@ pub fn instance(handle: &str, info: &ContainerInfo, age_nanos: Option<i64>, now:
     })
 }
 
-/// Whether a `log_config` property is there and does not parse (said once by the collector).
+/// Returns why the container's `log_config` property does not parse; `None` when it parses or
+/// there is none.
 pub fn log_config_error(info: &ContainerInfo) -> Option<String> {
     let text = info.properties.get("log_config")?;
     serde_json::from_str::<LogConfig>(text).err().map(|e| format!("its log_config does not parse: {e}"))
 }
 
 impl Instance {
-    /// The container entity, its collector tags in the Datadog cluster agent's order: the
-    /// instance's (`container_name`, `app_instance_index`, `app_instance_guid`), then the app's,
-    /// space's and org's, then what the Cloud Controller adds. `app` (when known) gives the
-    /// current names.
+    /// Builds the container entity, with the Cloud Controller's data about its app when `app` is
+    /// given.
+    ///
+    /// The app, space and org names and the space and org GUIDs in `app` win over the instance's
+    /// (its names come from `log_config`, which may be stale); an empty one in `app` leaves the
+    /// instance's.
+    ///
+    /// The container is named `<app name>_<index>`, or `<app name>` without an index, or its
+    /// handle when the app's name is unknown. Its collector tags come in the Datadog cluster
+    /// agent's order: the instance's (`container_name`, `app_instance_index`,
+    /// `app_instance_guid`), then the app's (`app_guid`, `app_name`), the org's (`org_id`,
+    /// `org_name`) and the space's (`space_id`, `space_name`), then the tags of `app`. A tag whose
+    /// value is empty is left out.
     pub fn entity(&self, app: Option<&AppMetadata>) -> Container {
         let pick = |now: Option<&str>, then: &str| now.filter(|v| !v.is_empty()).unwrap_or(then).to_owned();
         let app_name = pick(app.map(|a| a.name.as_str()), &self.app_name);

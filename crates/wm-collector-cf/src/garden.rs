@@ -1,12 +1,15 @@
-//! A client of Garden, the Diego cell's container API: plain HTTP/1.1 on its unix socket (or
-//! TCP), JSON with Go's field names. Only the four calls a collector needs: `ping`, `list`,
+//! A client of Garden, the Diego cell's container API: plain HTTP/1.1 on its unix socket (or on
+//! TCP), with JSON bodies. It makes only the four calls the collector needs: `ping`, `list`,
 //! `bulk_info` and `bulk_metrics`.
 //!
-//! Wire facts (cloudfoundry/garden `routes/routes.go`, `server/request_handling.go`,
-//! `container.go`, `errors.go`): keys are Go field names (`Handles`, `State`, `Properties`);
-//! nil slices come as `null`; the bulk calls must always carry `handles=` (a request without it
-//! makes the server's handler panic and drop the connection); a failure about one container
-//! comes in its entry's `Err`, a failure of the call as a non-2xx status with an error object.
+//! How Garden's wire format behaves (cloudfoundry/garden `routes/routes.go`,
+//! `server/request_handling.go`, `container.go`, `errors.go`):
+//! - keys are Go field names (`Handles`, `State`, `Properties`);
+//! - a nil Go slice or map comes as `null`;
+//! - the bulk calls must always carry `handles=`: a request without it makes the server's
+//!   handler panic and drop the connection;
+//! - a failure about one container comes in its entry's `Err`; a failure of the whole call comes
+//!   as a non-2xx status with an error object.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,9 +18,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-/// Handles asked per bulk request (the server has no limit; this keeps URLs short).
+/// The most handles asked about in one bulk request. The server has no limit; this keeps URLs
+/// short.
 const BULK_CHUNK: usize = 200;
-/// The largest body read from Garden (a `bulk_info` of 200 containers is well under 1 MiB).
+/// The largest body read from Garden; a larger one fails the request. A `bulk_info` answer about
+/// 200 containers is well under 1 MiB.
 pub const MAX_BODY: usize = 64 << 20;
 
 /// Where Garden listens.
@@ -25,7 +30,7 @@ pub const MAX_BODY: usize = 64 << 20;
 pub enum Address {
     /// A unix socket.
     Unix(PathBuf),
-    /// `host:port`.
+    /// A TCP address, as `host:port`.
     Tcp(String),
 }
 
@@ -41,25 +46,28 @@ impl std::fmt::Display for Address {
 /// What went wrong talking to Garden.
 #[derive(Debug, thiserror::Error)]
 pub enum GardenError {
-    /// No answer (refused, timed out, cut).
+    /// No complete answer: the connection was refused, timed out or cut. Also returned when the
+    /// client cannot be built.
     #[error("no answer: {0}")]
     Unreachable(String),
-    /// An answer with an error status, and what Garden said.
+    /// An answer with an error status: the status, and Garden's error message (or the start of
+    /// the body when it is not an error object).
     #[error("status {0}: {1}")]
     Status(u16, String),
-    /// An answer that does not parse.
+    /// An answer that does not parse, or whose body is larger than [`MAX_BODY`].
     #[error("malformed answer: {0}")]
     Malformed(String),
 }
 
-/// Garden's error object (`errors.go`): a type (`ContainerNotFoundError`, `""` …) and a message.
+/// Garden's error object (`errors.go`): a type (`ContainerNotFoundError`, or empty, among others)
+/// and a message.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct ErrorObject {
-    /// The error's type.
+    /// The error's type; may be empty.
     #[serde(rename = "Type")]
     pub kind: String,
-    /// What happened.
+    /// The error's message.
     #[serde(rename = "Message")]
     pub message: String,
 }
@@ -68,57 +76,62 @@ pub struct ErrorObject {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct PortMapping {
-    /// The cell's port.
+    /// The port on the cell.
     #[serde(rename = "HostPort")]
     pub host_port: u32,
-    /// The container's port.
+    /// The port inside the container.
     #[serde(rename = "ContainerPort")]
     pub container_port: u32,
 }
 
-/// What Garden says of one container (`garden.ContainerInfo`); fields the collector does not use
-/// are not read.
+/// What Garden reports about one container (`garden.ContainerInfo`); the fields the collector
+/// does not use are not read.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct ContainerInfo {
-    /// `active` or `stopped`.
+    /// The container's state: `active` or `stopped`.
     #[serde(rename = "State")]
     pub state: String,
-    /// The cell's address.
+    /// The cell's IP address.
     #[serde(rename = "ExternalIP")]
     pub external_ip: String,
-    /// The container's overlay address (where the app listens).
+    /// The container's IP address on the overlay network (where the app listens).
     #[serde(rename = "ContainerIP")]
     pub container_ip: String,
-    /// Every property: `network.*`, `log_config`, `executor:owner`, `garden.*` …
+    /// All the container's properties, such as `network.*`, `log_config`, `executor:owner` and
+    /// `garden.*`; empty when Garden sends `null`.
     #[serde(rename = "Properties", deserialize_with = "null_as_default")]
     pub properties: HashMap<String, String>,
-    /// Published ports.
+    /// The ports published on the cell; empty when Garden sends `null`.
     #[serde(rename = "MappedPorts", deserialize_with = "null_as_default")]
     pub mapped_ports: Vec<PortMapping>,
 }
 
-/// Metrics of one container; only its age is read.
+/// The metrics of one container; only its age is read.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct Metrics {
-    /// Time since it was created, in nanoseconds (`time.Duration`).
+    /// The time since the container was created, in nanoseconds (Go's `time.Duration`).
     #[serde(rename = "Age")]
     pub age: i64,
 }
 
-/// One entry of a bulk answer: a value, or the error about that container.
+/// One entry of a bulk answer: the value about one container, or the error Garden met reading
+/// it.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct Entry<T> {
-    /// The container's info (`bulk_info`).
+    /// The container's info (`Info`, from `bulk_info`) or metrics (`Metrics`, from
+    /// `bulk_metrics`); empty or partly filled when Garden sent an error instead.
     #[serde(rename = "Info", alias = "Metrics")]
     pub value: T,
-    /// Set when this container could not be read.
+    /// Set when Garden could not read this container.
     #[serde(rename = "Err")]
     pub error: Option<ErrorObject>,
 }
 
+/// Deserializes a value that Go may send as `null` (a nil slice or map), reading `null` as the
+/// type's default.
 fn null_as_default<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -127,7 +140,7 @@ where
     Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
 }
 
-/// A Garden client.
+/// A client of one Garden server. Cloning it is cheap and shares the HTTP client.
 #[derive(Clone, Debug)]
 pub struct Garden {
     client: reqwest::Client,
@@ -136,13 +149,20 @@ pub struct Garden {
 }
 
 impl Garden {
-    /// A client of `address`, each request bounded by `timeout`. No I/O.
+    /// Creates a client of `address` whose every request must finish within `timeout`. Does no
+    /// I/O.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`GardenError::Unreachable`] when the HTTP client cannot be built.
     pub fn new(address: Address, timeout: Duration) -> Result<Self, GardenError> {
-        // A new connection per request, as Garden's own client does (`DisableKeepAlives`): a
-        // restarted Garden is never talked to through a connection of the old one.
+        // A new connection per request, as Garden's own client does (`DisableKeepAlives`), so
+        // that a request never goes over a connection opened to a Garden that has since
+        // restarted.
         let builder = reqwest::Client::builder().timeout(timeout).no_proxy().http1_only().pool_max_idle_per_host(0);
         let (builder, base) = match &address {
-            // Garden's own client sends `Host: api`.
+            // Over a unix socket the host in the URL is only a name; `api` is the one Garden's own
+            // client sends in its `Host` header.
             Address::Unix(path) => (builder.unix_socket(path.as_path()), "http://api".to_owned()),
             Address::Tcp(host) => (builder, format!("http://{host}")),
         };
@@ -150,11 +170,12 @@ impl Garden {
         Ok(Self { client, base, address })
     }
 
-    /// Where it talks.
+    /// Returns the address of the Garden server.
     pub fn address(&self) -> &Address {
         &self.address
     }
 
+    /// Sends `GET path_and_query` and decodes the JSON body, read up to [`MAX_BODY`].
     async fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, GardenError> {
         let url = format!("{}{path_and_query}", self.base);
         let mut response = self.client.get(&url).send().await.map_err(|e| GardenError::Unreachable(chain(&e)))?;
@@ -174,40 +195,69 @@ impl Garden {
         serde_json::from_slice(&body).map_err(|e| GardenError::Malformed(format!("{path_and_query}: {e}")))
     }
 
-    /// `GET /ping`.
+    /// Sends `GET /ping`, to check that Garden answers.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when Garden does not answer, answers with an error status, or answers
+    /// something that is not JSON.
     pub async fn ping(&self) -> Result<(), GardenError> {
         self.get::<serde_json::Value>("/ping").await.map(drop)
     }
 
-    /// `GET /containers`: every container's handle (Garden lists only created ones).
+    /// Sends `GET /containers` and returns the handle of every container Garden lists (only
+    /// containers whose creation has completed).
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when Garden does not answer, answers with an error status, or answers
+    /// something that does not parse.
     pub async fn list(&self) -> Result<Vec<String>, GardenError> {
         #[derive(Deserialize)]
         struct List {
-            // The server writes `Handles`; the API doc says `handles`.
+            // The server writes `Handles`, while the API doc says `handles`: accept both.
             #[serde(rename = "Handles", alias = "handles", default, deserialize_with = "null_as_default")]
             handles: Vec<String>,
         }
         Ok(self.get::<List>("/containers").await?.handles)
     }
 
-    /// `GET /containers/bulk_info?handles=…`, in chunks.
+    /// Sends `GET /containers/bulk_info?handles=…` and returns each container's info, by handle.
+    ///
+    /// The handles are asked about in chunks of 200; a handle that cannot go in a query as it is
+    /// ([`is_query_safe`]) is not asked about, so it is missing from the answer.
+    ///
+    /// # Errors
+    ///
+    /// Returns the error of the first chunk that fails: Garden does not answer, answers with an
+    /// error status, or answers something that does not parse. An error about one container is
+    /// not a failure: it comes in that container's entry.
     pub async fn bulk_info(&self, handles: &[String]) -> Result<HashMap<String, Entry<ContainerInfo>>, GardenError> {
         self.bulk("bulk_info", handles).await
     }
 
-    /// `GET /containers/bulk_metrics?handles=…`, in chunks.
+    /// Sends `GET /containers/bulk_metrics?handles=…` and returns each container's metrics, by
+    /// handle.
+    ///
+    /// Chunks and skipped handles as for [`bulk_info`](Self::bulk_info).
+    ///
+    /// # Errors
+    ///
+    /// As for [`bulk_info`](Self::bulk_info).
     pub async fn bulk_metrics(&self, handles: &[String]) -> Result<HashMap<String, Entry<Metrics>>, GardenError> {
         self.bulk("bulk_metrics", handles).await
     }
 
+    /// Asks `call` about the handles, in chunks of `BULK_CHUNK`, and merges the answers.
     async fn bulk<T: DeserializeOwned + Default>(
         &self,
         call: &str,
         handles: &[String],
     ) -> Result<HashMap<String, Entry<T>>, GardenError> {
         let mut all = HashMap::with_capacity(handles.len());
-        // Handles go in the query as they are: Garden splits on `,` and its handles are GUIDs;
-        // one that would need escaping is not asked for (and so not listed).
+        // Handles go in the query as they are, joined by `,`, which Garden splits on; its handles
+        // are GUIDs. A handle that would need escaping is not asked about, and so does not appear
+        // in the answer.
         let safe: Vec<&String> = handles.iter().filter(|h| is_query_safe(h)).collect();
         for chunk in safe.chunks(BULK_CHUNK) {
             let joined = chunk.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(",");
@@ -217,12 +267,13 @@ impl Garden {
     }
 }
 
-/// Whether a handle can go in a query string as it is.
+/// Tells whether a handle can go in a query string as it is: not empty, and only ASCII letters,
+/// digits, `-`, `_` and `.`.
 pub fn is_query_safe(handle: &str) -> bool {
     !handle.is_empty() && handle.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// An error and its causes, one line.
+/// Returns an error and its chain of causes on one line, separated by `: `.
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -1,6 +1,9 @@
-//! HTTPS for the Cloud Controller and the UAA: hyper with rustls on ring and a client config of
-//! our own (the system's roots and `ca_file`, or no verification with `skip_ssl_validation`), so
-//! that nothing depends on a process-wide crypto provider.
+//! The HTTPS client for the Cloud Controller and the UAA: hyper with rustls, using the ring crypto
+//! provider and a TLS config of our own (trusting the system's roots and `ca_file`, or verifying
+//! no certificate with `skip_ssl_validation`).
+//!
+//! The crypto provider is passed to rustls explicitly, so that nothing depends on a process-wide
+//! default provider being installed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,17 +21,19 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-/// The largest body read (a page of 5,000 apps with their metadata fits many times).
+/// The largest body read; a larger one fails the request. A page of 5,000 apps with their
+/// metadata fits in it many times.
 const MAX_BODY: usize = 64 << 20;
 
-/// An HTTPS (and HTTP) client whose every request has a deadline.
+/// An HTTPS client (it speaks plain HTTP too) whose every request has a deadline.
 #[derive(Clone, Debug)]
 pub struct Https {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
-/// Accepts any certificate (`skip_ssl_validation`), still checking the handshake's signatures.
+/// The certificate verifier of `skip_ssl_validation`: accepts any certificate, but still checks
+/// the handshake's signatures against the certificate presented.
 #[derive(Debug)]
 struct NoVerification(Arc<CryptoProvider>);
 
@@ -68,7 +73,17 @@ impl ServerCertVerifier for NoVerification {
 }
 
 impl Https {
-    /// A client trusting the system's roots and `ca_file`, or anything with `skip_verification`.
+    /// Creates a client that trusts the system's root certificates and those of `ca_file`, or,
+    /// with `skip_verification`, any certificate. Each request, body included, must finish
+    /// within `timeout`.
+    ///
+    /// Without `skip_verification`, reads the system's root certificates (leaving out any that
+    /// does not parse) and `ca_file`; with it, reads neither.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message when `ca_file` cannot be read, holds no PEM certificate or holds one that
+    /// is not valid, or when the TLS config cannot be built.
     pub fn new(ca_file: Option<&Path>, skip_verification: bool, timeout: Duration) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -100,7 +115,13 @@ impl Https {
         Ok(Self { client: Client::builder(TokioExecutor::new()).build(connector), timeout })
     }
 
-    /// Sends one request; the status and the body, or why there is none.
+    /// Sends one request and returns the status and the whole body, whatever the status.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message, starting with the URL, when the request cannot be built or sent, when
+    /// the body cannot be read or is larger than 64 MiB, or when the exchange takes longer than the
+    /// client's timeout.
     pub async fn send(
         &self,
         method: Method,
@@ -130,12 +151,16 @@ impl Https {
     }
 }
 
-/// `Basic <base64(user:password)>`.
+/// Returns the value of an HTTP Basic `Authorization` header: `Basic <base64(user:password)>`,
+/// in standard base64 with padding (RFC 4648).
 pub fn basic_auth(user: &str, password: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let input = format!("{user}:{password}");
     let mut out = String::with_capacity(6 + input.len().div_ceil(3) * 4);
     out.push_str("Basic ");
+    // Each group of three bytes is packed into a 24-bit number, first byte highest, and read back
+    // as four 6-bit indices into the alphabet; a short last group writes `=` for each index it
+    // has no bits for.
     for chunk in input.as_bytes().chunks(3) {
         let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..4 {

@@ -1,19 +1,25 @@
-//! The Cloud Foundry collector: the app instances and tasks of a Diego cell, as container
+//! The Cloud Foundry collector: reports the app instances and tasks of a Diego cell as container
 //! entities (runtime `garden`, source `cluster_orchestrator`) whose collector tags are the Cloud
 //! Foundry tags of DESIGN 7.5.
 //!
-//! - Garden (required): on its unix socket (`cloud_foundry_garden.listen_network` /
-//!   `.listen_address`, default unix `/var/vcap/data/garden/garden.sock`), every 5 s: list, then
-//!   `bulk_info` and `bulk_metrics` for every handle. Containers are keyed by their Garden handle
-//!   (the instance GUID); app, space, org and instance index come from the properties Diego sets
-//!   ([`convert`]).
-//! - Every pull is a full list: a container a successful list lacks is unset; an entry Garden
-//!   answers with an error is logged once, counted, and kept as it was (never unset for it).
-//! - The Cloud Controller (optional, `cloud_foundry_cc.*`): current names after a rename, the
-//!   app's `tags.datadoghq.com/*` metadata, sidecar and isolation segment tags, fetched off the
-//!   pull path ([`cc::Enricher`]): a slow or failing Cloud Controller never holds Garden's data.
-//! - No Garden socket: not detected (looked for again by the store), or waited for when the
-//!   config names it (`cloud_foundry_garden.listen_address`, or `cloud_foundry: true`).
+//! - Garden, the cell's container API, is required. The collector talks to it on
+//!   `cloud_foundry_garden.listen_network` and `cloud_foundry_garden.listen_address` (default: the
+//!   unix socket `/var/vcap/data/garden/garden.sock`). Every pull (every 5 s) lists the
+//!   containers, then asks `bulk_info` and `bulk_metrics` about all of them. Containers are keyed
+//!   by their Garden handle (the instance GUID); their app, space, org and instance index come
+//!   from the properties Diego sets on them ([`convert`]).
+//! - Every pull is a full list: a container that a successful pull lacks is unset. A container
+//!   Garden answers about with an error is counted as an entity error, logged once while the
+//!   error lasts, and kept in the store as it was (never unset because of the error). A failed
+//!   pull changes nothing.
+//! - The Cloud Controller is optional (`cloud_foundry_cc.*`). It gives the current names after a
+//!   rename, the app's `tags.datadoghq.com/*` metadata, and sidecar and isolation segment tags.
+//!   They are fetched by a task of their own, not during the pull ([`cc::Enricher`]), so a slow
+//!   or failing Cloud Controller never delays Garden's data.
+//! - When Garden's unix socket does not exist, the environment is reported as not detected and
+//!   the store looks again later; when the config says this is a cell
+//!   (`cloud_foundry_garden.listen_address`, or `cloud_foundry: true`), the collector waits for
+//!   the socket instead.
 
 #![forbid(unsafe_code)]
 
@@ -33,23 +39,26 @@ use wm_core::{Collector, CollectorContext, CollectorError, EntityId, Kind, PullC
 pub use cc::CcConfig;
 use garden::{Address, Garden};
 
-/// The collector's name.
+/// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "cloudfoundry";
-/// Garden's socket on a Diego cell.
+/// Garden's socket on a Diego cell: the default of `cloud_foundry_garden.listen_address`.
 pub const DEFAULT_GARDEN_SOCKET: &str = "/var/vcap/data/garden/garden.sock";
 /// The deadline of each Garden request.
 pub const GARDEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The Garden part of the config, by the Datadog Agent's key names.
+/// The Garden part of the config, under the Datadog Agent's key names.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CfConfig {
-    /// `cloud_foundry`: this is a Cloud Foundry cell (then Garden is waited for, not looked for).
+    /// `cloud_foundry` (default false): says that this node is a Cloud Foundry cell, so a missing
+    /// Garden socket is waited for instead of meaning "not a cell".
     pub cloud_foundry: bool,
-    /// `cloud_foundry_garden.listen_network`: `unix` (default) or `tcp`.
+    /// `cloud_foundry_garden.listen_network`: `unix` (the default; empty counts as `unix`) or
+    /// `tcp`.
     #[serde(rename = "cloud_foundry_garden.listen_network")]
     pub listen_network: String,
-    /// `cloud_foundry_garden.listen_address`: the socket path, or `host:port` with `tcp`.
+    /// `cloud_foundry_garden.listen_address`: the socket path with `unix` (default
+    /// [`DEFAULT_GARDEN_SOCKET`]), or `host:port` with `tcp` (required then).
     #[serde(rename = "cloud_foundry_garden.listen_address")]
     pub listen_address: Option<String>,
 }
@@ -61,7 +70,13 @@ impl Default for CfConfig {
 }
 
 impl CfConfig {
-    /// Where Garden listens, or why the config cannot say.
+    /// Returns where Garden listens, from `cloud_foundry_garden.listen_network` and
+    /// `cloud_foundry_garden.listen_address`.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message naming the key to fix when `listen_network` is neither `unix` nor `tcp`,
+    /// or when it is `tcp` and `listen_address` is not set.
     pub fn address(&self) -> Result<Address, String> {
         let address = self.listen_address.as_deref().filter(|a| !a.is_empty());
         match self.listen_network.as_str() {
@@ -73,36 +88,45 @@ impl CfConfig {
         }
     }
 
-    /// Whether the config says this is a cell (so an absent Garden is waited for).
+    /// Tells whether the config says this is a cell (`cloud_foundry`, or a `listen_address`),
+    /// so that a missing Garden socket is waited for.
     fn expects_garden(&self) -> bool {
         self.cloud_foundry || self.listen_address.as_deref().is_some_and(|a| !a.is_empty())
     }
 }
 
-/// The Cloud Foundry collector.
+/// Pulls Garden's containers and reports the Cloud Foundry workloads among them; hand it to the
+/// store with [`into_collector`](Self::into_collector).
 #[derive(Debug)]
 pub struct CfCollector {
     config: CfConfig,
     cc: CcConfig,
+    /// The Garden client, built by `start`; `None` before.
     garden: Option<Garden>,
+    /// The Cloud Controller enricher, started by the first `start` that reaches Garden when
+    /// `cloud_foundry_cc.url` is set.
     enricher: Option<cc::Enricher>,
-    /// Problems already logged, by handle (those still failing are kept).
+    /// The container problems the last pull found, as handle and reason. A problem is logged only
+    /// when the previous pull did not find it.
     reported: HashSet<String>,
 }
 
 impl CfCollector {
-    /// A collector for `config`, enriched through the Cloud Controller when `cc` names one.
+    /// Creates a collector for `config`; when `cc` names a Cloud Controller, its data is added to
+    /// the containers. Does no I/O.
     pub fn new(config: CfConfig, cc: CcConfig) -> Self {
         Self { config, cc, garden: None, enricher: None, reported: HashSet::new() }
     }
 
-    /// This collector, ready to hand to the store.
+    /// Wraps the collector for the store, which pulls it at its default interval.
     pub fn into_collector(self) -> Collector {
         Collector::pull(NAME, Source::ClusterOrchestrator, self)
     }
 
-    /// Logs a problem with one container once while it lasts.
+    /// Logs a problem with one container, unless the previous pull found the same one, and
+    /// records it in `seen`, which becomes `reported` at the end of the pull.
     fn report(&mut self, handle: &str, why: &str, seen: &mut HashSet<String>) {
+        // A NUL joins the two parts: neither a handle nor a reason is expected to contain one.
         let key = format!("{handle}\u{0}{why}");
         if !self.reported.contains(&key) {
             tracing::warn!(%handle, %why, "cloud foundry: skipping a container");
@@ -113,6 +137,12 @@ impl CfCollector {
 
 #[async_trait]
 impl PullCollector for CfCollector {
+    /// Checks Garden's address and that Garden answers `/ping`, and starts the Cloud Controller
+    /// enricher when `cloud_foundry_cc.url` is set and it is not running yet.
+    ///
+    /// A bad `cloud_foundry_garden.*` config, or a Cloud Controller client that cannot be built,
+    /// stops the collector for good; a missing unix socket is waited for or reported as absent
+    /// (see the module docs); a Garden that does not answer is a retriable error.
     async fn start(&mut self, _ctx: &CollectorContext) -> Result<(), CollectorError> {
         let address = self.config.address().map_err(|why| CollectorError::permanent("cloud foundry", why))?;
         if let Address::Unix(path) = &address
@@ -141,6 +171,12 @@ impl PullCollector for CfCollector {
         Ok(())
     }
 
+    /// Lists Garden's containers, reads their info and metrics, and sends the Cloud Foundry
+    /// workloads among them as a full list, keeping in the store the containers Garden could not
+    /// read this time.
+    ///
+    /// A failed `list` or `bulk_info` fails the pull and changes nothing; a failed `bulk_metrics`
+    /// only leaves the start times unknown.
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         let Some(garden) = self.garden.clone() else {
             return Err(CollectorError::Retriable {
@@ -167,7 +203,10 @@ impl PullCollector for CfCollector {
         let mut seen = HashSet::new();
         for handle in &handles {
             let Some(entry) = infos.get(handle) else {
-                // Not answered about (gone between the two calls, or a handle we do not ask for).
+                // Garden's answer does not mention the handle. Either the container was destroyed
+                // between `list` and `bulk_info` (the next pull's list will lack it, and it is
+                // unset then), so keep what the store has of it for now; or the handle could not
+                // go in a query and was never asked about, so it is not reported at all.
                 if garden::is_query_safe(handle) {
                     keep.push(EntityId::new(Kind::Container, handle.as_str()));
                 }

@@ -1,5 +1,5 @@
-//! From containerd's records (container, task, OCI spec) to the store's [`Container`]: pure
-//! functions, no I/O.
+//! Converts containerd's records (container, task, OCI spec) into the store's [`Container`]:
+//! pure functions, no I/O.
 
 use std::collections::HashMap;
 
@@ -11,26 +11,28 @@ use wm_core::{
     KUBE_CONTAINER_NAME_LABEL, KUBE_POD_UID_LABEL, Kind, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
-/// The CRI plugin's label on every container it makes: `sandbox` for a pod's pause container.
+/// The label the CRI plugin puts on every container it creates; its value is `sandbox` for a
+/// pod's pause container.
 pub const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
-/// nerdctl's label holding the name it was given.
+/// The label in which nerdctl stores the name the user gave the container.
 pub const NERDCTL_NAME_LABEL: &str = "nerdctl/name";
 
-/// How a container's init process ended, as the task's exit said.
+/// How a container's init process ended, as its task's exit or delete event reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exit {
-    /// Its exit status.
+    /// The process's exit status.
     pub code: u32,
-    /// When it exited.
+    /// When the process exited; `None` when containerd gave no time.
     pub at: Option<Timestamp>,
 }
 
-/// Whether this is a pod's sandbox ("pause") container, which is never stored.
+/// Tells whether the labels mark a pod's sandbox ("pause") container, which is never stored.
 pub fn is_sandbox(labels: &HashMap<String, String>) -> bool {
     labels.get(CRI_KIND_LABEL).is_some_and(|k| k == "sandbox")
 }
 
-/// A protobuf timestamp; `None` for the zero time containerd writes for "never".
+/// Converts a protobuf timestamp; returns `None` when there is none, and for the zero time,
+/// which containerd writes to mean "never".
 pub fn timestamp(t: Option<&prost_types::Timestamp>) -> Option<Timestamp> {
     let t = t?;
     if t.seconds <= 0 && t.nanos <= 0 {
@@ -39,7 +41,7 @@ pub fn timestamp(t: Option<&prost_types::Timestamp>) -> Option<Timestamp> {
     Some(Timestamp::from_unix(t.seconds, t.nanos))
 }
 
-/// The parts of an OCI runtime spec the store keeps.
+/// The parts of an OCI runtime spec the store uses; every other field is ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Spec {
@@ -82,9 +84,16 @@ struct SpecCpu {
     period: Option<u64>,
 }
 
-/// Builds a container from containerd's record, its task (if it has one), the last exit seen
-/// for it (a deleted task takes its exit status with it) and its image's digest. `Err` names
-/// what did not parse (the container is still returned, without what its spec would add).
+/// Builds the store's container from containerd's record, its task (if it has one), the last exit
+/// seen for it and its image's digest.
+///
+/// `last_exit` matters because containerd drops a task's exit status when the task is deleted:
+/// it gives the status of a stopped container that has no task any more. `env` decides which env
+/// vars of the spec are stored.
+///
+/// Returns the container, or `None` for a sandbox or a record without an id, together with a
+/// description of what did not parse, if anything: a spec that does not parse still gives a
+/// container, without the fields the spec would add (env, hostname, cgroup path, limits).
 pub fn container_from_containerd(
     record: &CtrContainer,
     task: Option<&Process>,
@@ -119,7 +128,8 @@ pub fn container_from_containerd(
                 .or(last_exit);
             (status, status == ContainerStatus::Running, task.pid, exit)
         }
-        // No task: never started, or its task was deleted after it exited.
+        // No task: the container never started, or its task was deleted after it exited (then
+        // the stored exit says how it ended).
         None => match last_exit {
             Some(exit) => (ContainerStatus::Stopped, false, 0, Some(exit)),
             None => (ContainerStatus::Created, false, 0, None),

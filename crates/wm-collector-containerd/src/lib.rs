@@ -1,28 +1,40 @@
-//! The containerd collector: follows containerd's event stream and reports the containers of
-//! every namespace it is told to watch as source `runtime`, collector `containerd`.
+//! The containerd collector: follows containerd's event stream and reports the containers of the
+//! namespaces it is configured to watch as source `runtime`, collector `containerd`.
 //!
-//! One run: connect to the socket (`cri_socket_path`, or containerd's default), subscribe to
-//! `/containers/*` and `/tasks/*` events, make sure the subscription is live, list every
-//! watched namespace's containers and tasks and send them as one full list, then turn events
-//! into sets and unsets until the stream breaks (then the store runs it again, and its full list
-//! reconciles).
+//! One run: connect to the socket (`cri_socket_path`, else [`DEFAULT_SOCKET`]), subscribe to
+//! `/containers/*`, `/tasks/*` and `/images/*` events, wait until the subscription is live, list
+//! the containers and tasks of every watched namespace and send them as one full list, then turn
+//! events into sets and unsets until the stream breaks. When it breaks the run fails with a
+//! retriable error; the store runs the collector again after a backoff, and the new run's full
+//! list corrects whatever changed in between.
 //!
-//! containerd's subscription has no `since`, and its call only returns with the first event. So
-//! the run publishes a marker event of its own (topic [`SYNC_TOPIC`], namespace
-//! [`SYNC_NAMESPACE`]) until the marker comes back on its stream: from then on every change is
-//! delivered, and only then does it list. Nothing between subscription and list is lost.
+//! containerd cannot replay the events since a given instant (its subscription has no `since`),
+//! and its subscribe call returns only when the first event arrives. So, to learn when the
+//! subscription is live, the run publishes a marker event of its own (topic [`SYNC_TOPIC`],
+//! namespace [`SYNC_NAMESPACE`]) every 100 ms until the marker comes back on its own stream (for
+//! at most 10 s; past that the run fails with a retriable error). From then on every change is
+//! delivered, and only then does the run list, so no change made between the subscription and the
+//! list is lost. An `/images/*` event only drops the cached digest of the image it names.
 //!
-//! Namespaces: every one but `containerd_exclude_namespaces` (default `moby`, docker's, which the
-//! docker collector reports), or only `containerd_namespaces` when that is set. CRI sandbox
-//! (pause) containers are skipped on every path: in lists, in refreshes, and in events about a
-//! sandbox seen before or created from an image sandboxes use. A task's exit status and time
-//! come from its `/tasks/exit` event and are remembered (until the container is deleted or a
-//! relist no longer has it), since deleting the task forgets them.
+//! Namespaces: every namespace except those in `containerd_exclude_namespaces` (default `moby`,
+//! docker's namespace, whose containers the docker collector reports); or, when
+//! `containerd_namespaces` is set, only the namespaces it lists.
 //!
-//! Every call has a deadline (`cri_query_timeout`, default 5 s; connecting:
-//! `cri_connection_timeout`, default 1 s). Containers are listed with `ListStream`, one message
-//! per container, so a node's list is never bound by the 4 MiB message limit (CRI specs are tens
-//! of KB each); a container that cannot be read is skipped and read again later.
+//! CRI sandbox ("pause") containers are never reported: not from a list, not from a refresh, and
+//! not from the events of a sandbox seen before or of a container created from an image that
+//! sandboxes use. A task's exit status and time come from its `/tasks/exit` (or `/tasks/delete`)
+//! event. containerd drops them when the task is deleted, so the collector stores them until the
+//! container is deleted or a list no longer has it.
+//!
+//! Every call to containerd has a deadline: `cri_query_timeout` (default 5 s), and
+//! `cri_connection_timeout` (default 1 s) for connecting. Containers are listed with `ListStream`,
+//! one message per container, so a node's list never runs into gRPC's 4 MiB default message
+//! limit (the spec of one CRI container is tens of KB). A container whose refresh fails is skipped
+//! (the store keeps what it had) and refreshed again later. A container whose OCI spec does not
+//! parse is still reported, without the fields the spec would give, and a warning is logged once.
+//!
+//! [`ContainerdFetcher`] reads a single container on demand, for the tagger's fetch on a cache
+//! miss.
 
 #![forbid(unsafe_code)]
 
@@ -63,31 +75,39 @@ use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with
 
 pub use convert::{Exit, container_from_containerd, is_sandbox, timestamp};
 
-/// containerd's default socket.
+/// containerd's default socket, used when `cri_socket_path` is not set.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 /// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "containerd";
 /// The topic of the marker event a run publishes to learn that its subscription is live.
+///
+/// When the marker comes back on the run's event stream, every later change is on that stream too.
 pub const SYNC_TOPIC: &str = "/wm-agent/subscribed";
-/// The namespace the marker is published in.
+/// The namespace the marker event is published in. The collector never watches it.
 pub const SYNC_NAMESPACE: &str = "wm-agent";
 
-/// Where containerd is and which namespaces to watch: the collector's part of the agent config,
-/// by its Datadog key names.
+/// Where containerd listens and which namespaces to watch: the collector's part of the agent
+/// config, under Datadog's key names.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ContainerdConfig {
-    /// `cri_socket_path`: the socket; unset: [`DEFAULT_SOCKET`].
+    /// `cri_socket_path`: the path of containerd's socket; unset or empty: [`DEFAULT_SOCKET`].
+    ///
+    /// When this key names a socket that does not exist, the collector waits for it; when the
+    /// default socket does not exist, containerd is taken to be absent from this node.
     pub cri_socket_path: Option<PathBuf>,
-    /// `containerd_namespaces`: watch only these namespaces; empty: every namespace but the
-    /// excluded ones.
+    /// `containerd_namespaces`: the only namespaces to watch; empty (the default): every
+    /// namespace except the excluded ones.
     pub containerd_namespaces: Vec<String>,
-    /// `containerd_exclude_namespaces` (default `moby`, docker's, which the docker collector
-    /// reports): namespaces never watched, unless `containerd_namespaces` is set.
+    /// `containerd_exclude_namespaces` (default `moby`, docker's namespace, whose containers the
+    /// docker collector reports): namespaces not watched. Ignored when `containerd_namespaces` is
+    /// set.
     pub containerd_exclude_namespaces: Vec<String>,
-    /// `cri_query_timeout` (Datadog's key, seconds, default 5): the deadline of every call.
+    /// `cri_query_timeout` (Datadog's key, seconds, default 5): the deadline of every call to
+    /// containerd; zero counts as one second.
     pub cri_query_timeout: Seconds,
-    /// `cri_connection_timeout` (Datadog's key, seconds, default 1): the deadline of connecting.
+    /// `cri_connection_timeout` (Datadog's key, seconds, default 1): the deadline of connecting
+    /// to the socket; zero counts as 100 ms.
     pub cri_connection_timeout: Seconds,
 }
 
@@ -103,13 +123,20 @@ impl Default for ContainerdConfig {
     }
 }
 
-/// Entries a cache (image digests, sandboxes, logged-once ids) holds at most before it starts
-/// over: bounded memory whatever the node does.
+/// The most entries a cache (image digests, sandboxes, ids of containers already logged) holds.
+///
+/// A full cache is emptied and filled again from scratch, so its memory stays bounded whatever
+/// happens on the node.
 const MAX_CACHED: usize = 16_384;
-/// The largest message accepted from containerd (a task list of a dense node; the container
-/// list is streamed).
+/// The largest gRPC message the containers and tasks clients accept from containerd: 64 MiB,
+/// where gRPC's default is 4 MiB.
+///
+/// The task list of a dense node comes in one message and needs the room; the container list is
+/// streamed one container per message.
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// Inserts `value` into `set` and tells whether it was new; a set that holds [`MAX_CACHED`]
+/// entries is emptied first.
 fn bounded_insert<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, value: T) -> bool {
     if set.len() >= MAX_CACHED {
         set.clear();
@@ -118,11 +145,16 @@ fn bounded_insert<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, value: T) -> bo
 }
 
 impl ContainerdConfig {
+    /// Returns the deadline of one call to containerd: `cri_query_timeout`, at least one second.
     fn deadline(&self) -> Duration {
         self.cri_query_timeout.duration().max(Duration::from_secs(1))
     }
 
-    /// Whether `namespace` is watched.
+    /// Tells whether the collector watches `namespace`.
+    ///
+    /// The marker's namespace ([`SYNC_NAMESPACE`]) is never watched. Otherwise, when
+    /// `containerd_namespaces` is set, only the namespaces it lists are watched; when it is empty,
+    /// every namespace not in `containerd_exclude_namespaces` is.
     pub fn watches(&self, namespace: &str) -> bool {
         if namespace == SYNC_NAMESPACE {
             return false;
@@ -135,45 +167,58 @@ impl ContainerdConfig {
     }
 }
 
-/// The containerd collector.
+/// Follows containerd and reports its containers; hand it to the store with
+/// [`into_collector`](Self::into_collector).
 #[derive(Debug)]
 pub struct ContainerdCollector {
     config: ContainerdConfig,
-    /// The env vars containers keep: the store's filter, taken at the start of each run.
+    /// Decides which env vars of a container are stored: the store's filter, copied at the start
+    /// of each run.
     env: EnvFilter,
-    /// The last exit of each container's init process, by (namespace, id): dropped when the
-    /// container is deleted or a list no longer has it.
+    /// The last exit of each container's init process, by (namespace, container id), taken from
+    /// task events. containerd drops a task's exit status when the task is deleted, so it is
+    /// stored here; an entry is removed when its container is deleted or a list no longer has it.
     exits: Mutex<HashMap<(String, String), Exit>>,
-    /// Image digests by (namespace, image name): a name's entry goes when an `/images/` event
-    /// says it changed (re-tagged, deleted), all of them at each reconnect; bounded.
+    /// Image digests by (namespace, image name), so that each image is asked for once.
+    ///
+    /// An `/images/` event about a name (re-tagged, deleted) removes that name's entry, since the
+    /// name may now point at other content; each run empties the whole cache when it connects.
+    /// Holds at most `MAX_CACHED` entries. Shared with the event stream, which removes entries.
     digests: Arc<Mutex<Digests>>,
-    /// CRI sandboxes seen, by (namespace, id), and the images they run: their events are not
-    /// containers.
+    /// The CRI sandboxes seen, and the images they were created from: events about them are not
+    /// about containers, so they are skipped.
     sandboxes: Mutex<Sandboxes>,
-    /// Containers whose record failed to parse, reported once (bounded).
+    /// Ids of the containers whose OCI spec did not parse and for which a warning was logged, so
+    /// that the warning is logged once per container (emptied when it holds `MAX_CACHED` ids).
     reported: Mutex<HashSet<String>>,
-    /// The clients of the current run.
+    /// The gRPC clients of the current run; `None` until [`watch`](ListWatch::watch) connects.
     clients: Option<Clients>,
 }
 
 /// Image digests by (namespace, image name).
 type Digests = HashMap<(String, String), String>;
 
-/// What the collector knows of CRI sandboxes.
+/// The CRI sandboxes the collector has seen.
 #[derive(Debug, Default)]
 struct Sandboxes {
+    /// The (namespace, container id) of each sandbox seen.
     ids: HashSet<(String, String)>,
+    /// The images those sandboxes were created from (the pause image). A container deleted before
+    /// it could be read is recognised as a sandbox by its image, from its create event.
     images: HashSet<String>,
 }
 
-/// What containerd has of one container now.
+/// What containerd has now under one container id.
 enum Fetched {
+    /// A container, ready to store.
     Container(Box<Container>),
+    /// A CRI sandbox, which is never stored.
     Sandbox,
+    /// Nothing to store: containerd does not know the id.
     Gone,
 }
 
-/// The gRPC clients of one run.
+/// The gRPC clients of one run, all on one connection.
 #[derive(Clone, Debug)]
 struct Clients {
     containers: ContainersClient<Channel>,
@@ -183,6 +228,10 @@ struct Clients {
     events: EventsClient<Channel>,
 }
 
+/// Wraps `message` in a request for `namespace`, which containerd reads from the
+/// `containerd-namespace` header.
+///
+/// Fails with a permanent error when the namespace is not a valid header value.
 fn namespaced<T>(namespace: &str, message: T) -> Result<Request<T>, CollectorError> {
     let mut request = Request::new(message);
     let value = namespace.parse().map_err(|e| {
@@ -192,12 +241,13 @@ fn namespaced<T>(namespace: &str, message: T) -> Result<Request<T>, CollectorErr
     Ok(request)
 }
 
+/// Turns a failed gRPC call into a retriable error whose message names the call (`what`).
 fn failed(what: impl Into<String>, status: Status) -> CollectorError {
     CollectorError::retriable(what, status)
 }
 
 impl ContainerdCollector {
-    /// A collector for `config`.
+    /// Creates a collector for `config`.
     pub fn new(config: ContainerdConfig) -> Self {
         Self {
             config,
@@ -210,11 +260,12 @@ impl ContainerdCollector {
         }
     }
 
-    /// This collector, ready to hand to the store.
+    /// Wraps the collector in a [`Driver`], ready to hand to the store.
     pub fn into_collector(self) -> Collector {
         Collector::stream(NAME, Source::Runtime, Driver::new(self))
     }
 
+    /// Returns the clients of the current run; a retriable error before `watch` connected.
     fn clients(&self) -> Result<Clients, CollectorError> {
         self.clients.clone().ok_or_else(|| CollectorError::Retriable {
             context: "containerd: not connected (list or refresh before watch)".into(),
@@ -222,6 +273,11 @@ impl ContainerdCollector {
         })
     }
 
+    /// Connects to containerd's socket and builds one client per service, all on that connection.
+    ///
+    /// A missing socket is a `Waiting` error when `cri_socket_path` names it, and
+    /// `EnvironmentAbsent` when it is the default one. Connecting has `cri_connection_timeout` as
+    /// its deadline, at least 100 ms.
     async fn connect(&self) -> Result<Clients, CollectorError> {
         let socket = self
             .config
@@ -256,7 +312,11 @@ impl ContainerdCollector {
         })
     }
 
-    /// Runs one call within `cri_query_timeout`.
+    /// Runs one call to containerd with `cri_query_timeout` as its deadline.
+    ///
+    /// A `NotFound` status comes back as [`CallError::NotFound`], so that callers can tell "no
+    /// such container" from a failure. `what` names the call in the error message; it is only run
+    /// when the call fails.
     async fn call<T>(
         &self,
         what: impl FnOnce() -> String,
@@ -273,6 +333,7 @@ impl ContainerdCollector {
         }
     }
 
+    /// Lists containerd's namespaces and returns those the collector watches.
     async fn watched_namespaces(&self, clients: &mut Clients) -> Result<Vec<String>, CollectorError> {
         let listed = self
             .call(|| "containerd: listing namespaces".into(), clients.namespaces.list(ListNamespacesRequest::default()))
@@ -281,6 +342,11 @@ impl ContainerdCollector {
         Ok(listed.into_inner().namespaces.into_iter().map(|n| n.name).filter(|n| self.config.watches(n)).collect())
     }
 
+    /// Returns the digest of the image `image` names in `namespace`, from the cache or else from
+    /// containerd.
+    ///
+    /// `None` when the name is empty or containerd cannot say (the failure is logged at debug
+    /// level): the container is then stored without its image digest.
     async fn image_digest(&self, clients: &mut Clients, namespace: &str, image: &str) -> Option<String> {
         if image.is_empty() {
             return None;
@@ -307,7 +373,7 @@ impl ContainerdCollector {
         }
     }
 
-    /// Remembers a sandbox, so its events are never taken for a container's.
+    /// Records a sandbox and its image, so that its events are never taken for a container's.
     fn saw_sandbox(&self, namespace: &str, record: &containerd_client::services::v1::Container) {
         let mut sandboxes = self.sandboxes.locked();
         bounded_insert(&mut sandboxes.ids, (namespace.to_owned(), record.id.clone()));
@@ -316,6 +382,11 @@ impl ContainerdCollector {
         }
     }
 
+    /// Builds the store's container from containerd's record, its task, and the exit and digest
+    /// the collector knows.
+    ///
+    /// `None` for a sandbox or a record without an id. A spec that does not parse is logged once
+    /// per container id, and the container is built without what the spec would add.
     fn build(
         &self,
         namespace: &str,
@@ -334,7 +405,10 @@ impl ContainerdCollector {
         container
     }
 
-    /// Lists every watched namespace's containers (streamed) with their tasks.
+    /// Lists the containers of every watched namespace, with their tasks.
+    ///
+    /// Sandboxes are recorded and left out. Exits stored for containers the list no longer has
+    /// are dropped. A failed call fails the whole list.
     async fn list_all(&self, clients: &mut Clients) -> Result<Listed, CollectorError> {
         let mut listed = Listed::default();
         let mut listed_keys = HashSet::new();
@@ -348,7 +422,8 @@ impl ContainerdCollector {
                 .into_inner()
                 .tasks
                 .into_iter()
-                // containerd 1.6 fills only `id` (the init process's id is the container's).
+                // containerd 1.6 leaves `container_id` empty and fills only `id`; for a task's
+                // init process that id is the container's id, so either one keys the task.
                 .map(|t| (if t.container_id.is_empty() { t.id.clone() } else { t.container_id.clone() }, t))
                 .collect();
             for record in &records {
@@ -363,12 +438,14 @@ impl ContainerdCollector {
                     .extend(self.build(&namespace, record, tasks.get(&record.id), digest.as_deref()).map(Entity::from));
             }
         }
-        // Exits of containers deleted while the collector was away are forgotten.
+        // A container deleted while the collector was not watching will never send a delete
+        // event, so its stored exit is dropped here.
         self.exits.locked().retain(|key, _| listed_keys.contains(key));
         Ok(listed)
     }
 
-    /// One namespace's container records, one stream message each.
+    /// Returns the container records of one namespace, which containerd streams one message per
+    /// container.
     async fn list_records(
         &self,
         clients: &mut Clients,
@@ -381,8 +458,8 @@ impl ContainerdCollector {
             self.call(what, clients.containers.list_stream(request)).await.map_err(CallError::into_error)?.into_inner();
         let mut records = Vec::new();
         loop {
-            // Each message within the deadline: a dense node's list takes as long as it takes,
-            // a stalled one does not.
+            // The deadline applies to each message, not to the whole list: a list of many
+            // containers may take as long as it needs, while a stream that stops sending fails.
             match tokio::time::timeout(deadline, stream.message()).await {
                 Ok(Ok(Some(message))) => records.extend(message.container),
                 Ok(Ok(None)) => return Ok(records),
@@ -397,7 +474,11 @@ impl ContainerdCollector {
         }
     }
 
-    /// The container as containerd has it now.
+    /// Reads what containerd has now under `namespace`/`id`: its record, its task and its image
+    /// digest.
+    ///
+    /// A container or task that containerd does not know is not an error (`Gone`, or a container
+    /// without a task); any other failed call is.
     async fn fetch(&self, clients: &mut Clients, namespace: &str, id: &str) -> Result<Fetched, CollectorError> {
         let request = namespaced(namespace, GetContainerRequest { id: id.to_owned() })?;
         let record = match self
@@ -430,10 +511,15 @@ impl ContainerdCollector {
     }
 }
 
-/// The containerd collector's cache-miss fetch: the container the agent was asked about
-/// before the collector reported it (`tagger` fetch-on-miss), looked for in every watched
-/// namespace; `None` when containerd is absent, does not know it, or it is a sandbox. Connects
-/// lazily and keeps the connection; every call within `cri_query_timeout`.
+/// Reads one container from containerd on demand: the tagger's fetch on a cache miss, for a
+/// container the agent is asked about before the collector has reported it.
+///
+/// The container is looked for in every watched namespace. The fetch returns `None` when
+/// containerd is not reachable, when no watched namespace has the container, when it is a
+/// sandbox, when the id does not follow containerd's identifier rule ([`is_containerd_id`]), or
+/// when a call fails. The fetcher connects on its first fetch and reuses the connection; it drops
+/// the connection when listing the namespaces fails, and connects again on the next fetch. Every
+/// call has `cri_query_timeout` as its deadline.
 #[derive(Debug)]
 pub struct ContainerdFetcher {
     collector: ContainerdCollector,
@@ -441,15 +527,19 @@ pub struct ContainerdFetcher {
 }
 
 impl ContainerdFetcher {
-    /// Creates a fetcher for `config` whose containers keep the env vars `env` keeps.
+    /// Creates a fetcher for `config`; `env` decides which env vars of a fetched container are
+    /// stored. Does no I/O.
     pub fn new(config: ContainerdConfig, env: EnvFilter) -> Self {
         let collector = ContainerdCollector { env, ..ContainerdCollector::new(config) };
         Self { collector, clients: tokio::sync::Mutex::new(None) }
     }
 }
 
-/// Returns whether `id` follows containerd's identifier rule: at most 76 characters, runs of
+/// Tells whether `id` follows containerd's identifier rule: at most 76 ASCII characters, runs of
 /// letters and digits joined by single `.`, `_` or `-`.
+///
+/// Only such an id is sent to containerd, so an id that comes from a client cannot name
+/// anything else.
 pub fn is_containerd_id(id: &str) -> bool {
     let bytes = id.as_bytes();
     let alnum = |b: &u8| b.is_ascii_alphanumeric();
@@ -476,6 +566,8 @@ impl wm_core::ContainerFetcher for ContainerdFetcher {
             *held = self.collector.connect().await.ok();
         }
         let mut clients = held.clone()?;
+        // The clients are cheap clones of one connection: release the lock so that concurrent
+        // fetches do not wait for each other's calls.
         drop(held);
         let namespaces = match self.collector.watched_namespaces(&mut clients).await {
             Ok(namespaces) => namespaces,
@@ -500,14 +592,17 @@ impl wm_core::ContainerFetcher for ContainerdFetcher {
     }
 }
 
-/// A failed call: not found, or anything else (retriable, with the call named).
+/// A failed call to containerd.
 #[derive(Debug)]
 enum CallError {
+    /// containerd answered `NotFound`.
     NotFound,
+    /// Any other failure: a retriable error that names the call.
     Failed(CollectorError),
 }
 
 impl CallError {
+    /// Turns the failure into a collector error, for a call where "not found" is a failure too.
     fn into_error(self) -> CollectorError {
         match self {
             CallError::NotFound => CollectorError::Retriable { context: "containerd: not found".into(), source: None },
@@ -516,7 +611,9 @@ impl CallError {
     }
 }
 
-/// A container known only from its events.
+/// Builds a container from what its events carried, for a container deleted before it could
+/// be read: its id (also used as its name), its image, and its exit when one was seen (then it is
+/// stopped; else its status is unknown).
 fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Container {
     Container {
         id: wm_core::Id::from(id),
@@ -533,7 +630,10 @@ fn gone_container(id: &str, image: Option<&str>, exit: Option<Exit>) -> Containe
     }
 }
 
-/// What one event says about a container.
+/// What one containerd event carries about a container: the driver's event type for this
+/// collector.
+///
+/// Its fields are private; only the collector reads them.
 #[derive(Debug)]
 pub struct Decoded {
     namespace: String,
@@ -543,10 +643,14 @@ pub struct Decoded {
     exit: Option<Exit>,
 }
 
-/// Decodes an event; `None` for a topic that changes nothing (exec processes, the marker) or a
-/// payload that does not decode.
+/// Decodes the payload of a container or task event.
+///
+/// Returns `None` for an event that changes nothing the store holds (an exec'd process exiting,
+/// an event type the collector does not handle), a payload that does not decode, or one without a
+/// container id. The namespace is left empty: the caller takes it from the envelope.
 fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
-    // containerd sends type URLs without the leading `/`, sometimes with a host part.
+    // containerd writes type URLs without the leading `/`, and sometimes with a host part
+    // (`types.containerd.io/...`): the type name is whatever follows the last `/`.
     let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
     let bytes = any.value.as_slice();
     let plain = |container_id: String| Decoded {
@@ -572,7 +676,8 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
         "containerd.events.TaskOOM" => plain(TaskOom::decode(bytes).ok()?.container_id),
         "containerd.events.TaskExit" => {
             let e = TaskExit::decode(bytes).ok()?;
-            // An exec'd process exiting says nothing about the container.
+            // A process exec'd into the container has an id of its own; its exit does not change
+            // the container.
             if !e.id.is_empty() && e.id != e.container_id {
                 return None;
             }
@@ -585,6 +690,8 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
                 return None;
             }
             let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()) };
+            // A delete whose pid and exit status are both zero carries no exit, so it leaves the
+            // one stored from the task's exit event in place.
             Decoded { exit: (e.pid != 0 || e.exit_status != 0).then_some(exit), ..plain(e.container_id) }
         }
         other => {
@@ -595,7 +702,7 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
     (!decoded.container_id.is_empty()).then_some(decoded)
 }
 
-/// The filters of the subscription: container, task and image events, and the marker.
+/// Returns the filters of the subscription: container, task and image events, and the marker.
 fn subscription_filters() -> Vec<String> {
     vec![
         r#"topic~="^/containers/""#.to_owned(),
@@ -605,7 +712,8 @@ fn subscription_filters() -> Vec<String> {
     ]
 }
 
-/// The image an `/images/create|update|delete` event names.
+/// Returns the image name an `/images/create`, `/images/update` or `/images/delete` event
+/// carries; `None` for another payload, one that does not decode, or an empty name.
 fn image_named(any: &prost_types::Any) -> Option<String> {
     let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
     let bytes = any.value.as_slice();
@@ -618,8 +726,11 @@ fn image_named(any: &prost_types::Any) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// What an envelope says: the marker, a decoded event, or nothing. An image event drops the
-/// digest cached for that name (it may now point at other content) and says nothing more.
+/// Turns an envelope from the event stream into a stream item: [`Watched::Live`] for the marker,
+/// a decoded container or task event, or `None` for anything else.
+///
+/// An image event removes the digest cached for the image it names, since the name may now point
+/// at other content, and yields `None`.
 fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Watched<Decoded>> {
     if envelope.topic == SYNC_TOPIC {
         return Some(Watched::Live);
@@ -644,11 +755,16 @@ impl ListWatch for ContainerdCollector {
         self.env = ctx.env.clone();
     }
 
-    /// Connects and subscribes. containerd's subscription has no `since` and its call returns
-    /// only with the first event, so the driver drives it from its own task and probes.
+    /// Connects and returns the event stream; the subscribe call is made when the stream is
+    /// first polled.
+    ///
+    /// containerd's subscribe call returns only when the first event arrives, so it cannot be
+    /// awaited here; the driver polls the stream from a task of its own, and learns from
+    /// [`probe`](ListWatch::probe) when the subscription is live.
     async fn watch(&mut self) -> Result<WatchStream<Decoded>, CollectorError> {
         self.clients = None;
-        // A name may have been re-tagged while the collector was away.
+        // While no run was watching, a name may have been re-tagged without the cache hearing of
+        // it, so every cached digest is dropped.
         self.digests.locked().clear();
         let clients = self.connect().await?;
         let mut events = clients.events.clone();
@@ -676,7 +792,8 @@ impl ListWatch for ContainerdCollector {
         Ok(futures::stream::once(subscribe).flatten().boxed())
     }
 
-    /// Publishes the marker: once it comes back on the stream, every change is delivered.
+    /// Publishes the marker event and returns `true`; once the marker comes back on the stream,
+    /// every later change is on it too.
     async fn probe(&mut self) -> Result<bool, CollectorError> {
         let mut clients = self.clients()?;
         let marker = prost_types::Any { type_url: "wm-agent.Subscribed".into(), value: Vec::new() };
@@ -688,18 +805,22 @@ impl ListWatch for ContainerdCollector {
         Ok(true)
     }
 
+    /// Lists the containers of every watched namespace; see `list_all`.
     async fn list(&mut self) -> Result<Listed, CollectorError> {
         let mut clients = self.clients()?;
         self.list_all(&mut clients).await
     }
 
+    /// Returns `namespace/id` for an event in a watched namespace, and `None` (the event is
+    /// dropped) for one in any other namespace.
     fn key(&self, event: &Decoded) -> Option<String> {
         self.config.watches(&event.namespace).then(|| format!("{}/{}", event.namespace, event.container_id))
     }
 
     async fn refresh(&self, key: &str, events: Vec<Decoded>) -> Result<Refreshed, CollectorError> {
         let mut clients = self.clients()?;
-        // The key is `namespace/id` (neither may hold a `/`); a retry comes without events.
+        // The key is `namespace/id`, as `key` builds it; containerd allows no `/` in either, so
+        // the first `/` splits them. When the driver retries a failed refresh, `events` is empty.
         let Some((namespace, id)) = key.split_once('/') else { return Ok(Refreshed::Skip) };
         let key = (namespace.to_owned(), id.to_owned());
         let mut deleted = false;
@@ -714,7 +835,7 @@ impl ListWatch for ContainerdCollector {
             }
         }
         if self.sandboxes.locked().ids.contains(&key) {
-            // A sandbox's events: never a container.
+            // The events of a known sandbox: nothing to store, and its exit is not needed.
             self.exits.locked().remove(&key);
             if deleted {
                 self.sandboxes.locked().ids.remove(&key);
@@ -729,8 +850,9 @@ impl ListWatch for ContainerdCollector {
                 Refreshed::Skip
             }
             Fetched::Gone => {
-                // Gone before it could be read: say what the events said, then unset, so a
-                // short-lived container is still seen; unless its image is a sandbox's.
+                // The container was deleted before it could be read. Set it from what its events
+                // carried and then unset it, so that a short-lived container is still seen; but
+                // set nothing when its image is a sandbox's, or when the events carried nothing.
                 let exit = self.exits.locked().remove(&key);
                 let sandbox_image = image.as_ref().is_some_and(|i| self.sandboxes.locked().images.contains(i));
                 let said = (!sandbox_image && (image.is_some() || exit.is_some()))

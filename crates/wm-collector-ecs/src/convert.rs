@@ -1,14 +1,18 @@
-//! From the ECS agent's answers to the store's entities: pure functions, no I/O.
+//! Converts the answers of the ECS agent and of the task metadata endpoint into the store's
+//! entities: pure functions, no I/O.
 //!
-//! - [`v1_tasks`]: the introspection API's `/v1/tasks` (EC2): a task per item (`STOPPED` ones
-//!   skipped), a container per container with a `DockerId`, owned by its task. Region and account
-//!   come from the task ARN; the cluster from the ARN when it names one, else from the caller
-//!   (`/v1/metadata`'s `Cluster`).
-//! - [`task_metadata`]: a task metadata response (v2 `/v2/metadata`, v4 `/task` or
-//!   `/taskWithTags`): the task with its tags, and its containers with state, exit code,
-//!   health, limits, labels and addresses; the ECS agent's own pause containers are skipped.
+//! - [`v1_tasks`]: the introspection API's `/v1/tasks` (EC2). One task entity per item, except
+//!   the tasks whose known or desired status is `STOPPED`, and one container entity per container
+//!   that has a `DockerId`, owned by its task. Region and account come from the task ARN; the
+//!   cluster comes from the ARN when it names one, else from the caller (`/v1/metadata`'s
+//!   `Cluster`).
+//! - [`task_metadata`]: a task metadata answer (v2 `/v2/metadata`, v4 `/task` or
+//!   `/taskWithTags`): the task with its tags, and its containers with state, exit code, health,
+//!   limits, labels and addresses. The ECS agent's own pause containers and containers without a
+//!   `DockerId` are left out.
 //!
-//! A malformed item is skipped and reported; the rest lands.
+//! An item that does not parse is skipped and listed in [`Converted::skipped`] for the caller to
+//! log; the other items are converted.
 
 use std::collections::HashMap;
 
@@ -18,27 +22,30 @@ use wm_core::{
     EntityId, Kind, LaunchType, OrchestratorContainer, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
-/// What a conversion made, and what it had to skip (one line per skipped item).
+/// What a conversion made, and the items it had to skip.
 #[derive(Debug, Default)]
 pub struct Converted {
-    /// Tasks first, then containers, in the order of the response.
+    /// The tasks first, then the containers, each in the order of the answer.
     pub entities: Vec<Entity>,
-    /// Why items were skipped.
+    /// One line per skipped item, saying which item and why.
     pub skipped: Vec<String>,
 }
 
-/// The parts of an ECS ARN (`arn:aws:ecs:<region>:<account>:<resource>/...`).
+/// The parts of an ECS ARN (`arn:aws:ecs:<region>:<account>:<resource>/...`) that the entities
+/// use.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Arn {
     /// The AWS region.
     pub region: String,
-    /// The account id (empty when the ARN has a placeholder).
+    /// The account id; empty when the ARN holds something other than digits there, such as a
+    /// placeholder.
     pub account: String,
-    /// The cluster's name, when the resource names one (`task/<cluster>/<id>`, `cluster/<name>`).
+    /// The cluster's name when the resource names one (`task/<cluster>/<id>`,
+    /// `container/<cluster>/<id>`, `cluster/<name>`); else empty.
     pub cluster: String,
 }
 
-/// Reads an ECS ARN; `None` for anything else.
+/// Parses an ECS ARN; returns `None` for anything that is not an ECS ARN.
 pub fn parse_arn(arn: &str) -> Option<Arn> {
     let mut parts = arn.splitn(6, ':');
     let (Some("arn"), Some(_partition), Some("ecs"), Some(region), Some(account), Some(resource)) =
@@ -56,11 +63,14 @@ pub fn parse_arn(arn: &str) -> Option<Arn> {
     Some(Arn { region: region.to_owned(), account, cluster })
 }
 
-/// A cluster given as a name or an ARN, as its name.
+/// Returns a cluster's name, given either its name or its ARN.
 fn cluster_name(cluster: &str) -> String {
     parse_arn(cluster).map_or_else(|| cluster.to_owned(), |arn| arn.cluster)
 }
 
+/// Parses an RFC 3339 time; `None` when it does not parse or is not after 1970, so that Go's zero
+/// time (`0001-01-01T00:00:00Z`), which Go programs such as the ECS agent write for a time not
+/// set, reads as no time.
 fn time(text: &str) -> Option<Timestamp> {
     Timestamp::parse_rfc3339(text).ok().filter(|t| t.unix_nanos() > 0)
 }
@@ -95,12 +105,22 @@ struct V1Container {
     started_at: String,
 }
 
+/// Builds the reference to a container that a task entity lists.
 fn orchestrator_container(id: &str, name: &str, image: &str, image_id: &str) -> OrchestratorContainer {
     OrchestratorContainer { id: id.into(), name: name.into(), image: ContainerImage::parse_with_id(image, image_id) }
 }
 
-/// `/v1/tasks` of the introspection API (EC2 daemon mode). `cluster`: the cluster of
-/// `/v1/metadata`, for task ARNs of the old format that do not name it.
+/// Converts the introspection API's `/v1/tasks` answer (EC2, daemon mode) into task and container
+/// entities.
+///
+/// `cluster` is the cluster of `/v1/metadata`, as a name or an ARN; it names the cluster of tasks
+/// whose ARN, in the old format, does not. A task without an `Arn`, or that does not parse, is
+/// skipped and listed in [`Converted::skipped`]; a stopped task is left out silently.
+///
+/// # Errors
+///
+/// Returns the JSON error when the body as a whole does not parse: not JSON, or not shaped as a
+/// task list (its `Tasks` must be a list).
 pub fn v1_tasks(bytes: &[u8], cluster: &str) -> Result<Converted, serde_json::Error> {
     let list: V1Tasks = serde_json::from_slice(bytes)?;
     let mut out = Converted::default();
@@ -220,6 +240,7 @@ struct Network {
     ipv4_addresses: Vec<String>,
 }
 
+/// Converts a container's `KnownStatus` into the store's status.
 fn status(known: &str) -> ContainerStatus {
     match known {
         "RUNNING" => ContainerStatus::Running,
@@ -229,6 +250,7 @@ fn status(known: &str) -> ContainerStatus {
     }
 }
 
+/// Converts a container's health status (`HEALTHY`, `UNHEALTHY`) into the store's health.
 fn health(status: &str) -> ContainerHealth {
     match status {
         "HEALTHY" => ContainerHealth::Healthy,
@@ -237,11 +259,23 @@ fn health(status: &str) -> ContainerHealth {
     }
 }
 
+/// Copies a string map into the store's map type.
 fn str_map(map: &HashMap<String, String>) -> StrMap {
     map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// A task metadata response (v2 `/v2/metadata[WithTags]`, v4 `/task[WithTags]`).
+/// Converts a task metadata answer (v2 `/v2/metadata[WithTags]`, v4 `/task[WithTags]`) into the
+/// task entity and its containers' entities.
+///
+/// An answer without a `TaskARN` gives no entities and one skipped line. A container that does
+/// not parse is skipped and listed in [`Converted::skipped`]; the ECS agent's pause container and
+/// containers without a `DockerId` are left out silently. Containers get the runtime
+/// `Runtime::EcsFargate` when the task's launch type is Fargate, and no runtime otherwise.
+///
+/// # Errors
+///
+/// Returns the JSON error when the body as a whole does not parse: not JSON, or not shaped as a
+/// task.
 pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
     let task: TaskMetadata = serde_json::from_slice(bytes)?;
     let mut out = Converted::default();
@@ -253,7 +287,8 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
     let launch_type = match task.launch_type.as_str() {
         "FARGATE" => Some(LaunchType::Fargate),
         "EC2" => Some(LaunchType::Ec2),
-        // v2 has no LaunchType: container instance tags exist only on EC2.
+        // v2 answers have no LaunchType; a task with container instance tags runs on an EC2
+        // container instance, so its launch type is EC2.
         _ if !task.container_instance_tags.is_empty() => Some(LaunchType::Ec2),
         _ => None,
     };
@@ -284,7 +319,7 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
                 continue;
             }
         };
-        // The ECS agent's own pause container of an awsvpc task is no workload.
+        // The ECS agent adds its own pause container to an `awsvpc` task; it is not a workload.
         if c.kind == "CNI_PAUSE" || c.name.starts_with("~internal~ecs~") || c.docker_id.is_empty() {
             continue;
         }

@@ -1,31 +1,36 @@
-//! The ECS collector: the tasks of an ECS container instance (EC2, daemon mode: the ECS agent's
-//! introspection API, source `node_orchestrator`) or of the agent's own task (Fargate, sidecar
-//! mode: the task metadata endpoint, source `runtime`, there being no runtime socket there), as
-//! task entities with their containers.
+//! The ECS collector: reports ECS tasks, as task entities with their containers. In daemon mode
+//! (one agent per EC2 container instance) it reports the instance's tasks, read from the ECS
+//! agent's introspection API, as source `node_orchestrator`. In sidecar mode (the agent runs in
+//! each task, on Fargate) it reports the agent's own task, read from the task metadata endpoint,
+//! as source `runtime`, because there is no container runtime socket to read there.
 //!
-//! - Mode (`ecs_deployment_mode`: `auto`, `daemon`, `sidecar`): `auto` is sidecar when
+//! - Mode (`ecs_deployment_mode`: `auto`, `daemon`, `sidecar`): `auto` means sidecar when
 //!   `AWS_EXECUTION_ENV=AWS_ECS_FARGATE` or `ECS_FARGATE=true`, else daemon.
 //! - Daemon: the introspection API at `ecs_agent_url` (default `http://localhost:51678`),
 //!   accepted only when `GET /` lists `/v1/tasks` among its `AvailableCommands`; each pull reads
-//!   `/v1/metadata` (the cluster) and `/v1/tasks`. Nothing answering there, or an answer that is
-//!   not an ECS agent's, is an environment not detected (looked for again by the store), unless
-//!   `ecs_agent_url` names it (then it is waited for).
-//! - Sidecar: v4 `$ECS_CONTAINER_METADATA_URI_V4/taskWithTags` (then `/task`), else v3
-//!   `$ECS_CONTAINER_METADATA_URI/task`, v2 `http://169.254.170.2/v2/metadata` as the fallback.
-//! - Every pull is a full list: what a successful pull lacks is unset, a failed pull changes
-//!   nothing. Every request has the deadline `ecs_metadata_timeout` (ms, default 1,000).
+//!   `/v1/metadata` (for the cluster's name) and `/v1/tasks`. When nothing answers there, or the
+//!   answer is not an ECS agent's, the environment is reported as not detected and the store
+//!   looks again later; when `ecs_agent_url` is set, the collector waits for the agent instead.
+//! - Sidecar: v4 `$ECS_CONTAINER_METADATA_URI_V4/taskWithTags`, then `/task` when that fails;
+//!   without that env var, v2 `http://169.254.170.2/v2/metadata`.
+//! - Every pull is a full list: what a successful pull lacks is unset, and a failed pull changes
+//!   nothing. Every request has `ecs_metadata_timeout` as its deadline (milliseconds, default
+//!   1,000, clamped to between 50 ms and 60 s).
 //!
 //! - Daemon mode enriches each task with its v4 task metadata (availability zone, service, health,
-//!   limits, addresses; resource tags with `ecs_collect_resource_tags_ec2`), read through the
-//!   `ECS_CONTAINER_METADATA_URI_V4` the runtime collector kept in one of its containers' env
-//!   (through the store's read handle, never a runtime crate). At most [`ENRICH_PER_PULL`] tasks
-//!   are asked per pull; an answer, or a failure, is kept [`ENRICH_TTL`] per task ARN (a bad URL
-//!   is not asked on every pull); a failed one leaves the task as `/v1/tasks` says.
-//! - That env var is the workload's to set, so the URL in it is checked before any request: it
-//!   must be plain `http` to the task metadata endpoint's address (`169.254.170.2`, port 80),
-//!   to the origin of `ecs_agent_url`, or to a `host[:port]` listed in
+//!   limits, addresses; resource tags too with `ecs_collect_resource_tags_ec2`). The v4 URL is
+//!   read from the `ECS_CONTAINER_METADATA_URI_V4` env var of one of the task's containers, as a
+//!   runtime collector stored it in the store; the collector reads it through the store's read
+//!   handle and never depends on a runtime collector's crate. Each pull requests the metadata of
+//!   at most [`ENRICH_PER_PULL`] tasks. The answer for a task ARN, or its failure, is reused for
+//!   [`ENRICH_TTL`], so that a bad URL is not requested on every pull; after a failure the task
+//!   stays as `/v1/tasks` describes it.
+//! - That env var is set by the workload, which may not be trusted, so the URL in it is checked
+//!   before any request: it must be plain `http` to the task metadata endpoint's address
+//!   (`169.254.170.2`, port 80), to the host and port of `ecs_agent_url`, or to a host listed in
 //!   `ecs_metadata_allowed_hosts`. Anything else (instance metadata at `169.254.169.254`, an
-//!   internal service, another port on the node) is refused without a request and logged once.
+//!   internal service, another port on the node) is refused without a request, with a warning
+//!   logged once per URL.
 //! - Every body is read up to a cap, and past it the request fails with an error naming the
 //!   cap: [`MAX_INTROSPECTION_BODY`] for the introspection API, [`MAX_TASK_METADATA_BODY`] for
 //!   task metadata.
@@ -41,45 +46,55 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use wm_core::{Collector, CollectorContext, CollectorError, Entity, EntityId, Kind, PullCollector, Source};
 
-/// The collector's name.
+/// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "ecs";
 /// The ECS agent's introspection API when `ecs_agent_url` is not set.
 pub const DEFAULT_AGENT_URL: &str = "http://localhost:51678";
-/// Tasks asked for their v4 metadata per pull at most (the rest wait for the next pulls).
+/// The most tasks whose v4 metadata is requested in one pull; the others wait for the next pulls.
 pub const ENRICH_PER_PULL: usize = 8;
-/// How long a task's v4 metadata is kept before it is asked again.
+/// How long a task's v4 metadata (or the failure to get it) is reused before it is asked again.
 pub const ENRICH_TTL: Duration = Duration::from_secs(300);
-/// The env var through which a container finds its task's v4 metadata endpoint.
+/// The env var that tells a container the URL of its task's v4 metadata endpoint.
 const METADATA_ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
 
-/// The v2 task metadata endpoint (Fargate platform 1.3).
+/// The v2 task metadata endpoint (Fargate platform 1.3), used in sidecar mode when
+/// `ECS_CONTAINER_METADATA_URI_V4` is not set.
 pub const V2_METADATA_URL: &str = "http://169.254.170.2/v2/metadata";
-/// The task metadata endpoint's address, the one host a container's metadata URL may name by
-/// default.
+/// The task metadata endpoint's address: by default, the only host (with port 80) a container's
+/// metadata URL may name, besides that of `ecs_agent_url`.
 pub const TASK_METADATA_HOST: &str = "169.254.170.2";
-/// The largest body read from the ECS agent's introspection API (`/v1/tasks` of an instance
-/// with hundreds of tasks is a few MiB).
+/// The largest body read from the ECS agent's introspection API; a larger one fails the request.
+///
+/// `/v1/tasks` of an instance with hundreds of tasks is a few MiB.
 pub const MAX_INTROSPECTION_BODY: usize = 32 << 20;
-/// The largest body read from a task metadata endpoint (one task, its containers and tags).
+/// The largest body read from a task metadata endpoint (one task, its containers and tags); a
+/// larger one fails the request.
 pub const MAX_TASK_METADATA_BODY: usize = 4 << 20;
 
-/// The collector's part of the agent config, by Datadog's key names.
+/// The collector's part of the agent config, under Datadog's key names.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EcsConfig {
-    /// `ecs_agent_url`: the ECS agent's introspection API (daemon mode).
+    /// `ecs_agent_url`: the ECS agent's introspection API, in daemon mode; unset or empty:
+    /// [`DEFAULT_AGENT_URL`]. When set, the collector waits for the agent there instead of
+    /// concluding that this is not ECS.
     pub ecs_agent_url: Option<String>,
-    /// `ecs_deployment_mode`: `auto`, `daemon` or `sidecar`.
+    /// `ecs_deployment_mode` (default `auto`): `auto`, `daemon` or `sidecar`.
     pub ecs_deployment_mode: DeploymentMode,
-    /// `ecs_metadata_timeout` (milliseconds, default 1,000): the deadline of each request.
+    /// `ecs_metadata_timeout` (milliseconds, default 1,000): the deadline of each request,
+    /// clamped to between 50 ms and 60 s.
     pub ecs_metadata_timeout: u64,
-    /// `ecs_collect_resource_tags_ec2`: ask EC2 tasks' v4 metadata with their resource tags.
+    /// `ecs_collect_resource_tags_ec2` (default false): in daemon mode, request each task's v4
+    /// metadata with its resource tags (`/taskWithTags` instead of `/task`).
     pub ecs_collect_resource_tags_ec2: bool,
-    /// `ecs_metadata_allowed_hosts` (ours, default none): `host` or `host:port` entries that a
-    /// container's `ECS_CONTAINER_METADATA_URI_V4` may name besides `169.254.170.2` and the
-    /// origin of `ecs_agent_url`.
+    /// `ecs_metadata_allowed_hosts` (ours, default none): further hosts that a container's
+    /// `ECS_CONTAINER_METADATA_URI_V4` may name, besides `169.254.170.2` and the host of
+    /// `ecs_agent_url`. An entry `host` allows any port of that host; `host:port` allows that
+    /// port only.
     pub ecs_metadata_allowed_hosts: Vec<String>,
-    /// The v4 task metadata endpoint; unset: `$ECS_CONTAINER_METADATA_URI_V4` (not a key).
+    /// The v4 task metadata endpoint used in sidecar mode; unset: the
+    /// `ECS_CONTAINER_METADATA_URI_V4` env var. Not a config key: it is never read from the
+    /// config file.
     #[serde(skip)]
     pub metadata_uri_v4: Option<String>,
 }
@@ -97,20 +112,23 @@ impl Default for EcsConfig {
     }
 }
 
-/// How the agent runs on ECS.
+/// How the agent is deployed on ECS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentMode {
-    /// Sidecar on Fargate, daemon elsewhere.
+    /// Sidecar on Fargate, daemon elsewhere (see [`EcsConfig::mode`]).
     Auto,
-    /// One agent per EC2 container instance.
+    /// One agent per EC2 container instance, reading the ECS agent's introspection API.
     Daemon,
-    /// In each task (Fargate).
+    /// One agent in each task, as on Fargate, reading the task metadata endpoint.
     Sidecar,
 }
 
 impl EcsConfig {
-    /// The mode, `auto` resolved from the environment (`AWS_EXECUTION_ENV`, `ECS_FARGATE`).
+    /// Returns the deployment mode, with `auto` resolved from the environment.
+    ///
+    /// `auto` is sidecar when `AWS_EXECUTION_ENV` is `AWS_ECS_FARGATE` or `ECS_FARGATE` is `true`
+    /// (in any case), and daemon otherwise.
     pub fn mode(&self) -> DeploymentMode {
         match self.ecs_deployment_mode {
             DeploymentMode::Auto => {
@@ -122,16 +140,24 @@ impl EcsConfig {
         }
     }
 
+    /// Returns the deadline of one request: `ecs_metadata_timeout`, clamped to between 50 ms
+    /// and 60 s.
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.ecs_metadata_timeout.clamp(50, 60_000))
     }
 
-    /// Checks a task metadata URL taken from a container's env (module docs).
+    /// Checks a task metadata URL taken from a container's env, and returns it parsed when it may
+    /// be requested.
+    ///
+    /// The env var is set by the workload, so the URL must not reach anything but a metadata
+    /// endpoint: see the module docs.
     ///
     /// # Errors
     ///
-    /// Why the URL is refused: not `http`, carrying user info, or naming a host and port that
-    /// is neither the task metadata endpoint, nor `ecs_agent_url`'s, nor an allowed one.
+    /// Returns a message saying why the URL is refused: it does not parse, it is not `http`, it
+    /// carries a user name or password, or it names a host and port that is neither the task
+    /// metadata endpoint ([`TASK_METADATA_HOST`], port 80), nor the host and port of
+    /// `ecs_agent_url`, nor allowed by `ecs_metadata_allowed_hosts`.
     pub fn check_metadata_url(&self, url: &str) -> Result<reqwest::Url, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
         if parsed.scheme() != "http" || !parsed.username().is_empty() || parsed.password().is_some() {
@@ -159,29 +185,35 @@ impl EcsConfig {
     }
 }
 
-/// Where a pull reads.
+/// Where a pull reads, as `start` decided from the mode.
 #[derive(Debug, Clone)]
 enum Endpoint {
     /// The introspection API's base URL.
     Introspection(String),
-    /// Task metadata URLs, tried in order.
+    /// Task metadata URLs, tried in order until one answers.
     TaskMetadata(Vec<String>),
 }
 
-/// The ECS collector.
+/// Pulls ECS tasks and their containers; hand it to the store with
+/// [`into_collector`](Self::into_collector).
 #[derive(Debug)]
 pub struct EcsCollector {
     config: EcsConfig,
+    /// The HTTP client, built by `start`; `None` before.
     client: Option<reqwest::Client>,
+    /// Where each pull reads, decided by `start`; `None` before.
     endpoint: Option<Endpoint>,
-    /// Skipped items already logged (bounded).
+    /// The warnings already logged (skipped items, refused metadata URLs), so that each is logged
+    /// once; emptied when it holds more than 1,000.
     reported: std::collections::HashSet<String>,
-    /// v4 metadata of EC2 tasks, by task ARN: when read, and the entities it gave.
+    /// The v4 metadata of EC2 tasks, by task ARN: when it was asked, and the entities it gave
+    /// (none after a failure). An entry is dropped after [`ENRICH_TTL`] or when its task is gone.
     enriched: HashMap<String, (Instant, Vec<Entity>)>,
 }
 
 impl EcsCollector {
-    /// A collector for `config`.
+    /// Creates a collector for `config`. Does no I/O; `start` builds the client and finds the
+    /// endpoint.
     pub fn new(config: EcsConfig) -> Self {
         Self {
             config,
@@ -192,8 +224,10 @@ impl EcsCollector {
         }
     }
 
-    /// This collector, ready to hand to the store: source `runtime` in sidecar mode (nothing
-    /// else reports those containers), `node_orchestrator` in daemon mode.
+    /// Wraps the collector for the store, as source `runtime` in sidecar mode (no other collector
+    /// reports those containers) and `node_orchestrator` in daemon mode.
+    ///
+    /// The mode is resolved here, from the config and the environment.
     pub fn into_collector(self) -> Collector {
         let source = match self.config.mode() {
             DeploymentMode::Sidecar => Source::Runtime,
@@ -202,7 +236,9 @@ impl EcsCollector {
         Collector::pull(NAME, source, self)
     }
 
-    /// `GET url`, its body read up to `cap` bytes.
+    /// Sends `GET url` and returns the body, read up to `cap` bytes.
+    ///
+    /// A failed request, an error status or a body over `cap` is a retriable error.
     async fn get(&self, url: &str, cap: usize) -> Result<Vec<u8>, CollectorError> {
         let client = self.client.as_ref().ok_or_else(|| CollectorError::Retriable {
             context: "ecs: pulled before it started".into(),
@@ -227,7 +263,10 @@ impl EcsCollector {
         Ok(body.into_bytes())
     }
 
-    /// Whether `base` is an ECS agent's introspection API.
+    /// Tells whether `base` is an ECS agent's introspection API: whether `GET /` answers JSON
+    /// whose `AvailableCommands` lists `/v1/tasks`.
+    ///
+    /// A failed request is an error; an answer that is not JSON counts as "no".
     async fn is_ecs_agent(&self, base: &str) -> Result<bool, CollectorError> {
         let bytes = self.get(&format!("{base}/"), MAX_INTROSPECTION_BODY).await?;
         let root: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -236,8 +275,12 @@ impl EcsCollector {
 }
 
 impl EcsCollector {
-    /// Lays each task's v4 metadata (asked through one of its containers' env, a few tasks per
-    /// pull, kept a while) over what `/v1/tasks` said of it and of its containers.
+    /// Merges each task's v4 metadata over what `/v1/tasks` gave for the task and its containers.
+    ///
+    /// The v4 URL comes from the env of one of the task's containers, as the store holds it. At
+    /// most [`ENRICH_PER_PULL`] requests are made per pull, and each answer (or failure) is
+    /// reused for [`ENRICH_TTL`]. Where both have a value, the v4 metadata wins; `/v1/tasks` fills
+    /// the rest. Failures are logged at debug level and never fail the pull.
     async fn enrich(&mut self, ctx: &CollectorContext, entities: &mut [Entity]) {
         let tasks: Vec<(String, Vec<String>)> = entities
             .iter()
@@ -256,7 +299,8 @@ impl EcsCollector {
                 .filter_map(|id| ctx.reader.get_container(id))
                 .find_map(|c| c.env.get(METADATA_ENV).map(str::to_owned));
             let Some(uri) = uri else { continue };
-            // A failure is kept as an empty answer for the TTL too: asked again only then.
+            // Record an empty answer before asking, so that a refused URL or a failed request is
+            // not asked again before the TTL passes; a successful answer replaces it below.
             self.enriched.insert(arn.clone(), (Instant::now(), Vec::new()));
             let url = format!("{}/{suffix}", uri.trim_end_matches('/'));
             if let Err(why) = self.config.check_metadata_url(&url) {
@@ -295,6 +339,12 @@ impl EcsCollector {
 
 #[async_trait]
 impl PullCollector for EcsCollector {
+    /// Builds the HTTP client and decides where pulls read.
+    ///
+    /// In sidecar mode that is the v4 task metadata URLs, else the v2 endpoint, without any
+    /// request yet. In daemon mode it is the introspection API, once `GET /` shows it is an ECS
+    /// agent's; otherwise the error says the environment is absent, or, when `ecs_agent_url` is
+    /// set, that the collector is waiting for it.
     async fn start(&mut self, _ctx: &CollectorContext) -> Result<(), CollectorError> {
         let client = reqwest::Client::builder()
             .timeout(self.config.timeout())
@@ -332,6 +382,13 @@ impl PullCollector for EcsCollector {
         }
     }
 
+    /// Reads the tasks once and sends them as a full list.
+    ///
+    /// In daemon mode it reads `/v1/metadata` and `/v1/tasks`, then enriches the tasks; in sidecar
+    /// mode it reads the first task metadata URL that answers. A failed request, or a task list
+    /// or task that does not parse, fails the pull and changes nothing (a `/v1/metadata` that does
+    /// not parse only leaves the cluster's name empty); items that do not parse are skipped with a
+    /// warning, logged once.
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         let converted = match self.endpoint.clone() {
             Some(Endpoint::Introspection(base)) => {

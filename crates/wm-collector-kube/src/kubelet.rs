@@ -1,14 +1,18 @@
-//! The kubelet's `/pods` (a PodList) to the store's entities: pure functions, no I/O.
+//! Converts the kubelet's `/pods` answer (a PodList) into the store's entities: pure functions,
+//! no I/O.
 //!
-//! The list is decoded straight into the few fields the entities need, each item on its own
-//! (borrowing from the bytes where it can): a `null` or malformed item is skipped with one log
-//! line and the rest lands; nothing builds the whole JSON tree.
+//! The list is first split into its items without decoding them (each item stays a slice of the
+//! body), then each item is decoded on its own, straight into the few fields the entities need;
+//! no JSON tree of the whole list is ever built. An item that is `null`, malformed or has no uid
+//! is skipped and returned with the reason, for the caller to log; the other items are converted.
 //!
-//! One pod gives a `kubernetes_pod` entity and one `container` entity per container status that
-//! has an id (init containers, regular ones, and ephemeral ones when asked): runtime from the id's
-//! prefix (`docker://`, `containerd://`, `cri-o://`), owner the pod, state from the status,
-//! restart count, image from the status (pullable prefixes trimmed) or else the spec, ports and
-//! resources from the spec, env only as the tag rules allow.
+//! One pod gives a `kubernetes_pod` entity, and one `container` entity per container status that
+//! has an id (init containers, regular ones, and ephemeral ones when asked for). A container's
+//! runtime comes from its id's prefix (`docker://`, `containerd://`, `cri-o://`), its owner is
+//! the pod, and its state and restart count come from its status. Its image comes from the status
+//! (with the `docker-pullable://` or `docker://` prefix of old runtimes removed), or from the spec
+//! when the status gives none or only a digest. Its ports and resources come from the spec, and
+//! its env vars too: only literal values, and only of the names the env filter keeps.
 
 use std::collections::HashMap;
 
@@ -20,17 +24,20 @@ use wm_core::{
     PodOwner, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
-/// Why a pod list could not be read at all.
+/// The error returned when the pod list as a whole does not parse: not JSON, or not shaped as a
+/// pod list.
 #[derive(Debug, thiserror::Error)]
 #[error("the kubelet's pod list does not parse: {0}")]
 pub struct PodListError(#[from] serde_json::Error);
 
+/// The pod list, its items kept as undecoded slices of the body.
 #[derive(Deserialize)]
 struct PodList<'a> {
     #[serde(borrow, default)]
     items: Option<Vec<&'a RawValue>>,
 }
 
+/// The fields of a pod that the entities use; every other field is skipped while decoding.
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct Pod {
@@ -93,7 +100,8 @@ struct Port {
 #[serde(default)]
 struct EnvVar {
     name: String,
-    /// Only literal values: `valueFrom` (secrets, fields) never enters the store.
+    /// The literal value, if any. `valueFrom` (a reference to a secret, a config map or a field)
+    /// is not read, so a secret never enters the store through it.
     value: Option<String>,
 }
 
@@ -174,16 +182,25 @@ struct Terminated {
     finished_at: Option<String>,
 }
 
-/// What one pod list gave: the entities, and the items skipped (with why).
+/// What one pod list gave: the entities, and the items that were skipped with the reason.
 #[derive(Debug, Default)]
 pub struct Converted {
-    /// Pods first, each followed by its containers.
+    /// The entities, in list order: each pod followed by its containers.
     pub entities: Vec<Entity>,
-    /// `(index, reason)` of each item that was skipped.
+    /// `(index in the list, reason)` of each item that was skipped.
     pub skipped: Vec<(usize, String)>,
 }
 
-/// Reads a `/pods` answer. `include_ephemeral` adds ephemeral containers.
+/// Converts a `/pods` answer into pod and container entities.
+///
+/// `env` decides which env vars of a container are stored; `include_ephemeral` adds the
+/// ephemeral containers. An item that does not parse, or has no uid, is skipped and listed in
+/// [`Converted::skipped`].
+///
+/// # Errors
+///
+/// Returns [`PodListError`] when the body as a whole does not parse: not JSON, or not shaped as a
+/// pod list (its `items` must be a list or `null`).
 pub fn convert_pod_list(bytes: &[u8], env: &EnvFilter, include_ephemeral: bool) -> Result<Converted, PodListError> {
     let list: PodList<'_> = serde_json::from_slice(bytes)?;
     let mut out = Converted::default();
@@ -203,11 +220,16 @@ pub fn convert_pod_list(bytes: &[u8], env: &EnvFilter, include_ephemeral: bool) 
     Ok(out)
 }
 
+/// Parses an RFC 3339 time; `None` when there is none or it does not parse.
 fn time(text: Option<&str>) -> Option<Timestamp> {
     text.and_then(|t| Timestamp::parse_rfc3339(t).ok())
 }
 
-/// `docker://abc` → (Docker, "abc"); an id without a known prefix keeps its text.
+/// Splits a container id as the kubelet writes it into its runtime and the bare id:
+/// `docker://abc` gives (Docker, `abc`).
+///
+/// An unknown prefix gives no runtime and the text after `://`; an id without `://` gives no
+/// runtime and the whole text.
 fn split_container_id(id: &str) -> (Option<Runtime>, &str) {
     match id.split_once("://") {
         Some(("docker", rest)) => (Some(Runtime::Docker), rest),
@@ -218,7 +240,11 @@ fn split_container_id(id: &str) -> (Option<Runtime>, &str) {
     }
 }
 
-/// The image a status names, with the pullable prefixes of old runtimes trimmed.
+/// Returns the image of a container status, with the `docker-pullable://` and `docker://`
+/// prefixes of old runtimes removed.
+///
+/// When the status names no image, or only a digest (`sha256:…`), the spec's image is used if
+/// there is a spec. The image id comes from the status's `imageID`.
 fn status_image(status: &ContainerStatusJson, spec: Option<&SpecContainer>) -> ContainerImage {
     let raw = status.image.trim_start_matches("docker-pullable://").trim_start_matches("docker://");
     let raw = if raw.is_empty() || raw.starts_with("sha256:") { spec.map_or(raw, |s| s.image.as_str()) } else { raw };
@@ -226,7 +252,11 @@ fn status_image(status: &ContainerStatusJson, spec: Option<&SpecContainer>) -> C
     ContainerImage::parse_with_id(raw, id)
 }
 
-/// A Kubernetes quantity as a number (`100m` → 0.1, `1.5` → 1.5, `128Mi` → 134217728).
+/// Converts a Kubernetes quantity into a number: `100m` gives 0.1, `1.5` gives 1.5, `128Mi`
+/// gives 134217728.
+///
+/// Returns `None` when the number does not parse or the suffix is not one of `m`, `k`, `M`, `G`,
+/// `T`, `Ki`, `Mi`, `Gi` and `Ti` (the exponent form, such as `1e3`, is not read either).
 pub fn quantity(text: &str) -> Option<f64> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(text.len());
@@ -248,10 +278,14 @@ pub fn quantity(text: &str) -> Option<f64> {
     Some(number * factor)
 }
 
+/// Returns the CPU and memory requests and limits of a container's spec; nothing without a spec.
+///
+/// A value that does not parse is left out.
 fn resources(spec: Option<&SpecContainer>) -> ContainerResources {
     let Some(spec) = spec else { return ContainerResources::default() };
     let get = |map: &HashMap<String, String>, key: &str| map.get(key).and_then(|q| quantity(q));
-    // Bytes are whole: a fractional memory quantity rounds down.
+    // Memory is stored in whole bytes: a fractional quantity rounds down, and a negative one is
+    // left out.
     let bytes = |v: Option<f64>| v.filter(|v| *v >= 0.0).map(|v| v as u64);
     ResourceSpec {
         cpu_request: get(&spec.resources.requests, "cpu"),
@@ -262,6 +296,9 @@ fn resources(spec: Option<&SpecContainer>) -> ContainerResources {
     .into()
 }
 
+/// Returns a container's state from its status: running, stopped (with its exit), created, or
+/// restarting (waiting after a run that ended); healthy when the container is ready, else
+/// unhealthy.
 fn state(status: &ContainerStatusJson) -> ContainerState {
     let mut state = ContainerState::default();
     if let Some(running) = &status.state.running {
@@ -275,7 +312,8 @@ fn state(status: &ContainerStatusJson) -> ContainerState {
         state.exit_code = wm_core::ExitCode::new(terminated.exit_code);
     } else if status.state.waiting.is_some() {
         state.status = ContainerStatus::Created;
-        // Waiting to restart (CrashLoopBackOff): how its last run ended.
+        // Waiting after a run that ended, as in CrashLoopBackOff: the container is restarting,
+        // and its last run's times and exit code are the ones to show.
         if let Some(last) = &status.last_state.terminated {
             state.status = ContainerStatus::Restarting;
             state.started_at = time(last.started_at.as_deref());
@@ -287,6 +325,7 @@ fn state(status: &ContainerStatusJson) -> ContainerState {
     state
 }
 
+/// Converts one pod, which has a uid, and appends its entity and then its containers' to `out`.
 fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec<Entity>) {
     let uid = wm_core::Id::from(pod.metadata.uid.as_str());
     let owner = EntityId::new(Kind::KubernetesPod, uid.clone());
@@ -301,7 +340,8 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
             let id = wm_core::Id::from(id);
             let name = IStr::new(&status.name);
             refs.push(OrchestratorContainer { id: id.clone(), name: name.clone(), image: image.clone() });
-            // Still being created: the pod lists it, but there is no container yet.
+            // A status without an id is a container still being created: the pod lists it, but
+            // there is no container to report yet.
             if id.is_empty() {
                 continue;
             }
@@ -335,7 +375,7 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
                 ..Container::default()
             }));
         }
-        // Kept as long as the pod: no spare capacity.
+        // The list lives as long as the pod entity, so drop its spare capacity.
         refs.shrink_to_fit();
         refs
     };
@@ -365,7 +405,8 @@ fn convert_pod(pod: Pod, env: &EnvFilter, include_ephemeral: bool, out: &mut Vec
             .into_iter()
             .map(|o| PodOwner { kind: o.kind.into(), name: o.name.into(), id: o.uid.into() })
             .collect::<Vec<_>>()
-            // Collected in place, it would keep the larger buffer of the references it was read from.
+            // `collect` may reuse the owner references' buffer in place, which is larger than the
+            // new list needs; going through a boxed slice frees the spare room.
             .into_boxed_slice()
             .into_vec(),
         phase: pod.status.phase,

@@ -1,22 +1,26 @@
-//! The Kubernetes collector, kubelet part: pulls the kubelet's `/pods` (source
-//! `node_orchestrator`, collector `kubelet`) and reports each pod and each of its containers
-//! that has an id.
+//! The Kubernetes collectors. The crate root is the kubelet part: it pulls the kubelet's `/pods`
+//! (source `node_orchestrator`, collector `kubelet`) and reports each pod, and each of its
+//! containers that has an id.
 //!
-//! Each pull: `GET /pods` over HTTPS (`kubernetes_kubelet_host`, `kubernetes_https_kubelet_port`)
-//! with the service-account token and CA (`kubelet_auth_token_path`, `kubelet_client_ca`,
-//! `kubelet_tls_verify`), or over HTTP when only `kubernetes_http_kubelet_port` is set. What the
-//! list holds is set; what successful lists have lacked for `kubelet_expiry` is unset (a pod the
-//! kubelet briefly stops listing is not flapped). A failed pull changes nothing.
+//! Each pull is `GET /pods` over HTTPS (`kubernetes_kubelet_host`,
+//! `kubernetes_https_kubelet_port`) with the service-account token and CA
+//! (`kubelet_auth_token_path`, `kubelet_client_ca`, `kubelet_tls_verify`), or over plain HTTP
+//! when `kubernetes_http_kubelet_port` is set. Every pod and container in the answer is set. An
+//! entity is unset only once the successful pulls have lacked it for `kubelet_expiry`, so that a
+//! pod the kubelet leaves out of one answer is not unset and set again. A failed pull changes
+//! nothing.
 //!
 //! The token and the CA are files the kubelet rewrites: a projected service-account token is
 //! replaced before it expires, and a bound one stops working once its pod or secret is gone. So
-//! each pull first looks whether either file changed (device, inode, size, modification time:
-//! the kubelet swaps a symlink, which changes the inode) and builds a new client from them when
-//! one did; and a pull answered 401 reads both again and tries once more before it fails.
-//! The `/pods` body is read up to [`MAX_PODS_BODY`]; a larger one fails the pull, saying so.
+//! each pull first checks whether either file changed (device, inode, size, modification time;
+//! the kubelet swaps a symlink, which changes the inode) and, when one did, builds a new client
+//! from the files. A pull answered `401 Unauthorized` also reads both files again and tries once
+//! more before it fails. The `/pods` body is read up to [`MAX_PODS_BODY`]; a larger one fails the
+//! pull with an error that names the cap.
 //!
-//! The API-server part is [`metadata`]: namespace labels and annotations and the services of
-//! each pod of this node, as partial pods from source `cluster_orchestrator`.
+//! The API-server part is [`metadata`]: for each pod of this node, its namespace's labels and
+//! annotations and the services that select it, as partial pods from source
+//! `cluster_orchestrator`.
 
 #![forbid(unsafe_code)]
 
@@ -37,47 +41,62 @@ use wm_core::{
 
 /// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "kubelet";
-/// Where a pod's service-account token is mounted.
+/// Where Kubernetes mounts a pod's service-account token: the default of
+/// `kubelet_auth_token_path`.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-/// Where the cluster's CA is mounted beside it.
+/// Where Kubernetes mounts the cluster's CA, beside the token: the default of
+/// `kubelet_client_ca`.
 pub const DEFAULT_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-/// The largest `/pods` body read (a node at the kubelet's 110-pod default answers a few MiB;
-/// this leaves room for ten times that with large annotations).
+/// The largest `/pods` body the collector reads; a larger one fails the pull.
+///
+/// A node at the kubelet's default of 110 pods answers a few MiB; this leaves room for ten times
+/// that with large annotations.
 pub const MAX_PODS_BODY: usize = 128 << 20;
 
-/// Annotations never stored: `kubectl apply` copies the whole object it applied into
-/// `last-applied-configuration`, env literals included, past the env filter that keeps secrets
-/// out of the store; and it is the largest annotation most objects carry.
+/// The annotations that are never stored.
+///
+/// `kubectl apply` copies the whole object it applied into `last-applied-configuration`, env
+/// var values included; storing it would bypass the env filter that keeps secrets out of the
+/// store. It is also the largest annotation most objects carry.
 pub const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
 
-/// Whether an annotation is stored (not in [`DROPPED_ANNOTATIONS`]).
+/// Tells whether an annotation with this key is stored, that is, whether the key is not in
+/// [`DROPPED_ANNOTATIONS`].
 pub fn keeps_annotation(key: &str) -> bool {
     !DROPPED_ANNOTATIONS.contains(&key)
 }
 
-/// The kubelet part's config, by the Datadog key names.
+/// The kubelet part's config, under Datadog's key names.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubeletConfig {
-    /// `kubernetes_kubelet_host`: the kubelet's address; unset: `$DD_KUBERNETES_KUBELET_HOST`
-    /// is read as this key, else the node's `HOST_IP` (downward API), else localhost.
+    /// `kubernetes_kubelet_host`: the kubelet's host name or address. Like every key it can be
+    /// set with `DD_KUBERNETES_KUBELET_HOST`. Unset or empty: the `HOST_IP` env var (set from the
+    /// node's address with the downward API), else `localhost`.
     pub kubernetes_kubelet_host: Option<String>,
-    /// `kubernetes_https_kubelet_port` (default 10250).
+    /// `kubernetes_https_kubelet_port` (default 10250): the kubelet's HTTPS port, used unless
+    /// `kubernetes_http_kubelet_port` is set.
     pub kubernetes_https_kubelet_port: Port,
-    /// `kubernetes_http_kubelet_port`: plain HTTP, only when set.
+    /// `kubernetes_http_kubelet_port`: when set, the collector talks plain HTTP to this port
+    /// instead of HTTPS.
     pub kubernetes_http_kubelet_port: Option<Port>,
-    /// `kubelet_auth_token_path` (default the pod's service-account token).
+    /// `kubelet_auth_token_path` (default [`DEFAULT_TOKEN_PATH`]): the bearer token file. Over
+    /// HTTPS a missing file means the kubelet is taken to be absent; over HTTP the requests are
+    /// sent without a token.
     pub kubelet_auth_token_path: Option<PathBuf>,
-    /// `kubelet_client_ca` (default the pod's service-account CA).
+    /// `kubelet_client_ca` (default [`DEFAULT_CA_PATH`]): the CA that the kubelet's certificate
+    /// must chain to. Not read when `kubelet_tls_verify` is false or over HTTP.
     pub kubelet_client_ca: Option<PathBuf>,
-    /// `kubelet_tls_verify` (default true).
+    /// `kubelet_tls_verify` (default true): whether to verify the kubelet's certificate.
     pub kubelet_tls_verify: bool,
-    /// `kubelet_expiry`: seconds a pod or container may be missing from successful lists
-    /// before it is unset (default 15).
+    /// `kubelet_expiry` (seconds, default 15): how long a pod or container may be missing from
+    /// the successful pulls before it is unset.
     pub kubelet_expiry: Seconds,
-    /// `kubelet_pull_interval`: seconds between two pulls (default 5).
+    /// `kubelet_pull_interval` (seconds, default 5): the time between two pulls; zero counts as
+    /// one second.
     pub kubelet_pull_interval: Seconds,
-    /// `include_ephemeral_containers` (default false).
+    /// `include_ephemeral_containers` (default false): whether to report ephemeral (debug)
+    /// containers too.
     pub include_ephemeral_containers: bool,
 }
 
@@ -98,7 +117,11 @@ impl Default for KubeletConfig {
 }
 
 impl KubeletConfig {
-    /// The kubelet's base URL.
+    /// Returns the kubelet's base URL: `http://<host>:<kubernetes_http_kubelet_port>` when that
+    /// port is set, else `https://<host>:<kubernetes_https_kubelet_port>`.
+    ///
+    /// The host is `kubernetes_kubelet_host`, else the `HOST_IP` env var, else `localhost`; an
+    /// empty value counts as unset.
     pub fn url(&self) -> String {
         let host = self
             .kubernetes_kubelet_host
@@ -112,10 +135,12 @@ impl KubeletConfig {
         }
     }
 
+    /// Returns the path of the token file: `kubelet_auth_token_path`, else [`DEFAULT_TOKEN_PATH`].
     fn token_path(&self) -> PathBuf {
         self.kubelet_auth_token_path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_PATH))
     }
 
+    /// Returns the path of the CA file: `kubelet_client_ca`, else [`DEFAULT_CA_PATH`].
     fn ca_path(&self) -> PathBuf {
         self.kubelet_client_ca.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CA_PATH))
     }
@@ -124,23 +149,31 @@ impl KubeletConfig {
 /// Why a `GET /pods` failed.
 #[derive(Debug, thiserror::Error)]
 enum PodsError {
+    /// The request failed, or the kubelet answered with an error status.
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    /// The body is larger than [`MAX_PODS_BODY`].
     #[error("the body is larger than {} MiB, the cap (MAX_PODS_BODY)", MAX_PODS_BODY >> 20)]
     TooLarge,
 }
 
-/// The kubelet collector.
+/// Pulls the kubelet's pod list and reports its pods and containers; hand it to the store with
+/// [`into_collector`](Self::into_collector).
 pub struct KubeletCollector {
     config: KubeletConfig,
-    /// The env vars containers keep: the store's filter, taken at each start.
+    /// Decides which env vars of a container are stored: the store's filter, copied at each
+    /// start.
     env: EnvFilter,
+    /// The client built from the token and CA files; `None` until `start` builds it.
     client: Option<kube::Client>,
-    /// The token's and the CA's stamps when the client was built.
+    /// The stamps of the token file and the CA file, in that order, when the client was built;
+    /// `None` for a file that could not be read.
     stamps: [Option<FileStamp>; 2],
-    /// When each entity was last in a successful list.
+    /// When each entity was last in a successful pull; an entity missing for longer than
+    /// `kubelet_expiry` is unset.
     seen: HashMap<EntityId, Instant>,
-    /// The skipped items already logged (index and reason), so each says so once.
+    /// The skipped pod list items already logged, as (index in the list, reason), so that each
+    /// warning is logged once. Past 1,024 entries no new warning is logged.
     logged: std::collections::HashSet<(usize, String)>,
 }
 
@@ -151,7 +184,7 @@ impl std::fmt::Debug for KubeletCollector {
 }
 
 impl KubeletCollector {
-    /// A collector for `config`.
+    /// Creates a collector for `config`. Does no I/O; the client is built by `start`.
     pub fn new(config: KubeletConfig) -> Self {
         Self {
             config,
@@ -163,19 +196,25 @@ impl KubeletCollector {
         }
     }
 
-    /// This collector, ready to hand to the store.
+    /// Wraps the collector for the store, which pulls every `kubelet_pull_interval` (at least
+    /// one second).
     pub fn into_collector(self) -> Collector {
         let every = self.config.kubelet_pull_interval.duration().max(Duration::from_secs(1));
         Collector::pull(NAME, Source::NodeOrchestrator, self).with_pull_interval(every)
     }
 
-    /// The token's and the CA's stamps now.
+    /// Returns the current stamps of the token file and the CA file, in that order; `None` for a
+    /// file that cannot be read.
     fn stamps(&self) -> [Option<FileStamp>; 2] {
         let stamp = |path: PathBuf| std::fs::metadata(path).ok().map(|m| FileStamp::of(&m));
         [stamp(self.config.token_path()), stamp(self.config.ca_path())]
     }
 
-    /// Builds a client from the token and CA files as they are now, and keeps their stamps.
+    /// Builds a client from the token and CA files as they are now, and stores it with the
+    /// files' stamps.
+    ///
+    /// The stamps are taken before the files are read, so that a file replaced in between
+    /// differs from its stamp and is read again at the next pull.
     async fn reconnect(&mut self) -> Result<kube::Client, CollectorError> {
         let stamps = self.stamps();
         let client = self.connect().await?;
@@ -184,12 +223,14 @@ impl KubeletCollector {
         Ok(client)
     }
 
-    /// `GET /pods`, its body read up to [`MAX_PODS_BODY`].
+    /// Sends `GET /pods` and returns the body, read up to [`MAX_PODS_BODY`].
     async fn get_pods(client: kube::Client) -> Result<Vec<u8>, PodsError> {
         use futures::AsyncReadExt;
         let request = http::Request::get("/pods").body(Vec::new()).map_err(kube::Error::HttpError)?;
         let stream = client.request_stream(request).await?;
         let mut body = Vec::new();
+        // Reading at most one byte more than the cap tells a body over the cap from one exactly
+        // at it, without reading the rest.
         let mut limited = stream.take(MAX_PODS_BODY as u64 + 1);
         limited.read_to_end(&mut body).await.map_err(kube::Error::ReadEvents)?;
         if body.len() > MAX_PODS_BODY {
@@ -198,7 +239,11 @@ impl KubeletCollector {
         Ok(body)
     }
 
-    /// A client of the kubelet: its CA (or no verification), its bearer token, both read now.
+    /// Builds a client of the kubelet from a kubeconfig written here: the kubelet's URL, its CA
+    /// (or no verification), and the bearer token, both files read now.
+    ///
+    /// A missing CA file, or a missing token file over HTTPS, is an `EnvironmentAbsent` error;
+    /// failing to build the client from the kubeconfig is a permanent one.
     async fn connect(&self) -> Result<kube::Client, CollectorError> {
         let url = self.config.url();
         let https = url.starts_with("https://");
@@ -239,12 +284,19 @@ impl KubeletCollector {
 
 #[async_trait]
 impl PullCollector for KubeletCollector {
+    /// Copies the store's env filter and builds the kubelet client from the token and CA files.
     async fn start(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         self.env = ctx.env.clone();
         self.reconnect().await?;
         Ok(())
     }
 
+    /// Reads `/pods` once, sets every pod and container in it, and unsets those missing for
+    /// longer than `kubelet_expiry`.
+    ///
+    /// The client is built again first when the token or CA file changed, and once more after a
+    /// `401` answer. A failed request or a body that does not parse fails the pull, retriably,
+    /// and changes nothing; items that do not parse are skipped with a warning.
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         let client = match self.client.clone() {
             Some(client) if self.stamps() == self.stamps => client,
@@ -259,8 +311,9 @@ impl PullCollector for KubeletCollector {
         let url = self.config.url();
         let body = match Self::get_pods(client).await {
             Err(PodsError::Kube(kube::Error::Api(status))) if status.code == 401 => {
-                // The token may have been replaced in place (same size, same second) or revoked:
-                // read the files again and try once more before failing.
+                // The token may have been rewritten in place without changing its stamp (same
+                // size, and a modification time too close to the old one), or it may have been
+                // revoked: read the files again and try once more before failing.
                 tracing::info!("kubelet: 401 Unauthorized; reading the token and CA files again");
                 let client = self.reconnect().await?;
                 Self::get_pods(client).await

@@ -1,15 +1,20 @@
-//! The API-server part (`kube_metadata`, source `cluster_orchestrator`): for each pod of this
-//! node, its namespace's labels and annotations and the services that select it, as partial pod
-//! entities the store merges with the kubelet's; and this node's labels and annotations, as a
-//! `kubernetes_metadata` entity (`/nodes//<node>`).
+//! The Kubernetes API-server collector (`kube_metadata`, source `cluster_orchestrator`): for each
+//! pod of this node, its namespace's labels and annotations and the services that select it, as
+//! partial pod entities that the store merges with the kubelet's; and this node's labels and
+//! annotations, as a `kubernetes_metadata` entity (`/nodes//<node>`).
 //!
-//! Node-scoped and cheap on the API server: pods are watched metadata-only with a `spec.nodeName`
-//! field selector (never a cluster-wide pod list or watch), this node metadata-only with a
-//! `metadata.name` field selector, namespaces metadata-only, EndpointSlices
-//! to find the services whose endpoints are this node's pods; every list is served from the watch
-//! cache (`resourceVersion=0`) and watches ask for bookmarks. kube-runtime's watcher re-lists on
-//! `410 Gone`; a watch error fails the run retriably and the store's runner starts it again,
-//! whose first full list reconciles.
+//! It keeps its load on the API server small. Pods are watched metadata-only with a
+//! `spec.nodeName` field selector, so there is never a cluster-wide pod list or watch; this node
+//! is watched metadata-only with a `metadata.name` field selector; namespaces are watched
+//! metadata-only. EndpointSlices are watched whole, across the cluster, to find the services
+//! whose endpoints are pods of this node. Every list is served from the API server's watch cache
+//! (`resourceVersion=0`), and every watch asks for bookmarks.
+//!
+//! Nothing is sent until all four watches have listed once; then the run sends one full list,
+//! and after that, on each change, the sets and unsets that differ from what it sent before. Any
+//! watch error, `410 Gone` included, fails the run with a retriable error (kube-runtime's
+//! watcher would list again after a `410`, but the run ends first). The store runs the collector
+//! again after a backoff, and the new run's full list corrects whatever changed in between.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -27,21 +32,24 @@ use wm_core::{
     PodDetails, Source, StreamCollector,
 };
 
-/// The collector's name.
+/// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "kube_metadata";
-/// The label an EndpointSlice names its service with.
+/// The label whose value is the name of the service an EndpointSlice belongs to.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// The API-server part's config, by the Datadog key names.
+/// The API-server collector's config, under Datadog's key names.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubeMetadataConfig {
-    /// `kubernetes_collect_metadata_tags` (default true).
+    /// `kubernetes_collect_metadata_tags` (default true): when false, the collector does not run
+    /// (it reports its environment as absent).
     pub kubernetes_collect_metadata_tags: bool,
-    /// `kubernetes_kubeconfig_path`: a kubeconfig; unset: the in-cluster config (the pod's
-    /// service account).
+    /// `kubernetes_kubeconfig_path`: the kubeconfig to reach the API server with; unset: the
+    /// in-cluster config (the pod's service account). A kubeconfig that cannot be read stops the
+    /// collector for good.
     pub kubernetes_kubeconfig_path: Option<PathBuf>,
-    /// `kubernetes_kubelet_nodename`: this node's name; unset: `$NODE_NAME` (downward API).
+    /// `kubernetes_kubelet_nodename`: this node's name; unset: the `NODE_NAME` env var (set with
+    /// the downward API). Without a node name the collector does not run.
     pub kubernetes_kubelet_nodename: Option<String>,
 }
 
@@ -56,28 +64,36 @@ impl Default for KubeMetadataConfig {
 }
 
 impl KubeMetadataConfig {
+    /// Returns this node's name: `kubernetes_kubelet_nodename`, else `NODE_NAME`; `None` when the
+    /// value found is empty.
     fn node_name(&self) -> Option<String> {
         self.kubernetes_kubelet_nodename.clone().or_else(|| std::env::var("NODE_NAME").ok()).filter(|n| !n.is_empty())
     }
 }
 
-/// The API-server metadata collector.
+/// Watches the API server for the metadata of this node's pods and of the node itself; hand it to
+/// the store with [`into_collector`](Self::into_collector).
 #[derive(Debug)]
 pub struct KubeMetadataCollector {
     config: KubeMetadataConfig,
 }
 
 impl KubeMetadataCollector {
-    /// A collector for `config`.
+    /// Creates a collector for `config`. Does no I/O.
     pub fn new(config: KubeMetadataConfig) -> Self {
         Self { config }
     }
 
-    /// This collector, ready to hand to the store.
+    /// Wraps the collector for the store, which runs it as a change stream.
     pub fn into_collector(self) -> Collector {
         Collector::stream(NAME, Source::ClusterOrchestrator, self)
     }
 
+    /// Builds an API-server client from `kubernetes_kubeconfig_path`, else from the in-cluster
+    /// config.
+    ///
+    /// A kubeconfig that cannot be read or used is a permanent error; no kubeconfig outside a
+    /// cluster is an `EnvironmentAbsent` error.
     async fn client(&self) -> Result<kube::Client, CollectorError> {
         let config = match &self.config.kubernetes_kubeconfig_path {
             Some(path) => {
@@ -101,11 +117,15 @@ impl KubeMetadataCollector {
     }
 }
 
-/// One watch's objects, with what an ongoing (re-)list has gathered.
+/// The objects of one watch, by key, and those an ongoing list has gathered so far.
 #[derive(Debug)]
 struct Watched<V> {
+    /// The objects as of the last complete list and the events since.
     items: HashMap<String, V>,
+    /// The objects a list in progress has returned so far; they replace `items` when it
+    /// completes, so that a list in progress never shows half its objects.
     listing: Option<HashMap<String, V>>,
+    /// Whether a list has completed at least once.
     synced: bool,
 }
 
@@ -116,8 +136,13 @@ impl<V> Default for Watched<V> {
 }
 
 impl<V> Watched<V> {
-    /// Applies a watcher event, keyed and valued by `f` (`None`: not kept). Returns whether the
-    /// visible set changed.
+    /// Applies a watcher event to the objects.
+    ///
+    /// `f` gives the key and value to store for an object, or `None` when the object is not to be
+    /// stored (an object that no longer qualifies is then removed); `key` gives the key of an
+    /// object to remove. Returns whether `items` may have changed: `false` while a list is in
+    /// progress and for a deletion of an unknown key, `true` otherwise, even when an update
+    /// stored the same value again.
     fn apply<K>(&mut self, event: Event<K>, f: impl Fn(&K) -> Option<(String, V)>, key: impl Fn(&K) -> String) -> bool {
         match event {
             Event::Init => {
@@ -151,25 +176,30 @@ impl<V> Watched<V> {
     }
 }
 
-/// What the watches know.
+/// What the four watches have returned.
 #[derive(Debug, Default)]
 struct State {
-    /// Pod uid → (name, namespace).
+    /// By pod uid: the pod's name and namespace.
     pods: Watched<(String, String)>,
-    /// Namespace → (labels, annotations).
+    /// By namespace name: its labels and annotations.
     namespaces: Watched<LabelsAndAnnotations>,
-    /// `namespace/slice` → (service, pod uids it points at).
+    /// By `namespace/slice name`: the service's name, and the uids of the pods its endpoints
+    /// point at.
     slices: Watched<(String, Vec<String>)>,
-    /// This node (the only one watched) → (labels, annotations).
+    /// By node name (only this node is watched): its labels and annotations.
     nodes: Watched<LabelsAndAnnotations>,
 }
 
 impl State {
+    /// Tells whether every watch has completed its first list.
     fn synced(&self) -> bool {
         self.pods.synced && self.namespaces.synced && self.slices.synced && self.nodes.synced
     }
 
-    /// The partial pod entities and this node's metadata entity.
+    /// Builds the entities to send, by id: a partial pod per pod of this node, and this node's
+    /// metadata entity.
+    ///
+    /// A pod's namespace labels and annotations are empty while its namespace is unknown.
     fn entities(&self) -> BTreeMap<EntityId, Entity> {
         let mut services: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         for (service, pods) in self.slices.items.values() {
@@ -217,6 +247,7 @@ impl State {
     }
 }
 
+/// One item from any of the four watches.
 enum Update {
     Pod(Event<PartialObjectMeta<Pod>>),
     Namespace(Event<PartialObjectMeta<Namespace>>),
@@ -224,12 +255,19 @@ enum Update {
     Node(Event<PartialObjectMeta<Node>>),
 }
 
+/// Returns a copy of an optional string map; an empty map when there is none.
 fn map_string(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
     map.cloned().unwrap_or_default()
 }
 
 #[async_trait]
 impl StreamCollector for KubeMetadataCollector {
+    /// Starts the four watches and sends the entities until the store shuts down or a watch
+    /// fails; see the module docs.
+    ///
+    /// Returns `EnvironmentAbsent` when `kubernetes_collect_metadata_tags` is false or this node's
+    /// name is unknown, the error of `client` when no client can be built, and a retriable error
+    /// when a watch fails or all of them end.
     async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         if !self.config.kubernetes_collect_metadata_tags {
             return Err(CollectorError::absent("kubernetes_collect_metadata_tags is false"));
@@ -239,7 +277,8 @@ impl StreamCollector for KubeMetadataCollector {
         };
         let client = self.client().await?;
         let cached = watcher::Config::default().any_semantic();
-        // Pods and namespaces metadata-only: names, uids and labels are all it needs.
+        // Pods, namespaces and the node are watched metadata-only: names, uids, labels and
+        // annotations are all the collector needs, and the API server sends far less.
         let pods = watcher::watcher(
             Api::<PartialObjectMeta<Pod>>::all(client.clone()),
             cached.clone().fields(&format!("spec.nodeName={node}")),
@@ -337,9 +376,11 @@ impl StreamCollector for KubeMetadataCollector {
     }
 }
 
-/// A metadata-only object's name → its (labels, annotations).
+/// An object's labels and annotations, in that order.
 type LabelsAndAnnotations = (BTreeMap<String, String>, BTreeMap<String, String>);
 
+/// Returns the name of a metadata-only object and its labels and annotations, without the
+/// annotations that are never stored; `None` for an object without a name.
 fn labels_and_annotations<K>(o: &PartialObjectMeta<K>) -> Option<(String, LabelsAndAnnotations)> {
     let name = o.metadata.name.clone()?;
     let mut annotations = map_string(o.metadata.annotations.as_ref());
@@ -347,6 +388,7 @@ fn labels_and_annotations<K>(o: &PartialObjectMeta<K>) -> Option<(String, Labels
     Some((name, (map_string(o.metadata.labels.as_ref()), annotations)))
 }
 
+/// Returns the key of an EndpointSlice: `namespace/name`.
 fn slice_key(s: &EndpointSlice) -> String {
     format!(
         "{}/{}",

@@ -1,5 +1,10 @@
-//! Between the store's entities and the Datadog workloadmeta wire messages, both ways (the
-//! server sends them; the remote-workloadmeta collector reads them back).
+//! Converts the store's entities to Datadog workloadmeta wire messages, and back.
+//!
+//! The agent's gRPC server converts entities to messages for its `WorkloadmetaStreamEntities`
+//! stream; the remote-workloadmeta collector converts the messages it receives back to entities.
+//! Only containers, Kubernetes pods and ECS tasks travel ([`WIRE_KINDS`]). A few fields have no
+//! place in the messages and are lost on the way; each conversion's doc names them. Times travel
+//! as whole Unix seconds, with 0 for none.
 
 use std::collections::HashMap;
 
@@ -11,18 +16,22 @@ use wm_core::{
 
 use crate::proto::workloadmeta as pb;
 
+/// Copies a store map into a wire map.
 fn map(m: &StrMap) -> HashMap<String, String> {
     m.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
+/// Copies a wire map into a store map.
 fn strmap(m: &HashMap<String, String>) -> StrMap {
     m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// The kinds the wire carries (Datadog's `WorkloadmetaKind` has no Kubernetes metadata).
+/// The store kinds the wire carries: every kind but Kubernetes metadata, for which Datadog's
+/// `WorkloadmetaKind` has no value.
 pub const WIRE_KINDS: [Kind; 3] = [Kind::Container, Kind::KubernetesPod, Kind::EcsTask];
 
-/// The wire kind of a store kind, if the wire has one.
+/// Returns the wire kind of a store kind, or `None` for Kubernetes metadata, which the wire does
+/// not carry.
 pub fn kind(k: Kind) -> Option<pb::WorkloadmetaKind> {
     match k {
         Kind::Container => Some(pb::WorkloadmetaKind::Container),
@@ -32,7 +41,8 @@ pub fn kind(k: Kind) -> Option<pb::WorkloadmetaKind> {
     }
 }
 
-/// The store kind of a wire kind, if this agent stores it (not processes, images, CRDs).
+/// Returns the store kind of a wire kind, or `None` for a wire kind this agent does not store:
+/// processes, CRDs and container image metadata.
 pub fn from_kind(k: pb::WorkloadmetaKind) -> Option<Kind> {
     match k {
         pb::WorkloadmetaKind::Container => Some(Kind::Container),
@@ -42,17 +52,23 @@ pub fn from_kind(k: pb::WorkloadmetaKind) -> Option<Kind> {
     }
 }
 
-/// Ids of the wire kinds only (callers never ask for another).
+/// Converts an entity id to its wire form.
+///
+/// Meant for ids of wire kinds only: an id of any other kind is sent as a container's id, since
+/// the wire has no value for its kind.
 fn entity_id(id: &EntityId) -> pb::WorkloadmetaEntityId {
     let kind = kind(id.kind).unwrap_or(pb::WorkloadmetaKind::Container);
     pb::WorkloadmetaEntityId { kind: kind as i32, id: id.id.to_string() }
 }
 
+/// Converts a wire entity id back, or returns `None` for an empty id or a kind this agent does
+/// not store.
 fn from_entity_id(id: &pb::WorkloadmetaEntityId) -> Option<EntityId> {
     let kind = from_kind(pb::WorkloadmetaKind::try_from(id.kind).ok()?)?;
     (!id.id.is_empty()).then(|| EntityId::new(kind, id.id.as_str()))
 }
 
+/// Converts an image to its wire form; `repo_digest` is sent empty.
 fn image(i: &ContainerImage) -> pb::ContainerImage {
     pb::ContainerImage {
         id: i.id.clone(),
@@ -64,6 +80,8 @@ fn image(i: &ContainerImage) -> pb::ContainerImage {
     }
 }
 
+/// Converts a wire image back: its name, short name, tag and id as sent, and the other fields
+/// parsed from its raw name. A missing image gives the empty image.
 fn from_image(i: Option<&pb::ContainerImage>) -> ContainerImage {
     let Some(i) = i else { return ContainerImage::default() };
     ContainerImage::from(ImageRef {
@@ -75,14 +93,17 @@ fn from_image(i: Option<&pb::ContainerImage>) -> ContainerImage {
     })
 }
 
+/// Returns a time as whole Unix seconds, or 0 for none.
 fn secs(t: Option<Timestamp>) -> i64 {
     t.map(Timestamp::unix_seconds).unwrap_or(0)
 }
 
+/// Returns the time of a number of Unix seconds, or `None` for 0 or less.
 fn from_secs(s: i64) -> Option<Timestamp> {
     (s > 0).then(|| Timestamp::from_unix(s, 0))
 }
 
+/// Converts the containers a pod or task lists to their wire form.
 fn orchestrator_containers(list: &[OrchestratorContainer]) -> Vec<pb::OrchestratorContainer> {
     list.iter()
         .map(|c| pb::OrchestratorContainer {
@@ -93,6 +114,7 @@ fn orchestrator_containers(list: &[OrchestratorContainer]) -> Vec<pb::Orchestrat
         .collect()
 }
 
+/// Converts the wire containers a pod or task lists back.
 fn from_orchestrator_containers(list: &[pb::OrchestratorContainer]) -> Vec<OrchestratorContainer> {
     list.iter()
         .map(|c| OrchestratorContainer {
@@ -103,7 +125,10 @@ fn from_orchestrator_containers(list: &[pb::OrchestratorContainer]) -> Vec<Orche
         .collect()
 }
 
-/// The wire form of a container.
+/// Converts a container to its wire message.
+///
+/// The message has no field for the restart count or a port's host port, so they are left out.
+/// A pid over `i32::MAX` is sent as 0, the value for an unknown pid.
 pub fn container(c: &Container) -> pb::Container {
     let status = match c.state.status {
         ContainerStatus::Unknown => pb::ContainerStatus::Unknown,
@@ -168,7 +193,11 @@ pub fn container(c: &Container) -> pb::Container {
     }
 }
 
-/// A container from its wire form; `None` without an id.
+/// Converts a container's wire message back, or returns `None` when the message has no id.
+///
+/// An unknown status, health or runtime number reads as unknown. The exit code is kept only for
+/// a stopped container. A negative pid reads as 0 (unknown), and a port outside `0..=65535` is
+/// dropped. The restart count, which the wire does not carry, is 0.
 pub fn from_container(c: &pb::Container) -> Option<Container> {
     let id = c.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
     let meta = c.entity_meta.clone().unwrap_or_default();
@@ -240,7 +269,10 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
     })
 }
 
-/// The wire form of a pod.
+/// Converts a pod to its wire message.
+///
+/// The message has no field for the node name, the creation, start and finish times or the
+/// namespace's annotations, so they are left out; owners are sent without an API group.
 pub fn pod(p: &KubernetesPod) -> pb::KubernetesPod {
     pb::KubernetesPod {
         entity_id: Some(entity_id(&EntityId::new(Kind::KubernetesPod, p.id.clone()))),
@@ -275,7 +307,9 @@ pub fn pod(p: &KubernetesPod) -> pb::KubernetesPod {
     }
 }
 
-/// A pod from its wire form; `None` without a UID.
+/// Converts a pod's wire message back, or returns `None` when the message has no UID.
+///
+/// The fields the wire does not carry (see [`pod`]) are left empty.
 pub fn from_pod(p: &pb::KubernetesPod) -> Option<KubernetesPod> {
     let id = p.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
     let meta = p.entity_meta.clone().unwrap_or_default();
@@ -310,7 +344,11 @@ pub fn from_pod(p: &pb::KubernetesPod) -> Option<KubernetesPod> {
     })
 }
 
-/// The wire form of an ECS task.
+/// Converts an ECS task to its wire message.
+///
+/// The message's entity name is the task's family. A task with no launch type is sent as EC2.
+/// The message has no field for the service name or the desired and known statuses, so they are
+/// left out.
 pub fn task(t: &EcsTask) -> pb::EcsTask {
     pb::EcsTask {
         entity_id: Some(entity_id(&EntityId::new(Kind::EcsTask, t.id.clone()))),
@@ -331,7 +369,10 @@ pub fn task(t: &EcsTask) -> pb::EcsTask {
     }
 }
 
-/// An ECS task from its wire form; `None` without an ARN.
+/// Converts an ECS task's wire message back, or returns `None` when the message has no ARN.
+///
+/// The launch type is always set: an unknown number reads as EC2. The fields the wire does not
+/// carry (see [`task`]) are left empty.
 pub fn from_task(t: &pb::EcsTask) -> Option<EcsTask> {
     let id = t.entity_id.as_ref().map(|e| e.id.clone()).filter(|id| !id.is_empty())?;
     Some(EcsTask {
@@ -353,7 +394,10 @@ pub fn from_task(t: &pb::EcsTask) -> Option<EcsTask> {
     })
 }
 
-/// One wire event for an entity; `None` for a kind the wire does not carry ([`WIRE_KINDS`]).
+/// Builds the wire event that sets the entity (`set` is `true`) or unsets it.
+///
+/// An unset carries the whole entity too. Returns `None` for a kind the wire does not carry
+/// (see [`WIRE_KINDS`]).
 pub fn event(set: bool, entity: &Entity) -> Option<pb::WorkloadmetaEvent> {
     let kind = if set { pb::WorkloadmetaEventType::EventTypeSet } else { pb::WorkloadmetaEventType::EventTypeUnset };
     let mut event = pb::WorkloadmetaEvent { r#type: kind as i32, ..pb::WorkloadmetaEvent::default() };
@@ -366,7 +410,12 @@ pub fn event(set: bool, entity: &Entity) -> Option<pb::WorkloadmetaEvent> {
     Some(event)
 }
 
-/// The entity a wire event carries (the first kind set), and whether it is a set.
+/// Reads a wire event: returns whether it is a set (`true`) or an unset, and the entity it
+/// carries.
+///
+/// An event carries one entity; should it carry several, the container is taken first, then the
+/// pod, then the task. Returns `None` for an event of type `EVENT_TYPE_ALL` or of an unknown
+/// type, for one that carries no entity, and for an entity without an id.
 pub fn from_event(event: &pb::WorkloadmetaEvent) -> Option<(bool, Entity)> {
     let set = match pb::WorkloadmetaEventType::try_from(event.r#type).ok()? {
         pb::WorkloadmetaEventType::EventTypeSet => true,

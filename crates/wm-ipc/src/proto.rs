@@ -1,20 +1,22 @@
-//! Code generated from `proto/` (the Datadog IPC wire format).
+//! The code tonic generates at build time (in `build.rs`) from our `.proto` files in `proto/`,
+//! which describe the Datadog IPC wire format.
 
+// Generated code is not ours to edit, so its lints and missing docs are allowed here.
 #![allow(missing_docs, missing_debug_implementations, clippy::all, clippy::unwrap_used, clippy::expect_used)]
 
-/// `datadog.model.v1`: tagger messages.
+/// The tagger messages, package `datadog.model.v1`.
 pub mod model {
     pub mod v1 {
         tonic::include_proto!("datadog.model.v1");
     }
 }
 
-/// `datadog.workloadmeta`: workload metadata messages.
+/// The workload metadata messages, package `datadog.workloadmeta`.
 pub mod workloadmeta {
     tonic::include_proto!("datadog.workloadmeta");
 }
 
-/// `datadog.api.v1`: the `AgentSecure` service.
+/// The `AgentSecure` gRPC service (its client and server), package `datadog.api.v1`.
 pub mod api {
     pub mod v1 {
         tonic::include_proto!("datadog.api.v1");

@@ -1,12 +1,20 @@
-//! The remote tagger: a local replica of another agent's tags, fed by its
-//! `TaggerStreamEntities` stream. It reconnects with backoff (1 s doubling to 30 s, reset by a
-//! stream that delivered), replaces its replica with each new stream's first response (so what
-//! vanished while it was away is gone), applies the changes that follow, and answers
-//! [`RemoteTagger::tag`] locally. `flavor-light` serves it on its HTTP API; the Python `tagger` module answers from it.
+//! The remote tagger: a local copy (the *replica*) of another agent's tags, which that agent's
+//! `TaggerStreamEntities` stream keeps current.
 //!
-//! It is ready only while a stream is up (its tags may be stale otherwise), and says why not.
-//! Refused as `Unauthenticated`, it reads the token file again (the upstream made a new token)
-//! and retries at once when the token changed.
+//! [`RemoteTagger::follow_until`] opens the stream and, when it fails or ends, opens a new one
+//! after a delay that starts at 1 second and doubles up to 30 seconds; when a stream that
+//! delivered its first response later ends, or breaks with an error status, the delay starts
+//! again from 1 second. The first response of each stream clears the replica before it is
+//! applied, so that entities removed while no stream was up do not linger; the responses that
+//! follow add, change and delete entities. Lookups ([`RemoteTagger::tag`]) read the replica and
+//! never call the upstream. The light agent (`flavor-light`) serves the replica on its HTTP API,
+//! and the Python `tagger` module answers from it.
+//!
+//! While no stream is up, the replica keeps its last tags, which may be stale: callers check
+//! [`RemoteTagger::is_connected`] and can show [`RemoteTagger::last_error`]. After a failed
+//! stream, the tagger reads the upstream's token and certificate files again
+//! ([`RemoteAgent::reload`]) and, when either changed (the upstream made new ones), reconnects
+//! at once instead of waiting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -19,8 +27,10 @@ use wm_core::{CancellationToken, IStr, TagCardinality};
 use crate::RemoteAgent;
 use crate::proto::model::v1 as model;
 
-/// A stream is given up (and reconnected) after this long without a response; the server sends
-/// keep-alives every 9 minutes.
+/// How long a stream may stay silent before the tagger drops it and connects again.
+///
+/// The server sends an empty response as a keep-alive after 9 minutes without traffic, so a
+/// healthy stream is never silent this long.
 const STREAM_RECV_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// One level's tags of an entity: interned texts in an interned list.
@@ -66,7 +76,7 @@ impl Drop for TagList {
     }
 }
 
-/// One entity's tags in the replica.
+/// One entity's tags in the replica: one list per cardinality level.
 #[derive(Clone, Debug)]
 struct ReplicaTags {
     low: TagList,
@@ -75,18 +85,22 @@ struct ReplicaTags {
 }
 
 impl ReplicaTags {
+    /// Returns the three lists from the lowest cardinality to the highest, the order in which a
+    /// lookup takes them.
     fn levels(&self) -> [&TagList; 3] {
         [&self.low, &self.orchestrator, &self.high]
     }
 }
 
-/// The replica: each entity's tags.
+/// The replica: each entity's tags, by entity id in the `prefix://uid` form
+/// (`container_id://abc`).
 #[derive(Debug, Default)]
 struct Replica {
     entities: HashMap<Box<str>, ReplicaTags>,
 }
 
 impl Replica {
+    /// Stores the entity's tags, replacing any it had; `None` when the entity has no id.
     fn insert(&mut self, entity: &model::Entity) -> Option<()> {
         let id = entity.id.as_ref()?;
         let tags = ReplicaTags {
@@ -99,38 +113,48 @@ impl Replica {
         Some(())
     }
 
+    /// Removes the entity; `None` when it has no id or is not in the replica.
     fn remove(&mut self, entity: &model::Entity) -> Option<()> {
         let id = entity.id.as_ref()?;
         self.entities.remove(&*format!("{}://{}", id.prefix, id.uid))?;
         Some(())
     }
 
+    /// Removes every entity.
     fn clear(&mut self) {
         self.entities.clear();
     }
 }
 
-/// A replica of another agent's tags.
+/// A replica of another agent's tags, with the state of the stream that keeps it current.
+///
+/// Share it in an `Arc`: one task runs [`RemoteTagger::follow_until`] while others look up tags.
 #[derive(Debug, Default)]
 pub struct RemoteTagger {
     replica: RwLock<Replica>,
-    /// Streams opened so far (each one replaced the replica).
+    /// How many streams the upstream accepted so far; see [`RemoteTagger::streams`].
     streams: std::sync::atomic::AtomicU64,
-    /// Bumped by every change to the replica (a cache of its answers is good while it holds).
+    /// Counts the responses applied to the replica; see [`RemoteTagger::generation`].
     generation: std::sync::atomic::AtomicU64,
-    /// Whether a stream is up (it delivered its snapshot and has not ended).
+    /// Whether a stream is up: it delivered its first response and has not ended.
     connected: std::sync::atomic::AtomicBool,
-    /// Why the last stream ended or could not start.
+    /// Why the last stream ended or could not start; `None` until one has.
     last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl RemoteTagger {
-    /// An empty replica; [`RemoteTagger::follow_until`] fills it.
+    /// Creates an empty replica; [`RemoteTagger::follow_until`] fills it.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    /// The entity's tags at `cardinality` and below (empty when unknown).
+    /// Returns the tags of `entity` at `cardinality` and the levels below it.
+    ///
+    /// `entity` is an id in the `prefix://uid` form (`container_id://abc`). The tags come low
+    /// first, then orchestrator, then high. Returns an empty list for an entity the replica does
+    /// not have and for `TagCardinality::None`. Answers from the replica even while no stream is
+    /// up; check [`RemoteTagger::is_connected`] first when stale tags are worse than none. Each
+    /// call copies the tags into new strings.
     pub fn tag(&self, entity: &str, cardinality: TagCardinality) -> Vec<String> {
         let replica = self.replica.reading();
         let Some(tags) = replica.entities.get(entity) else { return Vec::new() };
@@ -143,14 +167,14 @@ impl RemoteTagger {
         tags.levels()[..levels].iter().flat_map(|l| l.iter()).map(IStr::to_string).collect()
     }
 
-    /// The entities it holds, sorted.
+    /// Returns the ids of the entities in the replica, sorted.
     pub fn entities(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.replica.reading().entities.keys().map(|k| k.to_string()).collect();
         ids.sort();
         ids
     }
 
-    /// Every entity with all its tags, sorted and deduplicated.
+    /// Returns every entity of the replica with its tags of all levels, sorted and deduplicated.
     pub fn list(&self) -> BTreeMap<String, Vec<String>> {
         let replica = self.replica.reading();
         replica
@@ -165,7 +189,8 @@ impl RemoteTagger {
             .collect()
     }
 
-    /// Why the last stream ended or could not start, while none is up.
+    /// Returns why the last stream ended or could not start, or `None` while a stream is up (or
+    /// before any stream has failed).
     pub fn last_error(&self) -> Option<String> {
         if self.is_connected() {
             return None;
@@ -173,21 +198,37 @@ impl RemoteTagger {
         self.last_error.locked().clone()
     }
 
-    /// How many streams it opened (a reconnect opens one more).
+    /// Returns how many streams the upstream has accepted so far.
+    ///
+    /// A stream counts once the upstream accepts the request, before its first response; each
+    /// reconnection that gets that far adds one.
     pub fn streams(&self) -> u64 {
         self.streams.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Changes so far: equal numbers, equal answers.
+    /// Returns a number that goes up each time a response is applied to the replica.
+    ///
+    /// Tags looked up after reading the number include every change it counts, so a cache of
+    /// answers, stored with the number read before making them, stays valid for as long as this
+    /// returns the same number. It counts applied responses, not actual changes: a response that
+    /// changed nothing still moves it.
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Applies one response of a stream: the first (`replace`) replaces the whole replica.
-    /// Public for benchmarks and tests that fill a replica without a stream.
+    /// Applies one response of a stream to the replica; with `replace`, first removes every
+    /// entity, as for a stream's first response.
+    ///
+    /// A `DELETED` event removes its entity; an event of any other known type stores the
+    /// entity's tags, replacing those it had. Events without an entity are skipped, and events of
+    /// an unknown type are skipped with a debug log. Public only so that benchmarks and tests can
+    /// fill a replica without a stream.
     #[doc(hidden)]
     pub fn apply(&self, response: &model::StreamTagsResponse, replace: bool) {
         let mut replica = self.replica.writing();
+        // The number goes up under the write lock, before the change. A reader that sees the new
+        // number and then looks up tags waits for this lock, so it gets the changed replica: an
+        // answer cached under a number is never older than that number.
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if replace {
             replica.clear();
@@ -210,25 +251,35 @@ impl RemoteTagger {
     }
 
     /// Counts the distinct tag lists interned now, across every replica in the process (each
-    /// list is kept once, for every entity that has it).
+    /// list is stored once, however many entities have it).
     pub fn lists_interned() -> usize {
         LISTS.len()
     }
 
-    /// Whether a stream is up.
+    /// Tells whether a stream is up: it delivered its first response and has not ended.
+    ///
+    /// While it is `false`, the replica's tags may be stale.
     pub fn is_connected(&self) -> bool {
         self.connected.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Records that no stream is up, and why.
     fn disconnected(&self, why: String) {
         self.connected.store(false, std::sync::atomic::Ordering::Release);
         *self.last_error.locked() = Some(why);
     }
 
-    /// Follows `agent`'s tags at high cardinality until `cancel` is cancelled.
+    /// Keeps the replica in step with `agent`'s tags until `cancel` is cancelled.
+    ///
+    /// Asks for the tags at high cardinality, so that every level is in the replica. Opens a new
+    /// stream whenever one fails or ends, as the module docs describe, and logs why each one
+    /// failed. Takes `agent` by value because it reads the agent's token and certificate files
+    /// again after a failure. Returns only once `cancel` is cancelled.
     pub async fn follow_until(self: Arc<Self>, mut agent: RemoteAgent, cancel: CancellationToken) {
         let mut delay = Duration::from_secs(1);
         loop {
+            // `biased` checks the cancellation first, so that a cancelled tagger returns even when
+            // the stream has something ready.
             let outcome = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
@@ -241,8 +292,10 @@ impl RemoteTagger {
                 }
                 Err(e) => {
                     self.disconnected(e.to_string());
-                    // Refused, or a TLS handshake that fails: the upstream may have made a new
-                    // token or certificate (reinstalled, rotated). Read both files again.
+                    // A refused call or a failed TLS handshake can mean that the upstream made a
+                    // new token or certificate (it was reinstalled, or they were rotated). Any
+                    // failure reads both files again: they are small, and a change is worth an
+                    // immediate retry.
                     match agent.reload() {
                         Ok(true) => {
                             tracing::info!(
@@ -268,7 +321,12 @@ impl RemoteTagger {
         }
     }
 
-    /// One stream: `Ok` once it delivered something and then ended.
+    /// Opens one stream and applies its responses until it ends.
+    ///
+    /// Returns `Ok` when the stream ends, or breaks with an error status, after its first
+    /// response: the replica was current until then. Returns an error when connecting or the
+    /// request fails, when the stream ends or breaks before its first response, and when no
+    /// response comes for [`STREAM_RECV_TIMEOUT`].
     async fn follow(&self, agent: &RemoteAgent) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut client = agent.connect().await?;
         let request = model::StreamTagsRequest {
@@ -283,8 +341,9 @@ impl RemoteTagger {
             let next = tokio::time::timeout(STREAM_RECV_TIMEOUT, stream.message()).await;
             match next {
                 Ok(Ok(Some(response))) => {
-                    // Keep-alives carry no events (and the snapshot of an empty agent is one
-                    // empty response, which must still clear the replica).
+                    // A keep-alive is an empty response: skip it. The first response is applied
+                    // even when empty, because an agent with no entities sends an empty snapshot,
+                    // and it must still clear what the previous stream left in the replica.
                     if response.events.is_empty() && !first {
                         continue;
                     }
@@ -326,7 +385,8 @@ mod tests {
     #[test]
     fn tag_lists_are_kept_once_and_go_with_the_last_entity_that_has_them() {
         use model::EventType::{Added, Deleted, Modified};
-        // Tags no other test uses: the interner is process-wide.
+        // These tags appear in no other test: the interner is shared by the whole process, and
+        // other tests run at the same time.
         let replica = RemoteTagger::new();
         let interned = |tags: &[&str]| LISTS.contains(&*tags.iter().map(|t| IStr::new(t)).collect::<Vec<_>>());
         let low = ["kube_namespace:lists-test", "image_name:lists-test"];
@@ -337,7 +397,8 @@ mod tests {
             ]),
             true,
         );
-        // One low list for both, a high list each; the empty orchestrator list is no list.
+        // The two containers share one low list and have a high list each; their empty
+        // orchestrator lists are not interned at all.
         assert!(interned(&low) && interned(&["container_id:c1"]) && interned(&["container_id:c2"]));
         let first = replica.replica.reading().entities.get("container_id://c1").map(|t| t.low.clone());
         let second = replica.replica.reading().entities.get("container_id://c2").map(|t| t.low.clone());
