@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio_util::task::TaskTracker;
@@ -22,7 +22,7 @@ use crate::config::AgentConfig;
 use crate::http::HttpState;
 use crate::remote::RemoteTagger;
 use crate::run::listen;
-use crate::signals::Stopped;
+use crate::signals::{Controls, Stopped};
 
 /// A light agent that has started.
 ///
@@ -37,11 +37,8 @@ pub struct RunningLight {
     pub http_address: SocketAddr,
     /// Where the TLS API listens: always 127.0.0.1, at `api_port`.
     pub api_address: SocketAddr,
-    // What `api` hands the CLI, and what `stop` cancels and waits for.
-    token: Arc<str>,
-    cert_pem: Arc<str>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    /// The credentials `api` gives the CLI, and what `stop` cancels and waits for.
+    controls: Controls,
 }
 
 /// Starts the light agent; returns once both its servers listen.
@@ -94,14 +91,15 @@ pub async fn start(config: &AgentConfig) -> anyhow::Result<RunningLight> {
     tasks.spawn(crate::http::serve(http_listener, state, http_limits, cancel.clone()));
     tracing::info!(upstream = upstream.address, api = %api_address, http = %http_address, "light agent started: remote tagger client");
     let cert_pem = Arc::from(cert.cert_pem.as_str());
-    Ok(RunningLight { replica, http_address, api_address, token, cert_pem, cancel, tasks })
+    let controls = Controls { token, cert_pem, cancel, tasks };
+    Ok(RunningLight { replica, http_address, api_address, controls })
 }
 
 impl RunningLight {
     /// Returns what the CLI needs to query this light agent's TLS API: the port, and the token
     /// and certificate as they were when the agent started.
     pub fn api(&self) -> crate::cli::Api {
-        crate::cli::Api::tls(self.api_address.port(), Some(self.token.to_string()), self.cert_pem.to_string())
+        self.controls.api(self.api_address.port())
     }
 
     /// Stops the light agent: cancels the stream from the upstream and both servers, then waits
@@ -109,10 +107,7 @@ impl RunningLight {
     ///
     /// Returns how many tasks were still running when it stopped waiting.
     pub async fn stop(self) -> Stopped {
-        self.cancel.cancel();
-        self.tasks.close();
-        let _ = tokio::time::timeout(Duration::from_secs(4), self.tasks.wait()).await;
-        Stopped { tasks_left: self.tasks.len() }
+        self.controls.stop(std::future::ready(()), || 0).await
     }
 }
 

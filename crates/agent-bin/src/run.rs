@@ -33,14 +33,12 @@ use crate::conn::{self, Limits, accept_loop};
 use crate::grpc::{AgentApi, BearerAuth, OriginReader};
 use crate::http::{Guard, HttpState};
 use crate::security;
+use crate::signals::Controls;
 pub use crate::signals::Stopped;
 
 /// How long the tagger waits for the container runtimes when asked about a container that no
 /// collector has reported yet.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long `stop` waits for the agent's tasks after cancelling them.
-const STOP_WAIT: Duration = Duration::from_secs(4);
 
 /// A full agent that has started: its store, its tagger and the addresses its servers listen
 /// on.
@@ -60,21 +58,15 @@ pub struct RunningAgent {
     /// The address of the CLI's TLS API: the gRPC address, whose listener serves both, or for a
     /// follower 127.0.0.1 at `api_port`.
     pub api_address: SocketAddr,
-    /// The bearer token clients must send, stored so that `api` can give it to the CLI.
-    token: Arc<str>,
-    /// The IPC certificate in PEM, as read at start, stored for `api` too.
-    cert_pem: Arc<str>,
-    /// Cancelled by `stop`: every server and stream of the agent ends when it is.
-    cancel: CancellationToken,
-    /// Every task the agent spawned, so that `stop` can wait for them.
-    tasks: TaskTracker,
+    /// The credentials `api` gives the CLI, and what `stop` cancels and waits for.
+    controls: Controls,
 }
 
 impl RunningAgent {
     /// Returns what the CLI needs to query this agent's TLS API: the port of `api_address`, the
     /// bearer token, and the IPC certificate to trust.
     pub fn api(&self) -> crate::cli::Api {
-        crate::cli::Api::tls(self.api_address.port(), Some(self.token.to_string()), self.cert_pem.to_string())
+        self.controls.api(self.api_address.port())
     }
 }
 
@@ -262,7 +254,8 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
         "agent started"
     );
     let cert_pem = Arc::from(cert.cert_pem.as_str());
-    Ok(RunningAgent { store, tagger, grpc_address, http_address, api_address, token, cert_pem, cancel, tasks })
+    let controls = Controls { token, cert_pem, cancel, tasks };
+    Ok(RunningAgent { store, tagger, grpc_address, http_address, api_address, controls })
 }
 
 /// What `serve_grpc` needs to serve `cmd_port`: the bound listener, the certificate, the token,
@@ -496,18 +489,7 @@ impl RunningAgent {
     /// collectors and its loop, after which the tagger's task ends too. Returns how many tasks,
     /// the agent's and the store's, were still running when it stopped waiting.
     pub async fn stop(self) -> Stopped {
-        self.cancel.cancel();
-        self.tasks.close();
-        let waited = tokio::time::timeout(STOP_WAIT, async {
-            self.store.shutdown().await;
-            self.tasks.wait().await;
-        })
-        .await;
-        let tasks_left = self.tasks.len() + self.store.running_tasks();
-        if waited.is_err() {
-            tracing::warn!(tasks_left, "some tasks did not end within {STOP_WAIT:?}");
-        }
-        Stopped { tasks_left }
+        self.controls.stop(self.store.shutdown(), || self.store.running_tasks()).await
     }
 }
 

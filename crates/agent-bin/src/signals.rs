@@ -49,3 +49,50 @@ pub async fn wait() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How long `stop` waits for an agent's tasks after cancelling them.
+pub(crate) const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Holds what both agent flavors need to hand the CLI its credentials and to stop.
+///
+/// The full agent and the light agent each keep one: the TLS API's token and certificate, which
+/// [`Controls::api`] gives the CLI, and the cancellation token and task tracker that
+/// [`Controls::stop`] fires and waits on.
+#[derive(Debug)]
+pub(crate) struct Controls {
+    /// The bearer token clients must send.
+    pub(crate) token: std::sync::Arc<str>,
+    /// The IPC certificate in PEM, as read at start.
+    pub(crate) cert_pem: std::sync::Arc<str>,
+    /// Cancelled by `stop`: every server and stream of the agent ends when it is.
+    pub(crate) cancel: wm_core::CancellationToken,
+    /// Every task the agent spawned, so that `stop` can wait for them.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
+}
+
+impl Controls {
+    /// Returns what the CLI needs to query the TLS API on `port`.
+    pub(crate) fn api(&self, port: u16) -> crate::cli::Api {
+        crate::cli::Api::tls(port, Some(self.token.to_string()), self.cert_pem.to_string())
+    }
+
+    /// Cancels every task, then waits at most [`STOP_WAIT`] for them and for `also` (the store's
+    /// own shutdown, for a full agent).
+    ///
+    /// Returns how many of the agent's tasks were still running, plus `others_left()` (read after
+    /// the wait), and logs a warning when that is not zero.
+    pub(crate) async fn stop(&self, also: impl Future<Output = ()>, others_left: impl FnOnce() -> usize) -> Stopped {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(STOP_WAIT, async {
+            also.await;
+            self.tasks.wait().await;
+        })
+        .await;
+        let tasks_left = self.tasks.len() + others_left();
+        if tasks_left > 0 {
+            tracing::warn!(tasks_left, "some tasks did not end within {STOP_WAIT:?}");
+        }
+        Stopped { tasks_left }
+    }
+}
