@@ -1,7 +1,8 @@
 //! The Python `tagger` module (crates/tagger-python) end to end: its wheel built with maturin and
 //! installed in the tooling's virtualenv, then pytest (`crates/tagger-python/tests`) against
 //! `agent run` on real dockerd and containerd with a container: `tag()` gives what
-//! `agent tagger-list` prints, `get_tags()` takes a bool or a cardinality, failures answer `[]`,
+//! `agent tagger-list` prints, a container started a moment before is tagged at once (fetched on
+//! the miss), `get_tags()` takes a bool or a cardinality, failures answer `[]`,
 //! a stopped agent `[]`, a restarted one tags again without re-importing.
 //!
 //! The virtualenv is `~/.cache/wm-pyenv` (maturin and pytest installed there on first use).
@@ -93,12 +94,14 @@ fn pytest_of_the_tagger_module_against_the_agent_on_real_daemons() {
                 .env("AGENT_BIN", env!("CARGO_BIN_EXE_agent"))
                 .env("AGENT_CONFIG", &config)
                 .env("CONTAINER_ID", &id)
+                .env("DOCKER_HOST", rt.docker_host())
+                .env("IMAGE", Runtimes::IMAGE)
                 .output()
                 .unwrap()
         });
         let report = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
         println!("{report}");
         assert!(run.status.success(), "pytest failed:\n{report}");
-        assert!(report.contains("5 passed"), "{report}");
+        assert!(report.contains("6 passed"), "{report}");
     });
 }

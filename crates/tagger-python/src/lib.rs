@@ -3,9 +3,13 @@
 //! high_card)`, `LOW`, `ORCHESTRATOR`, `HIGH`), plus `connect()` and `wait_ready()`.
 //!
 //! The module keeps a local copy of an agent's tags, a [`wm_ipc::replica::RemoteTagger`] that the
-//! agent's `TaggerStreamEntities` stream keeps current from a background thread, so a call is a
-//! local lookup, never a call to the agent. It follows the agent that `connect()` names or, when
-//! a check calls another function first, the agent of the config file (`$WM_AGENT_CONFIG`, else
+//! agent's `TaggerStreamEntities` stream keeps current from a background thread, so a call for an
+//! entity the copy has is a local lookup. A call for an entity the copy lacks (a container started
+//! a moment ago, whose event is still on its way) asks the agent once with `TaggerFetchEntity`,
+//! waiting at most 3 s; calls for the same entity that arrive meanwhile share that one request.
+//!
+//! The module follows the agent that `connect()` names or, when a check calls another function
+//! first, the agent of the config file (`$WM_AGENT_CONFIG`, else
 //! `/etc/wm-agent/agent.yaml`), where the variables `DD_CMD_HOST`, `DD_CMD_PORT`,
 //! `DD_AUTH_TOKEN_FILE_PATH` and `DD_IPC_CERT_FILE_PATH` override the file.
 //!
@@ -29,6 +33,7 @@ use serde::Deserialize;
 use wm_core::sync::MutexExt;
 use wm_core::{CancellationToken, TagCardinality};
 use wm_ipc::RemoteAgent;
+use wm_ipc::fetch::EntityFetcher;
 use wm_ipc::replica::RemoteTagger;
 
 /// The Python constant for low cardinality, with the value Datadog's Python `tagger` module
@@ -96,17 +101,22 @@ impl Target {
     }
 }
 
-/// A replica that follows one agent, with the tokio runtime whose single worker thread runs the
-/// follow task.
+/// A replica that follows one agent, the fetcher that asks the same agent about what the replica
+/// lacks, and the tokio runtime whose single worker thread runs the follow task and drives the
+/// fetches' connections.
 struct Follower {
     replica: Arc<RemoteTagger>,
+    fetcher: Arc<EntityFetcher>,
     cancel: CancellationToken,
-    _runtime: tokio::runtime::Runtime,
+    /// Shared with each fetch under way, so that a follower replaced during a fetch keeps its
+    /// runtime until the fetch ends: a fetch on a runtime that shut down would fail, and its
+    /// timer would panic.
+    runtime: Arc<tokio::runtime::Runtime>,
 }
 
 impl Drop for Follower {
     /// Cancels the follow task. The runtime is dropped with the other fields right after, which
-    /// stops its thread.
+    /// stops its thread, or, when a fetch is under way, once that fetch ends.
     fn drop(&mut self) {
         self.cancel.cancel();
     }
@@ -142,11 +152,13 @@ fn follow(target: &Target) -> Result<Arc<RemoteTagger>, String> {
         .thread_name("tagger-replica")
         .enable_all()
         .build()
+        .map(Arc::new)
         .map_err(|e| format!("cannot start the replica's thread: {e}"))?;
     let replica = RemoteTagger::new();
+    let fetcher = Arc::new(EntityFetcher::new(agent.clone()));
     let cancel = CancellationToken::new();
     runtime.spawn(replica.clone().follow_until(agent, cancel.clone()));
-    with_state(|state| state.follower = Some(Follower { replica: replica.clone(), cancel, _runtime: runtime }));
+    with_state(|state| state.follower = Some(Follower { replica: replica.clone(), fetcher, cancel, runtime }));
     Ok(replica)
 }
 
@@ -259,6 +271,27 @@ fn answer<'py>(
     list.get_slice(0, list.len())
 }
 
+/// Asks the followed agent for the tags of `entity`, which the replica lacks, and returns them as
+/// a new Python list; an empty one, logged, when the fetch fails.
+///
+/// The wait happens with the GIL released, so other Python threads run meanwhile. The answer is
+/// not cached: the stream brings the entity into the replica soon after, and from then on
+/// lookups are local.
+fn fetched<'py>(py: Python<'py>, entity: &str, cardinality: TagCardinality) -> Bound<'py, PyList> {
+    let Some((fetcher, runtime)) =
+        with_state(|state| state.follower.as_ref().map(|f| (f.fetcher.clone(), f.runtime.clone())))
+    else {
+        return PyList::empty(py);
+    };
+    match py.detach(|| runtime.block_on(fetcher.fetch(entity, cardinality))) {
+        Ok(tags) => PyList::new(py, tags).unwrap_or_else(|_| PyList::empty(py)),
+        Err(error) => {
+            log_once(py, "fetch", &format!("tag(): cannot fetch {entity} from the agent: {error}"));
+            PyList::empty(py)
+        }
+    }
+}
+
 /// Returns the tags of `entity` at `cardinality_value` (`LOW`, `ORCHESTRATOR` or `HIGH`), or an
 /// empty list on any failure.
 ///
@@ -271,9 +304,9 @@ pub fn lookup(py: Python<'_>, entity: &str, cardinality_value: i64) -> Vec<Strin
 /// Returns the tags of `entity` at `cardinality_value` as a Python list: the body of `tag()` and
 /// `get_tags()`, and of [`lookup`].
 ///
-/// Returns an empty list, and logs why, for an unknown cardinality, an id not of the
-/// `prefix://uid` form, an agent that cannot be followed, and while no stream from the agent is
-/// up.
+/// Fetches from the agent an entity the replica lacks (see [`fetched`]). Returns an empty list,
+/// and logs why, for an unknown cardinality, an id not of the `prefix://uid` form, an agent that
+/// cannot be followed, a failed fetch, and while no stream from the agent is up.
 fn lookup_list<'py>(py: Python<'py>, entity: &str, cardinality_value: i64) -> Bound<'py, PyList> {
     let empty = || PyList::empty(py);
     let Some(cardinality) = cardinality(cardinality_value) else {
@@ -296,6 +329,9 @@ fn lookup_list<'py>(py: Python<'py>, entity: &str, cardinality_value: i64) -> Bo
                 let why = replica.last_error().unwrap_or_else(|| "not connected yet".to_owned());
                 log_once(py, "agent", &format!("tag(): no agent to ask ({why})"));
                 return empty();
+            }
+            if !replica.contains(entity) {
+                return fetched(py, entity, cardinality);
             }
             answer(py, &replica, entity, cardinality)
         }

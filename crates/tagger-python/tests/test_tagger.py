@@ -1,12 +1,16 @@
 """The `tagger` module against `agent run` on real daemons (driven by agent-bin's
 tests/python_tagger.rs, which builds and installs the wheel and starts the daemons and a container).
 
-Environment: AGENT_BIN (the agent binary), AGENT_CONFIG (its config), CONTAINER_ID.
+Environment: AGENT_BIN (the agent binary), AGENT_CONFIG (its config), CONTAINER_ID, DOCKER_HOST
+(the test dockerd, for `docker run`) and IMAGE (an image it has).
 """
 
 import json
 import os
+import re
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -76,6 +80,107 @@ def test_get_tags_takes_a_bool_or_a_cardinality(running_agent):
     assert sorted(tagger.get_tags(CID, True)) == sorted(tagger.tag(CID, tagger.HIGH))
     assert sorted(tagger.get_tags(CID, False)) == sorted(tagger.tag(CID, tagger.LOW))
     assert sorted(tagger.get_tags(CID, tagger.ORCHESTRATOR)) == sorted(tagger.tag(CID, tagger.ORCHESTRATOR))
+
+
+class HoldingProxy:
+    """A TCP proxy in front of the agent's port that can hold back what the agent sends on the
+    connections open so far, while later connections pass freely.
+
+    Holding the replica's stream connection keeps every new event from the module, so a tag()
+    that still finds a new container can only have fetched it.
+    """
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.opened = 0
+        self.held = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self.lock:
+                number = self.opened
+                self.opened += 1
+            threading.Thread(target=self.pipe, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(upstream, client, number), daemon=True).start()
+
+    def pipe(self, source, sink, number):
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                for s in (source, sink):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
+            while number is not None and self.is_held(number):
+                time.sleep(0.01)
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def is_held(self, number):
+        with self.lock:
+            return number in self.held
+
+    def hold_open_connections(self):
+        with self.lock:
+            self.held = set(range(self.opened))
+            return len(self.held)
+
+    def release(self):
+        with self.lock:
+            self.held = set()
+
+    def close(self):
+        self.release()
+        self.listener.close()
+
+
+def test_a_container_started_a_moment_ago_is_tagged_at_once(running_agent):
+    # The module follows the agent through a proxy, which then holds back the stream: the
+    # replica cannot learn of the containers started below, so tag() finds their tags only by
+    # fetching them from the agent (which asks dockerd).
+    with open(CONFIG) as f:
+        text = f.read()
+    port = int(re.search(r"^cmd_port: (\d+)$", text, re.M).group(1))
+    proxy = HoldingProxy(port)
+    # Beside the agent's config, so that the default token and certificate paths are its own.
+    proxied = os.path.join(os.path.dirname(CONFIG), "proxied.yaml")
+    with open(proxied, "w") as f:
+        f.write(re.sub(r"^cmd_port: \d+$", f"cmd_port: {proxy.port}", text, flags=re.M))
+    try:
+        assert tagger.connect(config=proxied)
+        assert tagger.wait_ready(20.0)
+        assert eventually(lambda: tagger.tag(CID, tagger.HIGH)), "the replica through the proxy"
+        assert proxy.hold_open_connections() == 1, "one connection: the replica's stream"
+        for n in range(3):
+            started = subprocess.run(
+                ["docker", "run", "-d", "--network", "none", "--label", f"team=fresh{n}", os.environ["IMAGE"], "sleep", "300"],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert started.returncode == 0, started.stderr
+            cid = "container_id://" + started.stdout.strip()
+            assert f"team:fresh{n}" in tagger.tag(cid, tagger.HIGH), f"container {n}"
+            assert f"team:fresh{n}" in tagger.tag(cid, tagger.LOW)
+        assert proxy.opened == 2, "the fetches shared one connection of their own"
+    finally:
+        proxy.close()
+        assert tagger.connect(config=CONFIG)
+        assert tagger.wait_ready(20.0)
 
 
 def test_failures_answer_an_empty_list_never_an_exception(running_agent):

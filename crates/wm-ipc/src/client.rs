@@ -15,7 +15,7 @@ use tonic::{Request, Status};
 use crate::MAX_MESSAGE_SIZE;
 use crate::proto::api::v1::agent_secure_client::AgentSecureClient;
 
-/// An error reading an agent's token or certificate file, or connecting to the agent.
+/// An error reading an agent's token or certificate file, connecting to the agent, or calling it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IpcError {
@@ -50,6 +50,31 @@ pub enum IpcError {
         /// The transport error.
         source: tonic::transport::Error,
     },
+    /// A call to the agent failed: the agent refused it or answered with an error status.
+    #[error("the agent at {address} refused the call: {source}")]
+    Call {
+        /// The agent's address, `host:port`.
+        address: String,
+        /// The status the call ended with (boxed: a status is large).
+        source: Box<tonic::Status>,
+    },
+    /// No answer came in time.
+    #[error("the agent at {address} did not answer within {after:?}")]
+    TimedOut {
+        /// The agent's address, `host:port`.
+        address: String,
+        /// How long the client waited.
+        after: Duration,
+    },
+    /// Too many different requests were under way at once; this one was not made.
+    #[error("{limit} requests to the agent are under way already")]
+    Busy {
+        /// The most requests allowed under way at once.
+        limit: usize,
+    },
+    /// The entity id given is not of the `prefix://uid` form.
+    #[error("{0:?} is not an entity id (prefix://uid)")]
+    NotAnEntity(String),
 }
 
 /// A certificate and its private key, each as one PEM block.

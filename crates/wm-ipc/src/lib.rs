@@ -11,17 +11,21 @@
 //! - [`convert`]: converts the store's entities to workloadmeta wire messages and back;
 //! - [`client`]: connects a client to an agent, given its address, auth token and IPC certificate;
 //! - [`replica`]: [`replica::RemoteTagger`], a local copy of an agent's tags that its tagger stream
-//!   keeps current.
+//!   keeps current;
+//! - [`fetch`]: [`fetch::EntityFetcher`], which asks an agent for one entity that the replica does
+//!   not have yet (a container started a moment ago).
 //!
 //! Words used in this crate's docs: the *upstream* is the agent a client follows; a *replica* is
 //! a local copy of the upstream's tags.
 //!
-//! This crate serves nothing, and the replica is the only state it holds.
+//! This crate serves nothing; the replica and the fetcher's table of fetches under way are the
+//! only state it holds.
 
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod convert;
+pub mod fetch;
 pub mod proto;
 pub mod replica;
 

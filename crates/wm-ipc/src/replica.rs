@@ -167,6 +167,15 @@ impl RemoteTagger {
         tags.levels()[..levels].iter().flat_map(|l| l.iter()).map(IStr::to_string).collect()
     }
 
+    /// Tells whether the replica has `entity` (an id in the `prefix://uid` form), with or
+    /// without tags.
+    ///
+    /// An empty answer from [`RemoteTagger::tag`] means either; a client that fetches on a miss
+    /// asks this to fetch only the entities the upstream has not streamed yet.
+    pub fn contains(&self, entity: &str) -> bool {
+        self.replica.reading().entities.contains_key(entity)
+    }
+
     /// Returns the ids of the entities in the replica, sorted.
     pub fn entities(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.replica.reading().entities.keys().map(|k| k.to_string()).collect();
