@@ -22,6 +22,7 @@
 
 use std::path::Path;
 
+pub mod agents;
 pub mod backend;
 pub mod cli;
 pub mod collectors;
@@ -61,6 +62,9 @@ pub fn load_config(
     // Building every collector makes each one read and check its part of the config. What they
     // build is dropped at once: building does no I/O, and `agent run` builds them again to start.
     collectors::build_all(&config)?;
+    // The keys of the other agents' taggers are read here too, so that a wrong value is refused
+    // before anything starts and `agent config` lists them.
+    config.section::<agents::RemoteTaggerConfig>()?;
     config.note_unknown_keys();
     Ok(config)
 }

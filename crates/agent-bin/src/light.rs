@@ -1,4 +1,5 @@
-//! The light agent, which `agent run` starts in a `flavor-light` build.
+//! The light agent, which `agent run` starts in a `flavor-light` build, and in any build with
+//! `--for <agent>` when that agent's tagger is remote (see [`crate::agents::plan`]).
 //!
 //! It runs no collector and has no store of its own. It keeps a copy of the tags of its
 //! upstream, the agent at `cmd_host:cmd_port`, which it reaches with that agent's token and

@@ -24,7 +24,13 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the agent until SIGTERM or SIGINT.
-    Run,
+    Run {
+        /// Runs as the tag source of one of Datadog's other agents (apm, logs, process, security,
+        /// runtime-security): the light agent when that agent's `<section>.remote_tagger` is true
+        /// (the default), the full agent when it is false.
+        #[arg(long = "for", value_name = "AGENT")]
+        for_agent: Option<agent_bin::agents::Agent>,
+    },
     /// Prints the entities the running agent stores.
     WorkloadList {
         /// Also prints each source's version of an entity, and labels, annotations and env vars.
@@ -105,7 +111,7 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
     let probes = cli::Api::from(config.ipc.health_port.get());
     match command {
         // `main` runs the agent itself and never sends `run` here.
-        Command::Run => Ok(ExitCode::SUCCESS),
+        Command::Run { .. } => Ok(ExitCode::SUCCESS),
         Command::WorkloadList { verbose, json } => {
             let list: WorkloadList =
                 cli::fetch(port.clone(), &format!("/agent/workload-list?verbose={verbose}")).await?;
@@ -177,18 +183,27 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
-        Command::Run => {
+        Command::Run { for_agent } => {
             init_logging(&config);
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            // A `flavor-light` build runs the light agent, which keeps a copy of its upstream's
-            // tags instead of running collectors of its own.
+            // The light agent keeps a copy of its upstream's tags instead of running collectors of
+            // its own: a `flavor-light` build runs it, and so does `--for` an agent whose tagger
+            // is remote.
+            use agent_bin::agents::{Plan, plan};
+            let plan = match plan(&config, for_agent, cfg!(feature = "flavor-light")) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    // A config the agent cannot run with: exit 2, as for any refused config.
+                    eprintln!("agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let run = async {
-                if cfg!(feature = "flavor-light") {
-                    agent_bin::light::run(&config).await
-                } else {
-                    agent_bin::run::run(&config).await
+                match plan {
+                    Plan::Light => agent_bin::light::run(&config).await,
+                    Plan::Full => agent_bin::run::run(&config).await,
                 }
             };
             match runtime.block_on(run) {

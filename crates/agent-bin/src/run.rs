@@ -189,25 +189,7 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
     let http_address = http_listener.local_addr()?;
     let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
 
-    let mut store_config = wm_store::StoreConfig::default();
-    store_config.redetect_interval = config.collectors.collector_redetect_interval.duration();
-    store_config.env = config.env_filter();
-    let mut builder = Store::builder().config(store_config);
-    for collector in collectors {
-        builder = builder.collector(collector);
-    }
-    let store = builder.build();
-    let mut tagger = Tagger::new(config.tagger.clone());
-    if let Some(fetchers) = collectors::fetchers(config)? {
-        tagger = tagger.with_fetcher(Arc::new(fetchers), FETCH_TIMEOUT);
-    }
-    let tagger = Arc::new(tagger);
-    let tagger_task = tagger.spawn(&store);
-    tasks.spawn(async move {
-        // The tagger's task ends when the store's event stream ends, at shutdown. Tracking it
-        // lets `stop` wait for it.
-        let _ = tagger_task.await;
-    });
+    let (store, tagger) = local_core(config, collectors, &tasks)?;
     store.start();
 
     let cert = security::load_or_create_cert(&config.ipc_cert_path())?;
@@ -256,6 +238,39 @@ pub async fn start_with(config: &AgentConfig, collectors: Vec<Collector>) -> any
     let cert_pem = Arc::from(cert.cert_pem.as_str());
     let controls = Controls { token, cert_pem, cancel, tasks };
     Ok(RunningAgent { store, tagger, grpc_address, http_address, api_address, controls })
+}
+
+/// Builds the store with `collectors` and the tagger it feeds, as `config` sets them up, and
+/// spawns the tagger's task into `tasks`. The store is not started: call `Store::start`.
+///
+/// # Errors
+///
+/// Returns an error when the config of a runtime's fetcher (for fetch on a miss) is refused.
+pub(crate) fn local_core(
+    config: &AgentConfig,
+    collectors: Vec<Collector>,
+    tasks: &TaskTracker,
+) -> anyhow::Result<(Store, Arc<Tagger>)> {
+    let mut store_config = wm_store::StoreConfig::default();
+    store_config.redetect_interval = config.collectors.collector_redetect_interval.duration();
+    store_config.env = config.env_filter();
+    let mut builder = Store::builder().config(store_config);
+    for collector in collectors {
+        builder = builder.collector(collector);
+    }
+    let store = builder.build();
+    let mut tagger = Tagger::new(config.tagger.clone());
+    if let Some(fetchers) = collectors::fetchers(config)? {
+        tagger = tagger.with_fetcher(Arc::new(fetchers), FETCH_TIMEOUT);
+    }
+    let tagger = Arc::new(tagger);
+    let tagger_task = tagger.spawn(&store);
+    tasks.spawn(async move {
+        // The tagger's task ends when the store's event stream ends, at shutdown. Tracking it
+        // lets a stop wait for it.
+        let _ = tagger_task.await;
+    });
+    Ok((store, tagger))
 }
 
 /// What `serve_grpc` needs to serve `cmd_port`: the bound listener, the certificate, the token,

@@ -423,3 +423,53 @@ async fn a_light_agent_is_not_ready_while_its_upstream_is_gone_and_follows_a_new
     upstream.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_agent_gets_the_tagger_its_remote_tagger_key_asks_for() {
+    use agent_bin::agents::{Agent, AgentTagger, tagger_for};
+    let dir = temp_dir("agents");
+    let (grpc, http) = (free_port(), free_port());
+    let config = agent_config(&dir, grpc, http);
+    let agent = start(&config).await;
+    set(&agent, vec![container("a", "core")]).await;
+
+    // Every key defaults to true: a remote tagger client of the agent at cmd_host:cmd_port.
+    for who in Agent::ALL {
+        let client = tagger_for(&config, who).await.unwrap();
+        assert!(client.is_remote(), "{who}");
+        eventually("the client's copy", || {
+            client.tag("container_id://a", TagCardinality::Low).contains(&"team:core".to_owned())
+        })
+        .await;
+        client.stop().await;
+    }
+
+    // False: a tagger of the agent's own, with a store of its own. No collector reaches a
+    // daemon here (all excluded), so the test feeds that store; the core agent knows nothing of
+    // what it holds.
+    let own = dir.join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    let yaml = format!(
+        "cmd_port: {grpc}\nhealth_port: {http}\ncontainer_labels_as_tags:\n  team: team\napm_config:\n  remote_tagger: false\nautoconfig_exclude_features: [docker, containerd, podman, kubernetes, ecs, cloudfoundry, remote]\nauth_token_file_path: {}\n",
+        config.auth_token_path().display()
+    );
+    std::fs::write(own.join("agent.yaml"), yaml).unwrap();
+    let local_config = agent_bin::load_config(Some(&own.join("agent.yaml")), Vec::new()).unwrap();
+    let apm = tagger_for(&local_config, Agent::Apm).await.unwrap();
+    let AgentTagger::Local(local) = &apm else { panic!("apm_config.remote_tagger: false gave a remote tagger") };
+    local.store.notify(vec![CollectorEvent::set(Source::Runtime, container("z", "own"))]).await;
+    eventually("the local tagger", || {
+        apm.tag("container_id://z", TagCardinality::Low).contains(&"team:own".to_owned())
+    })
+    .await;
+    assert!(apm.tag("container_id://a", TagCardinality::Low).is_empty(), "a local tagger asks no other agent");
+    assert!(agent.tagger.tag("container_id://z", TagCardinality::Low).is_empty());
+    // The other agents of the same config stay remote.
+    let process = tagger_for(&local_config, Agent::Process).await.unwrap();
+    assert!(process.is_remote());
+    process.stop().await;
+    apm.stop().await;
+
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
