@@ -533,6 +533,7 @@ mod tests {
             "docker",
             "containerd",
             "podman",
+            "process",
             "kube",
             "kube-metadata",
             "ecs",

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use wm_core::{Container, EcsTask, Entity, KubernetesMetadata, KubernetesPod, StrMap, Timestamp};
+use wm_core::{Container, EcsTask, Entity, KubernetesMetadata, KubernetesPod, Process, StrMap, Timestamp};
 
 use crate::report::{HealthReport, StatusReport, TaggerList, WorkloadEntry, WorkloadList};
 
@@ -341,6 +341,24 @@ fn metadata_body(out: &mut String, m: &KubernetesMetadata, verbose: bool) {
     }
 }
 
+/// Writes a process: its pids, command name, container and language; its command line (kept
+/// only when `process_config.keep_cmdline` is set) only when `verbose`.
+fn process_body(out: &mut String, p: &Process, verbose: bool) {
+    let _ = writeln!(out, "----------- Entity ID -----------");
+    kv(out, "Kind", format!("process ID: {}", p.id));
+    let _ = writeln!(out, "----------- Process -----------");
+    kv(out, "PID", p.pid.to_string());
+    kv(out, "Namespace PID", p.ns_pid.to_string());
+    kv(out, "Parent PID", p.ppid.to_string());
+    kv(out, "Name", &p.name);
+    kv(out, "Container ID", &p.container_id);
+    kv(out, "Language", p.language.map_or("", |l| l.as_str()));
+    kv(out, "Creation time", p.creation_time.map(|t| t.to_string()).unwrap_or_default());
+    if verbose && !p.cmdline.is_empty() {
+        kv(out, "Command line", p.cmdline.join(" "));
+    }
+}
+
 /// Writes an entity's fields, whatever its kind.
 fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
     match entity {
@@ -348,6 +366,7 @@ fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
         Entity::KubernetesPod(p) => pod_body(out, p, verbose),
         Entity::EcsTask(t) => task_body(out, t, verbose),
         Entity::KubernetesMetadata(m) => metadata_body(out, m, verbose),
+        Entity::Process(p) => process_body(out, p, verbose),
     }
 }
 

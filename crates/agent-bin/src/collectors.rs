@@ -76,6 +76,14 @@ pub const COLLECTORS: &[CollectorEntry] = &[
         build: podman,
         fetcher: Some(podman_fetcher),
     },
+    #[cfg(feature = "process")]
+    CollectorEntry {
+        name: wm_collector_process::NAME,
+        catalog: Catalog::Node,
+        feature: "process",
+        build: process,
+        fetcher: None,
+    },
     #[cfg(feature = "kube")]
     CollectorEntry {
         name: wm_collector_kube::NAME,
@@ -146,6 +154,14 @@ fn containerd(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
 fn podman(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let podman: wm_collector_podman::PodmanConfig = config.section()?;
     Ok(Some(wm_collector_podman::PodmanCollector::new(podman).into_collector()))
+}
+
+/// Builds the process collector when `process_config.process_collection.enabled` or
+/// `language_detection.enabled` is set.
+#[cfg(feature = "process")]
+fn process(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let process: wm_collector_process::ProcessConfig = config.section()?;
+    Ok(process.enabled().then(|| wm_collector_process::ProcessCollector::new(process).into_collector()))
 }
 
 #[cfg(feature = "kube")]

@@ -240,8 +240,8 @@ impl Default for IpcConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorsConfig {
     /// `autoconfig_exclude_features` (Datadog's key): the collectors not to run, by feature name
-    /// (`docker`, `containerd`, `podman`, `kubernetes`, `ecs`, `cloudfoundry`, `remote`), ignoring
-    /// case. An excluded collector is not started, so it does not hold readiness back, and the
+    /// (`docker`, `containerd`, `podman`, `process`, `kubernetes`, `ecs`, `cloudfoundry`,
+    /// `remote`), ignoring case. An excluded collector is not started, so it does not hold readiness back, and the
     /// tagger does not ask its runtime about unknown containers.
     pub autoconfig_exclude_features: Vec<String>,
     /// `collector_redetect_interval` (ours, in seconds, default 30): how often a collector whose

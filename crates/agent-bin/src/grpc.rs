@@ -308,7 +308,8 @@ impl Oversized {
 }
 
 /// Returns a copy of `entity` without what can make it huge: labels, annotations and env vars,
-/// a pod's namespace labels and annotations, and an ECS task's tags and container instance tags.
+/// a pod's namespace labels and annotations, an ECS task's tags and container instance tags, and
+/// a process's command line.
 fn trimmed(entity: &Entity) -> Entity {
     match entity {
         Entity::Container(c) => {
@@ -336,6 +337,11 @@ fn trimmed(entity: &Entity) -> Entity {
             m.labels = Default::default();
             m.annotations = Default::default();
             Entity::from(m)
+        }
+        Entity::Process(p) => {
+            let mut p = (**p).clone();
+            p.cmdline = Default::default();
+            Entity::from(p)
         }
     }
 }
@@ -806,7 +812,14 @@ mod tests {
         assert_eq!(f.source(), Some(Source::Runtime));
         assert!(workloadmeta_filter(wmpb::WorkloadmetaFilter { kinds: vec![42], ..Default::default() }).is_err());
         let process_only = workloadmeta_filter(wmpb::WorkloadmetaFilter { kinds: vec![3], ..Default::default() });
-        assert!(Kind::ALL.iter().all(|k| !process_only.as_ref().unwrap().passes_kind(*k)));
+        assert!(Kind::ALL.iter().all(|k| process_only.as_ref().unwrap().passes_kind(*k) == (*k == Kind::Process)));
+        // Datadog's other agents ask for exactly these five kinds; images (5) are not stored yet.
+        let datadogs =
+            workloadmeta_filter(wmpb::WorkloadmetaFilter { kinds: vec![0, 1, 2, 3, 5], ..Default::default() });
+        let datadogs = datadogs.unwrap();
+        for k in [Kind::Container, Kind::KubernetesPod, Kind::EcsTask, Kind::Process] {
+            assert!(datadogs.passes_kind(k), "{k}");
+        }
         let everything = workloadmeta_filter(wmpb::WorkloadmetaFilter::default()).unwrap();
         assert!(everything.passes_kind(Kind::EcsTask) && !everything.passes_kind(Kind::KubernetesMetadata));
         assert!(workloadmeta_filter(wmpb::WorkloadmetaFilter { source: 9, ..Default::default() }).is_err());

@@ -10,8 +10,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use support::{agent_config, container, eventually, free_port, set, start, temp_dir};
 use tagger::TagCardinality;
@@ -69,22 +68,6 @@ fn python() -> Result<PathBuf, String> {
     support::python_venv("grpc, grpc_tools", &["grpcio", "grpcio-tools"])
 }
 
-fn generate_stubs(python: &Path, out: &Path) {
-    std::fs::create_dir_all(out).unwrap();
-    // Our .proto files live with the wire format, in wm-ipc.
-    let proto = test_support::testdata::workspace_root().join("crates/wm-ipc/proto");
-    let status = Command::new(python)
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", proto.display()))
-        .arg(format!("--python_out={}", out.display()))
-        .arg(format!("--grpc_python_out={}", out.display()))
-        .args(["datadog/api/v1/api.proto", "datadog/model/v1/model.proto", "datadog/workloadmeta/workloadmeta.proto"])
-        .current_dir(&proto)
-        .status()
-        .unwrap();
-    assert!(status.success(), "grpc_tools.protoc failed on our .proto files");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pythons_grpcio_streams_fetches_and_is_refused_without_the_token() {
     let python = match tokio::task::spawn_blocking(python).await.unwrap() {
@@ -99,7 +82,7 @@ async fn pythons_grpcio_streams_fetches_and_is_refused_without_the_token() {
     };
     let dir = temp_dir("python");
     let stubs = dir.join("stubs");
-    generate_stubs(&python, &stubs);
+    support::generate_stubs(&python, &stubs);
 
     let (grpc, http) = (free_port(), free_port());
     let config = agent_config(&dir, grpc, http);

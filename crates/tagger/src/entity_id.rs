@@ -17,17 +17,20 @@ pub(crate) enum TagPrefix {
     EcsTask,
     /// `kubernetes_metadata://`
     KubernetesMetadata,
+    /// `process://` (upstream's prefix; no process has tags here yet)
+    Process,
     /// Any other id (`internal://global-entity-id`), kept whole.
     Other,
 }
 
 impl TagPrefix {
     /// Every prefix, in the order of [`TagPrefix::index`].
-    pub(crate) const ALL: [TagPrefix; 5] = [
+    pub(crate) const ALL: [TagPrefix; 6] = [
         TagPrefix::Container,
         TagPrefix::KubernetesPod,
         TagPrefix::EcsTask,
         TagPrefix::KubernetesMetadata,
+        TagPrefix::Process,
         TagPrefix::Other,
     ];
 
@@ -38,6 +41,7 @@ impl TagPrefix {
             TagPrefix::KubernetesPod => "kubernetes_pod_uid",
             TagPrefix::EcsTask => "ecs_task",
             TagPrefix::KubernetesMetadata => "kubernetes_metadata",
+            TagPrefix::Process => "process",
             TagPrefix::Other => "",
         }
     }
@@ -49,6 +53,7 @@ impl TagPrefix {
             TagPrefix::KubernetesPod => "kubernetes_pod_uid://",
             TagPrefix::EcsTask => "ecs_task://",
             TagPrefix::KubernetesMetadata => "kubernetes_metadata://",
+            TagPrefix::Process => "process://",
             TagPrefix::Other => "",
         }
     }
@@ -60,6 +65,7 @@ impl TagPrefix {
             Kind::KubernetesPod => TagPrefix::KubernetesPod,
             Kind::EcsTask => TagPrefix::EcsTask,
             Kind::KubernetesMetadata => TagPrefix::KubernetesMetadata,
+            Kind::Process => TagPrefix::Process,
         }
     }
 

@@ -208,6 +208,8 @@ impl Tagger {
                 self.delete_with_children(TagSource::KubernetesMetadata, id);
             }
             (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, id),
+            // Not subscribed to (see `spawn`); a process has no tags.
+            (Entity::Process(_), _) => {}
         }
     }
 
@@ -289,6 +291,8 @@ impl Tagger {
                 Entity::EcsTask(_) => TagSource::EcsTask,
                 Entity::KubernetesMetadata(_) => TagSource::KubernetesMetadata,
                 Entity::KubernetesPod(_) => TagSource::KubernetesPod,
+                // Not subscribed to; a process has no tags.
+                Entity::Process(_) => continue,
             };
             if source != TagSource::Container {
                 for child in children.get(&key).into_iter().flat_map(|c| c.iter()) {
@@ -317,7 +321,13 @@ impl Tagger {
     pub fn spawn(self: &Arc<Self>, store: &Store) -> tokio::task::JoinHandle<()> {
         let tagger = self.clone();
         let store = store.clone();
-        let subscribe = |store: &Store| store.subscribe("tagger", SubscriberPriority::Tagger, Filter::all());
+        // Processes have no tags of their own (upstream tags one only from its APM service
+        // metadata, which we do not collect), and a node has thousands: the tagger does not
+        // take them at all.
+        let subscribe = |store: &Store| {
+            let kinds = wm_core::Kind::ALL.into_iter().filter(|k| *k != wm_core::Kind::Process);
+            store.subscribe("tagger", SubscriberPriority::Tagger, Filter::only_kinds(kinds))
+        };
         let mut next_sub = Some(subscribe(&store));
         tokio::spawn(async move {
             let mut prune = tokio::time::interval(PRUNE_EVERY);

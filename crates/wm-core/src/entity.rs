@@ -25,11 +25,14 @@ pub enum Kind {
     KubernetesMetadata,
     /// A Kubernetes pod.
     KubernetesPod,
+    /// A process of the host.
+    Process,
 }
 
 impl Kind {
     /// Every kind, in order.
-    pub const ALL: [Kind; 4] = [Kind::Container, Kind::EcsTask, Kind::KubernetesMetadata, Kind::KubernetesPod];
+    pub const ALL: [Kind; 5] =
+        [Kind::Container, Kind::EcsTask, Kind::KubernetesMetadata, Kind::KubernetesPod, Kind::Process];
 
     /// How many kinds there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -46,6 +49,7 @@ impl Kind {
             Kind::EcsTask => "ecs_task",
             Kind::KubernetesMetadata => "kubernetes_metadata",
             Kind::KubernetesPod => "kubernetes_pod",
+            Kind::Process => "process",
         }
     }
 
@@ -852,6 +856,96 @@ pub struct EcsTask {
     pub container_instance_tags: StrMap,
 }
 
+/// The language a process runs, as the Datadog Agent's language detection names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    /// Java (a `java` executable).
+    Java,
+    /// Python (`python`, `python3`, `python3.12` …).
+    Python,
+    /// Node.js (`node`, `nodejs`).
+    Node,
+    /// Ruby (`ruby`, `rails`).
+    Ruby,
+    /// .NET (`dotnet`, or a program that loads the .NET runtime).
+    Dotnet,
+    /// Go (a binary that carries Go's build information).
+    Go,
+    /// PHP (`php`, `php-fpm` …).
+    Php,
+}
+
+impl Language {
+    /// Every language, in order.
+    pub const ALL: [Language; 7] = [
+        Language::Java,
+        Language::Python,
+        Language::Node,
+        Language::Ruby,
+        Language::Dotnet,
+        Language::Go,
+        Language::Php,
+    ];
+
+    /// Returns the name Datadog uses on the wire and in tags (`python`, `dotnet` …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Language::Java => "java",
+            Language::Python => "python",
+            Language::Node => "node",
+            Language::Ruby => "ruby",
+            Language::Dotnet => "dotnet",
+            Language::Go => "go",
+            Language::Php => "php",
+        }
+    }
+
+    /// Returns the language whose [`Language::as_str`] name is `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == name)
+    }
+}
+
+/// A process of the host, as the process collector reads it from `/proc`.
+///
+/// Its id is its pid as decimal text. A pid is reused once a process exits, so the collector
+/// tells two processes of one pid apart by their creation time, and sends the new one as a
+/// new version of the entity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Process {
+    /// Its pid as decimal text, in the pid namespace the agent reads (the host's, when the agent
+    /// runs with the host's `/proc`).
+    pub id: Id,
+    /// Its pid, as a number.
+    #[serde(skip_serializing_if = "is_default")]
+    pub pid: i32,
+    /// Its pid in its own, innermost pid namespace (its pid inside a container); equal to `pid`
+    /// for a process of the host's namespace.
+    #[serde(skip_serializing_if = "is_default")]
+    pub ns_pid: i32,
+    /// Its parent's pid.
+    #[serde(skip_serializing_if = "is_default")]
+    pub ppid: i32,
+    /// Its command name (`comm`, at most 15 bytes).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: IStr,
+    /// When it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<Timestamp>,
+    /// The id of the container it runs in; empty for a process of the host.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub container_id: IStr,
+    /// The language it runs, when one was detected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<Language>,
+    /// Its command line, with secrets scrubbed; empty unless the collector is configured to
+    /// keep command lines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cmdline: Vec<String>,
+}
+
 /// Any entity, behind an `Arc` so that events, snapshots and getters share one copy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -864,6 +958,8 @@ pub enum Entity {
     KubernetesMetadata(Arc<KubernetesMetadata>),
     /// A Kubernetes pod.
     KubernetesPod(Arc<KubernetesPod>),
+    /// A process of the host.
+    Process(Arc<Process>),
 }
 
 impl Entity {
@@ -874,6 +970,7 @@ impl Entity {
             Entity::EcsTask(_) => Kind::EcsTask,
             Entity::KubernetesMetadata(_) => Kind::KubernetesMetadata,
             Entity::KubernetesPod(_) => Kind::KubernetesPod,
+            Entity::Process(_) => Kind::Process,
         }
     }
 
@@ -884,6 +981,7 @@ impl Entity {
             Entity::EcsTask(t) => &t.id,
             Entity::KubernetesMetadata(m) => &m.id,
             Entity::KubernetesPod(p) => &p.id,
+            Entity::Process(p) => &p.id,
         }
     }
 
@@ -904,6 +1002,7 @@ impl Entity {
             Kind::KubernetesPod => {
                 Entity::KubernetesPod(Arc::new(KubernetesPod { id: key, ..KubernetesPod::default() }))
             }
+            Kind::Process => Entity::Process(Arc::new(Process { id: key, ..Process::default() })),
         }
     }
 
@@ -932,6 +1031,14 @@ impl Entity {
     pub fn as_kubernetes_metadata(&self) -> Option<&Arc<KubernetesMetadata>> {
         match self {
             Entity::KubernetesMetadata(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Returns the process, if it is one.
+    pub fn as_process(&self) -> Option<&Arc<Process>> {
+        match self {
+            Entity::Process(p) => Some(p),
             _ => None,
         }
     }
@@ -985,6 +1092,11 @@ impl Entity {
                     adopt(&mut p.id, id);
                 }
             }
+            Entity::Process(p) => {
+                if let Some(p) = Arc::get_mut(p) {
+                    adopt(&mut p.id, id);
+                }
+            }
         }
     }
 
@@ -1001,6 +1113,7 @@ impl Entity {
             (Entity::EcsTask(a), Entity::EcsTask(b)) => Arc::ptr_eq(a, b),
             (Entity::KubernetesMetadata(a), Entity::KubernetesMetadata(b)) => Arc::ptr_eq(a, b),
             (Entity::KubernetesPod(a), Entity::KubernetesPod(b)) => Arc::ptr_eq(a, b),
+            (Entity::Process(a), Entity::Process(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -1027,6 +1140,12 @@ impl From<KubernetesMetadata> for Entity {
 impl From<EcsTask> for Entity {
     fn from(t: EcsTask) -> Self {
         Entity::EcsTask(Arc::new(t))
+    }
+}
+
+impl From<Process> for Entity {
+    fn from(p: Process) -> Self {
+        Entity::Process(Arc::new(p))
     }
 }
 

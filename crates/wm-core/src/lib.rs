@@ -9,6 +9,7 @@
 
 mod cancel;
 mod cardinality;
+pub mod cgroup;
 mod collector;
 pub mod config;
 mod entity;
@@ -36,8 +37,8 @@ pub use entity::{
     Container, ContainerDetails, ContainerHealth, ContainerPort, ContainerResources, ContainerRuntimeDetails,
     ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter, ExitCode, KEPT_ENV_VARS,
     KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind, KubernetesMetadata, KubernetesPod,
-    LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodDetails, PodOwner, PodRuntimeDetails, ResourceSpec,
-    Runtime, Source,
+    Language, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodDetails, PodOwner, PodRuntimeDetails,
+    Process, ResourceSpec, Runtime, Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use file::FileStamp;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::entity::{
     Container, ContainerPort, ContainerResources, ContainerRuntimeDetails, EcsTask, Entity, KubernetesMetadata,
-    KubernetesPod, OrchestratorContainer, PodOwner, PodRuntimeDetails, Source,
+    KubernetesPod, OrchestratorContainer, PodOwner, PodRuntimeDetails, Process, Source,
 };
 
 fn fill<T: Default + PartialEq + Clone>(high: &mut T, low: &T) {
@@ -189,6 +189,17 @@ fn fill_metadata(high: &mut KubernetesMetadata, low: &KubernetesMetadata) {
     high.annotations.union_from(&low.annotations);
 }
 
+fn fill_process(high: &mut Process, low: &Process) {
+    fill(&mut high.pid, &low.pid);
+    fill(&mut high.ns_pid, &low.ns_pid);
+    fill(&mut high.ppid, &low.ppid);
+    fill(&mut high.name, &low.name);
+    fill(&mut high.creation_time, &low.creation_time);
+    fill(&mut high.container_id, &low.container_id);
+    fill(&mut high.language, &low.language);
+    fill(&mut high.cmdline, &low.cmdline);
+}
+
 /// Fills each empty field of `high` with `low`'s value, and adds to its maps and lists what only
 /// `low` has.
 ///
@@ -199,6 +210,7 @@ pub fn fill_from(high: &mut Entity, low: &Entity) {
         (Entity::KubernetesPod(h), Entity::KubernetesPod(l)) => fill_pod(Arc::make_mut(h), l),
         (Entity::EcsTask(h), Entity::EcsTask(l)) => fill_task(Arc::make_mut(h), l),
         (Entity::KubernetesMetadata(h), Entity::KubernetesMetadata(l)) => fill_metadata(Arc::make_mut(h), l),
+        (Entity::Process(h), Entity::Process(l)) => fill_process(Arc::make_mut(h), l),
         _ => {}
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The agent's gRPC server converts entities to messages for its `WorkloadmetaStreamEntities`
 //! stream; the remote-workloadmeta collector converts the messages it receives back to entities.
-//! Only containers, Kubernetes pods and ECS tasks travel ([`WIRE_KINDS`]). A few fields have no
+//! Only containers, Kubernetes pods, ECS tasks and processes travel ([`WIRE_KINDS`]). A few fields have no
 //! place in the messages and are lost on the way; each conversion's doc names them. Times travel
 //! as whole Unix seconds, with 0 for none.
 
@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use wm_core::{
     Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus,
-    EcsTask, Entity, EntityId, ImageRef, Kind, KubernetesPod, LaunchType, OrchestratorContainer, PodDetails, PodOwner,
-    ResourceSpec, Runtime, StrMap, Timestamp,
+    EcsTask, Entity, EntityId, IStr, ImageRef, Kind, KubernetesPod, Language, LaunchType, OrchestratorContainer,
+    PodDetails, PodOwner, Process, ResourceSpec, Runtime, StrMap, Timestamp,
 };
 
 use crate::proto::workloadmeta as pb;
@@ -28,7 +28,7 @@ fn strmap(m: &HashMap<String, String>) -> StrMap {
 
 /// The store kinds the wire carries: every kind but Kubernetes metadata, for which Datadog's
 /// `WorkloadmetaKind` has no value.
-pub const WIRE_KINDS: [Kind; 3] = [Kind::Container, Kind::KubernetesPod, Kind::EcsTask];
+pub const WIRE_KINDS: [Kind; 4] = [Kind::Container, Kind::KubernetesPod, Kind::EcsTask, Kind::Process];
 
 /// Returns the wire kind of a store kind, or `None` for Kubernetes metadata, which the wire does
 /// not carry.
@@ -37,17 +37,19 @@ pub fn kind(k: Kind) -> Option<pb::WorkloadmetaKind> {
         Kind::Container => Some(pb::WorkloadmetaKind::Container),
         Kind::KubernetesPod => Some(pb::WorkloadmetaKind::KubernetesPod),
         Kind::EcsTask => Some(pb::WorkloadmetaKind::EcsTask),
+        Kind::Process => Some(pb::WorkloadmetaKind::Process),
         Kind::KubernetesMetadata => None,
     }
 }
 
 /// Returns the store kind of a wire kind, or `None` for a wire kind this agent does not store:
-/// processes, CRDs and container image metadata.
+/// CRDs and container image metadata.
 pub fn from_kind(k: pb::WorkloadmetaKind) -> Option<Kind> {
     match k {
         pb::WorkloadmetaKind::Container => Some(Kind::Container),
         pb::WorkloadmetaKind::KubernetesPod => Some(Kind::KubernetesPod),
         pb::WorkloadmetaKind::EcsTask => Some(Kind::EcsTask),
+        pb::WorkloadmetaKind::Process => Some(Kind::Process),
         _ => None,
     }
 }
@@ -394,6 +396,42 @@ pub fn from_task(t: &pb::EcsTask) -> Option<EcsTask> {
     })
 }
 
+/// Converts a process to its wire form: its command name goes in both `name` and `comm`, and
+/// its creation time in whole Unix seconds.
+pub fn process(p: &Process) -> pb::Process {
+    pb::Process {
+        entity_id: Some(entity_id(&EntityId::new(Kind::Process, p.id.clone()))),
+        pid: p.pid,
+        nspid: p.ns_pid,
+        ppid: p.ppid,
+        name: p.name.to_string(),
+        comm: p.name.to_string(),
+        cmdline: p.cmdline.clone(),
+        container_id: p.container_id.to_string(),
+        creation_time: secs(p.creation_time),
+        language: p.language.map(|l| pb::Language { name: l.as_str().to_owned(), version: String::new() }),
+        ..pb::Process::default()
+    }
+}
+
+/// Reads a process from its wire form; `None` when it has no id. The command name is `comm`,
+/// else `name`; a language this agent does not know is dropped.
+pub fn from_process(p: &pb::Process) -> Option<Process> {
+    let id = from_entity_id(p.entity_id.as_ref()?)?;
+    let name = if p.comm.is_empty() { &p.name } else { &p.comm };
+    Some(Process {
+        id: id.id,
+        pid: p.pid,
+        ns_pid: p.nspid,
+        ppid: p.ppid,
+        name: IStr::from(name.as_str()),
+        creation_time: from_secs(p.creation_time),
+        container_id: IStr::from(p.container_id.as_str()),
+        language: p.language.as_ref().and_then(|l| Language::parse(&l.name)),
+        cmdline: p.cmdline.clone(),
+    })
+}
+
 /// Builds the wire event that sets the entity (`set` is `true`) or unsets it.
 ///
 /// An unset carries the whole entity too. Returns `None` for a kind the wire does not carry
@@ -405,6 +443,7 @@ pub fn event(set: bool, entity: &Entity) -> Option<pb::WorkloadmetaEvent> {
         Entity::Container(c) => event.container = Some(container(c)),
         Entity::KubernetesPod(p) => event.kubernetes_pod = Some(pod(p)),
         Entity::EcsTask(t) => event.ecs_task = Some(task(t)),
+        Entity::Process(p) => event.process = Some(process(p)),
         Entity::KubernetesMetadata(_) => return None,
     }
     Some(event)
@@ -428,6 +467,8 @@ pub fn from_event(event: &pb::WorkloadmetaEvent) -> Option<(bool, Entity)> {
         Entity::from(from_pod(p)?)
     } else if let Some(t) = &event.ecs_task {
         Entity::from(from_task(t)?)
+    } else if let Some(p) = &event.process {
+        Entity::from(from_process(p)?)
     } else {
         return None;
     };
@@ -493,6 +534,34 @@ mod tests {
         for k in Kind::ALL {
             assert_eq!(kind(k).and_then(from_kind), WIRE_KINDS.contains(&k).then_some(k));
         }
-        assert_eq!(from_kind(pb::WorkloadmetaKind::Process), None);
+        assert_eq!(from_kind(pb::WorkloadmetaKind::ContainerImageMetadata), None);
+    }
+
+    #[test]
+    fn a_process_survives_the_wire_both_ways() {
+        let p = Process {
+            id: "4242".into(),
+            pid: 4242,
+            ns_pid: 1,
+            ppid: 4200,
+            name: "python3".into(),
+            creation_time: Some(Timestamp::from_unix(1_733_400_000, 0)),
+            container_id: "ab".repeat(32).as_str().into(),
+            language: Some(Language::Python),
+            cmdline: vec!["python3".into(), "--password=********".into()],
+        };
+        let wire = event(true, &Entity::from(p.clone())).expect("processes are on the wire");
+        let on_wire = wire.process.as_ref().expect("field 5");
+        assert_eq!(
+            (on_wire.name.as_str(), on_wire.comm.as_str(), on_wire.creation_time),
+            ("python3", "python3", 1_733_400_000)
+        );
+        assert_eq!(on_wire.language.as_ref().map(|l| l.name.as_str()), Some("python"));
+        let back = pb::WorkloadmetaEvent::decode(wire.encode_to_vec().as_slice()).expect("decodes");
+        assert_eq!(from_event(&back), Some((true, Entity::from(p))));
+        // A language this agent does not know (upstream also sends `cpp`) is dropped, not refused.
+        let mut cpp = on_wire.clone();
+        cpp.language = Some(pb::Language { name: "cpp".into(), version: String::new() });
+        assert_eq!(from_process(&cpp).map(|p| p.language), Some(None));
     }
 }

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use wm_core::sync::{MutexExt, RwLockExt};
 use wm_core::{
     CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, EnvFilter,
-    Event, EventSink, Filter, Id, Kind, KubernetesPod, Origin, SinkMessage, Source, SourceSink, StoreReader,
+    Event, EventSink, Filter, Id, Kind, KubernetesPod, Origin, Process, SinkMessage, Source, SourceSink, StoreReader,
     SubscriberPriority,
 };
 
@@ -550,6 +550,11 @@ impl Store {
     /// Returns the merged view of every ECS task, in ARN order.
     pub fn list_ecs_tasks(&self) -> Vec<Arc<EcsTask>> {
         self.inner.list(Kind::EcsTask).iter().filter_map(|e| e.as_ecs_task().cloned()).collect()
+    }
+
+    /// Returns the merged view of every process, in the text order of their pids.
+    pub fn list_processes(&self) -> Vec<Arc<Process>> {
+        self.inner.list(Kind::Process).iter().filter_map(|e| e.as_process().cloned()).collect()
     }
 
     /// Returns every stored entity, in (kind, id) order, for `agent workload-list`.

@@ -112,3 +112,21 @@ pub fn python_venv(modules: &str, packages: &[&str]) -> Result<PathBuf, String> 
     }
     Ok(python)
 }
+
+/// Generates Python gRPC stubs from our `.proto` files into `out`, with the virtualenv's
+/// `grpc_tools`.
+pub fn generate_stubs(python: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    // Our .proto files live with the wire format, in wm-ipc.
+    let proto = test_support::testdata::workspace_root().join("crates/wm-ipc/proto");
+    let status = std::process::Command::new(python)
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", proto.display()))
+        .arg(format!("--python_out={}", out.display()))
+        .arg(format!("--grpc_python_out={}", out.display()))
+        .args(["datadog/api/v1/api.proto", "datadog/model/v1/model.proto", "datadog/workloadmeta/workloadmeta.proto"])
+        .current_dir(&proto)
+        .status()
+        .unwrap();
+    assert!(status.success(), "grpc_tools.protoc failed on our .proto files");
+}
