@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: real runtimes up (dockerd, and a single-node Kubernetes whose kubelet
 //! runs on its own containerd), labelled containers and a labelled two-container pod, the agent
-//! against them, what it sees printed (`agent workload-list`, `agent tagger-list`), one container
-//! removed and shown gone, then everything torn down. Needs root; installs the Debian packages it
+//! against them, what it sees printed (`agent workload-list`, `agent tagger-list`), a container's
+//! processes and a host Python program with their languages (the process collector), one
+//! container removed and shown gone, then everything torn down. Needs root; installs the Debian packages it
 //! misses and builds the Kubernetes components the first time (cached in `~/.cache/wm-k8s`).
 //!
 //! The pod is read by the kubelet collector (the kubelet's `/pods`, with a service-account token
@@ -156,7 +157,8 @@ containerd: {}",
         "cmd_port: {}\nhealth_port: {}\ndocker_host: {}\ncri_socket_path: {}\nautoconfig_exclude_features: [podman]\n\
          kubernetes_kubelet_host: 127.0.0.1\nkubernetes_https_kubelet_port: {}\nkubelet_auth_token_path: {}\n\
          kubelet_client_ca: {}\nlog_level: warn\ncontainer_labels_as_tags:\n  team: team\n\
-         kubernetes_pod_labels_as_tags:\n  team: team\n",
+         kubernetes_pod_labels_as_tags:\n  team: team\n\
+         process_config:\n  process_collection:\n    enabled: true\n  intervals:\n    process: 2\n",
         free_port()?,
         free_port()?,
         rt.docker_host(),
@@ -185,8 +187,34 @@ containerd: {}",
                 .all(|id| out.contains(&format!("sources(merged):[node_orchestrator runtime] id: {id} ===")))
     })?;
 
-    step("agent workload-list");
-    print!("{list}");
+    step("agent workload-list (containers, pods, node; the host's processes below)");
+    let (shown, processes) = without_processes(&list);
+    print!("{shown}");
+    println!("(and {processes} processes of the host, not shown)");
+
+    step("the web container's processes, a Python program and dockerd on the host (the process collector)");
+    let mut python = Command::new("python3")
+        .args(["-c", "import time; time.sleep(3600)"])
+        .spawn()
+        .map_err(|e| format!("cannot start python3: {e}"))?;
+    let python_pid = python.id().to_string();
+    let json = agent.wait_for(&["workload-list", "--json"], "web's process and the Python program", |out| {
+        processes_of(out, &web).is_some_and(|p| !p.is_empty())
+            && processes_of(out, "")
+                .is_some_and(|p| p.iter().any(|l| l.starts_with(&python_pid) && l.contains("python")))
+    })?;
+    println!("in web ({}):", &web[..12]);
+    for line in processes_of(&json, &web).unwrap_or_default() {
+        println!("  {line}");
+    }
+    println!("on the host:");
+    // The Python program (its name tells), and dockerd (a Go binary: its ELF sections tell).
+    let host = processes_of(&json, "").unwrap_or_default();
+    for line in host.iter().filter(|l| l.starts_with(&python_pid) || l.contains(" dockerd language")) {
+        println!("  {line}");
+    }
+    let _ = python.kill();
+    let _ = python.wait();
     step("agent tagger-list");
     let tags = agent.wait_for(&["tagger-list"], "their tags", |out| {
         out.contains("team:storage") && out.contains("team:frontend")
@@ -216,6 +244,46 @@ containerd: {}",
     drop(cluster);
     println!("done: every process the demo started is stopped, its directory removed");
     Ok(())
+}
+
+/// Returns a workload list's text without its process entries, and how many there were.
+fn without_processes(list: &str) -> (String, usize) {
+    let mut shown = String::new();
+    let mut processes = 0;
+    for entry in list.split_inclusive("\n\n") {
+        if entry.starts_with("=== Entity process ") {
+            processes += 1;
+        } else {
+            shown.push_str(entry);
+        }
+    }
+    (shown, processes)
+}
+
+/// Returns one line per process of `container` (empty: the host) in the JSON of
+/// `agent workload-list --json`: pid, pid in its namespace, name and language; `None` when the
+/// text is not that JSON.
+fn processes_of(json: &str, container: &str) -> Option<Vec<String>> {
+    let list: serde_json::Value = serde_json::from_str(json).ok()?;
+    let mut lines = Vec::new();
+    for entry in list.get("entities")?.as_object()?.values() {
+        let p = entry.get("merged")?;
+        if p.get("kind").and_then(|k| k.as_str()) != Some("process")
+            || p.get("container_id").and_then(|c| c.as_str()).unwrap_or("") != container
+        {
+            continue;
+        }
+        let field = |name: &str| p.get(name).map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+        lines.push(format!(
+            "{} (pid {} in its namespace) {} language: {}",
+            field("pid"),
+            field("ns_pid"),
+            field("name"),
+            p.get("language").and_then(|l| l.as_str()).unwrap_or("none detected")
+        ));
+    }
+    lines.sort();
+    Some(lines)
 }
 
 /// Creates the demo's Deployment; returns its pod's container ids once it runs, and a

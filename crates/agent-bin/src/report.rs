@@ -10,7 +10,8 @@ use wm_core::Entity;
 /// version.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WorkloadEntry {
-    /// The entity's kind: `container`, `kubernetes_pod`, `ecs_task` or `kubernetes_metadata`.
+    /// The entity's kind: `container`, `kubernetes_pod`, `ecs_task`, `kubernetes_metadata` or
+    /// `process`.
     pub kind: String,
     /// The entity's id within its kind.
     pub id: String,
