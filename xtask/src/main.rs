@@ -61,6 +61,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("agent-bin", "memory"),
     ("wm-collector-docker", "docker"),
     ("wm-collector-podman", "podman"),
+    ("wm-collector-process", "process"),
     ("wm-collector-kube", "pull"),
     ("agent-bin", "rss"),
     ("agent-bin", "conn_flood"),

@@ -125,15 +125,13 @@ pub fn loads_dotnet(maps: &Path) -> bool {
         .any(|l| l.ends_with("/System.Runtime.dll"))
 }
 
-/// Returns the language of a process, by the Datadog Agent's rules, in order:
+/// Returns the language of a process from its command name `comm` and command line `argv`, by
+/// the Datadog Agent's rules, in order:
 /// 1. JRuby: a command name `java` with an argument `org.jruby.Main` is Ruby;
-/// 2. the name of the command line's first word ([`from_name`]), then the command name `comm`;
-/// 3. Go: the executable `exe_file` (`/proc/<pid>/exe`) has a `.go.buildinfo` section;
-/// 4. .NET: its memory map `maps` (`/proc/<pid>/maps`) shows `System.Runtime.dll`.
+/// 2. the name of the command line's first word ([`from_name`]), then the command name.
 ///
-/// Steps 3 and 4 read files of the process, which only a privileged agent can for other users'
-/// processes; a file it cannot read counts as "no".
-pub fn detect(comm: &str, argv: &[String], exe_file: &Path, maps: &Path) -> Option<Language> {
+/// When these find nothing, [`from_binary`] may.
+pub fn from_command(comm: &str, argv: &[String]) -> Option<Language> {
     if comm == "java" && argv.iter().skip(1).any(|a| a.trim() == "org.jruby.Main") {
         return Some(Language::Ruby);
     }
@@ -144,10 +142,27 @@ pub fn detect(comm: &str, argv: &[String], exe_file: &Path, maps: &Path) -> Opti
         [first, ..] => first,
         [] => "",
     };
-    from_name(&program_name(argv0))
-        .or_else(|| from_name(comm))
-        .or_else(|| is_go_binary(exe_file).then_some(Language::Go))
-        .or_else(|| loads_dotnet(maps).then_some(Language::Dotnet))
+    from_name(&program_name(argv0)).or_else(|| from_name(comm))
+}
+
+/// Returns the language of a process from its executable file `exe_file` (`/proc/<pid>/exe`)
+/// and its memory map `maps` (`/proc/<pid>/maps`), as upstream's privileged detectors decide:
+/// Go when the executable has a `.go.buildinfo` section, .NET when the map shows
+/// `System.Runtime.dll`. Only a privileged agent can read these files of other users'
+/// processes; a file it cannot read counts as "no".
+pub fn from_binary(exe_file: &Path, maps: &Path) -> Option<Language> {
+    if is_go_binary(exe_file) {
+        Some(Language::Go)
+    } else if loads_dotnet(maps) {
+        Some(Language::Dotnet)
+    } else {
+        None
+    }
+}
+
+/// Returns the language of a process: [`from_command`], else [`from_binary`].
+pub fn detect(comm: &str, argv: &[String], exe_file: &Path, maps: &Path) -> Option<Language> {
+    from_command(comm, argv).or_else(|| from_binary(exe_file, maps))
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct Scanner {
     containerd_namespaces: Vec<String>,
     scrubber: Option<Scrubber>,
     known: HashMap<i32, Known>,
+    /// The language of each executable seen, by device and inode (see `binary_language`).
+    binaries: HashMap<(u64, u64), Option<wm_core::Language>>,
 }
 
 impl Scanner {
@@ -102,6 +104,7 @@ impl Scanner {
             containerd_namespaces,
             scrubber,
             known: HashMap::new(),
+            binaries: HashMap::new(),
         }
     }
 
@@ -178,7 +181,7 @@ impl Scanner {
     }
 
     /// Reads what a new process's other files tell; `path` is its directory.
-    fn read_new(&self, pid: i32, stat: &Stat, path: &mut PathBuf, text: &mut String) -> Process {
+    fn read_new(&mut self, pid: i32, stat: &Stat, path: &mut PathBuf, text: &mut String) -> Process {
         path.push("status");
         let ns_pid = read_into(path, text).then(|| parse_ns_pid(text)).flatten().unwrap_or(pid);
         path.pop();
@@ -199,8 +202,7 @@ impl Scanner {
             })
             .unwrap_or_default();
         path.pop();
-        let (exe, maps) = (path.join("exe"), path.join("maps"));
-        let language = language::detect(&stat.comm, &argv, &exe, &maps);
+        let language = language::from_command(&stat.comm, &argv).or_else(|| self.binary_language(path));
         let cmdline = match &self.scrubber {
             Some(scrubber) => scrubber.scrub(argv),
             None => Vec::new(),
@@ -224,6 +226,31 @@ impl Scanner {
         }
     }
 }
+
+impl Scanner {
+    /// Returns the language the executable and memory map of the process at `dir` show
+    /// ([`language::from_binary`]), remembered per executable file (device and inode): every
+    /// process of one binary gives the same answer, as upstream's cache also assumes, and the
+    /// ELF headers and the map are read once per binary rather than once per process.
+    fn binary_language(&mut self, dir: &Path) -> Option<wm_core::Language> {
+        use std::os::unix::fs::MetadataExt;
+        let exe = dir.join("exe");
+        let Ok(meta) = std::fs::metadata(&exe) else { return None };
+        let key = (meta.dev(), meta.ino());
+        if let Some(language) = self.binaries.get(&key) {
+            return *language;
+        }
+        let language = language::from_binary(&exe, &dir.join("maps"));
+        if self.binaries.len() >= MAX_BINARIES {
+            self.binaries.clear();
+        }
+        self.binaries.insert(key, language);
+        language
+    }
+}
+
+/// The most executables whose language is remembered; past it the memory starts again empty.
+const MAX_BINARIES: usize = 1000;
 
 /// Returns the pid a `/proc` entry's name gives, or `None` for the other entries.
 fn pid_of(name: &OsStr) -> Option<i32> {
