@@ -149,12 +149,12 @@ impl PullCollector for CfCollector {
             && !path.exists()
         {
             return Err(if self.config.expects_garden() {
-                CollectorError::waiting_for(format!(
-                    "Garden at {} (cloud_foundry_garden.listen_address)",
-                    path.display()
-                ))
+                CollectorError::waiting_for_file(
+                    format!("Garden at {} (cloud_foundry_garden.listen_address)", path.display()),
+                    path,
+                )
             } else {
-                CollectorError::absent(format!("no Garden socket at {}", path.display()))
+                CollectorError::absent_at(format!("no Garden socket at {}", path.display()), path)
             });
         }
         let garden = Garden::new(address.clone(), GARDEN_TIMEOUT)

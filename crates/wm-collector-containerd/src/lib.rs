@@ -287,9 +287,9 @@ impl ContainerdCollector {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         if !socket.exists() {
             return Err(if self.config.cri_socket_path.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
-                CollectorError::waiting_for(format!("{} (cri_socket_path)", socket.display()))
+                CollectorError::waiting_for_file(format!("{} (cri_socket_path)", socket.display()), &socket)
             } else {
-                CollectorError::absent(format!("no containerd socket at {}", socket.display()))
+                CollectorError::absent_at(format!("no containerd socket at {}", socket.display()), &socket)
             });
         }
         let connect_deadline = self.config.cri_connection_timeout.duration().max(Duration::from_millis(100));

@@ -185,8 +185,8 @@ impl DockerCollector {
         {
             if !Path::new(path).exists() {
                 return Err(match self.config.configured_by() {
-                    Some(key) => CollectorError::waiting_for(format!("{path} ({key})")),
-                    None => CollectorError::absent(format!("no docker socket at {path}")),
+                    Some(key) => CollectorError::waiting_for_file(format!("{path} ({key})"), path),
+                    None => CollectorError::absent_at(format!("no docker socket at {path}"), path),
                 });
             }
             Docker::connect_with_socket(path, self.config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)

@@ -287,9 +287,9 @@ impl PullCollector for PodmanCollector {
         let socket = self.socket();
         if !socket.exists() {
             return Err(if self.config.podman_socket_path.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
-                CollectorError::waiting_for(format!("{} (podman_socket_path)", socket.display()))
+                CollectorError::waiting_for_file(format!("{} (podman_socket_path)", socket.display()), &socket)
             } else {
-                CollectorError::absent(format!("no podman socket at {}", socket.display()))
+                CollectorError::absent_at(format!("no podman socket at {}", socket.display()), &socket)
             });
         }
         let client = reqwest::Client::builder()

@@ -224,6 +224,9 @@ pub enum CollectorError {
     EnvironmentAbsent {
         /// What was looked for.
         reason: String,
+        /// The file whose appearance would end the wait (a daemon's socket), when there is one:
+        /// the store watches for it and looks again at once when it appears.
+        watch: Option<std::path::PathBuf>,
     },
     /// Something the configuration names (a socket path set by a config key) is not there yet.
     ///
@@ -235,6 +238,9 @@ pub enum CollectorError {
     Waiting {
         /// What the collector waits for (`/run/containerd/containerd.sock (cri_socket_path)`).
         what: String,
+        /// The file whose appearance would end the wait, when there is one (see
+        /// `EnvironmentAbsent`).
+        watch: Option<std::path::PathBuf>,
     },
     /// A failure that may go away (daemon down, connection reset): the store retries with
     /// backoff.
@@ -261,12 +267,24 @@ pub enum CollectorError {
 impl CollectorError {
     /// Creates an `EnvironmentAbsent` error; `reason` says what was looked for.
     pub fn absent(reason: impl Into<String>) -> Self {
-        Self::EnvironmentAbsent { reason: reason.into() }
+        Self::EnvironmentAbsent { reason: reason.into(), watch: None }
+    }
+
+    /// Creates an `EnvironmentAbsent` error for a missing file at `path` (a daemon's socket):
+    /// the store looks again as soon as the file appears, not only at the next re-detection.
+    pub fn absent_at(reason: impl Into<String>, path: impl Into<std::path::PathBuf>) -> Self {
+        Self::EnvironmentAbsent { reason: reason.into(), watch: Some(path.into()) }
     }
 
     /// Creates a `Waiting` error; `what` names what is missing and the config key that set it.
     pub fn waiting_for(what: impl Into<String>) -> Self {
-        Self::Waiting { what: what.into() }
+        Self::Waiting { what: what.into(), watch: None }
+    }
+
+    /// Creates a `Waiting` error for a file at `path` that the config names and that is not
+    /// there yet: the store looks again as soon as it appears.
+    pub fn waiting_for_file(what: impl Into<String>, path: impl Into<std::path::PathBuf>) -> Self {
+        Self::Waiting { what: what.into(), watch: Some(path.into()) }
     }
 
     /// Creates a `Retriable` error: `context` says what failed, `source` is the cause.

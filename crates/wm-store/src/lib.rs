@@ -32,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+mod appear;
 mod runner;
 mod state;
 mod store;

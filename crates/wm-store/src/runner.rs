@@ -218,8 +218,9 @@ pub(crate) struct RetryPolicy {
 enum Next {
     /// Retry after a backoff delay; the error message.
     Retry(String),
-    /// Look for the environment again after the re-detection period.
-    Redetect,
+    /// Look for the environment again after the re-detection period, or as soon as this file
+    /// appears.
+    Redetect(Option<std::path::PathBuf>),
     /// Stop for good.
     Stop,
 }
@@ -237,20 +238,20 @@ fn judge(status: &CollectorStatus, error: CollectorError) -> Next {
     let before_first_list = !status.synced.load(Ordering::Acquire);
     let previous = status.health().state;
     match error {
-        CollectorError::EnvironmentAbsent { reason } if before_first_list => {
+        CollectorError::EnvironmentAbsent { reason, watch } if before_first_list => {
             if !matches!(&previous, CollectorState::NotDetected { reason: r } if *r == reason) {
                 tracing::info!(collector = name, %reason, "environment not detected; looking again periodically");
             }
             status.set_state(CollectorState::NotDetected { reason });
-            Next::Redetect
+            Next::Redetect(watch)
         }
-        CollectorError::Waiting { what } if before_first_list => {
+        CollectorError::Waiting { what, watch } if before_first_list => {
             let reason = format!("waiting for {what}");
             if !matches!(&previous, CollectorState::Waiting { reason: r } if *r == reason) {
                 tracing::warn!(collector = name, %reason, "not there yet; the agent is not ready until it is");
             }
             status.set_state(CollectorState::Waiting { reason });
-            Next::Redetect
+            Next::Redetect(watch)
         }
         error @ CollectorError::Permanent { .. } => {
             let error = error.with_causes();
@@ -315,15 +316,27 @@ async fn back_off(ctx: &CollectorContext, delay: Duration) -> bool {
     }
 }
 
-/// Resets the backoff and the attempt count, then sleeps for the re-detection period before the
-/// next look for what the collector needs.
+/// Resets the backoff and the attempt count, then waits for the re-detection period, or until
+/// `watch` appears when the collector named a file, before the next look for what it needs.
 ///
 /// The reset means that once the environment is there, its first failures are retried after the
 /// short initial delay. Returns `false` if the store shut down first.
-async fn redetect_later(ctx: &CollectorContext, policy: RetryPolicy, backoff: &mut Backoff, attempt: &mut u32) -> bool {
+async fn redetect_later(
+    ctx: &CollectorContext,
+    policy: RetryPolicy,
+    watch: Option<&std::path::Path>,
+    backoff: &mut Backoff,
+    attempt: &mut u32,
+) -> bool {
     backoff.reset();
     *attempt = 0;
-    back_off(ctx, policy.redetect).await
+    let Some(path) = watch else { return back_off(ctx, policy.redetect).await };
+    tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => false,
+        () = tokio::time::sleep(policy.redetect) => true,
+        () = crate::appear::appears(path) => true,
+    }
 }
 
 /// Runs a stream collector until the store shuts down or the collector stops for good.
@@ -359,8 +372,8 @@ async fn run_stream(
                     Ok(()) => "the change stream ended".to_owned(),
                     Err(error) => match judge(&status, error) {
                         Next::Stop => return,
-                        Next::Redetect => {
-                            if !redetect_later(&ctx, policy, &mut backoff, &mut attempt).await {
+                        Next::Redetect(watch) => {
+                            if !redetect_later(&ctx, policy, watch.as_deref(), &mut backoff, &mut attempt).await {
                                 return;
                             }
                             continue;
@@ -410,8 +423,8 @@ async fn run_pull(
                 }
                 Outcome::Returned(Err(error)) => match judge(&status, error) {
                     Next::Stop => return,
-                    Next::Redetect => {
-                        if !redetect_later(&ctx, policy, &mut backoff, &mut attempt).await {
+                    Next::Redetect(watch) => {
+                        if !redetect_later(&ctx, policy, watch.as_deref(), &mut backoff, &mut attempt).await {
                             return;
                         }
                         continue;
