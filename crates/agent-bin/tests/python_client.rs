@@ -15,21 +15,8 @@ use std::path::PathBuf;
 use support::{agent_config, container, eventually, free_port, set, start, temp_dir};
 use tagger::TagCardinality;
 
+/// Runs after `support::GRPC_PRELUDE`.
 const SCRIPT: &str = r#"
-import os, sys, grpc
-sys.path.insert(0, os.environ["STUBS"])
-from datadog.api.v1 import api_pb2_grpc
-from datadog.model.v1 import model_pb2
-from datadog.workloadmeta import workloadmeta_pb2
-
-pem = open(os.environ["CERT"], "rb").read()
-end = pem.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")
-cert, key = pem[:end], pem[end:]
-creds = grpc.ssl_channel_credentials(root_certificates=cert, private_key=key, certificate_chain=cert)
-channel = grpc.secure_channel("localhost:" + os.environ["PORT"], creds)
-stub = api_pb2_grpc.AgentSecureStub(channel)
-auth = [("authorization", "Bearer " + os.environ["TOKEN"])]
-
 stream = stub.TaggerStreamEntities(
     model_pb2.StreamTagsRequest(cardinality=model_pb2.HIGH, prefixes=["container_id"], streamingID="py-1"),
     metadata=auth, timeout=20)
@@ -45,14 +32,14 @@ request = model_pb2.FetchEntityRequest(id=model_pb2.EntityId(prefix="container_i
 reply = stub.TaggerFetchEntity(request, metadata=auth, timeout=10)
 print("FETCH", reply.id.uid, model_pb2.TagCardinality.Name(reply.cardinality), " ".join(sorted(reply.tags)))
 
-wm = stub.WorkloadmetaStreamEntities(workloadmeta_pb2.WorkloadmetaStreamRequest(
-    filter=workloadmeta_pb2.WorkloadmetaFilter(kinds=[workloadmeta_pb2.CONTAINER])), metadata=auth, timeout=20)
+stream = stub.WorkloadmetaStreamEntities(wm.WorkloadmetaStreamRequest(
+    filter=wm.WorkloadmetaFilter(kinds=[wm.CONTAINER])), metadata=auth, timeout=20)
 seen = []
-for response in wm:
+for response in stream:
     seen += [(e.container.entityId.id, e.container.entityMeta.name) for e in response.events]
     if response.initial_snapshot_complete:
         break
-wm.cancel()
+stream.cancel()
 print("WORKLOADMETA", " ".join(sorted(i + "=" + n for i, n in seen)))
 
 for name, md in [("NOTOKEN", []), ("BADTOKEN", [("authorization", "Bearer wrong")])]:
@@ -90,17 +77,7 @@ async fn pythons_grpcio_streams_fetches_and_is_refused_without_the_token() {
     set(&agent, vec![container("a", "core"), container("b", "web")]).await;
     eventually("tags", || !agent.tagger.tag("container_id://b", TagCardinality::Low).is_empty()).await;
 
-    let token = std::fs::read_to_string(config.auth_token_path()).unwrap();
-    let output = tokio::process::Command::new(&python)
-        .arg("-c")
-        .arg(SCRIPT)
-        .env("STUBS", &stubs)
-        .env("CERT", config.ipc_cert_path())
-        .env("PORT", grpc.to_string())
-        .env("TOKEN", token.trim())
-        .output()
-        .await
-        .unwrap();
+    let output = support::run_grpc_script(&python, SCRIPT, &stubs, &config, grpc).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(output.status.success(), "the python client failed: {}", String::from_utf8_lossy(&output.stderr));

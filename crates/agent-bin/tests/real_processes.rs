@@ -13,19 +13,8 @@ mod support;
 
 use test_support::runtimes::{Runtimes, with_service};
 
+/// Runs after `support::GRPC_PRELUDE`.
 const SCRIPT: &str = r#"
-import os, sys, grpc
-sys.path.insert(0, os.environ["STUBS"])
-from datadog.api.v1 import api_pb2_grpc
-from datadog.workloadmeta import workloadmeta_pb2 as wm
-
-pem = open(os.environ["CERT"], "rb").read()
-end = pem.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")
-cert, key = pem[:end], pem[end:]
-creds = grpc.ssl_channel_credentials(root_certificates=cert, private_key=key, certificate_chain=cert)
-stub = api_pb2_grpc.AgentSecureStub(grpc.secure_channel("localhost:" + os.environ["PORT"], creds))
-auth = [("authorization", "Bearer " + os.environ["TOKEN"])]
-
 # Datadog's remote-workloadmeta clients (process-agent, system-probe, security-agent) ask for
 # exactly these five kinds.
 kinds = [wm.CONTAINER, wm.KUBERNETES_POD, wm.ECS_TASK, wm.PROCESS, wm.CONTAINER_IMAGE_METADATA]
@@ -83,17 +72,7 @@ fn grpcio_with_datadogs_five_kind_filter_gets_a_containers_process() {
         })
         .await;
 
-        let token = std::fs::read_to_string(config.auth_token_path()).unwrap();
-        let output = tokio::process::Command::new(&python)
-            .arg("-c")
-            .arg(SCRIPT)
-            .env("STUBS", &stubs)
-            .env("CERT", config.ipc_cert_path())
-            .env("PORT", grpc.to_string())
-            .env("TOKEN", token.trim())
-            .output()
-            .await
-            .unwrap();
+        let output = support::run_grpc_script(&python, SCRIPT, &stubs, &config, grpc).await;
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "the python client failed: {}", String::from_utf8_lossy(&output.stderr));
         assert!(stdout.lines().any(|l| l == format!("CONTAINER {id}")), "{stdout}");

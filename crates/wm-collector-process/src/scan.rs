@@ -193,7 +193,7 @@ impl Scanner {
             .unwrap_or_default();
         path.pop();
         path.push("cmdline");
-        let argv: Vec<String> = std::fs::read(&*path)
+        let argv: Vec<String> = read_bounded(path, MAX_CMDLINE)
             .map(|raw| {
                 raw.split(|b| *b == 0)
                     .filter(|a| !a.is_empty())
@@ -263,6 +263,18 @@ fn pid_of(name: &OsStr) -> Option<i32> {
 
 /// The most bytes read from one small `/proc` file (`stat`, `status`, `cgroup`).
 const MAX_SMALL_FILE: u64 = 64 * 1024;
+
+/// The most bytes read of one command line: enough for the program and the 64 arguments of at
+/// most 1 KiB that are kept, where Linux allows megabytes.
+const MAX_CMDLINE: u64 = 128 * 1024;
+
+/// Reads at most `limit` bytes of the file at `path`.
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// Reads the file at `path` into `text`, replacing what it held, up to [`MAX_SMALL_FILE`]
 /// bytes; tells whether it could.

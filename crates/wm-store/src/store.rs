@@ -244,9 +244,16 @@ impl StoreBuilder {
 
     /// Adds a collector, which [`Store::start`] spawns in a task of its own.
     ///
-    /// Give each collector a different name: the store finds a collector's health record by
-    /// name.
-    pub fn collector(mut self, collector: Collector) -> Self {
+    /// A collector's name scopes its full lists and names its health record, so two collectors
+    /// must not share one: a collector whose name is taken is renamed `<name>-2` (or `-3` …),
+    /// with a warning, rather than have the two unset each other's entities.
+    pub fn collector(mut self, mut collector: Collector) -> Self {
+        let taken = |name: &str| self.collectors.iter().any(|c| &*c.name == name);
+        if taken(&collector.name) {
+            let renamed = (2..).map(|n| format!("{}-{n}", collector.name)).find(|n| !taken(n)).unwrap_or_default();
+            tracing::warn!(collector = &*collector.name, renamed, "two collectors of one name: the second is renamed");
+            collector.name = renamed.into();
+        }
         self.collectors.push(collector);
         self
     }
@@ -383,8 +390,8 @@ impl Store {
         // The loop does not watch the cancellation token: `shutdown` sends it a `Shutdown`
         // command instead, so that it handles the commands queued before, then ends every stream.
         tasks.push(tokio::spawn(store_loop.run()));
-        for collector in collectors {
-            let Some(status) = statuses.iter().find(|s| s.name == collector.name).cloned() else { continue };
+        // The statuses were made from the collectors, in the same order.
+        for (collector, status) in collectors.into_iter().zip(statuses) {
             let sink = Arc::new(CollectorSink { store: weak.clone(), status: status.clone() });
             let ctx = CollectorContext {
                 sink: SourceSink::new(collector.origin(), sink),

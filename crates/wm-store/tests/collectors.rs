@@ -335,6 +335,24 @@ async fn full_lists_of_two_collectors_of_one_source_do_not_unset_each_other() {
     assert_eq!(ids, ["d1"], "containerd's empty list unsets only what containerd said");
 }
 
+#[tokio::test(start_paused = true)]
+async fn two_collectors_of_one_name_are_told_apart() {
+    let (first, _, _) = puller(|_| Plan::List(&["a1"]));
+    let (second, _, _) = puller(|_| Plan::List(&["b1"]));
+    let store = Store::builder()
+        .collector(Collector::pull("docker", Source::Runtime, first))
+        .collector(Collector::pull("docker", Source::Runtime, second))
+        .build();
+    store.start();
+    settle(Duration::from_secs(6)).await;
+    let ids: Vec<_> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
+    assert_eq!(ids, ["a1", "b1"], "neither full list unsets the other's");
+    let health = store.health();
+    let names: Vec<_> = health.collectors.iter().map(|c| (c.name.as_str(), c.synced)).collect();
+    assert_eq!(names, [("docker", true), ("docker-2", true)]);
+    assert!(health.is_ready());
+}
+
 /// Lists, then panics on its first `panics` runs; afterwards follows a stream that never ends.
 struct Panicky {
     t0: Instant,

@@ -130,3 +130,44 @@ pub fn generate_stubs(python: &Path, out: &Path) {
         .unwrap();
     assert!(status.success(), "grpc_tools.protoc failed on our .proto files");
 }
+
+/// The start of every Python gRPC client script of the tests: the stubs of our `.proto` files
+/// imported (`api_pb2_grpc`, `model_pb2`, `wm` for workloadmeta), a TLS channel that trusts the
+/// agent's IPC certificate (and presents it, as Datadog's clients do), `stub`, and `auth`, the
+/// bearer token's metadata. [`run_grpc_script`] gives it what it reads from the environment.
+pub const GRPC_PRELUDE: &str = r#"
+import os, sys, grpc
+sys.path.insert(0, os.environ["STUBS"])
+from datadog.api.v1 import api_pb2_grpc
+from datadog.model.v1 import model_pb2
+from datadog.workloadmeta import workloadmeta_pb2 as wm
+
+pem = open(os.environ["CERT"], "rb").read()
+end = pem.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")
+cert, key = pem[:end], pem[end:]
+creds = grpc.ssl_channel_credentials(root_certificates=cert, private_key=key, certificate_chain=cert)
+stub = api_pb2_grpc.AgentSecureStub(grpc.secure_channel("localhost:" + os.environ["PORT"], creds))
+auth = [("authorization", "Bearer " + os.environ["TOKEN"])]
+"#;
+
+/// Runs [`GRPC_PRELUDE`] then `body` with `python`, against the agent of `config` on its gRPC
+/// `port`, with the stubs in `stubs`; its output.
+pub async fn run_grpc_script(
+    python: &Path,
+    body: &str,
+    stubs: &Path,
+    config: &AgentConfig,
+    port: u16,
+) -> std::process::Output {
+    let token = std::fs::read_to_string(config.auth_token_path()).unwrap();
+    tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(format!("{GRPC_PRELUDE}{body}"))
+        .env("STUBS", stubs)
+        .env("CERT", config.ipc_cert_path())
+        .env("PORT", port.to_string())
+        .env("TOKEN", token.trim())
+        .output()
+        .await
+        .unwrap()
+}
