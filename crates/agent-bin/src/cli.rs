@@ -7,7 +7,9 @@
 
 use std::fmt::Write as _;
 
-use wm_core::{Container, EcsTask, Entity, KubernetesMetadata, KubernetesPod, Process, StrMap, Timestamp};
+use wm_core::{
+    Container, ContainerImageMetadata, EcsTask, Entity, KubernetesMetadata, KubernetesPod, Process, StrMap, Timestamp,
+};
 
 use crate::report::{HealthReport, StatusReport, TaggerList, WorkloadEntry, WorkloadList};
 
@@ -359,6 +361,34 @@ fn process_body(out: &mut String, p: &Process, verbose: bool) {
     }
 }
 
+/// Writes a container image: its tags, digests, platform and size; its layers only when
+/// `verbose`.
+fn image_body(out: &mut String, i: &ContainerImageMetadata, verbose: bool) {
+    let _ = writeln!(out, "----------- Entity ID -----------");
+    kv(out, "Kind", format!("container_image_metadata ID: {}", i.id));
+    let _ = writeln!(out, "----------- Image -----------");
+    kv(out, "Name", &i.name);
+    kv(out, "Repo tags", i.repo_tags.join(" "));
+    kv(out, "Repo digests", i.repo_digests.join(" "));
+    kv(
+        out,
+        "Platform",
+        format!(
+            "{}/{}{}",
+            i.os,
+            i.architecture,
+            if i.variant.is_empty() { String::new() } else { format!("/{}", i.variant) }
+        ),
+    );
+    kv(out, "Size", format!("{} bytes", i.size_bytes));
+    kv(out, "Layers", i.layers.len().to_string());
+    if verbose {
+        for layer in &i.layers {
+            kv(out, "Layer", format!("{} {} bytes {}", layer.digest, layer.size_bytes, layer.created_by));
+        }
+    }
+}
+
 /// Writes an entity's fields, whatever its kind.
 fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
     match entity {
@@ -367,6 +397,7 @@ fn entity_body(out: &mut String, entity: &Entity, verbose: bool) {
         Entity::EcsTask(t) => task_body(out, t, verbose),
         Entity::KubernetesMetadata(m) => metadata_body(out, m, verbose),
         Entity::Process(p) => process_body(out, p, verbose),
+        Entity::ContainerImageMetadata(i) => image_body(out, i, verbose),
     }
 }
 

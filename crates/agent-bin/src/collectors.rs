@@ -60,6 +60,14 @@ pub const COLLECTORS: &[CollectorEntry] = &[
         build: docker,
         fetcher: Some(docker_fetcher),
     },
+    #[cfg(feature = "docker")]
+    CollectorEntry {
+        name: wm_collector_docker::images::NAME,
+        catalog: Catalog::Node,
+        feature: "docker",
+        build: docker_images,
+        fetcher: None,
+    },
     #[cfg(feature = "containerd")]
     CollectorEntry {
         name: wm_collector_containerd::NAME,
@@ -124,6 +132,14 @@ pub const COLLECTORS: &[CollectorEntry] = &[
 fn docker(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let docker: wm_collector_docker::DockerConfig = config.section()?;
     Ok(Some(wm_collector_docker::DockerCollector::new(docker).into_collector()))
+}
+
+/// Builds the docker image collector when `container_image_collection.metadata.enabled` is set.
+#[cfg(feature = "docker")]
+fn docker_images(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let images: wm_collector_docker::images::ImageConfig = config.section()?;
+    let docker: wm_collector_docker::DockerConfig = config.section()?;
+    Ok(images.enabled.then(|| wm_collector_docker::images::DockerImageCollector::new(docker).into_collector()))
 }
 
 #[cfg(feature = "docker")]

@@ -343,6 +343,11 @@ fn trimmed(entity: &Entity) -> Entity {
             p.cmdline = Default::default();
             Entity::from(p)
         }
+        Entity::ContainerImageMetadata(i) => {
+            let mut i = (**i).clone();
+            i.layers = Default::default();
+            Entity::from(i)
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! What Datadog's other agents ask for, from an agent on real daemons: Python's `grpcio` (stubs
 //! from our `.proto` files) subscribes to `WorkloadmetaStreamEntities` with the exact filter of
 //! Datadog's remote-workloadmeta clients (container, kubernetes_pod, ecs_task, process,
-//! container_image_metadata) and receives a running container and its process, with the
-//! container's id and the process's pid inside it. The agent runs in process with the docker
-//! and process collectors on a real dockerd (`test_support::runtimes`) and the host's `/proc`.
+//! container_image_metadata) and receives a running container, its process (with the
+//! container's id and the process's pid inside it) and the image it runs. The agent runs in
+//! process with the docker, docker image and process collectors on a real dockerd
+//! (`test_support::runtimes`) and the host's `/proc`.
 //! Under `cargo xtask ci` it never skips.
 
 #![cfg(all(feature = "docker", feature = "process"))]
@@ -24,6 +25,10 @@ for response in stream:
     for e in response.events:
         if e.HasField("container"):
             print("CONTAINER", e.container.entityId.id)
+        if e.HasField("containerImageMetadata"):
+            i = e.containerImageMetadata
+            print("IMAGE", wm.WorkloadmetaKind.Name(i.entityId.kind), i.entityId.id, " ".join(i.repoTags), i.os,
+                  len(i.layers) > 0, i.HasField("sbom"))
         if e.HasField("process"):
             p = e.process
             print("PROCESS", wm.WorkloadmetaKind.Name(p.entityId.kind), p.entityId.id, p.pid, p.nspid, p.comm,
@@ -53,13 +58,16 @@ fn grpcio_with_datadogs_five_kind_filter_gets_a_containers_process() {
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let inspect = rt.docker(&["inspect", "--format", "{{.State.Pid}}", &id]).unwrap();
         let pid = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+        let image = rt.docker(&["image", "inspect", "--format", "{{.Id}}", Runtimes::IMAGE]).unwrap();
+        let image = String::from_utf8_lossy(&image.stdout).trim().to_owned();
 
         let grpc = test_support::runtimes::free_port().unwrap();
         let http = test_support::runtimes::free_port().unwrap();
         let yaml = format!(
             "cmd_port: {grpc}\nhealth_port: {http}\ndocker_host: {}\n\
              autoconfig_exclude_features: [containerd, podman, kubernetes, ecs, cloudfoundry, remote]\n\
-             process_config:\n  process_collection:\n    enabled: true\n  intervals:\n    process: 1\n",
+             process_config:\n  process_collection:\n    enabled: true\n  intervals:\n    process: 1\n\
+             container_image_collection:\n  metadata:\n    enabled: true\n",
             rt.docker_host()
         );
         std::fs::write(dir.join("agent.yaml"), yaml).unwrap();
@@ -69,6 +77,11 @@ fn grpcio_with_datadogs_five_kind_filter_gets_a_containers_process() {
         test_support::watch::eventually("the container's process in the store", deadline, || {
             agent.store.list_processes().iter().any(|p| p.pid.to_string() == pid && !p.container_id.is_empty())
                 && agent.store.get_container(&id).is_some()
+                && wm_core::StoreReader::get(
+                    &agent.store,
+                    &wm_core::EntityId::new(wm_core::Kind::ContainerImageMetadata, image.as_str()),
+                )
+                .is_some()
         })
         .await;
 
@@ -77,6 +90,8 @@ fn grpcio_with_datadogs_five_kind_filter_gets_a_containers_process() {
         assert!(output.status.success(), "the python client failed: {}", String::from_utf8_lossy(&output.stderr));
         assert!(stdout.lines().any(|l| l == format!("CONTAINER {id}")), "{stdout}");
         let expected = format!("PROCESS PROCESS {pid} {pid} 1 sleep {id} - True");
+        assert!(stdout.lines().any(|l| l == expected), "no line {expected:?} in:\n{stdout}");
+        let expected = format!("IMAGE CONTAINER_IMAGE_METADATA {image} {} linux True True", Runtimes::IMAGE);
         assert!(stdout.lines().any(|l| l == expected), "no line {expected:?} in:\n{stdout}");
         let processes = stdout.lines().filter(|l| l.starts_with("PROCESS ")).count();
         println!("the client received the container and {processes} processes");

@@ -19,18 +19,21 @@ pub(crate) enum TagPrefix {
     KubernetesMetadata,
     /// `process://` (upstream's prefix; no process has tags here yet)
     Process,
+    /// `container_image_metadata://` (upstream's prefix; no image has tags here yet)
+    ContainerImageMetadata,
     /// Any other id (`internal://global-entity-id`), kept whole.
     Other,
 }
 
 impl TagPrefix {
     /// Every prefix, in the order of [`TagPrefix::index`].
-    pub(crate) const ALL: [TagPrefix; 6] = [
+    pub(crate) const ALL: [TagPrefix; 7] = [
         TagPrefix::Container,
         TagPrefix::KubernetesPod,
         TagPrefix::EcsTask,
         TagPrefix::KubernetesMetadata,
         TagPrefix::Process,
+        TagPrefix::ContainerImageMetadata,
         TagPrefix::Other,
     ];
 
@@ -42,6 +45,7 @@ impl TagPrefix {
             TagPrefix::EcsTask => "ecs_task",
             TagPrefix::KubernetesMetadata => "kubernetes_metadata",
             TagPrefix::Process => "process",
+            TagPrefix::ContainerImageMetadata => "container_image_metadata",
             TagPrefix::Other => "",
         }
     }
@@ -54,6 +58,7 @@ impl TagPrefix {
             TagPrefix::EcsTask => "ecs_task://",
             TagPrefix::KubernetesMetadata => "kubernetes_metadata://",
             TagPrefix::Process => "process://",
+            TagPrefix::ContainerImageMetadata => "container_image_metadata://",
             TagPrefix::Other => "",
         }
     }
@@ -66,6 +71,7 @@ impl TagPrefix {
             Kind::EcsTask => TagPrefix::EcsTask,
             Kind::KubernetesMetadata => TagPrefix::KubernetesMetadata,
             Kind::Process => TagPrefix::Process,
+            Kind::ContainerImageMetadata => TagPrefix::ContainerImageMetadata,
         }
     }
 

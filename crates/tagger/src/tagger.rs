@@ -208,8 +208,8 @@ impl Tagger {
                 self.delete_with_children(TagSource::KubernetesMetadata, id);
             }
             (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, id),
-            // Not subscribed to (see `spawn`); a process has no tags.
-            (Entity::Process(_), _) => {}
+            // Not subscribed to (see `spawn`): no tags.
+            (Entity::Process(_) | Entity::ContainerImageMetadata(_), _) => {}
         }
     }
 
@@ -291,8 +291,8 @@ impl Tagger {
                 Entity::EcsTask(_) => TagSource::EcsTask,
                 Entity::KubernetesMetadata(_) => TagSource::KubernetesMetadata,
                 Entity::KubernetesPod(_) => TagSource::KubernetesPod,
-                // Not subscribed to; a process has no tags.
-                Entity::Process(_) => continue,
+                // Not subscribed to (see `spawn`): no tags.
+                Entity::Process(_) | Entity::ContainerImageMetadata(_) => continue,
             };
             if source != TagSource::Container {
                 for child in children.get(&key).into_iter().flat_map(|c| c.iter()) {
@@ -323,9 +323,10 @@ impl Tagger {
         let store = store.clone();
         // Processes have no tags of their own (upstream tags one only from its APM service
         // metadata, which we do not collect), and a node has thousands: the tagger does not
-        // take them at all.
+        // take them at all. Nor images, whose tags are not made yet.
         let subscribe = |store: &Store| {
-            let kinds = wm_core::Kind::ALL.into_iter().filter(|k| *k != wm_core::Kind::Process);
+            let untagged = [wm_core::Kind::Process, wm_core::Kind::ContainerImageMetadata];
+            let kinds = wm_core::Kind::ALL.into_iter().filter(move |k| !untagged.contains(k));
             store.subscribe("tagger", SubscriberPriority::Tagger, Filter::only_kinds(kinds))
         };
         let mut next_sub = Some(subscribe(&store));

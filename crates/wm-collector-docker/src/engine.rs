@@ -121,4 +121,72 @@ impl Engine {
         let image: Option<Image> = self.get(&format!("/images/{image_id}/json"), MAX_INSPECT_BODY).await?;
         Ok(image.and_then(|i| i.repo_tags).and_then(|tags| tags.into_iter().find(|t| !t.contains("<none>"))))
     }
+
+    /// Returns the id of every image (`sha256:<hex>`).
+    pub(crate) async fn image_ids(&self) -> Result<Vec<String>, EngineError> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "Id", default)]
+            id: String,
+        }
+        let rows: Vec<Row> = self.get("/images/json", MAX_LIST_BODY).await?.unwrap_or_default();
+        Ok(rows.into_iter().map(|r| r.id).filter(|id| !id.is_empty()).collect())
+    }
+
+    /// Returns what dockerd says of the image `reference` (an id or a name), or `None` when it
+    /// does not know it.
+    pub(crate) async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInspect>, EngineError> {
+        self.get(&format!("/images/{reference}/json"), MAX_INSPECT_BODY).await
+    }
+
+    /// Returns the image's history, newest step first, or `None` when dockerd does not know it.
+    pub(crate) async fn image_history(&self, id: &str) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
+        self.get(&format!("/images/{id}/history"), MAX_INSPECT_BODY).await
+    }
+}
+
+/// The part of dockerd's image inspect the image collector reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct ImageInspect {
+    #[serde(rename = "Id")]
+    pub(crate) id: String,
+    #[serde(rename = "RepoTags")]
+    pub(crate) repo_tags: Option<Vec<String>>,
+    #[serde(rename = "RepoDigests")]
+    pub(crate) repo_digests: Option<Vec<String>>,
+    #[serde(rename = "Size")]
+    pub(crate) size: i64,
+    #[serde(rename = "Os")]
+    pub(crate) os: String,
+    #[serde(rename = "OsVersion")]
+    pub(crate) os_version: String,
+    #[serde(rename = "Architecture")]
+    pub(crate) architecture: String,
+    #[serde(rename = "Variant")]
+    pub(crate) variant: String,
+    #[serde(rename = "RootFS")]
+    pub(crate) root_fs: RootFs,
+}
+
+/// The layers of an image, as their uncompressed digests (diff ids), base first.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RootFs {
+    #[serde(rename = "Layers")]
+    pub(crate) layers: Option<Vec<String>>,
+}
+
+/// One step of an image's history.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct HistoryEntry {
+    #[serde(rename = "Created")]
+    pub(crate) created: i64,
+    #[serde(rename = "CreatedBy")]
+    pub(crate) created_by: String,
+    #[serde(rename = "Size")]
+    pub(crate) size: i64,
+    #[serde(rename = "Comment")]
+    pub(crate) comment: String,
 }

@@ -27,6 +27,7 @@
 
 mod convert;
 mod engine;
+pub mod images;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -174,29 +175,9 @@ impl DockerCollector {
         })
     }
 
-    /// Builds both clients for the configured address, first checking that a unix socket exists.
-    ///
-    /// A missing socket is a `Waiting` error when a setting names it, and `EnvironmentAbsent`
-    /// when it is the default one.
+    /// Builds both clients for the configured address (see [`connect`]).
     fn connect(&self) -> Result<Clients, CollectorError> {
-        let host = self.config.resolved_host();
-        let bollard = if let Some(path) =
-            host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host.as_str()))
-        {
-            if !Path::new(path).exists() {
-                return Err(match self.config.configured_by() {
-                    Some(key) => CollectorError::waiting_for_file(format!("{path} ({key})"), path),
-                    None => CollectorError::absent_at(format!("no docker socket at {path}"), path),
-                });
-            }
-            Docker::connect_with_socket(path, self.config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)
-        } else {
-            Docker::connect_with_http(&host, self.config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)
-        }
-        .map_err(|e| CollectorError::retriable(format!("cannot reach dockerd at {host} (DOCKER_HOST)"), e))?;
-        let engine = Engine::new(&host, self.config.deadline())
-            .map_err(|e| CollectorError::Retriable { context: format!("docker: {e}"), source: None })?;
-        Ok(Clients { bollard, engine })
+        connect(&self.config)
     }
 
     /// Inspects one container within the deadline and converts it, looking up its image's name
@@ -311,6 +292,31 @@ impl DockerCollector {
         }
         Ok(listed)
     }
+}
+
+/// Builds both clients for the address of `config`, first checking that a unix socket exists.
+///
+/// A missing socket is a `Waiting` error when a setting names it, and `EnvironmentAbsent` when
+/// it is the default one; either names the socket, so that the store looks again as soon as it
+/// appears.
+fn connect(config: &DockerConfig) -> Result<Clients, CollectorError> {
+    let host = config.resolved_host();
+    let bollard =
+        if let Some(path) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host.as_str())) {
+            if !Path::new(path).exists() {
+                return Err(match config.configured_by() {
+                    Some(key) => CollectorError::waiting_for_file(format!("{path} ({key})"), path),
+                    None => CollectorError::absent_at(format!("no docker socket at {path}"), path),
+                });
+            }
+            Docker::connect_with_socket(path, config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(&host, config.deadline().as_secs(), bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|e| CollectorError::retriable(format!("cannot reach dockerd at {host} (DOCKER_HOST)"), e))?;
+    let engine = Engine::new(&host, config.deadline())
+        .map_err(|e| CollectorError::Retriable { context: format!("docker: {e}"), source: None })?;
+    Ok(Clients { bollard, engine })
 }
 
 /// Why an inspect gave no container.

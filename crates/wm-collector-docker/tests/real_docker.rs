@@ -16,6 +16,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use test_support::runtimes::{Runtimes, with_service};
 use test_support::watch::{Watcher, assert_store_equals};
+use wm_collector_docker::images::DockerImageCollector;
 use wm_collector_docker::{DockerCollector, DockerConfig, container_from_inspect};
 use wm_core::{Container, ContainerHealth, ContainerStatus, EntityId, EnvFilter, EventType, Kind, Runtime};
 use wm_store::{Store, StoreConfig};
@@ -424,5 +425,70 @@ fn fetch_on_miss_makes_no_request_but_inspects_of_well_formed_ids() {
             .collect();
         assert!(others.is_empty(), "requests other than inspects of well-formed ids: {others:?}");
         remove(&docker, &real).await;
+    });
+}
+
+/// Every image of the store's image collector, by id.
+fn images(store: &Store) -> BTreeMap<String, wm_core::ContainerImageMetadata> {
+    wm_core::StoreReader::list(store, Kind::ContainerImageMetadata)
+        .into_iter()
+        .filter_map(|e| match e {
+            wm_core::Entity::ContainerImageMetadata(i) => Some((i.id.to_string(), (*i).clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn run_docker(rt: &Runtimes, args: &[&str]) -> String {
+    let out = rt.docker(args).unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The image collector on a real dockerd: the images listed at start with their platform and
+/// layers, then `docker tag`, `docker rmi` of a tag (untag), `docker import` of a local tarball
+/// (a new image, as a pull would bring) and `docker rmi` of it (delete) followed.
+#[test]
+fn images_are_listed_then_followed_through_tag_untag_import_and_delete() {
+    with_daemons("docker images", async |rt| {
+        let base = run_docker(rt, &["image", "inspect", "--format", "{{.Id}}", Runtimes::IMAGE]);
+        let config = DockerConfig { docker_host: Some(rt.docker_host()), ..DockerConfig::default() };
+        let store = Store::builder().collector(DockerImageCollector::new(config).into_collector()).build();
+        store.start();
+        let listed = |store: &Store| images(store).get(&base).cloned();
+        test_support::watch::eventually("the base image listed", WAIT, || listed(&store).is_some()).await;
+        let image = listed(&store).unwrap();
+        assert!(image.repo_tags.iter().any(|t| t == Runtimes::IMAGE), "{image:?}");
+        assert_eq!(image.os, "linux");
+        assert!(!image.architecture.is_empty() && image.size_bytes > 0 && !image.layers.is_empty(), "{image:?}");
+        assert!(image.layers.iter().all(|l| l.digest.starts_with("sha256:")), "{image:?}");
+
+        run_docker(rt, &["tag", Runtimes::IMAGE, "wm.local/tagged:2"]);
+        let tagged =
+            |store: &Store| listed(store).is_some_and(|i| i.repo_tags.iter().any(|t| t == "wm.local/tagged:2"));
+        test_support::watch::eventually("the new tag", WAIT, || tagged(&store)).await;
+        run_docker(rt, &["rmi", "wm.local/tagged:2"]);
+        test_support::watch::eventually("the tag removed, the image kept", WAIT, || {
+            listed(&store).is_some() && !tagged(&store)
+        })
+        .await;
+
+        let dir = rt.dir().join("import");
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        std::fs::write(dir.join("root/hello"), "hello").unwrap();
+        let tar = dir.join("root.tar");
+        let status =
+            std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(dir.join("root")).arg(".").status();
+        assert!(status.unwrap().success());
+        let imported = run_docker(rt, &["import", &tar.display().to_string(), "wm.local/imported:1"]);
+        test_support::watch::eventually("the imported image", WAIT, || {
+            images(&store).get(&imported).is_some_and(|i| i.repo_tags == ["wm.local/imported:1"])
+        })
+        .await;
+        run_docker(rt, &["rmi", "wm.local/imported:1"]);
+        test_support::watch::eventually("the deleted image gone", WAIT, || !images(&store).contains_key(&imported))
+            .await;
+        assert!(listed(&store).is_some(), "the base image stays");
+        store.shutdown().await;
     });
 }

@@ -19,6 +19,8 @@ use crate::time::Timestamp;
 pub enum Kind {
     /// A container of any runtime.
     Container,
+    /// A container image on the node.
+    ContainerImageMetadata,
     /// An ECS task.
     EcsTask,
     /// A Kubernetes object's metadata (this node's `Node`): labels and annotations.
@@ -31,8 +33,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in order.
-    pub const ALL: [Kind; 5] =
-        [Kind::Container, Kind::EcsTask, Kind::KubernetesMetadata, Kind::KubernetesPod, Kind::Process];
+    pub const ALL: [Kind; 6] = [
+        Kind::Container,
+        Kind::ContainerImageMetadata,
+        Kind::EcsTask,
+        Kind::KubernetesMetadata,
+        Kind::KubernetesPod,
+        Kind::Process,
+    ];
 
     /// How many kinds there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -46,6 +54,7 @@ impl Kind {
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Container => "container",
+            Kind::ContainerImageMetadata => "container_image_metadata",
             Kind::EcsTask => "ecs_task",
             Kind::KubernetesMetadata => "kubernetes_metadata",
             Kind::KubernetesPod => "kubernetes_pod",
@@ -856,6 +865,74 @@ pub struct EcsTask {
     pub container_instance_tags: StrMap,
 }
 
+/// A container image on the node, as Datadog's `ContainerImageMetadata` entity: what the runtime
+/// says of the image and its layers.
+///
+/// Its id is the image's config digest (`sha256:<hex>`), which every runtime uses as the image id.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerImageMetadata {
+    /// `sha256:<hex>`: the digest of the image's config.
+    pub id: Id,
+    /// The repository of its first tag (`docker.io/library/nginx`); empty for an untagged image.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub name: String,
+    /// Its tags (`nginx:1.25`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repo_tags: Vec<String>,
+    /// Its digests in registries (`nginx@sha256:…`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
+    /// The media type of its manifest, when the runtime says.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub media_type: String,
+    /// Its size in bytes.
+    #[serde(skip_serializing_if = "is_default")]
+    pub size_bytes: i64,
+    /// The operating system it is built for (`linux`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub os: String,
+    /// The operating system's version, when the image says (Windows images do).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub os_version: String,
+    /// The CPU architecture (`amd64`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub architecture: String,
+    /// The architecture's variant (`v8`), when there is one.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub variant: String,
+    /// Its layers, base first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<ImageLayer>,
+}
+
+/// One layer of a [`ContainerImageMetadata`], with the history entry that made it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageLayer {
+    /// The layer's media type, when the runtime says.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub media_type: String,
+    /// Its digest (the uncompressed content's, for docker).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub digest: String,
+    /// Its size in bytes.
+    #[serde(skip_serializing_if = "is_default")]
+    pub size_bytes: i64,
+    /// Where it may be fetched from, for a foreign layer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// When it was created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<Timestamp>,
+    /// The build step that created it (`/bin/sh -c #(nop) CMD ["sh"]`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub created_by: String,
+    /// Its history entry's comment.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub comment: String,
+}
+
 /// The language a process runs, as the Datadog Agent's language detection names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -952,6 +1029,8 @@ pub struct Process {
 pub enum Entity {
     /// A container.
     Container(Arc<Container>),
+    /// A container image.
+    ContainerImageMetadata(Arc<ContainerImageMetadata>),
     /// An ECS task.
     EcsTask(Arc<EcsTask>),
     /// A Kubernetes object's metadata.
@@ -967,6 +1046,7 @@ impl Entity {
     pub fn kind(&self) -> Kind {
         match self {
             Entity::Container(_) => Kind::Container,
+            Entity::ContainerImageMetadata(_) => Kind::ContainerImageMetadata,
             Entity::EcsTask(_) => Kind::EcsTask,
             Entity::KubernetesMetadata(_) => Kind::KubernetesMetadata,
             Entity::KubernetesPod(_) => Kind::KubernetesPod,
@@ -978,6 +1058,7 @@ impl Entity {
     pub fn id_str(&self) -> &Id {
         match self {
             Entity::Container(c) => &c.id,
+            Entity::ContainerImageMetadata(i) => &i.id,
             Entity::EcsTask(t) => &t.id,
             Entity::KubernetesMetadata(m) => &m.id,
             Entity::KubernetesPod(p) => &p.id,
@@ -1003,6 +1084,10 @@ impl Entity {
                 Entity::KubernetesPod(Arc::new(KubernetesPod { id: key, ..KubernetesPod::default() }))
             }
             Kind::Process => Entity::Process(Arc::new(Process { id: key, ..Process::default() })),
+            Kind::ContainerImageMetadata => Entity::ContainerImageMetadata(Arc::new(ContainerImageMetadata {
+                id: key,
+                ..ContainerImageMetadata::default()
+            })),
         }
     }
 
@@ -1097,6 +1182,11 @@ impl Entity {
                     adopt(&mut p.id, id);
                 }
             }
+            Entity::ContainerImageMetadata(i) => {
+                if let Some(i) = Arc::get_mut(i) {
+                    adopt(&mut i.id, id);
+                }
+            }
         }
     }
 
@@ -1114,6 +1204,7 @@ impl Entity {
             (Entity::KubernetesMetadata(a), Entity::KubernetesMetadata(b)) => Arc::ptr_eq(a, b),
             (Entity::KubernetesPod(a), Entity::KubernetesPod(b)) => Arc::ptr_eq(a, b),
             (Entity::Process(a), Entity::Process(b)) => Arc::ptr_eq(a, b),
+            (Entity::ContainerImageMetadata(a), Entity::ContainerImageMetadata(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -1140,6 +1231,12 @@ impl From<KubernetesMetadata> for Entity {
 impl From<EcsTask> for Entity {
     fn from(t: EcsTask) -> Self {
         Entity::EcsTask(Arc::new(t))
+    }
+}
+
+impl From<ContainerImageMetadata> for Entity {
+    fn from(i: ContainerImageMetadata) -> Self {
+        Entity::ContainerImageMetadata(Arc::new(i))
     }
 }
 

@@ -211,6 +211,20 @@ pub fn fill_from(high: &mut Entity, low: &Entity) {
         (Entity::EcsTask(h), Entity::EcsTask(l)) => fill_task(Arc::make_mut(h), l),
         (Entity::KubernetesMetadata(h), Entity::KubernetesMetadata(l)) => fill_metadata(Arc::make_mut(h), l),
         (Entity::Process(h), Entity::Process(l)) => fill_process(Arc::make_mut(h), l),
+        // One runtime reports an image; a second one's version fills only what is missing.
+        (Entity::ContainerImageMetadata(h), Entity::ContainerImageMetadata(l)) => {
+            let (h, l) = (Arc::make_mut(h), &**l);
+            fill(&mut h.name, &l.name);
+            union_strings(&mut h.repo_tags, &l.repo_tags);
+            union_strings(&mut h.repo_digests, &l.repo_digests);
+            fill(&mut h.media_type, &l.media_type);
+            fill(&mut h.size_bytes, &l.size_bytes);
+            fill(&mut h.os, &l.os);
+            fill(&mut h.os_version, &l.os_version);
+            fill(&mut h.architecture, &l.architecture);
+            fill(&mut h.variant, &l.variant);
+            fill(&mut h.layers, &l.layers);
+        }
         _ => {}
     }
 }

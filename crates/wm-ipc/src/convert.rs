@@ -2,16 +2,17 @@
 //!
 //! The agent's gRPC server converts entities to messages for its `WorkloadmetaStreamEntities`
 //! stream; the remote-workloadmeta collector converts the messages it receives back to entities.
-//! Only containers, Kubernetes pods, ECS tasks and processes travel ([`WIRE_KINDS`]). A few fields have no
+//! Every kind but Kubernetes metadata travels ([`WIRE_KINDS`]). A few fields have no
 //! place in the messages and are lost on the way; each conversion's doc names them. Times travel
 //! as whole Unix seconds, with 0 for none.
 
 use std::collections::HashMap;
 
 use wm_core::{
-    Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerPort, ContainerState, ContainerStatus,
-    EcsTask, Entity, EntityId, IStr, ImageRef, Kind, KubernetesPod, Language, LaunchType, OrchestratorContainer,
-    PodDetails, PodOwner, Process, ResourceSpec, Runtime, StrMap, Timestamp,
+    Container, ContainerDetails, ContainerHealth, ContainerImage, ContainerImageMetadata, ContainerPort,
+    ContainerState, ContainerStatus, EcsTask, Entity, EntityId, IStr, ImageLayer, ImageRef, Kind, KubernetesPod,
+    Language, LaunchType, OrchestratorContainer, PodDetails, PodOwner, Process, ResourceSpec, Runtime, StrMap,
+    Timestamp,
 };
 
 use crate::proto::workloadmeta as pb;
@@ -28,7 +29,8 @@ fn strmap(m: &HashMap<String, String>) -> StrMap {
 
 /// The store kinds the wire carries: every kind but Kubernetes metadata, for which Datadog's
 /// `WorkloadmetaKind` has no value.
-pub const WIRE_KINDS: [Kind; 4] = [Kind::Container, Kind::KubernetesPod, Kind::EcsTask, Kind::Process];
+pub const WIRE_KINDS: [Kind; 5] =
+    [Kind::Container, Kind::ContainerImageMetadata, Kind::KubernetesPod, Kind::EcsTask, Kind::Process];
 
 /// Returns the wire kind of a store kind, or `None` for Kubernetes metadata, which the wire does
 /// not carry.
@@ -38,18 +40,20 @@ pub fn kind(k: Kind) -> Option<pb::WorkloadmetaKind> {
         Kind::KubernetesPod => Some(pb::WorkloadmetaKind::KubernetesPod),
         Kind::EcsTask => Some(pb::WorkloadmetaKind::EcsTask),
         Kind::Process => Some(pb::WorkloadmetaKind::Process),
+        Kind::ContainerImageMetadata => Some(pb::WorkloadmetaKind::ContainerImageMetadata),
         Kind::KubernetesMetadata => None,
     }
 }
 
 /// Returns the store kind of a wire kind, or `None` for a wire kind this agent does not store:
-/// CRDs and container image metadata.
+/// CRDs.
 pub fn from_kind(k: pb::WorkloadmetaKind) -> Option<Kind> {
     match k {
         pb::WorkloadmetaKind::Container => Some(Kind::Container),
         pb::WorkloadmetaKind::KubernetesPod => Some(Kind::KubernetesPod),
         pb::WorkloadmetaKind::EcsTask => Some(Kind::EcsTask),
         pb::WorkloadmetaKind::Process => Some(Kind::Process),
+        pb::WorkloadmetaKind::ContainerImageMetadata => Some(Kind::ContainerImageMetadata),
         _ => None,
     }
 }
@@ -432,6 +436,63 @@ pub fn from_process(p: &pb::Process) -> Option<Process> {
     })
 }
 
+/// Converts an image to its wire form: its name in `entityMeta`, an empty `sbom` (Go peers read
+/// it unchecked); the layers' history is not sent, as upstream.
+pub fn image_metadata(i: &ContainerImageMetadata) -> pb::ContainerImageMetadata {
+    pb::ContainerImageMetadata {
+        entity_id: Some(entity_id(&EntityId::new(Kind::ContainerImageMetadata, i.id.clone()))),
+        entity_meta: Some(pb::EntityMeta { name: i.name.clone(), ..pb::EntityMeta::default() }),
+        repo_tags: i.repo_tags.clone(),
+        repo_digests: i.repo_digests.clone(),
+        media_type: i.media_type.clone(),
+        size_bytes: i.size_bytes,
+        os: i.os.clone(),
+        os_version: i.os_version.clone(),
+        architecture: i.architecture.clone(),
+        variant: i.variant.clone(),
+        layers: i
+            .layers
+            .iter()
+            .map(|l| pb::ContainerImageLayer {
+                media_type: l.media_type.clone(),
+                diff_id: l.digest.clone(),
+                size_bytes: l.size_bytes,
+                urls: l.urls.clone(),
+            })
+            .collect(),
+        sbom: Some(pb::CompressedSbom::default()),
+    }
+}
+
+/// Reads an image from its wire form; `None` when it has no id. The layers come without their
+/// history, which the wire does not carry.
+pub fn from_image_metadata(i: &pb::ContainerImageMetadata) -> Option<ContainerImageMetadata> {
+    let id = from_entity_id(i.entity_id.as_ref()?)?;
+    Some(ContainerImageMetadata {
+        id: id.id,
+        name: i.entity_meta.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        repo_tags: i.repo_tags.clone(),
+        repo_digests: i.repo_digests.clone(),
+        media_type: i.media_type.clone(),
+        size_bytes: i.size_bytes,
+        os: i.os.clone(),
+        os_version: i.os_version.clone(),
+        architecture: i.architecture.clone(),
+        variant: i.variant.clone(),
+        layers: i
+            .layers
+            .iter()
+            .map(|l| ImageLayer {
+                media_type: l.media_type.clone(),
+                digest: l.diff_id.clone(),
+                size_bytes: l.size_bytes,
+                urls: l.urls.clone(),
+                ..ImageLayer::default()
+            })
+            .collect(),
+    })
+}
+
 /// Builds the wire event that sets the entity (`set` is `true`) or unsets it.
 ///
 /// An unset carries the whole entity too. Returns `None` for a kind the wire does not carry
@@ -444,6 +505,7 @@ pub fn event(set: bool, entity: &Entity) -> Option<pb::WorkloadmetaEvent> {
         Entity::KubernetesPod(p) => event.kubernetes_pod = Some(pod(p)),
         Entity::EcsTask(t) => event.ecs_task = Some(task(t)),
         Entity::Process(p) => event.process = Some(process(p)),
+        Entity::ContainerImageMetadata(i) => event.container_image_metadata = Some(image_metadata(i)),
         Entity::KubernetesMetadata(_) => return None,
     }
     Some(event)
@@ -469,6 +531,8 @@ pub fn from_event(event: &pb::WorkloadmetaEvent) -> Option<(bool, Entity)> {
         Entity::from(from_task(t)?)
     } else if let Some(p) = &event.process {
         Entity::from(from_process(p)?)
+    } else if let Some(i) = &event.container_image_metadata {
+        Entity::from(from_image_metadata(i)?)
     } else {
         return None;
     };
@@ -534,7 +598,34 @@ mod tests {
         for k in Kind::ALL {
             assert_eq!(kind(k).and_then(from_kind), WIRE_KINDS.contains(&k).then_some(k));
         }
-        assert_eq!(from_kind(pb::WorkloadmetaKind::ContainerImageMetadata), None);
+        assert_eq!(from_kind(pb::WorkloadmetaKind::Crd), None);
+    }
+
+    #[test]
+    fn an_image_survives_the_wire_both_ways_but_its_history() {
+        let layer = ImageLayer {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: format!("sha256:{}", "b".repeat(64)),
+            size_bytes: 4_000_000,
+            created_by: "ADD rootfs.tar /".into(),
+            ..ImageLayer::default()
+        };
+        let image = ContainerImageMetadata {
+            id: format!("sha256:{}", "a".repeat(64)).as_str().into(),
+            name: "wm.local/busybox".into(),
+            repo_tags: vec!["wm.local/busybox:1".into()],
+            size_bytes: 4_200_000,
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            layers: vec![layer.clone()],
+            ..ContainerImageMetadata::default()
+        };
+        let wire = event(true, &Entity::from(image.clone())).expect("images are on the wire");
+        assert!(wire.container_image_metadata.as_ref().is_some_and(|i| i.sbom.is_some()), "sbom always sent");
+        let back = pb::WorkloadmetaEvent::decode(wire.encode_to_vec().as_slice()).expect("decodes");
+        let without_history =
+            ContainerImageMetadata { layers: vec![ImageLayer { created_by: String::new(), ..layer }], ..image };
+        assert_eq!(from_event(&back), Some((true, Entity::from(without_history))));
     }
 
     #[test]

@@ -1,0 +1,267 @@
+//! The docker image collector: every image dockerd holds, as `container_image_metadata`
+//! entities (source `runtime`, collector `docker_images`), listed at start and followed by
+//! dockerd's image events.
+//!
+//! It runs beside the container collector, on the same driver: subscribe to image events since
+//! the daemon's clock, list every image and inspect each (with its history), 8 at a time, then
+//! read again the image each event names. `pull`, `tag`, `untag`, `import`, `load` and `delete`
+//! all come down to one question, "what does dockerd hold under this name or id now?": an image
+//! it still holds is set again (an `untag` leaves it with fewer tags), one it no longer holds is
+//! unset. Only the events that name an image by id (`sha256:…`) can unset it; a name that no
+//! longer resolves says nothing of which image it named.
+//!
+//! Layers are the image's `RootFS` diff ids, base first. Their history comes from
+//! `/images/<id>/history` when its steps that made a layer (size above zero) pair one for one
+//! with the layers; otherwise the layers go without history rather than with a wrong one.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bollard::errors::Error as DockerError;
+use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::EventsOptionsBuilder;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use wm_core::{
+    Collector, CollectorError, ContainerImageMetadata, Entity, EntityId, ImageLayer, Kind, Source, Timestamp,
+};
+use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
+
+use crate::engine::{Engine, HistoryEntry, ImageInspect};
+use crate::{Clients, DockerConfig, INSPECT_CONCURRENCY, connect, daemon_now};
+
+/// The collector's name, as it appears in health, telemetry and dumps.
+pub const NAME: &str = "docker_images";
+
+/// The image actions that change what dockerd holds.
+const IMAGE_ACTIONS: &[&str] = &["pull", "tag", "untag", "import", "load", "delete"];
+
+/// Whether to collect images: the image collector's part of the agent config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// `container_image_collection.metadata.enabled` (Datadog's key, default false here): list
+    /// and follow the runtime's images.
+    #[serde(rename = "container_image_collection.metadata.enabled")]
+    pub enabled: bool,
+}
+
+/// Follows dockerd's images.
+#[derive(Debug)]
+pub struct DockerImageCollector {
+    config: DockerConfig,
+    clients: Option<Clients>,
+}
+
+impl DockerImageCollector {
+    /// Creates a collector for the dockerd of `config`. It connects at its first run.
+    pub fn new(config: DockerConfig) -> Self {
+        Self { config, clients: None }
+    }
+
+    /// Wraps the collector in a [`Driver`], ready to hand to the store.
+    pub fn into_collector(self) -> Collector {
+        Collector::stream(NAME, Source::Runtime, Driver::new(self))
+    }
+
+    fn engine(&self) -> Result<&Engine, CollectorError> {
+        self.clients.as_ref().map(|c| &c.engine).ok_or_else(|| CollectorError::Retriable {
+            context: "docker images: not connected (list or refresh before watch)".into(),
+            source: None,
+        })
+    }
+
+    /// Inspects the image `reference` and reads its history; `None` when dockerd does not hold
+    /// it.
+    async fn read(&self, engine: &Engine, reference: &str) -> Result<Option<ContainerImageMetadata>, CollectorError> {
+        let deadline = self.config.deadline();
+        let what = || format!("docker images: inspecting {reference} (docker_query_timeout)");
+        let failed = |e| CollectorError::retriable(format!("docker images: inspecting {reference} failed"), e);
+        let Some(inspect) =
+            with_deadline(deadline, what, async { engine.inspect_image(reference).await.map_err(failed) }).await?
+        else {
+            return Ok(None);
+        };
+        let history = with_deadline(deadline, what, async { engine.image_history(&inspect.id).await.map_err(failed) })
+            .await?
+            .unwrap_or_default();
+        Ok(Some(image_from_inspect(inspect, &history)))
+    }
+}
+
+/// Builds the entity of an image from its inspect and its history (newest step first, as
+/// dockerd gives it).
+fn image_from_inspect(inspect: ImageInspect, history: &[HistoryEntry]) -> ContainerImageMetadata {
+    let repo_tags: Vec<String> =
+        inspect.repo_tags.unwrap_or_default().into_iter().filter(|t| !t.contains("<none>")).collect();
+    let name = repo_tags.first().map(|t| repository(t).to_owned()).unwrap_or_default();
+    let digests = inspect.root_fs.layers.unwrap_or_default();
+    // The steps that made a layer, oldest first; used only when they pair one for one.
+    let steps: Vec<&HistoryEntry> = history.iter().rev().filter(|h| h.size > 0).collect();
+    let paired = steps.len() == digests.len();
+    let layers = digests
+        .into_iter()
+        .enumerate()
+        .map(|(i, digest)| {
+            let step = paired.then(|| steps[i]);
+            ImageLayer {
+                media_type: String::new(),
+                digest,
+                size_bytes: step.map_or(0, |s| s.size),
+                urls: Vec::new(),
+                created: step.filter(|s| s.created > 0).map(|s| Timestamp::from_unix(s.created, 0)),
+                created_by: step.map(|s| s.created_by.clone()).unwrap_or_default(),
+                comment: step.map(|s| s.comment.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    ContainerImageMetadata {
+        id: inspect.id.as_str().into(),
+        name,
+        repo_tags,
+        repo_digests: inspect.repo_digests.unwrap_or_default(),
+        media_type: String::new(),
+        size_bytes: inspect.size,
+        os: inspect.os,
+        os_version: inspect.os_version,
+        architecture: inspect.architecture,
+        variant: inspect.variant,
+        layers,
+    }
+}
+
+/// Returns the repository of a tag (`wm.local/busybox:1` gives `wm.local/busybox`; a registry's
+/// port is not taken for a tag).
+fn repository(tag: &str) -> &str {
+    match tag.rsplit_once(':') {
+        Some((repo, version)) if !version.contains('/') => repo,
+        _ => tag,
+    }
+}
+
+/// Returns the event's action, and whether it is an image event that changes what dockerd holds.
+fn relevant(event: &EventMessage) -> bool {
+    matches!(event.typ, Some(EventMessageTypeEnum::IMAGE))
+        && event.action.as_deref().is_some_and(|a| IMAGE_ACTIONS.contains(&a))
+}
+
+#[async_trait]
+impl ListWatch for DockerImageCollector {
+    type Event = EventMessage;
+
+    /// Connects, pings dockerd, reads its clock and subscribes to image events since then.
+    async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
+        self.clients = None;
+        let clients = connect(&self.config)?;
+        let docker = &clients.bollard;
+        let deadline = self.config.deadline();
+        with_deadline(deadline, || "docker images: /_ping (docker_query_timeout)".into(), async {
+            docker.ping().await.map_err(|e| CollectorError::retriable("docker images: the daemon does not answer", e))
+        })
+        .await?;
+        let since =
+            with_deadline(deadline, || "docker images: /info (docker_query_timeout)".into(), daemon_now(docker))
+                .await?;
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["image"])]);
+        let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
+        let stream = docker.events(Some(options)).filter_map(|item| async move {
+            match item {
+                Ok(event) => Some(Ok(Watched::Event(event))),
+                Err(DockerError::JsonDataError { message, .. }) => {
+                    warn!(%message, "docker images: skipping an event that does not parse");
+                    None
+                }
+                Err(e) => Some(Err(CollectorError::retriable("docker images: the event stream broke", e))),
+            }
+        });
+        self.clients = Some(clients);
+        Ok(stream.boxed())
+    }
+
+    /// Lists every image and reads each, 8 at a time; an image that
+    /// cannot be read now is kept as the store had it and read again later.
+    async fn list(&mut self) -> Result<Listed, CollectorError> {
+        let this = &*self;
+        let engine = this.engine()?;
+        let ids =
+            with_deadline(self.config.deadline(), || "docker images: listing (docker_query_timeout)".into(), async {
+                engine.image_ids().await.map_err(|e| CollectorError::Retriable {
+                    context: format!("docker images: listing failed: {e}"),
+                    source: None,
+                })
+            })
+            .await?;
+        let read: Vec<(String, Result<Option<ContainerImageMetadata>, CollectorError>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let result = this.read(engine, &id).await;
+                (id, result)
+            })
+            .buffered(INSPECT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut listed = Listed::default();
+        for (id, result) in read {
+            match result {
+                Ok(image) => listed.entities.extend(image.map(Entity::from)),
+                Err(_) => listed.unreadable.push((id.clone(), EntityId::new(Kind::ContainerImageMetadata, id))),
+            }
+        }
+        Ok(listed)
+    }
+
+    fn key(&self, event: &EventMessage) -> Option<String> {
+        if !relevant(event) {
+            return None;
+        }
+        event.actor.as_ref().and_then(|a| a.id.clone()).filter(|id| !id.is_empty())
+    }
+
+    /// Reads the image the events name again: set when dockerd still holds it, unset when it
+    /// does not and the events named it by id.
+    async fn refresh(&self, reference: &str, _events: Vec<EventMessage>) -> Result<Refreshed, CollectorError> {
+        let engine = self.engine()?;
+        Ok(match self.read(engine, reference).await? {
+            Some(image) => Refreshed::Present(Entity::from(image)),
+            None if reference.starts_with("sha256:") => {
+                Refreshed::Gone { id: EntityId::new(Kind::ContainerImageMetadata, reference), said: None }
+            }
+            None => Refreshed::Skip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(size: i64, created_by: &str) -> HistoryEntry {
+        HistoryEntry { created: 1_700_000_000, created_by: created_by.into(), size, comment: String::new() }
+    }
+
+    #[test]
+    fn layers_get_their_history_only_when_it_pairs_with_them() {
+        let inspect = || ImageInspect {
+            id: format!("sha256:{}", "a".repeat(64)),
+            repo_tags: Some(vec!["wm.local/busybox:1".into(), "<none>:<none>".into()]),
+            root_fs: crate::engine::RootFs { layers: Some(vec!["sha256:l1".into(), "sha256:l2".into()]) },
+            ..ImageInspect::default()
+        };
+        // Newest first, as dockerd gives it; the CMD step made no layer.
+        let history = [step(0, "CMD [\"sh\"]"), step(20, "COPY app /"), step(4_000, "ADD rootfs.tar /")];
+        let image = image_from_inspect(inspect(), &history);
+        assert_eq!((image.name.as_str(), image.repo_tags.len()), ("wm.local/busybox", 1));
+        let made: Vec<_> =
+            image.layers.iter().map(|l| (l.digest.as_str(), l.size_bytes, l.created_by.as_str())).collect();
+        assert_eq!(made, [("sha256:l1", 4_000, "ADD rootfs.tar /"), ("sha256:l2", 20, "COPY app /")]);
+        let unpaired = image_from_inspect(inspect(), &history[..2]);
+        assert!(unpaired.layers.iter().all(|l| l.created_by.is_empty() && l.size_bytes == 0));
+    }
+
+    #[test]
+    fn a_repository_keeps_its_registry_port() {
+        assert_eq!(repository("localhost:5000/app:1.2"), "localhost:5000/app");
+        assert_eq!(repository("localhost:5000/app"), "localhost:5000/app");
+        assert_eq!(repository("busybox:latest"), "busybox");
+    }
+}
