@@ -36,6 +36,12 @@ for response in stream:
     if response.initial_snapshot_complete:
         break
 stream.cancel()
+
+image = "{image}"
+reply = stub.TaggerFetchEntity(model_pb2.FetchEntityRequest(
+    id=model_pb2.EntityId(prefix="container_image_metadata", uid=image), cardinality=model_pb2.LOW),
+    metadata=auth, timeout=10)
+print("IMAGE_TAGS", " ".join(sorted(reply.tags)))
 "#;
 
 #[test]
@@ -85,13 +91,24 @@ fn grpcio_with_datadogs_five_kind_filter_gets_a_containers_process() {
         })
         .await;
 
-        let output = support::run_grpc_script(&python, SCRIPT, &stubs, &config, grpc).await;
+        let script = SCRIPT.replace("{image}", &image);
+        let output = support::run_grpc_script(&python, &script, &stubs, &config, grpc).await;
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "the python client failed: {}", String::from_utf8_lossy(&output.stderr));
         assert!(stdout.lines().any(|l| l == format!("CONTAINER {id}")), "{stdout}");
         let expected = format!("PROCESS PROCESS {pid} {pid} 1 sleep {id} - True");
         assert!(stdout.lines().any(|l| l == expected), "no line {expected:?} in:\n{stdout}");
         let expected = format!("IMAGE CONTAINER_IMAGE_METADATA {image} {} linux True True", Runtimes::IMAGE);
+        assert!(stdout.lines().any(|l| l == expected), "no line {expected:?} in:\n{stdout}");
+        // The image's tags on the tagger's image entity, as the Datadog Agent names them.
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let expected = format!(
+            "IMAGE_TAGS architecture:{arch} image_name:wm-test/busybox image_tag:1 os_name:linux short_image:busybox"
+        );
         assert!(stdout.lines().any(|l| l == expected), "no line {expected:?} in:\n{stdout}");
         let processes = stdout.lines().filter(|l| l.starts_with("PROCESS ")).count();
         println!("the client received the container and {processes} processes");

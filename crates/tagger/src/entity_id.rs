@@ -19,7 +19,7 @@ pub(crate) enum TagPrefix {
     KubernetesMetadata,
     /// `process://` (upstream's prefix; no process has tags here yet)
     Process,
-    /// `container_image_metadata://` (upstream's prefix; no image has tags here yet)
+    /// `container_image_metadata://`
     ContainerImageMetadata,
     /// Any other id (`internal://global-entity-id`), kept whole.
     Other,

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use wm_core::{
-    Container, EcsTask, KubernetesMetadata, KubernetesPod, LaunchType, OrchestratorContainer, Runtime, StrMap,
+    Container, ContainerImageMetadata, EcsTask, KubernetesMetadata, KubernetesPod, LaunchType, OrchestratorContainer,
+    Runtime, StrMap,
 };
 
 use crate::config::TaggerConfig;
@@ -20,6 +21,24 @@ fn image_tags(tags: &mut TagInfo, image: &wm_core::ContainerImage) {
     tags.add(Low, "image_name", &image.name);
     tags.add(Low, "short_image", &image.short_name);
     tags.add(Low, "image_tag", &image.tag);
+}
+
+/// Returns an image entity's tags, as the Datadog Agent's tagger gives them (all low):
+/// `image_name`, `short_image` and `image_tag` for each of its tags, then `os_name`, `os_version`
+/// and `architecture`.
+pub(crate) fn container_image_tags(image: &ContainerImageMetadata) -> TagInfo {
+    let mut tags = TagInfo::default();
+    for repo_tag in &image.repo_tags {
+        image_tags(&mut tags, &wm_core::ContainerImage::parse(repo_tag));
+    }
+    for (name, value) in
+        [("os_name", &image.os), ("os_version", &image.os_version), ("architecture", &image.architecture)]
+    {
+        if !value.is_empty() {
+            tags.add(Low, name, value);
+        }
+    }
+    tags
 }
 
 /// Adds the tags an `*_as_tags` map asks for from `values` (labels, annotations or env vars).
@@ -379,6 +398,34 @@ pub fn task_container_tags(c: &OrchestratorContainer) -> TagInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_is_tagged_by_each_of_its_tags_and_its_platform() {
+        let image = ContainerImageMetadata {
+            id: "sha256:abc".into(),
+            repo_tags: vec!["docker.io/library/nginx:1.25".into(), "registry.local:5000/web:2".into()],
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            ..ContainerImageMetadata::default()
+        };
+        let tags = container_image_tags(&image);
+        assert!(tags.orchestrator.is_empty() && tags.high.is_empty());
+        let mut low = tags.low;
+        low.sort();
+        assert_eq!(
+            low,
+            [
+                "architecture:arm64",
+                "image_name:docker.io/library/nginx",
+                "image_name:registry.local:5000/web",
+                "image_tag:1.25",
+                "image_tag:2",
+                "os_name:linux",
+                "short_image:nginx",
+                "short_image:web",
+            ]
+        );
+    }
 
     #[test]
     fn replica_set_names_give_their_deployment_only_with_a_generated_hash() {

@@ -208,8 +208,19 @@ impl Tagger {
                 self.delete_with_children(TagSource::KubernetesMetadata, id);
             }
             (Entity::EcsTask(_), EventType::Unset) => self.delete_with_children(TagSource::EcsTask, id),
+            (Entity::ContainerImageMetadata(i), EventType::Set) => {
+                self.store.set_layered(
+                    id,
+                    TagSource::ContainerImage,
+                    SharedParts::default(),
+                    &rules::container_image_tags(i),
+                );
+            }
+            (Entity::ContainerImageMetadata(_), EventType::Unset) => {
+                self.store.delete_key(&id, TagSource::ContainerImage)
+            }
             // Not subscribed to (see `spawn`): no tags.
-            (Entity::Process(_) | Entity::ContainerImageMetadata(_), _) => {}
+            (Entity::Process(_), _) => {}
         }
     }
 
@@ -291,8 +302,9 @@ impl Tagger {
                 Entity::EcsTask(_) => TagSource::EcsTask,
                 Entity::KubernetesMetadata(_) => TagSource::KubernetesMetadata,
                 Entity::KubernetesPod(_) => TagSource::KubernetesPod,
+                Entity::ContainerImageMetadata(_) => TagSource::ContainerImage,
                 // Not subscribed to (see `spawn`): no tags.
-                Entity::Process(_) | Entity::ContainerImageMetadata(_) => continue,
+                Entity::Process(_) => continue,
             };
             if source != TagSource::Container {
                 for child in children.get(&key).into_iter().flat_map(|c| c.iter()) {
@@ -323,10 +335,9 @@ impl Tagger {
         let store = store.clone();
         // Processes have no tags of their own (upstream tags one only from its APM service
         // metadata, which we do not collect), and a node has thousands: the tagger does not
-        // take them at all. Nor images, whose tags are not made yet.
+        // take them at all.
         let subscribe = |store: &Store| {
-            let untagged = [wm_core::Kind::Process, wm_core::Kind::ContainerImageMetadata];
-            let kinds = wm_core::Kind::ALL.into_iter().filter(move |k| !untagged.contains(k));
+            let kinds = wm_core::Kind::ALL.into_iter().filter(|k| *k != wm_core::Kind::Process);
             store.subscribe("tagger", SubscriberPriority::Tagger, Filter::only_kinds(kinds))
         };
         let mut next_sub = Some(subscribe(&store));

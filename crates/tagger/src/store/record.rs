@@ -25,6 +25,9 @@ pub enum TagSource {
     /// Tags from a Kubernetes object's metadata (this node's: on the node and the global entity).
     #[serde(rename = "workloadmeta-kubernetes_metadata")]
     KubernetesMetadata,
+    /// Tags from a container image entity (on the image).
+    #[serde(rename = "workloadmeta-container_image_metadata")]
+    ContainerImage,
 }
 
 impl TagSource {
@@ -35,13 +38,14 @@ impl TagSource {
             TagSource::KubernetesPod => "workloadmeta-kubernetes_pod",
             TagSource::EcsTask => "workloadmeta-ecs_task",
             TagSource::KubernetesMetadata => "workloadmeta-kubernetes_metadata",
+            TagSource::ContainerImage => "workloadmeta-container_image_metadata",
         }
     }
 
     /// Ranks the source: pod and task tags win over a container's own.
     pub(crate) const fn priority(self) -> u8 {
         match self {
-            TagSource::Container => 0,
+            TagSource::Container | TagSource::ContainerImage => 0,
             TagSource::KubernetesPod | TagSource::EcsTask | TagSource::KubernetesMetadata => 1,
         }
     }
