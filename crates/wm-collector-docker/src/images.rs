@@ -14,22 +14,17 @@
 //! `/images/<id>/history` when its steps that made a layer (size above zero) pair one for one
 //! with the layers; otherwise the layers go without history rather than with a wrong one.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
-use bollard::errors::Error as DockerError;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
-use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 use wm_core::{
     Collector, CollectorError, ContainerImageMetadata, Entity, EntityId, ImageLayer, Kind, Source, Timestamp,
 };
-use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
+use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, with_deadline};
 
 use crate::engine::{Engine, HistoryEntry, ImageInspect};
-use crate::{Clients, DockerConfig, INSPECT_CONCURRENCY, connect, daemon_now};
+use crate::{Clients, DockerConfig, INSPECT_CONCURRENCY, subscribe};
 
 /// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "docker_images";
@@ -150,33 +145,12 @@ fn relevant(event: &EventMessage) -> bool {
 impl ListWatch for DockerImageCollector {
     type Event = EventMessage;
 
-    /// Connects, pings dockerd, reads its clock and subscribes to image events since then.
+    /// Subscribes to image events, as the container collector does to container events.
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.clients = None;
-        let clients = connect(&self.config)?;
-        let docker = &clients.bollard;
-        let deadline = self.config.deadline();
-        with_deadline(deadline, || "docker images: /_ping (docker_query_timeout)".into(), async {
-            docker.ping().await.map_err(|e| CollectorError::retriable("docker images: the daemon does not answer", e))
-        })
-        .await?;
-        let since =
-            with_deadline(deadline, || "docker images: /info (docker_query_timeout)".into(), daemon_now(docker))
-                .await?;
-        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["image"])]);
-        let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
-        let stream = docker.events(Some(options)).filter_map(|item| async move {
-            match item {
-                Ok(event) => Some(Ok(Watched::Event(event))),
-                Err(DockerError::JsonDataError { message, .. }) => {
-                    warn!(%message, "docker images: skipping an event that does not parse");
-                    None
-                }
-                Err(e) => Some(Err(CollectorError::retriable("docker images: the event stream broke", e))),
-            }
-        });
+        let (clients, stream) = subscribe(&self.config, "image").await?;
         self.clients = Some(clients);
-        Ok(stream.boxed())
+        Ok(stream)
     }
 
     /// Lists every image and reads each, 8 at a time; an image that

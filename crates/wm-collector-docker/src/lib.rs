@@ -319,6 +319,39 @@ fn connect(config: &DockerConfig) -> Result<Clients, CollectorError> {
     Ok(Clients { bollard, engine })
 }
 
+/// Connects to the dockerd of `config`, pings it, reads its clock and subscribes to its events
+/// of type `kind` (`container`, `image`) since that instant.
+///
+/// dockerd replays the events since that instant, so nothing that happens between the
+/// subscription and a list made after it is lost, and there is nothing to probe. An event that
+/// does not parse is logged and dropped; any other stream error breaks the stream.
+async fn subscribe(
+    config: &DockerConfig,
+    kind: &'static str,
+) -> Result<(Clients, WatchStream<EventMessage>), CollectorError> {
+    let clients = connect(config)?;
+    let docker = &clients.bollard;
+    let deadline = config.deadline();
+    with_deadline(deadline, || "docker: /_ping (docker_query_timeout)".into(), async {
+        docker.ping().await.map_err(|e| CollectorError::retriable("docker: the daemon does not answer /_ping", e))
+    })
+    .await?;
+    let since = with_deadline(deadline, || "docker: /info (docker_query_timeout)".into(), daemon_now(docker)).await?;
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec![kind])]);
+    let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
+    let stream = docker.events(Some(options)).filter_map(move |item| async move {
+        match item {
+            Ok(event) => Some(Ok(Watched::Event(event))),
+            Err(DockerError::JsonDataError { message, .. }) => {
+                warn!(%message, kind, "docker: skipping an event that does not parse");
+                None
+            }
+            Err(e) => Some(Err(CollectorError::retriable(format!("docker: the {kind} event stream broke"), e))),
+        }
+    });
+    Ok((clients, stream.boxed()))
+}
+
 /// Why an inspect gave no container.
 #[derive(Debug)]
 enum InspectError {
@@ -442,39 +475,14 @@ impl ListWatch for DockerCollector {
         self.env = ctx.env.clone();
     }
 
-    /// Connects, pings dockerd, reads its clock and subscribes to container events since that
-    /// instant.
-    ///
-    /// dockerd replays the events since that instant, so nothing that happens between the
-    /// subscription and the list is lost and there is nothing to probe. An event that does not
-    /// parse is logged and dropped; any other stream error breaks the stream. Empties the
-    /// image-name cache.
+    /// Subscribes to container events since the daemon's clock, which dockerd replays from
+    /// there, so nothing is lost before the list. Empties the image-name cache.
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.docker = None;
         self.image_names.locked().clear();
-        let clients = self.connect()?;
-        let docker = &clients.bollard;
-        let deadline = self.config.deadline();
-        with_deadline(deadline, || "docker: /_ping (docker_query_timeout)".into(), async {
-            docker.ping().await.map_err(|e| CollectorError::retriable("docker: the daemon does not answer /_ping", e))
-        })
-        .await?;
-        let since =
-            with_deadline(deadline, || "docker: /info (docker_query_timeout)".into(), daemon_now(docker)).await?;
-        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec!["container"])]);
-        let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
-        let stream = docker.events(Some(options)).filter_map(|item| async move {
-            match item {
-                Ok(event) => Some(Ok(Watched::Event(event))),
-                Err(DockerError::JsonDataError { message, .. }) => {
-                    warn!(%message, "docker: skipping an event that does not parse");
-                    None
-                }
-                Err(e) => Some(Err(CollectorError::retriable("docker: the event stream broke", e))),
-            }
-        });
+        let (clients, stream) = subscribe(&self.config, "container").await?;
         self.docker = Some(clients);
-        Ok(stream.boxed())
+        Ok(stream)
     }
 
     async fn list(&mut self) -> Result<Listed, CollectorError> {
