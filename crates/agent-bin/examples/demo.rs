@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: real runtimes up (dockerd, and a single-node Kubernetes whose kubelet
 //! runs on its own containerd), labelled containers and a labelled two-container pod, the agent
 //! against them, what it sees printed (`agent workload-list`, `agent tagger-list`), a container's
-//! processes and a host Python program with their languages (the process collector), one
-//! container removed and shown gone, then everything torn down. Needs root; installs the Debian packages it
+//! processes and a host Python program with their languages (the process collector), the
+//! container's image and its tags, one container removed and shown gone, then everything torn
+//! down. Needs root; installs the Debian packages it
 //! misses and builds the Kubernetes components the first time (cached in `~/.cache/wm-k8s`).
 //!
 //! The pod is read by the kubelet collector (the kubelet's `/pods`, with a service-account token
@@ -158,7 +159,8 @@ containerd: {}",
          kubernetes_kubelet_host: 127.0.0.1\nkubernetes_https_kubelet_port: {}\nkubelet_auth_token_path: {}\n\
          kubelet_client_ca: {}\nlog_level: warn\ncontainer_labels_as_tags:\n  team: team\n\
          kubernetes_pod_labels_as_tags:\n  team: team\n\
-         process_config:\n  process_collection:\n    enabled: true\n  intervals:\n    process: 2\n",
+         process_config:\n  process_collection:\n    enabled: true\n  intervals:\n    process: 2\n\
+         container_image_collection:\n  metadata:\n    enabled: true\n",
         free_port()?,
         free_port()?,
         rt.docker_host(),
@@ -215,6 +217,25 @@ containerd: {}",
     }
     let _ = python.kill();
     let _ = python.wait();
+
+    step("web's image (container_image_metadata) and its tags");
+    let image_id =
+        check("docker image inspect", rt.docker(&["image", "inspect", "--format", "{{.Id}}", Runtimes::IMAGE]))?;
+    let entry = format!("id: {image_id} ===");
+    let list = agent.wait_for(&["workload-list", "-v"], "web's image", |out| out.contains(&entry))?;
+    let block = list.split_inclusive("\n\n").find(|e| e.contains(&entry)).unwrap_or_default();
+    // The merged view only (the source's own version repeats it).
+    for line in block.lines().skip(1).take_while(|l| *l != "===") {
+        println!("  {line}");
+    }
+    let tags = agent.wait_for(&["tagger-list"], "the image's tags", |out| {
+        out.contains(&format!("container_image_metadata://{image_id}"))
+    })?;
+    let block = tags
+        .split_inclusive("\n\n")
+        .find(|e| e.contains(&format!("container_image_metadata://{image_id}")))
+        .unwrap_or_default();
+    print!("{block}");
     step("agent tagger-list");
     let tags = agent.wait_for(&["tagger-list"], "their tags", |out| {
         out.contains("team:storage") && out.contains("team:frontend")
