@@ -282,6 +282,11 @@ fn container_body(out: &mut String, c: &Container, verbose: bool) {
     if !c.details.collector_tags.is_empty() {
         kv(out, "Collector Tags", c.details.collector_tags.join(", "));
     }
+    if !c.details.allocated_resources.is_empty() {
+        let devices: Vec<String> =
+            c.details.allocated_resources.iter().map(|r| format!("{}={}", r.name, r.id)).collect();
+        kv(out, "Allocated Resources", devices.join(", "));
+    }
     if verbose {
         map_section(out, "Labels", &c.labels);
         map_section(out, "Env Variables", &c.env);

@@ -76,6 +76,14 @@ pub const COLLECTORS: &[CollectorEntry] = &[
         build: containerd,
         fetcher: Some(containerd_fetcher),
     },
+    #[cfg(feature = "containerd")]
+    CollectorEntry {
+        name: wm_collector_containerd::images::NAME,
+        catalog: Catalog::Node,
+        feature: "containerd",
+        build: containerd_images,
+        fetcher: None,
+    },
     #[cfg(feature = "podman")]
     CollectorEntry {
         name: wm_collector_podman::NAME,
@@ -137,7 +145,7 @@ fn docker(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
 /// Builds the docker image collector when `container_image_collection.metadata.enabled` is set.
 #[cfg(feature = "docker")]
 fn docker_images(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
-    let images: wm_collector_docker::images::ImageConfig = config.section()?;
+    let images: wm_core::ImageCollectionConfig = config.section()?;
     let docker: wm_collector_docker::DockerConfig = config.section()?;
     Ok(images.enabled.then(|| wm_collector_docker::images::DockerImageCollector::new(docker).into_collector()))
 }
@@ -164,6 +172,17 @@ fn podman_fetcher(config: &AgentConfig) -> Result<Arc<dyn ContainerFetcher>, Con
 fn containerd(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let containerd: wm_collector_containerd::ContainerdConfig = config.section()?;
     Ok(Some(wm_collector_containerd::ContainerdCollector::new(containerd).into_collector()))
+}
+
+/// Builds the containerd image collector when `container_image_collection.metadata.enabled` is
+/// set.
+#[cfg(feature = "containerd")]
+fn containerd_images(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
+    let images: wm_core::ImageCollectionConfig = config.section()?;
+    let containerd: wm_collector_containerd::ContainerdConfig = config.section()?;
+    Ok(images
+        .enabled
+        .then(|| wm_collector_containerd::images::ContainerdImageCollector::new(containerd).into_collector()))
 }
 
 #[cfg(feature = "podman")]

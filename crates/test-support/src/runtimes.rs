@@ -370,18 +370,24 @@ impl Runtimes {
         let tar = build_rootfs_tar(&self.dir)?;
         let tar_path = tar.display().to_string();
         check("docker import", &self.docker(&["import", &tar_path, Self::IMAGE])?)?;
-        // docker save | ctr images import -
+        self.copy_image_to_containerd(Self::IMAGE, Self::CTR_NAMESPACE)
+    }
+
+    /// Copies a docker image into containerd's `namespace`: `docker save | ctr images import -`.
+    /// containerd names it as docker's reference normalised (`wm-test/busybox:1` becomes
+    /// `docker.io/wm-test/busybox:1`).
+    pub fn copy_image_to_containerd(&self, image: &str, namespace: &str) -> Result<(), Unavailable> {
         let save = Command::new("docker")
             .arg("--host")
             .arg(self.docker_host())
-            .args(["save", Self::IMAGE])
+            .args(["save", image])
             .output()
             .map_err(|e| Unavailable(format!("docker save: {e}")))?;
         check("docker save", &save)?;
         let mut import = Command::new("ctr")
             .arg("--address")
             .arg(self.containerd_socket())
-            .args(["--namespace", Self::CTR_NAMESPACE, "images", "import", "-"])
+            .args(["--namespace", namespace, "images", "import", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

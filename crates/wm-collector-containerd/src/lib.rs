@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 mod convert;
+pub mod images;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -51,6 +52,7 @@ use containerd_client::events::{
     TaskResumed, TaskStart,
 };
 use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
@@ -224,6 +226,7 @@ struct Clients {
     containers: ContainersClient<Channel>,
     tasks: TasksClient<Channel>,
     images: ImagesClient<Channel>,
+    content: ContentClient<Channel>,
     namespaces: NamespacesClient<Channel>,
     events: EventsClient<Channel>,
 }
@@ -244,6 +247,123 @@ fn namespaced<T>(namespace: &str, message: T) -> Result<Request<T>, CollectorErr
 /// Turns a failed gRPC call into a retriable error whose message names the call (`what`).
 fn failed(what: impl Into<String>, status: Status) -> CollectorError {
     CollectorError::retriable(what, status)
+}
+
+/// Connects to containerd's socket and builds one client per service, all on that connection.
+///
+/// A missing socket is a `Waiting` error when `cri_socket_path` names it, and
+/// `EnvironmentAbsent` when it is the default one. Connecting has `cri_connection_timeout` as
+/// its deadline, at least 100 ms.
+async fn connect(config: &ContainerdConfig) -> Result<Clients, CollectorError> {
+    let named = config.cri_socket_path.clone().filter(|p| !p.as_os_str().is_empty());
+    let socket = named.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    if !socket.exists() {
+        return Err(if named.is_some() {
+            CollectorError::waiting_for_file(format!("{} (cri_socket_path)", socket.display()), &socket)
+        } else {
+            CollectorError::absent_at(format!("no containerd socket at {}", socket.display()), &socket)
+        });
+    }
+    let connect_deadline = config.cri_connection_timeout.duration().max(Duration::from_millis(100));
+    let channel = with_deadline(
+        connect_deadline,
+        || format!("containerd: connecting to {} (cri_connection_timeout)", socket.display()),
+        async {
+            containerd_client::connect(&socket).await.map_err(|e| {
+                CollectorError::retriable(format!("containerd: cannot connect to {}", socket.display()), e)
+            })
+        },
+    )
+    .await?;
+    Ok(Clients {
+        containers: ContainersClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+        tasks: TasksClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+        images: ImagesClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
+        content: ContentClient::new(channel.clone()),
+        namespaces: NamespacesClient::new(channel.clone()),
+        events: EventsClient::new(channel),
+    })
+}
+
+/// Runs one call to containerd with `deadline` (`cri_query_timeout`).
+///
+/// A `NotFound` status comes back as [`CallError::NotFound`], so that callers can tell "no such
+/// container" from a failure. `what` names the call in the error message; it is only run when
+/// the call fails.
+async fn call<T>(
+    deadline: Duration,
+    what: impl FnOnce() -> String,
+    fut: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(status)) if status.code() == Code::NotFound => Err(CallError::NotFound),
+        Ok(Err(status)) => Err(CallError::Failed(failed(what(), status))),
+        Err(_) => Err(CallError::Failed(CollectorError::Retriable {
+            context: format!("{} timed out after {deadline:?} (cri_query_timeout)", what()),
+            source: None,
+        })),
+    }
+}
+
+/// Lists containerd's namespaces and returns those `config` watches.
+async fn watched_namespaces(config: &ContainerdConfig, clients: &mut Clients) -> Result<Vec<String>, CollectorError> {
+    let listed = call(
+        config.deadline(),
+        || "containerd: listing namespaces".into(),
+        clients.namespaces.list(ListNamespacesRequest::default()),
+    )
+    .await
+    .map_err(CallError::into_error)?;
+    Ok(listed.into_inner().namespaces.into_iter().map(|n| n.name).filter(|n| config.watches(n)).collect())
+}
+
+/// Publishes the marker event ([`SYNC_TOPIC`]): once it comes back on a run's stream, every
+/// later change is on that stream too.
+async fn publish_marker(config: &ContainerdConfig, clients: &mut Clients) -> Result<(), CollectorError> {
+    let marker = prost_types::Any { type_url: "wm-agent.Subscribed".into(), value: Vec::new() };
+    let publish = PublishRequest { topic: SYNC_TOPIC.into(), event: Some(marker) };
+    let request = namespaced(SYNC_NAMESPACE, publish)?;
+    call(config.deadline(), || "containerd: publishing the marker".into(), clients.events.publish(request))
+        .await
+        .map_err(CallError::into_error)?;
+    Ok(())
+}
+
+/// Returns the event stream of a subscription with `filters` (plus the marker's), each envelope
+/// turned into an item by `map`; the marker comes out as [`Watched::Live`].
+///
+/// containerd's subscribe call returns only when the first event arrives, so the call is made
+/// when the stream is first polled, not here.
+fn subscribe<E: Send + 'static>(
+    clients: &Clients,
+    mut filters: Vec<String>,
+    map: impl Fn(Envelope) -> Option<E> + Send + Sync + 'static,
+) -> WatchStream<E> {
+    filters.push(format!(r#"topic=="{SYNC_TOPIC}""#));
+    let mut events = clients.events.clone();
+    let map = Arc::new(map);
+    let subscribe = async move {
+        match events.subscribe(SubscribeRequest { filters }).await {
+            Ok(response) => response
+                .into_inner()
+                .filter_map(move |item| {
+                    let map = map.clone();
+                    async move {
+                        match item {
+                            Ok(envelope) if envelope.topic == SYNC_TOPIC => Some(Ok(Watched::Live)),
+                            Ok(envelope) => map(envelope).map(|e| Ok(Watched::Event(e))),
+                            Err(status) => Some(Err(failed("containerd: the event stream broke", status))),
+                        }
+                    }
+                })
+                .boxed(),
+            Err(status) => {
+                futures::stream::once(async move { Err(failed("containerd: subscribing failed", status)) }).boxed()
+            }
+        }
+    };
+    futures::stream::once(subscribe).flatten().boxed()
 }
 
 impl ContainerdCollector {
@@ -273,73 +393,22 @@ impl ContainerdCollector {
         })
     }
 
-    /// Connects to containerd's socket and builds one client per service, all on that connection.
-    ///
-    /// A missing socket is a `Waiting` error when `cri_socket_path` names it, and
-    /// `EnvironmentAbsent` when it is the default one. Connecting has `cri_connection_timeout` as
-    /// its deadline, at least 100 ms.
     async fn connect(&self) -> Result<Clients, CollectorError> {
-        let socket = self
-            .config
-            .cri_socket_path
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        if !socket.exists() {
-            return Err(if self.config.cri_socket_path.as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
-                CollectorError::waiting_for_file(format!("{} (cri_socket_path)", socket.display()), &socket)
-            } else {
-                CollectorError::absent_at(format!("no containerd socket at {}", socket.display()), &socket)
-            });
-        }
-        let connect_deadline = self.config.cri_connection_timeout.duration().max(Duration::from_millis(100));
-        let channel = with_deadline(
-            connect_deadline,
-            || format!("containerd: connecting to {} (cri_connection_timeout)", socket.display()),
-            async {
-                containerd_client::connect(&socket).await.map_err(|e| {
-                    CollectorError::retriable(format!("containerd: cannot connect to {}", socket.display()), e)
-                })
-            },
-        )
-        .await?;
-        Ok(Clients {
-            containers: ContainersClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
-            tasks: TasksClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE),
-            images: ImagesClient::new(channel.clone()),
-            namespaces: NamespacesClient::new(channel.clone()),
-            events: EventsClient::new(channel),
-        })
+        connect(&self.config).await
     }
 
-    /// Runs one call to containerd with `cri_query_timeout` as its deadline.
-    ///
-    /// A `NotFound` status comes back as [`CallError::NotFound`], so that callers can tell "no
-    /// such container" from a failure. `what` names the call in the error message; it is only run
-    /// when the call fails.
+    /// Runs one call to containerd with `cri_query_timeout` as its deadline; see [`call`].
     async fn call<T>(
         &self,
         what: impl FnOnce() -> String,
         fut: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, CallError> {
-        match tokio::time::timeout(self.config.deadline(), fut).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(status)) if status.code() == Code::NotFound => Err(CallError::NotFound),
-            Ok(Err(status)) => Err(CallError::Failed(failed(what(), status))),
-            Err(_) => Err(CallError::Failed(CollectorError::Retriable {
-                context: format!("{} timed out after {:?} (cri_query_timeout)", what(), self.config.deadline()),
-                source: None,
-            })),
-        }
+        call(self.config.deadline(), what, fut).await
     }
 
     /// Lists containerd's namespaces and returns those the collector watches.
     async fn watched_namespaces(&self, clients: &mut Clients) -> Result<Vec<String>, CollectorError> {
-        let listed = self
-            .call(|| "containerd: listing namespaces".into(), clients.namespaces.list(ListNamespacesRequest::default()))
-            .await
-            .map_err(CallError::into_error)?;
-        Ok(listed.into_inner().namespaces.into_iter().map(|n| n.name).filter(|n| self.config.watches(n)).collect())
+        watched_namespaces(&self.config, clients).await
     }
 
     /// Returns the digest of the image `image` names in `namespace`, from the cache or else from
@@ -702,14 +771,9 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
     (!decoded.container_id.is_empty()).then_some(decoded)
 }
 
-/// Returns the filters of the subscription: container, task and image events, and the marker.
+/// Returns the filters of the subscription: container, task and image events.
 fn subscription_filters() -> Vec<String> {
-    vec![
-        r#"topic~="^/containers/""#.to_owned(),
-        r#"topic~="^/tasks/""#.to_owned(),
-        r#"topic~="^/images/""#.to_owned(),
-        format!(r#"topic=="{SYNC_TOPIC}""#),
-    ]
+    vec![r#"topic~="^/containers/""#.to_owned(), r#"topic~="^/tasks/""#.to_owned(), r#"topic~="^/images/""#.to_owned()]
 }
 
 /// Returns the image name an `/images/create`, `/images/update` or `/images/delete` event
@@ -726,15 +790,12 @@ fn image_named(any: &prost_types::Any) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// Turns an envelope from the event stream into a stream item: [`Watched::Live`] for the marker,
-/// a decoded container or task event, or `None` for anything else.
+/// Turns an envelope from the event stream into a decoded container or task event, or `None`
+/// for anything else.
 ///
 /// An image event removes the digest cached for the image it names, since the name may now point
 /// at other content, and yields `None`.
-fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Watched<Decoded>> {
-    if envelope.topic == SYNC_TOPIC {
-        return Some(Watched::Live);
-    }
+fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Decoded> {
     if envelope.topic.starts_with("/images/") {
         if let Some(name) = envelope.event.as_ref().and_then(image_named) {
             digests.locked().remove(&(envelope.namespace, name));
@@ -744,7 +805,7 @@ fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Watched<Decod
     let any = envelope.event.as_ref()?;
     let mut decoded = decode(&envelope.topic, any)?;
     decoded.namespace = envelope.namespace;
-    Some(Watched::Event(decoded))
+    Some(decoded)
 }
 
 #[async_trait]
@@ -767,41 +828,17 @@ impl ListWatch for ContainerdCollector {
         // it, so every cached digest is dropped.
         self.digests.locked().clear();
         let clients = self.connect().await?;
-        let mut events = clients.events.clone();
-        self.clients = Some(clients);
         let digests = self.digests.clone();
-        let subscribe = async move {
-            match events.subscribe(SubscribeRequest { filters: subscription_filters() }).await {
-                Ok(response) => response
-                    .into_inner()
-                    .filter_map(move |item| {
-                        let digests = digests.clone();
-                        async move {
-                            match item {
-                                Ok(envelope) => watched(envelope, &digests).map(Ok),
-                                Err(status) => Some(Err(failed("containerd: the event stream broke", status))),
-                            }
-                        }
-                    })
-                    .boxed(),
-                Err(status) => {
-                    futures::stream::once(async move { Err(failed("containerd: subscribing failed", status)) }).boxed()
-                }
-            }
-        };
-        Ok(futures::stream::once(subscribe).flatten().boxed())
+        let stream = subscribe(&clients, subscription_filters(), move |envelope| watched(envelope, &digests));
+        self.clients = Some(clients);
+        Ok(stream)
     }
 
     /// Publishes the marker event and returns `true`; once the marker comes back on the stream,
     /// every later change is on it too.
     async fn probe(&mut self) -> Result<bool, CollectorError> {
         let mut clients = self.clients()?;
-        let marker = prost_types::Any { type_url: "wm-agent.Subscribed".into(), value: Vec::new() };
-        let publish = PublishRequest { topic: SYNC_TOPIC.into(), event: Some(marker) };
-        let request = namespaced(SYNC_NAMESPACE, publish)?;
-        self.call(|| "containerd: publishing the marker".into(), clients.events.publish(request))
-            .await
-            .map_err(CallError::into_error)?;
+        publish_marker(&self.config, &mut clients).await?;
         Ok(true)
     }
 

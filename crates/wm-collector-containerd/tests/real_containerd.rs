@@ -437,3 +437,84 @@ fn the_fetcher_finds_a_container_in_any_watched_namespace_and_never_a_sandbox() 
         assert!(fetcher.fetch("nobody").await.is_none());
     });
 }
+
+/// Every image of the store's image collector, by id.
+fn images(store: &Store) -> BTreeMap<String, wm_core::ContainerImageMetadata> {
+    wm_core::StoreReader::list(store, wm_core::Kind::ContainerImageMetadata)
+        .into_iter()
+        .filter_map(|e| match e {
+            wm_core::Entity::ContainerImageMetadata(i) => Some((i.id.to_string(), (*i).clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn docker_image_id(rt: &Runtimes, image: &str) -> String {
+    let out = rt.docker(&["image", "inspect", "--format", "{{.Id}}", image]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The image collector on a real containerd: the image imported at start listed under its
+/// config digest (docker's id of the same image) with its platform and layers; then `ctr images
+/// tag`, `rm` of that tag, an image imported while it runs, a name moved from one image to the
+/// other (`tag --force`), and the delete of the new image's last name followed.
+#[test]
+fn images_are_listed_then_followed_through_tag_move_import_and_delete() {
+    with_daemons("containerd images", async |rt| {
+        let base = docker_image_id(rt, Runtimes::IMAGE);
+        let config = ContainerdConfig { cri_socket_path: Some(rt.containerd_socket()), ..ContainerdConfig::default() };
+        let collector = wm_collector_containerd::images::ContainerdImageCollector::new(config);
+        let store = Store::builder().collector(collector.into_collector()).build();
+        store.start();
+        let get = |store: &Store, id: &str| images(store).get(id).cloned();
+        let has_tag =
+            |store: &Store, id: &str, tag: &str| get(store, id).is_some_and(|i| i.repo_tags.iter().any(|t| t == tag));
+        eventually("the base image listed", WAIT, || get(&store, &base).is_some()).await;
+        let image = get(&store, &base).unwrap();
+        assert_eq!(image.repo_tags, [Runtimes::CTR_IMAGE], "{image:?}");
+        assert_eq!(image.name, "docker.io/wm-test/busybox");
+        assert_eq!(image.os, "linux");
+        assert!(!image.architecture.is_empty() && image.size_bytes > 0 && !image.media_type.is_empty(), "{image:?}");
+        assert!(
+            !image.layers.is_empty()
+                && image.layers.iter().all(|l| l.digest.starts_with("sha256:") && l.size_bytes > 0),
+            "{image:?}"
+        );
+        assert!(!images(&store).keys().any(|id| id != &base), "only the base image is in {NS}");
+
+        const TAG: &str = "docker.io/wm-test/tagged:2";
+        ctr(rt, NS, &["images", "tag", Runtimes::CTR_IMAGE, TAG]).await;
+        eventually("the new tag", WAIT, || has_tag(&store, &base, TAG)).await;
+        ctr(rt, NS, &["images", "rm", TAG]).await;
+        eventually("the tag removed, the image kept", WAIT, || {
+            get(&store, &base).is_some_and(|i| i.repo_tags == [Runtimes::CTR_IMAGE])
+        })
+        .await;
+
+        // A second image, made by docker from a local tarball and imported while the collector runs.
+        let dir = rt.dir().join("ctr-import");
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        std::fs::write(dir.join("root/hello"), "hello").unwrap();
+        let tar = dir.join("root.tar");
+        let status =
+            std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(dir.join("root")).arg(".").status();
+        assert!(status.unwrap().success());
+        let made = rt.docker(&["import", &tar.display().to_string(), "wm.local/imported:1"]).unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let imported = docker_image_id(rt, "wm.local/imported:1");
+        tokio::task::block_in_place(|| rt.copy_image_to_containerd("wm.local/imported:1", NS)).unwrap();
+        eventually("the imported image", WAIT, || has_tag(&store, &imported, "wm.local/imported:1")).await;
+
+        // A name that moves from the base image to the imported one changes both.
+        ctr(rt, NS, &["images", "tag", Runtimes::CTR_IMAGE, TAG]).await;
+        eventually("the tag on the base image", WAIT, || has_tag(&store, &base, TAG)).await;
+        ctr(rt, NS, &["images", "tag", "--force", "wm.local/imported:1", TAG]).await;
+        eventually("the tag moved", WAIT, || has_tag(&store, &imported, TAG) && !has_tag(&store, &base, TAG)).await;
+
+        ctr(rt, NS, &["images", "rm", "wm.local/imported:1", TAG]).await;
+        eventually("the imported image gone with its last name", WAIT, || get(&store, &imported).is_none()).await;
+        assert_eq!(get(&store, &base).map(|i| i.repo_tags), Some(vec![Runtimes::CTR_IMAGE.to_owned()]));
+        store.shutdown().await;
+    });
+}

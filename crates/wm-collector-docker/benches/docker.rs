@@ -6,6 +6,9 @@
 //!   subscriber's `Set` showing it running. Overhead = (b) − (a), per start; target p99 ≤ 5 ms.
 //! - initial_sync: with 500 containers on the daemon, from a store's start to its subscriber
 //!   holding all 500, against bollard listing them and inspecting each, 8 in flight. Target ≤ 1.5×.
+//! - image.initial_sync: with 200 images on the daemon (each `docker import` of a tarball of its
+//!   own), from a store's start (the image collector alone) to its subscriber holding all of
+//!   them, against bollard listing the images and inspecting each, 8 in flight. Target ≤ 1.5×.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure aborts the run
 
@@ -19,6 +22,7 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 use test_support::runtimes::{Install, Runtimes};
+use wm_collector_docker::images::DockerImageCollector;
 use wm_collector_docker::{DockerCollector, DockerConfig};
 use wm_core::{EventType, Filter, Kind, SubscriberPriority};
 use wm_store::Store;
@@ -172,6 +176,83 @@ async fn initial_sync(rt: &Runtimes, docker: &Docker, containers: usize, rounds:
     );
 }
 
+/// Makes `count` images, each imported from a tarball holding one file of its own, 8 at a time.
+fn make_images(rt: &Runtimes, count: usize) {
+    let dir = rt.dir().join("bench-images");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let root = dir.join(format!("root-{i}"));
+                    std::fs::create_dir_all(&root).unwrap();
+                    std::fs::write(root.join("n"), i.to_string()).unwrap();
+                    let tar = dir.join(format!("image-{i}.tar"));
+                    let made =
+                        std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&root).arg(".").status();
+                    assert!(made.unwrap().success());
+                    let out =
+                        rt.docker(&["import", &tar.display().to_string(), &format!("wm.bench/image-{i}:1")]).unwrap();
+                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                }
+            });
+        }
+    });
+}
+
+async fn image_baseline_sync(docker: &Docker) -> usize {
+    let listed = docker.list_images(None::<bollard::query_parameters::ListImagesOptions>).await.unwrap();
+    let inspected: Vec<_> = futures::stream::iter(listed.into_iter().map(|s| s.id))
+        .map(|id| {
+            let docker = docker.clone();
+            async move { docker.inspect_image(&id).await.unwrap() }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    inspected.len()
+}
+
+async fn image_ours_sync(rt: &Runtimes, expected: usize) {
+    let config = DockerConfig { docker_host: Some(rt.docker_host()), ..DockerConfig::default() };
+    let store = Store::builder().collector(DockerImageCollector::new(config).into_collector()).build();
+    let mut sub =
+        store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::ContainerImageMetadata));
+    store.start();
+    let mut seen = 0;
+    while seen < expected {
+        let bundle = sub.recv().await.unwrap().unwrap();
+        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
+    }
+    store.shutdown().await;
+}
+
+async fn image_initial_sync(rt: &Runtimes, docker: &Docker, images: usize, rounds: usize) {
+    tokio::task::block_in_place(|| make_images(rt, images));
+    let total = image_baseline_sync(docker).await;
+    assert!(total > images, "{total} images listed, {images} made");
+    let (mut best_ours, mut best_base) = (Duration::MAX, Duration::MAX);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        assert_eq!(image_baseline_sync(docker).await, total);
+        best_base = best_base.min(t.elapsed());
+        let t = Instant::now();
+        image_ours_sync(rt, total).await;
+        best_ours = best_ours.min(t.elapsed());
+    }
+    let ratio = best_ours.as_secs_f64() / best_base.as_secs_f64();
+    let verdict = if ratio <= 1.5 { "ok" } else { "MISS" };
+    println!(
+        "image.initial_sync  {:.1} ms  {:.1} ms  {ratio:.2}x  <=1.50x  {verdict}  ({total} images: inspect and history vs inspect, best of {rounds})",
+        best_ours.as_secs_f64() * 1e3,
+        best_base.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rt = match Runtimes::start(Install::IfMissing) {
@@ -179,6 +260,7 @@ fn main() {
         Err(why) => {
             println!("docker.event_latency  -  -  -  <=5ms  MISS (no dockerd: {why})");
             println!("docker.initial_sync  -  -  -  <=1.50x  MISS (no dockerd: {why})");
+            println!("image.initial_sync  -  -  -  <=1.50x  MISS (no dockerd: {why})");
             return;
         }
     };
@@ -189,6 +271,7 @@ fn main() {
                 .unwrap();
         event_latency(&rt, &docker, if quick { 20 } else { 200 }).await;
         initial_sync(&rt, &docker, if quick { 100 } else { 500 }, if quick { 2 } else { 5 }).await;
+        image_initial_sync(&rt, &docker, if quick { 50 } else { 200 }, if quick { 2 } else { 5 }).await;
     });
     drop(tokio);
     drop(rt);

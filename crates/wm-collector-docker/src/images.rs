@@ -17,13 +17,13 @@
 use async_trait::async_trait;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use tracing::warn;
 use wm_core::{
     Collector, CollectorError, ContainerImageMetadata, Entity, EntityId, ImageLayer, Kind, Source, Timestamp,
 };
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, with_deadline};
 
-use crate::engine::{Engine, HistoryEntry, ImageInspect};
+use crate::engine::{Engine, EngineError, HistoryEntry, ImageInspect};
 use crate::{Clients, DockerConfig, INSPECT_CONCURRENCY, subscribe};
 
 /// The collector's name, as it appears in health, telemetry and dumps.
@@ -31,16 +31,6 @@ pub const NAME: &str = "docker_images";
 
 /// The image actions that change what dockerd holds.
 const IMAGE_ACTIONS: &[&str] = &["pull", "tag", "untag", "import", "load", "delete"];
-
-/// Whether to collect images: the image collector's part of the agent config.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImageConfig {
-    /// `container_image_collection.metadata.enabled` (Datadog's key, default false here): list
-    /// and follow the runtime's images.
-    #[serde(rename = "container_image_collection.metadata.enabled")]
-    pub enabled: bool,
-}
 
 /// Follows dockerd's images.
 #[derive(Debug)]
@@ -69,20 +59,57 @@ impl DockerImageCollector {
 
     /// Inspects the image `reference` and reads its history; `None` when dockerd does not hold
     /// it.
-    async fn read(&self, engine: &Engine, reference: &str) -> Result<Option<ContainerImageMetadata>, CollectorError> {
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Undecodable`] when an answer passes its cap or does not parse (asking again
+    /// gives the same answer), [`ReadError::Failed`] when a call fails.
+    async fn read(&self, engine: &Engine, reference: &str) -> Result<Option<ContainerImageMetadata>, ReadError> {
         let deadline = self.config.deadline();
         let what = || format!("docker images: inspecting {reference} (docker_query_timeout)");
-        let failed = |e| CollectorError::retriable(format!("docker images: inspecting {reference} failed"), e);
-        let Some(inspect) =
-            with_deadline(deadline, what, async { engine.inspect_image(reference).await.map_err(failed) }).await?
-        else {
-            return Ok(None);
+        let failed = |e: EngineError| match e {
+            EngineError::Undecodable(message) => ReadError::Undecodable(message),
+            EngineError::Failed(_) => {
+                ReadError::Failed(CollectorError::retriable(format!("docker images: inspecting {reference} failed"), e))
+            }
         };
-        let history = with_deadline(deadline, what, async { engine.image_history(&inspect.id).await.map_err(failed) })
-            .await?
-            .unwrap_or_default();
+        let deadline_passed = ReadError::Failed;
+        let inspect = async { Ok(engine.inspect_image(reference).await) };
+        // Given an id, the history is asked for at the same time as the inspect: one round trip
+        // per image instead of two, which is most of the list's time.
+        let (inspect, history) = if reference.starts_with("sha256:") {
+            let history = async { Ok(engine.image_history(reference).await) };
+            let (inspect, history) =
+                futures::future::join(with_deadline(deadline, what, inspect), with_deadline(deadline, what, history))
+                    .await;
+            (
+                inspect.map_err(deadline_passed)?.map_err(failed)?,
+                Some(history.map_err(deadline_passed)?.map_err(failed)?),
+            )
+        } else {
+            (with_deadline(deadline, what, inspect).await.map_err(deadline_passed)?.map_err(failed)?, None)
+        };
+        let Some(inspect) = inspect else { return Ok(None) };
+        let history = match history {
+            Some(history) => history,
+            None => with_deadline(deadline, what, async { Ok(engine.image_history(&inspect.id).await) })
+                .await
+                .map_err(deadline_passed)?
+                .map_err(failed)?,
+        }
+        .unwrap_or_default();
         Ok(Some(image_from_inspect(inspect, &history)))
     }
+}
+
+/// Why an image could not be read.
+#[derive(Debug)]
+enum ReadError {
+    /// dockerd's answer passed its cap or does not parse: the image is skipped with a warning,
+    /// as the container collector skips such a container.
+    Undecodable(String),
+    /// A call failed: the store keeps what it had and the image is read again later.
+    Failed(CollectorError),
 }
 
 /// Builds the entity of an image from its inspect and its history (newest step first, as
@@ -166,7 +193,7 @@ impl ListWatch for DockerImageCollector {
                 })
             })
             .await?;
-        let read: Vec<(String, Result<Option<ContainerImageMetadata>, CollectorError>)> = futures::stream::iter(ids)
+        let read: Vec<(String, Result<Option<ContainerImageMetadata>, ReadError>)> = futures::stream::iter(ids)
             .map(|id| async move {
                 let result = this.read(engine, &id).await;
                 (id, result)
@@ -178,7 +205,12 @@ impl ListWatch for DockerImageCollector {
         for (id, result) in read {
             match result {
                 Ok(image) => listed.entities.extend(image.map(Entity::from)),
-                Err(_) => listed.unreadable.push((id.clone(), EntityId::new(Kind::ContainerImageMetadata, id))),
+                Err(ReadError::Undecodable(message)) => {
+                    warn!(image_id = %id, %message, "docker images: skipping an image whose inspect does not parse");
+                }
+                Err(ReadError::Failed(_)) => {
+                    listed.unreadable.push((id.clone(), EntityId::new(Kind::ContainerImageMetadata, id)));
+                }
             }
         }
         Ok(listed)
@@ -195,7 +227,15 @@ impl ListWatch for DockerImageCollector {
     /// does not and the events named it by id.
     async fn refresh(&self, reference: &str, _events: Vec<EventMessage>) -> Result<Refreshed, CollectorError> {
         let engine = self.engine()?;
-        Ok(match self.read(engine, reference).await? {
+        let read = match self.read(engine, reference).await {
+            Ok(read) => read,
+            Err(ReadError::Undecodable(message)) => {
+                warn!(image = %reference, %message, "docker images: skipping an image whose inspect does not parse");
+                return Ok(Refreshed::Skip);
+            }
+            Err(ReadError::Failed(error)) => return Err(error),
+        };
+        Ok(match read {
             Some(image) => Refreshed::Present(Entity::from(image)),
             None if reference.starts_with("sha256:") => {
                 Refreshed::Gone { id: EntityId::new(Kind::ContainerImageMetadata, reference), said: None }

@@ -26,6 +26,7 @@
 
 pub mod kubelet;
 pub mod metadata;
+pub mod podresources;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -98,6 +99,10 @@ pub struct KubeletConfig {
     /// `include_ephemeral_containers` (default false): whether to report ephemeral (debug)
     /// containers too.
     pub include_ephemeral_containers: bool,
+    /// `kubernetes_kubelet_podresources_socket` (Datadog's key, default
+    /// [`podresources::DEFAULT_SOCKET`]): the kubelet's pod-resources socket, read at each pull
+    /// for the devices allocated to each container when it exists; empty: never read.
+    pub kubernetes_kubelet_podresources_socket: Option<PathBuf>,
 }
 
 impl Default for KubeletConfig {
@@ -112,6 +117,7 @@ impl Default for KubeletConfig {
             kubelet_expiry: Seconds(15),
             kubelet_pull_interval: Seconds(5),
             include_ephemeral_containers: false,
+            kubernetes_kubelet_podresources_socket: None,
         }
     }
 }
@@ -140,6 +146,16 @@ impl KubeletConfig {
         self.kubelet_auth_token_path.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_PATH))
     }
 
+    /// Returns the pod-resources socket: `kubernetes_kubelet_podresources_socket`, else
+    /// [`podresources::DEFAULT_SOCKET`]; `None` when the key is set empty.
+    fn pod_resources_socket(&self) -> Option<PathBuf> {
+        match &self.kubernetes_kubelet_podresources_socket {
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(podresources::DEFAULT_SOCKET)),
+        }
+    }
+
     /// Returns the path of the CA file: `kubelet_client_ca`, else [`DEFAULT_CA_PATH`].
     fn ca_path(&self) -> PathBuf {
         self.kubelet_client_ca.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CA_PATH))
@@ -156,6 +172,9 @@ enum PodsError {
     #[error("the body is larger than {} MiB, the cap (MAX_PODS_BODY)", MAX_PODS_BODY >> 20)]
     TooLarge,
 }
+
+/// The deadline of one call to the pod-resources API.
+const POD_RESOURCES_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Pulls the kubelet's pod list and reports its pods and containers; hand it to the store with
 /// [`into_collector`](Self::into_collector).
@@ -175,6 +194,12 @@ pub struct KubeletCollector {
     /// The skipped pod list items already logged, as (index in the list, reason), so that each
     /// warning is logged once. Past 1,024 entries no new warning is logged.
     logged: std::collections::HashSet<(usize, String)>,
+    /// The kubelet's pod-resources API, asked at each pull for the containers' devices; `None`
+    /// when `kubernetes_kubelet_podresources_socket` is set empty.
+    pod_resources: Option<podresources::PodResources>,
+    /// Whether the last call to the pod-resources API failed, so that a failure is logged as a
+    /// warning once, not at every pull.
+    pod_resources_failing: bool,
 }
 
 impl std::fmt::Debug for KubeletCollector {
@@ -186,6 +211,8 @@ impl std::fmt::Debug for KubeletCollector {
 impl KubeletCollector {
     /// Creates a collector for `config`. Does no I/O; the client is built by `start`.
     pub fn new(config: KubeletConfig) -> Self {
+        let pod_resources =
+            config.pod_resources_socket().map(|path| podresources::PodResources::new(path, POD_RESOURCES_DEADLINE));
         Self {
             config,
             env: EnvFilter::default(),
@@ -193,6 +220,48 @@ impl KubeletCollector {
             stamps: [None; 2],
             seen: HashMap::new(),
             logged: std::collections::HashSet::new(),
+            pod_resources,
+            pod_resources_failing: false,
+        }
+    }
+
+    /// Asks the pod-resources API (when its socket exists) and gives each container of
+    /// `entities` the devices the kubelet allocated to it. A failure is logged and leaves the
+    /// containers without devices.
+    async fn attach_devices(&mut self, entities: &mut [Entity]) {
+        let Some(client) = self.pod_resources.as_mut() else { return };
+        let allocations = match client.list().await {
+            Ok(Some(allocations)) => {
+                if std::mem::take(&mut self.pod_resources_failing) {
+                    tracing::info!(socket = %client.path().display(), "kubelet: pod-resources API read again");
+                }
+                allocations
+            }
+            Ok(None) => return,
+            Err(error) => {
+                if !std::mem::replace(&mut self.pod_resources_failing, true) {
+                    tracing::warn!(%error, "kubelet: cannot read the pod-resources API; containers go without their devices");
+                }
+                return;
+            }
+        };
+        if allocations.is_empty() {
+            return;
+        }
+        let pods: HashMap<EntityId, (String, String)> = entities
+            .iter()
+            .filter_map(|e| match e {
+                Entity::KubernetesPod(p) => Some((e.id(), (p.namespace.to_string(), p.name.to_string()))),
+                _ => None,
+            })
+            .collect();
+        for entity in entities {
+            let Entity::Container(container) = entity else { continue };
+            let Some((namespace, pod)) = container.owner.as_ref().and_then(|o| pods.get(o)) else { continue };
+            let key = (namespace.clone(), pod.clone(), container.name.to_string());
+            if let Some(devices) = allocations.get(&key) {
+                std::sync::Arc::make_mut(container).details.allocated_resources = devices.clone();
+            }
         }
     }
 
@@ -328,9 +397,11 @@ impl PullCollector for KubeletCollector {
                 tracing::warn!(index, %reason, url, "kubelet: skipping a pod list item that is not a pod");
             }
         }
+        let mut entities = converted.entities;
+        self.attach_devices(&mut entities).await;
         let now = Instant::now();
-        let mut events: Vec<(EventType, Entity)> = Vec::with_capacity(converted.entities.len());
-        for entity in converted.entities {
+        let mut events: Vec<(EventType, Entity)> = Vec::with_capacity(entities.len());
+        for entity in entities {
             self.seen.insert(entity.id(), now);
             events.push((EventType::Set, entity));
         }

@@ -1,8 +1,9 @@
 //! The kubelet collector against the real single-node Kubernetes of test-support: it reads the
 //! kubelet's `/pods` with a service-account token from the TokenRequest API (as an agent's
 //! DaemonSet does), stores the pod and its two containers, and unsets them once the Deployment
-//! is gone and they stayed missing for `kubelet_expiry`. A wrong token is a retriable error
-//! naming the kubelet's URL.
+//! is gone and they stayed missing for `kubelet_expiry`. The one container that asks for a device
+//! of our test device plugin gets it from the kubelet's pod-resources API. A wrong token is a
+//! retriable error naming the kubelet's URL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use test_support::kubernetes::{Kubernetes, container, deployment};
+use test_support::kubernetes::{DevicePlugin, Kubernetes, container, deployment};
 use test_support::watch::eventually;
 use wm_collector_kube::{KubeletCollector, KubeletConfig};
 use wm_core::{Port, Seconds};
@@ -34,7 +35,11 @@ impl wm_core::EventSink for NoSink {
     }
 }
 
-/// Two containers with env: one var the tag rules read, one they do not.
+/// The resource of the test device plugin.
+const DEVICE: &str = "wm.test/device";
+
+/// Two containers with env: one var the tag rules read, one they do not; `api` asks for one
+/// device of the test device plugin.
 fn shop() -> Deployment {
     let env = json!([{ "name": "DD_ENV", "value": "test" }, { "name": "SECRET", "value": "hunter2" }]);
     let with_env = |name: &str| {
@@ -42,7 +47,9 @@ fn shop() -> Deployment {
         c["env"] = env.clone();
         c
     };
-    deployment("shop", &[("team", "commerce")], vec![with_env("api"), with_env("cache")]).unwrap()
+    let mut api = with_env("api");
+    api["resources"] = json!({ "limits": { DEVICE: "1" } });
+    deployment("shop", &[("team", "commerce")], vec![api, with_env("cache")]).unwrap()
 }
 
 fn config(cluster: &Kubernetes, token: &std::path::Path) -> KubeletConfig {
@@ -53,6 +60,7 @@ fn config(cluster: &Kubernetes, token: &std::path::Path) -> KubeletConfig {
         kubelet_client_ca: Some(cluster.ca_cert()),
         kubelet_expiry: Seconds(2),
         kubelet_pull_interval: Seconds(1),
+        kubernetes_kubelet_podresources_socket: Some(cluster.pod_resources_socket()),
         ..KubeletConfig::default()
     }
 }
@@ -61,6 +69,8 @@ fn config(cluster: &Kubernetes, token: &std::path::Path) -> KubeletConfig {
 fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_gone() {
     let test = "the_kubelets_pods_are_collected";
     test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
+        // The scheduler places the pod once the kubelet counts the plugin's devices.
+        let _plugin = DevicePlugin::start(DEVICE, &["dev-a", "dev-b"]).await.unwrap();
         cluster.create_namespace("shop").await.unwrap();
         let deployments: Api<Deployment> = Api::namespaced(cluster.client().await.unwrap(), "shop");
         deployments.create(&PostParams::default(), &shop()).await.unwrap();
@@ -95,6 +105,16 @@ fn the_kubelets_pods_are_collected_with_a_service_account_token_and_expire_when_
             assert_eq!(container.env.get("DD_ENV"), Some("test"));
             assert_eq!(container.env.get("SECRET"), None, "only the env vars the tag rules read enter the store");
         }
+        let device = |name: &str| {
+            let id = &pod.containers.iter().find(|c| c.name == name).unwrap().id;
+            store.get_container(id).unwrap().details.allocated_resources.clone()
+        };
+        eventually("the api container's device", DEADLINE, || device("api").len() == 1).await;
+        let api = device("api");
+        assert_eq!(api[0].name, DEVICE);
+        assert!(["dev-a", "dev-b"].contains(&api[0].id.as_str()), "{api:?}");
+        assert!(device("cache").is_empty(), "a container that asked for no device has none");
+        println!("the api container's device, from the pod-resources API: {api:?}");
         assert!(store.health().is_ready());
 
         // The token rotates as the kubelet rotates a projected one: a new file swapped in by a

@@ -1,6 +1,6 @@
 //! Value types shared by the components' config structs (each crate owns its own struct, with
 //! the Datadog key names): a port that is never 0, a duration given in whole seconds, and a
-//! secret that is never shown. Their `expecting` texts are what the agent prints when a value is
+//! secret that is never shown; and the one switch every runtime's image collector reads. Their `expecting` texts are what the agent prints when a value is
 //! of the wrong kind.
 
 use std::fmt;
@@ -268,4 +268,15 @@ mod tests {
             assert!(e.contains("expected a secret (a string: quote"), "{not_text}: {e}");
         }
     }
+}
+
+/// Whether to collect images: the part of the agent config every runtime's image collector
+/// (docker's, containerd's) reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageCollectionConfig {
+    /// `container_image_collection.metadata.enabled` (Datadog's key, default false here): list
+    /// and follow the runtimes' images.
+    #[serde(rename = "container_image_collection.metadata.enabled")]
+    pub enabled: bool,
 }

@@ -347,7 +347,7 @@ impl<'de> Deserialize<'de> for Shared<ResourceSpec> {
 /// of a container has none, and the merged view shares the runtime's.
 pub type ContainerRuntimeDetails = Shared<ContainerDetails>;
 
-/// A container's host name, addresses, ports, cgroup and collector tags (see
+/// A container's host name, addresses, ports, cgroup, collector tags and allocated devices (see
 /// [`ContainerRuntimeDetails`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ContainerDetails {
@@ -363,6 +363,20 @@ pub struct ContainerDetails {
     /// as tags rather than labels: Cloud Foundry's Garden containers (the Datadog Agent's
     /// `CollectorTags`).
     pub collector_tags: Vec<String>,
+    /// The devices the kubelet allocated to it (GPUs and other device-plugin resources), one
+    /// entry per device, from the kubelet's pod-resources API (the Datadog Agent's
+    /// `ResolvedAllocatedResources`).
+    pub allocated_resources: Vec<AllocatedResource>,
+}
+
+/// One device allocated to a container: the resource it is an instance of and its id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllocatedResource {
+    /// The resource's name (`nvidia.com/gpu`).
+    pub name: String,
+    /// The device's id, as its device plugin names it.
+    pub id: String,
 }
 
 static NO_DETAILS: ContainerDetails = ContainerDetails {
@@ -371,6 +385,7 @@ static NO_DETAILS: ContainerDetails = ContainerDetails {
     ports: Vec::new(),
     cgroup_path: String::new(),
     collector_tags: Vec::new(),
+    allocated_resources: Vec::new(),
 };
 
 impl Parts for ContainerDetails {
@@ -409,7 +424,7 @@ pub struct Container {
     pub owner: Option<EntityId>,
     /// Requests and limits.
     pub resources: ContainerResources,
-    /// Hostname, addresses, ports, cgroup path and collector tags.
+    /// Hostname, addresses, ports, cgroup path, collector tags and allocated devices.
     pub details: ContainerRuntimeDetails,
 }
 
@@ -449,6 +464,8 @@ struct ContainerFields {
     resources: ContainerResources,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     collector_tags: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allocated_resources: Vec<AllocatedResource>,
 }
 
 impl From<ContainerFields> for Container {
@@ -459,6 +476,7 @@ impl From<ContainerFields> for Container {
             ports: f.ports,
             cgroup_path: f.cgroup_path,
             collector_tags: f.collector_tags,
+            allocated_resources: f.allocated_resources,
         };
         Container {
             id: f.id,
@@ -486,6 +504,7 @@ impl From<Container> for ContainerFields {
             ports: d.ports.clone(),
             cgroup_path: d.cgroup_path.clone(),
             collector_tags: d.collector_tags.clone(),
+            allocated_resources: d.allocated_resources.clone(),
             id: c.id,
             name: c.name,
             labels: c.labels,

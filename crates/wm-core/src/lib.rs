@@ -32,11 +32,11 @@ pub use collector::{
     BoxError, Collector, CollectorContext, CollectorError, CollectorKind, ContainerFetcher, EventSink, Origin,
     PullCollector, SinkMessage, SourceSink, StoreReader, StreamCollector, is_full_hex_id,
 };
-pub use config::{Port, Seconds, Secret};
+pub use config::{ImageCollectionConfig, Port, Seconds, Secret};
 pub use entity::{
-    Container, ContainerDetails, ContainerHealth, ContainerImageMetadata, ContainerPort, ContainerResources,
-    ContainerRuntimeDetails, ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter, ExitCode,
-    ImageLayer, KEPT_ENV_VARS, KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind,
+    AllocatedResource, Container, ContainerDetails, ContainerHealth, ContainerImageMetadata, ContainerPort,
+    ContainerResources, ContainerRuntimeDetails, ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter,
+    ExitCode, ImageLayer, KEPT_ENV_VARS, KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind,
     KubernetesMetadata, KubernetesPod, Language, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodDetails,
     PodOwner, PodRuntimeDetails, Process, ResourceSpec, Runtime, Source,
 };

@@ -83,6 +83,7 @@ fn fill_details(high: &mut ContainerRuntimeDetails, low: &ContainerRuntimeDetail
         || l.ports.iter().any(|lp| h.ports.iter().find(|hp| same_port(hp, lp)).is_none_or(|hp| completes(hp, lp)))
         || gap(h.cgroup_path.is_empty(), l.cgroup_path.is_empty())
         || gap(h.collector_tags.is_empty(), l.collector_tags.is_empty())
+        || gap(h.allocated_resources.is_empty(), l.allocated_resources.is_empty())
     {
         let h = &mut **high;
         fill(&mut h.hostname, &l.hostname);
@@ -90,6 +91,7 @@ fn fill_details(high: &mut ContainerRuntimeDetails, low: &ContainerRuntimeDetail
         union_by(&mut h.ports, &l.ports, same_port, fill_port);
         fill(&mut h.cgroup_path, &l.cgroup_path);
         fill(&mut h.collector_tags, &l.collector_tags);
+        fill(&mut h.allocated_resources, &l.allocated_resources);
     }
 }
 

@@ -98,6 +98,26 @@ pub enum Refreshed {
     /// Nothing to send, as for a pod sandbox or a payload that does not parse (the collector
     /// logs why).
     Skip,
+    /// Several entities changed, sent in this order: a containerd image name that moves from
+    /// one image to another changes both.
+    Several(Vec<Refreshed>),
+}
+
+impl Refreshed {
+    /// Appends the sets and unsets this result sends to `out`, in order.
+    fn send_into(self, out: &mut Vec<(EventType, Entity)>) {
+        match self {
+            Refreshed::Present(entity) => out.push((EventType::Set, entity)),
+            Refreshed::Gone { id, said } => {
+                if let Some(said) = said {
+                    out.push((EventType::Set, said));
+                }
+                out.push((EventType::Unset, Entity::empty(&id)));
+            }
+            Refreshed::Skip => {}
+            Refreshed::Several(all) => all.into_iter().for_each(|r| r.send_into(out)),
+        }
+    }
 }
 
 /// The result of [`ListWatch::list`]: the entities read, and those listed but not read.
@@ -265,16 +285,7 @@ impl<L: ListWatch> Driver<L> {
                     continue;
                 }
             };
-            match refreshed {
-                Refreshed::Present(entity) => out.push((EventType::Set, entity)),
-                Refreshed::Gone { id, said } => {
-                    if let Some(said) = said {
-                        out.push((EventType::Set, said));
-                    }
-                    out.push((EventType::Unset, Entity::empty(&id)));
-                }
-                Refreshed::Skip => {}
-            }
+            refreshed.send_into(&mut out);
         }
         Ok(out)
     }

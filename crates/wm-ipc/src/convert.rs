@@ -189,6 +189,12 @@ pub fn container(c: &Container) -> pb::Container {
         }),
         collector_tags: c.details.collector_tags.clone(),
         cgroup_path: c.details.cgroup_path.clone(),
+        resolved_allocated_resources: c
+            .details
+            .allocated_resources
+            .iter()
+            .map(|r| pb::ContainerAllocatedResource { name: r.name.clone(), id: r.id.clone() })
+            .collect(),
         resources: Some(pb::ContainerResources {
             cpu_request: c.resources.cpu_request,
             cpu_limit: c.resources.cpu_limit,
@@ -270,6 +276,11 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
                 .collect(),
             cgroup_path: c.cgroup_path.clone(),
             collector_tags: c.collector_tags.clone(),
+            allocated_resources: c
+                .resolved_allocated_resources
+                .iter()
+                .map(|r| wm_core::AllocatedResource { name: r.name.clone(), id: r.id.clone() })
+                .collect(),
         }
         .into(),
     })
@@ -570,6 +581,10 @@ mod tests {
             details: ContainerDetails {
                 hostname: "h".into(),
                 ports: vec![ContainerPort { port: 80, protocol: "tcp".into(), name: "http".into(), host_port: None }],
+                allocated_resources: vec![wm_core::AllocatedResource {
+                    name: "nvidia.com/gpu".into(),
+                    id: "GPU-1".into(),
+                }],
                 ..ContainerDetails::default()
             }
             .into(),

@@ -95,7 +95,16 @@ pub fn python_venv(modules: &str, packages: &[&str]) -> Result<PathBuf, String> 
     if ready(&python) {
         return Ok(python);
     }
-    if !python.exists() {
+    // Test binaries run at once: without this lock, one finds the `python` link of a venv that
+    // another is still creating, and no `pip` beside it yet.
+    std::fs::create_dir_all(Path::new(&home).join(".cache")).map_err(|e| format!("~/.cache: {e}"))?;
+    let lock_path = Path::new(&home).join(".cache/wm-pyenv.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    lock.lock().map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    if ready(&python) {
+        return Ok(python);
+    }
+    if !venv.join("bin/pip").exists() {
         let out =
             Command::new("python3").arg("-m").arg("venv").arg(&venv).output().map_err(|e| format!("python3: {e}"))?;
         if !out.status.success() {

@@ -28,12 +28,14 @@
 //!   pulled again), and pod logs, plugins and state under the directory.
 //!
 //! Nothing on the machine's default paths or ports is used: every socket, port, data and log is
-//! the cluster's own. Dropping the handle deletes every pod it can, stops exactly the processes
+//! the cluster's own, except the device-plugin directory whose path the kubelet hard-codes
+//! (`/var/lib/kubelet/device-plugins`; see [`DevicePlugin`]). Dropping the handle deletes every pod it can, stops exactly the processes
 //! it started (SIGTERM, then SIGKILL), kills the shims left that name its directory, deletes the
 //! network namespaces and the bridge its pods made, unmounts every volume under the directory
 //! and removes it, also when a test panics.
 
 mod build;
+mod device_plugin;
 mod fake_kubelet;
 mod image;
 pub(crate) mod pki;
@@ -48,6 +50,7 @@ use std::time::{Duration, Instant};
 
 pub use build::{BINARIES, ETCD_VERSION, KUBERNETES_VERSION, bin_dir, cache_root, ensure_binaries};
 pub use client::{container, deployment, object, pod_runs};
+pub use device_plugin::DevicePlugin;
 pub use fake_kubelet::FakeKubelet;
 pub use image::{AGENT_IMAGE, AGENT_IMAGE_USER, AgentImage, agent_image};
 pub use pki::CertFiles;
@@ -518,6 +521,11 @@ impl Kubernetes {
     /// containerd's socket (the kubelet's CRI runtime).
     pub fn containerd_socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
+    }
+
+    /// The kubelet's pod-resources socket (under its `--root-dir`).
+    pub fn pod_resources_socket(&self) -> PathBuf {
+        PathBuf::from(self.d("kubelet")).join("pod-resources/kubelet.sock")
     }
 
     /// The API server's audit log (one JSON event per line, `Metadata` level).
