@@ -160,7 +160,7 @@ containerd: {}",
          kubelet_client_ca: {}\nlog_level: warn\ncontainer_labels_as_tags:\n  team: team\n\
          kubernetes_pod_labels_as_tags:\n  team: team\n\
          process_config:\n  process_collection:\n    enabled: true\n  intervals:\n    process: 2\n\
-         container_image_collection:\n  metadata:\n    enabled: true\n",
+         container_image:\n  enabled: true\n",
         free_port()?,
         free_port()?,
         rt.docker_host(),

@@ -142,12 +142,12 @@ fn docker(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     Ok(Some(wm_collector_docker::DockerCollector::new(docker).into_collector()))
 }
 
-/// Builds the docker image collector when `container_image_collection.metadata.enabled` is set.
+/// Builds the docker image collector unless `container_image.enabled` is false.
 #[cfg(feature = "docker")]
 fn docker_images(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let images: wm_core::ImageCollectionConfig = config.section()?;
     let docker: wm_collector_docker::DockerConfig = config.section()?;
-    Ok(images.enabled.then(|| wm_collector_docker::images::DockerImageCollector::new(docker).into_collector()))
+    Ok(images.collects().then(|| wm_collector_docker::images::DockerImageCollector::new(docker).into_collector()))
 }
 
 #[cfg(feature = "docker")]
@@ -174,8 +174,7 @@ fn containerd(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     Ok(Some(wm_collector_containerd::ContainerdCollector::new(containerd).into_collector()))
 }
 
-/// Builds the containerd image collector when `container_image_collection.metadata.enabled` is
-/// set.
+/// Builds the containerd image collector unless `container_image.enabled` is false.
 #[cfg(feature = "containerd")]
 fn containerd_images(config: &AgentConfig) -> Result<Option<Collector>, ConfigError> {
     let images: wm_core::ImageCollectionConfig = config.section()?;

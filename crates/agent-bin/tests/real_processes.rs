@@ -73,7 +73,7 @@ fn grpcio_with_datadogs_five_kind_filter_gets_a_containers_process() {
             "cmd_port: {grpc}\nhealth_port: {http}\ndocker_host: {}\n\
              autoconfig_exclude_features: [containerd, podman, kubernetes, ecs, cloudfoundry, remote]\n\
              process_config:\n  process_collection:\n    enabled: true\n  intervals:\n    process: 1\n\
-             container_image_collection:\n  metadata:\n    enabled: true\n",
+             container_image:\n  enabled: true\n",
             rt.docker_host()
         );
         std::fs::write(dir.join("agent.yaml"), yaml).unwrap();

@@ -229,6 +229,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn images_are_collected_by_default_and_the_older_key_decides_when_set() {
+        let read = |json: &str| serde_json::from_str::<ImageCollectionConfig>(json).unwrap().collects();
+        assert!(read("{}"));
+        assert!(!read(r#"{"container_image.enabled": false}"#));
+        assert!(read(r#"{"container_image.enabled": false, "container_image_collection.metadata.enabled": true}"#));
+        assert!(!read(r#"{"container_image_collection.metadata.enabled": false}"#));
+    }
+
+    #[test]
     fn a_port_is_never_zero_and_says_what_it_expects() {
         assert_eq!(serde_json::from_str::<Port>("5001").ok().map(Port::get), Some(5001));
         for bad in ["0", "70000", "-1", "\"5001\""] {
@@ -272,11 +281,29 @@ mod tests {
 
 /// Whether to collect images: the part of the agent config every runtime's image collector
 /// (docker's, containerd's) reads.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImageCollectionConfig {
-    /// `container_image_collection.metadata.enabled` (Datadog's key, default false here): list
+    /// `container_image.enabled` (Datadog's key, default true, as in the Datadog Agent): list
     /// and follow the runtimes' images.
-    #[serde(rename = "container_image_collection.metadata.enabled")]
+    #[serde(rename = "container_image.enabled")]
     pub enabled: bool,
+    /// `container_image_collection.metadata.enabled`: the Datadog Agent's older key for the
+    /// same switch; when set, it decides instead of `container_image.enabled`.
+    #[serde(rename = "container_image_collection.metadata.enabled", skip_serializing_if = "Option::is_none")]
+    pub metadata_enabled: Option<bool>,
+}
+
+impl Default for ImageCollectionConfig {
+    fn default() -> Self {
+        Self { enabled: true, metadata_enabled: None }
+    }
+}
+
+impl ImageCollectionConfig {
+    /// Tells whether the image collectors run: the older key when it is set, else
+    /// `container_image.enabled`.
+    pub fn collects(&self) -> bool {
+        self.metadata_enabled.unwrap_or(self.enabled)
+    }
 }
