@@ -66,6 +66,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("agent-bin", "rss"),
     ("agent-bin", "conn_flood"),
     ("agent-bin", "python_tag"),
+    ("agent-bin", "scale"),
 ];
 
 fn main() -> ExitCode {

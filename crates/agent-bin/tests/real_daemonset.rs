@@ -326,12 +326,16 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
             .unwrap();
         assert!(!denied.status.success() && !String::from_utf8_lossy(&denied.stdout).contains("pod_name:"));
 
-        // A node without docker: one line says so, and no warning or error names docker.
+        // A node without docker: one line per docker collector (containers, images) says so, and
+        // no warning or error names docker.
         let log = kubectl(cluster, &["-n", NAMESPACE, "logs", &pod]);
         let docker: Vec<&str> = log.lines().filter(|l| l.to_ascii_lowercase().contains("docker")).collect();
         println!("deploy: the agent's log says of docker: {docker:#?}");
-        let not_present: Vec<&&str> = docker.iter().filter(|l| l.contains("not detected")).collect();
-        assert_eq!(not_present.len(), 1, "one 'not detected' line for docker: {docker:#?}");
+        for collector in ["docker", "docker_images"] {
+            let said = format!("collector=\"{collector}\" reason=");
+            let not_present = docker.iter().filter(|l| l.contains("not detected") && l.contains(&said)).count();
+            assert_eq!(not_present, 1, "one 'not detected' line for {collector}: {docker:#?}");
+        }
         let alarms: Vec<&&str> = docker.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
         assert!(alarms.is_empty(), "warnings or errors about docker: {alarms:#?}");
         let others: Vec<&&str> =

@@ -1,0 +1,249 @@
+//! `docker.scale_10k` of BENCHMARKS.md: one real dockerd (started by `test_support::runtimes`)
+//! holding 10,000 containers (`--quick`: 2,000), all created and 100 of them running (each
+//! running container costs a shim process and some 10 MiB, which this machine cannot give
+//! 10,000 times).
+//!
+//! - `docker.scale_10k.sync`: a store with the docker collector, from its start to a subscriber
+//!   holding every container, against bollard listing them and inspecting each, 8 in flight;
+//!   best of 3. Target ≤ 1.5×.
+//! - `docker.scale_10k.rss`: the agent binary (the docker collectors only) once it knows every
+//!   container and sat idle 20 s: its resident memory, and the growth per container against the
+//!   same agent on the empty daemon. Target ≤ 60 MiB.
+//! - `docker.scale_10k.rm`: 100 `docker rm`s among them, one at a time, each from the API call
+//!   returning to the store subscriber's `Unset`. Target p99 ≤ 20 ms.
+//! - The daemon's own pace, printed for context: containers created per second by 16 clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure aborts the run
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use test_support::runtimes::{Install, Runtimes};
+use wm_collector_docker::{DockerCollector, DockerConfig};
+use wm_core::{EventType, Filter, Kind, SubscriberPriority};
+use wm_store::Store;
+
+/// How many containers run (the rest are only created).
+const RUNNING: usize = 100;
+
+fn store(rt: &Runtimes) -> Store {
+    let config = DockerConfig { docker_host: Some(rt.docker_host()), ..DockerConfig::default() };
+    Store::builder().collector(DockerCollector::new(config).into_collector()).build()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Creates `count` containers with 16 clients at once and returns their ids and the creates per
+/// second.
+async fn create(docker: &Docker, count: usize) -> (Vec<String>, f64) {
+    let started = Instant::now();
+    let ids: Vec<String> = futures::stream::iter(0..count)
+        .map(|i| {
+            let docker = docker.clone();
+            async move {
+                let body = ContainerCreateBody {
+                    image: Some(Runtimes::IMAGE.into()),
+                    cmd: Some(vec!["sleep".into(), "3600".into()]),
+                    labels: Some(HashMap::from([
+                        ("team".to_owned(), format!("team-{}", i % 40)),
+                        ("com.datadoghq.tags.service".to_owned(), format!("svc-{}", i % 200)),
+                    ])),
+                    env: Some(vec![format!("DD_ENV=bench"), format!("DD_VERSION=1.{}", i % 7)]),
+                    stop_signal: Some("SIGKILL".into()),
+                    host_config: Some(HostConfig { network_mode: Some("none".into()), ..HostConfig::default() }),
+                    ..ContainerCreateBody::default()
+                };
+                let options = CreateContainerOptionsBuilder::new().name(&format!("scale-{i}")).build();
+                docker.create_container(Some(options), body).await.unwrap().id
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    (ids, count as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn baseline_sync(docker: &Docker) -> usize {
+    let listed = docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build())).await.unwrap();
+    let inspected: Vec<_> = futures::stream::iter(listed.into_iter().filter_map(|s| s.id))
+        .map(|id| {
+            let docker = docker.clone();
+            async move { docker.inspect_container(&id, None).await.unwrap() }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    inspected.len()
+}
+
+async fn ours_sync(rt: &Runtimes, expected: usize) {
+    let store = store(rt);
+    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
+    store.start();
+    let mut seen = 0;
+    while seen < expected {
+        let bundle = sub.recv().await.unwrap().unwrap();
+        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
+    }
+    store.shutdown().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Runs the agent (the docker collectors only) until `agent status` counts `containers`, lets it
+/// sit idle `idle`, and returns its resident KiB.
+fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
+    let dir = rt.dir().join(format!("agent-{containers}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.yaml");
+    let port = || test_support::runtimes::free_port().unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "cmd_port: {}\nhealth_port: {}\ndocker_host: {}\nautoconfig_exclude_features: [containerd, podman, kubernetes, process, ecs]\nlog_level: warn\n",
+            port(),
+            port(),
+            rt.docker_host()
+        ),
+    )
+    .unwrap();
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let wanted = format!("container: {containers}");
+    loop {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&config).arg("status").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && (containers == 0 || text.contains(&wanted)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent did not list {containers} containers within 300 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(idle);
+    let rss = rss_kib(pid);
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = child.wait();
+    rss
+}
+
+/// Removes `count` of the containers one at a time and returns each one's delay from the API
+/// call returning to the store subscriber's `Unset`, in ms.
+async fn rm_latency(rt: &Runtimes, docker: &Docker, ids: &[String], total: usize) -> Vec<f64> {
+    let store = store(rt);
+    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
+    store.start();
+    let mut seen = 0;
+    while seen < total {
+        let bundle = sub.recv().await.unwrap().unwrap();
+        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
+    }
+    let mut delays = Vec::with_capacity(ids.len());
+    for id in ids {
+        docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await.unwrap();
+        let removed = Instant::now();
+        loop {
+            let bundle = tokio::time::timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap().unwrap();
+            let gone = bundle.events.iter().any(|e| e.event_type == EventType::Unset && *e.entity.id().id == **id);
+            if gone {
+                delays.push(removed.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+        }
+    }
+    store.shutdown().await;
+    delays.sort_by(f64::total_cmp);
+    delays
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let count = if quick { 2_000 } else { 10_000 };
+    let rt = match Runtimes::start(Install::IfMissing) {
+        Ok(rt) => rt,
+        Err(why) => {
+            for row in ["docker.scale_10k.sync", "docker.scale_10k.rss", "docker.scale_10k.rm"] {
+                println!("{row}  -  -  -  -  MISS (no dockerd: {why})");
+            }
+            return;
+        }
+    };
+    let idle = Duration::from_secs(if quick { 5 } else { 20 });
+    let empty_rss = agent_rss(&rt, 0, idle);
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let docker =
+        Docker::connect_with_socket(&rt.docker_socket().display().to_string(), 300, bollard::API_DEFAULT_VERSION)
+            .unwrap();
+    let (ids, rate) = tokio.block_on(create(&docker, count));
+    tokio.block_on(async {
+        for id in ids.iter().take(RUNNING) {
+            docker.start_container(id, None).await.unwrap();
+        }
+    });
+    println!("dockerd: {count} containers created at {rate:.0}/s by 16 clients; {RUNNING} started");
+
+    let rounds = if quick { 1 } else { 3 };
+    let (mut best_ours, mut best_base) = (Duration::MAX, Duration::MAX);
+    tokio.block_on(async {
+        for _ in 0..rounds {
+            let t = Instant::now();
+            assert_eq!(baseline_sync(&docker).await, count);
+            best_base = best_base.min(t.elapsed());
+            let t = Instant::now();
+            ours_sync(&rt, count).await;
+            best_ours = best_ours.min(t.elapsed());
+        }
+    });
+    let ratio = best_ours.as_secs_f64() / best_base.as_secs_f64();
+    println!(
+        "docker.scale_10k.sync  {:.0} ms  {:.0} ms  {ratio:.2}x  <=1.50x  {}  ({count} containers, best of {rounds})",
+        best_ours.as_secs_f64() * 1e3,
+        best_base.as_secs_f64() * 1e3,
+        if ratio <= 1.5 { "ok" } else { "MISS" }
+    );
+
+    let full_rss = agent_rss(&rt, count, idle);
+    let mib = full_rss as f64 / 1024.0;
+    let per_container = (full_rss.saturating_sub(empty_rss) * 1024) as f64 / count as f64;
+    println!(
+        "docker.scale_10k.rss  {mib:.1} MiB  -  -  <=60MiB  {}  ({count} containers, {:.1} MiB with none, {per_container:.0} B per container, {}s idle)",
+        if mib <= 60.0 { "ok" } else { "MISS" },
+        empty_rss as f64 / 1024.0,
+        idle.as_secs()
+    );
+
+    let removed = if quick { 20 } else { 100 };
+    // Created, not running ones: a running container's rm also waits for its shim.
+    let victims: Vec<String> = ids.iter().skip(RUNNING).step_by(count / removed).take(removed).cloned().collect();
+    let delays = tokio.block_on(rm_latency(&rt, &docker, &victims, count));
+    let p99 = percentile(&delays, 99.0);
+    println!(
+        "docker.scale_10k.rm  p99 {p99:.2} ms (p50 {:.2})  -  -  <=20ms  {}  ({} removals among {count})",
+        percentile(&delays, 50.0),
+        if p99 <= 20.0 { "ok" } else { "MISS" },
+        delays.len()
+    );
+    drop(tokio);
+    drop(rt);
+}
