@@ -10,7 +10,9 @@
 //!   container and sat idle 20 s: its resident memory, and the growth per container against the
 //!   same agent on the empty daemon. Target ≤ 60 MiB.
 //! - `docker.scale_10k.rm`: 100 `docker rm`s among them, one at a time, each from the API call
-//!   returning to the store subscriber's `Unset`. Target p99 ≤ 20 ms.
+//!   returning (what a user sees: `docker rm` done) to the store subscriber's `Unset`. Target p99
+//!   ≤ 20 ms. dockerd sends the event before it answers, so this is mostly zero; the delay from
+//!   the call's start, dockerd's own work included, and the call's duration are printed beside.
 //! - The daemon's own pace, printed for context: containers created per second by 16 clients.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure aborts the run
@@ -148,9 +150,10 @@ fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
     rss
 }
 
-/// Removes `count` of the containers one at a time and returns each one's delay from the API
-/// call returning to the store subscriber's `Unset`, in ms.
-async fn rm_latency(rt: &Runtimes, docker: &Docker, ids: &[String], total: usize) -> Vec<f64> {
+/// Removes the containers `ids` one at a time and returns, sorted and in ms, each one's delay to
+/// the store subscriber's `Unset` from the API call returning, from its start, and the calls'
+/// own durations.
+async fn rm_latency(rt: &Runtimes, docker: &Docker, ids: &[String], total: usize) -> [Vec<f64>; 3] {
     let store = store(rt);
     let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
     store.start();
@@ -159,22 +162,28 @@ async fn rm_latency(rt: &Runtimes, docker: &Docker, ids: &[String], total: usize
         let bundle = sub.recv().await.unwrap().unwrap();
         seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
     }
-    let mut delays = Vec::with_capacity(ids.len());
+    let [mut after, mut delays, mut calls] = [Vec::new(), Vec::new(), Vec::new()];
     for id in ids {
+        let asked = Instant::now();
         docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await.unwrap();
-        let removed = Instant::now();
+        let returned = Instant::now();
+        calls.push(asked.elapsed().as_secs_f64() * 1e3);
         loop {
             let bundle = tokio::time::timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap().unwrap();
             let gone = bundle.events.iter().any(|e| e.event_type == EventType::Unset && *e.entity.id().id == **id);
             if gone {
-                delays.push(removed.elapsed().as_secs_f64() * 1e3);
+                // The Unset may have come before the call returned: then it took no time after.
+                after.push(Instant::now().saturating_duration_since(returned).as_secs_f64() * 1e3);
+                delays.push(asked.elapsed().as_secs_f64() * 1e3);
                 break;
             }
         }
     }
     store.shutdown().await;
-    delays.sort_by(f64::total_cmp);
-    delays
+    for list in [&mut after, &mut delays, &mut calls] {
+        list.sort_by(f64::total_cmp);
+    }
+    [after, delays, calls]
 }
 
 fn main() {
@@ -235,14 +244,17 @@ fn main() {
 
     let removed = if quick { 20 } else { 100 };
     // Created, not running ones: a running container's rm also waits for its shim.
-    let victims: Vec<String> = ids.iter().skip(RUNNING).step_by(count / removed).take(removed).cloned().collect();
-    let delays = tokio.block_on(rm_latency(&rt, &docker, &victims, count));
-    let p99 = percentile(&delays, 99.0);
+    let step = ((count - RUNNING) / removed).max(1);
+    let victims: Vec<String> = ids.iter().skip(RUNNING).step_by(step).take(removed).cloned().collect();
+    let [after, delays, calls] = tokio.block_on(rm_latency(&rt, &docker, &victims, count));
+    let p99 = percentile(&after, 99.0);
     println!(
-        "docker.scale_10k.rm  p99 {p99:.2} ms (p50 {:.2})  -  -  <=20ms  {}  ({} removals among {count})",
-        percentile(&delays, 50.0),
+        "docker.scale_10k.rm  p99 {p99:.2} ms (p50 {:.2})  -  -  <=20ms  {}  ({} removals among {count}, from the call returning; from its start p99 {:.2} ms, the call itself p99 {:.2} ms)",
+        percentile(&after, 50.0),
         if p99 <= 20.0 { "ok" } else { "MISS" },
-        delays.len()
+        after.len(),
+        percentile(&delays, 99.0),
+        percentile(&calls, 99.0)
     );
     drop(tokio);
     drop(rt);
