@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use wm_core::sync::MutexExt;
 use wm_core::{
-    Collector, CollectorError, ContainerImageMetadata, Entity, EntityId, ImageLayer, Kind, Source, Timestamp,
+    Collector, CollectorError, ContainerImageMetadata, Entity, EntityId, ImageLayer, ImageRef, Kind, Source, Timestamp,
 };
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream};
 
@@ -213,11 +213,8 @@ impl ContainerdImageCollector {
         let names: BTreeSet<&str> =
             known.iter().filter(|(_, p)| p.id == *image.id).map(|((_, name), _)| name.as_str()).collect();
         let (tags, digests) = classify(names);
-        image.name = tags
-            .first()
-            .map(|t| repository(t).to_owned())
-            .or_else(|| digests.first().and_then(|d| d.split_once('@')).map(|(repo, _)| repo.to_owned()))
-            .unwrap_or_default();
+        // The repository of its first tag, else of its first digest.
+        image.name = tags.first().or(digests.first()).map(|r| ImageRef::parse(r).name).unwrap_or_default();
         image.repo_tags = tags;
         image.repo_digests = digests;
     }
@@ -249,15 +246,6 @@ fn classify<'a>(names: impl IntoIterator<Item = &'a str>) -> (Vec<String>, Vec<S
         if name.contains("@sha256:") { &mut digests } else { &mut tags }.push(name.to_owned());
     }
     (tags, digests)
-}
-
-/// Returns the repository of a tag (`docker.io/library/nginx:1` gives `docker.io/library/nginx`;
-/// a registry's port is not taken for a tag).
-fn repository(tag: &str) -> &str {
-    match tag.rsplit_once(':') {
-        Some((repo, version)) if !version.contains('/') => repo,
-        _ => tag,
-    }
 }
 
 /// Returns an index's manifests, this host's platform first (Linux, the host's architecture),
@@ -584,8 +572,6 @@ mod tests {
             classify(["docker.io/library/a:1", "docker.io/library/a@sha256:abc", "sha256:abc", "localhost:5000/b:2"]);
         assert_eq!(tags, ["docker.io/library/a:1", "localhost:5000/b:2"]);
         assert_eq!(digests, ["docker.io/library/a@sha256:abc"]);
-        assert_eq!(repository("localhost:5000/b:2"), "localhost:5000/b");
-        assert_eq!(repository("localhost:5000/b"), "localhost:5000/b");
     }
 
     #[test]

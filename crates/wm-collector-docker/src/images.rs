@@ -19,7 +19,7 @@ use bollard::models::{EventMessage, EventMessageTypeEnum};
 use futures::StreamExt;
 use tracing::warn;
 use wm_core::{
-    Collector, CollectorError, ContainerImageMetadata, Entity, EntityId, ImageLayer, Kind, Source, Timestamp,
+    Collector, CollectorError, ContainerImageMetadata, Entity, EntityId, ImageLayer, ImageRef, Kind, Source, Timestamp,
 };
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, with_deadline};
 
@@ -117,7 +117,7 @@ enum ReadError {
 fn image_from_inspect(inspect: ImageInspect, history: &[HistoryEntry]) -> ContainerImageMetadata {
     let repo_tags: Vec<String> =
         inspect.repo_tags.unwrap_or_default().into_iter().filter(|t| !t.contains("<none>")).collect();
-    let name = repo_tags.first().map(|t| repository(t).to_owned()).unwrap_or_default();
+    let name = repo_tags.first().map(|t| ImageRef::parse(t).name).unwrap_or_default();
     let digests = inspect.root_fs.layers.unwrap_or_default();
     // The steps that made a layer, oldest first; used only when they pair one for one.
     let steps: Vec<&HistoryEntry> = history.iter().rev().filter(|h| h.size > 0).collect();
@@ -150,15 +150,6 @@ fn image_from_inspect(inspect: ImageInspect, history: &[HistoryEntry]) -> Contai
         architecture: inspect.architecture,
         variant: inspect.variant,
         layers,
-    }
-}
-
-/// Returns the repository of a tag (`wm.local/busybox:1` gives `wm.local/busybox`; a registry's
-/// port is not taken for a tag).
-fn repository(tag: &str) -> &str {
-    match tag.rsplit_once(':') {
-        Some((repo, version)) if !version.contains('/') => repo,
-        _ => tag,
     }
 }
 
@@ -270,12 +261,5 @@ mod tests {
         assert_eq!(made, [("sha256:l1", 4_000, "ADD rootfs.tar /"), ("sha256:l2", 20, "COPY app /")]);
         let unpaired = image_from_inspect(inspect(), &history[..2]);
         assert!(unpaired.layers.iter().all(|l| l.created_by.is_empty() && l.size_bytes == 0));
-    }
-
-    #[test]
-    fn a_repository_keeps_its_registry_port() {
-        assert_eq!(repository("localhost:5000/app:1.2"), "localhost:5000/app");
-        assert_eq!(repository("localhost:5000/app"), "localhost:5000/app");
-        assert_eq!(repository("busybox:latest"), "busybox");
     }
 }
