@@ -67,6 +67,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("agent-bin", "conn_flood"),
     ("agent-bin", "python_tag"),
     ("agent-bin", "scale"),
+    ("wm-collector-containerd", "scale"),
 ];
 
 fn main() -> ExitCode {

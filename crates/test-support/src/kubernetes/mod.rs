@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 pub use build::{BINARIES, ETCD_VERSION, KUBERNETES_VERSION, bin_dir, cache_root, ensure_binaries};
 pub use client::{container, deployment, object, pod_runs};
-pub use device_plugin::DevicePlugin;
+pub use device_plugin::{DevicePlugin, KUBELET_SOCKET};
 pub use fake_kubelet::FakeKubelet;
 pub use image::{AGENT_IMAGE, AGENT_IMAGE_USER, AgentImage, agent_image};
 pub use pki::CertFiles;

@@ -1,0 +1,236 @@
+//! `containerd.scale_10k` of BENCHMARKS.md: one real containerd (started by
+//! `test_support::runtimes`) holding 10,000 containers (`--quick`: 2,000) with Kubernetes-sized
+//! records: the CRI's labels and annotations and a 20 KB spec (200 env vars), made through
+//! containerd's API, none running (a running one costs a shim, which this machine cannot give
+//! 10,000 times).
+//!
+//! - `containerd.scale_10k.sync`: a store with the containerd collector, from its start to a
+//!   subscriber holding every container, against listing them (`ListStream`) and getting each,
+//!   8 in flight; best of 3. Target ≤ 1.5×.
+//! - `containerd.scale_10k.delete`: 100 container deletes among them, one at a time, from the
+//!   call returning to the store subscriber's `Unset` (from its start beside). Target p99 ≤ 20 ms.
+//! - containerd's own pace, printed for context: containers created per second by 16 clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure aborts the run
+
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest, ListContainersRequest,
+};
+use futures::StreamExt;
+use test_support::runtimes::{Install, Runtimes};
+use tonic::transport::Channel;
+use wm_collector_containerd::{ContainerdCollector, ContainerdConfig};
+use wm_core::{EventType, Filter, Kind, SubscriberPriority};
+use wm_store::Store;
+
+const NS: &str = "scale";
+
+fn request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("containerd-namespace", NS.parse().unwrap());
+    request
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Container `i`, as the CRI plugin records a pod's container.
+fn record(i: usize) -> Container {
+    let pod = format!("web-{:05}", i / 3);
+    let uid = format!("{:08x}-0000-4000-8000-{:012x}", i / 3, i / 3);
+    let name = ["app", "sidecar", "log-shipper"][i % 3];
+    let env: Vec<String> = (0..200).map(|v| format!("VAR_{v:03}={}", "x".repeat(90))).collect();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": { "args": ["/bin/sleep", "3600"], "env": env, "cwd": "/" },
+        "root": { "path": "rootfs" },
+        "hostname": pod,
+        "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": name,
+            "io.kubernetes.cri.sandbox-id": format!("{:064x}", i / 3),
+            "io.kubernetes.cri.sandbox-name": pod,
+            "io.kubernetes.cri.sandbox-namespace": format!("team-{}", i % 40),
+            "io.kubernetes.cri.sandbox-uid": uid,
+            "io.kubernetes.cri.image-name": "docker.io/library/app:1.2.3",
+        },
+        "linux": { "cgroupsPath": format!("kubepods-burstable-pod{uid}.slice:cri-containerd:{i:064x}") },
+    });
+    let labels = [
+        ("io.kubernetes.container.name", name.to_owned()),
+        ("io.kubernetes.pod.name", pod.clone()),
+        ("io.kubernetes.pod.namespace", format!("team-{}", i % 40)),
+        ("io.kubernetes.pod.uid", uid),
+        ("io.cri-containerd.kind", "container".to_owned()),
+    ];
+    Container {
+        id: format!("{i:064x}"),
+        labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        image: "docker.io/library/app:1.2.3".into(),
+        runtime: Some(containerd_client::services::v1::container::Runtime {
+            name: "io.containerd.runc.v2".into(),
+            options: None,
+        }),
+        spec: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: serde_json::to_vec(&spec).unwrap(),
+        }),
+        ..Container::default()
+    }
+}
+
+/// Runs `call` on each of `ids` with 16 calls at once.
+async fn each(
+    containers: &ContainersClient<Channel>,
+    ids: impl Iterator<Item = usize>,
+    call: impl AsyncFn(ContainersClient<Channel>, usize),
+) {
+    futures::stream::iter(ids).for_each_concurrent(16, |i| call(containers.clone(), i)).await;
+}
+
+async fn baseline_sync(containers: &ContainersClient<Channel>) -> usize {
+    let mut stream =
+        containers.clone().list_stream(request(ListContainersRequest::default())).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        ids.extend(message.container.map(|c| c.id));
+    }
+    let got: Vec<_> = futures::stream::iter(ids)
+        .map(|id| {
+            let mut containers = containers.clone();
+            async move { containers.get(request(GetContainerRequest { id })).await.unwrap().into_inner() }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    got.len()
+}
+
+fn store(rt: &Runtimes) -> Store {
+    let config = ContainerdConfig {
+        cri_socket_path: Some(rt.containerd_socket()),
+        containerd_namespaces: vec![NS.into()],
+        ..ContainerdConfig::default()
+    };
+    Store::builder().collector(ContainerdCollector::new(config).into_collector()).build()
+}
+
+async fn ours_sync(rt: &Runtimes, expected: usize) {
+    let store = store(rt);
+    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
+    store.start();
+    let mut seen = 0;
+    while seen < expected {
+        let bundle = sub.recv().await.unwrap().unwrap();
+        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
+    }
+    store.shutdown().await;
+}
+
+/// Deletes the containers `ids` one at a time; returns, sorted and in ms, each one's delay to
+/// the store subscriber's `Unset` from the call returning and from its start.
+async fn delete_latency(
+    rt: &Runtimes,
+    containers: &ContainersClient<Channel>,
+    ids: &[String],
+    total: usize,
+) -> [Vec<f64>; 2] {
+    let store = store(rt);
+    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
+    store.start();
+    let mut seen = 0;
+    while seen < total {
+        let bundle = sub.recv().await.unwrap().unwrap();
+        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
+    }
+    let [mut after, mut from_start] = [Vec::new(), Vec::new()];
+    for id in ids {
+        let asked = Instant::now();
+        containers.clone().delete(request(DeleteContainerRequest { id: id.clone() })).await.unwrap();
+        let returned = Instant::now();
+        loop {
+            let bundle = tokio::time::timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap().unwrap();
+            if bundle.events.iter().any(|e| e.event_type == EventType::Unset && *e.entity.id().id == **id) {
+                after.push(Instant::now().saturating_duration_since(returned).as_secs_f64() * 1e3);
+                from_start.push(asked.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+        }
+    }
+    store.shutdown().await;
+    for list in [&mut after, &mut from_start] {
+        list.sort_by(f64::total_cmp);
+    }
+    [after, from_start]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let count = if quick { 2_000 } else { 10_000 };
+    let rt = match Runtimes::start(Install::IfMissing) {
+        Ok(rt) => rt,
+        Err(why) => {
+            for row in ["containerd.scale_10k.sync", "containerd.scale_10k.delete"] {
+                println!("{row}  -  -  -  -  MISS (no containerd: {why})");
+            }
+            return;
+        }
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    tokio.block_on(async {
+        let channel = containerd_client::connect(rt.containerd_socket()).await.unwrap();
+        let containers = ContainersClient::new(channel).max_decoding_message_size(64 << 20);
+        let spec_bytes = record(0).spec.unwrap().value.len();
+        let started = Instant::now();
+        each(&containers, 0..count, async |mut client, i| {
+            client.create(request(CreateContainerRequest { container: Some(record(i)) })).await.unwrap();
+        })
+        .await;
+        let rate = count as f64 / started.elapsed().as_secs_f64();
+        println!("containerd: {count} containers ({spec_bytes} B specs) created at {rate:.0}/s by 16 clients");
+
+        let rounds = if quick { 1 } else { 3 };
+        let (mut best_ours, mut best_base) = (Duration::MAX, Duration::MAX);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            assert_eq!(baseline_sync(&containers).await, count);
+            best_base = best_base.min(t.elapsed());
+            let t = Instant::now();
+            ours_sync(&rt, count).await;
+            best_ours = best_ours.min(t.elapsed());
+        }
+        let ratio = best_ours.as_secs_f64() / best_base.as_secs_f64();
+        println!(
+            "containerd.scale_10k.sync  {:.0} ms  {:.0} ms  {ratio:.2}x  <=1.50x  {}  ({count} containers, best of {rounds})",
+            best_ours.as_secs_f64() * 1e3,
+            best_base.as_secs_f64() * 1e3,
+            if ratio <= 1.5 { "ok" } else { "MISS" }
+        );
+
+        let removed = if quick { 20 } else { 100 };
+        let victims: Vec<String> = (0..count).step_by(count / removed).map(|i| format!("{i:064x}")).collect();
+        let [after, from_start] = delete_latency(&rt, &containers, &victims, count).await;
+        let p99 = percentile(&after, 99.0);
+        println!(
+            "containerd.scale_10k.delete  p99 {p99:.2} ms (p50 {:.2})  -  -  <=20ms  {}  ({} deletes among {count}, from the call returning; from its start p99 {:.2} ms)",
+            percentile(&after, 50.0),
+            if p99 <= 20.0 { "ok" } else { "MISS" },
+            after.len(),
+            percentile(&from_start, 99.0)
+        );
+        // Delete the rest here, 16 at a time: the runtimes' teardown deletes with one `ctr` each.
+        let gone: std::collections::HashSet<String> = victims.into_iter().collect();
+        let rest: Vec<usize> = (0..count).filter(|i| !gone.contains(&format!("{i:064x}"))).collect();
+        each(&containers, rest.into_iter(), async |mut client, i| {
+            let _ = client.delete(request(DeleteContainerRequest { id: format!("{i:064x}") })).await;
+        })
+        .await;
+    });
+    drop(tokio);
+    drop(rt);
+}
