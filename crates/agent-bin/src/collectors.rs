@@ -180,7 +180,7 @@ fn containerd_images(config: &AgentConfig) -> Result<Option<Collector>, ConfigEr
     let images: wm_core::ImageCollectionConfig = config.section()?;
     let containerd: wm_collector_containerd::ContainerdConfig = config.section()?;
     Ok(images
-        .enabled
+        .collects()
         .then(|| wm_collector_containerd::images::ContainerdImageCollector::new(containerd).into_collector()))
 }
 
@@ -332,4 +332,36 @@ pub fn fetchers(config: &AgentConfig) -> Result<Option<AnyRuntime>, ConfigError>
 /// [`COLLECTORS`].
 pub fn compiled() -> Vec<String> {
     COLLECTORS.iter().map(|e| e.name.to_owned()).collect()
+}
+
+#[cfg(all(test, feature = "docker", feature = "containerd"))]
+#[allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// Builds the entries named `names` from a config of `yaml` and tells which built a collector.
+    fn built(yaml: &str, names: &[&str]) -> Vec<bool> {
+        let dir = std::env::temp_dir().join(format!("wm-collectors-{}-{}", std::process::id(), yaml.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = AgentConfig::read(Some(&path), std::iter::empty()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        names
+            .iter()
+            .map(|name| {
+                let entry = COLLECTORS.iter().find(|e| e.name == *name).unwrap();
+                (entry.build)(&config).unwrap().is_some()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_image_collectors_follow_the_same_switch() {
+        let images = [wm_collector_docker::images::NAME, wm_collector_containerd::images::NAME];
+        assert_eq!(built("log_level: warn\n", &images), [true, true], "on by default, as in the Datadog Agent");
+        assert_eq!(built("container_image:\n  enabled: false\n", &images), [false, false]);
+        let older = "container_image:\n  enabled: false\ncontainer_image_collection:\n  metadata:\n    enabled: true\n";
+        assert_eq!(built(older, &images), [true, true], "the older key decides when set");
+    }
 }

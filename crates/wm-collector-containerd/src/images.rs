@@ -47,6 +47,8 @@ pub const NAME: &str = "containerd_images";
 /// The largest manifest, index or image config the collector reads: 4 MiB (they are a few KB;
 /// an image with a long history has a config of some hundred KB).
 pub const MAX_BLOB: usize = 4 << 20;
+/// The most manifests of one index the collector tries to read.
+const MAX_INDEX_ENTRIES: usize = 16;
 /// How many image targets the list reads at a time.
 const READ_CONCURRENCY: usize = 8;
 
@@ -172,7 +174,9 @@ impl ContainerdImageCollector {
             (top, target.clone(), None)
         } else {
             let mut chosen = None;
-            for entry in by_preference(&top.manifests) {
+            // A real index lists a few platforms and attestations; a hostile one could list
+            // thousands, each a call to containerd.
+            for entry in by_preference(&top.manifests).into_iter().take(MAX_INDEX_ENTRIES) {
                 let descriptor = entry.descriptor();
                 if let Some(bytes) = self.blob(clients, namespace, &descriptor).await? {
                     chosen = self
@@ -221,17 +225,27 @@ impl ContainerdImageCollector {
 
     /// Reads again the image `id`, which a name just left: set with the names that still lead
     /// to it, or unset when none does.
+    ///
+    /// Each remaining name's target is tried in turn; when names remain but none can be read
+    /// now, the store keeps what it has (`Skip`) rather than unset an image still named.
     async fn remains(&self, clients: &mut Clients, id: &str) -> Result<Refreshed, CollectorError> {
-        let other = self.known.locked().iter().find(|(_, p)| p.id == id).map(|((ns, _), p)| (ns.clone(), p.clone()));
-        let gone = || Refreshed::Gone { id: EntityId::new(Kind::ContainerImageMetadata, id), said: None };
-        let Some((namespace, pointer)) = other else { return Ok(gone()) };
-        Ok(match self.read(clients, &namespace, &pointer.target).await? {
-            Some(mut image) => {
+        let others: Vec<(String, Descriptor)> = self
+            .known
+            .locked()
+            .iter()
+            .filter(|(_, p)| p.id == id)
+            .map(|((ns, _), p)| (ns.clone(), p.target.clone()))
+            .collect();
+        if others.is_empty() {
+            return Ok(Refreshed::Gone { id: EntityId::new(Kind::ContainerImageMetadata, id), said: None });
+        }
+        for (namespace, target) in others {
+            if let Some(mut image) = self.read(clients, &namespace, &target).await? {
                 self.name(&mut image);
-                Refreshed::Present(Entity::from(image))
+                return Ok(Refreshed::Present(Entity::from(image)));
             }
-            None => gone(),
-        })
+        }
+        Ok(Refreshed::Skip)
     }
 }
 
@@ -453,14 +467,22 @@ impl ListWatch for ContainerdImageCollector {
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    debug!(%error, namespace, digest = %target.digest, "containerd images: cannot read; kept, read again later");
+                    warn!(%error, namespace, digest = %target.digest, "containerd images: cannot read an image now; kept, read again later");
                     for name in names {
                         let key = (namespace.clone(), name);
-                        if let Some(pointer) = old.get(&key) {
-                            let id = EntityId::new(Kind::ContainerImageMetadata, pointer.id.as_str());
-                            listed.unreadable.push((format!("{}/{}", key.0, key.1), id));
-                            known.insert(key, pointer.clone());
-                        }
+                        // The store keeps the image the name led to; a name never read before has
+                        // nothing to keep, and its target's digest stands in for the id so that the
+                        // driver still reads the name again later.
+                        let id = match old.get(&key) {
+                            Some(pointer) => {
+                                known.insert(key.clone(), pointer.clone());
+                                pointer.id.clone()
+                            }
+                            None => target.digest.clone(),
+                        };
+                        listed
+                            .unreadable
+                            .push((format!("{}/{}", key.0, key.1), EntityId::new(Kind::ContainerImageMetadata, id)));
                     }
                 }
             }
@@ -497,7 +519,9 @@ impl ListWatch for ContainerdImageCollector {
             None => None,
         };
         let before = match (&now, target) {
-            (Some(image), Some(target)) => self.known.locked().insert(at, Pointer { id: image.id.to_string(), target }),
+            (Some(image), Some(target)) => {
+                self.known.locked().insert(at.clone(), Pointer { id: image.id.to_string(), target })
+            }
             _ => self.known.locked().remove(&at),
         };
         let mut out = Vec::new();
@@ -507,7 +531,15 @@ impl ListWatch for ContainerdImageCollector {
             out.push(Refreshed::Present(Entity::from(image)));
         }
         if let Some(before) = before.filter(|b| Some(&b.id) != now_id.as_ref()) {
-            out.push(self.remains(&mut clients, &before.id).await?);
+            match self.remains(&mut clients, &before.id).await {
+                Ok(remains) => out.push(remains),
+                Err(error) => {
+                    // Put the old pointer back, so that the driver's retry of this name finds
+                    // again that it left the old image, and reads that image again.
+                    self.known.locked().insert(at, before);
+                    return Err(error);
+                }
+            }
         }
         Ok(match out.len() {
             0 => Refreshed::Skip,
