@@ -1322,8 +1322,16 @@ impl EnvFilter {
 
     /// Returns the kept variables of `env`, given as `NAME=value` strings, as a map from name to
     /// value. An entry without `=` is dropped.
-    pub fn filter<'a>(&self, env: impl IntoIterator<Item = &'a String>) -> StrMap {
-        env.into_iter().filter_map(|pair| pair.split_once('=')).filter(|(name, _)| self.keeps(name)).collect()
+    pub fn filter<S: AsRef<str>>(&self, env: impl IntoIterator<Item = S>) -> StrMap {
+        let mut kept = StrMap::new();
+        for pair in env {
+            if let Some((name, value)) = pair.as_ref().split_once('=')
+                && self.keeps(name)
+            {
+                kept.insert(name, value);
+            }
+        }
+        kept
     }
 }
 
