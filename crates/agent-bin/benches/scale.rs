@@ -27,9 +27,10 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures::StreamExt;
+use test_support::bench::{percentile, start_until_sets};
 use test_support::runtimes::{Install, Runtimes};
 use wm_collector_docker::{DockerCollector, DockerConfig};
-use wm_core::{EventType, Filter, Kind, SubscriberPriority};
+use wm_core::{EventType, Kind};
 use wm_store::Store;
 
 /// How many containers run (the rest are only created).
@@ -38,11 +39,6 @@ const RUNNING: usize = 100;
 fn store(rt: &Runtimes) -> Store {
     let config = DockerConfig { docker_host: Some(rt.docker_host()), ..DockerConfig::default() };
     Store::builder().collector(DockerCollector::new(config).into_collector()).build()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Creates `count` containers with 16 clients at once and returns their ids and the creates per
@@ -90,13 +86,7 @@ async fn baseline_sync(docker: &Docker) -> usize {
 
 async fn ours_sync(rt: &Runtimes, expected: usize) {
     let store = store(rt);
-    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
-    store.start();
-    let mut seen = 0;
-    while seen < expected {
-        let bundle = sub.recv().await.unwrap().unwrap();
-        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
-    }
+    start_until_sets(&store, Kind::Container, expected).await;
     store.shutdown().await;
 }
 
@@ -155,13 +145,7 @@ fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
 /// own durations.
 async fn rm_latency(rt: &Runtimes, docker: &Docker, ids: &[String], total: usize) -> [Vec<f64>; 3] {
     let store = store(rt);
-    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
-    store.start();
-    let mut seen = 0;
-    while seen < total {
-        let bundle = sub.recv().await.unwrap().unwrap();
-        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
-    }
+    let mut sub = start_until_sets(&store, Kind::Container, total).await;
     let [mut after, mut delays, mut calls] = [Vec::new(), Vec::new(), Vec::new()];
     for id in ids {
         let asked = Instant::now();

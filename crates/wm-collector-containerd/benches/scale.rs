@@ -20,10 +20,11 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest, ListContainersRequest,
 };
 use futures::StreamExt;
+use test_support::bench::{percentile, start_until_sets};
 use test_support::runtimes::{Install, Runtimes};
 use tonic::transport::Channel;
 use wm_collector_containerd::{ContainerdCollector, ContainerdConfig};
-use wm_core::{EventType, Filter, Kind, SubscriberPriority};
+use wm_core::{EventType, Kind};
 use wm_store::Store;
 
 const NS: &str = "scale";
@@ -32,11 +33,6 @@ fn request<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("containerd-namespace", NS.parse().unwrap());
     request
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Container `i`, as the CRI plugin records a pod's container.
@@ -122,13 +118,7 @@ fn store(rt: &Runtimes) -> Store {
 
 async fn ours_sync(rt: &Runtimes, expected: usize) {
     let store = store(rt);
-    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
-    store.start();
-    let mut seen = 0;
-    while seen < expected {
-        let bundle = sub.recv().await.unwrap().unwrap();
-        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
-    }
+    start_until_sets(&store, Kind::Container, expected).await;
     store.shutdown().await;
 }
 
@@ -141,13 +131,7 @@ async fn delete_latency(
     total: usize,
 ) -> [Vec<f64>; 2] {
     let store = store(rt);
-    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
-    store.start();
-    let mut seen = 0;
-    while seen < total {
-        let bundle = sub.recv().await.unwrap().unwrap();
-        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
-    }
+    let mut sub = start_until_sets(&store, Kind::Container, total).await;
     let [mut after, mut from_start] = [Vec::new(), Vec::new()];
     for id in ids {
         let asked = Instant::now();

@@ -21,6 +21,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures::StreamExt;
+use test_support::bench::{percentile, start_until_sets};
 use test_support::runtimes::{Install, Runtimes};
 use wm_collector_docker::images::DockerImageCollector;
 use wm_collector_docker::{DockerCollector, DockerConfig};
@@ -46,11 +47,6 @@ async fn create(docker: &Docker, name: &str) -> String {
         ..ContainerCreateBody::default()
     };
     docker.create_container(Some(CreateContainerOptionsBuilder::new().name(name).build()), body).await.unwrap().id
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 async fn event_latency(rt: &Runtimes, docker: &Docker, starts: usize) {
@@ -139,13 +135,7 @@ async fn baseline_sync(rt: &Runtimes) -> usize {
 
 async fn ours_sync(rt: &Runtimes, expected: usize) {
     let store = store(rt);
-    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
-    store.start();
-    let mut seen = 0;
-    while seen < expected {
-        let bundle = sub.recv().await.unwrap().unwrap();
-        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
-    }
+    start_until_sets(&store, Kind::Container, expected).await;
     store.shutdown().await;
 }
 
@@ -220,14 +210,7 @@ async fn image_baseline_sync(docker: &Docker) -> usize {
 async fn image_ours_sync(rt: &Runtimes, expected: usize) {
     let config = DockerConfig { docker_host: Some(rt.docker_host()), ..DockerConfig::default() };
     let store = Store::builder().collector(DockerImageCollector::new(config).into_collector()).build();
-    let mut sub =
-        store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::ContainerImageMetadata));
-    store.start();
-    let mut seen = 0;
-    while seen < expected {
-        let bundle = sub.recv().await.unwrap().unwrap();
-        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
-    }
+    start_until_sets(&store, Kind::ContainerImageMetadata, expected).await;
     store.shutdown().await;
 }
 

@@ -8,10 +8,11 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use test_support::bench::start_until_sets;
 use test_support::podman::PodmanService;
 use test_support::runtimes::Install;
 use wm_collector_podman::{PodmanCollector, PodmanConfig};
-use wm_core::{EventType, Filter, Kind, SubscriberPriority};
+use wm_core::Kind;
 use wm_store::Store;
 
 const API: &str = "http://podman/v4.0.0/libpod";
@@ -46,13 +47,8 @@ async fn baseline_sync(client: &reqwest::Client) -> usize {
 async fn ours_sync(service: &PodmanService, expected: usize) {
     let config = PodmanConfig { podman_socket_path: Some(service.socket()) };
     let store = Store::builder().collector(PodmanCollector::new(config).into_collector()).build();
-    let mut sub = store.subscribe("bench", SubscriberPriority::Normal, Filter::all().with_kind(Kind::Container));
-    store.start();
-    let mut seen = 0;
-    while seen < expected {
-        let bundle = tokio::time::timeout(Duration::from_secs(120), sub.recv()).await.unwrap().unwrap().unwrap();
-        seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
-    }
+    let synced = start_until_sets(&store, Kind::Container, expected);
+    tokio::time::timeout(Duration::from_secs(120), synced).await.expect("a complete snapshot within 120 s");
     store.shutdown().await;
 }
 
