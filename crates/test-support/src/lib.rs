@@ -4,7 +4,7 @@
 //! container runtimes the collectors are tested against ([`runtimes`], [`podman`]), and a real
 //! single-node Kubernetes built from its Go modules ([`kubernetes`]); daemons of ours that misbehave
 //! on demand ([`fake_daemon`], [`fake_http`], [`cloudfoundry`]); a store
-//! watcher for those tests ([`watch`]); what the benchmarks share ([`bench`]).
+//! watcher for those tests ([`watch`]); what the benchmarks share ([`bench`](mod@bench)).
 
 #![forbid(unsafe_code)]
 
