@@ -403,6 +403,10 @@ pub(crate) fn tls_acceptor(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No resumption: every CLI call is a new process and every client here opens a fresh
+    // channel, so cached sessions and TLS 1.3 tickets would only be memory never used again.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 

@@ -289,12 +289,14 @@ impl Tagger {
     /// caller applies it first, so that the children recorded for each parent are current. What
     /// a source says about an entity stays if the snapshot holds that entity, or holds a parent
     /// of that source's kind that lists it as a child. Everything else is marked as deleted and
-    /// dropped once the grace period has passed.
+    /// dropped once the grace period has passed; the children recorded for a parent the
+    /// snapshot no longer holds are forgotten.
     fn reconcile(&self, snapshot: &[Event]) {
         // The keys share their id text with the snapshot's entities and the tag store, so the
         // set costs little beside them.
         let mut live: HashSet<(TagSource, TagKey)> = HashSet::with_capacity(snapshot.len());
-        let children = self.children.locked();
+        let mut parents: HashSet<TagKey> = HashSet::new();
+        let mut children = self.children.locked();
         for event in snapshot {
             let key = TagKey::of(&event.entity.id());
             let source = match event.entity {
@@ -310,9 +312,11 @@ impl Tagger {
                 for child in children.get(&key).into_iter().flat_map(|c| c.iter()) {
                     live.insert((source, child.clone()));
                 }
+                parents.insert(key.clone());
             }
             live.insert((source, key));
         }
+        children.retain(|parent, _| parents.contains(parent));
         drop(children);
         for (key, source) in self.store.stale(|key, source| live.contains(&(source, key.clone()))) {
             self.store.delete_key(&key, source);
@@ -459,9 +463,14 @@ mod tests {
         tagger.process(&[a.clone(), b.clone(), pod]);
         let high = |id: &str| tagger.tag(id, TagCardinality::High).to_vec();
         assert!(high(&container_entity("a")).contains(&"pod_name:web-1".to_owned()));
+        assert!(
+            tagger.children.locked().contains_key(&TagKey::parse("kubernetes_pod_uid://p1")),
+            "the pod's child is recorded"
+        );
 
         // The store was lost and comes back holding container `a` only (its pod is gone).
         tagger.reconcile(&[a]);
+        assert!(tagger.children.locked().is_empty(), "the gone pod's children are forgotten");
         assert!(!high("kubernetes_pod_uid://p1").is_empty(), "served through the grace period");
         clock.advance(tagger.config.deletion_grace_period());
         tagger.prune();

@@ -481,6 +481,7 @@ impl ContainerdCollector {
     async fn list_all(&self, clients: &mut Clients) -> Result<Listed, CollectorError> {
         let mut listed = Listed::default();
         let mut listed_keys = HashSet::new();
+        let mut listed_sandboxes = HashSet::new();
         for namespace in self.watched_namespaces(clients).await? {
             let records = self.list_records(clients, &namespace).await?;
             let request = namespaced(&namespace, ListTasksRequest::default())?;
@@ -498,6 +499,7 @@ impl ContainerdCollector {
             for record in &records {
                 if is_sandbox(&record.labels) {
                     self.saw_sandbox(&namespace, record);
+                    listed_sandboxes.insert((namespace.clone(), record.id.clone()));
                     continue;
                 }
                 listed_keys.insert((namespace.clone(), record.id.clone()));
@@ -507,9 +509,17 @@ impl ContainerdCollector {
                     .extend(self.build(&namespace, record, tasks.get(&record.id), digest.as_deref()).map(Entity::from));
             }
         }
-        // A container deleted while the collector was not watching will never send a delete
-        // event, so its stored exit is dropped here.
+        // A container or sandbox deleted while the collector was not watching will never send a
+        // delete event, so what is kept about it is dropped here. (The sandboxes' images stay:
+        // they are a handful, and they recognise a sandbox deleted before it could be read.)
         self.exits.locked().retain(|key, _| listed_keys.contains(key));
+        self.sandboxes.locked().ids.retain(|key| listed_sandboxes.contains(key));
+        let mut reported = self.reported.locked();
+        if !reported.is_empty() {
+            let listed_ids: HashSet<&str> = listed_keys.iter().map(|(_, id)| id.as_str()).collect();
+            reported.retain(|id| listed_ids.contains(id.as_str()));
+        }
+        drop(reported);
         Ok(listed)
     }
 

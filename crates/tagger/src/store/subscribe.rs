@@ -61,9 +61,13 @@ impl fmt::Debug for TagSubscriber {
 pub(crate) struct Subscribers(Mutex<Vec<TagSubscriber>>);
 
 impl Subscribers {
-    /// Adds a subscriber to entities whose id starts with `prefix`, at `cardinality`.
+    /// Adds a subscriber to entities whose id starts with `prefix`, at `cardinality`, and
+    /// forgets those whose receiver is gone (otherwise, while no tag changes, clients that come
+    /// and go would pile up until the next change).
     pub(crate) fn add(&self, prefix: &str, cardinality: TagCardinality, tx: mpsc::Sender<Vec<TagEvent>>) {
-        self.0.locked().push(TagSubscriber { prefix: prefix.to_owned(), cardinality, tx });
+        let mut subscribers = self.0.locked();
+        subscribers.retain(|sub| !sub.tx.is_closed());
+        subscribers.push(TagSubscriber { prefix: prefix.to_owned(), cardinality, tx });
     }
 
     /// Sends `change` to every subscriber that follows its entity, with the tags `tags` reads
@@ -96,5 +100,23 @@ impl Subscribers {
                 Err(TrySendError::Closed(_)) => false,
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adding_a_subscriber_forgets_those_whose_receiver_is_gone() {
+        let subscribers = Subscribers::default();
+        for _ in 0..100 {
+            let (tx, rx) = mpsc::channel(1);
+            subscribers.add("container_id://", TagCardinality::Low, tx);
+            drop(rx);
+        }
+        let (tx, _rx) = mpsc::channel(1);
+        subscribers.add("", TagCardinality::High, tx);
+        assert_eq!(subscribers.0.locked().len(), 1, "only the open subscriber is kept");
     }
 }
