@@ -13,9 +13,10 @@
 //!   nightly) for N seconds (60), J at a time (1), seeded with the test data; the crashes it
 //!   finds are kept in `fuzz/regressions` and replayed by every run (a short pass of 10 s each,
 //!   two at a time, is part of `ci`).
-//! - `soak [--minutes N]`: the release agent on real daemons under churn for N minutes (30),
-//!   sampled every 10 s and checked every minute; report, CSV and plot in
-//!   `<target dir>/soak` (root).
+//! - `soak [--minutes N] [--containers N] [--warmup M]`: the release agent on real daemons under
+//!   churn for N minutes (30) with N live containers (30; half in each runtime), sampled every
+//!   10 s and checked every minute; growth is judged after M minutes of warm-up (10); report,
+//!   CSV and plot in `<target dir>/soak` (root).
 //! - `flavors`: builds agent-bin's flavors and each collector feature on its own, and checks that
 //!   `flavor-light` pulls none of the collectors' client libraries (also part of `ci`).
 //! - `layers`: the layer check of STYLE.md alone.
@@ -67,7 +68,8 @@ const BENCHES: &[(&str, &str)] = &[
     ("agent-bin", "conn_flood"),
     ("agent-bin", "python_tag"),
     ("agent-bin", "scale"),
-    ("wm-collector-containerd", "scale"),
+    ("agent-bin", "churn"),
+    ("agent-bin", "containerd_scale"),
 ];
 
 fn main() -> ExitCode {
@@ -77,13 +79,14 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("flavors") => flavors(),
         Some("image") => image().map(drop),
-        Some("soak") => flag(&args, "--minutes", 30.0).and_then(soak),
+        Some("soak") => flag(&args, "--minutes", 30.0)
+            .and_then(|m| soak(m, flag(&args, "--containers", 30)?, flag(&args, "--warmup", 10.0)?)),
         Some("fuzz") => flag(&args, "--seconds", 60).and_then(|s| fuzz(s, flag(&args, "--parallel", 1)?)),
         Some("layers") => layers(),
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo | image | fuzz [--seconds N] [--parallel J] | soak [--minutes N] | flavors | layers | bench [--quick]>"
+                "usage: cargo xtask <ci | demo | image | fuzz [--seconds N] [--parallel J] | soak [--minutes N] [--containers N] [--warmup M] | flavors | layers | bench [--quick]>"
             );
             return ExitCode::from(2);
         }
@@ -393,8 +396,9 @@ fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs agent-bin's `soak` example against the release agent for `minutes`.
-fn soak(minutes: f64) -> anyhow::Result<()> {
+/// Runs agent-bin's `soak` example against the release agent for `minutes`, with `containers`
+/// live containers and its growth judged after `warmup` minutes.
+fn soak(minutes: f64, containers: usize, warmup: f64) -> anyhow::Result<()> {
     ensure_tools()?;
     run(
         "build the release agent",
@@ -402,12 +406,14 @@ fn soak(minutes: f64) -> anyhow::Result<()> {
     )?;
     let target = target_dir()?;
     run(
-        &format!("soak ({minutes} min)"),
+        &format!("soak ({minutes} min, {containers} containers)"),
         cargo()
             .args(["run", "--release", "--quiet", "-p", "agent-bin", "--example", "soak", "--"])
             .arg(target.join("release/agent"))
             .arg(minutes.to_string())
-            .arg(target.join("soak")),
+            .arg(target.join("soak"))
+            .arg(containers.to_string())
+            .arg(warmup.to_string()),
     )
 }
 

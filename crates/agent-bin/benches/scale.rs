@@ -13,12 +13,16 @@
 //!   returning (what a user sees: `docker rm` done) to the store subscriber's `Unset`. Target p99
 //!   ≤ 20 ms. dockerd sends the event before it answers, so this is mostly zero; the delay from
 //!   the call's start, dockerd's own work included, and the call's duration are printed beside.
+//! - `docker.scale_10k.restart`: dockerd SIGKILLed under a store holding every container, then
+//!   started again: the time from dockerd answering again to the store's subscriber holding
+//!   exactly dockerd's list, and that the subscriber was not cut off (the re-list of 10,000 must
+//!   not stall it). Target: exact, not cut off; the time is printed.
 //! - The daemon's own pace, printed for context: containers created per second by 16 clients.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure aborts the run
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -90,14 +94,8 @@ async fn ours_sync(rt: &Runtimes, expected: usize) {
     store.shutdown().await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Runs the agent (the docker collectors only) until `agent status` counts `containers`, lets it
-/// sit idle `idle`, and returns its resident KiB.
+/// Runs the agent (the docker collectors only) until it counts `containers`, lets it sit idle
+/// `idle`, and returns its resident bytes.
 fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
     let dir = rt.dir().join(format!("agent-{containers}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -113,31 +111,7 @@ fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
         ),
     )
     .unwrap();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let wanted = format!("container: {containers}");
-    loop {
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&config).arg("status").output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && (containers == 0 || text.contains(&wanted)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the agent did not list {containers} containers within 300 s");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    std::thread::sleep(idle);
-    let rss = rss_kib(pid);
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = child.wait();
-    rss
+    test_support::bench::agent_rss(Path::new(env!("CARGO_BIN_EXE_agent")), &config, containers, idle)
 }
 
 /// Removes the containers `ids` one at a time and returns, sorted and in ms, each one's delay to
@@ -170,13 +144,73 @@ async fn rm_latency(rt: &Runtimes, docker: &Docker, ids: &[String], total: usize
     [after, delays, calls]
 }
 
+/// SIGKILLs dockerd under a store that holds all `total` containers, starts it again, and
+/// returns how long after dockerd answered the subscriber's view equalled dockerd's list; `Err`
+/// says what went wrong (the subscriber cut off, or no match within 120 s).
+async fn restart(rt: &mut Runtimes, docker: &Docker, total: usize) -> Result<Duration, String> {
+    let store = store(rt);
+    let mut sub = start_until_sets(&store, Kind::Container, total).await;
+    let mut view: HashSet<String> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
+    tokio::task::block_in_place(|| {
+        rt.kill_dockerd();
+        rt.start_dockerd()
+    })
+    .map_err(|e| format!("dockerd did not come back: {}", e.0))?;
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(120);
+    let mut want = HashSet::new();
+    let mut listed_at = Instant::now() - Duration::from_secs(10);
+    let result = loop {
+        if listed_at.elapsed() >= Duration::from_secs(1) {
+            let options = ListContainersOptionsBuilder::new().all(true).build();
+            want = docker
+                .list_containers(Some(options))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter_map(|s| s.id)
+                .collect();
+            listed_at = Instant::now();
+        }
+        if view == want {
+            break Ok(back.elapsed());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(format!(
+                "the subscriber's view still differs after 120 s: {} held, {} listed",
+                view.len(),
+                want.len()
+            ));
+        }
+        match tokio::time::timeout(left.min(Duration::from_millis(200)), sub.recv()).await {
+            Err(_) => {}
+            Ok(Some(Ok(bundle))) => {
+                for event in &bundle.events {
+                    let id = event.entity.id().id.to_string();
+                    if event.event_type == EventType::Set {
+                        view.insert(id);
+                    } else {
+                        view.remove(&id);
+                    }
+                }
+            }
+            Ok(other) => break Err(format!("the subscriber was cut off: {other:?}")),
+        }
+    };
+    store.shutdown().await;
+    result
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let count = if quick { 2_000 } else { 10_000 };
-    let rt = match Runtimes::start(Install::IfMissing) {
+    let mut rt = match Runtimes::start(Install::IfMissing) {
         Ok(rt) => rt,
         Err(why) => {
-            for row in ["docker.scale_10k.sync", "docker.scale_10k.rss", "docker.scale_10k.rm"] {
+            for row in
+                ["docker.scale_10k.sync", "docker.scale_10k.rss", "docker.scale_10k.rm", "docker.scale_10k.restart"]
+            {
                 println!("{row}  -  -  -  -  MISS (no dockerd: {why})");
             }
             return;
@@ -217,12 +251,12 @@ fn main() {
     );
 
     let full_rss = agent_rss(&rt, count, idle);
-    let mib = full_rss as f64 / 1024.0;
-    let per_container = (full_rss.saturating_sub(empty_rss) * 1024) as f64 / count as f64;
+    let mib = full_rss as f64 / (1 << 20) as f64;
+    let per_container = full_rss.saturating_sub(empty_rss) as f64 / count as f64;
     println!(
         "docker.scale_10k.rss  {mib:.1} MiB  -  -  <=60MiB  {}  ({count} containers, {:.1} MiB with none, {per_container:.0} B per container, {}s idle)",
         if mib <= 60.0 { "ok" } else { "MISS" },
-        empty_rss as f64 / 1024.0,
+        empty_rss as f64 / (1 << 20) as f64,
         idle.as_secs()
     );
 
@@ -240,6 +274,14 @@ fn main() {
         percentile(&delays, 99.0),
         percentile(&calls, 99.0)
     );
+    let total = count - after.len();
+    match tokio.block_on(restart(&mut rt, &docker, total)) {
+        Ok(took) => println!(
+            "docker.scale_10k.restart  {:.0} ms  -  -  exact, not cut off  ok  (dockerd SIGKILLed and started with {total} containers; from dockerd answering to the subscriber's view equal to its list)",
+            took.as_secs_f64() * 1e3
+        ),
+        Err(why) => println!("docker.scale_10k.restart  -  -  -  exact, not cut off  MISS  ({why})"),
+    }
     drop(tokio);
     drop(rt);
 }

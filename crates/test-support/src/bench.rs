@@ -29,3 +29,45 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// Runs the agent binary `binary` with the config file `config` until its `status` counts
+/// `containers` containers (any number when 0), lets it sit idle for `idle`, and returns its
+/// resident bytes; then stops it (SIGTERM).
+///
+/// # Panics
+///
+/// Panics when the agent cannot start, or does not count them within 300 s.
+pub fn agent_rss(
+    binary: &std::path::Path,
+    config: &std::path::Path,
+    containers: usize,
+    idle: std::time::Duration,
+) -> u64 {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let child = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let wanted = format!("container: {containers}");
+    loop {
+        let out = Command::new(binary).arg("--config").arg(config).arg("status").output();
+        if let Ok(out) = out
+            && out.status.success()
+            && (containers == 0 || String::from_utf8_lossy(&out.stdout).contains(&wanted))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent did not count {containers} containers within 300 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(idle);
+    let rss = crate::procfs::rss_bytes(pid).unwrap_or(0);
+    crate::runtimes::terminate(child, Duration::from_secs(10));
+    rss
+}

@@ -7,6 +7,9 @@
 //! - `containerd.scale_10k.sync`: a store with the containerd collector, from its start to a
 //!   subscriber holding every container, against listing them (`ListStream`) and getting each,
 //!   8 in flight; best of 3. Target ≤ 1.5×.
+//! - `containerd.scale_10k.rss`: the agent binary (the containerd collectors only) once it
+//!   knows every container and sat idle 20 s: its resident memory, and the growth per container
+//!   against the same agent before the containers were made. Target ≤ 60 MiB.
 //! - `containerd.scale_10k.delete`: 100 container deletes among them, one at a time, from the
 //!   call returning to the store subscriber's `Unset` (from its start beside). Target p99 ≤ 20 ms.
 //! - containerd's own pace, printed for context: containers created per second by 16 clients.
@@ -153,20 +156,43 @@ async fn delete_latency(
     [after, from_start]
 }
 
+/// Runs the agent (the containerd collectors only, on the bench's namespace) until it counts
+/// `containers`, lets it sit idle `idle`, and returns its resident bytes.
+fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
+    let dir = rt.dir().join(format!("agent-{containers}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.yaml");
+    let port = || test_support::runtimes::free_port().unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "cmd_port: {}\nhealth_port: {}\ncri_socket_path: {}\ncontainerd_namespaces: [{NS}]\nautoconfig_exclude_features: [docker, podman, kubernetes, process, ecs]\nlog_level: warn\n",
+            port(),
+            port(),
+            rt.containerd_socket().display()
+        ),
+    )
+    .unwrap();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_agent"));
+    tokio::task::block_in_place(|| test_support::bench::agent_rss(binary, &config, containers, idle))
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let count = if quick { 2_000 } else { 10_000 };
     let rt = match Runtimes::start(Install::IfMissing) {
         Ok(rt) => rt,
         Err(why) => {
-            for row in ["containerd.scale_10k.sync", "containerd.scale_10k.delete"] {
+            for row in ["containerd.scale_10k.sync", "containerd.scale_10k.rss", "containerd.scale_10k.delete"] {
                 println!("{row}  -  -  -  -  MISS (no containerd: {why})");
             }
             return;
         }
     };
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let idle = Duration::from_secs(if quick { 5 } else { 20 });
     tokio.block_on(async {
+        let empty_rss = agent_rss(&rt, 0, idle);
         let channel = containerd_client::connect(rt.containerd_socket()).await.unwrap();
         let containers = ContainersClient::new(channel).max_decoding_message_size(64 << 20);
         let spec_bytes = record(0).spec.unwrap().value.len();
@@ -211,6 +237,16 @@ fn main() {
             best_ours.as_secs_f64() * 1e3,
             best_base.as_secs_f64() * 1e3,
             if ratio <= 1.5 { "ok" } else { "MISS" }
+        );
+
+        let full_rss = agent_rss(&rt, count, idle);
+        let mib = full_rss as f64 / (1 << 20) as f64;
+        println!(
+            "containerd.scale_10k.rss  {mib:.1} MiB  -  -  <=60MiB  {}  ({count} containers, {:.1} MiB with none, {:.0} B per container, {}s idle)",
+            if mib <= 60.0 { "ok" } else { "MISS" },
+            empty_rss as f64 / (1 << 20) as f64,
+            full_rss.saturating_sub(empty_rss) as f64 / count as f64,
+            idle.as_secs()
         );
 
         let removed = if quick { 20 } else { 100 };

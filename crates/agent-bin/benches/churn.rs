@@ -1,0 +1,379 @@
+//! `churn.max_rate` of BENCHMARKS.md: containers created, started and removed as fast as one
+//! real daemon (started by `test_support::runtimes`) goes on this machine, by 8 parallel
+//! clients, for 60 s (`--quick`: 15 s), once without the agent (the baseline) and once with the
+//! agent binary watching it; dockerd first (through its Engine API, as `docker` does), then
+//! containerd on its own (through `ctr`: `run -d`, `tasks rm -f`, `containers rm`).
+//!
+//! Each run prints one line with:
+//! - the daemon's rate, cycles per second, without and with the agent, and its drop (target
+//!   ≤ 5 %);
+//! - the agent's CPU time against the daemon's over the run with the agent (target ≤ 10 %); the
+//!   daemon is dockerd and its containerd for docker, containerd for containerd; shims and
+//!   clients are not counted;
+//! - what a subscriber of the agent's gRPC workloadmeta stream saw: for every container the
+//!   clients made, a `Set` and then an `Unset` and nothing after (counted: in order, never seen,
+//!   out of order), whether the stream stayed open to the end (no subscriber cut off, the
+//!   agent's log says none was either), and whether, once the churn stopped, the stream's view
+//!   and the agent's own list both equal the daemon's list.
+//!
+//! The line ends in `ok` when every target holds and every container was seen in order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure aborts the run
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use test_support::runtimes::{self, Install, Runtimes};
+use wm_ipc::proto::workloadmeta::{WorkloadmetaEventType, WorkloadmetaStreamRequest};
+
+/// Parallel clients driving the daemon.
+const CLIENTS: usize = 8;
+
+/// The daemon a run churns.
+#[derive(Clone, Copy, PartialEq)]
+enum Daemon {
+    Docker,
+    Containerd,
+}
+
+impl Daemon {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Containerd => "containerd",
+        }
+    }
+}
+
+/// The daemon's processes whose CPU is counted.
+fn daemon_pids(rt: &Runtimes, daemon: Daemon) -> Vec<u32> {
+    match daemon {
+        Daemon::Docker => rt.dockerd_pid().into_iter().chain(rt.containerd_pid()).collect(),
+        Daemon::Containerd => rt.containerd_pid().into_iter().collect(),
+    }
+}
+
+/// The containerd namespace the containerd run uses.
+const NS: &str = "churn";
+
+/// Churns for `duration` with [`CLIENTS`] clients; returns the ids of the containers made
+/// (each created, started and removed) and the cycles per second.
+fn churn(
+    rt: &Runtimes,
+    docker: &Docker,
+    tokio: &tokio::runtime::Runtime,
+    daemon: Daemon,
+    run: &str,
+    duration: Duration,
+) -> (Vec<String>, f64) {
+    let started = Instant::now();
+    let until = started + duration;
+    let made = match daemon {
+        Daemon::Docker => tokio.block_on(async {
+            let clients = (0..CLIENTS).map(|client| {
+                let docker = docker.clone();
+                let run = run.to_owned();
+                tokio::spawn(async move {
+                    let mut made = Vec::new();
+                    let mut n = 0;
+                    while Instant::now() < until {
+                        n += 1;
+                        let body = ContainerCreateBody {
+                            image: Some(Runtimes::IMAGE.into()),
+                            cmd: Some(vec!["sleep".into(), "3600".into()]),
+                            labels: Some(HashMap::from([("churn".to_owned(), run.clone())])),
+                            stop_signal: Some("SIGKILL".into()),
+                            host_config: Some(HostConfig {
+                                network_mode: Some("none".into()),
+                                ..HostConfig::default()
+                            }),
+                            ..ContainerCreateBody::default()
+                        };
+                        let options = CreateContainerOptionsBuilder::new().name(&format!("{run}-{client}-{n}")).build();
+                        let id = docker.create_container(Some(options), body).await.unwrap().id;
+                        docker.start_container(&id, None).await.unwrap();
+                        let force = RemoveContainerOptionsBuilder::new().force(true).build();
+                        docker.remove_container(&id, Some(force)).await.unwrap();
+                        made.push(id);
+                    }
+                    made
+                })
+            });
+            let mut made = Vec::new();
+            for client in futures::future::join_all(clients).await {
+                made.extend(client.unwrap());
+            }
+            made
+        }),
+        Daemon::Containerd => std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|client| {
+                    scope.spawn(move || {
+                        let ctr = |args: &[&str]| {
+                            let out = rt.ctr(NS, args).unwrap();
+                            assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                        };
+                        let mut made = Vec::new();
+                        let mut n = 0;
+                        while Instant::now() < until {
+                            n += 1;
+                            let name = format!("{run}-{client}-{n}");
+                            ctr(&[
+                                "run",
+                                "-d",
+                                "--label",
+                                &format!("churn={run}"),
+                                Runtimes::CTR_IMAGE,
+                                &name,
+                                "/bin/sleep",
+                                "3600",
+                            ]);
+                            ctr(&["tasks", "rm", "-f", &name]);
+                            ctr(&["containers", "rm", &name]);
+                            made.push(name);
+                        }
+                        made
+                    })
+                })
+                .collect();
+            clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+        }),
+    };
+    let rate = made.len() as f64 / started.elapsed().as_secs_f64();
+    (made, rate)
+}
+
+/// The agent binary, watching `daemon` only.
+struct Agent {
+    child: Option<Child>,
+    config: PathBuf,
+    grpc: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(rt: &Runtimes, daemon: Daemon) -> Self {
+        let dir = rt.dir().join(format!("churn-agent-{}", daemon.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (grpc, http) = (runtimes::free_port().unwrap(), runtimes::free_port().unwrap());
+        let watched = match daemon {
+            Daemon::Docker => format!(
+                "docker_host: {}\nautoconfig_exclude_features: [containerd, podman, kubernetes, process, ecs, cloudfoundry]\n",
+                rt.docker_host()
+            ),
+            Daemon::Containerd => format!(
+                "cri_socket_path: {}\ncontainerd_namespaces: [{NS}]\nautoconfig_exclude_features: [docker, podman, kubernetes, process, ecs, cloudfoundry]\n",
+                rt.containerd_socket().display()
+            ),
+        };
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, format!("cmd_port: {grpc}\nhealth_port: {http}\nlog_level: info\n{watched}")).unwrap();
+        let log = dir.join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let agent = Self { child: Some(child), config, grpc, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while agent.cli(&["health"]).is_none() {
+            assert!(Instant::now() < deadline, "the agent was not healthy within 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        agent
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&self.config).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The container ids the agent stores.
+    fn stored(&self) -> BTreeSet<String> {
+        let json = self.cli(&["workload-list", "--json"]).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let entities = value["entities"].as_object().cloned().unwrap_or_default();
+        entities
+            .values()
+            .filter(|e| e["kind"] == "container")
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Lines of the agent's log that say a subscriber was cut off.
+    fn cut_off_lines(&self) -> usize {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().filter(|l| l.contains("cut off")).count()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            runtimes::terminate(child, Duration::from_secs(5));
+        }
+    }
+}
+
+/// What the gRPC subscriber saw: each container's events in order (`true` for a `Set`), the
+/// containers it holds, and how the stream ended if it did.
+#[derive(Default)]
+struct Seen {
+    events: HashMap<String, Vec<bool>>,
+    live: BTreeSet<String>,
+    ended: Option<String>,
+}
+
+/// Subscribes to the agent's workloadmeta stream (containers) in a task of `tokio`.
+fn subscribe(agent: &Agent, tokio: &tokio::runtime::Runtime) -> Arc<Mutex<Seen>> {
+    let config = agent_bin::load_config(Some(&agent.config), Vec::new()).unwrap();
+    let remote = wm_ipc::RemoteAgent {
+        address: format!("localhost:{}", agent.grpc),
+        token: std::fs::read_to_string(config.auth_token_path()).unwrap().trim().to_owned(),
+        cert: agent_bin::security::load_or_create_cert(&config.ipc_cert_path()).unwrap(),
+        token_file: None,
+        cert_file: None,
+    };
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let into = seen.clone();
+    tokio.spawn(async move {
+        let mut client = remote.connect().await.unwrap();
+        let mut stream =
+            client.workloadmeta_stream_entities(WorkloadmetaStreamRequest::default()).await.unwrap().into_inner();
+        let mut ready = Some(ready_tx);
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) => {
+                    let mut seen = into.lock().unwrap();
+                    for event in response.events {
+                        let Some(id) = event.container.and_then(|c| c.entity_id).map(|e| e.id) else { continue };
+                        let set = event.r#type == WorkloadmetaEventType::EventTypeSet as i32;
+                        if set {
+                            seen.live.insert(id.clone());
+                        } else {
+                            seen.live.remove(&id);
+                        }
+                        seen.events.entry(id).or_default().push(set);
+                    }
+                    if response.initial_snapshot_complete
+                        && let Some(ready) = ready.take()
+                    {
+                        let _ = ready.send(());
+                    }
+                }
+                Ok(None) => {
+                    into.lock().unwrap().ended = Some("the stream ended".into());
+                    break;
+                }
+                Err(status) => {
+                    into.lock().unwrap().ended = Some(format!("{status:?}"));
+                    break;
+                }
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(30)).expect("the stream's snapshot within 30 s");
+    seen
+}
+
+/// The daemon's own list of containers.
+fn listed(rt: &Runtimes, daemon: Daemon) -> BTreeSet<String> {
+    let out = match daemon {
+        Daemon::Docker => rt.docker(&["ps", "-aq", "--no-trunc"]),
+        Daemon::Containerd => rt.ctr(NS, &["containers", "ls", "-q"]),
+    };
+    Runtimes::lines(&out.unwrap()).into_iter().collect()
+}
+
+fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon: Daemon, duration: Duration) {
+    let row = format!("churn.max_rate.{}", daemon.name());
+    let (_, base_rate) = churn(rt, docker, tokio, daemon, "base", duration);
+
+    let agent = Agent::start(rt, daemon);
+    let seen = subscribe(&agent, tokio);
+    let pids = daemon_pids(rt, daemon);
+    let daemon_before: u64 = pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum();
+    let agent_before = test_support::procfs::cpu_ticks(agent.pid());
+    let (made, rate) = churn(rt, docker, tokio, daemon, "agent", duration);
+    let daemon_cpu =
+        pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum::<u64>().saturating_sub(daemon_before);
+    let agent_cpu = test_support::procfs::cpu_ticks(agent.pid()).saturating_sub(agent_before);
+
+    // The churn has stopped: the stream's view and the agent's list settle on the daemon's.
+    let want = listed(rt, daemon);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut view_exact, mut store_exact);
+    loop {
+        view_exact = seen.lock().unwrap().live == want;
+        store_exact = agent.stored() == want;
+        if (view_exact && store_exact) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = seen.lock().unwrap();
+    let (mut in_order, mut never, mut disordered) = (0, 0, 0);
+    for id in &made {
+        match seen.events.get(id).map(Vec::as_slice) {
+            None | Some([]) => never += 1,
+            // One or more Sets, then one Unset, and nothing after it.
+            Some([sets @ .., false]) if !sets.is_empty() && sets.iter().all(|&s| s) => in_order += 1,
+            Some(_) => disordered += 1,
+        }
+    }
+    let cut_off = seen.ended.clone().or_else(|| {
+        let lines = agent.cut_off_lines();
+        (lines > 0).then(|| format!("{lines} cut-off lines in the agent's log"))
+    });
+    let drop_pct = (1.0 - rate / base_rate) * 100.0;
+    let cpu_pct = if daemon_cpu == 0 { 0.0 } else { agent_cpu as f64 / daemon_cpu as f64 * 100.0 };
+    let ok =
+        drop_pct <= 5.0 && cpu_pct <= 10.0 && in_order == made.len() && view_exact && store_exact && cut_off.is_none();
+    println!(
+        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%; agent CPU {:.1} s = {cpu_pct:.1}% of the daemon's {:.1} s; {} containers: {in_order} Set then Unset in order, {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {} s)",
+        rate / base_rate,
+        if ok { "ok" } else { "MISS" },
+        agent_cpu as f64 / 100.0,
+        daemon_cpu as f64 / 100.0,
+        made.len(),
+        cut_off.as_deref().unwrap_or("none"),
+        duration.as_secs(),
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let duration = Duration::from_secs(if quick { 15 } else { 60 });
+    let rt = match Runtimes::start(Install::IfMissing) {
+        Ok(rt) => rt,
+        Err(why) => {
+            for row in ["churn.max_rate.docker", "churn.max_rate.containerd"] {
+                println!("{row}  -  -  -  -  MISS (no daemons: {why})");
+            }
+            return;
+        }
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let docker =
+        Docker::connect_with_socket(&rt.docker_socket().display().to_string(), 120, bollard::API_DEFAULT_VERSION)
+            .unwrap();
+    for daemon in [Daemon::Docker, Daemon::Containerd] {
+        bench(&rt, &docker, &tokio, daemon, duration);
+    }
+    drop(tokio);
+    drop(rt);
+}
