@@ -157,11 +157,14 @@ impl Tagger {
         self.store.standard(entity)
     }
 
-    /// Applies a bundle's events to the tag store, in order.
+    /// Applies a bundle's events to the tag store, in order; subscribers of the tag store get
+    /// the bundle's changes as one message.
     pub fn process(&self, events: &[Event]) {
-        for event in events {
-            self.process_one(event);
-        }
+        self.store.batched(|| {
+            for event in events {
+                self.process_one(event);
+            }
+        });
     }
 
     fn process_one(&self, event: &Event) {
@@ -486,6 +489,25 @@ mod tests {
         clock.advance(tagger.config.deletion_grace_period());
         tagger.prune();
         assert!(!high(&container_entity("b")).is_empty());
+    }
+
+    #[test]
+    fn a_bundle_of_ten_thousand_reaches_a_tag_subscriber_as_one_message() {
+        let tagger = Tagger::with_clock(TaggerConfig::default(), Arc::new(ManualClock::default()));
+        // Room for two messages: one per change would overflow it and drop the subscriber.
+        let mut rx = tagger.store().subscribe("", TagCardinality::High, 2);
+        assert!(rx.try_recv().unwrap().is_empty(), "an empty first snapshot");
+        let events: Vec<Event> =
+            (0..10_000).map(|i| event(EventType::Set, &format!("bulk-{i}"), "bundle-test/app:1")).collect();
+        tagger.process(&events);
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(batch.len(), 10_000);
+        assert!(batch.iter().all(|e| e.kind == crate::TagEventKind::Added && !e.tags.is_empty()));
+        assert_eq!(batch[9_999].entity, container_entity("bulk-9999"), "in the order they were made");
+        assert!(rx.try_recv().is_err(), "one message for the bundle");
+        // Outside a bundle, a change is a message of its own.
+        tagger.process(&[event(EventType::Set, "bulk-0", "bundle-test/app:2")]);
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
     }
 
     fn c(id: &str, image: &str) -> Container {

@@ -483,7 +483,10 @@ impl ContainerdCollector {
         let mut listed_keys = HashSet::new();
         let mut listed_sandboxes = HashSet::new();
         for namespace in self.watched_namespaces(clients).await? {
-            let records = self.list_records(clients, &namespace).await?;
+            // The tasks first, then each container record converted as it arrives: a list of
+            // 10,000 holds one raw record (its OCI spec is tens of KB) at a time, not all of them
+            // beside their conversions. A task that starts between the two lists comes as an
+            // event, which the driver applies after the list.
             let request = namespaced(&namespace, ListTasksRequest::default())?;
             let tasks: HashMap<String, Process> = self
                 .call(|| format!("containerd: listing the tasks of {namespace}"), clients.tasks.list(request))
@@ -496,17 +499,18 @@ impl ContainerdCollector {
                 // init process that id is the container's id, so either one keys the task.
                 .map(|t| (if t.container_id.is_empty() { t.id.clone() } else { t.container_id.clone() }, t))
                 .collect();
-            for record in &records {
+            let mut records = self.list_records(clients, &namespace).await?;
+            while let Some(record) = records.next().await? {
                 if is_sandbox(&record.labels) {
-                    self.saw_sandbox(&namespace, record);
+                    self.saw_sandbox(&namespace, &record);
                     listed_sandboxes.insert((namespace.clone(), record.id.clone()));
                     continue;
                 }
                 listed_keys.insert((namespace.clone(), record.id.clone()));
                 let digest = self.image_digest(clients, &namespace, &record.image).await;
-                listed
-                    .entities
-                    .extend(self.build(&namespace, record, tasks.get(&record.id), digest.as_deref()).map(Entity::from));
+                listed.entities.extend(
+                    self.build(&namespace, &record, tasks.get(&record.id), digest.as_deref()).map(Entity::from),
+                );
             }
         }
         // A container or sandbox deleted while the collector was not watching will never send a
@@ -523,34 +527,17 @@ impl ContainerdCollector {
         Ok(listed)
     }
 
-    /// Returns the container records of one namespace, which containerd streams one message per
-    /// container.
-    async fn list_records(
-        &self,
-        clients: &mut Clients,
-        namespace: &str,
-    ) -> Result<Vec<containerd_client::services::v1::Container>, CollectorError> {
-        let what = || format!("containerd: listing the containers of {namespace}");
+    /// Opens the list of the container records of one namespace, which containerd streams one
+    /// message per container.
+    async fn list_records(&self, clients: &mut Clients, namespace: &str) -> Result<Records, CollectorError> {
+        let what = format!("containerd: listing the containers of {namespace}");
         let request = namespaced(namespace, ListContainersRequest::default())?;
-        let deadline = self.config.deadline();
-        let mut stream =
-            self.call(what, clients.containers.list_stream(request)).await.map_err(CallError::into_error)?.into_inner();
-        let mut records = Vec::new();
-        loop {
-            // The deadline applies to each message, not to the whole list: a list of many
-            // containers may take as long as it needs, while a stream that stops sending fails.
-            match tokio::time::timeout(deadline, stream.message()).await {
-                Ok(Ok(Some(message))) => records.extend(message.container),
-                Ok(Ok(None)) => return Ok(records),
-                Ok(Err(status)) => return Err(failed(what(), status)),
-                Err(_) => {
-                    return Err(CollectorError::Retriable {
-                        context: format!("{} stalled for {deadline:?} (cri_query_timeout)", what()),
-                        source: None,
-                    });
-                }
-            }
-        }
+        let stream = self
+            .call(|| what.clone(), clients.containers.list_stream(request))
+            .await
+            .map_err(CallError::into_error)?
+            .into_inner();
+        Ok(Records { stream, what, deadline: self.config.deadline() })
     }
 
     /// Reads what containerd has now under `namespace`/`id`: its record, its task and its image
@@ -587,6 +574,39 @@ impl ContainerdCollector {
             Some(container) => Fetched::Container(Box::new(container)),
             None => Fetched::Gone,
         })
+    }
+}
+
+/// The container records of one namespace as containerd streams them.
+struct Records {
+    stream: tonic::Streaming<containerd_client::services::v1::ListContainerMessage>,
+    /// The call, for errors.
+    what: String,
+    /// `cri_query_timeout`, for each message.
+    deadline: Duration,
+}
+
+impl Records {
+    /// Returns the next record; `None` at the end of the list.
+    async fn next(&mut self) -> Result<Option<containerd_client::services::v1::Container>, CollectorError> {
+        loop {
+            // The deadline applies to each message, not to the whole list: a list of many
+            // containers may take as long as it needs, while a stream that stops sending fails.
+            match tokio::time::timeout(self.deadline, self.stream.message()).await {
+                Ok(Ok(Some(message))) => match message.container {
+                    Some(record) => return Ok(Some(record)),
+                    None => continue,
+                },
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(status)) => return Err(failed(self.what.clone(), status)),
+                Err(_) => {
+                    return Err(CollectorError::Retriable {
+                        context: format!("{} stalled for {:?} (cri_query_timeout)", self.what, self.deadline),
+                        source: None,
+                    });
+                }
+            }
+        }
     }
 }
 

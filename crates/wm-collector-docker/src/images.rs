@@ -166,7 +166,7 @@ impl ListWatch for DockerImageCollector {
     /// Subscribes to image events, as the container collector does to container events.
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.clients = None;
-        let (clients, stream) = subscribe(&self.config, "image").await?;
+        let (clients, stream) = subscribe(&self.config, "image", IMAGE_ACTIONS).await?;
         self.clients = Some(clients);
         Ok(stream)
     }

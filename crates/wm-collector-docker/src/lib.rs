@@ -325,9 +325,14 @@ fn connect(config: &DockerConfig) -> Result<Clients, CollectorError> {
 /// dockerd replays the events since that instant, so nothing that happens between the
 /// subscription and a list made after it is lost, and there is nothing to probe. An event that
 /// does not parse is logged and dropped; any other stream error breaks the stream.
+///
+/// Only the `actions` of `kind` are asked for: dockerd drops events for a subscriber that falls
+/// behind (its buffer holds 1,024), so events the collector would ignore anyway (a health
+/// check's `exec_*`, say) must not take room in it nor in the driver's queue.
 async fn subscribe(
     config: &DockerConfig,
     kind: &'static str,
+    actions: &[&'static str],
 ) -> Result<(Clients, WatchStream<EventMessage>), CollectorError> {
     let clients = connect(config)?;
     let docker = &clients.bollard;
@@ -337,7 +342,8 @@ async fn subscribe(
     })
     .await?;
     let since = with_deadline(deadline, || "docker: /info (docker_query_timeout)".into(), daemon_now(docker)).await?;
-    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec![kind])]);
+    // dockerd matches `health_status` as a prefix ("health_status: healthy"), the rest exactly.
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("type", vec![kind]), ("event", actions.to_vec())]);
     let options = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
     let stream = docker.events(Some(options)).filter_map(move |item| async move {
         match item {
@@ -480,7 +486,7 @@ impl ListWatch for DockerCollector {
     async fn watch(&mut self) -> Result<WatchStream<EventMessage>, CollectorError> {
         self.docker = None;
         self.image_names.locked().clear();
-        let (clients, stream) = subscribe(&self.config, "container").await?;
+        let (clients, stream) = subscribe(&self.config, "container", RELEVANT_ACTIONS).await?;
         self.docker = Some(clients);
         Ok(stream)
     }

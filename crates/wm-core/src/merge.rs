@@ -288,12 +288,14 @@ pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
 /// Returns what an unset delivers: the last known entity with the fields the unset payload
 /// carries laid over it (a runtime's exit code and finish time).
 ///
-/// An id-only payload gives `last` itself, sharing its allocation.
-pub fn overlay(payload: &Entity, last: &Entity) -> Entity {
-    if payload.is_id_only() {
+/// An id-only payload, or `last` itself, gives `last`, sharing its allocation. The payload is
+/// taken by value so that, when the caller holds its only handle, it is completed in place
+/// rather than copied first.
+pub fn overlay(payload: Entity, last: &Entity) -> Entity {
+    if payload.is_id_only() || payload.ptr_eq(last) {
         return last.clone();
     }
-    let mut out = payload.clone();
+    let mut out = payload;
     fill_from(&mut out, last);
     out
 }
@@ -419,11 +421,12 @@ mod tests {
             c.state = ContainerState { running: true, status: ContainerStatus::Running, ..Default::default() };
         });
         let payload = container(|c| c.state = ContainerState { exit_code: ExitCode::new(137), ..Default::default() });
-        let out = overlay(&payload, &last);
+        let out = overlay(payload, &last);
         let c = out.as_container().unwrap();
         assert_eq!(c.name, "web");
         assert_eq!(c.state, ContainerState { exit_code: ExitCode::new(137), ..Default::default() });
         let id_only = Entity::empty(&last.id());
-        assert!(overlay(&id_only, &last).ptr_eq(&last));
+        assert!(overlay(id_only, &last).ptr_eq(&last));
+        assert!(overlay(last.clone(), &last).ptr_eq(&last), "the stored entity itself is not copied");
     }
 }

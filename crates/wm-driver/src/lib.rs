@@ -58,9 +58,13 @@ pub const REFRESH_CONCURRENCY: usize = 8;
 pub const RETRY_FAILED_EVERY: Duration = Duration::from_secs(10);
 /// How many stream items wait at most between the task that reads the stream and the run.
 ///
-/// When that many wait, the task stops reading the stream until the run takes some, so a slow
-/// run slows the reading and nothing is dropped.
-const PUMP_CAPACITY: usize = 1024;
+/// The task never stops reading the stream to wait for room: dockerd drops the events of a
+/// subscriber that does not read (after 100 ms with its own 1,024 buffered), silently, so a
+/// stalled reader would lose events without knowing. When this many wait, the run fails with
+/// a retriable error instead, and the store lists again: exact, at the cost of a re-list. The
+/// queue is sized so that a list of 10,000 containers, during which the run takes no events,
+/// does not fill it below thousands of events a second; its memory is taken only as it fills.
+pub const PUMP_CAPACITY: usize = 16_384;
 /// How long the driver waits for [`Watched::Live`] after each probe before it probes again.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a subscription may take to prove itself live: past it the run fails with a
@@ -340,15 +344,28 @@ impl<L: ListWatch> Driver<L> {
 /// The most failing keys the driver remembers; past it, it forgets them all.
 const MAX_FAILING: usize = 10_000;
 
-/// Forwards the items of `stream` to `tx` until the stream ends, yields an error, or the
-/// receiver is dropped.
+/// Forwards the items of `stream` to `tx` until the stream ends, yields an error, the receiver
+/// is dropped, or the receiver falls [`PUMP_CAPACITY`] items behind.
 ///
 /// An error item is forwarded before the pump stops. When the stream ends, the pump sends a
-/// retriable "the event stream ended" error, so that the run fails and the store runs it again.
+/// retriable "the event stream ended" error, so that the run fails and the store runs it again;
+/// when the queue is full, a retriable "fell behind" error, for the same reason.
 async fn pump<E: Send + 'static>(mut stream: WatchStream<E>, tx: mpsc::Sender<Result<Watched<E>, CollectorError>>) {
     while let Some(item) = stream.next().await {
         let broken = item.is_err();
-        if tx.send(item).await.is_err() || broken {
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let behind = CollectorError::Retriable {
+                    context: format!("the run fell {PUMP_CAPACITY} events behind the event stream; listing again"),
+                    source: None,
+                };
+                let _ = tx.send(Err(behind)).await;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+        if broken {
             return;
         }
     }

@@ -23,6 +23,8 @@ struct Fake {
     refreshes: Refreshes,
     /// Containers whose inspect fails.
     broken: Arc<Mutex<Vec<String>>>,
+    /// When set, a list takes a second (a daemon holding thousands of containers).
+    slow_list: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn container(id: &str) -> Entity {
@@ -54,6 +56,9 @@ impl ListWatch for Fake {
     }
 
     async fn list(&mut self) -> Result<Listed, CollectorError> {
+        if self.slow_list.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         let broken = self.broken.lock().unwrap().clone();
         let mut listed = Listed::default();
         for id in self.containers.lock().unwrap().iter() {
@@ -115,6 +120,7 @@ struct Harness {
     containers: Arc<Mutex<Vec<String>>>,
     refreshes: Refreshes,
     broken: Arc<Mutex<Vec<String>>>,
+    slow_list: Arc<std::sync::atomic::AtomicBool>,
     recorder: Arc<Recorder>,
     ctx: CollectorContext,
 }
@@ -124,8 +130,10 @@ fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
     let containers = Arc::new(Mutex::new(vec!["a".to_owned()]));
     let refreshes = Arc::new(Mutex::new(Vec::new()));
     let broken = Arc::new(Mutex::new(Vec::new()));
+    let slow_list = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fake = Fake {
         broken: broken.clone(),
+        slow_list: slow_list.clone(),
         events: Some(rx),
         containers: containers.clone(),
         probes_before_live,
@@ -140,7 +148,7 @@ fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
         cancel: CancellationToken::new(),
         env: wm_core::EnvFilter::default(),
     };
-    (Harness { tx, containers, refreshes, broken, recorder, ctx }, Driver::new(fake))
+    (Harness { tx, containers, refreshes, broken, slow_list, recorder, ctx }, Driver::new(fake))
 }
 
 fn ids(message: &SinkMessage) -> Vec<String> {
@@ -231,6 +239,21 @@ async fn a_stream_that_ends_fails_the_run_so_the_store_runs_it_again() {
     let error = driver.run(&h.ctx).await.unwrap_err();
     assert!(error.is_retriable());
     assert_eq!(error.to_string(), "the event stream ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_falls_a_whole_queue_behind_its_stream_fails_retriably_to_list_again() {
+    let (h, mut driver) = harness(None);
+    // The daemon sends more events than the queue holds while the run is busy listing: the
+    // reader must not stop reading (dockerd would drop what it cannot send), so the run fails
+    // and the store lists again.
+    h.slow_list.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 0..=PUMP_CAPACITY {
+        h.tx.send(Ok(Watched::Event((format!("c{i}"), "start")))).unwrap();
+    }
+    let error = tokio::time::timeout(Duration::from_secs(600), driver.run(&h.ctx)).await.unwrap().unwrap_err();
+    assert!(error.is_retriable());
+    assert!(error.to_string().contains("events behind the event stream"), "{error}");
 }
 
 #[tokio::test(start_paused = true)]

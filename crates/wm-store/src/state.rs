@@ -258,7 +258,7 @@ impl State {
     ) -> Option<Change> {
         match event_type {
             EventType::Set => self.set(source, collector, entity),
-            EventType::Unset => self.unset(source, &entity),
+            EventType::Unset => self.unset(source, entity),
         }
     }
 
@@ -305,7 +305,7 @@ impl State {
         Some(Change { source, source_event: set(entity), merged })
     }
 
-    fn unset(&mut self, source: Source, payload: &Entity) -> Option<Change> {
+    fn unset(&mut self, source: Source, payload: Entity) -> Option<Change> {
         let kind = payload.kind();
         let records = self.records_mut(kind);
         let record = records.get_mut(payload.id_str())?;
@@ -353,7 +353,7 @@ impl State {
         ops.into_iter()
             .filter_map(|(id, entity)| match entity {
                 Some(entity) => self.set(origin.source, collector, entity),
-                None => self.unset(origin.source, &Entity::empty(&id)),
+                None => self.unset(origin.source, Entity::empty(&id)),
             })
             .collect()
     }

@@ -51,13 +51,17 @@ use crate::tags::{TagCardinality, TagInfo};
 
 type FastMap<K, V> = papaya::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The changes of a batch not yet sent to subscribers; `None` outside a batch.
+type Pending = Option<Vec<TagChange>>;
+
 /// Tags per entity, merged across sources; reads are lock-free.
 pub struct TagStore {
     /// Each entity's one record, in the map of its prefix (indexed by [`TagPrefix::index`]).
     records: [FastMap<Id, Record>; TagPrefix::ALL.len()],
     /// Held by writers: one change at a time, swapped in and sent to subscribers in the order
-    /// it was made.
-    writer: Mutex<()>,
+    /// it was made. Inside [`TagStore::batched`] it holds the changes made so far, sent to
+    /// subscribers together at its end.
+    writer: Mutex<Pending>,
     clock: Arc<dyn Clock>,
     grace: Duration,
     subscribers: Subscribers,
@@ -74,7 +78,7 @@ impl TagStore {
     pub fn new(clock: Arc<dyn Clock>, grace: Duration) -> Self {
         Self {
             records: std::array::from_fn(|_| FastMap::with_hasher(foldhash::fast::RandomState::default())),
-            writer: Mutex::new(()),
+            writer: Mutex::new(None),
             clock,
             grace,
             subscribers: Subscribers::default(),
@@ -103,7 +107,12 @@ impl TagStore {
     ) -> tokio::sync::mpsc::Receiver<Vec<TagEvent>> {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         // Under the writer lock: no change can fall between the first batch and the stream.
-        let writer = self.writer();
+        // The changes a batch has made so far go out first, so that the new subscriber hears
+        // of none of them twice.
+        let mut writer = self.writer();
+        if let Some(pending) = writer.as_mut() {
+            self.send(&std::mem::take(pending));
+        }
         let mut initial: Vec<TagEvent> = Vec::new();
         for (tag_prefix, map) in self.maps() {
             for (uid, record) in &map.pin() {
@@ -121,7 +130,33 @@ impl TagStore {
         rx
     }
 
-    fn writer(&self) -> MutexGuard<'_, ()> {
+    /// Runs `f`, whose changes reach subscribers together when it returns (one message each
+    /// instead of one per change), in the order they were made; changes other threads make
+    /// meanwhile join them.
+    ///
+    /// A bundle of 10,000 events (a re-list) is one message per subscriber instead of 10,000,
+    /// which a subscriber's bounded queue would not hold.
+    pub fn batched<R>(&self, f: impl FnOnce() -> R) -> R {
+        /// Sends the batch's changes when dropped, even if `f` panics, so that notifications
+        /// never stop.
+        struct Flush<'a>(&'a TagStore);
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                let mut writer = self.0.writer();
+                if let Some(changes) = writer.take() {
+                    self.0.send(&changes);
+                }
+            }
+        }
+        let outer = {
+            let mut writer = self.writer();
+            writer.is_none().then(|| *writer = Some(Vec::new())).is_some()
+        };
+        let _flush = outer.then(|| Flush(self));
+        f()
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Pending> {
         // Each record is replaced whole: a panic half-way leaves nothing half-written.
         self.writer.locked()
     }
@@ -184,7 +219,7 @@ impl TagStore {
         let id_tag = key.id_tag();
         let (tags, gives_id) = EntityTags::build_without(extra, id_tag.as_deref());
         let shared = shared.without_empty();
-        let writer = self.writer();
+        let mut writer = self.writer();
         let map = self.map(key.prefix).pin();
         let current = map.get_key_value(&*key.uid);
         let key = TagKey { prefix: key.prefix, uid: current.map_or(key.uid, |(uid, _)| uid.clone()) };
@@ -211,14 +246,18 @@ impl TagStore {
         let change = self.publish(&key, entries, id);
         // Still under the writer lock: subscribers see changes in the order they were made.
         if let Some(change) = &change {
-            self.notify(change);
+            match writer.as_mut() {
+                Some(pending) => pending.push(change.clone()),
+                None => self.send(std::slice::from_ref(change)),
+            }
         }
         drop(writer);
         (key, change)
     }
 
-    fn notify(&self, change: &TagChange) {
-        self.subscribers.notify(change, |key, cardinality| self.tag_key(key.prefix, &key.uid, cardinality));
+    /// Sends `changes` to subscribers, one message each; called under the writer lock.
+    fn send(&self, changes: &[TagChange]) {
+        self.subscribers.notify(changes, |key, cardinality| self.tag_key(key.prefix, &key.uid, cardinality));
     }
 
     /// Marks what `source` says about `entity` as deleted: it is still served for the grace
@@ -255,7 +294,7 @@ impl TagStore {
         let now = self.clock.now();
         let expired = |e: &SourceEntry| e.deleted_at.is_some_and(|at| now.saturating_sub(at.time()) >= self.grace);
         let mut changes = Vec::new();
-        let writer = self.writer();
+        let mut writer = self.writer();
         for (prefix, map) in self.maps() {
             let due: Vec<(TagKey, Vec<SourceEntry>, Option<EntityTags>)> = map
                 .pin()
@@ -270,8 +309,9 @@ impl TagStore {
                 changes.extend(self.publish(&key, entries, id));
             }
         }
-        for change in &changes {
-            self.notify(change);
+        match writer.as_mut() {
+            Some(pending) => pending.extend(changes.iter().cloned()),
+            None => self.send(&changes),
         }
         drop(writer);
         changes

@@ -70,28 +70,41 @@ impl Subscribers {
         subscribers.push(TagSubscriber { prefix: prefix.to_owned(), cardinality, tx });
     }
 
-    /// Sends `change` to every subscriber that follows its entity, with the tags `tags` reads
-    /// at the subscriber's cardinality.
+    /// Sends `changes` to every subscriber that follows some of their entities, as one message
+    /// each, with the tags `tags` reads at the subscriber's cardinality.
     ///
     /// A subscriber whose channel is full is dropped (its channel closes) rather than holding
     /// the writers back; a closed one is forgotten.
-    pub(crate) fn notify(&self, change: &TagChange, tags: impl Fn(&TagKey, TagCardinality) -> Tags) {
+    pub(crate) fn notify(&self, changes: &[TagChange], tags: impl Fn(&TagKey, TagCardinality) -> Tags) {
         let mut subscribers = self.0.locked();
-        if subscribers.is_empty() {
+        if subscribers.is_empty() || changes.is_empty() {
             return;
         }
-        let (kind, key) = match change {
-            TagChange::Added(e) => (TagEventKind::Added, e),
-            TagChange::Modified(e) => (TagEventKind::Modified, e),
-            TagChange::Deleted(e) => (TagEventKind::Deleted, e),
-        };
-        let entity = key.to_string();
+        let changes: Vec<(TagEventKind, &TagKey, String)> = changes
+            .iter()
+            .map(|change| {
+                let (kind, key) = match change {
+                    TagChange::Added(e) => (TagEventKind::Added, e),
+                    TagChange::Modified(e) => (TagEventKind::Modified, e),
+                    TagChange::Deleted(e) => (TagEventKind::Deleted, e),
+                };
+                (kind, key, key.to_string())
+            })
+            .collect();
         subscribers.retain(|sub| {
-            if !entity.starts_with(&sub.prefix) {
+            let events: Vec<TagEvent> = changes
+                .iter()
+                .filter(|(_, _, entity)| entity.starts_with(&sub.prefix))
+                .map(|(kind, key, entity)| {
+                    let tags =
+                        if *kind == TagEventKind::Deleted { Vec::new() } else { tags(key, sub.cardinality).to_vec() };
+                    TagEvent { kind: *kind, entity: entity.clone(), tags }
+                })
+                .collect();
+            if events.is_empty() {
                 return !sub.tx.is_closed();
             }
-            let tags = if kind == TagEventKind::Deleted { Vec::new() } else { tags(key, sub.cardinality).to_vec() };
-            match sub.tx.try_send(vec![TagEvent { kind, entity: entity.clone(), tags }]) {
+            match sub.tx.try_send(events) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
                     tracing::warn!(prefix = sub.prefix, "tag subscriber fell behind and was dropped");
