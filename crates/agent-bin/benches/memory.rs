@@ -212,13 +212,20 @@ fn main() {
         (store, tagger)
     });
     let total = net(&region);
+    let live_allocations = {
+        let stats = region.change();
+        stats.allocations.saturating_sub(stats.deallocations)
+    };
     let rss_after = rss_bytes();
     let per_pod = total / pods;
     let rss_per_pod = rss_after.saturating_sub(rss_before) / pods;
-    let verdict = if per_pod <= 4096 { "ok" } else { "MISS" };
+    // The target is on resident memory: what the node pays, the allocator's overhead and
+    // fragmentation included.
+    let verdict = if rss_per_pod <= 4096 { "ok" } else { "MISS" };
     let name = if store_only { "store.memory.store_only" } else { "store.memory" };
     println!(
-        "{name}  {per_pod} B/pod  -  -  <=4096 B  {verdict}  (resident growth {rss_per_pod} B/pod; {} entities, {} tagged)",
+        "{name}  {rss_per_pod} B/pod resident  -  -  <=4096 B  {verdict}  ({per_pod} B/pod counted in {} live allocations per pod; {} entities, {} tagged)",
+        live_allocations / pods,
         store.dump(false).entities.len(),
         tagger.store().len()
     );
