@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use serde::Serialize;
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use wm_core::sync::MutexExt;
 use wm_core::{CollectorContext, CollectorError, CollectorKind, PullCollector, Source, StreamCollector};
@@ -394,16 +395,18 @@ async fn run_stream(
 /// Runs a pull collector until the store shuts down or the collector stops for good.
 ///
 /// Calls `start` (retried with backoff), then `pull` every `interval`, each pull cut short after
-/// `timeout`. A failed pull is tried again at the next interval; a panic restarts from `start`
-/// after a backoff delay.
+/// `timeout`, and also when woken (no sooner than [`WOKEN_PULL_GAP`] after the last pull began;
+/// the next regular pull is then an interval later). A failed pull is tried again at the next
+/// interval; a panic restarts from `start` after a backoff delay.
 async fn run_pull(
     mut collector: Box<dyn PullCollector>,
-    interval: Duration,
-    timeout: Duration,
+    pacing: Pacing,
     ctx: CollectorContext,
     status: Arc<CollectorStatus>,
     policy: RetryPolicy,
 ) {
+    let Pacing { interval, timeout, wake } = pacing;
+    let mut last_pull: Option<Instant> = None;
     let name = status.name.clone();
     let mut backoff = Backoff::new(policy.initial, policy.max);
     let mut attempt = 0u32;
@@ -453,8 +456,19 @@ async fn run_pull(
                 biased;
                 () = ctx.cancel.cancelled() => return,
                 _ = ticker.tick() => {}
+                () = woken(wake.as_deref()) => {
+                    if let Some(last) = last_pull {
+                        tokio::select! {
+                            biased;
+                            () = ctx.cancel.cancelled() => return,
+                            () = tokio::time::sleep_until(last + WOKEN_PULL_GAP) => {}
+                        }
+                    }
+                    ticker.reset();
+                }
             }
             let started = Instant::now();
+            last_pull = Some(started);
             let outcome = call(&ctx, tokio::time::timeout(timeout, collector.pull(&ctx))).await;
             let took = started.elapsed();
             status.pulls.fetch_add(1, Ordering::Relaxed);
@@ -501,17 +515,42 @@ async fn run_pull(
 
 /// Runs one collector until the store shuts down or is dropped (both cancel its token), or until
 /// the collector stops for good.
+///
+/// `wake`, for a pull collector, asks for a pull before the interval is up.
 pub(crate) async fn run_collector(
     kind: CollectorKind,
     ctx: CollectorContext,
     status: Arc<CollectorStatus>,
     policy: RetryPolicy,
+    wake: Option<Arc<Notify>>,
 ) {
     match kind {
         CollectorKind::Stream(collector) => run_stream(collector, ctx, status, policy).await,
         CollectorKind::Pull { collector, interval, timeout } => {
-            run_pull(collector, interval, timeout, ctx, status, policy).await;
+            run_pull(collector, Pacing { interval, timeout, wake }, ctx, status, policy).await;
         }
+    }
+}
+
+/// When a pull collector pulls.
+struct Pacing {
+    /// Between two pulls.
+    interval: Duration,
+    /// The longest a pull may take.
+    timeout: Duration,
+    /// Asks for a pull now; such pulls are at least [`WOKEN_PULL_GAP`] after the last one.
+    wake: Option<Arc<Notify>>,
+}
+
+/// The least time between the start of a pull and a pull asked for through `wake`: a burst of
+/// new containers costs one pull a second at most, however many there are.
+pub(crate) const WOKEN_PULL_GAP: Duration = Duration::from_secs(1);
+
+/// Waits for a wake, forever without one.
+async fn woken(wake: Option<&Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -15,8 +15,8 @@ use tracing::Instrument as _;
 use wm_core::sync::{MutexExt, RwLockExt};
 use wm_core::{
     CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, EnvFilter,
-    Event, EventSink, Filter, Id, Kind, KubernetesPod, Origin, Process, SinkMessage, Source, SourceSink, StoreReader,
-    SubscriberPriority,
+    Event, EventSink, EventType, Filter, Id, Kind, KubernetesPod, Origin, Process, SinkMessage, Source, SourceSink,
+    StoreReader, SubscriberPriority,
 };
 
 use crate::runner::{CollectorHealth, CollectorStatus, RetryPolicy, run_collector};
@@ -113,9 +113,30 @@ struct Inner {
     cancel: CancellationToken,
     /// Every task the store spawned: the loop first, then one per collector.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Wakes the node orchestrator's pull collectors (the kubelet's) when a runtime reports a
+    /// container of a pod the store does not hold yet (see [`Inner::wake_for_missing_pods`]).
+    pod_gap: Arc<tokio::sync::Notify>,
 }
 
+/// The label a runtime's container of a Kubernetes pod carries: its pod's uid.
+const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+
 impl Inner {
+    /// Asks the kubelet's collector for a pull now when one of `entities`, just set by a
+    /// runtime, is a container of a pod the store lacks: otherwise its `kube_*` tags would wait
+    /// for the next pull, up to the pull interval. Wakes are coalesced (one pending at most),
+    /// and the pull collector spaces pulls woken this way (see `runner::run_pull`).
+    fn wake_for_missing_pods<'a>(&self, state: &State, entities: impl IntoIterator<Item = &'a Entity>) {
+        let missing = entities.into_iter().filter_map(Entity::as_container).any(|c| {
+            c.labels
+                .get(POD_UID_LABEL)
+                .is_some_and(|uid| !uid.is_empty() && state.get(&EntityId::new(Kind::KubernetesPod, uid)).is_none())
+        });
+        if missing {
+            self.pod_gap.notify_one();
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // Updates are applied whole under the write lock before it is released, and nothing in
         // them panics on data: a poisoned lock still guards a consistent state.
@@ -145,6 +166,10 @@ impl Inner {
                     changes.extend(state.apply(event_type, origin.source, collector, entity));
                 }
                 received.add_to(&self.telemetry);
+                if origin.source == Source::Runtime {
+                    let sets = changes.iter().filter(|c| c.source_event.event_type == EventType::Set);
+                    self.wake_for_missing_pods(&state, sets.map(|c| &c.source_event.entity));
+                }
                 changes
             }
             SinkMessage::FullList { entities, keep } => {
@@ -175,6 +200,9 @@ impl Inner {
             changes.extend(state.apply(e.event_type, e.source, direct, e.entity));
         }
         received.add_to(&self.telemetry);
+        let runtime_sets =
+            changes.iter().filter(|c| c.source == Source::Runtime && c.source_event.event_type == EventType::Set);
+        self.wake_for_missing_pods(&state, runtime_sets.map(|c| &c.source_event.entity));
         if !changes.is_empty() {
             let _ = self.commands.send(Command::Deliver { changes, _permit: permit });
         }
@@ -289,6 +317,7 @@ impl StoreBuilder {
             statuses: Mutex::new(statuses),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            pod_gap: Arc::new(tokio::sync::Notify::new()),
         };
         Store { inner: Arc::new(inner) }
     }
@@ -401,7 +430,8 @@ impl Store {
             };
             let span = tracing::info_span!("collector", name = &*collector.name, source = %collector.source);
             tracing::debug!(parent: &span, "starting collector");
-            tasks.push(tokio::spawn(run_collector(collector.kind, ctx, status, policy).instrument(span)));
+            let wake = (collector.source == Source::NodeOrchestrator).then(|| self.inner.pod_gap.clone());
+            tasks.push(tokio::spawn(run_collector(collector.kind, ctx, status, policy, wake).instrument(span)));
         }
     }
 

@@ -461,3 +461,73 @@ async fn shutdown_cancels_every_collector_and_returns_once_every_task_ended() {
         item.unwrap();
     }
 }
+
+/// The kubelet of a test: each pull lists the pods named in `pods`.
+struct Kubelet {
+    pulls: Arc<AtomicUsize>,
+    pods: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl PullCollector for Kubelet {
+    async fn start(&mut self, _: &CollectorContext) -> Result<(), CollectorError> {
+        Ok(())
+    }
+
+    async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        self.pulls.fetch_add(1, Ordering::SeqCst);
+        let pods = self.pods.lock().unwrap().clone();
+        let pods = pods
+            .iter()
+            .map(|uid| Entity::from(wm_core::KubernetesPod { id: uid.as_str().into(), ..Default::default() }));
+        ctx.sink.full_list(pods.collect()).await;
+        Ok(())
+    }
+}
+
+fn pod_container(id: &str, pod_uid: &str) -> wm_core::CollectorEvent {
+    let mut c = Container { id: id.into(), ..Container::default() };
+    c.labels.insert("io.kubernetes.pod.uid", pod_uid);
+    wm_core::CollectorEvent::set(Source::Runtime, c)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_container_of_a_pod_the_store_lacks_wakes_the_kubelet_pull_at_once() {
+    let (pulls, pods) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let kubelet = Kubelet { pulls: pulls.clone(), pods: pods.clone() };
+    let store = Store::builder()
+        .collector(
+            Collector::pull("kubelet", Source::NodeOrchestrator, kubelet).with_pull_interval(Duration::from_secs(3600)),
+        )
+        .build();
+    store.start();
+    let t0 = Instant::now();
+    while pulls.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The kubelet now has pod u1; the runtime reports its container before the next pull is due.
+    pods.lock().unwrap().push("u1".into());
+    store.notify(vec![pod_container("c1", "u1")]).await;
+    while store.get_kubernetes_pod("u1").is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pulls.load(Ordering::SeqCst), 2);
+    let waited = t0.elapsed();
+    assert!(waited <= Duration::from_millis(1100), "the pod came {waited:?} after the first pull, not at once");
+    // The store holds the pod now, and a container without the label is no pod's: no more pulls.
+    // A burst of 50 new pods' containers costs two pulls, however many they are: one at once,
+    // one a second later for those that came while it ran; then none while nothing new comes.
+    store
+        .notify(vec![pod_container("c2", "u1"), wm_core::CollectorEvent::set(Source::Runtime, container("plain"))])
+        .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(pulls.load(Ordering::SeqCst), 2, "nothing was missing");
+    for i in 0..50 {
+        store.notify(vec![pod_container(&format!("burst-{i}"), &format!("new-{i}"))]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pulls.load(Ordering::SeqCst), 4, "two pulls for the burst");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(pulls.load(Ordering::SeqCst), 4, "no pull while nothing new comes");
+    store.shutdown().await;
+}
