@@ -13,9 +13,9 @@
 //!   nightly) for N seconds (60), J at a time (1), seeded with the test data; the crashes it
 //!   finds are kept in `fuzz/regressions` and replayed by every run (a short pass of 10 s each,
 //!   two at a time, is part of `ci`).
-//! - `soak [--minutes N] [--containers N] [--warmup M]`: the release agent on real daemons under
-//!   churn for N minutes (30) with N live containers (30; half in each runtime), sampled every
-//!   10 s and checked every minute; growth is judged after M minutes of warm-up (10); report,
+//! - `soak [--minutes M] [--containers N] [--warmup W]`: the release agent on real daemons under
+//!   churn for M minutes (30) with N live containers (30; half in each runtime), sampled every
+//!   10 s and checked every minute; growth is judged after W minutes of warm-up (10); report,
 //!   CSV and plot in `<target dir>/soak` (root).
 //! - `flavors`: builds agent-bin's flavors and each collector feature on its own, and checks that
 //!   `flavor-light` pulls none of the collectors' client libraries (also part of `ci`).
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo | image | fuzz [--seconds N] [--parallel J] | soak [--minutes N] [--containers N] [--warmup M] | flavors | layers | bench [--quick]>"
+                "usage: cargo xtask <ci | demo | image | fuzz [--seconds N] [--parallel J] | soak [--minutes M] [--containers N] [--warmup W] | flavors | layers | bench [--quick]>"
             );
             return ExitCode::from(2);
         }

@@ -144,13 +144,35 @@ async fn rm_latency(rt: &Runtimes, docker: &Docker, ids: &[String], total: usize
     [after, delays, calls]
 }
 
+/// Containers the store has received from collectors so far (`workloadmeta.events_received`):
+/// a re-list of `n` containers adds `n`.
+fn containers_received(store: &Store) -> u64 {
+    store
+        .telemetry()
+        .iter()
+        .filter(|m| {
+            m.name == "workloadmeta.events_received" && m.labels.iter().any(|(k, v)| *k == "kind" && v == "container")
+        })
+        .map(|m| match m.value {
+            wm_store::MetricValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// SIGKILLs dockerd under a store that holds all `total` containers, starts it again, and
-/// returns how long after dockerd answered the subscriber's view equalled dockerd's list; `Err`
-/// says what went wrong (the subscriber cut off, or no match within 120 s).
+/// returns how long after dockerd answered the collector's re-list had landed and the
+/// subscriber's view equalled dockerd's list; `Err` says what went wrong (the subscriber cut
+/// off, or no match within 120 s).
+///
+/// dockerd comes back with the same ids, so the view is compared only once the re-list has
+/// landed (the store has received `total` more containers), and the subscriber keeps reading
+/// throughout, so a subscriber cut off by the re-list is seen.
 async fn restart(rt: &mut Runtimes, docker: &Docker, total: usize) -> Result<Duration, String> {
     let store = store(rt);
     let mut sub = start_until_sets(&store, Kind::Container, total).await;
     let mut view: HashSet<String> = store.list_containers().iter().map(|c| c.id.to_string()).collect();
+    let received_before = containers_received(&store);
     tokio::task::block_in_place(|| {
         rt.kill_dockerd();
         rt.start_dockerd()
@@ -161,7 +183,8 @@ async fn restart(rt: &mut Runtimes, docker: &Docker, total: usize) -> Result<Dur
     let mut want = HashSet::new();
     let mut listed_at = Instant::now() - Duration::from_secs(10);
     let result = loop {
-        if listed_at.elapsed() >= Duration::from_secs(1) {
+        let relisted = containers_received(&store) >= received_before + total as u64;
+        if relisted && listed_at.elapsed() >= Duration::from_millis(500) {
             let options = ListContainersOptionsBuilder::new().all(true).build();
             want = docker
                 .list_containers(Some(options))
@@ -172,13 +195,13 @@ async fn restart(rt: &mut Runtimes, docker: &Docker, total: usize) -> Result<Dur
                 .collect();
             listed_at = Instant::now();
         }
-        if view == want {
+        if relisted && view == want {
             break Ok(back.elapsed());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break Err(format!(
-                "the subscriber's view still differs after 120 s: {} held, {} listed",
+                "after 120 s: re-listed {relisted}, {} held by the subscriber, {} listed by dockerd",
                 view.len(),
                 want.len()
             ));

@@ -31,12 +31,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the agent binary `binary` with the config file `config` until its `status` counts
-/// `containers` containers (any number when 0), lets it sit idle for `idle`, and returns its
-/// resident bytes; then stops it (SIGTERM).
+/// exactly `containers` containers (with 0: until it answers and is ready), lets it sit idle for
+/// `idle`, and returns its resident bytes; then stops it (SIGTERM).
 ///
 /// # Panics
 ///
-/// Panics when the agent cannot start, or does not count them within 300 s.
+/// Panics when the agent cannot start, does not count them within 300 s, or is gone when its
+/// memory is read.
 pub fn agent_rss(
     binary: &std::path::Path,
     config: &std::path::Path,
@@ -59,15 +60,19 @@ pub fn agent_rss(
         let out = Command::new(binary).arg("--config").arg(config).arg("status").output();
         if let Ok(out) = out
             && out.status.success()
-            && (containers == 0 || String::from_utf8_lossy(&out.stdout).contains(&wanted))
         {
-            break;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let counted = text.lines().any(|l| l.trim() == wanted);
+            let ready = text.lines().any(|l| l.trim() == "Ready: true");
+            if counted || (containers == 0 && ready) {
+                break;
+            }
         }
         assert!(Instant::now() < deadline, "the agent did not count {containers} containers within 300 s");
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(idle);
-    let rss = crate::procfs::rss_bytes(pid).unwrap_or(0);
+    let Some(rss) = crate::procfs::rss_bytes(pid) else { panic!("the agent exited while idle") };
     crate::runtimes::terminate(child, Duration::from_secs(10));
     rss
 }

@@ -41,6 +41,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -348,19 +350,20 @@ const MAX_FAILING: usize = 10_000;
 /// is dropped, or the receiver falls [`PUMP_CAPACITY`] items behind.
 ///
 /// An error item is forwarded before the pump stops. When the stream ends, the pump sends a
-/// retriable "the event stream ended" error, so that the run fails and the store runs it again;
-/// when the queue is full, a retriable "fell behind" error, for the same reason.
-async fn pump<E: Send + 'static>(mut stream: WatchStream<E>, tx: mpsc::Sender<Result<Watched<E>, CollectorError>>) {
+/// retriable "the event stream ended" error, so that the run fails and the store runs it again.
+/// When the queue is full it raises `behind` and stops: the run checks that flag before each
+/// batch and fails at once, without working through a queue a re-list makes moot.
+async fn pump<E: Send + 'static>(
+    mut stream: WatchStream<E>,
+    tx: mpsc::Sender<Result<Watched<E>, CollectorError>>,
+    behind: Arc<AtomicBool>,
+) {
     while let Some(item) = stream.next().await {
         let broken = item.is_err();
         match tx.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                let behind = CollectorError::Retriable {
-                    context: format!("the run fell {PUMP_CAPACITY} events behind the event stream; listing again"),
-                    source: None,
-                };
-                let _ = tx.send(Err(behind)).await;
+                behind.store(true, Ordering::Release);
                 return;
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -427,7 +430,14 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
         self.inner.prepare(ctx);
         let stream = self.inner.watch().await?;
         let (tx, mut rx) = mpsc::channel(PUMP_CAPACITY);
-        let _pump = AbortOnDrop(tokio::spawn(pump(stream, tx)));
+        let behind = Arc::new(AtomicBool::new(false));
+        let _pump = AbortOnDrop(tokio::spawn(pump(stream, tx, behind.clone())));
+        let fell_behind = || {
+            behind.load(Ordering::Acquire).then(|| CollectorError::Retriable {
+                context: format!("the run fell {PUMP_CAPACITY} events behind the event stream; listing again"),
+                source: None,
+            })
+        };
         let mut early = Vec::new();
         wait_until_live(&mut self.inner, &mut rx, &mut early).await?;
 
@@ -465,6 +475,9 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
                     continue;
                 }
             };
+            if let Some(error) = fell_behind() {
+                return Err(error);
+            }
             let Some(first) = first else {
                 return Err(CollectorError::Retriable { context: "the event task ended".into(), source: None });
             };

@@ -254,6 +254,8 @@ async fn a_run_that_falls_a_whole_queue_behind_its_stream_fails_retriably_to_lis
     let error = tokio::time::timeout(Duration::from_secs(600), driver.run(&h.ctx)).await.unwrap().unwrap_err();
     assert!(error.is_retriable());
     assert!(error.to_string().contains("events behind the event stream"), "{error}");
+    let refreshed = h.refreshes.lock().unwrap().len();
+    assert!(refreshed < MAX_BATCH, "it failed at once, not after refreshing the queue ({refreshed} refreshes)");
 }
 
 #[tokio::test(start_paused = true)]

@@ -135,7 +135,9 @@ impl TagStore {
     /// meanwhile join them.
     ///
     /// A bundle of 10,000 events (a re-list) is one message per subscriber instead of 10,000,
-    /// which a subscriber's bounded queue would not hold.
+    /// which a subscriber's bounded queue would not hold. Tags are read when the batch is sent:
+    /// an entity changed twice in it is sent twice with its final tags. A batch begun on another
+    /// thread while one runs joins it; what it changes after the first one ends is sent at once.
     pub fn batched<R>(&self, f: impl FnOnce() -> R) -> R {
         /// Sends the batch's changes when dropped, even if `f` panics, so that notifications
         /// never stop.
@@ -198,7 +200,8 @@ impl TagStore {
 
     /// Replaces what `source` says about `entity`, cancelling a pending deletion of it.
     ///
-    /// Returns the change subscribers were sent, if the entity's tags changed.
+    /// Returns the change made, if the entity's tags changed: sent to subscribers now, or with
+    /// the rest of its batch inside [`TagStore::batched`].
     pub fn set(&self, entity: &str, source: TagSource, info: TagInfo) -> Option<TagChange> {
         self.set_layered(TagKey::parse(entity), source, SharedParts::default(), &info).1
     }
