@@ -69,6 +69,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("agent-bin", "python_tag"),
     ("agent-bin", "scale"),
     ("agent-bin", "churn"),
+    ("agent-bin", "kube_tag_latency"),
     ("agent-bin", "containerd_scale"),
 ];
 

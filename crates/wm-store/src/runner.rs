@@ -543,8 +543,9 @@ struct Pacing {
 }
 
 /// The least time between the start of a pull and a pull asked for through `wake`: a burst of
-/// new containers costs one pull a second at most, however many there are.
-pub(crate) const WOKEN_PULL_GAP: Duration = Duration::from_secs(1);
+/// new containers costs two pulls a second at most, however many there are, and a container's
+/// `kube_*` tags wait at most this long plus one pull.
+pub(crate) const WOKEN_PULL_GAP: Duration = Duration::from_millis(500);
 
 /// Waits for a wake, forever without one.
 async fn woken(wake: Option<&Notify>) {

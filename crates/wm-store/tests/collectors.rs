@@ -513,10 +513,10 @@ async fn a_runtime_container_of_a_pod_the_store_lacks_wakes_the_kubelet_pull_at_
     }
     assert_eq!(pulls.load(Ordering::SeqCst), 2);
     let waited = t0.elapsed();
-    assert!(waited <= Duration::from_millis(1100), "the pod came {waited:?} after the first pull, not at once");
+    assert!(waited <= Duration::from_millis(600), "the pod came {waited:?} after the first pull, not at once");
     // The store holds the pod now, and a container without the label is no pod's: no more pulls.
     // A burst of 50 new pods' containers costs two pulls, however many they are: one at once,
-    // one a second later for those that came while it ran; then none while nothing new comes.
+    // one half a second later for those that came while it ran; then none while nothing new comes.
     store
         .notify(vec![pod_container("c2", "u1"), wm_core::CollectorEvent::set(Source::Runtime, container("plain"))])
         .await;
