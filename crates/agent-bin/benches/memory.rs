@@ -173,12 +173,17 @@ fn main() {
     // part makes each container known by two sources, merged), each part's growth measured; then
     // the tagger follows it and tags everything.
     // A part's growth may be negative: the store lets go of the copies of ids it already holds.
-    let growth = |before: usize| net(&region) as i64 - before as i64;
-    let mut parts: Vec<(&str, i64)> = Vec::new();
-    let before = net(&region);
+    // Each part's growth in bytes and in live allocations.
+    let live = || {
+        let stats = region.change();
+        stats.allocations as i64 - stats.deallocations as i64
+    };
+    let growth = |before: (usize, i64)| (net(&region) as i64 - before.0 as i64, live() - before.1);
+    let mut parts: Vec<(&str, (i64, i64))> = Vec::new();
+    let before = (net(&region), live());
     let (pod_events, kubelet_events) = converted(pods);
     parts.push(("entities: pods and containers (kubelet)", growth(before)));
-    let before = net(&region);
+    let before = (net(&region), live());
     let runtime_events = runtime_events(&pod_events);
     parts.push(("entities: containers (runtime)", growth(before)));
     let columns = [pod_events, kubelet_events, runtime_events];
@@ -186,7 +191,7 @@ fn main() {
         let store = Store::new();
         let names = ["store: pods", "store: containers (kubelet)", "store: containers (runtime, ids shared)"];
         for (name, column) in names.into_iter().zip(columns) {
-            let before = net(&region);
+            let before = (net(&region), live());
             for batch in column {
                 store.notify(batch).await;
             }
@@ -195,7 +200,7 @@ fn main() {
         }
         let tagger = Arc::new(Tagger::new(TaggerConfig::default()));
         if !store_only {
-            let before = net(&region);
+            let before = (net(&region), live());
             let _task = tagger.spawn(&store);
             // Wait until the tagger is done with its first bundle, every pod and container,
             // and with the reconciling that follows it (whose scratch would be counted
@@ -230,8 +235,8 @@ fn main() {
         tagger.store().len()
     );
     // Where the bytes go: measured per part, and the tagger's split counted from its structures.
-    for (part, bytes) in parts {
-        println!("  {part:<40} {:>6} B/pod", bytes / pods as i64);
+    for (part, (bytes, allocations)) in parts {
+        println!("  {part:<40} {:>6} B/pod in {:>3} allocations", bytes / pods as i64, allocations / pods as i64);
     }
     if !store_only {
         let f = tagger.store().footprint();
