@@ -159,22 +159,13 @@ async fn delete_latency(
 /// Runs the agent (the containerd collectors only, on the bench's namespace) until it counts
 /// `containers`, lets it sit idle `idle`, and returns its resident bytes.
 fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
+    let collectors = format!(
+        "cri_socket_path: {}\ncontainerd_namespaces: [{NS}]\nautoconfig_exclude_features: [docker, podman, kubernetes, process, ecs]\n",
+        rt.containerd_socket().display()
+    );
     let dir = rt.dir().join(format!("agent-{containers}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("agent.yaml");
-    let port = || test_support::runtimes::free_port().unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "cmd_port: {}\nhealth_port: {}\ncri_socket_path: {}\ncontainerd_namespaces: [{NS}]\nautoconfig_exclude_features: [docker, podman, kubernetes, process, ecs]\nlog_level: warn\n",
-            port(),
-            port(),
-            rt.containerd_socket().display()
-        ),
-    )
-    .unwrap();
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_agent"));
-    tokio::task::block_in_place(|| test_support::bench::agent_rss(binary, &config, containers, idle))
+    tokio::task::block_in_place(|| test_support::bench::agent_rss(binary, &dir, &collectors, containers, idle))
 }
 
 fn main() {

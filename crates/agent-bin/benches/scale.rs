@@ -97,21 +97,12 @@ async fn ours_sync(rt: &Runtimes, expected: usize) {
 /// Runs the agent (the docker collectors only) until it counts `containers`, lets it sit idle
 /// `idle`, and returns its resident bytes.
 fn agent_rss(rt: &Runtimes, containers: usize, idle: Duration) -> u64 {
+    let collectors = format!(
+        "docker_host: {}\nautoconfig_exclude_features: [containerd, podman, kubernetes, process, ecs]\n",
+        rt.docker_host()
+    );
     let dir = rt.dir().join(format!("agent-{containers}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("agent.yaml");
-    let port = || test_support::runtimes::free_port().unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "cmd_port: {}\nhealth_port: {}\ndocker_host: {}\nautoconfig_exclude_features: [containerd, podman, kubernetes, process, ecs]\nlog_level: warn\n",
-            port(),
-            port(),
-            rt.docker_host()
-        ),
-    )
-    .unwrap();
-    test_support::bench::agent_rss(Path::new(env!("CARGO_BIN_EXE_agent")), &config, containers, idle)
+    test_support::bench::agent_rss(Path::new(env!("CARGO_BIN_EXE_agent")), &dir, &collectors, containers, idle)
 }
 
 /// Removes the containers `ids` one at a time and returns, sorted and in ms, each one's delay to

@@ -30,22 +30,35 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Runs the agent binary `binary` with the config file `config` until its `status` counts
+/// Runs the agent binary `binary` with a config written in `dir` (free ports, warnings-only
+/// logs, then `collectors`: the YAML lines that point it at its daemons) until its `status` counts
 /// exactly `containers` containers (with 0: until it answers and is ready), lets it sit idle for
 /// `idle`, and returns its resident bytes; then stops it (SIGTERM).
 ///
 /// # Panics
 ///
-/// Panics when the agent cannot start, does not count them within 300 s, or is gone when its
-/// memory is read.
+/// Panics when the config cannot be written, the agent cannot start, does not count them within
+/// 300 s, or is gone when its memory is read.
 pub fn agent_rss(
     binary: &std::path::Path,
-    config: &std::path::Path,
+    dir: &std::path::Path,
+    collectors: &str,
     containers: usize,
     idle: std::time::Duration,
 ) -> u64 {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
+    let port = || crate::runtimes::free_port().unwrap_or_else(|e| panic!("no free port: {e}"));
+    let config = dir.join("agent.yaml");
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            std::fs::write(
+                &config,
+                format!("cmd_port: {}\nhealth_port: {}\nlog_level: warn\n{collectors}", port(), port()),
+            )
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+    let config = config.as_path();
     let child = Command::new(binary)
         .arg("--config")
         .arg(config)

@@ -51,8 +51,9 @@ fn entities(ids: usize) -> [Vec<Entity>; 2] {
     [version(0), version(1)]
 }
 
-async fn ours(versions: &[Vec<Entity>; 2], total: usize) -> Duration {
-    let store = Store::new();
+/// [`SUBSCRIBERS`] subscribers of `store`, past their snapshots, each a task reading `total`
+/// events and dropping (so acknowledging) each bundle.
+async fn subscribers(store: &Store, total: usize) -> Vec<tokio::task::JoinHandle<()>> {
     let mut readers = Vec::new();
     for n in 0..SUBSCRIBERS {
         let mut sub = store.subscribe(&format!("bench-{n}"), SubscriberPriority::Normal, Filter::all());
@@ -61,12 +62,18 @@ async fn ours(versions: &[Vec<Entity>; 2], total: usize) -> Duration {
             let mut seen = 0;
             while seen < total {
                 match sub.recv().await {
-                    Some(Ok(bundle)) => seen += bundle.events.len(), // dropped: acknowledged
+                    Some(Ok(bundle)) => seen += bundle.events.len(),
                     other => panic!("subscriber ended early: {other:?}"),
                 }
             }
         }));
     }
+    readers
+}
+
+async fn ours(versions: &[Vec<Entity>; 2], total: usize) -> Duration {
+    let store = Store::new();
+    let readers = subscribers(&store, total).await;
     let start = Instant::now();
     for batch in 0..total / BATCH {
         let first = batch * BATCH;
@@ -144,20 +151,7 @@ async fn ours_churn(all: &[Entity], total: usize) -> Duration {
         store.notify(chunk.iter().map(|e| CollectorEvent::set(Source::Runtime, e.clone())).collect()).await;
     }
     store.sync().await;
-    let mut readers = Vec::new();
-    for n in 0..SUBSCRIBERS {
-        let mut sub = store.subscribe(&format!("bench-{n}"), SubscriberPriority::Normal, Filter::all());
-        let _snapshot = sub.recv().await;
-        readers.push(tokio::spawn(async move {
-            let mut seen = 0;
-            while seen < total {
-                match sub.recv().await {
-                    Some(Ok(bundle)) => seen += bundle.events.len(),
-                    other => panic!("subscriber ended early: {other:?}"),
-                }
-            }
-        }));
-    }
+    let readers = subscribers(&store, total).await;
     let start = Instant::now();
     for batch in 0..total / BATCH {
         let events = (batch * BATCH..(batch + 1) * BATCH)
