@@ -331,14 +331,24 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
     // The stream owes each client the latest of each entity: a container set and unset before
     // the client was sent its Set reaches it as its Unset alone (merged), which is in order.
     let (mut in_order, mut merged, mut never, mut disordered) = (0, 0, 0, 0);
+    let mut shown = Vec::new();
     for id in &made {
         match seen.events.get(id).map(Vec::as_slice) {
             None | Some([]) => never += 1,
             // One or more Sets, then one Unset, and nothing after it.
             Some([sets @ .., false]) if !sets.is_empty() && sets.iter().all(|&s| s) => in_order += 1,
             Some([false]) => merged += 1,
-            Some(_) => disordered += 1,
+            Some(events) => {
+                disordered += 1;
+                if shown.len() < 3 {
+                    let events: String = events.iter().map(|&s| if s { 'S' } else { 'U' }).collect();
+                    shown.push(format!("{id}: {events}"));
+                }
+            }
         }
+    }
+    for example in &shown {
+        println!("  out of order: {example}");
     }
     let cut_off = seen.ended.clone().or_else(|| {
         let lines = agent.cut_off_lines();
@@ -382,7 +392,9 @@ fn main() {
             .unwrap();
     // containerd keeps images per namespace: the churn's needs the test image too.
     rt.copy_image_to_containerd(Runtimes::IMAGE, NS).unwrap();
-    for daemon in [Daemon::Docker, Daemon::Containerd] {
+    // A word on the command line runs only the daemon it names.
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
+    for daemon in [Daemon::Docker, Daemon::Containerd].into_iter().filter(|d| d.name().contains(&only)) {
         bench(&rt, &docker, &tokio, daemon, duration);
     }
     drop(tokio);

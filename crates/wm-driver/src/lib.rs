@@ -245,12 +245,56 @@ pub struct Driver<L> {
     /// Keys whose last refresh (or read during the list) failed. The driver refreshes them again
     /// on a timer, and logs a warning only when a key joins this set.
     failing: HashSet<String>,
+    /// Keys reported gone since the list, so that a later event about one (dockerd's `destroy`
+    /// after its `die`, each in its own batch) does not report it again: its `Set` from the
+    /// event's attributes would bring back, for a moment, a container already unset.
+    gone: RecentlyGone,
+}
+
+/// The last [`MAX_GONE`] keys reported gone, oldest forgotten first.
+#[derive(Debug, Default)]
+struct RecentlyGone {
+    keys: HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// How many gone keys the driver remembers: far more than a daemon deletes between two events
+/// about one container.
+const MAX_GONE: usize = 4096;
+
+impl RecentlyGone {
+    /// Records `key` as gone; `false` when it already was.
+    fn insert(&mut self, key: &str) -> bool {
+        if self.keys.contains(key) {
+            return false;
+        }
+        if self.order.len() >= MAX_GONE
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+        self.keys.insert(key.to_owned());
+        self.order.push_back(key.to_owned());
+        true
+    }
+
+    /// Forgets `key` (it exists again: containerd reuses names as ids).
+    fn remove(&mut self, key: &str) {
+        if self.keys.remove(key) {
+            self.order.retain(|k| k != key);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.order.clear();
+    }
 }
 
 impl<L: ListWatch> Driver<L> {
     /// Creates a driver that runs `inner`.
     pub fn new(inner: L) -> Self {
-        Self { inner, failing: HashSet::new() }
+        Self { inner, failing: HashSet::new(), gone: RecentlyGone::default() }
     }
 
     /// Refreshes each entity of a grouped batch once (up to [`REFRESH_CONCURRENCY`] at a time)
@@ -291,6 +335,12 @@ impl<L: ListWatch> Driver<L> {
                     continue;
                 }
             };
+            match &refreshed {
+                // Reported gone already: nothing more to say about it.
+                Refreshed::Gone { .. } if !self.gone.insert(&key) => continue,
+                Refreshed::Present(_) => self.gone.remove(&key),
+                _ => {}
+            }
             refreshed.send_into(&mut out);
         }
         Ok(out)
@@ -444,6 +494,7 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
         let listed = self.inner.list().await?;
         tracing::info!(entities = listed.entities.len(), unreadable = listed.unreadable.len(), "listed");
         self.failing.clear();
+        self.gone.clear();
         let mut keep = Vec::with_capacity(listed.unreadable.len());
         for (key, id) in listed.unreadable {
             let error =

@@ -208,6 +208,38 @@ async fn lists_then_groups_a_batch_per_entity_and_reports_the_short_lived_before
 }
 
 #[tokio::test]
+async fn an_entity_reported_gone_is_not_reported_again_by_a_later_event_until_it_exists_again() {
+    let (h, mut driver) = harness(None);
+    let ctx = h.ctx.clone();
+    let run = tokio::spawn(async move { driver.run(&ctx).await });
+    wait_for_messages(&h.recorder, 1).await;
+    // `x` started and was removed before its refresh: reported from its event, then unset.
+    h.tx.send(Ok(Watched::Event(("x".into(), "start")))).unwrap();
+    wait_for_messages(&h.recorder, 2).await;
+    // A later event about it (dockerd's `destroy` after `die`, or another event naming it) must
+    // not set it again: subscribers would see it come back after its unset.
+    h.tx.send(Ok(Watched::Event(("x".into(), "start")))).unwrap();
+    // Then a container that exists, so that there is a message to wait for.
+    h.containers.lock().unwrap().push("y".into());
+    h.tx.send(Ok(Watched::Event(("y".into(), "create")))).unwrap();
+    wait_for_messages(&h.recorder, 3).await;
+    // `x` is made again under the same id (containerd reuses names): reported, then gone again.
+    h.containers.lock().unwrap().push("x".into());
+    h.tx.send(Ok(Watched::Event(("x".into(), "create")))).unwrap();
+    wait_for_messages(&h.recorder, 4).await;
+    h.containers.lock().unwrap().retain(|c| c != "x");
+    h.tx.send(Ok(Watched::Event(("x".into(), "delete")))).unwrap();
+    wait_for_messages(&h.recorder, 5).await;
+    let all: Vec<Vec<String>> = h.recorder.0.lock().unwrap().iter().map(ids).collect();
+    assert_eq!(
+        all[1..],
+        [vec!["set:x", "unset:x"], vec!["set:y"], vec!["set:x"], vec!["unset:x"]],
+        "x is not set again between its unset and its re-creation"
+    );
+    run.abort();
+}
+
+#[tokio::test]
 async fn a_probing_collector_lists_only_once_its_stream_answered_and_keeps_what_came_before() {
     let (h, mut driver) = harness(Some(3));
     h.tx.send(Ok(Watched::Event(("z".into(), "start")))).unwrap();
