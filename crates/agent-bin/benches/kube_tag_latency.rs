@@ -77,7 +77,7 @@ async fn measure(cluster: &mut Kubernetes, pods: usize) -> (Vec<f64>, u64) {
     let agent = agent_bin::run::start(&config).await.unwrap();
     let filter = Filter::all().with_kind(Kind::Container).with_source(Source::Runtime);
     let mut runtime = agent.store.subscribe("latency-bench", SubscriberPriority::Normal, filter);
-    let mut tags = agent.tagger.store().subscribe("container_id://", TagCardinality::Low, 4096);
+    let mut tags = agent.tagger.store().subscribe("container_id://", TagCardinality::High, 4096);
     let pulls_before = kubelet_pulls(&agent.store);
 
     let api: Api<Pod> = Api::namespaced(client, NAMESPACE);
@@ -91,7 +91,13 @@ async fn measure(cluster: &mut Kubernetes, pods: usize) -> (Vec<f64>, u64) {
             "spec": { "containers": [container("app", &["/bin/sleep", "3600"])], "terminationGracePeriodSeconds": 0 },
         }))
         .unwrap();
-        api.create(&PostParams::default(), &pod).await.unwrap();
+        // The namespace's `default` service account comes a moment after the namespace, from
+        // the controller manager; until then the API server refuses pods in it.
+        let created = Instant::now();
+        while let Err(e) = api.create(&PostParams::default(), &pod).await {
+            assert!(created.elapsed() < Duration::from_secs(60), "pod {name}: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // Until this pod's container is both running and tagged.
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut this: Option<String> = None;

@@ -116,23 +116,58 @@ struct Inner {
     /// Wakes the node orchestrator's pull collectors (the kubelet's) when a runtime reports a
     /// container of a pod the store does not hold yet (see [`Inner::wake_for_missing_pods`]).
     pod_gap: Arc<tokio::sync::Notify>,
+    /// The runtime's containers waited for in their pod's listing: their pod's uid and since when.
+    pod_waits: Mutex<HashMap<Id, (Id, Instant)>>,
 }
 
 /// The label a runtime's container of a Kubernetes pod carries: its pod's uid.
 const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 
+/// How long a runtime's container is waited for in its pod's listing before the store stops
+/// asking the kubelet for early pulls about it: the default pull interval.
+const POD_WAIT: Duration = Duration::from_secs(5);
+
+/// The most containers waited for at once; past it, new ones wait for the regular pulls.
+const MAX_POD_WAITS: usize = 1024;
+
+/// Whether the pod `uid` is stored and lists the container `container`.
+fn pod_lists(state: &State, uid: &str, container: &Id) -> bool {
+    state
+        .get(&EntityId::new(Kind::KubernetesPod, uid))
+        .map(Record::merged)
+        .is_some_and(|pod| pod.as_kubernetes_pod().is_some_and(|p| p.all_containers().any(|c| c.id == *container)))
+}
+
 impl Inner {
     /// Asks the kubelet's collector for a pull now when one of `entities`, just set by a
-    /// runtime, is a container of a pod the store lacks: otherwise its `kube_*` tags would wait
-    /// for the next pull, up to the pull interval. Wakes are coalesced (one pending at most),
-    /// and the pull collector spaces pulls woken this way (see `runner::run_pull`).
+    /// runtime, is a container whose pod the store lacks or does not list it yet: otherwise its
+    /// `kube_*` tags would wait for the next pull, up to the pull interval. Such a container is
+    /// remembered for [`POD_WAIT`], and each kubelet update that still does not list it asks for
+    /// another pull (the kubelet reports a container in its pod's status a moment after the
+    /// runtime starts it). Wakes are coalesced (one pending at most), and the pull collector spaces
+    /// pulls woken this way (see `runner::run_pull`).
     fn wake_for_missing_pods<'a>(&self, state: &State, entities: impl IntoIterator<Item = &'a Entity>) {
-        let missing = entities.into_iter().filter_map(Entity::as_container).any(|c| {
-            c.labels
-                .get(POD_UID_LABEL)
-                .is_some_and(|uid| !uid.is_empty() && state.get(&EntityId::new(Kind::KubernetesPod, uid)).is_none())
-        });
-        if missing {
+        let mut waits = self.pod_waits.locked();
+        for c in entities.into_iter().filter_map(Entity::as_container) {
+            let Some(uid) = c.labels.get(POD_UID_LABEL).filter(|uid| !uid.is_empty()) else { continue };
+            if !pod_lists(state, uid, &c.id) && waits.len() < MAX_POD_WAITS {
+                waits.entry(c.id.clone()).or_insert_with(|| (Id::from(uid), Instant::now()));
+            }
+        }
+        if !waits.is_empty() {
+            self.pod_gap.notify_one();
+        }
+    }
+
+    /// After a kubelet update: forgets the waiting containers their pod now lists (or that
+    /// waited [`POD_WAIT`]), and asks for another pull while some still wait.
+    fn recheck_pod_waits(&self, state: &State) {
+        let mut waits = self.pod_waits.locked();
+        if waits.is_empty() {
+            return;
+        }
+        waits.retain(|container, (uid, since)| since.elapsed() < POD_WAIT && !pod_lists(state, uid, container));
+        if !waits.is_empty() {
             self.pod_gap.notify_one();
         }
     }
@@ -181,6 +216,9 @@ impl Inner {
                 state.reset(origin, entities, &keep)
             }
         };
+        if origin.source == Source::NodeOrchestrator {
+            self.recheck_pod_waits(&state);
+        }
         if !changes.is_empty() {
             // Fails only once the loop has ended (store shut down), when no subscriber is left
             // to deliver to.
@@ -318,6 +356,7 @@ impl StoreBuilder {
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             pod_gap: Arc::new(tokio::sync::Notify::new()),
+            pod_waits: Mutex::new(HashMap::new()),
         };
         Store { inner: Arc::new(inner) }
     }

@@ -462,10 +462,10 @@ async fn shutdown_cancels_every_collector_and_returns_once_every_task_ended() {
     }
 }
 
-/// The kubelet of a test: each pull lists the pods named in `pods`.
+/// The kubelet of a test: each pull lists the pods in `pods` (uid, container ids).
 struct Kubelet {
     pulls: Arc<AtomicUsize>,
-    pods: Arc<Mutex<Vec<String>>>,
+    pods: Arc<Mutex<Vec<(String, Vec<String>)>>>,
 }
 
 #[async_trait]
@@ -477,9 +477,13 @@ impl PullCollector for Kubelet {
     async fn pull(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         self.pulls.fetch_add(1, Ordering::SeqCst);
         let pods = self.pods.lock().unwrap().clone();
-        let pods = pods
-            .iter()
-            .map(|uid| Entity::from(wm_core::KubernetesPod { id: uid.as_str().into(), ..Default::default() }));
+        let pods = pods.iter().map(|(uid, containers)| {
+            let containers = containers
+                .iter()
+                .map(|id| wm_core::OrchestratorContainer { id: id.as_str().into(), ..Default::default() })
+                .collect();
+            Entity::from(wm_core::KubernetesPod { id: uid.as_str().into(), containers, ..Default::default() })
+        });
         ctx.sink.full_list(pods.collect()).await;
         Ok(())
     }
@@ -492,7 +496,7 @@ fn pod_container(id: &str, pod_uid: &str) -> wm_core::CollectorEvent {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_runtime_container_of_a_pod_the_store_lacks_wakes_the_kubelet_pull_at_once() {
+async fn a_runtime_container_its_pod_does_not_list_wakes_the_kubelet_pull_until_it_does() {
     let (pulls, pods) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
     let kubelet = Kubelet { pulls: pulls.clone(), pods: pods.clone() };
     let store = Store::builder()
@@ -505,8 +509,8 @@ async fn a_runtime_container_of_a_pod_the_store_lacks_wakes_the_kubelet_pull_at_
     while pulls.load(Ordering::SeqCst) < 1 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The kubelet now has pod u1; the runtime reports its container before the next pull is due.
-    pods.lock().unwrap().push("u1".into());
+    // The kubelet now has pod u1 with c1 and c2; the runtime reports c1 before the next pull.
+    pods.lock().unwrap().push(("u1".into(), vec!["c1".into(), "c2".into()]));
     store.notify(vec![pod_container("c1", "u1")]).await;
     while store.get_kubernetes_pod("u1").is_none() {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -514,20 +518,28 @@ async fn a_runtime_container_of_a_pod_the_store_lacks_wakes_the_kubelet_pull_at_
     assert_eq!(pulls.load(Ordering::SeqCst), 2);
     let waited = t0.elapsed();
     assert!(waited <= Duration::from_millis(600), "the pod came {waited:?} after the first pull, not at once");
-    // The store holds the pod now, and a container without the label is no pod's: no more pulls.
-    // A burst of 50 new pods' containers costs two pulls, however many they are: one at once,
-    // one half a second later for those that came while it ran; then none while nothing new comes.
+    // The stored pod lists c2, and a container without the label is no pod's: no more pulls.
     store
         .notify(vec![pod_container("c2", "u1"), wm_core::CollectorEvent::set(Source::Runtime, container("plain"))])
         .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(pulls.load(Ordering::SeqCst), 2, "nothing was missing");
+    // c3 runs before the kubelet lists it in u1's status: pulls every half second until it does.
+    store.notify(vec![pod_container("c3", "u1")]).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let before_listed = pulls.load(Ordering::SeqCst);
+    assert!((4..=6).contains(&before_listed), "{before_listed} pulls: one at once, then every 0.5 s");
+    pods.lock().unwrap()[0].1.push("c3".into());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(pulls.load(Ordering::SeqCst), before_listed + 1, "one more pull finds it; then none");
+    // A burst of 50 pods the kubelet never lists: pulls at most every 0.5 s, for 5 s, then none.
     for i in 0..50 {
         store.notify(vec![pod_container(&format!("burst-{i}"), &format!("new-{i}"))]).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(pulls.load(Ordering::SeqCst), 4, "two pulls for the burst");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after_burst = pulls.load(Ordering::SeqCst) - before_listed - 1;
+    assert!((2..=12).contains(&after_burst), "{after_burst} pulls for the burst");
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(pulls.load(Ordering::SeqCst), 4, "no pull while nothing new comes");
+    assert_eq!(pulls.load(Ordering::SeqCst) - before_listed - 1, after_burst, "no pull once the wait is over");
     store.shutdown().await;
 }
