@@ -462,10 +462,13 @@ async fn shutdown_cancels_every_collector_and_returns_once_every_task_ended() {
     }
 }
 
-/// The kubelet of a test: each pull lists the pods in `pods` (uid, container ids).
+/// The pods a test's kubelet lists: each one's uid and container ids.
+type Pods = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+
+/// The kubelet of a test: each pull lists the pods in `pods`.
 struct Kubelet {
     pulls: Arc<AtomicUsize>,
-    pods: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+    pods: Pods,
 }
 
 #[async_trait]
@@ -497,7 +500,7 @@ fn pod_container(id: &str, pod_uid: &str) -> wm_core::CollectorEvent {
 
 #[tokio::test(start_paused = true)]
 async fn a_runtime_container_its_pod_does_not_list_wakes_the_kubelet_pull_until_it_does() {
-    let (pulls, pods) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+    let (pulls, pods): (_, Pods) = (Arc::new(AtomicUsize::new(0)), Arc::default());
     let kubelet = Kubelet { pulls: pulls.clone(), pods: pods.clone() };
     let store = Store::builder()
         .collector(
