@@ -204,16 +204,7 @@ impl Agent {
 
     /// The container ids the agent stores; `None` when the CLI fails.
     fn stored(&self) -> Option<BTreeSet<String>> {
-        let json = self.cli(&["workload-list", "--json"])?;
-        let value: serde_json::Value = serde_json::from_str(&json).ok()?;
-        let entities = value["entities"].as_object()?;
-        Some(
-            entities
-                .values()
-                .filter(|e| e["kind"] == "container")
-                .filter_map(|e| e["id"].as_str().map(str::to_owned))
-                .collect(),
-        )
+        test_support::bench::stored_containers(std::path::Path::new(env!("CARGO_BIN_EXE_agent")), &self.config)
     }
 
     /// Lines of the agent's log that say a subscriber was cut off.

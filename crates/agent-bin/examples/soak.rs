@@ -154,16 +154,7 @@ impl Agent {
 
     /// The container ids the agent stores.
     fn stored(&self) -> Option<BTreeSet<String>> {
-        let json = self.cli(&["workload-list", "--json"])?;
-        let value: serde_json::Value = serde_json::from_str(&json).ok()?;
-        let entities = value["entities"].as_object().cloned().unwrap_or_default();
-        Some(
-            entities
-                .values()
-                .filter(|e| e["kind"] == "container")
-                .filter_map(|e| e["id"].as_str().map(str::to_owned))
-                .collect(),
-        )
+        test_support::bench::stored_containers(&self.binary, &self.config)
     }
 }
 

@@ -89,3 +89,29 @@ pub fn agent_rss(
     crate::runtimes::terminate(child, Duration::from_secs(10));
     rss
 }
+
+/// The ids of the containers the agent binary `binary` with config file `config` stores, from
+/// `agent workload-list --json`; `None` when the call fails or its answer does not parse.
+pub fn stored_containers(
+    binary: &std::path::Path,
+    config: &std::path::Path,
+) -> Option<std::collections::BTreeSet<String>> {
+    let out = std::process::Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .args(["workload-list", "--json"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let entities = value["entities"].as_object()?;
+    Some(
+        entities
+            .values()
+            .filter(|e| e["kind"] == "container")
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
