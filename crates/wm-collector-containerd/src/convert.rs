@@ -121,6 +121,108 @@ pub fn container_from_containerd(
         None => Spec::default(),
     };
     let image = ContainerImage::parse_with_id(&record.image, image_digest.unwrap_or_default());
+    let (state, pid) = run_state(task, last_exit, timestamp(record.created_at.as_ref()));
+    let linux = spec.linux.unwrap_or_default();
+    let resources = linux.resources.unwrap_or_default();
+    let memory = resources.memory.unwrap_or_default();
+    let cpu_limit = resources.cpu.and_then(|c| match (c.quota, c.period) {
+        (Some(quota), Some(period)) if quota > 0 && period > 0 => Some(quota as f64 / period as f64),
+        _ => None,
+    });
+    let name = [KUBE_CONTAINER_NAME_LABEL, NERDCTL_NAME_LABEL]
+        .iter()
+        .find_map(|l| record.labels.get(*l).filter(|n| !n.is_empty()))
+        .map_or_else(|| IStr::new(&record.id), |n| IStr::new(n));
+    let labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let container = Container {
+        id: wm_core::Id::from(record.id.as_str()),
+        name,
+        labels,
+        env: env.filter(spec.process.map(|p| p.env).unwrap_or_default()),
+        image,
+        runtime: Some(Runtime::Containerd),
+        state,
+        pid,
+        owner: record
+            .labels
+            .get(KUBE_POD_UID_LABEL)
+            .filter(|uid| !uid.is_empty())
+            .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str())),
+        resources: ResourceSpec {
+            cpu_limit,
+            memory_limit: memory.limit.filter(|m| *m > 0).map(|m| m as u64),
+            memory_request: memory.reservation.filter(|m| *m > 0).map(|m| m as u64),
+            ..ResourceSpec::default()
+        }
+        .into(),
+        details: ContainerDetails {
+            hostname: spec.hostname,
+            cgroup_path: linux.cgroups_path,
+            ..ContainerDetails::default()
+        }
+        .into(),
+        ..Container::default()
+    };
+    (Some(container), problem)
+}
+
+/// What a task event says about a container's init process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// The task was created (not started) with this pid.
+    Created {
+        /// The init process's pid.
+        pid: u32,
+    },
+    /// The task started with this pid.
+    Started {
+        /// The init process's pid.
+        pid: u32,
+    },
+    /// The init process exited; the exit itself travels beside (see [`Exit`]).
+    Exited,
+    /// The task was deleted: the container has no task any more.
+    Deleted,
+    /// The task was paused.
+    Paused,
+    /// The task was resumed.
+    Resumed,
+    /// The kernel's OOM killer fired in the container: no change of state by itself (an exit
+    /// follows if the init process died).
+    Oom,
+}
+
+/// Returns `container` as it is after `event`, given the last exit seen for it: the state and
+/// pid that reading its task would give, without reading it.
+///
+/// Only the last task event of a batch matters, since each one sets the whole state; containerd
+/// sends a container's events in order, so the last one is the task's current state.
+pub fn after_task_event(container: &Container, event: TaskEvent, last_exit: Option<Exit>) -> Container {
+    let task = |status: Status, pid: u32| Process { status: status as i32, pid, ..Process::default() };
+    let task = match event {
+        TaskEvent::Created { pid } => Some(task(Status::Created, pid)),
+        TaskEvent::Started { pid } => Some(task(Status::Running, pid)),
+        TaskEvent::Paused => Some(task(Status::Paused, container.pid)),
+        TaskEvent::Resumed => Some(task(Status::Running, container.pid)),
+        // Stopped, with the exit remembered from the event; the same as reading a stopped task.
+        TaskEvent::Exited | TaskEvent::Deleted => None,
+        TaskEvent::Oom => return container.clone(),
+    };
+    with_task(container, task.as_ref(), last_exit)
+}
+
+/// Returns a copy of `container` whose state and pid are those its task (if it has one) and the
+/// last exit seen for it give now; everything the record and spec gave is kept.
+///
+/// A task event changes only these, so the collector re-reads only the task for it.
+pub fn with_task(container: &Container, task: Option<&Process>, last_exit: Option<Exit>) -> Container {
+    let (state, pid) = run_state(task, last_exit, container.state.created_at);
+    Container { state, pid, ..container.clone() }
+}
+
+/// Returns a container's state and its init process's pid (zero unless it runs or is paused)
+/// from its task, the last exit seen for it and its creation time.
+fn run_state(task: Option<&Process>, last_exit: Option<Exit>, created_at: Option<Timestamp>) -> (ContainerState, u32) {
     let (status, running, pid, exit) = match task {
         Some(task) => {
             let status = match Status::try_from(task.status).unwrap_or(Status::Unknown) {
@@ -146,53 +248,12 @@ pub fn container_from_containerd(
     let state = ContainerState {
         running,
         status,
-        created_at: timestamp(record.created_at.as_ref()),
+        created_at,
         finished_at: if stopped { exit.and_then(|e| e.at) } else { None },
         exit_code: if stopped { exit.and_then(|e| wm_core::ExitCode::new(i64::from(e.code))) } else { None },
         ..ContainerState::default()
     };
-    let linux = spec.linux.unwrap_or_default();
-    let resources = linux.resources.unwrap_or_default();
-    let memory = resources.memory.unwrap_or_default();
-    let cpu_limit = resources.cpu.and_then(|c| match (c.quota, c.period) {
-        (Some(quota), Some(period)) if quota > 0 && period > 0 => Some(quota as f64 / period as f64),
-        _ => None,
-    });
-    let name = [KUBE_CONTAINER_NAME_LABEL, NERDCTL_NAME_LABEL]
-        .iter()
-        .find_map(|l| record.labels.get(*l).filter(|n| !n.is_empty()))
-        .map_or_else(|| IStr::new(&record.id), |n| IStr::new(n));
-    let labels: StrMap = record.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let container = Container {
-        id: wm_core::Id::from(record.id.as_str()),
-        name,
-        labels,
-        env: env.filter(spec.process.map(|p| p.env).unwrap_or_default()),
-        image,
-        runtime: Some(Runtime::Containerd),
-        state,
-        pid: if running || status == ContainerStatus::Paused { pid } else { 0 },
-        owner: record
-            .labels
-            .get(KUBE_POD_UID_LABEL)
-            .filter(|uid| !uid.is_empty())
-            .map(|uid| EntityId::new(Kind::KubernetesPod, uid.as_str())),
-        resources: ResourceSpec {
-            cpu_limit,
-            memory_limit: memory.limit.filter(|m| *m > 0).map(|m| m as u64),
-            memory_request: memory.reservation.filter(|m| *m > 0).map(|m| m as u64),
-            ..ResourceSpec::default()
-        }
-        .into(),
-        details: ContainerDetails {
-            hostname: spec.hostname,
-            cgroup_path: linux.cgroups_path,
-            ..ContainerDetails::default()
-        }
-        .into(),
-        ..Container::default()
-    };
-    (Some(container), problem)
+    (state, if running || status == ContainerStatus::Paused { pid } else { 0 })
 }
 
 #[cfg(test)]
@@ -281,6 +342,56 @@ mod tests {
         );
         let (c, _) = container_from_containerd(&record(SPEC), None, None, None, &EnvFilter::default());
         assert_eq!(c.unwrap().state.status, ContainerStatus::Created);
+    }
+
+    #[test]
+    fn each_task_event_gives_what_reading_the_task_after_it_gives() {
+        let env = EnvFilter::default();
+        let (created, _) = container_from_containerd(&record(SPEC), None, None, None, &env);
+        let created = created.unwrap();
+        let full = |task: Option<Process>, exit: Option<Exit>| {
+            container_from_containerd(&record(SPEC), task.as_ref(), exit, None, &env).0.unwrap()
+        };
+        let (made, running, paused) = (task(Status::Created, 0), task(Status::Running, 0), task(Status::Paused, 0));
+        let exit = Exit { code: 3, at: Some(Timestamp::from_unix(1_800_000_100, 0)) };
+        let c = after_task_event(&created, TaskEvent::Created { pid: 4242 }, None);
+        assert_eq!(c, full(Some(made), None));
+        let c = after_task_event(&c, TaskEvent::Started { pid: 4242 }, None);
+        assert_eq!(c, full(Some(running.clone()), None));
+        assert_eq!(after_task_event(&c, TaskEvent::Oom, None), c);
+        let c = after_task_event(&c, TaskEvent::Paused, None);
+        assert_eq!(c, full(Some(paused), None));
+        let c = after_task_event(&c, TaskEvent::Resumed, None);
+        assert_eq!(c, full(Some(running), None));
+        let stopped = after_task_event(&c, TaskEvent::Exited, Some(exit));
+        assert_eq!(stopped, full(Some(task(Status::Stopped, 3)), None));
+        assert_eq!(after_task_event(&stopped, TaskEvent::Deleted, Some(exit)), full(None, Some(exit)));
+        // A task deleted before it ran, with no exit: the container is created again.
+        assert_eq!(after_task_event(&c, TaskEvent::Deleted, None), full(None, None));
+    }
+
+    #[test]
+    fn a_task_applied_to_a_built_container_gives_what_a_full_build_gives() {
+        let env = EnvFilter::default();
+        let (created, _) = container_from_containerd(&record(SPEC), None, None, Some("sha256:abc"), &env);
+        let created = created.unwrap();
+        let exit = Exit { code: 137, at: Some(Timestamp::from_unix(1_800_000_200, 0)) };
+        let cases = [
+            (Some(task(Status::Running, 0)), None),
+            (Some(task(Status::Paused, 0)), None),
+            (Some(task(Status::Stopped, 3)), None),
+            (None, Some(exit)),
+            (None, None),
+        ];
+        for (task, last_exit) in cases {
+            let (full, _) =
+                container_from_containerd(&record(SPEC), task.as_ref(), last_exit, Some("sha256:abc"), &env);
+            assert_eq!(
+                with_task(&created, task.as_ref(), last_exit),
+                full.unwrap(),
+                "task {task:?}, exit {last_exit:?}"
+            );
+        }
     }
 
     #[test]

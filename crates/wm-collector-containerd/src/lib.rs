@@ -75,7 +75,7 @@ use wm_core::{
 };
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
-pub use convert::{Exit, container_from_containerd, is_sandbox, timestamp};
+pub use convert::{Exit, TaskEvent, after_task_event, container_from_containerd, is_sandbox, timestamp};
 
 /// containerd's default socket, used when `cri_socket_path` is not set.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -181,7 +181,9 @@ pub struct ContainerdCollector {
     /// task events. containerd drops a task's exit status when the task is deleted, so it is
     /// stored here; an entry is removed when its container is deleted or a list no longer has it.
     exits: Mutex<HashMap<(String, String), Exit>>,
-    /// Image digests by (namespace, image name), so that each image is asked for once.
+    /// Image digests by (namespace, image name), so that each image is asked for once; `None`
+    /// for a name containerd has no image for (a container can outlive its image), so that its
+    /// containers do not each ask again.
     ///
     /// An `/images/` event about a name (re-tagged, deleted) removes that name's entry, since the
     /// name may now point at other content; each run empties the whole cache when it connects.
@@ -193,12 +195,18 @@ pub struct ContainerdCollector {
     /// Ids of the containers whose OCI spec did not parse and for which a warning was logged, so
     /// that the warning is logged once per container (emptied when it holds `MAX_CACHED` ids).
     reported: Mutex<HashSet<String>>,
+    /// The last container built for each (namespace, id) the collector reported, shared with the
+    /// store: a task event (create, start, exit, delete, pause) changes only the state, so its
+    /// refresh reads the task alone and applies it to this copy instead of reading the record and
+    /// parsing its OCI spec (tens of KB) again. Removed with the container; replaced at each
+    /// list; emptied when it holds `MAX_CACHED` entries.
+    built: Mutex<HashMap<(String, String), Arc<Container>>>,
     /// The gRPC clients of the current run; `None` until [`watch`](ListWatch::watch) connects.
     clients: Option<Clients>,
 }
 
 /// Image digests by (namespace, image name).
-type Digests = HashMap<(String, String), String>;
+type Digests = HashMap<(String, String), Option<String>>;
 
 /// The CRI sandboxes the collector has seen.
 #[derive(Debug, Default)]
@@ -208,6 +216,15 @@ struct Sandboxes {
     /// The images those sandboxes were created from (the pause image). A container deleted before
     /// it could be read is recognised as a sandbox by its image, from its create event.
     images: HashSet<String>,
+}
+
+/// Where a refresh takes a container's task from.
+enum TaskFrom {
+    /// From containerd: a call.
+    Read,
+    /// From the events: the container was created in the batch being refreshed, without a task,
+    /// and this is the last task event that followed its creation (`None`: none did).
+    SinceCreate(Option<TaskEvent>),
 }
 
 /// What containerd has now under one container id.
@@ -376,6 +393,7 @@ impl ContainerdCollector {
             digests: Arc::new(Mutex::new(HashMap::new())),
             sandboxes: Mutex::new(Sandboxes::default()),
             reported: Mutex::new(HashSet::new()),
+            built: Mutex::new(HashMap::new()),
             clients: None,
         }
     }
@@ -414,32 +432,34 @@ impl ContainerdCollector {
     /// Returns the digest of the image `image` names in `namespace`, from the cache or else from
     /// containerd.
     ///
-    /// `None` when the name is empty or containerd cannot say (the failure is logged at debug
-    /// level): the container is then stored without its image digest.
+    /// `None` when the name is empty, when containerd has no image by that name, or when it
+    /// cannot say (the failure is logged at debug level): the container is then stored without
+    /// its image digest.
     async fn image_digest(&self, clients: &mut Clients, namespace: &str, image: &str) -> Option<String> {
         if image.is_empty() {
             return None;
         }
         let key = (namespace.to_owned(), image.to_owned());
         if let Some(digest) = self.digests.locked().get(&key) {
-            return Some(digest.clone());
+            return digest.clone();
         }
         let request = namespaced(namespace, GetImageRequest { name: image.to_owned() }).ok()?;
-        match self.call(|| format!("containerd: getting image {image}"), clients.images.get(request)).await {
-            Ok(response) => {
-                let digest = response.into_inner().image.and_then(|i| i.target).map(|t| t.digest)?;
-                let mut digests = self.digests.locked();
-                if digests.len() >= MAX_CACHED {
-                    digests.clear();
-                }
-                digests.insert(key, digest.clone());
-                Some(digest)
-            }
+        let digest = match self.call(|| format!("containerd: getting image {image}"), clients.images.get(request)).await
+        {
+            Ok(response) => response.into_inner().image.and_then(|i| i.target).map(|t| t.digest),
+            Err(CallError::NotFound) => None,
             Err(e) => {
+                // A failed call is not remembered: the next container asks again.
                 debug!(namespace, image, error = ?e, "containerd: no digest for the image");
-                None
+                return None;
             }
+        };
+        let mut digests = self.digests.locked();
+        if digests.len() >= MAX_CACHED {
+            digests.clear();
         }
+        digests.insert(key, digest.clone());
+        digest
     }
 
     /// Records a sandbox and its image, so that its events are never taken for a container's.
@@ -480,6 +500,7 @@ impl ContainerdCollector {
     /// are dropped. A failed call fails the whole list.
     async fn list_all(&self, clients: &mut Clients) -> Result<Listed, CollectorError> {
         let mut listed = Listed::default();
+        let mut built = HashMap::new();
         let mut listed_keys = HashSet::new();
         let mut listed_sandboxes = HashSet::new();
         for namespace in self.watched_namespaces(clients).await? {
@@ -508,15 +529,20 @@ impl ContainerdCollector {
                 }
                 listed_keys.insert((namespace.clone(), record.id.clone()));
                 let digest = self.image_digest(clients, &namespace, &record.image).await;
-                listed.entities.extend(
-                    self.build(&namespace, &record, tasks.get(&record.id), digest.as_deref()).map(Entity::from),
-                );
+                if let Some(container) = self.build(&namespace, &record, tasks.get(&record.id), digest.as_deref()) {
+                    let container = Arc::new(container);
+                    if built.len() < MAX_CACHED {
+                        built.insert((namespace.clone(), record.id.clone()), container.clone());
+                    }
+                    listed.entities.push(Entity::Container(container));
+                }
             }
         }
         // A container or sandbox deleted while the collector was not watching will never send a
         // delete event, so what is kept about it is dropped here. (The sandboxes' images stay:
         // they are a handful, and they recognise a sandbox deleted before it could be read.)
         self.exits.locked().retain(|key, _| listed_keys.contains(key));
+        *self.built.locked() = built;
         self.sandboxes.locked().ids.retain(|key| listed_sandboxes.contains(key));
         let mut reported = self.reported.locked();
         if !reported.is_empty() {
@@ -546,6 +572,18 @@ impl ContainerdCollector {
     /// A container or task that containerd does not know is not an error (`Gone`, or a container
     /// without a task); any other failed call is.
     async fn fetch(&self, clients: &mut Clients, namespace: &str, id: &str) -> Result<Fetched, CollectorError> {
+        self.fetch_with(clients, namespace, id, TaskFrom::Read).await
+    }
+
+    /// Reads what containerd has now under `namespace`/`id`, taking its task from `task`; see
+    /// [`fetch`](Self::fetch).
+    async fn fetch_with(
+        &self,
+        clients: &mut Clients,
+        namespace: &str,
+        id: &str,
+        task: TaskFrom,
+    ) -> Result<Fetched, CollectorError> {
         let request = namespaced(namespace, GetContainerRequest { id: id.to_owned() })?;
         let record = match self
             .call(|| format!("containerd: getting container {namespace}/{id}"), clients.containers.get(request))
@@ -560,20 +598,45 @@ impl ContainerdCollector {
             self.saw_sandbox(namespace, &record);
             return Ok(Fetched::Sandbox);
         }
+        let (read, event) = match task {
+            TaskFrom::Read => (self.task(clients, namespace, id).await?, None),
+            TaskFrom::SinceCreate(event) => (None, event),
+        };
+        let digest = self.image_digest(clients, namespace, &record.image).await;
+        let Some(container) = self.build(namespace, &record, read.as_ref(), digest.as_deref()) else {
+            return Ok(Fetched::Gone);
+        };
+        Ok(Fetched::Container(Box::new(match event {
+            Some(event) => {
+                let last_exit = self.exits.locked().get(&(namespace.to_owned(), id.to_owned())).copied();
+                after_task_event(&container, event, last_exit)
+            }
+            None => container,
+        })))
+    }
+}
+
+impl ContainerdCollector {
+    /// Reads the task of `namespace`/`id`; `None` when it has none.
+    async fn task(&self, clients: &mut Clients, namespace: &str, id: &str) -> Result<Option<Process>, CollectorError> {
         let request = namespaced(namespace, GetRequest { container_id: id.to_owned(), exec_id: String::new() })?;
-        let task = match self
+        match self
             .call(|| format!("containerd: getting the task of {namespace}/{id}"), clients.tasks.get(request))
             .await
         {
-            Ok(response) => response.into_inner().process,
-            Err(CallError::NotFound) => None,
-            Err(CallError::Failed(error)) => return Err(error),
-        };
-        let digest = self.image_digest(clients, namespace, &record.image).await;
-        Ok(match self.build(namespace, &record, task.as_ref(), digest.as_deref()) {
-            Some(container) => Fetched::Container(Box::new(container)),
-            None => Fetched::Gone,
-        })
+            Ok(response) => Ok(response.into_inner().process),
+            Err(CallError::NotFound) => Ok(None),
+            Err(CallError::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Remembers `container` as the last one built for `key` (see `built`).
+    fn remember(&self, key: (String, String), container: &Arc<Container>) {
+        let mut built = self.built.locked();
+        if built.len() >= MAX_CACHED && !built.contains_key(&key) {
+            built.clear();
+        }
+        built.insert(key, container.clone());
     }
 }
 
@@ -738,6 +801,10 @@ pub struct Decoded {
     namespace: String,
     container_id: String,
     deleted: bool,
+    /// What a task event says; `None` for a container event, which changes the record.
+    task: Option<TaskEvent>,
+    /// A container's create event.
+    created: bool,
     image: Option<String>,
     exit: Option<Exit>,
 }
@@ -756,23 +823,32 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
         namespace: String::new(),
         container_id,
         deleted: false,
+        task: None,
+        created: false,
         image: None,
         exit: None,
     };
+    let task = |container_id: String, event: TaskEvent| Decoded { task: Some(event), ..plain(container_id) };
     let decoded = match type_name {
         "containerd.events.ContainerCreate" => {
             let e = ContainerCreate::decode(bytes).ok()?;
-            Decoded { image: Some(e.image), ..plain(e.id) }
+            Decoded { image: Some(e.image), created: true, ..plain(e.id) }
         }
         "containerd.events.ContainerUpdate" => plain(ContainerUpdate::decode(bytes).ok()?.id),
         "containerd.events.ContainerDelete" => {
             Decoded { deleted: true, ..plain(ContainerDelete::decode(bytes).ok()?.id) }
         }
-        "containerd.events.TaskCreate" => plain(TaskCreate::decode(bytes).ok()?.container_id),
-        "containerd.events.TaskStart" => plain(TaskStart::decode(bytes).ok()?.container_id),
-        "containerd.events.TaskPaused" => plain(TaskPaused::decode(bytes).ok()?.container_id),
-        "containerd.events.TaskResumed" => plain(TaskResumed::decode(bytes).ok()?.container_id),
-        "containerd.events.TaskOOM" => plain(TaskOom::decode(bytes).ok()?.container_id),
+        "containerd.events.TaskCreate" => {
+            let e = TaskCreate::decode(bytes).ok()?;
+            task(e.container_id, TaskEvent::Created { pid: e.pid })
+        }
+        "containerd.events.TaskStart" => {
+            let e = TaskStart::decode(bytes).ok()?;
+            task(e.container_id, TaskEvent::Started { pid: e.pid })
+        }
+        "containerd.events.TaskPaused" => task(TaskPaused::decode(bytes).ok()?.container_id, TaskEvent::Paused),
+        "containerd.events.TaskResumed" => task(TaskResumed::decode(bytes).ok()?.container_id, TaskEvent::Resumed),
+        "containerd.events.TaskOOM" => task(TaskOom::decode(bytes).ok()?.container_id, TaskEvent::Oom),
         "containerd.events.TaskExit" => {
             let e = TaskExit::decode(bytes).ok()?;
             // A process exec'd into the container has an id of its own; its exit does not change
@@ -781,7 +857,7 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
                 return None;
             }
             let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()) };
-            Decoded { exit: Some(exit), ..plain(e.container_id) }
+            Decoded { exit: Some(exit), ..task(e.container_id, TaskEvent::Exited) }
         }
         "containerd.events.TaskDelete" => {
             let e = TaskDelete::decode(bytes).ok()?;
@@ -791,7 +867,10 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
             let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()) };
             // A delete whose pid and exit status are both zero carries no exit, so it leaves the
             // one stored from the task's exit event in place.
-            Decoded { exit: (e.pid != 0 || e.exit_status != 0).then_some(exit), ..plain(e.container_id) }
+            Decoded {
+                exit: (e.pid != 0 || e.exit_status != 0).then_some(exit),
+                ..task(e.container_id, TaskEvent::Deleted)
+            }
         }
         other => {
             debug!(topic, type_url = other, "containerd: ignoring an event");
@@ -890,6 +969,15 @@ impl ListWatch for ContainerdCollector {
         // the first `/` splits them. When the driver retries a failed refresh, `events` is empty.
         let Some((namespace, id)) = key.split_once('/') else { return Ok(Refreshed::Skip) };
         let key = (namespace.to_owned(), id.to_owned());
+        // The state after a batch of task events alone is the last one's (OOM events set none).
+        let task_only = !events.is_empty() && events.iter().all(|e| e.task.is_some());
+        let last_task = events.iter().rev().find_map(|e| e.task.filter(|t| *t != TaskEvent::Oom));
+        // A container created in this batch has no task but what the events after its creation
+        // say.
+        let created = events
+            .iter()
+            .rposition(|e| e.created)
+            .map(|at| events[at..].iter().rev().find_map(|e| e.task.filter(|t| *t != TaskEvent::Oom)));
         let mut deleted = false;
         let mut image = None;
         for event in events {
@@ -909,9 +997,38 @@ impl ListWatch for ContainerdCollector {
             }
             return Ok(Refreshed::Skip);
         }
-        let current = if deleted { Fetched::Gone } else { self.fetch(&mut clients, namespace, id).await? };
+        // Task events change only the state, and say what it is: apply the last one to the
+        // container built last, when there is one, without a call. A container created in the
+        // batch is read without its task, unless it was built already (then a list raced its
+        // create event, and the task is read). Anything else (a record event, a retry) reads
+        // everything again.
+        let built = if task_only && !deleted { self.built.locked().get(&key).cloned() } else { None };
+        let new = created.filter(|_| !self.built.locked().contains_key(&key));
+        let current = match built {
+            _ if deleted => Fetched::Gone,
+            None if new.is_some() => {
+                let task = TaskFrom::SinceCreate(new.flatten());
+                self.fetch_with(&mut clients, namespace, id, task).await?
+            }
+            Some(built) => {
+                let last_exit = self.exits.locked().get(&key).copied();
+                let after = match last_task {
+                    Some(event) => after_task_event(&built, event, last_exit),
+                    None => (*built).clone(),
+                };
+                Fetched::Container(Box::new(after))
+            }
+            None => self.fetch(&mut clients, namespace, id).await?,
+        };
+        if !matches!(current, Fetched::Container(_)) {
+            self.built.locked().remove(&key);
+        }
         Ok(match current {
-            Fetched::Container(container) => Refreshed::Present(Entity::from(*container)),
+            Fetched::Container(container) => {
+                let container = Arc::new(*container);
+                self.remember(key, &container);
+                Refreshed::Present(Entity::Container(container))
+            }
             Fetched::Sandbox => {
                 self.exits.locked().remove(&key);
                 Refreshed::Skip
@@ -952,7 +1069,7 @@ mod tests {
     fn an_image_event_drops_the_digest_cached_for_that_name_only() {
         let digests = Mutex::new(Digests::new());
         for name in ["docker.io/app:1", "docker.io/other:1"] {
-            digests.locked().insert(("ns".into(), name.into()), "sha256:old".into());
+            digests.locked().insert(("ns".into(), name.into()), Some("sha256:old".into()));
         }
         let update = ImageUpdate { name: "docker.io/app:1".into(), ..ImageUpdate::default() };
         let envelope = Envelope {
@@ -996,16 +1113,26 @@ mod tests {
             let d = decode("/tasks/exit", &any(url, &exit)).unwrap();
             assert_eq!(d.container_id, "c1");
             assert_eq!(d.exit.map(|e| e.code), Some(3));
+            assert_eq!(d.task, Some(TaskEvent::Exited), "a task event leaves the record as it was");
         }
+        let start = TaskStart { container_id: "c1".into(), pid: 7 };
+        assert_eq!(
+            decode("/tasks/start", &any("containerd.events.TaskStart", &start)).unwrap().task,
+            Some(TaskEvent::Started { pid: 7 })
+        );
+        let update = ContainerUpdate { id: "c1".into(), ..ContainerUpdate::default() };
+        assert_eq!(
+            decode("/containers/update", &any("containerd.events.ContainerUpdate", &update)).unwrap().task,
+            None
+        );
         let exec_exit = TaskExit { id: "exec-1".into(), ..exit };
         assert!(decode("/tasks/exit", &any("containerd.events.TaskExit", &exec_exit)).is_none());
         let delete = ContainerDelete { id: "c1".into() };
         assert!(decode("/containers/delete", &any("containerd.events.ContainerDelete", &delete)).unwrap().deleted);
         let create = ContainerCreate { id: "c2".into(), image: "docker.io/x:1".into(), runtime: None };
-        assert_eq!(
-            decode("/containers/create", &any("containerd.events.ContainerCreate", &create)).unwrap().image.as_deref(),
-            Some("docker.io/x:1")
-        );
+        let created = decode("/containers/create", &any("containerd.events.ContainerCreate", &create)).unwrap();
+        assert_eq!(created.image.as_deref(), Some("docker.io/x:1"));
+        assert_eq!(created.task, None);
         // Garbage never panics.
         assert!(
             decode(

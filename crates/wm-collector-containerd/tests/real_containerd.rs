@@ -151,9 +151,19 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         assert_eq!(c.env.iter().collect::<Vec<_>>(), vec![("DD_SERVICE", "web")]);
         ctr(rt, NS, &["tasks", "start", "--detach", "life"]).await;
         w.until("the started task", WAIT, |w| w.get("life").is_some_and(|c| c.state.running && c.pid > 0)).await;
+        // A record change after task events (which reuse the container built last) is read
+        // in full, and the task events after it keep it.
+        ctr(rt, NS, &["containers", "label", "life", "team=c"]).await;
+        w.until("the relabelled container", WAIT, |w| {
+            w.get("life").is_some_and(|c| c.labels.get("team") == Some("c") && c.state.running)
+        })
+        .await;
         ctr(rt, NS, &["tasks", "pause", "life"]).await;
         w.until("the paused task", WAIT, |w| w.get("life").is_some_and(|c| c.state.status == ContainerStatus::Paused))
             .await;
+        let c = w.get("life").unwrap();
+        assert_eq!(c.labels.get("team"), Some("c"));
+        assert_eq!(c.env.iter().collect::<Vec<_>>(), vec![("DD_SERVICE", "web")]);
         ctr(rt, NS, &["tasks", "resume", "life"]).await;
         w.until("the resumed task", WAIT, |w| {
             w.get("life").is_some_and(|c| c.state.status == ContainerStatus::Running)
