@@ -399,11 +399,24 @@ fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
 
 /// Runs agent-bin's `soak` example against the release agent for `minutes`, with `containers`
 /// live containers and its growth judged after `warmup` minutes.
+///
+/// The agent is built with `alloc-stats`, so that the soak samples its live heap bytes beside
+/// its RSS.
 fn soak(minutes: f64, containers: usize, warmup: f64) -> anyhow::Result<()> {
     ensure_tools()?;
     run(
-        "build the release agent",
-        cargo().args(["build", "--release", "--quiet", "-p", "agent-bin", "--bin", "agent"]),
+        "build the release agent, counting its allocations",
+        cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "agent-bin",
+            "--bin",
+            "agent",
+            "--features",
+            "alloc-stats",
+        ]),
     )?;
     let target = target_dir()?;
     run(

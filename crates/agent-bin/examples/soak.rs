@@ -5,13 +5,15 @@
 //! queries. `--containers N` keeps N containers alive (30): 15 running in each runtime, the rest
 //! created but not started (a started container costs a shim), half in each runtime, and each
 //! churn step replaces the oldest of them too, so the whole population turns over. Every 10 s it
-//! samples the agent's RSS, open descriptors, threads, live tokio tasks (`agent_tokio_tasks` on
-//! `/metrics`) and stored containers; every minute it checks that the store equals the daemons'
-//! own lists.
+//! samples the agent's RSS, its live heap bytes (`agent_heap_live_bytes` on `/metrics`, which
+//! `cargo xtask soak` turns on by building the agent with `alloc-stats`: a leak grows both, the
+//! allocator's fragmentation only RSS), open descriptors, threads, live tokio tasks
+//! (`agent_tokio_tasks`) and stored containers; every minute it checks that the store equals the
+//! daemons' own lists.
 //!
 //! It fails when a checkpoint does not hold within 20 s, or when a series grows after the
 //! warm-up (M minutes, 10, or half the run if shorter) faster than its target: a least-squares
-//! slope per minute, for RSS at most 0.01 MiB/min (15 MiB a day). Its report: `<out>/soak.md` (a
+//! slope per minute, for RSS and the live heap at most 0.01 MiB/min (15 MiB a day). Its report: `<out>/soak.md` (a
 //! table), `<out>/samples.csv` and `<out>/soak.png` (a plot, drawn with matplotlib in the
 //! tooling's Python environment).
 //!
@@ -31,6 +33,8 @@ use test_support::runtimes::{self, Install, Runtimes};
 struct Sample {
     minute: f64,
     rss_mib: f64,
+    /// The live heap (`agent_heap_live_bytes`; zero when the agent does not count it).
+    heap_mib: f64,
     fds: f64,
     threads: f64,
     tasks: f64,
@@ -45,6 +49,7 @@ type Column = fn(&Sample) -> f64;
 /// descriptors and threads, 20 for tasks (their samples move by one or two around a restart).
 const TARGETS: &[(&str, Column, f64)] = &[
     ("rss_mib", |s| s.rss_mib, 0.01),
+    ("heap_mib", |s| s.heap_mib, 0.01),
     ("fds", |s| s.fds, 0.02),
     ("tasks", |s| s.tasks, 0.05),
     ("threads", |s| s.threads, 0.02),
@@ -383,14 +388,21 @@ fn soak(binary: &Path, minutes: f64, out: &Path, containers: usize, warmup: f64)
             let sample = Sample {
                 minute: started.elapsed().as_secs_f64() / 60.0,
                 rss_mib: proc_status(pid, "VmRSS:") / 1024.0,
+                heap_mib: agent.metric("agent_heap_live_bytes") / f64::from(1u32 << 20),
                 fds: fds(pid),
                 threads: proc_status(pid, "Threads:"),
                 tasks: agent.metric("agent_tokio_tasks"),
                 containers: agent.metric("workloadmeta_stored_entities{kind=\"container\""),
             };
             println!(
-                "soak: {:5.1} min  rss {:6.1} MiB  fds {:4}  threads {:3}  tasks {:4}  containers {:4}",
-                sample.minute, sample.rss_mib, sample.fds, sample.threads, sample.tasks, sample.containers
+                "soak: {:5.1} min  rss {:6.1} MiB  heap {:6.1} MiB  fds {:4}  threads {:3}  tasks {:4}  containers {:4}",
+                sample.minute,
+                sample.rss_mib,
+                sample.heap_mib,
+                sample.fds,
+                sample.threads,
+                sample.tasks,
+                sample.containers
             );
             samples.push(sample);
             next_sample = now + Duration::from_secs(10);
@@ -441,9 +453,13 @@ struct Totals {
 
 fn report(out: &Path, samples: &[Sample], checkpoints: &[(f64, usize, bool)], totals: Totals) -> Result<(), String> {
     let Totals { created, restarts, streams, containers, warmup } = totals;
-    let mut csv = String::from("minute,rss_mib,fds,threads,tasks,containers\n");
+    let mut csv = String::from("minute,rss_mib,heap_mib,fds,threads,tasks,containers\n");
     for s in samples {
-        let _ = writeln!(csv, "{:.2},{:.2},{},{},{},{}", s.minute, s.rss_mib, s.fds, s.threads, s.tasks, s.containers);
+        let _ = writeln!(
+            csv,
+            "{:.2},{:.2},{:.3},{},{},{},{}",
+            s.minute, s.rss_mib, s.heap_mib, s.fds, s.threads, s.tasks, s.containers
+        );
     }
     std::fs::write(out.join("samples.csv"), &csv).map_err(|e| e.to_string())?;
     let after: Vec<&Sample> = samples.iter().filter(|s| s.minute >= warmup).collect();
@@ -465,7 +481,7 @@ fn report(out: &Path, samples: &[Sample], checkpoints: &[(f64, usize, bool)], to
         }
         let _ = writeln!(
             table,
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {per_minute:.4} | {:.2} | {:.1} | {target} | {} |",
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {per_minute:.4} | {:.2} | {:.1} | {target} | {} |",
             values.first().copied().unwrap_or_default(),
             values.last().copied().unwrap_or_default(),
             values.iter().copied().fold(f64::INFINITY, f64::min),
@@ -505,8 +521,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 rows = list(csv.DictReader(open(sys.argv[1])))
 x = [float(r["minute"]) for r in rows]
-series = [("rss_mib", "RSS (MiB)"), ("fds", "open descriptors"), ("tasks", "tokio tasks"), ("threads", "threads"), ("containers", "stored containers")]
-fig, axes = plt.subplots(len(series), 1, figsize=(9, 11), sharex=True)
+series = [("rss_mib", "RSS (MiB)"), ("heap_mib", "live heap (MiB)"), ("fds", "open descriptors"), ("tasks", "tokio tasks"), ("threads", "threads"), ("containers", "stored containers")]
+fig, axes = plt.subplots(len(series), 1, figsize=(9, 13), sharex=True)
 for ax, (key, label) in zip(axes, series):
     ax.plot(x, [float(r[key]) for r in rows], linewidth=1.2)
     ax.set_ylabel(label)

@@ -157,6 +157,9 @@ impl Backend for Local {
                 runtime.metrics().num_alive_tasks()
             );
         }
+        if let Some(live) = crate::heap_live_bytes() {
+            let _ = writeln!(out, "# TYPE agent_heap_live_bytes gauge\nagent_heap_live_bytes {live}");
+        }
         out
     }
 
