@@ -43,8 +43,9 @@ mod signals;
 #[global_allocator]
 static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
-/// Returns the heap bytes live in the process now: allocated, less freed, plus what
-/// reallocations added; `None` unless built with the `alloc-stats` feature.
+/// Returns the heap bytes live in the process now: allocated less freed (a reallocation counts
+/// its growth as allocated and its shrinking as freed); `None` unless built with the
+/// `alloc-stats` feature.
 ///
 /// Beside the resident size it tells a leak (both grow) from the allocator's fragmentation
 /// (only the resident size grows).
@@ -52,8 +53,7 @@ pub fn heap_live_bytes() -> Option<u64> {
     #[cfg(feature = "alloc-stats")]
     {
         let stats = GLOBAL.stats();
-        let live = stats.bytes_allocated as i128 - stats.bytes_deallocated as i128 + stats.bytes_reallocated as i128;
-        Some(u64::try_from(live).unwrap_or(0))
+        Some(stats.bytes_allocated.saturating_sub(stats.bytes_deallocated) as u64)
     }
     #[cfg(not(feature = "alloc-stats"))]
     None
