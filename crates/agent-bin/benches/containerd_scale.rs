@@ -188,12 +188,15 @@ fn main() {
         let containers = ContainersClient::new(channel).max_decoding_message_size(64 << 20);
         let spec_bytes = record(0).spec.unwrap().value.len();
         let started = Instant::now();
+        let done = std::sync::Mutex::new(Vec::with_capacity(count));
         each(&containers, 0..count, async |mut client, i| {
             client.create(request(CreateContainerRequest { container: Some(record(i)) })).await.unwrap();
+            done.lock().unwrap().push(Instant::now());
         })
         .await;
         let rate = count as f64 / started.elapsed().as_secs_f64();
-        println!("containerd: {count} containers ({spec_bytes} B specs) created at {rate:.0}/s by 16 clients");
+        let pace = test_support::bench::pace_by_chunk(started, done.into_inner().unwrap(), 2_000);
+        println!("containerd: {count} containers ({spec_bytes} B specs) created at {rate:.0}/s by 16 clients ({pace})");
 
         let rounds = if quick { 1 } else { 3 };
         let (mut best_ours, mut best_base) = (Duration::MAX, Duration::MAX);

@@ -45,11 +45,11 @@ fn store(rt: &Runtimes) -> Store {
     Store::builder().collector(DockerCollector::new(config).into_collector()).build()
 }
 
-/// Creates `count` containers with 16 clients at once and returns their ids and the creates per
-/// second.
-async fn create(docker: &Docker, count: usize) -> (Vec<String>, f64) {
+/// Creates `count` containers with 16 clients at once and returns their ids, the creates per
+/// second, and the pace of each 2,000 (does dockerd slow as it fills?).
+async fn create(docker: &Docker, count: usize) -> (Vec<String>, f64, String) {
     let started = Instant::now();
-    let ids: Vec<String> = futures::stream::iter(0..count)
+    let made: Vec<(String, Instant)> = futures::stream::iter(0..count)
         .map(|i| {
             let docker = docker.clone();
             async move {
@@ -66,13 +66,15 @@ async fn create(docker: &Docker, count: usize) -> (Vec<String>, f64) {
                     ..ContainerCreateBody::default()
                 };
                 let options = CreateContainerOptionsBuilder::new().name(&format!("scale-{i}")).build();
-                docker.create_container(Some(options), body).await.unwrap().id
+                (docker.create_container(Some(options), body).await.unwrap().id, Instant::now())
             }
         })
         .buffer_unordered(16)
         .collect()
         .await;
-    (ids, count as f64 / started.elapsed().as_secs_f64())
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let (ids, done): (Vec<String>, Vec<Instant>) = made.into_iter().unzip();
+    (ids, rate, test_support::bench::pace_by_chunk(started, done, 2_000))
 }
 
 async fn baseline_sync(docker: &Docker) -> usize {
@@ -236,13 +238,13 @@ fn main() {
     let docker =
         Docker::connect_with_socket(&rt.docker_socket().display().to_string(), 300, bollard::API_DEFAULT_VERSION)
             .unwrap();
-    let (ids, rate) = tokio.block_on(create(&docker, count));
+    let (ids, rate, pace) = tokio.block_on(create(&docker, count));
     tokio.block_on(async {
         for id in ids.iter().take(RUNNING) {
             docker.start_container(id, None).await.unwrap();
         }
     });
-    println!("dockerd: {count} containers created at {rate:.0}/s by 16 clients; {RUNNING} started");
+    println!("dockerd: {count} containers created at {rate:.0}/s by 16 clients ({pace}); {RUNNING} started");
 
     let rounds = if quick { 1 } else { 3 };
     let (mut best_ours, mut best_base) = (Duration::MAX, Duration::MAX);

@@ -1,4 +1,5 @@
-//! What the benchmarks share: waiting for a store's first complete snapshot, and percentiles.
+//! What the benchmarks share: waiting for a store's first complete snapshot, percentiles, a
+//! daemon's pace as it fills, and the agent binary's resident memory.
 
 use wm_core::{EventType, Filter, Kind, SubscriberPriority};
 use wm_store::{Store, Subscription};
@@ -22,6 +23,22 @@ pub async fn start_until_sets(store: &Store, kind: Kind, count: usize) -> Subscr
         seen += bundle.events.iter().filter(|e| e.event_type == EventType::Set).count();
     }
     sub
+}
+
+/// Tells how a daemon's pace changed as it filled: the rate of each successive `chunk` of
+/// operations (creates, say), from the instants they completed after `started`, in order, as
+/// `0-2000: 260/s, 2000-4000: 251/s, …`.
+pub fn pace_by_chunk(started: std::time::Instant, mut done: Vec<std::time::Instant>, chunk: usize) -> String {
+    done.sort();
+    let mut from = started;
+    let mut parts = Vec::new();
+    for (i, part) in done.chunks(chunk.max(1)).enumerate() {
+        let Some(&end) = part.last() else { continue };
+        let secs = end.saturating_duration_since(from).as_secs_f64().max(1e-6);
+        parts.push(format!("{}-{}: {:.0}/s", i * chunk, i * chunk + part.len(), part.len() as f64 / secs));
+        from = end;
+    }
+    parts.join(", ")
 }
 
 /// Returns the `p`th percentile (nearest rank) of `sorted`, which must not be empty.
