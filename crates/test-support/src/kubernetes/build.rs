@@ -44,7 +44,7 @@ pub fn bin_dir() -> PathBuf {
     cache_root().join(format!("{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}")).join("bin")
 }
 
-fn go() -> Result<PathBuf, Unavailable> {
+pub(super) fn go() -> Result<PathBuf, Unavailable> {
     let candidates = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("go")).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -55,7 +55,7 @@ fn go() -> Result<PathBuf, Unavailable> {
         .ok_or_else(|| Unavailable("go is not installed (the Kubernetes components are built with it)".into()))
 }
 
-fn go_command(go: &Path, dir: &Path) -> Command {
+pub(super) fn go_command(go: &Path, dir: &Path) -> Command {
     let root = cache_root();
     let mut cmd = Command::new(go);
     cmd.current_dir(dir)
@@ -69,7 +69,7 @@ fn go_command(go: &Path, dir: &Path) -> Command {
     cmd
 }
 
-fn run(what: &str, mut cmd: Command) -> Result<String, Unavailable> {
+pub(super) fn run(what: &str, mut cmd: Command) -> Result<String, Unavailable> {
     let out = cmd.output().map_err(|e| Unavailable(format!("{what}: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

@@ -27,6 +27,9 @@
 //!   eviction thresholds worth the name and no image garbage collection (the images cannot be
 //!   pulled again), and pod logs, plugins and state under the directory.
 //!
+//! For a cluster of many nodes, [`Kwok`] runs kwok against it: fake nodes kept Ready, the pods
+//! bound to them Running with an IP, no kubelet each.
+//!
 //! Nothing on the machine's default paths or ports is used: every socket, port, data and log is
 //! the cluster's own, except the device-plugin directory whose path the kubelet hard-codes
 //! (`/var/lib/kubelet/device-plugins`; see [`DevicePlugin`]). Dropping the handle deletes every pod it can, stops exactly the processes
@@ -38,6 +41,7 @@ mod build;
 mod device_plugin;
 mod fake_kubelet;
 mod image;
+mod kwok;
 pub(crate) mod pki;
 
 use std::collections::BTreeSet;
@@ -53,6 +57,10 @@ pub use client::{container, deployment, object, pod_runs};
 pub use device_plugin::{DevicePlugin, KUBELET_SOCKET};
 pub use fake_kubelet::FakeKubelet;
 pub use image::{AGENT_IMAGE, AGENT_IMAGE_USER, AgentImage, agent_image};
+pub use kwok::{
+    FAKE_NODE_ANNOTATION, FAKE_NODE_IP, FAKE_NODE_TAINT, FAKE_POD_CIDR, KWOK_VERSION, Kwok, ensure_kwok, fake_node,
+    fake_pod, kwok_binary,
+};
 pub use pki::CertFiles;
 
 use crate::runtimes::{
