@@ -25,6 +25,8 @@ use std::path::Path;
 pub mod agents;
 pub mod backend;
 pub mod cli;
+#[cfg(feature = "kube-metadata")]
+pub mod cluster;
 pub mod collectors;
 pub mod config;
 pub mod conn;

@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod kubelet;
 pub mod metadata;
 pub mod podresources;

@@ -35,7 +35,7 @@ use wm_core::{
 /// The collector's name, as it appears in health, telemetry and dumps.
 pub const NAME: &str = "kube_metadata";
 /// The label whose value is the name of the service an EndpointSlice belongs to.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The API-server collector's config, under Datadog's key names.
 #[derive(Clone, Debug, Deserialize, Serialize)]

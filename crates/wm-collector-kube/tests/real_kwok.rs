@@ -1,11 +1,14 @@
 //! The API-server part on a cluster of many nodes: the real API server, etcd, scheduler-free
 //! pods and the EndpointSlice controller, with kwok in place of 50 kubelets (500 pods, 50
 //! services). A node agent's `kube_metadata` reports exactly its own node's pods, each with the
-//! service that selects it and its namespace's labels, and follows a namespace label change.
+//! service that selects it and its namespace's labels, and follows a namespace label change. The
+//! cluster agent's index, from its cluster-wide watches, holds every node's pods and services and
+//! follows a namespace label change and a deleted service.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,7 +18,9 @@ use serde_json::json;
 use test_support::kubernetes::{Kubernetes, Kwok, fake_node, fake_pod, object};
 use test_support::runtimes::Install;
 use test_support::watch::{eventually, eventually_some};
+use wm_collector_kube::cluster::{ClusterIndex, follow};
 use wm_collector_kube::metadata::{KubeMetadataCollector, KubeMetadataConfig};
+use wm_core::sync::RwLockExt;
 use wm_store::Store;
 
 const NODES: usize = 50;
@@ -158,6 +163,69 @@ fn a_node_agent_sees_its_own_pods_services_and_namespaces_among_fifty_kwok_nodes
         }
         eventually("the new namespace label on every pod of the node", DEADLINE, || seen(&store, "gold")).await;
         store.shutdown().await;
+
+        // The cluster agent's index: every node's pods and their services, from one set of
+        // cluster-wide watches.
+        let index = Arc::new(RwLock::new(ClusterIndex::default()));
+        let following = tokio::spawn(follow(client.clone(), index.clone()));
+        // What every node should hold: node -> namespace -> pod -> [service].
+        let expected = |skip: Option<(&str, &str)>| {
+            let mut want: BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<String>>>> = BTreeMap::new();
+            for k in 0..PODS {
+                let (ns, app, node) = placement(k);
+                let service = format!("svc-{app}");
+                if skip == Some((ns.as_str(), service.as_str())) {
+                    continue;
+                }
+                want.entry(node).or_default().entry(ns).or_default().insert(format!("pod-{k}"), vec![service]);
+            }
+            want
+        };
+        let holds = |index: &ClusterIndex, want: &BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<String>>>>| {
+            index.synced()
+                && want.iter().all(|(node, namespaces)| {
+                    let got: Option<BTreeMap<String, BTreeMap<String, Vec<String>>>> =
+                        index.services_on(node).map(|n| {
+                            n.iter()
+                                .map(|(ns, pods)| {
+                                    (
+                                        ns.clone(),
+                                        pods.iter().map(|(p, s)| (p.clone(), s.keys().cloned().collect())).collect(),
+                                    )
+                                })
+                                .collect()
+                        });
+                    index.node(node).is_some() && got.as_ref() == Some(namespaces)
+                })
+        };
+        eventually("every node's pods and services in the cluster index", DEADLINE, || {
+            holds(&index.reading(), &expected(None))
+        })
+        .await;
+        assert_eq!(
+            index.reading().namespace("team-3").and_then(|m| m.labels.get("tier").cloned()).as_deref(),
+            Some("gold")
+        );
+        namespaces
+            .patch(
+                "team-3",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "metadata": { "labels": { "tier": "platinum" } } })),
+            )
+            .await
+            .unwrap();
+        let services: Api<Service> = Api::namespaced(client.clone(), "team-3");
+        services.delete("svc-app-3", &Default::default()).await.unwrap();
+        eventually("the deleted service gone from its pods, the new label in", DEADLINE, || {
+            let index = index.reading();
+            holds(&index, &expected(Some(("team-3", "svc-app-3"))))
+                && index
+                    .namespace("team-3")
+                    .is_some_and(|m| m.labels.get("tier").map(String::as_str) == Some("platinum"))
+        })
+        .await;
+        assert!(!following.is_finished(), "the cluster watches stopped: {:?}", following.await);
+        following.abort();
         assert!(kwok.log_tail().lines().all(|l| !l.contains("panic")), "{}", kwok.log_tail());
     });
 }

@@ -1,0 +1,282 @@
+//! The cluster agent's REST API: the Datadog Cluster Agent's endpoints that a node agent's
+//! kubemetadata collector calls (`docs/wire/cluster-agent-api.md`), answered from the cluster
+//! index that [`wm_collector_kube::cluster::follow`] keeps.
+//!
+//! [`handle`] answers one request: the route first (an unknown one is a 404), then the node
+//! agent's token, then the same statuses and JSON as Datadog's cluster agent, so that a Datadog
+//! node agent can use ours. It is transport-free: the server around it owns TLS, the port and
+//! the timeouts.
+//!
+//! Not wired yet: the server on `cluster_agent.cmd_port` that calls it comes next (issue 29).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use wm_collector_kube::cluster::ClusterIndex;
+
+use crate::security::{BearerRefused, check_bearer};
+
+/// The version the API reports: Datadog node agents use the per-node map from 1.3 on and the
+/// namespace-metadata endpoint only for `Major >= 7 && Minor >= 55`, literally.
+pub const REPORTED_VERSION: (i64, i64, i64) = (7, 60, 0);
+
+/// One answer: status, content type (`None`: no header, as Datadog's tag endpoints send), and
+/// body; `authenticate` asks for a `WWW-Authenticate: Bearer realm="Datadog Agent"` header.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'static str>,
+    /// Whether to send `WWW-Authenticate: Bearer realm="Datadog Agent"` (a 401).
+    pub authenticate: bool,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(value: &Value, content_type: Option<&'static str>) -> Self {
+        Self { status: 200, content_type, authenticate: false, body: value.to_string().into_bytes() }
+    }
+
+    /// A plain-text error, as Go's `http.Error` writes it: the message and a newline.
+    fn text(status: u16, message: &str) -> Self {
+        Self {
+            status,
+            content_type: Some("text/plain; charset=utf-8"),
+            authenticate: status == 401,
+            body: format!("{message}\n").into_bytes(),
+        }
+    }
+}
+
+/// The route a path names.
+enum Route<'a> {
+    Version,
+    PodsOfNode(&'a str),
+    ServicesOfPod(&'a str, &'a str, &'a str),
+    NamespaceMetadata(&'a str),
+    NamespaceLabels(&'a str),
+    NodeLabels(&'a str),
+    NodeAnnotations(&'a str),
+    ClusterId,
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    Some(match parts.as_slice() {
+        ["version"] => Route::Version,
+        ["api", "v1", "tags", "pod", node] => Route::PodsOfNode(node),
+        ["api", "v1", "tags", "pod", node, namespace, pod] => Route::ServicesOfPod(node, namespace, pod),
+        ["api", "v1", "metadata", "namespace", namespace] => Route::NamespaceMetadata(namespace),
+        ["api", "v1", "tags", "namespace", namespace] => Route::NamespaceLabels(namespace),
+        ["api", "v1", "tags", "node", node] => Route::NodeLabels(node),
+        ["api", "v1", "annotations", "node", node] => Route::NodeAnnotations(node),
+        ["api", "v1", "cluster", "id"] => Route::ClusterId,
+        _ => return None,
+    })
+}
+
+/// Answers one request to the cluster agent's REST API from `index`.
+///
+/// `authorization` is the request's header; `token` is `cluster_agent.auth_token`;
+/// `cluster_id` is what `/api/v1/cluster/id` answers. An unknown path or a method other than
+/// GET gets Go's `404 page not found`, before any token check, as Datadog's router does. A
+/// missing token or another scheme gets 401, a wrong token 403.
+pub fn handle(
+    index: &ClusterIndex,
+    token: &str,
+    cluster_id: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> Answer {
+    let Some(route) = route(path).filter(|_| method == "GET") else {
+        return Answer::text(404, "404 page not found");
+    };
+    match check_bearer(authorization, token) {
+        Ok(()) => {}
+        Err(BearerRefused::NotBearer) if authorization.is_none() => {
+            return Answer::text(401, "no session token provided");
+        }
+        Err(BearerRefused::NotBearer) => return Answer::text(401, "unsupported authorization scheme"),
+        Err(BearerRefused::WrongToken) => return Answer::text(403, "invalid session token"),
+    }
+    let set = |m: &BTreeMap<String, String>| json!(m);
+    match route {
+        Route::Version => {
+            let (major, minor, patch) = REPORTED_VERSION;
+            let commit = env!("CARGO_PKG_VERSION");
+            let version =
+                json!({ "Major": major, "Minor": minor, "Patch": patch, "Pre": "", "Meta": "", "Commit": commit });
+            Answer::json(&version, Some("application/json"))
+        }
+        Route::PodsOfNode(node) => {
+            if index.node(node).is_none() && index.services_on(node).is_none() {
+                let warning = format!("node {node} not found in the cluster agent's index");
+                return Answer::json(&json!({ "Warnings": [warning] }), None);
+            }
+            let services: serde_json::Map<String, Value> = index
+                .services_on(node)
+                .into_iter()
+                .flatten()
+                .map(|(namespace, pods)| {
+                    let pods: serde_json::Map<String, Value> = pods
+                        .iter()
+                        .map(|(pod, services)| {
+                            let set: serde_json::Map<String, Value> =
+                                services.keys().map(|s| (s.clone(), json!({}))).collect();
+                            (pod.clone(), Value::Object(set))
+                        })
+                        .collect();
+                    (namespace.clone(), Value::Object(pods))
+                })
+                .collect();
+            let bundle = if services.is_empty() { json!({}) } else { json!({ "services": services }) };
+            Answer::json(&json!({ "Nodes": { node: bundle } }), None)
+        }
+        Route::ServicesOfPod(node, namespace, pod) => {
+            let services: Vec<String> = index
+                .services_on(node)
+                .and_then(|n| n.get(namespace))
+                .and_then(|pods| pods.get(pod))
+                .map(|s| s.keys().map(|s| format!("kube_service:{s}")).collect())
+                .unwrap_or_default();
+            Answer::json(&json!(services), None)
+        }
+        Route::NamespaceMetadata(namespace) => match index.namespace(namespace) {
+            Some(meta) => {
+                let body = json!({
+                    "Name": namespace,
+                    "Namespace": "",
+                    "Annotations": set(&meta.annotations),
+                    "Labels": set(&meta.labels),
+                });
+                Answer::json(&body, None)
+            }
+            None => Answer::text(500, &format!("could not find namespace {namespace} in the cluster agent's index")),
+        },
+        Route::NamespaceLabels(namespace) => match index.namespace(namespace) {
+            Some(meta) => Answer::json(&set(&meta.labels), None),
+            None => Answer::text(500, &format!("could not find namespace {namespace} in the cluster agent's index")),
+        },
+        Route::NodeLabels(node) => match index.node(node) {
+            Some(meta) => Answer::json(&set(&meta.labels), None),
+            None => Answer::text(500, &format!("could not find node {node} in the cluster agent's index")),
+        },
+        Route::NodeAnnotations(node) => match index.node(node) {
+            Some(meta) => Answer::json(&set(&meta.annotations), None),
+            None => Answer::text(500, &format!("could not find node {node} in the cluster agent's index")),
+        },
+        Route::ClusterId => Answer::json(&json!(cluster_id), Some("application/json")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wm_collector_kube::cluster::{Meta, PodEndpoint};
+
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn get(index: &ClusterIndex, path: &str) -> (u16, Value) {
+        let answer = handle(index, TOKEN, "c-1", "GET", path, Some(&format!("Bearer {TOKEN}")));
+        let body = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        (answer.status, body)
+    }
+
+    fn endpoints(list: &[(&str, &str)]) -> Vec<PodEndpoint> {
+        list.iter().map(|(node, pod)| PodEndpoint { node: (*node).into(), pod: (*pod).into() }).collect()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn a_node_gets_its_pods_services_as_datadogs_per_node_map() {
+        let mut index = ClusterIndex::default();
+        index.set_node("n1", Meta::default());
+        index.set_node("n2", Meta::default());
+        index.set_slice("shop", "web-abc", Some("web"), endpoints(&[("n1", "web-1"), ("n2", "web-2")]));
+        index.set_slice("shop", "web-hl-x", Some("web-hl"), endpoints(&[("n1", "web-1")]));
+        index.set_slice("kube-system", "dns-1", Some("kube-dns"), endpoints(&[("n1", "coredns-1")]));
+        index.set_slice("shop", "orphan", None, endpoints(&[("n1", "lonely")]));
+        let (status, body) = get(&index, "/api/v1/tags/pod/n1");
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!({ "Nodes": { "n1": { "services": {
+                "shop": { "web-1": { "web": {}, "web-hl": {} } },
+                "kube-system": { "coredns-1": { "kube-dns": {} } },
+            } } } })
+        );
+        // The pre-1.3 per-pod path.
+        assert_eq!(get(&index, "/api/v1/tags/pod/n1/shop/web-1").1, json!(["kube_service:web", "kube_service:web-hl"]));
+        assert_eq!(get(&index, "/api/v1/tags/pod/n1/shop/nobody").1, json!([]));
+        // A known node without service-backed pods: an empty bundle. An unknown one: a warning.
+        index.set_node("n3", Meta::default());
+        assert_eq!(get(&index, "/api/v1/tags/pod/n3").1, json!({ "Nodes": { "n3": {} } }));
+        let (status, body) = get(&index, "/api/v1/tags/pod/ghost");
+        assert_eq!(status, 200);
+        assert!(body.get("Nodes").is_none() && body["Warnings"][0].as_str().is_some_and(|w| w.contains("ghost")));
+    }
+
+    #[test]
+    fn namespaces_and_nodes_answer_their_metadata_or_500() {
+        let mut index = ClusterIndex::default();
+        let meta = Meta { labels: labels(&[("env", "prod")]), annotations: labels(&[("owner", "team-a")]) };
+        index.set_namespace("default", meta.clone());
+        index.set_node("n1", meta);
+        assert_eq!(
+            get(&index, "/api/v1/metadata/namespace/default"),
+            (
+                200,
+                json!({ "Name": "default", "Namespace": "", "Annotations": { "owner": "team-a" }, "Labels": { "env": "prod" } })
+            )
+        );
+        assert_eq!(get(&index, "/api/v1/tags/namespace/default"), (200, json!({ "env": "prod" })));
+        assert_eq!(get(&index, "/api/v1/tags/node/n1"), (200, json!({ "env": "prod" })));
+        assert_eq!(get(&index, "/api/v1/annotations/node/n1"), (200, json!({ "owner": "team-a" })));
+        assert_eq!(get(&index, "/api/v1/metadata/namespace/nope").0, 500);
+        assert_eq!(get(&index, "/api/v1/tags/node/nope").0, 500);
+        index.remove_namespace("default");
+        index.remove_node("n1");
+        assert_eq!(get(&index, "/api/v1/tags/namespace/default").0, 500);
+        assert_eq!(get(&index, "/api/v1/annotations/node/n1").0, 500);
+        let (status, version) = get(&index, "/version");
+        assert_eq!(status, 200);
+        // What a Datadog node agent gates on: at least 7.55 for the namespace-metadata endpoint.
+        assert!(version["Major"] == 7 && version["Minor"].as_i64().is_some_and(|m| m >= 55), "{version}");
+        assert_eq!(get(&index, "/api/v1/cluster/id"), (200, json!("c-1")));
+    }
+
+    #[test]
+    fn the_token_is_checked_after_the_route_with_datadogs_statuses() {
+        let index = ClusterIndex::default();
+        let ask = |path: &str, auth: Option<&str>| handle(&index, TOKEN, "c-1", "GET", path, auth);
+        let missing = ask("/version", None);
+        assert_eq!((missing.status, missing.authenticate), (401, true));
+        assert_eq!(missing.body, b"no session token provided\n");
+        assert_eq!(ask("/version", Some(&format!("Basic {TOKEN}"))).status, 401);
+        let wrong = ask("/version", Some("Bearer 0123456789abcdef0123456789abcdeX"));
+        assert_eq!(
+            (wrong.status, wrong.authenticate, wrong.body.as_slice()),
+            (403, false, &b"invalid session token\n"[..])
+        );
+        assert_eq!(ask("/version", Some(&format!("Bearer {TOKEN} extra"))).status, 403);
+        // Unknown paths and methods: 404 before any token check.
+        for path in ["/", "/api/v1/tags/pod", "/api/v1/tags/pod/", "/api/v2/version", "/api/v1/tags/pod/n1/a"] {
+            assert_eq!(ask(path, None).status, 404, "{path}");
+        }
+        let post = handle(&index, TOKEN, "c-1", "POST", "/version", Some(&format!("Bearer {TOKEN}")));
+        assert_eq!((post.status, post.body.as_slice()), (404, &b"404 page not found\n"[..]));
+        // A query string does not change the route.
+        assert_eq!(ask("/version?x=1", Some(&format!("Bearer {TOKEN}"))).status, 200);
+    }
+}

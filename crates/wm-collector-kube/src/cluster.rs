@@ -1,0 +1,354 @@
+//! The cluster agent's view of the cluster: an index of what node agents ask it for, kept
+//! incrementally from three cluster-wide watches ([`follow`]).
+//!
+//! The index holds:
+//! - for each node, the services each of its pods backs. EndpointSlices say it all: each
+//!   endpoint names its pod (`targetRef`) and its node (`nodeName`), and the slice names its
+//!   service (label `kubernetes.io/service-name`), so no pod is watched at all. Each slice's
+//!   contribution is kept, so that a change or deletion of one slice touches only the pods it
+//!   listed, whatever the size of the cluster;
+//! - each namespace's and each node's labels and annotations (metadata-only watches).
+//!
+//! One cluster agent holds one set of watches for every node agent it serves, instead of every
+//! node agent watching namespaces and EndpointSlices itself.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::watcher::{self, Event};
+use wm_core::CollectorError;
+use wm_core::sync::RwLockExt;
+
+use crate::metadata::SERVICE_NAME_LABEL;
+
+/// One endpoint of an EndpointSlice that is a pod: where it runs and which pod it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEndpoint {
+    /// `nodeName`.
+    pub node: String,
+    /// The pod's name (`targetRef.name`).
+    pub pod: String,
+}
+
+/// Labels and annotations of a namespace or a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The object's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The object's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One EndpointSlice's contribution to the index.
+#[derive(Debug)]
+struct Slice {
+    namespace: String,
+    service: String,
+    endpoints: Vec<PodEndpoint>,
+}
+
+/// Services by pod, of one node's namespace: pod → service → how many slices say so (a
+/// dual-stack service has a slice per address family, both listing the pod).
+pub type PodServices = BTreeMap<String, BTreeMap<String, u32>>;
+
+/// The cluster's metadata that node agents ask for; see the module's docs.
+#[derive(Debug, Default)]
+pub struct ClusterIndex {
+    /// Each EndpointSlice's contribution, by (namespace, slice name).
+    slices: HashMap<(String, String), Slice>,
+    /// node → namespace → pods and their services.
+    services: HashMap<String, BTreeMap<String, PodServices>>,
+    /// The nodes, by name.
+    nodes: HashMap<String, Meta>,
+    /// The namespaces, by name.
+    namespaces: HashMap<String, Meta>,
+    /// Whether every watch has listed once.
+    synced: bool,
+}
+
+impl ClusterIndex {
+    /// Sets what the EndpointSlice `namespace`/`name` says: the pods of `service` it lists.
+    ///
+    /// A slice without a service (no `kubernetes.io/service-name` label) counts as none. Replaces
+    /// what the slice said before; touches only the pods it lists now or listed then.
+    pub fn set_slice(&mut self, namespace: &str, name: &str, service: Option<&str>, endpoints: Vec<PodEndpoint>) {
+        self.remove_slice(namespace, name);
+        let Some(service) = service.filter(|s| !s.is_empty()) else { return };
+        for endpoint in &endpoints {
+            let pods = self.services.entry(endpoint.node.clone()).or_default().entry(namespace.to_owned()).or_default();
+            *pods.entry(endpoint.pod.clone()).or_default().entry(service.to_owned()).or_default() += 1;
+        }
+        let slice = Slice { namespace: namespace.to_owned(), service: service.to_owned(), endpoints };
+        self.slices.insert((namespace.to_owned(), name.to_owned()), slice);
+    }
+
+    /// Removes what the EndpointSlice `namespace`/`name` said, if anything.
+    pub fn remove_slice(&mut self, namespace: &str, name: &str) {
+        let Some(old) = self.slices.remove(&(namespace.to_owned(), name.to_owned())) else { return };
+        for endpoint in old.endpoints {
+            let Some(by_namespace) = self.services.get_mut(&endpoint.node) else { continue };
+            let Some(pods) = by_namespace.get_mut(&old.namespace) else { continue };
+            let Some(services) = pods.get_mut(&endpoint.pod) else { continue };
+            if let Some(count) = services.get_mut(&old.service) {
+                *count -= 1;
+                if *count == 0 {
+                    services.remove(&old.service);
+                }
+            }
+            // Empty levels go, so that the index holds only what is listed.
+            if services.is_empty() {
+                pods.remove(&endpoint.pod);
+            }
+            if pods.is_empty() {
+                by_namespace.remove(&old.namespace);
+            }
+            if by_namespace.is_empty() {
+                self.services.remove(&endpoint.node);
+            }
+        }
+    }
+
+    /// Sets a node's labels and annotations; a node is known from then on.
+    pub fn set_node(&mut self, name: &str, meta: Meta) {
+        self.nodes.insert(name.to_owned(), meta);
+    }
+
+    /// Forgets a node (its pods' services stay as long as slices list them).
+    pub fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    /// Sets a namespace's labels and annotations.
+    pub fn set_namespace(&mut self, name: &str, meta: Meta) {
+        self.namespaces.insert(name.to_owned(), meta);
+    }
+
+    /// Forgets a namespace.
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// Returns the services each pod of `node` backs, by namespace; `None` when no slice lists
+    /// a pod of that node.
+    pub fn services_on(&self, node: &str) -> Option<&BTreeMap<String, PodServices>> {
+        self.services.get(node)
+    }
+
+    /// Returns a node's labels and annotations; `None` for a node not (or no longer) known.
+    pub fn node(&self, name: &str) -> Option<&Meta> {
+        self.nodes.get(name)
+    }
+
+    /// Returns a namespace's labels and annotations; `None` for one not (or no longer) known.
+    pub fn namespace(&self, name: &str) -> Option<&Meta> {
+        self.namespaces.get(name)
+    }
+
+    /// Tells whether every watch has listed once since [`follow`] started: before that, a node,
+    /// namespace or service missing from the index may only not be listed yet.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+}
+
+/// Which objects of one kind the index holds, and those a list in progress has returned so
+/// far: when the list completes, what it did not return is removed (deleted while the watch was
+/// down). Until then the index keeps the old objects, so a re-list never shows a gap.
+#[derive(Debug, Default)]
+struct Keys {
+    held: HashSet<(String, String)>,
+    listing: Option<HashSet<(String, String)>>,
+}
+
+/// What one watch event does to the index, for one kind.
+enum Step<K> {
+    /// Set or replace this object.
+    Set(K),
+    /// Remove the object with this key.
+    Remove((String, String)),
+    /// A list completed: remove these keys, which it did not return.
+    Drop(Vec<(String, String)>),
+    /// Nothing (a list starting).
+    Nothing,
+}
+
+impl Keys {
+    /// Turns a watch event into what to do; `key` gives an object's (namespace, name).
+    fn step<K>(&mut self, event: Event<K>, key: impl Fn(&K) -> (String, String)) -> Step<K> {
+        match event {
+            Event::Init => {
+                self.listing = Some(HashSet::new());
+                Step::Nothing
+            }
+            Event::InitApply(object) => {
+                if let Some(listing) = self.listing.as_mut() {
+                    listing.insert(key(&object));
+                }
+                self.held.insert(key(&object));
+                Step::Set(object)
+            }
+            Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                let gone: Vec<_> = self.held.difference(&listed).cloned().collect();
+                self.held = listed;
+                Step::Drop(gone)
+            }
+            Event::Apply(object) => {
+                self.held.insert(key(&object));
+                Step::Set(object)
+            }
+            Event::Delete(object) => {
+                let key = key(&object);
+                self.held.remove(&key);
+                Step::Remove(key)
+            }
+        }
+    }
+}
+
+/// One item from any of the three watches.
+enum Update {
+    Slice(Event<EndpointSlice>),
+    Namespace(Event<PartialObjectMeta<Namespace>>),
+    Node(Event<PartialObjectMeta<Node>>),
+}
+
+/// An object's (namespace, name); empty parts when it has none.
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+/// The labels and annotations of a metadata-only object.
+fn meta_of<K>(object: &PartialObjectMeta<K>) -> Meta {
+    Meta {
+        labels: object.metadata.labels.clone().unwrap_or_default(),
+        annotations: object.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+/// Sets what an EndpointSlice says in `index`: the pods its endpoints point at (endpoints of
+/// other kinds, or without a node, are not pods of a node) and its service.
+fn set_slice(index: &mut ClusterIndex, slice: &EndpointSlice) {
+    let (namespace, name) = key_of(&slice.metadata);
+    let service = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let target = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod"))?;
+            Some(PodEndpoint { node: e.node_name.clone()?, pod: target.name.clone()? })
+        })
+        .collect();
+    index.set_slice(&namespace, &name, service.map(String::as_str), endpoints);
+}
+
+/// Follows the cluster into `index` until a watch fails: EndpointSlices (whole: their endpoints
+/// are what is indexed), namespaces and nodes (metadata only), across the cluster, each list
+/// served from the API server's watch cache.
+///
+/// # Errors
+///
+/// Returns a retriable error when a watch fails (a `410 Gone` included) or the watches end; the
+/// caller follows again after a backoff, and the new lists correct the index.
+pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> Result<(), CollectorError> {
+    let cached = watcher::Config::default().any_semantic();
+    let slices =
+        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), cached.clone()).map(|r| r.map(Update::Slice));
+    let namespaces = watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), cached.clone())
+        .map(|r| r.map(Update::Namespace));
+    let nodes = watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client), cached).map(|r| r.map(Update::Node));
+    let streams: Vec<BoxStream<'static, Result<Update, watcher::Error>>> =
+        vec![slices.boxed(), namespaces.boxed(), nodes.boxed()];
+    let mut updates = futures::stream::select_all(streams);
+    let (mut slice_keys, mut namespace_keys, mut node_keys) = (Keys::default(), Keys::default(), Keys::default());
+    let mut listed = [false; 3];
+    while let Some(update) = updates.next().await {
+        let update = update.map_err(|e| CollectorError::retriable("cluster agent: a watch failed", e))?;
+        let mut index = index.writing();
+        match update {
+            Update::Slice(event) => {
+                listed[0] |= matches!(event, Event::InitDone);
+                match slice_keys.step(event, |s| key_of(&s.metadata)) {
+                    Step::Set(slice) => set_slice(&mut index, &slice),
+                    Step::Remove((namespace, name)) => index.remove_slice(&namespace, &name),
+                    Step::Drop(gone) => gone.iter().for_each(|(namespace, name)| index.remove_slice(namespace, name)),
+                    Step::Nothing => {}
+                }
+            }
+            Update::Namespace(event) => {
+                listed[1] |= matches!(event, Event::InitDone);
+                match namespace_keys.step(event, |n| key_of(&n.metadata)) {
+                    Step::Set(namespace) => index.set_namespace(&key_of(&namespace.metadata).1, meta_of(&namespace)),
+                    Step::Remove((_, name)) => index.remove_namespace(&name),
+                    Step::Drop(gone) => gone.iter().for_each(|(_, name)| index.remove_namespace(name)),
+                    Step::Nothing => {}
+                }
+            }
+            Update::Node(event) => {
+                listed[2] |= matches!(event, Event::InitDone);
+                match node_keys.step(event, |n| key_of(&n.metadata)) {
+                    Step::Set(node) => index.set_node(&key_of(&node.metadata).1, meta_of(&node)),
+                    Step::Remove((_, name)) => index.remove_node(&name),
+                    Step::Drop(gone) => gone.iter().for_each(|(_, name)| index.remove_node(name)),
+                    Step::Nothing => {}
+                }
+            }
+        }
+        index.synced = listed.iter().all(|l| *l);
+    }
+    Err(CollectorError::Retriable { context: "cluster agent: the watches ended".into(), source: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(list: &[(&str, &str)]) -> Vec<PodEndpoint> {
+        list.iter().map(|(node, pod)| PodEndpoint { node: (*node).into(), pod: (*pod).into() }).collect()
+    }
+
+    #[test]
+    fn a_slice_change_touches_only_its_pods_and_dual_stack_slices_count_once_each() {
+        let mut index = ClusterIndex::default();
+        index.set_slice("shop", "web-v4", Some("web"), endpoints(&[("n1", "web-1"), ("n1", "web-2")]));
+        index.set_slice("shop", "web-v6", Some("web"), endpoints(&[("n1", "web-1")]));
+        index.set_slice("shop", "api-1", Some("api"), endpoints(&[("n1", "api-1")]));
+        // web-2 leaves the IPv4 slice: it loses the service; web-1 keeps it through the IPv6 one.
+        index.set_slice("shop", "web-v4", Some("web"), endpoints(&[("n1", "web-1")]));
+        let pods = &index.services_on("n1").unwrap()["shop"];
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["api-1", "web-1"]);
+        index.remove_slice("shop", "web-v6");
+        assert_eq!(index.services_on("n1").unwrap()["shop"]["web-1"]["web"], 1);
+        index.remove_slice("shop", "web-v4");
+        index.remove_slice("shop", "api-1");
+        // Nothing left: no empty node, namespace or pod entry stays behind.
+        assert!(index.services_on("n1").is_none());
+        assert!(index.slices.is_empty() && index.services.is_empty());
+        // Removing what was never set is no error.
+        index.remove_slice("shop", "never");
+    }
+
+    #[test]
+    fn a_relist_drops_what_it_no_longer_returns_and_keeps_the_rest_meanwhile() {
+        let mut keys = Keys::default();
+        let key = |k: &(String, String)| k.clone();
+        let object = |name: &str| (String::new(), name.to_owned());
+        for name in ["a", "b"] {
+            assert!(matches!(keys.step(Event::Apply(object(name)), key), Step::Set(_)));
+        }
+        assert!(matches!(keys.step(Event::Init, key), Step::Nothing));
+        assert!(matches!(keys.step(Event::InitApply(object("b")), key), Step::Set(_)));
+        assert!(matches!(keys.step(Event::InitApply(object("c")), key), Step::Set(_)));
+        let Step::Drop(gone) = keys.step(Event::InitDone, key) else { panic!("a completed list drops") };
+        assert_eq!(gone, [object("a")]);
+        let Step::Remove(removed) = keys.step(Event::Delete(object("c")), key) else { panic!("a delete removes") };
+        assert_eq!(removed, object("c"));
+        assert_eq!(keys.held, HashSet::from([object("b")]));
+    }
+}
