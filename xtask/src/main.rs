@@ -187,9 +187,10 @@ fn ci() -> anyhow::Result<()> {
 /// How many test binaries run at once: most wait on real daemons, not on the two cores.
 const TEST_LANES: usize = 3;
 
-/// Features the linted and tested build adds to the defaults: the collectors no default flavor
-/// links (Cloud Foundry's is in `flavor-cf` only), so their code and their agent tests run too.
-const TEST_FEATURES: &[&str] = &["--features", "agent-bin/cf"];
+/// Features the linted and tested build adds to the defaults: what no default flavor links
+/// (Cloud Foundry's collector is in `flavor-cf` only, `agent cluster-agent` in `flavor-cluster`
+/// only), so their code and their agent tests run too.
+const TEST_FEATURES: &[&str] = &["--features", "agent-bin/cf,agent-bin/cluster-agent"];
 
 /// Third-party client libraries of the collectors, which `flavor-light` must not pull in either.
 const COLLECTOR_CLIENT_LIBRARIES: &[&str] =

@@ -4,17 +4,76 @@
 //!
 //! [`handle`] answers one request: the route first (an unknown one is a 404), then the node
 //! agent's token, then the same statuses and JSON as Datadog's cluster agent, so that a Datadog
-//! node agent can use ours. It is transport-free: the server around it owns TLS, the port and
-//! the timeouts.
-//!
-//! Not wired yet: the server on `cluster_agent.cmd_port` that calls it comes next (issue 29).
+//! node agent can use ours. [`run`] is `agent cluster-agent`: the index collector in a store of
+//! its own (supervised, with health), the agent's usual ports, and this API over TLS on
+//! `cluster_agent.cmd_port` through the same accept loop (connection caps, idle and header
+//! timeouts) as the agent's other ports.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use wm_collector_kube::cluster::ClusterIndex;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use wm_collector_kube::cluster::{ClusterIndex, ClusterIndexCollector};
+use wm_core::config::Port;
+use wm_core::sync::RwLockExt;
+use wm_core::{CancellationToken, Secret};
 
+use crate::config::AgentConfig;
+use crate::conn::{Limits, accept_loop};
+use crate::http::{Serving, serve_api_connection};
 use crate::security::{BearerRefused, check_bearer};
+
+/// The cluster agent's keys, under Datadog's names.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterAgentConfig {
+    /// `cluster_agent.cmd_port` (Datadog's key, default 5005): the port of the API node agents
+    /// call, on every address (node agents reach it through a Service).
+    #[serde(rename = "cluster_agent.cmd_port")]
+    pub cmd_port: Port,
+    /// `cluster_agent.auth_token` (Datadog's key): the token node agents send, 32 characters at
+    /// least. Empty (the default): the file `cluster_agent.auth_token` beside the config file,
+    /// created with a random token when missing, as Datadog's cluster agent does.
+    #[serde(rename = "cluster_agent.auth_token")]
+    pub auth_token: Secret,
+}
+
+impl Default for ClusterAgentConfig {
+    fn default() -> Self {
+        Self { cmd_port: Port::of(5005), auth_token: Secret::default() }
+    }
+}
+
+impl ClusterAgentConfig {
+    /// Returns the token node agents must send: `cluster_agent.auth_token`, else the file's.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the key's token is shorter than 32 characters, or when the file cannot be
+    /// read, created or used (see [`crate::security::load_or_create_token`]).
+    pub fn token(&self, config: &AgentConfig) -> anyhow::Result<String> {
+        if self.auth_token.is_empty() {
+            return Ok(crate::security::load_or_create_token(&self.token_path(config))?);
+        }
+        let token = self.auth_token.expose().trim();
+        anyhow::ensure!(
+            token.chars().count() >= 32,
+            "cluster_agent.auth_token: a token of {} characters; node agents need 32 at least (Datadog's rule)",
+            token.chars().count()
+        );
+        Ok(token.to_owned())
+    }
+
+    /// The token file used when `cluster_agent.auth_token` is empty: beside the config file.
+    pub fn token_path(&self, config: &AgentConfig) -> PathBuf {
+        config.path.parent().unwrap_or(std::path::Path::new(".")).join("cluster_agent.auth_token")
+    }
+}
 
 /// The version the API reports: Datadog node agents use the per-node map from 1.3 on and the
 /// namespace-metadata endpoint only for `Major >= 7 && Minor >= 55`, literally.
@@ -83,18 +142,12 @@ fn route(path: &str) -> Option<Route<'_>> {
 
 /// Answers one request to the cluster agent's REST API from `index`.
 ///
-/// `authorization` is the request's header; `token` is `cluster_agent.auth_token`;
-/// `cluster_id` is what `/api/v1/cluster/id` answers. An unknown path or a method other than
+/// `authorization` is the request's header; `token` is `cluster_agent.auth_token`. The cluster
+/// id is the `kube-system` namespace's uid (the same for every replica). An unknown path or a
+/// method other than
 /// GET gets Go's `404 page not found`, before any token check, as Datadog's router does. A
 /// missing token or another scheme gets 401, a wrong token 403.
-pub fn handle(
-    index: &ClusterIndex,
-    token: &str,
-    cluster_id: &str,
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-) -> Answer {
+pub fn handle(index: &ClusterIndex, token: &str, method: &str, path: &str, authorization: Option<&str>) -> Answer {
     let Some(route) = route(path).filter(|_| method == "GET") else {
         return Answer::text(404, "404 page not found");
     };
@@ -172,8 +225,99 @@ pub fn handle(
             Some(meta) => Answer::json(&set(&meta.annotations), None),
             None => Answer::text(500, &format!("could not find node {node} in the cluster agent's index")),
         },
-        Route::ClusterId => Answer::json(&json!(cluster_id), Some("application/json")),
+        Route::ClusterId => match index.namespace("kube-system").map(|m| m.uid.as_str()).filter(|u| !u.is_empty()) {
+            Some(uid) => Answer::json(&json!(uid), Some("application/json")),
+            None => Answer::text(500, "the cluster id (the kube-system namespace's uid) is not known yet"),
+        },
     }
+}
+
+/// Serves [`handle`] over TLS (HTTP/1.1) on `listener` until `cancel` is cancelled, within
+/// `limits`; returns once every connection has ended.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    index: Arc<RwLock<ClusterIndex>>,
+    token: Arc<str>,
+    limits: Limits,
+    cancel: CancellationToken,
+) {
+    let answer = move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+        let (index, token) = (index.clone(), token.clone());
+        async move {
+            let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let answer = handle(&index.reading(), &token, method.as_str(), path, authorization);
+            let mut response = axum::response::Response::new(axum::body::Body::from(answer.body));
+            *response.status_mut() = axum::http::StatusCode::from_u16(answer.status)
+                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+            if let Some(content_type) = answer.content_type {
+                response.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    content_type.parse().unwrap_or(axum::http::HeaderValue::from_static("text/plain")),
+                );
+            }
+            if answer.authenticate {
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"Datadog Agent\""),
+                );
+            }
+            response
+        }
+    };
+    let router = axum::Router::new().fallback(answer);
+    let connections = TaskTracker::new();
+    let until = cancel.clone();
+    let serving = Serving { header_timeout: limits.timeout, keep_alive: true };
+    accept_loop("cluster_agent", listener, limits, cancel.clone(), |io, peer| {
+        let (acceptor, cancel, router) = (acceptor.clone(), until.clone(), router.clone());
+        connections.spawn(async move {
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limits.timeout, acceptor.accept(io)) => handshake,
+                () = cancel.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(tls)) => serve_api_connection(tls, router, serving, cancel).await,
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "a TLS handshake failed (cluster agent API)"),
+                Err(_) => {
+                    tracing::debug!(%peer, "a TLS handshake did not finish within server_timeout (cluster agent API)")
+                }
+            }
+        });
+    })
+    .await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// Runs the cluster agent (`agent cluster-agent`) until SIGTERM or SIGINT: the cluster index
+/// collector in a store of its own, the agent's usual ports (probes, gRPC and CLI), and the
+/// cluster agent's API on `cluster_agent.cmd_port`.
+///
+/// # Errors
+///
+/// Returns an error when a key is refused (a short `cluster_agent.auth_token`), when the token
+/// or certificate file cannot be used, or when a port cannot be bound.
+pub async fn run(config: &AgentConfig) -> anyhow::Result<()> {
+    let cluster: ClusterAgentConfig = config.section()?;
+    let token: Arc<str> = Arc::from(cluster.token(config)?);
+    let kube: wm_collector_kube::metadata::KubeMetadataConfig = config.section()?;
+    let index = Arc::new(RwLock::new(ClusterIndex::default()));
+    let collector = ClusterIndexCollector::new(kube.kubernetes_kubeconfig_path.clone(), index.clone());
+    let start = async {
+        let agent = crate::run::start_with(config, vec![collector.into_collector()]).await?;
+        let listener = crate::run::listen("0.0.0.0", cluster.cmd_port.get(), "cluster_agent.cmd_port").await?;
+        let address = listener.local_addr()?;
+        let cert = crate::security::load_or_create_cert(&config.ipc_cert_path())?;
+        let acceptor = crate::run::tls_acceptor(&config.ipc_cert_path(), &cert, &[b"http/1.1"])
+            .context("TLS setup of the cluster agent's API")?;
+        let (_, limits) = crate::run::connection_limits(config);
+        agent.spawn(serve(listener, acceptor, index, token, limits, agent.cancel_token()));
+        tracing::info!(%address, "cluster agent API listening (cluster_agent.cmd_port)");
+        Ok(agent)
+    };
+    crate::signals::run_until_signal(start, crate::run::RunningAgent::stop).await
 }
 
 #[cfg(test)]
@@ -185,7 +329,7 @@ mod tests {
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
     fn get(index: &ClusterIndex, path: &str) -> (u16, Value) {
-        let answer = handle(index, TOKEN, "c-1", "GET", path, Some(&format!("Bearer {TOKEN}")));
+        let answer = handle(index, TOKEN, "GET", path, Some(&format!("Bearer {TOKEN}")));
         let body = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         (answer.status, body)
     }
@@ -230,7 +374,8 @@ mod tests {
     #[test]
     fn namespaces_and_nodes_answer_their_metadata_or_500() {
         let mut index = ClusterIndex::default();
-        let meta = Meta { labels: labels(&[("env", "prod")]), annotations: labels(&[("owner", "team-a")]) };
+        let meta =
+            Meta { labels: labels(&[("env", "prod")]), annotations: labels(&[("owner", "team-a")]), ..Meta::default() };
         index.set_namespace("default", meta.clone());
         index.set_node("n1", meta);
         assert_eq!(
@@ -253,13 +398,15 @@ mod tests {
         assert_eq!(status, 200);
         // What a Datadog node agent gates on: at least 7.55 for the namespace-metadata endpoint.
         assert!(version["Major"] == 7 && version["Minor"].as_i64().is_some_and(|m| m >= 55), "{version}");
+        assert_eq!(get(&index, "/api/v1/cluster/id").0, 500, "no kube-system namespace yet");
+        index.set_namespace("kube-system", Meta { uid: "c-1".into(), ..Meta::default() });
         assert_eq!(get(&index, "/api/v1/cluster/id"), (200, json!("c-1")));
     }
 
     #[test]
     fn the_token_is_checked_after_the_route_with_datadogs_statuses() {
         let index = ClusterIndex::default();
-        let ask = |path: &str, auth: Option<&str>| handle(&index, TOKEN, "c-1", "GET", path, auth);
+        let ask = |path: &str, auth: Option<&str>| handle(&index, TOKEN, "GET", path, auth);
         let missing = ask("/version", None);
         assert_eq!((missing.status, missing.authenticate), (401, true));
         assert_eq!(missing.body, b"no session token provided\n");
@@ -274,7 +421,7 @@ mod tests {
         for path in ["/", "/api/v1/tags/pod", "/api/v1/tags/pod/", "/api/v2/version", "/api/v1/tags/pod/n1/a"] {
             assert_eq!(ask(path, None).status, 404, "{path}");
         }
-        let post = handle(&index, TOKEN, "c-1", "POST", "/version", Some(&format!("Bearer {TOKEN}")));
+        let post = handle(&index, TOKEN, "POST", "/version", Some(&format!("Bearer {TOKEN}")));
         assert_eq!((post.status, post.body.as_slice()), (404, &b"404 page not found\n"[..]));
         // A query string does not change the route.
         assert_eq!(ask("/version?x=1", Some(&format!("Bearer {TOKEN}"))).status, 200);

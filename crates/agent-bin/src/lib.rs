@@ -25,7 +25,7 @@ use std::path::Path;
 pub mod agents;
 pub mod backend;
 pub mod cli;
-#[cfg(feature = "kube-metadata")]
+#[cfg(feature = "cluster-agent")]
 pub mod cluster;
 pub mod collectors;
 pub mod config;

@@ -31,6 +31,10 @@ enum Command {
         #[arg(long = "for", value_name = "AGENT")]
         for_agent: Option<agent_bin::agents::Agent>,
     },
+    /// Runs the cluster agent until SIGTERM or SIGINT: one set of cluster-wide watches, and the
+    /// Datadog Cluster Agent's API for node agents on `cluster_agent.cmd_port`.
+    #[cfg(feature = "cluster-agent")]
+    ClusterAgent,
     /// Prints the entities the running agent stores.
     WorkloadList {
         /// Also prints each source's version of an entity, and labels, annotations and env vars.
@@ -112,6 +116,8 @@ async fn query(config: &AgentConfig, command: Command) -> Result<ExitCode, CliEr
     match command {
         // `main` runs the agent itself and never sends `run` here.
         Command::Run { .. } => Ok(ExitCode::SUCCESS),
+        #[cfg(feature = "cluster-agent")]
+        Command::ClusterAgent => Ok(ExitCode::SUCCESS),
         Command::WorkloadList { verbose, json } => {
             let list: WorkloadList =
                 cli::fetch(port.clone(), &format!("/agent/workload-list?verbose={verbose}")).await?;
@@ -207,6 +213,20 @@ fn main() -> ExitCode {
                 }
             };
             match runtime.block_on(run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(feature = "cluster-agent")]
+        Command::ClusterAgent => {
+            init_logging(&config);
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            match runtime.block_on(agent_bin::cluster::run(&config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("agent: {e:#}");

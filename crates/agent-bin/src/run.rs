@@ -502,6 +502,17 @@ fn certified_key(
 }
 
 impl RunningAgent {
+    /// Spawns `task` among the agent's own, which `stop` cancels (through
+    /// [`cancel_token`](Self::cancel_token)) and waits for.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.controls.tasks.spawn(task);
+    }
+
+    /// Returns the token `stop` cancels: a server the agent runs ends when it is.
+    pub(crate) fn cancel_token(&self) -> CancellationToken {
+        self.controls.cancel.clone()
+    }
+
     /// Stops the agent, and waits at most 4 s for everything to end.
     ///
     /// Every gRPC stream ends with `UNAVAILABLE`, the servers close, and the store stops its

@@ -13,16 +13,19 @@
 //! node agent watching namespaces and EndpointSlices itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
-use wm_core::CollectorError;
 use wm_core::sync::RwLockExt;
+use wm_core::{Collector, CollectorContext, CollectorError, Source, StreamCollector};
 
 use crate::metadata::SERVICE_NAME_LABEL;
 
@@ -35,9 +38,11 @@ pub struct PodEndpoint {
     pub pod: String,
 }
 
-/// Labels and annotations of a namespace or a node.
+/// The uid, labels and annotations of a namespace or a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
+    /// The object's uid.
+    pub uid: String,
     /// The object's labels.
     pub labels: BTreeMap<String, String>,
     /// The object's annotations.
@@ -156,13 +161,14 @@ impl ClusterIndex {
     }
 }
 
-/// Which objects of one kind the index holds, and those a list in progress has returned so
-/// far: when the list completes, what it did not return is removed (deleted while the watch was
-/// down). Until then the index keeps the old objects, so a re-list never shows a gap.
+/// The keys a list in progress has returned so far, for one kind of object. When the list
+/// completes, the index drops what it holds of that kind and the list did not return (deleted
+/// while the watch was down); until then it keeps the old objects, so a re-list never shows a
+/// gap. The index itself says what it holds, so a new run of [`follow`] drops what was deleted
+/// between runs too.
 #[derive(Debug, Default)]
-struct Keys {
-    held: HashSet<(String, String)>,
-    listing: Option<HashSet<(String, String)>>,
+struct Listing {
+    keys: Option<HashSet<(String, String)>>,
 }
 
 /// What one watch event does to the index, for one kind.
@@ -171,42 +177,30 @@ enum Step<K> {
     Set(K),
     /// Remove the object with this key.
     Remove((String, String)),
-    /// A list completed: remove these keys, which it did not return.
-    Drop(Vec<(String, String)>),
+    /// A list completed with these keys: drop every other object of the kind.
+    Listed(HashSet<(String, String)>),
     /// Nothing (a list starting).
     Nothing,
 }
 
-impl Keys {
+impl Listing {
     /// Turns a watch event into what to do; `key` gives an object's (namespace, name).
     fn step<K>(&mut self, event: Event<K>, key: impl Fn(&K) -> (String, String)) -> Step<K> {
         match event {
             Event::Init => {
-                self.listing = Some(HashSet::new());
+                self.keys = Some(HashSet::new());
                 Step::Nothing
             }
             Event::InitApply(object) => {
-                if let Some(listing) = self.listing.as_mut() {
-                    listing.insert(key(&object));
+                if let Some(keys) = self.keys.as_mut() {
+                    keys.insert(key(&object));
                 }
-                self.held.insert(key(&object));
                 Step::Set(object)
             }
-            Event::InitDone => {
-                let listed = self.listing.take().unwrap_or_default();
-                let gone: Vec<_> = self.held.difference(&listed).cloned().collect();
-                self.held = listed;
-                Step::Drop(gone)
-            }
-            Event::Apply(object) => {
-                self.held.insert(key(&object));
-                Step::Set(object)
-            }
-            Event::Delete(object) => {
-                let key = key(&object);
-                self.held.remove(&key);
-                Step::Remove(key)
-            }
+            // A list's end without its start (kube-runtime never sends one) drops nothing.
+            Event::InitDone => self.keys.take().map_or(Step::Nothing, Step::Listed),
+            Event::Apply(object) => Step::Set(object),
+            Event::Delete(object) => Step::Remove(key(&object)),
         }
     }
 }
@@ -223,9 +217,10 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
-/// The labels and annotations of a metadata-only object.
+/// The uid, labels and annotations of a metadata-only object.
 fn meta_of<K>(object: &PartialObjectMeta<K>) -> Meta {
     Meta {
+        uid: object.metadata.uid.clone().unwrap_or_default(),
         labels: object.metadata.labels.clone().unwrap_or_default(),
         annotations: object.metadata.annotations.clone().unwrap_or_default(),
     }
@@ -266,43 +261,94 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> R
     let streams: Vec<BoxStream<'static, Result<Update, watcher::Error>>> =
         vec![slices.boxed(), namespaces.boxed(), nodes.boxed()];
     let mut updates = futures::stream::select_all(streams);
-    let (mut slice_keys, mut namespace_keys, mut node_keys) = (Keys::default(), Keys::default(), Keys::default());
+    let (mut slices, mut namespaces, mut nodes) = (Listing::default(), Listing::default(), Listing::default());
     let mut listed = [false; 3];
     while let Some(update) = updates.next().await {
         let update = update.map_err(|e| CollectorError::retriable("cluster agent: a watch failed", e))?;
         let mut index = index.writing();
         match update {
-            Update::Slice(event) => {
-                listed[0] |= matches!(event, Event::InitDone);
-                match slice_keys.step(event, |s| key_of(&s.metadata)) {
-                    Step::Set(slice) => set_slice(&mut index, &slice),
-                    Step::Remove((namespace, name)) => index.remove_slice(&namespace, &name),
-                    Step::Drop(gone) => gone.iter().for_each(|(namespace, name)| index.remove_slice(namespace, name)),
-                    Step::Nothing => {}
+            Update::Slice(event) => match slices.step(event, |s| key_of(&s.metadata)) {
+                Step::Set(slice) => set_slice(&mut index, &slice),
+                Step::Remove((namespace, name)) => index.remove_slice(&namespace, &name),
+                Step::Listed(keys) => {
+                    let gone: Vec<_> = index.slices.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+                    gone.iter().for_each(|(namespace, name)| index.remove_slice(namespace, name));
+                    listed[0] = true;
                 }
-            }
-            Update::Namespace(event) => {
-                listed[1] |= matches!(event, Event::InitDone);
-                match namespace_keys.step(event, |n| key_of(&n.metadata)) {
-                    Step::Set(namespace) => index.set_namespace(&key_of(&namespace.metadata).1, meta_of(&namespace)),
-                    Step::Remove((_, name)) => index.remove_namespace(&name),
-                    Step::Drop(gone) => gone.iter().for_each(|(_, name)| index.remove_namespace(name)),
-                    Step::Nothing => {}
+                Step::Nothing => {}
+            },
+            Update::Namespace(event) => match namespaces.step(event, |n| key_of(&n.metadata)) {
+                Step::Set(namespace) => index.set_namespace(&key_of(&namespace.metadata).1, meta_of(&namespace)),
+                Step::Remove((_, name)) => index.remove_namespace(&name),
+                Step::Listed(keys) => {
+                    index.namespaces.retain(|name, _| keys.contains(&(String::new(), name.clone())));
+                    listed[1] = true;
                 }
-            }
-            Update::Node(event) => {
-                listed[2] |= matches!(event, Event::InitDone);
-                match node_keys.step(event, |n| key_of(&n.metadata)) {
-                    Step::Set(node) => index.set_node(&key_of(&node.metadata).1, meta_of(&node)),
-                    Step::Remove((_, name)) => index.remove_node(&name),
-                    Step::Drop(gone) => gone.iter().for_each(|(_, name)| index.remove_node(name)),
-                    Step::Nothing => {}
+                Step::Nothing => {}
+            },
+            Update::Node(event) => match nodes.step(event, |n| key_of(&n.metadata)) {
+                Step::Set(node) => index.set_node(&key_of(&node.metadata).1, meta_of(&node)),
+                Step::Remove((_, name)) => index.remove_node(&name),
+                Step::Listed(keys) => {
+                    index.nodes.retain(|name, _| keys.contains(&(String::new(), name.clone())));
+                    listed[2] = true;
+                }
+                Step::Nothing => {}
+            },
+        }
+        index.synced |= listed.iter().all(|l| *l);
+    }
+    Err(CollectorError::Retriable { context: "cluster agent: the watches ended".into(), source: None })
+}
+
+/// The name of [`ClusterIndexCollector`] in health, telemetry and dumps.
+pub const NAME: &str = "cluster_index";
+
+/// Runs [`follow`] under the store's supervision: retried with backoff when a watch fails, its
+/// health in the store's, ready once every watch has listed. It stores no entity: what it keeps
+/// is the index, which the cluster agent's API reads.
+#[derive(Debug)]
+pub struct ClusterIndexCollector {
+    kubeconfig: Option<PathBuf>,
+    index: Arc<RwLock<ClusterIndex>>,
+}
+
+impl ClusterIndexCollector {
+    /// Creates the collector: the API server from the kubeconfig at `kubeconfig`, else the
+    /// in-cluster config; the index it keeps, `index`. Does no I/O.
+    pub fn new(kubeconfig: Option<PathBuf>, index: Arc<RwLock<ClusterIndex>>) -> Self {
+        Self { kubeconfig, index }
+    }
+
+    /// Wraps the collector for the store, which runs it as a change stream.
+    pub fn into_collector(self) -> Collector {
+        Collector::stream(NAME, Source::ClusterOrchestrator, self)
+    }
+}
+
+#[async_trait]
+impl StreamCollector for ClusterIndexCollector {
+    /// Follows the cluster into the index until the store shuts down or a watch fails; sends one
+    /// empty list (the collector's readiness) once the index has been synced.
+    async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
+        let client = crate::metadata::api_client(self.kubeconfig.as_deref(), NAME).await?;
+        let following = follow(client, self.index.clone());
+        tokio::pin!(following);
+        let mut ready = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.cancel.cancelled() => return Ok(()),
+                result = &mut following => return result,
+                () = tokio::time::sleep(Duration::from_millis(100)), if !ready => {
+                    if self.index.reading().synced() {
+                        ctx.sink.full_list(Vec::new()).await;
+                        ready = true;
+                    }
                 }
             }
         }
-        index.synced = listed.iter().all(|l| *l);
     }
-    Err(CollectorError::Retriable { context: "cluster agent: the watches ended".into(), source: None })
 }
 
 #[cfg(test)]
@@ -335,20 +381,19 @@ mod tests {
     }
 
     #[test]
-    fn a_relist_drops_what_it_no_longer_returns_and_keeps_the_rest_meanwhile() {
-        let mut keys = Keys::default();
+    fn a_list_says_which_keys_it_returned_and_events_set_or_remove() {
+        let mut listing = Listing::default();
         let key = |k: &(String, String)| k.clone();
         let object = |name: &str| (String::new(), name.to_owned());
-        for name in ["a", "b"] {
-            assert!(matches!(keys.step(Event::Apply(object(name)), key), Step::Set(_)));
-        }
-        assert!(matches!(keys.step(Event::Init, key), Step::Nothing));
-        assert!(matches!(keys.step(Event::InitApply(object("b")), key), Step::Set(_)));
-        assert!(matches!(keys.step(Event::InitApply(object("c")), key), Step::Set(_)));
-        let Step::Drop(gone) = keys.step(Event::InitDone, key) else { panic!("a completed list drops") };
-        assert_eq!(gone, [object("a")]);
-        let Step::Remove(removed) = keys.step(Event::Delete(object("c")), key) else { panic!("a delete removes") };
+        assert!(matches!(listing.step(Event::Apply(object("a")), key), Step::Set(_)));
+        assert!(matches!(listing.step(Event::Init, key), Step::Nothing));
+        assert!(matches!(listing.step(Event::InitApply(object("b")), key), Step::Set(_)));
+        assert!(matches!(listing.step(Event::InitApply(object("c")), key), Step::Set(_)));
+        let Step::Listed(keys) = listing.step(Event::InitDone, key) else { panic!("a completed list") };
+        assert_eq!(keys, HashSet::from([object("b"), object("c")]));
+        let Step::Remove(removed) = listing.step(Event::Delete(object("c")), key) else { panic!("a delete") };
         assert_eq!(removed, object("c"));
-        assert_eq!(keys.held, HashSet::from([object("b")]));
+        // A list's end without its start drops nothing.
+        assert!(matches!(listing.step(Event::InitDone, key), Step::Nothing));
     }
 }

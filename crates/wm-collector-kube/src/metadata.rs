@@ -90,31 +90,37 @@ impl KubeMetadataCollector {
     }
 
     /// Builds an API-server client from `kubernetes_kubeconfig_path`, else from the in-cluster
-    /// config.
-    ///
-    /// A kubeconfig that cannot be read or used is a permanent error; no kubeconfig outside a
-    /// cluster is an `EnvironmentAbsent` error.
+    /// config; see [`api_client`].
     async fn client(&self) -> Result<kube::Client, CollectorError> {
-        let config = match &self.config.kubernetes_kubeconfig_path {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                    CollectorError::permanent(
-                        format!("kube_metadata: kubeconfig {} (kubernetes_kubeconfig_path)", path.display()),
-                        e,
-                    )
-                })?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| {
-                        CollectorError::permanent(format!("kube_metadata: kubeconfig {}", path.display()), e)
-                    })?
-            }
-            None => kube::Config::incluster().map_err(|e| {
-                CollectorError::absent(format!("not in a cluster and no kubernetes_kubeconfig_path ({e})"))
-            })?,
-        };
-        kube::Client::try_from(config).map_err(|e| CollectorError::permanent("kube_metadata: API server client", e))
+        api_client(self.config.kubernetes_kubeconfig_path.as_deref(), NAME).await
     }
+}
+
+/// Builds an API-server client from the kubeconfig at `kubeconfig`, else from the in-cluster
+/// config (the pod's service account); `who` names the caller in errors.
+///
+/// A kubeconfig that cannot be read or used is a permanent error; no kubeconfig outside a
+/// cluster is an `EnvironmentAbsent` error.
+pub(crate) async fn api_client(
+    kubeconfig: Option<&std::path::Path>,
+    who: &str,
+) -> Result<kube::Client, CollectorError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                CollectorError::permanent(
+                    format!("{who}: kubeconfig {} (kubernetes_kubeconfig_path)", path.display()),
+                    e,
+                )
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| CollectorError::permanent(format!("{who}: kubeconfig {}", path.display()), e))?
+        }
+        None => kube::Config::incluster()
+            .map_err(|e| CollectorError::absent(format!("not in a cluster and no kubernetes_kubeconfig_path ({e})")))?,
+    };
+    kube::Client::try_from(config).map_err(|e| CollectorError::permanent(format!("{who}: API server client"), e))
 }
 
 /// The objects of one watch, by key, and those an ongoing list has gathered so far.

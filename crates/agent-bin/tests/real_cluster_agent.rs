@@ -1,0 +1,213 @@
+//! `agent cluster-agent` on the real cluster with 20 kwok nodes and 100 pods, asked what a
+//! Datadog node agent's kubemetadata collector asks (`docs/wire/cluster-agent-api.md`), over
+//! TLS with curl as the Go client goes (HTTP/1.1, the certificate not verified, a bearer token):
+//! the version, each node's pods and their services, a namespace's metadata, the cluster id;
+//! no token is a 401 with `WWW-Authenticate`, a wrong one a 403; a namespace label change and a
+//! deleted service reach the answers; the agent is ready once its watches listed, and stops on
+//! SIGTERM.
+
+#![cfg(feature = "cluster-agent")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use test_support::kubernetes::{Kubernetes, Kwok, fake_node, fake_pod, object};
+use test_support::runtimes::{Install, free_port, terminate};
+use test_support::watch::eventually_some;
+
+const NODES: usize = 20;
+const PODS: usize = 100;
+const TOKEN: &str = "wm-cluster-agent-test-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Pod `k`: its namespace, app and node (5 consecutive pods per node).
+fn placement(k: usize) -> (String, String, String) {
+    (format!("team-{}", k % 2), format!("app-{}", k % 4), format!("kwok-{}", (k / 5) % NODES))
+}
+
+/// GETs `path` as a Datadog node agent does; returns the status, the headers and the body.
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "--http1.1", "--max-time", "5", "-D", "-", "-o", "-"]);
+    if let Some(token) = token {
+        curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = curl.arg(format!("https://127.0.0.1:{port}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn json_of(port: u16, path: &str) -> Option<Value> {
+    let (status, _, body) = get(port, path, Some(TOKEN));
+    (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+/// What `/api/v1/tags/pod/<node>` should answer, with `skip` (namespace, service) gone.
+fn expected(node: &str, skip: Option<(&str, &str)>) -> Value {
+    let mut services = serde_json::Map::new();
+    for k in 0..PODS {
+        let (ns, app, on) = placement(k);
+        let service = format!("svc-{app}");
+        if on != node || skip == Some((ns.as_str(), service.as_str())) {
+            continue;
+        }
+        let pods = services.entry(ns).or_insert_with(|| json!({}));
+        pods[format!("pod-{k}")] = json!({ service: {} });
+    }
+    let bundle = if services.is_empty() { json!({}) } else { json!({ "services": services }) };
+    json!({ "Nodes": { node: bundle } })
+}
+
+fn write_config(dir: &Path, cluster: &Kubernetes, port: u16) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("agent.yaml");
+    let text = format!(
+        "cmd_port: {}\nhealth_port: {}\nlog_level: info\nkubernetes_kubeconfig_path: {}\n\
+         cluster_agent:\n  cmd_port: {port}\n  auth_token: {TOKEN}\n",
+        free_port().unwrap(),
+        free_port().unwrap(),
+        cluster.kubeconfig().display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
+    let test = "node_agents_get_datadogs_cluster_agent_answers";
+    test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
+        let install = if test_support::runtimes::ci() { Install::IfMissing } else { Install::Never };
+        let _kwok = match Kwok::start(cluster, install) {
+            Ok(kwok) => kwok,
+            Err(why) => {
+                println!("SKIP {test}: {}", why.0);
+                return;
+            }
+        };
+        let client = cluster.client().await.unwrap();
+        let nodes: Api<Node> = Api::all(client.clone());
+        for i in 0..NODES {
+            nodes.create(&PostParams::default(), &fake_node(&format!("kwok-{i}")).unwrap()).await.unwrap();
+        }
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for n in 0..2 {
+            let ns = format!("team-{n}");
+            let body = object(
+                json!({ "metadata": { "name": ns, "labels": { "tier": "bronze" }, "annotations": { "owner": "wm" } } }),
+            );
+            namespaces.create(&PostParams::default(), &body.unwrap()).await.unwrap();
+            let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+            for a in 0..4 {
+                let svc = object(json!({
+                    "metadata": { "name": format!("svc-app-{a}") },
+                    "spec": { "selector": { "app": format!("app-{a}") }, "ports": [{ "port": 80 }] },
+                }));
+                services.create(&PostParams::default(), &svc.unwrap()).await.unwrap();
+            }
+            let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+            eventually_some("the namespace's default service account", DEADLINE, || async {
+                accounts.get_opt("default").await.ok().flatten()
+            })
+            .await;
+        }
+        futures::stream::iter(0..PODS)
+            .for_each_concurrent(16, |k| {
+                let client = client.clone();
+                async move {
+                    let (ns, app, node) = placement(k);
+                    let pods: Api<Pod> = Api::namespaced(client, &ns);
+                    pods.create(
+                        &PostParams::default(),
+                        &fake_pod(&format!("pod-{k}"), &node, &json!({ "app": app })).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                }
+            })
+            .await;
+
+        let port = free_port().unwrap();
+        let dir = cluster.dir().join("cluster-agent");
+        let config = write_config(&dir, cluster, port);
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("cluster-agent")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let version = eventually_some("the cluster agent's /version", DEADLINE, || async {
+            tokio::task::block_in_place(|| json_of(port, "/version"))
+        })
+        .await;
+        assert!(version["Major"] == 7 && version["Minor"].as_i64().is_some_and(|m| m >= 55), "{version}");
+
+        // Every node's pods and services, as the per-node map a node agent pulls.
+        for node in ["kwok-0", "kwok-7", "kwok-19"] {
+            let want = expected(node, None);
+            eventually_some(&format!("{node}'s pods and services"), DEADLINE, || async {
+                tokio::task::block_in_place(|| json_of(port, &format!("/api/v1/tags/pod/{node}")))
+                    .filter(|v| *v == want)
+            })
+            .await;
+        }
+        println!("the cluster agent answered every node's map {:.1?} after its start", started.elapsed());
+        let (status, _, body) = get(port, "/api/v1/tags/pod/no-such-node", Some(TOKEN));
+        assert!(status == 200 && body.contains("Warnings") && !body.contains("Nodes"), "{status} {body}");
+        let meta = json_of(port, "/api/v1/metadata/namespace/team-1").unwrap();
+        // Kubernetes labels every namespace with its name.
+        let labels = json!({ "kubernetes.io/metadata.name": "team-1", "tier": "bronze" });
+        assert_eq!(
+            meta,
+            json!({ "Name": "team-1", "Namespace": "", "Labels": labels, "Annotations": { "owner": "wm" } })
+        );
+        let uid = namespaces.get("kube-system").await.unwrap().metadata.uid.unwrap();
+        assert_eq!(json_of(port, "/api/v1/cluster/id"), Some(json!(uid)));
+
+        // The token, as Datadog's cluster agent checks it.
+        let (status, head, body) = get(port, "/version", None);
+        assert_eq!((status, body.as_str()), (401, "no session token provided\n"));
+        assert!(head.contains("www-authenticate: bearer realm=\"datadog agent\""), "{head}");
+        assert_eq!(get(port, "/version", Some("wm-cluster-agent-test-token-0123456780")).0, 403);
+        assert_eq!(get(port, "/api/v1/nothing", None).0, 404);
+
+        // A namespace label changes and a service goes: the answers follow.
+        let patch = json!({ "metadata": { "labels": { "tier": "gold" } } });
+        namespaces.patch("team-1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        Api::<Service>::namespaced(client.clone(), "team-1").delete("svc-app-3", &Default::default()).await.unwrap();
+        eventually_some("the new label", DEADLINE, || async {
+            tokio::task::block_in_place(|| json_of(port, "/api/v1/tags/namespace/team-1"))
+                .filter(|v| *v == json!({ "kubernetes.io/metadata.name": "team-1", "tier": "gold" }))
+        })
+        .await;
+        for node in ["kwok-0", "kwok-7", "kwok-19"] {
+            let want = expected(node, Some(("team-1", "svc-app-3")));
+            eventually_some(&format!("{node}'s map without the deleted service"), DEADLINE, || async {
+                tokio::task::block_in_place(|| json_of(port, &format!("/api/v1/tags/pod/{node}")))
+                    .filter(|v| *v == want)
+            })
+            .await;
+        }
+
+        // Ready (its watches listed), then stopped by SIGTERM.
+        let health =
+            Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&config).arg("health").output().unwrap();
+        assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stdout));
+        assert!(String::from_utf8_lossy(&health.stdout).contains("cluster_index"));
+        terminate(child, Duration::from_secs(5));
+        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+        assert!(log.contains("cluster agent API listening"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    });
+}
