@@ -504,11 +504,13 @@ fn certified_key(
 impl RunningAgent {
     /// Spawns `task` among the agent's own, which `stop` cancels (through
     /// [`cancel_token`](Self::cancel_token)) and waits for.
+    #[cfg(feature = "cluster-agent")]
     pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.controls.tasks.spawn(task);
     }
 
     /// Returns the token `stop` cancels: a server the agent runs ends when it is.
+    #[cfg(feature = "cluster-agent")]
     pub(crate) fn cancel_token(&self) -> CancellationToken {
         self.controls.cancel.clone()
     }
