@@ -6,8 +6,8 @@
 //! no part in what the cluster agent indexes.
 //!
 //! `agent cluster-agent` (the binary) runs before any of it is made, and its RSS is read once it
-//! answers; then again once every node's map is complete (all 30 pods of a sample of nodes with
-//! their service) and it sat idle 10 s. Per pod: the growth over the pods. Target ≤ 2 KiB.
+//! answers; then again once every node's map is complete (each node's 30 pods listed with their
+//! service) and it sat idle 10 s. Per pod: the growth over the pods. Target ≤ 2 KiB.
 //! The API server's, etcd's and kwok's own resident sizes are printed for context.
 
 #![cfg(feature = "cluster-agent")]

@@ -246,6 +246,13 @@ pub async fn serve(
         let (index, token) = (index.clone(), token.clone());
         async move {
             let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let grpc = headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/grpc"));
+            if grpc {
+                return grpc_refusal(check_bearer(authorization, &token).is_ok());
+            }
             let path = uri.path_and_query().map_or("/", |p| p.as_str());
             let answer = handle(&index.reading(), &token, method.as_str(), path, authorization);
             let mut response = axum::response::Response::new(axum::body::Body::from(answer.body));
@@ -278,6 +285,9 @@ pub async fn serve(
                 () = cancel.cancelled() => return,
             };
             match handshake {
+                Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    serve_h2_connection(tls, router, cancel).await;
+                }
                 Ok(Ok(tls)) => serve_api_connection(tls, router, serving, cancel).await,
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "a TLS handshake failed (cluster agent API)"),
                 Err(_) => {
@@ -289,6 +299,51 @@ pub async fn serve(
     .await;
     connections.close();
     connections.wait().await;
+}
+
+/// Answers a gRPC call: no method is served here yet, so `UNIMPLEMENTED` (12), or
+/// `UNAUTHENTICATED` (16) without the token, as a trailers-only response.
+///
+/// The newest Datadog node agents call `StreamKubeMetadata` first and fall back to the REST
+/// pull only on `UNIMPLEMENTED`; any other failure (no HTTP/2, a TLS error) leaves them waiting
+/// with the pull off, and their pods without `kube_service` tags.
+fn grpc_refusal(authenticated: bool) -> axum::response::Response {
+    let (status, message) = if authenticated {
+        ("12", "the cluster agent serves no gRPC method yet: use its REST API")
+    } else {
+        ("16", "invalid session token")
+    };
+    let mut response = axum::response::Response::new(axum::body::Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", axum::http::HeaderValue::from_static(status));
+    headers.insert("grpc-message", axum::http::HeaderValue::from_static(message));
+    response
+}
+
+/// Serves a connection that chose HTTP/2 by ALPN (a gRPC client) until it ends or `cancel` is
+/// cancelled: at most 16 streams at once, pinged every 30 s.
+async fn serve_h2_connection<I>(io: I, router: axum::Router, cancel: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(16)
+        .keep_alive_interval(std::time::Duration::from_secs(30));
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "an HTTP/2 connection to the cluster agent's port ended");
+            }
+        }
+        () = cancel.cancelled() => {}
+    }
 }
 
 /// Runs the cluster agent (`agent cluster-agent`) until SIGTERM or SIGINT: the cluster index
@@ -310,7 +365,9 @@ pub async fn run(config: &AgentConfig) -> anyhow::Result<()> {
         let listener = crate::run::listen("0.0.0.0", cluster.cmd_port.get(), "cluster_agent.cmd_port").await?;
         let address = listener.local_addr()?;
         let cert = crate::security::load_or_create_cert(&config.ipc_cert_path())?;
-        let acceptor = crate::run::tls_acceptor(&config.ipc_cert_path(), &cert, &[b"http/1.1"])
+        // `h2` for gRPC clients (answered `UNIMPLEMENTED`: see `grpc_refusal`), `http/1.1` for
+        // the REST API.
+        let acceptor = crate::run::tls_acceptor(&config.ipc_cert_path(), &cert, &[b"h2", b"http/1.1"])
             .context("TLS setup of the cluster agent's API")?;
         let (_, limits) = crate::run::connection_limits(config);
         agent.spawn(serve(listener, acceptor, index, token, limits, agent.cancel_token()));

@@ -39,22 +39,18 @@ pub mod run;
 pub mod security;
 mod signals;
 
-/// With the `alloc-stats` feature, every heap allocation of the process is counted (see
-/// [`heap_live_bytes`]).
-#[cfg(feature = "alloc-stats")]
-#[global_allocator]
-static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
-
 /// Returns the heap bytes live in the process now: allocated less freed (a reallocation counts
 /// its growth as allocated and its shrinking as freed); `None` unless built with the
-/// `alloc-stats` feature.
+/// `alloc-stats` feature, whose `agent` binary counts every allocation (its global allocator is
+/// `stats_alloc::INSTRUMENTED_SYSTEM`, declared in `main.rs` so that a bench with an allocator
+/// of its own can still link this library).
 ///
 /// Beside the resident size it tells a leak (both grow) from the allocator's fragmentation
 /// (only the resident size grows).
 pub fn heap_live_bytes() -> Option<u64> {
     #[cfg(feature = "alloc-stats")]
     {
-        let stats = GLOBAL.stats();
+        let stats = stats_alloc::INSTRUMENTED_SYSTEM.stats();
         Some(stats.bytes_allocated.saturating_sub(stats.bytes_deallocated) as u64)
     }
     #[cfg(not(feature = "alloc-stats"))]
@@ -89,6 +85,10 @@ pub fn load_config(
     // The keys of the other agents' taggers are read here too, so that a wrong value is refused
     // before anything starts and `agent config` lists them.
     config.section::<agents::RemoteTaggerConfig>()?;
+    // The cluster agent's keys, for the same reasons (and so that they are not warned about as
+    // unknown).
+    #[cfg(feature = "cluster-agent")]
+    config.section::<cluster::ClusterAgentConfig>()?;
     config.note_unknown_keys();
     Ok(config)
 }

@@ -11,6 +11,12 @@ use agent_bin::config::{AgentConfig, LogLevel, Setting};
 use agent_bin::report::{HealthReport, StatusReport, TaggerList, WorkloadList};
 use clap::{Parser, Subcommand};
 
+/// With the `alloc-stats` feature, every heap allocation is counted, for
+/// `agent_bin::heap_live_bytes` (`agent_heap_live_bytes` on `/metrics`).
+#[cfg(feature = "alloc-stats")]
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
 #[derive(Parser)]
 #[command(name = "agent", version, about = "Workload-metadata agent: containers, pods and tasks, and their tags")]
 struct Args {

@@ -2,7 +2,8 @@
 //! Datadog node agent's kubemetadata collector asks (`docs/wire/cluster-agent-api.md`), over
 //! TLS with curl as the Go client goes (HTTP/1.1, the certificate not verified, a bearer token):
 //! the version, each node's pods and their services, a namespace's metadata, the cluster id;
-//! no token is a 401 with `WWW-Authenticate`, a wrong one a 403; a namespace label change and a
+//! no token is a 401 with `WWW-Authenticate`, a wrong one a 403; a gRPC call (the newest node
+//! agents' first try) gets `UNIMPLEMENTED`, so they pull; a namespace label change and a
 //! deleted service reach the answers; the agent is ready once its watches listed, and stops on
 //! SIGTERM.
 
@@ -182,6 +183,21 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
         assert_eq!(get(port, "/version", Some("wm-cluster-agent-test-token-0123456780")).0, 403);
         assert_eq!(get(port, "/api/v1/nothing", None).0, 404);
 
+        // The newest node agents ask for a gRPC stream first and pull only on UNIMPLEMENTED.
+        let grpc = |token: &str| {
+            let out = Command::new("curl")
+                .args(["-sk", "--http2", "--max-time", "5", "-D", "-", "-o", "/dev/null", "-X", "POST"])
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .args(["-H", &format!("authorization: Bearer {token}")])
+                .arg(format!("https://127.0.0.1:{port}/datadog.api.v1.AgentSecure/StreamKubeMetadata"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+        };
+        let answer = grpc(TOKEN);
+        assert!(answer.starts_with("http/2 200") && answer.contains("grpc-status: 12"), "{answer}");
+        assert!(grpc("wrong").contains("grpc-status: 16"));
+
         // A namespace label changes and a service goes: the answers follow.
         let patch = json!({ "metadata": { "labels": { "tier": "gold" } } });
         namespaces.patch("team-1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
@@ -210,4 +226,43 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
         assert!(log.contains("cluster agent API listening"), "{log}");
         assert!(!log.contains("panicked"), "{log}");
     });
+}
+
+#[test]
+fn a_cluster_agent_without_an_api_server_is_never_ready() {
+    // No kubeconfig and no in-cluster service account: the index can never fill, so the agent
+    // must not say it is ready (an absent environment would count as ready).
+    let dir = std::env::temp_dir().join(format!("wm-cluster-agent-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.yaml");
+    let (cmd, health, port) = (free_port().unwrap(), free_port().unwrap(), free_port().unwrap());
+    std::fs::write(
+        &config,
+        format!("cmd_port: {cmd}\nhealth_port: {health}\ncluster_agent:\n  cmd_port: {port}\n  auth_token: {TOKEN}\n"),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .arg("--config")
+        .arg(&config)
+        .arg("cluster-agent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&config).arg("health").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("cluster_index") && text.contains("no API server") {
+            assert!(!out.status.success(), "health says ready:\n{text}");
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no failed cluster_index in health within 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    terminate(child, Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{report}");
 }

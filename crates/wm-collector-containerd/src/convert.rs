@@ -25,6 +25,8 @@ pub struct Exit {
     pub code: u32,
     /// When the process exited; `None` when containerd gave no time.
     pub at: Option<Timestamp>,
+    /// The process's pid; zero when unknown (a task read after it exited).
+    pub pid: u32,
 }
 
 /// Tells whether the labels mark a pod's sandbox ("pause") container, which is never stored.
@@ -195,11 +197,14 @@ pub enum TaskEvent {
 /// Returns `container` as it is after `event`, given the last exit seen for it: the state and
 /// pid that reading its task would give, without reading it.
 ///
-/// Only the last task event of a batch matters, since each one sets the whole state; containerd
-/// sends a container's events in order, so the last one is the task's current state.
+/// A create or start of the process that already exited (`last_exit` has its pid) is stale:
+/// older shims publish a quick process's exit before its start, and the container stays
+/// stopped.
 pub fn after_task_event(container: &Container, event: TaskEvent, last_exit: Option<Exit>) -> Container {
     let task = |status: Status, pid: u32| Process { status: status as i32, pid, ..Process::default() };
+    let exited = |pid: u32| pid != 0 && last_exit.is_some_and(|e| e.pid == pid);
     let task = match event {
+        TaskEvent::Created { pid } | TaskEvent::Started { pid } if exited(pid) => None,
         TaskEvent::Created { pid } => Some(task(Status::Created, pid)),
         TaskEvent::Started { pid } => Some(task(Status::Running, pid)),
         TaskEvent::Paused => Some(task(Status::Paused, container.pid)),
@@ -211,10 +216,20 @@ pub fn after_task_event(container: &Container, event: TaskEvent, last_exit: Opti
     with_task(container, task.as_ref(), last_exit)
 }
 
+/// Returns `container` after `events`, applied in order (a pause takes the pid a start in the
+/// same batch gave); see [`after_task_event`]. containerd sends one container's events in order.
+pub fn after_task_events(container: &Container, events: &[TaskEvent], last_exit: Option<Exit>) -> Container {
+    let mut after = container.clone();
+    for event in events {
+        after = after_task_event(&after, *event, last_exit);
+    }
+    after
+}
+
 /// Returns a copy of `container` whose state and pid are those its task (if it has one) and the
 /// last exit seen for it give now; everything the record and spec gave is kept.
 ///
-/// A task event changes only these, so the collector re-reads only the task for it.
+/// A task event changes only these: the collector applies it to the container it built last.
 pub fn with_task(container: &Container, task: Option<&Process>, last_exit: Option<Exit>) -> Container {
     let (state, pid) = run_state(task, last_exit, container.state.created_at);
     Container { state, pid, ..container.clone() }
@@ -233,7 +248,7 @@ fn run_state(task: Option<&Process>, last_exit: Option<Exit>, created_at: Option
                 Status::Unknown => ContainerStatus::Unknown,
             };
             let exit = (status == ContainerStatus::Stopped)
-                .then(|| Exit { code: task.exit_status, at: timestamp(task.exited_at.as_ref()) })
+                .then(|| Exit { code: task.exit_status, at: timestamp(task.exited_at.as_ref()), pid: task.pid })
                 .or(last_exit);
             (status, status == ContainerStatus::Running, task.pid, exit)
         }
@@ -333,7 +348,7 @@ mod tests {
             (ContainerStatus::Stopped, wm_core::ExitCode::new(3), 0)
         );
         assert_eq!(c.state.finished_at, Some(Timestamp::from_unix(1_800_000_100, 0)));
-        let exit = Exit { code: 137, at: Some(Timestamp::from_unix(1_800_000_200, 0)) };
+        let exit = Exit { code: 137, at: Some(Timestamp::from_unix(1_800_000_200, 0)), pid: 0 };
         let (c, _) = container_from_containerd(&record(SPEC), None, Some(exit), None, &EnvFilter::default());
         let c = c.unwrap();
         assert_eq!(
@@ -353,7 +368,7 @@ mod tests {
             container_from_containerd(&record(SPEC), task.as_ref(), exit, None, &env).0.unwrap()
         };
         let (made, running, paused) = (task(Status::Created, 0), task(Status::Running, 0), task(Status::Paused, 0));
-        let exit = Exit { code: 3, at: Some(Timestamp::from_unix(1_800_000_100, 0)) };
+        let exit = Exit { code: 3, at: Some(Timestamp::from_unix(1_800_000_100, 0)), pid: 4242 };
         let c = after_task_event(&created, TaskEvent::Created { pid: 4242 }, None);
         assert_eq!(c, full(Some(made), None));
         let c = after_task_event(&c, TaskEvent::Started { pid: 4242 }, None);
@@ -371,11 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_applies_its_events_in_order_and_a_stale_start_stays_stopped() {
+        let env = EnvFilter::default();
+        let (created, _) = container_from_containerd(&record(SPEC), None, None, None, &env);
+        let created = created.unwrap();
+        let full = |task: Option<Process>, exit: Option<Exit>| {
+            container_from_containerd(&record(SPEC), task.as_ref(), exit, None, &env).0.unwrap()
+        };
+        // A start and a pause in one batch: paused with the started pid, not pid 0.
+        let batch = [TaskEvent::Created { pid: 4242 }, TaskEvent::Started { pid: 4242 }, TaskEvent::Paused];
+        assert_eq!(after_task_events(&created, &batch, None), full(Some(task(Status::Paused, 0)), None));
+        // An older shim's order: the exit, then the start of the same process.
+        let exit = Exit { code: 0, at: Some(Timestamp::from_unix(1_800_000_100, 0)), pid: 4242 };
+        let batch = [TaskEvent::Created { pid: 4242 }, TaskEvent::Exited, TaskEvent::Started { pid: 4242 }];
+        let after = after_task_events(&created, &batch, Some(exit));
+        assert_eq!((after.state.status, after.pid), (ContainerStatus::Stopped, 0));
+        assert_eq!(after.state.exit_code, wm_core::ExitCode::new(0));
+    }
+
+    #[test]
     fn a_task_applied_to_a_built_container_gives_what_a_full_build_gives() {
         let env = EnvFilter::default();
         let (created, _) = container_from_containerd(&record(SPEC), None, None, Some("sha256:abc"), &env);
         let created = created.unwrap();
-        let exit = Exit { code: 137, at: Some(Timestamp::from_unix(1_800_000_200, 0)) };
+        let exit = Exit { code: 137, at: Some(Timestamp::from_unix(1_800_000_200, 0)), pid: 0 };
         let cases = [
             (Some(task(Status::Running, 0)), None),
             (Some(task(Status::Paused, 0)), None),

@@ -75,7 +75,9 @@ use wm_core::{
 };
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
-pub use convert::{Exit, TaskEvent, after_task_event, container_from_containerd, is_sandbox, timestamp};
+pub use convert::{
+    Exit, TaskEvent, after_task_event, after_task_events, container_from_containerd, is_sandbox, timestamp,
+};
 
 /// containerd's default socket, used when `cri_socket_path` is not set.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -196,17 +198,39 @@ pub struct ContainerdCollector {
     /// that the warning is logged once per container (emptied when it holds `MAX_CACHED` ids).
     reported: Mutex<HashSet<String>>,
     /// The last container built for each (namespace, id) the collector reported, shared with the
-    /// store: a task event (create, start, exit, delete, pause) changes only the state, so its
-    /// refresh reads the task alone and applies it to this copy instead of reading the record and
-    /// parsing its OCI spec (tens of KB) again. Removed with the container; replaced at each
-    /// list; emptied when it holds `MAX_CACHED` entries.
-    built: Mutex<HashMap<(String, String), Arc<Container>>>,
+    /// store: a task event (create, start, exit, delete, pause) changes only the state and says
+    /// what it is, so its refresh applies it to this copy with no call, instead of reading the
+    /// record (its OCI spec is tens of KB) and the task again. Removed with the container and
+    /// before any other read of it; replaced at each list; emptied when it holds `MAX_BUILT`
+    /// entries.
+    built: Mutex<HashMap<(String, String), Built>>,
     /// The gRPC clients of the current run; `None` until [`watch`](ListWatch::watch) connects.
     clients: Option<Clients>,
+    /// Whether image events reach `digests`: only then may it remember that a name has no
+    /// image (the fetcher, which hears no event, would remember it for good).
+    follows_images: bool,
 }
 
-/// Image digests by (namespace, image name).
-type Digests = HashMap<(String, String), Option<String>>;
+/// The most containers [`ContainerdCollector`] keeps built (four times a 16,384-container node).
+const MAX_BUILT: usize = 65_536;
+
+/// A container as last built, and whether a list built it.
+///
+/// Events queued before a list are applied after it, so they may be older than what it read:
+/// the first refresh of a listed container reads it again rather than applying such an event.
+#[derive(Debug)]
+struct Built {
+    container: Arc<Container>,
+    listed: bool,
+}
+
+/// Image digests by (namespace, image name), and how many image events have removed entries:
+/// a digest asked for before an image event is not stored after it (it may be the old one).
+#[derive(Debug, Default)]
+struct Digests {
+    names: HashMap<(String, String), Option<String>>,
+    changes: u64,
+}
 
 /// The CRI sandboxes the collector has seen.
 #[derive(Debug, Default)]
@@ -223,8 +247,8 @@ enum TaskFrom {
     /// From containerd: a call.
     Read,
     /// From the events: the container was created in the batch being refreshed, without a task,
-    /// and this is the last task event that followed its creation (`None`: none did).
-    SinceCreate(Option<TaskEvent>),
+    /// and these task events followed its creation, in order.
+    SinceCreate(Vec<TaskEvent>),
 }
 
 /// What containerd has now under one container id.
@@ -390,11 +414,12 @@ impl ContainerdCollector {
             config,
             env: EnvFilter::default(),
             exits: Mutex::new(HashMap::new()),
-            digests: Arc::new(Mutex::new(HashMap::new())),
+            digests: Arc::new(Mutex::new(Digests::default())),
             sandboxes: Mutex::new(Sandboxes::default()),
             reported: Mutex::new(HashSet::new()),
             built: Mutex::new(HashMap::new()),
             clients: None,
+            follows_images: true,
         }
     }
 
@@ -440,9 +465,13 @@ impl ContainerdCollector {
             return None;
         }
         let key = (namespace.to_owned(), image.to_owned());
-        if let Some(digest) = self.digests.locked().get(&key) {
-            return digest.clone();
-        }
+        let changes = {
+            let digests = self.digests.locked();
+            if let Some(digest) = digests.names.get(&key) {
+                return digest.clone();
+            }
+            digests.changes
+        };
         let request = namespaced(namespace, GetImageRequest { name: image.to_owned() }).ok()?;
         let digest = match self.call(|| format!("containerd: getting image {image}"), clients.images.get(request)).await
         {
@@ -455,10 +484,14 @@ impl ContainerdCollector {
             }
         };
         let mut digests = self.digests.locked();
-        if digests.len() >= MAX_CACHED {
-            digests.clear();
+        // An image event since the call may have changed what the name points at; and only the
+        // collector, which hears image events, remembers that a name has no image.
+        if digests.changes == changes && (digest.is_some() || self.follows_images) {
+            if digests.names.len() >= MAX_CACHED {
+                digests.names.clear();
+            }
+            digests.names.insert(key, digest.clone());
         }
-        digests.insert(key, digest.clone());
         digest
     }
 
@@ -531,8 +564,9 @@ impl ContainerdCollector {
                 let digest = self.image_digest(clients, &namespace, &record.image).await;
                 if let Some(container) = self.build(&namespace, &record, tasks.get(&record.id), digest.as_deref()) {
                     let container = Arc::new(container);
-                    if built.len() < MAX_CACHED {
-                        built.insert((namespace.clone(), record.id.clone()), container.clone());
+                    if built.len() < MAX_BUILT {
+                        let entry = Built { container: container.clone(), listed: true };
+                        built.insert((namespace.clone(), record.id.clone()), entry);
                     }
                     listed.entities.push(Entity::Container(container));
                 }
@@ -598,21 +632,19 @@ impl ContainerdCollector {
             self.saw_sandbox(namespace, &record);
             return Ok(Fetched::Sandbox);
         }
-        let (read, event) = match task {
-            TaskFrom::Read => (self.task(clients, namespace, id).await?, None),
-            TaskFrom::SinceCreate(event) => (None, event),
+        let (read, events) = match task {
+            TaskFrom::Read => (self.task(clients, namespace, id).await?, Vec::new()),
+            TaskFrom::SinceCreate(events) => (None, events),
         };
         let digest = self.image_digest(clients, namespace, &record.image).await;
         let Some(container) = self.build(namespace, &record, read.as_ref(), digest.as_deref()) else {
             return Ok(Fetched::Gone);
         };
-        Ok(Fetched::Container(Box::new(match event {
-            Some(event) => {
-                let last_exit = self.exits.locked().get(&(namespace.to_owned(), id.to_owned())).copied();
-                after_task_event(&container, event, last_exit)
-            }
-            None => container,
-        })))
+        if events.is_empty() {
+            return Ok(Fetched::Container(Box::new(container)));
+        }
+        let last_exit = self.exits.locked().get(&(namespace.to_owned(), id.to_owned())).copied();
+        Ok(Fetched::Container(Box::new(after_task_events(&container, &events, last_exit))))
     }
 }
 
@@ -630,13 +662,36 @@ impl ContainerdCollector {
         }
     }
 
-    /// Remembers `container` as the last one built for `key` (see `built`).
+    /// Keeps the exit an event carries, and forgets one a new task or container makes stale.
+    ///
+    /// A process's first exit is its own: a later one for the same pid (containerd's shim
+    /// cleanup reports 137 again) does not replace it. A task created or started with another
+    /// pid, or a new container under the id, ends the old exit's relevance.
+    fn note_exit(&self, key: &(String, String), event: &Decoded) {
+        let mut exits = self.exits.locked();
+        if event.created {
+            exits.remove(key);
+        }
+        if let Some(TaskEvent::Created { pid } | TaskEvent::Started { pid }) = event.task
+            && exits.get(key).is_some_and(|e| e.pid != pid)
+        {
+            exits.remove(key);
+        }
+        if let Some(exit) = event.exit {
+            let same_process = exits.get(key).is_some_and(|e| e.pid != 0 && e.pid == exit.pid);
+            if !same_process {
+                exits.insert(key.clone(), exit);
+            }
+        }
+    }
+
+    /// Remembers `container` as the last one built for `key` by a refresh (see `built`).
     fn remember(&self, key: (String, String), container: &Arc<Container>) {
         let mut built = self.built.locked();
-        if built.len() >= MAX_CACHED && !built.contains_key(&key) {
+        if built.len() >= MAX_BUILT && !built.contains_key(&key) {
             built.clear();
         }
-        built.insert(key, container.clone());
+        built.insert(key, Built { container: container.clone(), listed: false });
     }
 }
 
@@ -692,7 +747,7 @@ impl ContainerdFetcher {
     /// Creates a fetcher for `config`; `env` decides which env vars of a fetched container are
     /// stored. Does no I/O.
     pub fn new(config: ContainerdConfig, env: EnvFilter) -> Self {
-        let collector = ContainerdCollector { env, ..ContainerdCollector::new(config) };
+        let collector = ContainerdCollector { env, follows_images: false, ..ContainerdCollector::new(config) };
         Self { collector, clients: tokio::sync::Mutex::new(None) }
     }
 }
@@ -856,7 +911,7 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
             if !e.id.is_empty() && e.id != e.container_id {
                 return None;
             }
-            let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()) };
+            let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()), pid: e.pid };
             Decoded { exit: Some(exit), ..task(e.container_id, TaskEvent::Exited) }
         }
         "containerd.events.TaskDelete" => {
@@ -864,7 +919,7 @@ fn decode(topic: &str, any: &prost_types::Any) -> Option<Decoded> {
             if !e.id.is_empty() && e.id != e.container_id {
                 return None;
             }
-            let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()) };
+            let exit = Exit { code: e.exit_status, at: timestamp(e.exited_at.as_ref()), pid: e.pid };
             // A delete whose pid and exit status are both zero carries no exit, so it leaves the
             // one stored from the task's exit event in place.
             Decoded {
@@ -907,7 +962,9 @@ fn image_named(any: &prost_types::Any) -> Option<String> {
 fn watched(envelope: Envelope, digests: &Mutex<Digests>) -> Option<Decoded> {
     if envelope.topic.starts_with("/images/") {
         if let Some(name) = envelope.event.as_ref().and_then(image_named) {
-            digests.locked().remove(&(envelope.namespace, name));
+            let mut digests = digests.locked();
+            digests.names.remove(&(envelope.namespace, name));
+            digests.changes += 1;
         }
         return None;
     }
@@ -935,7 +992,11 @@ impl ListWatch for ContainerdCollector {
         self.clients = None;
         // While no run was watching, a name may have been re-tagged without the cache hearing of
         // it, so every cached digest is dropped.
-        self.digests.locked().clear();
+        {
+            let mut digests = self.digests.locked();
+            digests.names.clear();
+            digests.changes += 1;
+        }
         let clients = self.connect().await?;
         let digests = self.digests.clone();
         let stream = subscribe(&clients, subscription_filters(), move |envelope| watched(envelope, &digests));
@@ -969,22 +1030,15 @@ impl ListWatch for ContainerdCollector {
         // the first `/` splits them. When the driver retries a failed refresh, `events` is empty.
         let Some((namespace, id)) = key.split_once('/') else { return Ok(Refreshed::Skip) };
         let key = (namespace.to_owned(), id.to_owned());
-        // The state after a batch of task events alone is the last one's (OOM events set none).
+        // An id may be re-used within a batch: what follows its last create is about the new
+        // container, and a delete counts only after it.
+        let last_create = events.iter().rposition(|e| e.created);
+        let deleted = events.iter().rposition(|e| e.deleted) > last_create;
         let task_only = !events.is_empty() && events.iter().all(|e| e.task.is_some());
-        let last_task = events.iter().rev().find_map(|e| e.task.filter(|t| *t != TaskEvent::Oom));
-        // A container created in this batch has no task but what the events after its creation
-        // say.
-        let created = events
-            .iter()
-            .rposition(|e| e.created)
-            .map(|at| events[at..].iter().rev().find_map(|e| e.task.filter(|t| *t != TaskEvent::Oom)));
-        let mut deleted = false;
+        let tasks: Vec<TaskEvent> = events[last_create.unwrap_or(0)..].iter().filter_map(|e| e.task).collect();
         let mut image = None;
         for event in events {
-            if let Some(exit) = event.exit {
-                self.exits.locked().insert(key.clone(), exit);
-            }
-            deleted |= event.deleted;
+            self.note_exit(&key, &event);
             if event.image.is_some() {
                 image = event.image;
             }
@@ -997,32 +1051,31 @@ impl ListWatch for ContainerdCollector {
             }
             return Ok(Refreshed::Skip);
         }
-        // Task events change only the state, and say what it is: apply the last one to the
-        // container built last, when there is one, without a call. A container created in the
-        // batch is read without its task, unless it was built already (then a list raced its
-        // create event, and the task is read). Anything else (a record event, a retry) reads
-        // everything again.
-        let built = if task_only && !deleted { self.built.locked().get(&key).cloned() } else { None };
-        let new = created.filter(|_| !self.built.locked().contains_key(&key));
-        let current = match built {
-            _ if deleted => Fetched::Gone,
-            None if new.is_some() => {
-                let task = TaskFrom::SinceCreate(new.flatten());
-                self.fetch_with(&mut clients, namespace, id, task).await?
+        // Task events change only the state, and say what it is: apply them, in order, to the
+        // container a refresh built last, with no call. A container created in the batch (and
+        // never built) is read without its task: it has none but what the events after its
+        // creation say. Anything else (a record event, a retry, a container only a list built)
+        // reads record and task again, after forgetting the copy, so that a failed read leaves
+        // no stale copy for the next task event.
+        let cached = {
+            let mut built = self.built.locked();
+            let usable = task_only && !deleted && built.get(&key).is_some_and(|b| !b.listed);
+            let new = last_create.is_some() && !built.contains_key(&key);
+            let cached = usable.then(|| built.get(&key).map(|b| b.container.clone())).flatten();
+            if cached.is_none() {
+                built.remove(&key);
             }
-            Some(built) => {
-                let last_exit = self.exits.locked().get(&key).copied();
-                let after = match last_task {
-                    Some(event) => after_task_event(&built, event, last_exit),
-                    None => (*built).clone(),
-                };
-                Fetched::Container(Box::new(after))
-            }
-            None => self.fetch(&mut clients, namespace, id).await?,
+            (cached, new)
         };
-        if !matches!(current, Fetched::Container(_)) {
-            self.built.locked().remove(&key);
-        }
+        let current = match cached {
+            _ if deleted => Fetched::Gone,
+            (Some(built), _) => {
+                let last_exit = self.exits.locked().get(&key).copied();
+                Fetched::Container(Box::new(after_task_events(&built, &tasks, last_exit)))
+            }
+            (None, true) => self.fetch_with(&mut clients, namespace, id, TaskFrom::SinceCreate(tasks)).await?,
+            (None, false) => self.fetch(&mut clients, namespace, id).await?,
+        };
         Ok(match current {
             Fetched::Container(container) => {
                 let container = Arc::new(*container);
@@ -1067,9 +1120,9 @@ mod tests {
 
     #[test]
     fn an_image_event_drops_the_digest_cached_for_that_name_only() {
-        let digests = Mutex::new(Digests::new());
+        let digests = Mutex::new(Digests::default());
         for name in ["docker.io/app:1", "docker.io/other:1"] {
-            digests.locked().insert(("ns".into(), name.into()), Some("sha256:old".into()));
+            digests.locked().names.insert(("ns".into(), name.into()), Some("sha256:old".into()));
         }
         let update = ImageUpdate { name: "docker.io/app:1".into(), ..ImageUpdate::default() };
         let envelope = Envelope {
@@ -1079,7 +1132,8 @@ mod tests {
             ..Envelope::default()
         };
         assert!(watched(envelope, &digests).is_none(), "an image event is no container event");
-        let left: Vec<String> = digests.locked().keys().map(|(_, name)| name.clone()).collect();
+        let left: Vec<String> = digests.locked().names.keys().map(|(_, name)| name.clone()).collect();
+        assert_eq!(digests.locked().changes, 1, "a digest asked for before the event is not stored after it");
         assert_eq!(left, ["docker.io/other:1"]);
         let garbage =
             prost_types::Any { type_url: "containerd.services.images.v1.ImageDelete".into(), value: vec![0xff] };

@@ -23,6 +23,7 @@ use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use wm_core::sync::RwLockExt;
 use wm_core::{Collector, CollectorContext, CollectorError, Source, StreamCollector};
@@ -243,28 +244,41 @@ fn set_slice(index: &mut ClusterIndex, slice: &EndpointSlice) {
     index.set_slice(&namespace, &name, service.map(String::as_str), endpoints);
 }
 
-/// Follows the cluster into `index` until a watch fails: EndpointSlices (whole: their endpoints
-/// are what is indexed), namespaces and nodes (metadata only), across the cluster, each list
-/// served from the API server's watch cache.
+/// Follows the cluster into `index`: EndpointSlices (whole: their endpoints are what is
+/// indexed), namespaces and nodes (metadata only), across the cluster, each list served from the
+/// API server's watch cache. A failed watch retries on its own with backoff (logged).
 ///
 /// # Errors
 ///
-/// Returns a retriable error when a watch fails (a `410 Gone` included) or the watches end; the
-/// caller follows again after a backoff, and the new lists correct the index.
+/// Returns a retriable error when the watches end, which they do not while the client lives.
 pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> Result<(), CollectorError> {
     let cached = watcher::Config::default().any_semantic();
-    let slices =
-        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), cached.clone()).map(|r| r.map(Update::Slice));
+    // Each watch retries on its own with kube-runtime's backoff (and lists again after a `410
+    // Gone`), so that one watch's failure does not re-list the other two: at 1,000 nodes the
+    // lists are what costs.
+    let slices = watcher::watcher(Api::<EndpointSlice>::all(client.clone()), cached.clone())
+        .default_backoff()
+        .map(|r| r.map(Update::Slice));
     let namespaces = watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), cached.clone())
+        .default_backoff()
         .map(|r| r.map(Update::Namespace));
-    let nodes = watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client), cached).map(|r| r.map(Update::Node));
+    let nodes = watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client), cached)
+        .default_backoff()
+        .map(|r| r.map(Update::Node));
     let streams: Vec<BoxStream<'static, Result<Update, watcher::Error>>> =
         vec![slices.boxed(), namespaces.boxed(), nodes.boxed()];
     let mut updates = futures::stream::select_all(streams);
     let (mut slices, mut namespaces, mut nodes) = (Listing::default(), Listing::default(), Listing::default());
     let mut listed = [false; 3];
     while let Some(update) = updates.next().await {
-        let update = update.map_err(|e| CollectorError::retriable("cluster agent: a watch failed", e))?;
+        let update = match update {
+            Ok(update) => update,
+            Err(error) => {
+                // The watch backs off and tries again; the index keeps answering meanwhile.
+                tracing::warn!(%error, "cluster agent: a watch failed; it retries with backoff");
+                continue;
+            }
+        };
         let mut index = index.writing();
         match update {
             Update::Slice(event) => match slices.step(event, |s| key_of(&s.metadata)) {
@@ -304,8 +318,8 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> R
 /// The name of [`ClusterIndexCollector`] in health, telemetry and dumps.
 pub const NAME: &str = "cluster_index";
 
-/// Runs [`follow`] under the store's supervision: retried with backoff when a watch fails, its
-/// health in the store's, ready once every watch has listed. It stores no entity: what it keeps
+/// Runs [`follow`] under the store's supervision: its health in the store's, ready once every
+/// watch has listed. It stores no entity: what it keeps
 /// is the index, which the cluster agent's API reads.
 #[derive(Debug)]
 pub struct ClusterIndexCollector {
@@ -328,10 +342,19 @@ impl ClusterIndexCollector {
 
 #[async_trait]
 impl StreamCollector for ClusterIndexCollector {
-    /// Follows the cluster into the index until the store shuts down or a watch fails; sends one
-    /// empty list (the collector's readiness) once the index has been synced.
+    /// Follows the cluster into the index until the store shuts down; sends one empty list (the
+    /// collector's readiness) once the index has been synced. No API server (no kubeconfig, not
+    /// in a cluster) is a permanent failure.
     async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
-        let client = crate::metadata::api_client(self.kubeconfig.as_deref(), NAME).await?;
+        // A cluster agent with no API server serves nothing: that is a failure, never an absent
+        // environment (which health counts as ready).
+        let client = match crate::metadata::api_client(self.kubeconfig.as_deref(), NAME).await {
+            Err(CollectorError::EnvironmentAbsent { reason, .. }) => {
+                let context = format!("{NAME}: no API server: {reason}");
+                return Err(CollectorError::Permanent { context, source: None });
+            }
+            other => other?,
+        };
         let following = follow(client, self.index.clone());
         tokio::pin!(following);
         let mut ready = false;
