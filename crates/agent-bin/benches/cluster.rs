@@ -17,10 +17,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use test_support::kubernetes::{Kubernetes, Kwok, fake_node, fake_pod, object};
+use test_support::kubernetes::{
+    Kubernetes, Kwok, create_fake_nodes, fake_pod, object, wait_for_default_service_account,
+};
 use test_support::runtimes::{Install, free_port, terminate};
 
 const NAMESPACES: usize = 50;
@@ -112,15 +114,7 @@ fn main() {
     let made = Instant::now();
     tokio.block_on(async {
         let client = cluster.client().await.unwrap();
-        let node_api: Api<Node> = Api::all(client.clone());
-        futures::stream::iter(0..nodes)
-            .for_each_concurrent(16, |i| {
-                let node_api = node_api.clone();
-                async move {
-                    node_api.create(&PostParams::default(), &fake_node(&format!("kwok-{i}")).unwrap()).await.unwrap();
-                }
-            })
-            .await;
+        create_fake_nodes(&client, nodes).await;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for n in 0..NAMESPACES {
             let ns = format!("team-{n}");
@@ -146,10 +140,7 @@ fn main() {
                 .await;
         }
         for n in 0..NAMESPACES {
-            let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &format!("team-{n}"));
-            while accounts.get_opt("default").await.unwrap().is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_for_default_service_account(&client, &format!("team-{n}"), Duration::from_secs(60)).await;
         }
         futures::stream::iter(0..pods)
             .for_each_concurrent(32, |k| {

@@ -15,11 +15,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use test_support::kubernetes::{Kubernetes, Kwok, fake_node, fake_pod, object};
-use test_support::runtimes::{Install, free_port, terminate};
+use test_support::kubernetes::{
+    Kubernetes, Kwok, create_fake_nodes, fake_pod, object, wait_for_default_service_account,
+};
+use test_support::runtimes::{free_port, terminate};
 use test_support::watch::eventually_some;
 
 const NODES: usize = 20;
@@ -85,19 +87,9 @@ fn write_config(dir: &Path, cluster: &Kubernetes, port: u16) -> std::path::PathB
 fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
     let test = "node_agents_get_datadogs_cluster_agent_answers";
     test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
-        let install = if test_support::runtimes::ci() { Install::IfMissing } else { Install::Never };
-        let _kwok = match Kwok::start(cluster, install) {
-            Ok(kwok) => kwok,
-            Err(why) => {
-                println!("SKIP {test}: {}", why.0);
-                return;
-            }
-        };
+        let Some(_kwok) = Kwok::start_or_skip(cluster, test) else { return };
         let client = cluster.client().await.unwrap();
-        let nodes: Api<Node> = Api::all(client.clone());
-        for i in 0..NODES {
-            nodes.create(&PostParams::default(), &fake_node(&format!("kwok-{i}")).unwrap()).await.unwrap();
-        }
+        create_fake_nodes(&client, NODES).await;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for n in 0..2 {
             let ns = format!("team-{n}");
@@ -113,11 +105,7 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
                 }));
                 services.create(&PostParams::default(), &svc.unwrap()).await.unwrap();
             }
-            let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-            eventually_some("the namespace's default service account", DEADLINE, || async {
-                accounts.get_opt("default").await.ok().flatten()
-            })
-            .await;
+            wait_for_default_service_account(&client, &ns, DEADLINE).await;
         }
         futures::stream::iter(0..PODS)
             .for_each_concurrent(16, |k| {

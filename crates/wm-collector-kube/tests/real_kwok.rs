@@ -12,12 +12,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use test_support::kubernetes::{Kubernetes, Kwok, fake_node, fake_pod, object};
-use test_support::runtimes::Install;
-use test_support::watch::{eventually, eventually_some};
+use test_support::kubernetes::{
+    Kubernetes, Kwok, create_fake_nodes, fake_pod, object, wait_for_default_service_account,
+};
+use test_support::watch::eventually;
 use wm_collector_kube::cluster::{ClusterIndex, follow};
 use wm_collector_kube::metadata::{KubeMetadataCollector, KubeMetadataConfig};
 use wm_core::sync::RwLockExt;
@@ -59,24 +60,10 @@ where
 fn a_node_agent_sees_its_own_pods_services_and_namespaces_among_fifty_kwok_nodes() {
     let test = "a_node_agent_sees_its_own_pods_among_fifty_kwok_nodes";
     test_support::runtimes::with_service(test, Kubernetes::start, async |cluster: &mut Kubernetes| {
-        let install = if test_support::runtimes::ci() { Install::IfMissing } else { Install::Never };
-        let kwok = match Kwok::start(cluster, install) {
-            Ok(kwok) => kwok,
-            Err(why) => {
-                println!("SKIP {test}: {}", why.0);
-                return;
-            }
-        };
+        let Some(kwok) = Kwok::start_or_skip(cluster, test) else { return };
         let client = cluster.client().await.unwrap();
+        create_fake_nodes(&client, NODES).await;
         let nodes: Api<Node> = Api::all(client.clone());
-        futures::stream::iter(0..NODES)
-            .for_each_concurrent(8, |i| {
-                let nodes = nodes.clone();
-                async move {
-                    nodes.create(&PostParams::default(), &fake_node(&format!("kwok-{i}")).unwrap()).await.unwrap();
-                }
-            })
-            .await;
         let ready = |n: &Node| {
             n.status
                 .as_ref()
@@ -98,13 +85,8 @@ fn a_node_agent_sees_its_own_pods_services_and_namespaces_among_fifty_kwok_nodes
                 services.create(&PostParams::default(), &svc.unwrap()).await.unwrap();
             }
         }
-        // A pod needs its namespace's `default` service account, which a controller makes.
         for n in 0..NAMESPACES {
-            let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &format!("team-{n}"));
-            eventually_some("the namespace's default service account", DEADLINE, || async {
-                accounts.get_opt("default").await.ok().flatten()
-            })
-            .await;
+            wait_for_default_service_account(&client, &format!("team-{n}"), DEADLINE).await;
         }
         futures::stream::iter(0..PODS)
             .for_each_concurrent(16, |k| {

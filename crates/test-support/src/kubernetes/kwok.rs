@@ -213,6 +213,13 @@ impl Kwok {
         Ok(Self { daemon })
     }
 
+    /// Starts kwok for `test` as [`crate::runtimes::start_or_skip_with`] starts a service: built
+    /// when missing under `WM_CI=1`, where failing to start fails the test; elsewhere a failure
+    /// skips it (printed), and `None` comes back.
+    pub fn start_or_skip(cluster: &Kubernetes, test: &str) -> Option<Self> {
+        crate::runtimes::start_or_skip_with(test, |install| Self::start(cluster, install))
+    }
+
     /// The last lines of kwok's log.
     pub fn log_tail(&self) -> String {
         self.daemon.log_tail()
@@ -254,4 +261,44 @@ pub fn fake_pod(
             "containers": [{ "name": "app", "image": "wm.local/fake:1" }],
         },
     }))
+}
+
+/// Creates the fake nodes `kwok-0` … `kwok-<count - 1>` through `client`, 16 at a time.
+///
+/// # Panics
+///
+/// Panics when the API server refuses one.
+pub async fn create_fake_nodes(client: &kube::Client, count: usize) {
+    use futures::StreamExt as _;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    futures::stream::iter(0..count)
+        .for_each_concurrent(16, |i| {
+            let nodes = nodes.clone();
+            async move {
+                let node = match fake_node(&format!("kwok-{i}")) {
+                    Ok(node) => node,
+                    Err(why) => panic!("fake node kwok-{i}: {}", why.0),
+                };
+                if let Err(error) = nodes.create(&kube::api::PostParams::default(), &node).await {
+                    panic!("creating fake node kwok-{i}: {error}");
+                }
+            }
+        })
+        .await;
+}
+
+/// Waits until `namespace` has its `default` service account, which a controller makes after
+/// the namespace and which a pod needs before it can be created.
+///
+/// # Panics
+///
+/// Panics after `deadline`.
+pub async fn wait_for_default_service_account(client: &kube::Client, namespace: &str, deadline: Duration) {
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let until = Instant::now() + deadline;
+    while !matches!(accounts.get_opt("default").await, Ok(Some(_))) {
+        assert!(Instant::now() < until, "{namespace} has no default service account after {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -58,8 +58,8 @@ pub use device_plugin::{DevicePlugin, KUBELET_SOCKET};
 pub use fake_kubelet::FakeKubelet;
 pub use image::{AGENT_IMAGE, AGENT_IMAGE_USER, AgentImage, agent_image};
 pub use kwok::{
-    FAKE_NODE_ANNOTATION, FAKE_NODE_IP, FAKE_NODE_TAINT, FAKE_POD_CIDR, KWOK_VERSION, Kwok, ensure_kwok, fake_node,
-    fake_pod, kwok_binary,
+    FAKE_NODE_ANNOTATION, FAKE_NODE_IP, FAKE_NODE_TAINT, FAKE_POD_CIDR, KWOK_VERSION, Kwok, create_fake_nodes,
+    ensure_kwok, fake_node, fake_pod, kwok_binary, wait_for_default_service_account,
 };
 pub use pki::CertFiles;
 
