@@ -21,6 +21,9 @@
 //! The API-server part is [`metadata`]: for each pod of this node, its namespace's labels and
 //! annotations and the services that select it, as partial pods from source
 //! `cluster_orchestrator`.
+//!
+//! The cluster agent's part is [`cluster`]: an index of every node's pods and the services they
+//! back, and every namespace's and node's metadata, kept from three cluster-wide watches.
 
 #![forbid(unsafe_code)]
 
