@@ -24,6 +24,10 @@ use wm_core::{
 };
 use wm_store::Store;
 
+// The agent's malloc (jemalloc, as `main.rs` links it): `System` below is jemalloc, so the
+// resident figure is what the agent binary pays.
+use tikv_jemalloc_sys as _;
+
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 

@@ -11,6 +11,14 @@ use agent_bin::config::{AgentConfig, LogLevel, Setting};
 use agent_bin::report::{HealthReport, StatusReport, TaggerList, WorkloadList};
 use clap::{Parser, Subcommand};
 
+// jemalloc is the process's malloc: linking it in replaces glibc's `malloc` and `free`, which
+// Rust's `System` allocator calls. glibc keeps the pages a re-list frees in its per-thread
+// arenas for good (the soak's resident size grew in a step at each daemon restart while the
+// live heap stayed flat); jemalloc, built with `narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0`
+// (`.cargo/config.toml`), gives them back at once and rounds small allocations to finer size
+// classes (DESIGN.md, "Memory"). `MALLOC_CONF` changes those settings at run time.
+use tikv_jemalloc_sys as _;
+
 /// With the `alloc-stats` feature, every heap allocation is counted, for
 /// `agent_bin::heap_live_bytes` (`agent_heap_live_bytes` on `/metrics`).
 #[cfg(feature = "alloc-stats")]
