@@ -463,6 +463,8 @@ fn collectors(out: &mut String, health: &HealthReport) {
             .map(|d| format!(" ({d})"))
             .unwrap_or_default();
         let restarting = c.get("restarting").and_then(serde_json::Value::as_bool) == Some(true);
+        // A collector retrying after it synced still serves what it last sent: degraded.
+        let (state, synced) = if state == "retrying" && synced { ("degraded", false) } else { (state, synced) };
         let _ = writeln!(
             out,
             "  {name} [{source}]: {state}{}{}{detail}",
@@ -507,6 +509,27 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_collector_retrying_after_it_synced_reads_degraded() {
+        let collector = |state: &str, synced: bool| {
+            serde_json::json!({ "name": "kube_metadata", "source": "cluster_orchestrator", "state": state,
+                "synced": synced, "error": "cluster agent unreachable: connection refused" })
+        };
+        let health = HealthReport {
+            live: true,
+            ready: true,
+            collectors: vec![collector("retrying", true), collector("retrying", false)],
+        };
+        let text = format_health(&health);
+        assert!(
+            text.contains(
+                "kube_metadata [cluster_orchestrator]: degraded (cluster agent unreachable: connection refused)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("kube_metadata [cluster_orchestrator]: retrying (cluster agent"), "{text}");
+    }
 
     #[test]
     fn control_characters_from_containers_are_printed_escaped() {

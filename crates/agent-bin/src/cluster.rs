@@ -14,11 +14,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use wm_collector_kube::cluster::{ClusterIndex, ClusterIndexCollector};
+use wm_collector_kube::cluster::{ClusterIndex, ClusterIndexCollector, NodeUpdate};
 use wm_core::config::Port;
 use wm_core::sync::RwLockExt;
 use wm_core::{CancellationToken, Secret};
@@ -91,11 +92,14 @@ pub struct Answer {
     pub authenticate: bool,
     /// The body.
     pub body: Vec<u8>,
+    /// For `GET /api/v1/stream/node/{node}`: the node whose stream to serve after the headers
+    /// (the body is then the stream, not `body`).
+    pub stream: Option<String>,
 }
 
 impl Answer {
     fn json(value: &Value, content_type: Option<&'static str>) -> Self {
-        Self { status: 200, content_type, authenticate: false, body: value.to_string().into_bytes() }
+        Self { status: 200, content_type, authenticate: false, body: value.to_string().into_bytes(), stream: None }
     }
 
     /// A plain-text error, as Go's `http.Error` writes it: the message and a newline.
@@ -105,6 +109,7 @@ impl Answer {
             content_type: Some("text/plain; charset=utf-8"),
             authenticate: status == 401,
             body: format!("{message}\n").into_bytes(),
+            stream: None,
         }
     }
 }
@@ -119,6 +124,7 @@ enum Route<'a> {
     NodeLabels(&'a str),
     NodeAnnotations(&'a str),
     ClusterId,
+    StreamNode(&'a str),
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
@@ -136,6 +142,7 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["api", "v1", "tags", "node", node] => Route::NodeLabels(node),
         ["api", "v1", "annotations", "node", node] => Route::NodeAnnotations(node),
         ["api", "v1", "cluster", "id"] => Route::ClusterId,
+        ["api", "v1", "stream", "node", node] => Route::StreamNode(node),
         _ => return None,
     })
 }
@@ -229,7 +236,74 @@ pub fn handle(index: &ClusterIndex, token: &str, method: &str, path: &str, autho
             Some(uid) => Answer::json(&json!(uid), Some("application/json")),
             None => Answer::text(500, "the cluster id (the kube-system namespace's uid) is not known yet"),
         },
+        // Ours, for our node agents: the node's view, then each change as it happens.
+        Route::StreamNode(node) => Answer {
+            status: 200,
+            content_type: Some(STREAM_CONTENT_TYPE),
+            authenticate: false,
+            body: Vec::new(),
+            stream: Some(node.to_owned()),
+        },
     }
+}
+
+/// The content type of a node stream: one JSON object per line.
+pub const STREAM_CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// How often a node stream sends a heartbeat (an empty line of JSON, `{}`) when nothing changed,
+/// so that a node agent can tell a silent cluster agent from a dead connection.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a node stream waits after a change before it reads the index, so that a burst of
+/// changes (a re-list, a rollout) goes out as one line.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The body of `GET /api/v1/stream/node/{node}`: the node's whole view, then one line per change
+/// to it ([`NodeUpdate`]), and a heartbeat every [`HEARTBEAT`] of silence; it ends when `cancel`
+/// is cancelled (the node agent then connects again, to another replica if this one stops).
+pub fn node_stream(
+    index: Arc<RwLock<ClusterIndex>>,
+    node: String,
+    cancel: CancellationToken,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>> + Send + 'static {
+    // The receiver is taken under the same lock as the first view, so no change falls between.
+    let (changes, view) = {
+        let index = index.reading();
+        (index.subscribe(), index.node_view(&node))
+    };
+    let first = line(&NodeUpdate::snapshot(&view));
+    let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let rest = futures::stream::unfold(
+        (index, node, cancel, changes, view, heartbeat),
+        |(index, node, cancel, mut changes, mut view, mut heartbeat)| async move {
+            loop {
+                let update = tokio::select! {
+                    () = cancel.cancelled() => return None,
+                    changed = changes.changed() => {
+                        // The index is gone: the cluster agent is stopping.
+                        changed.ok()?;
+                        tokio::time::sleep(SETTLE).await;
+                        changes.mark_unchanged();
+                        let after = index.reading().node_view(&node);
+                        let Some(update) = NodeUpdate::between(&view, &after) else { continue };
+                        view = after;
+                        heartbeat.reset();
+                        update
+                    }
+                    _ = heartbeat.tick() => NodeUpdate::default(),
+                };
+                return Some((Ok(line(&update)), (index, node, cancel, changes, view, heartbeat)));
+            }
+        },
+    );
+    futures::stream::once(async move { Ok(first) }).chain(rest)
+}
+
+/// One line of a node stream.
+fn line(update: &NodeUpdate) -> axum::body::Bytes {
+    let mut text = serde_json::to_vec(update).unwrap_or_else(|_| b"{}".to_vec());
+    text.push(b'\n');
+    axum::body::Bytes::from(text)
 }
 
 /// Serves [`handle`] over TLS (HTTP/1.1) on `listener` until `cancel` is cancelled, within
@@ -242,8 +316,9 @@ pub async fn serve(
     limits: Limits,
     cancel: CancellationToken,
 ) {
+    let streams_end = cancel.clone();
     let answer = move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
-        let (index, token) = (index.clone(), token.clone());
+        let (index, token, cancel) = (index.clone(), token.clone(), streams_end.clone());
         async move {
             let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
             let grpc = headers
@@ -255,7 +330,11 @@ pub async fn serve(
             }
             let path = uri.path_and_query().map_or("/", |p| p.as_str());
             let answer = handle(&index.reading(), &token, method.as_str(), path, authorization);
-            let mut response = axum::response::Response::new(axum::body::Body::from(answer.body));
+            let body = match answer.stream {
+                Some(node) => axum::body::Body::from_stream(node_stream(index, node, cancel)),
+                None => axum::body::Body::from(answer.body),
+            };
+            let mut response = axum::response::Response::new(body);
             *response.status_mut() = axum::http::StatusCode::from_u16(answer.status)
                 .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
             if let Some(content_type) = answer.content_type {
@@ -458,6 +537,47 @@ mod tests {
         assert_eq!(get(&index, "/api/v1/cluster/id").0, 500, "no kube-system namespace yet");
         index.set_namespace("kube-system", Meta { uid: "c-1".into(), ..Meta::default() });
         assert_eq!(get(&index, "/api/v1/cluster/id"), (200, json!("c-1")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_stream_sends_the_view_then_each_change_then_heartbeats() {
+        use futures::StreamExt as _;
+        let index = Arc::new(RwLock::new(ClusterIndex::default()));
+        index.writing().set_namespace("shop", Meta { labels: labels(&[("team", "a")]), ..Meta::default() });
+        let answer = handle(&index.reading(), TOKEN, "GET", "/api/v1/stream/node/n1", Some(&format!("Bearer {TOKEN}")));
+        assert_eq!((answer.status, answer.stream.as_deref()), (200, Some("n1")));
+        assert_eq!(handle(&index.reading(), TOKEN, "GET", "/api/v1/stream/node/n1", None).status, 401);
+        let cancel = CancellationToken::new();
+        let mut stream = Box::pin(node_stream(index.clone(), "n1".into(), cancel.clone()));
+        let mut next = async || -> NodeUpdate {
+            let line = stream.next().await.expect("a line").expect("infallible");
+            assert_eq!(line.last(), Some(&b'\n'), "one object per line");
+            serde_json::from_slice(&line).expect("JSON")
+        };
+        let mut view = wm_collector_kube::cluster::NodeView::default();
+        let first = next().await;
+        assert!(first.snapshot);
+        first.apply_to(&mut view);
+        assert_eq!(view.namespaces["shop"].labels["team"], "a");
+        // A burst of changes: one line, once the burst has settled.
+        {
+            let mut index = index.writing();
+            index.set_slice("shop", "web-1", Some("web"), endpoints(&[("n1", "web-1")]));
+            index.set_namespace("shop", Meta { labels: labels(&[("team", "b")]), ..Meta::default() });
+            index.set_slice("shop", "other", Some("db"), endpoints(&[("n2", "db-1")]));
+        }
+        let update = next().await;
+        assert!(!update.snapshot && update.node.is_none());
+        update.apply_to(&mut view);
+        assert_eq!(view, index.reading().node_view("n1"));
+        // Another node's change sends nothing; after 15 s of silence, a heartbeat.
+        index.writing().set_slice("shop", "other", Some("db"), endpoints(&[("n2", "db-2")]));
+        let started = tokio::time::Instant::now();
+        assert!(next().await.is_heartbeat());
+        assert!(started.elapsed() >= HEARTBEAT - SETTLE);
+        // The server stopping ends the stream.
+        cancel.cancel();
+        assert!(stream.next().await.is_none());
     }
 
     #[test]

@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use test_support::kubernetes::{
     Kubernetes, Kwok, create_fake_nodes, fake_pod, object, wait_for_default_service_account,
 };
 use test_support::runtimes::{free_port, terminate};
-use test_support::watch::eventually_some;
+use test_support::watch::{eventually, eventually_some};
+use wm_collector_kube::metadata::{KubeMetadataCollector, KubeMetadataConfig};
+use wm_core::{CollectorEvent, KubernetesPod, Secret, Source};
+use wm_store::{CollectorState, Store};
 
 const NODES: usize = 20;
 const PODS: usize = 100;
@@ -83,6 +86,74 @@ fn write_config(dir: &Path, cluster: &Kubernetes, port: u16) -> std::path::PathB
     config
 }
 
+/// One of our node agents, simulated in this process: a store whose `kube_metadata` follows the
+/// cluster agent's node stream (no kubeconfig: it cannot reach the API server at all), and the
+/// node's pods set as its kubelet would report them.
+struct NodeAgent {
+    store: Store,
+    /// (uid, namespace, name) of each pod of the node.
+    pods: Vec<(String, String, String)>,
+}
+
+async fn node_agent(client: &kube::Client, port: u16, node: &str) -> NodeAgent {
+    let config = KubeMetadataConfig {
+        kubernetes_kubelet_nodename: Some(node.into()),
+        cluster_agent_enabled: true,
+        cluster_agent_url: format!("127.0.0.1:{port}"),
+        cluster_agent_auth_token: Secret::new(TOKEN),
+        ..KubeMetadataConfig::default()
+    };
+    let store = Store::builder().collector(KubeMetadataCollector::new(config).into_collector()).build();
+    store.start();
+    let listed =
+        Api::<Pod>::all(client.clone()).list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await;
+    let pods: Vec<(String, String, String)> = listed
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| (p.metadata.uid.unwrap(), p.metadata.namespace.unwrap(), p.metadata.name.unwrap()))
+        .collect();
+    assert!(!pods.is_empty(), "{node} has pods");
+    let kubelet = pods.iter().map(|(uid, ns, name)| {
+        let pod = KubernetesPod {
+            id: uid.as_str().into(),
+            name: name.as_str().into(),
+            namespace: ns.as_str().into(),
+            phase: "Running".into(),
+            ..KubernetesPod::default()
+        };
+        CollectorEvent::set(Source::NodeOrchestrator, pod)
+    });
+    store.notify(kubelet.collect()).await;
+    NodeAgent { store, pods }
+}
+
+/// Tells whether every pod of `agent` has its namespace's `tier` label (`tier` of the namespace)
+/// and its service, less `skip` (namespace, service).
+fn node_agent_has(agent: &NodeAgent, tier: impl Fn(&str) -> &'static str, skip: Option<(&str, &str)>) -> bool {
+    agent.pods.iter().all(|(uid, ns, name)| {
+        let k: usize = name.trim_start_matches("pod-").parse().unwrap();
+        let service = format!("svc-{}", placement(k).1);
+        let want: Vec<String> = if skip == Some((ns.as_str(), service.as_str())) { vec![] } else { vec![service] };
+        agent.store.get_kubernetes_pod(uid).is_some_and(|p| {
+            p.details.kube_services == want && p.details.namespace_labels.get("tier") == Some(tier(ns))
+        })
+    })
+}
+
+/// Starts `agent cluster-agent` with `config`, its log appended to `dir/agent.log`.
+fn start_cluster_agent(config: &Path, dir: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--config")
+        .arg(config)
+        .arg("cluster-agent")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
     let test = "node_agents_get_datadogs_cluster_agent_answers";
@@ -126,15 +197,7 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
         let port = free_port().unwrap();
         let dir = cluster.dir().join("cluster-agent");
         let config = write_config(&dir, cluster, port);
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("--config")
-            .arg(&config)
-            .arg("cluster-agent")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = start_cluster_agent(&config, &dir);
         let started = Instant::now();
         let version = eventually_some("the cluster agent's /version", DEADLINE, || async {
             tokio::task::block_in_place(|| json_of(port, "/version"))
@@ -152,6 +215,18 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
             .await;
         }
         println!("the cluster agent answered every node's map {:.1?} after its start", started.elapsed());
+
+        // Our node agents follow it: each node's pods get their services and namespace labels.
+        let mut agents = Vec::new();
+        for node in ["kwok-0", "kwok-7", "kwok-19"] {
+            agents.push(node_agent(&client, port, node).await);
+        }
+        for agent in &agents {
+            eventually("a node agent's pods with their services and namespace labels", DEADLINE, || {
+                node_agent_has(agent, |_| "bronze", None)
+            })
+            .await;
+        }
         let (status, _, body) = get(port, "/api/v1/tags/pod/no-such-node", Some(TOKEN));
         assert!(status == 200 && body.contains("Warnings") && !body.contains("Nodes"), "{status} {body}");
         let meta = json_of(port, "/api/v1/metadata/namespace/team-1").unwrap();
@@ -187,6 +262,7 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
         assert!(grpc("wrong").contains("grpc-status: 16"));
 
         // A namespace label changes and a service goes: the answers follow.
+        let changed = Instant::now();
         let patch = json!({ "metadata": { "labels": { "tier": "gold" } } });
         namespaces.patch("team-1", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
         Api::<Service>::namespaced(client.clone(), "team-1").delete("svc-app-3", &Default::default()).await.unwrap();
@@ -202,6 +278,54 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
                     .filter(|v| *v == want)
             })
             .await;
+        }
+        // The node streams carry both changes at once, with no poll.
+        for agent in &agents {
+            eventually("the node agents' pods with the new label and without the service", DEADLINE, || {
+                let tier = |ns: &str| if ns == "team-1" { "gold" } else { "bronze" };
+                node_agent_has(agent, tier, Some(("team-1", "svc-app-3")))
+            })
+            .await;
+        }
+        println!("the node agents had both changes {:.1?} after they were made", changed.elapsed());
+
+        // The cluster agent killed: the node agents keep what they have and say why they are
+        // degraded; a change made meanwhile reaches them once it is back.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for agent in &agents {
+            eventually("a node agent degraded, the cluster agent unreachable", DEADLINE, || {
+                agent.store.health().collectors.iter().any(|c| {
+                    c.synced
+                        && matches!(&c.state, CollectorState::Retrying { error, .. } if error.contains("cluster agent unreachable"))
+                })
+            })
+            .await;
+            assert!(agent.store.health().is_ready(), "the last metadata is still served");
+            let tier = |ns: &str| if ns == "team-1" { "gold" } else { "bronze" };
+            assert!(node_agent_has(agent, tier, Some(("team-1", "svc-app-3"))), "the last metadata is kept");
+        }
+        let patch = json!({ "metadata": { "labels": { "tier": "platinum" } } });
+        namespaces.patch("team-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        let child = start_cluster_agent(&config, &dir);
+        for agent in &agents {
+            eventually(
+                "the node agents back on the cluster agent, with the change made while it was down",
+                DEADLINE,
+                || {
+                    agent.pods.iter().all(|(uid, ns, _)| {
+                        let tier = if ns == "team-0" { "platinum" } else { "gold" };
+                        agent
+                            .store
+                            .get_kubernetes_pod(uid)
+                            .is_some_and(|p| p.details.namespace_labels.get("tier") == Some(tier))
+                    }) && agent.store.health().collectors.iter().all(|c| c.state == CollectorState::Running)
+                },
+            )
+            .await;
+        }
+        for agent in agents {
+            agent.store.shutdown().await;
         }
 
         // Ready (its watches listed), then stopped by SIGTERM.

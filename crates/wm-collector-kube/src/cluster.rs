@@ -25,6 +25,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
+use serde::{Deserialize, Serialize};
 use wm_core::sync::RwLockExt;
 use wm_core::{Collector, CollectorContext, CollectorError, Source, StreamCollector};
 
@@ -40,13 +41,17 @@ pub struct PodEndpoint {
 }
 
 /// The uid, labels and annotations of a namespace or a node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Meta {
     /// The object's uid.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub uid: String,
     /// The object's labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// The object's annotations.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -75,6 +80,8 @@ pub struct ClusterIndex {
     namespaces: HashMap<String, Meta>,
     /// Whether every watch has listed once.
     synced: bool,
+    /// Counts the changes made to the index, for the node streams that wait for one.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ClusterIndex {
@@ -83,6 +90,7 @@ impl ClusterIndex {
     /// A slice without a service (no `kubernetes.io/service-name` label) counts as none. Replaces
     /// what the slice said before; touches only the pods it lists now or listed then.
     pub fn set_slice(&mut self, namespace: &str, name: &str, service: Option<&str>, endpoints: Vec<PodEndpoint>) {
+        self.changed();
         self.remove_slice(namespace, name);
         let Some(service) = service.filter(|s| !s.is_empty()) else { return };
         for endpoint in &endpoints {
@@ -95,6 +103,7 @@ impl ClusterIndex {
 
     /// Removes what the EndpointSlice `namespace`/`name` said, if anything.
     pub fn remove_slice(&mut self, namespace: &str, name: &str) {
+        self.changed();
         let Some(old) = self.slices.remove(&(namespace.to_owned(), name.to_owned())) else { return };
         for endpoint in old.endpoints {
             let Some(by_namespace) = self.services.get_mut(&endpoint.node) else { continue };
@@ -121,21 +130,25 @@ impl ClusterIndex {
 
     /// Sets a node's labels and annotations; a node is known from then on.
     pub fn set_node(&mut self, name: &str, meta: Meta) {
+        self.changed();
         self.nodes.insert(name.to_owned(), meta);
     }
 
     /// Forgets a node (its pods' services stay as long as slices list them).
     pub fn remove_node(&mut self, name: &str) {
+        self.changed();
         self.nodes.remove(name);
     }
 
     /// Sets a namespace's labels and annotations.
     pub fn set_namespace(&mut self, name: &str, meta: Meta) {
+        self.changed();
         self.namespaces.insert(name.to_owned(), meta);
     }
 
     /// Forgets a namespace.
     pub fn remove_namespace(&mut self, name: &str) {
+        self.changed();
         self.namespaces.remove(name);
     }
 
@@ -155,10 +168,136 @@ impl ClusterIndex {
         self.namespaces.get(name)
     }
 
+    /// Counts one change, waking the node streams.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Returns a receiver that wakes at each change to the index from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Returns what a node agent on `node` is told: the node's labels and annotations, every
+    /// namespace's, and the services each pod of the node backs.
+    pub fn node_view(&self, node: &str) -> NodeView {
+        NodeView {
+            node: self.nodes.get(node).map(|m| Meta { uid: String::new(), ..m.clone() }).unwrap_or_default(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|(name, m)| (name.clone(), Meta { uid: String::new(), ..m.clone() }))
+                .collect(),
+            pods: self
+                .services
+                .get(node)
+                .into_iter()
+                .flatten()
+                .map(|(namespace, pods)| {
+                    let pods = pods.iter().map(|(pod, services)| (pod.clone(), services.keys().cloned().collect()));
+                    (namespace.clone(), pods.collect())
+                })
+                .collect(),
+        }
+    }
+
     /// Tells whether every watch has listed once since [`follow`] started: before that, a node,
     /// namespace or service missing from the index may only not be listed yet.
     pub fn synced(&self) -> bool {
         self.synced
+    }
+}
+
+/// The services each pod of one node backs: namespace → pod → services, sorted.
+pub type NodePods = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+/// What the cluster agent tells the node agent of one node ([`ClusterIndex::node_view`]): what
+/// the node agent's `kube_metadata` collector would otherwise watch the API server for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeView {
+    /// The node's labels and annotations; empty while the node is not known.
+    pub node: Meta,
+    /// Every namespace's labels and annotations, by name (a node agent cannot know in advance
+    /// which namespaces its pods will be in).
+    pub namespaces: BTreeMap<String, Meta>,
+    /// The services each pod of the node backs.
+    pub pods: NodePods,
+}
+
+/// One line of a node stream (`GET /api/v1/stream/node/{node}`, `docs/wire/cluster-agent-api.md`):
+/// the whole view (`snapshot`), or what changed since the line before. An empty update is the
+/// heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeUpdate {
+    /// The line carries the whole view: whatever the reader held is replaced.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
+    /// The node's metadata, when it changed (empty when the node is no longer known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<Meta>,
+    /// The namespaces that changed: the new metadata, or `null` for one deleted.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, Option<Meta>>,
+    /// The node's pods and their services, whole, when any changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<NodePods>,
+}
+
+impl NodeUpdate {
+    /// The update that carries `view` whole.
+    pub fn snapshot(view: &NodeView) -> Self {
+        Self {
+            snapshot: true,
+            node: Some(view.node.clone()),
+            namespaces: view.namespaces.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+            pods: Some(view.pods.clone()),
+        }
+    }
+
+    /// The update that turns `before` into `after`; `None` when they are equal.
+    pub fn between(before: &NodeView, after: &NodeView) -> Option<Self> {
+        let mut update = Self::default();
+        if before.node != after.node {
+            update.node = Some(after.node.clone());
+        }
+        for (name, meta) in &after.namespaces {
+            if before.namespaces.get(name) != Some(meta) {
+                update.namespaces.insert(name.clone(), Some(meta.clone()));
+            }
+        }
+        for name in before.namespaces.keys().filter(|n| !after.namespaces.contains_key(*n)) {
+            update.namespaces.insert(name.clone(), None);
+        }
+        if before.pods != after.pods {
+            update.pods = Some(after.pods.clone());
+        }
+        (update != Self::default()).then_some(update)
+    }
+
+    /// Tells whether the update changes nothing (a heartbeat).
+    pub fn is_heartbeat(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Applies the update to `view`.
+    pub fn apply_to(self, view: &mut NodeView) {
+        if self.snapshot {
+            *view = NodeView::default();
+        }
+        if let Some(node) = self.node {
+            view.node = node;
+        }
+        for (name, meta) in self.namespaces {
+            match meta {
+                Some(meta) => view.namespaces.insert(name, meta),
+                None => view.namespaces.remove(&name),
+            };
+        }
+        if let Some(pods) = self.pods {
+            view.pods = pods;
+        }
     }
 }
 
@@ -296,6 +435,7 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> R
                 Step::Remove((_, name)) => index.remove_namespace(&name),
                 Step::Listed(keys) => {
                     index.namespaces.retain(|name, _| keys.contains(&(String::new(), name.clone())));
+                    index.changed();
                     listed[1] = true;
                 }
                 Step::Nothing => {}
@@ -305,12 +445,16 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> R
                 Step::Remove((_, name)) => index.remove_node(&name),
                 Step::Listed(keys) => {
                     index.nodes.retain(|name, _| keys.contains(&(String::new(), name.clone())));
+                    index.changed();
                     listed[2] = true;
                 }
                 Step::Nothing => {}
             },
         }
-        index.synced |= listed.iter().all(|l| *l);
+        if !index.synced && listed.iter().all(|l| *l) {
+            index.synced = true;
+            index.changed();
+        }
     }
     Err(CollectorError::Retriable { context: "cluster agent: the watches ended".into(), source: None })
 }
@@ -401,6 +545,50 @@ mod tests {
         assert!(index.slices.is_empty() && index.services.is_empty());
         // Removing what was never set is no error.
         index.remove_slice("shop", "never");
+    }
+
+    #[test]
+    fn a_node_view_holds_its_pods_and_every_namespace_and_updates_rebuild_it() {
+        let mut index = ClusterIndex::default();
+        let mut changes = index.subscribe();
+        let meta =
+            |k: &str, v: &str| Meta { uid: "u".into(), labels: [(k.into(), v.into())].into(), ..Meta::default() };
+        index.set_node("n1", meta("zone", "a"));
+        index.set_namespace("shop", meta("team", "a"));
+        index.set_namespace("ops", meta("team", "b"));
+        index.set_slice("shop", "web-1", Some("web"), endpoints(&[("n1", "web-1"), ("n2", "web-2")]));
+        assert!(changes.has_changed().unwrap(), "a change wakes the streams");
+        changes.mark_unchanged();
+        let before = index.node_view("n1");
+        assert_eq!(before.pods, NodePods::from([("shop".into(), [("web-1".into(), vec!["web".into()])].into())]));
+        assert_eq!(before.namespaces.len(), 2);
+        assert_eq!((before.node.uid.as_str(), before.node.labels["zone"].as_str()), ("", "a"), "uids are not sent");
+        // Nothing changed: no update. A snapshot rebuilds the view from nothing.
+        assert_eq!(NodeUpdate::between(&before, &before), None);
+        let mut copy = NodeView::default();
+        NodeUpdate::snapshot(&before).apply_to(&mut copy);
+        assert_eq!(copy, before);
+        // A label change, a deleted namespace, a new service: one update carries all three.
+        index.set_namespace("shop", meta("team", "c"));
+        index.remove_namespace("ops");
+        index.set_slice("shop", "api-1", Some("api"), endpoints(&[("n1", "web-1")]));
+        let after = index.node_view("n1");
+        let update = NodeUpdate::between(&before, &after).unwrap();
+        assert_eq!(update.namespaces.get("ops"), Some(&None));
+        assert!(update.node.is_none() && update.pods.is_some());
+        // Sent as one line of JSON and read back.
+        let line = serde_json::to_string(&update).unwrap();
+        let read: NodeUpdate = serde_json::from_str(&line).unwrap();
+        read.apply_to(&mut copy);
+        assert_eq!(copy, after);
+        // The heartbeat is the empty update; it changes nothing.
+        let heartbeat: NodeUpdate = serde_json::from_str("{}").unwrap();
+        assert!(heartbeat.is_heartbeat());
+        heartbeat.apply_to(&mut copy);
+        assert_eq!(copy, after);
+        // Another node's view is untouched by n1's pods.
+        assert_eq!(index.node_view("n2").pods["shop"]["web-2"], ["web"]);
+        assert_eq!(index.node_view("n9").node, Meta::default());
     }
 
     #[test]

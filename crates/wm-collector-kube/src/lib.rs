@@ -20,7 +20,8 @@
 //!
 //! The API-server part is [`metadata`]: for each pod of this node, its namespace's labels and
 //! annotations and the services that select it, as partial pods from source
-//! `cluster_orchestrator`.
+//! `cluster_orchestrator`; with `cluster_agent.enabled` it takes them from the cluster agent's
+//! node stream instead ([`via_cluster_agent`]).
 //!
 //! The cluster agent's part is [`cluster`]: an index of every node's pods and the services they
 //! back, and every namespace's and node's metadata, kept from three cluster-wide watches.
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod kubelet;
 pub mod metadata;
 pub mod podresources;
+pub mod via_cluster_agent;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

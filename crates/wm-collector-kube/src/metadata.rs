@@ -51,6 +51,25 @@ pub struct KubeMetadataConfig {
     /// `kubernetes_kubelet_nodename`: this node's name; unset: the `NODE_NAME` env var (set with
     /// the downward API). Without a node name the collector does not run.
     pub kubernetes_kubelet_nodename: Option<String>,
+    /// `cluster_agent.enabled` (Datadog's key, default false): take this node's view from the
+    /// cluster agent's node stream instead of watching the API server
+    /// ([`via_cluster_agent`](crate::via_cluster_agent)).
+    #[serde(rename = "cluster_agent.enabled")]
+    pub cluster_agent_enabled: bool,
+    /// `cluster_agent.url` (Datadog's key): the cluster agent's address (`https://` is added
+    /// when it has no scheme); empty: found through `cluster_agent.kubernetes_service_name`.
+    #[serde(rename = "cluster_agent.url")]
+    pub cluster_agent_url: String,
+    /// `cluster_agent.kubernetes_service_name` (Datadog's key, default
+    /// `datadog-cluster-agent`): the Service whose `<NAME>_SERVICE_HOST` and
+    /// `<NAME>_SERVICE_PORT` variables give the cluster agent's address.
+    #[serde(rename = "cluster_agent.kubernetes_service_name")]
+    pub cluster_agent_kubernetes_service_name: String,
+    /// `cluster_agent.auth_token` (Datadog's key): the cluster agent's token, 32 characters at
+    /// least; with `cluster_agent.enabled` it must be set (in a DaemonSet, from the Secret the
+    /// cluster agent reads too).
+    #[serde(rename = "cluster_agent.auth_token")]
+    pub cluster_agent_auth_token: wm_core::Secret,
 }
 
 impl Default for KubeMetadataConfig {
@@ -59,6 +78,10 @@ impl Default for KubeMetadataConfig {
             kubernetes_collect_metadata_tags: true,
             kubernetes_kubeconfig_path: None,
             kubernetes_kubelet_nodename: None,
+            cluster_agent_enabled: false,
+            cluster_agent_url: String::new(),
+            cluster_agent_kubernetes_service_name: "datadog-cluster-agent".to_owned(),
+            cluster_agent_auth_token: wm_core::Secret::default(),
         }
     }
 }
@@ -206,50 +229,95 @@ impl State {
     /// metadata entity.
     ///
     /// A pod's namespace labels and annotations are empty while its namespace is unknown.
-    fn entities(&self) -> BTreeMap<EntityId, Entity> {
+    fn entities(&self) -> Vec<Entity> {
         let mut services: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         for (service, pods) in self.slices.items.values() {
             for uid in pods {
                 services.entry(uid.as_str()).or_default().insert(service.as_str());
             }
         }
+        let none = LabelsAndAnnotations::default();
         self.pods
             .items
             .iter()
             .map(|(uid, (name, namespace))| {
-                let (labels, annotations) = self.namespaces.items.get(namespace).cloned().unwrap_or_default();
-                let pod = KubernetesPod {
-                    id: wm_core::Id::from(uid.as_str()),
-                    name: name.into(),
-                    namespace: namespace.into(),
-                    details: PodDetails {
-                        namespace_labels: labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-                        namespace_annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-                        kube_services: services
-                            .get(uid.as_str())
-                            .into_iter()
-                            .flatten()
-                            .map(|s| (*s).to_owned())
-                            .collect(),
-                        ..PodDetails::default()
-                    }
-                    .into(),
-                    ..KubernetesPod::default()
-                };
-                Entity::from(pod)
+                let (labels, annotations) = self.namespaces.items.get(namespace).unwrap_or(&none);
+                let services = services.get(uid.as_str()).into_iter().flatten().copied();
+                pod_entity(uid, name, namespace, labels, annotations, services)
             })
-            .chain(self.nodes.items.iter().map(|(name, (labels, annotations))| {
-                Entity::from(KubernetesMetadata {
-                    id: KubernetesMetadata::node_id(name).into(),
-                    resource: KubernetesMetadata::NODES.to_owned(),
-                    name: name.clone(),
-                    namespace: String::new(),
-                    labels: labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-                    annotations: annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-                })
-            }))
-            .map(|entity| (entity.id(), entity))
+            .chain(self.nodes.items.iter().map(|(name, (labels, annotations))| node_entity(name, labels, annotations)))
             .collect()
+    }
+}
+
+/// The partial pod `kube_metadata` sends for a pod: its namespace's labels and annotations and
+/// the services it backs, which the store merges with the kubelet's pod.
+pub(crate) fn pod_entity<'a>(
+    uid: &str,
+    name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    services: impl Iterator<Item = &'a str>,
+) -> Entity {
+    Entity::from(KubernetesPod {
+        id: wm_core::Id::from(uid),
+        name: name.into(),
+        namespace: namespace.into(),
+        details: PodDetails {
+            namespace_labels: labels.iter().collect(),
+            namespace_annotations: annotations.iter().collect(),
+            kube_services: services.map(str::to_owned).collect(),
+            ..PodDetails::default()
+        }
+        .into(),
+        ..KubernetesPod::default()
+    })
+}
+
+/// The `kubernetes_metadata` entity of a node (`/nodes//<node>`).
+pub(crate) fn node_entity(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Entity {
+    Entity::from(KubernetesMetadata {
+        id: KubernetesMetadata::node_id(name).into(),
+        resource: KubernetesMetadata::NODES.to_owned(),
+        name: name.to_owned(),
+        namespace: String::new(),
+        labels: labels.iter().collect(),
+        annotations: annotations.iter().collect(),
+    })
+}
+
+/// What a run has sent, to send only what changes: the first send of a run is a full list,
+/// each one after it the sets and unsets that differ.
+#[derive(Debug, Default)]
+pub(crate) struct Sent(Option<BTreeMap<EntityId, Entity>>);
+
+impl Sent {
+    /// Sends `entities`: whole the first time, else what differs from the last send.
+    pub(crate) async fn send(&mut self, ctx: &CollectorContext, entities: Vec<Entity>) {
+        let now: BTreeMap<EntityId, Entity> = entities.into_iter().map(|e| (e.id(), e)).collect();
+        match &self.0 {
+            None => ctx.sink.full_list(now.values().cloned().collect()).await,
+            Some(before) => {
+                let mut events = Vec::new();
+                for (id, entity) in &now {
+                    if before.get(id) != Some(entity) {
+                        events.push((EventType::Set, entity.clone()));
+                    }
+                }
+                for id in before.keys().filter(|id| !now.contains_key(*id)) {
+                    events.push((EventType::Unset, Entity::empty(id)));
+                }
+                if !events.is_empty() {
+                    ctx.sink.events(events).await;
+                }
+            }
+        }
+        self.0 = Some(now);
     }
 }
 
@@ -281,6 +349,9 @@ impl StreamCollector for KubeMetadataCollector {
         let Some(node) = self.config.node_name() else {
             return Err(CollectorError::absent("this node's name is unknown (kubernetes_kubelet_nodename, NODE_NAME)"));
         };
+        if self.config.cluster_agent_enabled {
+            return crate::via_cluster_agent::run(&self.config, &node, ctx).await;
+        }
         let client = self.client().await?;
         let cached = watcher::Config::default().any_semantic();
         // Pods, namespaces and the node are watched metadata-only: names, uids, labels and
@@ -303,7 +374,7 @@ impl StreamCollector for KubeMetadataCollector {
         let mut updates = futures::stream::select_all(streams);
 
         let mut state = State::default();
-        let mut sent: Option<BTreeMap<EntityId, Entity>> = None;
+        let mut sent = Sent::default();
         loop {
             let update = tokio::select! {
                 biased;
@@ -361,23 +432,7 @@ impl StreamCollector for KubeMetadataCollector {
             if !changed || !state.synced() {
                 continue;
             }
-            let now = state.entities();
-            match &sent {
-                None => ctx.sink.full_list(now.values().cloned().collect()).await,
-                Some(before) => {
-                    let mut events = Vec::new();
-                    for (id, entity) in &now {
-                        if before.get(id) != Some(entity) {
-                            events.push((EventType::Set, entity.clone()));
-                        }
-                    }
-                    for id in before.keys().filter(|id| !now.contains_key(*id)) {
-                        events.push((EventType::Unset, Entity::empty(id)));
-                    }
-                    ctx.sink.events(events).await;
-                }
-            }
-            sent = Some(now);
+            sent.send(ctx, state.entities()).await;
         }
     }
 }

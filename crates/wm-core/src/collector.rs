@@ -142,6 +142,14 @@ pub trait StoreReader: Send + Sync {
     /// Returns every merged entity of `kind`, in id order.
     fn list(&self, kind: Kind) -> Vec<Entity>;
 
+    /// Returns every entity of `kind` as `source` reported it (not merged), in id order: what
+    /// that source knows, and nothing another source added. A reader that keeps no version per
+    /// source returns the merged entities.
+    fn list_from(&self, kind: Kind, source: Source) -> Vec<Entity> {
+        let _ = source;
+        self.list(kind)
+    }
+
     /// Returns the merged container with this id, or `None` if the store has none.
     fn get_container(&self, id: &str) -> Option<Arc<Container>> {
         self.get(&EntityId::new(Kind::Container, id)).and_then(|e| e.as_container().cloned())

@@ -258,6 +258,14 @@ impl Inner {
         found.sort_unstable_by(|a, b| a.0.cmp(b.0));
         found.into_iter().map(|(_, r)| r.merged()).collect()
     }
+
+    fn list_from(&self, kind: Kind, source: Source) -> Vec<Entity> {
+        let state = self.read();
+        let mut found: Vec<(&Id, &Entity)> =
+            state.records(kind).iter().filter_map(|(id, r)| Some((id, r.version(source)?))).collect();
+        found.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        found.into_iter().map(|(_, e)| e.clone()).collect()
+    }
 }
 
 impl Drop for Inner {
@@ -723,6 +731,10 @@ impl StoreReader for Store {
     fn list(&self, kind: Kind) -> Vec<Entity> {
         self.inner.list(kind)
     }
+
+    fn list_from(&self, kind: Kind, source: Source) -> Vec<Entity> {
+        self.inner.list_from(kind, source)
+    }
 }
 
 /// Reads the store for collectors without keeping it alive: once the store is dropped, reads
@@ -736,6 +748,10 @@ impl StoreReader for WeakReader {
 
     fn list(&self, kind: Kind) -> Vec<Entity> {
         self.0.upgrade().map(|inner| inner.list(kind)).unwrap_or_default()
+    }
+
+    fn list_from(&self, kind: Kind, source: Source) -> Vec<Entity> {
+        self.0.upgrade().map(|inner| inner.list_from(kind, source)).unwrap_or_default()
     }
 }
 

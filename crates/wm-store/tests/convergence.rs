@@ -81,15 +81,21 @@ impl View {
 fn expected(store: &Store, source: Option<Source>) -> BTreeMap<String, Entity> {
     match source {
         None => StoreReader::list(store, Kind::Container).into_iter().map(|e| (e.id_str().to_string(), e)).collect(),
-        Some(s) => store
-            .dump(true)
-            .entities
-            .into_iter()
-            .filter_map(|d| {
-                let v = d.per_source?.into_iter().find(|v| v.source == s)?;
-                Some((d.id.id.to_string(), v.entity))
-            })
-            .collect(),
+        Some(s) => {
+            let dumped: BTreeMap<String, Entity> = store
+                .dump(true)
+                .entities
+                .into_iter()
+                .filter_map(|d| {
+                    let v = d.per_source?.into_iter().find(|v| v.source == s)?;
+                    Some((d.id.id.to_string(), v.entity))
+                })
+                .collect();
+            // What a collector reads of one source's versions is what the dump holds.
+            let listed = StoreReader::list_from(store, Kind::Container, s).into_iter();
+            assert_eq!(listed.map(|e| (e.id_str().to_string(), e)).collect::<BTreeMap<_, _>>(), dumped);
+            dumped
+        }
     }
 }
 
