@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -258,52 +257,139 @@ pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 /// changes (a re-list, a rollout) goes out as one line.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The body of `GET /api/v1/stream/node/{node}`: the node's whole view, then one line per change
-/// to it ([`NodeUpdate`]), and a heartbeat every [`HEARTBEAT`] of silence; it ends when `cancel`
-/// is cancelled (the node agent then connects again, to another replica if this one stops).
+/// The longest line a node stream writes before it splits an update by namespaces (a line is
+/// then at most this plus one namespace's metadata; node agents read lines of up to 16 MiB).
+const LINE: usize = 1 << 20;
+
+/// The most node streams served at once, and per node name: a node agent needs one (two for a
+/// moment while it reconnects), and a token holder must not make the cluster agent keep
+/// thousands.
+pub const MAX_STREAMS: usize = 8192;
+/// See [`MAX_STREAMS`].
+pub const MAX_STREAMS_PER_NODE: usize = 4;
+
+/// The node streams open now, in all and per node name.
+#[derive(Debug, Default)]
+pub struct Streams(std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>);
+
+impl Streams {
+    /// Takes a place for one more stream of `node`; `None` when [`MAX_STREAMS`] or
+    /// [`MAX_STREAMS_PER_NODE`] are reached. The place is given back when the slot drops.
+    pub fn open(self: &Arc<Self>, node: &str) -> Option<StreamSlot> {
+        use wm_core::sync::MutexExt;
+        let mut open = self.0.locked();
+        let per_node = open.1.get(node).copied().unwrap_or(0);
+        if open.0 >= MAX_STREAMS || per_node >= MAX_STREAMS_PER_NODE {
+            return None;
+        }
+        open.0 += 1;
+        open.1.insert(node.to_owned(), per_node + 1);
+        Some(StreamSlot { streams: self.clone(), node: node.to_owned() })
+    }
+}
+
+/// One node stream's place in [`Streams`].
+#[derive(Debug)]
+pub struct StreamSlot {
+    streams: Arc<Streams>,
+    node: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        use wm_core::sync::MutexExt;
+        let mut open = self.streams.0.locked();
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.node);
+            }
+        }
+    }
+}
+
+/// What a node stream keeps between two lines.
+struct Following {
+    index: Arc<RwLock<ClusterIndex>>,
+    node: String,
+    cancel: CancellationToken,
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// What the node agent has been sent; `None` until the snapshot (sent once the index has
+    /// listed everything: a half-listed index would take metadata away from the node agent).
+    view: Option<wm_collector_kube::cluster::NodeView>,
+    heartbeat: tokio::time::Interval,
+    /// Lines of an update split in several, not written yet.
+    pending: std::collections::VecDeque<axum::body::Bytes>,
+    _slot: Option<StreamSlot>,
+}
+
+/// The body of `GET /api/v1/stream/node/{node}`: once the index has listed everything, the
+/// node's whole view; then what changed, each change settled for [`SETTLE`]; a heartbeat every
+/// [`HEARTBEAT`] without a line. It ends when `cancel` is cancelled (the node agent then
+/// connects again, to another replica if this one stops). `slot` is held until it ends.
 pub fn node_stream(
     index: Arc<RwLock<ClusterIndex>>,
     node: String,
     cancel: CancellationToken,
+    slot: Option<StreamSlot>,
 ) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>> + Send + 'static {
-    // The receiver is taken under the same lock as the first view, so no change falls between.
-    let (changes, view) = {
-        let index = index.reading();
-        (index.subscribe(), index.node_view(&node))
-    };
-    let first = line(&NodeUpdate::snapshot(&view));
+    let changes = index.reading().subscribe();
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    let rest = futures::stream::unfold(
-        (index, node, cancel, changes, view, heartbeat),
-        |(index, node, cancel, mut changes, mut view, mut heartbeat)| async move {
-            loop {
-                let update = tokio::select! {
-                    () = cancel.cancelled() => return None,
-                    changed = changes.changed() => {
-                        // The index is gone: the cluster agent is stopping.
-                        changed.ok()?;
-                        tokio::time::sleep(SETTLE).await;
-                        changes.mark_unchanged();
-                        let after = index.reading().node_view(&node);
-                        let Some(update) = NodeUpdate::between(&view, &after) else { continue };
-                        view = after;
-                        heartbeat.reset();
-                        update
-                    }
-                    _ = heartbeat.tick() => NodeUpdate::default(),
-                };
-                return Some((Ok(line(&update)), (index, node, cancel, changes, view, heartbeat)));
+    let following = Following {
+        index,
+        node,
+        cancel,
+        changes,
+        view: None,
+        heartbeat,
+        pending: std::collections::VecDeque::new(),
+        _slot: slot,
+    };
+    futures::stream::unfold(following, |mut f| async move {
+        loop {
+            if let Some(line) = f.pending.pop_front() {
+                return Some((Ok(line), f));
             }
-        },
-    );
-    futures::stream::once(async move { Ok(first) }).chain(rest)
+            if f.view.is_none() {
+                // Marked before the look, so that a change made after it wakes the wait below.
+                f.changes.mark_unchanged();
+                let view = {
+                    let index = f.index.reading();
+                    index.synced().then(|| index.node_view(&f.node))
+                };
+                if let Some(view) = view {
+                    f.pending.extend(lines(NodeUpdate::snapshot(&view)));
+                    f.view = Some(view);
+                    f.heartbeat.reset();
+                    continue;
+                }
+            }
+            tokio::select! {
+                () = f.cancel.cancelled() => return None,
+                changed = f.changes.changed() => {
+                    // The index's sender lives as long as the index, which this stream holds:
+                    // this does not fail; ending is the safe answer if it ever does.
+                    changed.ok()?;
+                    let Some(before) = &f.view else { continue };
+                    tokio::time::sleep(SETTLE).await;
+                    f.changes.mark_unchanged();
+                    let after = f.index.reading().node_view(&f.node);
+                    if let Some(update) = NodeUpdate::between(before, &after) {
+                        f.pending.extend(lines(update));
+                        f.heartbeat.reset();
+                    }
+                    f.view = Some(after);
+                }
+                _ = f.heartbeat.tick() => return Some((Ok(axum::body::Bytes::from_static(b"{}\n")), f)),
+            }
+        }
+    })
 }
 
-/// One line of a node stream.
-fn line(update: &NodeUpdate) -> axum::body::Bytes {
-    let mut text = serde_json::to_vec(update).unwrap_or_else(|_| b"{}".to_vec());
-    text.push(b'\n');
-    axum::body::Bytes::from(text)
+/// The lines of one update (split when it is longer than [`LINE`]).
+fn lines(update: NodeUpdate) -> impl Iterator<Item = axum::body::Bytes> {
+    update.into_lines(LINE).into_iter().map(axum::body::Bytes::from)
 }
 
 /// Serves [`handle`] over TLS (HTTP/1.1) on `listener` until `cancel` is cancelled, within
@@ -317,8 +403,9 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let streams_end = cancel.clone();
+    let open_streams = Arc::new(Streams::default());
     let answer = move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
-        let (index, token, cancel) = (index.clone(), token.clone(), streams_end.clone());
+        let (index, token, cancel, streams) = (index.clone(), token.clone(), streams_end.clone(), open_streams.clone());
         async move {
             let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
             let grpc = headers
@@ -329,10 +416,16 @@ pub async fn serve(
                 return grpc_refusal(check_bearer(authorization, &token).is_ok());
             }
             let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            let answer = handle(&index.reading(), &token, method.as_str(), path, authorization);
-            let body = match answer.stream {
-                Some(node) => axum::body::Body::from_stream(node_stream(index, node, cancel)),
-                None => axum::body::Body::from(answer.body),
+            let mut answer = handle(&index.reading(), &token, method.as_str(), path, authorization);
+            let slot = answer.stream.as_deref().map(|node| streams.open(node));
+            if let Some(None) = slot {
+                answer = Answer::text(429, "too many node streams open (for this node or in all)");
+            }
+            let body = match (answer.stream.take(), slot.flatten()) {
+                (Some(node), Some(slot)) if answer.status == 200 => {
+                    axum::body::Body::from_stream(node_stream(index, node, cancel, Some(slot)))
+                }
+                _ => axum::body::Body::from(answer.body),
             };
             let mut response = axum::response::Response::new(body);
             *response.status_mut() = axum::http::StatusCode::from_u16(answer.status)
@@ -540,7 +633,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_node_stream_sends_the_view_then_each_change_then_heartbeats() {
+    async fn a_node_stream_sends_the_view_once_listed_then_each_change_then_heartbeats() {
         use futures::StreamExt as _;
         let index = Arc::new(RwLock::new(ClusterIndex::default()));
         index.writing().set_namespace("shop", Meta { labels: labels(&[("team", "a")]), ..Meta::default() });
@@ -548,15 +641,20 @@ mod tests {
         assert_eq!((answer.status, answer.stream.as_deref()), (200, Some("n1")));
         assert_eq!(handle(&index.reading(), TOKEN, "GET", "/api/v1/stream/node/n1", None).status, 401);
         let cancel = CancellationToken::new();
-        let mut stream = Box::pin(node_stream(index.clone(), "n1".into(), cancel.clone()));
+        let mut stream = Box::pin(node_stream(index.clone(), "n1".into(), cancel.clone(), None));
         let mut next = async || -> NodeUpdate {
             let line = stream.next().await.expect("a line").expect("infallible");
             assert_eq!(line.last(), Some(&b'\n'), "one object per line");
             serde_json::from_slice(&line).expect("JSON")
         };
+        // Not listed yet: heartbeats only, no snapshot that would take metadata away.
+        let started = tokio::time::Instant::now();
+        assert!(next().await.is_heartbeat());
+        assert!(started.elapsed() >= HEARTBEAT);
+        index.writing().mark_synced();
         let mut view = wm_collector_kube::cluster::NodeView::default();
         let first = next().await;
-        assert!(first.snapshot);
+        assert!(first.snapshot && !first.more);
         first.apply_to(&mut view);
         assert_eq!(view.namespaces["shop"].labels["team"], "a");
         // A burst of changes: one line, once the burst has settled.
@@ -570,14 +668,30 @@ mod tests {
         assert!(!update.snapshot && update.node.is_none());
         update.apply_to(&mut view);
         assert_eq!(view, index.reading().node_view("n1"));
-        // Another node's change sends nothing; after 15 s of silence, a heartbeat.
+        // Another node's change sends nothing; 15 s after the last line, a heartbeat.
+        let sent = tokio::time::Instant::now();
         index.writing().set_slice("shop", "other", Some("db"), endpoints(&[("n2", "db-2")]));
-        let started = tokio::time::Instant::now();
         assert!(next().await.is_heartbeat());
-        assert!(started.elapsed() >= HEARTBEAT - SETTLE);
+        assert!(sent.elapsed() >= HEARTBEAT, "the heartbeat counts from the last line");
         // The server stopping ends the stream.
         cancel.cancel();
         assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn node_streams_are_capped_per_node_and_in_all() {
+        let streams = Arc::new(Streams::default());
+        let n1: Vec<StreamSlot> = (0..MAX_STREAMS_PER_NODE).map(|_| streams.open("n1").unwrap()).collect();
+        assert!(streams.open("n1").is_none(), "a fifth stream for one node");
+        let n2 = streams.open("n2").unwrap();
+        drop(n1);
+        assert!(streams.open("n1").is_some(), "closed streams give their places back");
+        drop(n2);
+        let all: Vec<StreamSlot> = (0..MAX_STREAMS).map(|i| streams.open(&format!("n{i}")).unwrap()).collect();
+        assert!(streams.open("another").is_none());
+        drop(all);
+        assert_eq!(streams.0.lock().unwrap().0, 0);
+        assert!(streams.0.lock().unwrap().1.is_empty());
     }
 
     #[test]

@@ -16,8 +16,11 @@ use clap::{Parser, Subcommand};
 // arenas for good (the soak's resident size grew in a step at each daemon restart while the
 // live heap stayed flat); jemalloc, built with `narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0`
 // (`.cargo/config.toml`), gives them back at once and rounds small allocations to finer size
-// classes (DESIGN.md, "Memory"). `MALLOC_CONF` changes those settings at run time.
-use tikv_jemalloc_sys as _;
+// classes (DESIGN.md, section 6). `MALLOC_CONF` changes those settings at run time.
+// Referring to jemalloc's `malloc` from a `#[used]` static keeps it in the link whatever the order
+// of the archives (`tests/cli.rs` checks that jemalloc runs, with its settings).
+#[used]
+static KEEP_JEMALLOC: unsafe extern "C" fn(usize) -> *mut std::ffi::c_void = tikv_jemalloc_sys::malloc;
 
 /// With the `alloc-stats` feature, every heap allocation is counted, for
 /// `agent_bin::heap_live_bytes` (`agent_heap_live_bytes` on `/metrics`).

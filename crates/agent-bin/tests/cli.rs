@@ -140,3 +140,17 @@ fn queries_without_a_running_agent_say_so_and_fail() {
         assert!(text.contains("is `agent run` running"), "{text}");
     }
 }
+
+#[test]
+fn the_binary_allocates_through_jemalloc_with_its_built_in_settings() {
+    // jemalloc prints the settings it read when `confirm_conf` is set; glibc ignores the variable.
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--version")
+        .env("MALLOC_CONF", "confirm_conf:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains("<jemalloc>") && text.contains("narenas:2"), "{text}");
+    assert!(text.contains("dirty_decay_ms:0") && text.contains("muzzy_decay_ms:0"), "{text}");
+}

@@ -16,16 +16,18 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use test_support::kubernetes::{
     Kubernetes, Kwok, create_fake_nodes, fake_pod, object, wait_for_default_service_account,
 };
 use test_support::runtimes::{free_port, terminate};
 use test_support::watch::{eventually, eventually_some};
-use wm_collector_kube::metadata::{KubeMetadataCollector, KubeMetadataConfig};
-use wm_core::{CollectorEvent, KubernetesPod, Secret, Source};
-use wm_store::{CollectorState, Store};
+use wm_store::CollectorState;
+
+#[path = "support/node_agents.rs"]
+mod node_agents;
+use node_agents::{Mode, NodeAgent, pods_by_node};
 
 const NODES: usize = 20;
 const PODS: usize = 100;
@@ -86,58 +88,21 @@ fn write_config(dir: &Path, cluster: &Kubernetes, port: u16) -> std::path::PathB
     config
 }
 
-/// One of our node agents, simulated in this process: a store whose `kube_metadata` follows the
-/// cluster agent's node stream (no kubeconfig: it cannot reach the API server at all), and the
-/// node's pods set as its kubelet would report them.
-struct NodeAgent {
-    store: Store,
-    /// (uid, namespace, name) of each pod of the node.
-    pods: Vec<(String, String, String)>,
-}
-
-async fn node_agent(client: &kube::Client, port: u16, node: &str) -> NodeAgent {
-    let config = KubeMetadataConfig {
-        kubernetes_kubelet_nodename: Some(node.into()),
-        cluster_agent_enabled: true,
-        cluster_agent_url: format!("127.0.0.1:{port}"),
-        cluster_agent_auth_token: Secret::new(TOKEN),
-        ..KubeMetadataConfig::default()
-    };
-    let store = Store::builder().collector(KubeMetadataCollector::new(config).into_collector()).build();
-    store.start();
-    let listed =
-        Api::<Pod>::all(client.clone()).list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await;
-    let pods: Vec<(String, String, String)> = listed
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|p| (p.metadata.uid.unwrap(), p.metadata.namespace.unwrap(), p.metadata.name.unwrap()))
-        .collect();
-    assert!(!pods.is_empty(), "{node} has pods");
-    let kubelet = pods.iter().map(|(uid, ns, name)| {
-        let pod = KubernetesPod {
-            id: uid.as_str().into(),
-            name: name.as_str().into(),
-            namespace: ns.as_str().into(),
-            phase: "Running".into(),
-            ..KubernetesPod::default()
-        };
-        CollectorEvent::set(Source::NodeOrchestrator, pod)
-    });
-    store.notify(kubelet.collect()).await;
-    NodeAgent { store, pods }
-}
-
-/// Tells whether every pod of `agent` has its namespace's `tier` label (`tier` of the namespace)
-/// and its service, less `skip` (namespace, service).
+/// Tells whether every pod of `agent` has its namespace's tag `tier:<tier of the namespace>`
+/// and its service's `kube_service` tag, and no other `kube_service`, less `skip` (namespace,
+/// service).
 fn node_agent_has(agent: &NodeAgent, tier: impl Fn(&str) -> &'static str, skip: Option<(&str, &str)>) -> bool {
     agent.pods.iter().all(|(uid, ns, name)| {
         let k: usize = name.trim_start_matches("pod-").parse().unwrap();
         let service = format!("svc-{}", placement(k).1);
-        let want: Vec<String> = if skip == Some((ns.as_str(), service.as_str())) { vec![] } else { vec![service] };
-        agent.store.get_kubernetes_pod(uid).is_some_and(|p| {
-            p.details.kube_services == want && p.details.namespace_labels.get("tier") == Some(tier(ns))
-        })
+        let tags = agent.pod_tags(uid);
+        let services: Vec<&String> = tags.iter().filter(|t| t.starts_with("kube_service:")).collect();
+        let want: Vec<String> = if skip == Some((ns.as_str(), service.as_str())) {
+            vec![]
+        } else {
+            vec![format!("kube_service:{service}")]
+        };
+        services == want.iter().collect::<Vec<_>>() && tags.contains(&format!("tier:{}", tier(ns)))
     })
 }
 
@@ -218,8 +183,10 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
 
         // Our node agents follow it: each node's pods get their services and namespace labels.
         let mut agents = Vec::new();
+        let mut pods = pods_by_node(&client).await;
         for node in ["kwok-0", "kwok-7", "kwok-19"] {
-            agents.push(node_agent(&client, port, node).await);
+            let mode = Mode::ClusterAgent(port, TOKEN.to_owned());
+            agents.push(NodeAgent::start(&mode, node, pods.remove(node).unwrap()).await);
         }
         for agent in &agents {
             eventually("a node agent's pods with their services and namespace labels", DEADLINE, || {
@@ -308,24 +275,33 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
         let patch = json!({ "metadata": { "labels": { "tier": "platinum" } } });
         namespaces.patch("team-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
         let child = start_cluster_agent(&config, &dir);
-        for agent in &agents {
-            eventually(
-                "the node agents back on the cluster agent, with the change made while it was down",
-                DEADLINE,
-                || {
-                    agent.pods.iter().all(|(uid, ns, _)| {
-                        let tier = if ns == "team-0" { "platinum" } else { "gold" };
-                        agent
-                            .store
-                            .get_kubernetes_pod(uid)
-                            .is_some_and(|p| p.details.namespace_labels.get("tier") == Some(tier))
-                    }) && agent.store.health().collectors.iter().all(|c| c.state == CollectorState::Running)
-                },
-            )
-            .await;
+        // Until every node agent has caught up, none may lose a tag on the way: the restarted
+        // cluster agent sends nothing before its watches have listed.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut caught_up = true;
+            for agent in &agents {
+                for (uid, ns, _) in &agent.pods {
+                    let tags = agent.pod_tags(uid);
+                    assert!(
+                        tags.iter().any(|t| t.starts_with("tier:"))
+                            && tags.iter().any(|t| t.starts_with("kube_service:"))
+                            || ns == "team-1" && tags.iter().any(|t| t.starts_with("tier:")),
+                        "{uid} lost a tag while its node agent reconnected: {tags:?}"
+                    );
+                    let tier = if ns == "team-0" { "platinum" } else { "gold" };
+                    caught_up &= tags.contains(&format!("tier:{tier}"));
+                }
+                caught_up &= agent.store.health().collectors.iter().all(|c| c.state == CollectorState::Running);
+            }
+            if caught_up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the node agents did not catch up with the restarted cluster agent");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for agent in agents {
-            agent.store.shutdown().await;
+            agent.stop().await;
         }
 
         // Ready (its watches listed), then stopped by SIGTERM.

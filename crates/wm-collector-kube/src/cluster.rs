@@ -76,8 +76,8 @@ pub struct ClusterIndex {
     services: HashMap<String, BTreeMap<String, PodServices>>,
     /// The nodes, by name.
     nodes: HashMap<String, Meta>,
-    /// The namespaces, by name.
-    namespaces: HashMap<String, Meta>,
+    /// The namespaces, by name; shared with every node stream's view, copied once per change.
+    namespaces: Arc<BTreeMap<String, Meta>>,
     /// Whether every watch has listed once.
     synced: bool,
     /// Counts the changes made to the index, for the node streams that wait for one.
@@ -90,9 +90,20 @@ impl ClusterIndex {
     /// A slice without a service (no `kubernetes.io/service-name` label) counts as none. Replaces
     /// what the slice said before; touches only the pods it lists now or listed then.
     pub fn set_slice(&mut self, namespace: &str, name: &str, service: Option<&str>, endpoints: Vec<PodEndpoint>) {
-        self.changed();
+        let service = service.filter(|s| !s.is_empty());
+        let key = (namespace.to_owned(), name.to_owned());
+        let same = match (self.slices.get(&key), service) {
+            (Some(old), Some(service)) => old.service == service && old.endpoints == endpoints,
+            (None, None) => true,
+            _ => false,
+        };
+        // A re-list or a status-only update of a slice changes nothing: no node stream wakes.
+        if same {
+            return;
+        }
         self.remove_slice(namespace, name);
-        let Some(service) = service.filter(|s| !s.is_empty()) else { return };
+        self.changed();
+        let Some(service) = service else { return };
         for endpoint in &endpoints {
             let pods = self.services.entry(endpoint.node.clone()).or_default().entry(namespace.to_owned()).or_default();
             *pods.entry(endpoint.pod.clone()).or_default().entry(service.to_owned()).or_default() += 1;
@@ -103,8 +114,8 @@ impl ClusterIndex {
 
     /// Removes what the EndpointSlice `namespace`/`name` said, if anything.
     pub fn remove_slice(&mut self, namespace: &str, name: &str) {
-        self.changed();
         let Some(old) = self.slices.remove(&(namespace.to_owned(), name.to_owned())) else { return };
+        self.changed();
         for endpoint in old.endpoints {
             let Some(by_namespace) = self.services.get_mut(&endpoint.node) else { continue };
             let Some(pods) = by_namespace.get_mut(&old.namespace) else { continue };
@@ -130,26 +141,57 @@ impl ClusterIndex {
 
     /// Sets a node's labels and annotations; a node is known from then on.
     pub fn set_node(&mut self, name: &str, meta: Meta) {
-        self.changed();
-        self.nodes.insert(name.to_owned(), meta);
+        if self.nodes.get(name) != Some(&meta) {
+            self.nodes.insert(name.to_owned(), meta);
+            self.changed();
+        }
     }
 
     /// Forgets a node (its pods' services stay as long as slices list them).
     pub fn remove_node(&mut self, name: &str) {
-        self.changed();
-        self.nodes.remove(name);
+        if self.nodes.remove(name).is_some() {
+            self.changed();
+        }
     }
 
     /// Sets a namespace's labels and annotations.
     pub fn set_namespace(&mut self, name: &str, meta: Meta) {
-        self.changed();
-        self.namespaces.insert(name.to_owned(), meta);
+        if self.namespaces.get(name) != Some(&meta) {
+            Arc::make_mut(&mut self.namespaces).insert(name.to_owned(), meta);
+            self.changed();
+        }
     }
 
     /// Forgets a namespace.
     pub fn remove_namespace(&mut self, name: &str) {
-        self.changed();
-        self.namespaces.remove(name);
+        if self.namespaces.contains_key(name) {
+            Arc::make_mut(&mut self.namespaces).remove(name);
+            self.changed();
+        }
+    }
+
+    /// Keeps only the namespaces for which `keep` is true.
+    fn retain_namespaces(&mut self, keep: impl Fn(&str) -> bool) {
+        if self.namespaces.keys().any(|n| !keep(n)) {
+            Arc::make_mut(&mut self.namespaces).retain(|n, _| keep(n));
+            self.changed();
+        }
+    }
+
+    /// Keeps only the nodes for which `keep` is true.
+    fn retain_nodes(&mut self, keep: impl Fn(&str) -> bool) {
+        if self.nodes.keys().any(|n| !keep(n)) {
+            self.nodes.retain(|n, _| keep(n));
+            self.changed();
+        }
+    }
+
+    /// Records that every watch has listed once ([`follow`] does it; so may another feeder).
+    pub fn mark_synced(&mut self) {
+        if !self.synced {
+            self.synced = true;
+            self.changed();
+        }
     }
 
     /// Returns the services each pod of `node` backs, by namespace; `None` when no slice lists
@@ -179,15 +221,11 @@ impl ClusterIndex {
     }
 
     /// Returns what a node agent on `node` is told: the node's labels and annotations, every
-    /// namespace's, and the services each pod of the node backs.
+    /// namespace's (shared, not copied), and the services each pod of the node backs.
     pub fn node_view(&self, node: &str) -> NodeView {
         NodeView {
-            node: self.nodes.get(node).map(|m| Meta { uid: String::new(), ..m.clone() }).unwrap_or_default(),
-            namespaces: self
-                .namespaces
-                .iter()
-                .map(|(name, m)| (name.clone(), Meta { uid: String::new(), ..m.clone() }))
-                .collect(),
+            node: self.nodes.get(node).cloned().unwrap_or_default(),
+            namespaces: self.namespaces.clone(),
             pods: self
                 .services
                 .get(node)
@@ -213,14 +251,14 @@ pub type NodePods = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
 /// What the cluster agent tells the node agent of one node ([`ClusterIndex::node_view`]): what
 /// the node agent's `kube_metadata` collector would otherwise watch the API server for.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeView {
     /// The node's labels and annotations; empty while the node is not known.
     pub node: Meta,
     /// Every namespace's labels and annotations, by name (a node agent cannot know in advance
-    /// which namespaces its pods will be in).
-    pub namespaces: BTreeMap<String, Meta>,
+    /// which namespaces its pods will be in). One map shared by every view taken between two
+    /// namespace changes.
+    pub namespaces: Arc<BTreeMap<String, Meta>>,
     /// The services each pod of the node backs.
     pub pods: NodePods,
 }
@@ -234,6 +272,10 @@ pub struct NodeUpdate {
     /// The line carries the whole view: whatever the reader held is replaced.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub snapshot: bool,
+    /// The update goes on in the next line (a large one is split by namespaces): the reader
+    /// applies it but acts only once a line without `more` has arrived.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
     /// The node's metadata, when it changed (empty when the node is no longer known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<Meta>,
@@ -250,6 +292,7 @@ impl NodeUpdate {
     pub fn snapshot(view: &NodeView) -> Self {
         Self {
             snapshot: true,
+            more: false,
             node: Some(view.node.clone()),
             namespaces: view.namespaces.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
             pods: Some(view.pods.clone()),
@@ -262,13 +305,16 @@ impl NodeUpdate {
         if before.node != after.node {
             update.node = Some(after.node.clone());
         }
-        for (name, meta) in &after.namespaces {
-            if before.namespaces.get(name) != Some(meta) {
-                update.namespaces.insert(name.clone(), Some(meta.clone()));
+        // Views taken between two namespace changes share one map: nothing to compare.
+        if !Arc::ptr_eq(&before.namespaces, &after.namespaces) {
+            for (name, meta) in after.namespaces.iter() {
+                if before.namespaces.get(name) != Some(meta) {
+                    update.namespaces.insert(name.clone(), Some(meta.clone()));
+                }
             }
-        }
-        for name in before.namespaces.keys().filter(|n| !after.namespaces.contains_key(*n)) {
-            update.namespaces.insert(name.clone(), None);
+            for name in before.namespaces.keys().filter(|n| !after.namespaces.contains_key(*n)) {
+                update.namespaces.insert(name.clone(), None);
+            }
         }
         if before.pods != after.pods {
             update.pods = Some(after.pods.clone());
@@ -281,6 +327,46 @@ impl NodeUpdate {
         *self == Self::default()
     }
 
+    /// Writes the update as lines of JSON, each ending in a newline: one line, or, when it is
+    /// longer than `max` bytes, its namespaces spread over several, every line but the last
+    /// marked `more` (the first keeps `snapshot`, the node and the pods). A line is then at most
+    /// `max` bytes plus one namespace's metadata, which Kubernetes bounds (an object is at most
+    /// about 1.5 MiB).
+    pub fn into_lines(self, max: usize) -> Vec<Vec<u8>> {
+        let line = |update: &NodeUpdate| {
+            let mut text = serde_json::to_vec(update).unwrap_or_else(|_| b"{}".to_vec());
+            text.push(b'\n');
+            text
+        };
+        let whole = line(&self);
+        if whole.len() <= max || self.namespaces.len() < 2 {
+            return vec![whole];
+        }
+        let Self { snapshot, node, namespaces, pods, .. } = self;
+        let mut updates = vec![Self { snapshot, node, pods, ..Self::default() }];
+        let mut size = 0;
+        for (name, meta) in namespaces {
+            let entry = name.len() + serde_json::to_vec(&meta).map_or(0, |m| m.len()) + 4;
+            if size + entry > max && !updates.last().is_some_and(|u| u.namespaces.is_empty()) {
+                updates.push(Self::default());
+                size = 0;
+            }
+            size += entry;
+            if let Some(last) = updates.last_mut() {
+                last.namespaces.insert(name, meta);
+            }
+        }
+        let n = updates.len();
+        updates
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut u)| {
+                u.more = i + 1 < n;
+                line(&u)
+            })
+            .collect()
+    }
+
     /// Applies the update to `view`.
     pub fn apply_to(self, view: &mut NodeView) {
         if self.snapshot {
@@ -289,11 +375,14 @@ impl NodeUpdate {
         if let Some(node) = self.node {
             view.node = node;
         }
-        for (name, meta) in self.namespaces {
-            match meta {
-                Some(meta) => view.namespaces.insert(name, meta),
-                None => view.namespaces.remove(&name),
-            };
+        if !self.namespaces.is_empty() {
+            let namespaces = Arc::make_mut(&mut view.namespaces);
+            for (name, meta) in self.namespaces {
+                match meta {
+                    Some(meta) => namespaces.insert(name, meta),
+                    None => namespaces.remove(&name),
+                };
+            }
         }
         if let Some(pods) = self.pods {
             view.pods = pods;
@@ -357,12 +446,15 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
-/// The uid, labels and annotations of a metadata-only object.
+/// The uid, labels and annotations of a metadata-only object, without the annotations never
+/// stored (`crate::keeps_annotation`: `kubectl`'s last applied configuration and the like).
 fn meta_of<K>(object: &PartialObjectMeta<K>) -> Meta {
+    let mut annotations = object.metadata.annotations.clone().unwrap_or_default();
+    annotations.retain(|k, _| crate::keeps_annotation(k));
     Meta {
         uid: object.metadata.uid.clone().unwrap_or_default(),
         labels: object.metadata.labels.clone().unwrap_or_default(),
-        annotations: object.metadata.annotations.clone().unwrap_or_default(),
+        annotations,
     }
 }
 
@@ -434,8 +526,7 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> R
                 Step::Set(namespace) => index.set_namespace(&key_of(&namespace.metadata).1, meta_of(&namespace)),
                 Step::Remove((_, name)) => index.remove_namespace(&name),
                 Step::Listed(keys) => {
-                    index.namespaces.retain(|name, _| keys.contains(&(String::new(), name.clone())));
-                    index.changed();
+                    index.retain_namespaces(|name| keys.contains(&(String::new(), name.to_owned())));
                     listed[1] = true;
                 }
                 Step::Nothing => {}
@@ -444,16 +535,14 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<ClusterIndex>>) -> R
                 Step::Set(node) => index.set_node(&key_of(&node.metadata).1, meta_of(&node)),
                 Step::Remove((_, name)) => index.remove_node(&name),
                 Step::Listed(keys) => {
-                    index.nodes.retain(|name, _| keys.contains(&(String::new(), name.clone())));
-                    index.changed();
+                    index.retain_nodes(|name| keys.contains(&(String::new(), name.to_owned())));
                     listed[2] = true;
                 }
                 Step::Nothing => {}
             },
         }
-        if !index.synced && listed.iter().all(|l| *l) {
-            index.synced = true;
-            index.changed();
+        if listed.iter().all(|l| *l) {
+            index.mark_synced();
         }
     }
     Err(CollectorError::Retriable { context: "cluster agent: the watches ended".into(), source: None })
@@ -562,7 +651,7 @@ mod tests {
         let before = index.node_view("n1");
         assert_eq!(before.pods, NodePods::from([("shop".into(), [("web-1".into(), vec!["web".into()])].into())]));
         assert_eq!(before.namespaces.len(), 2);
-        assert_eq!((before.node.uid.as_str(), before.node.labels["zone"].as_str()), ("", "a"), "uids are not sent");
+        assert_eq!(before.node.labels["zone"], "a");
         // Nothing changed: no update. A snapshot rebuilds the view from nothing.
         assert_eq!(NodeUpdate::between(&before, &before), None);
         let mut copy = NodeView::default();
@@ -586,9 +675,46 @@ mod tests {
         assert!(heartbeat.is_heartbeat());
         heartbeat.apply_to(&mut copy);
         assert_eq!(copy, after);
+        // What changes nothing wakes nothing: the same metadata, the same slice, an unknown name.
+        changes.mark_unchanged();
+        index.set_namespace("shop", meta("team", "c"));
+        index.set_node("n1", meta("zone", "a"));
+        index.set_slice("shop", "api-1", Some("api"), endpoints(&[("n1", "web-1")]));
+        index.remove_slice("shop", "never");
+        index.remove_namespace("never");
+        assert!(!changes.has_changed().unwrap());
+        // Views taken between two namespace changes share one map.
+        assert!(Arc::ptr_eq(&index.node_view("n1").namespaces, &index.node_view("n2").namespaces));
         // Another node's view is untouched by n1's pods.
         assert_eq!(index.node_view("n2").pods["shop"]["web-2"], ["web"]);
         assert_eq!(index.node_view("n9").node, Meta::default());
+    }
+
+    #[test]
+    fn a_large_update_is_split_by_namespaces_and_every_line_but_the_last_says_more() {
+        let mut index = ClusterIndex::default();
+        let big = "x".repeat(1000);
+        for n in 0..50 {
+            index.set_namespace(
+                &format!("ns-{n:02}"),
+                Meta { labels: [("k".into(), big.clone())].into(), ..Meta::default() },
+            );
+        }
+        index.set_slice("ns-00", "s", Some("web"), endpoints(&[("n1", "p")]));
+        let view = index.node_view("n1");
+        let lines = NodeUpdate::snapshot(&view).into_lines(10_000);
+        assert!(lines.len() >= 5, "{} lines", lines.len());
+        let mut copy = NodeView::default();
+        for (i, line) in lines.iter().enumerate() {
+            assert!(line.len() <= 10_000 + 1_100 && line.ends_with(b"\n"));
+            let update: NodeUpdate = serde_json::from_slice(line).unwrap();
+            assert_eq!(update.more, i + 1 < lines.len());
+            assert_eq!(update.snapshot, i == 0, "only the first line replaces the view");
+            update.apply_to(&mut copy);
+        }
+        assert_eq!(copy, view);
+        // A small update is one line.
+        assert_eq!(NodeUpdate { pods: Some(NodePods::new()), ..NodeUpdate::default() }.into_lines(10_000).len(), 1);
     }
 
     #[test]

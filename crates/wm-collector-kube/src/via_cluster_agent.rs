@@ -41,11 +41,20 @@ const POD_CHECK: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 ///
-/// A message naming what is missing when neither gives an address.
+/// A message naming what is missing when neither gives an address, and one for a URL whose
+/// scheme is not `https` (the token would cross the network in clear; Datadog refuses it too).
 pub fn endpoint(config: &KubeMetadataConfig, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let url = config.cluster_agent_url.trim();
     if !url.is_empty() {
-        let url = if url.contains("://") { url.to_owned() } else { format!("https://{url}") };
+        let url = match url.split_once("://") {
+            None => format!("https://{url}"),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => format!("https://{rest}"),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "cluster_agent.url `{url}`: the scheme must be https, not {scheme} (the token would travel in clear)"
+                ));
+            }
+        };
         return Ok(url.trim_end_matches('/').to_owned());
     }
     let service = config.cluster_agent_kubernetes_service_name.trim();
@@ -68,9 +77,22 @@ fn client(url: &str) -> Result<kube::Client, CollectorError> {
         url.parse().map_err(|e| CollectorError::permanent(format!("{}: cluster_agent.url `{url}`", super::NAME), e))?;
     let mut config = kube::Config::new(uri);
     config.accept_invalid_certs = true;
+    // No roots: none are needed with `accept_invalid_certs`, and without this kube would load
+    // the system's, failing in an image that has none.
+    config.root_cert = Some(Vec::new());
     config.read_timeout = Some(SILENCE);
     kube::Client::try_from(config)
         .map_err(|e| CollectorError::permanent(format!("{}: the cluster agent client for {url}", super::NAME), e))
+}
+
+/// The error for a cluster agent that answered the stream request with an error `status`.
+fn refused(url: &str, status: u16) -> CollectorError {
+    let why = match status {
+        401 | 403 => format!("{url} refused cluster_agent.auth_token ({status})"),
+        404 => format!("{url} has no node stream (404: a Datadog cluster agent, or an older one of ours?)"),
+        _ => return unreachable(format!("{url} answered {status}")),
+    };
+    CollectorError::Retriable { context: format!("cluster agent: {why}"), source: None }
 }
 
 /// The error that ends a run whose cluster agent cannot be reached or stopped answering.
@@ -150,8 +172,11 @@ pub(crate) async fn run(config: &KubeMetadataConfig, node: &str, ctx: &Collector
         });
     }
     let client = client(&url)?;
+    let mut authorization = http::HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|e| CollectorError::permanent(format!("{}: cluster_agent.auth_token", super::NAME), e))?;
+    authorization.set_sensitive(true);
     let request = http::Request::get(format!("/api/v1/stream/node/{node}"))
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::AUTHORIZATION, authorization)
         .body(Vec::new())
         .map_err(|e| CollectorError::permanent(format!("{}: the node stream request", super::NAME), e))?;
     let connect = tokio::time::timeout(SILENCE, client.request_stream(request));
@@ -160,6 +185,7 @@ pub(crate) async fn run(config: &KubeMetadataConfig, node: &str, ctx: &Collector
         () = ctx.cancel.cancelled() => return Ok(()),
         connected = connect => match connected {
             Err(_) => return Err(unreachable(format!("{url}: no answer in {} s", SILENCE.as_secs()))),
+            Ok(Err(kube::Error::Api(status))) => return Err(refused(&url, status.code)),
             Ok(Err(e)) => return Err(unreachable(format!("{url}: {e}"))),
             Ok(Ok(stream)) => stream,
         },
@@ -167,7 +193,8 @@ pub(crate) async fn run(config: &KubeMetadataConfig, node: &str, ctx: &Collector
     let mut stream = std::pin::pin!(stream);
     tracing::info!(%url, node, "kube_metadata: following the cluster agent's node stream");
     let mut view = NodeView::default();
-    let mut snapshot = false;
+    // Whether a snapshot has arrived, and its last line (or the last update's).
+    let (mut snapshot, mut complete) = (false, false);
     let mut pods = kubelet_pods(ctx);
     let mut sent = Sent::default();
     let mut line = Vec::new();
@@ -177,6 +204,12 @@ pub(crate) async fn run(config: &KubeMetadataConfig, node: &str, ctx: &Collector
         let changed = tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return Ok(()),
+            _ = check.tick() => {
+                let now = kubelet_pods(ctx);
+                let changed = now != pods;
+                pods = now;
+                changed
+            }
             read = read_line(&mut stream, &mut line, last_line + SILENCE) => {
                 if !read? || line.last() != Some(&b'\n') {
                     return Err(unreachable(format!("{url}: the node stream ended")));
@@ -187,19 +220,15 @@ pub(crate) async fn run(config: &KubeMetadataConfig, node: &str, ctx: &Collector
                 let update = update
                     .map_err(|e| unreachable(format!("{url}: a line of the node stream is not an update: {e}")))?;
                 snapshot |= update.snapshot;
+                complete = !update.more;
                 let heartbeat = update.is_heartbeat();
                 update.apply_to(&mut view);
                 !heartbeat
             }
-            _ = check.tick() => {
-                let now = kubelet_pods(ctx);
-                let changed = now != pods;
-                pods = now;
-                changed
-            }
         };
-        // Nothing is sent before the first snapshot: a run's first send is its full list.
-        if changed && snapshot {
+        // Nothing is sent before the first snapshot has come whole: a run's first send is its
+        // full list, and no send shows half of a split update.
+        if changed && snapshot && complete {
             sent.send(ctx, entities(node, &view, &pods)).await;
         }
     }
@@ -222,7 +251,9 @@ mod tests {
     fn the_url_comes_from_the_key_or_the_services_variables() {
         let none = |_: &str| None;
         assert_eq!(endpoint(&config("dca.example:5005/", ""), none).unwrap(), "https://dca.example:5005");
-        assert_eq!(endpoint(&config("http://10.0.0.1:5005", ""), none).unwrap(), "http://10.0.0.1:5005");
+        assert_eq!(endpoint(&config("HTTPS://10.0.0.1:5005", ""), none).unwrap(), "https://10.0.0.1:5005");
+        let clear = endpoint(&config("http://10.0.0.1:5005", ""), none).unwrap_err();
+        assert!(clear.contains("must be https"), "{clear}");
         let env = |name: &str| match name {
             "DATADOG_CLUSTER_AGENT_SERVICE_HOST" => Some("10.96.0.7".to_owned()),
             "DATADOG_CLUSTER_AGENT_SERVICE_PORT" => Some("5005".to_owned()),
@@ -241,7 +272,8 @@ mod tests {
         let labels = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
         let mut view =
             NodeView { node: Meta { labels: labels("zone", "a"), ..Meta::default() }, ..NodeView::default() };
-        view.namespaces.insert("shop".into(), Meta { labels: labels("team", "a"), ..Meta::default() });
+        std::sync::Arc::make_mut(&mut view.namespaces)
+            .insert("shop".into(), Meta { labels: labels("team", "a"), ..Meta::default() });
         view.pods.insert("shop".into(), BTreeMap::from([("web-1".to_owned(), vec!["web".to_owned()])]));
         let pods = BTreeMap::from([
             ("u1".to_owned(), ("web-1".to_owned(), "shop".to_owned())),

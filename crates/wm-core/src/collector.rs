@@ -143,12 +143,9 @@ pub trait StoreReader: Send + Sync {
     fn list(&self, kind: Kind) -> Vec<Entity>;
 
     /// Returns every entity of `kind` as `source` reported it (not merged), in id order: what
-    /// that source knows, and nothing another source added. A reader that keeps no version per
-    /// source returns the merged entities.
-    fn list_from(&self, kind: Kind, source: Source) -> Vec<Entity> {
-        let _ = source;
-        self.list(kind)
-    }
+    /// that source knows, and nothing another source added (a collector that reads what another
+    /// source reported must not read back what it added itself).
+    fn list_from(&self, kind: Kind, source: Source) -> Vec<Entity>;
 
     /// Returns the merged container with this id, or `None` if the store has none.
     fn get_container(&self, id: &str) -> Option<Arc<Container>> {

@@ -113,6 +113,10 @@ impl StoreReader for NoReader {
     fn list(&self, _kind: Kind) -> Vec<Entity> {
         Vec::new()
     }
+
+    fn list_from(&self, _kind: Kind, _source: Source) -> Vec<Entity> {
+        Vec::new()
+    }
 }
 
 struct Harness {
