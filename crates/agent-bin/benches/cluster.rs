@@ -9,10 +9,29 @@
 //! answers; then again once every node's map is complete (each node's 30 pods listed with their
 //! service) and it sat idle 10 s. Per pod: the growth over the pods. Target ≤ 2 KiB.
 //! The API server's, etcd's and kwok's own resident sizes are printed for context.
+//!
+//! Then, on the same cluster, 100 node agents simulated in this process (the nodes `kwok-0` to
+//! `kwok-99`; each a store with `kube_metadata` and a tagger, its kubelet's pods set by the
+//! bench: `tests/support/node_agents.rs`), and the same changes made in each phase (25
+//! namespace label changes and 10 new services, one at a time, each awaited on every node agent
+//! it concerns):
+//! - `cluster.propagation`: with the cluster agent, from the change's API call to its tag
+//!   (`tier:<value>`, `kube_service:<name>`) on each pod it concerns, per node agent; p50/p99.
+//!   Target p99 ≤ 2 s.
+//! - `cluster.api_load`: the API server's own metrics (`apiserver_longrunning_requests` for the
+//!   watches open, `apiserver_watch_events_sizes_sum` for the bytes of watch events sent, by
+//!   resource) in four phases: none of our agents; the cluster agent alone; the cluster agent
+//!   with the 100 node agents following it; 100 node agents watching the API server themselves.
+//!   Ours: the cluster agent's bytes per change on the namespaces and EndpointSlices (what the
+//!   changes touch); baseline: one direct node agent's. Node and pod events come with time, not
+//!   with the changes (kwok's node status updates), and swamp a 10-second phase either way: they
+//!   are printed per second beside. Targets: the node agents that follow the cluster agent open
+//!   no watch; ratio ≤ 1.
 
 #![cfg(feature = "cluster-agent")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failure aborts the run
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +43,10 @@ use test_support::kubernetes::{
     Kubernetes, Kwok, create_fake_nodes, fake_pod, object, wait_for_default_service_account,
 };
 use test_support::runtimes::{Install, free_port, terminate};
+
+#[path = "../tests/support/node_agents.rs"]
+mod node_agents;
+use node_agents::{Mode, NodeAgent, PodRef, pods_by_node};
 
 const NAMESPACES: usize = 50;
 /// Services per namespace: 3,000 in all.
@@ -64,7 +87,7 @@ fn start_agent(cluster: &Kubernetes, port: u16) -> Child {
         &config,
         format!(
             "cmd_port: {}\nhealth_port: {}\nlog_level: warn\nkubernetes_kubeconfig_path: {}\n\
-             cluster_agent:\n  cmd_port: {port}\n  auth_token: {TOKEN}\n",
+             ipc_max_connections_per_peer: 2048\ncluster_agent:\n  cmd_port: {port}\n  auth_token: {TOKEN}\n",
             free_port().unwrap(),
             free_port().unwrap(),
             cluster.kubeconfig().display()
@@ -194,8 +217,284 @@ fn main() {
         mib(empty),
         others.join(", ")
     );
+    let agent = tokio.block_on(load_and_propagation(&cluster, agent, port, nodes));
     terminate(agent, Duration::from_secs(5));
     drop(kwok);
     drop(tokio);
     drop(cluster);
+}
+
+/// How many node agents are simulated.
+const NODE_AGENTS: usize = 100;
+/// Namespace label changes per phase, and new services.
+const LABEL_CHANGES: usize = 25;
+const SERVICE_CHANGES: usize = 10;
+
+/// The API server's watch traffic on what node agents watch: the watches open now, and the
+/// watch events and their bytes sent so far.
+#[derive(Clone, Debug, Default)]
+struct Traffic {
+    watches: f64,
+    events: f64,
+    bytes: f64,
+    /// The bytes by resource.
+    by: BTreeMap<&'static str, f64>,
+    /// For a difference: the seconds between its two readings.
+    secs: f64,
+    /// When it was read.
+    at: Option<Instant>,
+}
+
+impl Traffic {
+    async fn now(client: &kube::Client) -> Self {
+        let request = axum::http::Request::get("/metrics").body(Vec::new()).unwrap();
+        let text = client.request_text(request).await.unwrap();
+        let mut t = Self { at: Some(Instant::now()), ..Self::default() };
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let watched = ["namespaces", "endpointslices", "pods", "nodes"]
+                .into_iter()
+                .find(|r| line.contains(&format!("resource=\"{r}\"")));
+            let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let Some(resource) = watched else { continue };
+            if line.starts_with("apiserver_longrunning_requests{") && line.contains("verb=\"WATCH\"") {
+                t.watches += value;
+            } else if line.starts_with("apiserver_watch_events_sizes_sum{") {
+                t.bytes += value;
+                *t.by.entry(resource).or_default() += value;
+            } else if line.starts_with("apiserver_watch_events_total{") {
+                t.events += value;
+            }
+        }
+        t
+    }
+
+    fn minus(&self, before: &Self) -> Self {
+        let by = self.by.iter().map(|(r, b)| (*r, b - before.by.get(r).copied().unwrap_or(0.0))).collect();
+        Self {
+            watches: self.watches - before.watches,
+            events: self.events - before.events,
+            bytes: self.bytes - before.bytes,
+            by,
+            secs: match (self.at, before.at) {
+                (Some(now), Some(then)) => now.duration_since(then).as_secs_f64(),
+                _ => 0.0,
+            },
+            at: None,
+        }
+    }
+
+    /// The bytes on the namespaces and EndpointSlices (what the bench's changes touch).
+    fn changed(&self) -> f64 {
+        ["namespaces", "endpointslices"].iter().filter_map(|r| self.by.get(r)).sum()
+    }
+
+    /// The bytes on nodes and pods per second (what comes with time).
+    fn background_per_sec(&self) -> f64 {
+        let bytes: f64 = ["nodes", "pods"].iter().filter_map(|r| self.by.get(r)).sum();
+        if self.secs > 0.0 { bytes / self.secs } else { 0.0 }
+    }
+
+    /// The bytes by resource, less `base`'s, divided by `n`, as `resource N B`.
+    fn split(&self, base: &Self, n: f64) -> String {
+        let parts: Vec<String> = self
+            .by
+            .iter()
+            .map(|(r, b)| format!("{r} {:.0} B", (b - base.by.get(r).copied().unwrap_or(0.0)) / n))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// One change and what shows it: per node agent, the pods and the tag each must get.
+struct Change {
+    shows: BTreeMap<usize, Vec<(String, String)>>,
+}
+
+/// Makes one phase's changes, one at a time, each awaited on the node agents it concerns (none
+/// given: a fixed 300 ms apart); returns the delay of each (change, node agent).
+async fn changes(client: &kube::Client, phase: &str, agents: &[NodeAgent], nodes: usize) -> Vec<Duration> {
+    let mut delays = Vec::new();
+    for c in 0..LABEL_CHANGES + SERVICE_CHANGES {
+        let (change, make) = if c < LABEL_CHANGES {
+            let ns = format!("team-{}", c % NAMESPACES);
+            let value = format!("{phase}-{c}");
+            let shows = concerned(agents, nodes, |pod_ns, _| pod_ns == ns, &format!("tier:{value}"));
+            let patch = json!({ "metadata": { "labels": { "tier": value } } });
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            let make = async move {
+                namespaces
+                    .patch(&ns, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                    .await
+                    .unwrap();
+            };
+            (Change { shows }, futures::future::FutureExt::boxed(make))
+        } else {
+            // A new service in team-s selecting app-0: its pods are all on kwok-s.
+            let s = c - LABEL_CHANGES;
+            let (ns, name) = (format!("team-{s}"), format!("svc-{phase}-{s}"));
+            let shows =
+                concerned(agents, nodes, |pod_ns, app| pod_ns == ns && app == "app-0", &format!("kube_service:{name}"));
+            let svc = object(json!({
+                "metadata": { "name": name },
+                "spec": { "clusterIP": "None", "selector": { "app": "app-0" }, "ports": [{ "port": 80 }] },
+            }))
+            .unwrap();
+            let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+            let make = async move {
+                services.create(&PostParams::default(), &svc).await.unwrap();
+            };
+            (Change { shows }, futures::future::FutureExt::boxed(make))
+        };
+        let made = Instant::now();
+        make.await;
+        if agents.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        let mut pending = change.shows;
+        while !pending.is_empty() {
+            pending.retain(|a, pods| {
+                let agent = &agents[*a];
+                let done = pods.iter().all(|(uid, tag)| agent.pod_has(uid, tag));
+                if done {
+                    delays.push(made.elapsed());
+                }
+                !done
+            });
+            assert!(made.elapsed() < Duration::from_secs(60), "change {c} of {phase} not on every node agent in 60 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    delays
+}
+
+/// What shows a change: for each node agent, its pods for which `concerns(namespace, app)`,
+/// each to get `tag`.
+fn concerned(
+    agents: &[NodeAgent],
+    nodes: usize,
+    concerns: impl Fn(&str, &str) -> bool,
+    tag: &str,
+) -> BTreeMap<usize, Vec<(String, String)>> {
+    let mut out: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    for (a, agent) in agents.iter().enumerate() {
+        for (uid, ns, name) in &agent.pods {
+            let k: usize = name.trim_start_matches("pod-").parse().unwrap_or(usize::MAX);
+            if k == usize::MAX {
+                continue;
+            }
+            let (_, app, _) = placement(k, nodes);
+            if concerns(ns, &app) {
+                out.entry(a).or_default().push((uid.clone(), tag.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// Starts the node agents of `kwok-0` to `kwok-99` in `mode` and waits until each has its pods'
+/// `tier` tags.
+async fn start_node_agents(mode: &Mode, pods: &BTreeMap<String, Vec<PodRef>>) -> Vec<NodeAgent> {
+    let mut agents = Vec::new();
+    for i in 0..NODE_AGENTS {
+        let node = format!("kwok-{i}");
+        agents.push(NodeAgent::start(mode, &node, pods.get(&node).cloned().unwrap_or_default()).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for agent in &agents {
+        while !agent.pods.iter().all(|(uid, _, _)| agent.pod_tags(uid).iter().any(|t| t.starts_with("tier:"))) {
+            assert!(Instant::now() < deadline, "{}: its pods not tagged within 5 min", agent.node);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    agents
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// `cluster.api_load` and `cluster.propagation` (see the module docs); returns the cluster
+/// agent, running.
+async fn load_and_propagation(cluster: &Kubernetes, agent: Child, port: u16, nodes: usize) -> Child {
+    let client = cluster.client().await.unwrap();
+    let pods = pods_by_node(&client).await;
+    let changes_made = (LABEL_CHANGES + SERVICE_CHANGES) as f64;
+    // Phase 0: none of our agents.
+    terminate(agent, Duration::from_secs(5));
+    let before = Traffic::now(&client).await;
+    changes(&client, "none", &[], nodes).await;
+    let none = Traffic::now(&client).await.minus(&before);
+    // Phase 1: the cluster agent alone (its watches listed again first).
+    let agent = start_agent(cluster, port);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for i in 0..NODE_AGENTS {
+        while tokio::task::block_in_place(|| pods_with_a_service(port, &format!("kwok-{i}"))) != PODS_PER_NODE {
+            assert!(Instant::now() < deadline, "the cluster agent did not list again within 10 min");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = Traffic::now(&client).await;
+    changes(&client, "alone", &[], nodes).await;
+    let alone = Traffic::now(&client).await.minus(&before);
+    // Phase 2: the node agents follow the cluster agent.
+    let before_agents = Traffic::now(&client).await;
+    let agents = start_node_agents(&Mode::ClusterAgent(port, TOKEN.to_owned()), &pods).await;
+    let before = Traffic::now(&client).await;
+    let opened_via = before.watches - before_agents.watches;
+    let mut via = changes(&client, "via", &agents, nodes).await;
+    let with_agents = Traffic::now(&client).await.minus(&before);
+    for a in agents {
+        a.stop().await;
+    }
+    // Phase 3: the node agents watch the API server themselves.
+    let before_agents = Traffic::now(&client).await;
+    let agents = start_node_agents(&Mode::Direct(cluster.kubeconfig()), &pods).await;
+    let before = Traffic::now(&client).await;
+    let opened_direct = before.watches - before_agents.watches;
+    let mut direct = changes(&client, "direct", &agents, nodes).await;
+    let direct_load = Traffic::now(&client).await.minus(&before);
+    for a in agents {
+        a.stop().await;
+    }
+
+    let n = NODE_AGENTS as f64;
+    // What the changes cause: events on the namespaces and EndpointSlices changed. Node and pod
+    // events come with time (node status updates), whatever the changes: counted per second.
+    let ours = (alone.changed() - none.changed()) / changes_made;
+    // The cluster agent runs beside the direct node agents too: its share is taken out.
+    let per_direct_agent = (direct_load.changed() - alone.changed()) / n / changes_made;
+    let via_agents = (with_agents.bytes - alone.bytes) / n / changes_made;
+    let ratio = ours / per_direct_agent;
+    let ok = opened_via <= 0.0 && ratio <= 1.0;
+    let ours_bg = alone.background_per_sec() - none.background_per_sec();
+    let direct_bg = (direct_load.background_per_sec() - alone.background_per_sec()) / n;
+    println!(
+        "cluster: watch bytes per change by resource: the cluster agent: {}; one direct node agent: {}",
+        alone.split(&none, changes_made),
+        direct_load.split(&alone, n * changes_made)
+    );
+    println!(
+        "cluster.api_load  {ours:.0} B/change  {per_direct_agent:.0} B/change  {ratio:.2}x  <=1x, no watch  {}  (watch-event bytes on the namespaces and EndpointSlices the changes touch: the cluster agent's against one node agent's own watches'; {NODE_AGENTS} node agents following the cluster agent opened {opened_via:.0} watches and added {via_agents:.0} B per agent per change (noise); watching themselves they opened {opened_direct:.0} ({:.1} each) and got {:.1} events per agent per change; node and pod events, which come with time: the cluster agent {ours_bg:.0} B/s, one direct node agent {direct_bg:.0} B/s; {changes_made:.0} changes per phase, the API server's metrics)",
+        if ok { "ok" } else { "MISS" },
+        opened_direct / n,
+        (direct_load.events - alone.events) / n / changes_made,
+    );
+    via.sort();
+    direct.sort();
+    let (p50, p99) = (percentile(&via, 0.5), percentile(&via, 0.99));
+    println!(
+        "cluster.propagation  p50 {:.0} ms, p99 {:.0} ms  -  -  p99 <=2 s  {}  ({} samples: {LABEL_CHANGES} namespace label changes and {SERVICE_CHANGES} new services, each to the tags of every node agent it concerns, of {NODE_AGENTS}; the same node agents watching the API server themselves: p50 {:.0} ms, p99 {:.0} ms)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        if p99 <= Duration::from_secs(2) { "ok" } else { "MISS" },
+        via.len(),
+        percentile(&direct, 0.5).as_secs_f64() * 1e3,
+        percentile(&direct, 0.99).as_secs_f64() * 1e3,
+    );
+    agent
 }
