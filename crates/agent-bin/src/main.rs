@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 // classes (DESIGN.md, section 6). `MALLOC_CONF` changes those settings at run time.
 // Referring to jemalloc's `malloc` from a `#[used]` static keeps it in the link whatever the order
 // of the archives (`tests/cli.rs` checks that jemalloc runs, with its settings).
+#[cfg(feature = "jemalloc")]
 #[used]
 static KEEP_JEMALLOC: unsafe extern "C" fn(usize) -> *mut std::ffi::c_void = tikv_jemalloc_sys::malloc;
 

@@ -141,6 +141,7 @@ fn queries_without_a_running_agent_say_so_and_fail() {
     }
 }
 
+#[cfg(feature = "jemalloc")]
 #[test]
 fn the_binary_allocates_through_jemalloc_with_its_built_in_settings() {
     // jemalloc prints the settings it read when `confirm_conf` is set; glibc ignores the variable.

@@ -304,6 +304,96 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
             agent.stop().await;
         }
 
+        // Two replicas behind one address (a balancer of ours in place of the Service: the test
+        // cluster runs no kube-proxy), node agents spread over both; one replica is killed in
+        // the middle of a stream of namespace label changes: its node agents move to the other,
+        // no tag is lost or doubled on the way, and every node agent ends on the last change.
+        let port2 = free_port().unwrap();
+        let dir2 = cluster.dir().join("cluster-agent-2");
+        let config2 = write_config(&dir2, cluster, port2);
+        let mut replica = start_cluster_agent(&config2, &dir2);
+        eventually_some("the second replica's /version", DEADLINE, || async {
+            tokio::task::block_in_place(|| json_of(port2, "/version"))
+        })
+        .await;
+        let service = test_support::tcp_balancer::TcpBalancer::start(vec![port2, port]).await.unwrap();
+        let mut agents = Vec::new();
+        let mut pods = pods_by_node(&client).await;
+        for node in ["kwok-0", "kwok-7", "kwok-19", "kwok-3"] {
+            let mode = Mode::ClusterAgent(service.port(), TOKEN.to_owned());
+            agents.push(NodeAgent::start(&mode, node, pods.remove(node).unwrap()).await);
+        }
+        let tier_of = |ns: &str, team0: &str| if ns == "team-0" { team0.to_owned() } else { "gold".to_owned() };
+        for agent in &agents {
+            eventually("the node agents on both replicas", DEADLINE, || {
+                agent.pods.iter().all(|(uid, ns, _)| agent.pod_has(uid, &format!("tier:{}", tier_of(ns, "platinum"))))
+            })
+            .await;
+        }
+        let changing = {
+            let namespaces = namespaces.clone();
+            tokio::spawn(async move {
+                let mut last = String::new();
+                for i in 0..25 {
+                    last = format!("r{i}");
+                    let patch = json!({ "metadata": { "labels": { "tier": last } } });
+                    namespaces.patch("team-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                last
+            })
+        };
+        // Every pod keeps exactly one `tier` tag and its services while the replica dies.
+        let one_tier = |agents: &[NodeAgent]| {
+            for agent in agents {
+                for (uid, ns, _) in &agent.pods {
+                    let tags = agent.pod_tags(uid);
+                    let tiers = tags.iter().filter(|t| t.starts_with("tier:")).count();
+                    let services = tags.iter().filter(|t| t.starts_with("kube_service:")).count();
+                    assert!(tiers == 1 && (services == 1 || ns == "team-1" && services <= 1), "{uid}: {tags:?}");
+                }
+            }
+        };
+        let killed_at = Instant::now() + Duration::from_secs(2);
+        // The node agents that lost their replica (seen retrying): at least one must have.
+        let mut moved = vec![false; agents.len()];
+        let mut killed = false;
+        let retrying = |agent: &NodeAgent| {
+            agent.store.health().collectors.iter().any(|c| matches!(c.state, CollectorState::Retrying { .. }))
+        };
+        while !changing.is_finished() {
+            one_tier(&agents);
+            for (m, agent) in moved.iter_mut().zip(&agents) {
+                *m |= retrying(agent);
+            }
+            if !killed && Instant::now() >= killed_at {
+                replica.kill().unwrap();
+                killed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let last = changing.await.unwrap();
+        assert!(killed, "the changes ended before the replica was killed");
+        replica.wait().unwrap();
+        assert!(moved.iter().any(|m| *m), "no node agent was on the killed replica");
+        let deadline = Instant::now() + DEADLINE;
+        while !agents.iter().all(|agent| {
+            agent.pods.iter().all(|(uid, ns, _)| agent.pod_has(uid, &format!("tier:{}", tier_of(ns, &last))))
+        }) {
+            one_tier(&agents);
+            assert!(Instant::now() < deadline, "the node agents did not end on the last change ({last})");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "every node agent ended on the last change after one of the two replicas was killed ({} of {} moved)",
+            moved.iter().filter(|m| **m).count(),
+            moved.len()
+        );
+        for agent in agents {
+            agent.stop().await;
+        }
+        drop(service);
+
         // Ready (its watches listed), then stopped by SIGTERM.
         let health =
             Command::new(env!("CARGO_BIN_EXE_agent")).arg("--config").arg(&config).arg("health").output().unwrap();

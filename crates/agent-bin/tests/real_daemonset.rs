@@ -10,7 +10,8 @@
 //! pods and their containers with `kube_*` tags, its own pod too, and a pod created afterwards;
 //! the node has no docker, and the agent's log says so once; its service account has exactly the
 //! permissions of `deploy/kubernetes/rbac.yaml` (listed by `kubectl auth can-i --list`); and
-//! without any one of its rules, a named check fails.
+//! without any one of its rules, a named check fails. Last, the overlay that adds the cluster
+//! agent (`deploy/with-cluster-agent`) is applied as a server-side dry run.
 
 #![cfg(all(feature = "kube", feature = "kube-metadata", feature = "containerd"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -390,6 +391,22 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
             kubectl(cluster, &["apply", "-k", &overlay.display().to_string()]);
         }
         assert_eq!(effective_permissions(cluster), expected);
+
+        // The node agents with the cluster agent, and the cluster agent (README, "Deploy"),
+        // accepted whole by this API server (strict field validation, a dry run: its pods would
+        // need the API server and the Service reachable from the pod network, which this
+        // cluster, without kube-proxy and with its API server on loopback, does not give).
+        let with = repo.join("deploy/with-cluster-agent").display().to_string();
+        let accepted = kubectl(cluster, &["apply", "-k", &with, "--dry-run=server", "--validate=strict"]);
+        for object in [
+            "deployment.apps/wm-cluster-agent",
+            "service/wm-cluster-agent",
+            "poddisruptionbudget.policy/wm-cluster-agent",
+            "clusterrole.rbac.authorization.k8s.io/wm-cluster-agent",
+            "daemonset.apps/wm-agent",
+        ] {
+            assert!(accepted.contains(object), "{object} not in: {accepted}");
+        }
         kubectl(cluster, &["delete", "-k", &overlay.display().to_string(), "--wait=false"]);
     });
 }

@@ -3,7 +3,8 @@
 //! data ([`testdata`]); the real
 //! container runtimes the collectors are tested against ([`runtimes`], [`podman`]), and a real
 //! single-node Kubernetes built from its Go modules ([`kubernetes`]); daemons of ours that misbehave
-//! on demand ([`fake_daemon`], [`fake_http`], [`cloudfoundry`]); a store
+//! on demand ([`fake_daemon`], [`fake_http`], [`cloudfoundry`]); a TCP balancer standing in for a
+//! Service's address where no kube-proxy runs ([`tcp_balancer`]); a store
 //! watcher for those tests ([`watch`]); what the benchmarks share ([`bench`](mod@bench)).
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod procfs;
 pub mod recording_proxy;
 pub mod rng;
 pub mod runtimes;
+pub mod tcp_balancer;
 pub mod testdata;
 mod tls;
 pub mod watch;
