@@ -251,37 +251,59 @@ pub struct Driver<L> {
     gone: RecentlyGone,
 }
 
-/// The last [`MAX_GONE`] keys reported gone, oldest forgotten first.
+/// The keys reported gone in the last [`GONE_FOR`], at most [`MAX_GONE`] of them, oldest
+/// forgotten first.
+///
+/// Only the gap between two events about one container needs covering; remembering every key
+/// until the next list (which a daemon that never restarts never brings) grew the heap by one
+/// key per deleted container for as long as the agent ran.
 #[derive(Debug, Default)]
 struct RecentlyGone {
     keys: HashSet<String>,
-    order: std::collections::VecDeque<String>,
+    /// The keys in the order they went, with when.
+    order: std::collections::VecDeque<(tokio::time::Instant, String)>,
 }
 
-/// How many gone keys the driver remembers: far more than a daemon deletes between two events
-/// about one container.
+/// How long a gone key is remembered: far longer than a daemon takes between two events about
+/// one container, even with its event stream behind by a burst.
+const GONE_FOR: Duration = Duration::from_secs(300);
+
+/// The most gone keys remembered at once, whatever their age: far more than a daemon deletes
+/// between two events about one container.
 const MAX_GONE: usize = 4096;
 
 impl RecentlyGone {
-    /// Records `key` as gone; `false` when it already was.
-    fn insert(&mut self, key: &str) -> bool {
+    /// Records `key` as gone at `now`; `false` when it already was.
+    fn insert(&mut self, key: &str, now: tokio::time::Instant) -> bool {
+        self.forget_older_than(now);
         if self.keys.contains(key) {
             return false;
         }
         if self.order.len() >= MAX_GONE
-            && let Some(oldest) = self.order.pop_front()
+            && let Some((_, oldest)) = self.order.pop_front()
         {
             self.keys.remove(&oldest);
         }
         self.keys.insert(key.to_owned());
-        self.order.push_back(key.to_owned());
+        self.order.push_back((now, key.to_owned()));
         true
+    }
+
+    /// Forgets the keys that went more than [`GONE_FOR`] before `now`.
+    fn forget_older_than(&mut self, now: tokio::time::Instant) {
+        while let Some((at, _)) = self.order.front()
+            && now.saturating_duration_since(*at) > GONE_FOR
+        {
+            if let Some((_, key)) = self.order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
     }
 
     /// Forgets `key` (it exists again: containerd reuses names as ids).
     fn remove(&mut self, key: &str) {
         if self.keys.remove(key) {
-            self.order.retain(|k| k != key);
+            self.order.retain(|(_, k)| k != key);
         }
     }
 
@@ -337,7 +359,7 @@ impl<L: ListWatch> Driver<L> {
             };
             match &refreshed {
                 // Reported gone already: nothing more to say about it.
-                Refreshed::Gone { .. } if !self.gone.insert(&key) => continue,
+                Refreshed::Gone { .. } if !self.gone.insert(&key, tokio::time::Instant::now()) => continue,
                 Refreshed::Present(_) => self.gone.remove(&key),
                 _ => {}
             }

@@ -338,3 +338,22 @@ async fn a_call_past_its_deadline_is_a_retriable_error_naming_the_call() {
     assert!(error.is_retriable());
     assert_eq!(error.to_string(), "daemon: inspecting x timed out after 5s");
 }
+
+#[test]
+fn a_gone_key_is_remembered_for_a_while_not_for_ever() {
+    let mut gone = RecentlyGone::default();
+    let start = tokio::time::Instant::now();
+    assert!(gone.insert("ns/a", start));
+    assert!(!gone.insert("ns/a", start + Duration::from_secs(10)), "still remembered");
+    // Past GONE_FOR, the key is forgotten at the next insert: the set holds only recent keys.
+    let later = start + GONE_FOR + Duration::from_secs(1);
+    assert!(gone.insert("ns/b", later));
+    assert_eq!(gone.keys.len(), 1);
+    assert_eq!(gone.order.len(), 1);
+    assert!(gone.insert("ns/a", later), "forgotten, so new again");
+    // The cap holds whatever the ages.
+    for i in 0..MAX_GONE + 10 {
+        gone.insert(&format!("ns/{i}"), later);
+    }
+    assert_eq!((gone.keys.len(), gone.order.len()), (MAX_GONE, MAX_GONE));
+}
