@@ -8,7 +8,10 @@
 //! `agent cluster-agent` (the binary) runs before any of it is made, and its RSS is read once it
 //! answers; then again once every node's map is complete (each node's 30 pods listed with their
 //! service) and it sat idle 10 s. Per pod: the growth over the pods. Target ≤ 2 KiB.
-//! The API server's, etcd's and kwok's own resident sizes are printed for context.
+//! The API server's, etcd's and kwok's own resident sizes are printed for context, and the
+//! peer's: the OpenTelemetry Collector's `k8sattributes` processor (`test_support::kubernetes::
+//! Otelcol`), started with the cluster agent as a gateway over every pod, its resident bytes per
+//! pod measured the same way, and later (alone) its watches and its watch bytes per change.
 //!
 //! Then, on the same cluster, 100 node agents simulated in this process (the nodes `kwok-0` to
 //! `kwok-99`; each a store with `kube_metadata` and a tagger, its kubelet's pods set by the
@@ -39,6 +42,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
+use test_support::kubernetes::{K8SATTRIBUTES_VERSION, Otelcol};
 use test_support::kubernetes::{
     Kubernetes, Kwok, create_fake_nodes, fake_pod, object, wait_for_default_service_account,
 };
@@ -80,7 +84,12 @@ fn pods_with_a_service(port: u16, node: &str) -> usize {
 }
 
 fn start_agent(cluster: &Kubernetes, port: u16) -> Child {
-    let dir = cluster.dir().join("cluster-agent");
+    start_agent_in(cluster, port, "cluster-agent")
+}
+
+/// Starts a cluster agent with its config, token and log in the cluster's directory `name`.
+fn start_agent_in(cluster: &Kubernetes, port: u16, name: &str) -> Child {
+    let dir = cluster.dir().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("agent.yaml");
     std::fs::write(
@@ -131,8 +140,18 @@ fn main() {
         assert!(Instant::now() < deadline, "the cluster agent did not answer within 60 s");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The peer, started with it on the empty cluster.
+    let peer = match Otelcol::start(&cluster, Install::IfMissing) {
+        Ok(peer) => Some(peer),
+        Err(why) => {
+            println!("cluster: the peer (the OpenTelemetry Collector's k8sattributes) did not start: {}", why.0);
+            None
+        }
+    };
     std::thread::sleep(Duration::from_secs(5));
     let empty = test_support::procfs::rss_bytes(agent.id()).unwrap();
+    let peer_rss = || peer.as_ref().and_then(Otelcol::pid).and_then(test_support::procfs::rss_bytes);
+    let peer_empty = peer_rss();
 
     let made = Instant::now();
     tokio.block_on(async {
@@ -217,6 +236,15 @@ fn main() {
         mib(empty),
         others.join(", ")
     );
+    if let (Some(before), Some(after)) = (peer_empty, peer_rss()) {
+        println!(
+            "cluster: the peer, the OpenTelemetry Collector's k8sattributes processor {K8SATTRIBUTES_VERSION} as a gateway (every pod's name, uid, namespace, node and deployment, and its namespace's label tier), on the same cluster at the same time: {:.0} B/pod resident (RSS {:.1} MiB, {:.1} MiB before any)",
+            after.saturating_sub(before) as f64 / pods as f64,
+            mib(after),
+            mib(before)
+        );
+    }
+    drop(peer);
     let agent = tokio.block_on(load_and_propagation(&cluster, agent, port, nodes));
     terminate(agent, Duration::from_secs(5));
     drop(kwok);
@@ -224,6 +252,8 @@ fn main() {
     drop(cluster);
 }
 
+/// How many cluster agents run in the phase that measures one's traffic.
+const COPIES: usize = 10;
 /// How many node agents are simulated.
 const NODE_AGENTS: usize = 100;
 /// Namespace label changes per phase, and new services.
@@ -279,6 +309,21 @@ impl Traffic {
                 (Some(now), Some(then)) => now.duration_since(then).as_secs_f64(),
                 _ => 0.0,
             },
+            at: None,
+        }
+    }
+
+    /// `base` plus `1/n` of what `self` has beyond it: the traffic of one of `n` identical
+    /// watchers measured together.
+    fn scaled_over(&self, base: &Self, n: f64) -> Self {
+        let part = |mine: f64, theirs: f64| theirs + (mine - theirs) / n;
+        let by = self.by.iter().map(|(r, b)| (*r, part(*b, base.by.get(r).copied().unwrap_or(0.0)))).collect();
+        Self {
+            watches: part(self.watches, base.watches),
+            events: part(self.events, base.events),
+            bytes: part(self.bytes, base.bytes),
+            by,
+            secs: self.secs,
             at: None,
         }
     }
@@ -428,19 +473,55 @@ async fn load_and_propagation(cluster: &Kubernetes, agent: Child, port: u16, nod
     let before = Traffic::now(&client).await;
     changes(&client, "none", &[], nodes).await;
     let none = Traffic::now(&client).await.minus(&before);
-    // Phase 1: the cluster agent alone (its watches listed again first).
+    // The peer alone: its watches, and what the same changes send it.
+    let started = Traffic::now(&client).await;
+    if let Ok(peer) = Otelcol::start(cluster, Install::Never) {
+        // Its first list of every pod, served from the watch cache.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let before = Traffic::now(&client).await;
+        changes(&client, "peer", &[], nodes).await;
+        let load = Traffic::now(&client).await.minus(&before);
+        drop(peer);
+        println!(
+            "cluster: the peer opened {:.0} watches (on the resources node agents watch) and got {:.0} B of watch events per change on them ({}); node and pod events, which come with time, {:.0} B/s",
+            before.watches - started.watches,
+            (load.changed() - none.changed()) / changes_made,
+            load.split(&none, changes_made),
+            load.background_per_sec() - none.background_per_sec(),
+        );
+    }
+    // Phase 1: the cluster agent alone, as COPIES identical processes (their watches listed
+    // again first): what one receives is then measured over COPIES, which divides by COPIES the
+    // other watchers' noise between two phases (the direct node agents' is divided by 100).
     let agent = start_agent(cluster, port);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    for i in 0..NODE_AGENTS {
-        while tokio::task::block_in_place(|| pods_with_a_service(port, &format!("kwok-{i}"))) != PODS_PER_NODE {
-            assert!(Instant::now() < deadline, "the cluster agent did not list again within 10 min");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    let copies: Vec<(u16, Child)> = (1..COPIES)
+        .map(|i| {
+            let p = free_port().unwrap();
+            (p, start_agent_in(cluster, p, &format!("cluster-agent-{i}")))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    for p in std::iter::once(port).chain(copies.iter().map(|(p, _)| *p)) {
+        for i in 0..NODE_AGENTS {
+            while tokio::task::block_in_place(|| pods_with_a_service(p, &format!("kwok-{i}"))) != PODS_PER_NODE {
+                assert!(Instant::now() < deadline, "the cluster agents did not list again within 15 min");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = Traffic::now(&client).await;
     changes(&client, "alone", &[], nodes).await;
     let alone = Traffic::now(&client).await.minus(&before);
+    for (_, copy) in copies {
+        terminate(copy, Duration::from_secs(5));
+    }
+    // The copies' watches close; the phases below compare with one cluster agent's traffic.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let one = COPIES as f64;
+    // The traffic of the phases below, less one cluster agent's: none's, plus a COPIES-th of
+    // what the copies added.
+    let alone_one = alone.scaled_over(&none, one);
     // Phase 2: the node agents follow the cluster agent.
     let before_agents = Traffic::now(&client).await;
     let agents = start_node_agents(&Mode::ClusterAgent(port, TOKEN.to_owned()), &pods).await;
@@ -465,24 +546,24 @@ async fn load_and_propagation(cluster: &Kubernetes, agent: Child, port: u16, nod
     let n = NODE_AGENTS as f64;
     // What the changes cause: events on the namespaces and EndpointSlices changed. Node and pod
     // events come with time (node status updates), whatever the changes: counted per second.
-    let ours = (alone.changed() - none.changed()) / changes_made;
+    let ours = (alone.changed() - none.changed()) / one / changes_made;
     // The cluster agent runs beside the direct node agents too: its share is taken out.
-    let per_direct_agent = (direct_load.changed() - alone.changed()) / n / changes_made;
-    let via_agents = (with_agents.bytes - alone.bytes) / n / changes_made;
+    let per_direct_agent = (direct_load.changed() - alone_one.changed()) / n / changes_made;
+    let via_agents = (with_agents.bytes - alone_one.bytes) / n / changes_made;
     let ratio = ours / per_direct_agent;
     let ok = opened_via <= 0.0 && ratio <= 1.0;
-    let ours_bg = alone.background_per_sec() - none.background_per_sec();
-    let direct_bg = (direct_load.background_per_sec() - alone.background_per_sec()) / n;
+    let ours_bg = (alone.background_per_sec() - none.background_per_sec()) / one;
+    let direct_bg = (direct_load.background_per_sec() - alone_one.background_per_sec()) / n;
     println!(
         "cluster: watch bytes per change by resource: the cluster agent: {}; one direct node agent: {}",
-        alone.split(&none, changes_made),
-        direct_load.split(&alone, n * changes_made)
+        alone.split(&none, one * changes_made),
+        direct_load.split(&alone_one, n * changes_made)
     );
     println!(
         "cluster.api_load  {ours:.0} B/change  {per_direct_agent:.0} B/change  {ratio:.2}x  <=1x, no watch  {}  (watch-event bytes on the namespaces and EndpointSlices the changes touch: the cluster agent's against one node agent's own watches'; {NODE_AGENTS} node agents following the cluster agent opened {opened_via:.0} watches and added {via_agents:.0} B per agent per change (noise); watching themselves they opened {opened_direct:.0} ({:.1} each) and got {:.1} events per agent per change; node and pod events, which come with time: the cluster agent {ours_bg:.0} B/s, one direct node agent {direct_bg:.0} B/s; {changes_made:.0} changes per phase, the API server's metrics)",
         if ok { "ok" } else { "MISS" },
         opened_direct / n,
-        (direct_load.events - alone.events) / n / changes_made,
+        (direct_load.events - alone_one.events) / n / changes_made,
     );
     via.sort();
     direct.sort();

@@ -42,6 +42,7 @@ mod device_plugin;
 mod fake_kubelet;
 mod image;
 mod kwok;
+mod otelcol;
 pub(crate) mod pki;
 
 use std::collections::BTreeSet;
@@ -61,6 +62,7 @@ pub use kwok::{
     FAKE_NODE_ANNOTATION, FAKE_NODE_IP, FAKE_NODE_TAINT, FAKE_POD_CIDR, KWOK_VERSION, Kwok, create_fake_nodes,
     ensure_kwok, fake_node, fake_pod, kwok_binary, wait_for_default_service_account,
 };
+pub use otelcol::{K8SATTRIBUTES_VERSION, Otelcol, ensure_otelcol, otelcol_binary};
 pub use pki::CertFiles;
 
 use crate::runtimes::{
