@@ -435,11 +435,22 @@ fn soak(minutes: f64, containers: usize, warmup: f64) -> anyhow::Result<()> {
 }
 
 /// Builds the release agent and its container image (an OCI archive for `ctr images import`);
-/// returns the archive's path.
+/// returns the archive's path. One image for the node agents and the cluster agent: the node
+/// flavor and `agent cluster-agent`.
 fn image() -> anyhow::Result<PathBuf> {
     run(
         "build the release agent",
-        cargo().args(["build", "--release", "--quiet", "-p", "agent-bin", "--bin", "agent"]),
+        cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "agent-bin",
+            "--bin",
+            "agent",
+            "--features",
+            "cluster-agent",
+        ]),
     )?;
     let target = target_dir()?;
     let out = target.join("wm-agent-image");

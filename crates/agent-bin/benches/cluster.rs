@@ -50,7 +50,7 @@ use test_support::runtimes::{Install, free_port, terminate};
 
 #[path = "../tests/support/node_agents.rs"]
 mod node_agents;
-use node_agents::{Mode, NodeAgent, PodRef, pods_by_node};
+use node_agents::{Mode, NodeAgent, PodRef, Traffic, pods_by_node};
 
 const NAMESPACES: usize = 50;
 /// Services per namespace: 3,000 in all.
@@ -259,96 +259,6 @@ const NODE_AGENTS: usize = 100;
 /// Namespace label changes per phase, and new services.
 const LABEL_CHANGES: usize = 25;
 const SERVICE_CHANGES: usize = 10;
-
-/// The API server's watch traffic on what node agents watch: the watches open now, and the
-/// watch events and their bytes sent so far.
-#[derive(Clone, Debug, Default)]
-struct Traffic {
-    watches: f64,
-    events: f64,
-    bytes: f64,
-    /// The bytes by resource.
-    by: BTreeMap<&'static str, f64>,
-    /// For a difference: the seconds between its two readings.
-    secs: f64,
-    /// When it was read.
-    at: Option<Instant>,
-}
-
-impl Traffic {
-    async fn now(client: &kube::Client) -> Self {
-        let request = axum::http::Request::get("/metrics").body(Vec::new()).unwrap();
-        let text = client.request_text(request).await.unwrap();
-        let mut t = Self { at: Some(Instant::now()), ..Self::default() };
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let watched = ["namespaces", "endpointslices", "pods", "nodes"]
-                .into_iter()
-                .find(|r| line.contains(&format!("resource=\"{r}\"")));
-            let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            let Some(resource) = watched else { continue };
-            if line.starts_with("apiserver_longrunning_requests{") && line.contains("verb=\"WATCH\"") {
-                t.watches += value;
-            } else if line.starts_with("apiserver_watch_events_sizes_sum{") {
-                t.bytes += value;
-                *t.by.entry(resource).or_default() += value;
-            } else if line.starts_with("apiserver_watch_events_total{") {
-                t.events += value;
-            }
-        }
-        t
-    }
-
-    fn minus(&self, before: &Self) -> Self {
-        let by = self.by.iter().map(|(r, b)| (*r, b - before.by.get(r).copied().unwrap_or(0.0))).collect();
-        Self {
-            watches: self.watches - before.watches,
-            events: self.events - before.events,
-            bytes: self.bytes - before.bytes,
-            by,
-            secs: match (self.at, before.at) {
-                (Some(now), Some(then)) => now.duration_since(then).as_secs_f64(),
-                _ => 0.0,
-            },
-            at: None,
-        }
-    }
-
-    /// `base` plus `1/n` of what `self` has beyond it: the traffic of one of `n` identical
-    /// watchers measured together.
-    fn scaled_over(&self, base: &Self, n: f64) -> Self {
-        let part = |mine: f64, theirs: f64| theirs + (mine - theirs) / n;
-        let by = self.by.iter().map(|(r, b)| (*r, part(*b, base.by.get(r).copied().unwrap_or(0.0)))).collect();
-        Self {
-            watches: part(self.watches, base.watches),
-            events: part(self.events, base.events),
-            bytes: part(self.bytes, base.bytes),
-            by,
-            secs: self.secs,
-            at: None,
-        }
-    }
-
-    /// The bytes on the namespaces and EndpointSlices (what the bench's changes touch).
-    fn changed(&self) -> f64 {
-        ["namespaces", "endpointslices"].iter().filter_map(|r| self.by.get(r)).sum()
-    }
-
-    /// The bytes on nodes and pods per second (what comes with time).
-    fn background_per_sec(&self) -> f64 {
-        let bytes: f64 = ["nodes", "pods"].iter().filter_map(|r| self.by.get(r)).sum();
-        if self.secs > 0.0 { bytes / self.secs } else { 0.0 }
-    }
-
-    /// The bytes by resource, less `base`'s, divided by `n`, as `resource N B`.
-    fn split(&self, base: &Self, n: f64) -> String {
-        let parts: Vec<String> = self
-            .by
-            .iter()
-            .map(|(r, b)| format!("{r} {:.0} B", (b - base.by.get(r).copied().unwrap_or(0.0)) / n))
-            .collect();
-        parts.join(", ")
-    }
-}
 
 /// One change and what shows it: per node agent, the pods and the tag each must get.
 struct Change {

@@ -325,7 +325,7 @@ struct Following {
 }
 
 /// The body of `GET /api/v1/stream/node/{node}`: once the index has listed everything, the
-/// node's whole view; then what changed, each change settled for [`SETTLE`]; a heartbeat every
+/// node's whole view; then what changed, each change settled for `SETTLE` (50 ms); a heartbeat every
 /// [`HEARTBEAT`] without a line. It ends when `cancel` is cancelled (the node agent then
 /// connects again, to another replica if this one stops). `slot` is held until it ends.
 pub fn node_stream(

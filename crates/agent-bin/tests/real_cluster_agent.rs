@@ -6,6 +6,12 @@
 //! agents' first try) gets `UNIMPLEMENTED`, so they pull; a namespace label change and a
 //! deleted service reach the answers; the agent is ready once its watches listed, and stops on
 //! SIGTERM.
+//!
+//! Our node agents (in this process: `support/node_agents.rs`) follow it: their pods get their
+//! tags, the API server holds no more watches than before them, and the changes reach them;
+//! the cluster agent killed, they keep their tags and say they are degraded, and catch up once
+//! it is back; two replicas behind a balancer of ours (no kube-proxy here), one killed in the
+//! middle of a stream of changes: its node agents move to the other, no tag lost or doubled.
 
 #![cfg(feature = "cluster-agent")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -27,7 +33,7 @@ use wm_store::CollectorState;
 
 #[path = "support/node_agents.rs"]
 mod node_agents;
-use node_agents::{Mode, NodeAgent, pods_by_node};
+use node_agents::{Mode, NodeAgent, Traffic, pods_by_node};
 
 const NODES: usize = 20;
 const PODS: usize = 100;
@@ -184,6 +190,7 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
         // Our node agents follow it: each node's pods get their services and namespace labels.
         let mut agents = Vec::new();
         let mut pods = pods_by_node(&client).await;
+        let watching = Traffic::now(&client).await.watches;
         for node in ["kwok-0", "kwok-7", "kwok-19"] {
             let mode = Mode::ClusterAgent(port, TOKEN.to_owned());
             agents.push(NodeAgent::start(&mode, node, pods.remove(node).unwrap()).await);
@@ -194,6 +201,10 @@ fn node_agents_get_datadogs_cluster_agent_answers_from_one_set_of_watches() {
             })
             .await;
         }
+        // They opened no watch on the API server (its own count of the watches it holds; another
+        // component's watch being renewed may take one away for a moment, never add one).
+        let now = Traffic::now(&client).await.watches;
+        assert!(now <= watching, "{} more watches with the node agents: one watches the API server", now - watching);
         let (status, _, body) = get(port, "/api/v1/tags/pod/no-such-node", Some(TOKEN));
         assert!(status == 200 && body.contains("Warnings") && !body.contains("Nodes"), "{status} {body}");
         let meta = json_of(port, "/api/v1/metadata/namespace/team-1").unwrap();

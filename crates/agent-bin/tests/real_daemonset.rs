@@ -10,8 +10,11 @@
 //! pods and their containers with `kube_*` tags, its own pod too, and a pod created afterwards;
 //! the node has no docker, and the agent's log says so once; its service account has exactly the
 //! permissions of `deploy/kubernetes/rbac.yaml` (listed by `kubectl auth can-i --list`); and
-//! without any one of its rules, a named check fails. Last, the overlay that adds the cluster
-//! agent (`deploy/with-cluster-agent`) is applied as a server-side dry run.
+//! without any one of its rules, a named check fails. Last, the node agents are moved onto the
+//! cluster agent (`deploy/with-cluster-agent`, through an overlay that puts the cluster agent on
+//! the host's network, as one replica, and gives the node agents its address): the cluster
+//! agent's pod gets Ready with its own ClusterRole, the node agent's shrinks to the kubelet's
+//! `nodes/pods`, and a service made then reaches its tags through the cluster agent.
 
 #![cfg(all(feature = "kube", feature = "kube-metadata", feature = "containerd"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -97,6 +100,53 @@ patches:
         containerd_dir = containerd_dir.display(),
         state = state_dir(dir).display(),
     );
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+}
+
+/// The overlay of `deploy/with-cluster-agent` for this cluster: the DaemonSet's differences as
+/// in [`write_overlay`]; the cluster agent as one replica on the host's network (its pods could
+/// not reach this API server on loopback otherwise; two would share the host's ports), on ports
+/// of its own (`ca_port` for node agents, `ports` for its probes and CLI API); and the node
+/// agents given its address (a Service address routes nowhere without kube-proxy).
+fn write_cluster_agent_overlay(cluster: &Kubernetes, dir: &Path, base: &Path, ca_port: u16, ports: (u16, u16)) {
+    write_overlay(cluster, dir, base);
+    let mut kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let (cmd, health) = ports;
+    kustomization.push_str(&format!(
+        r#"  - target: {{kind: DaemonSet, name: wm-agent}}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: DD_CLUSTER_AGENT_URL, value: "127.0.0.1:{ca_port}"}}
+  - target: {{kind: Deployment, name: wm-cluster-agent}}
+    patch: |-
+      - op: replace
+        path: /spec/replicas
+        value: 1
+      - op: add
+        path: /spec/template/spec/hostNetwork
+        value: true
+      - op: replace
+        path: /spec/template/spec/containers/0/ports
+        value: [{{name: api, containerPort: {ca_port}}}, {{name: health, containerPort: {health}}}]
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_PORT, value: "{apiserver}"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: DD_CLUSTER_AGENT_CMD_PORT, value: "{ca_port}"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: DD_CMD_PORT, value: "{cmd}"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: DD_HEALTH_PORT, value: "{health}"}}
+"#,
+        apiserver = cluster.apiserver_port(),
+    ));
     std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
 }
 
@@ -392,12 +442,21 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         }
         assert_eq!(effective_permissions(cluster), expected);
 
-        // The node agents with the cluster agent, and the cluster agent (README, "Deploy"),
-        // accepted whole by this API server (strict field validation, a dry run: its pods would
-        // need the API server and the Service reachable from the pod network, which this
-        // cluster, without kube-proxy and with its API server on loopback, does not give).
-        let with = repo.join("deploy/with-cluster-agent").display().to_string();
-        let accepted = kubectl(cluster, &["apply", "-k", &with, "--dry-run=server", "--validate=strict"]);
+        // The node agents moved onto the cluster agent (README, "Deploy"): its Secret by the
+        // README's line, then deploy/with-cluster-agent as it is (a dry run, strict) and
+        // through this cluster's overlay.
+        let with = repo.join("deploy/with-cluster-agent");
+        let secret = readme.lines().find(|l| l.contains("create secret generic wm-cluster-agent-auth")).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(secret)
+            .env("PATH", format!("{}:{}", kubectl_dir.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{secret}: {}", String::from_utf8_lossy(&out.stderr));
+        let accepted =
+            kubectl(cluster, &["apply", "-k", &with.display().to_string(), "--dry-run=server", "--validate=strict"]);
         for object in [
             "deployment.apps/wm-cluster-agent",
             "service/wm-cluster-agent",
@@ -407,6 +466,51 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         ] {
             assert!(accepted.contains(object), "{object} not in: {accepted}");
         }
-        kubectl(cluster, &["delete", "-k", &overlay.display().to_string(), "--wait=false"]);
+        let ca_port = test_support::runtimes::free_port().unwrap();
+        let ca_ports = (test_support::runtimes::free_port().unwrap(), test_support::runtimes::free_port().unwrap());
+        let with_overlay = dir.join("with-cluster-agent");
+        write_cluster_agent_overlay(cluster, &with_overlay, &with, ca_port, ca_ports);
+        kubectl(cluster, &["apply", "-k", &with_overlay.display().to_string()]);
+        let ca_label = "app.kubernetes.io/name=wm-cluster-agent";
+        wait_for(
+            "the cluster agent's pod Ready (its watches listed with its own ClusterRole)",
+            Duration::from_secs(120),
+            || {
+                let out = cluster.kubectl(&["-n", NAMESPACE, "get", "pods", "-l", ca_label, "-o", "json"]).unwrap();
+                let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let ready = pods["items"].as_array().into_iter().flatten().any(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                (ready, pods["items"].as_array().map(Vec::len))
+            },
+        );
+        let pod = wait_ready_pod(cluster);
+        // The node agent may now do nothing on the API server but read the kubelet's /pods.
+        let granted = effective_permissions(cluster);
+        let kubelet_only: BTreeSet<String> = expected
+            .iter()
+            .filter(|p| !["pods [", "namespaces [", "nodes [", "endpointslices."].iter().any(|r| p.starts_with(r)))
+            .cloned()
+            .collect();
+        assert_eq!(granted, kubelet_only, "the node agent's permissions with the cluster agent");
+        // A service made now reaches the node agent through the cluster agent alone.
+        kubectl(cluster, &["-n", "shop", "create", "service", "clusterip", "web-via-ca", "--tcp=81:80"]);
+        kubectl(
+            cluster,
+            &["-n", "shop", "patch", "service", "web-via-ca", "-p", r#"{"spec":{"selector":{"app":"web"}}}"#],
+        );
+        let tags =
+            wait_for("kube_service of a new service, through the cluster agent", Duration::from_secs(120), || {
+                let tags = cli(&cli_config, &["tagger-list"]);
+                (tags.contains("kube_service:web-via-ca") && tags.contains("kube_service:web"), tags)
+            });
+        let health = cli(&cli_config, &["health"]);
+        assert!(health.contains("kube_metadata") && !health.contains("degraded"), "{health}");
+        println!("deploy: the node agent {pod} on the cluster agent; its tags:\n{tags}");
+        kubectl(cluster, &["delete", "-k", &with_overlay.display().to_string(), "--wait=false"]);
     });
 }
