@@ -407,20 +407,7 @@ fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
 /// its RSS.
 fn soak(minutes: f64, containers: usize, warmup: f64) -> anyhow::Result<()> {
     ensure_tools()?;
-    run(
-        "build the release agent, counting its allocations",
-        cargo().args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "agent-bin",
-            "--bin",
-            "agent",
-            "--features",
-            "alloc-stats",
-        ]),
-    )?;
+    release_agent("build the release agent, counting its allocations", "alloc-stats")?;
     let target = target_dir()?;
     run(
         &format!("soak ({minutes} min, {containers} containers)"),
@@ -438,20 +425,7 @@ fn soak(minutes: f64, containers: usize, warmup: f64) -> anyhow::Result<()> {
 /// returns the archive's path. One image for the node agents and the cluster agent: the node
 /// flavor and `agent cluster-agent`.
 fn image() -> anyhow::Result<PathBuf> {
-    run(
-        "build the release agent",
-        cargo().args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "agent-bin",
-            "--bin",
-            "agent",
-            "--features",
-            "cluster-agent",
-        ]),
-    )?;
+    release_agent("build the release agent", "cluster-agent")?;
     let target = target_dir()?;
     let out = target.join("wm-agent-image");
     run(
@@ -595,4 +569,12 @@ mod tests {
             assert!(collectors.iter().any(|c| c == expected), "{expected} missing from {collectors:?}");
         }
     }
+}
+
+/// Builds the release `agent` binary with the default features and `features`.
+fn release_agent(what: &str, features: &str) -> anyhow::Result<()> {
+    run(
+        what,
+        cargo().args(["build", "--release", "--quiet", "-p", "agent-bin", "--bin", "agent", "--features", features]),
+    )
 }

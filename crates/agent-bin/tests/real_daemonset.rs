@@ -129,23 +129,21 @@ fn write_cluster_agent_overlay(cluster: &Kubernetes, dir: &Path, base: &Path, ca
       - op: replace
         path: /spec/template/spec/containers/0/ports
         value: [{{name: api, containerPort: {ca_port}}}, {{name: health, containerPort: {health}}}]
-      - op: add
-        path: /spec/template/spec/containers/0/env/-
-        value: {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
-      - op: add
-        path: /spec/template/spec/containers/0/env/-
-        value: {{name: KUBERNETES_SERVICE_PORT, value: "{apiserver}"}}
-      - op: add
-        path: /spec/template/spec/containers/0/env/-
-        value: {{name: DD_CLUSTER_AGENT_CMD_PORT, value: "{ca_port}"}}
-      - op: add
-        path: /spec/template/spec/containers/0/env/-
-        value: {{name: DD_CMD_PORT, value: "{cmd}"}}
-      - op: add
-        path: /spec/template/spec/containers/0/env/-
-        value: {{name: DD_HEALTH_PORT, value: "{health}"}}
-"#,
-        apiserver = cluster.apiserver_port(),
+{env}"#,
+        env = [
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_owned()),
+            ("KUBERNETES_SERVICE_PORT", cluster.apiserver_port().to_string()),
+            ("DD_CLUSTER_AGENT_CMD_PORT", ca_port.to_string()),
+            ("DD_CMD_PORT", cmd.to_string()),
+            ("DD_HEALTH_PORT", health.to_string()),
+        ]
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "      - op: add\n        path: /spec/template/spec/containers/0/env/-\n        value: {{name: {name}, value: \"{value}\"}}\n"
+            )
+        })
+        .collect::<String>(),
     ));
     std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
 }
