@@ -511,6 +511,14 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the release `agent` binary with the default features and `features`.
+fn release_agent(what: &str, features: &str) -> anyhow::Result<()> {
+    run(
+        what,
+        cargo().args(["build", "--release", "--quiet", "-p", "agent-bin", "--bin", "agent", "--features", features]),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,12 +577,4 @@ mod tests {
             assert!(collectors.iter().any(|c| c == expected), "{expected} missing from {collectors:?}");
         }
     }
-}
-
-/// Builds the release `agent` binary with the default features and `features`.
-fn release_agent(what: &str, features: &str) -> anyhow::Result<()> {
-    run(
-        what,
-        cargo().args(["build", "--release", "--quiet", "-p", "agent-bin", "--bin", "agent", "--features", features]),
-    )
 }
