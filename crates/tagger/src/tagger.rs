@@ -37,9 +37,31 @@ pub fn entity_id(entity: &Entity) -> String {
 /// not a copy.
 type Children = HashMap<TagKey, Box<[TagKey]>>;
 
-/// An entity that a pod, task or object gives tags to: its key, the part it shares with others
-/// (the tags of a pod template's container), and its own extra tags.
-type Child = (TagKey, Option<SharedPart>, TagInfo);
+/// An entity that a pod, task or object gives tags to: its key, the parts it shares with others
+/// (its owner's tags; for a pod's container, the tags of its template's container too), and its
+/// own extra tags.
+type Child = (TagKey, SharedParts, TagInfo);
+
+/// Takes a pod's `pod_name` tag (the first orchestrator tag [`rules::pod_tags`] adds) out of its
+/// tags: the pod's name alone, and the rest.
+fn split_pod_name(mut tags: TagInfo) -> (TagInfo, TagInfo) {
+    let mut name = TagInfo::default();
+    if tags.orchestrator.first().is_some_and(|t| t.starts_with("pod_name:")) {
+        name.orchestrator.push(tags.orchestrator.remove(0));
+    }
+    (name, tags)
+}
+
+/// `first`'s tags then `then`'s, level by level, as two parts read one after the other would
+/// give them (no tag dropped for being in both).
+fn concatenated(first: &TagInfo, then: TagInfo) -> TagInfo {
+    let mut all = first.clone();
+    all.low.extend(then.low);
+    all.orchestrator.extend(then.orchestrator);
+    all.high.extend(then.high);
+    all.standard.extend(then.standard);
+    all
+}
 
 /// How often the tagger prunes deletions past their grace period.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -173,38 +195,47 @@ impl Tagger {
             (Entity::Container(c), EventType::Set) => self.set_container(id, c),
             (Entity::Container(_), EventType::Unset) => self.store.delete_key(&id, TagSource::Container),
             (Entity::KubernetesPod(p), EventType::Set) => {
-                let pod = rules::pod_tags(p, &self.config);
+                // The pod's name is the one tag no other pod has: a part of its own, so that the
+                // rest is one part for all the pods of a template in a namespace, and each
+                // container's narrow part (the rest, then its template's tags) one for all the
+                // namesakes of those pods. Read level by level, the tags come in the same order
+                // as from one part.
+                let (name, rest) = split_pod_name(rules::pod_tags(p, &self.config));
+                let name = SharedPart::new(&name);
                 let children = p
                     .all_containers()
                     .filter(|c| !c.id.is_empty())
                     .map(|c| {
                         let (template, own) = rules::pod_container_tags(p, c);
-                        (TagKey::container(c.id.clone()), SharedPart::new(&template), own)
+                        let narrow = SharedPart::new(&concatenated(&rest, template));
+                        (TagKey::container(c.id.clone()), SharedParts { broad: name.clone(), narrow }, own)
                     })
                     .collect();
-                self.set_with_children(TagSource::KubernetesPod, id, &pod, children);
+                let parts = SharedParts { broad: name, narrow: SharedPart::new(&rest) };
+                self.set_with_children(TagSource::KubernetesPod, id, parts, children);
             }
             (Entity::EcsTask(t), EventType::Set) => {
                 let task = rules::task_tags(t, &self.config);
+                let base = SharedParts { broad: SharedPart::new(&task), narrow: None };
                 let mut children: Vec<Child> = t
                     .containers
                     .iter()
                     .filter(|c| !c.id.is_empty())
-                    .map(|c| (TagKey::container(c.id.clone()), None, rules::task_container_tags(c)))
+                    .map(|c| (TagKey::container(c.id.clone()), base.clone(), rules::task_container_tags(c)))
                     .collect();
                 if t.launch_type == Some(LaunchType::Fargate) {
-                    children.push((TagKey::parse(GLOBAL_ENTITY_ID), None, TagInfo::default()));
+                    children.push((TagKey::parse(GLOBAL_ENTITY_ID), base.clone(), TagInfo::default()));
                 }
-                self.set_with_children(TagSource::EcsTask, id, &task, children);
+                self.set_with_children(TagSource::EcsTask, id, base, children);
             }
             (Entity::KubernetesMetadata(m), EventType::Set) => {
-                let tags = rules::metadata_tags(m, &self.config);
+                let base = SharedParts { broad: SharedPart::new(&rules::metadata_tags(m, &self.config)), narrow: None };
                 let children = if m.is_node() {
-                    vec![(TagKey::parse(GLOBAL_ENTITY_ID), None, TagInfo::default())]
+                    vec![(TagKey::parse(GLOBAL_ENTITY_ID), base.clone(), TagInfo::default())]
                 } else {
                     Vec::new()
                 };
-                self.set_with_children(TagSource::KubernetesMetadata, id, &tags, children);
+                self.set_with_children(TagSource::KubernetesMetadata, id, base, children);
             }
             (Entity::KubernetesPod(_), EventType::Unset) => self.delete_with_children(TagSource::KubernetesPod, id),
             (Entity::KubernetesMetadata(_), EventType::Unset) => {
@@ -242,7 +273,8 @@ impl Tagger {
     }
 
     /// Counts the shared parts interned now, across every tagger in the process: images',
-    /// container names', pods' own and pod templates' containers' tags, each kept once for
+    /// container names', pods' names, and what the pods of one template and their namesake
+    /// containers share, each kept once for
     /// every entity given it.
     ///
     /// A part leaves when the last record holding it is freed. The tag store's lock-free map
@@ -252,22 +284,17 @@ impl Tagger {
         SharedPart::interned()
     }
 
-    /// Tags a pod, task or object with `own`, and each of its children with `own`, then the
-    /// child's shared part, then the child's extra tags.
+    /// Tags a pod, task or object with the shared `parts` alone, and each of its children with
+    /// its own shared parts, then its extra tags.
     ///
-    /// `own` is packed once and shared by the parent and all its children. The children are
-    /// recorded under the parent's key; a child the parent listed before but no longer lists
-    /// loses what `source` said about it.
-    fn set_with_children(&self, source: TagSource, id: TagKey, own: &TagInfo, children: Vec<Child>) {
-        let base = SharedPart::new(own);
+    /// The children are recorded under the parent's key; a child the parent listed before but no
+    /// longer lists loses what `source` said about it.
+    fn set_with_children(&self, source: TagSource, id: TagKey, parts: SharedParts, children: Vec<Child>) {
         let none = TagInfo::default();
-        let (id, _) = self.store.set_layered(id, source, SharedParts { broad: base.clone(), narrow: None }, &none);
+        let (id, _) = self.store.set_layered(id, source, parts, &none);
         let now: Box<[TagKey]> = children
             .into_iter()
-            .map(|(child, shared, extra)| {
-                let parts = SharedParts { broad: base.clone(), narrow: shared };
-                self.store.set_layered(child, source, parts, &extra).0
-            })
+            .map(|(child, parts, extra)| self.store.set_layered(child, source, parts, &extra).0)
             .collect();
         let mut index = self.children.locked();
         let before = if now.is_empty() { index.remove(&id) } else { index.insert(id, now.clone()) };
@@ -508,6 +535,50 @@ mod tests {
         // Outside a bundle, a change is a message of its own.
         tagger.process(&[event(EventType::Set, "bulk-0", "bundle-test/app:2")]);
         assert_eq!(rx.try_recv().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_pods_of_one_template_share_every_tag_but_their_names_and_read_as_before() {
+        let tagger = Tagger::with_clock(TaggerConfig::default(), Arc::new(ManualClock::default()));
+        // A namespace no other test uses: the interner is process-wide.
+        let pod = |n: u32| {
+            let web = wm_core::OrchestratorContainer {
+                id: format!("tpl-c{n}").as_str().into(),
+                name: "web".into(),
+                ..Default::default()
+            };
+            wm_core::KubernetesPod {
+                id: format!("tpl-p{n}").as_str().into(),
+                name: format!("web-{n}").as_str().into(),
+                namespace: "template-test".into(),
+                phase: "Running".into(),
+                containers: vec![web],
+                ..Default::default()
+            }
+        };
+        let pods = [pod(1), pod(2)];
+        tagger.process(&pods.clone().map(|p| Event { event_type: EventType::Set, entity: Entity::from(p) }));
+        for p in &pods {
+            let whole = rules::pod_tags(p, &tagger.config);
+            let (name, rest) = split_pod_name(whole.clone());
+            assert_eq!(name.orchestrator, [format!("pod_name:{}", p.name)]);
+            assert!(!rest.low.is_empty() && !rest.orchestrator.iter().any(|t| t.starts_with("pod_name:")));
+            assert!(SharedPart::is_interned(&name) && SharedPart::is_interned(&rest));
+            let c = &p.containers[0];
+            let (template, own) = rules::pod_container_tags(p, c);
+            assert!(SharedPart::is_interned(&concatenated(&rest, template.clone())));
+            // Split or not, the pod and its container read what one part would give them: the
+            // pod's tags, then the template's, then the container's own.
+            assert_eq!(tagger.store().tag_info(&format!("kubernetes_pod_uid://{}", p.id)), Some(whole.clone()));
+            let mut expected = concatenated(&concatenated(&whole, template), own);
+            // The store holds the id tag once per entity, read after every part.
+            expected.high.retain(|t| !t.starts_with("container_id:"));
+            expected.high.push(format!("container_id:{}", c.id));
+            assert_eq!(tagger.store().tag_info(&container_entity(&c.id)), Some(expected));
+        }
+        // One `rest` for both pods: the two pods' own parts differ in their names alone.
+        let rests: Vec<TagInfo> = pods.iter().map(|p| split_pod_name(rules::pod_tags(p, &tagger.config)).1).collect();
+        assert_eq!(rests[0], rests[1]);
     }
 
     fn c(id: &str, image: &str) -> Container {

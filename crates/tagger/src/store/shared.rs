@@ -1,7 +1,7 @@
 //! The parts of tags that many entities share, each kept once.
 //!
-//! An image's tags are the same on every container that runs it, a pod's own tags are read
-//! under each of its containers', and the containers of one pod template share theirs. Each such
+//! An image's tags are the same on every container that runs it, the pods of one template share
+//! all their tags but their names, and so do those pods' namesake containers. Each such
 //! part is a [`SharedPart`]: the interner's copy of its packed tags, so that equal parts are one
 //! allocation however many entities and sources hold them. The part leaves the interner when the
 //! last record that holds it is freed (wm-core's `intern` module gives the rule).
@@ -83,9 +83,10 @@ impl Drop for SharedPart {
 ///
 /// What they hold depends on the source:
 /// - a container's runtime tags: its image's tags (`broad`), then its name's (`narrow`);
-/// - a pod's, task's or object's tags on one of its containers: the owner's own tags (`broad`),
-///   then the tags the container shares with its namesakes in other pods of the same template
-///   (`narrow`); on the owner itself, its own tags (`broad`) alone.
+/// - a pod's tags: its name (`broad`), then the rest (`narrow`), which the pods of one template
+///   in one namespace share; on one of its containers, its name (`broad`), then the rest and the
+///   tags the container shares with its namesakes in those pods (`narrow`);
+/// - a task's or object's tags, on itself and on each of its containers: its own tags (`broad`).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SharedParts {
     /// Read first: the tags of a group of entities (an image, an owner).
