@@ -3,18 +3,20 @@
 //! containerd, then the README's "Deploy" commands run with `kubectl`: the namespace, the IPC
 //! token Secret, and `kubectl apply -k` of an overlay on `deploy/kubernetes` that only says
 //! where this test cluster differs from a production one (its containerd's socket in a
-//! temporary directory, its API server on 127.0.0.1 with no kube-proxy for the `kubernetes`
-//! Service, its kubelet on a free port).
+//! temporary directory, its API server reached on 127.0.0.1 from the host's network, its kubelet
+//! on a free port).
 //!
 //! Then, from the host: the agent's pod is Ready; its API (with the token) lists the cluster's
 //! pods and their containers with `kube_*` tags, its own pod too, and a pod created afterwards;
 //! the node has no docker, and the agent's log says so once; its service account has exactly the
 //! permissions of `deploy/kubernetes/rbac.yaml` (listed by `kubectl auth can-i --list`); and
 //! without any one of its rules, a named check fails. Last, the node agents are moved onto the
-//! cluster agent (`deploy/with-cluster-agent`, through an overlay that puts the cluster agent on
-//! the host's network, as one replica, and gives the node agents its address): the cluster
-//! agent's pod gets Ready with its own ClusterRole, the node agent's shrinks to the kubelet's
-//! `nodes/pods`, and a service made then reaches its tags through the cluster agent.
+//! cluster agent (`deploy/with-cluster-agent` as written, with kube-proxy now routing Services):
+//! both cluster agent replicas get Ready on the pod network with their own ClusterRole, reaching
+//! the API server through the `kubernetes` Service; the node agent's permissions shrink to the
+//! kubelet's `nodes/pods`; a service made then reaches its tags through the cluster agent; and
+//! with each replica SIGKILLed in turn under a stream of namespace label changes, the node agent
+//! moves through the Service to the other, every pod keeping exactly one `tier` tag.
 
 #![cfg(all(feature = "kube", feature = "kube-metadata", feature = "containerd"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -104,48 +106,69 @@ patches:
 }
 
 /// The overlay of `deploy/with-cluster-agent` for this cluster: the DaemonSet's differences as
-/// in [`write_overlay`]; the cluster agent as one replica on the host's network (its pods could
-/// not reach this API server on loopback otherwise; two would share the host's ports), on ports
-/// of its own (`ca_port` for node agents, `ports` for its probes and CLI API); and the node
-/// agents given its address (a Service address routes nowhere without kube-proxy).
-fn write_cluster_agent_overlay(cluster: &Kubernetes, dir: &Path, base: &Path, ca_port: u16, ports: (u16, u16)) {
+/// in [`write_overlay`], and its namespace label `tier` as a tag (to follow namespace changes
+/// through the cluster agent). The cluster agent runs as written: two replicas on the pod
+/// network behind their Service, which kube-proxy routes; the node agents find it by the
+/// Service's variables.
+fn write_cluster_agent_overlay(cluster: &Kubernetes, dir: &Path, base: &Path) {
     write_overlay(cluster, dir, base);
     let mut kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
-    let (cmd, health) = ports;
-    kustomization.push_str(&format!(
-        r#"  - target: {{kind: DaemonSet, name: wm-agent}}
+    kustomization.push_str(
+        r#"  - target: {kind: DaemonSet, name: wm-agent}
     patch: |-
       - op: add
         path: /spec/template/spec/containers/0/env/-
-        value: {{name: DD_CLUSTER_AGENT_URL, value: "127.0.0.1:{ca_port}"}}
-  - target: {{kind: Deployment, name: wm-cluster-agent}}
-    patch: |-
-      - op: replace
-        path: /spec/replicas
-        value: 1
-      - op: add
-        path: /spec/template/spec/hostNetwork
-        value: true
-      - op: replace
-        path: /spec/template/spec/containers/0/ports
-        value: [{{name: api, containerPort: {ca_port}}}, {{name: health, containerPort: {health}}}]
-{env}"#,
-        env = [
-            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_owned()),
-            ("KUBERNETES_SERVICE_PORT", cluster.apiserver_port().to_string()),
-            ("DD_CLUSTER_AGENT_CMD_PORT", ca_port.to_string()),
-            ("DD_CMD_PORT", cmd.to_string()),
-            ("DD_HEALTH_PORT", health.to_string()),
-        ]
-        .iter()
-        .map(|(name, value)| {
-            format!(
-                "      - op: add\n        path: /spec/template/spec/containers/0/env/-\n        value: {{name: {name}, value: \"{value}\"}}\n"
+        value: {name: DD_KUBERNETES_NAMESPACE_LABELS_AS_TAGS, value: '{"tier":"tier"}'}
+"#,
+    );
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+}
+
+/// The cluster agent's pods: name, Ready, restart count, container id (without `containerd://`).
+fn cluster_agent_pods(cluster: &Kubernetes) -> Vec<(String, bool, u64, String)> {
+    let out = cluster
+        .kubectl(&["-n", NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=wm-cluster-agent", "-o", "json"])
+        .unwrap();
+    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let status = &p["status"]["containerStatuses"][0];
+            let id = status["containerID"].as_str().unwrap_or_default().trim_start_matches("containerd://");
+            (
+                p["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                ready,
+                status["restartCount"].as_u64().unwrap_or(0),
+                id.to_owned(),
             )
         })
-        .collect::<String>(),
-    ));
-    std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+        .collect()
+}
+
+/// The `tier:` tags of every entity `agent tagger-list` shows in namespace `shop`, per entity.
+fn shop_tiers(tagger_list: &str) -> Vec<(String, Vec<String>)> {
+    tagger_list
+        .split("=== Entity ")
+        .skip(1)
+        .filter(|block| block.contains("kube_namespace:shop"))
+        .map(|block| {
+            let entity = block.split_whitespace().next().unwrap_or_default().to_owned();
+            let tiers = block
+                .split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+                .filter(|t| t.starts_with("tier:"))
+                .map(str::to_owned)
+                .collect();
+            (entity, tiers)
+        })
+        .collect()
 }
 
 /// Where the pod keeps its state on the host (the overlay's hostPath).
@@ -209,14 +232,21 @@ fn health() -> Option<serde_json::Value> {
 }
 
 /// Polls `check` every 500 ms until it holds or `within` passes; the last value for the message.
-fn wait_for<T: std::fmt::Debug>(what: &str, within: Duration, mut check: impl FnMut() -> (bool, T)) -> T {
+fn wait_for<T: std::fmt::Debug>(what: &str, within: Duration, check: impl FnMut() -> (bool, T)) -> T {
+    poll(within, check).unwrap_or_else(|last| panic!("{what}: not within {within:?}; last: {last:#?}"))
+}
+
+/// Polls `check` every 500 ms until it holds (`Ok`) or `within` passes (`Err`, the last value).
+fn poll<T>(within: Duration, mut check: impl FnMut() -> (bool, T)) -> Result<T, T> {
     let deadline = Instant::now() + within;
     loop {
         let (done, last) = check();
         if done {
-            return last;
+            return Ok(last);
         }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last: {last:#?}");
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -290,6 +320,7 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
                 busybox,
                 "--image-pull-policy=Never",
                 "--labels=app=web",
+                "--command",
                 "--",
                 "/bin/sleep",
                 "3600",
@@ -360,7 +391,19 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         // A pod created afterwards appears.
         kubectl(
             cluster,
-            &["-n", "shop", "run", "late", "--image", busybox, "--image-pull-policy=Never", "--", "/bin/sleep", "3600"],
+            &[
+                "-n",
+                "shop",
+                "run",
+                "late",
+                "--image",
+                busybox,
+                "--image-pull-policy=Never",
+                "--command",
+                "--",
+                "/bin/sleep",
+                "3600",
+            ],
         );
         wait_for("the late pod", Duration::from_secs(90), || {
             let tags = cli(&cli_config, &["tagger-list"]);
@@ -464,28 +507,40 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         ] {
             assert!(accepted.contains(object), "{object} not in: {accepted}");
         }
-        let ca_port = test_support::runtimes::free_port().unwrap();
-        let ca_ports = (test_support::runtimes::free_port().unwrap(), test_support::runtimes::free_port().unwrap());
+        // The cluster agent as written: two replicas on the pod network, which reach the API
+        // server through the `kubernetes` Service and are reached through their own; kube-proxy
+        // routes both.
+        let Some(proxy) = test_support::kubernetes::KubeProxy::start_or_skip(cluster, test) else { return };
+        kubectl(cluster, &["label", "namespace", "shop", "tier=t0"]);
         let with_overlay = dir.join("with-cluster-agent");
-        write_cluster_agent_overlay(cluster, &with_overlay, &with, ca_port, ca_ports);
+        write_cluster_agent_overlay(cluster, &with_overlay, &with);
         kubectl(cluster, &["apply", "-k", &with_overlay.display().to_string()]);
-        let ca_label = "app.kubernetes.io/name=wm-cluster-agent";
-        wait_for(
-            "the cluster agent's pod Ready (its watches listed with its own ClusterRole)",
-            Duration::from_secs(120),
-            || {
-                let out = cluster.kubectl(&["-n", NAMESPACE, "get", "pods", "-l", ca_label, "-o", "json"]).unwrap();
-                let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                let ready = pods["items"].as_array().into_iter().flatten().any(|p| {
-                    p["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                });
-                (ready, pods["items"].as_array().map(Vec::len))
-            },
-        );
+        let replicas = poll(Duration::from_secs(180), || {
+            let pods = cluster_agent_pods(cluster);
+            (pods.len() == 2 && pods.iter().all(|p| p.1), pods)
+        });
+        if let Err(pods) = replicas {
+            let logs = pods.first().map_or_else(String::new, |p| {
+                let said = |args: &[&str]| {
+                    let out = cluster.kubectl(args).unwrap();
+                    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+                };
+                let events = said(&[
+                    "-n",
+                    NAMESPACE,
+                    "get",
+                    "events",
+                    "--field-selector",
+                    &format!("involvedObject.name={}", p.0),
+                ]);
+                format!("{}{events}", said(&["-n", NAMESPACE, "logs", &p.0, "--tail=30"]))
+            });
+            panic!(
+                "both cluster agent replicas Ready (their watches listed with their own ClusterRole): not within \
+                 180s; last: {pods:#?}\nthe first one said, and its events:\n{logs}\nkube-proxy said:\n{}",
+                proxy.log_tail()
+            );
+        }
         let pod = wait_ready_pod(cluster);
         // The node agent may now do nothing on the API server but read the kubelet's /pods.
         let granted = effective_permissions(cluster);
@@ -509,6 +564,78 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         let health = cli(&cli_config, &["health"]);
         assert!(health.contains("kube_metadata") && !health.contains("degraded"), "{health}");
         println!("deploy: the node agent {pod} on the cluster agent; its tags:\n{tags}");
+
+        // One replica dies, then the other, under a steady stream of namespace label changes:
+        // the node agent moves through the Service to the one alive; every pod of `shop` keeps
+        // exactly one `tier` tag throughout and ends on the last change.
+        wait_for("tier:t0 on every pod of shop", Duration::from_secs(60), || {
+            let tiers = shop_tiers(&cli(&cli_config, &["tagger-list"]));
+            (!tiers.is_empty() && tiers.iter().all(|(_, t)| t == &["tier:t0"]), tiers)
+        });
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let kubeconfig = cluster.kubeconfig();
+        let label = |value: &str| {
+            let out = Command::new(test_support::kubernetes::bin_dir().join("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["label", "namespace", "shop", &format!("tier={value}"), "--overwrite"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "kubectl label: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let (last, samples) = std::thread::scope(|scope| {
+            let labeler = scope.spawn(|| {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    label(&format!("t{n}"));
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                n
+            });
+            // Stops the labeler however this ends (a failed check panics; the scope then joins it).
+            struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let stop_guard = Stop(&stop);
+            let mut samples = 0;
+            let replicas = cluster_agent_pods(cluster);
+            for (name, _, restarts, id) in &replicas {
+                let out = cluster.ctr(&["tasks", "kill", "-s", "SIGKILL", id]).unwrap();
+                assert!(out.status.success(), "ctr tasks kill {id}: {}", String::from_utf8_lossy(&out.stderr));
+                wait_for(&format!("{name} restarted and Ready"), Duration::from_secs(120), || {
+                    let tiers = shop_tiers(&cli(&cli_config, &["tagger-list"]));
+                    samples += 1;
+                    let one_each = !tiers.is_empty() && tiers.iter().all(|(_, t)| t.len() == 1);
+                    assert!(one_each, "a pod of shop without exactly one tier tag while {name} was down: {tiers:?}");
+                    let pods = cluster_agent_pods(cluster);
+                    let back = pods.iter().any(|p| &p.0 == name && p.1 && p.2 > *restarts);
+                    (back && pods.iter().all(|p| p.1), pods)
+                });
+            }
+            // A few changes more with both replicas back.
+            std::thread::sleep(Duration::from_secs(2));
+            drop(stop_guard);
+            (format!("tier:t{}", labeler.join().unwrap()), samples)
+        });
+        let tiers = wait_for(&format!("{last} on every pod of shop"), Duration::from_secs(60), || {
+            let tiers = shop_tiers(&cli(&cli_config, &["tagger-list"]));
+            (!tiers.is_empty() && tiers.iter().all(|(_, t)| t == &[last.as_str()]), tiers)
+        });
+        let health = cli(&cli_config, &["health"]);
+        assert!(!health.contains("degraded"), "{health}");
+        // The node agent's stream broke when its replica died, and it followed another one.
+        let log = kubectl(cluster, &["-n", NAMESPACE, "logs", &pod]);
+        let streams = log.matches("following the cluster agent's node stream").count();
+        assert!(streams >= 2, "the node agent never moved to another replica:\n{log}");
+        println!(
+            "deploy: both cluster agent replicas killed in turn; {} entities of shop on {last} ({samples} samples, \
+             one tier tag each; the node agent followed {streams} streams)",
+            tiers.len()
+        );
         kubectl(cluster, &["delete", "-k", &with_overlay.display().to_string(), "--wait=false"]);
     });
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::runtimes::Unavailable;
+use crate::runtimes::{Install, Unavailable};
 
 /// The Kubernetes release the cluster runs: the newest served whose kubelet runs on Debian's
 /// containerd 1.6 (it falls back to its own cgroup driver setting when the runtime lacks the
@@ -103,6 +103,88 @@ pub fn kubernetes_module(version: &str, staging: &[String]) -> String {
     out
 }
 
+/// Makes `dir` a module of ours requiring Kubernetes at [`KUBERNETES_VERSION`] with its staging
+/// modules mapped to their published versions; returns the `-X` flags that stamp the version in,
+/// as the release build does.
+fn kubernetes_build_module(go: &Path, dir: &Path) -> Result<String, Unavailable> {
+    let mut download = go_command(go, dir);
+    download.args(["mod", "download", "-json", &format!("k8s.io/kubernetes@{KUBERNETES_VERSION}")]);
+    let info = run("go mod download k8s.io/kubernetes", download)?;
+    let info: serde_json::Value =
+        serde_json::from_str(&info).map_err(|e| Unavailable(format!("go mod download printed {info}: {e}")))?;
+    let go_mod_path =
+        info["GoMod"].as_str().ok_or_else(|| Unavailable(format!("go mod download printed no GoMod path: {info}")))?;
+    let upstream = fs::read_to_string(go_mod_path).map_err(|e| Unavailable(format!("{go_mod_path}: {e}")))?;
+    let staging = staging_modules(&upstream);
+    if staging.is_empty() {
+        return Err(Unavailable("k8s.io/kubernetes's go.mod maps no staging module: cannot build it".into()));
+    }
+    fs::write(dir.join("go.mod"), kubernetes_module(KUBERNETES_VERSION, &staging))
+        .map_err(|e| Unavailable(format!("go.mod: {e}")))?;
+    let minor = KUBERNETES_VERSION.trim_start_matches("v1.").split('.').next().unwrap_or("0");
+    Ok(["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"]
+        .iter()
+        .map(|pkg| {
+            format!(
+                "-X {pkg}.gitVersion={KUBERNETES_VERSION} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} \
+                 -X {pkg}.gitTreeState=clean -X {pkg}.buildDate=1970-01-01T00:00:00Z"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// Finds the cached `binary`, else (when `install` allows) builds it: `build(go, work)` leaves a
+/// file of `binary`'s name in `work`, a fresh directory beside it, which is renamed into place in
+/// one step, so an interrupted build leaves nothing that looks finished and a concurrent build
+/// that finished first wins. Prints how long the build took.
+pub(super) fn ensure_built(
+    what: &str,
+    binary: &Path,
+    install: Install,
+    build: impl FnOnce(&Path, &Path) -> Result<(), Unavailable>,
+) -> Result<PathBuf, Unavailable> {
+    if binary.is_file() {
+        return Ok(binary.to_path_buf());
+    }
+    if install == Install::Never {
+        return Err(Unavailable(format!("{what} is not built in {}", binary.display())));
+    }
+    let go = go()?;
+    let name = binary.file_name().ok_or_else(|| Unavailable(format!("{} names no file", binary.display())))?;
+    let dir = binary.parent().map(Path::to_path_buf).unwrap_or_else(cache_root);
+    let work = dir.join(format!("build-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| Unavailable(format!("{}: {e}", work.display())))?;
+    let started = Instant::now();
+    println!("{what}: building with {} (cached afterwards)", go.display());
+    build(&go, &work)?;
+    if fs::rename(work.join(name), binary).is_err() && !binary.is_file() {
+        return Err(Unavailable(format!("cannot move {what} into {}", binary.display())));
+    }
+    let _ = fs::remove_dir_all(&work);
+    println!("{what}: built in {:.0?}", started.elapsed());
+    Ok(binary.to_path_buf())
+}
+
+/// Where kube-proxy is cached (built apart from [`BINARIES`]: only the tests that route a
+/// Service need it, and adding it there would rebuild every cached set).
+pub fn kube_proxy_binary() -> PathBuf {
+    cache_root().join(format!("kube-proxy-{KUBERNETES_VERSION}")).join("kube-proxy")
+}
+
+/// Finds kube-proxy, building `k8s.io/kubernetes/cmd/kube-proxy` when missing and `install`
+/// allows (in the same kind of module as the other components).
+pub fn ensure_kube_proxy(install: Install) -> Result<PathBuf, Unavailable> {
+    ensure_built(&format!("kube-proxy {KUBERNETES_VERSION}"), &kube_proxy_binary(), install, |go, work| {
+        let stamp = kubernetes_build_module(go, work)?;
+        let mut build = go_command(go, work);
+        build.args(["build", "-trimpath", "-ldflags", &format!("-s -w {stamp}"), "-o", "kube-proxy"]);
+        build.arg("k8s.io/kubernetes/cmd/kube-proxy");
+        run("go build (kube-proxy)", build).map(drop)
+    })
+}
+
 /// Finds the binaries, building the missing ones (minutes on a fresh machine; printed).
 pub fn ensure_binaries() -> Result<PathBuf, Unavailable> {
     let bin = bin_dir();
@@ -126,32 +208,7 @@ pub fn ensure_binaries() -> Result<PathBuf, Unavailable> {
         go.display()
     );
 
-    // Kubernetes: read its go.mod from the module proxy, then build against published staging modules.
-    let mut download = go_command(&go, &k8s);
-    download.args(["mod", "download", "-json", &format!("k8s.io/kubernetes@{KUBERNETES_VERSION}")]);
-    let info = run("go mod download k8s.io/kubernetes", download)?;
-    let info: serde_json::Value =
-        serde_json::from_str(&info).map_err(|e| Unavailable(format!("go mod download printed {info}: {e}")))?;
-    let go_mod_path =
-        info["GoMod"].as_str().ok_or_else(|| Unavailable(format!("go mod download printed no GoMod path: {info}")))?;
-    let upstream = fs::read_to_string(go_mod_path).map_err(|e| Unavailable(format!("{go_mod_path}: {e}")))?;
-    let staging = staging_modules(&upstream);
-    if staging.is_empty() {
-        return Err(Unavailable("k8s.io/kubernetes's go.mod maps no staging module: cannot build it".into()));
-    }
-    fs::write(k8s.join("go.mod"), kubernetes_module(KUBERNETES_VERSION, &staging))
-        .map_err(|e| Unavailable(format!("go.mod: {e}")))?;
-    let minor = KUBERNETES_VERSION.trim_start_matches("v1.").split('.').next().unwrap_or("0");
-    let stamp = ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"]
-        .iter()
-        .map(|pkg| {
-            format!(
-                "-X {pkg}.gitVersion={KUBERNETES_VERSION} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} \
-                 -X {pkg}.gitTreeState=clean -X {pkg}.buildDate=1970-01-01T00:00:00Z"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
+    let stamp = kubernetes_build_module(&go, &k8s)?;
     let mut build = go_command(&go, &k8s);
     build.args(["build", "-trimpath", "-ldflags", &format!("-s -w {stamp}"), "-o"]).arg(&out).args([
         "k8s.io/kubernetes/cmd/kube-apiserver",

@@ -14,12 +14,12 @@
 //! controller never marks them NotReady.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::build::{cache_root, go, go_command, run};
+use super::build::{cache_root, ensure_built, go_command, run};
 use super::{Kubernetes, object};
 use crate::runtimes::{Daemon, Install, Unavailable};
 
@@ -42,37 +42,18 @@ pub fn kwok_binary() -> PathBuf {
 /// Finds the kwok binary, building it from the module proxy when missing and `install` allows
 /// (about 90 s here; printed).
 pub fn ensure_kwok(install: Install) -> Result<PathBuf, Unavailable> {
-    let binary = kwok_binary();
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    if install == Install::Never {
-        return Err(Unavailable(format!("kwok is not built in {} (cargo xtask ci builds it)", binary.display())));
-    }
-    let go = go()?;
-    let dir = binary.parent().map(Path::to_path_buf).unwrap_or_else(cache_root);
-    let work = dir.join(format!("build-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).map_err(|e| Unavailable(format!("{}: {e}", work.display())))?;
-    let started = Instant::now();
-    println!("kwok: building {KWOK_VERSION} with {} (cached afterwards)", go.display());
-    let mut install_cmd = go_command(&go, &work);
-    // `go install module@version` builds outside any module of ours: no -mod flag applies.
-    install_cmd.env("GOFLAGS", "").env("GOBIN", &work).args([
-        "install",
-        "-trimpath",
-        "-ldflags",
-        "-s -w",
-        &format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"),
-    ]);
-    run(&format!("go install sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"), install_cmd)?;
-    // Into place in one rename; a concurrent build that finished first wins.
-    if fs::rename(work.join("kwok"), &binary).is_err() && !binary.is_file() {
-        return Err(Unavailable(format!("cannot move kwok into {}", binary.display())));
-    }
-    let _ = fs::remove_dir_all(&work);
-    println!("kwok: {KWOK_VERSION} built in {:.0?}", started.elapsed());
-    Ok(binary)
+    ensure_built(&format!("kwok {KWOK_VERSION}"), &kwok_binary(), install, |go, work| {
+        let mut install_cmd = go_command(go, work);
+        // `go install module@version` builds outside any module of ours: no -mod flag applies.
+        install_cmd.env("GOFLAGS", "").env("GOBIN", work).args([
+            "install",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            &format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"),
+        ]);
+        run(&format!("go install sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"), install_cmd).map(drop)
+    })
 }
 
 /// The stages kwok plays (see the module's docs), as its config file.

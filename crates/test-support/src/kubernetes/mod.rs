@@ -3,7 +3,8 @@
 //!
 //! What it runs, and why:
 //! - **etcd** on 127.0.0.1, its data in the directory.
-//! - **kube-apiserver** on 127.0.0.1 (TLS, our CA), with a service-account issuer and signing
+//! - **kube-apiserver** on every address (TLS, our CA; clients on the host use 127.0.0.1, pods
+//!   the node's address), with a service-account issuer and signing
 //!   key, `Node,RBAC` authorization and the `NodeRestriction` admission plugin, as a production
 //!   cluster has; an audit log of every request at `Metadata` level ([`Kubernetes::audit_log`]),
 //!   so tests can check which calls a client made.
@@ -27,6 +28,9 @@
 //!   eviction thresholds worth the name and no image garbage collection (the images cannot be
 //!   pulled again), and pod logs, plugins and state under the directory.
 //!
+//! For Services that route, [`KubeProxy`] runs kube-proxy on it (iptables mode), started only by
+//! the tests that need one: it writes rules in the host's nat table.
+//!
 //! For a cluster of many nodes, [`Kwok`] runs kwok against it: fake nodes kept Ready, the pods
 //! bound to them Running with an IP, no kubelet each.
 //!
@@ -41,6 +45,7 @@ mod build;
 mod device_plugin;
 mod fake_kubelet;
 mod image;
+mod kube_proxy;
 mod kwok;
 mod otelcol;
 pub(crate) mod pki;
@@ -53,11 +58,15 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use build::{BINARIES, ETCD_VERSION, KUBERNETES_VERSION, bin_dir, cache_root, ensure_binaries};
+pub use build::{
+    BINARIES, ETCD_VERSION, KUBERNETES_VERSION, bin_dir, cache_root, ensure_binaries, ensure_kube_proxy,
+    kube_proxy_binary,
+};
 pub use client::{container, deployment, object, pod_runs};
 pub use device_plugin::{DevicePlugin, KUBELET_SOCKET};
 pub use fake_kubelet::FakeKubelet;
 pub use image::{AGENT_IMAGE, AGENT_IMAGE_USER, AgentImage, agent_image};
+pub use kube_proxy::KubeProxy;
 pub use kwok::{
     FAKE_NODE_ANNOTATION, FAKE_NODE_IP, FAKE_NODE_TAINT, FAKE_POD_CIDR, KWOK_VERSION, Kwok, create_fake_nodes,
     ensure_kwok, fake_node, fake_pod, kwok_binary, wait_for_default_service_account,
@@ -77,6 +86,8 @@ pub const KUBERNETES_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ("ip", "iproute2"),
     ("curl", "curl"),
+    // kube-proxy's rules (KubeProxy).
+    ("iptables", "iptables"),
 ];
 
 /// A running single-node cluster. Dropping it tears everything down.
@@ -264,6 +275,9 @@ impl Kubernetes {
         write(&self.dir.join("controller-manager.kubeconfig"), &kubeconfig(&server, &ca, "controller-manager", &cm))?;
         write(&self.dir.join("scheduler.kubeconfig"), &kubeconfig(&server, &ca, "scheduler", &scheduler))?;
         write(&self.dir.join("kubelet.kubeconfig"), &kubeconfig(&server, &ca, &node_user, &node))?;
+        // kube-proxy's identity, which the bootstrap role `system:node-proxier` is bound to.
+        let proxy = pki.issue("kube-proxy", "system:kube-proxy", &[], &[], false, true)?;
+        write(&self.dir.join("kube-proxy.kubeconfig"), &kubeconfig(&server, &ca, "system:kube-proxy", &proxy))?;
         write(
             &self.dir.join("audit-policy.yaml"),
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
@@ -284,7 +298,9 @@ impl Kubernetes {
         .to_vec();
         self.apiserver.args = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1".into(),
+            // Every address, as a production API server: a pod reaches it at the node's address
+            // (through the `kubernetes` Service when kube-proxy runs). TLS and RBAC as ever.
+            "--bind-address=0.0.0.0".into(),
             format!("--secure-port={}", self.apiserver_port),
             format!("--advertise-address={ip}"),
             format!("--cert-dir={}", self.d("apiserver")),
@@ -331,7 +347,9 @@ impl Kubernetes {
             "--v=1".into(),
         ];
 
-        // containerd with its CRI plugin: CNI from Debian, the sandbox image of ours.
+        // containerd with its CRI plugin: CNI from Debian, the sandbox image of ours. Pods get a
+        // default route through the bridge, so that a Service address (outside the pod subnet)
+        // reaches the host, where kube-proxy's rules send it on.
         let cni = serde_json::json!({
             "cniVersion": "0.4.0",
             "name": "wm",
@@ -340,6 +358,7 @@ impl Kubernetes {
                     "type": "bridge",
                     "bridge": Self::BRIDGE,
                     "isGateway": true,
+                    "isDefaultGateway": true,
                     "ipMasq": false,
                     "ipam": { "type": "host-local", "ranges": [[{ "subnet": Self::POD_SUBNET }]],
                               "dataDir": self.d("cni/ipam") },

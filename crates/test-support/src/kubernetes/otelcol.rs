@@ -9,10 +9,10 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Kubernetes;
-use super::build::{cache_root, go, go_command, run};
+use super::build::{cache_root, ensure_built, go_command, run};
 use crate::runtimes::{Daemon, Install, Unavailable};
 
 /// The `k8sattributes` processor's release built.
@@ -31,45 +31,28 @@ pub fn otelcol_binary() -> PathBuf {
 /// Finds the collector, building it from the module proxy when missing and `install` allows
 /// (about 100 s here with Kubernetes' build cache warm; printed).
 pub fn ensure_otelcol(install: Install) -> Result<PathBuf, Unavailable> {
-    let binary = otelcol_binary();
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    if install == Install::Never {
-        return Err(Unavailable(format!("the collector is not built in {}", binary.display())));
-    }
-    let go = go()?;
-    let dir = binary.parent().map(PathBuf::from).unwrap_or_else(cache_root);
-    let work = dir.join(format!("build-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).map_err(|e| Unavailable(format!("{}: {e}", work.display())))?;
-    let write = |name: &str, text: &str| {
-        fs::write(work.join(name), text).map_err(|e| Unavailable(format!("{}: {e}", work.join(name).display())))
-    };
-    write("go.mod", "module wm.local/otelcol\n\ngo 1.26\n")?;
-    write("main.go", MAIN)?;
-    let started = Instant::now();
-    println!("otelcol: building k8sattributes {K8SATTRIBUTES_VERSION} with {} (cached afterwards)", go.display());
-    let mut get = go_command(&go, &work);
-    get.args([
-        "get",
-        &format!(
-            "github.com/open-telemetry/opentelemetry-collector-contrib/processor/k8sattributesprocessor@{K8SATTRIBUTES_VERSION}"
-        ),
-        &format!("go.opentelemetry.io/collector/otelcol@{COLLECTOR_VERSION}"),
-        &format!("go.opentelemetry.io/collector/receiver/otlpreceiver@{COLLECTOR_VERSION}"),
-        &format!("go.opentelemetry.io/collector/exporter/nopexporter@{COLLECTOR_VERSION}"),
-    ]);
-    run("go get (the collector's modules)", get)?;
-    let mut build = go_command(&go, &work);
-    build.args(["build", "-trimpath", "-ldflags", "-s -w", "-o", "wm-otelcol", "."]);
-    run("go build (the collector)", build)?;
-    if fs::rename(work.join("wm-otelcol"), &binary).is_err() && !binary.is_file() {
-        return Err(Unavailable(format!("cannot move the collector into {}", binary.display())));
-    }
-    let _ = fs::remove_dir_all(&work);
-    println!("otelcol: built in {:.0?}", started.elapsed());
-    Ok(binary)
+    let what = format!("otelcol (k8sattributes {K8SATTRIBUTES_VERSION})");
+    ensure_built(&what, &otelcol_binary(), install, |go, work| {
+        let write = |name: &str, text: &str| {
+            fs::write(work.join(name), text).map_err(|e| Unavailable(format!("{}: {e}", work.join(name).display())))
+        };
+        write("go.mod", "module wm.local/otelcol\n\ngo 1.26\n")?;
+        write("main.go", MAIN)?;
+        let mut get = go_command(go, work);
+        get.args([
+            "get",
+            &format!(
+                "github.com/open-telemetry/opentelemetry-collector-contrib/processor/k8sattributesprocessor@{K8SATTRIBUTES_VERSION}"
+            ),
+            &format!("go.opentelemetry.io/collector/otelcol@{COLLECTOR_VERSION}"),
+            &format!("go.opentelemetry.io/collector/receiver/otlpreceiver@{COLLECTOR_VERSION}"),
+            &format!("go.opentelemetry.io/collector/exporter/nopexporter@{COLLECTOR_VERSION}"),
+        ]);
+        run("go get (the collector's modules)", get)?;
+        let mut build = go_command(go, work);
+        build.args(["build", "-trimpath", "-ldflags", "-s -w", "-o", "wm-otelcol", "."]);
+        run("go build (the collector)", build).map(drop)
+    })
 }
 
 /// Its config: OTLP in (on a free loopback port), `k8sattributes` out of the cluster's pods,
