@@ -16,12 +16,14 @@
 //! the API server through the `kubernetes` Service; the node agent's permissions shrink to the
 //! kubelet's `nodes/pods`; a service made then reaches its tags through the cluster agent; and
 //! with each replica SIGKILLed in turn under a stream of namespace label changes, the node agent
-//! moves through the Service to the other, every pod keeping exactly one `tier` tag.
+//! moves through the Service to the other, every pod keeping exactly one `tier` tag; the API
+//! server's audit log shows no list or watch from the node agent once it follows the cluster
+//! agent.
 
 #![cfg(all(feature = "kube", feature = "kube-metadata", feature = "containerd"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -151,6 +153,29 @@ fn cluster_agent_pods(cluster: &Kubernetes) -> Vec<(String, bool, u64, String)> 
             )
         })
         .collect()
+}
+
+const NODE_AGENT_USER: &str = "system:serviceaccount:wm-agent:wm-agent";
+const CLUSTER_AGENT_USER: &str = "system:serviceaccount:wm-agent:wm-cluster-agent";
+
+/// The API server's list and watch requests per user, from its audit log: those before byte
+/// `from` of the log, then those after (from the first whole line).
+fn list_and_watch_requests(cluster: &Kubernetes, from: u64) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let audit = std::fs::read_to_string(cluster.audit_log()).unwrap();
+    let from = usize::try_from(from).unwrap().min(audit.len());
+    let after_start = audit[from..].find('\n').map_or(audit.len(), |i| from + i + 1);
+    let count = |text: &str| {
+        let mut users = BTreeMap::new();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if event["stage"] == "RequestReceived" && (event["verb"] == "list" || event["verb"] == "watch") {
+                let user = event["user"]["username"].as_str().unwrap_or_default().to_owned();
+                *users.entry(user).or_insert(0) += 1;
+            }
+        }
+        users
+    };
+    (count(&audit[..from]), count(&audit[after_start..]))
 }
 
 /// The `tier:` tags of every entity `agent tagger-list` shows in namespace `shop`, per entity.
@@ -542,6 +567,7 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
             );
         }
         let pod = wait_ready_pod(cluster);
+        let audit_from = std::fs::metadata(cluster.audit_log()).unwrap().len();
         // The node agent may now do nothing on the API server but read the kubelet's /pods.
         let granted = effective_permissions(cluster);
         let kubelet_only: BTreeSet<String> = expected
@@ -627,13 +653,24 @@ fn the_daemonset_deploys_with_least_privilege_and_its_agent_serves_the_clusters_
         });
         let health = cli(&cli_config, &["health"]);
         assert!(!health.contains("degraded"), "{health}");
+        // The API server's own word: since it moved onto the cluster agent, the node agent listed
+        // and watched nothing there, while the restarted replicas listed and watched again.
+        let (before, after) = list_and_watch_requests(cluster, audit_from);
+        assert!(before.get(NODE_AGENT_USER).is_some_and(|n| *n > 0), "the audit log names the node agent: {before:?}");
+        assert_eq!(
+            after.get(NODE_AGENT_USER),
+            None,
+            "the node agent on the cluster agent listed or watched: {after:?}"
+        );
+        assert!(after.get(CLUSTER_AGENT_USER).is_some_and(|n| *n > 0), "{after:?}");
         // The node agent's stream broke when its replica died, and it followed another one.
         let log = kubectl(cluster, &["-n", NAMESPACE, "logs", &pod]);
         let streams = log.matches("following the cluster agent's node stream").count();
         assert!(streams >= 2, "the node agent never moved to another replica:\n{log}");
         println!(
             "deploy: both cluster agent replicas killed in turn; {} entities of shop on {last} ({samples} samples, \
-             one tier tag each; the node agent followed {streams} streams)",
+             one tier tag each; the node agent followed {streams} streams; lists and watches in the audit log \
+             since it follows the cluster agent: {after:?})",
             tiers.len()
         );
         kubectl(cluster, &["delete", "-k", &with_overlay.display().to_string(), "--wait=false"]);
