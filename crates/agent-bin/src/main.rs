@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 // jemalloc is the process's malloc: linking it in replaces glibc's `malloc` and `free`, which
 // Rust's `System` allocator calls. glibc keeps the pages a re-list frees in its per-thread
 // arenas for good (the soak's resident size grew in a step at each daemon restart while the
-// live heap stayed flat); jemalloc, built with two arenas, thread caches for allocations of up
+// live heap stayed flat); jemalloc, built with one arena, thread caches for allocations of up
 // to 1 KiB and freed pages returned at once (`.cargo/config.toml`), gives them back and rounds
 // small allocations to finer size classes (DESIGN.md, section 6). `MALLOC_CONF` changes those
 // settings at run time. Referring to jemalloc's `malloc` from a `#[used]` static keeps it in the

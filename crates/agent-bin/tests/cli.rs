@@ -152,6 +152,6 @@ fn the_binary_allocates_through_jemalloc_with_its_built_in_settings() {
         .unwrap();
     assert!(out.status.success());
     let text = stderr(&out);
-    assert!(text.contains("<jemalloc>") && text.contains("narenas:2") && text.contains("tcache_max:1024"), "{text}");
+    assert!(text.contains("<jemalloc>") && text.contains("narenas:1") && text.contains("tcache_max:1024"), "{text}");
     assert!(text.contains("dirty_decay_ms:0") && text.contains("muzzy_decay_ms:0"), "{text}");
 }
