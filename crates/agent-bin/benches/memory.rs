@@ -108,9 +108,9 @@ fn runtime_containers(pod: &KubernetesPod, i: usize) -> Vec<Container> {
                     running: true,
                     status: ContainerStatus::Running,
                     started_at: Some(Timestamp::from_unix(1_790_000_000, 0)),
+                    pid: 1000 + i as u32,
                     ..ContainerState::default()
                 },
-                pid: 1000 + i as u32,
                 owner: Some(EntityId::new(Kind::KubernetesPod, &*pod.id)),
                 ..Container::default()
             }

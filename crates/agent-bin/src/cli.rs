@@ -275,7 +275,7 @@ fn container_body(out: &mut String, c: &Container, verbose: bool) {
     kv(out, "Started At", time(c.state.started_at));
     kv(out, "Finished At", time(c.state.finished_at));
     kv(out, "Exit Code", c.state.exit_code.map(|c| c.to_string()).unwrap_or_default());
-    kv(out, "PID", c.pid);
+    kv(out, "PID", c.state.pid);
     kv(out, "Hostname", &c.details.hostname);
     kv(out, "Owner", c.owner.as_ref().map(ToString::to_string).unwrap_or_default());
     kv(out, "Cgroup Path", &c.details.cgroup_path);

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
-use wm_core::{Container, EventType, Filter, Kind, SubscriberPriority};
+use wm_core::{Container, EntityArc, EventType, Filter, Kind, SubscriberPriority};
 use wm_store::{Store, Subscription};
 
 /// What a subscriber of the store's containers has seen.
@@ -14,9 +13,9 @@ use wm_store::{Store, Subscription};
 pub struct Watcher {
     subscription: Subscription,
     /// The containers as the events left them (set: replaced; unset: removed).
-    pub containers: BTreeMap<String, Arc<Container>>,
+    pub containers: BTreeMap<String, EntityArc<Container>>,
     /// Every event, in order: its type and the container.
-    pub log: Vec<(EventType, Arc<Container>)>,
+    pub log: Vec<(EventType, EntityArc<Container>)>,
 }
 
 /// Waits until `check` holds, polling every 50 ms; panics naming `what` after `deadline`.

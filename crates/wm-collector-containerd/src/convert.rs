@@ -123,7 +123,7 @@ pub fn container_from_containerd(
         None => Spec::default(),
     };
     let image = ContainerImage::parse_with_id(&record.image, image_digest.unwrap_or_default());
-    let (state, pid) = run_state(task, last_exit, timestamp(record.created_at.as_ref()));
+    let state = run_state(task, last_exit, timestamp(record.created_at.as_ref()));
     let linux = spec.linux.unwrap_or_default();
     let resources = linux.resources.unwrap_or_default();
     let memory = resources.memory.unwrap_or_default();
@@ -144,7 +144,6 @@ pub fn container_from_containerd(
         image,
         runtime: Some(Runtime::Containerd),
         state,
-        pid,
         owner: record
             .labels
             .get(KUBE_POD_UID_LABEL)
@@ -207,8 +206,8 @@ pub fn after_task_event(container: &Container, event: TaskEvent, last_exit: Opti
         TaskEvent::Created { pid } | TaskEvent::Started { pid } if exited(pid) => None,
         TaskEvent::Created { pid } => Some(task(Status::Created, pid)),
         TaskEvent::Started { pid } => Some(task(Status::Running, pid)),
-        TaskEvent::Paused => Some(task(Status::Paused, container.pid)),
-        TaskEvent::Resumed => Some(task(Status::Running, container.pid)),
+        TaskEvent::Paused => Some(task(Status::Paused, container.state.pid)),
+        TaskEvent::Resumed => Some(task(Status::Running, container.state.pid)),
         // Stopped, with the exit remembered from the event; the same as reading a stopped task.
         TaskEvent::Exited | TaskEvent::Deleted => None,
         TaskEvent::Oom => return container.clone(),
@@ -231,13 +230,12 @@ pub fn after_task_events(container: &Container, events: &[TaskEvent], last_exit:
 ///
 /// A task event changes only these: the collector applies it to the container it built last.
 pub fn with_task(container: &Container, task: Option<&Process>, last_exit: Option<Exit>) -> Container {
-    let (state, pid) = run_state(task, last_exit, container.state.created_at);
-    Container { state, pid, ..container.clone() }
+    Container { state: run_state(task, last_exit, container.state.created_at), ..container.clone() }
 }
 
-/// Returns a container's state and its init process's pid (zero unless it runs or is paused)
+/// Returns a container's state, with its init process's pid (zero unless it runs or is paused),
 /// from its task, the last exit seen for it and its creation time.
-fn run_state(task: Option<&Process>, last_exit: Option<Exit>, created_at: Option<Timestamp>) -> (ContainerState, u32) {
+fn run_state(task: Option<&Process>, last_exit: Option<Exit>, created_at: Option<Timestamp>) -> ContainerState {
     let (status, running, pid, exit) = match task {
         Some(task) => {
             let status = match Status::try_from(task.status).unwrap_or(Status::Unknown) {
@@ -260,15 +258,15 @@ fn run_state(task: Option<&Process>, last_exit: Option<Exit>, created_at: Option
         },
     };
     let stopped = status == ContainerStatus::Stopped;
-    let state = ContainerState {
+    ContainerState {
         running,
         status,
         created_at,
         finished_at: if stopped { exit.and_then(|e| e.at) } else { None },
         exit_code: if stopped { exit.and_then(|e| wm_core::ExitCode::new(i64::from(e.code))) } else { None },
+        pid: if running || status == ContainerStatus::Paused { pid } else { 0 },
         ..ContainerState::default()
-    };
-    (state, if running || status == ContainerStatus::Paused { pid } else { 0 })
+    }
 }
 
 #[cfg(test)]
@@ -325,7 +323,7 @@ mod tests {
             ("docker.io/wm-test/busybox", "1", "sha256:abc")
         );
         assert!(c.state.running);
-        assert_eq!((c.state.status, c.pid, c.state.exit_code), (ContainerStatus::Running, 4242, None));
+        assert_eq!((c.state.status, c.state.pid, c.state.exit_code), (ContainerStatus::Running, 4242, None));
         assert_eq!(c.details.cgroup_path, "/wmtest/c1");
         assert_eq!(c.resources.memory_limit, Some(134_217_728));
         assert_eq!(c.resources.cpu_limit, Some(0.5));
@@ -344,7 +342,7 @@ mod tests {
         );
         let c = c.unwrap();
         assert_eq!(
-            (c.state.status, c.state.exit_code, c.pid),
+            (c.state.status, c.state.exit_code, c.state.pid),
             (ContainerStatus::Stopped, wm_core::ExitCode::new(3), 0)
         );
         assert_eq!(c.state.finished_at, Some(Timestamp::from_unix(1_800_000_100, 0)));
@@ -400,7 +398,7 @@ mod tests {
         let exit = Exit { code: 0, at: Some(Timestamp::from_unix(1_800_000_100, 0)), pid: 4242 };
         let batch = [TaskEvent::Created { pid: 4242 }, TaskEvent::Exited, TaskEvent::Started { pid: 4242 }];
         let after = after_task_events(&created, &batch, Some(exit));
-        assert_eq!((after.state.status, after.pid), (ContainerStatus::Stopped, 0));
+        assert_eq!((after.state.status, after.state.pid), (ContainerStatus::Stopped, 0));
         assert_eq!(after.state.exit_code, wm_core::ExitCode::new(0));
     }
 

@@ -71,7 +71,8 @@ use tonic::{Code, Request, Status};
 use tracing::{debug, warn};
 use wm_core::sync::MutexExt;
 use wm_core::{
-    Collector, CollectorContext, CollectorError, Container, Entity, EntityId, EnvFilter, Kind, Seconds, Source,
+    Collector, CollectorContext, CollectorError, Container, Entity, EntityArc, EntityId, EnvFilter, Kind, Seconds,
+    Source,
 };
 use wm_driver::{Driver, ListWatch, Listed, Refreshed, WatchStream, Watched, with_deadline};
 
@@ -220,7 +221,7 @@ const MAX_BUILT: usize = 65_536;
 /// the first refresh of a listed container reads it again rather than applying such an event.
 #[derive(Debug)]
 struct Built {
-    container: Arc<Container>,
+    container: EntityArc<Container>,
     listed: bool,
 }
 
@@ -563,7 +564,7 @@ impl ContainerdCollector {
                 listed_keys.insert((namespace.clone(), record.id.clone()));
                 let digest = self.image_digest(clients, &namespace, &record.image).await;
                 if let Some(container) = self.build(&namespace, &record, tasks.get(&record.id), digest.as_deref()) {
-                    let container = Arc::new(container);
+                    let container = EntityArc::new(container);
                     if built.len() < MAX_BUILT {
                         let entry = Built { container: container.clone(), listed: true };
                         built.insert((namespace.clone(), record.id.clone()), entry);
@@ -686,7 +687,7 @@ impl ContainerdCollector {
     }
 
     /// Remembers `container` as the last one built for `key` by a refresh (see `built`).
-    fn remember(&self, key: (String, String), container: &Arc<Container>) {
+    fn remember(&self, key: (String, String), container: &EntityArc<Container>) {
         let mut built = self.built.locked();
         if built.len() >= MAX_BUILT && !built.contains_key(&key) {
             built.clear();
@@ -1078,7 +1079,7 @@ impl ListWatch for ContainerdCollector {
         };
         Ok(match current {
             Fetched::Container(container) => {
-                let container = Arc::new(*container);
+                let container = EntityArc::new(*container);
                 self.remember(key, &container);
                 Refreshed::Present(Entity::Container(container))
             }

@@ -119,7 +119,7 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         assert_eq!(c.runtime, Some(Runtime::Containerd));
         assert_eq!((c.image.name.as_str(), c.image.tag.as_str()), ("docker.io/wm-test/busybox", "1"));
         assert!(c.image.id.starts_with("sha256:"), "image digest {:?}", c.image.id);
-        assert!(c.pid > 0);
+        assert!(c.state.pid > 0);
         assert!(!c.details.cgroup_path.is_empty());
 
         // create, then start its task: labels and env, filtered.
@@ -150,7 +150,7 @@ fn containers_and_tasks_are_followed_in_every_namespace_but_moby() {
         assert_eq!(c.labels.get("team"), Some("b"));
         assert_eq!(c.env.iter().collect::<Vec<_>>(), vec![("DD_SERVICE", "web")]);
         ctr(rt, NS, &["tasks", "start", "--detach", "life"]).await;
-        w.until("the started task", WAIT, |w| w.get("life").is_some_and(|c| c.state.running && c.pid > 0)).await;
+        w.until("the started task", WAIT, |w| w.get("life").is_some_and(|c| c.state.running && c.state.pid > 0)).await;
         // A record change after task events (which reuse the container built last) is read
         // in full, and the task events after it keep it.
         ctr(rt, NS, &["containers", "label", "life", "team=c"]).await;
@@ -249,7 +249,7 @@ fn after_containerd_is_killed_and_restarted_the_store_equals_its_list_within_10s
         let store = store_with_containerd(rt);
         let mut w = Watcher::containers(&store);
         w.until("the first list", WAIT, |w| w.containers.len() == 5).await;
-        assert_eq!(w.containers.values().filter(|c| c.state.running && c.pid > 0).count(), 3, "{}", w.describe());
+        assert_eq!(w.containers.values().filter(|c| c.state.running && c.state.pid > 0).count(), 3, "{}", w.describe());
         for cycle in 0..2 {
             tokio::task::block_in_place(|| rt.kill_containerd());
             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -442,7 +442,7 @@ fn the_fetcher_finds_a_container_in_any_watched_namespace_and_never_a_sandbox() 
         let fetcher = wm_collector_containerd::ContainerdFetcher::new(config, wm_core::EnvFilter::default());
         let found = fetcher.fetch("fetched").await.expect("the running container");
         assert_eq!(found.labels.get("team"), Some("fetch"));
-        assert!(found.state.running && found.pid > 0);
+        assert!(found.state.running && found.state.pid > 0);
         assert!(fetcher.fetch("pause-1").await.is_none(), "a sandbox is no container");
         assert!(fetcher.fetch("nobody").await.is_none());
     });

@@ -94,6 +94,7 @@ pub fn container_from_inspect(
         started_at: timestamp(state.and_then(|s| s.started_at.as_deref())),
         finished_at,
         exit_code,
+        pid: state.and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
     };
     let network_ips: StrMap = inspect
         .network_settings
@@ -145,7 +146,6 @@ pub fn container_from_inspect(
         image,
         runtime: Some(Runtime::Docker),
         state: container_state,
-        pid: state.and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
         owner,
         restart_count: inspect.restart_count.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
         resources,
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(c.state.finished_at, None, "0001-01-01 means never");
         assert_eq!(c.state.exit_code, None);
         assert!(c.state.started_at.is_some() && c.state.created_at.is_some());
-        assert_eq!(c.pid, 13548);
+        assert_eq!(c.state.pid, 13548);
         assert_eq!(c.restart_count, 2);
         assert_eq!(c.runtime, Some(Runtime::Docker));
         assert_eq!(c.details.network_ips.iter().collect::<Vec<_>>(), vec![("net1", "10.0.0.5")]);
@@ -343,7 +343,7 @@ mod tests {
         ] {
             let c = container_from_inspect(&inspect(json), None, &EnvFilter::default());
             if let Some(c) = c {
-                assert_eq!((c.pid, c.restart_count, c.state.created_at), (0, 0, None));
+                assert_eq!((c.state.pid, c.restart_count, c.state.created_at), (0, 0, None));
             }
         }
     }

@@ -120,7 +120,7 @@ fn containers_are_followed_through_create_start_pause_rename_kill_stop_and_rm() 
             ("wm-test/busybox", "busybox", "1")
         );
         assert!(c.image.id.starts_with("sha256:"), "image id {:?}", c.image.id);
-        assert!(c.pid > 0 && c.state.started_at.is_some() && c.state.created_at.is_some());
+        assert!(c.state.pid > 0 && c.state.started_at.is_some() && c.state.created_at.is_some());
 
         // create: labels and env, filtered.
         let id = create(
@@ -148,7 +148,8 @@ fn containers_are_followed_through_create_start_pause_rename_kill_stop_and_rm() 
         );
 
         start(&docker, &id).await;
-        w.until("the started container", WAIT, |w| w.get(&id).is_some_and(|c| c.state.running && c.pid > 0)).await;
+        w.until("the started container", WAIT, |w| w.get(&id).is_some_and(|c| c.state.running && c.state.pid > 0))
+            .await;
         assert_eq!(w.get(&id).unwrap().state.status, ContainerStatus::Running);
 
         docker.pause_container(&id).await.unwrap();

@@ -350,6 +350,8 @@ pub fn task_metadata(bytes: &[u8]) -> Result<Converted, serde_json::Error> {
                 } else {
                     None
                 },
+                // The task metadata endpoints give no pid.
+                ..ContainerState::default()
             },
             resources: ResourceSpec {
                 // Container limits are in CPU units, 1,024 to a vCPU.

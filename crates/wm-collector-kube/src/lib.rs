@@ -266,7 +266,7 @@ impl KubeletCollector {
             let Some((namespace, pod)) = container.owner.as_ref().and_then(|o| pods.get(o)) else { continue };
             let key = (namespace.clone(), pod.clone(), container.name.to_string());
             if let Some(devices) = allocations.get(&key) {
-                std::sync::Arc::make_mut(container).details.allocated_resources = devices.clone();
+                wm_core::EntityArc::make_mut(container).details.allocated_resources = devices.clone();
             }
         }
     }

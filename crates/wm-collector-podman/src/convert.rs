@@ -251,8 +251,8 @@ pub fn container_from_inspect(inspect: &Inspect, entry: &ListEntry, env: &EnvFil
             started_at: rfc3339(&s.started_at),
             finished_at: if stopped { rfc3339(&s.finished_at) } else { None },
             exit_code: stopped.then(|| wm_core::ExitCode::new(s.exit_code)).flatten(),
+            pid: if s.running { u32::try_from(s.pid).unwrap_or(0) } else { 0 },
         },
-        pid: if s.running { u32::try_from(s.pid).unwrap_or(0) } else { 0 },
         restart_count: u32::try_from(inspect.restart_count).unwrap_or(0),
         resources: ResourceSpec {
             cpu_limit,
@@ -303,9 +303,9 @@ pub fn container_from_list(entry: &ListEntry) -> Option<Container> {
             started_at: unix(entry.started_at),
             finished_at: if stopped { unix(entry.exited_at) } else { None },
             exit_code: stopped.then(|| wm_core::ExitCode::new(entry.exit_code)).flatten(),
+            pid: if status == ContainerStatus::Running { u32::try_from(entry.pid).unwrap_or(0) } else { 0 },
             ..ContainerState::default()
         },
-        pid: if status == ContainerStatus::Running { u32::try_from(entry.pid).unwrap_or(0) } else { 0 },
         ..Container::default()
     })
 }
@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(c.image.id, "sha256:2922ea645a54cb1a9c72158faf619292eca775f31ab0ce75d5d384e7819ae5e7");
         assert!(c.state.running);
         assert_eq!(
-            (c.state.status, c.pid, c.state.exit_code, c.state.finished_at),
+            (c.state.status, c.state.pid, c.state.exit_code, c.state.finished_at),
             (ContainerStatus::Running, 8285, None, None)
         );
         assert_eq!(c.details.cgroup_path, "/libpod_parent/libpod-0a4b8935");
@@ -384,7 +384,7 @@ mod tests {
         // collector falls back to the list; missing fields are fine.
         let sparse: Inspect = serde_json::from_str(r#"{"Id": "x", "State": {"Pid": -1, "Status": "weird"}}"#).unwrap();
         let c = container_from_inspect(&sparse, &ListEntry::default(), &EnvFilter::default()).unwrap();
-        assert_eq!((c.pid, c.state.status), (0, ContainerStatus::Unknown));
+        assert_eq!((c.state.pid, c.state.status), (0, ContainerStatus::Unknown));
     }
 
     #[test]

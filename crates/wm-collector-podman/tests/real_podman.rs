@@ -85,7 +85,7 @@ fn containers_and_pods_are_followed_through_create_start_stop_and_rm() {
         assert_eq!((c.name.as_str(), c.labels.get("team")), ("pre", Some("a")));
         assert_eq!(c.runtime, Some(Runtime::Podman));
         assert_eq!((c.image.short_name.as_str(), c.image.tag.as_str()), ("busybox", "1"));
-        assert!(c.image.id.starts_with("sha256:") && c.pid > 0);
+        assert!(c.image.id.starts_with("sha256:") && c.state.pid > 0);
 
         // A container of a podman pod carries the pod's name.
         podman(p, &["pod", "create", "--name", "web-pod", "--infra=false"]).await;
@@ -119,7 +119,8 @@ fn containers_and_pods_are_followed_through_create_start_stop_and_rm() {
         assert_eq!(c.env.iter().collect::<Vec<_>>(), vec![("DD_SERVICE", "web")], "secrets stay out of the store");
 
         podman(p, &["start", &id]).await;
-        w.until("the started container", WAIT, |w| w.get(&id).is_some_and(|c| c.state.running && c.pid > 0)).await;
+        w.until("the started container", WAIT, |w| w.get(&id).is_some_and(|c| c.state.running && c.state.pid > 0))
+            .await;
         podman(p, &["stop", "--time", "0", &id]).await;
         w.until("the stopped container", WAIT, |w| {
             w.get(&id).is_some_and(|c| c.state.status == ContainerStatus::Stopped)

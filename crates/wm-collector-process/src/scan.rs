@@ -10,9 +10,8 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use wm_core::{EntityId, IStr, Kind, Process, Timestamp};
+use wm_core::{EntityArc, EntityId, IStr, Kind, Process, Timestamp};
 
 use crate::language;
 use crate::scrub::Scrubber;
@@ -21,7 +20,7 @@ use crate::scrub::Scrubber;
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Processes that are new, or whose parent or name changed.
-    pub set: Vec<Arc<Process>>,
+    pub set: Vec<EntityArc<Process>>,
     /// Processes that are gone.
     pub unset: Vec<EntityId>,
 }
@@ -33,7 +32,7 @@ struct Known {
     /// process.
     start_ticks: u64,
     /// The entity as last sent.
-    process: Arc<Process>,
+    process: EntityArc<Process>,
 }
 
 /// What `stat` tells about a process.
@@ -124,7 +123,7 @@ impl Scanner {
     }
 
     /// Returns every process the last scan found.
-    pub fn processes(&self) -> impl Iterator<Item = &Arc<Process>> {
+    pub fn processes(&self) -> impl Iterator<Item = &EntityArc<Process>> {
         self.known.values().map(|k| &k.process)
     }
 
@@ -158,14 +157,14 @@ impl Scanner {
                         // Reparented (its parent exited): same process, new parent.
                         let mut process = (*k.process).clone();
                         process.ppid = stat.ppid;
-                        let process = Arc::new(process);
+                        let process = EntityArc::new(process);
                         changes.set.push(process.clone());
                         Known { start_ticks: k.start_ticks, process }
                     }
                     // A new command name means a new program, most often an exec (a launcher
                     // such as pyenv's shim running the real interpreter): read it all again.
                     _ => {
-                        let process = Arc::new(self.read_new(pid, &stat, &mut path, &mut text));
+                        let process = EntityArc::new(self.read_new(pid, &stat, &mut path, &mut text));
                         changes.set.push(process.clone());
                         Known { start_ticks: stat.start_ticks, process }
                     }

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use test_support::runtimes::{Runtimes, with_service};
@@ -20,7 +19,7 @@ use wm_store::Store;
 /// Two scans at the interval used here, and slack for a loaded machine.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn find(store: &Store, pid: u32) -> Option<Arc<Process>> {
+fn find(store: &Store, pid: u32) -> Option<wm_core::EntityArc<Process>> {
     store.list_processes().into_iter().find(|p| p.pid == pid as i32)
 }
 

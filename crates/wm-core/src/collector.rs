@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::cancel::CancellationToken;
-use crate::entity::{Container, EcsTask, Entity, EntityId, EnvFilter, Kind, KubernetesPod, Source};
+use crate::entity::{Container, EcsTask, Entity, EntityArc, EntityId, EnvFilter, Kind, KubernetesPod, Source};
 use crate::event::EventType;
 
 /// The sender behind a sink: the source a collector reports for, and the collector's name.
@@ -148,17 +148,17 @@ pub trait StoreReader: Send + Sync {
     fn list_from(&self, kind: Kind, source: Source) -> Vec<Entity>;
 
     /// Returns the merged container with this id, or `None` if the store has none.
-    fn get_container(&self, id: &str) -> Option<Arc<Container>> {
+    fn get_container(&self, id: &str) -> Option<EntityArc<Container>> {
         self.get(&EntityId::new(Kind::Container, id)).and_then(|e| e.as_container().cloned())
     }
 
     /// Returns the merged pod with this UID, or `None` if the store has none.
-    fn get_kubernetes_pod(&self, uid: &str) -> Option<Arc<KubernetesPod>> {
+    fn get_kubernetes_pod(&self, uid: &str) -> Option<EntityArc<KubernetesPod>> {
         self.get(&EntityId::new(Kind::KubernetesPod, uid)).and_then(|e| e.as_kubernetes_pod().cloned())
     }
 
     /// Returns the merged ECS task with this ARN, or `None` if the store has none.
-    fn get_ecs_task(&self, arn: &str) -> Option<Arc<EcsTask>> {
+    fn get_ecs_task(&self, arn: &str) -> Option<EntityArc<EcsTask>> {
         self.get(&EntityId::new(Kind::EcsTask, arn)).and_then(|e| e.as_ecs_task().cloned())
     }
 }

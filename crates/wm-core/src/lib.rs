@@ -35,10 +35,10 @@ pub use collector::{
 pub use config::{ImageCollectionConfig, Port, Seconds, Secret};
 pub use entity::{
     AllocatedResource, Container, ContainerDetails, ContainerHealth, ContainerImageMetadata, ContainerPort,
-    ContainerResources, ContainerRuntimeDetails, ContainerState, ContainerStatus, EcsTask, Entity, EntityId, EnvFilter,
-    ExitCode, ImageLayer, KEPT_ENV_VARS, KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL, KUBE_POD_UID_LABEL, Kind,
-    KubernetesMetadata, KubernetesPod, Language, LaunchType, OrchestratorContainer, PODMAN_POD_NAME_LABEL, PodDetails,
-    PodOwner, PodRuntimeDetails, Process, ResourceSpec, Runtime, Source,
+    ContainerResources, ContainerRuntimeDetails, ContainerState, ContainerStatus, EcsTask, Entity, EntityArc, EntityId,
+    EnvFilter, ExitCode, ImageLayer, KEPT_ENV_VARS, KUBE_CONTAINER_NAME_LABEL, KUBE_NAMESPACE_LABEL,
+    KUBE_POD_UID_LABEL, Kind, KubernetesMetadata, KubernetesPod, Language, LaunchType, OrchestratorContainer,
+    PODMAN_POD_NAME_LABEL, PodDetails, PodOwner, PodRuntimeDetails, Process, ResourceSpec, Runtime, Source,
 };
 pub use event::{CollectorEvent, Event, EventType, EventTypeFilter, Filter, Predicate, SubscriberPriority};
 pub use file::FileStamp;

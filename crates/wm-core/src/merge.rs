@@ -6,7 +6,7 @@
 //! key. Lists of records are unions keyed by identity, a record present in several sources being
 //! completed field by field, never duplicated.
 
-use std::sync::Arc;
+use triomphe::Arc;
 
 use crate::entity::{
     Container, ContainerPort, ContainerResources, ContainerRuntimeDetails, EcsTask, Entity, KubernetesMetadata,
@@ -116,7 +116,7 @@ fn fill_container(high: &mut Container, low: &Container) {
     high.image.fill_from(&low.image);
     fill(&mut high.runtime, &low.runtime);
     fill(&mut high.state, &low.state);
-    fill(&mut high.pid, &low.pid);
+    fill(&mut high.state.pid, &low.state.pid);
     fill(&mut high.owner, &low.owner);
     fill(&mut high.restart_count, &low.restart_count);
     fill_resources(&mut high.resources, &low.resources);
@@ -262,8 +262,8 @@ pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
             if state.is_none() && v.state != Default::default() {
                 state = Some(&v.state);
             }
-            if pid.is_none() && v.pid != 0 {
-                pid = Some(v.pid);
+            if pid.is_none() && v.state.pid != 0 {
+                pid = Some(v.state.pid);
             }
             if cgroup_path.is_none() && !v.details.cgroup_path.is_empty() {
                 cgroup_path = Some(&v.details.cgroup_path);
@@ -274,7 +274,7 @@ pub fn merge(versions: &[(Source, &Entity)]) -> Option<Entity> {
             c.state.clone_from(state);
         }
         if let Some(pid) = pid {
-            c.pid = pid;
+            c.state.pid = pid;
         }
         if let Some(path) = cgroup_path
             && c.details.cgroup_path != *path
@@ -365,7 +365,7 @@ mod tests {
     fn state_pid_and_cgroup_come_from_the_runtime_first_as_a_unit() {
         let kubelet = container(|c| {
             c.state = ContainerState { running: true, status: ContainerStatus::Running, ..Default::default() };
-            c.pid = 7;
+            c.state.pid = 7;
             c.details.cgroup_path = "/kubepods/x".into();
         });
         let runtime = container(|c| {
@@ -376,7 +376,7 @@ mod tests {
         let c = merged.as_container().unwrap();
         assert!(!c.state.running);
         assert_eq!(c.state.exit_code, ExitCode::new(1));
-        assert_eq!((c.pid, c.details.cgroup_path.as_str()), (7, "/kubepods/x"));
+        assert_eq!((c.state.pid, c.details.cgroup_path.as_str()), (7, "/kubepods/x"));
     }
 
     #[test]

@@ -21,11 +21,15 @@ fn container() -> impl Strategy<Value = Container> {
             id: "c1".into(),
             name: name.unwrap_or_default().into(),
             labels: labels.into_iter().collect::<StrMap>(),
-            pid: pid.unwrap_or(0),
             state: if running {
-                ContainerState { running: true, status: ContainerStatus::Running, ..ContainerState::default() }
+                ContainerState {
+                    running: true,
+                    status: ContainerStatus::Running,
+                    pid: pid.unwrap_or(0),
+                    ..ContainerState::default()
+                }
             } else {
-                ContainerState::default()
+                ContainerState { pid: pid.unwrap_or(0), ..ContainerState::default() }
             },
             details: ContainerDetails { hostname: hostname.unwrap_or_default(), ..ContainerDetails::default() }.into(),
             ..Container::default()
@@ -69,8 +73,8 @@ proptest! {
         prop_assert_eq!(&merged.details.hostname, &first(|c| &c.details.hostname));
         // The runtime's pid first, then the others' in precedence order.
         let runtime_first = ranked.iter().filter(|(s, _)| *s == Source::Runtime).chain(ranked.iter().filter(|(s, _)| *s != Source::Runtime));
-        let pid = runtime_first.map(|(_, e)| as_container(e).pid).find(|p| *p != 0).unwrap_or(0);
-        prop_assert_eq!(merged.pid, pid);
+        let pid = runtime_first.map(|(_, e)| as_container(e).state.pid).find(|p| *p != 0).unwrap_or(0);
+        prop_assert_eq!(merged.state.pid, pid);
         // Labels: the union; a shared key has the highest source's value.
         for (_, version) in &ranked {
             for (key, _) in as_container(version).labels.iter() {

@@ -170,7 +170,7 @@ pub fn container(c: &Container) -> pb::Container {
         hostname: c.details.hostname.clone(),
         image: Some(image(&c.image)),
         network_ips: map(&c.details.network_ips),
-        pid: i32::try_from(c.pid).unwrap_or(0),
+        pid: i32::try_from(c.state.pid).unwrap_or(0),
         ports: c
             .details
             .ports
@@ -252,8 +252,8 @@ pub fn from_container(c: &pb::Container) -> Option<Container> {
             started_at: from_secs(state.started_at),
             finished_at: from_secs(state.finished_at),
             exit_code: if status == ContainerStatus::Stopped { wm_core::ExitCode::new(state.exit_code) } else { None },
+            pid: u32::try_from(c.pid).unwrap_or(0),
         },
-        pid: u32::try_from(c.pid).unwrap_or(0),
         owner: c.owner.as_ref().and_then(from_entity_id),
         restart_count: 0,
         resources: ResourceSpec {
@@ -573,8 +573,8 @@ mod tests {
                 started_at: Some(Timestamp::from_unix(200, 0)),
                 finished_at: Some(Timestamp::from_unix(300, 0)),
                 exit_code: wm_core::ExitCode::new(-1),
+                pid: 0,
             },
-            pid: 0,
             owner: Some(EntityId::new(Kind::KubernetesPod, "uid-1")),
             resources: ResourceSpec { cpu_limit: Some(0.5), memory_limit: Some(1 << 20), ..ResourceSpec::default() }
                 .into(),

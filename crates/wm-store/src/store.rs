@@ -14,9 +14,9 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 use wm_core::sync::{MutexExt, RwLockExt};
 use wm_core::{
-    CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityId, EnvFilter,
-    Event, EventSink, EventType, Filter, Id, Kind, KubernetesPod, Origin, Process, SinkMessage, Source, SourceSink,
-    StoreReader, SubscriberPriority,
+    CancellationToken, Collector, CollectorContext, CollectorEvent, Container, EcsTask, Entity, EntityArc, EntityId,
+    EnvFilter, Event, EventSink, EventType, Filter, Id, Kind, KubernetesPod, Origin, Process, SinkMessage, Source,
+    SourceSink, StoreReader, SubscriberPriority,
 };
 
 use crate::runner::{CollectorHealth, CollectorStatus, RetryPolicy, run_collector};
@@ -584,22 +584,22 @@ impl Store {
     }
 
     /// Returns the merged view of the container with this id, if it is stored.
-    pub fn get_container(&self, id: &str) -> Option<Arc<Container>> {
+    pub fn get_container(&self, id: &str) -> Option<EntityArc<Container>> {
         StoreReader::get_container(self, id)
     }
 
     /// Returns the merged view of every container, in id order.
-    pub fn list_containers(&self) -> Vec<Arc<Container>> {
+    pub fn list_containers(&self) -> Vec<EntityArc<Container>> {
         self.inner.list(Kind::Container).iter().filter_map(|e| e.as_container().cloned()).collect()
     }
 
     /// Returns the merged view of the pod with this UID, if it is stored.
-    pub fn get_kubernetes_pod(&self, uid: &str) -> Option<Arc<KubernetesPod>> {
+    pub fn get_kubernetes_pod(&self, uid: &str) -> Option<EntityArc<KubernetesPod>> {
         StoreReader::get_kubernetes_pod(self, uid)
     }
 
     /// Returns the merged view of every pod, in UID order.
-    pub fn list_kubernetes_pods(&self) -> Vec<Arc<KubernetesPod>> {
+    pub fn list_kubernetes_pods(&self) -> Vec<EntityArc<KubernetesPod>> {
         self.inner.list(Kind::KubernetesPod).iter().filter_map(|e| e.as_kubernetes_pod().cloned()).collect()
     }
 
@@ -608,7 +608,7 @@ impl Store {
     /// When the container names a pod as its owner, returns that pod, or `None` if the pod is not
     /// stored. Otherwise looks through every stored pod for one whose containers include this id,
     /// which computes up to one merged view per pod.
-    pub fn get_kubernetes_pod_for_container(&self, container_id: &str) -> Option<Arc<KubernetesPod>> {
+    pub fn get_kubernetes_pod_for_container(&self, container_id: &str) -> Option<EntityArc<KubernetesPod>> {
         let state = self.inner.read();
         let container = EntityId::new(Kind::Container, container_id);
         if let Some(owner) = state
@@ -627,17 +627,17 @@ impl Store {
     }
 
     /// Returns the merged view of the ECS task with this ARN, if it is stored.
-    pub fn get_ecs_task(&self, arn: &str) -> Option<Arc<EcsTask>> {
+    pub fn get_ecs_task(&self, arn: &str) -> Option<EntityArc<EcsTask>> {
         StoreReader::get_ecs_task(self, arn)
     }
 
     /// Returns the merged view of every ECS task, in ARN order.
-    pub fn list_ecs_tasks(&self) -> Vec<Arc<EcsTask>> {
+    pub fn list_ecs_tasks(&self) -> Vec<EntityArc<EcsTask>> {
         self.inner.list(Kind::EcsTask).iter().filter_map(|e| e.as_ecs_task().cloned()).collect()
     }
 
     /// Returns the merged view of every process, in the text order of their pids.
-    pub fn list_processes(&self) -> Vec<Arc<Process>> {
+    pub fn list_processes(&self) -> Vec<EntityArc<Process>> {
         self.inner.list(Kind::Process).iter().filter_map(|e| e.as_process().cloned()).collect()
     }
 
