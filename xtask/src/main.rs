@@ -5,8 +5,9 @@
 //!   test (the binaries three at a time, then doctests), and the docs with warnings denied. Installs what the workspace
 //!   needs from Debian first when it is missing.
 //! - `demo`: the main job: real runtimes up, a few labelled containers, the agent against them,
-//!   `agent workload-list` and `agent tagger-list` printed, one container removed and shown gone,
-//!   everything torn down (root; installs what it misses from Debian).
+//!   `agent workload-list` and `agent tagger-list` printed, the cluster agent asked what a Datadog
+//!   node agent asks, one container removed and shown gone, everything torn down (root; installs
+//!   what it misses from Debian).
 //! - `image`: builds the release agent and its container image, an OCI archive for `ctr images
 //!   import` (also part of `ci`: the DaemonSet test runs it on the real cluster).
 //! - `fuzz [--seconds N] [--parallel J]`: every fuzz target of `fuzz/` (cargo-fuzz, libFuzzer,
@@ -440,7 +441,11 @@ fn image() -> anyhow::Result<PathBuf> {
 
 fn demo() -> anyhow::Result<()> {
     ensure_tools()?;
-    run("build the agent", cargo().args(["build", "--quiet", "-p", "agent-bin", "--bin", "agent"]))?;
+    // With `agent cluster-agent` too (the demo runs both).
+    run(
+        "build the agent",
+        cargo().args(["build", "--quiet", "-p", "agent-bin", "--bin", "agent", "--features", "cluster-agent"]),
+    )?;
     let agent = target_dir()?.join("debug").join("agent");
     run("demo", cargo().args(["run", "--quiet", "-p", "agent-bin", "--example", "demo", "--"]).arg(agent))
 }

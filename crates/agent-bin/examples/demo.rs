@@ -2,8 +2,9 @@
 //! runs on its own containerd), labelled containers and a labelled two-container pod, the agent
 //! against them, what it sees printed (`agent workload-list`, `agent tagger-list`), a container's
 //! processes and a host Python program with their languages (the process collector), the
-//! container's image and its tags, one container removed and shown gone, then everything torn
-//! down. Needs root; installs the Debian packages it
+//! container's image and its tags, the cluster agent answering what a Datadog node agent asks
+//! (the node's pods with their services, a namespace's labels; 401 without its token), one
+//! container removed and shown gone, then everything torn down. Needs root; installs the Debian packages it
 //! misses and builds the Kubernetes components the first time (cached in `~/.cache/wm-k8s`).
 //!
 //! The pod is read by the kubelet collector (the kubelet's `/pods`, with a service-account token
@@ -242,6 +243,8 @@ containerd: {}",
     })?;
     print!("{tags}");
 
+    cluster_agent(binary, &cluster, &rt.dir().join("cluster-agent"))?;
+
     step("removing db (docker rm -f db)");
     check("docker rm", rt.docker(&["rm", "-f", "db"]))?;
     let after = agent.wait_for(&["workload-list"], "db gone", |out| !out.contains(&db))?;
@@ -305,6 +308,80 @@ fn processes_of(json: &str, container: &str) -> Option<Vec<String>> {
     }
     lines.sort();
     Some(lines)
+}
+
+/// The token node agents present to the demo's cluster agent (32 characters at least, as Datadog
+/// requires of `cluster_agent.auth_token`).
+const CLUSTER_AGENT_TOKEN: &str = "wm-demo-cluster-agent-token-0123456789";
+
+/// `GET path` on the cluster agent at `port` as a Datadog node agent asks it (TLS, the
+/// certificate not verified, a bearer token): the status and the body.
+fn ask_cluster_agent(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"]);
+    if let Some(token) = token {
+        curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = curl.arg(format!("https://127.0.0.1:{port}{path}")).output().map_err(|e| format!("curl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((status.trim().parse().unwrap_or(0), body.to_owned()))
+}
+
+/// Puts a Service in front of the demo's pod and a label on its namespace, runs `agent
+/// cluster-agent` on the cluster (its watches through the admin kubeconfig) and asks it what a
+/// Datadog node agent asks: the node's pods and their services, the namespace's labels.
+fn cluster_agent(binary: &Path, cluster: &Kubernetes, dir: &Path) -> Result<(), String> {
+    step("the cluster agent: the cluster watched once, served to node agents (Datadog's API)");
+    check("kubectl expose", cluster.kubectl(&["-n", "demo", "expose", "deployment", "shop", "--port=80"]))?;
+    check("kubectl label", cluster.kubectl(&["label", "namespace", "demo", "tier=gold"]))?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let port = free_port()?;
+    let yaml = format!(
+        "cmd_port: {}\nhealth_port: {}\nlog_level: warn\nkubernetes_kubeconfig_path: {}\n\
+         cluster_agent:\n  cmd_port: {port}\n  auth_token: {CLUSTER_AGENT_TOKEN}\n",
+        free_port()?,
+        free_port()?,
+        cluster.kubeconfig().display(),
+    );
+    let config = dir.join("agent.yaml");
+    std::fs::write(&config, &yaml).map_err(|e| e.to_string())?;
+    print!("{yaml}");
+    let child = Command::new(binary)
+        .arg("--config")
+        .arg(&config)
+        .arg("cluster-agent")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {} cluster-agent: {e}", binary.display()))?;
+    let mut ca = Agent { binary: binary.to_owned(), config, child: Some(child) };
+    let node = format!("/api/v1/tags/pod/{}", Kubernetes::NODE);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pods = loop {
+        if let Ok((200, body)) = ask_cluster_agent(port, &node, Some(CLUSTER_AGENT_TOKEN))
+            && body.contains("\"shop\"")
+        {
+            break body;
+        }
+        if Instant::now() > deadline {
+            ca.stop();
+            return Err("the cluster agent did not list the shop service within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let pretty = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| body.to_owned())
+    };
+    println!("GET {node} (this node's pods and the services they back):\n{}", pretty(&pods));
+    let namespace = "/api/v1/metadata/namespace/demo";
+    let (_, meta) = ask_cluster_agent(port, namespace, Some(CLUSTER_AGENT_TOKEN))?;
+    println!("GET {namespace} (its labels become tags on every node):\n{}", pretty(&meta));
+    let (status, _) = ask_cluster_agent(port, &node, None)?;
+    println!("GET {node} without the token: {status}");
+    ca.stop();
+    Ok(())
 }
 
 /// Creates the demo's Deployment; returns its pod's container ids once it runs, and a
