@@ -33,6 +33,20 @@ struct Agent {
 }
 
 impl Agent {
+    /// Writes `yaml` to `config`, prints it, and starts `binary --config <config> <command>`.
+    fn start(binary: &Path, config: PathBuf, yaml: &str, command: &str) -> Result<Self, String> {
+        std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
+        print!("{yaml}");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
+            .arg(command)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {} {command}: {e}", binary.display()))?;
+        Ok(Agent { binary: binary.to_owned(), config, child: Some(child) })
+    }
+
     fn query(&self, args: &[&str]) -> Result<Output, String> {
         Command::new(&self.binary).arg("--config").arg(&self.config).args(args).output().map_err(|e| e.to_string())
     }
@@ -170,16 +184,7 @@ containerd: {}",
         token_file.display(),
         cluster.ca_cert().display(),
     );
-    std::fs::write(&config, &yaml).map_err(|e| e.to_string())?;
-    print!("{yaml}");
-    let child = Command::new(binary)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-    let mut agent = Agent { binary: binary.to_owned(), config, child: Some(child) };
+    let mut agent = Agent::start(binary, config, &yaml, "run")?;
     agent.wait_for(&["health"], "the agent ready", |out| out.contains("Agent health: PASS"))?;
     let list = agent.wait_for(&["workload-list"], "the four containers and the pod", |out| {
         out.contains(&format!("id: {web} ==="))
@@ -344,17 +349,7 @@ fn cluster_agent(binary: &Path, cluster: &Kubernetes, dir: &Path) -> Result<(), 
         free_port()?,
         cluster.kubeconfig().display(),
     );
-    let config = dir.join("agent.yaml");
-    std::fs::write(&config, &yaml).map_err(|e| e.to_string())?;
-    print!("{yaml}");
-    let child = Command::new(binary)
-        .arg("--config")
-        .arg(&config)
-        .arg("cluster-agent")
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {} cluster-agent: {e}", binary.display()))?;
-    let mut ca = Agent { binary: binary.to_owned(), config, child: Some(child) };
+    let mut ca = Agent::start(binary, dir.join("agent.yaml"), &yaml, "cluster-agent")?;
     let node = format!("/api/v1/tags/pod/{}", Kubernetes::NODE);
     let deadline = Instant::now() + Duration::from_secs(60);
     let pods = loop {
