@@ -315,6 +315,8 @@ struct WithAgent {
     store_exact: bool,
     /// How the stream ended or a subscriber was cut off, if either happened.
     cut_off: Option<String>,
+    /// Events the subscriber received about the containers made.
+    events: usize,
 }
 
 /// Starts the agent, subscribes, churns for `duration` and checks what the subscriber saw.
@@ -372,7 +374,9 @@ fn with_agent(
         let lines = agent.cut_off_lines();
         (lines > 0).then(|| format!("{lines} cut-off lines in the agent's log"))
     });
+    let events = made.iter().filter_map(|id| seen.events.get(id)).map(Vec::len).sum();
     WithAgent {
+        events,
         made: made.len(),
         rate,
         agent_cpu,
@@ -423,13 +427,15 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         && store_exact
         && cut_off.is_empty();
     println!(
-        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, runs {} with the agent, {} without; agent CPU {:.1} s = {cpu_pct:.1}% of the daemon's {:.1} s; {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
+        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, runs {} with the agent, {} without; agent CPU {:.2} s = {cpu_pct:.1}% of the daemon's {:.2} s ({:.2} ms a container; {:.1} stream events a container); {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
         rate / base_rate,
         if ok { "ok" } else { "MISS" },
         rates(runs.iter().map(|r| r.rate).collect()),
         rates(base_rates.clone()),
         agent_cpu as f64 / 100.0,
         daemon_cpu as f64 / 100.0,
+        agent_cpu as f64 * 10.0 / made.max(1) as f64,
+        runs.iter().map(|r| r.events).sum::<usize>() as f64 / made.max(1) as f64,
         if cut_off.is_empty() { "none".to_owned() } else { cut_off.join("; ") },
         duration.as_secs(),
     );
