@@ -16,7 +16,6 @@
 //!
 //! Stopping it runs `kube-proxy --cleanup`, which deletes every chain and rule it made.
 
-use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,8 +36,7 @@ impl KubeProxy {
     /// Service; builds it first when missing and `install` allows.
     pub fn start(cluster: &Kubernetes, install: Install) -> Result<Self, Unavailable> {
         let binary = ensure_kube_proxy(install)?;
-        let dir = cluster.dir().join("kube-proxy");
-        fs::create_dir_all(&dir).map_err(|e| Unavailable(format!("{}: {e}", dir.display())))?;
+        let dir = cluster.peer_dir("kube-proxy")?;
         let port = || crate::runtimes::free_port().map_err(|e| Unavailable(format!("a free port: {e}")));
         let (healthz, metrics) = (port()?, port()?);
         let args = [

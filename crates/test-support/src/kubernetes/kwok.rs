@@ -168,8 +168,7 @@ impl Kwok {
     /// [`FAKE_NODE_ANNOTATION`]; builds kwok first when missing and `install` allows.
     pub fn start(cluster: &Kubernetes, install: Install) -> Result<Self, Unavailable> {
         let binary = ensure_kwok(install)?;
-        let dir = cluster.dir().join("kwok");
-        fs::create_dir_all(&dir).map_err(|e| Unavailable(format!("{}: {e}", dir.display())))?;
+        let dir = cluster.peer_dir("kwok")?;
         let config = dir.join("stages.yaml");
         fs::write(&config, STAGES).map_err(|e| Unavailable(format!("{}: {e}", config.display())))?;
         let (key, value) = FAKE_NODE_ANNOTATION;

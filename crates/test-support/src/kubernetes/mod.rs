@@ -512,6 +512,14 @@ impl Kubernetes {
         &self.dir
     }
 
+    /// Makes and returns `name`'s directory in the private one, for a peer process started
+    /// beside the cluster (kwok, kube-proxy, a collector): its config and logs go there.
+    pub fn peer_dir(&self, name: &str) -> Result<PathBuf, Unavailable> {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir).map_err(|e| Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+
     /// The API server's URL.
     pub fn api_server_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.apiserver_port)

@@ -99,8 +99,7 @@ impl Otelcol {
     /// missing and `install` allows.
     pub fn start(cluster: &Kubernetes, install: Install) -> Result<Self, Unavailable> {
         let binary = ensure_otelcol(install)?;
-        let dir = cluster.dir().join("otelcol");
-        fs::create_dir_all(&dir).map_err(|e| Unavailable(format!("{}: {e}", dir.display())))?;
+        let dir = cluster.peer_dir("otelcol")?;
         let file = dir.join("config.yaml");
         let port = crate::runtimes::free_port().map_err(|e| Unavailable(format!("a free port: {e}")))?;
         fs::write(&file, config(port)).map_err(|e| Unavailable(format!("{}: {e}", file.display())))?;
