@@ -3,7 +3,7 @@
 //!
 //! One run: connect to the socket (`cri_socket_path`, else [`DEFAULT_SOCKET`]), subscribe to the
 //! `/containers/*` and `/images/*` events and the task events that change a container's state
-//! ([`TOPICS`]), wait until the subscription is live, list the containers and tasks of every
+//! (`TOPICS`), wait until the subscription is live, list the containers and tasks of every
 //! watched namespace and send them as one full list, then turn events into sets and unsets until
 //! the stream breaks. When it breaks the run fails with a
 //! retriable error; the store runs the collector again after a backoff, and the new run's full
