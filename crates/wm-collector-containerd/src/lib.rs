@@ -5,9 +5,9 @@
 //! `/containers/*` and `/images/*` events and the task events that change a container's state
 //! (`TOPICS`), wait until the subscription is live, list the containers and tasks of every
 //! watched namespace and send them as one full list, then turn events into sets and unsets until
-//! the stream breaks. When it breaks the run fails with a
-//! retriable error; the store runs the collector again after a backoff, and the new run's full
-//! list corrects whatever changed in between.
+//! the stream breaks. When it breaks the run fails with a retriable error; the store runs the
+//! collector again after a backoff, and the new run's full list corrects whatever changed in
+//! between.
 //!
 //! containerd cannot replay the events since a given instant (its subscription has no `since`),
 //! and its subscribe call returns only when the first event arrives. So, to learn when the
