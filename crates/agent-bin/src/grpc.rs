@@ -615,8 +615,14 @@ impl AgentApi {
             let mut snapshot_sent = false;
             let mut ending: Option<Status> = None;
             let mut progress = tokio::time::Instant::now();
+            let mut last_sent = progress;
+            // Both timers are re-armed lazily, when they fire early, rather than on every
+            // response: re-arming a tokio timer takes its driver's lock, and at a daemon's full
+            // churn pace that was a measurable share of the task's work.
             let quiet = tokio::time::sleep(keepalive);
             tokio::pin!(quiet);
+            let lag = tokio::time::sleep(LAG_GRACE);
+            tokio::pin!(lag);
             loop {
                 if ready.is_empty() && snapshot_left.is_some() && (!backlog.is_empty() || !snapshot_sent) {
                     let (owed, snapshot_done) = match &mut snapshot_left {
@@ -651,7 +657,7 @@ impl AgentApi {
                                 permit.send(Ok(response));
                             }
                             progress = tokio::time::Instant::now();
-                            quiet.as_mut().reset(progress + keepalive);
+                            last_sent = progress;
                         }
                         Err(_) => return,
                     },
@@ -667,13 +673,23 @@ impl AgentApi {
                         Some(Err(status)) => ending = Some(status),
                         None => ending = Some(Status::unavailable("the agent is shutting down")),
                     },
-                    () = tokio::time::sleep_until(progress + LAG_GRACE), if owing => {
+                    () = &mut lag, if owing => {
+                        if tokio::time::Instant::now() < progress + LAG_GRACE {
+                            lag.as_mut().reset(progress + LAG_GRACE);
+                            continue;
+                        }
                         tracing::warn!("a stream client took nothing for {LAG_GRACE:?} while owed changes; its stream is ended");
                         return end(Status::resource_exhausted("the client does not keep up; reconnect"));
                     }
                     () = &mut quiet, if !owing => {
+                        let now = tokio::time::Instant::now();
+                        if now < last_sent + keepalive {
+                            quiet.as_mut().reset(last_sent + keepalive);
+                            continue;
+                        }
                         ready.push_back(T::default());
-                        quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
+                        last_sent = now;
+                        quiet.as_mut().reset(now + keepalive);
                     }
                 }
             }
@@ -762,6 +778,35 @@ mod tests {
         assert_eq!(ended.code(), tonic::Code::Unavailable);
         tasks.close();
         tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("every stream task ended");
+        store.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_sends_changes_gets_no_keepalive_until_it_goes_quiet() {
+        let store = Store::new();
+        let tagger = Arc::new(Tagger::new(tagger::TaggerConfig::default()));
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let keepalive = Duration::from_millis(50);
+        let api = AgentApi::new(store.clone(), tagger, cancel.clone(), tasks.clone()).with_keepalive(keepalive);
+        let request = Request::new(wmpb::WorkloadmetaStreamRequest::default());
+        let mut wm = api.workloadmeta_stream_entities(request).await.unwrap().into_inner();
+        assert!(wm.next().await.unwrap().unwrap().initial_snapshot_complete);
+        // A change every 30 ms for 300 ms: each response carries one, none is a keep-alive,
+        // though the keep-alive timer was armed before the first and fires in between.
+        for i in 0..10 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let container = wm_core::Container { id: format!("c{i}").into(), ..wm_core::Container::default() };
+            store.notify(vec![wm_core::CollectorEvent::set(wm_core::Source::Runtime, container)]).await;
+            let response = wm.next().await.unwrap().unwrap();
+            assert_eq!(response.events.len(), 1, "change {i}: {response:?}");
+        }
+        // Then quiet: a keep-alive comes a whole period after the last change, not before.
+        let quiet_from = tokio::time::Instant::now();
+        assert_eq!(wm.next().await.unwrap().unwrap(), wmpb::WorkloadmetaStreamResponse::default());
+        assert!(quiet_from.elapsed() >= keepalive - Duration::from_millis(1), "{:?}", quiet_from.elapsed());
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
         store.shutdown().await;
     }
 

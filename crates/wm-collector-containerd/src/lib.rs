@@ -1011,7 +1011,7 @@ impl ListWatch for ContainerdCollector {
     /// first polled.
     ///
     /// containerd's subscribe call returns only when the first event arrives, so it cannot be
-    /// awaited here; the driver polls the stream from a task of its own, and learns from
+    /// awaited here; the driver polls the stream beside every call it awaits, and learns from
     /// [`probe`](ListWatch::probe) when the subscription is live.
     async fn watch(&mut self) -> Result<WatchStream<Decoded>, CollectorError> {
         self.clients = None;

@@ -8,9 +8,11 @@
 //! ([`ListWatch::refresh`]). [`Driver`] turns it into a [`StreamCollector`] that does, once per
 //! run:
 //!
-//! 1. subscribe, and poll the event stream from a task of its own from the start, so that a
-//!    stream that subscribes only when first polled, or whose subscribe call returns only with the
-//!    first event, does not hold up the run; the task is aborted when the run ends;
+//! 1. subscribe, and from then on never stop reading the event stream: whenever the run awaits
+//!    a call (probe, list, refresh, sending to the store) it polls the stream beside the call and
+//!    queues what arrives, so that a stream that subscribes only when first polled, or whose
+//!    subscribe call returns only with the first event, does not hold up the run, and a daemon
+//!    never waits on the agent to take its events;
 //! 2. if the collector probes (its `probe` returns `true`), repeat the probe every
 //!    [`PROBE_INTERVAL`] (100 ms) until the stream yields [`Watched::Live`], for at most
 //!    [`PROBE_DEADLINE`] (10 s), setting aside the events that arrive meanwhile;
@@ -39,16 +41,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use futures::stream::BoxStream;
-use tokio::sync::mpsc;
 use wm_core::{CollectorContext, CollectorError, Entity, EntityId, EventType, SourceSink, StreamCollector};
 
 /// The most events the driver takes into one batch; the rest wait for the next batch.
@@ -58,9 +57,9 @@ pub const REFRESH_CONCURRENCY: usize = 8;
 /// How often the driver refreshes again the entities whose refresh failed, when no event for
 /// them comes first.
 pub const RETRY_FAILED_EVERY: Duration = Duration::from_secs(10);
-/// How many stream items wait at most between the task that reads the stream and the run.
+/// How many stream items the run queues at most while it is busy with a batch or the list.
 ///
-/// The task never stops reading the stream to wait for room: dockerd drops the events of a
+/// The run never stops reading the stream to wait for room: dockerd drops the events of a
 /// subscriber that does not read (after 100 ms with its own 1,024 buffered), silently, so a
 /// stalled reader would lose events without knowing. When this many wait, the run fails with
 /// a retriable error instead, and the store lists again: exact, at the cost of a re-list. The
@@ -418,45 +417,114 @@ impl<L: ListWatch> Driver<L> {
 /// The most failing keys the driver remembers; past it, it forgets them all.
 const MAX_FAILING: usize = 10_000;
 
-/// Forwards the items of `stream` to `tx` until the stream ends, yields an error, the receiver
-/// is dropped, or the receiver falls [`PUMP_CAPACITY`] items behind.
+/// Reads the watch stream for the run, into a queue of its own whenever the run awaits
+/// something else.
 ///
-/// An error item is forwarded before the pump stops. When the stream ends, the pump sends a
-/// retriable "the event stream ended" error, so that the run fails and the store runs it again.
-/// When the queue is full it raises `behind` and stops: the run checks that flag before each
-/// batch and fails at once, without working through a queue a re-list makes moot.
-async fn pump<E: Send + 'static>(
-    mut stream: WatchStream<E>,
-    tx: mpsc::Sender<Result<Watched<E>, CollectorError>>,
-    behind: Arc<AtomicBool>,
-) {
-    while let Some(item) = stream.next().await {
-        let broken = item.is_err();
-        match tx.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                behind.store(true, Ordering::Release);
-                return;
+/// The run never stops reading the stream while it is busy: every call it makes (probe, list,
+/// refresh, sending to the store) runs through [`Reader::while_reading`], which polls the stream
+/// beside the call and queues what arrives. When the run is idle it waits on the stream itself.
+/// Reading in the run's own task, rather than in a task that forwards each item through a
+/// channel, saves one task wake-up per event: at a daemon's full churn pace that was the largest
+/// single cost left per event.
+struct Reader<E> {
+    stream: WatchStream<E>,
+    /// Items read while the run was busy, oldest first.
+    queue: VecDeque<Result<Watched<E>, CollectorError>>,
+    /// Set once the stream yielded an error or ended (that error is queued), or once the queue
+    /// reached [`PUMP_CAPACITY`]: nothing more is read.
+    stopped: bool,
+    /// Set when the queue reached [`PUMP_CAPACITY`].
+    behind: bool,
+}
+
+impl<E> Reader<E> {
+    fn new(stream: WatchStream<E>) -> Self {
+        Self { stream, queue: VecDeque::new(), stopped: false, behind: false }
+    }
+
+    /// Runs `work` to completion, reading the stream into the queue meanwhile.
+    async fn while_reading<F: Future>(&mut self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                item = self.stream.next(), if !self.stopped => {
+                    self.take(item);
+                    // Take whatever else is ready now, before polling the work again.
+                    while !self.stopped {
+                        match self.stream.next().now_or_never() {
+                            Some(item) => self.take(item),
+                            None => break,
+                        }
+                    }
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
-        if broken {
+    }
+
+    /// Queues one item read from the stream (`None`: the stream ended).
+    fn take(&mut self, item: Option<Result<Watched<E>, CollectorError>>) {
+        if self.queue.len() >= PUMP_CAPACITY {
+            // The daemon sends faster than the run handles: stop reading; the run fails and
+            // the store lists again.
+            self.behind = true;
+            self.stopped = true;
             return;
         }
+        match item {
+            Some(item) => {
+                self.stopped = item.is_err();
+                self.queue.push_back(item);
+            }
+            None => {
+                self.stopped = true;
+                let ended = CollectorError::Retriable { context: "the event stream ended".into(), source: None };
+                self.queue.push_back(Err(ended));
+            }
+        }
     }
-    let ended = CollectorError::Retriable { context: "the event stream ended".into(), source: None };
-    let _ = tx.send(Err(ended)).await;
+
+    /// Returns the next item: the oldest queued, or else the next the stream yields. Waits for
+    /// ever once the stream has stopped and the queue is empty (the run then ends by its
+    /// cancellation, or has already failed on the queued error).
+    async fn next(&mut self) -> Result<Watched<E>, CollectorError> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return item;
+            }
+            if self.stopped {
+                return std::future::pending().await;
+            }
+            if self.queue.capacity() > SHRINK_ABOVE {
+                // A burst grew the queue; give its memory back now that it is drained.
+                self.queue.shrink_to(SHRINK_ABOVE);
+            }
+            let item = self.stream.next().await;
+            self.take(item);
+        }
+    }
+
+    /// Returns the next item if one is queued or ready now.
+    fn try_next(&mut self) -> Option<Result<Watched<E>, CollectorError>> {
+        if self.queue.is_empty() && !self.stopped {
+            let item = self.stream.next().now_or_never()?;
+            self.take(item);
+        }
+        self.queue.pop_front()
+    }
+
+    /// The error to fail the run with once the queue reached [`PUMP_CAPACITY`].
+    fn fell_behind(&self) -> Option<CollectorError> {
+        self.behind.then(|| CollectorError::Retriable {
+            context: format!("the run fell {PUMP_CAPACITY} events behind the event stream; listing again"),
+            source: None,
+        })
+    }
 }
 
-/// Aborts the pump task when dropped, so that the task stops when the run ends, whether the run
-/// returns, fails, or is dropped by the store.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// The queue capacity [`Reader`] keeps once drained; a burst's larger queue is given back.
+const SHRINK_ABOVE: usize = 256;
 
 /// Probes until the stream yields [`Watched::Live`], pushing the events that arrive meanwhile
 /// onto `early`.
@@ -465,24 +533,21 @@ impl Drop for AbortOnDrop {
 ///
 /// # Errors
 ///
-/// Fails with the stream's error or the probe's, or with a retriable error when the pump task is
-/// gone or the subscription is not live within [`PROBE_DEADLINE`].
+/// Fails with the stream's error or the probe's, or with a retriable error when the stream
+/// ended or the subscription is not live within [`PROBE_DEADLINE`].
 async fn wait_until_live<L: ListWatch>(
     inner: &mut L,
-    rx: &mut mpsc::Receiver<Result<Watched<L::Event>, CollectorError>>,
+    reader: &mut Reader<L::Event>,
     early: &mut Vec<L::Event>,
 ) -> Result<(), CollectorError> {
     let deadline = tokio::time::Instant::now() + PROBE_DEADLINE;
-    while inner.probe().await? {
+    while reader.while_reading(inner.probe()).await? {
         let round = tokio::time::Instant::now() + PROBE_INTERVAL;
         loop {
-            match tokio::time::timeout_at(round, rx.recv()).await {
-                Ok(Some(Ok(Watched::Live))) => return Ok(()),
-                Ok(Some(Ok(Watched::Event(event)))) => early.push(event),
-                Ok(Some(Err(error))) => return Err(error),
-                Ok(None) => {
-                    return Err(CollectorError::Retriable { context: "the event task ended".into(), source: None });
-                }
+            match tokio::time::timeout_at(round, reader.next()).await {
+                Ok(Ok(Watched::Live)) => return Ok(()),
+                Ok(Ok(Watched::Event(event))) => early.push(event),
+                Ok(Err(error)) => return Err(error),
                 Err(_) => break,
             }
         }
@@ -500,20 +565,11 @@ async fn wait_until_live<L: ListWatch>(
 impl<L: ListWatch> StreamCollector for Driver<L> {
     async fn run(&mut self, ctx: &CollectorContext) -> Result<(), CollectorError> {
         self.inner.prepare(ctx);
-        let stream = self.inner.watch().await?;
-        let (tx, mut rx) = mpsc::channel(PUMP_CAPACITY);
-        let behind = Arc::new(AtomicBool::new(false));
-        let _pump = AbortOnDrop(tokio::spawn(pump(stream, tx, behind.clone())));
-        let fell_behind = || {
-            behind.load(Ordering::Acquire).then(|| CollectorError::Retriable {
-                context: format!("the run fell {PUMP_CAPACITY} events behind the event stream; listing again"),
-                source: None,
-            })
-        };
+        let mut reader = Reader::new(self.inner.watch().await?);
         let mut early = Vec::new();
-        wait_until_live(&mut self.inner, &mut rx, &mut early).await?;
+        wait_until_live(&mut self.inner, &mut reader, &mut early).await?;
 
-        let listed = self.inner.list().await?;
+        let listed = reader.while_reading(self.inner.list()).await?;
         tracing::info!(entities = listed.entities.len(), unreadable = listed.unreadable.len(), "listed");
         self.failing.clear();
         self.gone.clear();
@@ -524,13 +580,16 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
             self.entity_failed(&ctx.sink, key, &error);
             keep.push(id);
         }
-        ctx.sink.full_list_keeping(listed.entities, keep).await;
+        reader.while_reading(ctx.sink.full_list_keeping(listed.entities, keep)).await;
+        if let Some(error) = reader.fell_behind() {
+            return Err(error);
+        }
         // The events that arrived while probing mostly repeat what the list sent; handling them
         // is harmless, and it keeps what only events carry (an exit code).
         if !early.is_empty() {
             let batch = self.group(early);
-            let events = self.handle(&ctx.sink, batch).await?;
-            ctx.sink.events(events).await;
+            let events = reader.while_reading(self.handle(&ctx.sink, batch)).await?;
+            reader.while_reading(ctx.sink.events(events)).await;
         }
 
         let mut retry = tokio::time::interval(RETRY_FAILED_EVERY);
@@ -540,23 +599,20 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
             let first = tokio::select! {
                 biased;
                 () = ctx.cancel.cancelled() => return Ok(()),
-                first = rx.recv() => first,
+                first = reader.next() => first,
                 _ = retry.tick(), if !self.failing.is_empty() => {
                     let batch = self.with_retries(Vec::new());
-                    let events = self.handle(&ctx.sink, batch).await?;
-                    ctx.sink.events(events).await;
+                    let events = reader.while_reading(self.handle(&ctx.sink, batch)).await?;
+                    reader.while_reading(ctx.sink.events(events)).await;
                     continue;
                 }
             };
-            if let Some(error) = fell_behind() {
+            if let Some(error) = reader.fell_behind() {
                 return Err(error);
             }
-            let Some(first) = first else {
-                return Err(CollectorError::Retriable { context: "the event task ended".into(), source: None });
-            };
             let mut batch = Vec::new();
             let mut broken = None;
-            for item in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())).take(MAX_BATCH) {
+            for item in std::iter::once(first).chain(std::iter::from_fn(|| reader.try_next())).take(MAX_BATCH) {
                 match item {
                     Ok(Watched::Event(event)) => batch.push(event),
                     Ok(Watched::Live) => {}
@@ -567,8 +623,8 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
                 }
             }
             let batch = self.group(batch);
-            let events = self.handle(&ctx.sink, batch).await?;
-            ctx.sink.events(events).await;
+            let events = reader.while_reading(self.handle(&ctx.sink, batch)).await?;
+            reader.while_reading(ctx.sink.events(events)).await;
             if let Some(error) = broken {
                 return Err(error);
             }

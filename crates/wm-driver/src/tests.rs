@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use futures::stream;
+use tokio::sync::mpsc;
 use wm_core::{CancellationToken, Container, EventSink, Kind, Origin, SinkMessage, Source, SourceSink, StoreReader};
 
 use super::*;
@@ -25,6 +26,8 @@ struct Fake {
     broken: Arc<Mutex<Vec<String>>>,
     /// When set, a list takes a second (a daemon holding thousands of containers).
     slow_list: Arc<std::sync::atomic::AtomicBool>,
+    /// How many items the driver has read from the stream.
+    reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn container(id: &str) -> Entity {
@@ -37,7 +40,12 @@ impl ListWatch for Fake {
 
     async fn watch(&mut self) -> Result<WatchStream<FakeEvent>, CollectorError> {
         let rx = self.events.take().expect("one run per test");
-        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed())
+        let reads = self.reads.clone();
+        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+            .inspect(move |_| {
+                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .boxed())
     }
 
     async fn probe(&mut self) -> Result<bool, CollectorError> {
@@ -77,6 +85,11 @@ impl ListWatch for Fake {
 
     async fn refresh(&self, key: &str, events: Vec<FakeEvent>) -> Result<Refreshed, CollectorError> {
         self.refreshes.lock().unwrap().push((key.to_owned(), events.iter().map(|e| e.1).collect()));
+        // The "gate" container's inspect answers only once the driver has read three items
+        // from the stream: a driver that stops reading while it refreshes never gets past it.
+        while key == "gate" && self.reads.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         if self.broken.lock().unwrap().iter().any(|c| c == key) {
             return Err(CollectorError::retriable(format!("daemon: inspecting {key} failed"), "500"));
         }
@@ -125,6 +138,7 @@ struct Harness {
     refreshes: Refreshes,
     broken: Arc<Mutex<Vec<String>>>,
     slow_list: Arc<std::sync::atomic::AtomicBool>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
     recorder: Arc<Recorder>,
     ctx: CollectorContext,
 }
@@ -135,7 +149,9 @@ fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
     let refreshes = Arc::new(Mutex::new(Vec::new()));
     let broken = Arc::new(Mutex::new(Vec::new()));
     let slow_list = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let fake = Fake {
+        reads: reads.clone(),
         broken: broken.clone(),
         slow_list: slow_list.clone(),
         events: Some(rx),
@@ -152,7 +168,7 @@ fn harness(probes_before_live: Option<usize>) -> (Harness, Driver<Fake>) {
         cancel: CancellationToken::new(),
         env: wm_core::EnvFilter::default(),
     };
-    (Harness { tx, containers, refreshes, broken, slow_list, recorder, ctx }, Driver::new(fake))
+    (Harness { tx, containers, refreshes, broken, slow_list, reads, recorder, ctx }, Driver::new(fake))
 }
 
 fn ids(message: &SinkMessage) -> Vec<String> {
@@ -292,6 +308,37 @@ async fn a_run_that_falls_a_whole_queue_behind_its_stream_fails_retriably_to_lis
     assert!(error.to_string().contains("events behind the event stream"), "{error}");
     let refreshed = h.refreshes.lock().unwrap().len();
     assert!(refreshed < MAX_BATCH, "it failed at once, not after refreshing the queue ({refreshed} refreshes)");
+}
+
+#[tokio::test]
+async fn the_stream_is_read_while_a_refresh_is_busy_and_what_arrived_is_the_next_batch() {
+    let (h, mut driver) = harness(None);
+    h.containers.lock().unwrap().push("gate".into());
+    let cancel = h.ctx.cancel.clone();
+    let run = tokio::spawn(async move {
+        let result = driver.run(&h.ctx).await;
+        (result, h.recorder, h.reads)
+    });
+    // The gate's refresh waits for the next two events to be read.
+    h.tx.send(Ok(Watched::Event(("gate".into(), "start")))).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.tx.send(Ok(Watched::Event(("b".into(), "start")))).unwrap();
+    h.tx.send(Ok(Watched::Event(("c".into(), "start")))).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel.cancel();
+    let (result, recorder, reads) = tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap();
+    result.unwrap();
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let sent: Vec<Vec<String>> = recorder.0.lock().unwrap().iter().map(ids).collect();
+    assert_eq!(
+        sent,
+        vec![
+            vec!["a".to_owned(), "gate".to_owned()],
+            vec!["set:gate".to_owned()],
+            vec!["set:b".to_owned(), "unset:b".to_owned(), "set:c".to_owned(), "unset:c".to_owned()],
+        ],
+        "b and c, read while the gate was refreshed, are one batch"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument as _;
 use wm_core::sync::{MutexExt, RwLockExt};
 use wm_core::{
@@ -347,6 +348,7 @@ impl StoreBuilder {
             rx,
             subscribers: Vec::new(),
             ack_timeout: self.config.ack_timeout,
+            ack_timer: None,
             telemetry: telemetry.clone(),
             _alive: AliveGuard(loop_alive.clone()),
         };
@@ -805,6 +807,10 @@ struct StoreLoop {
     /// In priority order, then subscription order.
     subscribers: Vec<LoopSubscriber>,
     ack_timeout: Duration,
+    /// The timer of the acknowledgement waits, made at the first wait (making one needs the
+    /// runtime, which `Store::new` does not) and re-armed only when it fires before the wait's
+    /// deadline; see [`StoreLoop::acked_before`].
+    ack_timer: Option<Pin<Box<Sleep>>>,
     telemetry: Arc<Telemetry>,
     _alive: AliveGuard,
 }
@@ -922,9 +928,9 @@ impl StoreLoop {
                 }
             }
             for (i, seq) in waits {
+                let acked = self.acked_before(i, seq, deadline).await;
                 let sub = &mut self.subscribers[i];
-                let outcome = tokio::time::timeout_at(deadline, sub.shared.acked_at_least(seq)).await;
-                if outcome.is_ok() {
+                if acked {
                     self.telemetry.notification(&sub.shared.name, SENT_SUCCESS);
                 } else {
                     tracing::debug!(subscriber = &*sub.shared.name, "bundle not acknowledged in time");
@@ -933,6 +939,40 @@ impl StoreLoop {
                 }
             }
             start = end;
+        }
+    }
+
+    /// Waits until subscriber `i` has acknowledged bundle `seq` or `deadline` passes, and tells
+    /// whether it acknowledged.
+    ///
+    /// Every wait shares one timer. A timer per wait (`tokio::time::timeout_at`) registers with
+    /// the timer driver under its lock and deregisters when dropped, twice per change and
+    /// subscriber at a daemon's full churn pace. The shared timer is re-armed only when it fires
+    /// before the current deadline: deadlines only grow (each is the delivery's start plus
+    /// `ack_timeout`), so one that fires early is simply set to the current one, about once per
+    /// `ack_timeout` while changes flow.
+    async fn acked_before(&mut self, i: usize, seq: u64, deadline: Instant) -> bool {
+        let shared = &self.subscribers[i].shared;
+        if shared.acked() >= seq {
+            return true;
+        }
+        let timer = self.ack_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let acked = shared.acked_at_least(seq);
+        let mut acked = std::pin::pin!(acked);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut acked => return true,
+                () = timer.as_mut() => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
         }
     }
 }

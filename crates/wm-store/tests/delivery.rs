@@ -104,6 +104,34 @@ async fn a_subscriber_that_never_acks_delays_the_next_one_by_the_ack_timeout_onl
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_wait_gets_its_whole_ack_timeout_though_the_waits_share_a_timer() {
+    let store = Store::new();
+    let mut tagger = subscribe(&store, "tagger", SubscriberPriority::Tagger);
+    let mut normal = subscribe(&store, "normal", SubscriberPriority::Normal);
+    let _ = next(&mut tagger).await;
+    let _ = next(&mut normal).await;
+
+    // Acknowledged at once: the shared timer was armed for t0 + 1 s and is left so.
+    let t0 = Instant::now();
+    set(&store, "c1").await;
+    drop(next(&mut tagger).await);
+    let _ = next(&mut normal).await;
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+
+    // Held from t0 + 900 ms: the timer fires at t0 + 1 s, early for this wait, which must
+    // still last its whole second.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let t1 = Instant::now();
+    set(&store, "c2").await;
+    let held = next(&mut tagger).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_empty(&mut normal);
+    let _ = next(&mut normal).await;
+    assert_eq!(t1.elapsed(), Duration::from_secs(1), "the whole ack timeout, not what was left of the last one");
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_keep_going() {
     let mut config = StoreConfig::default();
     config.subscriber_queue_capacity = 4;
