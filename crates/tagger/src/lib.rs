@@ -11,8 +11,8 @@
 //! - a *part* is a set of tags packed into one allocation. Many entities given the same tags
 //!   (an image's, a pod's) hold the same part instead of a copy each.
 //!
-//! The tagger subscribes to the workload store at `tagger` priority and acknowledges each bundle
-//! only once its tags are stored. It does not talk to runtimes itself (collectors do; on a cache
+//! The tagger subscribes to the workload store at `tagger` priority, inline: the store's loop
+//! stores each bundle's tags itself before it serves any lower-priority subscriber. It does not talk to runtimes itself (collectors do; on a cache
 //! miss it asks the [`ContainerFetcher`] the agent gives it) and does not serve gRPC (the agent
 //! does).
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wm_core::sync::MutexExt;
 use wm_core::{Container, Entity, Event, EventType, Filter, LaunchType, SubscriberPriority};
-use wm_store::{Store, SubscriptionError};
+use wm_store::Store;
 
 use crate::config::TaggerConfig;
 use crate::entity_id::TaggerEntityId;
@@ -353,56 +353,45 @@ impl Tagger {
         }
     }
 
-    /// Spawns a task that keeps the tag store in step with the workload store `store`.
+    /// Keeps the tag store in step with the workload store `store`, and spawns the task that
+    /// prunes it.
     ///
-    /// The task subscribes at `tagger` priority and stores each bundle's tags before
-    /// acknowledging the bundle. The first bundle of each subscription is a snapshot: after
-    /// storing it, the task deletes the tags of entities the snapshot no longer holds. When the
-    /// subscription fails (for instance, the tagger fell behind and was cut off), the task
-    /// subscribes again. Every minute it calls [`Tagger::prune`]. It ends when the store ends the
-    /// subscription.
+    /// The tagger subscribes inline ([`Store::subscribe_inline`]) at `tagger` priority: the
+    /// store's loop stores each bundle's tags itself, so they are stored before any
+    /// lower-priority subscriber hears of the bundle, with no task hand-off on the way (storing
+    /// tags takes a few microseconds and never waits). The first bundle is the snapshot: after
+    /// storing it, the tagger deletes the tags of entities the snapshot no longer holds. An inline
+    /// subscriber is never cut off, so it never subscribes again.
     ///
-    /// The first subscription is made before this returns, so every batch the store sends out
-    /// afterwards reaches the tagger before any lower-priority subscriber.
+    /// The task calls [`Tagger::prune`] every minute, and ends when the store ends the
+    /// subscription (at shutdown). The subscription is made before this returns, so every
+    /// batch the store sends out afterwards reaches the tagger before any lower-priority
+    /// subscriber.
     pub fn spawn(self: &Arc<Self>, store: &Store) -> tokio::task::JoinHandle<()> {
-        let tagger = self.clone();
-        let store = store.clone();
         // Processes have no tags of their own (upstream tags one only from its APM service
         // metadata, which we do not collect), and a node has thousands: the tagger does not
         // take them at all.
-        let subscribe = |store: &Store| {
-            let kinds = wm_core::Kind::ALL.into_iter().filter(|k| *k != wm_core::Kind::Process);
-            store.subscribe("tagger", SubscriberPriority::Tagger, Filter::only_kinds(kinds))
-        };
-        let mut next_sub = Some(subscribe(&store));
+        let kinds = wm_core::Kind::ALL.into_iter().filter(|k| *k != wm_core::Kind::Process);
+        let handler = self.clone();
+        let mut first = true;
+        let mut sub =
+            store.subscribe_inline("tagger", SubscriberPriority::Tagger, Filter::only_kinds(kinds), move |events| {
+                handler.process(events);
+                if std::mem::take(&mut first) {
+                    handler.reconcile(events);
+                }
+            });
+        let tagger = self.clone();
         tokio::spawn(async move {
             let mut prune = tokio::time::interval(PRUNE_EVERY);
             prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let mut sub = next_sub.take().unwrap_or_else(|| subscribe(&store));
-                let mut first = true;
-                loop {
-                    tokio::select! {
-                        next = sub.recv() => match next {
-                            Some(Ok(bundle)) => {
-                                tagger.process(&bundle.events);
-                                if std::mem::take(&mut first) {
-                                    tagger.reconcile(&bundle.events);
-                                }
-                                drop(bundle); // acknowledged only now that the tags are stored
-                            }
-                            Some(Err(SubscriptionError::Lagged { .. })) => {
-                                tracing::warn!("the tagger fell behind the store and resubscribes");
-                                break;
-                            }
-                            Some(Err(error)) => {
-                                tracing::warn!(%error, "the tagger's subscription failed; resubscribing");
-                                break;
-                            }
-                            None => return,
-                        },
-                        _ = prune.tick() => tagger.prune(),
-                    }
+                tokio::select! {
+                    // An inline subscription receives no bundles; its stream only ends.
+                    next = sub.recv() => if next.is_none() {
+                        return;
+                    },
+                    _ = prune.tick() => tagger.prune(),
                 }
             }
         })

@@ -46,8 +46,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use wm_core::{CollectorContext, CollectorError, Entity, EntityId, EventType, SourceSink, StreamCollector};
 
 /// The most events the driver takes into one batch; the rest wait for the next batch.

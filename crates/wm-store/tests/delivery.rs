@@ -132,6 +132,45 @@ async fn each_wait_gets_its_whole_ack_timeout_though_the_waits_share_a_timer() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_inline_subscriber_runs_in_the_loop_before_lower_priorities_and_stops_when_dropped() {
+    use std::sync::{Arc, Mutex};
+    let store = Store::new();
+    set(&store, "c0").await;
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let record = seen.clone();
+    let inline = store.subscribe_inline("inline", SubscriberPriority::Tagger, Filter::all(), move |events| {
+        record.lock().unwrap().push(events.iter().map(|e| e.entity.id_str().to_string()).collect());
+    });
+    let mut normal = subscribe(&store, "normal", SubscriberPriority::Normal);
+    let _ = next(&mut normal).await;
+    store.sync().await;
+    assert_eq!(*seen.lock().unwrap(), vec![vec!["c0".to_owned()]], "the snapshot first");
+
+    // The handler has run by the time the lower priority gets the bundle, with no ack wait.
+    let t0 = Instant::now();
+    set(&store, "c1").await;
+    let bundle = next(&mut normal).await;
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(bundle.events[0].entity.id_str().as_str(), "c1");
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &vec!["c1".to_owned()]);
+
+    // Dropped: not called again.
+    drop(inline);
+    set(&store, "c2").await;
+    let _ = next(&mut normal).await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inline_subscription_ends_when_the_store_shuts_down() {
+    let store = Store::new();
+    store.start();
+    let mut inline = store.subscribe_inline("inline", SubscriberPriority::Tagger, Filter::all(), |_| {});
+    store.shutdown().await;
+    assert!(next_or_end(&mut inline).await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_that_stops_reading_is_cut_off_and_the_others_keep_going() {
     let mut config = StoreConfig::default();
     config.subscriber_queue_capacity = 4;
