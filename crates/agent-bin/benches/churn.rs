@@ -1,8 +1,9 @@
 //! `churn.max_rate` of BENCHMARKS.md: containers created, started and removed as fast as one
 //! real daemon (started by `test_support::runtimes`) goes on this machine, by 8 parallel
-//! clients, for 60 s (`--quick`: 15 s), without the agent (the baseline) and then with the
-//! agent binary watching it, twice over (rates averaged, CPU and counts summed over both
-//! rounds); dockerd first (through its Engine API, as `docker` does), then containerd on its
+//! clients, for 60 s (`--quick`: 15 s), without the agent (the baseline) and with the agent
+//! binary watching it, twice each way, in the order baseline, agent, agent, baseline (rates
+//! averaged, CPU and counts summed over both agent runs; see [`ROUNDS`] for why that order);
+//! dockerd first (through its Engine API, as `docker` does), then containerd on its
 //! own (through `ctr`: `run -d`, `tasks rm -f`, `containers rm`).
 //!
 //! Each run prints one line with:
@@ -392,17 +393,38 @@ fn with_agent(
     }
 }
 
-/// Rounds of a baseline run then a run with the agent: two, so that the daemon's own drift
-/// over the minutes (its rate varies by ±10 % from one 60 s run to the next here) weighs
-/// on both sides alike.
+/// Runs each way: two, in the order baseline, agent, agent, baseline.
+///
+/// The daemon slows over the minutes of a bench (containerd's rate fell by about 4 % from one
+/// 60 s run to the next, 15 % over four, in most runs here), so the order matters: alternating
+/// (baseline, agent, baseline, agent) put the agent's runs a run later on average and charged
+/// it with a run's drift, about 5 %, the whole target. In this order both sides sit at the
+/// same mean position, and a steady drift cancels.
 const ROUNDS: usize = 2;
 
 fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon: Daemon, duration: Duration) {
     let row = format!("churn.max_rate.{}", daemon.name());
     let (mut base_rates, mut runs) = (Vec::new(), Vec::new());
+    // Each run's rate in the order made, with the agent or not, to show the drift.
+    let mut sequence = Vec::new();
     for round in 0..ROUNDS {
-        base_rates.push(churn(rt, docker, tokio, daemon, &format!("base{round}"), duration).1);
-        runs.push(with_agent(rt, docker, tokio, daemon, &format!("agent{round}"), duration));
+        let base = |base_rates: &mut Vec<f64>, sequence: &mut Vec<String>| {
+            let rate = churn(rt, docker, tokio, daemon, &format!("base{round}"), duration).1;
+            base_rates.push(rate);
+            sequence.push(format!("base {rate:.1}"));
+        };
+        let agent = |runs: &mut Vec<WithAgent>, sequence: &mut Vec<String>| {
+            let run = with_agent(rt, docker, tokio, daemon, &format!("agent{round}"), duration);
+            sequence.push(format!("agent {:.1}", run.rate));
+            runs.push(run);
+        };
+        if round % 2 == 0 {
+            base(&mut base_rates, &mut sequence);
+            agent(&mut runs, &mut sequence);
+        } else {
+            agent(&mut runs, &mut sequence);
+            base(&mut base_rates, &mut sequence);
+        }
     }
     let base_rate = base_rates.iter().sum::<f64>() / ROUNDS as f64;
     let rate = runs.iter().map(|r| r.rate).sum::<f64>() / ROUNDS as f64;
@@ -417,7 +439,6 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
     for example in runs.iter().flat_map(|r| &r.shown) {
         println!("  out of order: {example}");
     }
-    let rates = |rates: Vec<f64>| rates.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>().join(", ");
     let drop_pct = (1.0 - rate / base_rate) * 100.0;
     let cpu_pct = if daemon_cpu == 0 { 0.0 } else { agent_cpu as f64 / daemon_cpu as f64 * 100.0 };
     let ok = drop_pct <= 5.0
@@ -427,11 +448,10 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         && store_exact
         && cut_off.is_empty();
     println!(
-        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, runs {} with the agent, {} without; agent CPU {:.2} s = {cpu_pct:.1}% of the daemon's {:.2} s ({:.2} ms a container; {:.1} stream events a container); {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
+        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, runs in order {}; agent CPU {:.2} s = {cpu_pct:.1}% of the daemon's {:.2} s ({:.2} ms a container; {:.1} stream events a container); {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
         rate / base_rate,
         if ok { "ok" } else { "MISS" },
-        rates(runs.iter().map(|r| r.rate).collect()),
-        rates(base_rates.clone()),
+        sequence.join(", "),
         agent_cpu as f64 / 100.0,
         daemon_cpu as f64 / 100.0,
         agent_cpu as f64 * 10.0 / made.max(1) as f64,
