@@ -12,6 +12,9 @@
 //! - the agent's CPU time against the daemon's over the run with the agent (target ≤ 10 %); the
 //!   daemon is dockerd and its containerd for docker, containerd for containerd; shims and
 //!   clients are not counted;
+//! - the daemon's own CPU per container with the agent and without it: what serving the agent
+//!   (its event stream, its reads) costs the daemon, which is how the agent slows it beyond
+//!   the CPU it takes itself;
 //! - what a subscriber of the agent's gRPC workloadmeta stream saw: for every container the
 //!   clients made, a `Set` and then an `Unset` and nothing after (counted: in order, never seen,
 //!   out of order), whether the stream stayed open to the end (no subscriber cut off, the
@@ -395,10 +398,10 @@ fn with_agent(
 
 /// Runs each way: two, in the order baseline, agent, agent, baseline.
 ///
-/// The daemon slows over the minutes of a bench (containerd's rate fell by about 4 % from one
-/// 60 s run to the next, 15 % over four, in most runs here), so the order matters: alternating
-/// (baseline, agent, baseline, agent) put the agent's runs a run later on average and charged
-/// it with a run's drift, about 5 %, the whole target. In this order both sides sit at the
+/// The daemon tends to slow over the minutes of a bench (over five containerd benches here, its
+/// rate by position averaged 11.7, 11.4, 11.0 and 10.0 cycles/s), so the order matters:
+/// alternating (baseline, agent, baseline, agent) put the agent's runs a run later on average
+/// and charged it with a run's drift, about 5 %, the whole target. In this order both sides sit at the
 /// same mean position, and a steady drift cancels.
 const ROUNDS: usize = 2;
 
@@ -407,9 +410,17 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
     let (mut base_rates, mut runs) = (Vec::new(), Vec::new());
     // Each run's rate in the order made, with the agent or not, to show the drift.
     let mut sequence = Vec::new();
+    // The daemon's CPU ticks and containers made over the baseline runs: against the same over
+    // the agent's runs, what serving the agent (its event stream, its reads) costs the daemon.
+    let (mut base_cpu, mut base_made) = (0_u64, 0_usize);
     for round in 0..ROUNDS {
-        let base = |base_rates: &mut Vec<f64>, sequence: &mut Vec<String>| {
-            let rate = churn(rt, docker, tokio, daemon, &format!("base{round}"), duration).1;
+        let mut base = |base_rates: &mut Vec<f64>, sequence: &mut Vec<String>| {
+            let pids = daemon_pids(rt, daemon);
+            let ticks = || pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum::<u64>();
+            let before = ticks();
+            let (made, rate) = churn(rt, docker, tokio, daemon, &format!("base{round}"), duration);
+            base_cpu += ticks().saturating_sub(before);
+            base_made += made.len();
             base_rates.push(rate);
             sequence.push(format!("base {rate:.1}"));
         };
@@ -448,7 +459,7 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         && store_exact
         && cut_off.is_empty();
     println!(
-        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, runs in order {}; agent CPU {:.2} s = {cpu_pct:.1}% of the daemon's {:.2} s ({:.2} ms a container; {:.1} stream events a container); {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
+        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, runs in order {}; agent CPU {:.2} s = {cpu_pct:.1}% of the daemon's {:.2} s ({:.2} ms a container; {:.1} stream events a container); the daemon's CPU a container {:.2} ms with the agent, {:.2} ms without; {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
         rate / base_rate,
         if ok { "ok" } else { "MISS" },
         sequence.join(", "),
@@ -456,6 +467,8 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         daemon_cpu as f64 / 100.0,
         agent_cpu as f64 * 10.0 / made.max(1) as f64,
         runs.iter().map(|r| r.events).sum::<usize>() as f64 / made.max(1) as f64,
+        daemon_cpu as f64 * 10.0 / made.max(1) as f64,
+        base_cpu as f64 * 10.0 / base_made.max(1) as f64,
         if cut_off.is_empty() { "none".to_owned() } else { cut_off.join("; ") },
         duration.as_secs(),
     );
