@@ -617,8 +617,8 @@ impl AgentApi {
             let mut progress = tokio::time::Instant::now();
             let mut last_sent = progress;
             // Both timers are re-armed lazily, when they fire early, rather than on every
-            // response: re-arming a tokio timer takes its driver's lock, and at a daemon's full
-            // churn pace that was a measurable share of the task's work.
+            // response: re-arming a tokio timer takes its driver's lock, which a busy stream
+            // would otherwise do once per response.
             let quiet = tokio::time::sleep(keepalive);
             tokio::pin!(quiet);
             let lag = tokio::time::sleep(LAG_GRACE);

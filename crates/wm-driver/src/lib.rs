@@ -424,8 +424,8 @@ const MAX_FAILING: usize = 10_000;
 /// refresh, sending to the store) runs through [`Reader::while_reading`], which polls the stream
 /// beside the call and queues what arrives. When the run is idle it waits on the stream itself.
 /// Reading in the run's own task, rather than in a task that forwards each item through a
-/// channel, saves one task wake-up per event: at a daemon's full churn pace that was the largest
-/// single cost left per event.
+/// channel, saves one task wake-up per event: at a daemon's full churn pace a `perf` profile of
+/// the agent finds no hot spot, its cost spread over such hand-offs.
 struct Reader<E> {
     stream: WatchStream<E>,
     /// Items read while the run was busy, oldest first.

@@ -521,26 +521,13 @@ impl Store {
     /// `name` labels the subscriber in logs, in telemetry and in a
     /// [`SubscriptionError`](crate::SubscriptionError).
     pub fn subscribe(&self, name: &str, priority: SubscriberPriority, filter: Filter) -> Subscription {
-        let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let config = &self.inner.config;
         let limits = QueueLimits {
             capacity: config.subscriber_queue_capacity.max(1),
             lag_timeout: config.lag_timeout,
             hard_capacity: config.subscriber_queue_hard_capacity.max(config.subscriber_queue_capacity.max(1)),
         };
-        let shared = Arc::new(Shared::new(id, Arc::from(name), priority, limits));
-        // Under the read lock no batch can be applied, so the snapshot and the registration
-        // reach the loop at the same point of the stream.
-        let state = self.inner.read();
-        let snapshot = state.snapshot(&filter);
-        shared.push(snapshot.into(), 0);
-        if self.inner.commands.send(Command::Subscribe { shared: shared.clone(), filter, inline: None }).is_err() {
-            // The loop has ended (store shut down): the snapshot is all this subscriber will
-            // receive.
-            shared.close_after_pending();
-        }
-        drop(state);
-        Subscription::new(shared)
+        self.register(name, priority, filter, limits, None)
     }
 
     /// Subscribes `handler`, which the store's loop calls itself, in its own task, with the
@@ -562,14 +549,36 @@ impl Store {
         filter: Filter,
         handler: impl FnMut(&[Event]) + Send + 'static,
     ) -> Subscription {
-        let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        // The queue never holds a bundle: its limits are never reached.
         let limits = QueueLimits { capacity: 1, lag_timeout: self.inner.config.lag_timeout, hard_capacity: 1 };
+        self.register(name, priority, filter, limits, Some(Box::new(handler)))
+    }
+
+    /// Registers a subscriber with the loop: its snapshot goes into its queue, or to `inline`.
+    fn register(
+        &self,
+        name: &str,
+        priority: SubscriberPriority,
+        filter: Filter,
+        limits: QueueLimits,
+        inline: Option<InlineHandler>,
+    ) -> Subscription {
+        let id = self.inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared::new(id, Arc::from(name), priority, limits));
-        // As in `subscribe`: the snapshot and the registration reach the loop at the same point.
+        // Under the read lock no batch can be applied, so the snapshot and the registration
+        // reach the loop at the same point of the stream.
         let state = self.inner.read();
         let snapshot = state.snapshot(&filter);
-        let inline = Some((Box::new(handler) as InlineHandler, snapshot));
+        let inline = match inline {
+            Some(handler) => Some((handler, snapshot)),
+            None => {
+                shared.push(snapshot.into(), 0);
+                None
+            }
+        };
         if self.inner.commands.send(Command::Subscribe { shared: shared.clone(), filter, inline }).is_err() {
+            // The loop has ended (store shut down): a queued subscriber receives its snapshot
+            // and nothing more; an inline one, nothing.
             shared.close_after_pending();
         }
         drop(state);
