@@ -1,14 +1,15 @@
 //! `churn.max_rate` of BENCHMARKS.md: containers created, started and removed as fast as one
 //! real daemon (started by `test_support::runtimes`) goes on this machine, by 8 parallel
 //! clients, for 60 s (`--quick`: 15 s), without the agent (the baseline) and with the agent
-//! binary watching it, twice each way, in the order baseline, agent, agent, baseline (rates
-//! averaged, CPU and counts summed over both agent runs; see [`ROUNDS`] for why that order);
+//! binary watching it, four times each way, in the order baseline, agent, agent, baseline, twice
+//! (rates averaged, CPU and counts summed over the agent's runs; see [`ROUNDS`] for why), each
+//! run after 5 s idle ([`SETTLE`]);
 //! dockerd first (through its Engine API, as `docker` does), then containerd on its
 //! own (through `ctr`: `run -d`, `tasks rm -f`, `containers rm`).
 //!
 //! Each run prints one line with:
 //! - the daemon's rate, cycles per second, without and with the agent, and its drop (target
-//!   ≤ 5 %);
+//!   ≤ 5 %), with each round's drop and the standard error of their mean;
 //! - the agent's CPU time against the daemon's over the run with the agent (target ≤ 10 %); the
 //!   daemon is dockerd and its containerd for docker, containerd for containerd; shims and
 //!   clients are not counted;
@@ -66,6 +67,14 @@ fn daemon_pids(rt: &Runtimes, daemon: Daemon) -> Vec<u32> {
 
 /// The containerd namespace the containerd run uses.
 const NS: &str = "churn";
+
+/// How long each run waits, idle, before it starts: the work a run leaves behind (shims exiting,
+/// the daemon's garbage collection, the kernel tearing down namespaces) is then done before the
+/// next one starts, whichever side it is on, and the agent's own start is behind it too.
+/// Without it the agent's runs began after the pause of the agent's start and half the
+/// baselines straight after another run: one bench here put the agent's runs 7 % ahead of the
+/// baseline, and the next, with the pause, 10.7 % behind.
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// Churns for `duration` with [`CLIENTS`] clients; returns the ids of the containers made
 /// (each created, started and removed) and the cycles per second.
@@ -334,6 +343,7 @@ fn with_agent(
 ) -> WithAgent {
     let agent = Agent::start(rt, daemon);
     let seen = subscribe(&agent, tokio);
+    std::thread::sleep(SETTLE);
     let pids = daemon_pids(rt, daemon);
     let daemon_before: u64 = pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum();
     let agent_before = test_support::procfs::cpu_ticks(agent.pid());
@@ -396,14 +406,18 @@ fn with_agent(
     }
 }
 
-/// Runs each way: two, in the order baseline, agent, agent, baseline.
+/// Runs each way: four, in the order baseline, agent, agent, baseline, baseline, agent, agent,
+/// baseline.
 ///
-/// The daemon tends to slow over the minutes of a bench (over five containerd benches here, its
-/// rate by position averaged 11.7, 11.4, 11.0 and 10.0 cycles/s), so the order matters:
-/// alternating (baseline, agent, baseline, agent) put the agent's runs a run later on average
-/// and charged it with a run's drift, about 5 %, the whole target. In this order both sides sit at the
-/// same mean position, and a steady drift cancels.
-const ROUNDS: usize = 2;
+/// The machine's own pace moves more than the effect measured: here one 60 s run of containerd
+/// differs from the next by up to 20 %, with every core busy and no run with the agent between
+/// them (six baselines in a row went 10.4, 11.0, 10.1, 10.3, 11.4 and 12.6 cycles/s, while the
+/// whole machine's CPU per container went from 191 to 159 ms), and the pace holds for minutes.
+/// So each round pairs a baseline with the agent's run next to it, both sides sit at the same
+/// mean position (a steady drift falls on both alike; alternating had charged the agent with a
+/// run's drift), and the line prints each round's drop and the standard error of their mean: a
+/// reader sees how far the verdict on the mean can be trusted.
+const ROUNDS: usize = 4;
 
 fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon: Daemon, duration: Duration) {
     let row = format!("churn.max_rate.{}", daemon.name());
@@ -417,6 +431,7 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         let mut base = |base_rates: &mut Vec<f64>, sequence: &mut Vec<String>| {
             let pids = daemon_pids(rt, daemon);
             let ticks = || pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum::<u64>();
+            std::thread::sleep(SETTLE);
             let before = ticks();
             let (made, rate) = churn(rt, docker, tokio, daemon, &format!("base{round}"), duration);
             base_cpu += ticks().saturating_sub(before);
@@ -451,6 +466,11 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         println!("  out of order: {example}");
     }
     let drop_pct = (1.0 - rate / base_rate) * 100.0;
+    // Each round's own drop, its baseline against the agent's run beside it.
+    let drops: Vec<f64> = base_rates.iter().zip(&runs).map(|(base, run)| (1.0 - run.rate / base) * 100.0).collect();
+    let mean = drops.iter().sum::<f64>() / drops.len() as f64;
+    let variance = drops.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (drops.len() - 1).max(1) as f64;
+    let standard_error = (variance / drops.len() as f64).sqrt();
     let cpu_pct = if daemon_cpu == 0 { 0.0 } else { agent_cpu as f64 / daemon_cpu as f64 * 100.0 };
     let ok = drop_pct <= 5.0
         && cpu_pct <= 10.0
@@ -459,9 +479,10 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         && store_exact
         && cut_off.is_empty();
     println!(
-        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, runs in order {}; agent CPU {:.2} s = {cpu_pct:.1}% of the daemon's {:.2} s ({:.2} ms a container; {:.1} stream events a container); the daemon's CPU a container {:.2} ms with the agent, {:.2} ms without; {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
+        "{row}  {rate:.1}/s  {base_rate:.1}/s  {:.2}x  drop<=5% cpu<=10%  {}  (rate drop {drop_pct:.1}%, by round {} (standard error {standard_error:.1} points), runs in order {}; agent CPU {:.2} s = {cpu_pct:.1}% of the daemon's {:.2} s ({:.2} ms a container; {:.1} stream events a container); the daemon's CPU a container {:.2} ms with the agent, {:.2} ms without; {made} containers: {in_order} Set then Unset in order, {merged} Unset alone (set and unset merged in the stream), {never} never seen, {disordered} out of order; stream view exact {view_exact}, agent's list exact {store_exact}; cut off: {}; {CLIENTS} clients, {ROUNDS} rounds of {} s each way)",
         rate / base_rate,
         if ok { "ok" } else { "MISS" },
+        drops.iter().map(|d| format!("{d:.1}%")).collect::<Vec<_>>().join(", "),
         sequence.join(", "),
         agent_cpu as f64 / 100.0,
         daemon_cpu as f64 / 100.0,

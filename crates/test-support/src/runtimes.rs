@@ -239,14 +239,17 @@ impl Runtimes {
         fs::create_dir_all(&dir).map_err(|e| Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let d = |p: &str| dir.join(p).display().to_string();
         let containerd_config = dir.join("containerd.toml");
+        // The debug socket serves Go's profiler (`/debug/pprof/`): the Debian binary has no
+        // symbols, so it is how a bench sees where containerd's time goes (docs/BENCHMARKS.md).
         let config = format!(
             "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n[debug]\n  address = \"\"\n\
+             [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n[debug]\n  address = \"{}\"\n\
              [metrics]\n  address = \"\"\n",
             d("containerd/root"),
             d("containerd/state"),
             d("containerd.sock"),
             d("containerd.sock.ttrpc"),
+            d("containerd-debug.sock"),
         );
         fs::write(&containerd_config, config).map_err(|e| Unavailable(format!("containerd config: {e}")))?;
         fs::write(dir.join("daemon.json"), "{}\n").map_err(|e| Unavailable(format!("dockerd config: {e}")))?;
