@@ -410,9 +410,9 @@ fn with_agent(
 /// baseline.
 ///
 /// The machine's own pace moves more than the effect measured: here one 60 s run of containerd
-/// differs from the next by up to 20 %, with every core busy and no run with the agent between
-/// them (six baselines in a row went 10.4, 11.0, 10.1, 10.3, 11.4 and 12.6 cycles/s, while the
-/// whole machine's CPU per container went from 191 to 159 ms), and the pace holds for minutes.
+/// differs from the next by up to 20 %, with every core busy, and the pace holds for minutes:
+/// six 15 s baselines in a row, no agent between them, went 10.4, 11.0, 10.1, 10.3, 11.4 and
+/// 12.6 cycles/s, while the whole machine's CPU per container went from 191 to 159 ms.
 /// So each round pairs a baseline with the agent's run next to it, both sides sit at the same
 /// mean position (a steady drift falls on both alike; alternating had charged the agent with a
 /// run's drift), and the line prints each round's drop and the standard error of their mean: a
