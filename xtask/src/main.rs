@@ -325,15 +325,6 @@ fn seed_corpus(target: &str, sources: &[&str], corpus: &Path) -> anyhow::Result<
     Ok(count)
 }
 
-/// How `cargo fuzz` builds the targets, the same for `build` and `run` (a difference would
-/// rebuild every crate before each run).
-///
-/// cargo-fuzz compiles each crate as one codegen unit by default: LLVM then works on a whole
-/// crate on one core, and every change to `wm-core` rebuilt the chain up to `agent-bin` that way
-/// (226 s of a CI run). Sixteen units let both cores work on one crate, for somewhat slower runs,
-/// which a 10-second pass barely feels.
-const FUZZ_BUILD: [&str; 2] = ["--codegen-units", "16"];
-
 /// Runs every fuzz target for `seconds`, `parallel` at a time, after replaying its kept
 /// regressions; a crash is copied into `fuzz/regressions/<target>` (commit it with the fix) and
 /// fails the run.
@@ -344,9 +335,7 @@ fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
         "build the fuzz targets",
         Command::new("rustup")
             .current_dir(root())
-            .args(["run", "nightly", "cargo", "fuzz", "build"])
-            .args(FUZZ_BUILD)
-            .arg("--target-dir")
+            .args(["run", "nightly", "cargo", "fuzz", "build", "--target-dir"])
             .arg(target_dir.join("fuzz")),
     )?;
     let mut failed = Vec::new();
@@ -368,9 +357,7 @@ fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
             );
             let child = Command::new("rustup")
                 .current_dir(root())
-                .args(["run", "nightly", "cargo", "fuzz", "run"])
-                .args(FUZZ_BUILD)
-                .arg("--target-dir")
+                .args(["run", "nightly", "cargo", "fuzz", "run", "--target-dir"])
                 .arg(target_dir.join("fuzz"))
                 .arg(target)
                 .arg(&corpus)
