@@ -359,9 +359,10 @@ impl Tagger {
     /// The tagger subscribes inline ([`Store::subscribe_inline`]) at `tagger` priority: the
     /// store's loop stores each bundle's tags itself, so they are stored before any
     /// lower-priority subscriber hears of the bundle, with no task hand-off on the way (storing
-    /// tags never waits, and took about 16 µs a change in the containerd churn bench's profile). The first bundle is the snapshot: after
-    /// storing it, the tagger deletes the tags of entities the snapshot no longer holds. An inline
-    /// subscriber is never cut off, so it never subscribes again.
+    /// tags never waits, and took about 16 µs a change in the containerd churn bench's profile).
+    /// The first bundle is the snapshot: after storing it, the tagger deletes the tags of
+    /// entities the snapshot no longer holds. An inline subscriber is never cut off, so it never
+    /// subscribes again.
     ///
     /// The task calls [`Tagger::prune`] every minute, and ends when the store ends the
     /// subscription (at shutdown). The subscription is made before this returns, so every
