@@ -104,9 +104,15 @@ fn secs(t: Option<Timestamp>) -> i64 {
     t.map(Timestamp::unix_seconds).unwrap_or(0)
 }
 
+/// The latest whole second a [`Timestamp`] holds (in 2262): its nanoseconds fill an `i64`.
+const LATEST_SECS: i64 = i64::MAX / 1_000_000_000;
+
 /// Returns the time of a number of Unix seconds, or `None` for 0 or less.
+///
+/// A time past [`LATEST_SECS`] reads as that second, not as the timestamp's last nanosecond,
+/// so that it goes back on the wire as the same number of seconds it will read as again.
 fn from_secs(s: i64) -> Option<Timestamp> {
-    (s > 0).then(|| Timestamp::from_unix(s, 0))
+    (s > 0).then(|| Timestamp::from_unix(s.min(LATEST_SECS), 0))
 }
 
 /// Converts the containers a pod or task lists to their wire form.
@@ -595,6 +601,22 @@ mod tests {
         let (set, back) = from_event(&decoded).unwrap();
         assert!(set);
         assert_eq!(back.as_container().map(|b| (**b).clone()), Some(c));
+    }
+
+    #[test]
+    fn a_time_past_2262_reads_as_its_last_whole_second_and_travels_as_it() {
+        for created in [LATEST_SECS, LATEST_SECS + 1, i64::MAX] {
+            let wire = pb::Container {
+                entity_id: Some(entity_id(&EntityId::new(Kind::Container, "a"))),
+                state: Some(pb::ContainerState { created_at: created, ..Default::default() }),
+                ..Default::default()
+            };
+            let read = from_container(&wire).expect("has an id");
+            assert_eq!(read.state.created_at.map(Timestamp::unix_seconds), Some(LATEST_SECS), "{created}");
+            let sent = container(&read);
+            assert_eq!(sent.state.map(|s| s.created_at), Some(LATEST_SECS));
+            assert_eq!(from_container(&sent), Some(read));
+        }
     }
 
     #[test]
