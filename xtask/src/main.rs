@@ -328,6 +328,12 @@ fn seed_corpus(target: &str, sources: &[&str], corpus: &Path) -> anyhow::Result<
 /// Runs every fuzz target for `seconds`, `parallel` at a time, after replaying its kept
 /// regressions; a crash is copied into `fuzz/regressions/<target>` (commit it with the fix) and
 /// fails the run.
+///
+/// The targets are built without AddressSanitizer: every crate of the workspace forbids
+/// `unsafe`, so it would only watch the dependencies, and it cost here 110 s of a 265 s rebuild
+/// after a change to `wm-core` and five in six runs (wire_entities: 0.34 million runs in 10 s
+/// with it, 2.1 million without). A panic, a stack overflow, a timeout and the RSS limit are
+/// still caught.
 fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
     ensure_cargo_fuzz()?;
     let target_dir = target_dir()?;
@@ -335,7 +341,7 @@ fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
         "build the fuzz targets",
         Command::new("rustup")
             .current_dir(root())
-            .args(["run", "nightly", "cargo", "fuzz", "build", "--target-dir"])
+            .args(["run", "nightly", "cargo", "fuzz", "build", "--sanitizer", "none", "--target-dir"])
             .arg(target_dir.join("fuzz")),
     )?;
     let mut failed = Vec::new();
@@ -357,7 +363,7 @@ fn fuzz(seconds: u64, parallel: usize) -> anyhow::Result<()> {
             );
             let child = Command::new("rustup")
                 .current_dir(root())
-                .args(["run", "nightly", "cargo", "fuzz", "run", "--target-dir"])
+                .args(["run", "nightly", "cargo", "fuzz", "run", "--sanitizer", "none", "--target-dir"])
                 .arg(target_dir.join("fuzz"))
                 .arg(target)
                 .arg(&corpus)
