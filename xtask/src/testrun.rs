@@ -2,9 +2,10 @@
 //!
 //! `cargo test` runs one test binary after the other. Most of ours wait on real daemons and
 //! real clusters, not on the CPU, so running a few side by side saves minutes even on two cores.
-//! The binaries are built once (`cargo test --no-run`), then run by `lanes` workers, longest
-//! first by the times the last run recorded. Two groups run one binary at a time, each in a
-//! lane of its own before that lane helps with the rest:
+//! The binaries are built once (`cargo test --no-run`). The ones of [`FIRST`] run alone before
+//! the others, under [`FIRST_DEADLINE`]; the rest run by `lanes` workers, longest first by the
+//! times the last run recorded. Two groups run one binary at a time, each in a lane of its own
+//! before that lane helps with the rest:
 //! - the binaries that start the real Kubernetes cluster: clusters on one host share a bridge
 //!   and a node name (`test_support::kubernetes` also takes a host-wide lock, so a binary
 //!   missing from [`CLUSTER_TESTS`] still waits its turn, only holding a lane meanwhile);
@@ -32,6 +33,16 @@ const CLUSTER_TESTS: &[&str] = &[
     "wm-collector-kube::real_kube_metadata",
     "wm-collector-kube::real_kubelet",
 ];
+
+/// Test binaries that run alone before every other: `test-support::go_peers` builds the Go
+/// programs the cluster tests run (minutes on a fresh machine), which inside those tests counted
+/// against each one's [`BINARY_DEADLINE`] and ran twice at once.
+const FIRST: &[&str] = &["test-support::go_peers"];
+
+/// How long a binary of [`FIRST`] may run: long enough for a fresh machine's build of
+/// Kubernetes, etcd, kube-proxy and kwok on two cores, which is most of the 40 minutes a fresh
+/// CI run may take only if something is wrong.
+const FIRST_DEADLINE: Duration = Duration::from_secs(40 * 60);
 
 /// How many slowest binaries the summary lists.
 const SLOWEST_SHOWN: usize = 10;
@@ -80,6 +91,8 @@ pub fn run(
     let logs = target.join("test-logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
 
+    let (first, binaries): (Vec<Binary>, Vec<Binary>) =
+        binaries.into_iter().partition(|b| FIRST.contains(&b.name.as_str()));
     let (cluster, others): (Vec<Binary>, Vec<Binary>) =
         binaries.into_iter().partition(|b| CLUSTER_TESTS.contains(&b.name.as_str()));
     let (daemons, mut others): (Vec<Binary>, Vec<Binary>) =
@@ -99,11 +112,17 @@ pub fn run(
     );
 
     let run_started = Instant::now();
+    let mut first_outcomes = Vec::new();
+    for binary in first {
+        let outcome = run_one(&binary, &logs, env, FIRST_DEADLINE);
+        report(&outcome);
+        first_outcomes.push(outcome);
+    }
     let queue = Mutex::new(VecDeque::from(others));
-    let outcomes = Mutex::new(Vec::new());
+    let outcomes = Mutex::new(first_outcomes);
     std::thread::scope(|scope| {
         let one = |binary: Binary| {
-            let outcome = run_one(&binary, &logs, env);
+            let outcome = run_one(&binary, &logs, env, BINARY_DEADLINE);
             report(&outcome);
             outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(outcome);
         };
@@ -209,9 +228,8 @@ fn package_name(package_id: &str, package_dir: &Path) -> String {
 }
 
 /// Runs one binary as `cargo test` would (in its package's directory, with its package's
-/// `CARGO_MANIFEST_DIR` and `CARGO_PKG_NAME`), its output to a log; kills it past
-/// [`BINARY_DEADLINE`].
-fn run_one(binary: &Binary, logs: &Path, env: &[(&str, OsString)]) -> Outcome {
+/// `CARGO_MANIFEST_DIR` and `CARGO_PKG_NAME`), its output to a log; kills it past `deadline`.
+fn run_one(binary: &Binary, logs: &Path, env: &[(&str, OsString)], deadline: Duration) -> Outcome {
     let log = logs.join(format!("{}.log", binary.name.replace("::", "--")));
     let started = Instant::now();
     let passed = (|| -> anyhow::Result<bool> {
@@ -233,11 +251,11 @@ fn run_one(binary: &Binary, logs: &Path, env: &[(&str, OsString)]) -> Outcome {
             if let Some(status) = child.try_wait()? {
                 return Ok(status.success());
             }
-            if started.elapsed() > BINARY_DEADLINE {
+            if started.elapsed() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
                 let mut log = std::fs::OpenOptions::new().append(true).open(&log)?;
-                std::io::Write::write_all(&mut log, format!("killed after {BINARY_DEADLINE:?}\n").as_bytes())?;
+                std::io::Write::write_all(&mut log, format!("killed after {deadline:?}\n").as_bytes())?;
                 return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(100));

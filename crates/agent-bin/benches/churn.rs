@@ -16,6 +16,10 @@
 //! - the daemon's own CPU per container with the agent and without it: what serving the agent
 //!   (its event stream, its reads) costs the daemon, which is how the agent slows it beyond
 //!   the CPU it takes itself;
+//! - the whole machine's CPU per container on each side (`/proc/stat`), split into the daemon
+//!   with the helpers it reaped, this process with its clients (`ctr`) and its subscriber, the
+//!   agent, and the rest (shims, runc, the containers, the kernel's threads), with the idle and
+//!   stolen shares: a drop in the rate is CPU that went somewhere, and this line says where;
 //! - what a subscriber of the agent's gRPC workloadmeta stream saw: for every container the
 //!   clients made, a `Set` and then an `Unset` and nothing after (counted: in order, never seen,
 //!   out of order), whether the stream stayed open to the end (no subscriber cut off, the
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use test_support::procfs::{MachineTicks, cpu_ticks_with_children};
 use test_support::runtimes::{self, Install, Runtimes};
 use wm_ipc::proto::workloadmeta::{WorkloadmetaEventType, WorkloadmetaStreamRequest};
 
@@ -75,6 +80,84 @@ const NS: &str = "churn";
 /// baselines straight after another run: one bench here put the agent's runs 7 % ahead of the
 /// baseline, and the next, with the pause, 10.7 % behind.
 const SETTLE: Duration = Duration::from_secs(5);
+
+/// The whole machine's CPU over runs, in clock ticks, and the parts of it the bench can name.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    /// Containers made.
+    made: usize,
+    machine: MachineTicks,
+    /// The daemon's processes and the helpers they ran and reaped (containerd's shim `start`).
+    daemon: u64,
+    /// This process and what it reaped: the clients (`ctr` for containerd), the subscriber.
+    clients: u64,
+    agent: u64,
+}
+
+impl Cost {
+    /// Adds `other`'s runs to these.
+    fn add(&mut self, other: Self) {
+        self.made += other.made;
+        self.machine.busy += other.machine.busy;
+        self.machine.idle += other.machine.idle;
+        self.machine.steal += other.machine.steal;
+        self.daemon += other.daemon;
+        self.clients += other.clients;
+        self.agent += other.agent;
+    }
+
+    /// Milliseconds a container of `ticks` (10 ms each).
+    fn per_container(&self, ticks: u64) -> f64 {
+        ticks as f64 * 10.0 / self.made.max(1) as f64
+    }
+
+    /// The busy CPU no named part took: shims (which outlive the daemon's `start` and are
+    /// reaped by init), runc, the containers, the kernel's threads, anything else running.
+    fn rest(&self) -> u64 {
+        self.machine.busy.saturating_sub(self.daemon + self.clients + self.agent)
+    }
+
+    /// A share of the machine's whole time, in %.
+    fn share(&self, ticks: u64) -> f64 {
+        let all = self.machine.busy + self.machine.idle + self.machine.steal;
+        ticks as f64 * 100.0 / all.max(1) as f64
+    }
+}
+
+/// Readings at the start of a run, for its [`Cost`].
+struct Meter {
+    daemon_pids: Vec<u32>,
+    agent_pid: Option<u32>,
+    start: Cost,
+}
+
+impl Meter {
+    fn read(daemon_pids: &[u32], agent_pid: Option<u32>) -> Cost {
+        Cost {
+            made: 0,
+            machine: MachineTicks::now(),
+            daemon: daemon_pids.iter().map(|&p| cpu_ticks_with_children(p)).sum(),
+            clients: cpu_ticks_with_children(std::process::id()),
+            agent: agent_pid.map_or(0, test_support::procfs::cpu_ticks),
+        }
+    }
+
+    fn start(daemon_pids: &[u32], agent_pid: Option<u32>) -> Self {
+        Self { daemon_pids: daemon_pids.to_vec(), agent_pid, start: Self::read(daemon_pids, agent_pid) }
+    }
+
+    /// The cost since [`Meter::start`] of a run that made `made` containers.
+    fn stop(self, made: usize) -> Cost {
+        let end = Self::read(&self.daemon_pids, self.agent_pid);
+        Cost {
+            made,
+            machine: end.machine.since(self.start.machine),
+            daemon: end.daemon.saturating_sub(self.start.daemon),
+            clients: end.clients.saturating_sub(self.start.clients),
+            agent: end.agent.saturating_sub(self.start.agent),
+        }
+    }
+}
 
 /// Churns for `duration` with [`CLIENTS`] clients; returns the ids of the containers made
 /// (each created, started and removed) and the cycles per second.
@@ -330,6 +413,8 @@ struct WithAgent {
     cut_off: Option<String>,
     /// Events the subscriber received about the containers made.
     events: usize,
+    /// The whole machine's CPU over the run.
+    cost: Cost,
 }
 
 /// Starts the agent, subscribes, churns for `duration` and checks what the subscriber saw.
@@ -347,7 +432,9 @@ fn with_agent(
     let pids = daemon_pids(rt, daemon);
     let daemon_before: u64 = pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum();
     let agent_before = test_support::procfs::cpu_ticks(agent.pid());
+    let meter = Meter::start(&pids, Some(agent.pid()));
     let (made, rate) = churn(rt, docker, tokio, daemon, run, duration);
+    let cost = meter.stop(made.len());
     let daemon_cpu =
         pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum::<u64>().saturating_sub(daemon_before);
     let agent_cpu = test_support::procfs::cpu_ticks(agent.pid()).saturating_sub(agent_before);
@@ -391,6 +478,7 @@ fn with_agent(
     let events = made.iter().filter_map(|id| seen.events.get(id)).map(Vec::len).sum();
     WithAgent {
         events,
+        cost,
         made: made.len(),
         rate,
         agent_cpu,
@@ -428,13 +516,16 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
     // The daemon's CPU ticks and containers made over the baseline runs: against the same over
     // the agent's runs, what serving the agent (its event stream, its reads) costs the daemon.
     let (mut base_cpu, mut base_made) = (0_u64, 0_usize);
+    let mut base_cost = Cost::default();
     for round in 0..ROUNDS {
         let mut base = |base_rates: &mut Vec<f64>, sequence: &mut Vec<String>| {
             let pids = daemon_pids(rt, daemon);
             let ticks = || pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum::<u64>();
             std::thread::sleep(SETTLE);
             let before = ticks();
+            let meter = Meter::start(&pids, None);
             let (made, rate) = churn(rt, docker, tokio, daemon, &format!("base{round}"), duration);
+            base_cost.add(meter.stop(made.len()));
             base_cpu += ticks().saturating_sub(before);
             base_made += made.len();
             base_rates.push(rate);
@@ -494,6 +585,30 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         if cut_off.is_empty() { "none".to_owned() } else { cut_off.join("; ") },
         duration.as_secs(),
     );
+    let mut agent_cost = Cost::default();
+    for run in &runs {
+        agent_cost.add(run.cost);
+    }
+    println!("  {row} whole machine: {}", whole_machine(&base_cost, &agent_cost));
+}
+
+/// The whole machine's CPU per container without the agent and with it, by part.
+fn whole_machine(base: &Cost, agent: &Cost) -> String {
+    let part = |ticks: fn(&Cost) -> u64| {
+        format!("{:.1} -> {:.1}", base.per_container(ticks(base)), agent.per_container(ticks(agent)))
+    };
+    format!(
+        "ms of CPU a container, without -> with the agent: all {}; the daemon and what it reaped {}; this process (clients, their ctr, the subscriber) {}; agent {}; the rest (shims, runc, containers, kernel threads) {}; idle {:.1}% -> {:.1}%, stolen {:.1}% -> {:.1}%",
+        part(|c| c.machine.busy),
+        part(|c| c.daemon),
+        part(|c| c.clients),
+        part(|c| c.agent),
+        part(Cost::rest),
+        base.share(base.machine.idle),
+        agent.share(agent.machine.idle),
+        base.share(base.machine.steal),
+        agent.share(agent.machine.steal),
+    )
 }
 
 fn main() {

@@ -134,10 +134,26 @@ fn kubernetes_build_module(go: &Path, dir: &Path) -> Result<String, Unavailable>
         .join(" "))
 }
 
+/// Holds the cache's build lock until dropped, waiting while another process (a test binary
+/// running beside this one) holds it; it is let go when its holder exits, however it exits.
+///
+/// Without it two test binaries that started on a fresh machine each built Kubernetes at once,
+/// which on two cores took each of them twice as long. One lock for every Go build, not one per
+/// program: the builds share Go's build cache, so the second of two (kube-proxy after the
+/// cluster's components) reuses the packages the first compiled.
+fn build_lock() -> Result<fs::File, Unavailable> {
+    let dir = cache_root();
+    fs::create_dir_all(&dir).map_err(|e| Unavailable(format!("{}: {e}", dir.display())))?;
+    let path = dir.join("build.lock");
+    let file = fs::File::create(&path).map_err(|e| Unavailable(format!("{}: {e}", path.display())))?;
+    file.lock().map_err(|e| Unavailable(format!("lock {}: {e}", path.display())))?;
+    Ok(file)
+}
+
 /// Finds the cached `binary`, else (when `install` allows) builds it: `build(go, work)` leaves a
 /// file of `binary`'s name in `work`, a fresh directory beside it, which is renamed into place in
-/// one step, so an interrupted build leaves nothing that looks finished and a concurrent build
-/// that finished first wins. Prints how long the build took.
+/// one step, so an interrupted build leaves nothing that looks finished. One process builds at a
+/// time ([`build_lock`]); the others wait and find it built. Prints how long the build took.
 pub(super) fn ensure_built(
     what: &str,
     binary: &Path,
@@ -153,6 +169,10 @@ pub(super) fn ensure_built(
     let go = go()?;
     let name = binary.file_name().ok_or_else(|| Unavailable(format!("{} names no file", binary.display())))?;
     let dir = binary.parent().map(Path::to_path_buf).unwrap_or_else(cache_root);
+    let _lock = build_lock()?;
+    if binary.is_file() {
+        return Ok(binary.to_path_buf());
+    }
     let work = dir.join(format!("build-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| Unavailable(format!("{}: {e}", work.display())))?;
@@ -193,6 +213,10 @@ pub fn ensure_binaries() -> Result<PathBuf, Unavailable> {
     }
     let go = go()?;
     let version_dir = bin.parent().map(Path::to_path_buf).unwrap_or_else(cache_root);
+    let _lock = build_lock()?;
+    if BINARIES.iter().all(|b| bin.join(b).is_file()) {
+        return Ok(bin);
+    }
     let work = version_dir.join(format!("build-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     let out = work.join("bin");
