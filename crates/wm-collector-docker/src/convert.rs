@@ -186,11 +186,14 @@ pub fn container_from_event(
     }
     let exit_code = attributes.get("exitCode").and_then(|c| c.parse().ok()).and_then(wm_core::ExitCode::new);
     let finished = matches!(action, "die" | "destroy");
+    // dockerd's own inspect says `Running: true` of a paused container too: pausing freezes
+    // its processes, it does not stop them.
+    let running = matches!(action, "start" | "restart" | "unpause" | "pause");
     let state = ContainerState {
-        running: action == "start",
+        running,
         status: match action {
             "create" => ContainerStatus::Created,
-            "start" | "unpause" => ContainerStatus::Running,
+            "start" | "restart" | "unpause" => ContainerStatus::Running,
             "pause" => ContainerStatus::Paused,
             "die" | "destroy" => ContainerStatus::Stopped,
             _ => ContainerStatus::Unknown,
@@ -367,5 +370,23 @@ mod tests {
         let started = container_from_event("abc", "start", &attributes, Some(at)).unwrap();
         assert!(started.state.running);
         assert_eq!(started.state.exit_code, None);
+    }
+
+    #[test]
+    fn an_event_alone_reads_a_paused_or_restarted_container_as_running_as_inspect_does() {
+        let attributes = HashMap::from([("name".to_owned(), "web".to_owned())]);
+        let at = Timestamp::from_unix(1_800_000_000, 0);
+        for (action, status, running) in [
+            ("create", ContainerStatus::Created, false),
+            ("start", ContainerStatus::Running, true),
+            ("restart", ContainerStatus::Running, true),
+            ("pause", ContainerStatus::Paused, true),
+            ("unpause", ContainerStatus::Running, true),
+            ("die", ContainerStatus::Stopped, false),
+            ("destroy", ContainerStatus::Stopped, false),
+        ] {
+            let c = container_from_event("abc", action, &attributes, Some(at)).unwrap();
+            assert_eq!((c.state.status, c.state.running), (status, running), "{action}");
+        }
     }
 }
