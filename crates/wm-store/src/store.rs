@@ -341,7 +341,8 @@ impl StoreBuilder {
     pub fn build(self) -> Store {
         let (commands, rx) = mpsc::unbounded_channel();
         let telemetry = Arc::new(Telemetry::default());
-        let loop_alive = Arc::new(AtomicBool::new(true));
+        // False until `start` spawns the loop: a built store applies events but runs no loop.
+        let loop_alive = Arc::new(AtomicBool::new(false));
         let statuses =
             self.collectors.iter().map(|c| Arc::new(CollectorStatus::new(c.name.clone(), c.source))).collect();
         let store_loop = StoreLoop {
@@ -467,6 +468,8 @@ impl Store {
         let mut tasks = self.inner.tasks.locked();
         // The loop does not watch the cancellation token: `shutdown` sends it a `Shutdown`
         // command instead, so that it handles the commands queued before, then ends every stream.
+        // Set before the spawn: the loop's guard clears it when the loop ends, never before this.
+        self.inner.loop_alive.store(true, Ordering::Release);
         tasks.push(tokio::spawn(store_loop.run()));
         // The statuses were made from the collectors, in the same order.
         for (collector, status) in collectors.into_iter().zip(statuses) {

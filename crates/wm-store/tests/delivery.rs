@@ -270,6 +270,10 @@ async fn dropping_a_subscription_unsubscribes_and_nobody_waits_for_its_acks() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_ends_every_stream_and_health_says_the_loop_stopped() {
+    let built = Store::builder().build();
+    assert!(!built.health().store_alive, "a store not yet started runs no loop");
+    built.start();
+    assert!(built.health().store_alive);
     let store = Store::new();
     let mut sub = subscribe(&store, "s", SubscriberPriority::Normal);
     let _ = next(&mut sub).await;
