@@ -1309,22 +1309,27 @@ pub const KEPT_ENV_VARS: &[&str] = &[
 
 /// Decides which env vars enter the store: [`KEPT_ENV_VARS`], plus the names the config gives.
 ///
-/// A name from [`KEPT_ENV_VARS`] must match exactly; a configured name matches in any case.
+/// A name from [`KEPT_ENV_VARS`] must match exactly; a configured name matches in any case. A
+/// configured `*` keeps every variable: the tagger maps every name under that key (its tag name
+/// templated with `%%env%%`), so it needs them all.
 #[derive(Clone, Debug, Default)]
 pub struct EnvFilter {
     extra: Vec<String>,
+    all: bool,
 }
 
 impl EnvFilter {
     /// Creates a filter that keeps [`KEPT_ENV_VARS`] and the names in `extra` (the keys of
     /// `container_env_as_tags`, for example).
     pub fn new(extra: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self { extra: extra.into_iter().map(Into::into).collect() }
+        let extra: Vec<String> = extra.into_iter().map(Into::into).collect();
+        let all = extra.iter().any(|e| e == "*");
+        Self { extra, all }
     }
 
     /// Tells whether the env var `name` is kept.
     pub fn keeps(&self, name: &str) -> bool {
-        KEPT_ENV_VARS.contains(&name) || self.extra.iter().any(|e| e.eq_ignore_ascii_case(name))
+        self.all || KEPT_ENV_VARS.contains(&name) || self.extra.iter().any(|e| e.eq_ignore_ascii_case(name))
     }
 
     /// Returns the kept variables of `env`, given as `NAME=value` strings, as a map from name to
@@ -1345,6 +1350,17 @@ impl EnvFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_env_filter_keeps_its_names_in_any_case_and_everything_under_a_star() {
+        let env = ["DD_ENV=prod", "team=core", "SECRET=x", "no-equals-sign"];
+        let named = EnvFilter::new(["TEAM"]).filter(env);
+        assert_eq!(named.iter().collect::<Vec<_>>(), vec![("DD_ENV", "prod"), ("team", "core")]);
+        let all = EnvFilter::new(["*"]).filter(env);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all.get("SECRET"), Some("x"));
+        assert!(!EnvFilter::default().keeps("team"));
+    }
 
     #[test]
     fn entities_read_the_flat_tagged_form() {
