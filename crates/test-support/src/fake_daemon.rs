@@ -159,6 +159,12 @@ impl FakeDaemon {
         let _ = self.shared.live.send(event);
     }
 
+    /// Ends every event stream open now, as a daemon's restart does; the next `/events` call
+    /// gets a stream again.
+    pub fn end_event_streams(&self) {
+        let _ = self.shared.live.send(Value::Null);
+    }
+
     /// Makes the inspect of `id` answer 500 (or work again).
     pub fn fail_inspect(&self, id: &str, fail: bool) {
         let mut failing = self.shared.failing.locked();
@@ -340,6 +346,8 @@ fn events(shared: &Shared, query: &str) -> Response {
     let replayed = futures::stream::iter(replay);
     let following = futures::stream::unfold(live, |mut live| async move {
         match live.recv().await {
+            // `end_event_streams`' mark: never a real event, never replayed.
+            Ok(Value::Null) => None,
             Ok(event) => Some((event, live)),
             // A reader that fell this far behind is cut off, as dockerd does.
             Err(_) => None,

@@ -20,7 +20,8 @@
 //! inspect per container per batch, 8 in flight. A container that is gone before it can be
 //! inspected is still reported, from its events' attributes, then unset: a container that lives
 //! for a few milliseconds is seen set and unset. A container whose inspect fails is skipped (the
-//! store keeps what it had) and inspected again later. Every call to dockerd has a deadline
+//! store keeps what it had) and inspected again later; one whose inspect does not parse is
+//! skipped the same way, and read again on its next event. Every call to dockerd has a deadline
 //! (`docker_query_timeout`, default 5 s; the event stream's headers too).
 
 #![forbid(unsafe_code)]
@@ -281,8 +282,10 @@ impl DockerCollector {
         for (id, result) in inspected {
             match result {
                 Ok(container) => listed.entities.extend(container.map(Entity::from)),
+                // As in `refresh`: the store keeps what it had of it (nothing, if it is new).
                 Err(InspectError::Undecodable(message)) => {
                     warn!(container_id = %id, %message, "docker: skipping a container whose inspect does not parse");
+                    listed.kept.push(EntityId::new(Kind::Container, id));
                 }
                 Err(InspectError::Failed(_)) => {
                     let key = id.clone();

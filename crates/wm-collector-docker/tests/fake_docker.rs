@@ -3,7 +3,8 @@
 //! stored and the collector synced, then it is read again once it works); inspects that take
 //! 50 ms each under 2,000 create and destroy events (the store ends equal to the daemon's list);
 //! a daemon that accepts and never answers (retrying, with the call named, within the deadline);
-//! an inspect of a gigabyte (refused at the cap, by the collector and by the fetch on a miss).
+//! an inspect of a gigabyte (refused at the cap, by the collector and by the fetch on a miss);
+//! a known container whose inspect stops parsing (kept through a re-list, unset on its removal).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -149,5 +150,39 @@ async fn a_gigabyte_inspect_is_refused_at_its_cap_and_the_other_containers_are_s
     println!("huge inspect bodies: {} MiB sent for two reads of a 1,024 MiB body", sent >> 20);
     assert!(sent >= 2 * wm_collector_docker::MAX_INSPECT_BODY, "{sent}");
     assert!(sent < 2 * wm_collector_docker::MAX_INSPECT_BODY + (16 << 20), "{sent}");
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_container_whose_inspect_stops_parsing_is_kept_through_a_re_list() {
+    let dir = scratch_dir("docker-kept");
+    let daemon = FakeDaemon::docker(&dir).unwrap();
+    let big = "ef".repeat(32);
+    daemon.create(&big, "big");
+    daemon.create("c01", "small");
+    let store = store_on(daemon.host(), 30);
+    eventually("the first list", Duration::from_secs(10), || store.health().is_ready()).await;
+    assert_eq!(container_ids(&store), BTreeSet::from([big.clone(), "c01".to_owned()]));
+
+    // Its inspect now passes the cap, and the daemon "restarts": the collector lists again.
+    daemon.make_inspect_huge(&big, 1 << 30);
+    daemon.end_event_streams();
+    eventually("the re-list reading the huge inspect", Duration::from_secs(30), || {
+        daemon.huge_bytes_sent() >= wm_collector_docker::MAX_INSPECT_BODY
+    })
+    .await;
+    // A container made now is stored by that list or by the events after it: either way, once
+    // it is there, the list has been applied.
+    daemon.create("c02", "after");
+    eventually("the container made after the re-list", Duration::from_secs(30), || {
+        container_ids(&store).contains("c02")
+    })
+    .await;
+    let kept = store.list_containers().into_iter().find(|c| c.id.as_str() == big);
+    assert_eq!(kept.map(|c| c.name.to_string()), Some("big".to_owned()), "the re-list unset what it could not read");
+
+    // Its removal needs no inspect, and still reaches the store.
+    daemon.destroy(&big);
+    eventually("the removal", Duration::from_secs(10), || !container_ids(&store).contains(&big)).await;
     store.shutdown().await;
 }

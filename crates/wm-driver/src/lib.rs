@@ -129,7 +129,9 @@ impl Refreshed {
 ///
 /// An entity that was listed but could not be read (its inspect failed) goes in `unreadable`:
 /// the driver asks the store to keep what it had of it instead of unsetting it, and refreshes it
-/// later.
+/// later. One whose read will fail the same way every time (its inspect does not parse) goes in
+/// `kept`: the store keeps what it had of it too, but it is not read again until an event
+/// names it, since reading it again would only fail again.
 #[derive(Debug, Default)]
 pub struct Listed {
     /// Every entity read.
@@ -137,11 +139,13 @@ pub struct Listed {
     /// The entities listed but not read this time, each as (the key to pass to
     /// [`ListWatch::refresh`], its entity id).
     pub unreadable: Vec<(String, EntityId)>,
+    /// The entities listed that cannot be read as the daemon describes them now.
+    pub kept: Vec<EntityId>,
 }
 
 impl From<Vec<Entity>> for Listed {
     fn from(entities: Vec<Entity>) -> Self {
-        Self { entities, unreadable: Vec::new() }
+        Self { entities, ..Self::default() }
     }
 }
 
@@ -213,7 +217,8 @@ pub trait ListWatch: Send + Sync + 'static {
     /// Lists every entity the daemon has now.
     ///
     /// An entity that is listed but cannot be read (its inspect fails) goes in
-    /// [`Listed::unreadable`] instead of failing the list.
+    /// [`Listed::unreadable`], or in [`Listed::kept`] when reading it again would fail the same
+    /// way, instead of failing the list.
     ///
     /// # Errors
     ///
@@ -570,10 +575,16 @@ impl<L: ListWatch> StreamCollector for Driver<L> {
         wait_until_live(&mut self.inner, &mut reader, &mut early).await?;
 
         let listed = reader.while_reading(self.inner.list()).await?;
-        tracing::info!(entities = listed.entities.len(), unreadable = listed.unreadable.len(), "listed");
+        tracing::info!(
+            entities = listed.entities.len(),
+            unreadable = listed.unreadable.len(),
+            kept = listed.kept.len(),
+            "listed"
+        );
         self.failing.clear();
         self.gone.clear();
-        let mut keep = Vec::with_capacity(listed.unreadable.len());
+        let mut keep = listed.kept;
+        keep.reserve(listed.unreadable.len());
         for (key, id) in listed.unreadable {
             let error =
                 CollectorError::Retriable { context: format!("reading {id} during the list failed"), source: None };
