@@ -89,6 +89,8 @@ struct Cost {
     machine: MachineTicks,
     /// The daemon's processes and the helpers they ran and reaped (containerd's shim `start`).
     daemon: u64,
+    /// The daemon's processes alone, the first line's figure: what they reaped not counted.
+    daemon_own: u64,
     /// This process and what it reaped: the clients (`ctr` for containerd), the subscriber.
     clients: u64,
     agent: u64,
@@ -102,6 +104,7 @@ impl Cost {
         self.machine.idle += other.machine.idle;
         self.machine.steal += other.machine.steal;
         self.daemon += other.daemon;
+        self.daemon_own += other.daemon_own;
         self.clients += other.clients;
         self.agent += other.agent;
     }
@@ -137,6 +140,7 @@ impl Meter {
             made: 0,
             machine: MachineTicks::now(),
             daemon: daemon_pids.iter().map(|&p| cpu_ticks_with_children(p)).sum(),
+            daemon_own: daemon_pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum(),
             clients: cpu_ticks_with_children(std::process::id()),
             agent: agent_pid.map_or(0, test_support::procfs::cpu_ticks),
         }
@@ -153,6 +157,7 @@ impl Meter {
             made,
             machine: end.machine.since(self.start.machine),
             daemon: end.daemon.saturating_sub(self.start.daemon),
+            daemon_own: end.daemon_own.saturating_sub(self.start.daemon_own),
             clients: end.clients.saturating_sub(self.start.clients),
             agent: end.agent.saturating_sub(self.start.agent),
         }
@@ -395,9 +400,6 @@ struct WithAgent {
     made: usize,
     /// Cycles per second.
     rate: f64,
-    /// CPU ticks of the agent and of the daemon over the run.
-    agent_cpu: u64,
-    daemon_cpu: u64,
     /// Containers whose events the subscriber saw in order (a `Set`, then an `Unset`), as an
     /// `Unset` alone (merged), never, and out of order.
     in_order: usize,
@@ -430,14 +432,9 @@ fn with_agent(
     let seen = subscribe(&agent, tokio);
     std::thread::sleep(SETTLE);
     let pids = daemon_pids(rt, daemon);
-    let daemon_before: u64 = pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum();
-    let agent_before = test_support::procfs::cpu_ticks(agent.pid());
     let meter = Meter::start(&pids, Some(agent.pid()));
     let (made, rate) = churn(rt, docker, tokio, daemon, run, duration);
     let cost = meter.stop(made.len());
-    let daemon_cpu =
-        pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum::<u64>().saturating_sub(daemon_before);
-    let agent_cpu = test_support::procfs::cpu_ticks(agent.pid()).saturating_sub(agent_before);
 
     // The churn has stopped: the stream's view and the agent's list settle on the daemon's.
     let want = listed(rt, daemon);
@@ -481,8 +478,6 @@ fn with_agent(
         cost,
         made: made.len(),
         rate,
-        agent_cpu,
-        daemon_cpu,
         in_order,
         merged,
         never,
@@ -513,21 +508,16 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
     let (mut base_rates, mut runs) = (Vec::new(), Vec::new());
     // Each run's rate in the order made, with the agent or not, to show the drift.
     let mut sequence = Vec::new();
-    // The daemon's CPU ticks and containers made over the baseline runs: against the same over
-    // the agent's runs, what serving the agent (its event stream, its reads) costs the daemon.
-    let (mut base_cpu, mut base_made) = (0_u64, 0_usize);
+    // The CPU and containers made over the baseline runs: the daemon's own against the same over
+    // the agent's runs is what serving the agent (its event stream, its reads) costs the daemon.
     let mut base_cost = Cost::default();
     for round in 0..ROUNDS {
         let mut base = |base_rates: &mut Vec<f64>, sequence: &mut Vec<String>| {
             let pids = daemon_pids(rt, daemon);
-            let ticks = || pids.iter().map(|&p| test_support::procfs::cpu_ticks(p)).sum::<u64>();
             std::thread::sleep(SETTLE);
-            let before = ticks();
             let meter = Meter::start(&pids, None);
             let (made, rate) = churn(rt, docker, tokio, daemon, &format!("base{round}"), duration);
             base_cost.add(meter.stop(made.len()));
-            base_cpu += ticks().saturating_sub(before);
-            base_made += made.len();
             base_rates.push(rate);
             sequence.push(format!("base {rate:.1}"));
         };
@@ -549,8 +539,11 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
     let sum = |f: fn(&WithAgent) -> usize| runs.iter().map(f).sum::<usize>();
     let (made, in_order, merged, never, disordered) =
         (sum(|r| r.made), sum(|r| r.in_order), sum(|r| r.merged), sum(|r| r.never), sum(|r| r.disordered));
-    let agent_cpu: u64 = runs.iter().map(|r| r.agent_cpu).sum();
-    let daemon_cpu: u64 = runs.iter().map(|r| r.daemon_cpu).sum();
+    let mut agent_cost = Cost::default();
+    for run in &runs {
+        agent_cost.add(run.cost);
+    }
+    let (agent_cpu, daemon_cpu) = (agent_cost.agent, agent_cost.daemon_own);
     let view_exact = runs.iter().all(|r| r.view_exact);
     let store_exact = runs.iter().all(|r| r.store_exact);
     let cut_off: Vec<&str> = runs.iter().filter_map(|r| r.cut_off.as_deref()).collect();
@@ -581,14 +574,10 @@ fn bench(rt: &Runtimes, docker: &Docker, tokio: &tokio::runtime::Runtime, daemon
         agent_cpu as f64 * 10.0 / made.max(1) as f64,
         runs.iter().map(|r| r.events).sum::<usize>() as f64 / made.max(1) as f64,
         daemon_cpu as f64 * 10.0 / made.max(1) as f64,
-        base_cpu as f64 * 10.0 / base_made.max(1) as f64,
+        base_cost.per_container(base_cost.daemon_own),
         if cut_off.is_empty() { "none".to_owned() } else { cut_off.join("; ") },
         duration.as_secs(),
     );
-    let mut agent_cost = Cost::default();
-    for run in &runs {
-        agent_cost.add(run.cost);
-    }
     println!("  {row} whole machine: {}", whole_machine(&base_cost, &agent_cost));
 }
 
